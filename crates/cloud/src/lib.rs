@@ -1,0 +1,1 @@
+//! The Cloud: axum HTTP API for integrators and admins, WebSocket endpoint for Links.

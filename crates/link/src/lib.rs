@@ -1,0 +1,1 @@
+//! The Link agent: serves local PMS databases to the Cloud over WebSocket.

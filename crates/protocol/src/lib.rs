@@ -1,0 +1,1 @@
+//! Versioned Cloud <-> Link wire messages with a frame-size limit.

@@ -1,0 +1,1 @@
+//! Lock-free query router: resolves sites, checks authority and policy, dispatches to Link sessions.

@@ -1,0 +1,1 @@
+//! Durable append-only event log with snapshots, on SQLite by default.
