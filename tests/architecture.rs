@@ -1,0 +1,69 @@
+//! Enforces the architecture invariants of ARCHITECTURE.md that a test can see: the
+//! core crates depend on no IO runtime and read no clock.
+
+use std::path::{Path, PathBuf};
+
+const CORE: [&str; 5] = ["ids", "authority", "tenancy", "policy", "router"];
+const IO_CRATES: [&str; 7] = [
+    "tokio",
+    "axum",
+    "rusqlite",
+    "tokio-tungstenite",
+    "hyper",
+    "reqwest",
+    "halo-store",
+];
+const CLOCK_READS: [&str; 3] = ["SystemTime::now", "Instant::now", "std::fs::"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn core_crates_depend_on_no_io_runtime() {
+    for krate in CORE {
+        let manifest = root().join("crates").join(krate).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let doc: toml::Table = text.parse().unwrap();
+        let deps = doc.get("dependencies").and_then(|d| d.as_table());
+        for name in deps.into_iter().flat_map(|t| t.keys()) {
+            assert!(
+                !IO_CRATES.contains(&name.as_str()),
+                "core crate {krate} depends on the IO crate {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn core_crates_read_no_clock_and_no_files() {
+    for krate in CORE {
+        let mut files = Vec::new();
+        rust_files(&root().join("crates").join(krate).join("src"), &mut files);
+        assert!(!files.is_empty(), "no sources found for {krate}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for needle in CLOCK_READS {
+                assert!(
+                    !text.contains(needle),
+                    "{} uses {needle}: core crates take time as a parameter and do no IO",
+                    file.display()
+                );
+            }
+        }
+    }
+}
