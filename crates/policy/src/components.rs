@@ -1,0 +1,518 @@
+//! Finding the database components a SQL command touches, with a real SQL parser.
+//!
+//! [`extract_components`] parses with `sqlparser`'s SQL Server dialect (D4W runs on
+//! SQL Server; the dialect nests `/* */` comments as SQL Server does) and walks the
+//! whole tree with a [`Visitor`], so tables in joins, subqueries, `UNION` arms,
+//! `EXISTS`, `INSERT ... SELECT`, `UPDATE ... FROM`, `MERGE` and CTE bodies are all
+//! found. Fail closed everywhere:
+//!
+//! - text that does not parse, or holds no statement, is an error;
+//! - constructs this module does not analyse (four-part linked-server names,
+//!   `OPENJSON`/`UNNEST`/table functions other than `name(args)`, `TABLE t`) are
+//!   errors;
+//! - `OPENROWSET`, `OPENQUERY`, `OPENDATASOURCE`, `OPENXML`, dynamic SQL
+//!   (`EXEC (@sql)`, `sp_executesql`, ...) and `xp_` procedures make the command
+//!   [`StatementKind::Other`], which no grant allows;
+//! - a function that is not a known built-in (or is schema-qualified) counts as a
+//!   routine that must be authorised like a stored procedure;
+//! - a CTE name hides a table only inside the query that defines it, and only for
+//!   the CTEs after it and the main query: a CTE body naming its own CTE is treated as
+//!   the real table (a false deny for recursive CTEs, never a false allow).
+//!
+//! Names are normalised: identifier quotes (`[x]`, `"x"`, `` `x` ``) are removed,
+//! case is folded to lowercase, the `dbo` schema is dropped (`dbo.Patients` and
+//! `patients` are the same table), other schemas stay (`audit.log`), and a
+//! three-part name's first part is recorded as a catalogue reference.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+};
+use sqlparser::dialect::MsSqlDialect;
+use sqlparser::parser::Parser;
+
+use crate::PolicyError;
+
+/// What kind of statement a command holds. A batch holds the union of its kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StatementKind {
+    /// `SELECT` (without `INTO`), `VALUES`.
+    Read,
+    /// `INSERT`, `UPDATE`, `DELETE`, `MERGE` (also inside a CTE).
+    Write,
+    /// `EXEC` / `CALL` of a named stored procedure.
+    Call,
+    /// Schema changes: `CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `SELECT INTO`,
+    /// `GRANT`/`REVOKE`/`DENY`.
+    Ddl,
+    /// Anything else (`SET`, `USE`, `DECLARE`, `PRAGMA`, `ATTACH`, transactions,
+    /// dynamic SQL, `OPENROWSET`, ...). Never allowed.
+    Other,
+}
+
+impl StatementKind {
+    const fn bit(self) -> u8 {
+        match self {
+            StatementKind::Read => 1,
+            StatementKind::Write => 2,
+            StatementKind::Call => 4,
+            StatementKind::Ddl => 8,
+            StatementKind::Other => 16,
+        }
+    }
+}
+
+/// The components one command (possibly a `;` batch) references, normalised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Components {
+    tables: Vec<String>,
+    procedures: Vec<String>,
+    catalogues: Vec<String>,
+    kinds: u8,
+    statements: usize,
+}
+
+impl Components {
+    /// Tables and views, normalised, sorted, without duplicates.
+    pub fn tables(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.tables.iter().map(String::as_str)
+    }
+
+    /// Stored procedures and user functions, normalised, sorted, without duplicates.
+    pub fn procedures(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.procedures.iter().map(String::as_str)
+    }
+
+    /// Catalogues named by three-part names, lowercase, sorted, without duplicates.
+    pub fn catalogues(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.catalogues.iter().map(String::as_str)
+    }
+
+    /// Whether any statement is of `kind`.
+    pub fn has(&self, kind: StatementKind) -> bool {
+        self.kinds & kind.bit() != 0
+    }
+
+    /// Whether anything writes or changes the schema.
+    pub fn writes(&self) -> bool {
+        self.has(StatementKind::Write) || self.has(StatementKind::Ddl)
+    }
+
+    /// Number of top-level statements in the batch.
+    pub fn statement_count(&self) -> usize {
+        self.statements
+    }
+}
+
+/// Parses `sql` and returns every component it touches.
+///
+/// ```
+/// use halo_policy::{extract_components, StatementKind};
+/// let c = extract_components(
+///     "WITH recent AS (SELECT * FROM [dbo].[Appointments]) \
+///      SELECT p.Name FROM Patients p JOIN recent r ON r.PatientId = p.Id",
+/// )?;
+/// assert_eq!(c.tables().collect::<Vec<_>>(), ["appointments", "patients"]);
+/// assert!(c.has(StatementKind::Read) && !c.writes());
+/// # Ok::<(), halo_policy::PolicyError>(())
+/// ```
+///
+/// # Errors
+/// [`PolicyError::EmptySql`], [`PolicyError::SqlParse`] or
+/// [`PolicyError::SqlUnsupported`]: the command must then be denied.
+pub fn extract_components(sql: &str) -> Result<Components, PolicyError> {
+    let statements = Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| {
+        let text = e.to_string();
+        PolicyError::SqlParse(text.chars().take(200).collect())
+    })?;
+    if statements.is_empty() {
+        return Err(PolicyError::EmptySql);
+    }
+    let mut c = Collector::default();
+    for s in &statements {
+        if let ControlFlow::Break(e) = s.visit(&mut c) {
+            return Err(e);
+        }
+    }
+    Ok(Components {
+        tables: c.tables.into_iter().collect(),
+        procedures: c.procedures.into_iter().collect(),
+        catalogues: c.catalogues.into_iter().collect(),
+        kinds: c.kinds,
+        statements: statements.len(),
+    })
+}
+
+/// A normalised object name: optional catalogue, and `name` or `schema.name`.
+struct Normalised {
+    catalogue: Option<String>,
+    object: String,
+    single_part: bool,
+}
+
+fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
+    let mut parts = Vec::with_capacity(name.0.len());
+    for part in &name.0 {
+        match part {
+            ObjectNamePart::Identifier(ident) => parts.push(ident.value.to_lowercase()),
+            ObjectNamePart::Function(_) => {
+                return Err(PolicyError::SqlUnsupported("function in an object name"));
+            }
+        }
+    }
+    let (catalogue, schema, object) = match parts.as_slice() {
+        [o] => (None, None, o.clone()),
+        [s, o] => (None, Some(s.clone()), o.clone()),
+        [c, s, o] => (Some(c.clone()), Some(s.clone()), o.clone()),
+        _ => {
+            return Err(PolicyError::SqlUnsupported(
+                "four-part (linked server) names",
+            ));
+        }
+    };
+    if object.trim().is_empty() || catalogue.as_ref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(PolicyError::SqlUnsupported("empty name part"));
+    }
+    let object = match schema.as_deref() {
+        None | Some("") | Some("dbo") => object,
+        Some(s) => format!("{s}.{object}"),
+    };
+    Ok(Normalised {
+        catalogue,
+        single_part: name.0.len() == 1,
+        object,
+    })
+}
+
+/// Normalises a table or procedure name given in a grant, exactly as names in
+/// commands are normalised (one- or two-part; a catalogue belongs in `catalogues`).
+pub(crate) fn normalise_object(text: &str) -> Result<String, PolicyError> {
+    let bad = || PolicyError::InvalidName(text.chars().take(40).collect());
+    let mut parser = Parser::new(&MsSqlDialect {})
+        .try_with_sql(text)
+        .map_err(|_| bad())?;
+    let name = parser.parse_object_name(false).map_err(|_| bad())?;
+    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF || name.0.len() > 2 {
+        return Err(bad());
+    }
+    normalise_name(&name).map(|n| n.object).map_err(|_| bad())
+}
+
+/// Normalises a catalogue name given in a grant or a request.
+pub(crate) fn normalise_catalogue(text: &str) -> Result<String, PolicyError> {
+    let bad = || PolicyError::InvalidName(text.chars().take(40).collect());
+    let mut parser = Parser::new(&MsSqlDialect {})
+        .try_with_sql(text)
+        .map_err(|_| bad())?;
+    let name = parser.parse_object_name(false).map_err(|_| bad())?;
+    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF || name.0.len() != 1 {
+        return Err(bad());
+    }
+    normalise_name(&name).map(|n| n.object).map_err(|_| bad())
+}
+
+/// Built-in scalar and aggregate functions that read nothing but their arguments.
+/// Anything else called as a function must be authorised as a routine.
+const BUILTIN_FUNCTIONS: &[&str] = &[
+    "abs",
+    "avg",
+    "ceiling",
+    "char",
+    "charindex",
+    "choose",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "count_big",
+    "current_timestamp",
+    "datalength",
+    "dateadd",
+    "datediff",
+    "datefromparts",
+    "datename",
+    "datepart",
+    "day",
+    "dense_rank",
+    "eomonth",
+    "exp",
+    "first_value",
+    "floor",
+    "format",
+    "getdate",
+    "getutcdate",
+    "iif",
+    "isdate",
+    "isnull",
+    "isnumeric",
+    "lag",
+    "last_value",
+    "lead",
+    "left",
+    "len",
+    "log",
+    "log10",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "month",
+    "nchar",
+    "ntile",
+    "nullif",
+    "patindex",
+    "pi",
+    "power",
+    "rank",
+    "replace",
+    "replicate",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "rtrim",
+    "sign",
+    "space",
+    "sqrt",
+    "square",
+    "stdev",
+    "str",
+    "string_agg",
+    "stuff",
+    "substring",
+    "sum",
+    "sysdatetime",
+    "trim",
+    "unicode",
+    "upper",
+    "var",
+    "year",
+];
+
+/// Rowset functions that reach outside the database: never allowed.
+const FORBIDDEN_ROWSETS: &[&str] = &["openrowset", "openquery", "opendatasource", "openxml"];
+
+/// Procedures that run dynamic SQL (whose components cannot be known): never allowed.
+const DYNAMIC_SQL_PROCEDURES: &[&str] = &[
+    "sp_executesql",
+    "sp_sqlexec",
+    "sp_prepare",
+    "sp_prepexec",
+    "sp_execute",
+    "sp_cursoropen",
+];
+
+#[derive(Default)]
+struct Collector {
+    /// Visible CTE names, innermost query last.
+    scopes: Vec<Vec<String>>,
+    /// CTE bodies (by address) and the CTE names visible inside each.
+    cte_bodies: Vec<(usize, Vec<String>)>,
+    tables: BTreeSet<String>,
+    procedures: BTreeSet<String>,
+    catalogues: BTreeSet<String>,
+    kinds: u8,
+}
+
+impl Collector {
+    fn mark(&mut self, kind: StatementKind) {
+        self.kinds |= kind.bit();
+    }
+
+    fn in_cte_scope(&self, name: &str) -> bool {
+        self.scopes
+            .last()
+            .is_some_and(|s| s.iter().any(|n| n == name))
+    }
+
+    fn add_table(&mut self, name: &ObjectName) -> Result<(), PolicyError> {
+        let n = normalise_name(name)?;
+        if n.single_part && self.in_cte_scope(&n.object) {
+            return Ok(());
+        }
+        if FORBIDDEN_ROWSETS.contains(&n.object.as_str()) {
+            self.mark(StatementKind::Other);
+        }
+        if let Some(c) = n.catalogue {
+            self.catalogues.insert(c);
+        }
+        self.tables.insert(n.object);
+        Ok(())
+    }
+
+    fn add_routine(&mut self, name: &ObjectName, is_procedure: bool) -> Result<(), PolicyError> {
+        let n = normalise_name(name)?;
+        let o = n.object.as_str();
+        if !is_procedure && n.single_part && BUILTIN_FUNCTIONS.contains(&o) {
+            return Ok(());
+        }
+        if FORBIDDEN_ROWSETS.contains(&o)
+            || DYNAMIC_SQL_PROCEDURES.contains(&o)
+            || o.starts_with("xp_")
+            || o.starts_with("sys.")
+        {
+            self.mark(StatementKind::Other);
+        }
+        if let Some(c) = n.catalogue {
+            self.catalogues.insert(c);
+        }
+        self.procedures.insert(n.object);
+        Ok(())
+    }
+
+    /// Marks writes and `SELECT INTO` in a query body (set operations included).
+    fn classify_body(&mut self, body: &SetExpr) -> Result<(), PolicyError> {
+        match body {
+            SetExpr::Select(select) => {
+                if let Some(into) = &select.into {
+                    self.mark(StatementKind::Ddl);
+                    self.add_table(&into.name)?;
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.classify_body(left)?;
+                self.classify_body(right)?;
+            }
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => {
+                self.mark(StatementKind::Write);
+            }
+            SetExpr::Query(_) | SetExpr::Values(_) => {}
+            SetExpr::Table(_) => return Err(PolicyError::SqlUnsupported("TABLE statement")),
+        }
+        Ok(())
+    }
+}
+
+fn flow(r: Result<(), PolicyError>) -> ControlFlow<PolicyError> {
+    match r {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e) => ControlFlow::Break(e),
+    }
+}
+
+impl Visitor for Collector {
+    type Break = PolicyError;
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<PolicyError> {
+        let addr = query as *const Query as usize;
+        let outer = self.scopes.last().cloned().unwrap_or_default();
+        let scope = match self.cte_bodies.iter().position(|(a, _)| *a == addr) {
+            Some(i) => self.cte_bodies.swap_remove(i).1,
+            None => {
+                let mut scope = outer.clone();
+                if let Some(with) = &query.with {
+                    let mut earlier = outer.clone();
+                    for cte in &with.cte_tables {
+                        let body = &*cte.query as *const Query as usize;
+                        self.cte_bodies.push((body, earlier.clone()));
+                        let name = cte.alias.name.value.to_lowercase();
+                        earlier.push(name.clone());
+                        scope.push(name);
+                    }
+                }
+                scope
+            }
+        };
+        self.scopes.push(scope);
+        flow(self.classify_body(&query.body))
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<PolicyError> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<PolicyError> {
+        flow(self.add_table(relation))
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<PolicyError> {
+        match factor {
+            TableFactor::Table { name, args, .. } => {
+                if args.is_some() {
+                    // A table-valued function: authorised as a routine (and, as the
+                    // visitor also reports the name as a relation, as a table).
+                    return flow(self.add_routine(name, true));
+                }
+                ControlFlow::Continue(())
+            }
+            TableFactor::Derived { .. }
+            | TableFactor::NestedJoin { .. }
+            | TableFactor::Pivot { .. }
+            | TableFactor::Unpivot { .. } => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(PolicyError::SqlUnsupported("table source")),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<PolicyError> {
+        match expr {
+            Expr::Function(f) => flow(self.add_routine(&f.name, false)),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<PolicyError> {
+        let kind = match statement {
+            Statement::Query(_) => StatementKind::Read,
+            Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Merge { .. } => StatementKind::Write,
+            Statement::Execute {
+                name: Some(name),
+                immediate: false,
+                ..
+            } => {
+                if let ControlFlow::Break(e) = flow(self.add_routine(name, true)) {
+                    return ControlFlow::Break(e);
+                }
+                StatementKind::Call
+            }
+            Statement::Call(f) => {
+                if let ControlFlow::Break(e) = flow(self.add_routine(&f.name, true)) {
+                    return ControlFlow::Break(e);
+                }
+                StatementKind::Call
+            }
+            Statement::CreateView { .. }
+            | Statement::CreateTable(_)
+            | Statement::CreateVirtualTable { .. }
+            | Statement::CreateIndex(_)
+            | Statement::CreateProcedure { .. }
+            | Statement::CreateFunction(_)
+            | Statement::CreateTrigger(_)
+            | Statement::CreateSchema { .. }
+            | Statement::CreateDatabase { .. }
+            | Statement::CreateSequence { .. }
+            | Statement::CreateType { .. }
+            | Statement::CreateRole { .. }
+            | Statement::AlterTable { .. }
+            | Statement::AlterIndex { .. }
+            | Statement::AlterView { .. }
+            | Statement::AlterRole { .. }
+            | Statement::Drop { .. }
+            | Statement::DropFunction { .. }
+            | Statement::DropProcedure { .. }
+            | Statement::DropTrigger(_)
+            | Statement::Truncate { .. }
+            | Statement::RenameTable(_)
+            | Statement::Grant { .. }
+            | Statement::Revoke { .. }
+            | Statement::Deny(_) => StatementKind::Ddl,
+            _ => StatementKind::Other,
+        };
+        self.mark(kind);
+        if let Statement::Delete(delete) = statement {
+            // `DELETE t FROM u`: `t` is a target table the visitor does not report.
+            for name in &delete.tables {
+                if let ControlFlow::Break(e) = flow(self.add_table(name)) {
+                    return ControlFlow::Break(e);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
