@@ -1,0 +1,768 @@
+//! The state machine: one function per event, each checking everything before it
+//! changes anything, so that a refused event leaves the registry untouched.
+
+use halo_authority::{AuthorityEvent, GroupKey, GroupState};
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+
+use crate::registry::{BranchClaim, Promotion};
+use crate::{
+    Catalogue, Change, DatabaseIdentity, Event, Link, LinkStatus, Registry, Site, SiteStatus,
+    TenancyError, TextField, TextRule,
+};
+
+/// Longest Link version, in characters.
+const MAX_VERSION: usize = 64;
+/// Longest practice name, in characters.
+const MAX_PRACTICE_NAME: usize = 200;
+/// Longest catalogue name, in characters.
+const MAX_CATALOGUE_NAME: usize = 128;
+/// Longest actor name, in characters.
+const MAX_ACTOR: usize = 200;
+/// Longest promotion reason, in characters.
+const MAX_REASON: usize = 1000;
+
+pub(crate) fn apply(
+    reg: &mut Registry,
+    event: &Event,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    match event {
+        Event::LinkRegistered {
+            link,
+            environment,
+            version,
+        } => link_registered(reg, *link, *environment, version, now),
+        Event::DatabaseAttached {
+            link,
+            site,
+            identity,
+        } => database_attached(reg, *link, *site, identity, now),
+        Event::DatabaseReady { link, site } => database_ready(reg, *link, *site, now),
+        Event::DatabaseRemoved { link, site } => database_removed(reg, *link, *site),
+        Event::LinkUninstalled { link } => link_uninstalled(reg, *link),
+        Event::Reinstalled {
+            link,
+            previous,
+            site,
+        } => reinstalled(reg, *link, *previous, *site, now),
+        Event::Heartbeat { link } => heartbeat(reg, *link, now),
+        Event::BranchCrnsChanged {
+            link,
+            site,
+            branch_crns,
+        } => branch_crns_changed(reg, *link, *site, branch_crns),
+        Event::Promoted {
+            site,
+            actor,
+            reason,
+        } => promoted(reg, *site, actor, reason, now),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Checks (read-only).
+
+fn check_text(
+    field: TextField,
+    text: &str,
+    max: usize,
+    required: bool,
+) -> Result<Box<str>, TenancyError> {
+    let fail = |rule| Err(TenancyError::InvalidText { field, rule });
+    if required && text.trim().is_empty() {
+        return fail(TextRule::Blank);
+    }
+    if text.chars().count() > max {
+        return fail(TextRule::TooLong { max });
+    }
+    if text.chars().any(char::is_control) {
+        return fail(TextRule::ControlCharacter);
+    }
+    Ok(text.into())
+}
+
+fn live_link(reg: &Registry, link: LinkGuid) -> Result<&Link, TenancyError> {
+    let l = reg
+        .links
+        .get(&link)
+        .ok_or(TenancyError::UnknownLink(link))?;
+    if l.status != LinkStatus::Active {
+        return Err(TenancyError::LinkUninstalled(link));
+    }
+    Ok(l)
+}
+
+/// A live site owned by `link`.
+fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Site, TenancyError> {
+    let s = reg
+        .sites
+        .get(&site)
+        .ok_or(TenancyError::UnknownSite(site))?;
+    if s.link != link {
+        return Err(TenancyError::SiteOwnedByOtherLink(site));
+    }
+    if !s.status.is_live() {
+        return Err(TenancyError::SiteRetired {
+            site,
+            status: s.status,
+        });
+    }
+    Ok(s)
+}
+
+/// Branch CRNs sorted, without duplicates and without the parent itself.
+fn normalise_branches(parent: Crn, branches: &[Crn]) -> Box<[Crn]> {
+    let mut out: Vec<Crn> = branches.iter().copied().filter(|b| *b != parent).collect();
+    out.sort_unstable();
+    out.dedup();
+    out.into_boxed_slice()
+}
+
+/// The validated details of a database.
+struct Details {
+    branch_crns: Box<[Crn]>,
+    practice_name: Box<str>,
+    pms_version: Box<str>,
+    catalogues: Box<[Catalogue]>,
+}
+
+fn check_details(identity: &DatabaseIdentity) -> Result<Details, TenancyError> {
+    let practice_name = check_text(
+        TextField::PracticeName,
+        &identity.practice_name,
+        MAX_PRACTICE_NAME,
+        false,
+    )?;
+    let pms_version = check_text(
+        TextField::PmsVersion,
+        &identity.pms_version,
+        MAX_VERSION,
+        false,
+    )?;
+    let mut defaults = 0;
+    for (i, c) in identity.catalogues.iter().enumerate() {
+        check_text(TextField::CatalogueName, &c.name, MAX_CATALOGUE_NAME, true)?;
+        if identity.catalogues[..i]
+            .iter()
+            .any(|d| d.name.eq_ignore_ascii_case(&c.name))
+        {
+            return Err(TenancyError::DuplicateCatalogue);
+        }
+        defaults += usize::from(c.is_default);
+    }
+    if defaults > 1 {
+        return Err(TenancyError::SeveralDefaultCatalogues);
+    }
+    Ok(Details {
+        branch_crns: normalise_branches(identity.crn, &identity.branch_crns),
+        practice_name,
+        pms_version,
+        catalogues: identity.catalogues.clone().into_boxed_slice(),
+    })
+}
+
+fn key(environment: Environment, pms_type: PmsType, crn: Crn) -> GroupKey {
+    GroupKey::new(environment, PmsId::new(pms_type, crn))
+}
+
+/// The CRN rules for a site with routing CRN `crn` and these branch CRNs, ignoring
+/// the site `exclude` (the site itself, or the install it replaces).
+fn check_crns(
+    reg: &Registry,
+    environment: Environment,
+    pms_type: PmsType,
+    crn: Crn,
+    demo: bool,
+    branches: &[Crn],
+    exclude: Option<HaloGuid>,
+) -> Result<(), TenancyError> {
+    let parent_key = key(environment, pms_type, crn);
+    if reg.branches.contains_key(&parent_key) {
+        return Err(TenancyError::CrnIsBranch(crn));
+    }
+    if let Some(group) = reg.groups.get(&parent_key) {
+        let clash = group
+            .state
+            .members()
+            .iter()
+            .filter(|m| Some(m.site) != exclude)
+            .any(|m| demo || reg.sites.get(&m.site).is_some_and(|s| s.demo));
+        if clash {
+            return Err(TenancyError::FakeCrnCollision(crn));
+        }
+    }
+    if demo {
+        // A demo copy's branch CRNs are copies too: kept, never indexed.
+        return Ok(());
+    }
+    for branch in branches {
+        let branch_key = key(environment, pms_type, *branch);
+        if let Some(group) = reg.groups.get(&branch_key) {
+            if group
+                .state
+                .members()
+                .iter()
+                .any(|m| Some(m.site) != exclude)
+            {
+                return Err(TenancyError::BranchIsParent(*branch));
+            }
+        }
+        if let Some(claim) = reg.branches.get(&branch_key) {
+            if claim.parent != crn {
+                return Err(TenancyError::BranchClaimedByOtherParent(*branch));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Authority changes worked out on copies of the groups they touch.
+#[derive(Default)]
+struct Plan {
+    groups: Vec<(GroupKey, GroupState)>,
+}
+
+impl Plan {
+    fn elect(
+        &mut self,
+        reg: &Registry,
+        key: GroupKey,
+        event: &AuthorityEvent,
+    ) -> Result<(), TenancyError> {
+        let index = match self.groups.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let state = reg
+                    .groups
+                    .get(&key)
+                    .map(|g| g.state.clone())
+                    .unwrap_or_default();
+                self.groups.push((key, state));
+                self.groups.len() - 1
+            }
+        };
+        self.groups[index].1.apply(event)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Commit helpers (infallible).
+
+fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
+    if !changes.contains(&Change::SiteUpserted(site))
+        && !changes.contains(&Change::SiteRemoved(site))
+    {
+        changes.push(Change::SiteUpserted(site));
+    }
+}
+
+/// Installs the planned group states and mirrors holder and epoch onto the sites.
+/// `leaving` are sites that left a group in this event.
+fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Vec<Change>) {
+    let Registry { groups, sites, .. } = reg;
+    for (key, state) in plan.groups {
+        let group = groups.entry(key).or_default();
+        let changed = group.state.epoch() != state.epoch();
+        group.state = state;
+        let holder = group.state.holder();
+        let epoch = group.state.epoch();
+        for member in group.state.members() {
+            if let Some(site) = sites.get_mut(&member.site) {
+                site.authoritative = holder == Some(member.site);
+                site.epoch = epoch;
+            }
+        }
+        for gone in leaving {
+            if let Some(site) = sites.get_mut(gone) {
+                if site.group_key() == key {
+                    site.authoritative = false;
+                    site.epoch = epoch;
+                }
+            }
+        }
+        if changed {
+            changes.push(Change::AuthorityChanged {
+                group: key,
+                holder,
+                epoch,
+            });
+            for member in group.state.members() {
+                push_site_change(changes, member.site);
+            }
+        }
+    }
+}
+
+/// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
+fn claim_crns(reg: &mut Registry, site: &Site) {
+    if site.demo {
+        *reg.demo_real
+            .entry(key(site.environment, site.pms_type, site.real_crn))
+            .or_insert(0) += 1;
+        return;
+    }
+    for branch in site.branch_crns.iter() {
+        reg.branches
+            .entry(key(site.environment, site.pms_type, *branch))
+            .or_insert(BranchClaim {
+                parent: site.real_crn,
+                claims: 0,
+            })
+            .claims += 1;
+    }
+}
+
+/// Removes the claims [`claim_crns`] added.
+fn release_crns(reg: &mut Registry, site: &Site) {
+    if site.demo {
+        let k = key(site.environment, site.pms_type, site.real_crn);
+        if let Some(count) = reg.demo_real.get_mut(&k) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                reg.demo_real.remove(&k);
+            }
+        }
+        return;
+    }
+    for branch in site.branch_crns.iter() {
+        let k = key(site.environment, site.pms_type, *branch);
+        if let Some(claim) = reg.branches.get_mut(&k) {
+            claim.claims = claim.claims.saturating_sub(1);
+            if claim.claims == 0 {
+                reg.branches.remove(&k);
+            }
+        }
+    }
+}
+
+/// Takes a site out of its CRN indexes, changes it, and puts it back.
+fn with_claims(reg: &mut Registry, halo: HaloGuid, change: impl FnOnce(&mut Site)) {
+    let Some(mut site) = reg.sites.remove(&halo) else {
+        return;
+    };
+    if site.status.is_live() {
+        release_crns(reg, &site);
+    }
+    change(&mut site);
+    if site.status.is_live() {
+        claim_crns(reg, &site);
+    }
+    reg.sites.insert(halo, site);
+}
+
+fn hear_link(reg: &mut Registry, link: LinkGuid, now: Timestamp) {
+    if let Some(l) = reg.links.get_mut(&link) {
+        l.last_heard = l.last_heard.max(now);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Handlers.
+
+fn link_registered(
+    reg: &mut Registry,
+    link: LinkGuid,
+    environment: Environment,
+    version: &str,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    let version = check_text(TextField::LinkVersion, version, MAX_VERSION, true)?;
+    if let Some(existing) = reg.links.get(&link) {
+        let serves = existing
+            .sites
+            .iter()
+            .any(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()));
+        if existing.environment != environment && serves {
+            return Err(TenancyError::EnvironmentChanged(link));
+        }
+    }
+    let entry = reg.links.entry(link).or_insert_with(|| Link {
+        guid: link,
+        environment,
+        status: LinkStatus::Active,
+        last_heard: now,
+        version: Box::default(),
+        sites: Vec::new(),
+    });
+    entry.environment = environment;
+    entry.status = LinkStatus::Active;
+    entry.version = version;
+    entry.last_heard = entry.last_heard.max(now);
+    Ok(vec![Change::LinkUpserted(link)])
+}
+
+fn database_attached(
+    reg: &mut Registry,
+    link: LinkGuid,
+    halo: HaloGuid,
+    identity: &DatabaseIdentity,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    let environment = live_link(reg, link)?.environment;
+    if identity.demo && environment == Environment::Production {
+        return Err(TenancyError::DemoInProduction);
+    }
+    let details = check_details(identity)?;
+    let routing_crn = if identity.demo {
+        halo.fake_crn()
+    } else {
+        identity.crn
+    };
+
+    if let Some(existing) = reg.sites.get(&halo) {
+        // A re-report of a known database: details may change, identity may not.
+        if existing.link != link {
+            return Err(TenancyError::SiteOwnedByOtherLink(halo));
+        }
+        if !existing.status.is_live() {
+            return Err(TenancyError::SiteRetired {
+                site: halo,
+                status: existing.status,
+            });
+        }
+        if existing.pms_type != identity.pms_type
+            || existing.real_crn != identity.crn
+            || existing.demo != identity.demo
+        {
+            return Err(TenancyError::IdentityChanged(halo));
+        }
+        check_crns(
+            reg,
+            environment,
+            identity.pms_type,
+            routing_crn,
+            identity.demo,
+            &details.branch_crns,
+            Some(halo),
+        )?;
+        with_claims(reg, halo, |site| {
+            site.branch_crns = details.branch_crns;
+            site.practice_name = details.practice_name;
+            site.pms_version = details.pms_version;
+            site.catalogues = details.catalogues;
+            site.last_heard = site.last_heard.max(now);
+        });
+        hear_link(reg, link, now);
+        return Ok(vec![Change::SiteUpserted(halo)]);
+    }
+
+    check_crns(
+        reg,
+        environment,
+        identity.pms_type,
+        routing_crn,
+        identity.demo,
+        &details.branch_crns,
+        None,
+    )?;
+    let group_key = key(environment, identity.pms_type, routing_crn);
+    let mut plan = Plan::default();
+    plan.elect(
+        reg,
+        group_key,
+        &AuthorityEvent::Joined {
+            site: halo,
+            eligible: true,
+            link,
+        },
+    )?;
+
+    let site = Site {
+        halo,
+        link,
+        environment,
+        pms_type: identity.pms_type,
+        real_crn: identity.crn,
+        demo: identity.demo,
+        status: SiteStatus::Initialising,
+        authoritative: false,
+        epoch: halo_authority::Epoch::ZERO,
+        last_heard: now,
+        branch_crns: details.branch_crns,
+        practice_name: details.practice_name,
+        pms_version: details.pms_version,
+        catalogues: details.catalogues,
+    };
+    claim_crns(reg, &site);
+    reg.sites.insert(halo, site);
+    if let Some(l) = reg.links.get_mut(&link) {
+        l.sites.push(halo);
+        l.last_heard = l.last_heard.max(now);
+    }
+    let mut changes = vec![Change::SiteUpserted(halo)];
+    commit_plan(reg, plan, &[], &mut changes);
+    Ok(changes)
+}
+
+fn database_ready(
+    reg: &mut Registry,
+    link: LinkGuid,
+    halo: HaloGuid,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    live_link(reg, link)?;
+    let site = live_owned_site(reg, link, halo)?;
+    if site.status != SiteStatus::Initialising {
+        return Err(TenancyError::InvalidTransition {
+            site: halo,
+            from: site.status,
+            to: SiteStatus::Active,
+        });
+    }
+    if let Some(site) = reg.sites.get_mut(&halo) {
+        site.status = SiteStatus::Active;
+        site.last_heard = site.last_heard.max(now);
+    }
+    hear_link(reg, link, now);
+    Ok(vec![Change::SiteUpserted(halo)])
+}
+
+fn database_removed(
+    reg: &mut Registry,
+    link: LinkGuid,
+    halo: HaloGuid,
+) -> Result<Vec<Change>, TenancyError> {
+    live_link(reg, link)?;
+    let site = live_owned_site(reg, link, halo)?;
+    let mut plan = Plan::default();
+    plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: halo })?;
+    with_claims(reg, halo, |site| site.status = SiteStatus::Removed);
+    let mut changes = vec![Change::SiteRemoved(halo)];
+    commit_plan(reg, plan, &[halo], &mut changes);
+    Ok(changes)
+}
+
+fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, TenancyError> {
+    let l = live_link(reg, link)?;
+    let leaving: Vec<HaloGuid> = l
+        .sites
+        .iter()
+        .copied()
+        .filter(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()))
+        .collect();
+    let mut plan = Plan::default();
+    for halo in &leaving {
+        if let Some(site) = reg.sites.get(halo) {
+            plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: *halo })?;
+        }
+    }
+    let mut changes = Vec::with_capacity(leaving.len() + 1);
+    for halo in &leaving {
+        with_claims(reg, *halo, |site| site.status = SiteStatus::Uninstalled);
+        changes.push(Change::SiteRemoved(*halo));
+    }
+    if let Some(l) = reg.links.get_mut(&link) {
+        l.status = LinkStatus::Uninstalled;
+    }
+    changes.push(Change::LinkUninstalled(link));
+    commit_plan(reg, plan, &leaving, &mut changes);
+    Ok(changes)
+}
+
+fn reinstalled(
+    reg: &mut Registry,
+    link: LinkGuid,
+    previous: HaloGuid,
+    halo: HaloGuid,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    let environment = live_link(reg, link)?.environment;
+    let prev = reg
+        .sites
+        .get(&previous)
+        .ok_or(TenancyError::UnknownSite(previous))?;
+    if prev.link != link {
+        return Err(TenancyError::SiteOwnedByOtherLink(previous));
+    }
+    if prev.status == SiteStatus::Removed {
+        return Err(TenancyError::SiteRetired {
+            site: previous,
+            status: prev.status,
+        });
+    }
+    if reg.successors.contains_key(&previous) {
+        return Err(TenancyError::AlreadyReinstalled(previous));
+    }
+    if let Some(existing) = reg.sites.get(&halo) {
+        return Err(if existing.link != link {
+            TenancyError::SiteOwnedByOtherLink(halo)
+        } else {
+            TenancyError::DuplicateSite(halo)
+        });
+    }
+    if prev.environment != environment {
+        return Err(TenancyError::EnvironmentChanged(link));
+    }
+    let was_live = prev.status.is_live();
+    let routing_crn = if prev.demo {
+        halo.fake_crn()
+    } else {
+        prev.real_crn
+    };
+    check_crns(
+        reg,
+        environment,
+        prev.pms_type,
+        routing_crn,
+        prev.demo,
+        &prev.branch_crns,
+        Some(previous),
+    )?;
+    let new_key = key(environment, prev.pms_type, routing_crn);
+    let mut plan = Plan::default();
+    if prev.demo {
+        // A demo copy's fake CRN comes from its Halo GUID, so the reinstall lands in
+        // a new group of its own.
+        if was_live {
+            plan.elect(
+                reg,
+                prev.group_key(),
+                &AuthorityEvent::Left { site: previous },
+            )?;
+        }
+        plan.elect(
+            reg,
+            new_key,
+            &AuthorityEvent::Joined {
+                site: halo,
+                eligible: true,
+                link,
+            },
+        )?;
+    } else {
+        plan.elect(
+            reg,
+            new_key,
+            &AuthorityEvent::Reinstalled {
+                previous,
+                site: halo,
+                link,
+                eligible: true,
+            },
+        )?;
+    }
+
+    let site = Site {
+        halo,
+        link,
+        environment,
+        pms_type: prev.pms_type,
+        real_crn: prev.real_crn,
+        demo: prev.demo,
+        status: SiteStatus::Initialising,
+        authoritative: false,
+        epoch: halo_authority::Epoch::ZERO,
+        last_heard: now,
+        branch_crns: prev.branch_crns.clone(),
+        practice_name: prev.practice_name.clone(),
+        pms_version: prev.pms_version.clone(),
+        catalogues: prev.catalogues.clone(),
+    };
+    let mut changes = Vec::new();
+    if was_live {
+        with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
+        changes.push(Change::SiteRemoved(previous));
+    }
+    claim_crns(reg, &site);
+    reg.sites.insert(halo, site);
+    reg.successors.insert(previous, halo);
+    if let Some(l) = reg.links.get_mut(&link) {
+        l.sites.push(halo);
+        l.last_heard = l.last_heard.max(now);
+    }
+    changes.push(Change::SiteUpserted(halo));
+    commit_plan(reg, plan, &[previous], &mut changes);
+    Ok(changes)
+}
+
+fn heartbeat(
+    reg: &mut Registry,
+    link: LinkGuid,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    live_link(reg, link)?;
+    let Registry { links, sites, .. } = reg;
+    if let Some(l) = links.get_mut(&link) {
+        l.last_heard = l.last_heard.max(now);
+        for halo in &l.sites {
+            if let Some(site) = sites.get_mut(halo) {
+                if site.status.is_live() {
+                    site.last_heard = site.last_heard.max(now);
+                }
+            }
+        }
+    }
+    Ok(vec![Change::LinkHeard { link, at: now }])
+}
+
+fn branch_crns_changed(
+    reg: &mut Registry,
+    link: LinkGuid,
+    halo: HaloGuid,
+    branch_crns: &[Crn],
+) -> Result<Vec<Change>, TenancyError> {
+    live_link(reg, link)?;
+    let site = live_owned_site(reg, link, halo)?;
+    let branches = normalise_branches(site.real_crn, branch_crns);
+    check_crns(
+        reg,
+        site.environment,
+        site.pms_type,
+        site.crn(),
+        site.demo,
+        &branches,
+        Some(halo),
+    )?;
+    with_claims(reg, halo, |site| site.branch_crns = branches);
+    Ok(vec![Change::SiteUpserted(halo)])
+}
+
+fn promoted(
+    reg: &mut Registry,
+    halo: HaloGuid,
+    actor: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Vec<Change>, TenancyError> {
+    let site = reg
+        .sites
+        .get(&halo)
+        .ok_or(TenancyError::UnknownSite(halo))?;
+    if !site.status.is_live() {
+        return Err(TenancyError::SiteRetired {
+            site: halo,
+            status: site.status,
+        });
+    }
+    let actor = check_text(TextField::Actor, actor, MAX_ACTOR, true)?;
+    let reason = check_text(TextField::Reason, reason, MAX_REASON, true)?;
+    let group_key = site.group_key();
+    let mut plan = Plan::default();
+    plan.elect(
+        reg,
+        group_key,
+        &AuthorityEvent::Promoted {
+            site: halo,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        },
+    )?;
+    let epoch = plan
+        .groups
+        .first()
+        .map(|(_, g)| g.epoch())
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    commit_plan(reg, plan, &[], &mut changes);
+    if let Some(group) = reg.groups.get_mut(&group_key) {
+        group.last_promotion = Some(Box::new(Promotion {
+            site: halo,
+            actor,
+            reason,
+            at: now,
+            epoch,
+        }));
+    }
+    Ok(changes)
+}

@@ -1,0 +1,149 @@
+//! Events: every change to the registry, serde-serialisable and versioned.
+//!
+//! The event log is a compatibility promise: a [`LogEntry`] written by an older build
+//! must still load. Fields added later get `#[serde(default)]`; the frozen fixture
+//! `tests/fixtures/events_v1.jsonl` is loaded by a test.
+
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// The event format version this build writes.
+pub const EVENT_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
+}
+
+/// One entry of the event log: an event and the time it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The format version ([`EVENT_VERSION`] when written by this build).
+    #[serde(default = "version_one")]
+    pub version: u32,
+    /// The `now` the event was applied with.
+    pub at: Timestamp,
+    /// The event.
+    pub event: Event,
+}
+
+impl LogEntry {
+    /// An entry in the current format.
+    pub fn new(at: Timestamp, event: Event) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            at,
+            event,
+        }
+    }
+}
+
+/// A catalogue (database schema) a site offers to integrators.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Catalogue {
+    /// Its name.
+    pub name: Box<str>,
+    /// Whether queries that name no catalogue use it.
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+/// A database's identity and details, as the Link read them from the database itself
+/// (never from its own configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseIdentity {
+    /// The PMS.
+    pub pms_type: PmsType,
+    /// The parent CRN stored in the database (for a demo copy: its real, non-unique CRN).
+    pub crn: Crn,
+    /// Local CRNs of branch locations.
+    #[serde(default)]
+    pub branch_crns: Vec<Crn>,
+    /// The practice name (the secondary identifier).
+    pub practice_name: String,
+    /// The PMS version.
+    #[serde(default)]
+    pub pms_version: String,
+    /// Catalogues offered to integrators.
+    #[serde(default)]
+    pub catalogues: Vec<Catalogue>,
+    /// Whether this is a demo or de-identified copy.
+    #[serde(default)]
+    pub demo: bool,
+}
+
+/// A change to the tenancy model. [`Registry::apply`](crate::Registry::apply) is the
+/// only way to change a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum Event {
+    /// A Link connected and registered (or re-registered after an upgrade or reinstall).
+    LinkRegistered {
+        /// The Link.
+        link: LinkGuid,
+        /// Its environment.
+        environment: Environment,
+        /// Its software version.
+        version: String,
+    },
+    /// A Link found a database (or re-reported its details).
+    DatabaseAttached {
+        /// The Link.
+        link: LinkGuid,
+        /// The Halo GUID the Link gave the database.
+        site: HaloGuid,
+        /// What the Link read from the database.
+        identity: DatabaseIdentity,
+    },
+    /// A database finished initialising and is ready for queries.
+    DatabaseReady {
+        /// The Link.
+        link: LinkGuid,
+        /// The database.
+        site: HaloGuid,
+    },
+    /// A Link no longer serves a database.
+    DatabaseRemoved {
+        /// The Link.
+        link: LinkGuid,
+        /// The database.
+        site: HaloGuid,
+    },
+    /// A Link was uninstalled: all its databases are uninstalled.
+    LinkUninstalled {
+        /// The Link.
+        link: LinkGuid,
+    },
+    /// A reinstalled Link gave the database it knew as `previous` the new Halo GUID `site`.
+    Reinstalled {
+        /// The Link (the same Link GUID as the previous install).
+        link: LinkGuid,
+        /// The Halo GUID of the previous install.
+        previous: HaloGuid,
+        /// The new Halo GUID.
+        site: HaloGuid,
+    },
+    /// A Link is alive. Updates last-heard times only.
+    Heartbeat {
+        /// The Link.
+        link: LinkGuid,
+    },
+    /// A database's branch CRNs changed.
+    BranchCrnsChanged {
+        /// The Link.
+        link: LinkGuid,
+        /// The database.
+        site: HaloGuid,
+        /// The new set of branch CRNs.
+        branch_crns: Vec<Crn>,
+    },
+    /// A support operator made a site authoritative in its group.
+    Promoted {
+        /// The site.
+        site: HaloGuid,
+        /// The operator.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,223 @@
+//! The registry: all Links, sites and authority groups, and the queries on them.
+
+use std::collections::HashMap;
+
+use halo_authority::{Epoch, GroupKey, GroupState};
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+
+use crate::{Availability, AvailabilityConfig, Change, Event, Link, LogEntry, Site, TenancyError};
+
+/// Hash maps keyed by identifiers that arrive from the network: foldhash with a
+/// per-map random seed.
+pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A promotion by a support operator, as recorded on its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The promoted site.
+    pub site: HaloGuid,
+    /// The operator.
+    pub actor: Box<str>,
+    /// Why.
+    pub reason: Box<str>,
+    /// When it was applied.
+    pub at: Timestamp,
+    /// The epoch it started.
+    pub epoch: Epoch,
+}
+
+/// An authority group as the registry keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    pub(crate) state: GroupState,
+    pub(crate) last_promotion: Option<Box<Promotion>>,
+}
+
+impl Group {
+    /// The election state: holder, epoch and live members.
+    pub fn state(&self) -> &GroupState {
+        &self.state
+    }
+
+    /// The authoritative site, if any.
+    pub fn holder(&self) -> Option<HaloGuid> {
+        self.state.holder()
+    }
+
+    /// The group's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.state.epoch()
+    }
+
+    /// The latest promotion in this group, if any.
+    pub fn last_promotion(&self) -> Option<&Promotion> {
+        self.last_promotion.as_deref()
+    }
+}
+
+/// Which parent a branch CRN belongs to, and how many live sites claim it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BranchClaim {
+    pub(crate) parent: Crn,
+    pub(crate) claims: u32,
+}
+
+/// The outcome of looking up a CRN (the "Get Halo GUID" question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrnLookup {
+    /// A parent (or fake) CRN whose group has an authoritative site: this one.
+    Site(HaloGuid),
+    /// A parent CRN whose group has live sites but none authoritative (waiting for a
+    /// promotion). Nothing may be routed.
+    Vacant,
+    /// A branch (local) CRN. The parent CRN is needed; it is deliberately not given.
+    Branch,
+    /// The real, non-unique CRN of a demo or de-identified copy; use its fake CRN.
+    DemoRealCrn,
+    /// No live database has this CRN.
+    Unknown,
+}
+
+/// The tenancy model: Links, sites (databases), authority groups and CRN indexes.
+///
+/// Changed only by [`Registry::apply`]. Replaying the same events with the same
+/// times from [`Registry::default`] gives an equal registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub(crate) links: Map<LinkGuid, Link>,
+    pub(crate) sites: Map<HaloGuid, Site>,
+    pub(crate) groups: Map<GroupKey, Group>,
+    /// Branch CRNs of live non-demo sites, keyed by (environment, PMS type, branch CRN).
+    pub(crate) branches: Map<GroupKey, BranchClaim>,
+    /// Live demo sites by their real CRN, keyed like groups.
+    pub(crate) demo_real: Map<GroupKey, u32>,
+    /// Previous install → its reinstall.
+    pub(crate) successors: Map<HaloGuid, HaloGuid>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one event at time `now` and says what changed.
+    ///
+    /// # Errors
+    /// [`TenancyError`] when the event breaks a rule; the registry is then unchanged.
+    pub fn apply(&mut self, event: &Event, now: Timestamp) -> Result<Vec<Change>, TenancyError> {
+        crate::apply::apply(self, event, now)
+    }
+
+    /// Builds a registry by applying a log from empty.
+    ///
+    /// # Errors
+    /// [`TenancyError::Replay`] naming the first entry that failed, or that had an
+    /// unsupported format version.
+    pub fn replay<'a>(
+        entries: impl IntoIterator<Item = &'a LogEntry>,
+    ) -> Result<Self, TenancyError> {
+        let mut registry = Self::new();
+        for (index, entry) in entries.into_iter().enumerate() {
+            let result = if entry.version == 0 || entry.version > crate::EVENT_VERSION {
+                Err(TenancyError::UnsupportedVersion(entry.version))
+            } else {
+                registry.apply(&entry.event, entry.at).map(drop)
+            };
+            result.map_err(|source| TenancyError::Replay {
+                index,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(registry)
+    }
+
+    /// The site with this Halo GUID (in any status).
+    pub fn site(&self, halo: HaloGuid) -> Option<&Site> {
+        self.sites.get(&halo)
+    }
+
+    /// The Link with this GUID.
+    pub fn link(&self, link: LinkGuid) -> Option<&Link> {
+        self.links.get(&link)
+    }
+
+    /// The authority group with this key.
+    pub fn group(&self, key: &GroupKey) -> Option<&Group> {
+        self.groups.get(key)
+    }
+
+    /// Every site, in no particular order.
+    pub fn sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites.values()
+    }
+
+    /// Every Link, in no particular order.
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        self.links.values()
+    }
+
+    /// Every authority group, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.groups.iter()
+    }
+
+    /// Number of sites (in any status).
+    pub fn site_count(&self) -> usize {
+        self.sites.len()
+    }
+
+    /// The live sites sharing a PMS ID (the data behind "find sites"), in the order
+    /// they joined; the authoritative one has [`Site::is_authoritative`] set.
+    /// For a demo copy, `pms_id` holds its fake CRN.
+    pub fn sites_by_pms_id(
+        &self,
+        environment: Environment,
+        pms_id: PmsId,
+    ) -> impl Iterator<Item = &Site> {
+        self.groups
+            .get(&GroupKey::new(environment, pms_id))
+            .into_iter()
+            .flat_map(|g| g.state.members())
+            .filter_map(|m| self.sites.get(&m.site))
+    }
+
+    /// Trades a CRN for a Halo GUID. A branch CRN, a demo copy's real CRN and an
+    /// unknown CRN are distinct outcomes; a branch never reveals its parent.
+    pub fn lookup_crn(&self, environment: Environment, pms_type: PmsType, crn: Crn) -> CrnLookup {
+        let key = GroupKey::new(environment, PmsId::new(pms_type, crn));
+        if self.demo_real.contains_key(&key) {
+            // Checked first: a non-unique CRN must never pick a database.
+            return CrnLookup::DemoRealCrn;
+        }
+        if let Some(group) = self.groups.get(&key) {
+            if !group.state.is_empty() {
+                return match group.holder() {
+                    Some(holder) => CrnLookup::Site(holder),
+                    None => CrnLookup::Vacant,
+                };
+            }
+        }
+        if self.branches.contains_key(&key) {
+            return CrnLookup::Branch;
+        }
+        CrnLookup::Unknown
+    }
+
+    /// The availability of a site at `now`, from its last-heard time.
+    pub fn availability(
+        &self,
+        halo: HaloGuid,
+        now: Timestamp,
+        cfg: &AvailabilityConfig,
+    ) -> Option<Availability> {
+        self.sites
+            .get(&halo)
+            .map(|s| Availability::derive(s.last_heard, now, cfg))
+    }
+
+    /// The Halo GUID that replaced `previous` on reinstall, if any.
+    pub fn successor(&self, previous: HaloGuid) -> Option<HaloGuid> {
+        self.successors.get(&previous).copied()
+    }
+}

@@ -1,0 +1,211 @@
+//! Sites (databases as seen by one Link install) and Links.
+
+use std::fmt;
+
+use halo_authority::{Epoch, GroupKey};
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+
+use crate::Catalogue;
+
+/// The lifecycle of a site: `initialising` → `active` → `removed` | `uninstalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteStatus {
+    /// Attached; the Link is still preparing it.
+    Initialising,
+    /// Ready for queries.
+    Active,
+    /// The Link no longer serves it (terminal).
+    Removed,
+    /// Its Link was uninstalled or reinstalled (terminal).
+    Uninstalled,
+}
+
+impl SiteStatus {
+    /// The API text: `initialising`, `active`, `removed`, `uninstalled`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SiteStatus::Initialising => "initialising",
+            SiteStatus::Active => "active",
+            SiteStatus::Removed => "removed",
+            SiteStatus::Uninstalled => "uninstalled",
+        }
+    }
+
+    /// Whether the site is still served (initialising or active).
+    pub fn is_live(&self) -> bool {
+        matches!(self, SiteStatus::Initialising | SiteStatus::Active)
+    }
+}
+
+impl fmt::Display for SiteStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One PMS database as seen by one Link install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub(crate) halo: HaloGuid,
+    pub(crate) link: LinkGuid,
+    pub(crate) environment: Environment,
+    pub(crate) pms_type: PmsType,
+    pub(crate) real_crn: Crn,
+    pub(crate) demo: bool,
+    pub(crate) status: SiteStatus,
+    pub(crate) authoritative: bool,
+    pub(crate) epoch: Epoch,
+    pub(crate) last_heard: Timestamp,
+    pub(crate) branch_crns: Box<[Crn]>,
+    pub(crate) practice_name: Box<str>,
+    pub(crate) pms_version: Box<str>,
+    pub(crate) catalogues: Box<[Catalogue]>,
+}
+
+impl Site {
+    /// The Halo GUID.
+    pub fn halo_guid(&self) -> HaloGuid {
+        self.halo
+    }
+
+    /// The Link that serves (or served) it.
+    pub fn link_guid(&self) -> LinkGuid {
+        self.link
+    }
+
+    /// The environment of its Link.
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// The PMS type.
+    pub fn pms_type(&self) -> PmsType {
+        self.pms_type
+    }
+
+    /// The routing CRN: the parent CRN, or for a demo copy its fake CRN.
+    pub fn crn(&self) -> Crn {
+        if self.demo {
+            self.halo.fake_crn()
+        } else {
+            self.real_crn
+        }
+    }
+
+    /// The parent CRN stored in the database (for a demo copy, the non-unique one).
+    pub fn real_crn(&self) -> Crn {
+        self.real_crn
+    }
+
+    /// The PMS ID used for routing: PMS type and [`Site::crn`].
+    pub fn pms_id(&self) -> PmsId {
+        PmsId::new(self.pms_type, self.crn())
+    }
+
+    /// The key of its authority group.
+    pub fn group_key(&self) -> GroupKey {
+        GroupKey::new(self.environment, self.pms_id())
+    }
+
+    /// Branch (local) CRNs, sorted, without duplicates. They never route.
+    pub fn branch_crns(&self) -> &[Crn] {
+        &self.branch_crns
+    }
+
+    /// The practice name (the secondary identifier).
+    pub fn practice_name(&self) -> &str {
+        &self.practice_name
+    }
+
+    /// The PMS version.
+    pub fn pms_version(&self) -> &str {
+        &self.pms_version
+    }
+
+    /// The catalogues offered to integrators.
+    pub fn catalogues(&self) -> &[Catalogue] {
+        &self.catalogues
+    }
+
+    /// Whether it is a demo or de-identified copy.
+    pub fn is_demo(&self) -> bool {
+        self.demo
+    }
+
+    /// Its lifecycle status.
+    pub fn status(&self) -> SiteStatus {
+        self.status
+    }
+
+    /// Whether it holds authority in its group (never true unless live).
+    pub fn is_authoritative(&self) -> bool {
+        self.authoritative
+    }
+
+    /// Its group's epoch, as of the last change that touched it.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// When it was last heard from (attach, ready, or a heartbeat of its Link).
+    pub fn last_heard(&self) -> Timestamp {
+        self.last_heard
+    }
+
+    /// Whether queries may be routed to it: active and authoritative.
+    pub fn is_routable(&self) -> bool {
+        self.status == SiteStatus::Active && self.authoritative
+    }
+}
+
+/// Whether a Link is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkStatus {
+    /// Registered and serving.
+    Active,
+    /// Uninstalled; it may register again.
+    Uninstalled,
+}
+
+/// One Link installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub(crate) guid: LinkGuid,
+    pub(crate) environment: Environment,
+    pub(crate) status: LinkStatus,
+    pub(crate) last_heard: Timestamp,
+    pub(crate) version: Box<str>,
+    pub(crate) sites: Vec<HaloGuid>,
+}
+
+impl Link {
+    /// The Link GUID.
+    pub fn link_guid(&self) -> LinkGuid {
+        self.guid
+    }
+
+    /// Its environment.
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// Its status.
+    pub fn status(&self) -> LinkStatus {
+        self.status
+    }
+
+    /// When it was last heard from.
+    pub fn last_heard(&self) -> Timestamp {
+        self.last_heard
+    }
+
+    /// Its software version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Every site it ever attached, in attach order (including removed ones).
+    pub fn sites(&self) -> &[HaloGuid] {
+        &self.sites
+    }
+}

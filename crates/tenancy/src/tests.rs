@@ -1,0 +1,1 @@
+//! Unit tests of the registration rules and the seed-document scenarios.
