@@ -1,1 +1,60 @@
 //! Durable append-only event log with snapshots, on SQLite by default.
+//!
+//! The store knows nothing about tenancy or policy: records are opaque bytes
+//! ([`EventLog`]) or opaque serde values ([`Store`]), so the state machines that
+//! give them meaning live elsewhere and stay deterministic.
+//!
+//! - [`EventLog`] is the small trait a storage engine implements: durable batched
+//!   appends, checksummed reads that stop at the first damage, checksummed snapshots.
+//! - [`SqliteLog`] implements it on one SQLite file (`<dir>/halo.db`, WAL,
+//!   `synchronous=FULL`: an append is fsync'd before it returns).
+//! - [`Store`] is the typed helper: JSON events and state, recovery as
+//!   "newest good snapshot + tail", a snapshot policy the caller drives, and a
+//!   refusal to write past unresolved corruption.
+//!
+//! Recovery never guesses: a record whose CRC-32 fails, a gap in the sequence, a
+//! log shorter than its committed mark, or an event that does not decode stops
+//! replay at the last good event, and [`RecoveryReport::stopped_at`] says what and
+//! where. Nothing is deleted unless the caller asks
+//! ([`Store::quarantine_unreplayed`]). A damaged latest snapshot falls back to the
+//! previous one and a longer tail.
+//!
+//! ```
+//! use halo_store::{Store, StoreConfig};
+//!
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let config = StoreConfig { snapshot_every: 2, keep_snapshots: 2 };
+//! {
+//!     let (mut store, recovered) = Store::<String, Vec<String>>::open(dir.path(), config)?;
+//!     assert!(recovered.snapshot.is_none() && recovered.tail.is_empty());
+//!     store.append(&"a".to_owned())?;
+//!     let upto = store.append(&"b".to_owned())?;
+//!     assert!(store.snapshot_due());
+//!     store.snapshot(&vec!["a".to_owned(), "b".to_owned()], upto)?;
+//!     store.append(&"c".to_owned())?;
+//! }
+//! let (_store, recovered) = Store::<String, Vec<String>>::open(dir.path(), config)?;
+//! assert_eq!(recovered.snapshot, Some(vec!["a".to_owned(), "b".to_owned()]));
+//! assert_eq!(recovered.tail, vec!["c".to_owned()]);
+//! assert!(recovered.report.is_complete());
+//! # Ok::<(), halo_store::StoreError>(())
+//! ```
+
+mod corruption;
+mod error;
+mod log;
+mod seq;
+mod sqlite;
+mod store;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
+pub use error::StoreError;
+pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+pub use seq::Seq;
+pub use sqlite::{Durability, FORMAT_VERSION, SqliteLog};
+pub use store::{Recovered, RecoveryReport, Store, StoreConfig};
+pub use verify::{VerifyReport, verify};

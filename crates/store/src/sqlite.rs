@@ -1,0 +1,616 @@
+//! The embedded [`EventLog`]: one SQLite file in WAL mode, fsync'd at every commit.
+//!
+//! Layout of `<dir>/halo.db` (format 1):
+//!
+//! | table | columns | holds |
+//! | --- | --- | --- |
+//! | `meta` | `key`, `value` | `format` (1) and `committed_seq` (end of the log as last committed) |
+//! | `log` | `seq`, `crc`, `payload` | one row per record; `crc` = CRC-32 of `seq` (u64 LE) then `payload` |
+//! | `snapshot` | `upto`, `len`, `chunks`, `crc` | one row per snapshot; `crc` covers `upto`, `len` (u64 LE) and the bytes |
+//! | `snapshot_chunk` | `upto`, `idx`, `data` | a snapshot's bytes in 4 MiB chunks |
+//! | `quarantine`, `quarantine_snapshot`, `quarantine_snapshot_chunk` | as above plus `reason` | what [`EventLog::quarantine_after`] moved aside |
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::corruption::record_crc;
+use crate::log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+use crate::{Corruption, CorruptionKind, Seq, StoreError};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `PRAGMA application_id` of a halo store ("HALO" in ASCII).
+const APPLICATION_ID: i64 = 0x4841_4C4F;
+
+/// Snapshots are stored in chunks of this many bytes.
+const SNAPSHOT_CHUNK: usize = 4 << 20;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, crc INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot (upto INTEGER PRIMARY KEY, len INTEGER NOT NULL,
+    chunks INTEGER NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_chunk (upto INTEGER NOT NULL, idx INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (upto, idx));
+CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, seq INTEGER, crc INTEGER,
+    payload BLOB, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine_snapshot (id INTEGER PRIMARY KEY, upto INTEGER, len INTEGER,
+    chunks INTEGER, crc INTEGER, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine_snapshot_chunk (upto INTEGER, idx INTEGER, data BLOB);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('committed_seq', 0);
+";
+
+/// How hard a commit works to survive a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: every commit fsyncs the WAL before `append` returns, so
+    /// an acknowledged record survives a process kill *and* a power loss. The only
+    /// setting for production.
+    Full,
+    /// `synchronous=NORMAL`: commits reach the OS but are fsync'd only at
+    /// checkpoints. Survives a process kill (SIGKILL) but may lose the last commits
+    /// on power loss. For tests and benchmarks only.
+    Unsynced,
+}
+
+/// The SQLite [`EventLog`]: `<dir>/halo.db` in WAL mode.
+///
+/// One process writes a data directory at a time; a second writer is detected on
+/// its next append ([`StoreError::ConcurrentWriter`]). Readers (backup, verify) may
+/// open the same file while the writer runs.
+#[derive(Debug)]
+pub struct SqliteLog {
+    conn: Connection,
+    path: PathBuf,
+    last: Seq,
+}
+
+impl SqliteLog {
+    /// The database file's name inside the data directory.
+    pub const FILE_NAME: &'static str = "halo.db";
+
+    /// Opens (creating if needed) the log in `dir` with [`Durability::Full`].
+    ///
+    /// # Errors
+    /// The directory cannot be created, the file is not a halo store of a supported
+    /// format, or SQLite fails.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Durability::Full)
+    }
+
+    /// Opens (creating if needed) the log in `dir` with the given durability.
+    ///
+    /// # Errors
+    /// As [`SqliteLog::open`].
+    pub fn open_with(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let path = dir.join(Self::FILE_NAME);
+        let fresh = !path.exists();
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // journal_mode returns a row, so it is read rather than executed.
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::UnsupportedFormat {
+                found: format!("journal mode {mode} (WAL required)"),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Unsynced => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA journal_size_limit={};",
+            64 << 20
+        ))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let has_tables: i64 =
+            tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if app_id == 0 && has_tables == 0 {
+            tx.execute_batch(&format!(
+                "PRAGMA application_id={APPLICATION_ID}; {SCHEMA}
+                 INSERT OR IGNORE INTO meta (key, value) VALUES ('format', {FORMAT_VERSION});"
+            ))?;
+        }
+        tx.commit()?;
+        check_format(&conn)?;
+        if fresh {
+            sync_dir(dir)?;
+        }
+        let last = end_of_log(&conn)?;
+        Ok(SqliteLog { conn, path, last })
+    }
+
+    /// Opens an existing log read-only, for tools that inspect or back up a data
+    /// directory (possibly while its writer runs). Writes through this handle fail.
+    ///
+    /// # Errors
+    /// The file does not exist, is not a halo store of a supported format, or
+    /// SQLite fails.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_read_only_file(&dir.join(Self::FILE_NAME))
+    }
+
+    /// Opens a database file read-only by its own path (for example a backup made
+    /// with [`SqliteLog::backup_to`]).
+    ///
+    /// # Errors
+    /// As [`SqliteLog::open_read_only`].
+    pub fn open_read_only_file(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        if !path.exists() {
+            return Err(StoreError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no halo store here"),
+            ));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        check_format(&conn)?;
+        let last = end_of_log(&conn)?;
+        Ok(SqliteLog { conn, path, last })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a consistent, compacted copy of the whole database to `dest` (which
+    /// must not exist), while this handle stays usable (`VACUUM INTO`).
+    ///
+    /// # Errors
+    /// `dest` exists or is not UTF-8, or SQLite fails.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        if dest.exists() {
+            return Err(StoreError::io(
+                dest,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "backup target exists"),
+            ));
+        }
+        let Some(dest_str) = dest.to_str() else {
+            return Err(StoreError::io(
+                dest,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"),
+            ));
+        };
+        self.conn.execute("VACUUM INTO ?1", [dest_str])?;
+        Ok(())
+    }
+
+    /// Copies the WAL into the main file and truncates it (`wal_checkpoint(TRUNCATE)`),
+    /// so that the data directory is a single file.
+    ///
+    /// # Errors
+    /// SQLite fails.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// How many records the log table holds.
+    ///
+    /// # Errors
+    /// SQLite fails.
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn committed(&self) -> Result<Seq, StoreError> {
+        committed_seq(&self.conn)
+    }
+}
+
+fn check_format(conn: &Connection) -> Result<(), StoreError> {
+    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app_id != APPLICATION_ID {
+        return Err(StoreError::UnsupportedFormat {
+            found: format!("application_id {app_id:#x} is not a halo store"),
+            supported: FORMAT_VERSION,
+        });
+    }
+    let format: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match format {
+        Some(f) if f == i64::from(FORMAT_VERSION) => Ok(()),
+        Some(f) => Err(StoreError::UnsupportedFormat {
+            found: format!("format {f}"),
+            supported: FORMAT_VERSION,
+        }),
+        None => Err(StoreError::UnsupportedFormat {
+            found: "no format marker".to_owned(),
+            supported: FORMAT_VERSION,
+        }),
+    }
+}
+
+fn committed_seq(conn: &Connection) -> Result<Seq, StoreError> {
+    let v: i64 = conn.query_row(
+        "SELECT value FROM meta WHERE key = 'committed_seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Seq::from_sql(v).unwrap_or(Seq::ZERO))
+}
+
+/// The end of the log: the larger of the highest stored record and the committed
+/// mark, so that a truncated tail is never silently reused.
+fn end_of_log(conn: &Connection) -> Result<Seq, StoreError> {
+    let max: Option<i64> = conn.query_row("SELECT max(seq) FROM log", [], |r| r.get(0))?;
+    let max = max.and_then(Seq::from_sql).unwrap_or(Seq::ZERO);
+    Ok(max.max(committed_seq(conn)?))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// SQLite says the file itself is damaged (as opposed to busy, full, ...).
+fn is_file_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
+fn crc_column(v: ValueRef<'_>) -> Result<u32, String> {
+    match v {
+        ValueRef::Integer(i) => {
+            u32::try_from(i).map_err(|_| format!("checksum {i} is not a 32-bit value"))
+        }
+        other => Err(format!("checksum column holds {:?}", other.data_type())),
+    }
+}
+
+fn blob_column<'a>(v: ValueRef<'a>, what: &str) -> Result<&'a [u8], String> {
+    match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b),
+        other => Err(format!("{what} column holds {:?}", other.data_type())),
+    }
+}
+
+impl EventLog for SqliteLog {
+    fn append(&mut self, records: &[&[u8]]) -> Result<Seq, StoreError> {
+        if records.is_empty() {
+            return Ok(self.last);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let committed = committed_seq(&tx)?;
+        if committed > self.last {
+            return Err(StoreError::ConcurrentWriter {
+                expected: self.last,
+                found: committed,
+            });
+        }
+        let mut seq = self.last;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO log (seq, crc, payload) VALUES (?1, ?2, ?3)")?;
+            for record in records {
+                seq = seq.checked_next().ok_or(StoreError::SeqOverflow)?;
+                let crc = record_crc(seq, record);
+                match stmt.execute(params![seq.to_sql()?, i64::from(crc), record]) {
+                    Ok(_) => {}
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                        return Err(StoreError::ConcurrentWriter {
+                            expected: self.last,
+                            found: seq,
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
+            [seq.to_sql()?],
+        )?;
+        tx.commit()?;
+        self.last = seq;
+        Ok(seq)
+    }
+
+    fn last_seq(&self) -> Seq {
+        self.last
+    }
+
+    fn read_from(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError> {
+        let mut last = after;
+        let mut delivered = 0u64;
+        let mut stop: Option<(Seq, CorruptionKind)> = None;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq, crc, payload FROM log WHERE seq > ?1 ORDER BY seq")?;
+            let mut rows = stmt.query([after.to_sql()?])?;
+            loop {
+                let expected = last.checked_next().ok_or(StoreError::SeqOverflow)?;
+                let row = match rows.next() {
+                    Ok(Some(row)) => row,
+                    Ok(None) => break,
+                    Err(e) if is_file_corruption(&e) => {
+                        let reason = format!("sqlite reports a damaged file: {e}");
+                        stop = Some((expected, CorruptionKind::Unreadable { reason }));
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let raw: i64 = row.get(0)?;
+                let Some(seq) = Seq::from_sql(raw) else {
+                    // `WHERE seq > after` with `after >= 0` never yields a negative seq.
+                    break;
+                };
+                if seq != expected {
+                    stop = Some((expected, CorruptionKind::Gap { found: seq }));
+                    break;
+                }
+                let (crc_ref, payload_ref) = (row.get_ref(1)?, row.get_ref(2)?);
+                let checked = crc_column(crc_ref)
+                    .and_then(|stored| blob_column(payload_ref, "payload").map(|p| (stored, p)));
+                let (stored, payload) = match checked {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        stop = Some((seq, CorruptionKind::Unreadable { reason }));
+                        break;
+                    }
+                };
+                let computed = record_crc(seq, payload);
+                if computed != stored {
+                    stop = Some((seq, CorruptionKind::ChecksumMismatch { stored, computed }));
+                    break;
+                }
+                if let Err(Rejected(reason)) = f(seq, payload) {
+                    stop = Some((seq, CorruptionKind::Undecodable { reason }));
+                    break;
+                }
+                last = seq;
+                delivered += 1;
+            }
+        }
+        let stopped_at = match stop {
+            Some((at, kind)) => {
+                let n: i64 = self
+                    .conn
+                    .query_row(
+                        "SELECT count(*) FROM log WHERE seq > ?1",
+                        [last.to_sql()?],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or(-1);
+                Some(Corruption {
+                    last_good: last,
+                    at,
+                    kind,
+                    unreplayed: u64::try_from(n).unwrap_or(0),
+                })
+            }
+            None => {
+                let committed = self.committed()?;
+                (committed > last).then(|| Corruption {
+                    last_good: last,
+                    at: last.checked_next().unwrap_or(last),
+                    kind: CorruptionKind::Truncated { committed },
+                    unreplayed: 0,
+                })
+            }
+        };
+        Ok(ReadReport {
+            last_delivered: last,
+            delivered,
+            stopped_at,
+        })
+    }
+
+    fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+        if upto > self.last {
+            return Err(StoreError::SnapshotAhead {
+                upto,
+                last: self.last,
+            });
+        }
+        let key = upto.to_sql()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+        let mut chunks = 0i64;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)",
+            )?;
+            for chunk in state.chunks(SNAPSHOT_CHUNK) {
+                stmt.execute(params![key, chunks, chunk])?;
+                chunks += 1;
+            }
+        }
+        let len = u64::try_from(state.len()).map_err(|_| StoreError::SeqOverflow)?;
+        let crc = snapshot_crc(upto, len, std::iter::once(state));
+        tx.execute(
+            "INSERT INTO snapshot (upto, len, chunks, crc) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                key,
+                i64::try_from(len).map_err(|_| StoreError::SeqOverflow)?,
+                chunks,
+                i64::from(crc)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT upto FROM snapshot ORDER BY upto DESC")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(seq) = Seq::from_sql(row?) {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_snapshot(&self, upto: Seq) -> Result<SnapshotRead, StoreError> {
+        let key = upto.to_sql()?;
+        let head: Option<(i64, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT len, chunks, crc FROM snapshot WHERE upto = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((len, chunks, stored)) = head else {
+            return Ok(SnapshotRead::Damaged("no such snapshot".to_owned()));
+        };
+        let (Ok(len), Ok(stored)) = (u64::try_from(len), u32::try_from(stored)) else {
+            return Ok(SnapshotRead::Damaged("header out of range".to_owned()));
+        };
+        let Ok(capacity) = usize::try_from(len) else {
+            return Ok(SnapshotRead::Damaged(
+                "length does not fit in memory".to_owned(),
+            ));
+        };
+        let mut bytes = Vec::with_capacity(capacity.min(1 << 30));
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT idx, data FROM snapshot_chunk WHERE upto = ?1 ORDER BY idx")?;
+        let mut rows = stmt.query([key])?;
+        let mut next_idx = 0i64;
+        loop {
+            let row = match rows.next() {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(e) if is_file_corruption(&e) => {
+                    return Ok(SnapshotRead::Damaged(format!(
+                        "sqlite reports a damaged file: {e}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let idx: i64 = match row.get_ref(0)? {
+                ValueRef::Integer(i) => i,
+                _ => {
+                    return Ok(SnapshotRead::Damaged(
+                        "chunk index is not an integer".to_owned(),
+                    ));
+                }
+            };
+            if idx != next_idx {
+                return Ok(SnapshotRead::Damaged(format!("chunk {next_idx} missing")));
+            }
+            match blob_column(row.get_ref(1)?, "chunk") {
+                Ok(b) => bytes.extend_from_slice(b),
+                Err(reason) => return Ok(SnapshotRead::Damaged(reason)),
+            }
+            next_idx += 1;
+        }
+        if next_idx != chunks {
+            return Ok(SnapshotRead::Damaged(format!(
+                "{next_idx} of {chunks} chunks present"
+            )));
+        }
+        if u64::try_from(bytes.len()).ok() != Some(len) {
+            return Ok(SnapshotRead::Damaged(format!(
+                "{} bytes present, header says {len}",
+                bytes.len()
+            )));
+        }
+        let computed = snapshot_crc(upto, len, std::iter::once(bytes.as_slice()));
+        if computed != stored {
+            return Ok(SnapshotRead::Damaged(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+            )));
+        }
+        Ok(SnapshotRead::Valid(bytes))
+    }
+
+    fn retain_snapshots(&mut self, keep: usize) -> Result<u64, StoreError> {
+        let doomed: Vec<Seq> = self.snapshot_seqs()?.into_iter().skip(keep).collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for upto in &doomed {
+            let key = upto.to_sql()?;
+            tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+            tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+        }
+        tx.commit()?;
+        Ok(doomed.len() as u64)
+    }
+
+    fn quarantine_after(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
+        let key = last_good.to_sql()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let moved = tx.execute(
+            "INSERT INTO quarantine (seq, crc, payload, reason)
+             SELECT seq, crc, payload, ?2 FROM log WHERE seq > ?1 ORDER BY seq",
+            params![key, reason],
+        )?;
+        tx.execute("DELETE FROM log WHERE seq > ?1", [key])?;
+        // Snapshots past the new end would otherwise hide the records appended next.
+        tx.execute(
+            "INSERT INTO quarantine_snapshot (upto, len, chunks, crc, reason)
+             SELECT upto, len, chunks, crc, ?2 FROM snapshot WHERE upto > ?1",
+            params![key, reason],
+        )?;
+        tx.execute(
+            "INSERT INTO quarantine_snapshot_chunk (upto, idx, data)
+             SELECT upto, idx, data FROM snapshot_chunk WHERE upto > ?1",
+            [key],
+        )?;
+        tx.execute("DELETE FROM snapshot_chunk WHERE upto > ?1", [key])?;
+        tx.execute("DELETE FROM snapshot WHERE upto > ?1", [key])?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
+            [key],
+        )?;
+        tx.commit()?;
+        self.last = last_good;
+        Ok(moved as u64)
+    }
+}
+
+/// CRC-32 of a snapshot: `upto` and `len` (u64 LE) then its bytes.
+fn snapshot_crc<'a>(upto: Seq, len: u64, parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&upto.get().to_le_bytes());
+    h.update(&len.to_le_bytes());
+    for part in parts {
+        h.update(part);
+    }
+    h.finalize()
+}

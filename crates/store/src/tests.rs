@@ -1,0 +1,489 @@
+//! Unit tests: round trips, recovery, corruption detection and fallback.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::corruption::record_crc;
+use crate::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Ev {
+    n: u32,
+}
+
+type State = Vec<u32>;
+type TestStore = Store<Ev, State>;
+
+const CONFIG: StoreConfig = StoreConfig {
+    snapshot_every: 3,
+    keep_snapshots: 2,
+};
+
+fn open(dir: &Path) -> (TestStore, Recovered<Ev, State>) {
+    let log = SqliteLog::open_with(dir, Durability::Unsynced).unwrap();
+    Store::with_log(log, CONFIG).unwrap()
+}
+
+fn evs(range: std::ops::Range<u32>) -> Vec<Ev> {
+    range.map(|n| Ev { n }).collect()
+}
+
+/// A second connection to poke at the file the way damage would.
+fn raw(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join(SqliteLog::FILE_NAME)).unwrap()
+}
+
+fn flip_payload_byte(dir: &Path, seq: i64) {
+    let conn = raw(dir);
+    let mut payload: Vec<u8> = conn
+        .query_row("SELECT payload FROM log WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mid = payload.len() / 2;
+    payload[mid] ^= 0x01;
+    conn.execute(
+        "UPDATE log SET payload = ?1 WHERE seq = ?2",
+        rusqlite::params![payload, seq],
+    )
+    .unwrap();
+}
+
+fn full(recovered: &Recovered<Ev, State>) -> Vec<u32> {
+    let mut all = recovered.snapshot.clone().unwrap_or_default();
+    all.extend(recovered.tail.iter().map(|e| e.n));
+    all
+}
+
+#[test]
+fn round_trips_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, rec) = open(dir.path());
+        assert!(rec.tail.is_empty() && rec.snapshot.is_none());
+        assert_eq!(store.append(&Ev { n: 7 }).unwrap(), Seq::new(1));
+        assert_eq!(store.append_batch(&evs(8..12)).unwrap(), Seq::new(5));
+        assert_eq!(store.append_batch(&[]).unwrap(), Seq::new(5));
+    }
+    let (store, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(7..12));
+    assert_eq!(rec.report.last_seq, Seq::new(5));
+    assert_eq!(rec.report.events_replayed, 5);
+    assert!(rec.report.is_complete());
+    assert_eq!(store.last_seq(), Seq::new(5));
+}
+
+#[test]
+fn fully_durable_open_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = TestStore::open(dir.path(), CONFIG).unwrap();
+        store.append(&Ev { n: 1 }).unwrap();
+    }
+    let (_, rec) = TestStore::open(dir.path(), CONFIG).unwrap();
+    assert_eq!(rec.tail, evs(1..2));
+}
+
+#[test]
+fn recovery_is_snapshot_plus_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = open(dir.path());
+        let upto = store.append_batch(&evs(0..3)).unwrap();
+        assert!(store.snapshot_due());
+        store.snapshot(&vec![0, 1, 2], upto).unwrap();
+        assert!(!store.snapshot_due());
+        store.append_batch(&evs(3..5)).unwrap();
+    }
+    let (store, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(vec![0, 1, 2]));
+    assert_eq!(rec.tail, evs(3..5));
+    assert_eq!(rec.report.snapshot_seq, Some(Seq::new(3)));
+    assert_eq!(rec.report.events_replayed, 2);
+    assert!(rec.report.snapshots_skipped.is_empty());
+    assert!(
+        !store.snapshot_due(),
+        "2 events since the snapshot, due at 3"
+    );
+}
+
+#[test]
+fn keeps_only_the_configured_number_of_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let mut state = Vec::new();
+    for n in 0..5 {
+        let upto = store.append(&Ev { n }).unwrap();
+        state.push(n);
+        store.snapshot(&state, upto).unwrap();
+    }
+    assert_eq!(
+        store.log().snapshot_seqs().unwrap(),
+        vec![Seq::new(5), Seq::new(4)]
+    );
+}
+
+#[test]
+fn snapshot_ahead_of_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    store.append(&Ev { n: 0 }).unwrap();
+    let err = store.snapshot(&vec![0], Seq::new(2)).unwrap_err();
+    assert!(matches!(err, StoreError::SnapshotAhead { .. }), "{err}");
+}
+
+#[test]
+fn corrupt_byte_in_the_middle_stops_at_the_last_good_event() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..10)).unwrap();
+    flip_payload_byte(dir.path(), 5);
+
+    let (mut store, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..4), "events 1..=4 only");
+    let c = rec.report.stopped_at.clone().expect("damage reported");
+    assert_eq!(
+        (c.last_good, c.at, c.unreplayed),
+        (Seq::new(4), Seq::new(5), 6)
+    );
+    assert!(
+        matches!(c.kind, CorruptionKind::ChecksumMismatch { .. }),
+        "{c}"
+    );
+    assert!(c.to_string().contains("checksum mismatch"), "{c}");
+    assert_eq!(rec.report.last_seq, Seq::new(4));
+
+    // Writing past unresolved damage is refused, and nothing was deleted.
+    assert!(matches!(
+        store.append(&Ev { n: 99 }),
+        Err(StoreError::Unresolved(_))
+    ));
+    assert!(matches!(
+        store.snapshot(&vec![], Seq::new(4)),
+        Err(StoreError::Unresolved(_))
+    ));
+    assert_eq!(store.log().record_count().unwrap(), 10);
+
+    // The caller resolves it: the bad tail moves to quarantine, appends resume at 5.
+    assert_eq!(store.quarantine_unreplayed().unwrap(), 6);
+    assert_eq!(store.append(&Ev { n: 99 }).unwrap(), Seq::new(5));
+    drop(store);
+    let (_, rec) = open(dir.path());
+    assert!(rec.report.is_complete());
+    assert_eq!(full(&rec), vec![0, 1, 2, 3, 99]);
+    let quarantined: i64 = raw(dir.path())
+        .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(quarantined, 6);
+}
+
+#[test]
+fn corrupt_last_record_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..10)).unwrap();
+    flip_payload_byte(dir.path(), 10);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..9));
+    let c = rec.report.stopped_at.expect("damage reported");
+    assert_eq!(
+        (c.last_good, c.at, c.unreplayed),
+        (Seq::new(9), Seq::new(10), 1)
+    );
+}
+
+#[test]
+fn altered_checksum_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..3)).unwrap();
+    raw(dir.path())
+        .execute("UPDATE log SET crc = crc + 1 WHERE seq = 2", [])
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..1));
+    assert!(matches!(
+        rec.report.stopped_at.map(|c| c.kind),
+        Some(CorruptionKind::ChecksumMismatch { .. })
+    ));
+}
+
+#[test]
+fn mistyped_column_is_reported_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..3)).unwrap();
+    raw(dir.path())
+        .execute("UPDATE log SET crc = 'x' WHERE seq = 3", [])
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..2));
+    assert!(matches!(
+        rec.report.stopped_at.map(|c| c.kind),
+        Some(CorruptionKind::Unreadable { .. })
+    ));
+}
+
+#[test]
+fn intact_but_undecodable_event_stops_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..4)).unwrap();
+    let payload = br#"{"unknown":1}"#.to_vec();
+    let crc = record_crc(Seq::new(3), &payload);
+    raw(dir.path())
+        .execute(
+            "UPDATE log SET payload = ?1, crc = ?2 WHERE seq = 3",
+            rusqlite::params![payload, i64::from(crc)],
+        )
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..2));
+    let c = rec.report.stopped_at.expect("damage reported");
+    assert_eq!((c.at, c.unreplayed), (Seq::new(3), 2));
+    assert!(matches!(c.kind, CorruptionKind::Undecodable { .. }), "{c}");
+}
+
+#[test]
+fn missing_record_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..6)).unwrap();
+    raw(dir.path())
+        .execute("DELETE FROM log WHERE seq = 3", [])
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..2));
+    let c = rec.report.stopped_at.expect("damage reported");
+    assert_eq!(c.at, Seq::new(3));
+    assert_eq!(c.kind, CorruptionKind::Gap { found: Seq::new(4) });
+    assert_eq!(c.unreplayed, 3);
+}
+
+#[test]
+fn removed_tail_is_reported_truncated_and_seqs_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..6)).unwrap();
+    raw(dir.path())
+        .execute("DELETE FROM log WHERE seq > 4", [])
+        .unwrap();
+    let (mut store, rec) = open(dir.path());
+    assert_eq!(rec.tail, evs(0..4));
+    let c = rec.report.stopped_at.clone().expect("truncation reported");
+    assert_eq!(
+        c.kind,
+        CorruptionKind::Truncated {
+            committed: Seq::new(6)
+        }
+    );
+    assert_eq!(c.last_good, Seq::new(4));
+    assert!(store.append(&Ev { n: 9 }).is_err());
+    assert_eq!(store.quarantine_unreplayed().unwrap(), 0);
+    assert_eq!(store.append(&Ev { n: 9 }).unwrap(), Seq::new(5));
+}
+
+#[test]
+fn damaged_latest_snapshot_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = open(dir.path());
+        let a = store.append_batch(&evs(0..3)).unwrap();
+        store.snapshot(&vec![0, 1, 2], a).unwrap();
+        let b = store.append_batch(&evs(3..6)).unwrap();
+        store.snapshot(&(0..6).collect(), b).unwrap();
+        store.append_batch(&evs(6..8)).unwrap();
+    }
+    // Truncate the latest snapshot's bytes.
+    raw(dir.path())
+        .execute(
+            "UPDATE snapshot_chunk SET data = substr(data, 1, 3) WHERE upto = 6",
+            [],
+        )
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.report.snapshot_seq, Some(Seq::new(3)));
+    assert_eq!(rec.report.snapshots_skipped.len(), 1);
+    assert_eq!(rec.report.snapshots_skipped[0].upto, Seq::new(6));
+    assert_eq!(rec.tail, evs(3..8));
+    assert!(rec.report.is_complete());
+    assert_eq!(full(&rec), (0..8).collect::<Vec<_>>());
+
+    // Garbage in the older one too (same length, wrong bytes): full replay.
+    raw(dir.path())
+        .execute(
+            "UPDATE snapshot_chunk SET data = zeroblob(length(data)) WHERE upto = 3",
+            [],
+        )
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.report.snapshot_seq, None);
+    assert_eq!(rec.report.snapshots_skipped.len(), 2);
+    assert_eq!(rec.tail, evs(0..8));
+
+    // A missing snapshot chunk row is damage too.
+    let report = verify(&SqliteLog::open_read_only(dir.path()).unwrap()).unwrap();
+    assert!(!report.is_clean());
+    assert!(report.log_damage.is_none());
+}
+
+#[test]
+fn snapshot_that_does_not_decode_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+        let (mut store, _) = Store::<Ev, State, _>::with_log(log, CONFIG).unwrap();
+        store.append_batch(&evs(0..2)).unwrap();
+        let mut log = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+        log.write_snapshot(Seq::new(2), b"not json").unwrap();
+    }
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.report.snapshot_seq, None);
+    assert!(
+        rec.report.snapshots_skipped[0]
+            .reason
+            .contains("undecodable")
+    );
+    assert_eq!(rec.tail, evs(0..2));
+}
+
+#[test]
+fn large_snapshot_spans_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+    log.append(&[b"x"]).unwrap();
+    let state: Vec<u8> = (0..(9 << 20)).map(|i| (i % 251) as u8).collect();
+    log.write_snapshot(Seq::new(1), &state).unwrap();
+    assert_eq!(
+        log.read_snapshot(Seq::new(1)).unwrap(),
+        SnapshotRead::Valid(state)
+    );
+    let chunks: i64 = raw(dir.path())
+        .query_row("SELECT chunks FROM snapshot", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(chunks, 3);
+    raw(dir.path())
+        .execute("DELETE FROM snapshot_chunk WHERE idx = 1", [])
+        .unwrap();
+    assert!(matches!(
+        log.read_snapshot(Seq::new(1)).unwrap(),
+        SnapshotRead::Damaged(_)
+    ));
+}
+
+#[test]
+fn second_writer_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+    let mut b = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+    a.append(&[b"a"]).unwrap();
+    let err = b.append(&[b"b"]).unwrap_err();
+    assert!(matches!(err, StoreError::ConcurrentWriter { .. }), "{err}");
+    let report = verify(&a).unwrap();
+    assert_eq!(report.good_records, 1);
+}
+
+#[test]
+fn foreign_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    raw(dir.path())
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err = SqliteLog::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedFormat { .. }), "{err}");
+}
+
+#[test]
+fn backup_recovers_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let upto = store.append_batch(&evs(0..4)).unwrap();
+    store.snapshot(&vec![0, 1, 2, 3], upto).unwrap();
+    store.append(&Ev { n: 4 }).unwrap();
+
+    let moved = tempfile::tempdir().unwrap();
+    store
+        .log()
+        .backup_to(&moved.path().join(SqliteLog::FILE_NAME))
+        .unwrap();
+    assert!(
+        store
+            .log()
+            .backup_to(&moved.path().join(SqliteLog::FILE_NAME))
+            .is_err()
+    );
+    let (_, rec) = open(moved.path());
+    assert_eq!(rec.report.snapshot_seq, Some(Seq::new(4)));
+    assert_eq!(full(&rec), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn verify_reports_clean_and_damaged_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).0.append_batch(&evs(0..5)).unwrap();
+    let report = verify(&SqliteLog::open_read_only(dir.path()).unwrap()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.good_records, 5);
+    flip_payload_byte(dir.path(), 2);
+    let report = verify(&SqliteLog::open_read_only(dir.path()).unwrap()).unwrap();
+    assert!(!report.is_clean());
+    assert!(report.to_string().contains("DAMAGED"), "{report}");
+}
+
+/// A temp dir on tmpfs where there is one (fsyncs cost nothing there), so that
+/// 1000 property cases stay fast; elsewhere the usual temp dir.
+fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<u32>),
+    Snapshot,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(any::<u32>(), 0..4).prop_map(Op::Append),
+        1 => Just(Op::Snapshot),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any interleaving of appends, snapshots and reopenings recovers exactly the
+    /// appended events, in order.
+    #[test]
+    fn recovers_exactly_what_was_appended(ops in proptest::collection::vec(op(), 0..12)) {
+        let dir = fast_tempdir();
+        let (mut store, _) = open(dir.path());
+        let mut model: Vec<u32> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(ns) => {
+                    let batch: Vec<Ev> = ns.iter().map(|&n| Ev { n }).collect();
+                    let seq = store.append_batch(&batch).unwrap();
+                    model.extend(ns);
+                    prop_assert_eq!(seq.get(), model.len() as u64);
+                }
+                Op::Snapshot => store.snapshot(&model, store.last_seq()).unwrap(),
+                Op::Reopen => {
+                    drop(store);
+                    let (s, rec) = open(dir.path());
+                    prop_assert!(rec.report.is_complete());
+                    prop_assert_eq!(full(&rec), model.clone());
+                    store = s;
+                }
+            }
+        }
+        drop(store);
+        let (_, rec) = open(dir.path());
+        prop_assert!(rec.report.is_complete());
+        prop_assert_eq!(rec.report.last_seq.get(), model.len() as u64);
+        prop_assert_eq!(full(&rec), model);
+    }
+}
