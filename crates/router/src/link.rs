@@ -1,0 +1,453 @@
+//! Link sessions: liveness, the bounded per-Link job queue and the in-flight map.
+//!
+//! # Atomics and who touches them
+//!
+//! | field | meaning | writers | ordering | monotone |
+//! | --- | --- | --- | --- | --- |
+//! | `LinkEntry::last_heard` | ms timestamp of the Link's last heartbeat | the writer (`Router::heard`) | `fetch_max`, Relaxed (a lone timestamp, guards nothing) | yes |
+//! | `LinkEntry::session` | the attached session, if any (`ArcSwapOption`) | `attach_link`, `LinkSession` drop | arc-swap (SeqCst) | no |
+//! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | AcqRel | no |
+//! | `SessionCore::closed` | the session was detached or replaced | detach only | SeqCst, paired with a SeqCst fence on the route side | yes (false -> true) |
+//! | `Waiter::parked` | the job receiver is waiting for a wake-up | receiver (true), producers (false) | SeqCst + fences (Dekker) | no |
+//!
+//! Detach versus route: `route` inserts its slot, issues a SeqCst fence and then reads
+//! `closed`; detach stores `closed`, fences, then walks the slot map. So either the
+//! route sees `closed` and fails its own slot, or detach sees the slot and fails it;
+//! the slot's CAS makes sure only one of them releases it. No query hangs.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::task::{Context, Poll, Waker};
+
+use arc_swap::ArcSwapOption;
+use foldhash::fast::RandomState;
+use halo_ids::{LinkGuid, Timestamp};
+
+use crate::dispatch::{Dispatch, Ending, Outcome, QueryId, Slot};
+use crate::error::RouteError;
+use crate::job::Job;
+use crate::outcome::{QueryFailure, QueryOutput};
+use std::sync::Arc;
+
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence, lock};
+
+/// What the router knows about one Link: its liveness and its session, if attached.
+/// Shared (`Arc`) by every route record of the Link's sites, so a heartbeat is one
+/// atomic store that every site sees, and nothing is rebuilt.
+pub(crate) struct LinkEntry {
+    link: LinkGuid,
+    /// Milliseconds of the last heartbeat; monotone (`fetch_max`), Relaxed.
+    last_heard: AtomicU64,
+    /// The attached session; `None` while the Link is disconnected.
+    session: ArcSwapOption<SessionCore>,
+}
+
+impl fmt::Debug for LinkEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkEntry")
+            .field("link", &self.link)
+            .field("last_heard", &self.last_heard())
+            .field("attached", &self.session.load().is_some())
+            .finish()
+    }
+}
+
+impl LinkEntry {
+    pub(crate) fn new(link: LinkGuid) -> Self {
+        Self {
+            link,
+            last_heard: AtomicU64::new(0),
+            session: ArcSwapOption::empty(),
+        }
+    }
+
+    pub(crate) fn link(&self) -> LinkGuid {
+        self.link
+    }
+
+    /// Records a heartbeat; never moves the time backwards.
+    pub(crate) fn heard(&self, at: Timestamp) {
+        self.last_heard.fetch_max(at.as_millis(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_heard(&self) -> Timestamp {
+        Timestamp::from_millis(self.last_heard.load(Ordering::Relaxed))
+    }
+
+    /// The attached session, if any (lock-free).
+    pub(crate) fn session(&self) -> Option<Arc<SessionCore>> {
+        self.session.load_full()
+    }
+}
+
+/// Parks the single job receiver and wakes it when a job (or a close) arrives.
+///
+/// Dekker-style: the producer publishes its item, fences (SeqCst) and swaps `parked`
+/// to false; the receiver stores its waker, sets `parked` (SeqCst), fences and checks
+/// again. Either the receiver's second check sees the item, or the producer sees
+/// `parked` and wakes the stored waker.
+#[derive(Default)]
+pub(crate) struct Waiter {
+    parked: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("parked", &self.parked.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Waiter {
+    /// Called by a producer after it made an item (or the close) visible.
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let waker = lock(&self.waker).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Polls `check`, parking `cx`'s waker if it finds nothing.
+    pub(crate) fn poll_with<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Poll<T> {
+        if let Some(item) = check() {
+            return Poll::Ready(item);
+        }
+        {
+            let mut waker = lock(&self.waker);
+            match &mut *waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        match check() {
+            Some(item) => Poll::Ready(item),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The shared half of one attached Link session.
+pub(crate) struct SessionCore {
+    link: LinkGuid,
+    capacity: usize,
+    /// Reserved slots (queued + executing); see the module table.
+    in_flight: AtomicUsize,
+    /// Set once when the session is detached or replaced; see the module docs.
+    closed: AtomicBool,
+    /// Every in-flight query of this session, by id; a slot leaves when it ends.
+    slots: papaya::HashMap<QueryId, Arc<Slot>, RandomState>,
+    tx: SyncSender<Job>,
+    waiter: Waiter,
+}
+
+impl fmt::Debug for SessionCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCore")
+            .field("link", &self.link)
+            .field("capacity", &self.capacity)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionCore {
+    fn new(link: LinkGuid, capacity: usize) -> (Arc<Self>, Receiver<Job>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let core = Arc::new(Self {
+            link,
+            capacity,
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            slots: papaya::HashMap::with_hasher(RandomState::default()),
+            tx,
+            waiter: Waiter::default(),
+        });
+        (core, rx)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends `slot` with `outcome` if nothing ended it first; the winner releases the
+    /// in-flight slot. Returns whether this call won.
+    pub(crate) fn finish(&self, slot: &Slot, ending: Ending, outcome: Outcome) -> bool {
+        if !slot.try_finish(ending, outcome) {
+            return false;
+        }
+        self.slots.pin().remove(&slot.query_id());
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Reserves one in-flight place, or says the site is busy.
+    fn try_reserve(&self) -> Result<(), RouteError> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Puts `job` on the queue and returns the caller's `Dispatch`. The place must
+    /// have been reserved with `reserve`; it is released on every error path.
+    pub(crate) fn enqueue(self: &Arc<Self>, job: Job) -> Result<Dispatch, RouteError> {
+        let slot = Arc::new(Slot::new(job.query_id, job.deadline));
+        let halo = job.halo;
+        self.slots.pin().insert(job.query_id, Arc::clone(&slot));
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // Full cannot happen (the reservation bounds the channel); Disconnected
+                // means the receiver is gone: either way this query cannot run.
+                let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
+                return Err(RouteError::Unreachable);
+            }
+        }
+        // Pairs with the fence in `close`: see the module docs.
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
+            return Err(RouteError::Unreachable);
+        }
+        self.waiter.notify();
+        Ok(Dispatch::new(slot, Arc::clone(self), halo))
+    }
+
+    /// Reserves a place, builds the job and enqueues it.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        make_job: impl FnOnce() -> Result<Job, RouteError>,
+    ) -> Result<Dispatch, RouteError> {
+        if self.is_closed() {
+            return Err(RouteError::Unreachable);
+        }
+        self.try_reserve()?;
+        match make_job() {
+            Ok(job) => self.enqueue(job),
+            Err(e) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails every in-flight query of this session as unreachable, at once, and wakes
+    /// the receiver so it sees the end. Idempotent.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let slots: Vec<Arc<Slot>> = self.slots.pin().values().cloned().collect();
+        for slot in slots {
+            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
+        }
+        self.waiter.notify();
+    }
+
+    /// Times out every query of this session whose deadline is at or before `now`.
+    pub(crate) fn expire_overdue(&self, now: Timestamp) -> usize {
+        let overdue: Vec<Arc<Slot>> = self
+            .slots
+            .pin()
+            .values()
+            .filter(|s| s.deadline() <= now)
+            .cloned()
+            .collect();
+        overdue
+            .into_iter()
+            .filter(|slot| self.finish(slot, Ending::TimedOut, Err(RouteError::Timeout)))
+            .count()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// The receiving side of one Link's session, owned by that Link's connection task.
+///
+/// Get one from [`crate::Router::attach_link`]; take jobs with [`LinkSession::next_job`]
+/// and answer them with [`LinkSession::complete`]. Dropping it (or
+/// [`LinkSession::detach`]) detaches the Link: every query still queued or running on
+/// it fails at once with [`RouteError::Unreachable`]. Attaching the same Link again
+/// replaces (and so detaches) the older session.
+pub struct LinkSession {
+    core: Arc<SessionCore>,
+    entry: Arc<LinkEntry>,
+    rx: Receiver<Job>,
+    max_result_bytes: usize,
+}
+
+impl fmt::Debug for LinkSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSession")
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether [`LinkSession::complete`] delivered a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The result reached the waiting caller.
+    Delivered,
+    /// No query of this session has that id any more: it already timed out, was
+    /// cancelled, was completed before, or never belonged to this Link. Drop it.
+    Late,
+}
+
+impl LinkSession {
+    pub(crate) fn attach(entry: Arc<LinkEntry>, capacity: usize, max_result_bytes: usize) -> Self {
+        let (core, rx) = SessionCore::new(entry.link(), capacity);
+        if let Some(old) = entry.session.swap(Some(Arc::clone(&core))) {
+            old.close();
+        }
+        Self {
+            core,
+            entry,
+            rx,
+            max_result_bytes,
+        }
+    }
+
+    /// The Link this session serves.
+    pub fn link(&self) -> LinkGuid {
+        self.core.link
+    }
+
+    /// Queries queued or running on this session now.
+    pub fn in_flight(&self) -> usize {
+        self.core.in_flight()
+    }
+
+    /// Whether the session was detached (or replaced by a newer attach of the Link).
+    pub fn is_detached(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// Waits for the next job to send to the Link. Resolves to `None` once the session
+    /// is detached or replaced. Jobs whose caller already gave up are skipped.
+    /// Works on any executor (it needs only a `Waker`).
+    pub fn next_job(&mut self) -> NextJob<'_> {
+        NextJob { session: self }
+    }
+
+    /// The next job if one is queued now, without waiting. `Ok(None)` means the queue
+    /// is empty; `Err(())`-like `None` from [`LinkSession::next_job`] is reported here
+    /// as [`RouteError::Unreachable`] once the session is detached.
+    ///
+    /// # Errors
+    /// [`RouteError::Unreachable`] once the session is detached or replaced.
+    pub fn try_next_job(&mut self) -> Result<Option<Job>, RouteError> {
+        match self.poll_job() {
+            Some(Some(job)) => Ok(Some(job)),
+            Some(None) => Err(RouteError::Unreachable),
+            None => Ok(None),
+        }
+    }
+
+    /// `None`: nothing now; `Some(None)`: the session ended; `Some(Some(job))`: a job.
+    fn poll_job(&mut self) -> Option<Option<Job>> {
+        loop {
+            if self.core.is_closed() {
+                return Some(None);
+            }
+            match self.rx.try_recv() {
+                Ok(job) => {
+                    let live = self
+                        .core
+                        .slots
+                        .pin()
+                        .get(&job.query_id)
+                        .is_some_and(|s| !s.is_finished());
+                    if live {
+                        return Some(Some(job));
+                    }
+                    // Cancelled or timed out while queued: never send it.
+                }
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => return Some(None),
+            }
+        }
+    }
+
+    /// Hands the Link's answer for `query_id` to the waiting caller.
+    ///
+    /// A result larger than the configured limit (8 MiB by default) becomes
+    /// [`RouteError::TooLarge`]. Only this session's own queries can be completed.
+    pub fn complete(
+        &self,
+        query_id: QueryId,
+        result: Result<QueryOutput, QueryFailure>,
+    ) -> Delivery {
+        let Some(slot) = self.core.slots.pin().get(&query_id).cloned() else {
+            return Delivery::Late;
+        };
+        let outcome = match result {
+            Ok(out) if out.data.len() > self.max_result_bytes => Err(RouteError::TooLarge {
+                size: out.data.len(),
+                limit: self.max_result_bytes,
+            }),
+            Ok(out) => Ok(out),
+            Err(failure) => Err(RouteError::Failed(failure)),
+        };
+        if self.core.finish(&slot, Ending::Completed, outcome) {
+            Delivery::Delivered
+        } else {
+            Delivery::Late
+        }
+    }
+
+    /// Detaches the Link now (the same as dropping the session).
+    pub fn detach(self) {}
+}
+
+impl Drop for LinkSession {
+    fn drop(&mut self) {
+        // Only clear the entry if it still points at this session (a newer attach may
+        // have replaced it already).
+        let current = self.entry.session.load();
+        if current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &self.core))
+        {
+            let _ = self
+                .entry
+                .session
+                .compare_and_swap(&*current, None::<Arc<SessionCore>>);
+        }
+        drop(current);
+        self.core.close();
+    }
+}
+
+/// The future returned by [`LinkSession::next_job`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct NextJob<'a> {
+    session: &'a mut LinkSession,
+}
+
+impl Future for NextJob<'_> {
+    type Output = Option<Job>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let session = &mut *self.get_mut().session;
+        let core = Arc::clone(&session.core);
+        core.waiter.poll_with(cx, || session.poll_job())
+    }
+}

@@ -1,0 +1,451 @@
+//! The router: the lock-free route table, the policy cell, and the write side that
+//! feeds both from the registry.
+//!
+//! # Read path
+//!
+//! `route` and `check` take no lock: the table is a `papaya::HashMap` (lock-free reads
+//! under an epoch guard), the policy an `ArcSwap` (lock-free load), the Link's session
+//! an `ArcSwapOption`, liveness a relaxed atomic. The only mutex on the way to a
+//! dispatch is none at all: the per-Link queue is a bounded `std::sync::mpsc` channel
+//! (lock-free array) plus the in-flight counter.
+//!
+//! # Write path
+//!
+//! One writer at a time (the `writer` mutex, write side only) publishes whole records.
+//! **Invariant:** at every instant the table holds at most one authoritative record per
+//! authority group, and a group's epoch in the table never decreases. The writer
+//! enforces it itself, whatever order changes come in: before publishing a new
+//! holder it publishes the old holder's record demoted (so in between, nobody in the
+//! group routes: a short 403, never two holders), and it ignores a record whose epoch
+//! is older than one already published for that group.
+
+use std::collections::HashMap as StdHashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use foldhash::fast::RandomState;
+use halo_authority::{Epoch, GroupKey};
+use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+use halo_policy::{Allowed, Components, Decision, Policy, Request, evaluate};
+use halo_tenancy::{Change, Registry, SiteStatus};
+
+use crate::dispatch::{Dispatch, QueryId};
+use crate::error::RouteError;
+use crate::job::{Command, Job};
+use crate::link::{LinkEntry, LinkSession};
+use crate::route::{Route, SiteRoute};
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+
+/// The limits the router enforces. The API's published values are
+/// [`RouterConfig::standard`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Queries queued or running per Link before routing answers "site busy".
+    pub link_capacity: usize,
+    /// The largest immediate result returned (413 beyond).
+    pub max_result_bytes: usize,
+    /// How long a query may execute once started (504 beyond).
+    pub execution_limit: Duration,
+    /// `maxTimeInQueue` when the request gives none.
+    pub default_time_in_queue: Duration,
+    /// The largest `maxTimeInQueue` a request may ask for.
+    pub max_time_in_queue: Duration,
+}
+
+impl RouterConfig {
+    /// The published API limits: 8 MiB results, 30 s execution, `maxTimeInQueue`
+    /// 30 000 ms by default and at most 60 000 ms, and 256 queries in flight per Link.
+    pub fn standard() -> Self {
+        Self {
+            link_capacity: 256,
+            max_result_bytes: 8 * 1024 * 1024,
+            execution_limit: Duration::from_secs(30),
+            default_time_in_queue: Duration::from_millis(30_000),
+            max_time_in_queue: Duration::from_millis(60_000),
+        }
+    }
+}
+
+/// An integrator's immediate query, as the router needs it. The adapter parses the
+/// command's components once ([`halo_policy::extract_components`]; a command that does
+/// not parse is denied before routing) and shares them with the job as its allowlist.
+#[derive(Debug, Clone)]
+pub struct RouteRequest<'a> {
+    /// The `Ocp-Apim-Subscription-Key` header as sent (empty if absent).
+    pub key: &'a str,
+    /// The caller's address, if known.
+    pub caller_ip: Option<IpAddr>,
+    /// The site asked for.
+    pub halo: HaloGuid,
+    /// The instant the request arrived (the core reads no clock).
+    pub now: Timestamp,
+    /// `maxTimeInQueue`; `None` for the default.
+    pub max_time_in_queue: Option<Duration>,
+    /// The catalogue named by the request, if any.
+    pub catalogue: Option<&'a str>,
+    /// The components the command touches.
+    pub components: Arc<Components>,
+    /// The command (moved into the job).
+    pub command: Command,
+}
+
+impl RouteRequest<'_> {
+    fn policy_request(&self) -> Request<'_> {
+        Request {
+            key: self.key,
+            site: self.halo,
+            mode: self.command.mode,
+            catalogue: self.catalogue,
+            components: &self.components,
+            caller_ip: self.caller_ip,
+            now: self.now,
+        }
+    }
+}
+
+/// What the read path decided for a request: the record it resolved and what the
+/// policy allowed. Returned by [`Router::check`] (and used by [`Router::route`]).
+#[derive(Debug, Clone)]
+pub struct Authorised {
+    route: Route,
+    allowed: Allowed,
+}
+
+impl Authorised {
+    /// The resolved record.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// What the policy allowed.
+    pub fn allowed(&self) -> &Allowed {
+        &self.allowed
+    }
+}
+
+/// Write-side bookkeeping, behind the writer mutex (never touched by readers).
+#[derive(Debug, Default)]
+struct WriterState {
+    /// The authoritative site of each group, as published in the table.
+    holders: StdHashMap<GroupKey, HaloGuid>,
+    /// The newest epoch published for each group.
+    epochs: StdHashMap<GroupKey, Epoch>,
+}
+
+/// Resolves sites, checks authority and policy, and dispatches queries to Link
+/// sessions, without locks on the read path. Share it in an `Arc`.
+pub struct Router {
+    routes: papaya::HashMap<HaloGuid, Route, RandomState>,
+    policy: ArcSwap<Policy>,
+    links: papaya::HashMap<LinkGuid, Arc<LinkEntry>, RandomState>,
+    next_query: AtomicU64,
+    config: RouterConfig,
+    writer: Mutex<WriterState>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes.len())
+            .field("links", &self.links.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether [`Router::publish`] applied a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The record is now what readers see.
+    Applied,
+    /// The record was older than what is published for its group and was dropped.
+    Stale,
+}
+
+impl Router {
+    /// An empty router with the empty policy (which denies everything).
+    pub fn new(config: RouterConfig) -> Self {
+        Self {
+            routes: papaya::HashMap::with_hasher(RandomState::default()),
+            policy: ArcSwap::from_pointee(Policy::empty()),
+            links: papaya::HashMap::with_hasher(RandomState::default()),
+            next_query: AtomicU64::new(1),
+            config,
+            writer: Mutex::new(WriterState::default()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// How many routable (live) sites the table holds.
+    pub fn site_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    // ---- read path -------------------------------------------------------------
+
+    /// The published record of a site, if it is live (lock-free).
+    pub fn resolve(&self, halo: HaloGuid) -> Option<Route> {
+        self.routes.pin().get(&halo).cloned()
+    }
+
+    /// Runs the read path alone: resolve, status, authority, policy. No side effects
+    /// (no rate-limit token is taken, nothing is queued).
+    ///
+    /// # Errors
+    /// [`RouteError::UnknownSite`], [`RouteError::NotActive`],
+    /// [`RouteError::NotAuthoritative`], [`RouteError::Denied`].
+    pub fn check(&self, request: &RouteRequest<'_>) -> Result<Authorised, RouteError> {
+        let policy = self.policy.load();
+        let guard = self.routes.guard();
+        let route = self.routes.get(&request.halo, &guard);
+        let allowed = check_route(&policy, route, request)?;
+        let route = route.ok_or(RouteError::UnknownSite)?.clone();
+        Ok(Authorised { route, allowed })
+    }
+
+    /// The policy snapshot readers use now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Publishes a new policy snapshot; readers switch to it without stopping.
+    /// Compile it with `Grants::compile_with(&router.policy())` so rate-limit and
+    /// quota meters carry over.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        self.policy.store(policy);
+    }
+
+    /// Routes an immediate query: the read path ([`Router::check`]), then a
+    /// rate-limit token, a query id and a place on the Link session's bounded queue.
+    /// Await the returned [`Dispatch`] for the Link's answer.
+    ///
+    /// # Errors
+    /// Everything [`Router::check`] returns, plus [`RouteError::InvalidRequest`]
+    /// (`maxTimeInQueue` out of range), [`RouteError::Denied`] (rate limit or quota),
+    /// [`RouteError::Unreachable`] (no session attached) and [`RouteError::Busy`]
+    /// (the Link's queue is full).
+    pub fn route(&self, request: RouteRequest<'_>) -> Result<Dispatch, RouteError> {
+        let in_queue = request
+            .max_time_in_queue
+            .unwrap_or(self.config.default_time_in_queue);
+        if in_queue > self.config.max_time_in_queue {
+            return Err(RouteError::InvalidRequest(
+                "maxTimeInQueue must be between 0 and 60000 ms",
+            ));
+        }
+        let Authorised { route, allowed } = self.check(&request)?;
+        let session = route
+            .link_entry()
+            .session()
+            .ok_or(RouteError::Unreachable)?;
+        let site = route.site();
+        let catalogue = match request.catalogue {
+            Some(name) => Some(Box::from(name)),
+            None => site
+                .catalogues
+                .iter()
+                .find(|c| c.is_default)
+                .map(|c| c.name.clone()),
+        };
+        session.submit(|| {
+            self.policy
+                .load()
+                .take(&allowed, request.now)
+                .map_err(RouteError::Denied)?;
+            let raw = self.next_query.fetch_add(1, Ordering::Relaxed);
+            let query_id = QueryId::new(raw).expect("the query counter starts at 1 and never wraps");
+            let queue_deadline = request.now.saturating_add(in_queue);
+            Ok(Job {
+                query_id,
+                halo: site.halo,
+                link: site.link,
+                epoch: site.epoch,
+                queue_deadline,
+                deadline: queue_deadline.saturating_add(self.config.execution_limit),
+                catalogue,
+                command: request.command,
+                allowed,
+                allowlist: request.components,
+            })
+        })
+    }
+
+    /// When a Link was last heard from, if the router knows it.
+    pub fn last_heard(&self, link: LinkGuid) -> Option<Timestamp> {
+        self.links.pin().get(&link).map(|e| e.last_heard())
+    }
+
+    // ---- sessions --------------------------------------------------------------
+
+    /// Attaches a Link's connection: its sites become reachable, and the returned
+    /// session yields their jobs. Attaching a Link that already has a session replaces
+    /// it (the old one is detached and its queries fail as unreachable).
+    pub fn attach_link(&self, link: LinkGuid) -> LinkSession {
+        let entry = self.link_entry(link);
+        LinkSession::attach(entry, self.config.link_capacity, self.config.max_result_bytes)
+    }
+
+    /// Times out every in-flight query whose deadline is at or before `now`; returns
+    /// how many this call timed out. Call it periodically (for example every 100 ms).
+    pub fn expire_overdue(&self, now: Timestamp) -> usize {
+        let links = self.links.pin();
+        links
+            .values()
+            .filter_map(|entry| entry.session())
+            .map(|session| session.expire_overdue(now))
+            .sum()
+    }
+
+    // ---- write path ------------------------------------------------------------
+
+    /// Feeds the registry's changes in: each touched site's record is republished from
+    /// the registry's current state, heartbeats update liveness in place. Readers
+    /// never stop.
+    pub fn apply_changes(&self, registry: &Registry, changes: &[Change]) {
+        for change in changes {
+            match *change {
+                Change::SiteUpserted(halo) | Change::SiteRemoved(halo) => {
+                    self.refresh(registry, halo);
+                }
+                Change::AuthorityChanged { group, holder, .. } => {
+                    // Demote first: every member other than the new holder, then the holder.
+                    if let Some(group) = registry.group(&group) {
+                        for member in group.state().members() {
+                            if Some(member.site) != holder {
+                                self.refresh(registry, member.site);
+                            }
+                        }
+                    }
+                    if let Some(holder) = holder {
+                        self.refresh(registry, holder);
+                    }
+                }
+                Change::LinkHeard { link, at } => self.heard(link, at),
+                Change::LinkUpserted(_) | Change::LinkUninstalled(_) => {}
+            }
+        }
+    }
+
+    /// Loads every live site of `registry` (a start-up or recovery path).
+    pub fn load(&self, registry: &Registry) {
+        for site in registry.sites() {
+            if site.status().is_live() {
+                let _ = self.publish(SiteRoute::from_site(site));
+            }
+        }
+        for link in registry.links() {
+            self.heard(link.link_guid(), link.last_heard());
+        }
+    }
+
+    fn refresh(&self, registry: &Registry, halo: HaloGuid) {
+        match registry.site(halo) {
+            Some(site) if site.status().is_live() => {
+                let _ = self.publish(SiteRoute::from_site(site));
+            }
+            _ => self.unpublish(halo),
+        }
+    }
+
+    /// Records a heartbeat of `link` at `at`: one atomic `fetch_max`, nothing rebuilt.
+    pub fn heard(&self, link: LinkGuid, at: Timestamp) {
+        self.link_entry(link).heard(at);
+    }
+
+    /// Publishes one site's record (the primitive under [`Router::apply_changes`]).
+    /// A record whose status is not live removes the site instead. Keeps the table's
+    /// invariants (module docs): demotes a previous holder first, drops stale epochs.
+    pub fn publish(&self, site: SiteRoute) -> Published {
+        if !site.status.is_live() {
+            self.unpublish(site.halo);
+            return Published::Applied;
+        }
+        let mut writer = lock(&self.writer);
+        let group = site.group();
+        let newest = writer.epochs.get(&group).copied().unwrap_or(Epoch::ZERO);
+        // Only an authoritative record can do harm when stale; a demotion always applies.
+        if site.authoritative && site.epoch < newest {
+            return Published::Stale;
+        }
+        let routes = self.routes.pin();
+        // The site may have moved group (its PMS ID changed): drop its old holdership.
+        if let Some(old) = routes.get(&site.halo) {
+            let old_group = old.site().group();
+            if old_group != group && writer.holders.get(&old_group) == Some(&site.halo) {
+                writer.holders.remove(&old_group);
+            }
+        }
+        if site.authoritative {
+            if let Some(previous) = writer.holders.insert(group, site.halo) {
+                if previous != site.halo {
+                    if let Some(old) = routes.get(&previous) {
+                        routes.insert(previous, old.with_authority(false));
+                    }
+                }
+            }
+        } else if writer.holders.get(&group) == Some(&site.halo) {
+            writer.holders.remove(&group);
+        }
+        writer.epochs.insert(group, newest.max(site.epoch));
+        let entry = self.link_entry(site.link);
+        routes.insert(site.halo, Route::new(site, entry));
+        Published::Applied
+    }
+
+    /// Removes a site from the table: it resolves as unknown from now on.
+    pub fn unpublish(&self, halo: HaloGuid) {
+        let mut writer = lock(&self.writer);
+        let routes = self.routes.pin();
+        if let Some(old) = routes.remove(&halo) {
+            let group = old.site().group();
+            if writer.holders.get(&group) == Some(&halo) {
+                writer.holders.remove(&group);
+            }
+        }
+    }
+
+    fn link_entry(&self, link: LinkGuid) -> Arc<LinkEntry> {
+        let links = self.links.pin();
+        Arc::clone(links.get_or_insert_with(link, || Arc::new(LinkEntry::new(link))))
+    }
+}
+
+/// The decision the read path makes once a record is resolved (or not): the policy
+/// first (so a caller without a valid key learns nothing about the site), then, as
+/// defence in depth, the record's own status and authority again. Public so the
+/// benchmarks run this very decision over other tables.
+///
+/// # Errors
+/// [`RouteError::Denied`] with the policy's code; [`RouteError::NotActive`] or
+/// [`RouteError::NotAuthoritative`] if the policy allowed a record that is not
+/// routable (it never should).
+pub fn check_route(
+    policy: &Policy,
+    route: Option<&Route>,
+    request: &RouteRequest<'_>,
+) -> Result<Allowed, RouteError> {
+    let view = route.map(Route::view);
+    match evaluate(policy, &request.policy_request(), view.as_ref()) {
+        Decision::Deny(deny) => Err(RouteError::Denied(deny)),
+        Decision::Allow(allowed) => {
+            let site = route.ok_or(RouteError::UnknownSite)?.site();
+            if site.status != SiteStatus::Active {
+                return Err(RouteError::NotActive);
+            }
+            if !site.authoritative {
+                return Err(RouteError::NotAuthoritative);
+            }
+            if allowed.site() != site.halo {
+                return Err(RouteError::UnknownSite);
+            }
+            Ok(allowed)
+        }
+    }
+}
