@@ -119,7 +119,10 @@ pub fn elect(group: &GroupState, event: &AuthorityEvent) -> Result<Outcome, Auth
                 }
             }
             let inherits = holder == Some(*previous)
-                || (holder.is_none() && group.vacated_by().is_some_and(|m| m.site == *previous));
+                || (holder.is_none()
+                    && group
+                        .vacated_by()
+                        .is_some_and(|m| m.site == *previous && m.link == *link));
             if inherits {
                 // Same database, same Link: the hand-over is unambiguous. An ineligible
                 // new install cannot inherit, and the group becomes vacant.
