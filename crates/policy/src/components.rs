@@ -28,7 +28,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+    Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
+    TableWithJoins, UpdateTableFromKind, Visit, Visitor,
 };
 use sqlparser::dialect::MsSqlDialect;
 use sqlparser::parser::Parser;
@@ -315,6 +316,26 @@ struct Collector {
     procedures: BTreeSet<String>,
     catalogues: BTreeSet<String>,
     kinds: u8,
+    /// `UPDATE p ... FROM patients p`: the target `p` is an alias, not a table; the
+    /// next relation visit with this name is skipped once.
+    alias_targets: Vec<String>,
+}
+
+/// Aliases given to table sources in a `FROM` list.
+fn aliases(from: &[TableWithJoins]) -> Vec<String> {
+    let mut out = Vec::new();
+    for twj in from {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            let alias = match factor {
+                TableFactor::Table { alias, .. } | TableFactor::Derived { alias, .. } => alias,
+                _ => &None,
+            };
+            if let Some(a) = alias {
+                out.push(a.name.value.to_lowercase());
+            }
+        }
+    }
+    out
 }
 
 impl Collector {
@@ -332,6 +353,12 @@ impl Collector {
         let n = normalise_name(name)?;
         if n.single_part && self.in_cte_scope(&n.object) {
             return Ok(());
+        }
+        if n.single_part {
+            if let Some(i) = self.alias_targets.iter().position(|a| *a == n.object) {
+                self.alias_targets.swap_remove(i);
+                return Ok(());
+            }
         }
         if FORBIDDEN_ROWSETS.contains(&n.object.as_str()) {
             self.mark(StatementKind::Other);
@@ -505,13 +532,50 @@ impl Visitor for Collector {
             _ => StatementKind::Other,
         };
         self.mark(kind);
-        if let Statement::Delete(delete) = statement {
-            // `DELETE t FROM u`: `t` is a target table the visitor does not report.
-            for name in &delete.tables {
-                if let ControlFlow::Break(e) = flow(self.add_table(name)) {
-                    return ControlFlow::Break(e);
+        match statement {
+            Statement::Delete(delete) => {
+                // `DELETE t FROM u`: `t` is a target the visitor does not report; a
+                // table unless it is an alias of the FROM list.
+                let from = match &delete.from {
+                    FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+                };
+                let known = aliases(from);
+                for name in &delete.tables {
+                    if name.0.len() == 1
+                        && known
+                            .iter()
+                            .any(|a| normalise_name(name).is_ok_and(|n| n.object == *a))
+                    {
+                        continue;
+                    }
+                    if let ControlFlow::Break(e) = flow(self.add_table(name)) {
+                        return ControlFlow::Break(e);
+                    }
                 }
             }
+            Statement::Update {
+                table,
+                from: Some(from),
+                ..
+            } => {
+                let from = match from {
+                    UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f) => f,
+                };
+                if let TableFactor::Table {
+                    name, args: None, ..
+                } = &table.relation
+                {
+                    if let Ok(n) = normalise_name(name) {
+                        if n.single_part
+                            && table.joins.is_empty()
+                            && aliases(from).contains(&n.object)
+                        {
+                            self.alias_targets.push(n.object);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     }
