@@ -16,3 +16,8 @@ pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use route::{Route, SiteRoute};
 pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, check_route};
+
+#[cfg(all(test, not(loom)))]
+mod fixture;
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -166,7 +166,9 @@ impl fmt::Debug for SessionCore {
 
 impl SessionCore {
     fn new(link: LinkGuid, capacity: usize) -> (Arc<Self>, Receiver<Job>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        // Room for `capacity` live jobs plus as many dead ones (cancelled or timed out
+        // while queued, not yet skipped by the receiver): see `enqueue`.
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.saturating_mul(2));
         let core = Arc::new(Self {
             link,
             capacity,
@@ -211,9 +213,13 @@ impl SessionCore {
         self.slots.pin().insert(job.query_id, Arc::clone(&slot));
         match self.tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                // Full cannot happen (the reservation bounds the channel); Disconnected
-                // means the receiver is gone: either way this query cannot run.
+            Err(TrySendError::Full(_)) => {
+                // The reservation bounds live jobs; the channel is full only when the
+                // Link has stopped draining dead ones too: it is busy, not gone.
+                let _ = self.finish(&slot, Ending::Cancelled, Err(RouteError::Busy));
+                return Err(RouteError::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => {
                 let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
                 return Err(RouteError::Unreachable);
             }

@@ -1,0 +1,378 @@
+//! Unit tests of the router: routing decisions, sessions, dispatch endings.
+
+use std::task::Poll;
+use std::time::Duration;
+
+use halo_ids::Timestamp;
+use halo_policy::DenyCode;
+use halo_tenancy::{Event, Registry};
+
+use crate::fixture::{
+    T0, add_site, block_on, halo, link, policy, poll_once, request,
+};
+use crate::{
+    Delivery, Published, QueryFailure, QueryOutput, RouteError, Router, RouterConfig, SiteRoute,
+};
+
+fn output(bytes: usize) -> QueryOutput {
+    QueryOutput {
+        data: vec![b'x'; bytes],
+        rows: 1,
+        sql_execution: Duration::from_millis(3),
+    }
+}
+
+/// One Link, one active authoritative site (practice 1), policy allowing it.
+fn setup(config: RouterConfig) -> (Router, Registry) {
+    let router = Router::new(config);
+    let mut registry = Registry::new();
+    let changes = add_site(&mut registry, link(1), halo(1), 1);
+    router.apply_changes(&registry, &changes);
+    router.set_policy(policy([1, 2]));
+    (router, registry)
+}
+
+fn denied_code(err: RouteError) -> DenyCode {
+    match err {
+        RouteError::Denied(d) => d.code(),
+        other => panic!("expected a policy denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn routes_to_authoritative_site_and_delivers_result() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let dispatch = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().expect("a queued job");
+    assert_eq!(job.query_id, dispatch.query_id());
+    assert_eq!(job.halo, halo(1));
+    assert_eq!(job.epoch, router.resolve(halo(1)).unwrap().epoch());
+    assert_eq!(job.catalogue.as_deref(), Some("d4w"));
+    assert_eq!(job.queue_deadline, T0.saturating_add(Duration::from_secs(30)));
+    assert_eq!(job.deadline, T0.saturating_add(Duration::from_secs(60)));
+    assert_eq!(session.complete(job.query_id, Ok(output(10))), Delivery::Delivered);
+    assert_eq!(block_on(dispatch).unwrap(), output(10));
+    assert_eq!(session.in_flight(), 0);
+}
+
+#[test]
+fn wakes_waiting_dispatch_and_job_receiver() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let dispatch = router.route(request(halo(1))).unwrap();
+    let qid = dispatch.query_id();
+    let waiter = std::thread::spawn(move || block_on(dispatch));
+    let job = block_on(session.next_job()).expect("a job");
+    assert_eq!(job.query_id, qid);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(session.complete(qid, Ok(output(1))), Delivery::Delivered);
+    assert_eq!(waiter.join().unwrap().unwrap(), output(1));
+}
+
+#[test]
+fn bad_key_is_401_before_anything_about_the_site() {
+    let (router, _) = setup(RouterConfig::standard());
+    let _session = router.attach_link(link(1));
+    for site in [halo(1), halo(99)] {
+        let mut req = request(site);
+        req.key = "wrong";
+        let err = router.route(req).unwrap_err();
+        assert_eq!(err.http_status(), 401);
+        assert_eq!(denied_code(err), DenyCode::UnknownKey);
+    }
+}
+
+#[test]
+fn unknown_site_is_404() {
+    let (router, _) = setup(RouterConfig::standard());
+    let err = router.route(request(halo(99))).unwrap_err();
+    assert_eq!(err.http_status(), 404);
+    assert_eq!(denied_code(err), DenyCode::UnknownSite);
+}
+
+#[test]
+fn non_authoritative_backup_is_403_and_promotion_moves_routing() {
+    let (router, mut registry) = setup(RouterConfig::standard());
+    let _s1 = router.attach_link(link(1));
+    let mut s2 = router.attach_link(link(2));
+    // A backup of practice 1 behind another Link joins as non-authoritative.
+    let changes = add_site(&mut registry, link(2), halo(2), 1);
+    router.apply_changes(&registry, &changes);
+    let err = router.route(request(halo(2))).unwrap_err();
+    assert_eq!(err.http_status(), 403);
+    assert_eq!(denied_code(err), DenyCode::SiteNotAuthoritative);
+    let before = router.resolve(halo(1)).unwrap().epoch();
+
+    let changes = registry
+        .apply(
+            &Event::Promoted {
+                site: halo(2),
+                actor: "support:alice".into(),
+                reason: "migration".into(),
+            },
+            T0,
+        )
+        .unwrap();
+    router.apply_changes(&registry, &changes);
+    assert_eq!(
+        denied_code(router.route(request(halo(1))).unwrap_err()),
+        DenyCode::SiteNotAuthoritative
+    );
+    let _d = router.route(request(halo(2))).unwrap();
+    let job = s2.try_next_job().unwrap().unwrap();
+    assert!(job.epoch > before, "{:?} after {:?}", job.epoch, before);
+}
+
+#[test]
+fn removed_site_resolves_as_unknown() {
+    let (router, mut registry) = setup(RouterConfig::standard());
+    let changes = registry
+        .apply(
+            &Event::DatabaseRemoved {
+                link: link(1),
+                site: halo(1),
+            },
+            T0,
+        )
+        .unwrap();
+    router.apply_changes(&registry, &changes);
+    assert!(router.resolve(halo(1)).is_none());
+    assert_eq!(router.route(request(halo(1))).unwrap_err().http_status(), 404);
+}
+
+#[test]
+fn no_session_is_unreachable_503() {
+    let (router, _) = setup(RouterConfig::standard());
+    let err = router.route(request(halo(1))).unwrap_err();
+    assert_eq!(err, RouteError::Unreachable);
+    assert_eq!(err.http_status(), 503);
+}
+
+#[test]
+fn full_queue_is_busy_503_and_frees_up() {
+    let mut config = RouterConfig::standard();
+    config.link_capacity = 2;
+    let (router, _) = setup(config);
+    let _session = router.attach_link(link(1));
+    let a = router.route(request(halo(1))).unwrap();
+    let _b = router.route(request(halo(1))).unwrap();
+    let err = router.route(request(halo(1))).unwrap_err();
+    assert_eq!(err, RouteError::Busy);
+    assert_eq!(err.http_status(), 503);
+    assert!(a.cancel());
+    let _c = router.route(request(halo(1))).unwrap();
+}
+
+#[test]
+fn detach_fails_every_in_flight_query_at_once() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let mut dispatches: Vec<_> = (0..5).map(|_| router.route(request(halo(1))).unwrap()).collect();
+    // Two were taken by the Link (executing), three still queued.
+    let _ = session.try_next_job().unwrap().unwrap();
+    let _ = session.try_next_job().unwrap().unwrap();
+    for d in &mut dispatches {
+        assert!(poll_once(d).is_pending());
+    }
+    session.detach();
+    for d in dispatches {
+        assert_eq!(block_on(d).unwrap_err(), RouteError::Unreachable);
+    }
+    assert_eq!(router.route(request(halo(1))).unwrap_err(), RouteError::Unreachable);
+}
+
+#[test]
+fn reattach_replaces_the_old_session() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut old = router.attach_link(link(1));
+    let d = router.route(request(halo(1))).unwrap();
+    let mut new = router.attach_link(link(1));
+    assert!(old.is_detached());
+    assert!(block_on(old.next_job()).is_none());
+    assert_eq!(block_on(d).unwrap_err(), RouteError::Unreachable);
+    drop(old); // must not detach the newer session
+    let d2 = router.route(request(halo(1))).unwrap();
+    let job = new.try_next_job().unwrap().unwrap();
+    assert_eq!(new.complete(job.query_id, Ok(output(2))), Delivery::Delivered);
+    assert_eq!(block_on(d2).unwrap(), output(2));
+}
+
+#[test]
+fn dropping_dispatch_cancels_and_link_never_sees_the_job() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let d = router.route(request(halo(1))).unwrap();
+    let qid = d.query_id();
+    drop(d);
+    assert_eq!(session.in_flight(), 0);
+    assert!(session.try_next_job().unwrap().is_none());
+    assert_eq!(session.complete(qid, Ok(output(1))), Delivery::Late);
+}
+
+#[test]
+fn sweeper_times_out_overdue_queries_once() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let mut req = request(halo(1));
+    req.max_time_in_queue = Some(Duration::from_millis(100));
+    let d = router.route(req).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(router.expire_overdue(Timestamp::from_millis(job.deadline.as_millis() - 1)), 0);
+    assert_eq!(router.expire_overdue(job.deadline), 1);
+    assert_eq!(router.expire_overdue(job.deadline), 0);
+    let err = block_on(d).unwrap_err();
+    assert_eq!(err, RouteError::Timeout);
+    assert_eq!(err.http_status(), 504);
+    assert_eq!(session.complete(job.query_id, Ok(output(1))), Delivery::Late);
+    assert_eq!(session.in_flight(), 0);
+}
+
+#[test]
+fn sweeper_leaves_queries_before_their_deadline() {
+    let (router, _) = setup(RouterConfig::standard());
+    let _session = router.attach_link(link(1));
+    let mut d = router.route(request(halo(1))).unwrap();
+    assert_eq!(router.expire_overdue(T0), 0);
+    assert!(poll_once(&mut d).is_pending());
+}
+
+#[test]
+fn expire_after_completion_returns_the_completion() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let d = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(session.complete(job.query_id, Ok(output(4))), Delivery::Delivered);
+    assert_eq!(d.expire().unwrap(), output(4));
+    assert_eq!(session.in_flight(), 0);
+}
+
+#[test]
+fn expire_before_completion_wins_with_504() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let d = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(d.expire().unwrap_err(), RouteError::Timeout);
+    assert_eq!(session.complete(job.query_id, Ok(output(4))), Delivery::Late);
+    assert_eq!(session.in_flight(), 0);
+}
+
+#[test]
+fn oversized_result_is_413() {
+    let mut config = RouterConfig::standard();
+    config.max_result_bytes = 16;
+    let (router, _) = setup(config);
+    let mut session = router.attach_link(link(1));
+    let d = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(session.complete(job.query_id, Ok(output(17))), Delivery::Delivered);
+    let err = block_on(d).unwrap_err();
+    assert_eq!(err, RouteError::TooLarge { size: 17, limit: 16 });
+    assert_eq!(err.http_status(), 413);
+}
+
+#[test]
+fn link_failures_map_to_their_statuses() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let cases = [
+        (QueryFailure::StaleEpoch, 503),
+        (QueryFailure::Expired, 504),
+        (
+            QueryFailure::Database {
+                error_type: "SqlException".into(),
+                error_code: "207".into(),
+                message: "invalid column".into(),
+            },
+            400,
+        ),
+    ];
+    for (failure, status) in cases {
+        let d = router.route(request(halo(1))).unwrap();
+        let job = session.try_next_job().unwrap().unwrap();
+        let _ = session.complete(job.query_id, Err(failure.clone()));
+        let err = block_on(d).unwrap_err();
+        assert_eq!(err, RouteError::Failed(failure));
+        assert_eq!(err.http_status(), status);
+    }
+}
+
+#[test]
+fn max_time_in_queue_above_60s_is_400() {
+    let (router, _) = setup(RouterConfig::standard());
+    let _session = router.attach_link(link(1));
+    let mut req = request(halo(1));
+    req.max_time_in_queue = Some(Duration::from_millis(60_001));
+    let err = router.route(req).unwrap_err();
+    assert_eq!(err.http_status(), 400);
+}
+
+#[test]
+fn heartbeat_updates_liveness_in_place() {
+    let (router, mut registry) = setup(RouterConfig::standard());
+    let record = router.resolve(halo(1)).unwrap();
+    let later = T0.saturating_add(Duration::from_secs(5));
+    let changes = registry
+        .apply(&Event::Heartbeat { link: link(1) }, later)
+        .unwrap();
+    router.apply_changes(&registry, &changes);
+    // The very record published before the heartbeat sees it: nothing was rebuilt.
+    assert_eq!(record.last_heard(), later);
+    assert_eq!(router.last_heard(link(1)), Some(later));
+    // Liveness never goes backwards.
+    router.heard(link(1), T0);
+    assert_eq!(record.last_heard(), later);
+}
+
+#[test]
+fn publish_demotes_the_previous_holder_first_and_drops_stale_epochs() {
+    let (router, registry) = setup(RouterConfig::standard());
+    let current = SiteRoute::from_site(registry.site(halo(1)).unwrap());
+    let mut rival = current.clone();
+    rival.halo = halo(7);
+    rival.link = link(7);
+    rival.epoch = current.epoch.next().unwrap();
+    assert_eq!(router.publish(rival.clone()), Published::Applied);
+    assert!(!router.resolve(halo(1)).unwrap().is_authoritative());
+    assert!(router.resolve(halo(7)).unwrap().is_authoritative());
+    // The old holder re-published with its old epoch is refused.
+    assert_eq!(router.publish(current), Published::Stale);
+    assert!(!router.resolve(halo(1)).unwrap().is_authoritative());
+}
+
+#[test]
+fn policy_swap_reaches_readers() {
+    let (router, _) = setup(RouterConfig::standard());
+    let _session = router.attach_link(link(1));
+    assert!(router.check(&request(halo(1))).is_ok());
+    router.set_policy(policy([2]));
+    assert_eq!(
+        router.check(&request(halo(1))).unwrap_err().http_status(),
+        404,
+        "a practice no longer enabled is invisible"
+    );
+}
+
+#[test]
+fn poll_after_ready_does_not_hang() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let mut d = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    let _ = session.complete(job.query_id, Ok(output(1)));
+    assert!(matches!(poll_once(&mut d), Poll::Ready(Ok(_))));
+    assert!(matches!(poll_once(&mut d), Poll::Ready(Err(RouteError::Cancelled))));
+}
+
+#[test]
+fn router_and_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Router>();
+    send_sync::<crate::Route>();
+    send_sync::<crate::Dispatch>();
+    send::<crate::LinkSession>();
+    send::<crate::Job>();
+}
