@@ -55,6 +55,6 @@ pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
 pub use seq::Seq;
-pub use sqlite::{Durability, FORMAT_VERSION, SqliteLog};
-pub use store::{Recovered, RecoveryReport, Store, StoreConfig};
+pub use sqlite::{Durability, FORMAT_VERSION, SnapshotWriter, SqliteLog};
+pub use store::{Recovered, RecoveryReport, StateWriter, Store, StoreConfig};
 pub use verify::{VerifyReport, verify};

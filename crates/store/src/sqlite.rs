@@ -66,6 +66,8 @@ pub struct SqliteLog {
     conn: Connection,
     path: PathBuf,
     last: Seq,
+    /// The `synchronous` pragma in force (`FULL` or `NORMAL`).
+    sync: &'static str,
 }
 
 impl SqliteLog {
@@ -123,7 +125,12 @@ impl SqliteLog {
             sync_dir(dir)?;
         }
         let last = end_of_log(&conn)?;
-        Ok(SqliteLog { conn, path, last })
+        Ok(SqliteLog {
+            conn,
+            path,
+            last,
+            sync,
+        })
     }
 
     /// Opens an existing log read-only, for tools that inspect or back up a data
@@ -156,7 +163,12 @@ impl SqliteLog {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         check_format(&conn)?;
         let last = end_of_log(&conn)?;
-        Ok(SqliteLog { conn, path, last })
+        Ok(SqliteLog {
+            conn,
+            path,
+            last,
+            sync: "FULL",
+        })
     }
 
     /// The database file.
@@ -206,6 +218,19 @@ impl SqliteLog {
             .conn
             .query_row("SELECT count(*) FROM log", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// A second connection to the same file for writing snapshots on another
+    /// thread (see [`SnapshotWriter`]), with the same durability as this log.
+    ///
+    /// # Errors
+    /// SQLite fails.
+    pub fn snapshot_writer(&self) -> Result<SnapshotWriter, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(&format!("PRAGMA synchronous={};", self.sync))?;
+        check_format(&conn)?;
+        Ok(SnapshotWriter { conn })
     }
 
     fn committed(&self) -> Result<Seq, StoreError> {
@@ -427,55 +452,11 @@ impl EventLog for SqliteLog {
     }
 
     fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
-        if upto > self.last {
-            return Err(StoreError::SnapshotAhead {
-                upto,
-                last: self.last,
-            });
-        }
-        let key = upto.to_sql()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
-        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
-        let mut chunks = 0i64;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)",
-            )?;
-            for chunk in state.chunks(SNAPSHOT_CHUNK) {
-                stmt.execute(params![key, chunks, chunk])?;
-                chunks += 1;
-            }
-        }
-        let len = u64::try_from(state.len()).map_err(|_| StoreError::SeqOverflow)?;
-        let crc = snapshot_crc(upto, len, std::iter::once(state));
-        tx.execute(
-            "INSERT INTO snapshot (upto, len, chunks, crc) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                key,
-                i64::try_from(len).map_err(|_| StoreError::SeqOverflow)?,
-                chunks,
-                i64::from(crc)
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+        write_snapshot_on(&self.conn, upto, self.last, state)
     }
 
     fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT upto FROM snapshot ORDER BY upto DESC")?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            if let Some(seq) = Seq::from_sql(row?) {
-                out.push(seq);
-            }
-        }
-        Ok(out)
+        snapshot_seqs_on(&self.conn)
     }
 
     fn read_snapshot(&self, upto: Seq) -> Result<SnapshotRead, StoreError> {
@@ -554,20 +535,7 @@ impl EventLog for SqliteLog {
     }
 
     fn retain_snapshots(&mut self, keep: usize) -> Result<u64, StoreError> {
-        let doomed: Vec<Seq> = self.snapshot_seqs()?.into_iter().skip(keep).collect();
-        if doomed.is_empty() {
-            return Ok(0);
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for upto in &doomed {
-            let key = upto.to_sql()?;
-            tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
-            tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
-        }
-        tx.commit()?;
-        Ok(doomed.len() as u64)
+        retain_snapshots_on(&mut self.conn, keep)
     }
 
     fn quarantine_after(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
@@ -613,4 +581,115 @@ fn snapshot_crc<'a>(upto: Seq, len: u64, parts: impl IntoIterator<Item = &'a [u8
         h.update(part);
     }
     h.finalize()
+}
+
+fn snapshot_seqs_on(conn: &Connection) -> Result<Vec<Seq>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT upto FROM snapshot ORDER BY upto DESC")?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Some(seq) = Seq::from_sql(row?) {
+            out.push(seq);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a snapshot in short transactions: one per chunk, then the header row,
+/// which is what makes it visible. A crash part-way leaves only headerless chunks,
+/// which readers never see and [`retain_snapshots_on`] removes. Appends from
+/// another connection interleave between the chunks instead of waiting for the
+/// whole snapshot.
+fn write_snapshot_on(
+    conn: &Connection,
+    upto: Seq,
+    last: Seq,
+    state: &[u8],
+) -> Result<(), StoreError> {
+    if upto > last {
+        return Err(StoreError::SnapshotAhead { upto, last });
+    }
+    let key = upto.to_sql()?;
+    {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+        tx.commit()?;
+    }
+    let mut chunks = 0i64;
+    {
+        let mut stmt = conn
+            .prepare_cached("INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)")?;
+        for chunk in state.chunks(SNAPSHOT_CHUNK) {
+            // Autocommit: each chunk is its own short transaction.
+            stmt.execute(params![key, chunks, chunk])?;
+            chunks += 1;
+        }
+    }
+    let len = u64::try_from(state.len()).map_err(|_| StoreError::SeqOverflow)?;
+    let crc = snapshot_crc(upto, len, std::iter::once(state));
+    conn.execute(
+        "INSERT INTO snapshot (upto, len, chunks, crc) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            key,
+            i64::try_from(len).map_err(|_| StoreError::SeqOverflow)?,
+            chunks,
+            i64::from(crc)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Keeps the newest `keep` snapshots, and removes headerless chunks older than the
+/// newest snapshot (left by a crash mid-write; a write in progress elsewhere is
+/// always newer than every complete snapshot, so it is not touched).
+fn retain_snapshots_on(conn: &mut Connection, keep: usize) -> Result<u64, StoreError> {
+    let seqs = snapshot_seqs_on(conn)?;
+    let doomed: Vec<Seq> = seqs.iter().copied().skip(keep).collect();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for upto in &doomed {
+        let key = upto.to_sql()?;
+        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+    }
+    if let Some(newest) = seqs.first() {
+        tx.execute(
+            "DELETE FROM snapshot_chunk WHERE upto < ?1 AND upto NOT IN (SELECT upto FROM snapshot)",
+            [newest.to_sql()?],
+        )?;
+    }
+    tx.commit()?;
+    Ok(doomed.len() as u64)
+}
+
+/// Writes snapshots through a connection of its own, so that a large snapshot can
+/// be stored on another thread while the [`SqliteLog`] keeps appending (each 4 MiB
+/// chunk is its own short transaction; the snapshot becomes visible when its header
+/// commits, last). Made by [`SqliteLog::snapshot_writer`]. Use one snapshot writer
+/// at a time.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    conn: Connection,
+}
+
+impl SnapshotWriter {
+    /// Stores a snapshot of the state after every record up to `upto`, as
+    /// [`EventLog::write_snapshot`] does.
+    ///
+    /// # Errors
+    /// [`StoreError::SnapshotAhead`] if `upto` is past the committed end of the log;
+    /// storage failures.
+    pub fn write(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+        let last = committed_seq(&self.conn)?;
+        write_snapshot_on(&self.conn, upto, last, state)
+    }
+
+    /// Deletes all but the newest `keep` snapshots, as
+    /// [`EventLog::retain_snapshots`] does.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn retain(&mut self, keep: usize) -> Result<u64, StoreError> {
+        retain_snapshots_on(&mut self.conn, keep)
+    }
 }

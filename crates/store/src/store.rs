@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::log::{EventLog, Rejected, SnapshotRead};
-use crate::{Corruption, Seq, SkippedSnapshot, SqliteLog, StoreError};
+use crate::{Corruption, Seq, SkippedSnapshot, SnapshotWriter, SqliteLog, StoreError};
 
 /// When the caller should take snapshots and how many to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +124,60 @@ where
     pub fn open(dir: &Path, config: StoreConfig) -> Result<(Self, Recovered<E, S>), StoreError> {
         Self::with_log(SqliteLog::open(dir)?, config)
     }
+
+    /// A typed snapshot writer with its own connection, to move to another thread
+    /// so that a large snapshot does not hold up appends (see
+    /// [`SnapshotWriter`]). Tell this store afterwards with
+    /// [`Store::snapshot_written`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unresolved`]; SQLite fails.
+    pub fn snapshot_writer(&self) -> Result<StateWriter<S>, StoreError> {
+        self.check_resolved()?;
+        Ok(StateWriter {
+            inner: self.log.snapshot_writer()?,
+            keep: self.config.keep_snapshots.max(1),
+            _state: PhantomData,
+        })
+    }
+}
+
+/// Writes snapshots of `S` from another thread; made by [`Store::snapshot_writer`].
+pub struct StateWriter<S> {
+    inner: SnapshotWriter,
+    keep: usize,
+    _state: PhantomData<fn(&S)>,
+}
+
+impl<S> fmt::Debug for StateWriter<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateWriter")
+            .field("inner", &self.inner)
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
+impl<S: Serialize> StateWriter<S> {
+    /// Stores `state`, the result of applying every event up to and including
+    /// `upto`, then drops snapshots beyond the store's `keep_snapshots`.
+    ///
+    /// # Errors
+    /// [`StoreError::SnapshotAhead`] if `upto` is not yet committed; encoding and
+    /// storage failures.
+    pub fn write(&mut self, state: &S, upto: Seq) -> Result<(), StoreError> {
+        let bytes = encode_state(state)?;
+        self.inner.write(upto, &bytes)?;
+        self.inner.retain(self.keep)?;
+        Ok(())
+    }
+}
+
+fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(state).map_err(|err| StoreError::Encode {
+        what: "snapshot",
+        reason: err.to_string(),
+    })
 }
 
 impl<E, S, L> Store<E, S, L>
@@ -249,15 +303,19 @@ where
     /// storage failures.
     pub fn snapshot(&mut self, state: &S, upto: Seq) -> Result<(), StoreError> {
         self.check_resolved()?;
-        let bytes = serde_json::to_vec(state).map_err(|err| StoreError::Encode {
-            what: "snapshot",
-            reason: err.to_string(),
-        })?;
+        let bytes = encode_state(state)?;
         self.log.write_snapshot(upto, &bytes)?;
         self.log
             .retain_snapshots(self.config.keep_snapshots.max(1))?;
-        self.since_snapshot = self.log.last_seq().get().saturating_sub(upto.get());
+        self.snapshot_written(upto);
         Ok(())
+    }
+
+    /// Records that a snapshot up to `upto` was written elsewhere (by a
+    /// [`StateWriter`]), so that [`Store::snapshot_due`] counts from there.
+    pub fn snapshot_written(&mut self, upto: Seq) {
+        let since = self.log.last_seq().get().saturating_sub(upto.get());
+        self.since_snapshot = self.since_snapshot.min(since);
     }
 
     /// The sequence number of the last appended event.

@@ -367,6 +367,64 @@ fn large_snapshot_spans_chunks() {
 }
 
 #[test]
+fn snapshot_written_on_another_thread_while_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let upto = store.append_batch(&evs(0..3)).unwrap();
+    // Big enough to span several chunks (several short transactions).
+    let state: State = (0..1_500_000).collect();
+    let mut writer = store.snapshot_writer().unwrap();
+    let expected = state.clone();
+    let bg = std::thread::spawn(move || writer.write(&state, upto));
+    for n in 3..40 {
+        store.append(&Ev { n }).unwrap();
+    }
+    bg.join().unwrap().unwrap();
+    store.snapshot_written(upto);
+    assert_eq!(store.log().snapshot_seqs().unwrap(), vec![upto]);
+    drop(store);
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.snapshot, Some(expected));
+    assert_eq!(rec.tail, evs(3..40));
+}
+
+#[test]
+fn snapshot_writer_refuses_uncommitted_upto() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    store.append(&Ev { n: 0 }).unwrap();
+    let mut writer = store.snapshot_writer().unwrap();
+    let err = writer.write(&vec![0], Seq::new(2)).unwrap_err();
+    assert!(matches!(err, StoreError::SnapshotAhead { .. }), "{err}");
+}
+
+#[test]
+fn chunks_of_an_interrupted_snapshot_are_invisible_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    store.append_batch(&evs(0..5)).unwrap();
+    // A crash mid-write leaves chunks without a header.
+    raw(dir.path())
+        .execute(
+            "INSERT INTO snapshot_chunk (upto, idx, data) VALUES (2, 0, x'00')",
+            [],
+        )
+        .unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(rec.report.snapshot_seq, None);
+    assert!(rec.report.snapshots_skipped.is_empty());
+    store.snapshot(&(0..5).collect(), Seq::new(5)).unwrap();
+    let orphans: i64 = raw(dir.path())
+        .query_row(
+            "SELECT count(*) FROM snapshot_chunk WHERE upto = 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+#[test]
 fn second_writer_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
