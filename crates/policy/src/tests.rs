@@ -1,1 +1,998 @@
 //! Unit tests of the policy crate.
+
+use std::net::IpAddr;
+
+use halo_ids::{Environment, HaloGuid, PmsId, PmsType, Timestamp};
+
+use crate::limits::{Bucket, MonthlyQuota, month_index};
+use crate::*;
+
+const STAGE_KEY: &str = "stage-key";
+const PROD_KEY: &str = "prod-key";
+
+fn id(s: &str) -> IntegratorId {
+    s.parse().unwrap()
+}
+
+fn pms() -> PmsId {
+    "D4w:ABC123".parse().unwrap()
+}
+
+fn other_pms() -> PmsId {
+    "D4w:ZZZ999".parse().unwrap()
+}
+
+fn site(env: Environment, n: u128, pms_id: PmsId) -> SiteView {
+    SiteView {
+        halo: HaloGuid::from_u128(n).unwrap(),
+        environment: env,
+        pms_id,
+        authoritative: true,
+        active: true,
+    }
+}
+
+fn base_events() -> Vec<PolicyEvent> {
+    let acme = id("acme");
+    vec![
+        PolicyEvent::IntegratorEnabled {
+            integrator: acme.clone(),
+            pms_type: PmsType::D4w,
+        },
+        PolicyEvent::ComponentsAuthorised {
+            integrator: acme.clone(),
+            pms_type: PmsType::D4w,
+            catalogues: vec!["D4W".into()],
+            tables: vec!["Patients".into()],
+            procedures: vec!["GetPatient".into()],
+            allow_write: false,
+        },
+        PolicyEvent::PracticeEnabled {
+            integrator: acme.clone(),
+            pms_id: pms(),
+        },
+        PolicyEvent::SitePaired {
+            integrator: acme.clone(),
+            pms_id: pms(),
+        },
+        PolicyEvent::KeyIssued {
+            integrator: acme.clone(),
+            environment: Environment::Stage,
+            key_hash: KeyHash::of(STAGE_KEY),
+        },
+        PolicyEvent::KeyIssued {
+            integrator: acme,
+            environment: Environment::Production,
+            key_hash: KeyHash::of(PROD_KEY),
+        },
+    ]
+}
+
+fn grants_with(extra: &[PolicyEvent]) -> Grants {
+    let mut g = Grants::default();
+    for e in base_events().iter().chain(extra) {
+        g.apply(e).unwrap();
+    }
+    g
+}
+
+struct Call<'a> {
+    key: &'a str,
+    sql: &'a str,
+    mode: ExecutionMode,
+    catalogue: Option<&'a str>,
+    ip: Option<IpAddr>,
+}
+
+impl Default for Call<'_> {
+    fn default() -> Self {
+        Self {
+            key: STAGE_KEY,
+            sql: "SELECT * FROM patients",
+            mode: ExecutionMode::Reader,
+            catalogue: None,
+            ip: None,
+        }
+    }
+}
+
+fn run(policy: &Policy, call: Call<'_>, site: Option<&SiteView>, halo: HaloGuid) -> Decision {
+    let components = extract_components(call.sql).unwrap();
+    let req = Request {
+        key: call.key,
+        site: halo,
+        mode: call.mode,
+        catalogue: call.catalogue,
+        components: &components,
+        caller_ip: call.ip,
+        now: Timestamp::from_millis(0),
+    };
+    evaluate(policy, &req, site)
+}
+
+fn deny_of(d: Decision) -> Deny {
+    match d {
+        Decision::Deny(d) => d,
+        Decision::Allow(a) => panic!("expected a deny, got {a:?}"),
+    }
+}
+
+/// Asserts the code and its HTTP status together.
+fn check_deny(d: Decision, code: DenyCode, status: u16) {
+    let d = deny_of(d);
+    assert_eq!(d.code(), code, "{d}");
+    assert_eq!(d.http_status(), status, "{d}");
+    assert_eq!(code.http_status(), status);
+}
+
+fn stage_site() -> SiteView {
+    site(Environment::Stage, 1, pms())
+}
+
+fn eval_stage(policy: &Policy, call: Call<'_>) -> Decision {
+    let s = stage_site();
+    run(policy, call, Some(&s), s.halo)
+}
+
+// --- identifiers -----------------------------------------------------------------
+
+#[test]
+fn integrator_id_is_a_lowercase_slug() {
+    assert_eq!(id("  Acme-Dental ").as_str(), "acme-dental");
+    for bad in [
+        "",
+        " ",
+        "-acme",
+        "acme-",
+        "acme dental",
+        "acmé",
+        "a_b",
+        &"x".repeat(65),
+    ] {
+        assert!(bad.parse::<IntegratorId>().is_err(), "{bad:?}");
+    }
+    assert!("x".repeat(64).parse::<IntegratorId>().is_ok());
+    let json = serde_json::to_string(&id("acme")).unwrap();
+    assert_eq!(json, "\"acme\"");
+    assert!(serde_json::from_str::<IntegratorId>("\"not valid\"").is_err());
+}
+
+#[test]
+fn key_hash_is_sha256_and_round_trips() {
+    let h = KeyHash::of("abc");
+    assert_eq!(
+        h.to_string(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(h.to_string().parse::<KeyHash>().unwrap(), h);
+    assert_eq!(h.to_string().to_uppercase().parse::<KeyHash>().unwrap(), h);
+    assert_ne!(KeyHash::of("abc "), h);
+    assert!("abc".parse::<KeyHash>().is_err());
+    assert!("zz".repeat(32).parse::<KeyHash>().is_err());
+    let json = serde_json::to_string(&h).unwrap();
+    assert_eq!(serde_json::from_str::<KeyHash>(&json).unwrap(), h);
+    assert!(!format!("{h:?}").contains(&h.to_string()));
+}
+
+// --- events ----------------------------------------------------------------------
+
+/// Version-1 event JSON, frozen: these must keep loading.
+const V1_EVENTS: &[&str] = &[
+    r#"{"event":"integratorEnabled","integrator":"acme","pmsType":"D4w"}"#,
+    r#"{"event":"integratorDisabled","integrator":"acme","pmsType":"BestPractice"}"#,
+    r#"{"event":"componentsAuthorised","integrator":"acme","pmsType":"D4w","catalogues":["D4W"],"tables":["dbo.Patients"],"procedures":["GetPatient"],"allowWrite":false}"#,
+    r#"{"event":"practiceEnabled","integrator":"acme","pmsId":"D4w:ABC123"}"#,
+    r#"{"event":"practiceDisabled","integrator":"acme","pmsId":"D4w:ABC123"}"#,
+    r#"{"event":"sitePaired","integrator":"acme","pmsId":"D4w:ABC123"}"#,
+    r#"{"event":"keyIssued","integrator":"acme","environment":"production","keyHash":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#,
+    r#"{"event":"keyRevoked","integrator":"acme","keyHash":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}"#,
+    r#"{"event":"quotaSet","integrator":"acme","perMonth":1000}"#,
+    r#"{"event":"quotaSet","integrator":"acme","pmsId":"D4w:ABC123","perMonth":null}"#,
+    r#"{"event":"rateLimitSet","integrator":"acme","limit":{"perSecond":10,"burst":20}}"#,
+    r#"{"event":"ipAllowlistSet","integrator":"acme","cidrs":["203.0.113.0/24"]}"#,
+];
+
+#[test]
+fn version_one_events_still_load_and_round_trip() {
+    assert_eq!(EVENT_FORMAT_VERSION, 1);
+    for json in V1_EVENTS {
+        let e: PolicyEvent =
+            serde_json::from_str(json).unwrap_or_else(|err| panic!("{json}: {err}"));
+        let again: PolicyEvent = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(again, e);
+        assert_eq!(e.integrator().as_str(), "acme");
+    }
+    let e: PolicyEvent = serde_json::from_str(V1_EVENTS[8]).unwrap();
+    assert_eq!(
+        e,
+        PolicyEvent::QuotaSet {
+            integrator: id("acme"),
+            pms_id: None,
+            per_month: Some(1000)
+        }
+    );
+}
+
+#[test]
+fn event_json_rejects_invalid_ids() {
+    let bad = r#"{"event":"practiceEnabled","integrator":"acme","pmsId":"D4w:AB 123"}"#;
+    assert!(serde_json::from_str::<PolicyEvent>(bad).is_err());
+    let bad = r#"{"event":"integratorEnabled","integrator":"Not Valid","pmsType":"D4w"}"#;
+    assert!(serde_json::from_str::<PolicyEvent>(bad).is_err());
+}
+
+// --- grants ----------------------------------------------------------------------
+
+#[test]
+fn replaying_events_gives_equal_grants() {
+    let events = base_events();
+    let mut a = Grants::default();
+    let mut b = Grants::default();
+    for e in &events {
+        a.apply(e).unwrap();
+    }
+    for json in events.iter().map(|e| serde_json::to_string(e).unwrap()) {
+        b.apply(&serde_json::from_str(&json).unwrap()).unwrap();
+    }
+    assert_eq!(a, b);
+    assert_eq!(a.integrator_count(), 1);
+}
+
+#[test]
+fn refused_events_leave_grants_unchanged() {
+    let g = grants_with(&[]);
+    let refused = [
+        PolicyEvent::KeyIssued {
+            integrator: id("other"),
+            environment: Environment::Stage,
+            key_hash: KeyHash::of(STAGE_KEY),
+        },
+        PolicyEvent::KeyRevoked {
+            integrator: id("other"),
+            key_hash: KeyHash::of(STAGE_KEY),
+        },
+        PolicyEvent::QuotaSet {
+            integrator: id("acme"),
+            pms_id: None,
+            per_month: Some(0),
+        },
+        PolicyEvent::RateLimitSet {
+            integrator: id("acme"),
+            pms_id: None,
+            limit: Some(RateLimit {
+                per_second: 0,
+                burst: 1,
+            }),
+        },
+        PolicyEvent::IpAllowlistSet {
+            integrator: id("acme"),
+            cidrs: vec!["10.0.0.0/8".into(), "not-an-ip".into()],
+        },
+        PolicyEvent::ComponentsAuthorised {
+            integrator: id("acme"),
+            pms_type: PmsType::D4w,
+            catalogues: vec![],
+            tables: vec!["ok".into(), "a.b.c".into()],
+            procedures: vec![],
+            allow_write: true,
+        },
+    ];
+    let expected_errors = [
+        PolicyError::KeyInUse,
+        PolicyError::KeyNotIssued,
+        PolicyError::InvalidLimit("quota must be at least 1"),
+        PolicyError::InvalidLimit("rate and burst must be at least 1"),
+        PolicyError::InvalidCidr("not-an-ip".into()),
+        PolicyError::InvalidName("a.b.c".into()),
+    ];
+    for (e, want) in refused.iter().zip(expected_errors) {
+        let mut h = g.clone();
+        assert_eq!(h.apply(e), Err(want));
+        assert_eq!(h, g, "{e:?} changed the grants");
+    }
+}
+
+#[test]
+fn grant_names_are_normalised_like_commands() {
+    let g = grants_with(&[PolicyEvent::ComponentsAuthorised {
+        integrator: id("acme"),
+        pms_type: PmsType::D4w,
+        catalogues: vec!["[D4W]".into()],
+        tables: vec!["[dbo].[PATIENTS]".into(), "Audit.[Log]".into()],
+        procedures: vec![],
+        allow_write: false,
+    }]);
+    let p = g.compile();
+    for sql in [
+        "SELECT * FROM patients",
+        "SELECT * FROM d4w.dbo.Patients JOIN audit.log l ON 1=1",
+    ] {
+        assert!(
+            matches!(
+                eval_stage(
+                    &p,
+                    Call {
+                        sql,
+                        ..Call::default()
+                    }
+                ),
+                Decision::Allow(_)
+            ),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn revoked_key_and_disabled_practice_deny_again() {
+    let p = grants_with(&[PolicyEvent::KeyRevoked {
+        integrator: id("acme"),
+        key_hash: KeyHash::of(STAGE_KEY),
+    }])
+    .compile();
+    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey, 401);
+
+    let p = grants_with(&[
+        PolicyEvent::PracticeDisabled {
+            integrator: id("acme"),
+            pms_id: pms(),
+        },
+        // Re-enabling does not restore the old pairing.
+        PolicyEvent::PracticeEnabled {
+            integrator: id("acme"),
+            pms_id: pms(),
+        },
+    ])
+    .compile();
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
+}
+
+#[test]
+fn pairing_before_enabling_grants_nothing() {
+    let mut g = Grants::default();
+    let acme = id("acme");
+    g.apply(&PolicyEvent::SitePaired {
+        integrator: acme.clone(),
+        pms_id: pms(),
+    })
+    .unwrap();
+    g.apply(&PolicyEvent::PracticeEnabled {
+        integrator: acme,
+        pms_id: pms(),
+    })
+    .unwrap();
+    assert!(!g.integrators.values().next().unwrap().practices[&pms()].paired);
+}
+
+// --- evaluate: every deny code with its status ------------------------------------
+
+#[test]
+fn allows_a_fully_granted_request() {
+    let p = grants_with(&[]).compile();
+    match eval_stage(&p, Call::default()) {
+        Decision::Allow(a) => {
+            assert_eq!(a.integrator(), &id("acme"));
+            assert_eq!(a.environment(), Environment::Stage);
+            assert_eq!(a.pms_id(), pms());
+            assert_eq!(a.site(), stage_site().halo);
+        }
+        Decision::Deny(d) => panic!("{d}"),
+    }
+}
+
+#[test]
+fn denies_missing_key_401() {
+    let p = grants_with(&[]).compile();
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                key: "",
+                ..Call::default()
+            },
+        ),
+        DenyCode::MissingKey,
+        401,
+    );
+    assert_eq!(
+        authenticate(&p, "", None).unwrap_err().code(),
+        DenyCode::MissingKey
+    );
+}
+
+#[test]
+fn denies_unknown_key_401() {
+    let p = grants_with(&[]).compile();
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                key: "guess",
+                ..Call::default()
+            },
+        ),
+        DenyCode::UnknownKey,
+        401,
+    );
+    // A key differing only by whitespace is a different key.
+    let k = format!("{STAGE_KEY} ");
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                key: &k,
+                ..Call::default()
+            },
+        ),
+        DenyCode::UnknownKey,
+        401,
+    );
+}
+
+#[test]
+fn denies_key_of_the_other_environment_401() {
+    let p = grants_with(&[]).compile();
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                key: PROD_KEY,
+                ..Call::default()
+            },
+        ),
+        DenyCode::WrongEnvironment,
+        401,
+    );
+    let prod = site(Environment::Production, 2, pms());
+    check_deny(
+        run(&p, Call::default(), Some(&prod), prod.halo),
+        DenyCode::WrongEnvironment,
+        401,
+    );
+    assert!(matches!(
+        run(
+            &p,
+            Call {
+                key: PROD_KEY,
+                ..Call::default()
+            },
+            Some(&prod),
+            prod.halo
+        ),
+        Decision::Allow(_)
+    ));
+}
+
+#[test]
+fn denies_integrator_not_enabled_403() {
+    let p = grants_with(&[PolicyEvent::IntegratorDisabled {
+        integrator: id("acme"),
+        pms_type: PmsType::D4w,
+    }])
+    .compile();
+    check_deny(
+        eval_stage(&p, Call::default()),
+        DenyCode::IntegratorNotEnabled,
+        403,
+    );
+    let p = grants_with(&[]).compile();
+    let zedmed: PmsId = "Zedmed:ABC123".parse().unwrap();
+    let d = authorise_practice(&p, STAGE_KEY, None, zedmed).unwrap_err();
+    assert_eq!(
+        (d.code(), d.http_status()),
+        (DenyCode::IntegratorNotEnabled, 403)
+    );
+}
+
+#[test]
+fn denies_practice_not_enabled_403_by_pms_id() {
+    let p = grants_with(&[]).compile();
+    let d = authorise_practice(&p, STAGE_KEY, None, other_pms()).unwrap_err();
+    assert_eq!(
+        (d.code(), d.http_status()),
+        (DenyCode::PracticeNotEnabled, 403)
+    );
+    let who = authorise_practice(&p, STAGE_KEY, None, pms()).unwrap();
+    assert_eq!(who.integrator(), &id("acme"));
+    assert_eq!(who.environment(), Environment::Stage);
+}
+
+#[test]
+fn denies_not_paired_403() {
+    let mut g = grants_with(&[]);
+    g.apply(&PolicyEvent::PracticeEnabled {
+        integrator: id("acme"),
+        pms_id: other_pms(),
+    })
+    .unwrap();
+    let p = g.compile();
+    let s = site(Environment::Stage, 3, other_pms());
+    check_deny(
+        run(&p, Call::default(), Some(&s), s.halo),
+        DenyCode::NotPaired,
+        403,
+    );
+}
+
+#[test]
+fn denies_component_not_authorised_403() {
+    let p = grants_with(&[]).compile();
+    for sql in [
+        "SELECT * FROM secrets",
+        "EXEC Other",
+        "DROP TABLE patients",
+        "SELECT * FROM other.dbo.patients",
+    ] {
+        check_deny(
+            eval_stage(
+                &p,
+                Call {
+                    sql,
+                    ..Call::default()
+                },
+            ),
+            DenyCode::ComponentNotAuthorised,
+            403,
+        );
+    }
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                catalogue: Some("master"),
+                ..Call::default()
+            },
+        ),
+        DenyCode::ComponentNotAuthorised,
+        403,
+    );
+    for ok in ["D4W", "[d4w]", " d4w "] {
+        assert!(
+            matches!(
+                eval_stage(
+                    &p,
+                    Call {
+                        catalogue: Some(ok),
+                        ..Call::default()
+                    }
+                ),
+                Decision::Allow(_)
+            ),
+            "{ok}"
+        );
+    }
+    let d = Deny::unanalysable(&extract_components("SELEC 1").unwrap_err());
+    assert_eq!(
+        (d.code(), d.http_status()),
+        (DenyCode::ComponentNotAuthorised, 403)
+    );
+}
+
+#[test]
+fn deny_message_names_only_the_callers_component() {
+    let p = grants_with(&[]).compile();
+    let d = deny_of(eval_stage(
+        &p,
+        Call {
+            sql: "SELECT * FROM [Secrets]",
+            ..Call::default()
+        },
+    ));
+    assert_eq!(d.message(), "table not authorised: secrets");
+}
+
+#[test]
+fn denies_write_not_authorised_403() {
+    let p = grants_with(&[]).compile();
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                mode: ExecutionMode::NonQuery,
+                ..Call::default()
+            },
+        ),
+        DenyCode::WriteNotAuthorised,
+        403,
+    );
+    check_deny(
+        eval_stage(
+            &p,
+            Call {
+                sql: "DELETE FROM patients",
+                ..Call::default()
+            },
+        ),
+        DenyCode::WriteNotAuthorised,
+        403,
+    );
+}
+
+#[test]
+fn denies_site_not_authoritative_403() {
+    let p = grants_with(&[]).compile();
+    let mut s = stage_site();
+    s.authoritative = false;
+    check_deny(
+        run(&p, Call::default(), Some(&s), s.halo),
+        DenyCode::SiteNotAuthoritative,
+        403,
+    );
+}
+
+#[test]
+fn denies_caller_ip_not_allowed_403_in_production_only() {
+    let p = grants_with(&[PolicyEvent::IpAllowlistSet {
+        integrator: id("acme"),
+        cidrs: vec!["203.0.113.0/24".into(), "2001:db8::1".into()],
+    }])
+    .compile();
+    let prod = site(Environment::Production, 2, pms());
+    let call = |ip: Option<&str>| Call {
+        key: PROD_KEY,
+        ip: ip.map(|s| s.parse().unwrap()),
+        ..Call::default()
+    };
+    check_deny(
+        run(&p, call(Some("198.51.100.7")), Some(&prod), prod.halo),
+        DenyCode::CallerIpNotAllowed,
+        403,
+    );
+    check_deny(
+        run(&p, call(None), Some(&prod), prod.halo),
+        DenyCode::CallerIpNotAllowed,
+        403,
+    );
+    check_deny(
+        run(&p, call(Some("2001:db8::2")), Some(&prod), prod.halo),
+        DenyCode::CallerIpNotAllowed,
+        403,
+    );
+    for ok in ["203.0.113.9", "2001:db8::1"] {
+        assert!(
+            matches!(
+                run(&p, call(Some(ok)), Some(&prod), prod.halo),
+                Decision::Allow(_)
+            ),
+            "{ok}"
+        );
+    }
+    // The IP check comes before any site lookup: nothing about sites is revealed.
+    check_deny(
+        run(&p, call(Some("198.51.100.7")), None, prod.halo),
+        DenyCode::CallerIpNotAllowed,
+        403,
+    );
+    // Stage keys are not subject to the allowlist.
+    assert!(matches!(
+        eval_stage(
+            &p,
+            Call {
+                ip: Some("198.51.100.7".parse().unwrap()),
+                ..Call::default()
+            }
+        ),
+        Decision::Allow(_)
+    ));
+}
+
+#[test]
+fn denies_unknown_site_404() {
+    let p = grants_with(&[]).compile();
+    let s = stage_site();
+    check_deny(
+        run(&p, Call::default(), None, s.halo),
+        DenyCode::UnknownSite,
+        404,
+    );
+    // A site view for a different GUID than the request names is not used.
+    let other = HaloGuid::from_u128(99).unwrap();
+    check_deny(
+        run(&p, Call::default(), Some(&s), other),
+        DenyCode::UnknownSite,
+        404,
+    );
+    let mut inactive = s;
+    inactive.active = false;
+    check_deny(
+        run(&p, Call::default(), Some(&inactive), s.halo),
+        DenyCode::UnknownSite,
+        404,
+    );
+}
+
+#[test]
+fn a_site_not_enabled_looks_exactly_like_no_site() {
+    let p = grants_with(&[]).compile();
+    let missing = deny_of(run(
+        &p,
+        Call::default(),
+        None,
+        HaloGuid::from_u128(7).unwrap(),
+    ));
+    // Another practice's sites, whatever their environment, status or authority.
+    for env in Environment::ALL {
+        for (authoritative, active) in [(true, true), (false, true), (true, false)] {
+            let mut s = site(env, 7, other_pms());
+            s.authoritative = authoritative;
+            s.active = active;
+            for key in [STAGE_KEY, PROD_KEY] {
+                let d = deny_of(run(
+                    &p,
+                    Call {
+                        key,
+                        ..Call::default()
+                    },
+                    Some(&s),
+                    s.halo,
+                ));
+                assert_eq!(d, missing);
+            }
+        }
+    }
+    // A practice enabled for another PMS type only.
+    let bp = site(
+        Environment::Stage,
+        7,
+        "BestPractice:ABC123".parse().unwrap(),
+    );
+    assert_eq!(
+        deny_of(run(&p, Call::default(), Some(&bp), bp.halo)),
+        missing
+    );
+}
+
+#[test]
+fn denies_rate_limited_429_and_quota_exhausted_403() {
+    let p = grants_with(&[
+        PolicyEvent::RateLimitSet {
+            integrator: id("acme"),
+            pms_id: None,
+            limit: Some(RateLimit {
+                per_second: 10,
+                burst: 2,
+            }),
+        },
+        PolicyEvent::QuotaSet {
+            integrator: id("acme"),
+            pms_id: Some(pms()),
+            per_month: Some(3),
+        },
+    ])
+    .compile();
+    let prod = site(Environment::Production, 2, pms());
+    let Decision::Allow(a) = run(
+        &p,
+        Call {
+            key: PROD_KEY,
+            ..Call::default()
+        },
+        Some(&prod),
+        prod.halo,
+    ) else {
+        panic!("allowed")
+    };
+    let t0 = Timestamp::from_millis(1_700_000_000_000);
+    assert!(p.take(&a, t0).is_ok());
+    assert!(p.take(&a, t0).is_ok());
+    let d = p.take(&a, t0).unwrap_err();
+    assert_eq!(
+        d.code(),
+        DenyCode::RateLimited {
+            retry_after_ms: 100
+        }
+    );
+    assert_eq!(d.http_status(), 429);
+    // After the wait a token is back; the third query of the month is the last.
+    let t1 = Timestamp::from_millis(t0.as_millis() + 100);
+    assert!(p.take(&a, t1).is_ok());
+    let t2 = Timestamp::from_millis(t1.as_millis() + 1000);
+    let d = p.take(&a, t2).unwrap_err();
+    assert_eq!((d.code(), d.http_status()), (DenyCode::QuotaExhausted, 403));
+    // Next month the quota is fresh.
+    let next_month = Timestamp::from_millis(t0.as_millis() + 31 * 86_400_000);
+    assert!(p.take(&a, next_month).is_ok());
+}
+
+#[test]
+fn stage_has_no_limits() {
+    let p = grants_with(&[PolicyEvent::QuotaSet {
+        integrator: id("acme"),
+        pms_id: None,
+        per_month: Some(1),
+    }])
+    .compile();
+    let Decision::Allow(a) = eval_stage(&p, Call::default()) else {
+        panic!("allowed")
+    };
+    for _ in 0..10 {
+        assert!(p.take(&a, Timestamp::from_millis(5)).is_ok());
+    }
+}
+
+#[test]
+fn compile_with_carries_counters_unless_the_limit_changes() {
+    let quota = |n| PolicyEvent::QuotaSet {
+        integrator: id("acme"),
+        pms_id: None,
+        per_month: Some(n),
+    };
+    let g = grants_with(&[quota(1)]);
+    let p1 = g.compile();
+    let prod = site(Environment::Production, 2, pms());
+    let Decision::Allow(a) = run(
+        &p1,
+        Call {
+            key: PROD_KEY,
+            ..Call::default()
+        },
+        Some(&prod),
+        prod.halo,
+    ) else {
+        panic!("allowed")
+    };
+    let now = Timestamp::from_millis(1_000);
+    assert!(p1.take(&a, now).is_ok());
+    let p2 = g.compile_with(&p1);
+    assert_eq!(
+        p2.take(&a, now).unwrap_err().code(),
+        DenyCode::QuotaExhausted
+    );
+    assert!(g.compile().take(&a, now).is_ok(), "compile() starts fresh");
+    let mut g3 = g.clone();
+    g3.apply(&quota(2)).unwrap();
+    assert!(
+        g3.compile_with(&p2).take(&a, now).is_ok(),
+        "a changed quota starts fresh"
+    );
+}
+
+#[test]
+fn empty_policy_denies() {
+    let p = Policy::empty();
+    assert_eq!(p.integrator_count(), 0);
+    assert_eq!(p.key_count(), 0);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey, 401);
+    assert!(authenticate(&p, STAGE_KEY, None).is_err());
+}
+
+#[test]
+fn site_visible_requires_enabled_practice_and_same_environment() {
+    let p = grants_with(&[]).compile();
+    let who = authenticate(&p, STAGE_KEY, None).unwrap();
+    assert!(site_visible(&p, &who, &stage_site()));
+    assert!(!site_visible(
+        &p,
+        &who,
+        &site(Environment::Production, 2, pms())
+    ));
+    assert!(!site_visible(
+        &p,
+        &who,
+        &site(Environment::Stage, 3, other_pms())
+    ));
+}
+
+#[test]
+fn deny_codes_have_distinct_names() {
+    let codes = [
+        DenyCode::MissingKey,
+        DenyCode::UnknownKey,
+        DenyCode::WrongEnvironment,
+        DenyCode::IntegratorNotEnabled,
+        DenyCode::PracticeNotEnabled,
+        DenyCode::NotPaired,
+        DenyCode::ComponentNotAuthorised,
+        DenyCode::WriteNotAuthorised,
+        DenyCode::SiteNotAuthoritative,
+        DenyCode::CallerIpNotAllowed,
+        DenyCode::QuotaExhausted,
+        DenyCode::UnknownSite,
+        DenyCode::RateLimited { retry_after_ms: 1 },
+    ];
+    let names: std::collections::BTreeSet<_> = codes.iter().map(DenyCode::as_str).collect();
+    assert_eq!(names.len(), codes.len());
+}
+
+#[test]
+fn execution_mode_uses_api_names() {
+    assert_eq!(
+        serde_json::to_string(&ExecutionMode::NonQuery).unwrap(),
+        "\"nonQuery\""
+    );
+    assert_eq!(
+        serde_json::from_str::<ExecutionMode>("\"reader\"").unwrap(),
+        ExecutionMode::Reader
+    );
+    assert_eq!(
+        serde_json::from_str::<ExecutionMode>("\"scalar\"").unwrap(),
+        ExecutionMode::Scalar
+    );
+}
+
+#[test]
+fn policy_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<Decision>();
+    assert_send_sync::<Components>();
+}
+
+// --- limits ----------------------------------------------------------------------
+
+#[test]
+fn month_index_follows_the_calendar() {
+    let day = 86_400_000u64;
+    assert_eq!(month_index(Timestamp::from_millis(0)), 0);
+    assert_eq!(month_index(Timestamp::from_millis(31 * day - 1)), 0);
+    assert_eq!(month_index(Timestamp::from_millis(31 * day)), 1);
+    // 2000-02-29 and 2000-03-01 (11_016 and 11_017 days after the epoch).
+    assert_eq!(
+        month_index(Timestamp::from_millis(11_016 * day)),
+        30 * 12 + 1
+    );
+    assert_eq!(
+        month_index(Timestamp::from_millis(11_017 * day)),
+        30 * 12 + 2
+    );
+    // 2026-11-27.
+    assert_eq!(
+        month_index(Timestamp::from_millis(20_784 * day)),
+        56 * 12 + 10
+    );
+}
+
+#[test]
+fn bucket_allows_burst_then_refills_at_rate() {
+    let b = Bucket::new(RateLimit {
+        per_second: 4,
+        burst: 3,
+    });
+    let t = |ms| Timestamp::from_millis(ms);
+    for _ in 0..3 {
+        assert!(b.take(t(1000)).is_ok());
+    }
+    assert_eq!(b.take(t(1000)), Err(250));
+    assert_eq!(b.take(t(1100)), Err(150));
+    assert!(b.take(t(1250)).is_ok());
+    assert!(b.take(t(1250)).is_err());
+    // A long quiet period refills to the burst, not beyond.
+    for _ in 0..3 {
+        assert!(b.take(t(100_000)).is_ok());
+    }
+    assert!(b.take(t(100_000)).is_err());
+}
+
+#[test]
+fn quota_counts_per_month_and_ignores_clock_steps_back() {
+    let q = MonthlyQuota::new(2);
+    let day = 86_400_000u64;
+    let feb = Timestamp::from_millis(40 * day);
+    let jan = Timestamp::from_millis(10 * day);
+    assert!(q.take(feb).is_ok());
+    assert!(q.take(jan).is_ok());
+    assert!(q.take(feb).is_err());
+    q.give_back();
+    assert!(q.take(feb).is_ok());
+    assert!(q.take(Timestamp::from_millis(70 * day)).is_ok());
+}
+
+#[test]
+fn bucket_is_exact_under_contention() {
+    let b = std::sync::Arc::new(Bucket::new(RateLimit {
+        per_second: 1,
+        burst: 1000,
+    }));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                (0..500)
+                    .filter(|_| b.take(Timestamp::from_millis(0)).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(admitted, 1000);
+}
