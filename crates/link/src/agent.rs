@@ -1,0 +1,592 @@
+//! The running Link: prepares its databases, then keeps a session with the Cloud.
+//!
+//! [`Link::prepare`] loads the state file, reads every database's identity, refuses
+//! demo databases in Production, logs each served database's Halo GUID and fake
+//! CRN, and saves the state. [`Link::run`] then loops: connect (with
+//! `Authorization: Bearer <token>`), hello, heartbeats, jobs; on any failure it
+//! reconnects after an exponential backoff with jitter, until shutdown.
+//!
+//! Jobs run on tokio's blocking pool through [`crate::execute_with`]. When a session
+//! ends, every job still running is cancelled; its answer is dropped.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use halo_ids::{Environment, HaloGuid, LinkGuid, Timestamp};
+use halo_protocol::{
+    CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
+    QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::{debug, error, info, warn};
+
+use crate::executor::{Database, JobControl, execute_with};
+use crate::state::LinkState;
+use crate::{LinkConfig, LinkError};
+
+/// How long the Cloud has to answer a hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP + WebSocket connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A database the Link did not serve, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedDatabase {
+    /// The configured path.
+    pub path: PathBuf,
+    /// Why it is not served.
+    pub reason: String,
+}
+
+/// Connection state, observable through [`LinkHandle::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStatus {
+    /// Whether a session is open (hello acknowledged).
+    pub connected: bool,
+    /// Sessions opened so far (grows by one per successful hello).
+    pub sessions: u64,
+}
+
+/// A prepared Link, ready to [`run`](Link::run).
+#[derive(Debug)]
+pub struct Link {
+    config: LinkConfig,
+    link_guid: LinkGuid,
+    databases: Vec<Arc<Database>>,
+    by_guid: HashMap<HaloGuid, Arc<Database>>,
+    refused: Vec<RefusedDatabase>,
+    state: LinkState,
+    status: watch::Sender<LinkStatus>,
+}
+
+impl Link {
+    /// Loads state, reads each database's identity and decides which to serve.
+    ///
+    /// A database that cannot be read is logged and listed in [`Link::refused`];
+    /// so is a demo or de-identified database on a Production Link.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] for an invalid config (including a database listed
+    /// twice), [`LinkError::State`] if the state file cannot be loaded or saved.
+    pub fn prepare(config: LinkConfig) -> Result<Self, LinkError> {
+        config.validate()?;
+        let mut state = LinkState::load_or_fresh(&config.state_file)?;
+        info!(link_guid = %state.link_guid, environment = %config.environment, "halo link starting");
+        let mut databases = Vec::new();
+        let mut by_guid = HashMap::new();
+        let mut refused = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for path in &config.databases {
+            let canonical = match std::fs::canonicalize(path) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(path = %path.display(), error = %e, "database not found; not served");
+                    refused.push(RefusedDatabase {
+                        path: path.clone(),
+                        reason: format!("cannot open: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let key = canonical.to_string_lossy().into_owned();
+            if !seen.insert(key.clone()) {
+                return Err(LinkError::Config(format!(
+                    "database {} is listed twice",
+                    path.display()
+                )));
+            }
+            let identity = match crate::identity::DatabaseIdentity::read(&canonical) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    error!(path = %path.display(), error = %e, "database identity unreadable; not served");
+                    refused.push(RefusedDatabase {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if config.environment == Environment::Production && identity.is_demo_or_deidentified() {
+                error!(
+                    path = %path.display(),
+                    crn = %identity.parent_crn,
+                    practice = %identity.practice_name,
+                    "refusing demo or de-identified database on a production link; it is not announced"
+                );
+                refused.push(RefusedDatabase {
+                    path: path.clone(),
+                    reason: "demo or de-identified database on a production link".into(),
+                });
+                continue;
+            }
+            let halo_guid = state.halo_guid_for(&key);
+            let epoch = state.databases.get(&key).map_or(0, |d| d.highest_epoch);
+            let db = match Database::open(&canonical, halo_guid, epoch) {
+                Ok(db) => Arc::new(db),
+                Err(e) => {
+                    error!(path = %path.display(), error = %e, "database unreadable; not served");
+                    refused.push(RefusedDatabase {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            info!(
+                halo_guid = %db.halo_guid(),
+                fake_crn = %db.fake_crn(),
+                parent_crn = %db.identity().parent_crn,
+                practice = %db.identity().practice_name,
+                demo = db.identity().is_demo_or_deidentified(),
+                path = %canonical.display(),
+                "serving database"
+            );
+            by_guid.insert(db.halo_guid(), Arc::clone(&db));
+            databases.push(db);
+        }
+        state.save(&config.state_file)?;
+        let (status, _) = watch::channel(LinkStatus::default());
+        Ok(Self {
+            config,
+            link_guid: state.link_guid,
+            databases,
+            by_guid,
+            refused,
+            state,
+            status,
+        })
+    }
+
+    /// This install's Link GUID.
+    pub fn link_guid(&self) -> LinkGuid {
+        self.link_guid
+    }
+
+    /// The databases served, in config order.
+    pub fn databases(&self) -> &[Arc<Database>] {
+        &self.databases
+    }
+
+    /// The databases not served, with why.
+    pub fn refused(&self) -> &[RefusedDatabase] {
+        &self.refused
+    }
+
+    /// The hello this Link sends on every connection.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            link_guid: self.link_guid,
+            environment: self.config.environment,
+            link_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            databases: self.databases.iter().map(|d| d.info()).collect(),
+        }
+    }
+
+    /// Runs in the background; see [`LinkHandle`].
+    pub fn spawn(self) -> LinkHandle {
+        let (tx, rx) = oneshot::channel::<()>();
+        let status = self.status.subscribe();
+        let link_guid = self.link_guid;
+        let task = tokio::spawn(self.run(async move {
+            let _ = rx.await;
+        }));
+        LinkHandle {
+            link_guid,
+            shutdown: Some(tx),
+            status,
+            task,
+        }
+    }
+
+    /// Serves until `shutdown` completes, reconnecting as needed.
+    ///
+    /// # Errors
+    ///
+    /// Only for failures that retrying cannot fix; connection failures and
+    /// refusals are logged and retried with backoff.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+        let mut shutdown = pin!(shutdown);
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = self.session(&mut shutdown).await;
+            self.status.send_modify(|s| s.connected = false);
+            self.persist_epochs();
+            match outcome {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Lost { established, error } => {
+                    if established {
+                        attempt = 0;
+                    }
+                    warn!(error = %error, "cloud session ended; reconnecting");
+                }
+            }
+            let delay = backoff(
+                self.config.backoff_initial,
+                self.config.backoff_max,
+                attempt,
+            );
+            attempt = attempt.saturating_add(1);
+            debug!(delay_ms = delay.as_millis() as u64, attempt, "waiting before reconnect");
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Saves the highest epochs if any grew.
+    fn persist_epochs(&mut self) {
+        let mut changed = false;
+        for entry in self.state.databases.values_mut() {
+            if let Some(db) = self.by_guid.get(&entry.halo_guid) {
+                let epoch = db.highest_epoch();
+                if epoch > entry.highest_epoch {
+                    entry.highest_epoch = epoch;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.state.save(&self.config.state_file) {
+                error!(error = %e, "cannot save epochs to the state file");
+            }
+        }
+    }
+
+    /// One connection, from connect to its end.
+    async fn session<S: Future<Output = ()>>(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut S>,
+    ) -> SessionEnd {
+        let lost = |established: bool, error: LinkError| SessionEnd::Lost { established, error };
+        let opened = tokio::select! {
+            () = shutdown.as_mut() => return SessionEnd::Shutdown,
+            opened = self.open() => opened,
+        };
+        let (ws, heartbeat_every) = match opened {
+            Ok(opened) => opened,
+            Err(e) => return lost(false, e),
+        };
+        let (mut sink, mut stream) = ws.split();
+        info!(link_guid = %self.link_guid, databases = self.databases.len(), "registered with the cloud");
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.sessions += 1;
+        });
+
+        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
+        let mut running: HashMap<u64, JobControl> = HashMap::new();
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await; // the first tick is immediate; the hello just went out
+
+        let end = loop {
+            tokio::select! {
+                () = shutdown.as_mut() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break SessionEnd::Shutdown;
+                }
+                _ = heartbeat.tick() => {
+                    let beat = LinkToCloud::Heartbeat(Heartbeat {
+                        at: now(),
+                        sites: self.databases.iter().map(|d| d.halo_guid()).collect(),
+                    });
+                    let frame = match encode(&beat) {
+                        Ok(f) => f,
+                        Err(e) => break lost(true, e.into()),
+                    };
+                    if let Err(e) = sink.send(Message::text(frame)).await {
+                        break lost(true, LinkError::Connection(e.to_string()));
+                    }
+                    self.persist_epochs();
+                }
+                Some((query_id, frame)) = done_rx.recv() => {
+                    running.remove(&query_id);
+                    if let Err(e) = sink.send(Message::text(frame)).await {
+                        break lost(true, LinkError::Connection(e.to_string()));
+                    }
+                }
+                msg = next_message(&mut stream) => {
+                    match msg {
+                        Ok(CloudToLink::QueryJob(job)) => {
+                            if let Some(refusal) = self.start_job(job, &mut running, &done_tx) {
+                                if let Err(e) = sink.send(Message::text(refusal)).await {
+                                    break lost(true, LinkError::Connection(e.to_string()));
+                                }
+                            }
+                        }
+                        Ok(CloudToLink::Cancel { query_id }) => {
+                            if let Some(control) = running.get(&query_id) {
+                                debug!(query_id, "cancelling job");
+                                control.cancel();
+                            }
+                        }
+                        Ok(other) => {
+                            warn!(message = kind(&other), "unexpected message from the cloud; ignored");
+                        }
+                        Err(e) => break lost(true, e),
+                    }
+                }
+            }
+        };
+        for control in running.values() {
+            control.cancel();
+        }
+        end
+    }
+
+    /// Connects, sends the hello and waits for the ack; returns the socket and the
+    /// heartbeat period to use.
+    async fn open(&self) -> Result<(WsStream, Duration), LinkError> {
+        let mut request = self
+            .config
+            .cloud_url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| LinkError::Connection(e.to_string()))?;
+        let bearer = format!("Bearer {}", self.config.token)
+            .parse()
+            .map_err(|_| LinkError::Config("token is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", bearer);
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let mut ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok((ws, _response))) => ws,
+            Ok(Err(e)) => return Err(LinkError::Connection(e.to_string())),
+            Err(_) => return Err(LinkError::Connection("connect timed out".into())),
+        };
+        let hello = encode(&LinkToCloud::Hello(self.hello()))?;
+        ws.send(Message::text(hello))
+            .await
+            .map_err(|e| LinkError::Connection(e.to_string()))?;
+        let ack = tokio::time::timeout(HELLO_TIMEOUT, next_message(&mut ws))
+            .await
+            .map_err(|_| LinkError::Connection("no hello ack in time".into()))??;
+        match ack {
+            CloudToLink::HelloAck {
+                rejected,
+                heartbeat_interval_ms,
+            } => {
+                for r in &rejected {
+                    error!(halo_guid = %r.halo_guid, reason = %r.reason, "cloud did not register database");
+                }
+                let every = heartbeat_interval_ms
+                    .map_or(self.config.heartbeat_interval, |ms| {
+                        Duration::from_millis(ms.max(100))
+                    });
+                Ok((ws, every))
+            }
+            CloudToLink::Refused { reason } => {
+                error!(reason = %reason, "cloud refused this link");
+                Err(LinkError::Refused(reason))
+            }
+            other => Err(LinkError::Connection(format!(
+                "expected hello ack, got {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    /// Starts a job, or returns the encoded refusal to send at once.
+    fn start_job(
+        &self,
+        job: QueryJob,
+        running: &mut HashMap<u64, JobControl>,
+        done: &mpsc::Sender<(u64, String)>,
+    ) -> Option<String> {
+        let query_id = job.query_id;
+        let refuse = |kind: QueryErrorKind, message: &str| {
+            warn!(query_id, ?kind, message, "job refused");
+            failed_frame(query_id, QueryError::new(kind, message))
+        };
+        let Some(db) = self.by_guid.get(&job.halo_guid).cloned() else {
+            return Some(refuse(
+                QueryErrorKind::UnknownSite,
+                "this link serves no database with that halo guid",
+            ));
+        };
+        if running.contains_key(&query_id) {
+            return Some(refuse(QueryErrorKind::BadRequest, "query id already running"));
+        }
+        if running.len() >= self.config.max_concurrent_jobs {
+            return Some(refuse(QueryErrorKind::Busy, "link is at its concurrency limit"));
+        }
+        let control = JobControl::for_job(&job);
+        running.insert(query_id, control.clone());
+        let done = done.clone();
+        tokio::spawn(async move {
+            let frame = tokio::task::spawn_blocking(move || {
+                let outcome = execute_with(&db, &job, &control);
+                match outcome {
+                    Ok(out) => {
+                        let msg = LinkToCloud::QueryResult(QueryResult::from_json(
+                            query_id,
+                            out.rows,
+                            &out.json,
+                            out.duration.as_millis() as u64,
+                        ));
+                        encode(&msg).unwrap_or_else(|e| {
+                            failed_frame(
+                                query_id,
+                                QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                            )
+                        })
+                    }
+                    Err(e) => {
+                        debug!(query_id, kind = ?e.kind, "job failed");
+                        failed_frame(query_id, e)
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|e| {
+                failed_frame(
+                    query_id,
+                    QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
+                )
+            });
+            let _ = done.send((query_id, frame)).await;
+        });
+        None
+    }
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+/// Why a session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost { established: bool, error: LinkError },
+}
+
+fn failed_frame(query_id: u64, error: QueryError) -> String {
+    encode(&LinkToCloud::QueryFailed(QueryFailed { query_id, error }))
+        .expect("a failure message is far below the frame limit")
+}
+
+/// The next protocol message; pings, pongs and unknown frame types are skipped.
+async fn next_message<S>(stream: &mut S) -> Result<CloudToLink, LinkError>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            None => return Err(LinkError::Connection("connection closed".into())),
+            Some(Err(e)) => return Err(LinkError::Connection(e.to_string())),
+            Some(Ok(Message::Text(text))) => return Ok(decode::<CloudToLink>(text.as_str())?),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(LinkError::Connection(format!(
+                    "closed by the cloud{}",
+                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+                )));
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return Err(LinkError::Connection("unexpected binary frame".into()));
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn kind(msg: &CloudToLink) -> &'static str {
+    match msg {
+        CloudToLink::HelloAck { .. } => "helloAck",
+        CloudToLink::Refused { .. } => "refused",
+        CloudToLink::QueryJob(_) => "queryJob",
+        CloudToLink::Cancel { .. } => "cancel",
+    }
+}
+
+/// The adapter owns the clock: milliseconds since the Unix epoch.
+fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+/// `initial * 2^attempt`, capped at `max`, then a uniform jitter in `[d/2, d]`.
+pub(crate) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+    let full = initial.saturating_mul(factor).min(max);
+    let half = full / 2;
+    let spread = (full - half).as_millis() as u64;
+    let jitter = if spread == 0 {
+        0
+    } else {
+        rand::random_range(0..=spread)
+    };
+    half + Duration::from_millis(jitter)
+}
+
+/// A running Link; stop it with [`LinkHandle::shutdown`] or [`LinkHandle::kill`].
+#[derive(Debug)]
+pub struct LinkHandle {
+    link_guid: LinkGuid,
+    shutdown: Option<oneshot::Sender<()>>,
+    status: watch::Receiver<LinkStatus>,
+    task: tokio::task::JoinHandle<Result<(), LinkError>>,
+}
+
+impl LinkHandle {
+    /// The running Link's GUID.
+    pub fn link_guid(&self) -> LinkGuid {
+        self.link_guid
+    }
+
+    /// A receiver of connection-state changes.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until at least `sessions` sessions have been opened and one is open.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Connection`] if `timeout` passes first or the Link stopped.
+    pub async fn wait_connected(&self, sessions: u64, timeout: Duration) -> Result<(), LinkError> {
+        let mut rx = self.status.clone();
+        let wait = rx.wait_for(|s| s.connected && s.sessions >= sessions);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(LinkError::Connection("link stopped".into())),
+            Err(_) => Err(LinkError::Connection("not connected in time".into())),
+        }
+    }
+
+    /// Closes the session politely (WebSocket close) and waits for the Link to stop.
+    ///
+    /// # Errors
+    ///
+    /// What [`Link::run`] returned, or [`LinkError::Connection`] if its task failed.
+    pub async fn shutdown(mut self) -> Result<(), LinkError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(LinkError::Connection(format!("link task failed: {e}"))),
+        }
+    }
+
+    /// Stops the Link abruptly, as a crash would: the socket is dropped without a
+    /// close frame and running jobs are abandoned.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,227 @@
+//! The Link's TOML configuration: parsed raw, then validated into [`LinkConfig`].
+//!
+//! ```toml
+//! cloud_url = "ws://127.0.0.1:8080/link/ws"
+//! environment = "stage"
+//! token = "link-secret"
+//! state_file = "halo-link-state.json"
+//! heartbeat_secs = 10          # optional, 1..=300, default 10
+//! max_concurrent_jobs = 8      # optional, 1..=256, default 8
+//!
+//! [[databases]]
+//! path = "practice.sqlite"
+//! ```
+//!
+//! Relative paths are resolved against the config file's directory. The config names
+//! only *where* databases are: their identity (CRNs, practice name, demo flag) is read
+//! from each database, so a wrong config cannot turn a demo copy into a practice.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use halo_ids::Environment;
+use serde::Deserialize;
+
+use crate::LinkError;
+
+/// The validated configuration of one Link.
+///
+/// Build it with [`LinkConfig::new`] (in-process use) or [`LinkConfig::load`].
+#[derive(Clone)]
+pub struct LinkConfig {
+    /// The Cloud's WebSocket endpoint (`ws://` or `wss://`), used as given.
+    pub cloud_url: String,
+    /// Stage or Production; a Production Link refuses demo databases.
+    pub environment: Environment,
+    /// The Link's credential, sent as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Where the Link GUID and Halo GUIDs are kept; deleting it is a reinstall.
+    pub state_file: PathBuf,
+    /// The database files to serve.
+    pub databases: Vec<PathBuf>,
+    /// Heartbeat period (the Cloud may override it in its hello ack).
+    pub heartbeat_interval: Duration,
+    /// Jobs run at once; more are answered with `busy`.
+    pub max_concurrent_jobs: usize,
+    /// First reconnect delay; doubles per failed attempt, with jitter.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkConfig")
+            .field("cloud_url", &self.cloud_url)
+            .field("environment", &self.environment)
+            .field("token", &"<redacted>")
+            .field("state_file", &self.state_file)
+            .field("databases", &self.databases)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("max_concurrent_jobs", &self.max_concurrent_jobs)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cloud_url: String,
+    environment: String,
+    token: String,
+    state_file: PathBuf,
+    #[serde(default)]
+    heartbeat_secs: Option<u64>,
+    #[serde(default)]
+    max_concurrent_jobs: Option<usize>,
+    #[serde(default)]
+    databases: Vec<RawDatabase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    path: PathBuf,
+}
+
+impl LinkConfig {
+    /// A config with the default heartbeat (10 s), concurrency (8) and backoff
+    /// (250 ms doubling to 30 s).
+    pub fn new(
+        cloud_url: impl Into<String>,
+        environment: Environment,
+        token: impl Into<String>,
+        state_file: impl Into<PathBuf>,
+        databases: Vec<PathBuf>,
+    ) -> Self {
+        Self {
+            cloud_url: cloud_url.into(),
+            environment,
+            token: token.into(),
+            state_file: state_file.into(),
+            databases,
+            heartbeat_interval: Duration::from_secs(10),
+            max_concurrent_jobs: 8,
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// Reads and validates a TOML config file.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] if the file cannot be read or is invalid.
+    pub fn load(path: &Path) -> Result<Self, LinkError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LinkError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base_dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] naming the field and the rule broken.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, LinkError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| LinkError::Config(e.message().to_owned()))?;
+        let environment: Environment = raw
+            .environment
+            .parse()
+            .map_err(|e| LinkError::Config(format!("environment: {e}")))?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+        let mut config = Self::new(
+            raw.cloud_url,
+            environment,
+            raw.token,
+            resolve(raw.state_file),
+            raw.databases.into_iter().map(|d| resolve(d.path)).collect(),
+        );
+        if let Some(secs) = raw.heartbeat_secs {
+            if !(1..=300).contains(&secs) {
+                return Err(LinkError::Config(format!(
+                    "heartbeat_secs must be 1 to 300, got {secs}"
+                )));
+            }
+            config.heartbeat_interval = Duration::from_secs(secs);
+        }
+        if let Some(n) = raw.max_concurrent_jobs {
+            if !(1..=256).contains(&n) {
+                return Err(LinkError::Config(format!(
+                    "max_concurrent_jobs must be 1 to 256, got {n}"
+                )));
+            }
+            config.max_concurrent_jobs = n;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that hold however the config was built.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] naming the field and the rule broken.
+    pub fn validate(&self) -> Result<(), LinkError> {
+        let url = self.cloud_url.as_str();
+        let rest = if let Some(rest) = url.strip_prefix("wss://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            if self.environment == Environment::Production && !is_loopback(rest) {
+                return Err(LinkError::Config(
+                    "cloud_url: a production link needs wss:// (plain ws:// only to loopback)"
+                        .into(),
+                ));
+            }
+            rest
+        } else {
+            return Err(LinkError::Config(
+                "cloud_url must start with ws:// or wss://".into(),
+            ));
+        };
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(LinkError::Config("cloud_url has no host".into()));
+        }
+        if self.token.is_empty() {
+            return Err(LinkError::Config("token must not be empty".into()));
+        }
+        if !self.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(LinkError::Config(
+                "token must be printable ascii without spaces".into(),
+            ));
+        }
+        if self.databases.is_empty() {
+            return Err(LinkError::Config(
+                "databases: at least one [[databases]] entry is needed".into(),
+            ));
+        }
+        if self.max_concurrent_jobs == 0 {
+            return Err(LinkError::Config(
+                "max_concurrent_jobs must be at least 1".into(),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(LinkError::Config("heartbeat interval must not be zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the authority part of a URL (after the scheme) names a loopback host.
+fn is_loopback(rest: &str) -> bool {
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,604 @@
+//! Runs one [`QueryJob`] on one SQLite database, with the checks the Link owes.
+//!
+//! [`execute_with`] is pure with respect to networking, so it is tested directly.
+//! In order, it:
+//!
+//! 1. refuses a job whose Halo GUID is not this database's (`unknownSite`);
+//! 2. refuses an epoch older than the highest seen for this database
+//!    (`staleEpoch`); the highest epoch is raised atomically (`fetch_max`);
+//! 3. refuses an unknown catalogue (`badRequest`);
+//! 4. opens a fresh connection, **read-only** unless the job is `nonQuery` with
+//!    `allowWrite`;
+//! 5. installs SQLite's authorizer, which allows `SELECT`, reads of allowlisted
+//!    tables and views (or reads made through an allowlisted view), `count(*)`-style
+//!    reads of CTEs and subqueries (no column read), harmless functions, and writes to allowlisted tables only for `nonQuery` with
+//!    `allowWrite`; everything else (other tables, `sqlite_schema`, `ATTACH`,
+//!    `PRAGMA`, DDL, transactions, `load_extension`) is denied (`denied`);
+//! 6. installs a progress handler that interrupts the statement at the deadline
+//!    (`timeout`) or on cancel (`cancelled`);
+//! 7. streams rows into compact JSON and stops at [`MAX_RESULT_BYTES`]
+//!    (`tooLarge`).
+//!
+//! Known limitation (fails closed): `SELECT count(*) FROM some_view` is denied
+//! when only the view is allowlisted (so is `count` of a rowid-alias column),
+//! because SQLite reports the flattened view's base table without naming the view;
+//! `count(some_other_column)` works.
+//!
+//! Stored procedures do not exist in SQLite, so the allowlist's `procedures` are
+//! not consulted here.
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use halo_ids::{Crn, HaloGuid, PmsType};
+use halo_protocol::{
+    DatabaseInfo, ExecutionMode, MAX_RESULT_BYTES, QueryError, QueryErrorKind, QueryJob,
+};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::LinkError;
+use crate::identity::DatabaseIdentity;
+
+/// Functions no job may call, whatever its allowlist.
+const DENIED_FUNCTIONS: &[&str] = &[
+    "load_extension",
+    "fts3_tokenizer",
+    "readfile",
+    "writefile",
+    "edit",
+];
+
+/// Progress-handler period in SQLite virtual-machine instructions.
+const PROGRESS_OPS: i32 = 1000;
+
+/// One database served by the Link: where it is, who it is, and its epoch fence.
+#[derive(Debug)]
+pub struct Database {
+    halo_guid: HaloGuid,
+    path: PathBuf,
+    identity: DatabaseIdentity,
+    /// Highest epoch seen in a job. Only grows (`fetch_max`); read by the state
+    /// saver, written by job threads.
+    highest_epoch: AtomicU64,
+}
+
+impl Database {
+    /// Reads the identity of the database at `path` and binds it to `halo_guid`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Database`] if the identity cannot be read.
+    pub fn open(path: &Path, halo_guid: HaloGuid, highest_epoch: u64) -> Result<Self, LinkError> {
+        let identity = DatabaseIdentity::read(path)?;
+        Ok(Self {
+            halo_guid,
+            path: path.to_path_buf(),
+            identity,
+            highest_epoch: AtomicU64::new(highest_epoch),
+        })
+    }
+
+    /// The database's Halo GUID.
+    pub fn halo_guid(&self) -> HaloGuid {
+        self.halo_guid
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the database says about itself.
+    pub fn identity(&self) -> &DatabaseIdentity {
+        &self.identity
+    }
+
+    /// The fake CRN derived from the Halo GUID (used for demo copies, in Stage).
+    pub fn fake_crn(&self) -> Crn {
+        Crn::fake_for(&self.halo_guid)
+    }
+
+    /// The highest epoch seen so far.
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records `epoch` and refuses it if an newer one was already seen.
+    ///
+    /// # Errors
+    ///
+    /// A [`QueryErrorKind::StaleEpoch`] error.
+    pub fn observe_epoch(&self, epoch: u64) -> Result<(), QueryError> {
+        let previous = self.highest_epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch < previous {
+            return Err(QueryError::new(
+                QueryErrorKind::StaleEpoch,
+                format!("epoch {epoch} is older than epoch {previous} already seen"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database as announced in the hello.
+    pub fn info(&self) -> DatabaseInfo {
+        DatabaseInfo {
+            halo_guid: self.halo_guid,
+            pms_type: PmsType::D4w,
+            parent_crn: self.identity.parent_crn,
+            branch_crns: self.identity.branches.clone(),
+            practice_name: self.identity.practice_name.clone(),
+            pms_version: self.identity.pms_version.clone(),
+            catalogues: self.identity.catalogues.clone(),
+            is_demo: self.identity.is_demo_or_deidentified(),
+        }
+    }
+}
+
+/// A successful execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryOutput {
+    /// Rows returned (reader, scalar) or changed (nonQuery).
+    pub rows: u64,
+    /// Compact JSON array of row objects, columns in select order.
+    pub json: Vec<u8>,
+    /// Time spent in the database and building the JSON.
+    pub duration: Duration,
+}
+
+/// Deadline and cancellation of one running job.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    deadline: Instant,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl JobControl {
+    /// A control that stops the job at `deadline`.
+    pub fn new(deadline: Instant) -> Self {
+        Self {
+            deadline,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A control whose deadline is the job's `timeout_ms` from now.
+    pub fn for_job(job: &QueryJob) -> Self {
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(Duration::from_millis(job.timeout_ms))
+            .unwrap_or(now + Duration::from_secs(24 * 3600));
+        Self::new(deadline)
+    }
+
+    /// Asks the job to stop; it ends with [`QueryErrorKind::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    /// Whether [`JobControl::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn stop_reason(&self) -> Option<QueryError> {
+        if self.is_cancelled() {
+            Some(QueryError::new(QueryErrorKind::Cancelled, "query was cancelled"))
+        } else if Instant::now() >= self.deadline {
+            Some(QueryError::new(
+                QueryErrorKind::Timeout,
+                "query exceeded its deadline",
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs `job` on `db` with the job's own timeout and no cancellation.
+///
+/// # Errors
+///
+/// A [`QueryError`] classified as the module docs describe.
+pub fn execute(db: &Database, job: &QueryJob) -> Result<QueryOutput, QueryError> {
+    execute_with(db, job, &JobControl::for_job(job))
+}
+
+/// Runs `job` on `db` under `control`.
+///
+/// # Errors
+///
+/// A [`QueryError`] classified as the module docs describe.
+pub fn execute_with(
+    db: &Database,
+    job: &QueryJob,
+    control: &JobControl,
+) -> Result<QueryOutput, QueryError> {
+    if job.halo_guid != db.halo_guid {
+        return Err(QueryError::new(
+            QueryErrorKind::UnknownSite,
+            "job is addressed to another database",
+        ));
+    }
+    db.observe_epoch(job.epoch)?;
+    if let Some(name) = &job.catalogue {
+        if !db
+            .identity
+            .catalogues
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(name))
+        {
+            return Err(QueryError::new(
+                QueryErrorKind::BadRequest,
+                format!("unknown catalogue {}", excerpt(name)),
+            ));
+        }
+    }
+    if let Some(stop) = control.stop_reason() {
+        return Err(stop);
+    }
+
+    let started = Instant::now();
+    let writes = job.mode == ExecutionMode::NonQuery && job.allowlist.allow_write;
+    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | if writes {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+    let conn = Connection::open_with_flags(&db.path, flags)
+        .map_err(|e| QueryError::new(QueryErrorKind::Internal, format!("cannot open: {e}")))?;
+    let remaining = control.deadline.saturating_duration_since(Instant::now());
+    conn.busy_timeout(remaining.min(Duration::from_secs(5)))
+        .map_err(|e| QueryError::new(QueryErrorKind::Internal, e.to_string()))?;
+
+    let denial: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let allowed = Allowed {
+        schema: schema_names(&conn)?,
+        tables: job
+            .allowlist
+            .tables
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect(),
+        writes,
+    };
+    {
+        let denial = Arc::clone(&denial);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            match allowed.check(&ctx) {
+                Ok(()) => Authorization::Allow,
+                Err(reason) => {
+                    if let Ok(mut slot) = denial.lock() {
+                        slot.get_or_insert(reason);
+                    }
+                    Authorization::Deny
+                }
+            }
+        }));
+    }
+    {
+        let control = control.clone();
+        conn.progress_handler(
+            PROGRESS_OPS,
+            Some(move || control.stop_reason().is_some()),
+        );
+    }
+
+    let classify = |e: rusqlite::Error| classify(e, &denial, control);
+    let mut stmt = conn.prepare(&job.command).map_err(classify)?;
+    bind(&mut stmt, &job.parameters)?;
+
+    let (rows, json) = match job.mode {
+        ExecutionMode::NonQuery => {
+            let mut rows = stmt.raw_query();
+            while rows.next().map_err(classify)?.is_some() {
+                if let Some(stop) = control.stop_reason() {
+                    return Err(stop);
+                }
+            }
+            drop(rows);
+            (conn.changes(), b"[]".to_vec())
+        }
+        ExecutionMode::Reader => write_rows(&mut stmt, usize::MAX, control, &classify)?,
+        ExecutionMode::Scalar => write_rows(&mut stmt, 1, control, &classify)?,
+    };
+    Ok(QueryOutput {
+        rows,
+        json,
+        duration: started.elapsed(),
+    })
+}
+
+/// The normalised allowlist the authorizer enforces.
+struct Allowed {
+    /// Lower-case names of the real tables and views (read before the authorizer
+    /// is installed), to tell them from CTE and subquery names.
+    schema: HashSet<String>,
+    tables: HashSet<String>,
+    writes: bool,
+}
+
+impl Allowed {
+    fn table(&self, name: &str) -> bool {
+        self.tables.contains(&name.to_ascii_lowercase())
+    }
+
+    /// `Err(reason)` denies the action.
+    fn check(&self, ctx: &AuthContext<'_>) -> Result<(), String> {
+        match ctx.action {
+            AuthAction::Select | AuthAction::Recursive => Ok(()),
+            AuthAction::Read {
+                table_name,
+                column_name,
+            } => {
+                let through_view = ctx.accessor.is_some_and(|v| self.table(v));
+                // An empty column name means a FROM item none of whose columns is
+                // read (`count(*)`): for a CTE or subquery name that reveals nothing
+                // the other callbacks did not authorise.
+                let derived = column_name.is_empty()
+                    && !self.schema.contains(&table_name.to_ascii_lowercase());
+                if self.table(table_name) || through_view || derived {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "reading table {} is not authorised",
+                        excerpt(table_name)
+                    ))
+                }
+            }
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => {
+                if !self.writes {
+                    Err("writes are not authorised for this query".into())
+                } else if self.table(table_name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "writing table {} is not authorised",
+                        excerpt(table_name)
+                    ))
+                }
+            }
+            AuthAction::Function { function_name } => {
+                if DENIED_FUNCTIONS
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(function_name))
+                {
+                    Err(format!("function {} is not allowed", excerpt(function_name)))
+                } else {
+                    Ok(())
+                }
+            }
+            AuthAction::Pragma { .. } => Err("pragma statements are not allowed".into()),
+            AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+                Err("attach and detach are not allowed".into())
+            }
+            AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => {
+                Err("transaction control is not allowed".into())
+            }
+            _ => Err("schema changes and other statements are not allowed".into()),
+        }
+    }
+}
+
+/// Lower-case names of every table and view, plus SQLite's internal tables.
+fn schema_names(conn: &Connection) -> Result<HashSet<String>, QueryError> {
+    let internal = QueryError::new;
+    let mut names: HashSet<String> = [
+        "sqlite_schema",
+        "sqlite_master",
+        "sqlite_temp_schema",
+        "sqlite_temp_master",
+        "sqlite_sequence",
+        "sqlite_stat1",
+        "sqlite_stat4",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let mut stmt = conn
+        .prepare("SELECT lower(name) FROM sqlite_schema WHERE type IN ('table', 'view')")
+        .map_err(|e| internal(QueryErrorKind::Internal, e.to_string()))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| internal(QueryErrorKind::Internal, e.to_string()))?;
+    names.extend(rows);
+    Ok(names)
+}
+
+fn classify(
+    e: rusqlite::Error,
+    denial: &Arc<Mutex<Option<String>>>,
+    control: &JobControl,
+) -> QueryError {
+    if let Some(reason) = denial.lock().ok().and_then(|mut d| d.take()) {
+        return QueryError::new(QueryErrorKind::Denied, reason);
+    }
+    if let rusqlite::Error::MultipleStatement = e {
+        return QueryError::new(
+            QueryErrorKind::BadRequest,
+            "a command holds exactly one statement",
+        );
+    }
+    let failure = match &e {
+        rusqlite::Error::SqlInputError { error, .. } => Some(error),
+        other => other.sqlite_error(),
+    };
+    match failure {
+        Some(f) => match f.code {
+            ErrorCode::OperationInterrupted => control.stop_reason().unwrap_or_else(|| {
+                QueryError::new(QueryErrorKind::Timeout, "query was interrupted")
+            }),
+            ErrorCode::ReadOnly => QueryError::new(
+                QueryErrorKind::Denied,
+                "the database is read-only for this query",
+            ),
+            ErrorCode::AuthorizationForStatementDenied => {
+                QueryError::new(QueryErrorKind::Denied, "statement not authorised")
+            }
+            _ => QueryError {
+                kind: QueryErrorKind::Database,
+                code: Some(i64::from(f.extended_code)),
+                message: e.to_string(),
+            },
+        },
+        None => QueryError::new(QueryErrorKind::Database, e.to_string()),
+    }
+}
+
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[serde_json::Value]) -> Result<(), QueryError> {
+    let bad = |m: String| QueryError::new(QueryErrorKind::BadRequest, m);
+    let mut position = 0usize;
+    for param in params {
+        let (index, value) = match param {
+            serde_json::Value::Object(map) => {
+                let name = map
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .ok_or_else(|| bad("a named parameter needs a string name".into()))?;
+                let value = map.get("value").unwrap_or(&serde_json::Value::Null);
+                (named_index(stmt, name)?, value)
+            }
+            value => {
+                position += 1;
+                if position > stmt.parameter_count() {
+                    return Err(bad(format!(
+                        "{position} parameters given, the command takes {}",
+                        stmt.parameter_count()
+                    )));
+                }
+                (position, value)
+            }
+        };
+        let value = to_sql_value(value)?;
+        stmt.raw_bind_parameter(index, value)
+            .map_err(|e| bad(format!("cannot bind parameter {index}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn named_index(stmt: &rusqlite::Statement<'_>, name: &str) -> Result<usize, QueryError> {
+    let candidates: Vec<String> = if name.starts_with(['@', ':', '$']) {
+        vec![name.to_owned()]
+    } else {
+        ["@", ":", "$"].iter().map(|p| format!("{p}{name}")).collect()
+    };
+    for candidate in &candidates {
+        if let Ok(Some(i)) = stmt.parameter_index(candidate) {
+            return Ok(i);
+        }
+    }
+    Err(QueryError::new(
+        QueryErrorKind::BadRequest,
+        format!("unknown parameter {}", excerpt(name)),
+    ))
+}
+
+fn to_sql_value(value: &serde_json::Value) -> Result<Value, QueryError> {
+    Ok(match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Integer(i64::from(*b)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        _ => {
+            return Err(QueryError::new(
+                QueryErrorKind::BadRequest,
+                "parameter values must be null, boolean, number or string",
+            ));
+        }
+    })
+}
+
+fn too_large() -> QueryError {
+    QueryError::new(
+        QueryErrorKind::TooLarge,
+        format!("result exceeds {MAX_RESULT_BYTES} bytes"),
+    )
+}
+
+/// Streams at most `limit` rows as a JSON array of objects.
+fn write_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    limit: usize,
+    control: &JobControl,
+    classify: &dyn Fn(rusqlite::Error) -> QueryError,
+) -> Result<(u64, Vec<u8>), QueryError> {
+    let columns: Vec<Vec<u8>> = stmt
+        .column_names()
+        .iter()
+        .map(|n| serde_json::to_vec(n).unwrap_or_else(|_| b"\"?\"".to_vec()))
+        .collect();
+    let mut out = Vec::with_capacity(256);
+    out.push(b'[');
+    let mut count = 0u64;
+    let mut rows = stmt.raw_query();
+    while count < limit as u64 {
+        let Some(row) = rows.next().map_err(classify)? else {
+            break;
+        };
+        if count > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        for (i, key) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            out.push(b':');
+            let value = row.get_ref(i).map_err(classify)?;
+            write_value(&mut out, value);
+            if out.len() > MAX_RESULT_BYTES {
+                return Err(too_large());
+            }
+        }
+        out.push(b'}');
+        count += 1;
+        if let Some(stop) = control.stop_reason() {
+            return Err(stop);
+        }
+    }
+    out.push(b']');
+    if out.len() > MAX_RESULT_BYTES {
+        return Err(too_large());
+    }
+    Ok((count, out))
+}
+
+fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
+    // Writing into a Vec cannot fail.
+    let _ = match value {
+        ValueRef::Null => out.write_all(b"null"),
+        ValueRef::Integer(i) => write!(out, "{i}"),
+        ValueRef::Real(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f).map_err(Into::into),
+        ValueRef::Real(_) => out.write_all(b"null"),
+        ValueRef::Text(t) => {
+            serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t)).map_err(Into::into)
+        }
+        ValueRef::Blob(b) => serde_json::to_writer(
+            &mut *out,
+            &base64::engine::general_purpose::STANDARD.encode(b),
+        )
+        .map_err(Into::into),
+    };
+}
+
+/// At most 40 characters of a caller-supplied name, escaped.
+fn excerpt(s: &str) -> String {
+    s.chars().take(40).flat_map(char::escape_default).collect()
+}
+
+#[cfg(test)]
+mod tests;
