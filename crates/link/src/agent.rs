@@ -236,7 +236,10 @@ impl Link {
                 attempt,
             );
             attempt = attempt.saturating_add(1);
-            debug!(delay_ms = delay.as_millis() as u64, attempt, "waiting before reconnect");
+            debug!(
+                delay_ms = delay.as_millis() as u64,
+                attempt, "waiting before reconnect"
+            );
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 () = tokio::time::sleep(delay) => {}
@@ -382,10 +385,9 @@ impl Link {
                 for r in &rejected {
                     error!(halo_guid = %r.halo_guid, reason = %r.reason, "cloud did not register database");
                 }
-                let every = heartbeat_interval_ms
-                    .map_or(self.config.heartbeat_interval, |ms| {
-                        Duration::from_millis(ms.max(100))
-                    });
+                let every = heartbeat_interval_ms.map_or(self.config.heartbeat_interval, |ms| {
+                    Duration::from_millis(ms.max(100))
+                });
                 Ok((ws, every))
             }
             CloudToLink::Refused { reason } => {
@@ -418,10 +420,16 @@ impl Link {
             ));
         };
         if running.contains_key(&query_id) {
-            return Some(refuse(QueryErrorKind::BadRequest, "query id already running"));
+            return Some(refuse(
+                QueryErrorKind::BadRequest,
+                "query id already running",
+            ));
         }
         if running.len() >= self.config.max_concurrent_jobs {
-            return Some(refuse(QueryErrorKind::Busy, "link is at its concurrency limit"));
+            return Some(refuse(
+                QueryErrorKind::Busy,
+                "link is at its concurrency limit",
+            ));
         }
         let control = JobControl::for_job(&job);
         running.insert(query_id, control.clone());
@@ -463,9 +471,8 @@ impl Link {
     }
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Why a session ended.
 enum SessionEnd {

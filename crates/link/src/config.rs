@@ -206,7 +206,9 @@ impl LinkConfig {
             ));
         }
         if self.heartbeat_interval.is_zero() {
-            return Err(LinkError::Config("heartbeat interval must not be zero".into()));
+            return Err(LinkError::Config(
+                "heartbeat interval must not be zero".into(),
+            ));
         }
         Ok(())
     }

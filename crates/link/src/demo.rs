@@ -80,9 +80,36 @@ pub struct DemoSummary {
 }
 
 const FIRST_NAMES: &[&str] = &[
-    "Olivia", "Jack", "Charlotte", "Noah", "Amelia", "William", "Isla", "Oliver", "Mia", "Leo",
-    "Ava", "Henry", "Grace", "Lucas", "Chloe", "Thomas", "Ruby", "James", "Zoe", "Ethan", "Harper",
-    "Mason", "Sienna", "Archie", "Matilda", "Hugo", "Ivy", "Lachlan", "Willow", "Kai",
+    "Olivia",
+    "Jack",
+    "Charlotte",
+    "Noah",
+    "Amelia",
+    "William",
+    "Isla",
+    "Oliver",
+    "Mia",
+    "Leo",
+    "Ava",
+    "Henry",
+    "Grace",
+    "Lucas",
+    "Chloe",
+    "Thomas",
+    "Ruby",
+    "James",
+    "Zoe",
+    "Ethan",
+    "Harper",
+    "Mason",
+    "Sienna",
+    "Archie",
+    "Matilda",
+    "Hugo",
+    "Ivy",
+    "Lachlan",
+    "Willow",
+    "Kai",
 ];
 const LAST_NAMES: &[&str] = &[
     "Smith", "Nguyen", "Williams", "Brown", "Wilson", "Taylor", "Johnson", "White", "Martin",
@@ -124,14 +151,39 @@ const ITEMS: &[(&str, &str, i64)] = &[
     ("012", "Periodic oral examination", 5_500),
     ("022", "Intraoral periapical or bitewing radiograph", 4_000),
     ("114", "Removal of calculus", 12_000),
-    ("121", "Topical application of remineralisation agents", 3_500),
+    (
+        "121",
+        "Topical application of remineralisation agents",
+        3_500,
+    ),
     ("311", "Removal of a tooth or part(s) thereof", 22_000),
-    ("521", "Adhesive restoration, one surface, anterior tooth", 16_000),
-    ("531", "Adhesive restoration, one surface, posterior tooth", 17_500),
+    (
+        "521",
+        "Adhesive restoration, one surface, anterior tooth",
+        16_000,
+    ),
+    (
+        "531",
+        "Adhesive restoration, one surface, posterior tooth",
+        17_500,
+    ),
     ("615", "Full crown, veneered, indirect", 165_000),
 ];
-const STATUSES: &[&str] = &["Completed", "Completed", "Completed", "Booked", "Cancelled", "FailedToAttend"];
-const REASONS: &[&str] = &["Check-up and clean", "Toothache", "Filling", "Crown prep", "Review"];
+const STATUSES: &[&str] = &[
+    "Completed",
+    "Completed",
+    "Completed",
+    "Booked",
+    "Cancelled",
+    "FailedToAttend",
+];
+const REASONS: &[&str] = &[
+    "Check-up and clean",
+    "Toothache",
+    "Filling",
+    "Crown prep",
+    "Review",
+];
 const TEETH: &[&str] = &["11", "16", "21", "26", "36", "37", "46", "47"];
 
 const SCHEMA: &str = "
@@ -281,7 +333,11 @@ fn fill(conn: &mut Connection, spec: &DemoPractice) -> rusqlite::Result<DemoSumm
                 rng.pick(FIRST_NAMES),
                 rng.pick(LAST_NAMES),
                 kind,
-                format!("{:06}{}", 200_000 + rng.below(700_000), rng.pick(&["A", "B", "F", "J"])),
+                format!(
+                    "{:06}{}",
+                    200_000 + rng.below(700_000),
+                    rng.pick(&["A", "B", "F", "J"])
+                ),
             ],
         )?;
     }
@@ -304,7 +360,12 @@ fn fill(conn: &mut Connection, spec: &DemoPractice) -> rusqlite::Result<DemoSumm
                 date(born),
                 rng.pick(&["F", "M", "X"]),
                 rng.pick(FICTION_MOBILES),
-                format!("{}.{}{}@example.com", first.to_lowercase(), last.to_lowercase(), patient),
+                format!(
+                    "{}.{}{}@example.com",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    patient
+                ),
                 suburb,
                 postcode,
                 rng.pick(FUNDS),

@@ -189,7 +189,10 @@ impl JobControl {
 
     fn stop_reason(&self) -> Option<QueryError> {
         if self.is_cancelled() {
-            Some(QueryError::new(QueryErrorKind::Cancelled, "query was cancelled"))
+            Some(QueryError::new(
+                QueryErrorKind::Cancelled,
+                "query was cancelled",
+            ))
         } else if Instant::now() >= self.deadline {
             Some(QueryError::new(
                 QueryErrorKind::Timeout,
@@ -285,10 +288,7 @@ pub fn execute_with(
     }
     {
         let control = control.clone();
-        conn.progress_handler(
-            PROGRESS_OPS,
-            Some(move || control.stop_reason().is_some()),
-        );
+        conn.progress_handler(PROGRESS_OPS, Some(move || control.stop_reason().is_some()));
     }
 
     let classify = |e: rusqlite::Error| classify(e, &denial, control);
@@ -372,7 +372,10 @@ impl Allowed {
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(function_name))
                 {
-                    Err(format!("function {} is not allowed", excerpt(function_name)))
+                    Err(format!(
+                        "function {} is not allowed",
+                        excerpt(function_name)
+                    ))
                 } else {
                     Ok(())
                 }
@@ -455,7 +458,10 @@ fn classify(
     }
 }
 
-fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[serde_json::Value]) -> Result<(), QueryError> {
+fn bind(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[serde_json::Value],
+) -> Result<(), QueryError> {
     let bad = |m: String| QueryError::new(QueryErrorKind::BadRequest, m);
     let mut position = 0usize;
     for param in params {
@@ -490,7 +496,10 @@ fn named_index(stmt: &rusqlite::Statement<'_>, name: &str) -> Result<usize, Quer
     let candidates: Vec<String> = if name.starts_with(['@', ':', '$']) {
         vec![name.to_owned()]
     } else {
-        ["@", ":", "$"].iter().map(|p| format!("{p}{name}")).collect()
+        ["@", ":", "$"]
+            .iter()
+            .map(|p| format!("{p}{name}"))
+            .collect()
     };
     for candidate in &candidates {
         if let Ok(Some(i)) = stmt.parameter_index(candidate) {
@@ -582,7 +591,9 @@ fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
     let _ = match value {
         ValueRef::Null => out.write_all(b"null"),
         ValueRef::Integer(i) => write!(out, "{i}"),
-        ValueRef::Real(f) if f.is_finite() => serde_json::to_writer(&mut *out, &f).map_err(Into::into),
+        ValueRef::Real(f) if f.is_finite() => {
+            serde_json::to_writer(&mut *out, &f).map_err(Into::into)
+        }
         ValueRef::Real(_) => out.write_all(b"null"),
         ValueRef::Text(t) => {
             serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t)).map_err(Into::into)

@@ -47,13 +47,22 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
-        (Some(Command::DemoDb { out, crn, name, demo, patients, seed }), _) => {
+        (
+            Some(Command::DemoDb {
+                out,
+                crn,
+                name,
+                demo,
+                patients,
+                seed,
+            }),
+            _,
+        ) => {
             let crn: Crn = crn.parse().context("--crn")?;
             let mut spec = DemoPractice::new(crn, name);
             spec.is_demo = demo;

@@ -89,13 +89,20 @@ fn values_of_every_type_are_json() {
         &reader("SELECT NULL AS n, 1.5 AS r, x'00ff' AS b, 'a\"b' AS t", &[]),
     )
     .unwrap();
-    assert_eq!(rows(&out), json!([{"n": null, "r": 1.5, "b": "AP8=", "t": "a\"b"}]));
+    assert_eq!(
+        rows(&out),
+        json!([{"n": null, "r": 1.5, "b": "AP8=", "t": "a\"b"}])
+    );
 }
 
 #[test]
 fn allowlist_is_case_insensitive() {
     let f = fixture();
-    let out = execute(&f.db, &reader("SELECT count(*) AS n FROM Notes", &["NOTES"])).unwrap();
+    let out = execute(
+        &f.db,
+        &reader("SELECT count(*) AS n FROM Notes", &["NOTES"]),
+    )
+    .unwrap();
     assert_eq!(rows(&out), json!([{"n": 2}]));
 }
 
@@ -210,7 +217,11 @@ fn forbidden_statements_are_denied() {
                 matches!(err.kind, QueryErrorKind::Denied | QueryErrorKind::Database),
                 "{sql} {mode:?}: {err:?}"
             );
-            assert_ne!(err.kind, QueryErrorKind::Database, "{sql} {mode:?}: {err:?}");
+            assert_ne!(
+                err.kind,
+                QueryErrorKind::Database,
+                "{sql} {mode:?}: {err:?}"
+            );
         }
     }
     // Nothing above changed the schema.
@@ -229,11 +240,19 @@ fn reader_and_scalar_never_write() {
         let mut j = job(mode, "DELETE FROM notes", &["notes"]);
         j.allowlist.allow_write = true;
         assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::Denied);
-        let mut j = job(mode, "INSERT INTO notes (body) VALUES ('x') RETURNING id", &["notes"]);
+        let mut j = job(
+            mode,
+            "INSERT INTO notes (body) VALUES ('x') RETURNING id",
+            &["notes"],
+        );
         j.allowlist.allow_write = true;
         assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::Denied);
     }
-    let out = execute(&f.db, &reader("SELECT count(*) AS n FROM notes", &["notes"])).unwrap();
+    let out = execute(
+        &f.db,
+        &reader("SELECT count(*) AS n FROM notes", &["notes"]),
+    )
+    .unwrap();
     assert_eq!(rows(&out), json!([{"n": 2}]));
 }
 
@@ -256,7 +275,11 @@ fn non_query_writes_only_with_permission_and_only_allowed_tables() {
     allowed.parameters = vec![json!("changed"), json!(1)];
     let out = execute(&f.db, &allowed).unwrap();
     assert_eq!((out.rows, out.json.as_slice()), (1, &b"[]"[..]));
-    let out = execute(&f.db, &reader("SELECT body FROM notes WHERE id = 1", &["notes"])).unwrap();
+    let out = execute(
+        &f.db,
+        &reader("SELECT body FROM notes WHERE id = 1", &["notes"]),
+    )
+    .unwrap();
     assert_eq!(rows(&out), json!([{"body": "changed"}]));
 }
 
@@ -270,7 +293,11 @@ fn a_second_statement_is_refused_and_not_run() {
     );
     j.allowlist.allow_write = true;
     assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::BadRequest);
-    let out = execute(&f.db, &reader("SELECT body FROM notes ORDER BY id", &["notes"])).unwrap();
+    let out = execute(
+        &f.db,
+        &reader("SELECT body FROM notes ORDER BY id", &["notes"]),
+    )
+    .unwrap();
     assert_eq!(rows(&out), json!([{"body": "one"}, {"body": "two"}]));
 }
 
@@ -279,14 +306,22 @@ fn scalar_returns_the_first_value_only() {
     let f = fixture();
     let out = execute(
         &f.db,
-        &job(ExecutionMode::Scalar, "SELECT body, id FROM notes ORDER BY id", &["notes"]),
+        &job(
+            ExecutionMode::Scalar,
+            "SELECT body, id FROM notes ORDER BY id",
+            &["notes"],
+        ),
     )
     .unwrap();
     assert_eq!(out.rows, 1);
     assert_eq!(rows(&out), json!([{"body": "one", "id": 1}]));
     let out = execute(
         &f.db,
-        &job(ExecutionMode::Scalar, "SELECT body FROM notes WHERE id = 99", &["notes"]),
+        &job(
+            ExecutionMode::Scalar,
+            "SELECT body FROM notes WHERE id = 99",
+            &["notes"],
+        ),
     )
     .unwrap();
     assert_eq!((out.rows, rows(&out)), (0, json!([])));
@@ -295,9 +330,15 @@ fn scalar_returns_the_first_value_only() {
 #[test]
 fn parameters_bind_by_position_and_by_name() {
     let f = fixture();
-    let mut j = reader("SELECT body FROM notes WHERE id = ?1 OR body = ?2 ORDER BY id", &["notes"]);
+    let mut j = reader(
+        "SELECT body FROM notes WHERE id = ?1 OR body = ?2 ORDER BY id",
+        &["notes"],
+    );
     j.parameters = vec![json!(1), json!("two")];
-    assert_eq!(rows(&execute(&f.db, &j).unwrap()).as_array().unwrap().len(), 2);
+    assert_eq!(
+        rows(&execute(&f.db, &j).unwrap()).as_array().unwrap().len(),
+        2
+    );
 
     let mut j = reader("SELECT body FROM notes WHERE id = @id", &["notes"]);
     j.parameters = vec![json!({"name": "id", "value": 2})];
@@ -326,7 +367,11 @@ fn deadline_stops_a_long_query() {
     j.timeout_ms = 150;
     let started = Instant::now();
     assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::Timeout);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

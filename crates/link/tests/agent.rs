@@ -1,0 +1,430 @@
+//! The Link against a tiny fake Cloud on loopback: hello, jobs, heartbeats,
+//! reconnects, cancel, shutdown and multi-tenancy.
+
+// Test helpers panic on purpose; the handshake callback type is tungstenite's.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use halo_ids::{Crn, Environment, HaloGuid};
+use halo_link::demo::{DemoPractice, generate};
+use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_protocol::{
+    Allowlist, CloudToLink, ExecutionMode, Hello, LinkToCloud, QueryErrorKind, QueryJob, decode,
+    encode,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One accepted Link session.
+struct Session {
+    ws: WebSocketStream<TcpStream>,
+    authorization: Option<String>,
+    hello: Hello,
+}
+
+impl Session {
+    async fn send(&mut self, msg: &CloudToLink) {
+        self.ws
+            .send(Message::text(encode(msg).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    /// The next message, heartbeats included; `None` when the Link went away.
+    async fn next_any(&mut self) -> Option<LinkToCloud> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("link silent")
+            {
+                Some(Ok(Message::Text(t))) => return Some(decode(t.as_str()).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next answer to a job, skipping heartbeats.
+    async fn answer(&mut self) -> LinkToCloud {
+        loop {
+            match self.next_any().await.expect("link went away") {
+                LinkToCloud::Heartbeat(_) => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A fake Cloud: accepts WebSockets, records the bearer header, reads the hello and
+/// acknowledges it, then hands the session to the test.
+struct FakeCloud {
+    url: String,
+    sessions: mpsc::Receiver<Session>,
+}
+
+impl FakeCloud {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/link/ws", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let seen = Arc::new(Mutex::new(None));
+                    let seen2 = Arc::clone(&seen);
+                    let callback =
+                        move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp| {
+                            *seen2.lock().unwrap() = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            Ok(resp)
+                        };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await
+                    else {
+                        return;
+                    };
+                    let hello = match ws.next().await {
+                        Some(Ok(Message::Text(t))) => match decode::<LinkToCloud>(t.as_str()) {
+                            Ok(LinkToCloud::Hello(h)) => h,
+                            other => panic!("expected hello, got {other:?}"),
+                        },
+                        other => panic!("expected hello, got {other:?}"),
+                    };
+                    let ack = CloudToLink::HelloAck {
+                        rejected: vec![],
+                        heartbeat_interval_ms: Some(200),
+                    };
+                    ws.send(Message::text(encode(&ack).unwrap())).await.unwrap();
+                    let authorization = seen.lock().unwrap().take();
+                    let _ = tx
+                        .send(Session {
+                            ws,
+                            authorization,
+                            hello,
+                        })
+                        .await;
+                });
+            }
+        });
+        Self { url, sessions: rx }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(WAIT, self.sessions.recv())
+            .await
+            .expect("no link connected in time")
+            .expect("server stopped")
+    }
+}
+
+/// A demo database with a `halo_marker` table holding `marker`.
+fn tenant_db(dir: &Path, crn: &str, marker: &str) -> PathBuf {
+    let path = dir.join(format!("{crn}.sqlite"));
+    let mut spec = DemoPractice::new(crn.parse::<Crn>().unwrap(), format!("Practice {crn}"));
+    spec.patients = 3;
+    generate(&path, &spec).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("CREATE TABLE halo_marker (tenant TEXT NOT NULL); ", [])
+        .unwrap();
+    conn.execute("INSERT INTO halo_marker VALUES (?1)", [marker])
+        .unwrap();
+    path
+}
+
+fn link_config(url: &str, dir: &Path, dbs: Vec<PathBuf>) -> LinkConfig {
+    let mut c = LinkConfig::new(
+        url,
+        Environment::Stage,
+        "link-secret",
+        dir.join("state.json"),
+        dbs,
+    );
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c.max_concurrent_jobs = 256;
+    c
+}
+
+fn marker_job(query_id: u64, halo_guid: HaloGuid) -> CloudToLink {
+    CloudToLink::QueryJob(QueryJob {
+        query_id,
+        halo_guid,
+        epoch: 1,
+        timeout_ms: 5_000,
+        catalogue: None,
+        mode: ExecutionMode::Reader,
+        command: "SELECT tenant FROM halo_marker".into(),
+        parameters: vec![],
+        allowlist: Allowlist {
+            tables: vec!["halo_marker".into()],
+            procedures: vec![],
+            allow_write: false,
+        },
+    })
+}
+
+fn marker_of(answer: &LinkToCloud) -> (u64, String) {
+    match answer {
+        LinkToCloud::QueryResult(r) => {
+            let rows: serde_json::Value = serde_json::from_slice(&r.json().unwrap()).unwrap();
+            (r.query_id, rows[0]["tenant"].as_str().unwrap().to_owned())
+        }
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+async fn start(cloud: &mut FakeCloud, dir: &Path, dbs: Vec<PathBuf>) -> (LinkHandle, Session) {
+    let link = Link::prepare(link_config(&cloud.url, dir, dbs)).unwrap();
+    let handle = link.spawn();
+    let session = cloud.session().await;
+    handle.wait_connected(1, WAIT).await.unwrap();
+    (handle, session)
+}
+
+#[tokio::test]
+async fn hello_job_and_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let b = tenant_db(dir.path(), "AB2", "beta");
+    let (handle, mut s) = start(&mut cloud, dir.path(), vec![a, b]).await;
+
+    assert_eq!(s.authorization.as_deref(), Some("Bearer link-secret"));
+    assert_eq!(s.hello.link_guid, handle.link_guid());
+    assert_eq!(s.hello.environment, Environment::Stage);
+    assert_eq!(s.hello.protocol_version, halo_protocol::PROTOCOL_VERSION);
+    let crns: Vec<String> = s
+        .hello
+        .databases
+        .iter()
+        .map(|d| d.parent_crn.to_string())
+        .collect();
+    assert_eq!(crns, ["AB1", "AB2"]);
+
+    let beta = s.hello.databases[1].halo_guid;
+    s.send(&marker_job(42, beta)).await;
+    let answer = s.answer().await;
+    assert_eq!(marker_of(&answer), (42, "beta".to_owned()));
+
+    // Heartbeats list every served site.
+    let beat = loop {
+        if let Some(LinkToCloud::Heartbeat(h)) = s.next_any().await {
+            break h;
+        }
+    };
+    assert_eq!(beat.sites.len(), 2);
+    assert!(beat.sites.contains(&beta));
+
+    handle.shutdown().await.unwrap();
+    assert!(s.next_any().await.is_none(), "shutdown closes the socket");
+}
+
+#[tokio::test]
+async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let (handle, mut s) = start(&mut cloud, dir.path(), vec![a]).await;
+    let alpha = s.hello.databases[0].halo_guid;
+
+    s.send(&marker_job(1, HaloGuid::from_u128(99).unwrap()))
+        .await;
+    match s.answer().await {
+        LinkToCloud::QueryFailed(f) => {
+            assert_eq!((f.query_id, f.error.kind), (1, QueryErrorKind::UnknownSite));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut job = marker_job(2, alpha);
+    if let CloudToLink::QueryJob(j) = &mut job {
+        j.epoch = 5;
+    }
+    s.send(&job).await;
+    assert_eq!(marker_of(&s.answer().await).0, 2);
+    if let CloudToLink::QueryJob(j) = &mut job {
+        j.epoch = 4;
+        j.query_id = 3;
+    }
+    s.send(&job).await;
+    match s.answer().await {
+        LinkToCloud::QueryFailed(f) => assert_eq!(f.error.kind, QueryErrorKind::StaleEpoch),
+        other => panic!("{other:?}"),
+    }
+    handle.shutdown().await.unwrap();
+
+    // The fence survives a restart through the state file.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
+            .unwrap();
+    let epochs: Vec<u64> = state["databases"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|d| d["highestEpoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [5]);
+}
+
+#[tokio::test]
+async fn reconnects_after_the_cloud_drops_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let (handle, s1) = start(&mut cloud, dir.path(), vec![a]).await;
+    let first_hello = s1.hello.clone();
+    drop(s1); // abrupt: no close frame
+
+    let mut s2 = cloud.session().await;
+    handle.wait_connected(2, WAIT).await.unwrap();
+    assert_eq!(s2.hello, first_hello, "same identity after reconnect");
+    s2.send(&marker_job(7, first_hello.databases[0].halo_guid))
+        .await;
+    assert_eq!(marker_of(&s2.answer().await), (7, "alpha".to_owned()));
+
+    // And once more, after a polite close.
+    s2.ws.close(None).await.unwrap();
+    let _s3 = cloud.session().await;
+    handle.wait_connected(3, WAIT).await.unwrap();
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let (handle, mut s) = start(&mut cloud, dir.path(), vec![a]).await;
+    let mut job = marker_job(9, s.hello.databases[0].halo_guid);
+    if let CloudToLink::QueryJob(j) = &mut job {
+        j.command =
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+                .into();
+        j.timeout_ms = 60_000;
+    }
+    s.send(&job).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.send(&CloudToLink::Cancel { query_id: 9 }).await;
+    match s.answer().await {
+        LinkToCloud::QueryFailed(f) => {
+            assert_eq!((f.query_id, f.error.kind), (9, QueryErrorKind::Cancelled));
+        }
+        other => panic!("{other:?}"),
+    }
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_link_drops_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let (handle, mut s) = start(&mut cloud, dir.path(), vec![a]).await;
+    handle.kill();
+    assert!(s.next_any().await.is_none());
+}
+
+/// Issue 6, item 4: one Link serving several databases never runs a job on any
+/// database but the one whose Halo GUID the job carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_jobs_each_run_on_their_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let markers = ["alpha", "beta", "gamma", "delta"];
+    let dbs: Vec<PathBuf> = markers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| tenant_db(dir.path(), &format!("AB{i}"), m))
+        .collect();
+    let (handle, mut s) = start(&mut cloud, dir.path(), dbs).await;
+    let guids: Vec<HaloGuid> = s.hello.databases.iter().map(|d| d.halo_guid).collect();
+    let by_crn: HashMap<String, HaloGuid> = s
+        .hello
+        .databases
+        .iter()
+        .map(|d| (d.parent_crn.to_string(), d.halo_guid))
+        .collect();
+    let expected_marker: HashMap<HaloGuid, &str> = markers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (by_crn[&format!("AB{i}")], *m))
+        .collect();
+
+    // A deterministic shuffle of 200 jobs over the four databases.
+    let mut expected = HashMap::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for query_id in 0..200u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let guid = guids[(x % guids.len() as u64) as usize];
+        expected.insert(query_id, expected_marker[&guid]);
+        s.send(&marker_job(query_id, guid)).await;
+    }
+    let mut seen = HashMap::new();
+    while seen.len() < expected.len() {
+        let (id, marker) = marker_of(&s.answer().await);
+        assert!(
+            seen.insert(id, marker).is_none(),
+            "query {id} answered twice"
+        );
+    }
+    for (id, marker) in &seen {
+        assert_eq!(marker, expected[id], "query {id} ran on the wrong database");
+    }
+    let per_db: HashMap<&str, usize> = seen.values().fold(HashMap::new(), |mut m, v| {
+        *m.entry(v.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(per_db.len(), 4, "every database got jobs: {per_db:?}");
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn too_many_concurrent_jobs_are_refused_as_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let mut config = link_config(&cloud.url, dir.path(), vec![a]);
+    config.max_concurrent_jobs = 1;
+    let handle = Link::prepare(config).unwrap().spawn();
+    let mut s = cloud.session().await;
+    let guid = s.hello.databases[0].halo_guid;
+    let mut slow = marker_job(1, guid);
+    if let CloudToLink::QueryJob(j) = &mut slow {
+        j.command =
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+                .into();
+        j.timeout_ms = 500;
+    }
+    s.send(&slow).await;
+    s.send(&marker_job(2, guid)).await;
+    let mut kinds = HashMap::new();
+    for _ in 0..2 {
+        match s.answer().await {
+            LinkToCloud::QueryFailed(f) => {
+                kinds.insert(f.query_id, f.error.kind);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(kinds[&2], QueryErrorKind::Busy);
+    assert_eq!(kinds[&1], QueryErrorKind::Timeout);
+    handle.shutdown().await.unwrap();
+}
