@@ -1,1 +1,32 @@
-//! The Cloud: axum HTTP API for integrators and admins, WebSocket endpoint for Links.
+//! The Cloud: the axum HTTP API for integrators and administrators, and the
+//! WebSocket endpoint Links connect to. An adapter: handlers parse, call the core
+//! (`halo-tenancy`, `halo-policy`, `halo-router`), and map results to the API's
+//! JSON and statuses; state changes go through the durable log (`halo-store`)
+//! before they are visible.
+//!
+//! Start a server in-process with [`start`]; the `halo-cloud` binary wraps it.
+
+pub mod admin;
+pub mod app;
+pub mod clock;
+pub mod credentials;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod integrator;
+pub mod link_ws;
+pub mod openapi;
+pub mod record;
+pub mod site_view;
+pub mod state;
+
+pub mod demo;
+
+pub use app::{App, AppState, CloudConfig, RunningCloud, StartError, build, routes, start};
+pub use clock::now;
+pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
+pub use error::ApiError;
+pub use extract::KEY_HEADER;
+pub use openapi::ApiDoc;
+pub use record::{CredentialEvent, Record};
+pub use state::{CloudState, Snapshot, StateConfig};

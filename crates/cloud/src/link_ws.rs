@@ -1,0 +1,301 @@
+//! The WebSocket endpoint Links connect to: authenticate the Link's credential,
+//! register what its hello announces (durably, before the ack), attach its router
+//! session, then shuttle jobs out and results in until the socket closes. Closing
+//! detaches the session, which fails the Link's in-flight queries at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt as _, StreamExt as _};
+use halo_ids::{LinkGuid, Timestamp};
+use halo_policy::{ExecutionMode, KeyHash};
+use halo_protocol::{
+    Allowlist, CloudToLink, DatabaseInfo, DatabaseRejection, Hello, LinkToCloud, MAX_FRAME_BYTES,
+    QueryErrorKind, QueryFailed, QueryJob, QueryResult,
+};
+use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
+use halo_tenancy::{Catalogue, DatabaseIdentity, Event, TenancyError};
+
+use crate::app::AppState;
+use crate::clock::now;
+use crate::error::ApiError;
+use crate::extract::bearer;
+use crate::record::CredentialEvent;
+
+/// How long a Link has to say hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The heartbeat interval the Cloud asks Links for.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `GET /link/ws`: upgrade a Link's connection, after checking its credential.
+pub async fn link_ws(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthorized("link credential required (Authorization: Bearer)")
+    })?;
+    if !app.state.credential_known(token) {
+        return Err(ApiError::unauthorized("unknown or revoked link credential"));
+    }
+    let token_hash = KeyHash::of(token);
+    Ok(ws
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            if let Err(reason) = session(app, socket, token_hash).await {
+                tracing::warn!(%reason, "link session ended");
+            }
+        }))
+}
+
+async fn send(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
+    let text = halo_protocol::encode(msg).map_err(|e| e.to_string())?;
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|e| format!("send: {e}"))
+}
+
+async fn refuse(socket: &mut WebSocket, reason: String) -> String {
+    let _ = send(
+        socket,
+        &CloudToLink::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    let _ = socket.close().await;
+    reason
+}
+
+fn registration_events(hello: &Hello) -> Vec<Event> {
+    let link = hello.link_guid;
+    let mut events = vec![Event::LinkRegistered {
+        link,
+        environment: hello.environment,
+        version: hello.link_version.clone(),
+    }];
+    for db in &hello.databases {
+        events.push(Event::DatabaseAttached {
+            link,
+            site: db.halo_guid,
+            identity: identity(db),
+        });
+        events.push(Event::DatabaseReady {
+            link,
+            site: db.halo_guid,
+        });
+    }
+    events
+}
+
+fn identity(db: &DatabaseInfo) -> DatabaseIdentity {
+    DatabaseIdentity {
+        pms_type: db.pms_type,
+        crn: db.parent_crn,
+        branch_crns: db.branch_crns.iter().map(|b| b.crn).collect(),
+        practice_name: db.practice_name.clone(),
+        pms_version: db.pms_version.clone(),
+        catalogues: db
+            .catalogues
+            .iter()
+            .map(|c| Catalogue {
+                name: c.name.as_str().into(),
+                is_default: c.is_default,
+            })
+            .collect(),
+        demo: db.is_demo,
+    }
+}
+
+async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, socket.next())
+        .await
+        .map_err(|_| "no hello within 10 s".to_owned())?;
+    match frame {
+        Some(Ok(Message::Text(text))) => match halo_protocol::decode::<LinkToCloud>(&text) {
+            Ok(LinkToCloud::Hello(hello)) => Ok(hello),
+            Ok(_) => Err("the first message must be a hello".to_owned()),
+            Err(e) => Err(format!("bad hello: {e}")),
+        },
+        _ => Err("connection closed before hello".to_owned()),
+    }
+}
+
+/// Registers the hello durably; returns the databases that were refused.
+async fn register(app: &AppState, hello: &Hello) -> Result<Vec<DatabaseRejection>, String> {
+    let events = registration_events(hello);
+    let state = Arc::clone(app);
+    let results = tokio::task::spawn_blocking(move || state.state.apply_tenancy(&events, now()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut results = results.into_iter();
+    if let Some(Err(e)) = results.next() {
+        return Err(format!("link registration refused: {e}"));
+    }
+    let mut rejected = Vec::new();
+    for db in &hello.databases {
+        let attached = results.next().unwrap_or(Ok(()));
+        let ready = results.next().unwrap_or(Ok(()));
+        let refusal = match (attached, ready) {
+            (Err(e), _) => Some(e),
+            // Re-attaching a site that is already active is not an error.
+            (Ok(()), Err(TenancyError::InvalidTransition { .. })) | (Ok(()), Ok(())) => None,
+            (Ok(()), Err(e)) => Some(e),
+        };
+        if let Some(e) = refusal {
+            tracing::warn!(link = %hello.link_guid, site = %db.halo_guid, error = %e, "database refused");
+            rejected.push(DatabaseRejection {
+                halo_guid: db.halo_guid,
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(rejected)
+}
+
+async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> Result<(), String> {
+    let hello = match read_hello(&mut socket).await {
+        Ok(h) => h,
+        Err(reason) => return Err(refuse(&mut socket, reason).await),
+    };
+    let link = hello.link_guid;
+    let bind = app.state.read().credentials().authorise(&token_hash, link);
+    match bind {
+        Err(e) => return Err(refuse(&mut socket, e.to_string()).await),
+        Ok(true) => {
+            let state = Arc::clone(&app);
+            let event = CredentialEvent::Bound { token_hash, link };
+            tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(false) => {}
+    }
+    let rejected = match register(&app, &hello).await {
+        Ok(r) => r,
+        Err(reason) => return Err(refuse(&mut socket, reason).await),
+    };
+    let mut session = app.state.router().attach_link(link);
+    app.state.heartbeat(link, now());
+    send(
+        &mut socket,
+        &CloudToLink::HelloAck {
+            rejected,
+            heartbeat_interval_ms: Some(HEARTBEAT_INTERVAL.as_millis() as u64),
+        },
+    )
+    .await?;
+    tracing::info!(%link, databases = hello.databases.len(), "link attached");
+    let result = serve(&app, link, &mut socket, &mut session).await;
+    tracing::info!(%link, in_flight = session.in_flight(), "link detached");
+    drop(session);
+    result
+}
+
+async fn serve(
+    app: &AppState,
+    link: LinkGuid,
+    socket: &mut WebSocket,
+    session: &mut LinkSession,
+) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            job = session.next_job() => {
+                let Some(job) = job else {
+                    return Err("session replaced by a newer connection of the same link".to_owned());
+                };
+                send(socket, &CloudToLink::QueryJob(to_protocol(job, now()))).await?;
+            }
+            frame = socket.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(Message::Binary(_))) => return Err("binary frames are not part of the protocol".to_owned()),
+                    Some(Err(e)) => return Err(format!("receive: {e}")),
+                };
+                match halo_protocol::decode::<LinkToCloud>(&text) {
+                    Ok(LinkToCloud::QueryResult(r)) => complete_ok(session, r),
+                    Ok(LinkToCloud::QueryFailed(f)) => complete_err(session, f),
+                    Ok(LinkToCloud::Heartbeat(_)) => app.state.heartbeat(link, now()),
+                    Ok(LinkToCloud::Hello(_)) => return Err("a second hello on one connection".to_owned()),
+                    Err(e) => return Err(format!("bad frame from link: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn complete_ok(session: &LinkSession, r: QueryResult) {
+    let Some(id) = QueryId::new(r.query_id) else {
+        return;
+    };
+    let outcome = match r.json() {
+        Ok(data) => Ok(QueryOutput {
+            data,
+            rows: r.rows,
+            sql_execution: Duration::from_millis(r.duration_ms),
+        }),
+        Err(e) => Err(QueryFailure::Refused(format!("unreadable result: {e}"))),
+    };
+    session.complete(id, outcome);
+}
+
+fn complete_err(session: &LinkSession, f: QueryFailed) {
+    let Some(id) = QueryId::new(f.query_id) else {
+        return;
+    };
+    session.complete(id, Err(failure(f)));
+}
+
+fn failure(f: QueryFailed) -> QueryFailure {
+    let e = f.error;
+    match e.kind {
+        QueryErrorKind::StaleEpoch => QueryFailure::StaleEpoch,
+        QueryErrorKind::Timeout => QueryFailure::Expired,
+        QueryErrorKind::Database => QueryFailure::Database {
+            error_type: "SqliteException".to_owned(),
+            error_code: e.code.map(|c| c.to_string()).unwrap_or_default(),
+            message: e.message,
+        },
+        _ => QueryFailure::Refused(e.message),
+    }
+}
+
+fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
+    let mode = match job.command.mode {
+        ExecutionMode::Reader => halo_protocol::ExecutionMode::Reader,
+        ExecutionMode::NonQuery => halo_protocol::ExecutionMode::NonQuery,
+        ExecutionMode::Scalar => halo_protocol::ExecutionMode::Scalar,
+    };
+    let parameters = job
+        .command
+        .parameters
+        .as_deref()
+        .and_then(|p| serde_json::from_str::<Vec<serde_json::Value>>(p).ok())
+        .unwrap_or_default();
+    QueryJob {
+        query_id: job.query_id.get(),
+        halo_guid: job.halo,
+        epoch: job.epoch.get(),
+        timeout_ms: u64::try_from(job.deadline.saturating_since(now).as_millis())
+            .unwrap_or(u64::MAX),
+        catalogue: job.catalogue.map(String::from),
+        mode,
+        command: job.command.text,
+        parameters,
+        allowlist: Allowlist {
+            tables: job.allowlist.tables().map(str::to_owned).collect(),
+            procedures: job.allowlist.procedures().map(str::to_owned).collect(),
+            allow_write: job.command.mode == ExecutionMode::NonQuery,
+        },
+    }
+}

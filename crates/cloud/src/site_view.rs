@@ -1,0 +1,56 @@
+//! Translation of registry sites into the API's site object.
+
+use halo_ids::Timestamp;
+use halo_policy::SiteView;
+use halo_tenancy::{Availability, Registry, Site, SiteStatus};
+
+use crate::dto::{CatalogueDto, PracticeMetadataDto, SiteDto};
+
+/// The policy's view of a registry site.
+pub fn policy_view(site: &Site) -> SiteView {
+    SiteView {
+        halo: site.halo_guid(),
+        environment: site.environment(),
+        pms_id: site.pms_id(),
+        authoritative: site.is_authoritative(),
+        active: site.status() == SiteStatus::Active,
+    }
+}
+
+/// The API's site object.
+pub fn site_dto(
+    registry: &Registry,
+    site: &Site,
+    now: Timestamp,
+    cfg: &halo_tenancy::AvailabilityConfig,
+) -> SiteDto {
+    let availability = registry
+        .availability(site.halo_guid(), now, cfg)
+        .unwrap_or(Availability::Unreachable);
+    let link_version = registry
+        .link(site.link_guid())
+        .map(|l| l.version().to_owned())
+        .unwrap_or_default();
+    SiteDto {
+        id: site.halo_guid().to_string(),
+        pms_type: site.pms_type().to_string(),
+        availability: availability.as_str().to_owned(),
+        status: site.status().as_str().to_owned(),
+        authoritative: site.is_authoritative(),
+        halo_link_version: link_version,
+        catalogue: site
+            .catalogues()
+            .iter()
+            .map(|c| CatalogueDto {
+                name: c.name.to_string(),
+                is_default: c.is_default,
+            })
+            .collect(),
+        practice_metadata: PracticeMetadataDto {
+            pms_type: site.pms_type().to_string(),
+            practice_name: site.practice_name().to_owned(),
+            practice_management_site_id: site.crn().to_string(),
+            practice_management_version: site.pms_version().to_owned(),
+        },
+    }
+}

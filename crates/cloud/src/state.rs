@@ -1,0 +1,308 @@
+//! The Cloud's shared state: one writer that applies events, makes them durable and
+//! only then publishes them to the lock-free router.
+//!
+//! Write path: take the writer lock, apply the event to the private registry /
+//! grants (a refused event changes nothing), append it to the durable log (fsync),
+//! and only then publish the change to the router and answer the client. If the
+//! append fails the in-memory state is ahead of the disk, so the process stops
+//! (fail-stop) rather than serve state that a restart would lose.
+//!
+//! Read paths: routing never takes the writer lock (the router is lock-free); the
+//! status endpoints (find sites, site status) take it briefly, so they can never see
+//! an event that is not yet durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+use halo_policy::{Grants, KeyHash, Policy, PolicyError, PolicyEvent};
+use halo_router::Router;
+use halo_store::{RecoveryReport, Store, StoreConfig, StoreError};
+use halo_tenancy::{AvailabilityConfig, Change, Event, LogEntry, Registry, TenancyError};
+use parking_lot::{Mutex, MutexGuard};
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::Credentials;
+use crate::record::{CredentialEvent, RECORD_VERSION, Record};
+
+/// The full state, as stored in a snapshot.
+// FIXME(snapshot): registry and grants join once they are serialisable.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The Link credentials.
+    pub credentials: Credentials,
+}
+
+type CloudStore = Store<Record, Snapshot>;
+
+/// Settings of the Cloud's state.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Where the durable log lives; `None` keeps everything in memory (tests only).
+    pub data_dir: Option<PathBuf>,
+    /// Snapshot every this many events (0: never).
+    pub snapshot_every: u64,
+    /// Availability thresholds for site status.
+    pub availability: AvailabilityConfig,
+}
+
+/// Why opening the state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The log could not be opened or read.
+    #[error("event log: {0}")]
+    Store(#[from] StoreError),
+    /// A logged event did not apply on replay (the log and this build disagree).
+    #[error("replaying record {index}: {message}")]
+    Replay {
+        /// Zero-based index in the replayed tail.
+        index: usize,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The private write side.
+#[derive(Debug)]
+pub struct Writer {
+    registry: Registry,
+    grants: Grants,
+    credentials: Credentials,
+    store: Option<CloudStore>,
+}
+
+impl Writer {
+    /// The registry, as durable as the log.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The grants.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// The Link credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Appends records durably; stops the process if that fails (see module docs).
+    fn persist(&mut self, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = store.append_batch(records) {
+            tracing::error!(error = %e, "cannot append to the event log; stopping to avoid serving state a restart would lose");
+            std::process::abort();
+        }
+        if store.snapshot_due() {
+            let snapshot = Snapshot {
+                credentials: self.credentials.clone(),
+            };
+            let upto = store.last_seq();
+            if let Err(e) = store.snapshot(&snapshot, upto) {
+                // The log is intact; a missing snapshot only makes recovery longer.
+                tracing::warn!(error = %e, "snapshot failed");
+            }
+        }
+    }
+}
+
+/// The Cloud's state, shared by every handler.
+#[derive(Debug)]
+pub struct CloudState {
+    writer: Mutex<Writer>,
+    router: Arc<Router>,
+    availability: AvailabilityConfig,
+    recovery: Option<RecoveryReport>,
+}
+
+impl CloudState {
+    /// Opens the state: recovers it from the data directory (if any) and publishes it
+    /// to `router`.
+    ///
+    /// # Errors
+    /// [`StateError`] when the log cannot be read or replayed.
+    pub fn open(config: &StateConfig, router: Arc<Router>) -> Result<Self, StateError> {
+        let mut writer = Writer {
+            registry: Registry::new(),
+            grants: Grants::default(),
+            credentials: Credentials::default(),
+            store: None,
+        };
+        let mut recovery = None;
+        if let Some(dir) = &config.data_dir {
+            // FIXME(snapshot): snapshots stay off until they hold the whole state.
+            let _ = config.snapshot_every;
+            let (store, recovered) = open_store(dir, 0)?;
+            if recovered.snapshot.is_some() {
+                // FIXME(snapshot): restore registry and grants from the snapshot.
+            }
+            for (index, record) in recovered.tail.iter().enumerate() {
+                replay(&mut writer, record)
+                    .map_err(|message| StateError::Replay { index, message })?;
+            }
+            writer.store = Some(store);
+            recovery = Some(recovered.report);
+        }
+        let all: Vec<Change> = writer
+            .registry
+            .sites()
+            .map(|s| Change::SiteUpserted(s.halo_guid()))
+            .collect();
+        router.apply_changes(&writer.registry, &all);
+        router.set_policy(Arc::new(writer.grants.compile()));
+        Ok(Self {
+            writer: Mutex::new(writer),
+            router,
+            availability: config.availability,
+            recovery,
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The availability thresholds.
+    pub fn availability(&self) -> &AvailabilityConfig {
+        &self.availability
+    }
+
+    /// What recovery found at start, when there is a data directory.
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// Reads the durable state (briefly locks out writers).
+    pub fn read(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock()
+    }
+
+    /// Applies tenancy events in order, each on its own: a refused event changes
+    /// nothing and does not stop the others. The accepted ones are made durable in
+    /// one batch, then published to the router. Returns one result per event.
+    pub fn apply_tenancy(&self, events: &[Event], now: Timestamp) -> Vec<Result<(), TenancyError>> {
+        let mut w = self.writer.lock();
+        let mut results = Vec::with_capacity(events.len());
+        let mut records = Vec::new();
+        let mut changes = Vec::new();
+        for event in events {
+            match w.registry.apply(event, now) {
+                Ok(c) => {
+                    changes.extend(c);
+                    records.push(Record::Tenancy(LogEntry::new(now, event.clone())));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        w.persist(&records);
+        self.router.apply_changes(&w.registry, &changes);
+        results
+    }
+
+    /// Applies one tenancy event.
+    ///
+    /// # Errors
+    /// The [`TenancyError`] that refused it.
+    pub fn apply_one(&self, event: Event, now: Timestamp) -> Result<(), TenancyError> {
+        self.apply_tenancy(std::slice::from_ref(&event), now)
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Records a heartbeat: liveness only, not logged (a restart starts every site
+    /// as not yet heard, which is the truth).
+    pub fn heartbeat(&self, link: LinkGuid, now: Timestamp) {
+        let mut w = self.writer.lock();
+        if let Ok(changes) = w.registry.apply(&Event::Heartbeat { link }, now) {
+            self.router.apply_changes(&w.registry, &changes);
+        }
+    }
+
+    /// Applies a policy event, makes it durable and publishes the new policy.
+    ///
+    /// # Errors
+    /// The [`PolicyError`] that refused it.
+    pub fn apply_policy(&self, event: PolicyEvent, now: Timestamp) -> Result<(), PolicyError> {
+        let mut w = self.writer.lock();
+        w.grants.apply(&event)?;
+        w.persist(&[Record::Policy {
+            version: RECORD_VERSION,
+            at: now,
+            event,
+        }]);
+        let previous = self.router.policy();
+        self.router
+            .set_policy(Arc::new(w.grants.compile_with(&previous)));
+        Ok(())
+    }
+
+    /// Applies a credential event and makes it durable.
+    pub fn apply_credential(&self, event: CredentialEvent, now: Timestamp) {
+        let mut w = self.writer.lock();
+        w.credentials.apply(&event);
+        w.persist(&[Record::Credential {
+            version: RECORD_VERSION,
+            at: now,
+            event,
+        }]);
+    }
+
+    /// The current compiled policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.router.policy()
+    }
+
+    /// Checks a presented Link token.
+    pub fn credential_known(&self, token: &str) -> bool {
+        self.writer
+            .lock()
+            .credentials
+            .check(&KeyHash::of(token))
+            .is_ok()
+    }
+
+    /// The Halo GUID a site is known by, if live (for logging).
+    pub fn site_exists(&self, halo: HaloGuid) -> bool {
+        self.writer.lock().registry.site(halo).is_some()
+    }
+}
+
+fn open_store(
+    dir: &Path,
+    snapshot_every: u64,
+) -> Result<(CloudStore, halo_store::Recovered<Record, Snapshot>), StateError> {
+    let config = StoreConfig {
+        snapshot_every,
+        keep_snapshots: 2,
+    };
+    let (mut store, recovered) = Store::open(dir, config)?;
+    if let Some(c) = &recovered.report.stopped_at {
+        tracing::error!(corruption = %c, "event log damaged: recovered up to the last good event; the damaged tail is kept aside");
+        store.quarantine_unreplayed()?;
+    }
+    tracing::info!(report = %recovered.report, dir = %dir.display(), "recovered state");
+    Ok((store, recovered))
+}
+
+fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
+    match record {
+        Record::Tenancy(entry) => w
+            .registry
+            .apply(&entry.event, entry.at)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Record::Policy { event, .. } => w.grants.apply(event).map_err(|e| e.to_string()),
+        Record::Credential { event, .. } => {
+            w.credentials.apply(event);
+            Ok(())
+        }
+    }
+}
