@@ -428,3 +428,39 @@ async fn too_many_concurrent_jobs_are_refused_as_busy() {
     assert_eq!(kinds[&1], QueryErrorKind::Timeout);
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_refused_link_does_not_connect_and_retries_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/link/ws", listener.local_addr().unwrap());
+    let (tx, mut attempts) = mpsc::channel::<()>(16);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let _hello = ws.next().await;
+            let refused = CloudToLink::Refused {
+                reason: "unknown link credential".into(),
+            };
+            ws.send(Message::text(encode(&refused).unwrap()))
+                .await
+                .unwrap();
+            let _ = ws.close(None).await;
+            let _ = tx.send(()).await;
+        }
+    });
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let handle = Link::prepare(link_config(&url, dir.path(), vec![a]))
+        .unwrap()
+        .spawn();
+    for _ in 0..3 {
+        tokio::time::timeout(WAIT, attempts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let status = *handle.status().borrow();
+    assert!(!status.connected);
+    assert_eq!(status.sessions, 0);
+    handle.shutdown().await.unwrap();
+}
