@@ -244,7 +244,7 @@ fn arb_event() -> impl Strategy<Value = AuthorityEvent> {
             link: l(k),
         }),
         3 => site.clone().prop_map(|s| AuthorityEvent::Left { site: h(s) }),
-        2 => site.clone().prop_map(|s| promote(s)),
+        2 => site.clone().prop_map(promote),
         2 => (site.clone(), 12u128..40, link).prop_map(|(p, s, k)| reinstall(p, s, k)),
     ]
 }
