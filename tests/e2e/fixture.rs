@@ -1,0 +1,214 @@
+//! The fixture: a Cloud in-process on 127.0.0.1:0 with its own temp directory,
+//! Links started on demand, and admin and integrator calls over real HTTP.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use halo_cloud::{CloudConfig, RunningCloud};
+use halo_ids::{Crn, Environment, HaloGuid};
+use halo_link::demo::{DemoPractice, generate};
+use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_router::RouterConfig;
+use halo_tenancy::AvailabilityConfig;
+use serde_json::{Value, json};
+
+pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
+pub(crate) const INTEGRATOR: &str = "acme-dental";
+pub(crate) const TABLES: [&str; 4] = ["patients", "providers", "appointments", "treatments"];
+
+pub(crate) struct Harness {
+    pub(crate) cloud: RunningCloud,
+    pub(crate) http: reqwest::Client,
+    pub(crate) dir: tempfile::TempDir,
+    next_link: usize,
+}
+
+pub(crate) struct TestLink {
+    pub(crate) handle: LinkHandle,
+    /// (practice CRN as integrators use it, Halo GUID) per database, in order.
+    pub(crate) sites: Vec<(Crn, HaloGuid)>,
+}
+
+/// A practice database to generate.
+pub(crate) fn practice(crn: &str, name: &str) -> DemoPractice {
+    let mut p = DemoPractice::new(crn.parse().unwrap(), name);
+    p.patients = 12;
+    p
+}
+
+impl Harness {
+    pub(crate) async fn start() -> Harness {
+        Self::start_with(RouterConfig::standard()).await
+    }
+
+    pub(crate) async fn start_with(router: RouterConfig) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = halo_cloud::start(CloudConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: Some(dir.path().join("cloud")),
+            admin_token: ADMIN.to_owned(),
+            router,
+            availability: AvailabilityConfig::default(),
+            snapshot_every: 1000,
+        })
+        .await
+        .unwrap();
+        Harness {
+            cloud,
+            http: reqwest::Client::new(),
+            dir,
+            next_link: 0,
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.cloud.addr, path)
+    }
+
+    /// An admin call; panics unless it succeeds.
+    pub(crate) async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
+    }
+
+    /// Generates databases and starts a Link serving them.
+    pub(crate) async fn link(&mut self, env: Environment, practices: &[DemoPractice]) -> TestLink {
+        let n = self.next_link;
+        self.next_link += 1;
+        let mut paths = Vec::new();
+        for (i, p) in practices.iter().enumerate() {
+            let path = self.dir.path().join(format!("link{n}-db{i}.sqlite"));
+            generate(&path, p).unwrap();
+            paths.push(path);
+        }
+        let token = self
+            .admin(reqwest::Method::POST, "/admin/link-credentials", json!({"label": format!("link {n}")}))
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.start_link(env, token, self.dir.path().join(format!("link{n}-state.json")), paths).await
+    }
+
+    pub(crate) async fn start_link(
+        &self,
+        env: Environment,
+        token: String,
+        state: PathBuf,
+        paths: Vec<PathBuf>,
+    ) -> TestLink {
+        let mut config = LinkConfig::new(format!("ws://{}/link/ws", self.cloud.addr), env, token, state, paths);
+        config.backoff_initial = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(200);
+        let link = Link::prepare(config).unwrap();
+        let sites = link
+            .databases()
+            .iter()
+            .map(|db| {
+                let demo = db.identity().is_demo_or_deidentified();
+                (if demo { db.fake_crn() } else { db.identity().parent_crn }, db.halo_guid())
+            })
+            .collect();
+        let handle = link.spawn();
+        handle.wait_connected(1, Duration::from_secs(10)).await.unwrap();
+        TestLink { handle, sites }
+    }
+
+    /// Enables INTEGRATOR for D4W with the demo tables, and returns a key for `env`.
+    pub(crate) async fn integrator(&self, env: Environment) -> String {
+        use reqwest::Method;
+        let base = format!("/admin/integrators/{INTEGRATOR}");
+        self.admin(Method::POST, &format!("{base}/enable"), json!({"pmsType": "D4w"})).await;
+        self.admin(
+            Method::PUT,
+            &format!("{base}/components"),
+            json!({"pmsType": "D4w", "catalogues": ["d4w"], "tables": TABLES, "allowWrite": false}),
+        )
+        .await;
+        self.admin(Method::POST, &format!("{base}/keys"), json!({"environment": env.as_str()}))
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Enables a practice for INTEGRATOR (by support).
+    pub(crate) async fn enable_practice(&self, crn: Crn) {
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/admin/integrators/{INTEGRATOR}/practices"),
+            json!({"pmsId": format!("D4w:{crn}")}),
+        )
+        .await;
+    }
+
+    pub(crate) async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header(halo_cloud::KEY_HEADER, key)
+            .send()
+            .await
+            .unwrap();
+        Self::answer(resp).await
+    }
+
+    pub(crate) async fn post(&self, key: &str, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .header(halo_cloud::KEY_HEADER, key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        Self::answer(resp).await
+    }
+
+    async fn answer(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub(crate) async fn pair(&self, key: &str, crn: Crn) -> (u16, Value) {
+        self.post(
+            key,
+            &format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
+            Value::Null,
+        )
+        .await
+    }
+
+    pub(crate) async fn query(&self, key: &str, site: HaloGuid, sql: &str) -> (u16, Value) {
+        self.query_body(key, site, json!({"command": {"text": sql, "executionMode": "reader", "type": "text"}}))
+            .await
+    }
+
+    pub(crate) async fn query_body(&self, key: &str, site: HaloGuid, body: Value) -> (u16, Value) {
+        self.post(key, &format!("/integrator/sites/{site}/queries/immediate"), body).await
+    }
+}
+
+/// The rows of a successful query answer.
+pub(crate) fn rows(answer: &Value) -> Vec<Value> {
+    let data = answer["result"]["data"].as_str().expect("result.data");
+    let json = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+/// The error message of an error answer.
+pub(crate) fn message(answer: &Value) -> String {
+    answer["error"]["message"].as_str().unwrap_or_default().to_owned()
+}
