@@ -452,7 +452,7 @@ impl EventLog for SqliteLog {
     }
 
     fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
-        write_snapshot_on(&self.conn, upto, self.last, state)
+        write_snapshot_on(&mut self.conn, upto, self.last, state)
     }
 
     fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
@@ -601,7 +601,7 @@ fn snapshot_seqs_on(conn: &Connection) -> Result<Vec<Seq>, StoreError> {
 /// another connection interleave between the chunks instead of waiting for the
 /// whole snapshot.
 fn write_snapshot_on(
-    conn: &Connection,
+    conn: &mut Connection,
     upto: Seq,
     last: Seq,
     state: &[u8],
@@ -610,25 +610,26 @@ fn write_snapshot_on(
         return Err(StoreError::SnapshotAhead { upto, last });
     }
     let key = upto.to_sql()?;
-    {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
-        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
-        tx.commit()?;
-    }
+    // Every step is an IMMEDIATE transaction: it takes the write lock up front
+    // (waiting through the busy timeout) instead of upgrading a read, which in WAL
+    // mode fails at once (SQLITE_BUSY_SNAPSHOT) when another connection has just
+    // appended.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+    tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+    tx.commit()?;
     let mut chunks = 0i64;
-    {
-        let mut stmt = conn
-            .prepare_cached("INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)")?;
-        for chunk in state.chunks(SNAPSHOT_CHUNK) {
-            // Autocommit: each chunk is its own short transaction.
-            stmt.execute(params![key, chunks, chunk])?;
-            chunks += 1;
-        }
+    for chunk in state.chunks(SNAPSHOT_CHUNK) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)")?
+            .execute(params![key, chunks, chunk])?;
+        tx.commit()?;
+        chunks += 1;
     }
     let len = u64::try_from(state.len()).map_err(|_| StoreError::SeqOverflow)?;
     let crc = snapshot_crc(upto, len, std::iter::once(state));
-    conn.execute(
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
         "INSERT INTO snapshot (upto, len, chunks, crc) VALUES (?1, ?2, ?3, ?4)",
         params![
             key,
@@ -637,6 +638,7 @@ fn write_snapshot_on(
             i64::from(crc)
         ],
     )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -681,7 +683,7 @@ impl SnapshotWriter {
     /// storage failures.
     pub fn write(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
         let last = committed_seq(&self.conn)?;
-        write_snapshot_on(&self.conn, upto, last, state)
+        write_snapshot_on(&mut self.conn, upto, last, state)
     }
 
     /// Deletes all but the newest `keep` snapshots, as

@@ -376,8 +376,12 @@ fn snapshot_written_on_another_thread_while_appending() {
     let mut writer = store.snapshot_writer().unwrap();
     let expected = state.clone();
     let bg = std::thread::spawn(move || writer.write(&state, upto));
-    for n in 3..40 {
+    // Keep appending for as long as the writer runs, so that the two connections
+    // contend for the write lock many times.
+    let mut n = 3;
+    while n < 40 || !bg.is_finished() {
         store.append(&Ev { n }).unwrap();
+        n += 1;
     }
     bg.join().unwrap().unwrap();
     store.snapshot_written(upto);
@@ -385,7 +389,7 @@ fn snapshot_written_on_another_thread_while_appending() {
     drop(store);
     let (_, rec) = open(dir.path());
     assert_eq!(rec.snapshot, Some(expected));
-    assert_eq!(rec.tail, evs(3..40));
+    assert_eq!(rec.tail, evs(3..n));
 }
 
 #[test]
