@@ -11,6 +11,9 @@
 //! | `quarantine`, `quarantine_snapshot`, `quarantine_snapshot_chunk` | as above plus `reason` | what [`EventLog::quarantine_after`] moved aside |
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -68,6 +71,12 @@ pub struct SqliteLog {
     last: Seq,
     /// The `synchronous` pragma in force (`FULL` or `NORMAL`).
     sync: &'static str,
+    /// Held around every write transaction of this process, by this log and by its
+    /// [`SnapshotWriter`]s. SQLite's own lock waits by polling and is not fair: a
+    /// busy appender can starve a snapshot writer past any timeout. This mutex is
+    /// eventually fair (parking_lot hands it over within about 0.5 ms), so the two
+    /// take turns, one short transaction each.
+    gate: Arc<Mutex<()>>,
 }
 
 impl SqliteLog {
@@ -130,6 +139,7 @@ impl SqliteLog {
             path,
             last,
             sync,
+            gate: Arc::default(),
         })
     }
 
@@ -168,6 +178,7 @@ impl SqliteLog {
             path,
             last,
             sync: "FULL",
+            gate: Arc::default(),
         })
     }
 
@@ -227,10 +238,14 @@ impl SqliteLog {
     /// SQLite fails.
     pub fn snapshot_writer(&self) -> Result<SnapshotWriter, StoreError> {
         let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A background writer can afford to wait for another process's lock.
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.execute_batch(&format!("PRAGMA synchronous={};", self.sync))?;
         check_format(&conn)?;
-        Ok(SnapshotWriter { conn })
+        Ok(SnapshotWriter {
+            conn,
+            gate: Arc::clone(&self.gate),
+        })
     }
 
     fn committed(&self) -> Result<Seq, StoreError> {
@@ -322,6 +337,8 @@ impl EventLog for SqliteLog {
         if records.is_empty() {
             return Ok(self.last);
         }
+        let gate = Arc::clone(&self.gate);
+        let _turn = gate.lock();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -452,7 +469,7 @@ impl EventLog for SqliteLog {
     }
 
     fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
-        write_snapshot_on(&mut self.conn, upto, self.last, state)
+        write_snapshot_on(&mut self.conn, &self.gate, upto, self.last, state)
     }
 
     fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
@@ -535,11 +552,13 @@ impl EventLog for SqliteLog {
     }
 
     fn retain_snapshots(&mut self, keep: usize) -> Result<u64, StoreError> {
-        retain_snapshots_on(&mut self.conn, keep)
+        retain_snapshots_on(&mut self.conn, &self.gate, keep)
     }
 
     fn quarantine_after(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
         let key = last_good.to_sql()?;
+        let gate = Arc::clone(&self.gate);
+        let _turn = gate.lock();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -602,6 +621,7 @@ fn snapshot_seqs_on(conn: &Connection) -> Result<Vec<Seq>, StoreError> {
 /// whole snapshot.
 fn write_snapshot_on(
     conn: &mut Connection,
+    gate: &Mutex<()>,
     upto: Seq,
     last: Seq,
     state: &[u8],
@@ -614,12 +634,16 @@ fn write_snapshot_on(
     // (waiting through the busy timeout) instead of upgrading a read, which in WAL
     // mode fails at once (SQLITE_BUSY_SNAPSHOT) when another connection has just
     // appended.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
-    tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
-    tx.commit()?;
+    {
+        let _turn = gate.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM snapshot WHERE upto = ?1", [key])?;
+        tx.execute("DELETE FROM snapshot_chunk WHERE upto = ?1", [key])?;
+        tx.commit()?;
+    }
     let mut chunks = 0i64;
     for chunk in state.chunks(SNAPSHOT_CHUNK) {
+        let _turn = gate.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.prepare_cached("INSERT INTO snapshot_chunk (upto, idx, data) VALUES (?1, ?2, ?3)")?
             .execute(params![key, chunks, chunk])?;
@@ -628,6 +652,7 @@ fn write_snapshot_on(
     }
     let len = u64::try_from(state.len()).map_err(|_| StoreError::SeqOverflow)?;
     let crc = snapshot_crc(upto, len, std::iter::once(state));
+    let _turn = gate.lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         "INSERT INTO snapshot (upto, len, chunks, crc) VALUES (?1, ?2, ?3, ?4)",
@@ -645,7 +670,12 @@ fn write_snapshot_on(
 /// Keeps the newest `keep` snapshots, and removes headerless chunks older than the
 /// newest snapshot (left by a crash mid-write; a write in progress elsewhere is
 /// always newer than every complete snapshot, so it is not touched).
-fn retain_snapshots_on(conn: &mut Connection, keep: usize) -> Result<u64, StoreError> {
+fn retain_snapshots_on(
+    conn: &mut Connection,
+    gate: &Mutex<()>,
+    keep: usize,
+) -> Result<u64, StoreError> {
+    let _turn = gate.lock();
     let seqs = snapshot_seqs_on(conn)?;
     let doomed: Vec<Seq> = seqs.iter().copied().skip(keep).collect();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -672,6 +702,7 @@ fn retain_snapshots_on(conn: &mut Connection, keep: usize) -> Result<u64, StoreE
 #[derive(Debug)]
 pub struct SnapshotWriter {
     conn: Connection,
+    gate: Arc<Mutex<()>>,
 }
 
 impl SnapshotWriter {
@@ -683,7 +714,7 @@ impl SnapshotWriter {
     /// storage failures.
     pub fn write(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
         let last = committed_seq(&self.conn)?;
-        write_snapshot_on(&mut self.conn, upto, last, state)
+        write_snapshot_on(&mut self.conn, &self.gate, upto, last, state)
     }
 
     /// Deletes all but the newest `keep` snapshots, as
@@ -692,6 +723,6 @@ impl SnapshotWriter {
     /// # Errors
     /// Storage failures.
     pub fn retain(&mut self, keep: usize) -> Result<u64, StoreError> {
-        retain_snapshots_on(&mut self.conn, keep)
+        retain_snapshots_on(&mut self.conn, &self.gate, keep)
     }
 }
