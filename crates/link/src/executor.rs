@@ -7,8 +7,8 @@
 //! 2. refuses an epoch older than the highest seen for this database
 //!    (`staleEpoch`); the highest epoch is raised atomically (`fetch_max`);
 //! 3. refuses an unknown catalogue (`badRequest`);
-//! 4. opens a fresh connection, **read-only** unless the job is `nonQuery` with
-//!    `allowWrite`;
+//! 4. takes a connection **of this database only**: a pooled read-only one, or a
+//!    fresh read-write one if the job is `nonQuery` with `allowWrite`;
 //! 5. installs SQLite's authorizer, which allows `SELECT`, reads of allowlisted
 //!    tables and views (or reads made through an allowlisted view), `count(*)`-style
 //!    reads of CTEs and subqueries (no column read), harmless functions, and writes to allowlisted tables only for `nonQuery` with
@@ -67,9 +67,110 @@ pub struct Database {
     /// Highest epoch seen in a job. Only grows (`fetch_max`); read by the state
     /// saver, written by job threads.
     highest_epoch: AtomicU64,
+    /// Idle read-only connections of *this* database only (never shared across
+    /// databases), with no hooks installed. At most [`POOL_MAX`].
+    pool: Mutex<Vec<PooledConn>>,
+}
+
+/// Idle read-only connections kept per database.
+const POOL_MAX: usize = 4;
+
+/// A connection with the schema names it last read.
+#[derive(Debug)]
+struct PooledConn {
+    conn: Connection,
+    schema_version: i64,
+    schema: Arc<HashSet<String>>,
+}
+
+impl PooledConn {
+    fn open(path: &Path, writes: bool) -> Result<Self, QueryError> {
+        let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | if writes {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+            } else {
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+            };
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| QueryError::new(QueryErrorKind::Internal, format!("cannot open: {e}")))?;
+        Ok(Self {
+            conn,
+            schema_version: -1,
+            schema: Arc::new(HashSet::new()),
+        })
+    }
+
+    /// Re-reads the table and view names if the schema changed. Runs with no
+    /// authorizer installed.
+    fn refresh_schema(&mut self) -> Result<(), QueryError> {
+        let internal =
+            |e: rusqlite::Error| QueryError::new(QueryErrorKind::Internal, e.to_string());
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(internal)?;
+        if version != self.schema_version {
+            self.schema = Arc::new(schema_names(&self.conn)?);
+            self.schema_version = version;
+        }
+        Ok(())
+    }
+}
+
+/// A connection lent to one job; returned to the pool, hooks removed, on drop.
+struct Lease<'a> {
+    conn: Option<PooledConn>,
+    pool: Option<&'a Mutex<Vec<PooledConn>>>,
+}
+
+impl Lease<'_> {
+    fn conn(&self) -> &PooledConn {
+        self.conn
+            .as_ref()
+            .expect("the connection is taken only in drop")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let (Some(pooled), Some(pool)) = (self.conn.take(), self.pool) else {
+            return;
+        };
+        pooled
+            .conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        pooled.conn.progress_handler(0, None::<fn() -> bool>);
+        if pooled.conn.is_autocommit() {
+            if let Ok(mut idle) = pool.lock() {
+                if idle.len() < POOL_MAX {
+                    idle.push(pooled);
+                }
+            }
+        }
+    }
 }
 
 impl Database {
+    /// A connection for one job: a fresh read-write one for writes, otherwise a
+    /// pooled read-only one (opened if none is idle).
+    fn lease(&self, writes: bool) -> Result<Lease<'_>, QueryError> {
+        let (mut pooled, pool) = if writes {
+            (PooledConn::open(&self.path, true)?, None)
+        } else {
+            let idle = self.pool.lock().ok().and_then(|mut p| p.pop());
+            let pooled = match idle {
+                Some(p) => p,
+                None => PooledConn::open(&self.path, false)?,
+            };
+            (pooled, Some(&self.pool))
+        };
+        pooled.refresh_schema()?;
+        Ok(Lease {
+            conn: Some(pooled),
+            pool,
+        })
+    }
+
     /// Reads the identity of the database at `path` and binds it to `halo_guid`.
     ///
     /// # Errors
@@ -82,6 +183,7 @@ impl Database {
             path: path.to_path_buf(),
             identity,
             highest_epoch: AtomicU64::new(highest_epoch),
+            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -249,21 +351,15 @@ pub fn execute_with(
 
     let started = Instant::now();
     let writes = job.mode == ExecutionMode::NonQuery && job.allowlist.allow_write;
-    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | if writes {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-        };
-    let conn = Connection::open_with_flags(&db.path, flags)
-        .map_err(|e| QueryError::new(QueryErrorKind::Internal, format!("cannot open: {e}")))?;
+    let lease = db.lease(writes)?;
+    let conn = &lease.conn().conn;
     let remaining = control.deadline.saturating_duration_since(Instant::now());
     conn.busy_timeout(remaining.min(Duration::from_secs(5)))
         .map_err(|e| QueryError::new(QueryErrorKind::Internal, e.to_string()))?;
 
     let denial: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let allowed = Allowed {
-        schema: schema_names(&conn)?,
+        schema: Arc::clone(&lease.conn().schema),
         tables: job
             .allowlist
             .tables
@@ -320,7 +416,7 @@ pub fn execute_with(
 struct Allowed {
     /// Lower-case names of the real tables and views (read before the authorizer
     /// is installed), to tell them from CTE and subquery names.
-    schema: HashSet<String>,
+    schema: Arc<HashSet<String>>,
     tables: HashSet<String>,
     writes: bool,
 }

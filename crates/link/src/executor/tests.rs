@@ -632,3 +632,52 @@ fn the_generator_reaches_allowed_queries_too() {
     }
     assert!(ok > 10, "only {ok} of 200 generated statements ran");
 }
+
+#[test]
+fn pooled_connections_carry_no_allowlist_or_deadline_between_jobs() {
+    let f = fixture();
+    let sql = "SELECT count(body) AS n FROM notes";
+    for _ in 0..3 {
+        execute(&f.db, &reader(sql, &["notes"])).unwrap();
+        assert_eq!(
+            kind(execute(&f.db, &reader(sql, &[]))),
+            QueryErrorKind::Denied
+        );
+        assert_eq!(
+            kind(execute(&f.db, &reader(sql, &["patients"]))),
+            QueryErrorKind::Denied
+        );
+    }
+    // A job stopped at its deadline leaves a usable connection behind.
+    let mut slow = reader(ENDLESS, &[]);
+    slow.timeout_ms = 50;
+    assert_eq!(kind(execute(&f.db, &slow)), QueryErrorKind::Timeout);
+    let out = execute(&f.db, &reader(sql, &["notes"])).unwrap();
+    assert_eq!(rows(&out), json!([{"n": 2}]));
+}
+
+#[test]
+fn pooled_connections_see_schema_and_data_changes() {
+    let f = fixture();
+    // Warm the pool.
+    execute(&f.db, &reader("SELECT count(body) FROM notes", &["notes"])).unwrap();
+    let conn = Connection::open(f.db.path()).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE fresh (x INTEGER); INSERT INTO fresh VALUES (41), (42);
+         INSERT INTO notes (body) VALUES ('three');",
+    )
+    .unwrap();
+    let out = execute(&f.db, &reader("SELECT max(x) AS m FROM fresh", &["fresh"])).unwrap();
+    assert_eq!(rows(&out), json!([{"m": 42}]));
+    let out = execute(
+        &f.db,
+        &reader("SELECT count(body) AS n FROM notes", &["notes"]),
+    )
+    .unwrap();
+    assert_eq!(rows(&out), json!([{"n": 3}]));
+    // `fresh` is now a real table: a count(*) over it is no longer a derived read.
+    assert_eq!(
+        kind(execute(&f.db, &reader("SELECT count(*) FROM fresh", &[]))),
+        QueryErrorKind::Denied
+    );
+}
