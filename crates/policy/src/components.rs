@@ -23,6 +23,13 @@
 //! case is folded to lowercase, the `dbo` schema is dropped (`dbo.Patients` and
 //! `patients` are the same table), other schemas stay (`audit.log`), and a
 //! three-part name's first part is recorded as a catalogue reference.
+//!
+//! Assumptions (the Link enforces the allowlist again at the database, so a wrong
+//! assumption costs a false deny there, not a leak): the PMS database uses a
+//! case-insensitive collation (D4W does), and the Link's login has `dbo` as its
+//! default schema, so an unqualified name means `dbo.name`. Temporary tables
+//! (`#t`) and table variables (`@t`) are names like any other: not authorised
+//! unless granted.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;

@@ -32,7 +32,9 @@ pub struct Request<'a> {
     pub site: HaloGuid,
     /// The execution mode.
     pub mode: ExecutionMode,
-    /// The catalogue the request names, or `None` for the site's default.
+    /// The catalogue the request names, or `None` for the site's default catalogue,
+    /// which needs no grant. A named catalogue must be granted (compared ignoring
+    /// case, brackets and quotes).
     pub catalogue: Option<&'a str>,
     /// The components of the command (from [`extract_components`](crate::extract_components)).
     pub components: &'a Components,

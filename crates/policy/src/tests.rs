@@ -174,6 +174,17 @@ fn key_hash_is_sha256_and_round_trips() {
     assert!(!format!("{h:?}").contains(&h.to_string()));
 }
 
+#[test]
+fn key_hash_equality_sees_every_byte() {
+    let base = KeyHash::of("k");
+    for i in 0..32 {
+        let mut bytes = *base.as_bytes();
+        bytes[i] ^= 0x01;
+        assert_ne!(KeyHash::from_bytes(bytes), base, "byte {i}");
+    }
+    assert_eq!(KeyHash::from_bytes(*base.as_bytes()), base);
+}
+
 // --- events ----------------------------------------------------------------------
 
 /// Version-1 event JSON, frozen: these must keep loading.
