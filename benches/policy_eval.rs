@@ -195,28 +195,45 @@ fn evaluate_benches(c: &mut Criterion) {
     g.bench_function("baseline_hashmap_lookup", |b| {
         b.iter(|| baseline.get(black_box(&4_242u128)))
     });
-    g.bench_function("baseline_key_sha256", |b| b.iter(|| KeyHash::of(black_box(KEY))));
+    g.bench_function("baseline_key_sha256", |b| {
+        b.iter(|| KeyHash::of(black_box(KEY)))
+    });
     let r = req(&short);
-    assert!(matches!(evaluate(&policy, &r, Some(&site)), Decision::Allow(_)));
+    assert!(matches!(
+        evaluate(&policy, &r, Some(&site)),
+        Decision::Allow(_)
+    ));
     g.bench_function("allow_short", |b| {
         b.iter(|| evaluate(black_box(&policy), black_box(&r), Some(black_box(&site))))
     });
     let r = req(&long);
-    assert!(matches!(evaluate(&policy, &r, Some(&site)), Decision::Allow(_)));
+    assert!(matches!(
+        evaluate(&policy, &r, Some(&site)),
+        Decision::Allow(_)
+    ));
     g.bench_function("allow_long_9_components", |b| {
         b.iter(|| evaluate(black_box(&policy), black_box(&r), Some(black_box(&site))))
     });
     let mut bad_key = req(&short);
     bad_key.key = "not-a-key";
     g.bench_function("deny_unknown_key", |b| {
-        b.iter(|| evaluate(black_box(&policy), black_box(&bad_key), Some(black_box(&site))))
+        b.iter(|| {
+            evaluate(
+                black_box(&policy),
+                black_box(&bad_key),
+                Some(black_box(&site)),
+            )
+        })
     });
     let r = req(&short);
     g.bench_function("deny_unknown_site", |b| {
         b.iter(|| evaluate(black_box(&policy), black_box(&r), None))
     });
     let r = req(&secret);
-    assert!(matches!(evaluate(&policy, &r, Some(&site)), Decision::Deny(_)));
+    assert!(matches!(
+        evaluate(&policy, &r, Some(&site)),
+        Decision::Deny(_)
+    ));
     g.bench_function("deny_component", |b| {
         b.iter(|| evaluate(black_box(&policy), black_box(&r), Some(black_box(&site))))
     });
@@ -225,15 +242,24 @@ fn evaluate_benches(c: &mut Criterion) {
         panic!("allowed")
     };
     g.bench_function("take_rate_and_quota", |b| {
-        b.iter(|| policy.take(black_box(&allowed), Timestamp::from_millis(1_800_000_000_000)))
+        b.iter(|| {
+            policy.take(
+                black_box(&allowed),
+                Timestamp::from_millis(1_800_000_000_000),
+            )
+        })
     });
     g.finish();
 }
 
 fn extract_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("policy_extract_components");
-    g.bench_function("short", |b| b.iter(|| extract_components(black_box(SHORT_SQL))));
-    g.bench_function("long", |b| b.iter(|| extract_components(black_box(LONG_SQL))));
+    g.bench_function("short", |b| {
+        b.iter(|| extract_components(black_box(SHORT_SQL)))
+    });
+    g.bench_function("long", |b| {
+        b.iter(|| extract_components(black_box(LONG_SQL)))
+    });
     g.finish();
 }
 
@@ -243,9 +269,10 @@ fn compile_benches(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(20));
     for (integrators, each) in [(10_000, 100), (1_000, 1_000)] {
         let grants = grants(integrators, each, 10_000);
-        g.bench_function(format!("{integrators}_integrators_x_{each}_practices"), |b| {
-            b.iter(|| grants.compile())
-        });
+        g.bench_function(
+            format!("{integrators}_integrators_x_{each}_practices"),
+            |b| b.iter(|| grants.compile()),
+        );
         let previous = grants.compile();
         g.bench_function(
             format!("{integrators}_integrators_x_{each}_practices_carrying_counters"),
