@@ -21,3 +21,7 @@ pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, chec
 mod fixture;
 #[cfg(all(test, not(loom)))]
 mod tests;
+#[cfg(all(test, loom))]
+mod loom_publish;
+#[cfg(all(test, loom))]
+mod loom_slot;

@@ -8,7 +8,7 @@
 //! | `LinkEntry::session` | the attached session, if any (`ArcSwapOption`) | `attach_link`, `LinkSession` drop | arc-swap (SeqCst) | no |
 //! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | AcqRel | no |
 //! | `SessionCore::closed` | the session was detached or replaced | detach only | SeqCst, paired with a SeqCst fence on the route side | yes (false -> true) |
-//! | `Waiter::parked` | the job receiver is waiting for a wake-up | receiver (true), producers (false) | SeqCst + fences (Dekker) | no |
+//! | `Waiter::state` | idle / receiver parked / notified | receiver (idle, parked), producers (notified) | AcqRel read-modify-writes only | no |
 //!
 //! Detach versus route: `route` inserts its slot, issues a SeqCst fence and then reads
 //! `closed`; detach stores `closed`, fences, then walks the slot map. So either the
@@ -31,7 +31,7 @@ use crate::job::Job;
 use crate::outcome::{QueryFailure, QueryOutput};
 use std::sync::Arc;
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, fence, lock};
+use crate::sync::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering, fence, lock};
 
 /// What the router knows about one Link: its liveness and its session, if attached.
 /// Shared (`Arc`) by every route record of the Link's sites, so a heartbeat is one
@@ -84,20 +84,31 @@ impl LinkEntry {
 
 /// Parks the single job receiver and wakes it when a job (or a close) arrives.
 ///
-/// Dekker-style: the producer publishes its item, fences (SeqCst) and swaps `parked`
-/// to false; the receiver stores its waker, sets `parked` (SeqCst), fences and checks
-/// again. Either the receiver's second check sees the item, or the producer sees
-/// `parked` and wakes the stored waker.
+/// One word, `state`, touched only by read-modify-writes (AcqRel), so every access
+/// is totally ordered without relying on SeqCst fences:
+///
+/// - a producer makes its item visible, then `swap(NOTIFIED)`; if the old value was
+///   `PARKED` it takes the stored waker and wakes it;
+/// - the receiver `swap(IDLE)` (consuming notifications), checks for an item, stores
+///   its waker, then CASes `IDLE -> PARKED`; if that fails a producer notified in
+///   between, so it checks again instead of parking.
+///
+/// Either the receiver's check happens after a producer's swap (and so sees its item),
+/// or the producer's swap finds `PARKED` (and wakes the waker stored before it).
 #[derive(Default)]
 pub(crate) struct Waiter {
-    parked: AtomicBool,
+    state: AtomicU8,
     waker: Mutex<Option<Waker>>,
 }
+
+const IDLE: u8 = 0;
+const PARKED: u8 = 1;
+const NOTIFIED: u8 = 2;
 
 impl fmt::Debug for Waiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
-            .field("parked", &self.parked.load(Ordering::Relaxed))
+            .field("state", &self.state.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -105,8 +116,7 @@ impl fmt::Debug for Waiter {
 impl Waiter {
     /// Called by a producer after it made an item (or the close) visible.
     pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
-        if self.parked.swap(false, Ordering::SeqCst) {
+        if self.state.swap(NOTIFIED, Ordering::AcqRel) == PARKED {
             let waker = lock(&self.waker).take();
             if let Some(waker) = waker {
                 waker.wake();
@@ -120,21 +130,25 @@ impl Waiter {
         cx: &mut Context<'_>,
         mut check: impl FnMut() -> Option<T>,
     ) -> Poll<T> {
-        if let Some(item) = check() {
-            return Poll::Ready(item);
-        }
-        {
-            let mut waker = lock(&self.waker);
-            match &mut *waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
+        loop {
+            self.state.swap(IDLE, Ordering::AcqRel);
+            if let Some(item) = check() {
+                return Poll::Ready(item);
             }
-        }
-        self.parked.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        match check() {
-            Some(item) => Poll::Ready(item),
-            None => Poll::Pending,
+            {
+                let mut waker = lock(&self.waker);
+                match &mut *waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+            }
+            if self
+                .state
+                .compare_exchange(IDLE, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
         }
     }
 }
