@@ -7,6 +7,10 @@
 //! found. Fail closed everywhere:
 //!
 //! - text that does not parse, or holds no statement, is an error;
+//! - so are control characters (other than tab, LF and CRLF), non-ASCII
+//!   whitespace, and literal forms SQL Server does not have (`$$..$$`, `E'..'`):
+//!   places where the parser and the server could disagree on where a comment or
+//!   string ends;
 //! - constructs this module does not analyse (four-part linked-server names,
 //!   `OPENJSON`/`UNNEST`/table functions other than `name(args)`, `TABLE t`) are
 //!   errors;
@@ -36,7 +40,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
-    TableWithJoins, UpdateTableFromKind, Visit, Visitor,
+    TableWithJoins, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::dialect::MsSqlDialect;
 use sqlparser::parser::Parser;
@@ -132,6 +136,7 @@ impl Components {
 /// [`PolicyError::EmptySql`], [`PolicyError::SqlParse`] or
 /// [`PolicyError::SqlUnsupported`]: the command must then be denied.
 pub fn extract_components(sql: &str) -> Result<Components, PolicyError> {
+    check_characters(sql)?;
     let statements = Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| {
         let text = e.to_string();
         PolicyError::SqlParse(text.chars().take(200).collect())
@@ -152,6 +157,27 @@ pub fn extract_components(sql: &str) -> Result<Components, PolicyError> {
         kinds: c.kinds,
         statements: statements.len(),
     })
+}
+
+/// Refuses characters on which the parser and SQL Server could disagree about where a
+/// comment, string or identifier ends: control characters other than tab, line feed
+/// and a carriage return that starts a CRLF pair (a lone CR does not end a `--`
+/// comment for the parser), and whitespace other than ASCII (NBSP, U+2028, NEL...).
+fn check_characters(sql: &str) -> Result<(), PolicyError> {
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let ok = match c {
+            '\t' | '\n' | ' ' => true,
+            '\r' => chars.peek() == Some(&'\n'),
+            c => !c.is_control() && !c.is_whitespace(),
+        };
+        if !ok {
+            return Err(PolicyError::SqlUnsupported(
+                "control character or non-ascii whitespace",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A normalised object name: optional catalogue, and `name` or `schema.name`.
@@ -478,6 +504,22 @@ impl Visitor for Collector {
             | TableFactor::Pivot { .. }
             | TableFactor::Unpivot { .. } => ControlFlow::Continue(()),
             _ => ControlFlow::Break(PolicyError::SqlUnsupported("table source")),
+        }
+    }
+
+    fn pre_visit_value(&mut self, value: &Value) -> ControlFlow<PolicyError> {
+        // Only the literal forms SQL Server has. Others (`$$dollar$$`, `E'..'`,
+        // raw and triple-quoted strings) would make the parser skip text that SQL
+        // Server reads as code.
+        match value {
+            Value::Number(..)
+            | Value::SingleQuotedString(_)
+            | Value::NationalStringLiteral(_)
+            | Value::HexStringLiteral(_)
+            | Value::Boolean(_)
+            | Value::Null
+            | Value::Placeholder(_) => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(PolicyError::SqlUnsupported("literal form")),
         }
     }
 
