@@ -345,6 +345,14 @@ pub fn execute_with(
             ));
         }
     }
+    if job.command.contains('\0') {
+        // SQLite would stop reading at the NUL: what runs would differ from what
+        // the Cloud checked.
+        return Err(QueryError::new(
+            QueryErrorKind::BadRequest,
+            "the command contains a nul character",
+        ));
+    }
     if let Some(stop) = control.stop_reason() {
         return Err(stop);
     }
@@ -389,6 +397,13 @@ pub fn execute_with(
 
     let classify = |e: rusqlite::Error| classify(e, &denial, control);
     let mut stmt = conn.prepare(&job.command).map_err(classify)?;
+    // SQLite compiles blank text and bare comments to no statement at all.
+    if stmt.expanded_sql().is_none() {
+        return Err(QueryError::new(
+            QueryErrorKind::BadRequest,
+            "the command holds no statement",
+        ));
+    }
     bind(&mut stmt, &job.parameters)?;
 
     let (rows, json) = match job.mode {

@@ -681,3 +681,18 @@ fn pooled_connections_see_schema_and_data_changes() {
         QueryErrorKind::Denied
     );
 }
+
+#[test]
+fn an_empty_command_is_a_bad_request() {
+    let f = fixture();
+    for sql in [
+        "",
+        "   ",
+        "-- nothing",
+        ";",
+        "SELECT 1\0; DELETE FROM notes",
+    ] {
+        let err = execute(&f.db, &reader(sql, &["notes"])).unwrap_err();
+        assert_eq!(err.kind, QueryErrorKind::BadRequest, "{sql:?}: {err:?}");
+    }
+}
