@@ -7,7 +7,11 @@
 //! reconnects after an exponential backoff with jitter, until shutdown.
 //!
 //! Jobs run on tokio's blocking pool through [`crate::execute_with`]. When a session
-//! ends, every job still running is cancelled; its answer is dropped.
+//! ends (or the Link task is aborted), every job still running is cancelled; its
+//! answer is dropped. With each heartbeat the Link also sends a WebSocket ping; a
+//! Cloud silent for [`LinkConfig::silence_limit`] (at least three heartbeat
+//! periods) is taken as gone, so a
+//! half-open TCP connection does not leave the Link deaf.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -288,7 +292,9 @@ impl Link {
         });
 
         let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
-        let mut running: HashMap<u64, JobControl> = HashMap::new();
+        let mut running = Running::default();
+        let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
+        let mut last_heard = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await; // the first tick is immediate; the hello just went out
@@ -300,6 +306,16 @@ impl Link {
                     break SessionEnd::Shutdown;
                 }
                 _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        break lost(true, LinkError::Connection(format!(
+                            "nothing heard from the cloud for {} s",
+                            silence_limit.as_secs()
+                        )));
+                    }
+                    // The cloud's WebSocket answers with a pong, proving it is alive.
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        break lost(true, LinkError::Connection(e.to_string()));
+                    }
                     let beat = LinkToCloud::Heartbeat(Heartbeat {
                         at: now(),
                         sites: self.databases.iter().map(|d| d.halo_guid()).collect(),
@@ -319,22 +335,24 @@ impl Link {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
                 }
-                msg = next_message(&mut stream) => {
+                msg = next_frame(&mut stream) => {
+                    last_heard = tokio::time::Instant::now();
                     match msg {
-                        Ok(CloudToLink::QueryJob(job)) => {
+                        Ok(None) => {}
+                        Ok(Some(CloudToLink::QueryJob(job))) => {
                             if let Some(refusal) = self.start_job(job, &mut running, &done_tx) {
                                 if let Err(e) = sink.send(Message::text(refusal)).await {
                                     break lost(true, LinkError::Connection(e.to_string()));
                                 }
                             }
                         }
-                        Ok(CloudToLink::Cancel { query_id }) => {
+                        Ok(Some(CloudToLink::Cancel { query_id })) => {
                             if let Some(control) = running.get(&query_id) {
                                 debug!(query_id, "cancelling job");
                                 control.cancel();
                             }
                         }
-                        Ok(other) => {
+                        Ok(Some(other)) => {
                             warn!(message = kind(&other), "unexpected message from the cloud; ignored");
                         }
                         Err(e) => break lost(true, e),
@@ -342,9 +360,7 @@ impl Link {
                 }
             }
         };
-        for control in running.values() {
-            control.cancel();
-        }
+        drop(running); // cancels what is still running
         end
     }
 
@@ -405,7 +421,7 @@ impl Link {
     fn start_job(
         &self,
         job: QueryJob,
-        running: &mut HashMap<u64, JobControl>,
+        running: &mut Running,
         done: &mpsc::Sender<(u64, String)>,
     ) -> Option<String> {
         let query_id = job.query_id;
@@ -491,20 +507,57 @@ where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     loop {
+        if let Some(msg) = next_frame(stream).await? {
+            return Ok(msg);
+        }
+    }
+}
+
+/// The next frame: `Some` for a protocol message, `None` for a ping or pong.
+/// Cancel-safe (one `next()` per call).
+async fn next_frame<S>(stream: &mut S) -> Result<Option<CloudToLink>, LinkError>
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    {
         match stream.next().await {
-            None => return Err(LinkError::Connection("connection closed".into())),
-            Some(Err(e)) => return Err(LinkError::Connection(e.to_string())),
-            Some(Ok(Message::Text(text))) => return Ok(decode::<CloudToLink>(text.as_str())?),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(LinkError::Connection(format!(
-                    "closed by the cloud{}",
-                    frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
-                )));
-            }
+            None => Err(LinkError::Connection("connection closed".into())),
+            Some(Err(e)) => Err(LinkError::Connection(e.to_string())),
+            Some(Ok(Message::Text(text))) => Ok(Some(decode::<CloudToLink>(text.as_str())?)),
+            Some(Ok(Message::Close(frame))) => Err(LinkError::Connection(format!(
+                "closed by the cloud{}",
+                frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+            ))),
             Some(Ok(Message::Binary(_))) => {
-                return Err(LinkError::Connection("unexpected binary frame".into()));
+                Err(LinkError::Connection("unexpected binary frame".into()))
             }
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => Ok(None),
+        }
+    }
+}
+
+/// The jobs of one session; dropping it (session end, shutdown, or the task being
+/// aborted) cancels every job still running.
+#[derive(Default)]
+struct Running(HashMap<u64, JobControl>);
+
+impl std::ops::Deref for Running {
+    type Target = HashMap<u64, JobControl>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for control in self.0.values() {
+            control.cancel();
         }
     }
 }

@@ -7,6 +7,7 @@
 //! state_file = "halo-link-state.json"
 //! heartbeat_secs = 10          # optional, 1..=300, default 10
 //! max_concurrent_jobs = 8      # optional, 1..=256, default 8
+//! silence_secs = 30            # optional, 5..=3600, default 30
 //!
 //! [[databases]]
 //! path = "practice.sqlite"
@@ -47,6 +48,9 @@ pub struct LinkConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// A session with no frame from the Cloud (not even a pong to the Link's
+    /// pings) for this long, or three heartbeat periods if longer, is dropped.
+    pub silence_limit: Duration,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -61,6 +65,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
+            .field("silence_limit", &self.silence_limit)
             .finish()
     }
 }
@@ -78,6 +83,8 @@ struct RawConfig {
     #[serde(default)]
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
+    silence_secs: Option<u64>,
+    #[serde(default)]
     databases: Vec<RawDatabase>,
 }
 
@@ -88,8 +95,8 @@ struct RawDatabase {
 }
 
 impl LinkConfig {
-    /// A config with the default heartbeat (10 s), concurrency (8) and backoff
-    /// (250 ms doubling to 30 s).
+    /// A config with the default heartbeat (10 s), concurrency (8), backoff
+    /// (250 ms doubling to 30 s) and silence limit (30 s).
     pub fn new(
         cloud_url: impl Into<String>,
         environment: Environment,
@@ -107,6 +114,7 @@ impl LinkConfig {
             max_concurrent_jobs: 8,
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            silence_limit: Duration::from_secs(30),
         }
     }
 
@@ -157,6 +165,14 @@ impl LinkConfig {
                 )));
             }
             config.max_concurrent_jobs = n;
+        }
+        if let Some(secs) = raw.silence_secs {
+            if !(5..=3600).contains(&secs) {
+                return Err(LinkError::Config(format!(
+                    "silence_secs must be 5 to 3600, got {secs}"
+                )));
+            }
+            config.silence_limit = Duration::from_secs(secs);
         }
         config.validate()?;
         Ok(config)

@@ -89,6 +89,10 @@ fn config_errors_name_the_problem() {
     );
     check(GOOD.replace("token = \"abc\"", ""), "token");
     check(
+        GOOD.replace("heartbeat_secs = 3", "silence_secs = 1"),
+        "silence_secs",
+    );
+    check(
         GOOD.split("[[databases]]").next().unwrap().to_owned(),
         "databases",
     );

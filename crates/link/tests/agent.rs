@@ -464,3 +464,31 @@ async fn a_refused_link_does_not_connect_and_retries_with_backoff() {
     assert_eq!(status.sessions, 0);
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pongs_keep_an_idle_session_open_and_silence_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let mut config = link_config(&cloud.url, dir.path(), vec![a]);
+    config.silence_limit = Duration::from_millis(700);
+    let handle = Link::prepare(config).unwrap().spawn();
+
+    // A cloud that keeps reading answers the Link's pings: the session stays up
+    // well past the silence limit (heartbeats come every 200 ms from the ack).
+    let mut s = cloud.session().await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(2_000);
+    while tokio::time::Instant::now() < until {
+        assert!(
+            s.next_any().await.is_some(),
+            "session dropped while the cloud answered"
+        );
+    }
+    assert_eq!(handle.status().borrow().sessions, 1);
+
+    // A cloud that stops reading sends no pongs: the Link gives up and reconnects.
+    let _silent = s;
+    let _s2 = cloud.session().await;
+    handle.wait_connected(2, WAIT).await.unwrap();
+    handle.shutdown().await.unwrap();
+}
