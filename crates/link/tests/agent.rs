@@ -280,6 +280,16 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
         .map(|d| d["highestEpoch"].as_u64().unwrap())
         .collect();
     assert_eq!(epochs, [5]);
+    let restarted = Link::prepare(link_config(
+        &cloud.url,
+        dir.path(),
+        vec![dir.path().join("AB1.sqlite")],
+    ))
+    .unwrap();
+    let db = &restarted.databases()[0];
+    assert_eq!(db.halo_guid(), alpha);
+    assert_eq!(db.highest_epoch(), 5);
+    assert!(db.observe_epoch(4).is_err());
 }
 
 #[tokio::test]
