@@ -6,7 +6,7 @@
 //! e-mail addresses use `example.com`; no real person is described.
 //!
 //! Tables: `practice_info`, `practice_branch`, `catalogue` (the identity the Link
-//! reads, see [`crate::identity`]), `providers`, `patients`, `appointments`,
+//! reads, see [`crate::DatabaseIdentity`]), `providers`, `patients`, `appointments`,
 //! `treatments`.
 
 use std::path::Path;
