@@ -4,7 +4,7 @@
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Promotion};
+use crate::registry::{BranchClaim, Map, Promotion};
 use crate::{
     Catalogue, Change, DatabaseIdentity, Event, Link, LinkStatus, Registry, Site, SiteStatus,
     TenancyError, TextField, TextRule,
@@ -295,15 +295,19 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
 }
 
 /// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
-fn claim_crns(reg: &mut Registry, site: &Site) {
+fn claim_crns(
+    branches: &mut Map<GroupKey, BranchClaim>,
+    demo_real: &mut Map<GroupKey, u32>,
+    site: &Site,
+) {
     if site.demo {
-        *reg.demo_real
+        *demo_real
             .entry(key(site.environment, site.pms_type, site.real_crn))
             .or_insert(0) += 1;
         return;
     }
     for branch in site.branch_crns.iter() {
-        reg.branches
+        branches
             .entry(key(site.environment, site.pms_type, *branch))
             .or_insert(BranchClaim {
                 parent: site.real_crn,
@@ -314,41 +318,56 @@ fn claim_crns(reg: &mut Registry, site: &Site) {
 }
 
 /// Removes the claims [`claim_crns`] added.
-fn release_crns(reg: &mut Registry, site: &Site) {
+fn release_crns(
+    branches: &mut Map<GroupKey, BranchClaim>,
+    demo_real: &mut Map<GroupKey, u32>,
+    site: &Site,
+) {
     if site.demo {
         let k = key(site.environment, site.pms_type, site.real_crn);
-        if let Some(count) = reg.demo_real.get_mut(&k) {
+        if let Some(count) = demo_real.get_mut(&k) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                reg.demo_real.remove(&k);
+                demo_real.remove(&k);
             }
         }
         return;
     }
     for branch in site.branch_crns.iter() {
         let k = key(site.environment, site.pms_type, *branch);
-        if let Some(claim) = reg.branches.get_mut(&k) {
+        if let Some(claim) = branches.get_mut(&k) {
             claim.claims = claim.claims.saturating_sub(1);
             if claim.claims == 0 {
-                reg.branches.remove(&k);
+                branches.remove(&k);
             }
         }
     }
 }
 
+/// Inserts a new site with its CRN claims.
+fn insert_site(reg: &mut Registry, site: Site) {
+    claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
+    reg.sites.insert(site);
+}
+
 /// Takes a site out of its CRN indexes, changes it, and puts it back.
 fn with_claims(reg: &mut Registry, halo: HaloGuid, change: impl FnOnce(&mut Site)) {
-    let Some(mut site) = reg.sites.remove(&halo) else {
+    let Registry {
+        sites,
+        branches,
+        demo_real,
+        ..
+    } = reg;
+    let Some(site) = sites.get_mut(&halo) else {
         return;
     };
     if site.status.is_live() {
-        release_crns(reg, &site);
+        release_crns(branches, demo_real, site);
     }
-    change(&mut site);
+    change(site);
     if site.status.is_live() {
-        claim_crns(reg, &site);
+        claim_crns(branches, demo_real, site);
     }
-    reg.sites.insert(halo, site);
 }
 
 fn hear_link(reg: &mut Registry, link: LinkGuid, now: Timestamp) {
@@ -484,8 +503,7 @@ fn database_attached(
         pms_version: details.pms_version,
         catalogues: details.catalogues,
     };
-    claim_crns(reg, &site);
-    reg.sites.insert(halo, site);
+    insert_site(reg, site);
     if let Some(l) = reg.links.get_mut(&link) {
         l.sites.push(halo);
         l.last_heard = l.last_heard.max(now);
@@ -664,8 +682,7 @@ fn reinstalled(
         with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
         changes.push(Change::SiteRemoved(previous));
     }
-    claim_crns(reg, &site);
-    reg.sites.insert(halo, site);
+    insert_site(reg, site);
     reg.successors.insert(previous, halo);
     if let Some(l) = reg.links.get_mut(&link) {
         l.sites.push(halo);

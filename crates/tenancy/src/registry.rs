@@ -11,6 +11,44 @@ use crate::{Availability, AvailabilityConfig, Change, Event, Link, LogEntry, Sit
 /// per-map random seed.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Sites stored densely in attach order, with an index by Halo GUID. Sites are
+/// never deleted, so indexes stay valid; this saves the empty buckets a hash map of
+/// whole sites would carry (about 150 bytes per site at 1M sites).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SiteTable {
+    list: Vec<Site>,
+    index: Map<HaloGuid, u32>,
+}
+
+impl SiteTable {
+    pub(crate) fn get(&self, halo: &HaloGuid) -> Option<&Site> {
+        self.index
+            .get(halo)
+            .and_then(|i| self.list.get(*i as usize))
+    }
+
+    pub(crate) fn get_mut(&mut self, halo: &HaloGuid) -> Option<&mut Site> {
+        self.index
+            .get(halo)
+            .and_then(|i| self.list.get_mut(*i as usize))
+    }
+
+    /// Adds a new site; the caller has checked that its Halo GUID is new.
+    pub(crate) fn insert(&mut self, site: Site) {
+        let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
+        self.index.insert(site.halo, index);
+        self.list.push(site);
+    }
+
+    pub(crate) fn values(&self) -> std::slice::Iter<'_, Site> {
+        self.list.iter()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
 /// A promotion by a support operator, as recorded on its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Promotion {
@@ -85,7 +123,8 @@ pub enum CrnLookup {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub(crate) links: Map<LinkGuid, Link>,
-    pub(crate) sites: Map<HaloGuid, Site>,
+    /// Sites in attach order; never removed (retired sites stay readable).
+    pub(crate) sites: SiteTable,
     pub(crate) groups: Map<GroupKey, Group>,
     /// Branch CRNs of live non-demo sites, keyed by (environment, PMS type, branch CRN).
     pub(crate) branches: Map<GroupKey, BranchClaim>,
@@ -147,7 +186,7 @@ impl Registry {
         self.groups.get(key)
     }
 
-    /// Every site, in no particular order.
+    /// Every site, in attach order.
     pub fn sites(&self) -> impl Iterator<Item = &Site> {
         self.sites.values()
     }
