@@ -24,7 +24,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         return;
     };
     for entry in entries {
-        let path = entry.unwrap().path();
+        let path = entry.expect("readable directory entry").path();
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {

@@ -43,14 +43,20 @@ fn every_fuzz_target_is_listed() {
     files.sort();
     let mut listed: Vec<String> = checks::TARGETS.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(files, listed, "fuzz/fuzz_targets and checks::TARGETS disagree");
+    assert_eq!(
+        files, listed,
+        "fuzz/fuzz_targets and checks::TARGETS disagree"
+    );
 }
 
 #[test]
 fn descriptor_check_accepts_lenient_forms_and_skips_garbage() {
     checks::crn(b"AB12");
     let outcome = std::panic::catch_unwind(|| checks::site_descriptor(b"{}"));
-    assert!(outcome.is_ok(), "an undecodable descriptor is skipped, not a failure");
+    assert!(
+        outcome.is_ok(),
+        "an undecodable descriptor is skipped, not a failure"
+    );
     let desc = br#"{"linkGuid":"11111111-2222-3333-4444-555555555555","haloGuid":"3f2504e0-4f89-11d3-9a0c-0305e82c3301","environment":"Staging","pmsId":"d4w:ab123","branchCrns":["br1"],"practiceName":"Smile"}"#;
     let site: checks::SiteDescriptor = serde_json::from_slice(desc).unwrap();
     assert_eq!(site.environment, halo_ids::Environment::Stage);

@@ -56,7 +56,11 @@ pub fn guid(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let link = round_trip::<LinkGuid>(s);
     let halo = round_trip::<HaloGuid>(s);
-    assert_eq!(link.is_some(), halo.is_some(), "both guid types accept the same text");
+    assert_eq!(
+        link.is_some(),
+        halo.is_some(),
+        "both guid types accept the same text"
+    );
     if let (Some(link), Some(halo)) = (link, halo) {
         assert_eq!(link.as_bytes(), halo.as_bytes());
         let fake = halo.fake_crn();
@@ -72,7 +76,11 @@ pub fn crn(data: &[u8]) {
     let model_accepts = (1..=Crn::MAX_LEN).contains(&trimmed.len())
         && trimmed.bytes().all(|b| b.is_ascii_alphanumeric());
     let parsed = round_trip::<Crn>(s);
-    assert_eq!(parsed.is_some(), model_accepts, "crn model disagrees on {s:?}");
+    assert_eq!(
+        parsed.is_some(),
+        model_accepts,
+        "crn model disagrees on {s:?}"
+    );
     if let Some(crn) = parsed {
         assert_eq!(crn.as_str(), trimmed.to_ascii_uppercase());
     }
@@ -101,15 +109,20 @@ pub fn environment(data: &[u8]) {
 /// JSON site descriptors: whatever deserialises serialises to a canonical form that
 /// deserialises to the same value.
 pub fn site_descriptor(data: &[u8]) {
-    let Ok(site) = serde_json::from_slice::<SiteDescriptor>(data) else { return };
+    let Ok(site) = serde_json::from_slice::<SiteDescriptor>(data) else {
+        return;
+    };
     let json = serde_json::to_string(&site).expect("a descriptor serialises");
     let again: SiteDescriptor = serde_json::from_str(&json).expect("canonical json re-parses");
     assert_eq!(again, site);
     assert_eq!(serde_json::to_string(&again).expect("serialises"), json);
 }
 
+/// A property check over one input.
+pub type Check = fn(&[u8]);
+
 /// Every target by name, for the corpus runner.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Check); 5] = [
     ("fuzz_guid", guid),
     ("fuzz_crn", crn),
     ("fuzz_pms", pms),

@@ -17,7 +17,9 @@ async fn paired() -> (Harness, crate::fixture::TestLink, String) {
         ..RouterConfig::standard()
     })
     .await;
-    let link = h.link(Environment::Stage, &[practice("FAIL01", "Failing Dental")]).await;
+    let link = h
+        .link(Environment::Stage, &[practice("FAIL01", "Failing Dental")])
+        .await;
     let key = h.integrator(Environment::Stage).await;
     h.enable_practice(link.sites[0].0).await;
     assert_eq!(h.pair(&key, link.sites[0].0).await.0, 200);
@@ -62,10 +64,18 @@ async fn slow_query_is_504() {
     let (h, link, key) = paired().await;
     let started = Instant::now();
     let (status, body) = h
-        .query_body(&key, link.sites[0].1, json!({"maxTimeInQueue": 0, "command": {"text": SLOW, "executionMode": "scalar"}}))
+        .query_body(
+            &key,
+            link.sites[0].1,
+            json!({"maxTimeInQueue": 0, "command": {"text": SLOW, "executionMode": "scalar"}}),
+        )
         .await;
     assert_eq!(status, 504, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     h.cloud.stop().await;
 }
 
@@ -81,7 +91,9 @@ async fn link_killed_mid_query_is_503_quickly() {
         let resp = client
             .post(url)
             .header(halo_cloud::KEY_HEADER, key2)
-            .json(&json!({"maxTimeInQueue": 0, "command": {"text": SLOW, "executionMode": "scalar"}}))
+            .json(
+                &json!({"maxTimeInQueue": 0, "command": {"text": SLOW, "executionMode": "scalar"}}),
+            )
             .send()
             .await
             .unwrap();
@@ -92,7 +104,11 @@ async fn link_killed_mid_query_is_503_quickly() {
     link.handle.kill();
     let (status, _) = query.await.unwrap();
     assert_eq!(status, 503);
-    assert!(killed_at.elapsed() < Duration::from_secs(3), "took {:?} after the kill", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3),
+        "took {:?} after the kill",
+        killed_at.elapsed()
+    );
     // And with no Link at all, the site is unreachable at once.
     let (status, _) = h.query(&key, halo, "SELECT 1").await;
     assert_eq!(status, 503);
@@ -102,15 +118,25 @@ async fn link_killed_mid_query_is_503_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_key_on_production_site_is_401() {
     let mut h = Harness::start().await;
-    let link = h.link(Environment::Production, &[practice("PROD01", "Production Dental")]).await;
+    let link = h
+        .link(
+            Environment::Production,
+            &[practice("PROD01", "Production Dental")],
+        )
+        .await;
     let stage_key = h.integrator(Environment::Stage).await;
     let (crn, halo) = link.sites[0];
     h.enable_practice(crn).await;
-    let (status, body) = h.query(&stage_key, halo, "SELECT first_name FROM patients").await;
+    let (status, body) = h
+        .query(&stage_key, halo, "SELECT first_name FROM patients")
+        .await;
     assert_eq!(status, 401, "{body}");
     // A Stage key does not even find the Production site.
     let (status, _) = h
-        .get(&stage_key, &format!("/integrator/sites?practiceManagementSiteId={crn}"))
+        .get(
+            &stage_key,
+            &format!("/integrator/sites?practiceManagementSiteId={crn}"),
+        )
         .await;
     assert_eq!(status, 404);
     h.cloud.stop().await;

@@ -51,6 +51,7 @@ impl Harness {
             router,
             availability: AvailabilityConfig::default(),
             snapshot_every: 1000,
+            accept_damaged_log: false,
         })
         .await
         .unwrap();
@@ -79,7 +80,11 @@ impl Harness {
         let status = resp.status();
         let text = resp.text().await.unwrap();
         assert!(status.is_success(), "{path}: {status} {text}");
-        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
     }
 
     /// Generates databases and starts a Link serving them.
@@ -93,12 +98,22 @@ impl Harness {
             paths.push(path);
         }
         let token = self
-            .admin(reqwest::Method::POST, "/admin/link-credentials", json!({"label": format!("link {n}")}))
+            .admin(
+                reqwest::Method::POST,
+                "/admin/link-credentials",
+                json!({"label": format!("link {n}")}),
+            )
             .await["key"]
             .as_str()
             .unwrap()
             .to_owned();
-        self.start_link(env, token, self.dir.path().join(format!("link{n}-state.json")), paths).await
+        self.start_link(
+            env,
+            token,
+            self.dir.path().join(format!("link{n}-state.json")),
+            paths,
+        )
+        .await
     }
 
     pub(crate) async fn start_link(
@@ -108,7 +123,13 @@ impl Harness {
         state: PathBuf,
         paths: Vec<PathBuf>,
     ) -> TestLink {
-        let mut config = LinkConfig::new(format!("ws://{}/link/ws", self.cloud.addr), env, token, state, paths);
+        let mut config = LinkConfig::new(
+            format!("ws://{}/link/ws", self.cloud.addr),
+            env,
+            token,
+            state,
+            paths,
+        );
         config.backoff_initial = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(200);
         let link = Link::prepare(config).unwrap();
@@ -117,11 +138,21 @@ impl Harness {
             .iter()
             .map(|db| {
                 let demo = db.identity().is_demo_or_deidentified();
-                (if demo { db.fake_crn() } else { db.identity().parent_crn }, db.halo_guid())
+                (
+                    if demo {
+                        db.fake_crn()
+                    } else {
+                        db.identity().parent_crn
+                    },
+                    db.halo_guid(),
+                )
             })
             .collect();
         let handle = link.spawn();
-        handle.wait_connected(1, Duration::from_secs(10)).await.unwrap();
+        handle
+            .wait_connected(1, Duration::from_secs(10))
+            .await
+            .unwrap();
         TestLink { handle, sites }
     }
 
@@ -129,15 +160,24 @@ impl Harness {
     pub(crate) async fn integrator(&self, env: Environment) -> String {
         use reqwest::Method;
         let base = format!("/admin/integrators/{INTEGRATOR}");
-        self.admin(Method::POST, &format!("{base}/enable"), json!({"pmsType": "D4w"})).await;
+        self.admin(
+            Method::POST,
+            &format!("{base}/enable"),
+            json!({"pmsType": "D4w"}),
+        )
+        .await;
         self.admin(
             Method::PUT,
             &format!("{base}/components"),
             json!({"pmsType": "D4w", "catalogues": ["d4w"], "tables": TABLES, "allowWrite": false}),
         )
         .await;
-        self.admin(Method::POST, &format!("{base}/keys"), json!({"environment": env.as_str()}))
-            .await["key"]
+        self.admin(
+            Method::POST,
+            &format!("{base}/keys"),
+            json!({"environment": env.as_str()}),
+        )
+        .await["key"]
             .as_str()
             .unwrap()
             .to_owned()
@@ -179,36 +219,55 @@ impl Harness {
     async fn answer(resp: reqwest::Response) -> (u16, Value) {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub(crate) async fn pair(&self, key: &str, crn: Crn) -> (u16, Value) {
         self.post(
             key,
-            &format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
+            &format!(
+                "/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"
+            ),
             Value::Null,
         )
         .await
     }
 
     pub(crate) async fn query(&self, key: &str, site: HaloGuid, sql: &str) -> (u16, Value) {
-        self.query_body(key, site, json!({"command": {"text": sql, "executionMode": "reader", "type": "text"}}))
-            .await
+        self.query_body(
+            key,
+            site,
+            json!({"command": {"text": sql, "executionMode": "reader", "type": "text"}}),
+        )
+        .await
     }
 
     pub(crate) async fn query_body(&self, key: &str, site: HaloGuid, body: Value) -> (u16, Value) {
-        self.post(key, &format!("/integrator/sites/{site}/queries/immediate"), body).await
+        self.post(
+            key,
+            &format!("/integrator/sites/{site}/queries/immediate"),
+            body,
+        )
+        .await
     }
 }
 
 /// The rows of a successful query answer.
 pub(crate) fn rows(answer: &Value) -> Vec<Value> {
     let data = answer["result"]["data"].as_str().expect("result.data");
-    let json = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
     serde_json::from_slice(&json).unwrap()
 }
 
 /// The error message of an error answer.
 pub(crate) fn message(answer: &Value) -> String {
-    answer["error"]["message"].as_str().unwrap_or_default().to_owned()
+    answer["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -8,7 +8,13 @@ use crate::fixture::{Harness, message, practice, rows};
 async fn integrator_finds_pairs_and_queries_a_site() {
     let mut h = Harness::start().await;
     let link = h
-        .link(Environment::Stage, &[practice("SMILE01", "Smile Dental"), practice("GRIN02", "Grin Dental")])
+        .link(
+            Environment::Stage,
+            &[
+                practice("SMILE01", "Smile Dental"),
+                practice("GRIN02", "Grin Dental"),
+            ],
+        )
         .await;
     let key = h.integrator(Environment::Stage).await;
     let (crn, halo) = link.sites[0];
@@ -16,7 +22,13 @@ async fn integrator_finds_pairs_and_queries_a_site() {
 
     // Find sites by PMS ID: the site, authoritative, with its practice name.
     let (status, body) = h
-        .get(&key, &format!("/integrator/sites?practiceManagementSiteId={}&practiceManagementName=D4w", crn.as_str().to_lowercase()))
+        .get(
+            &key,
+            &format!(
+                "/integrator/sites?practiceManagementSiteId={}&practiceManagementName=D4w",
+                crn.as_str().to_lowercase()
+            ),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let sites = body["sites"].as_array().unwrap();
@@ -26,7 +38,10 @@ async fn integrator_finds_pairs_and_queries_a_site() {
     assert_eq!(sites[0]["status"], "active");
     assert_eq!(sites[0]["availability"], "online");
     assert_eq!(sites[0]["practiceMetadata"]["practiceName"], "Smile Dental");
-    assert_eq!(sites[0]["practiceMetadata"]["practiceManagementSiteId"], "SMILE01");
+    assert_eq!(
+        sites[0]["practiceMetadata"]["practiceManagementSiteId"],
+        "SMILE01"
+    );
 
     // Status of the site.
     let (status, body) = h.get(&key, &format!("/integrator/sites/{halo}")).await;
@@ -42,7 +57,11 @@ async fn integrator_finds_pairs_and_queries_a_site() {
     assert_eq!(body["id"], halo.to_string());
 
     let (status, body) = h
-        .query(&key, halo, "SELECT patient_id, first_name FROM patients ORDER BY patient_id LIMIT 3")
+        .query(
+            &key,
+            halo,
+            "SELECT patient_id, first_name FROM patients ORDER BY patient_id LIMIT 3",
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "successful");
@@ -56,19 +75,38 @@ async fn integrator_finds_pairs_and_queries_a_site() {
 
     // The other practice on the same Link is not enabled: same answer as unknown.
     let (_, other) = link.sites[1];
-    let (status, body) = h.query(&key, other, "SELECT first_name FROM patients").await;
+    let (status, body) = h
+        .query(&key, other, "SELECT first_name FROM patients")
+        .await;
     assert_eq!(status, 404, "{body}");
     let unknown = halo_ids::HaloGuid::from_u128(0xdead_beef).unwrap();
-    let (status2, body2) = h.query(&key, unknown, "SELECT first_name FROM patients").await;
-    assert_eq!((status2, message(&body2)), (status, message(&body)), "no existence leak");
+    let (status2, body2) = h
+        .query(&key, unknown, "SELECT first_name FROM patients")
+        .await;
+    assert_eq!(
+        (status2, message(&body2)),
+        (status, message(&body)),
+        "no existence leak"
+    );
 
     // A wrong key is 401.
     let (status, _) = h.query("nope", halo, "SELECT 1").await;
     assert_eq!(status, 401);
 
     // The OpenAPI document is served and names the integrator paths.
-    let doc: serde_json::Value = h.http.get(h.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    assert!(doc["paths"]["/integrator/sites/{siteId}/queries/immediate"].is_object(), "{doc}");
+    let doc: serde_json::Value = h
+        .http
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/integrator/sites/{siteId}/queries/immediate"].is_object(),
+        "{doc}"
+    );
     link.handle.shutdown().await.unwrap();
     h.cloud.stop().await;
 }
@@ -76,7 +114,9 @@ async fn integrator_finds_pairs_and_queries_a_site() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_job_runs_only_on_its_own_database() {
     let mut h = Harness::start().await;
-    let practices: Vec<_> = (0..3).map(|i| practice(&format!("TEN{i}"), &format!("Tenant {i}"))).collect();
+    let practices: Vec<_> = (0..3)
+        .map(|i| practice(&format!("TEN{i}"), &format!("Tenant {i}")))
+        .collect();
     let link = h.link(Environment::Stage, &practices).await;
     let key = h.integrator(Environment::Stage).await;
     for (crn, _) in &link.sites {
@@ -86,11 +126,20 @@ async fn each_job_runs_only_on_its_own_database() {
     // Each tenant's first patient differs (seeded by CRN); learn them once.
     let mut expected = Vec::new();
     for (_, halo) in &link.sites {
-        let (status, body) = h.query(&key, *halo, "SELECT first_name, last_name FROM patients WHERE patient_id = 1").await;
+        let (status, body) = h
+            .query(
+                &key,
+                *halo,
+                "SELECT first_name, last_name FROM patients WHERE patient_id = 1",
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         expected.push(rows(&body));
     }
-    assert!(expected[0] != expected[1] || expected[1] != expected[2], "tenants must differ");
+    assert!(
+        expected[0] != expected[1] || expected[1] != expected[2],
+        "tenants must differ"
+    );
     let mut tasks = Vec::new();
     for round in 0..30 {
         let i = round % 3;
@@ -106,7 +155,11 @@ async fn each_job_runs_only_on_its_own_database() {
     for t in tasks {
         let (i, body) = t.await.unwrap();
         assert!(body["result"].is_object(), "tenant {i}: {body}");
-        assert_eq!(rows(&body), expected[i], "a job for tenant {i} was answered by another database");
+        assert_eq!(
+            rows(&body),
+            expected[i],
+            "a job for tenant {i} was answered by another database"
+        );
     }
     h.cloud.stop().await;
 }

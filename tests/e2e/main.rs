@@ -1,7 +1,8 @@
 //! End-to-end scenarios: a real Cloud on loopback HTTP, real Links over WebSocket,
 //! real SQLite databases. One module per area; fixtures in `fixture.rs`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod failures;
 mod fixture;
 mod flow;
-mod failures;
 mod tenancy;

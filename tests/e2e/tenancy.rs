@@ -13,11 +13,18 @@ async fn branch_crn_is_refused_without_revealing_the_parent() {
     let link = h.link(Environment::Stage, &[p]).await;
     let key = h.integrator(Environment::Stage).await;
     h.enable_practice(link.sites[0].0).await;
-    let (status, body) = h.get(&key, "/integrator/sites?practiceManagementSiteId=BRANCH1").await;
+    let (status, body) = h
+        .get(&key, "/integrator/sites?practiceManagementSiteId=BRANCH1")
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("branch"), "{body}");
-    assert!(!body.to_string().contains("PARENT1"), "the parent leaked: {body}");
-    let (status, _) = h.get(&key, "/integrator/sites?practiceManagementSiteId=PARENT1").await;
+    assert!(
+        !body.to_string().contains("PARENT1"),
+        "the parent leaked: {body}"
+    );
+    let (status, _) = h
+        .get(&key, "/integrator/sites?practiceManagementSiteId=PARENT1")
+        .await;
     assert_eq!(status, 200);
     h.cloud.stop().await;
 }
@@ -32,15 +39,23 @@ async fn demo_copy_answers_to_its_fake_crn_only() {
     let (fake, halo) = link.sites[0];
     assert_eq!(fake, halo.fake_crn());
     h.enable_practice(fake).await;
-    let (status, body) = h.get(&key, "/integrator/sites?practiceManagementSiteId=DEMOCRN").await;
+    let (status, body) = h
+        .get(&key, "/integrator/sites?practiceManagementSiteId=DEMOCRN")
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("demo"), "{body}");
     let (status, body) = h
-        .get(&key, &format!("/integrator/sites?practiceManagementSiteId={fake}"))
+        .get(
+            &key,
+            &format!("/integrator/sites?practiceManagementSiteId={fake}"),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sites"][0]["id"], halo.to_string());
-    assert_eq!(body["sites"][0]["practiceMetadata"]["practiceManagementSiteId"], fake.to_string());
+    assert_eq!(
+        body["sites"][0]["practiceMetadata"]["practiceManagementSiteId"],
+        fake.to_string()
+    );
     h.cloud.stop().await;
 }
 
@@ -50,7 +65,10 @@ async fn production_link_does_not_register_a_demo_copy() {
     let mut demo = practice("DEMOPRD", "Demo Dental");
     demo.is_demo = true;
     let link = h
-        .link(Environment::Production, &[practice("REAL01", "Real Dental"), demo])
+        .link(
+            Environment::Production,
+            &[practice("REAL01", "Real Dental"), demo],
+        )
         .await;
     assert_eq!(link.sites.len(), 1, "the demo copy is not served");
     let demo_halo = link.sites.iter().find(|(c, _)| c.as_str() == "DEMOPRD");
@@ -61,25 +79,55 @@ async fn production_link_does_not_register_a_demo_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_authoritative_site_is_403_until_promoted() {
     let mut h = Harness::start().await;
-    let primary = h.link(Environment::Stage, &[practice("SHARED1", "Shared Dental")]).await;
-    let backup = h.link(Environment::Stage, &[practice("SHARED1", "Shared Dental")]).await;
+    let primary = h
+        .link(Environment::Stage, &[practice("SHARED1", "Shared Dental")])
+        .await;
+    let backup = h
+        .link(Environment::Stage, &[practice("SHARED1", "Shared Dental")])
+        .await;
     let key = h.integrator(Environment::Stage).await;
     let crn = primary.sites[0].0;
     let (first, second) = (primary.sites[0].1, backup.sites[0].1);
     h.enable_practice(crn).await;
     assert_eq!(h.pair(&key, crn).await.0, 200);
 
-    let (status, body) = h.get(&key, &format!("/integrator/sites?practiceManagementSiteId={crn}")).await;
+    let (status, body) = h
+        .get(
+            &key,
+            &format!("/integrator/sites?practiceManagementSiteId={crn}"),
+        )
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(body["sites"].as_array().unwrap().len(), 2, "both copies are listed: {body}");
-    assert_eq!(body["sites"][0]["id"], first.to_string(), "the authoritative one first");
+    assert_eq!(
+        body["sites"].as_array().unwrap().len(),
+        2,
+        "both copies are listed: {body}"
+    );
+    assert_eq!(
+        body["sites"][0]["id"],
+        first.to_string(),
+        "the authoritative one first"
+    );
     assert_eq!(body["sites"][1]["authoritative"], false);
 
-    assert_eq!(h.query(&key, first, "SELECT count(*) AS n FROM patients").await.0, 200);
-    let (status, body) = h.query(&key, second, "SELECT count(*) AS n FROM patients").await;
+    assert_eq!(
+        h.query(&key, first, "SELECT count(*) AS n FROM patients")
+            .await
+            .0,
+        200
+    );
+    let (status, body) = h
+        .query(&key, second, "SELECT count(*) AS n FROM patients")
+        .await;
     assert_eq!(status, 403, "{body}");
 
-    let before = h.admin(reqwest::Method::GET, &format!("/admin/sites/{second}"), json!(null)).await;
+    let before = h
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/sites/{second}"),
+            json!(null),
+        )
+        .await;
     let promoted = h
         .admin(
             reqwest::Method::POST,
@@ -88,12 +136,19 @@ async fn non_authoritative_site_is_403_until_promoted() {
         )
         .await;
     assert_eq!(promoted["site"]["authoritative"], true);
-    assert!(promoted["epoch"].as_u64() > before["epoch"].as_u64(), "epoch grows");
+    assert!(
+        promoted["epoch"].as_u64() > before["epoch"].as_u64(),
+        "epoch grows"
+    );
 
-    let (status, body) = h.query(&key, second, "SELECT count(*) AS n FROM patients").await;
+    let (status, body) = h
+        .query(&key, second, "SELECT count(*) AS n FROM patients")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(rows(&body)[0]["n"], 12);
-    let (status, _) = h.query(&key, first, "SELECT count(*) AS n FROM patients").await;
+    let (status, _) = h
+        .query(&key, first, "SELECT count(*) AS n FROM patients")
+        .await;
     assert_eq!(status, 403, "the old holder is no longer routed");
     h.cloud.stop().await;
 }

@@ -48,6 +48,8 @@ pub struct CloudConfig {
     pub availability: AvailabilityConfig,
     /// Snapshot every this many logged events (0: never).
     pub snapshot_every: u64,
+    /// Start on a damaged log, setting its unreadable tail aside (see `StateConfig`).
+    pub accept_damaged_log: bool,
 }
 
 /// Why the server could not start.
@@ -117,6 +119,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
             data_dir: config.data_dir.clone(),
             snapshot_every: config.snapshot_every,
             availability: config.availability,
+            accept_damaged_log: config.accept_damaged_log,
         },
         router,
     )?;

@@ -119,6 +119,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         router: RouterConfig::standard(),
         availability: AvailabilityConfig::default(),
         snapshot_every: 10_000,
+        accept_damaged_log: false,
     })
     .await?;
     let state = &cloud.app.state;

@@ -33,6 +33,10 @@ enum Command {
         /// Take a snapshot every this many logged events (0: never).
         #[arg(long, default_value_t = 10_000)]
         snapshot_every: u64,
+        /// Start even if the event log is damaged: recover up to the last good event
+        /// and set the unreadable tail aside (it is kept, not deleted).
+        #[arg(long)]
+        accept_damaged_log: bool,
     },
     /// Start a Cloud with an in-process Link and demo data, and print curl commands.
     Demo {
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             admin_token,
             snapshot_every,
+            accept_damaged_log,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
                 router: RouterConfig::standard(),
                 availability: AvailabilityConfig::default(),
                 snapshot_every,
+                accept_damaged_log,
             })
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;

@@ -44,6 +44,9 @@ pub struct StateConfig {
     pub snapshot_every: u64,
     /// Availability thresholds for site status.
     pub availability: AvailabilityConfig,
+    /// Start even if the log's tail is damaged, setting the unreadable tail aside.
+    /// Off by default: damage stops the start, so an operator decides.
+    pub accept_damaged_log: bool,
 }
 
 /// Why opening the state failed.
@@ -52,6 +55,11 @@ pub enum StateError {
     /// The log could not be opened or read.
     #[error("event log: {0}")]
     Store(#[from] StoreError),
+    /// The log is damaged after the last good event; nothing was started.
+    #[error(
+        "event log damaged: {0}; restore a backup, or start with --accept-damaged-log to recover up to the last good event and set the rest aside"
+    )]
+    Damaged(String),
     /// A logged event did not apply on replay (the log and this build disagree).
     #[error("replaying record {index}: {message}")]
     Replay {
@@ -138,7 +146,7 @@ impl CloudState {
         if let Some(dir) = &config.data_dir {
             // FIXME(snapshot): snapshots stay off until they hold the whole state.
             let _ = config.snapshot_every;
-            let (store, recovered) = open_store(dir, 0)?;
+            let (store, recovered) = open_store(dir, 0, config.accept_damaged_log)?;
             if recovered.snapshot.is_some() {
                 // FIXME(snapshot): restore registry and grants from the snapshot.
             }
@@ -278,6 +286,7 @@ impl CloudState {
 fn open_store(
     dir: &Path,
     snapshot_every: u64,
+    accept_damaged_log: bool,
 ) -> Result<(CloudStore, halo_store::Recovered<Record, Snapshot>), StateError> {
     let config = StoreConfig {
         snapshot_every,
@@ -285,6 +294,9 @@ fn open_store(
     };
     let (mut store, recovered) = Store::open(dir, config)?;
     if let Some(c) = &recovered.report.stopped_at {
+        if !accept_damaged_log {
+            return Err(StateError::Damaged(c.to_string()));
+        }
         tracing::error!(corruption = %c, "event log damaged: recovered up to the last good event; the damaged tail is kept aside");
         store.quarantine_unreplayed()?;
     }

@@ -26,7 +26,7 @@ use halo_protocol::{
     CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -38,6 +38,8 @@ use crate::{LinkConfig, LinkError};
 
 /// How long the Cloud has to answer a hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Jobs queued per concurrency slot before the Link answers `busy`.
+const BACKLOG_FACTOR: usize = 32;
 /// How long a TCP + WebSocket connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,6 +71,8 @@ pub struct Link {
     refused: Vec<RefusedDatabase>,
     state: LinkState,
     status: watch::Sender<LinkStatus>,
+    /// One permit per job that may run at once; later jobs wait for one.
+    permits: Arc<Semaphore>,
 }
 
 impl Link {
@@ -159,6 +163,7 @@ impl Link {
         }
         state.save(&config.state_file)?;
         let (status, _) = watch::channel(LinkStatus::default());
+        let permits = Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1)));
         Ok(Self {
             config,
             link_guid: state.link_guid,
@@ -167,6 +172,7 @@ impl Link {
             refused,
             state,
             status,
+            permits,
         })
     }
 
@@ -441,7 +447,14 @@ impl Link {
                 "query id already running",
             ));
         }
-        if running.len() >= self.config.max_concurrent_jobs {
+        // Jobs beyond the concurrency limit wait for a permit (within their own
+        // deadline); only a backlog far beyond it is refused as busy.
+        if running.len()
+            >= self
+                .config
+                .max_concurrent_jobs
+                .saturating_mul(BACKLOG_FACTOR)
+        {
             return Some(refuse(
                 QueryErrorKind::Busy,
                 "link is at its concurrency limit",
@@ -450,8 +463,22 @@ impl Link {
         let control = JobControl::for_job(&job);
         running.insert(query_id, control.clone());
         let done = done.clone();
+        let permits = Arc::clone(&self.permits);
+        let wait = Duration::from_millis(job.timeout_ms);
         tokio::spawn(async move {
+            let Ok(Ok(permit)) = tokio::time::timeout(wait, permits.acquire_owned()).await else {
+                let frame = failed_frame(
+                    query_id,
+                    QueryError::new(
+                        QueryErrorKind::Timeout,
+                        "the job waited past its deadline for a free slot",
+                    ),
+                );
+                let _ = done.send((query_id, frame)).await;
+                return;
+            };
             let frame = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let outcome = execute_with(&db, &job, &control);
                 match outcome {
                     Ok(out) => {

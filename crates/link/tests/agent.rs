@@ -407,7 +407,7 @@ async fn interleaved_jobs_each_run_on_their_own_database() {
 }
 
 #[tokio::test]
-async fn too_many_concurrent_jobs_are_refused_as_busy() {
+async fn jobs_beyond_the_limit_wait_and_only_a_huge_backlog_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = FakeCloud::start().await;
     let a = tenant_db(dir.path(), "AB1", "alpha");
@@ -424,18 +424,30 @@ async fn too_many_concurrent_jobs_are_refused_as_busy() {
         j.timeout_ms = 500;
     }
     s.send(&slow).await;
-    s.send(&marker_job(2, guid)).await;
-    let mut kinds = HashMap::new();
-    for _ in 0..2 {
+    // 31 more fill the backlog (32 per slot); the 33rd is refused at once.
+    for id in 2..=33 {
+        s.send(&marker_job(id, guid)).await;
+    }
+    let mut failed = HashMap::new();
+    let mut answered = 0;
+    for _ in 0..33 {
         match s.answer().await {
             LinkToCloud::QueryFailed(f) => {
-                kinds.insert(f.query_id, f.error.kind);
+                failed.insert(f.query_id, f.error.kind);
+            }
+            LinkToCloud::QueryResult(r) => {
+                assert!((2..=32).contains(&r.query_id), "{r:?}");
+                answered += 1;
             }
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(kinds[&2], QueryErrorKind::Busy);
-    assert_eq!(kinds[&1], QueryErrorKind::Timeout);
+    assert_eq!(failed.get(&33), Some(&QueryErrorKind::Busy));
+    assert_eq!(failed.get(&1), Some(&QueryErrorKind::Timeout));
+    assert_eq!(
+        answered, 31,
+        "queued jobs ran once the slot was free: {failed:?}"
+    );
     handle.shutdown().await.unwrap();
 }
 
