@@ -396,17 +396,18 @@ fn link_registered(
             return Err(TenancyError::EnvironmentChanged(link));
         }
     }
+    let shared = reg.interned.text(&version);
     let entry = reg.links.entry(link).or_insert_with(|| Link {
         guid: link,
         environment,
         status: LinkStatus::Active,
         last_heard: now,
-        version: Box::default(),
+        version: std::sync::Arc::from(""),
         sites: Vec::new(),
     });
     entry.environment = environment;
     entry.status = LinkStatus::Active;
-    entry.version = version;
+    entry.version = shared;
     entry.last_heard = entry.last_heard.max(now);
     Ok(vec![Change::LinkUpserted(link)])
 }
@@ -455,11 +456,13 @@ fn database_attached(
             &details.branch_crns,
             Some(halo),
         )?;
+        let pms_version = reg.interned.text(&details.pms_version);
+        let catalogues = reg.interned.catalogues(&details.catalogues);
         with_claims(reg, halo, |site| {
             site.branch_crns = details.branch_crns;
             site.practice_name = details.practice_name;
-            site.pms_version = details.pms_version;
-            site.catalogues = details.catalogues;
+            site.pms_version = pms_version;
+            site.catalogues = catalogues;
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
@@ -500,8 +503,8 @@ fn database_attached(
         last_heard: now,
         branch_crns: details.branch_crns,
         practice_name: details.practice_name,
-        pms_version: details.pms_version,
-        catalogues: details.catalogues,
+        pms_version: reg.interned.text(&details.pms_version),
+        catalogues: reg.interned.catalogues(&details.catalogues),
     };
     insert_site(reg, site);
     if let Some(l) = reg.links.get_mut(&link) {

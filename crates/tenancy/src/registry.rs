@@ -1,15 +1,47 @@
 //! The registry: all Links, sites and authority groups, and the queries on them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use halo_authority::{Epoch, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::{Availability, AvailabilityConfig, Change, Event, Link, LogEntry, Site, TenancyError};
+use crate::{
+    Availability, AvailabilityConfig, Catalogue, Change, Event, Link, LogEntry, Site, TenancyError,
+};
 
 /// Hash maps keyed by identifiers that arrive from the network: foldhash with a
 /// per-map random seed.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Shared copies of values most sites repeat (versions, catalogue lists), so that a
+/// million sites hold a million pointers rather than a million copies. Only grows;
+/// bounded by the number of distinct values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Interner {
+    texts: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    catalogues: HashSet<Arc<[Catalogue]>, foldhash::fast::RandomState>,
+}
+
+impl Interner {
+    pub(crate) fn text(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.texts.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = text.into();
+        self.texts.insert(Arc::clone(&shared));
+        shared
+    }
+
+    pub(crate) fn catalogues(&mut self, list: &[Catalogue]) -> Arc<[Catalogue]> {
+        if let Some(shared) = self.catalogues.get(list) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<[Catalogue]> = list.into();
+        self.catalogues.insert(Arc::clone(&shared));
+        shared
+    }
+}
 
 /// Sites stored densely in attach order, with an index by Halo GUID. Sites are
 /// never deleted, so indexes stay valid; this saves the empty buckets a hash map of
@@ -132,6 +164,8 @@ pub struct Registry {
     pub(crate) demo_real: Map<GroupKey, u32>,
     /// Previous install → its reinstall.
     pub(crate) successors: Map<HaloGuid, HaloGuid>,
+    /// Shared versions and catalogue lists.
+    pub(crate) interned: Interner,
 }
 
 impl Registry {

@@ -1,6 +1,7 @@
 //! Sites (databases as seen by one Link install) and Links.
 
 use std::fmt;
+use std::sync::Arc;
 
 use halo_authority::{Epoch, GroupKey};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
@@ -58,8 +59,8 @@ pub struct Site {
     pub(crate) last_heard: Timestamp,
     pub(crate) branch_crns: Box<[Crn]>,
     pub(crate) practice_name: Box<str>,
-    pub(crate) pms_version: Box<str>,
-    pub(crate) catalogues: Box<[Catalogue]>,
+    pub(crate) pms_version: Arc<str>,
+    pub(crate) catalogues: Arc<[Catalogue]>,
 }
 
 impl Site {
@@ -174,7 +175,7 @@ pub struct Link {
     pub(crate) environment: Environment,
     pub(crate) status: LinkStatus,
     pub(crate) last_heard: Timestamp,
-    pub(crate) version: Box<str>,
+    pub(crate) version: Arc<str>,
     pub(crate) sites: Vec<HaloGuid>,
 }
 
