@@ -266,6 +266,9 @@ fn failure(f: QueryFailed) -> QueryFailure {
             error_code: e.code.map(|c| c.to_string()).unwrap_or_default(),
             message: e.message,
         },
+        QueryErrorKind::TooLarge => QueryFailure::TooLarge,
+        QueryErrorKind::Denied => QueryFailure::Denied(e.message),
+        QueryErrorKind::Busy => QueryFailure::Busy,
         _ => QueryFailure::Refused(e.message),
     }
 }

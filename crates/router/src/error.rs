@@ -79,7 +79,9 @@ impl RouteError {
     /// | `TooLarge` | 413 |
     /// | `Cancelled` | 499 (the client closed the request; never sent) |
     /// | `Failed(Database)`, `Failed(Refused)` | 400 (the body carries `errorDetails`) |
-    /// | `Failed(StaleEpoch)` | 503 |
+    /// | `Failed(StaleEpoch)`, `Failed(Busy)` | 503 |
+    /// | `Failed(TooLarge)` | 413 |
+    /// | `Failed(Denied)` | 403 |
     /// | `Failed(Expired)` | 504 |
     pub fn http_status(&self) -> u16 {
         match self {
@@ -91,7 +93,9 @@ impl RouteError {
             RouteError::Timeout => 504,
             RouteError::TooLarge { .. } => 413,
             RouteError::Cancelled => 499,
-            RouteError::Failed(QueryFailure::StaleEpoch) => 503,
+            RouteError::Failed(QueryFailure::StaleEpoch | QueryFailure::Busy) => 503,
+            RouteError::Failed(QueryFailure::TooLarge) => 413,
+            RouteError::Failed(QueryFailure::Denied(_)) => 403,
             RouteError::Failed(QueryFailure::Expired) => 504,
             RouteError::Failed(_) => 400,
         }
@@ -103,14 +107,16 @@ impl RouteError {
             RouteError::UnknownSite | RouteError::InvalidRequest(_) | RouteError::Cancelled => {
                 ErrorClass::CallerFault
             }
-            RouteError::Denied(_) | RouteError::NotAuthoritative => ErrorClass::Denied,
+            RouteError::Denied(_)
+            | RouteError::NotAuthoritative
+            | RouteError::Failed(QueryFailure::Denied(_)) => ErrorClass::Denied,
             RouteError::NotActive
             | RouteError::Busy
             | RouteError::Unreachable
             | RouteError::Timeout
-            | RouteError::Failed(QueryFailure::StaleEpoch | QueryFailure::Expired) => {
-                ErrorClass::Unavailable
-            }
+            | RouteError::Failed(
+                QueryFailure::StaleEpoch | QueryFailure::Expired | QueryFailure::Busy,
+            ) => ErrorClass::Unavailable,
             RouteError::TooLarge { .. } | RouteError::Failed(_) => ErrorClass::QueryFailed,
         }
     }

@@ -35,6 +35,15 @@ pub enum QueryFailure {
     /// The Link refused the job because its queue deadline had passed.
     #[error("the query waited longer than its maximum time in queue")]
     Expired,
+    /// The Link refused to send a result over the size limit (HTTP 413).
+    #[error("the result is larger than the link's limit")]
+    TooLarge,
+    /// The Link's own allowlist check at the database refused the command (HTTP 403).
+    #[error("the link refused the command: {0}")]
+    Denied(String),
+    /// The Link is overloaded (HTTP 503).
+    #[error("the link is busy")]
+    Busy,
     /// The Link refused the job for another reason (for example the command touches
     /// something outside the allowlist it enforces again at the database).
     #[error("the link refused the query: {0}")]
