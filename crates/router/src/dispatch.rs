@@ -230,7 +230,10 @@ impl Dispatch {
     /// [`RouteError::Timeout`], or whatever error ended the query first.
     pub fn expire(mut self) -> Result<QueryOutput, RouteError> {
         self.done = true;
-        if self.session.finish(&self.slot, Ending::TimedOut, Err(RouteError::Timeout)) {
+        if self
+            .session
+            .finish(&self.slot, Ending::TimedOut, Err(RouteError::Timeout))
+        {
             // This thread stored the timeout; hand it back directly.
             let _ = self.slot.take_outcome();
             return Err(RouteError::Timeout);

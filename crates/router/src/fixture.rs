@@ -1,5 +1,7 @@
 //! Test fixtures shared by the unit tests: a registry, a policy and a tiny executor.
 
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;

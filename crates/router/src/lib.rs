@@ -19,9 +19,9 @@ pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, chec
 
 #[cfg(all(test, not(loom)))]
 mod fixture;
-#[cfg(all(test, not(loom)))]
-mod tests;
 #[cfg(all(test, loom))]
 mod loom_publish;
 #[cfg(all(test, loom))]
 mod loom_slot;
+#[cfg(all(test, not(loom)))]
+mod tests;

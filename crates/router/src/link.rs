@@ -441,10 +441,7 @@ impl Drop for LinkSession {
         // Only clear the entry if it still points at this session (a newer attach may
         // have replaced it already).
         let current = self.entry.session.load();
-        if current
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &self.core))
-        {
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.core)) {
             let _ = self
                 .entry
                 .session

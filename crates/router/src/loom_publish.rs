@@ -28,7 +28,8 @@ struct Table {
 impl Table {
     fn publish(&self, key: usize, index: usize, authoritative: bool, epoch: u64) {
         let r = &self.records[index];
-        r.authoritative.store(u64::from(authoritative), Ordering::Relaxed);
+        r.authoritative
+            .store(u64::from(authoritative), Ordering::Relaxed);
         r.epoch.store(epoch, Ordering::Relaxed);
         self.cells[key].store(index, Ordering::Release);
     }

@@ -151,8 +151,12 @@ fn loom_detach_never_strands_a_routed_query() {
         let present = Arc::new(AtomicBool::new(false));
         let closed = Arc::new(AtomicBool::new(false));
         let router = {
-            let (slot, released, present, closed) =
-                (slot.clone(), released.clone(), present.clone(), closed.clone());
+            let (slot, released, present, closed) = (
+                slot.clone(),
+                released.clone(),
+                present.clone(),
+                closed.clone(),
+            );
             thread::spawn(move || {
                 present.store(true, Ordering::SeqCst);
                 loom::sync::atomic::fence(Ordering::SeqCst);

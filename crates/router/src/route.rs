@@ -84,6 +84,14 @@ impl Route {
         Self::new(site, Arc::clone(&self.link))
     }
 
+    /// A record for the same Link holding other data, as the writer would publish it.
+    /// For benchmarks that keep the same records in other tables; routing code
+    /// publishes through [`crate::Router::publish`].
+    #[doc(hidden)]
+    pub fn with_site(&self, site: SiteRoute) -> Self {
+        Self::new(site, Arc::clone(&self.link))
+    }
+
     /// The published data.
     pub fn site(&self) -> &SiteRoute {
         &self.site

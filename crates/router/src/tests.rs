@@ -7,9 +7,7 @@ use halo_ids::Timestamp;
 use halo_policy::DenyCode;
 use halo_tenancy::{Event, Registry};
 
-use crate::fixture::{
-    T0, add_site, block_on, halo, link, policy, poll_once, request,
-};
+use crate::fixture::{T0, add_site, block_on, halo, link, policy, poll_once, request};
 use crate::{
     Delivery, Published, QueryFailure, QueryOutput, RouteError, Router, RouterConfig, SiteRoute,
 };
@@ -49,9 +47,15 @@ fn routes_to_authoritative_site_and_delivers_result() {
     assert_eq!(job.halo, halo(1));
     assert_eq!(job.epoch, router.resolve(halo(1)).unwrap().epoch());
     assert_eq!(job.catalogue.as_deref(), Some("d4w"));
-    assert_eq!(job.queue_deadline, T0.saturating_add(Duration::from_secs(30)));
+    assert_eq!(
+        job.queue_deadline,
+        T0.saturating_add(Duration::from_secs(30))
+    );
     assert_eq!(job.deadline, T0.saturating_add(Duration::from_secs(60)));
-    assert_eq!(session.complete(job.query_id, Ok(output(10))), Delivery::Delivered);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(10))),
+        Delivery::Delivered
+    );
     assert_eq!(block_on(dispatch).unwrap(), output(10));
     assert_eq!(session.in_flight(), 0);
 }
@@ -138,7 +142,10 @@ fn removed_site_resolves_as_unknown() {
         .unwrap();
     router.apply_changes(&registry, &changes);
     assert!(router.resolve(halo(1)).is_none());
-    assert_eq!(router.route(request(halo(1))).unwrap_err().http_status(), 404);
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err().http_status(),
+        404
+    );
 }
 
 #[test]
@@ -168,7 +175,9 @@ fn full_queue_is_busy_503_and_frees_up() {
 fn detach_fails_every_in_flight_query_at_once() {
     let (router, _) = setup(RouterConfig::standard());
     let mut session = router.attach_link(link(1));
-    let mut dispatches: Vec<_> = (0..5).map(|_| router.route(request(halo(1))).unwrap()).collect();
+    let mut dispatches: Vec<_> = (0..5)
+        .map(|_| router.route(request(halo(1))).unwrap())
+        .collect();
     // Two were taken by the Link (executing), three still queued.
     let _ = session.try_next_job().unwrap().unwrap();
     let _ = session.try_next_job().unwrap().unwrap();
@@ -179,7 +188,10 @@ fn detach_fails_every_in_flight_query_at_once() {
     for d in dispatches {
         assert_eq!(block_on(d).unwrap_err(), RouteError::Unreachable);
     }
-    assert_eq!(router.route(request(halo(1))).unwrap_err(), RouteError::Unreachable);
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Unreachable
+    );
 }
 
 #[test]
@@ -194,7 +206,10 @@ fn reattach_replaces_the_old_session() {
     drop(old); // must not detach the newer session
     let d2 = router.route(request(halo(1))).unwrap();
     let job = new.try_next_job().unwrap().unwrap();
-    assert_eq!(new.complete(job.query_id, Ok(output(2))), Delivery::Delivered);
+    assert_eq!(
+        new.complete(job.query_id, Ok(output(2))),
+        Delivery::Delivered
+    );
     assert_eq!(block_on(d2).unwrap(), output(2));
 }
 
@@ -218,13 +233,19 @@ fn sweeper_times_out_overdue_queries_once() {
     req.max_time_in_queue = Some(Duration::from_millis(100));
     let d = router.route(req).unwrap();
     let job = session.try_next_job().unwrap().unwrap();
-    assert_eq!(router.expire_overdue(Timestamp::from_millis(job.deadline.as_millis() - 1)), 0);
+    assert_eq!(
+        router.expire_overdue(Timestamp::from_millis(job.deadline.as_millis() - 1)),
+        0
+    );
     assert_eq!(router.expire_overdue(job.deadline), 1);
     assert_eq!(router.expire_overdue(job.deadline), 0);
     let err = block_on(d).unwrap_err();
     assert_eq!(err, RouteError::Timeout);
     assert_eq!(err.http_status(), 504);
-    assert_eq!(session.complete(job.query_id, Ok(output(1))), Delivery::Late);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(1))),
+        Delivery::Late
+    );
     assert_eq!(session.in_flight(), 0);
 }
 
@@ -243,7 +264,10 @@ fn expire_after_completion_returns_the_completion() {
     let mut session = router.attach_link(link(1));
     let d = router.route(request(halo(1))).unwrap();
     let job = session.try_next_job().unwrap().unwrap();
-    assert_eq!(session.complete(job.query_id, Ok(output(4))), Delivery::Delivered);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(4))),
+        Delivery::Delivered
+    );
     assert_eq!(d.expire().unwrap(), output(4));
     assert_eq!(session.in_flight(), 0);
 }
@@ -255,7 +279,10 @@ fn expire_before_completion_wins_with_504() {
     let d = router.route(request(halo(1))).unwrap();
     let job = session.try_next_job().unwrap().unwrap();
     assert_eq!(d.expire().unwrap_err(), RouteError::Timeout);
-    assert_eq!(session.complete(job.query_id, Ok(output(4))), Delivery::Late);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(4))),
+        Delivery::Late
+    );
     assert_eq!(session.in_flight(), 0);
 }
 
@@ -267,9 +294,18 @@ fn oversized_result_is_413() {
     let mut session = router.attach_link(link(1));
     let d = router.route(request(halo(1))).unwrap();
     let job = session.try_next_job().unwrap().unwrap();
-    assert_eq!(session.complete(job.query_id, Ok(output(17))), Delivery::Delivered);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(17))),
+        Delivery::Delivered
+    );
     let err = block_on(d).unwrap_err();
-    assert_eq!(err, RouteError::TooLarge { size: 17, limit: 16 });
+    assert_eq!(
+        err,
+        RouteError::TooLarge {
+            size: 17,
+            limit: 16
+        }
+    );
     assert_eq!(err.http_status(), 413);
 }
 
@@ -363,7 +399,10 @@ fn poll_after_ready_does_not_hang() {
     let job = session.try_next_job().unwrap().unwrap();
     let _ = session.complete(job.query_id, Ok(output(1)));
     assert!(matches!(poll_once(&mut d), Poll::Ready(Ok(_))));
-    assert!(matches!(poll_once(&mut d), Poll::Ready(Err(RouteError::Cancelled))));
+    assert!(matches!(
+        poll_once(&mut d),
+        Poll::Ready(Err(RouteError::Cancelled))
+    ));
 }
 
 #[test]

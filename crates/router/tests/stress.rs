@@ -18,9 +18,7 @@ use std::thread::{self, Thread};
 use std::time::Duration;
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
-use halo_policy::{
-    ExecutionMode, Grants, IntegratorId, KeyHash, PolicyEvent, extract_components,
-};
+use halo_policy::{ExecutionMode, Grants, IntegratorId, KeyHash, PolicyEvent, extract_components};
 use halo_router::{Command, QueryOutput, RouteError, RouteRequest, Router, RouterConfig};
 use halo_tenancy::{Catalogue, DatabaseIdentity, Event, GroupKey, Registry};
 
@@ -39,7 +37,10 @@ fn link(member: u32) -> LinkGuid {
 /// new Halo GUID).
 fn site(group: u32, member: u32, generation: u32) -> HaloGuid {
     HaloGuid::from_u128(
-        0x10_0000 + u128::from(group) * 0x1_0000 + u128::from(member) * 0x1000 + u128::from(generation),
+        0x10_0000
+            + u128::from(group) * 0x1_0000
+            + u128::from(member) * 0x1000
+            + u128::from(generation),
     )
     .expect("non-nil")
 }
@@ -136,7 +137,9 @@ impl History {
     fn valid(&self, start: u64, halo: HaloGuid, epoch: u64) -> Result<(), String> {
         if let Some(&removed) = self.removed.get(&halo) {
             if removed <= start {
-                return Err(format!("{halo} dispatched after its removal (seq {removed} <= {start})"));
+                return Err(format!(
+                    "{halo} dispatched after its removal (seq {removed} <= {start})"
+                ));
             }
         }
         let entries = &self.groups[&group_of(halo)];
@@ -166,7 +169,10 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
     let acme: IntegratorId = "acme".parse().expect("valid id");
     let mut grants = Grants::default();
     let mut events = vec![
-        PolicyEvent::IntegratorEnabled { integrator: acme.clone(), pms_type: PmsType::D4w },
+        PolicyEvent::IntegratorEnabled {
+            integrator: acme.clone(),
+            pms_type: PmsType::D4w,
+        },
         PolicyEvent::ComponentsAuthorised {
             integrator: acme.clone(),
             pms_type: PmsType::D4w,
@@ -183,8 +189,14 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
     ];
     for g in 0..GROUPS {
         let pms_id = PmsId::new(PmsType::D4w, crn(g));
-        events.push(PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id });
-        events.push(PolicyEvent::SitePaired { integrator: acme.clone(), pms_id });
+        events.push(PolicyEvent::PracticeEnabled {
+            integrator: acme.clone(),
+            pms_id,
+        });
+        events.push(PolicyEvent::SitePaired {
+            integrator: acme.clone(),
+            pms_id,
+        });
     }
     for e in &events {
         grants.apply(e).expect("valid grant");
@@ -221,10 +233,16 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                 while !stop.load(Ordering::Acquire) {
                     match session.try_next_job() {
                         Ok(Some(job)) => {
-                            jobs.lock().expect("jobs").insert(job.query_id, (job.halo, job.epoch.get()));
+                            jobs.lock()
+                                .expect("jobs")
+                                .insert(job.query_id, (job.halo, job.epoch.get()));
                             let _ = session.complete(
                                 job.query_id,
-                                Ok(QueryOutput { data: Vec::new(), rows: 0, sql_execution: Duration::ZERO }),
+                                Ok(QueryOutput {
+                                    data: Vec::new(),
+                                    rows: 0,
+                                    sql_execution: Duration::ZERO,
+                                }),
                             );
                         }
                         Ok(None) => thread::yield_now(),
@@ -239,14 +257,22 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
     let components = Arc::new(extract_components("SELECT * FROM Patients").expect("parses"));
     let routers: Vec<_> = (0..2u64)
         .map(|t| {
-            let (router, seq, stop, components) =
-                (router.clone(), seq.clone(), stop.clone(), components.clone());
+            let (router, seq, stop, components) = (
+                router.clone(),
+                seq.clone(),
+                stop.clone(),
+                components.clone(),
+            );
             thread::spawn(move || {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1));
                 let mut routed = Vec::new();
                 let mut refused = 0usize;
                 while !stop.load(Ordering::Acquire) {
-                    let halo = site(rng.below(GROUPS), rng.below(MEMBERS), rng.below(GENERATIONS));
+                    let halo = site(
+                        rng.below(GROUPS),
+                        rng.below(MEMBERS),
+                        rng.below(GENERATIONS),
+                    );
                     let start = seq.load(Ordering::SeqCst);
                     let request = RouteRequest {
                         key: KEY,
@@ -285,17 +311,27 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
         let g = rng.below(GROUPS);
         let m = rng.below(MEMBERS);
         let current = site(g, m, generation[g as usize][m as usize]);
-        let events: Vec<Event> = if rng.below(3) == 0 && generation[g as usize][m as usize] + 1 < GENERATIONS {
-            generation[g as usize][m as usize] += 1;
-            let next = site(g, m, generation[g as usize][m as usize]);
-            let mut evs = vec![Event::DatabaseRemoved { link: link(m), site: current }];
-            evs.extend(attach(link(m), next, g));
-            evs
-        } else {
-            vec![Event::Promoted { site: current, actor: "support".into(), reason: "stress".into() }]
-        };
+        let events: Vec<Event> =
+            if rng.below(3) == 0 && generation[g as usize][m as usize] + 1 < GENERATIONS {
+                generation[g as usize][m as usize] += 1;
+                let next = site(g, m, generation[g as usize][m as usize]);
+                let mut evs = vec![Event::DatabaseRemoved {
+                    link: link(m),
+                    site: current,
+                }];
+                evs.extend(attach(link(m), next, g));
+                evs
+            } else {
+                vec![Event::Promoted {
+                    site: current,
+                    actor: "support".into(),
+                    reason: "stress".into(),
+                }]
+            };
         for ev in events {
-            let Ok(changes) = registry.apply(&ev, NOW) else { continue };
+            let Ok(changes) = registry.apply(&ev, NOW) else {
+                continue;
+            };
             router.apply_changes(&registry, &changes);
             let s = seq.fetch_add(1, Ordering::SeqCst) + 1;
             if let Event::DatabaseRemoved { site, .. } = ev {
@@ -309,7 +345,10 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
 
     let mut total = 0;
     let mut refused_total = 0;
-    let outcomes: Vec<_> = routers.into_iter().map(|h| h.join().expect("router thread")).collect();
+    let outcomes: Vec<_> = routers
+        .into_iter()
+        .map(|h| h.join().expect("router thread"))
+        .collect();
     for d in drainers {
         d.join().expect("drainer");
     }
@@ -318,7 +357,9 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
         refused_total += refused;
         for (qid, start, requested) in routed {
             // A query cancelled before the Link took it never reached the Link.
-            let Some(&(halo, epoch)) = jobs.get(&qid) else { continue };
+            let Some(&(halo, epoch)) = jobs.get(&qid) else {
+                continue;
+            };
             assert_eq!(halo, requested);
             if let Err(e) = history.valid(start, halo, epoch) {
                 panic!("{e}");
