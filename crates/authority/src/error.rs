@@ -35,4 +35,11 @@ pub enum AuthorityError {
     /// The epoch counter would overflow (not reachable in practice).
     #[error("the group's epoch is exhausted")]
     EpochExhausted,
+    /// Parts given to [`GroupState::from_parts`](crate::GroupState::from_parts) break
+    /// a rule the election keeps (a damaged or forged snapshot).
+    #[error("inconsistent authority group: {what}")]
+    InconsistentState {
+        /// The rule broken.
+        what: &'static str,
+    },
 }

@@ -34,7 +34,7 @@ impl GroupKey {
 }
 
 /// One live member of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// The member's Halo GUID.
     pub site: HaloGuid,
@@ -60,6 +60,43 @@ impl GroupState {
     /// An empty group that has never had a holder.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Rebuilds a group from its parts (for loading a snapshot), checking what
+    /// [`GroupState::apply`] keeps true: members are distinct, the holder is an
+    /// eligible member, and only a group without a holder remembers who vacated it.
+    ///
+    /// # Errors
+    /// [`AuthorityError::InconsistentState`] naming the broken rule.
+    pub fn from_parts(
+        holder: Option<HaloGuid>,
+        epoch: Epoch,
+        vacated_by: Option<Member>,
+        members: Vec<Member>,
+    ) -> Result<Self, AuthorityError> {
+        let broken = |what| Err(AuthorityError::InconsistentState { what });
+        for (i, m) in members.iter().enumerate() {
+            if members[..i].iter().any(|o| o.site == m.site) {
+                return broken("a site is a member twice");
+            }
+        }
+        if let Some(h) = holder {
+            if !members.iter().any(|m| m.site == h && m.eligible) {
+                return broken("the holder is not an eligible member");
+            }
+            if vacated_by.is_some() {
+                return broken("a group with a holder cannot be vacated");
+            }
+            if epoch == Epoch::ZERO {
+                return broken("a group with a holder has epoch zero");
+            }
+        }
+        Ok(Self {
+            holder,
+            epoch,
+            vacated_by,
+            members,
+        })
     }
 
     /// The authoritative site, if any.

@@ -295,8 +295,45 @@ proptest! {
                         };
                         prop_assert!(allowed, "holder moved by {:?}: {:?} -> {:?}", e, before.holder(), g.holder());
                     }
+                    // Every reachable state can be rebuilt from its parts.
+                    let rebuilt = GroupState::from_parts(
+                        g.holder(),
+                        g.epoch(),
+                        g.vacated_by().copied(),
+                        g.members().to_vec(),
+                    );
+                    prop_assert_eq!(rebuilt.as_ref(), Ok(&g));
                 }
             }
         }
     }
+}
+
+#[test]
+fn from_parts_refuses_inconsistent_groups() {
+    let member = |s: u128, eligible: bool| crate::Member {
+        site: h(s),
+        link: l(1),
+        eligible,
+    };
+    let bad = |holder: Option<u128>, epoch: u64, vacated: Option<crate::Member>, members| {
+        matches!(
+            GroupState::from_parts(holder.map(h), Epoch::new(epoch), vacated, members),
+            Err(AuthorityError::InconsistentState { .. })
+        )
+    };
+    assert!(bad(None, 1, None, vec![member(1, true), member(1, true)]));
+    assert!(bad(Some(2), 1, None, vec![member(1, true)]));
+    assert!(bad(Some(1), 1, None, vec![member(1, false)]));
+    assert!(bad(Some(1), 0, None, vec![member(1, true)]));
+    assert!(bad(
+        Some(1),
+        2,
+        Some(member(3, true)),
+        vec![member(1, true)]
+    ));
+    let ok =
+        GroupState::from_parts(Some(h(1)), Epoch::new(3), None, vec![member(1, true)]).unwrap();
+    assert_eq!(ok.holder(), Some(h(1)));
+    assert_eq!(ok.epoch(), Epoch::new(3));
 }
