@@ -43,7 +43,9 @@ use sqlparser::ast::{
     TableWithJoins, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::dialect::MsSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::PolicyError;
 
@@ -119,6 +121,11 @@ impl Components {
     }
 }
 
+/// The parser's recursion limit (sqlparser's default is 50), and the deepest
+/// nesting of parentheses a command may have. Real commands nest far less; deeper
+/// ones are refused (fail closed) before parsing.
+pub const MAX_NESTING: usize = 24;
+
 /// Parses `sql` and returns every component it touches.
 ///
 /// ```
@@ -137,10 +144,75 @@ impl Components {
 /// [`PolicyError::SqlUnsupported`]: the command must then be denied.
 pub fn extract_components(sql: &str) -> Result<Components, PolicyError> {
     check_characters(sql)?;
-    let statements = Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| {
-        let text = e.to_string();
-        PolicyError::SqlParse(text.chars().take(200).collect())
-    })?;
+    let tokens = Tokenizer::new(&MsSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| parse_error(&e))?;
+    let significant = check_tokens(&tokens)?;
+    // Parsing, walking and dropping the tree all recurse once per level of nesting
+    // (a chain `a + b + c ...` is as deep as it is long). Run them on a stack sized
+    // for the worst case of this many tokens: in place when the current stack has
+    // room (short commands), else on a fresh segment.
+    let need = STACK_BASE.saturating_add(significant.saturating_mul(STACK_PER_TOKEN));
+    stacker::maybe_grow(need, need, || parse_and_collect(tokens))
+}
+
+/// Most tokens (other than whitespace and comments) a command may hold.
+pub const MAX_TOKENS: usize = 4096;
+
+/// Deepest nesting of `CASE` expressions (the parser backtracks on them, so deep
+/// nesting costs exponential time).
+pub const MAX_CASE_NESTING: usize = 8;
+
+/// Stack reserved per significant token, generous enough for a debug build.
+const STACK_PER_TOKEN: usize = 64 * 1024;
+/// Stack reserved for any command.
+const STACK_BASE: usize = 256 * 1024;
+
+fn parse_error(e: &dyn std::fmt::Display) -> PolicyError {
+    let text = e.to_string();
+    PolicyError::SqlParse(text.chars().take(200).collect())
+}
+
+/// Bounds the work the parser may do: at most [`MAX_TOKENS`] significant tokens,
+/// parentheses nested at most [`MAX_NESTING`] deep, `CASE` at most
+/// [`MAX_CASE_NESTING`]. Returns the number of significant tokens.
+fn check_tokens(tokens: &[TokenWithSpan]) -> Result<usize, PolicyError> {
+    let (mut count, mut parens, mut cases) = (0usize, 0usize, 0usize);
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::LParen => {
+                parens += 1;
+                if parens > MAX_NESTING {
+                    return Err(PolicyError::SqlUnsupported("nesting too deep"));
+                }
+            }
+            Token::RParen => parens = parens.saturating_sub(1),
+            Token::Word(w) if w.keyword == Keyword::CASE => {
+                cases += 1;
+                if cases > MAX_CASE_NESTING {
+                    return Err(PolicyError::SqlUnsupported(
+                        "case expressions nested too deep",
+                    ));
+                }
+            }
+            Token::Word(w) if w.keyword == Keyword::END => cases = cases.saturating_sub(1),
+            _ => {}
+        }
+        count += 1;
+        if count > MAX_TOKENS {
+            return Err(PolicyError::SqlUnsupported("command too long"));
+        }
+    }
+    Ok(count)
+}
+
+fn parse_and_collect(tokens: Vec<TokenWithSpan>) -> Result<Components, PolicyError> {
+    let statements = Parser::new(&MsSqlDialect {})
+        .with_recursion_limit(MAX_NESTING)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+        .map_err(|e| parse_error(&e))?;
     if statements.is_empty() {
         return Err(PolicyError::EmptySql);
     }
@@ -229,7 +301,7 @@ pub(crate) fn normalise_object(text: &str) -> Result<String, PolicyError> {
         .try_with_sql(text)
         .map_err(|_| bad())?;
     let name = parser.parse_object_name(false).map_err(|_| bad())?;
-    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF || name.0.len() > 2 {
+    if parser.peek_token().token != Token::EOF || name.0.len() > 2 {
         return Err(bad());
     }
     normalise_name(&name).map(|n| n.object).map_err(|_| bad())
@@ -242,7 +314,7 @@ pub(crate) fn normalise_catalogue(text: &str) -> Result<String, PolicyError> {
         .try_with_sql(text)
         .map_err(|_| bad())?;
     let name = parser.parse_object_name(false).map_err(|_| bad())?;
-    if parser.peek_token().token != sqlparser::tokenizer::Token::EOF || name.0.len() != 1 {
+    if parser.peek_token().token != Token::EOF || name.0.len() != 1 {
         return Err(bad());
     }
     normalise_name(&name).map(|n| n.object).map_err(|_| bad())

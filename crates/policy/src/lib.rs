@@ -76,7 +76,9 @@ mod key;
 mod limits;
 mod policy;
 
-pub use components::{Components, StatementKind, extract_components};
+pub use components::{
+    Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, StatementKind, extract_components,
+};
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, ExecutionMode, Request, SiteView,
     authenticate, authorise_practice, evaluate, site_visible,

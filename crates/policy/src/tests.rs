@@ -1007,3 +1007,78 @@ fn bucket_is_exact_under_contention() {
     let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(admitted, 1000);
 }
+
+// --- extraction limits -------------------------------------------------------------
+
+/// Runs `f` on a thread with the 2 MiB stack tokio gives its workers.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deep_or_long_commands_are_errors_not_stack_overflows() {
+    let refused = [
+        format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000)),
+        format!(
+            "SELECT * FROM {}SELECT 1 AS a{}",
+            "(SELECT * FROM ".repeat(100),
+            ") x".repeat(100)
+        ),
+        format!("SELECT 1{}", " + 1".repeat(10_000)),
+        format!("SELECT 1{}", " UNION SELECT 1".repeat(10_000)),
+        format!(
+            "SELECT CASE {}1 {}",
+            "WHEN 1 = 1 THEN CASE ".repeat(30),
+            "END ".repeat(31)
+        ),
+    ];
+    for sql in refused {
+        let r = on_small_stack(move || extract_components(&sql));
+        assert!(
+            matches!(
+                r,
+                Err(PolicyError::SqlUnsupported(_) | PolicyError::SqlParse(_))
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn the_longest_accepted_chains_fit_a_small_stack() {
+    // Just under MAX_TOKENS: a left-deep tree about 2 000 levels deep.
+    let plus = format!("SELECT 1{}", " + 1".repeat((MAX_TOKENS - 4) / 2));
+    let and = format!(
+        "SELECT * FROM patients WHERE 1 = 1{}",
+        " AND 1 = 1".repeat((MAX_TOKENS - 10) / 4)
+    );
+    for sql in [plus, and] {
+        assert!(on_small_stack(move || extract_components(&sql)).is_ok());
+    }
+    let nested = format!(
+        "SELECT * FROM {}SELECT 1 AS a{}",
+        "(SELECT * FROM ".repeat(MAX_NESTING - 1),
+        ") x".repeat(MAX_NESTING - 1)
+    );
+    // Within the parenthesis limit; the parser's own recursion limit may still
+    // refuse it, but it must not crash.
+    let _ = on_small_stack(move || extract_components(&nested));
+}
+
+#[test]
+fn batches_count_statements_and_union_their_kinds() {
+    let c = extract_components("SELECT * FROM a; INSERT INTO b VALUES (1); EXEC p").unwrap();
+    assert_eq!(c.statement_count(), 3);
+    assert!(
+        c.has(StatementKind::Read) && c.has(StatementKind::Write) && c.has(StatementKind::Call)
+    );
+    assert!(c.writes());
+    assert!(!c.has(StatementKind::Ddl) && !c.has(StatementKind::Other));
+    assert_eq!(c.tables().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(c.procedures().collect::<Vec<_>>(), ["p"]);
+}
