@@ -295,7 +295,7 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
 }
 
 /// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
-fn claim_crns(
+pub(crate) fn claim_crns(
     branches: &mut Map<GroupKey, BranchClaim>,
     demo_real: &mut Map<GroupKey, u32>,
     site: &Site,

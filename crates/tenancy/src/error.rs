@@ -155,6 +155,15 @@ pub enum TenancyError {
     /// A log entry had a format version this build does not know.
     #[error("event format version {0} is not supported")]
     UnsupportedVersion(u32),
+    /// A snapshot had a format version this build does not read.
+    #[error("snapshot format version {0} is not supported")]
+    UnsupportedSnapshotVersion(u32),
+    /// A snapshot's parts do not fit together (damaged or forged).
+    #[error("invalid snapshot: {what}")]
+    InvalidSnapshot {
+        /// The rule broken.
+        what: &'static str,
+    },
     /// Replaying a log failed at one entry.
     #[error("replay failed at entry {index}: {source}")]
     Replay {
@@ -174,7 +183,9 @@ impl TenancyError {
             | TenancyError::DuplicateCatalogue
             | TenancyError::SeveralDefaultCatalogues
             | TenancyError::DemoInProduction
-            | TenancyError::UnsupportedVersion(_) => ErrorClass::Invalid,
+            | TenancyError::UnsupportedVersion(_)
+            | TenancyError::UnsupportedSnapshotVersion(_)
+            | TenancyError::InvalidSnapshot { .. } => ErrorClass::Invalid,
             TenancyError::Authority(
                 AuthorityError::MissingActor | AuthorityError::MissingReason,
             ) => ErrorClass::Invalid,

@@ -16,7 +16,9 @@
 //! refresh. A refused event returns a [`TenancyError`] and changes nothing.
 //! Replaying the same events with the same times from an empty registry gives an
 //! equal registry ([`Registry::replay`]); the events, wrapped in [`LogEntry`], are
-//! the durable log format and are versioned.
+//! the durable log format and are versioned. [`Registry::to_snapshot`] and
+//! [`Registry::from_snapshot`] save and restore the whole state (a versioned
+//! [`RegistrySnapshot`]) so that recovery need not replay the whole log.
 //!
 //! # Rules
 //!
@@ -91,6 +93,7 @@ mod error;
 mod event;
 mod registry;
 mod site;
+mod snapshot;
 
 pub use availability::{Availability, AvailabilityConfig};
 pub use change::Change;
@@ -98,6 +101,7 @@ pub use error::{ErrorClass, TenancyError, TextField, TextRule};
 pub use event::{Catalogue, DatabaseIdentity, EVENT_VERSION, Event, LogEntry};
 pub use registry::{CrnLookup, Group, Promotion, Registry};
 pub use site::{Link, LinkStatus, Site, SiteStatus};
+pub use snapshot::{RegistrySnapshot, SNAPSHOT_VERSION};
 
 pub use halo_authority::{Epoch, GroupKey};
 

@@ -19,8 +19,8 @@ pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// bounded by the number of distinct values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Interner {
-    texts: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    catalogues: HashSet<Arc<[Catalogue]>, foldhash::fast::RandomState>,
+    pub(crate) texts: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    pub(crate) catalogues: HashSet<Arc<[Catalogue]>, foldhash::fast::RandomState>,
 }
 
 impl Interner {
@@ -70,6 +70,11 @@ impl SiteTable {
         let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
         self.index.insert(site.halo, index);
         self.list.push(site);
+    }
+
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.list.reserve(additional);
+        self.index.reserve(additional);
     }
 
     pub(crate) fn values(&self) -> std::slice::Iter<'_, Site> {

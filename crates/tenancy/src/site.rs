@@ -9,7 +9,8 @@ use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use crate::Catalogue;
 
 /// The lifecycle of a site: `initialising` → `active` → `removed` | `uninstalled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SiteStatus {
     /// Attached; the Link is still preparing it.
     Initialising,
@@ -160,7 +161,8 @@ impl Site {
 }
 
 /// Whether a Link is installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LinkStatus {
     /// Registered and serving.
     Active,

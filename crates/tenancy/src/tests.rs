@@ -3,3 +3,4 @@
 mod fixture;
 mod props;
 mod scenarios;
+mod snapshot;

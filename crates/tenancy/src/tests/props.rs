@@ -20,7 +20,7 @@ fn crn_of(i: usize) -> Crn {
 /// An abstract step, resolved against the registry's current state when it is
 /// applied, so that most steps name sites that exist and fit (and some do not).
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Register(u128, Environment),
     /// Attach a fresh database (or, with `Some`, re-attach the n-th site) via a Link.
     Attach(u128, Option<usize>, DatabaseIdentity),
@@ -60,7 +60,7 @@ fn wrong() -> impl Strategy<Value = bool> {
     (0..8u8).prop_map(|r| r == 0)
 }
 
-fn arb_op() -> impl Strategy<Value = Op> {
+pub(super) fn arb_op() -> impl Strategy<Value = Op> {
     let link = 1..=LINKS;
     let idx = 0..64usize;
     prop_oneof![
@@ -84,7 +84,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
 /// Resolves an op against `known`, the sites created so far in creation order. The
 /// `i`-th pick prefers recent live sites three times in four, else any site (retired
 /// ones included, so that some steps are refused).
-fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
+pub(super) fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
     let pick = |i: usize| -> Option<(HaloGuid, halo_ids::LinkGuid)> {
         let n = known.len();
         if n == 0 {
@@ -163,7 +163,7 @@ fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
 }
 
 /// Ops with the (mostly increasing) times they are applied at.
-fn arb_log(max: usize) -> impl Strategy<Value = Vec<(u64, Op)>> {
+pub(super) fn arb_log(max: usize) -> impl Strategy<Value = Vec<(u64, Op)>> {
     prop::collection::vec((0..120_000u64, arb_op()), 1..max).prop_map(|steps| {
         let mut now = 0u64;
         steps
@@ -258,7 +258,10 @@ fn holder_change_allowed(
     }
 }
 
-fn run(log: &[(u64, Op)], check_steps: bool) -> Result<(Registry, Vec<LogEntry>), TestCaseError> {
+pub(super) fn run(
+    log: &[(u64, Op)],
+    check_steps: bool,
+) -> Result<(Registry, Vec<LogEntry>), TestCaseError> {
     let mut reg = Registry::new();
     let mut applied = Vec::new();
     let mut known = Vec::new();

@@ -1,0 +1,406 @@
+//! Snapshots: the whole registry as one versioned, serde-serialisable value, so that
+//! recovery loads a snapshot and replays only the events after it.
+//!
+//! The snapshot holds only what events decided; everything derived (the Halo GUID
+//! index, each Link's site list, branch CRN claims, demo real-CRN counts, group
+//! members and holders) is rebuilt by [`Registry::from_snapshot`], which also checks
+//! that the parts fit together. Order never depends on hash-map iteration: sites are
+//! in attach order, everything else is sorted, so equal registries give equal
+//! snapshots. Versions and catalogue lists shared by many sites are written once, in
+//! tables that sites refer to by index. The frozen fixture
+//! `tests/fixtures/snapshot_v1.json` is loaded by a test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use halo_authority::{Epoch, GroupKey, GroupState, Member};
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{Group, Promotion};
+use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
+
+/// The snapshot format version this build writes (and the only one it reads).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The whole state of a [`Registry`], from [`Registry::to_snapshot`], for
+/// [`Registry::from_snapshot`]. Serialise it with serde (JSON: a few hundred bytes
+/// per site). Its fields are private: a snapshot is made from a registry or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySnapshot {
+    version: u32,
+    /// Interned texts (Link and PMS versions), sorted.
+    texts: Vec<Box<str>>,
+    /// Interned catalogue lists, sorted.
+    catalogues: Vec<Box<[Catalogue]>>,
+    /// Links, sorted by GUID.
+    links: Vec<LinkRecord>,
+    /// Sites in attach order.
+    sites: Vec<SiteRecord>,
+    /// Groups, sorted by key.
+    groups: Vec<GroupRecord>,
+    /// (previous install, its reinstall), sorted.
+    successors: Vec<(HaloGuid, HaloGuid)>,
+}
+
+impl RegistrySnapshot {
+    /// The format version ([`SNAPSHOT_VERSION`] when made by this build).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The number of sites in the snapshot.
+    pub fn site_count(&self) -> usize {
+        self.sites.len()
+    }
+}
+
+fn cat_key(c: &Catalogue) -> (&str, bool) {
+    (&c.name, c.is_default)
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkRecord {
+    guid: LinkGuid,
+    env: Environment,
+    status: LinkStatus,
+    heard: Timestamp,
+    /// Index into `texts`.
+    ver: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteRecord {
+    halo: HaloGuid,
+    link: LinkGuid,
+    env: Environment,
+    pms: PmsType,
+    /// The real (parent) CRN.
+    crn: Crn,
+    #[serde(default, skip_serializing_if = "is_false")]
+    demo: bool,
+    status: SiteStatus,
+    #[serde(default, skip_serializing_if = "is_false")]
+    auth: bool,
+    epoch: Epoch,
+    heard: Timestamp,
+    #[serde(default, skip_serializing_if = "<[Crn]>::is_empty")]
+    branches: Box<[Crn]>,
+    name: Box<str>,
+    /// Index into `texts`.
+    ver: u32,
+    /// Index into `catalogues`.
+    cats: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRecord {
+    env: Environment,
+    pms_id: PmsId,
+    epoch: Epoch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vacated_by: Option<Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    promotion: Option<PromotionRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromotionRecord {
+    site: HaloGuid,
+    actor: Box<str>,
+    reason: Box<str>,
+    at: Timestamp,
+    epoch: Epoch,
+}
+
+/// Index of each distinct value in a sorted table.
+fn table_index<'a, T: ?Sized + Eq + std::hash::Hash + 'a>(
+    table: impl Iterator<Item = &'a T>,
+) -> HashMap<&'a T, u32, foldhash::fast::RandomState> {
+    table
+        .enumerate()
+        .map(|(i, v)| (v, u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect()
+}
+
+/// Finds `value` in a table, appending it if missing. Every version and catalogue
+/// list a site or Link holds comes from the interner, so the append is a safety net.
+fn lookup<T: Eq + std::hash::Hash + ?Sized>(
+    index: &HashMap<&T, u32, foldhash::fast::RandomState>,
+    extra: &mut Vec<Box<T>>,
+    base: usize,
+    value: &T,
+) -> u32
+where
+    Box<T>: for<'x> From<&'x T>,
+{
+    if let Some(i) = index.get(value) {
+        return *i;
+    }
+    if let Some(i) = extra.iter().position(|v| **v == *value) {
+        return u32::try_from(base + i).unwrap_or(u32::MAX);
+    }
+    extra.push(Box::from(value));
+    u32::try_from(base + extra.len() - 1).unwrap_or(u32::MAX)
+}
+
+fn invalid(what: &'static str) -> TenancyError {
+    TenancyError::InvalidSnapshot { what }
+}
+
+impl Registry {
+    /// The whole registry as a [`RegistrySnapshot`]. Equal registries give equal
+    /// snapshots, and [`Registry::from_snapshot`] gives back an equal registry.
+    pub fn to_snapshot(&self) -> RegistrySnapshot {
+        let mut texts: Vec<&str> = self.interned.texts.iter().map(|t| &**t).collect();
+        texts.sort_unstable();
+        let mut catalogues: Vec<&[Catalogue]> =
+            self.interned.catalogues.iter().map(|c| &**c).collect();
+        catalogues.sort_unstable_by(|a, b| a.iter().map(cat_key).cmp(b.iter().map(cat_key)));
+        let text_index = table_index(texts.iter().copied());
+        let catalogue_index = table_index(catalogues.iter().copied());
+        let (text_base, catalogue_base) = (texts.len(), catalogues.len());
+        let mut extra_texts: Vec<Box<str>> = Vec::new();
+        let mut extra_catalogues: Vec<Box<[Catalogue]>> = Vec::new();
+
+        let mut links: Vec<LinkRecord> = self
+            .links
+            .values()
+            .map(|l| LinkRecord {
+                guid: l.guid,
+                env: l.environment,
+                status: l.status,
+                heard: l.last_heard,
+                ver: lookup(&text_index, &mut extra_texts, text_base, &l.version),
+            })
+            .collect();
+        links.sort_unstable_by_key(|l| l.guid);
+
+        let sites = self
+            .sites
+            .values()
+            .map(|s| SiteRecord {
+                halo: s.halo,
+                link: s.link,
+                env: s.environment,
+                pms: s.pms_type,
+                crn: s.real_crn,
+                demo: s.demo,
+                status: s.status,
+                auth: s.authoritative,
+                epoch: s.epoch,
+                heard: s.last_heard,
+                branches: s.branch_crns.clone(),
+                name: s.practice_name.clone(),
+                ver: lookup(&text_index, &mut extra_texts, text_base, &s.pms_version),
+                cats: lookup(
+                    &catalogue_index,
+                    &mut extra_catalogues,
+                    catalogue_base,
+                    &s.catalogues,
+                ),
+            })
+            .collect();
+
+        let mut groups: Vec<GroupRecord> = self
+            .groups
+            .iter()
+            .map(|(key, g)| GroupRecord {
+                env: key.environment,
+                pms_id: key.pms_id,
+                epoch: g.state.epoch(),
+                vacated_by: g.state.vacated_by().copied(),
+                promotion: g.last_promotion.as_deref().map(|p| PromotionRecord {
+                    site: p.site,
+                    actor: p.actor.clone(),
+                    reason: p.reason.clone(),
+                    at: p.at,
+                    epoch: p.epoch,
+                }),
+            })
+            .collect();
+        groups.sort_unstable_by_key(|g| (g.env, g.pms_id));
+
+        let mut successors: Vec<(HaloGuid, HaloGuid)> =
+            self.successors.iter().map(|(p, s)| (*p, *s)).collect();
+        successors.sort_unstable();
+
+        RegistrySnapshot {
+            version: SNAPSHOT_VERSION,
+            texts: texts
+                .into_iter()
+                .map(Box::from)
+                .chain(extra_texts)
+                .collect(),
+            catalogues: catalogues
+                .into_iter()
+                .map(Box::from)
+                .chain(extra_catalogues)
+                .collect(),
+            links,
+            sites,
+            groups,
+            successors,
+        }
+    }
+
+    /// Rebuilds a registry from a snapshot, with every derived index, and checks that
+    /// its parts fit together (references resolve, no duplicates, at most one
+    /// authoritative live site per group, live sites carry their group's epoch).
+    ///
+    /// # Errors
+    /// [`TenancyError::UnsupportedSnapshotVersion`] for a format this build does not
+    /// read; [`TenancyError::InvalidSnapshot`] for a damaged or inconsistent one.
+    pub fn from_snapshot(snapshot: RegistrySnapshot) -> Result<Registry, TenancyError> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(TenancyError::UnsupportedSnapshotVersion(snapshot.version));
+        }
+        let mut reg = Registry::new();
+        let texts: Vec<Arc<str>> = snapshot
+            .texts
+            .iter()
+            .map(|t| reg.interned.text(t))
+            .collect();
+        let catalogues: Vec<Arc<[Catalogue]>> = snapshot
+            .catalogues
+            .iter()
+            .map(|c| reg.interned.catalogues(c))
+            .collect();
+        let text = |i: u32| {
+            texts
+                .get(i as usize)
+                .cloned()
+                .ok_or(invalid("a version index is out of range"))
+        };
+
+        reg.links.reserve(snapshot.links.len());
+        for l in snapshot.links {
+            let link = Link {
+                guid: l.guid,
+                environment: l.env,
+                status: l.status,
+                last_heard: l.heard,
+                version: text(l.ver)?,
+                sites: Vec::new(),
+            };
+            if reg.links.insert(l.guid, link).is_some() {
+                return Err(invalid("a link appears twice"));
+            }
+        }
+
+        // Groups first, so that each live site can be checked against its group.
+        let mut members: HashMap<
+            GroupKey,
+            (Option<HaloGuid>, Vec<Member>),
+            foldhash::fast::RandomState,
+        > = HashMap::default();
+        reg.groups.reserve(snapshot.groups.len());
+        let mut pending: Vec<(GroupKey, Epoch, Option<Member>)> =
+            Vec::with_capacity(snapshot.groups.len());
+        for g in snapshot.groups {
+            let key = GroupKey::new(g.env, g.pms_id);
+            let last_promotion = g.promotion.map(|p| {
+                Box::new(Promotion {
+                    site: p.site,
+                    actor: p.actor,
+                    reason: p.reason,
+                    at: p.at,
+                    epoch: p.epoch,
+                })
+            });
+            let group = Group {
+                state: GroupState::new(),
+                last_promotion,
+            };
+            if reg.groups.insert(key, group).is_some() {
+                return Err(invalid("a group appears twice"));
+            }
+            pending.push((key, g.epoch, g.vacated_by));
+        }
+        let epochs: HashMap<GroupKey, Epoch, foldhash::fast::RandomState> =
+            pending.iter().map(|(k, e, _)| (*k, *e)).collect();
+
+        reg.sites.reserve(snapshot.sites.len());
+        for s in snapshot.sites {
+            if reg.sites.get(&s.halo).is_some() {
+                return Err(invalid("a site appears twice"));
+            }
+            let site = Site {
+                halo: s.halo,
+                link: s.link,
+                environment: s.env,
+                pms_type: s.pms,
+                real_crn: s.crn,
+                demo: s.demo,
+                status: s.status,
+                authoritative: s.auth,
+                epoch: s.epoch,
+                last_heard: s.heard,
+                branch_crns: s.branches,
+                practice_name: s.name,
+                pms_version: text(s.ver)?,
+                catalogues: catalogues
+                    .get(s.cats as usize)
+                    .cloned()
+                    .ok_or(invalid("a catalogue index is out of range"))?,
+            };
+            let link = reg
+                .links
+                .get_mut(&site.link)
+                .ok_or(invalid("a site names an unknown link"))?;
+            link.sites.push(site.halo);
+            if site.status.is_live() {
+                let key = site.group_key();
+                if epochs.get(&key) != Some(&site.epoch) {
+                    return Err(invalid("a live site is not at its group's epoch"));
+                }
+                let entry = members.entry(key).or_default();
+                if site.authoritative {
+                    if entry.0.is_some() {
+                        return Err(invalid("two authoritative sites in one group"));
+                    }
+                    entry.0 = Some(site.halo);
+                }
+                // Tenancy sites are always eligible (see `apply`).
+                entry.1.push(Member {
+                    site: site.halo,
+                    link: site.link,
+                    eligible: true,
+                });
+                crate::apply::claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
+            } else if site.authoritative {
+                return Err(invalid("a retired site is authoritative"));
+            }
+            reg.sites.insert(site);
+        }
+
+        for (key, epoch, vacated_by) in pending {
+            let (holder, list) = members.remove(&key).unwrap_or_default();
+            let state = GroupState::from_parts(holder, epoch, vacated_by, list)
+                .map_err(TenancyError::Authority)?;
+            if let Some(group) = reg.groups.get_mut(&key) {
+                group.state = state;
+            }
+        }
+
+        reg.successors.reserve(snapshot.successors.len());
+        for (previous, next) in snapshot.successors {
+            if reg.sites.get(&previous).is_none() || reg.sites.get(&next).is_none() {
+                return Err(invalid("a reinstall names an unknown site"));
+            }
+            if reg.successors.insert(previous, next).is_some() {
+                return Err(invalid("a site was reinstalled twice"));
+            }
+        }
+        Ok(reg)
+    }
+}
