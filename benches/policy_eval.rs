@@ -7,21 +7,22 @@
 //! must do); figures are reported as ratios to them.
 //!
 //! Results, 2026-11-27, 2-core shared VM under load (load average ~8, so absolute
-//! numbers are noisy; the ratios are from the same run). Policy of 1 000
+//! numbers are noisy and vary ~20% between runs; the ratios are from the same run;
+//! compile figures are from an earlier run of the same code path). Policy of 1 000
 //! integrators x 10 practices; `take` with an integrator rate limit and quota:
 //!
 //! | benchmark | time | vs hashmap hit | vs key sha256 |
 //! | --- | --- | --- | --- |
-//! | baseline_hashmap_lookup | 7.0 ns | 1x | |
-//! | baseline_key_sha256 | 175 ns | 25x | 1x |
-//! | evaluate allow_short (1 table) | 401 ns | 58x | 2.3x |
-//! | evaluate allow_long (8 tables, 1 procedure) | 654 ns | 94x | 3.7x |
-//! | evaluate deny_unknown_key | 186 ns | 27x | 1.1x |
-//! | evaluate deny_unknown_site | 166 ns | 24x | 0.95x |
-//! | evaluate deny_component (formats a message) | 677 ns | 97x | 3.9x |
-//! | take_rate_and_quota (2 CAS) | 101 ns | 15x | |
-//! | extract_components short (1 statement) | 20 us | | |
-//! | extract_components long (3 statements, 2 CTEs, 5 subqueries) | 511 us | | |
+//! | baseline_hashmap_lookup | 6.8 ns | 1x | |
+//! | baseline_key_sha256 | 170 ns | 25x | 1x |
+//! | evaluate allow_short (1 table) | 446 ns | 66x | 2.6x |
+//! | evaluate allow_long (8 tables, 1 procedure) | 501 ns | 74x | 2.9x |
+//! | evaluate deny_unknown_key | 209 ns | 31x | 1.2x |
+//! | evaluate deny_unknown_site | 207 ns | 31x | 1.2x |
+//! | evaluate deny_component (formats a message) | 592 ns | 88x | 3.5x |
+//! | take_rate_and_quota (2 CAS) | 75 ns | 11x | |
+//! | extract_components short (1 statement) | 25 us | | |
+//! | extract_components long (3 statements, 2 CTEs, 5 subqueries) | 638 us | | |
 //! | compile 10 000 integrators x 100 practices (10^6 grants) | 247 ms | | |
 //! | same, carrying counters from the previous snapshot | 366 ms | | |
 //! | compile 1 000 integrators x 1 000 practices (10^6 grants) | 157 ms | | |
