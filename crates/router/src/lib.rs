@@ -1,4 +1,93 @@
 //! Lock-free query router: resolves sites, checks authority and policy, dispatches to Link sessions.
+//!
+//! A [`Router`] holds one compact [`Route`] record per live site in a lock-free table
+//! (`scc::HashIndex`, chosen by measurement: see `router.rs`), the current
+//! [`halo_policy::Policy`] snapshot in an `ArcSwap`, and one entry per Link with its
+//! liveness (an atomic last-heard time) and its attached [`LinkSession`], if any.
+//!
+//! - **Read path** ([`Router::route`], [`Router::decide`]): resolve the Halo GUID,
+//!   evaluate the policy (key first, so an unauthenticated caller learns nothing about
+//!   sites; then visibility, environment, status, pairing, authority, components), re-check
+//!   status and authority, take a rate-limit token, reserve a place on the Link's bounded
+//!   queue and enqueue a [`Job`] stamped with a [`QueryId`], the authority epoch and its
+//!   deadlines. No lock anywhere on it.
+//! - **Write path** ([`Router::apply_changes`], [`Router::set_policy`],
+//!   [`Router::heard`]): the Cloud's single writer feeds registry changes and policy
+//!   snapshots in; records are replaced whole, readers never stop, heartbeats are one
+//!   atomic `fetch_max`. The table never holds two authoritative sites of one group.
+//! - **Completion**: the Link's connection task takes jobs from its [`LinkSession`]
+//!   ([`LinkSession::next_job`]) and answers with [`LinkSession::complete`]; the caller
+//!   awaits its [`Dispatch`]. Completion, timeout ([`Dispatch::expire`],
+//!   [`Router::expire_overdue`]), cancellation (dropping the `Dispatch`) and detach race
+//!   for one compare-and-swap: exactly one wins and releases the in-flight slot.
+//! - Errors are [`RouteError`]s with an HTTP status ([`RouteError::http_status`]) and a
+//!   class ([`ErrorClass`]).
+//!
+//! The crate reads no clock (time comes in as [`halo_ids::Timestamp`]s) and needs no
+//! runtime: [`Dispatch`] and [`NextJob`] are plain futures that work on any executor.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+//! use halo_policy::{extract_components, ExecutionMode, Grants, KeyHash, PolicyEvent};
+//! use halo_router::{Command, Delivery, QueryOutput, RouteRequest, Router, RouterConfig};
+//! use halo_tenancy::{DatabaseIdentity, Event, Registry};
+//!
+//! let (link, site) = (LinkGuid::from_u128(1)?, HaloGuid::from_u128(2)?);
+//! let now = Timestamp::from_millis(1_000);
+//! let router = Router::new(RouterConfig::standard());
+//!
+//! // The writer: registry events in, changes to the router.
+//! let mut registry = Registry::new();
+//! let identity = DatabaseIdentity {
+//!     pms_type: PmsType::D4w, crn: "AB123".parse()?, branch_crns: vec![],
+//!     practice_name: "Smile Dental".into(), pms_version: "1".into(),
+//!     catalogues: vec![], demo: false,
+//! };
+//! for event in [
+//!     Event::LinkRegistered { link, environment: Environment::Stage, version: "1".into() },
+//!     Event::DatabaseAttached { link, site, identity },
+//!     Event::DatabaseReady { link, site },
+//! ] {
+//!     let changes = registry.apply(&event, now).expect("valid event");
+//!     router.apply_changes(&registry, &changes);
+//! }
+//! let acme: halo_policy::IntegratorId = "acme".parse()?;
+//! let pms_id: halo_ids::PmsId = "D4w:AB123".parse()?;
+//! let mut grants = Grants::default();
+//! for event in [
+//!     PolicyEvent::IntegratorEnabled { integrator: acme.clone(), pms_type: PmsType::D4w },
+//!     PolicyEvent::ComponentsAuthorised {
+//!         integrator: acme.clone(), pms_type: PmsType::D4w, catalogues: vec![],
+//!         tables: vec!["patients".into()], procedures: vec![], allow_write: false,
+//!     },
+//!     PolicyEvent::KeyIssued {
+//!         integrator: acme.clone(), environment: Environment::Stage, key_hash: KeyHash::of("k1"),
+//!     },
+//!     PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id },
+//!     PolicyEvent::SitePaired { integrator: acme.clone(), pms_id },
+//! ] {
+//!     grants.apply(&event).expect("valid grant");
+//! }
+//! router.set_policy(Arc::new(grants.compile()));
+//!
+//! // The Link's connection task attaches; an integrator request is routed to it.
+//! let mut session = router.attach_link(link);
+//! let dispatch = router.route(RouteRequest {
+//!     key: "k1", caller_ip: None, halo: site, now, max_time_in_queue: None, catalogue: None,
+//!     components: Arc::new(extract_components("SELECT * FROM Patients").expect("parses")),
+//!     command: Command {
+//!         text: "SELECT * FROM Patients".into(), mode: ExecutionMode::Reader, parameters: None,
+//!     },
+//! }).expect("routed");
+//! let job = session.try_next_job().expect("attached").expect("queued");
+//! assert_eq!(job.halo, site);
+//! let output = QueryOutput { data: b"[]".to_vec(), rows: 0, sql_execution: Default::default() };
+//! assert_eq!(session.complete(job.query_id, Ok(output)), Delivery::Delivered);
+//! // `dispatch.await` now yields the output (on any executor).
+//! # drop(dispatch);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod dispatch;
 mod error;

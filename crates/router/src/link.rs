@@ -366,9 +366,8 @@ impl LinkSession {
         NextJob { session: self }
     }
 
-    /// The next job if one is queued now, without waiting. `Ok(None)` means the queue
-    /// is empty; `Err(())`-like `None` from [`LinkSession::next_job`] is reported here
-    /// as [`RouteError::Unreachable`] once the session is detached.
+    /// The next job if one is queued now, without waiting: `Ok(None)` when the queue
+    /// is empty. Jobs whose caller already gave up are skipped.
     ///
     /// # Errors
     /// [`RouteError::Unreachable`] once the session is detached or replaced.

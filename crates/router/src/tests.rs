@@ -415,3 +415,26 @@ fn router_and_handles_are_send_and_sync() {
     send::<crate::LinkSession>();
     send::<crate::Job>();
 }
+
+#[test]
+fn cancelled_jobs_piling_up_unread_make_the_site_busy_not_unreachable() {
+    let mut config = RouterConfig::standard();
+    config.link_capacity = 2;
+    let (router, _) = setup(config);
+    let mut session = router.attach_link(link(1));
+    // The Link reads nothing; callers keep giving up. Live places free up, dead jobs
+    // stay queued until the channel (twice the capacity) is full.
+    for _ in 0..4 {
+        drop(router.route(request(halo(1))).unwrap());
+    }
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
+    assert_eq!(session.in_flight(), 0);
+    // Once the Link drains (skipping the dead jobs), routing works again.
+    assert!(session.try_next_job().unwrap().is_none());
+    let d = router.route(request(halo(1))).unwrap();
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(job.query_id, d.query_id());
+}
