@@ -75,10 +75,10 @@ impl GroupState {
         members: Vec<Member>,
     ) -> Result<Self, AuthorityError> {
         let broken = |what| Err(AuthorityError::InconsistentState { what });
-        for (i, m) in members.iter().enumerate() {
-            if members[..i].iter().any(|o| o.site == m.site) {
-                return broken("a site is a member twice");
-            }
+        let mut sites: Vec<HaloGuid> = members.iter().map(|m| m.site).collect();
+        sites.sort_unstable();
+        if sites.windows(2).any(|w| w[0] == w[1]) {
+            return broken("a site is a member twice");
         }
         if let Some(h) = holder {
             if !members.iter().any(|m| m.site == h && m.eligible) {

@@ -72,6 +72,19 @@ impl SiteTable {
         self.list.push(site);
     }
 
+    /// Adds a site unless its Halo GUID is already present; says whether it did.
+    pub(crate) fn insert_new(&mut self, site: Site) -> bool {
+        let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
+        match self.index.entry(site.halo) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+                self.list.push(site);
+                true
+            }
+        }
+    }
+
     pub(crate) fn reserve(&mut self, additional: usize) {
         self.list.reserve(additional);
         self.index.reserve(additional);

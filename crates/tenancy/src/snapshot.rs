@@ -17,7 +17,7 @@ use halo_authority::{Epoch, GroupKey, GroupState, Member};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{Group, Promotion};
+use crate::registry::{Group, Map, Promotion};
 use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
 
 /// The snapshot format version this build writes (and the only one it reads).
@@ -38,7 +38,8 @@ pub struct RegistrySnapshot {
     links: Vec<LinkRecord>,
     /// Sites in attach order.
     sites: Vec<SiteRecord>,
-    /// Groups, sorted by key.
+    /// Groups that are empty, vacated or promoted, sorted by key (the others are
+    /// rebuilt from their live members).
     groups: Vec<GroupRecord>,
     /// (previous install, its reinstall), sorted.
     successors: Vec<(HaloGuid, HaloGuid)>,
@@ -60,6 +61,14 @@ fn cat_key(c: &Catalogue) -> (&str, bool) {
     (&c.name, c.is_default)
 }
 
+fn active() -> LinkStatus {
+    LinkStatus::Active
+}
+
+fn is_active(status: &LinkStatus) -> bool {
+    *status == LinkStatus::Active
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -69,6 +78,7 @@ fn is_false(b: &bool) -> bool {
 struct LinkRecord {
     guid: LinkGuid,
     env: Environment,
+    #[serde(default = "active", skip_serializing_if = "is_active")]
     status: LinkStatus,
     heard: Timestamp,
     /// Index into `texts`.
@@ -120,6 +130,18 @@ struct PromotionRecord {
     reason: Box<str>,
     at: Timestamp,
     epoch: Epoch,
+}
+
+/// A group being rebuilt.
+struct Pending {
+    key: GroupKey,
+    epoch: Epoch,
+    /// Whether the snapshot had a record for it.
+    written: bool,
+    vacated_by: Option<Member>,
+    promotion: Option<PromotionRecord>,
+    holder: Option<HaloGuid>,
+    members: Vec<Member>,
 }
 
 /// Index of each distinct value in a sorted table.
@@ -214,6 +236,11 @@ impl Registry {
         let mut groups: Vec<GroupRecord> = self
             .groups
             .iter()
+            .filter(|(_, g)| {
+                // A group with live members and nothing else to say is rebuilt from
+                // its members (they carry its epoch).
+                g.state.is_empty() || g.state.vacated_by().is_some() || g.last_promotion.is_some()
+            })
             .map(|(key, g)| GroupRecord {
                 env: key.environment,
                 pms_id: key.pms_id,
@@ -297,43 +324,31 @@ impl Registry {
             }
         }
 
-        // Groups first, so that each live site can be checked against its group.
-        let mut members: HashMap<
-            GroupKey,
-            (Option<HaloGuid>, Vec<Member>),
-            foldhash::fast::RandomState,
-        > = HashMap::default();
-        reg.groups.reserve(snapshot.groups.len());
-        let mut pending: Vec<(GroupKey, Epoch, Option<Member>)> =
-            Vec::with_capacity(snapshot.groups.len());
+        // Groups: the written ones first, then each live site joins its group (a
+        // group that has live members and nothing else to say was not written; its
+        // epoch is its members').
+        let mut index: Map<GroupKey, u32> = Map::default();
+        index.reserve(snapshot.groups.len() + snapshot.sites.len() / 2);
+        let mut pending: Vec<Pending> = Vec::with_capacity(index.capacity());
         for g in snapshot.groups {
             let key = GroupKey::new(g.env, g.pms_id);
-            let last_promotion = g.promotion.map(|p| {
-                Box::new(Promotion {
-                    site: p.site,
-                    actor: p.actor,
-                    reason: p.reason,
-                    at: p.at,
-                    epoch: p.epoch,
-                })
-            });
-            let group = Group {
-                state: GroupState::new(),
-                last_promotion,
-            };
-            if reg.groups.insert(key, group).is_some() {
+            let slot = u32::try_from(pending.len()).map_err(|_| invalid("too many groups"))?;
+            if index.insert(key, slot).is_some() {
                 return Err(invalid("a group appears twice"));
             }
-            pending.push((key, g.epoch, g.vacated_by));
+            pending.push(Pending {
+                key,
+                epoch: g.epoch,
+                written: true,
+                vacated_by: g.vacated_by,
+                promotion: g.promotion,
+                holder: None,
+                members: Vec::new(),
+            });
         }
-        let epochs: HashMap<GroupKey, Epoch, foldhash::fast::RandomState> =
-            pending.iter().map(|(k, e, _)| (*k, *e)).collect();
 
         reg.sites.reserve(snapshot.sites.len());
         for s in snapshot.sites {
-            if reg.sites.get(&s.halo).is_some() {
-                return Err(invalid("a site appears twice"));
-            }
             let site = Site {
                 halo: s.halo,
                 link: s.link,
@@ -360,18 +375,32 @@ impl Registry {
             link.sites.push(site.halo);
             if site.status.is_live() {
                 let key = site.group_key();
-                if epochs.get(&key) != Some(&site.epoch) {
+                let slot = *index.entry(key).or_insert_with(|| {
+                    pending.push(Pending {
+                        key,
+                        epoch: site.epoch,
+                        written: false,
+                        vacated_by: None,
+                        promotion: None,
+                        holder: None,
+                        members: Vec::new(),
+                    });
+                    u32::try_from(pending.len() - 1).unwrap_or(u32::MAX)
+                });
+                let group = pending
+                    .get_mut(slot as usize)
+                    .ok_or(invalid("too many groups"))?;
+                if group.epoch != site.epoch {
                     return Err(invalid("a live site is not at its group's epoch"));
                 }
-                let entry = members.entry(key).or_default();
                 if site.authoritative {
-                    if entry.0.is_some() {
+                    if group.holder.is_some() {
                         return Err(invalid("two authoritative sites in one group"));
                     }
-                    entry.0 = Some(site.halo);
+                    group.holder = Some(site.halo);
                 }
                 // Tenancy sites are always eligible (see `apply`).
-                entry.1.push(Member {
+                group.members.push(Member {
                     site: site.halo,
                     link: site.link,
                     eligible: true,
@@ -380,16 +409,37 @@ impl Registry {
             } else if site.authoritative {
                 return Err(invalid("a retired site is authoritative"));
             }
-            reg.sites.insert(site);
-        }
-
-        for (key, epoch, vacated_by) in pending {
-            let (holder, list) = members.remove(&key).unwrap_or_default();
-            let state = GroupState::from_parts(holder, epoch, vacated_by, list)
-                .map_err(TenancyError::Authority)?;
-            if let Some(group) = reg.groups.get_mut(&key) {
-                group.state = state;
+            if !reg.sites.insert_new(site) {
+                return Err(invalid("a site appears twice"));
             }
+        }
+        drop(index);
+
+        reg.groups.reserve(pending.len());
+        for g in pending {
+            if g.written && g.vacated_by.is_none() && g.promotion.is_none() && !g.members.is_empty()
+            {
+                // The writer leaves such a group out; keeping it makes two encodings.
+                return Err(invalid("a group that needs no record has one"));
+            }
+            let state = GroupState::from_parts(g.holder, g.epoch, g.vacated_by, g.members)
+                .map_err(TenancyError::Authority)?;
+            let last_promotion = g.promotion.map(|p| {
+                Box::new(Promotion {
+                    site: p.site,
+                    actor: p.actor,
+                    reason: p.reason,
+                    at: p.at,
+                    epoch: p.epoch,
+                })
+            });
+            reg.groups.insert(
+                g.key,
+                Group {
+                    state,
+                    last_promotion,
+                },
+            );
         }
 
         reg.successors.reserve(snapshot.successors.len());

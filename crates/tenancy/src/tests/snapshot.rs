@@ -209,9 +209,20 @@ fn damaged_snapshots_are_refused() {
     assert!(is_invalid(load_damaged(
         |j| j["sites"][0]["epoch"] = 42.into()
     )));
-    // A live site whose group is missing.
+    // A written group at another epoch than its live members, a group twice, and a
+    // record for a group that needs none (two encodings of one state).
     assert!(is_invalid(load_damaged(|j| {
-        j["groups"].as_array_mut().unwrap().clear();
+        for g in j["groups"].as_array_mut().unwrap() {
+            g["epoch"] = 42.into();
+        }
+    })));
+    assert!(is_invalid(load_damaged(|j| {
+        let first = j["groups"][0].clone();
+        j["groups"].as_array_mut().unwrap().push(first);
+    })));
+    assert!(is_invalid(load_damaged(|j| {
+        let extra = serde_json::json!({"env": "production", "pms_id": "D4w:EF3", "epoch": 2});
+        j["groups"].as_array_mut().unwrap().push(extra);
     })));
     // A successor that names an unknown site.
     assert!(is_invalid(load_damaged(
