@@ -15,7 +15,11 @@
 //! `HashMap<HaloGuid, DatabaseIdentity>`, measured in the same run.
 //!
 //! Criterion then measures one attach on the 1M registry, one heartbeat, and building
-//! a 10 000-site registry, against `baseline_hashmap_insert_10k`.
+//! a 10 000-site registry, against `baseline_hashmap_insert_10k`; and snapshotting
+//! that 10 000-site registry (`to_snapshot_10k_sites`) and restoring it
+//! (`from_snapshot_10k_sites`), against building it by events
+//! (`apply_build_10k_sites`). Snapshot JSON size and time at 1M sites:
+//! `cargo run --release -p halo-tenancy --example snapshot_1m`.
 //!
 //! Results, 2026-11-27, 2-core VM shared with five other builds (load average 6, so
 //! absolute times are noisy; ratios are to baselines measured in the same run):
@@ -25,6 +29,8 @@
 //! | one-shot 1M sites, 3.8M events | 10.5 s (2.8 µs/event); 6.5 s in a quieter run | 3.9x (6.9x quieter run) the plain 1M map insert |
 //! | memory, RSS growth per site | 695 bytes (663 MiB for 1M sites, 0.9M Links, 0.9M groups) | 1.6x the plain map's 431 bytes |
 //! | `apply_build_10k_sites` | 27 ms | 12.6x `baseline_hashmap_insert_10k` (2.1 ms) |
+//! | `to_snapshot_10k_sites` (`--quick`, later run) | 1.49 ms | 0.055x `apply_build_10k_sites` (26.9 ms, same run) |
+//! | `from_snapshot_10k_sites` (`--quick`, later run) | 7.0 ms | 0.26x `apply_build_10k_sites` (3.8x faster) |
 //! | `attach_on_1m_registry` | 3.4 µs | |
 //! | `heartbeat_on_1m_registry` (1-site Link) | 83 ns | |
 //! | `heartbeat_1000_site_cluster_on_1m_registry` | 14 µs | |
@@ -241,6 +247,21 @@ fn single_events(c: &mut Criterion, reg: &mut Registry) {
             }
             r
         })
+    });
+    // Snapshots of the same 10k-site registry (JSON is measured by the tenancy
+    // crate's `snapshot_1m` example, as this package has no JSON dependency).
+    let mut small = Registry::new();
+    for e in &events {
+        small.apply(e, Timestamp::from_millis(1)).unwrap();
+    }
+    g.bench_function("to_snapshot_10k_sites", |b| b.iter(|| small.to_snapshot()));
+    let snapshot = small.to_snapshot();
+    g.bench_function("from_snapshot_10k_sites", |b| {
+        b.iter_batched(
+            || snapshot.clone(),
+            |s| Registry::from_snapshot(s).unwrap(),
+            BatchSize::LargeInput,
+        )
     });
 
     if reg.site_count() > 0 {
