@@ -14,7 +14,7 @@
 //! `lookup_*` fields repeat the comparison for the table alone (resolve plus the
 //! status/authority check, no policy), which the full decision's policy cost hides.
 //! Tables are measured in interleaved one-second rounds (`--secs` in total per table),
-//! so background load drifts over all of them alike. Add `--no-writer` to run
+//! in an order rotated every round, so background load drifts over all of them alike. Add `--no-writer` to run
 //! every table without the writer, `--candidates` to also print a second line
 //! comparing candidate lock-free tables (papaya, scc::HashIndex, arc-swap snapshot).
 
@@ -110,8 +110,12 @@ fn main() {
     let mut full = [0.0f64; 5];
     let mut lookup = [0.0f64; 5];
     let mut visibility = Vec::new();
-    for _ in 0..rounds {
-        for (i, table) in tables.iter().chain(std::iter::once(&tables[0])).enumerate() {
+    let slots: Vec<&Table<'_>> = tables.iter().chain(std::iter::once(&tables[0])).collect();
+    for round in 0..rounds {
+        // Rotate the order each round so no table always follows the same one.
+        for k in 0..slots.len() {
+            let i = (round + k) % slots.len();
+            let table = slots[i];
             // Slot 4 is the router again without the writer (for `writer_cost`).
             let writer = args.writer && table.writable() && i != 4;
             let m = measure(&fx, table, args.threads, slice, writer, Op::Decide);
@@ -213,12 +217,12 @@ fn candidates(fx: &Fixture, threads: usize, secs: f64) {
         scc::HashIndex::with_capacity_and_hasher(records.len(), RandomState::default());
     let mut plain =
         std::collections::HashMap::with_capacity_and_hasher(records.len(), RandomState::default());
-    for (h, r) in &records {
+    for (h, r) in records {
         papaya_map.pin().insert(*h, r.clone());
         let _ = scc_map.insert_sync(*h, r.clone());
         plain.insert(*h, r.clone());
     }
-    let sharded = Sharded::new(&records, 64);
+    let sharded = Sharded::new(records, 64);
     let snapshot = ArcSwap::from_pointee(plain);
 
     let run = |lookup: &(dyn Fn(&HaloGuid) -> bool + Sync)| -> f64 {

@@ -61,6 +61,9 @@ pub struct Fixture {
     pub policy: Arc<Policy>,
     /// The components of the benchmark's command.
     pub components: Arc<Components>,
+    /// Every site's published record, in `halos` order (built once, so no
+    /// measurement pays for it).
+    pub records: Vec<(HaloGuid, Route)>,
 }
 
 fn halo_of(i: usize) -> HaloGuid {
@@ -146,12 +149,17 @@ pub fn fixture(sites: usize) -> Fixture {
         )
         .expect("parses"),
     );
+    let records = halos
+        .iter()
+        .map(|h| (*h, router.resolve(*h).expect("published above")))
+        .collect();
     Fixture {
         router,
         halos,
         links,
         policy,
         components,
+        records,
     }
 }
 
@@ -179,11 +187,8 @@ impl Fixture {
     }
 
     /// The published record of every site, in `halos` order.
-    pub fn records(&self) -> Vec<(HaloGuid, Route)> {
-        self.halos
-            .iter()
-            .map(|h| (*h, self.router.resolve(*h).expect("published")))
-            .collect()
+    pub fn records(&self) -> &[(HaloGuid, Route)] {
+        &self.records
     }
 }
 
@@ -212,7 +217,7 @@ impl<'a> Table<'a> {
             m
         };
         let dash = DashMap::with_capacity_and_hasher(records.len(), RandomState::default());
-        for (h, r) in &records {
+        for (h, r) in records {
             dash.insert(*h, r.clone());
         }
         [
@@ -423,7 +428,19 @@ pub fn measure(
     let probe = ProbeRing::new();
     let probe_halo = fx.halos[PROBE];
     thread::scope(|s| {
-        let writer = writer.then(|| s.spawn(|| run_writer(fx, table, &probe, &stop)));
+        // Without the writer, an idle thread with the writer's wake-up pattern runs
+        // instead: on a shared machine the scheduler treats a process with a waking
+        // thread differently, and that must not be mistaken for the writer's cost.
+        let writer = if writer {
+            Some(s.spawn(|| run_writer(fx, table, &probe, &stop)))
+        } else {
+            s.spawn(|| {
+                while !stop.load(Ordering::Acquire) {
+                    thread::sleep(Duration::from_micros(500));
+                }
+            });
+            None
+        };
         let readers: Vec<_> = (0..threads)
             .map(|t| {
                 let (stop, probe) = (&stop, &probe);
