@@ -37,7 +37,10 @@ fn guid_rejects_bad_shapes_with_typed_rules() {
     check("{00000000000000000000000000000000}", Rule::GuidShape);
     check("{3f2504e0-4f89-11d3-9a0c-0305e82c3301", Rule::GuidShape);
     check("3f2504e0-4f89-11d3-9a0c-0305e82c330", Rule::GuidShape);
-    check("urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301", Rule::GuidShape);
+    check(
+        "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        Rule::GuidShape,
+    );
     check("3f2504e0-4f89-11d3-9a0c-0305e82c330g", Rule::GuidShape);
     check("3f2504e0 4f89 11d3 9a0c 0305e82c3301", Rule::GuidShape);
     check("3f2504e04f89-11d3-9a0c-0305e82c3301-", Rule::GuidShape);
@@ -103,7 +106,10 @@ fn pms_type_accepts_api_and_query_names() {
     ] {
         assert_eq!(input.parse::<PmsType>().unwrap(), want, "{input:?}");
     }
-    assert_eq!(err::<PmsType>("Best  Practice").rule(), Rule::UnknownPmsType);
+    assert_eq!(
+        err::<PmsType>("Best  Practice").rule(),
+        Rule::UnknownPmsType
+    );
     assert_eq!(err::<PmsType>("").rule(), Rule::Empty);
     assert_eq!(PmsType::BestPractice.to_string(), "BestPractice");
     assert_eq!(PmsType::BestPractice.query_name(), "Best Practice");
@@ -149,7 +155,9 @@ fn serde_uses_canonical_text_and_validates() {
     assert_eq!(serde_json::to_string(&id).unwrap(), "\"D4w:ABC\"");
     let env: Environment = serde_json::from_str("\"STAGING\"").unwrap();
     assert_eq!(serde_json::to_string(&env).unwrap(), "\"stage\"");
-    let msg = serde_json::from_str::<Crn>("\"a-b\"").unwrap_err().to_string();
+    let msg = serde_json::from_str::<Crn>("\"a-b\"")
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("invalid crn"), "{msg}");
 }
 
