@@ -40,4 +40,10 @@ pub enum PolicyError {
     /// denied rather than guessed at.
     #[error("sql construct not supported: {0}")]
     SqlUnsupported(&'static str),
+    /// A grants snapshot had a format version this build does not read.
+    #[error("grants snapshot format version {0} is not supported")]
+    UnsupportedSnapshotVersion(u32),
+    /// A grants snapshot's parts do not fit together (damaged or forged).
+    #[error("invalid grants snapshot: {0}")]
+    InvalidSnapshot(&'static str),
 }

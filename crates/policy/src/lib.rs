@@ -4,6 +4,8 @@
 //! - Grants change only through serialisable [`PolicyEvent`]s applied to [`Grants`]
 //!   (deterministic, replayable); [`Grants::compile`] builds an immutable
 //!   [`Policy`] snapshot with hash-map lookups, shared behind an `Arc`.
+//!   [`Grants::to_snapshot`] and [`Grants::from_snapshot`] save and restore the
+//!   grants themselves (a versioned [`GrantsSnapshot`]) for durable recovery.
 //! - [`extract_components`] parses a command with a real SQL parser (SQL Server
 //!   dialect) and lists every table, procedure and catalogue it touches; anything it
 //!   cannot analyse is an error, and the command is denied (fail closed).
@@ -75,6 +77,7 @@ mod integrator;
 mod key;
 mod limits;
 mod policy;
+mod snapshot;
 
 pub use components::{
     Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, StatementKind, extract_components,
@@ -89,6 +92,7 @@ pub use grants::Grants;
 pub use integrator::IntegratorId;
 pub use key::KeyHash;
 pub use policy::Policy;
+pub use snapshot::{GRANTS_SNAPSHOT_VERSION, GrantsSnapshot};
 
 #[cfg(test)]
 mod tests;
