@@ -15,20 +15,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+use halo_policy::GrantsSnapshot;
 use halo_policy::{Grants, KeyHash, Policy, PolicyError, PolicyEvent};
 use halo_router::Router;
 use halo_store::{RecoveryReport, Store, StoreConfig, StoreError};
-use halo_tenancy::{AvailabilityConfig, Change, Event, LogEntry, Registry, TenancyError};
+use halo_tenancy::{
+    AvailabilityConfig, Change, Event, LogEntry, Registry, RegistrySnapshot, TenancyError,
+};
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::Credentials;
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 
-/// The full state, as stored in a snapshot.
-// FIXME(snapshot): registry and grants join once they are serialisable.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The snapshot format version this build writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The full state, as stored in a snapshot: each part in its own crate's versioned
+/// snapshot form.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Format version ([`SNAPSHOT_VERSION`]).
+    pub version: u32,
+    /// The tenancy registry.
+    pub registry: RegistrySnapshot,
+    /// The access-policy grants.
+    pub grants: GrantsSnapshot,
     /// The Link credentials.
     pub credentials: Credentials,
 }
@@ -40,7 +52,9 @@ type CloudStore = Store<Record, Snapshot>;
 pub struct StateConfig {
     /// Where the durable log lives; `None` keeps everything in memory (tests only).
     pub data_dir: Option<PathBuf>,
-    /// Snapshot every this many events (0: never).
+    /// Snapshot after at least this many events (0: never). The effective interval
+    /// is never below the number of sites, so the cost of snapshots stays a small
+    /// constant per event however large the state grows.
     pub snapshot_every: u64,
     /// Availability thresholds for site status.
     pub availability: AvailabilityConfig,
@@ -60,6 +74,9 @@ pub enum StateError {
         "event log damaged: {0}; restore a backup, or start with --accept-damaged-log to recover up to the last good event and set the rest aside"
     )]
     Damaged(String),
+    /// The snapshot decoded but does not form a valid state.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// A logged event did not apply on replay (the log and this build disagree).
     #[error("replaying record {index}: {message}")]
     Replay {
@@ -77,6 +94,10 @@ pub struct Writer {
     grants: Grants,
     credentials: Credentials,
     store: Option<CloudStore>,
+    /// Snapshot setting (0: never).
+    snapshot_every: u64,
+    /// Events logged since the last snapshot (or since the start of the log).
+    since_snapshot: u64,
 }
 
 impl Writer {
@@ -107,16 +128,30 @@ impl Writer {
             tracing::error!(error = %e, "cannot append to the event log; stopping to avoid serving state a restart would lose");
             std::process::abort();
         }
-        if store.snapshot_due() {
-            let snapshot = Snapshot {
-                credentials: self.credentials.clone(),
-            };
-            let upto = store.last_seq();
-            if let Err(e) = store.snapshot(&snapshot, upto) {
+        self.since_snapshot += records.len() as u64;
+        let interval = self.snapshot_every.max(self.registry.site_count() as u64);
+        if self.snapshot_every > 0 && self.since_snapshot >= interval {
+            if let Err(e) = self.snapshot() {
                 // The log is intact; a missing snapshot only makes recovery longer.
                 tracing::warn!(error = %e, "snapshot failed");
             }
         }
+    }
+
+    /// Writes a snapshot of the whole state as of the last logged event.
+    fn snapshot(&mut self) -> Result<(), StoreError> {
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            registry: self.registry.to_snapshot(),
+            grants: self.grants.to_snapshot(),
+            credentials: self.credentials.clone(),
+        };
+        if let Some(store) = self.store.as_mut() {
+            let upto = store.last_seq();
+            store.snapshot(&snapshot, upto)?;
+            self.since_snapshot = 0;
+        }
+        Ok(())
     }
 }
 
@@ -141,15 +176,16 @@ impl CloudState {
             grants: Grants::default(),
             credentials: Credentials::default(),
             store: None,
+            snapshot_every: config.snapshot_every,
+            since_snapshot: 0,
         };
         let mut recovery = None;
         if let Some(dir) = &config.data_dir {
-            // FIXME(snapshot): snapshots stay off until they hold the whole state.
-            let _ = config.snapshot_every;
-            let (store, recovered) = open_store(dir, 0, config.accept_damaged_log)?;
-            if recovered.snapshot.is_some() {
-                // FIXME(snapshot): restore registry and grants from the snapshot.
+            let (store, recovered) = open_store(dir, config.accept_damaged_log)?;
+            if let Some(snapshot) = recovered.snapshot {
+                restore(&mut writer, snapshot)?;
             }
+            writer.since_snapshot = recovered.tail.len() as u64;
             for (index, record) in recovered.tail.iter().enumerate() {
                 replay(&mut writer, record)
                     .map_err(|message| StateError::Replay { index, message })?;
@@ -263,6 +299,14 @@ impl CloudState {
         }]);
     }
 
+    /// Writes a snapshot now (for operators and benchmarks).
+    ///
+    /// # Errors
+    /// [`StoreError`] if it cannot be written; the log is unaffected.
+    pub fn snapshot_now(&self) -> Result<(), StoreError> {
+        self.writer.lock().snapshot()
+    }
+
     /// The current compiled policy.
     pub fn policy(&self) -> Arc<Policy> {
         self.router.policy()
@@ -283,13 +327,29 @@ impl CloudState {
     }
 }
 
+/// Loads a snapshot into an empty writer.
+fn restore(w: &mut Writer, snapshot: Snapshot) -> Result<(), StateError> {
+    if snapshot.version != SNAPSHOT_VERSION {
+        return Err(StateError::Snapshot(format!(
+            "snapshot format {} is not supported",
+            snapshot.version
+        )));
+    }
+    w.registry = Registry::from_snapshot(snapshot.registry)
+        .map_err(|e| StateError::Snapshot(e.to_string()))?;
+    w.grants =
+        Grants::from_snapshot(snapshot.grants).map_err(|e| StateError::Snapshot(e.to_string()))?;
+    w.credentials = snapshot.credentials;
+    Ok(())
+}
+
 fn open_store(
     dir: &Path,
-    snapshot_every: u64,
     accept_damaged_log: bool,
 ) -> Result<(CloudStore, halo_store::Recovered<Record, Snapshot>), StateError> {
+    // The writer decides when to snapshot (see `StateConfig::snapshot_every`).
     let config = StoreConfig {
-        snapshot_every,
+        snapshot_every: 0,
         keep_snapshots: 2,
     };
     let (mut store, recovered) = Store::open(dir, config)?;
@@ -316,5 +376,144 @@ fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
             w.credentials.apply(event);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halo_ids::{Crn, Environment, PmsId, PmsType};
+    use halo_policy::IntegratorId;
+    use halo_router::RouterConfig;
+    use halo_tenancy::{Catalogue, DatabaseIdentity};
+
+    const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+    fn config(dir: &Path, snapshot_every: u64, accept_damaged_log: bool) -> StateConfig {
+        StateConfig {
+            data_dir: Some(dir.to_path_buf()),
+            snapshot_every,
+            availability: AvailabilityConfig::default(),
+            accept_damaged_log,
+        }
+    }
+
+    fn open(dir: &Path, snapshot_every: u64) -> Result<CloudState, StateError> {
+        CloudState::open(
+            &config(dir, snapshot_every, false),
+            Arc::new(Router::new(RouterConfig::standard())),
+        )
+    }
+
+    fn site_events(n: u128) -> Vec<Event> {
+        let link = LinkGuid::from_u128(7).unwrap();
+        let mut events = vec![Event::LinkRegistered {
+            link,
+            environment: Environment::Stage,
+            version: "1".into(),
+        }];
+        for i in 0..n {
+            let site = HaloGuid::from_u128(100 + i).unwrap();
+            events.push(Event::DatabaseAttached {
+                link,
+                site,
+                identity: DatabaseIdentity {
+                    pms_type: PmsType::D4w,
+                    // Two sites per CRN, so groups have a holder and a follower.
+                    crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),
+                    branch_crns: Vec::new(),
+                    practice_name: format!("Practice {i}"),
+                    pms_version: "15".into(),
+                    catalogues: vec![Catalogue {
+                        name: "d4w".into(),
+                        is_default: true,
+                    }],
+                    demo: false,
+                },
+            });
+            events.push(Event::DatabaseReady { link, site });
+        }
+        events
+    }
+
+    fn grant(i: usize) -> PolicyEvent {
+        PolicyEvent::PracticeEnabled {
+            integrator: "acme".parse::<IntegratorId>().unwrap(),
+            pms_id: PmsId::new(PmsType::D4w, format!("CRN{i}").parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn restart_recovers_snapshot_plus_tail_equal_to_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), 5).unwrap();
+        for r in state.apply_tenancy(&site_events(30), NOW) {
+            r.unwrap();
+        }
+        for i in 0..8 {
+            state.apply_policy(grant(i), NOW).unwrap();
+        }
+        state
+            .apply_one(
+                Event::Promoted {
+                    site: HaloGuid::from_u128(101).unwrap(),
+                    actor: "support".into(),
+                    reason: "migration".into(),
+                },
+                NOW,
+            )
+            .unwrap();
+        let (registry, grants) = {
+            let w = state.read();
+            (w.registry().clone(), w.grants().clone())
+        };
+        drop(state);
+        let again = open(dir.path(), 5).unwrap();
+        let report = again.recovery().unwrap().clone();
+        assert!(
+            report.snapshot_seq.is_some(),
+            "a snapshot was used: {report}"
+        );
+        assert!(report.events_replayed > 0, "and a tail replayed: {report}");
+        let w = again.read();
+        assert!(*w.registry() == registry, "registry differs after recovery");
+        assert!(*w.grants() == grants, "grants differ after recovery");
+        assert_eq!(
+            again
+                .router()
+                .resolve(HaloGuid::from_u128(101).unwrap())
+                .map(|r| r.is_authoritative()),
+            Some(true),
+            "the router is loaded with the recovered state"
+        );
+    }
+
+    #[test]
+    fn a_damaged_log_stops_the_start_unless_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), 0).unwrap();
+        for r in state.apply_tenancy(&site_events(4), NOW) {
+            r.unwrap();
+        }
+        drop(state);
+        let db = rusqlite::Connection::open(dir.path().join("halo.db")).unwrap();
+        db.execute(
+            "UPDATE log SET payload = CAST('{\"kind\":\"garbage' AS BLOB) WHERE seq = (SELECT max(seq) FROM log)",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let err = open(dir.path(), 0).unwrap_err();
+        assert!(matches!(err, StateError::Damaged(_)), "{err}");
+        assert!(err.to_string().contains("--accept-damaged-log"), "{err}");
+        let accepted = CloudState::open(
+            &config(dir.path(), 0, true),
+            Arc::new(Router::new(RouterConfig::standard())),
+        )
+        .unwrap();
+        let report = accepted.recovery().unwrap();
+        assert!(report.stopped_at.is_some(), "{report}");
+        // Everything before the damaged record is there.
+        assert_eq!(accepted.read().registry().site_count(), 4);
     }
 }
