@@ -101,6 +101,24 @@ fn resolve_practice(
     }
 }
 
+/// The common start of the by-PMS-ID endpoints: the key (401), the practice named in
+/// the query string (400, branch and demo CRNs refused), and the caller's grant for
+/// that practice (403), which never depends on whether the practice has sites.
+fn authorised_practice(
+    app: &AppState,
+    headers: &HeaderMap,
+    ip: CallerIp,
+    query: &PracticeQuery,
+) -> Result<(Authenticated, PmsId), ApiError> {
+    let policy = app.state.policy();
+    let who = authenticate(&policy, headers, ip)?;
+    let (pms_type, crn) = practice(query)?;
+    let pms_id = resolve_practice(app, &who, pms_type, crn)?;
+    halo_policy::authorise_practice(&policy, subscription_key(headers), ip.0, pms_id)
+        .map_err(|d| deny_error(&d))?;
+    Ok((who, pms_id))
+}
+
 fn practice_sites(app: &AppState, who: &Authenticated, pms_id: PmsId) -> Vec<SiteDto> {
     let now = now();
     let w = app.state.read();
@@ -126,12 +144,7 @@ pub async fn find_sites(
     ip: CallerIp,
     Query(query): Query<PracticeQuery>,
 ) -> Result<Json<SitesDto>, ApiError> {
-    let policy = app.state.policy();
-    let who = authenticate(&policy, &headers, ip)?;
-    let (pms_type, crn) = practice(&query)?;
-    let pms_id = resolve_practice(&app, &who, pms_type, crn)?;
-    halo_policy::authorise_practice(&policy, subscription_key(&headers), ip.0, pms_id)
-        .map_err(|d| deny_error(&d))?;
+    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
     let sites = practice_sites(&app, &who, pms_id);
     if sites.is_empty() {
         return Err(ApiError::not_found("no site found for this practice"));
@@ -192,12 +205,7 @@ pub async fn pair_site(
     ip: CallerIp,
     Query(query): Query<PracticeQuery>,
 ) -> Result<Json<SiteDto>, ApiError> {
-    let policy = app.state.policy();
-    let who = authenticate(&policy, &headers, ip)?;
-    let (pms_type, crn) = practice(&query)?;
-    let pms_id = resolve_practice(&app, &who, pms_type, crn)?;
-    halo_policy::authorise_practice(&policy, subscription_key(&headers), ip.0, pms_id)
-        .map_err(|d| deny_error(&d))?;
+    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
     let site = practice_sites(&app, &who, pms_id)
         .into_iter()
         .next()
