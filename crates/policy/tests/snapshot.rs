@@ -105,11 +105,9 @@ fn rich() -> Grants {
     grants
 }
 
-/// Rewrites the fixture from [`rich`]. Run only when the format version changes
-/// (then add a new fixture instead of overwriting the old one):
-/// `cargo test -p halo-policy --test snapshot write_grants_snapshot_fixture -- --ignored`.
-#[test]
-#[ignore = "writes the frozen fixture"]
+/// Rewrites the fixture from [`rich`] when `HALO_BLESS_FIXTURES=1` is set. Do that only
+/// when the format version changes (then add a new fixture instead of overwriting the
+/// old one): `HALO_BLESS_FIXTURES=1 cargo test -p halo-policy --test snapshot frozen_v1_fixture`.
 fn write_grants_snapshot_fixture() {
     let json = serde_json::to_string_pretty(&rich().to_snapshot()).unwrap();
     let path = concat!(
@@ -121,6 +119,10 @@ fn write_grants_snapshot_fixture() {
 
 #[test]
 fn frozen_v1_fixture_still_loads_and_equals_the_replayed_grants() {
+    if std::env::var_os("HALO_BLESS_FIXTURES").is_some() {
+        write_grants_snapshot_fixture();
+        return;
+    }
     let snapshot: GrantsSnapshot = serde_json::from_str(FIXTURE).unwrap();
     assert_eq!(snapshot.version(), GRANTS_SNAPSHOT_VERSION);
     let grants = rich();

@@ -95,11 +95,9 @@ fn rich() -> Fx {
 
 const FIXTURE: &str = include_str!("../../tests/fixtures/snapshot_v1.json");
 
-/// Rewrites the fixture from [`rich`]. Run only when the format version changes
-/// (then add a new fixture instead of overwriting the old one):
-/// `cargo test -p halo-tenancy write_snapshot_fixture -- --ignored`.
-#[test]
-#[ignore = "writes the frozen fixture"]
+/// Rewrites the fixture from [`rich`] when `HALO_BLESS_FIXTURES=1` is set. Do that only
+/// when the format version changes (then add a new fixture instead of overwriting the
+/// old one): `HALO_BLESS_FIXTURES=1 cargo test -p halo-tenancy frozen_v1_fixture`.
 fn write_snapshot_fixture() {
     let json = serde_json::to_string_pretty(&rich().reg.to_snapshot()).unwrap();
     let path = concat!(
@@ -111,6 +109,10 @@ fn write_snapshot_fixture() {
 
 #[test]
 fn frozen_v1_fixture_still_loads_and_equals_the_replayed_scenario() {
+    if std::env::var_os("HALO_BLESS_FIXTURES").is_some() {
+        write_snapshot_fixture();
+        return;
+    }
     let snapshot: RegistrySnapshot = serde_json::from_str(FIXTURE).unwrap();
     assert_eq!(snapshot.version(), SNAPSHOT_VERSION);
     let fx = rich();
