@@ -13,12 +13,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+use halo_ids::{LinkGuid, Timestamp};
 use halo_policy::GrantsSnapshot;
 use halo_policy::{Grants, KeyHash, Policy, PolicyError, PolicyEvent};
 use halo_router::Router;
-use halo_store::{RecoveryReport, Store, StoreConfig, StoreError};
+use halo_store::{RecoveryReport, StateWriter, Store, StoreConfig, StoreError};
 use halo_tenancy::{
     AvailabilityConfig, Change, Event, LogEntry, Registry, RegistrySnapshot, TenancyError,
 };
@@ -98,6 +99,11 @@ pub struct Writer {
     snapshot_every: u64,
     /// Events logged since the last snapshot (or since the start of the log).
     since_snapshot: u64,
+    /// Writes periodic snapshots on a thread of its own, so that encoding and
+    /// storing a large state does not hold up writers; `None` without a data dir.
+    background: Option<Arc<Mutex<StateWriter<Snapshot>>>>,
+    /// Set while a background snapshot is being written (at most one at a time).
+    snapshotting: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -131,21 +137,52 @@ impl Writer {
         self.since_snapshot += records.len() as u64;
         let interval = self.snapshot_every.max(self.registry.site_count() as u64);
         if self.snapshot_every > 0 && self.since_snapshot >= interval {
-            if let Err(e) = self.snapshot() {
-                // The log is intact; a missing snapshot only makes recovery longer.
-                tracing::warn!(error = %e, "snapshot failed");
-            }
+            self.snapshot_in_background();
         }
     }
 
-    /// Writes a snapshot of the whole state as of the last logged event.
-    fn snapshot(&mut self) -> Result<(), StoreError> {
-        let snapshot = Snapshot {
+    /// Takes the state's snapshot form under the lock (cheap: no encoding) and hands
+    /// encoding and storing to a thread. Skipped while the previous one still runs;
+    /// the log is intact either way, a missing snapshot only makes recovery longer.
+    fn snapshot_in_background(&mut self) {
+        let (Some(store), Some(background)) = (self.store.as_ref(), self.background.as_ref())
+        else {
+            return;
+        };
+        if self.snapshotting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let upto = store.last_seq();
+        let snapshot = self.snapshot_form();
+        let background = Arc::clone(background);
+        let busy = Arc::clone(&self.snapshotting);
+        self.since_snapshot = 0;
+        let spawned = std::thread::Builder::new()
+            .name("halo-snapshot".into())
+            .spawn(move || {
+                if let Err(e) = background.lock().write(&snapshot, upto) {
+                    tracing::warn!(error = %e, "snapshot failed");
+                }
+                busy.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the snapshot thread");
+            self.snapshotting.store(false, Ordering::Release);
+        }
+    }
+
+    fn snapshot_form(&self) -> Snapshot {
+        Snapshot {
             version: SNAPSHOT_VERSION,
             registry: self.registry.to_snapshot(),
             grants: self.grants.to_snapshot(),
             credentials: self.credentials.clone(),
-        };
+        }
+    }
+
+    /// Writes a snapshot of the whole state as of the last logged event, now.
+    fn snapshot(&mut self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot_form();
         if let Some(store) = self.store.as_mut() {
             let upto = store.last_seq();
             store.snapshot(&snapshot, upto)?;
@@ -178,6 +215,8 @@ impl CloudState {
             store: None,
             snapshot_every: config.snapshot_every,
             since_snapshot: 0,
+            background: None,
+            snapshotting: Arc::new(AtomicBool::new(false)),
         };
         let mut recovery = None;
         if let Some(dir) = &config.data_dir {
@@ -186,6 +225,7 @@ impl CloudState {
                 restore(&mut writer, snapshot)?;
             }
             writer.since_snapshot = recovered.tail.len() as u64;
+            writer.background = Some(Arc::new(Mutex::new(store.snapshot_writer()?)));
             for (index, record) in recovered.tail.iter().enumerate() {
                 replay(&mut writer, record)
                     .map_err(|message| StateError::Replay { index, message })?;
@@ -320,11 +360,6 @@ impl CloudState {
             .check(&KeyHash::of(token))
             .is_ok()
     }
-
-    /// The Halo GUID a site is known by, if live (for logging).
-    pub fn site_exists(&self, halo: HaloGuid) -> bool {
-        self.writer.lock().registry.site(halo).is_some()
-    }
 }
 
 /// Loads a snapshot into an empty writer.
@@ -382,7 +417,7 @@ fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use halo_ids::{Crn, Environment, PmsId, PmsType};
+    use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
     use halo_policy::IntegratorId;
     use halo_router::RouterConfig;
     use halo_tenancy::{Catalogue, DatabaseIdentity};
@@ -450,7 +485,11 @@ mod tests {
         for r in state.apply_tenancy(&site_events(30), NOW) {
             r.unwrap();
         }
-        for i in 0..8 {
+        for i in 0..4 {
+            state.apply_policy(grant(i), NOW).unwrap();
+        }
+        state.snapshot_now().unwrap();
+        for i in 4..8 {
             state.apply_policy(grant(i), NOW).unwrap();
         }
         state
