@@ -42,67 +42,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group};
-use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event, Registry};
+use halo_ids::{Environment, HaloGuid, Timestamp};
+use halo_tenancy::{DatabaseIdentity, Event, Registry};
 
-const SITES: u32 = 1_000_000;
-const CLUSTERS: u32 = 100;
-const PER_CLUSTER: u32 = 1_000;
-const BACKUPS: u32 = 100_000;
+#[path = "../crates/tenancy/examples/support/million.rs"]
+#[allow(dead_code)]
+mod million;
 
-fn crn(i: u32) -> Crn {
-    format!("C{i:08}").parse().unwrap()
-}
-
-fn branch(i: u32, j: u32) -> Crn {
-    format!("B{i:08}{j}").parse().unwrap()
-}
-
-fn halo(i: u32) -> HaloGuid {
-    HaloGuid::from_u128((u128::from(i) + 1) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835).unwrap()
-}
-
-fn link(i: u32) -> LinkGuid {
-    LinkGuid::from_u128((u128::from(i) + 1) * 0xD1B5_4A32_D192_ED03_A3C9_1B2E_4F5D_6A7B).unwrap()
-}
-
-fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
-    DatabaseIdentity {
-        pms_type: PmsType::D4w,
-        crn: crn(parent),
-        branch_crns: (0..branches).map(|j| branch(parent, j)).collect(),
-        practice_name: format!("Practice number {parent}"),
-        pms_version: "9.6.1".into(),
-        catalogues: vec![Catalogue {
-            name: "D4W".into(),
-            is_default: true,
-        }],
-        demo: false,
-    }
-}
-
-/// The events of the 1M-site mix, generated lazily: (site index, link index,
-/// identity) for every database, in attach order.
-fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
-    let clustered = CLUSTERS * PER_CLUSTER;
-    let singles = SITES - clustered - BACKUPS;
-    let cluster = (0..clustered).map(|i| (i, i / PER_CLUSTER, identity(i, 0)));
-    let single = (clustered..clustered + singles).map(move |i| {
-        let branches = if i % 5 == 0 { 2 } else { 0 };
-        (i, CLUSTERS + (i - clustered), identity(i, branches))
-    });
-    let backup = (0..BACKUPS).map(move |b| {
-        let i = clustered + singles + b;
-        let primary = clustered + b * (singles / BACKUPS);
-        let branches = if primary % 5 == 0 { 2 } else { 0 };
-        (i, CLUSTERS + singles + b, identity(primary, branches))
-    });
-    cluster.chain(single).chain(backup)
-}
-
-fn link_count() -> u32 {
-    CLUSTERS + (SITES - CLUSTERS * PER_CLUSTER - BACKUPS) + BACKUPS
-}
+use million::{CLUSTERS, SITES, databases, halo, identity, link, link_count};
 
 fn apply(reg: &mut Registry, event: &Event, now: &mut u64) {
     *now += 1;

@@ -1,0 +1,92 @@
+//! The 1 000 000-site mix shared by `benches/registry_build.rs` and
+//! `examples/snapshot_1m.rs` (included by path in both): 100 clusters of 1 000
+//! databases, 800 000 single servers (every fifth with two branch CRNs) and 100 000
+//! backups sharing a primary's CRN.
+
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType};
+use halo_tenancy::{Catalogue, DatabaseIdentity, Event};
+
+/// Sites in the mix.
+pub(crate) const SITES: u32 = 1_000_000;
+/// Multi-tenant clusters.
+pub(crate) const CLUSTERS: u32 = 100;
+/// Databases per cluster.
+pub(crate) const PER_CLUSTER: u32 = 1_000;
+/// Backup servers.
+pub(crate) const BACKUPS: u32 = 100_000;
+
+pub(crate) fn crn(i: u32) -> Crn {
+    format!("C{i:08}").parse().unwrap()
+}
+
+pub(crate) fn branch(i: u32, j: u32) -> Crn {
+    format!("B{i:08}{j}").parse().unwrap()
+}
+
+pub(crate) fn halo(i: u32) -> HaloGuid {
+    HaloGuid::from_u128((u128::from(i) + 1) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835).unwrap()
+}
+
+pub(crate) fn link(i: u32) -> LinkGuid {
+    LinkGuid::from_u128((u128::from(i) + 1) * 0xD1B5_4A32_D192_ED03_A3C9_1B2E_4F5D_6A7B).unwrap()
+}
+
+pub(crate) fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
+    DatabaseIdentity {
+        pms_type: PmsType::D4w,
+        crn: crn(parent),
+        branch_crns: (0..branches).map(|j| branch(parent, j)).collect(),
+        practice_name: format!("Practice number {parent}"),
+        pms_version: "9.6.1".into(),
+        catalogues: vec![Catalogue {
+            name: "D4W".into(),
+            is_default: true,
+        }],
+        demo: false,
+    }
+}
+
+pub(crate) fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
+    let clustered = CLUSTERS * PER_CLUSTER;
+    let singles = SITES - clustered - BACKUPS;
+    let cluster = (0..clustered).map(|i| (i, i / PER_CLUSTER, identity(i, 0)));
+    let single = (clustered..clustered + singles).map(move |i| {
+        let branches = if i % 5 == 0 { 2 } else { 0 };
+        (i, CLUSTERS + (i - clustered), identity(i, branches))
+    });
+    let backup = (0..BACKUPS).map(move |b| {
+        let i = clustered + singles + b;
+        let primary = clustered + b * (singles / BACKUPS);
+        let branches = if primary % 5 == 0 { 2 } else { 0 };
+        (i, CLUSTERS + singles + b, identity(primary, branches))
+    });
+    cluster.chain(single).chain(backup)
+}
+
+pub(crate) fn link_count() -> u32 {
+    CLUSTERS + (SITES - CLUSTERS * PER_CLUSTER - BACKUPS) + BACKUPS
+}
+
+/// The whole log, lazily.
+pub(crate) fn events() -> impl Iterator<Item = Event> {
+    let register = (0..link_count()).map(|k| Event::LinkRegistered {
+        link: link(k),
+        environment: Environment::Production,
+        version: "1.4.2".into(),
+    });
+    let attach = databases().flat_map(|(i, k, identity)| {
+        [
+            Event::DatabaseAttached {
+                link: link(k),
+                site: halo(i),
+                identity,
+            },
+            Event::DatabaseReady {
+                link: link(k),
+                site: halo(i),
+            },
+        ]
+    });
+    let heartbeat = (0..link_count()).map(|k| Event::Heartbeat { link: link(k) });
+    register.chain(attach).chain(heartbeat)
+}
