@@ -9,7 +9,7 @@ use std::time::Duration;
 use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Link, LinkConfig, LinkHandle};
-use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
+use halo_policy::{IntegratorId, KeyHash, ReadAccess};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
@@ -167,36 +167,15 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         .parse()
         .map_err(|e| DemoError::Grant(format!("{e}")))?;
     let key = crate::admin::new_secret("stg_");
-    let mut events = vec![
-        PolicyEvent::IntegratorEnabled {
-            integrator: integrator.clone(),
-            pms_type: PmsType::D4w,
-        },
-        PolicyEvent::ComponentsAuthorised {
-            integrator: integrator.clone(),
-            pms_type: PmsType::D4w,
-            catalogues: vec!["d4w".to_owned()],
-            tables: DEMO_TABLES.iter().map(|t| (*t).to_owned()).collect(),
-            procedures: Vec::new(),
-            allow_write: false,
-        },
-        PolicyEvent::KeyIssued {
-            integrator: integrator.clone(),
-            environment: Environment::Stage,
-            key_hash: KeyHash::of(&key),
-        },
-    ];
-    for site in &sites {
-        let pms_id = PmsId::new(PmsType::D4w, site.crn);
-        events.push(PolicyEvent::PracticeEnabled {
-            integrator: integrator.clone(),
-            pms_id,
-        });
-        events.push(PolicyEvent::SitePaired {
-            integrator: integrator.clone(),
-            pms_id,
-        });
+    let events = ReadAccess {
+        integrator: &integrator,
+        pms_type: PmsType::D4w,
+        environment: Environment::Stage,
+        key: &key,
+        catalogues: &["d4w"],
+        tables: &DEMO_TABLES,
     }
+    .events(sites.iter().map(|site| PmsId::new(PmsType::D4w, site.crn)));
     for event in events {
         state
             .apply_policy(event, now())

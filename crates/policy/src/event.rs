@@ -150,3 +150,72 @@ impl PolicyEvent {
         }
     }
 }
+
+/// The grants that let one integrator read some tables: enabled for a PMS type,
+/// the tables authorised in the given catalogues (no writes), one subscription key,
+/// and each practice enabled and paired. The usual onboarding, as events, for demos,
+/// tests and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAccess<'a> {
+    /// The integrator.
+    pub integrator: &'a IntegratorId,
+    /// The PMS type it is enabled for.
+    pub pms_type: PmsType,
+    /// The environment of its key.
+    pub environment: Environment,
+    /// The subscription key (only its hash goes into the event).
+    pub key: &'a str,
+    /// Catalogues it may name.
+    pub catalogues: &'a [&'a str],
+    /// Tables and views it may read.
+    pub tables: &'a [&'a str],
+}
+
+impl ReadAccess<'_> {
+    /// Enables the integrator, authorises the components and issues the key.
+    pub fn integrator_events(&self) -> [PolicyEvent; 3] {
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        [
+            PolicyEvent::IntegratorEnabled {
+                integrator: self.integrator.clone(),
+                pms_type: self.pms_type,
+            },
+            PolicyEvent::ComponentsAuthorised {
+                integrator: self.integrator.clone(),
+                pms_type: self.pms_type,
+                catalogues: names(self.catalogues),
+                tables: names(self.tables),
+                procedures: Vec::new(),
+                allow_write: false,
+            },
+            PolicyEvent::KeyIssued {
+                integrator: self.integrator.clone(),
+                environment: self.environment,
+                key_hash: KeyHash::of(self.key),
+            },
+        ]
+    }
+
+    /// Enables one practice for the integrator and pairs it.
+    pub fn practice_events(&self, pms_id: PmsId) -> [PolicyEvent; 2] {
+        [
+            PolicyEvent::PracticeEnabled {
+                integrator: self.integrator.clone(),
+                pms_id,
+            },
+            PolicyEvent::SitePaired {
+                integrator: self.integrator.clone(),
+                pms_id,
+            },
+        ]
+    }
+
+    /// All of it: the integrator's events, then each practice's.
+    pub fn events(&self, practices: impl IntoIterator<Item = PmsId>) -> Vec<PolicyEvent> {
+        let mut events = self.integrator_events().to_vec();
+        for pms_id in practices {
+            events.extend(self.practice_events(pms_id));
+        }
+        events
+    }
+}

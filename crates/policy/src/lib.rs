@@ -87,7 +87,7 @@ pub use decision::{
     authenticate, authorise_practice, evaluate, site_visible,
 };
 pub use error::PolicyError;
-pub use event::{EVENT_FORMAT_VERSION, PolicyEvent, RateLimit};
+pub use event::{EVENT_FORMAT_VERSION, PolicyEvent, RateLimit, ReadAccess};
 pub use grants::Grants;
 pub use integrator::IntegratorId;
 pub use key::KeyHash;

@@ -327,35 +327,15 @@ proptest! {
 #[test]
 fn the_test_universe_can_allow_requests() {
     let alpha: IntegratorId = "alpha".parse().unwrap();
-    let mut events = vec![
-        PolicyEvent::IntegratorEnabled {
-            integrator: alpha.clone(),
-            pms_type: PmsType::D4w,
-        },
-        PolicyEvent::ComponentsAuthorised {
-            integrator: alpha.clone(),
-            pms_type: PmsType::D4w,
-            catalogues: vec!["d4w".into()],
-            tables: vec!["patients".into(), "appointments".into()],
-            procedures: vec![],
-            allow_write: false,
-        },
-        PolicyEvent::KeyIssued {
-            integrator: alpha.clone(),
-            environment: Environment::Stage,
-            key_hash: KeyHash::of("k0"),
-        },
-    ];
-    for pms_id in practices() {
-        events.push(PolicyEvent::PracticeEnabled {
-            integrator: alpha.clone(),
-            pms_id,
-        });
-        events.push(PolicyEvent::SitePaired {
-            integrator: alpha.clone(),
-            pms_id,
-        });
+    let events = ReadAccess {
+        integrator: &alpha,
+        pms_type: PmsType::D4w,
+        environment: Environment::Stage,
+        key: "k0",
+        catalogues: &["d4w"],
+        tables: &["patients", "appointments"],
     }
+    .events(practices());
     let policy = apply_all(&events).compile();
     let n = universe().iter().filter(|p| allowed(&policy, p)).count();
     // k0 x 2 active authoritative Stage D4w sites x 3 readable commands x Reader x

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
-use halo_policy::{Grants, IntegratorId, KeyHash, Policy, PolicyEvent, extract_components};
+use halo_policy::{Grants, IntegratorId, Policy, ReadAccess, extract_components};
 use halo_tenancy::{Change, DatabaseIdentity, Event, Registry};
 
 use crate::{Command, RouteRequest};
@@ -93,35 +93,15 @@ pub(crate) fn add_site(
 pub(crate) fn policy(practices: impl IntoIterator<Item = u32>) -> Arc<Policy> {
     let acme: IntegratorId = "acme".parse().unwrap();
     let mut grants = Grants::default();
-    let mut events = vec![
-        PolicyEvent::IntegratorEnabled {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-        },
-        PolicyEvent::ComponentsAuthorised {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-            catalogues: vec!["d4w".into()],
-            tables: vec!["patients".into()],
-            procedures: vec![],
-            allow_write: false,
-        },
-        PolicyEvent::KeyIssued {
-            integrator: acme.clone(),
-            environment: Environment::Stage,
-            key_hash: KeyHash::of(KEY),
-        },
-    ];
-    for p in practices {
-        events.push(PolicyEvent::PracticeEnabled {
-            integrator: acme.clone(),
-            pms_id: pms_id(p),
-        });
-        events.push(PolicyEvent::SitePaired {
-            integrator: acme.clone(),
-            pms_id: pms_id(p),
-        });
+    let events = ReadAccess {
+        integrator: &acme,
+        pms_type: PmsType::D4w,
+        environment: Environment::Stage,
+        key: KEY,
+        catalogues: &["d4w"],
+        tables: &["patients"],
     }
+    .events(practices.into_iter().map(pms_id));
     for e in &events {
         grants.apply(e).unwrap();
     }

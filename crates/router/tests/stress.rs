@@ -18,7 +18,7 @@ use std::thread::{self, Thread};
 use std::time::Duration;
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
-use halo_policy::{ExecutionMode, Grants, IntegratorId, KeyHash, PolicyEvent, extract_components};
+use halo_policy::{ExecutionMode, Grants, IntegratorId, ReadAccess, extract_components};
 use halo_router::{Command, QueryOutput, RouteError, RouteRequest, Router, RouterConfig};
 use halo_tenancy::{Catalogue, DatabaseIdentity, Event, GroupKey, Registry};
 
@@ -168,36 +168,15 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
     // Policy: one Stage integrator enabled and paired at every group's practice.
     let acme: IntegratorId = "acme".parse().expect("valid id");
     let mut grants = Grants::default();
-    let mut events = vec![
-        PolicyEvent::IntegratorEnabled {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-        },
-        PolicyEvent::ComponentsAuthorised {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-            catalogues: vec!["d4w".into()],
-            tables: vec!["patients".into()],
-            procedures: vec![],
-            allow_write: false,
-        },
-        PolicyEvent::KeyIssued {
-            integrator: acme.clone(),
-            environment: Environment::Stage,
-            key_hash: KeyHash::of(KEY),
-        },
-    ];
-    for g in 0..GROUPS {
-        let pms_id = PmsId::new(PmsType::D4w, crn(g));
-        events.push(PolicyEvent::PracticeEnabled {
-            integrator: acme.clone(),
-            pms_id,
-        });
-        events.push(PolicyEvent::SitePaired {
-            integrator: acme.clone(),
-            pms_id,
-        });
+    let events = ReadAccess {
+        integrator: &acme,
+        pms_type: PmsType::D4w,
+        environment: Environment::Stage,
+        key: KEY,
+        catalogues: &["d4w"],
+        tables: &["patients"],
     }
+    .events((0..GROUPS).map(|g| PmsId::new(PmsType::D4w, crn(g))));
     for e in &events {
         grants.apply(e).expect("valid grant");
     }

@@ -26,8 +26,7 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{
-    Components, ExecutionMode, Grants, IntegratorId, KeyHash, Policy, PolicyEvent,
-    extract_components,
+    Components, ExecutionMode, Grants, IntegratorId, Policy, ReadAccess, extract_components,
 };
 use halo_router::{Command, Route, RouteRequest, Router, RouterConfig, SiteRoute, check_route};
 use halo_tenancy::{Catalogue, SiteStatus};
@@ -82,25 +81,15 @@ pub fn fixture(sites: usize) -> Fixture {
     let router = Router::new(RouterConfig::standard());
     let acme: IntegratorId = "acme".parse().expect("valid id");
     let mut grants = Grants::default();
-    let head = [
-        PolicyEvent::IntegratorEnabled {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-        },
-        PolicyEvent::ComponentsAuthorised {
-            integrator: acme.clone(),
-            pms_type: PmsType::D4w,
-            catalogues: vec!["d4w".into()],
-            tables: vec!["patients".into(), "appointments".into()],
-            procedures: vec![],
-            allow_write: false,
-        },
-        PolicyEvent::KeyIssued {
-            integrator: acme.clone(),
-            environment: Environment::Stage,
-            key_hash: KeyHash::of(KEY),
-        },
-    ];
+    let access = ReadAccess {
+        integrator: &acme,
+        pms_type: PmsType::D4w,
+        environment: Environment::Stage,
+        key: KEY,
+        catalogues: &["d4w"],
+        tables: &["patients", "appointments"],
+    };
+    let head = access.integrator_events();
     for e in &head {
         grants.apply(e).expect("valid grant");
     }
@@ -117,16 +106,7 @@ pub fn fixture(sites: usize) -> Fixture {
         }
         let link = *links.last().expect("pushed above");
         let pms_id = PmsId::new(PmsType::D4w, crn_of(i));
-        for e in [
-            PolicyEvent::PracticeEnabled {
-                integrator: acme.clone(),
-                pms_id,
-            },
-            PolicyEvent::SitePaired {
-                integrator: acme.clone(),
-                pms_id,
-            },
-        ] {
+        for e in access.practice_events(pms_id) {
             grants.apply(&e).expect("valid grant");
         }
         let _ = router.publish(SiteRoute {
