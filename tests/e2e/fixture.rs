@@ -52,6 +52,7 @@ impl Harness {
             availability: AvailabilityConfig::default(),
             snapshot_every: 1000,
             accept_damaged_log: false,
+            max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
         })
         .await
         .unwrap();
@@ -97,16 +98,7 @@ impl Harness {
             generate(&path, p).unwrap();
             paths.push(path);
         }
-        let token = self
-            .admin(
-                reqwest::Method::POST,
-                "/admin/link-credentials",
-                json!({"label": format!("link {n}")}),
-            )
-            .await["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = self.credential(env, practices).await;
         self.start_link(
             env,
             token,
@@ -114,6 +106,30 @@ impl Harness {
             paths,
         )
         .await
+    }
+
+    /// Issues a Link credential scoped to `env` and the real practices among
+    /// `practices` (and demo copies, in Stage).
+    pub(crate) async fn credential(&self, env: Environment, practices: &[DemoPractice]) -> String {
+        let listed: Vec<String> = practices
+            .iter()
+            .filter(|p| !p.is_demo && !p.is_deidentified)
+            .map(|p| format!("D4w:{}", p.parent_crn))
+            .collect();
+        self.admin(
+            reqwest::Method::POST,
+            "/admin/link-credentials",
+            json!({
+                "label": format!("link for {listed:?}"),
+                "environment": env.as_str(),
+                "practices": listed,
+                "demoCopies": env == Environment::Stage,
+            }),
+        )
+        .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub(crate) async fn start_link(

@@ -5,4 +5,6 @@
 mod failures;
 mod fixture;
 mod flow;
+mod hostile;
+mod link_trust;
 mod tenancy;

@@ -9,7 +9,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use halo_ids::{Environment, HaloGuid, PmsId, PmsType};
+use halo_credentials::{Credential, CredentialError, CredentialId, Scope, ScopeKind};
+use halo_ids::{Environment, HaloGuid, LinkGuid, PmsId, PmsType};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
 use halo_tenancy::Event;
 use rand::Rng as _;
@@ -234,37 +235,294 @@ pub async fn policy_event(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A Link credential request.
+/// A Link credential request: who it is for and what it may announce.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialBody {
-    /// A label for people.
+    /// A label for people (the practice or the hosting cluster).
     #[serde(default)]
     pub label: String,
+    /// The only environment the Link may connect in: `stage` or `production`.
+    #[schema(value_type = String)]
+    pub environment: Environment,
+    /// `onPremises` (a practice's own server; the default) or `hosting` (a
+    /// multi-tenant cluster whose list support extends).
+    #[serde(default = "on_premises")]
+    #[schema(value_type = String)]
+    pub kind: ScopeKind,
+    /// The practices (`D4w:<parent CRN>`) the Link may announce.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub practices: Vec<PmsId>,
+    /// Whether it may announce demo and de-identified copies (Stage only).
+    #[serde(default)]
+    pub demo_copies: bool,
+    /// Who issues it (recorded).
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
-/// `POST /admin/link-credentials`: issues a token a Link authenticates with; the first
-/// Link to use it owns it.
+fn on_premises() -> ScopeKind {
+    ScopeKind::OnPremises
+}
+
+/// A newly issued Link credential, shown once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialSecretDto {
+    /// The token for the Link's config; only its hash is stored.
+    pub key: String,
+    /// The credential's public id (`lc_` and 16 hex digits), for support actions.
+    pub id: String,
+}
+
+/// A Link credential as support sees it (never the token).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialDto {
+    /// The public id.
+    pub id: String,
+    /// The label.
+    pub label: String,
+    /// The Link bound to it, once one has connected.
+    pub link_id: Option<String>,
+    /// Whether it was revoked (or rotated away).
+    pub revoked: bool,
+    /// The environment, absent for credentials issued before scopes.
+    pub environment: Option<String>,
+    /// `onPremises` or `hosting`.
+    pub kind: Option<String>,
+    /// The practices it may announce.
+    pub practices: Vec<String>,
+    /// Whether it may announce demo copies.
+    pub demo_copies: bool,
+}
+
+fn credential_dto(id: CredentialId, c: &Credential) -> CredentialDto {
+    CredentialDto {
+        id: id.to_string(),
+        label: c.label.clone(),
+        link_id: c.link.map(|l| l.to_string()),
+        revoked: c.revoked,
+        environment: c.scope.as_ref().map(|s| s.environment.to_string()),
+        kind: c.scope.as_ref().map(|s| {
+            match s.kind {
+                ScopeKind::OnPremises => "onPremises",
+                ScopeKind::Hosting => "hosting",
+            }
+            .to_owned()
+        }),
+        practices: c
+            .scope
+            .iter()
+            .flat_map(|s| s.practices.iter().map(ToString::to_string))
+            .collect(),
+        demo_copies: c.scope.as_ref().is_some_and(|s| s.demo_copies),
+    }
+}
+
+/// Maps a refused credential event to its status.
+fn credential_error(e: &CredentialError) -> ApiError {
+    let status = match e {
+        CredentialError::Unknown => StatusCode::NOT_FOUND,
+        CredentialError::AlreadyIssued | CredentialError::NoScope => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// Applies a credential event on a blocking thread (the append fsyncs).
+async fn credential(app: &AppState, event: CredentialEvent) -> Result<(), ApiError> {
+    let state = Arc::clone(app);
+    tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| credential_error(&e))
+}
+
+/// The token hash and Link of the credential named in the path.
+fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid>), ApiError> {
+    let id: CredentialId = id.parse().map_err(|e| credential_error(&e))?;
+    let w = app.state.read();
+    w.credentials()
+        .find(id)
+        .map(|(hash, c)| (*hash, c.link))
+        .ok_or_else(|| ApiError::not_found("no link credential with this id"))
+}
+
+/// `POST /admin/link-credentials`: issues a token a Link authenticates with, scoped
+/// to one environment and the practices it may announce; the first Link to use it
+/// owns it, one to one.
 #[utoipa::path(post, path = "/admin/link-credentials", tag = "admin",
     request_body = CredentialBody,
-    responses((status = 200, body = SecretDto), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = CredentialSecretDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope)),
     security(("admin" = [])))]
 pub async fn issue_link_credential(
     _: Admin,
     State(app): State<AppState>,
     body: Result<Json<CredentialBody>, JsonRejection>,
-) -> Result<Json<SecretDto>, ApiError> {
+) -> Result<Json<CredentialSecretDto>, ApiError> {
     let b = json(body)?;
     let key = new_secret("lnk_");
+    let token_hash = KeyHash::of(&key);
     let event = CredentialEvent::Issued {
-        token_hash: KeyHash::of(&key),
+        token_hash,
         label: b.label,
+        scope: Some(Scope {
+            environment: b.environment,
+            kind: b.kind,
+            practices: b.practices.into_iter().collect(),
+            demo_copies: b.demo_copies,
+        }),
+        actor: b.actor,
     };
-    let state = Arc::clone(&app);
-    tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(SecretDto { key }))
+    credential(&app, event).await?;
+    Ok(Json(CredentialSecretDto {
+        key,
+        id: CredentialId::of(&token_hash).to_string(),
+    }))
+}
+
+/// `GET /admin/link-credentials`: every Link credential (never a token).
+#[utoipa::path(get, path = "/admin/link-credentials", tag = "admin",
+    responses((status = 200, body = Vec<CredentialDto>), (status = 401, body = crate::error::ErrorEnvelope)),
+    security(("admin" = [])))]
+pub async fn list_link_credentials(
+    _: Admin,
+    State(app): State<AppState>,
+) -> Json<Vec<CredentialDto>> {
+    let w = app.state.read();
+    Json(
+        w.credentials()
+            .iter()
+            .map(|(id, c)| credential_dto(id, c))
+            .collect(),
+    )
+}
+
+/// Who does a support action, and why (both recorded).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActionBody {
+    /// Who (recorded).
+    pub actor: String,
+    /// Why (recorded).
+    pub reason: String,
+}
+
+fn action(body: Result<Json<ActionBody>, JsonRejection>) -> Result<ActionBody, ApiError> {
+    let b = json(body)?;
+    if b.actor.trim().is_empty() || b.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("actor and reason are required"));
+    }
+    Ok(b)
+}
+
+/// `POST /admin/link-credentials/{id}/revoke`: the credential authenticates no one
+/// from now on; its Link's live session is closed within a second.
+#[utoipa::path(post, path = "/admin/link-credentials/{id}/revoke", tag = "admin",
+    params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ActionBody,
+    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("admin" = [])))]
+pub async fn revoke_link_credential(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ActionBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let b = action(body)?;
+    let (token_hash, link) = find_credential(&app, &id)?;
+    let event = CredentialEvent::Revoked {
+        token_hash,
+        actor: Some(b.actor),
+        reason: Some(b.reason),
+    };
+    credential(&app, event).await?;
+    if let Some(link) = link {
+        app.kicks.kick(link);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /admin/link-credentials/{id}/rotate`: a new token for the same Link and
+/// scope; the old one is revoked (its live session closes; the Link reconnects with
+/// the new token).
+#[utoipa::path(post, path = "/admin/link-credentials/{id}/rotate", tag = "admin",
+    params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ActionBody,
+    responses((status = 200, body = CredentialSecretDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)),
+    security(("admin" = [])))]
+pub async fn rotate_link_credential(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ActionBody>, JsonRejection>,
+) -> Result<Json<CredentialSecretDto>, ApiError> {
+    let b = action(body)?;
+    let (from, link) = find_credential(&app, &id)?;
+    let key = new_secret("lnk_");
+    let to = KeyHash::of(&key);
+    let event = CredentialEvent::Rotated {
+        from,
+        to,
+        actor: b.actor,
+        reason: b.reason,
+    };
+    credential(&app, event).await?;
+    if let Some(link) = link {
+        app.kicks.kick(link);
+    }
+    Ok(Json(CredentialSecretDto {
+        key,
+        id: CredentialId::of(&to).to_string(),
+    }))
+}
+
+/// Practices to add to a credential's scope.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScopeBody {
+    /// Practices to add (`D4w:<parent CRN>`).
+    #[schema(value_type = Vec<String>)]
+    pub practices: Vec<PmsId>,
+    /// Who (recorded).
+    pub actor: String,
+    /// Why (recorded).
+    pub reason: String,
+}
+
+/// `POST /admin/link-credentials/{id}/scope`: support adds practices to what the
+/// credential may announce (a hosting cluster taking on a practice). The Link
+/// announces them on its next connection.
+#[utoipa::path(post, path = "/admin/link-credentials/{id}/scope", tag = "admin",
+    params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ScopeBody,
+    responses((status = 200, body = CredentialDto), (status = 400, body = crate::error::ErrorEnvelope),
+        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
+        (status = 409, body = crate::error::ErrorEnvelope)),
+    security(("admin" = [])))]
+pub async fn extend_link_credential_scope(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ScopeBody>, JsonRejection>,
+) -> Result<Json<CredentialDto>, ApiError> {
+    let b = json(body)?;
+    let (token_hash, _) = find_credential(&app, &id)?;
+    let event = CredentialEvent::ScopeExtended {
+        token_hash,
+        practices: b.practices,
+        actor: b.actor,
+        reason: b.reason,
+    };
+    credential(&app, event).await?;
+    let w = app.state.read();
+    let (_, c) = w
+        .credentials()
+        .find(CredentialId::of(&token_hash))
+        .ok_or_else(|| ApiError::not_found("no link credential with this id"))?;
+    Ok(Json(credential_dto(CredentialId::of(&token_hash), c)))
 }
 
 /// A promotion.

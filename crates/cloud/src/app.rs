@@ -28,6 +28,10 @@ pub struct App {
     pub state: CloudState,
     /// SHA-256 of the admin token.
     pub admin_token_hash: KeyHash,
+    /// The most databases one Link's hello may announce.
+    pub max_databases_per_link: usize,
+    /// Revocations, broadcast to live Link sessions.
+    pub kicks: link_ws::Kicks,
 }
 
 /// The shared application state.
@@ -50,7 +54,13 @@ pub struct CloudConfig {
     pub snapshot_every: u64,
     /// Start on a damaged log, setting its unreadable tail aside (see `StateConfig`).
     pub accept_damaged_log: bool,
+    /// The most databases one Link's hello may announce; a larger hello is refused.
+    pub max_databases_per_link: usize,
 }
+
+/// The default of [`CloudConfig::max_databases_per_link`]: room for a large hosting
+/// cluster, far below what would let one hello stall the writer.
+pub const MAX_DATABASES_PER_LINK: usize = 1000;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +89,13 @@ pub fn routes(app: AppState) -> AxumRouter {
             "/integrator/sites/{site_id}/queries/immediate",
             post(integrator::immediate_query),
         )
-        .route("/admin/link-credentials", post(admin::issue_link_credential))
+        .route(
+            "/admin/link-credentials",
+            post(admin::issue_link_credential).get(admin::list_link_credentials),
+        )
+        .route("/admin/link-credentials/{id}/revoke", post(admin::revoke_link_credential))
+        .route("/admin/link-credentials/{id}/rotate", post(admin::rotate_link_credential))
+        .route("/admin/link-credentials/{id}/scope", post(admin::extend_link_credential_scope))
         .route("/admin/integrators/{integrator}/enable", post(admin::enable_integrator))
         .route("/admin/integrators/{integrator}/components", put(admin::authorise_components))
         .route("/admin/integrators/{integrator}/practices", post(admin::enable_practice))
@@ -126,6 +142,8 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
     Ok(Arc::new(App {
         state,
         admin_token_hash: KeyHash::of(&config.admin_token),
+        max_databases_per_link: config.max_databases_per_link,
+        kicks: link_ws::Kicks::default(),
     }))
 }
 

@@ -16,6 +16,7 @@ use halo_tenancy::AvailabilityConfig;
 use crate::app::{CloudConfig, RunningCloud, start};
 use crate::clock::now;
 use crate::record::CredentialEvent;
+use halo_credentials::Scope;
 
 /// The demo integrator's id.
 pub const DEMO_INTEGRATOR: &str = "demo-integrator";
@@ -120,19 +121,33 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         availability: AvailabilityConfig::default(),
         snapshot_every: 10_000,
         accept_damaged_log: false,
+        max_databases_per_link: crate::app::MAX_DATABASES_PER_LINK,
     })
     .await?;
     let state = &cloud.app.state;
 
     // The Link's credential, then the Link itself (it reads the databases).
+    // Scoped to the demo's practices and demo copies, in Stage.
     let link_token = crate::admin::new_secret("lnk_");
-    state.apply_credential(
-        CredentialEvent::Issued {
-            token_hash: KeyHash::of(&link_token),
-            label: "demo link".to_owned(),
-        },
-        now(),
-    );
+    let scope = Scope {
+        practices: practices()
+            .iter()
+            .filter(|p| !p.is_demo && !p.is_deidentified)
+            .map(|p| PmsId::new(PmsType::D4w, p.parent_crn))
+            .collect(),
+        ..Scope::demo_only()
+    };
+    state
+        .apply_credential(
+            CredentialEvent::Issued {
+                token_hash: KeyHash::of(&link_token),
+                label: "demo link".to_owned(),
+                scope: Some(scope),
+                actor: Some("demo".to_owned()),
+            },
+            now(),
+        )
+        .map_err(|e| DemoError::Grant(e.to_string()))?;
     let url = format!("ws://{}/link/ws", cloud.addr);
     let mut config = LinkConfig::new(
         url,

@@ -9,7 +9,6 @@
 pub mod admin;
 pub mod app;
 pub mod clock;
-pub mod credentials;
 pub mod dto;
 pub mod error;
 pub mod extract;

@@ -11,7 +11,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
-use halo_ids::{LinkGuid, Timestamp};
+use halo_ids::{LinkGuid, PmsId, Timestamp};
+use tokio::sync::broadcast;
 use halo_policy::{ExecutionMode, KeyHash};
 use halo_protocol::{
     Allowlist, CloudToLink, DatabaseInfo, DatabaseRejection, Hello, LinkToCloud, MAX_FRAME_BYTES,
@@ -41,10 +42,10 @@ pub async fn link_ws(
     let token = bearer(&headers).ok_or_else(|| {
         ApiError::unauthorized("link credential required (Authorization: Bearer)")
     })?;
-    if !app.state.credential_known(token) {
-        return Err(ApiError::unauthorized("unknown or revoked link credential"));
-    }
     let token_hash = KeyHash::of(token);
+    app.state
+        .check_credential(&token_hash)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     Ok(ws
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -53,6 +54,30 @@ pub async fn link_ws(
                 tracing::warn!(%reason, "link session ended");
             }
         }))
+}
+
+/// Tells live Link sessions to re-check their credential (after a revocation or a
+/// rotation). Every session listens; the ones whose credential no longer admits
+/// them close within moments.
+#[derive(Debug)]
+pub struct Kicks(broadcast::Sender<LinkGuid>);
+
+impl Default for Kicks {
+    fn default() -> Self {
+        Self(broadcast::channel(64).0)
+    }
+}
+
+impl Kicks {
+    /// Asks `link`'s live session, if any, to re-check its credential.
+    pub fn kick(&self, link: LinkGuid) {
+        // No receiver means no live session: nothing to close.
+        let _ = self.0.send(link);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<LinkGuid> {
+        self.0.subscribe()
+    }
 }
 
 async fn send(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
@@ -75,14 +100,14 @@ async fn refuse(socket: &mut WebSocket, reason: String) -> String {
     reason
 }
 
-fn registration_events(hello: &Hello) -> Vec<Event> {
+fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event> {
     let link = hello.link_guid;
     let mut events = vec![Event::LinkRegistered {
         link,
         environment: hello.environment,
         version: hello.link_version.clone(),
     }];
-    for db in &hello.databases {
+    for db in databases {
         events.push(Event::DatabaseAttached {
             link,
             site: db.halo_guid,
@@ -129,9 +154,15 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
     }
 }
 
-/// Registers the hello durably; returns the databases that were refused.
-async fn register(app: &AppState, hello: &Hello) -> Result<Vec<DatabaseRejection>, String> {
-    let events = registration_events(hello);
+/// Registers the hello's admitted databases durably; returns the rejections of the
+/// Cloud's registry (the scope's own rejections are in `rejected` already).
+async fn register(
+    app: &AppState,
+    hello: &Hello,
+    admitted: &[&DatabaseInfo],
+    mut rejected: Vec<DatabaseRejection>,
+) -> Result<Vec<DatabaseRejection>, String> {
+    let events = registration_events(hello, admitted);
     let state = Arc::clone(app);
     let results = tokio::task::spawn_blocking(move || state.state.apply_tenancy(&events, now()))
         .await
@@ -140,8 +171,7 @@ async fn register(app: &AppState, hello: &Hello) -> Result<Vec<DatabaseRejection
     if let Some(Err(e)) = results.next() {
         return Err(format!("link registration refused: {e}"));
     }
-    let mut rejected = Vec::new();
-    for db in &hello.databases {
+    for db in admitted {
         let attached = results.next().unwrap_or(Ok(()));
         let ready = results.next().unwrap_or(Ok(()));
         let refusal = match (attached, ready) {
@@ -161,28 +191,77 @@ async fn register(app: &AppState, hello: &Hello) -> Result<Vec<DatabaseRejection
     Ok(rejected)
 }
 
+/// Checks the hello against the credential: the whole hello (size, binding,
+/// environment), then each database against the credential's scope. Returns the
+/// admitted databases, the refused ones with why, and whether the credential is
+/// used for the first time (its binding must be recorded).
+fn admit<'h>(
+    app: &AppState,
+    token_hash: &KeyHash,
+    hello: &'h Hello,
+) -> Result<(Vec<&'h DatabaseInfo>, Vec<DatabaseRejection>, bool), String> {
+    if hello.databases.len() > app.max_databases_per_link {
+        return Err(format!(
+            "the hello announces {} databases; this cloud accepts at most {} per link",
+            hello.databases.len(),
+            app.max_databases_per_link
+        ));
+    }
+    let w = app.state.read();
+    let admission = w
+        .credentials()
+        .admit(token_hash, hello.link_guid, hello.environment)
+        .map_err(|e| e.to_string())?;
+    let mut admitted = Vec::with_capacity(hello.databases.len());
+    let mut rejected = Vec::new();
+    for db in &hello.databases {
+        let pms_id = PmsId::new(db.pms_type, db.parent_crn);
+        match admission.scope.admit_database(pms_id, db.is_demo) {
+            Ok(()) => admitted.push(db),
+            Err(e) => {
+                tracing::warn!(link = %hello.link_guid, credential = %admission.id, site = %db.halo_guid, error = %e, "database outside the credential's scope");
+                rejected.push(DatabaseRejection {
+                    halo_guid: db.halo_guid,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((admitted, rejected, admission.first_use))
+}
+
 async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> Result<(), String> {
+    // Listen for revocations before the credential is checked, so none is missed.
+    let mut kicks = app.kicks.subscribe();
     let hello = match read_hello(&mut socket).await {
         Ok(h) => h,
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
     let link = hello.link_guid;
-    let bind = app.state.read().credentials().authorise(&token_hash, link);
-    match bind {
-        Err(e) => return Err(refuse(&mut socket, e.to_string()).await),
-        Ok(true) => {
-            let state = Arc::clone(&app);
-            let event = CredentialEvent::Bound { token_hash, link };
-            tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
-                .await
-                .map_err(|e| e.to_string())?;
+    let (admitted, rejected, first_use) = match admit(&app, &token_hash, &hello) {
+        Ok(a) => a,
+        Err(reason) => return Err(refuse(&mut socket, reason).await),
+    };
+    if first_use {
+        let state = Arc::clone(&app);
+        let event = CredentialEvent::Bound { token_hash, link };
+        let bound = tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = bound {
+            // Another connection bound it first.
+            return Err(refuse(&mut socket, e.to_string()).await);
         }
-        Ok(false) => {}
     }
-    let rejected = match register(&app, &hello).await {
+    let rejected = match register(&app, &hello, &admitted, rejected).await {
         Ok(r) => r,
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
+    // Re-check after registering: a revocation applied meanwhile may have been
+    // broadcast before this session could act on it.
+    if let Err(e) = app.state.check_credential(&token_hash) {
+        return Err(refuse(&mut socket, e.to_string()).await);
+    }
     let mut session = app.state.router().attach_link(link);
     app.state.heartbeat(link, now());
     send(
@@ -193,8 +272,8 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         },
     )
     .await?;
-    tracing::info!(%link, databases = hello.databases.len(), "link attached");
-    let result = serve(&app, link, &mut socket, &mut session).await;
+    tracing::info!(%link, databases = admitted.len(), "link attached");
+    let result = serve(&app, link, &token_hash, &mut socket, &mut session, &mut kicks).await;
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
     drop(session);
     result
@@ -203,11 +282,29 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
 async fn serve(
     app: &AppState,
     link: LinkGuid,
+    token_hash: &KeyHash,
     socket: &mut WebSocket,
     session: &mut LinkSession,
+    kicks: &mut broadcast::Receiver<LinkGuid>,
 ) -> Result<(), String> {
     loop {
         tokio::select! {
+            kicked = kicks.recv() => {
+                // A lagged receiver re-checks too: it may have missed its own kick.
+                let concerns_us = match kicked {
+                    Ok(kicked) => kicked == link,
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err("the cloud is stopping".to_owned());
+                    }
+                };
+                if concerns_us {
+                    if let Err(e) = app.state.check_credential(token_hash) {
+                        let reason = refuse(socket, e.to_string()).await;
+                        return Err(reason);
+                    }
+                }
+            }
             job = session.next_job() => {
                 let Some(job) = job else {
                     return Err("session replaced by a newer connection of the same link".to_owned());

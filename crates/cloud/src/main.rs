@@ -37,6 +37,9 @@ enum Command {
         /// and set the unreadable tail aside (it is kept, not deleted).
         #[arg(long)]
         accept_damaged_log: bool,
+        /// Refuse a Link whose hello announces more databases than this.
+        #[arg(long, default_value_t = halo_cloud::app::MAX_DATABASES_PER_LINK)]
+        max_databases_per_link: usize,
     },
     /// Start a Cloud with an in-process Link and demo data, and print curl commands.
     Demo {
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
             admin_token,
             snapshot_every,
             accept_damaged_log,
+            max_databases_per_link,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                 availability: AvailabilityConfig::default(),
                 snapshot_every,
                 accept_damaged_log,
+                max_databases_per_link,
             })
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;

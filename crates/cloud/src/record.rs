@@ -1,8 +1,8 @@
 //! What the Cloud writes to its durable log: every tenancy, policy and credential
 //! event, with the time it was applied. This is a stored format (versioned).
 
-use halo_ids::{LinkGuid, Timestamp};
-use halo_policy::{KeyHash, PolicyEvent};
+use halo_ids::Timestamp;
+use halo_policy::PolicyEvent;
 use serde::{Deserialize, Serialize};
 
 /// The log format version this build writes.
@@ -34,31 +34,4 @@ pub enum Record {
     },
 }
 
-/// Changes to the credentials Links authenticate with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum CredentialEvent {
-    /// Support issued a Link credential (only its hash is kept).
-    Issued {
-        /// SHA-256 of the token.
-        token_hash: KeyHash,
-        /// A label for people (for example the practice or cluster name).
-        label: String,
-    },
-    /// The first Link to use a credential owns it; no other Link GUID may use it.
-    Bound {
-        /// SHA-256 of the token.
-        token_hash: KeyHash,
-        /// The Link that owns it.
-        link: LinkGuid,
-    },
-    /// The credential no longer authenticates anyone.
-    Revoked {
-        /// SHA-256 of the token.
-        token_hash: KeyHash,
-    },
-}
+pub use halo_credentials::CredentialEvent;

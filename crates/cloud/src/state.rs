@@ -26,7 +26,7 @@ use halo_tenancy::{
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
-use crate::credentials::Credentials;
+use halo_credentials::{CredentialError, Credentials};
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 
 /// The snapshot format version this build writes and reads.
@@ -329,14 +329,22 @@ impl CloudState {
     }
 
     /// Applies a credential event and makes it durable.
-    pub fn apply_credential(&self, event: CredentialEvent, now: Timestamp) {
+    ///
+    /// # Errors
+    /// The [`CredentialError`] that refused it (nothing is logged then).
+    pub fn apply_credential(
+        &self,
+        event: CredentialEvent,
+        now: Timestamp,
+    ) -> Result<(), CredentialError> {
         let mut w = self.writer.lock();
-        w.credentials.apply(&event);
+        w.credentials.apply(&event)?;
         w.persist(&[Record::Credential {
             version: RECORD_VERSION,
             at: now,
             event,
         }]);
+        Ok(())
     }
 
     /// Writes a snapshot now (for operators and benchmarks).
@@ -352,13 +360,12 @@ impl CloudState {
         self.router.policy()
     }
 
-    /// Checks a presented Link token.
-    pub fn credential_known(&self, token: &str) -> bool {
-        self.writer
-            .lock()
-            .credentials
-            .check(&KeyHash::of(token))
-            .is_ok()
+    /// Checks a presented Link token: issued and not revoked.
+    ///
+    /// # Errors
+    /// [`CredentialError::Unknown`] or [`CredentialError::Revoked`].
+    pub fn check_credential(&self, token_hash: &KeyHash) -> Result<(), CredentialError> {
+        self.writer.lock().credentials.check(token_hash).map(drop)
     }
 }
 
@@ -408,7 +415,11 @@ fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
             .map_err(|e| e.to_string()),
         Record::Policy { event, .. } => w.grants.apply(event).map_err(|e| e.to_string()),
         Record::Credential { event, .. } => {
-            w.credentials.apply(event);
+            // Logs written before the one-to-one rule may hold a binding that the
+            // rule now refuses (a hijack): skipping it is the safe reading.
+            if let Err(e) = w.credentials.apply(event) {
+                tracing::warn!(error = %e, "logged credential event refused on replay; skipped");
+            }
             Ok(())
         }
     }

@@ -144,7 +144,7 @@ async fn register(http: &reqwest::Client, addr: &str, rng: &mut Rng, crn: Crn) -
         addr,
         reqwest::Method::POST,
         "/admin/link-credentials",
-        json!({"label": "crash"}),
+        json!({"label": "crash", "environment": "stage", "practices": [format!("D4w:{crn}")]}),
     )
     .await?["key"]
         .as_str()?
