@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-const CORE: [&str; 5] = ["ids", "authority", "tenancy", "policy", "router"];
+const CORE: [&str; 6] = ["ids", "authority", "tenancy", "policy", "credentials", "router"];
 const IO_CRATES: [&str; 7] = [
     "tokio",
     "axum",
