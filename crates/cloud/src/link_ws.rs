@@ -291,8 +291,9 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
         .and_then(|p| serde_json::from_str::<Vec<serde_json::Value>>(p).ok())
         .unwrap_or_default();
     // Milliseconds from `now` until a deadline; zero once it has passed.
-    let millis_until =
-        |deadline: Timestamp| u64::try_from(deadline.saturating_since(now).as_millis()).unwrap_or(u64::MAX);
+    let millis_until = |deadline: Timestamp| {
+        u64::try_from(deadline.saturating_since(now).as_millis()).unwrap_or(u64::MAX)
+    };
     QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo,

@@ -419,7 +419,10 @@ impl Link {
             }
         };
         if waiting.len() > 0 {
-            debug!(dropped = waiting.len(), "session ended; waiting jobs dropped");
+            debug!(
+                dropped = waiting.len(),
+                "session ended; waiting jobs dropped"
+            );
         }
         drop(waiting);
         drop(running); // cancels what is still running
@@ -506,7 +509,10 @@ impl Link {
             ));
         }
         // An older Cloud sends no queue budget: the whole deadline is then the budget.
-        let budget = job.queue_timeout_ms.unwrap_or(job.timeout_ms).min(job.timeout_ms);
+        let budget = job
+            .queue_timeout_ms
+            .unwrap_or(job.timeout_ms)
+            .min(job.timeout_ms);
         let budget = Duration::from_millis(budget).min(MAX_QUEUE_BUDGET);
         let start_by = now.checked_add(budget).unwrap_or(now);
         let control = JobControl::for_job(&job);
@@ -571,26 +577,24 @@ fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
     let Queued { db, job, control } = queued;
     let query_id = job.query_id;
     tokio::spawn(async move {
-        let frame = tokio::task::spawn_blocking(move || {
-            match execute_with(&db, &job, &control) {
-                Ok(out) => {
-                    let msg = LinkToCloud::QueryResult(QueryResult::from_json(
+        let frame = tokio::task::spawn_blocking(move || match execute_with(&db, &job, &control) {
+            Ok(out) => {
+                let msg = LinkToCloud::QueryResult(QueryResult::from_json(
+                    query_id,
+                    out.rows,
+                    &out.json,
+                    out.duration.as_millis() as u64,
+                ));
+                encode(&msg).unwrap_or_else(|e| {
+                    failed_frame(
                         query_id,
-                        out.rows,
-                        &out.json,
-                        out.duration.as_millis() as u64,
-                    ));
-                    encode(&msg).unwrap_or_else(|e| {
-                        failed_frame(
-                            query_id,
-                            QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
-                        )
-                    })
-                }
-                Err(e) => {
-                    debug!(query_id, kind = ?e.kind, "job failed");
-                    failed_frame(query_id, e)
-                }
+                        QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                    )
+                })
+            }
+            Err(e) => {
+                debug!(query_id, kind = ?e.kind, "job failed");
+                failed_frame(query_id, e)
             }
         })
         .await

@@ -67,7 +67,11 @@ fn config_parses_and_resolves_relative_paths() {
 fn one_database_never_gets_every_worker_of_a_shared_link() {
     let mut c = LinkConfig::from_toml(GOOD, Path::new(".")).unwrap();
     assert_eq!(c.max_queued_per_database, 64);
-    assert_eq!(c.running_per_database(1), 8, "a lone database uses them all");
+    assert_eq!(
+        c.running_per_database(1),
+        8,
+        "a lone database uses them all"
+    );
     assert_eq!(c.running_per_database(2), 7);
     c.max_concurrent_jobs = 1;
     assert_eq!(c.running_per_database(2), 1, "never zero");

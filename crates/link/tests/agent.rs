@@ -627,8 +627,10 @@ async fn the_wait_for_a_worker_counts_against_max_time_in_queue() {
     let (handle, mut s, [alpha, beta], [_, beta_db]) =
         two_tenants(&mut cloud, dir.path(), 1, |_| {}).await;
     s.send(&blocker(1, alpha)).await;
-    s.send(&with_job(write_job(2, beta), |j| j.queue_timeout_ms = Some(300)))
-        .await;
+    s.send(&with_job(write_job(2, beta), |j| {
+        j.queue_timeout_ms = Some(300)
+    }))
+    .await;
     s.send(&with_job(write_job(3, beta), |j| {
         j.queue_timeout_ms = None;
         j.timeout_ms = 600;
@@ -645,7 +647,10 @@ async fn the_wait_for_a_worker_counts_against_max_time_in_queue() {
     assert_eq!((id, kind), (1, QueryErrorKind::Cancelled));
     // A job with budget to spare still runs once a worker is free.
     s.send(&marker_job(4, beta)).await;
-    assert_eq!(marker_of(&answer_soon(&mut s).await), (4, "beta".to_owned()));
+    assert_eq!(
+        marker_of(&answer_soon(&mut s).await),
+        (4, "beta".to_owned())
+    );
     handle.shutdown().await.unwrap();
     assert_eq!(marker_rows(&beta_db), 1, "an expired job never ran");
 }
@@ -665,7 +670,11 @@ async fn a_full_database_queue_is_busy_at_once_and_others_still_queue() {
         s.send(&marker_job(id, alpha)).await;
     }
     let (id, kind, _) = failure_of(&answer_soon(&mut s).await);
-    assert_eq!((id, kind), (13, QueryErrorKind::Busy), "the fourth waiting job");
+    assert_eq!(
+        (id, kind),
+        (13, QueryErrorKind::Busy),
+        "the fourth waiting job"
+    );
     s.send(&marker_job(20, beta)).await;
     s.send(&CloudToLink::Cancel { query_id: 1 }).await;
     let (id, kind, _) = failure_of(&answer_soon(&mut s).await);
@@ -689,7 +698,11 @@ async fn cancel_takes_a_waiting_job_out_of_its_queue() {
     s.send(&write_job(2, beta)).await;
     s.send(&CloudToLink::Cancel { query_id: 2 }).await;
     let (id, kind, _) = failure_of(&answer_soon(&mut s).await);
-    assert_eq!((id, kind), (2, QueryErrorKind::Cancelled), "answered while queued");
+    assert_eq!(
+        (id, kind),
+        (2, QueryErrorKind::Cancelled),
+        "answered while queued"
+    );
     s.send(&CloudToLink::Cancel { query_id: 1 }).await;
     let (id, kind, _) = failure_of(&answer_soon(&mut s).await);
     assert_eq!((id, kind), (1, QueryErrorKind::Cancelled));

@@ -95,14 +95,7 @@ impl<T> FairQueue<T> {
         }
         queue.push_back(query_id);
         self.expiry.insert((start_by, query_id));
-        self.jobs.insert(
-            query_id,
-            Waiting {
-                db,
-                start_by,
-                item,
-            },
-        );
+        self.jobs.insert(query_id, Waiting { db, start_by, item });
         Ok(())
     }
 
@@ -227,7 +220,10 @@ mod tests {
         let (a, b) = (db(1), db(2));
         q.push(a, 1, t0, ()).unwrap();
         q.push(a, 2, t0, ()).unwrap();
-        assert_eq!(q.push(a, 3, t0, ()).map_err(|(r, ())| r), Err(Refusal::Full));
+        assert_eq!(
+            q.push(a, 3, t0, ()).map_err(|(r, ())| r),
+            Err(Refusal::Full)
+        );
         q.push(b, 4, t0, ()).unwrap();
         assert_eq!(
             q.push(b, 4, t0, ()).map_err(|(r, ())| r),
