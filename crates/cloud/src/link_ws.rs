@@ -365,7 +365,12 @@ fn failure(f: QueryFailed) -> QueryFailure {
         },
         QueryErrorKind::TooLarge => QueryFailure::TooLarge,
         QueryErrorKind::Denied => QueryFailure::Denied(e.message),
-        QueryErrorKind::Busy => QueryFailure::Busy,
+        // The database's queue at the Link is full, or the job did not start within
+        // its queue budget (`maxTimeInQueue`): 503, retry later.
+        QueryErrorKind::Busy => {
+            tracing::debug!(query_id = f.query_id, reason = %e.message, "link answered busy");
+            QueryFailure::Busy
+        }
         _ => QueryFailure::Refused(e.message),
     }
 }
@@ -382,12 +387,17 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
         .as_deref()
         .and_then(|p| serde_json::from_str::<Vec<serde_json::Value>>(p).ok())
         .unwrap_or_default();
+    // Milliseconds from `now` until a deadline; zero once it has passed.
+    let millis_until = |deadline: Timestamp| {
+        u64::try_from(deadline.saturating_since(now).as_millis()).unwrap_or(u64::MAX)
+    };
     QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo,
         epoch: job.epoch.get(),
-        timeout_ms: u64::try_from(job.deadline.saturating_since(now).as_millis())
-            .unwrap_or(u64::MAX),
+        timeout_ms: millis_until(job.deadline),
+        // `maxTimeInQueue` covers the wait for a Link worker too.
+        queue_timeout_ms: Some(millis_until(job.queue_deadline)),
         catalogue: job.catalogue.map(String::from),
         mode,
         command: job.command.text,

@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
         halo_guid: halo,
         epoch: 1,
         timeout_ms: 30_000,
+        queue_timeout_ms: None,
         catalogue: None,
         mode: ExecutionMode::Reader,
         command: SQL.into(),

@@ -6,9 +6,20 @@
 //! `Authorization: Bearer <token>`), hello, heartbeats, jobs; on any failure it
 //! reconnects after an exponential backoff with jitter, until shutdown.
 //!
-//! Jobs run on tokio's blocking pool through [`crate::execute_with`]. When a session
-//! ends (or the Link task is aborted), every job still running is cancelled; its
-//! answer is dropped. With each heartbeat the Link also sends a WebSocket ping; a
+//! Jobs run on tokio's blocking pool through [`crate::execute_with`], on at most
+//! [`LinkConfig::max_concurrent_jobs`] workers. Jobs beyond that wait in a bounded
+//! FIFO queue per database ([`LinkConfig::max_queued_per_database`]; a job beyond it
+//! is answered `busy` at once), and free workers serve the databases with jobs
+//! waiting round-robin, each database running at most
+//! [`LinkConfig::running_per_database`] jobs, so one practice flooding a multi-tenant
+//! Link neither holds every worker nor makes another practice wait behind all of its
+//! queue. A job that has not started when its queue budget (`queueTimeoutMs`, the
+//! integrator's `maxTimeInQueue`) runs out is answered `busy` and never runs; a
+//! Cancel takes a waiting job out of its queue at once (answered `cancelled`) and
+//! stops a running one. When a session ends (or the Link task is aborted), waiting
+//! jobs are dropped and every job still running is cancelled; their answers are
+//! dropped, but a stopping job keeps its worker until it has stopped, across
+//! sessions. With each heartbeat the Link also sends a WebSocket ping; a
 //! Cloud silent for [`LinkConfig::silence_limit`] (at least three heartbeat
 //! periods) is taken as gone, so a
 //! half-open TCP connection does not leave the Link deaf.
@@ -18,6 +29,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -26,7 +38,8 @@ use halo_protocol::{
     CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -36,10 +49,14 @@ use crate::executor::{Database, JobControl, execute_with};
 use crate::state::LinkState;
 use crate::{LinkConfig, LinkError};
 
+mod fair;
+
+use fair::{FairQueue, Refusal};
+
 /// How long the Cloud has to answer a hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Jobs queued per concurrency slot before the Link answers `busy`.
-const BACKLOG_FACTOR: usize = 32;
+/// The longest queue budget honoured (a larger one is cut to this).
+const MAX_QUEUE_BUDGET: Duration = Duration::from_secs(24 * 3600);
 /// How long a TCP + WebSocket connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,8 +88,8 @@ pub struct Link {
     refused: Vec<RefusedDatabase>,
     state: LinkState,
     status: watch::Sender<LinkStatus>,
-    /// One permit per job that may run at once; later jobs wait for one.
-    permits: Arc<Semaphore>,
+    /// The workers jobs run on, counted overall and per database.
+    workers: Arc<Workers>,
 }
 
 impl Link {
@@ -163,7 +180,11 @@ impl Link {
         }
         state.save(&config.state_file)?;
         let (status, _) = watch::channel(LinkStatus::default());
-        let permits = Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1)));
+        let workers = Arc::new(Workers::new(
+            config.max_concurrent_jobs.max(1),
+            config.running_per_database(databases.len()),
+            by_guid.keys().copied(),
+        ));
         Ok(Self {
             config,
             link_guid: state.link_guid,
@@ -172,7 +193,7 @@ impl Link {
             refused,
             state,
             status,
-            permits,
+            workers,
         })
     }
 
@@ -299,6 +320,7 @@ impl Link {
 
         let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
         let mut running = Running::default();
+        let mut waiting = FairQueue::new(self.config.max_queued_per_database);
         let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
         let mut last_heard = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -306,6 +328,7 @@ impl Link {
         heartbeat.tick().await; // the first tick is immediate; the hello just went out
 
         let end = loop {
+            let next_expiry = waiting.next_expiry();
             tokio::select! {
                 () = shutdown.as_mut() => {
                     let _ = sink.send(Message::Close(None)).await;
@@ -341,21 +364,50 @@ impl Link {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
                 }
+                () = self.workers.freed.notified() => {
+                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    if let Err(e) = send_all(&mut sink, refusals).await {
+                        break lost(true, e);
+                    }
+                }
+                () = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)),
+                    if next_expiry.is_some() =>
+                {
+                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    if let Err(e) = send_all(&mut sink, refusals).await {
+                        break lost(true, e);
+                    }
+                }
                 msg = next_frame(&mut stream) => {
                     last_heard = tokio::time::Instant::now();
                     match msg {
                         Ok(None) => {}
                         Ok(Some(CloudToLink::QueryJob(job))) => {
-                            if let Some(refusal) = self.start_job(job, &mut running, &done_tx) {
-                                if let Err(e) = sink.send(Message::text(refusal)).await {
-                                    break lost(true, LinkError::Connection(e.to_string()));
-                                }
+                            // One instant for both: a job with no queue budget starts
+                            // if a worker is free, and is refused otherwise.
+                            let now = Instant::now();
+                            let mut frames = Vec::new();
+                            if let Some(refusal) = self.queue_job(job, &mut waiting, &running, now) {
+                                frames.push(refusal);
+                            }
+                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            if let Err(e) = send_all(&mut sink, frames).await {
+                                break lost(true, e);
                             }
                         }
                         Ok(Some(CloudToLink::Cancel { query_id })) => {
                             if let Some(control) = running.get(&query_id) {
                                 debug!(query_id, "cancelling job");
                                 control.cancel();
+                            } else if waiting.remove(query_id).is_some() {
+                                debug!(query_id, "cancelled a waiting job");
+                                let frame = failed_frame(
+                                    query_id,
+                                    QueryError::new(QueryErrorKind::Cancelled, "query was cancelled before it started"),
+                                );
+                                if let Err(e) = sink.send(Message::text(frame)).await {
+                                    break lost(true, LinkError::Connection(e.to_string()));
+                                }
                             }
                         }
                         Ok(Some(other)) => {
@@ -366,6 +418,13 @@ impl Link {
                 }
             }
         };
+        if waiting.len() > 0 {
+            debug!(
+                dropped = waiting.len(),
+                "session ended; waiting jobs dropped"
+            );
+        }
+        drop(waiting);
         drop(running); // cancels what is still running
         end
     }
@@ -423,12 +482,14 @@ impl Link {
         }
     }
 
-    /// Starts a job, or returns the encoded refusal to send at once.
-    fn start_job(
+    /// Queues a job on its database's queue, or returns the encoded refusal to send
+    /// at once. The job's deadline and queue budget count from `now`, its receipt.
+    fn queue_job(
         &self,
         job: QueryJob,
-        running: &mut Running,
-        done: &mpsc::Sender<(u64, String)>,
+        waiting: &mut FairQueue<Queued>,
+        running: &Running,
+        now: Instant,
     ) -> Option<String> {
         let query_id = job.query_id;
         let refuse = |kind: QueryErrorKind, message: &str| {
@@ -441,77 +502,187 @@ impl Link {
                 "this link serves no database with that halo guid",
             ));
         };
-        if running.contains_key(&query_id) {
+        if running.contains_key(&query_id) || waiting.contains(query_id) {
             return Some(refuse(
                 QueryErrorKind::BadRequest,
                 "query id already running",
             ));
         }
-        // Jobs beyond the concurrency limit wait for a permit (within their own
-        // deadline); only a backlog far beyond it is refused as busy.
-        if running.len()
-            >= self
-                .config
-                .max_concurrent_jobs
-                .saturating_mul(BACKLOG_FACTOR)
-        {
-            return Some(refuse(
-                QueryErrorKind::Busy,
-                "link is at its concurrency limit",
-            ));
-        }
+        // An older Cloud sends no queue budget: the whole deadline is then the budget.
+        let budget = job
+            .queue_timeout_ms
+            .unwrap_or(job.timeout_ms)
+            .min(job.timeout_ms);
+        let budget = Duration::from_millis(budget).min(MAX_QUEUE_BUDGET);
+        let start_by = now.checked_add(budget).unwrap_or(now);
         let control = JobControl::for_job(&job);
-        running.insert(query_id, control.clone());
-        let done = done.clone();
-        let permits = Arc::clone(&self.permits);
-        let wait = Duration::from_millis(job.timeout_ms);
-        tokio::spawn(async move {
-            let Ok(Ok(permit)) = tokio::time::timeout(wait, permits.acquire_owned()).await else {
-                let frame = failed_frame(
-                    query_id,
-                    QueryError::new(
-                        QueryErrorKind::Timeout,
-                        "the job waited past its deadline for a free slot",
-                    ),
-                );
-                let _ = done.send((query_id, frame)).await;
-                return;
-            };
-            let frame = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let outcome = execute_with(&db, &job, &control);
-                match outcome {
-                    Ok(out) => {
-                        let msg = LinkToCloud::QueryResult(QueryResult::from_json(
-                            query_id,
-                            out.rows,
-                            &out.json,
-                            out.duration.as_millis() as u64,
-                        ));
-                        encode(&msg).unwrap_or_else(|e| {
-                            failed_frame(
-                                query_id,
-                                QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
-                            )
-                        })
-                    }
-                    Err(e) => {
-                        debug!(query_id, kind = ?e.kind, "job failed");
-                        failed_frame(query_id, e)
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|e| {
+        let queued = Queued { db, job, control };
+        match waiting.push(queued.db.halo_guid(), query_id, start_by, queued) {
+            Ok(()) => None,
+            Err((Refusal::Full, _)) => Some(refuse(
+                QueryErrorKind::Busy,
+                "the database's queue at this link is full",
+            )),
+            Err((Refusal::Duplicate, _)) => Some(refuse(
+                QueryErrorKind::BadRequest,
+                "query id already running",
+            )),
+        }
+    }
+
+    /// Answers the waiting jobs whose queue budget ran out before `now` (`busy`;
+    /// they never run), then starts waiting jobs, round-robin across databases, on
+    /// the free workers. Returns the encoded refusals to send.
+    fn dispatch(
+        &self,
+        waiting: &mut FairQueue<Queued>,
+        running: &mut Running,
+        done: &mpsc::Sender<(u64, String)>,
+        now: Instant,
+    ) -> Vec<String> {
+        let refusals = waiting
+            .expire(now)
+            .into_iter()
+            .map(|(query_id, _)| {
+                warn!(query_id, "job did not start within its queue budget");
                 failed_frame(
                     query_id,
-                    QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
+                    QueryError::new(
+                        QueryErrorKind::Busy,
+                        "expired in queue: no link worker was free within the job's maxTimeInQueue",
+                    ),
                 )
-            });
-            let _ = done.send((query_id, frame)).await;
-        });
-        None
+            })
+            .collect();
+        while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
+            let worker = self.workers.take(db);
+            running.insert(query_id, queued.control.clone());
+            launch(queued, worker, done.clone());
+        }
+        refusals
     }
+}
+
+/// A job waiting for a worker, with its control (deadline counted from receipt).
+struct Queued {
+    db: Arc<Database>,
+    job: QueryJob,
+    control: JobControl,
+}
+
+/// Runs a job on the blocking pool and hands its answer to `done`; its worker is
+/// freed once the answer is handed over (or the session is gone), so on one
+/// worker answers leave in the order the jobs started.
+fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
+    let Queued { db, job, control } = queued;
+    let query_id = job.query_id;
+    tokio::spawn(async move {
+        let frame = tokio::task::spawn_blocking(move || match execute_with(&db, &job, &control) {
+            Ok(out) => {
+                let msg = LinkToCloud::QueryResult(QueryResult::from_json(
+                    query_id,
+                    out.rows,
+                    &out.json,
+                    out.duration.as_millis() as u64,
+                ));
+                encode(&msg).unwrap_or_else(|e| {
+                    failed_frame(
+                        query_id,
+                        QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                    )
+                })
+            }
+            Err(e) => {
+                debug!(query_id, kind = ?e.kind, "job failed");
+                failed_frame(query_id, e)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            failed_frame(
+                query_id,
+                QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
+            )
+        });
+        let _ = done.send((query_id, frame)).await;
+        drop(worker);
+    });
+}
+
+/// The Link's workers in use, overall and per database. Shared by every session:
+/// a job still stopping after its session ended keeps its worker until it stops.
+/// Only the session loop takes workers (so a check then a take cannot race with
+/// another take); a [`Worker`] gives its worker back from any thread.
+#[derive(Debug)]
+struct Workers {
+    max: usize,
+    max_per_db: usize,
+    busy: AtomicUsize,
+    per_db: HashMap<HaloGuid, AtomicUsize>,
+    /// Woken when a worker is freed, so waiting jobs can start.
+    freed: Notify,
+}
+
+impl Workers {
+    fn new(max: usize, max_per_db: usize, databases: impl Iterator<Item = HaloGuid>) -> Self {
+        Self {
+            max: max.max(1),
+            max_per_db: max_per_db.max(1),
+            busy: AtomicUsize::new(0),
+            per_db: databases.map(|db| (db, AtomicUsize::new(0))).collect(),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Whether a job of `db` may start now.
+    fn may_run(&self, db: HaloGuid) -> bool {
+        self.busy.load(Ordering::Acquire) < self.max
+            && self
+                .per_db
+                .get(&db)
+                .is_some_and(|n| n.load(Ordering::Acquire) < self.max_per_db)
+    }
+
+    /// Takes a worker for a job of `db` (after [`Workers::may_run`]).
+    fn take(self: &Arc<Self>, db: HaloGuid) -> Worker {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = self.per_db.get(&db) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        Worker {
+            workers: Arc::clone(self),
+            db,
+        }
+    }
+}
+
+/// One worker in use; dropping it frees the worker and wakes the session loop.
+struct Worker {
+    workers: Arc<Workers>,
+    db: HaloGuid,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(n) = self.workers.per_db.get(&self.db) {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.workers.busy.fetch_sub(1, Ordering::AcqRel);
+        self.workers.freed.notify_one();
+    }
+}
+
+/// Sends frames in order.
+async fn send_all<S>(sink: &mut S, frames: Vec<String>) -> Result<(), LinkError>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    for frame in frames {
+        sink.send(Message::text(frame))
+            .await
+            .map_err(|e| LinkError::Connection(e.to_string()))?;
+    }
+    Ok(())
 }
 
 type WsStream =

@@ -7,6 +7,9 @@
 //! state_file = "halo-link-state.json"
 //! heartbeat_secs = 10          # optional, 1..=300, default 10
 //! max_concurrent_jobs = 8      # optional, 1..=256, default 8
+//! max_running_per_database = 7 # optional, 1..=256; default all workers but one
+//!                              # when several databases are served
+//! max_queued_per_database = 64 # optional, 1..=4096, default 64
 //! silence_secs = 30            # optional, 5..=3600, default 30
 //!
 //! [[databases]]
@@ -42,8 +45,14 @@ pub struct LinkConfig {
     pub databases: Vec<PathBuf>,
     /// Heartbeat period (the Cloud may override it in its hello ack).
     pub heartbeat_interval: Duration,
-    /// Jobs run at once; more are answered with `busy`.
+    /// Jobs run at once, all databases together; more wait in their database's
+    /// queue, served round-robin across databases.
     pub max_concurrent_jobs: usize,
+    /// Jobs of one database run at once; `None`: all workers but one when several
+    /// databases are served, so one practice never holds every worker.
+    pub max_running_per_database: Option<usize>,
+    /// Jobs of one database waiting for a worker; beyond it the Link answers `busy`.
+    pub max_queued_per_database: usize,
     /// First reconnect delay; doubles per failed attempt, with jitter.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
@@ -63,6 +72,8 @@ impl std::fmt::Debug for LinkConfig {
             .field("databases", &self.databases)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
+            .field("max_running_per_database", &self.max_running_per_database)
+            .field("max_queued_per_database", &self.max_queued_per_database)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("silence_limit", &self.silence_limit)
@@ -83,6 +94,10 @@ struct RawConfig {
     #[serde(default)]
     max_concurrent_jobs: Option<usize>,
     #[serde(default)]
+    max_running_per_database: Option<usize>,
+    #[serde(default)]
+    max_queued_per_database: Option<usize>,
+    #[serde(default)]
     silence_secs: Option<u64>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
@@ -95,7 +110,8 @@ struct RawDatabase {
 }
 
 impl LinkConfig {
-    /// A config with the default heartbeat (10 s), concurrency (8), backoff
+    /// A config with the default heartbeat (10 s), concurrency (8; per database
+    /// all but one when several are served), queue (64 per database), backoff
     /// (250 ms doubling to 30 s) and silence limit (30 s).
     pub fn new(
         cloud_url: impl Into<String>,
@@ -112,6 +128,8 @@ impl LinkConfig {
             databases,
             heartbeat_interval: Duration::from_secs(10),
             max_concurrent_jobs: 8,
+            max_running_per_database: None,
+            max_queued_per_database: 64,
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             silence_limit: Duration::from_secs(30),
@@ -165,6 +183,12 @@ impl LinkConfig {
                 )));
             }
             config.max_concurrent_jobs = n;
+        }
+        if let Some(n) = raw.max_running_per_database {
+            config.max_running_per_database = Some(n);
+        }
+        if let Some(n) = raw.max_queued_per_database {
+            config.max_queued_per_database = n;
         }
         if let Some(secs) = raw.silence_secs {
             if !(5..=3600).contains(&secs) {
@@ -221,6 +245,19 @@ impl LinkConfig {
                 "max_concurrent_jobs must be at least 1".into(),
             ));
         }
+        if self
+            .max_running_per_database
+            .is_some_and(|n| !(1..=256).contains(&n))
+        {
+            return Err(LinkError::Config(
+                "max_running_per_database must be 1 to 256".into(),
+            ));
+        }
+        if !(1..=4096).contains(&self.max_queued_per_database) {
+            return Err(LinkError::Config(
+                "max_queued_per_database must be 1 to 4096".into(),
+            ));
+        }
         if self.heartbeat_interval.is_zero() {
             return Err(LinkError::Config(
                 "heartbeat interval must not be zero".into(),
@@ -242,4 +279,19 @@ fn is_loopback(rest: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl LinkConfig {
+    /// Jobs of one database that may run at once when `databases` are served:
+    /// [`LinkConfig::max_running_per_database`] if set (at most
+    /// `max_concurrent_jobs`), else all workers but one when several databases
+    /// are served, else all of them.
+    pub fn running_per_database(&self, databases: usize) -> usize {
+        let all = self.max_concurrent_jobs.max(1);
+        match self.max_running_per_database {
+            Some(n) => n.clamp(1, all),
+            None if databases > 1 => (all - 1).max(1),
+            None => all,
+        }
+    }
 }

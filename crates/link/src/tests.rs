@@ -64,6 +64,34 @@ fn config_parses_and_resolves_relative_paths() {
 }
 
 #[test]
+fn one_database_never_gets_every_worker_of_a_shared_link() {
+    let mut c = LinkConfig::from_toml(GOOD, Path::new(".")).unwrap();
+    assert_eq!(c.max_queued_per_database, 64);
+    assert_eq!(
+        c.running_per_database(1),
+        8,
+        "a lone database uses them all"
+    );
+    assert_eq!(c.running_per_database(2), 7);
+    c.max_concurrent_jobs = 1;
+    assert_eq!(c.running_per_database(2), 1, "never zero");
+    c.max_concurrent_jobs = 4;
+    c.max_running_per_database = Some(2);
+    assert_eq!(c.running_per_database(3), 2);
+    c.max_running_per_database = Some(9);
+    assert_eq!(c.running_per_database(3), 4, "capped by the whole link");
+    let text = GOOD.replace(
+        "heartbeat_secs = 3",
+        "max_running_per_database = 3\nmax_queued_per_database = 5",
+    );
+    let c = LinkConfig::from_toml(&text, Path::new(".")).unwrap();
+    assert_eq!(
+        (c.max_running_per_database, c.max_queued_per_database),
+        (Some(3), 5)
+    );
+}
+
+#[test]
 fn example_config_is_valid() {
     let text = include_str!("../link.example.toml");
     LinkConfig::from_toml(text, Path::new(".")).unwrap();
@@ -91,6 +119,14 @@ fn config_errors_name_the_problem() {
     check(
         GOOD.replace("heartbeat_secs = 3", "silence_secs = 1"),
         "silence_secs",
+    );
+    check(
+        GOOD.replace("heartbeat_secs = 3", "max_queued_per_database = 0"),
+        "max_queued_per_database",
+    );
+    check(
+        GOOD.replace("heartbeat_secs = 3", "max_running_per_database = 257"),
+        "max_running_per_database",
     );
     check(
         GOOD.split("[[databases]]").next().unwrap().to_owned(),

@@ -13,9 +13,11 @@
 //! 3. Cloud → [`CloudToLink::HelloAck`] or [`CloudToLink::Refused`] (then closes).
 //! 4. Link → [`Heartbeat`] every few seconds.
 //! 5. Cloud → [`QueryJob`]; Link → [`QueryResult`] or [`QueryFailed`] with the same
-//!    query id. Cloud → [`CloudToLink::Cancel`] stops a running job (the Link then
-//!    answers with [`QueryFailed`] of kind [`QueryErrorKind::Cancelled`], or not at
-//!    all if the job already finished).
+//!    query id. Cloud → [`CloudToLink::Cancel`] stops a running job or takes a
+//!    waiting one out of the Link's queue (the Link then answers with
+//!    [`QueryFailed`] of kind [`QueryErrorKind::Cancelled`], or not at all if the
+//!    job already finished). A job that has not started within its
+//!    [`QueryJob::queue_timeout_ms`] is answered with [`QueryErrorKind::Busy`].
 //!
 //! ## Versioning
 //!

@@ -160,6 +160,13 @@ pub struct Allowlist {
 /// **Deadline.** `timeout_ms` is *relative*: the Link stops the job `timeout_ms`
 /// after it receives it, so Cloud and Link clocks need not agree. The Cloud keeps
 /// its own timer as well and answers the integrator when its timer fires.
+///
+/// **Queue budget.** `queue_timeout_ms` (the integrator's `maxTimeInQueue`, less
+/// what the Cloud already spent) is relative too: a job that has not *started*
+/// running `queue_timeout_ms` after the Link received it (every worker busy, or
+/// its database's share of them) is answered with [`QueryErrorKind::Busy`] and
+/// never runs. Absent (a Cloud older than the field), the whole `timeout_ms` is
+/// the queue budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryJob {
@@ -172,6 +179,10 @@ pub struct QueryJob {
     pub epoch: u64,
     /// Execution budget in milliseconds from receipt (see the type docs).
     pub timeout_ms: u64,
+    /// Queue budget in milliseconds from receipt: the job must start by then
+    /// (see the type docs). `None` means `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
     /// Catalogue to use; `None` means the default one.
     #[serde(default)]
     pub catalogue: Option<String>,
@@ -290,7 +301,8 @@ pub enum QueryErrorKind {
     Cancelled,
     /// The job names an unknown catalogue or has unusable parameters.
     BadRequest,
-    /// The Link is at its concurrency limit.
+    /// The Link cannot take the job: its database's queue is full, or the job
+    /// did not start within its queue budget (`queueTimeoutMs`) (HTTP 503).
     Busy,
     /// Anything else on the Link side.
     Internal,

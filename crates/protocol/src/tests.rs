@@ -39,6 +39,7 @@ fn job() -> CloudToLink {
         halo_guid: halo(3),
         epoch: 4,
         timeout_ms: 30_000,
+        queue_timeout_ms: Some(5_000),
         catalogue: None,
         mode: ExecutionMode::NonQuery,
         command: "update patients set x = ?1".into(),
@@ -102,6 +103,7 @@ fn wire_names_are_camel_case() {
         r#""queryId":18446744073709551615"#,
         r#""haloGuid":"00000000-0000-0000-0000-000000000003""#,
         r#""timeoutMs":30000"#,
+        r#""queueTimeoutMs":5000"#,
         r#""mode":"nonQuery""#,
         r#""allowWrite":true"#,
     ] {
@@ -250,6 +252,17 @@ fn optional_fields_default() {
 }
 
 #[test]
+fn a_job_from_an_older_cloud_has_no_queue_budget() {
+    let mut frame = encode(&job()).unwrap();
+    frame = frame.replace(r#""queueTimeoutMs":5000,"#, "");
+    assert!(!frame.contains("queueTimeoutMs"), "{frame}");
+    match decode::<CloudToLink>(&frame).unwrap() {
+        CloudToLink::QueryJob(j) => assert_eq!((j.timeout_ms, j.queue_timeout_ms), (30_000, None)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn malformed_reason_is_short() {
     let frame = format!(r#"{{"type":"{}"}}"#, "z".repeat(10_000));
     match decode::<CloudToLink>(&frame) {
@@ -272,6 +285,7 @@ proptest! {
         query_id in any::<u64>(),
         epoch in any::<u64>(),
         timeout_ms in any::<u64>(),
+        queue_timeout_ms in any::<Option<u64>>(),
         command in ".{0,64}",
         tables in proptest::collection::vec("[a-z_]{1,12}", 0..4),
         allow_write in any::<bool>(),
@@ -282,6 +296,7 @@ proptest! {
             halo_guid: halo(n),
             epoch,
             timeout_ms,
+            queue_timeout_ms,
             catalogue: Some("d4w".into()),
             mode: ExecutionMode::Reader,
             command,

@@ -39,6 +39,7 @@ fn job(mode: ExecutionMode, sql: &str, tables: &[&str]) -> QueryJob {
         halo_guid: HaloGuid::from_u128(7).unwrap(),
         epoch: 0,
         timeout_ms: 10_000,
+        queue_timeout_ms: None,
         catalogue: None,
         mode,
         command: sql.into(),
