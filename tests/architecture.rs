@@ -1,5 +1,6 @@
 //! Enforces the architecture invariants of ARCHITECTURE.md that a test can see: the
-//! core crates depend on no IO runtime and read no clock.
+//! core crates depend on no IO runtime and read no clock, and every crate edge is one
+//! the table below allows (read from `cargo metadata`).
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +72,99 @@ fn core_crates_read_no_clock_and_no_files() {
                     !text.contains(needle),
                     "{} uses {needle}: core crates take time as a parameter and do no IO",
                     file.display()
+                );
+            }
+        }
+    }
+}
+
+/// The allowed `halo-*` edges (normal dependencies) of every workspace package. A new
+/// package, or a new edge, must be added here on purpose: in particular the Cloud
+/// links no agent, the Link knows nothing of the Cloud, and the store knows no domain.
+const ALLOWED_EDGES: &[(&str, &[&str])] = &[
+    ("halo-ids", &[]),
+    ("halo-authority", &["halo-ids"]),
+    ("halo-tenancy", &["halo-ids", "halo-authority"]),
+    ("halo-policy", &["halo-ids"]),
+    ("halo-credentials", &["halo-ids", "halo-policy"]),
+    (
+        "halo-router",
+        &["halo-ids", "halo-authority", "halo-tenancy", "halo-policy"],
+    ),
+    ("halo-protocol", &["halo-ids"]),
+    ("halo-store", &[]),
+    (
+        "halo-cloud",
+        &[
+            "halo-ids",
+            "halo-authority",
+            "halo-tenancy",
+            "halo-policy",
+            "halo-credentials",
+            "halo-router",
+            "halo-protocol",
+            "halo-store",
+        ],
+    ),
+    ("halo-link", &["halo-ids", "halo-protocol"]),
+    (
+        "halo-demo",
+        &[
+            "halo-ids",
+            "halo-tenancy",
+            "halo-policy",
+            "halo-credentials",
+            "halo-router",
+            "halo-cloud",
+            "halo-link",
+        ],
+    ),
+    (
+        "halo-connect",
+        &[
+            "halo-ids",
+            "halo-authority",
+            "halo-tenancy",
+            "halo-policy",
+            "halo-router",
+        ],
+    ),
+    // Test and benchmark packages may use any crate.
+    ("halo-benches", &["*"]),
+    ("halo-tests", &["*"]),
+    ("halo-test-support", &["*"]),
+];
+
+#[test]
+fn crate_edges_are_the_allowed_ones() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    assert!(packages.len() >= 12, "workspace packages not found");
+    for package in packages {
+        let name = package["name"].as_str().unwrap();
+        let allowed = ALLOWED_EDGES
+            .iter()
+            .find(|(p, _)| *p == name)
+            .map(|(_, edges)| *edges)
+            .unwrap_or_else(|| panic!("package {name} is not in ALLOWED_EDGES: add it on purpose"));
+        for dep in package["dependencies"].as_array().unwrap() {
+            let dep_name = dep["name"].as_str().unwrap();
+            let normal = dep["kind"].is_null();
+            if normal && dep_name.starts_with("halo-") && !allowed.contains(&"*") {
+                assert!(
+                    allowed.contains(&dep_name),
+                    "{name} depends on {dep_name}, which ALLOWED_EDGES does not allow"
                 );
             }
         }

@@ -19,7 +19,6 @@ pub mod record;
 pub mod site_view;
 pub mod state;
 
-pub mod demo;
 
 pub use app::{App, AppState, CloudConfig, RunningCloud, StartError, build, routes, start};
 pub use clock::now;

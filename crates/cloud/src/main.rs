@@ -1,11 +1,11 @@
-//! `halo-cloud`: the Cloud server, and `halo-cloud demo`.
+//! `halo-cloud`: the Cloud server. The demo is the `halo-demo` binary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use halo_cloud::{CloudConfig, demo};
+use halo_cloud::CloudConfig;
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
@@ -40,15 +40,6 @@ enum Command {
         /// Refuse a Link whose hello announces more databases than this.
         #[arg(long, default_value_t = halo_cloud::app::MAX_DATABASES_PER_LINK)]
         max_databases_per_link: usize,
-    },
-    /// Start a Cloud with an in-process Link and demo data, and print curl commands.
-    Demo {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Keep the demo's data here (default: a temporary directory, removed on exit).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
     },
 }
 
@@ -98,17 +89,6 @@ async fn main() -> anyhow::Result<()> {
                 () = cloud_wait(&cloud) => {}
             }
             cloud.stop().await;
-        }
-        Command::Demo { listen, data_dir } => {
-            let demo = demo::start_demo(listen, data_dir)
-                .await
-                .context("starting the demo")?;
-            print!("{}", demo::instructions(&demo));
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for ctrl-c")?;
-            let _ = demo.link.shutdown().await;
-            demo.cloud.stop().await;
         }
     }
     Ok(())

@@ -3,14 +3,14 @@
 //! direct SQLite query of the same statement on an open connection (the baseline)
 //! measured in the same run.
 //!
-//! `cargo run --release -p halo-cloud --example loopback_bench -- [QUERIES] [CONCURRENCY]`
+//! `cargo run --release -p halo-demo --example loopback_bench -- [QUERIES] [CONCURRENCY]`
 //! (defaults 4000 and 8). Prints one JSON line.
 #![allow(clippy::unwrap_used)] // a benchmark: any failure aborts the run
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_cloud::demo;
+use halo_demo as demo;
 
 const SQL: &str = "SELECT patient_id, first_name, last_name FROM patients WHERE patient_id = 7";
 

@@ -1,6 +1,9 @@
 //! The demo: a Cloud with its embedded defaults, an in-process Stage Link serving
 //! two tenant databases and one demo copy, a demo vendor grant and integrator, and
 //! the lines a newcomer pastes to see rows come back.
+//!
+//! A crate of its own, so that the Cloud binary links no agent: only this crate
+//! (binary `halo-demo`) depends on both `halo-cloud` and `halo-link`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,9 +16,10 @@ use halo_policy::{IntegratorId, KeyHash, ReadAccess};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
-use crate::app::{CloudConfig, RunningCloud, start};
-use crate::clock::now;
-use crate::record::CredentialEvent;
+use halo_cloud::admin::new_secret;
+use halo_cloud::app::{CloudConfig, MAX_DATABASES_PER_LINK, RunningCloud, StartError, start};
+use halo_cloud::clock::now;
+use halo_cloud::record::CredentialEvent;
 use halo_credentials::Scope;
 
 /// The demo integrator's id.
@@ -35,7 +39,7 @@ pub enum DemoError {
     Generate(String),
     /// The Cloud did not start.
     #[error(transparent)]
-    Start(#[from] crate::app::StartError),
+    Start(#[from] StartError),
     /// The in-process Link did not connect.
     #[error("demo link: {0}")]
     Link(String),
@@ -112,7 +116,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         }
         db_paths.push(path);
     }
-    let admin_token = crate::admin::new_secret("adm_");
+    let admin_token = new_secret("adm_");
     let cloud = start(CloudConfig {
         listen,
         data_dir: Some(work_dir.join("cloud")),
@@ -121,14 +125,14 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         availability: AvailabilityConfig::default(),
         snapshot_every: 10_000,
         accept_damaged_log: false,
-        max_databases_per_link: crate::app::MAX_DATABASES_PER_LINK,
+        max_databases_per_link: MAX_DATABASES_PER_LINK,
     })
     .await?;
     let state = &cloud.app.state;
 
     // The Link's credential, then the Link itself (it reads the databases).
     // Scoped to the demo's practices and demo copies, in Stage.
-    let link_token = crate::admin::new_secret("lnk_");
+    let link_token = new_secret("lnk_");
     let scope = Scope {
         practices: practices()
             .iter()
@@ -181,7 +185,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
     let integrator: IntegratorId = DEMO_INTEGRATOR
         .parse()
         .map_err(|e| DemoError::Grant(format!("{e}")))?;
-    let key = crate::admin::new_secret("stg_");
+    let key = new_secret("stg_");
     let events = ReadAccess {
         integrator: &integrator,
         pms_type: PmsType::D4w,

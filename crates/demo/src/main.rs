@@ -1,0 +1,66 @@
+//! `halo-demo`: a Cloud with an in-process Link and demo data; prints curl commands.
+//! Stops cleanly (removing its temporary data) on Ctrl-C and on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// The Halo Connect demo: a Cloud on its embedded defaults, an in-process Stage Link
+/// serving demo practice databases, and a demo integrator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Keep the demo's data here (default: a temporary directory, removed on exit).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn stop_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "ctrl-c").context("waiting for ctrl-c"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for ctrl-c")?;
+        Ok("ctrl-c")
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let demo = halo_demo::start_demo(cli.listen, cli.data_dir)
+        .await
+        .context("starting the demo")?;
+    print!("{}", halo_demo::instructions(&demo));
+    let signal = stop_signal().await?;
+    tracing::info!(signal, "stopping the demo");
+    let _ = demo.link.shutdown().await;
+    demo.cloud.stop().await;
+    // Dropping the demo removes its temporary directory.
+    Ok(())
+}
