@@ -8,6 +8,8 @@
 //! heartbeat_secs = 10          # optional, 1..=300, default 10
 //! max_concurrent_jobs = 8      # optional, 1..=256, default 8
 //! silence_secs = 30            # optional, 5..=3600, default 30
+//! sql_max_value_mib = 16       # optional, 1..=1024, default 16: longest string or blob
+//! sql_heap_limit_mib = 256     # optional, 16..=65536, default 256: SQLite's whole heap
 //!
 //! [[databases]]
 //! path = "practice.sqlite"
@@ -24,6 +26,7 @@ use halo_ids::Environment;
 use serde::Deserialize;
 
 use crate::LinkError;
+use crate::executor::SqlLimits;
 
 /// The validated configuration of one Link.
 ///
@@ -51,6 +54,8 @@ pub struct LinkConfig {
     /// A session with no frame from the Cloud (not even a pong to the Link's
     /// pings) for this long, or three heartbeat periods if longer, is dropped.
     pub silence_limit: Duration,
+    /// Limits on every database connection: longest value and SQLite's heap.
+    pub sql_limits: SqlLimits,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -66,6 +71,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("silence_limit", &self.silence_limit)
+            .field("sql_limits", &self.sql_limits)
             .finish()
     }
 }
@@ -85,6 +91,10 @@ struct RawConfig {
     #[serde(default)]
     silence_secs: Option<u64>,
     #[serde(default)]
+    sql_max_value_mib: Option<u32>,
+    #[serde(default)]
+    sql_heap_limit_mib: Option<u64>,
+    #[serde(default)]
     databases: Vec<RawDatabase>,
 }
 
@@ -96,7 +106,8 @@ struct RawDatabase {
 
 impl LinkConfig {
     /// A config with the default heartbeat (10 s), concurrency (8), backoff
-    /// (250 ms doubling to 30 s) and silence limit (30 s).
+    /// (250 ms doubling to 30 s), silence limit (30 s) and SQL limits
+    /// ([`SqlLimits::default`]).
     pub fn new(
         cloud_url: impl Into<String>,
         environment: Environment,
@@ -115,6 +126,7 @@ impl LinkConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             silence_limit: Duration::from_secs(30),
+            sql_limits: SqlLimits::default(),
         }
     }
 
@@ -174,6 +186,22 @@ impl LinkConfig {
             }
             config.silence_limit = Duration::from_secs(secs);
         }
+        if let Some(mib) = raw.sql_max_value_mib {
+            if !(1..=1024).contains(&mib) {
+                return Err(LinkError::Config(format!(
+                    "sql_max_value_mib must be 1 to 1024, got {mib}"
+                )));
+            }
+            config.sql_limits.max_value_bytes = mib * 1024 * 1024;
+        }
+        if let Some(mib) = raw.sql_heap_limit_mib {
+            if !(16..=65536).contains(&mib) {
+                return Err(LinkError::Config(format!(
+                    "sql_heap_limit_mib must be 16 to 65536, got {mib}"
+                )));
+            }
+            config.sql_limits.heap_limit_bytes = mib * 1024 * 1024;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -220,6 +248,9 @@ impl LinkConfig {
             return Err(LinkError::Config(
                 "max_concurrent_jobs must be at least 1".into(),
             ));
+        }
+        if self.sql_limits.max_value_bytes == 0 || self.sql_limits.heap_limit_bytes == 0 {
+            return Err(LinkError::Config("sql limits must not be zero".into()));
         }
         if self.heartbeat_interval.is_zero() {
             return Err(LinkError::Config(
