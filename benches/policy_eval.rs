@@ -56,7 +56,7 @@ const LONG_SQL: &str = "
 WITH recent AS (
     SELECT a.PatientId, MAX(a.StartTime) AS LastVisit
     FROM [dbo].[Appointments] a
-    WHERE a.StartTime > DATEADD(month, -6, GETDATE())
+    WHERE a.StartTime > datetime('now', '-6 months')
     GROUP BY a.PatientId
 ), balances AS (
     SELECT i.PatientId, SUM(i.Amount) - COALESCE(SUM(p.Amount), 0) AS Owing
@@ -72,7 +72,7 @@ LEFT JOIN Providers pr ON pr.ProviderId = pt.ProviderId
 WHERE pt.Active = 1 AND EXISTS (SELECT 1 FROM Treatments t WHERE t.PatientId = pt.PatientId AND t.Status = 'planned')
   AND pt.PatientId NOT IN (SELECT PatientId FROM Deceased)
 ORDER BY b.Owing DESC;
-SELECT COUNT(*) FROM dbo.Appointments WHERE StartTime > GETDATE();
+SELECT COUNT(*) FROM dbo.Appointments WHERE StartTime > datetime('now');
 EXEC dbo.GetPatient @PatientId = 42";
 
 const TABLES: &[&str] = &[

@@ -156,7 +156,7 @@ impl Link {
             let halo_guid = state.halo_guid_for(&key);
             let epoch = state.databases.get(&key).map_or(0, |d| d.highest_epoch);
             let db = match Database::open(&canonical, halo_guid, epoch) {
-                Ok(db) => Arc::new(db),
+                Ok(db) => Arc::new(db.with_limits(config.sql_limits)),
                 Err(e) => {
                     error!(path = %path.display(), error = %e, "database unreadable; not served");
                     refused.push(RefusedDatabase {

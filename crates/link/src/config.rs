@@ -11,6 +11,8 @@
 //!                              # when several databases are served
 //! max_queued_per_database = 64 # optional, 1..=4096, default 64
 //! silence_secs = 30            # optional, 5..=3600, default 30
+//! sql_max_value_mib = 16       # optional, 1..=1024, default 16: longest string or blob
+//! sql_heap_limit_mib = 256     # optional, 16..=65536, default 256: SQLite's whole heap
 //!
 //! [[databases]]
 //! path = "practice.sqlite"
@@ -27,6 +29,7 @@ use halo_ids::Environment;
 use serde::Deserialize;
 
 use crate::LinkError;
+use crate::executor::SqlLimits;
 
 /// The validated configuration of one Link.
 ///
@@ -60,6 +63,8 @@ pub struct LinkConfig {
     /// A session with no frame from the Cloud (not even a pong to the Link's
     /// pings) for this long, or three heartbeat periods if longer, is dropped.
     pub silence_limit: Duration,
+    /// Limits on every database connection: longest value and SQLite's heap.
+    pub sql_limits: SqlLimits,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("silence_limit", &self.silence_limit)
+            .field("sql_limits", &self.sql_limits)
             .finish()
     }
 }
@@ -100,6 +106,10 @@ struct RawConfig {
     #[serde(default)]
     silence_secs: Option<u64>,
     #[serde(default)]
+    sql_max_value_mib: Option<u32>,
+    #[serde(default)]
+    sql_heap_limit_mib: Option<u64>,
+    #[serde(default)]
     databases: Vec<RawDatabase>,
 }
 
@@ -112,7 +122,8 @@ struct RawDatabase {
 impl LinkConfig {
     /// A config with the default heartbeat (10 s), concurrency (8; per database
     /// all but one when several are served), queue (64 per database), backoff
-    /// (250 ms doubling to 30 s) and silence limit (30 s).
+    /// (250 ms doubling to 30 s), silence limit (30 s) and SQL limits
+    /// ([`SqlLimits::default`]).
     pub fn new(
         cloud_url: impl Into<String>,
         environment: Environment,
@@ -133,6 +144,7 @@ impl LinkConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             silence_limit: Duration::from_secs(30),
+            sql_limits: SqlLimits::default(),
         }
     }
 
@@ -198,6 +210,22 @@ impl LinkConfig {
             }
             config.silence_limit = Duration::from_secs(secs);
         }
+        if let Some(mib) = raw.sql_max_value_mib {
+            if !(1..=1024).contains(&mib) {
+                return Err(LinkError::Config(format!(
+                    "sql_max_value_mib must be 1 to 1024, got {mib}"
+                )));
+            }
+            config.sql_limits.max_value_bytes = mib * 1024 * 1024;
+        }
+        if let Some(mib) = raw.sql_heap_limit_mib {
+            if !(16..=65536).contains(&mib) {
+                return Err(LinkError::Config(format!(
+                    "sql_heap_limit_mib must be 16 to 65536, got {mib}"
+                )));
+            }
+            config.sql_limits.heap_limit_bytes = mib * 1024 * 1024;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -257,6 +285,9 @@ impl LinkConfig {
             return Err(LinkError::Config(
                 "max_queued_per_database must be 1 to 4096".into(),
             ));
+        }
+        if self.sql_limits.max_value_bytes == 0 || self.sql_limits.heap_limit_bytes == 0 {
+            return Err(LinkError::Config("sql limits must not be zero".into()));
         }
         if self.heartbeat_interval.is_zero() {
             return Err(LinkError::Config(

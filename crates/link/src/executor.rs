@@ -11,13 +11,24 @@
 //!    fresh read-write one if the job is `nonQuery` with `allowWrite`;
 //! 5. installs SQLite's authorizer, which allows `SELECT`, reads of allowlisted
 //!    tables and views (or reads made through an allowlisted view), `count(*)`-style
-//!    reads of CTEs and subqueries (no column read), harmless functions, and writes to allowlisted tables only for `nonQuery` with
-//!    `allowWrite`; everything else (other tables, `sqlite_schema`, `ATTACH`,
-//!    `PRAGMA`, DDL, transactions, `load_extension`) is denied (`denied`);
+//!    reads of CTEs and subqueries (no column read), the functions of
+//!    [`ALLOWED_FUNCTIONS`] only, and writes to allowlisted tables only for
+//!    `nonQuery` with `allowWrite`; everything else (other tables, `sqlite_schema`,
+//!    `ATTACH`, `PRAGMA`, DDL, transactions, every other function:
+//!    `randomblob`, `zeroblob`, `load_extension`, ...) is denied (`denied`);
 //! 6. installs a progress handler that interrupts the statement at the deadline
 //!    (`timeout`) or on cancel (`cancelled`);
 //! 7. streams rows into compact JSON and stops at [`MAX_RESULT_BYTES`]
 //!    (`tooLarge`).
+//!
+//! Every connection is also bounded by [`SqlLimits`] (set when it is opened, before
+//! any job runs): no string or blob longer than `max_value_bytes`
+//! (`SQLITE_LIMIT_LENGTH`; a query that builds or reads one fails with `tooLarge`),
+//! no attached database (`SQLITE_LIMIT_ATTACHED` = 0), double-quoted text is
+//! always a name, never a string (as the Cloud's analyser reads it), defensive mode
+//! on, and SQLite's heap as a whole is capped at `heap_limit_bytes`
+//! (`PRAGMA hard_heap_limit`; a query that needs more fails with a `database`
+//! error saying so, and its connection is not reused).
 //!
 //! Known limitation (fails closed): `SELECT count(*) FROM some_view` is denied
 //! when only the view is allowlisted (so is `count` of a rowid-alias column),
@@ -46,14 +57,122 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use crate::LinkError;
 use crate::identity::DatabaseIdentity;
 
-/// Functions no job may call, whatever its allowlist.
-const DENIED_FUNCTIONS: &[&str] = &[
-    "load_extension",
-    "fts3_tokenizer",
-    "readfile",
-    "writefile",
-    "edit",
+/// The SQL functions a job may call; the authorizer denies every other one.
+///
+/// Deterministic (or clock-reading), cheap scalar, aggregate and window functions
+/// whose results are bounded by [`SqlLimits::max_value_bytes`]:
+///
+/// - aggregates: `count`, `sum`, `total`, `avg`, `min`, `max`, `group_concat`,
+///   `string_agg`;
+/// - window functions: `row_number`, `rank`, `dense_rank`, `percent_rank`,
+///   `cume_dist`, `ntile`, `lag`, `lead`, `first_value`, `last_value`,
+///   `nth_value`;
+/// - null handling and branching: `coalesce`, `ifnull`, `nullif`, `iif`, `if`,
+///   `likely`, `unlikely`, `likelihood`;
+/// - text: `length`, `octet_length`, `lower`, `upper`, `trim`, `ltrim`, `rtrim`,
+///   `substr`, `substring`, `replace`, `instr`, `concat`, `concat_ws`, `printf`,
+///   `format`, `char`, `unicode`, `hex`, `quote`, `like` (the `LIKE` operator);
+/// - numbers and types: `abs`, `round`, `typeof` (`CAST` is not a function);
+/// - dates: `date`, `time`, `datetime`, `julianday`, `unixepoch`, `strftime`,
+///   `timediff`, `current_date`, `current_time`, `current_timestamp`.
+///
+/// Denied, among others: `randomblob`, `zeroblob`, `random` (memory and
+/// non-determinism), `load_extension`, `readfile`, `writefile`, `edit`,
+/// `fts3_tokenizer`, the JSON functions and operators (`json_*`, `->`, `->>`),
+/// full-text and R-tree helpers, `glob`, `changes`, `last_insert_rowid`, and the
+/// `sqlite_*` introspection functions. The Cloud's analyser treats exactly these
+/// names as built-ins (`halo_policy::SQLITE_FUNCTIONS`; a test checks they agree).
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    "abs",
+    "avg",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cume_dist",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date",
+    "datetime",
+    "dense_rank",
+    "first_value",
+    "format",
+    "group_concat",
+    "hex",
+    "if",
+    "ifnull",
+    "iif",
+    "instr",
+    "julianday",
+    "lag",
+    "last_value",
+    "lead",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "octet_length",
+    "percent_rank",
+    "printf",
+    "quote",
+    "rank",
+    "replace",
+    "round",
+    "row_number",
+    "rtrim",
+    "strftime",
+    "string_agg",
+    "substr",
+    "substring",
+    "sum",
+    "time",
+    "timediff",
+    "total",
+    "trim",
+    "typeof",
+    "unicode",
+    "unixepoch",
+    "unlikely",
+    "upper",
 ];
+
+/// Resource limits applied to every connection the executor opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// Longest string or blob, in bytes, a query may build or read
+    /// (`SQLITE_LIMIT_LENGTH`). Default 16 MiB: twice the largest result.
+    pub max_value_bytes: u32,
+    /// Most memory SQLite may hold at once, in bytes (`PRAGMA hard_heap_limit`).
+    /// The limit is SQLite's, so it covers **all** connections of the process
+    /// together, and it can only be lowered while the process runs (the lowest
+    /// value any database was opened with wins). Default 256 MiB.
+    pub heap_limit_bytes: u64,
+}
+
+impl SqlLimits {
+    /// The default longest value: 16 MiB.
+    pub const DEFAULT_MAX_VALUE_BYTES: u32 = 16 * 1024 * 1024;
+    /// The default heap limit: 256 MiB.
+    pub const DEFAULT_HEAP_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: Self::DEFAULT_MAX_VALUE_BYTES,
+            heap_limit_bytes: Self::DEFAULT_HEAP_LIMIT_BYTES,
+        }
+    }
+}
 
 /// Progress-handler period in SQLite virtual-machine instructions.
 const PROGRESS_OPS: i32 = 1000;
@@ -70,6 +189,8 @@ pub struct Database {
     /// Idle read-only connections of *this* database only (never shared across
     /// databases), with no hooks installed. At most [`POOL_MAX`].
     pool: Mutex<Vec<PooledConn>>,
+    /// Limits set on every connection when it is opened.
+    limits: SqlLimits,
 }
 
 /// Idle read-only connections kept per database.
@@ -84,7 +205,7 @@ struct PooledConn {
 }
 
 impl PooledConn {
-    fn open(path: &Path, writes: bool) -> Result<Self, QueryError> {
+    fn open(path: &Path, writes: bool, limits: SqlLimits) -> Result<Self, QueryError> {
         let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX
             | if writes {
                 OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -93,6 +214,7 @@ impl PooledConn {
             };
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| QueryError::new(QueryErrorKind::Internal, format!("cannot open: {e}")))?;
+        apply_limits(&conn, limits)?;
         Ok(Self {
             conn,
             schema_version: -1,
@@ -117,10 +239,41 @@ impl PooledConn {
     }
 }
 
-/// A connection lent to one job; returned to the pool, hooks removed, on drop.
+/// Sets `limits` and the safety switches on a fresh connection (before any
+/// authorizer is installed: the heap limit is a pragma).
+fn apply_limits(conn: &Connection, limits: SqlLimits) -> Result<(), QueryError> {
+    use rusqlite::config::DbConfig;
+    use rusqlite::limits::Limit;
+    let internal = |e: rusqlite::Error| {
+        QueryError::new(
+            QueryErrorKind::Internal,
+            format!("cannot set connection limits: {e}"),
+        )
+    };
+    let length = i32::try_from(limits.max_value_bytes).unwrap_or(i32::MAX);
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, length)
+        .map_err(internal)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(internal)?;
+    // Double-quoted text is a name, as the Cloud's analyser reads it, never a string.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DML, false)
+        .map_err(internal)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(internal)?;
+    // Process-wide, and it can only go down: see `SqlLimits::heap_limit_bytes`.
+    let heap = i64::try_from(limits.heap_limit_bytes).unwrap_or(i64::MAX);
+    conn.query_row(&format!("PRAGMA hard_heap_limit = {heap}"), [], |_| Ok(()))
+        .map_err(internal)?;
+    Ok(())
+}
+
+/// A connection lent to one job; returned to the pool, hooks removed, on drop
+/// (unless it ran out of memory).
 struct Lease<'a> {
     conn: Option<PooledConn>,
     pool: Option<&'a Mutex<Vec<PooledConn>>>,
+    /// Set when SQLite ran out of memory: the connection is closed, not pooled.
+    discard: std::cell::Cell<bool>,
 }
 
 impl Lease<'_> {
@@ -136,6 +289,9 @@ impl Drop for Lease<'_> {
         let (Some(pooled), Some(pool)) = (self.conn.take(), self.pool) else {
             return;
         };
+        if self.discard.get() {
+            return;
+        }
         pooled
             .conn
             .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
@@ -155,12 +311,12 @@ impl Database {
     /// pooled read-only one (opened if none is idle).
     fn lease(&self, writes: bool) -> Result<Lease<'_>, QueryError> {
         let (mut pooled, pool) = if writes {
-            (PooledConn::open(&self.path, true)?, None)
+            (PooledConn::open(&self.path, true, self.limits)?, None)
         } else {
             let idle = self.pool.lock().ok().and_then(|mut p| p.pop());
             let pooled = match idle {
                 Some(p) => p,
-                None => PooledConn::open(&self.path, false)?,
+                None => PooledConn::open(&self.path, false, self.limits)?,
             };
             (pooled, Some(&self.pool))
         };
@@ -168,6 +324,7 @@ impl Database {
         Ok(Lease {
             conn: Some(pooled),
             pool,
+            discard: std::cell::Cell::new(false),
         })
     }
 
@@ -184,7 +341,24 @@ impl Database {
             identity,
             highest_epoch: AtomicU64::new(highest_epoch),
             pool: Mutex::new(Vec::new()),
+            limits: SqlLimits::default(),
         })
+    }
+
+    /// The same database with `limits` on every connection opened from now on
+    /// (call it right after [`Database::open`]).
+    #[must_use]
+    pub fn with_limits(mut self, limits: SqlLimits) -> Self {
+        self.limits = limits;
+        if let Ok(idle) = self.pool.get_mut() {
+            idle.clear();
+        }
+        self
+    }
+
+    /// The limits set on this database's connections.
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
     }
 
     /// The database's Halo GUID.
@@ -395,7 +569,14 @@ pub fn execute_with(
         conn.progress_handler(PROGRESS_OPS, Some(move || control.stop_reason().is_some()));
     }
 
-    let classify = |e: rusqlite::Error| classify(e, &denial, control);
+    let limits = db.limits;
+    let classify = |e: rusqlite::Error| {
+        let error = classify(e, &denial, control, limits);
+        if error.code == Some(i64::from(rusqlite::ffi::SQLITE_NOMEM)) {
+            lease.discard.set(true);
+        }
+        error
+    };
     let mut stmt = conn.prepare(&job.command).map_err(classify)?;
     // SQLite compiles blank text and bare comments to no statement at all.
     if stmt.expanded_sql().is_none() {
@@ -479,16 +660,16 @@ impl Allowed {
                 }
             }
             AuthAction::Function { function_name } => {
-                if DENIED_FUNCTIONS
+                if ALLOWED_FUNCTIONS
                     .iter()
                     .any(|f| f.eq_ignore_ascii_case(function_name))
                 {
+                    Ok(())
+                } else {
                     Err(format!(
                         "function {} is not allowed",
                         excerpt(function_name)
                     ))
-                } else {
-                    Ok(())
                 }
             }
             AuthAction::Pragma { .. } => Err("pragma statements are not allowed".into()),
@@ -533,6 +714,7 @@ fn classify(
     e: rusqlite::Error,
     denial: &Arc<Mutex<Option<String>>>,
     control: &JobControl,
+    limits: SqlLimits,
 ) -> QueryError {
     if let Some(reason) = denial.lock().ok().and_then(|mut d| d.take()) {
         return QueryError::new(QueryErrorKind::Denied, reason);
@@ -559,6 +741,21 @@ fn classify(
             ErrorCode::AuthorizationForStatementDenied => {
                 QueryError::new(QueryErrorKind::Denied, "statement not authorised")
             }
+            ErrorCode::TooBig => QueryError::new(
+                QueryErrorKind::TooLarge,
+                format!(
+                    "a string or blob exceeds the link's limit of {} bytes",
+                    limits.max_value_bytes
+                ),
+            ),
+            ErrorCode::OutOfMemory => QueryError {
+                kind: QueryErrorKind::Database,
+                code: Some(i64::from(f.extended_code)),
+                message: format!(
+                    "the query needs more memory than the link allows ({} bytes for SQLite)",
+                    limits.heap_limit_bytes
+                ),
+            },
             _ => QueryError {
                 kind: QueryErrorKind::Database,
                 code: Some(i64::from(f.extended_code)),

@@ -44,7 +44,9 @@ mod state;
 pub use agent::{Link, LinkHandle, LinkStatus, RefusedDatabase};
 pub use config::LinkConfig;
 pub use error::LinkError;
-pub use executor::{Database, JobControl, QueryOutput, execute, execute_with};
+pub use executor::{
+    ALLOWED_FUNCTIONS, Database, JobControl, QueryOutput, SqlLimits, execute, execute_with,
+};
 pub use identity::DatabaseIdentity;
 pub use state::{DatabaseState, LinkState};
 

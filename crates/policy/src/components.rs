@@ -1,39 +1,49 @@
 //! Finding the database components a SQL command touches, with a real SQL parser.
 //!
-//! [`extract_components`] parses with `sqlparser`'s SQL Server dialect (D4W runs on
-//! SQL Server; the dialect nests `/* */` comments as SQL Server does) and walks the
-//! whole tree with a [`Visitor`], so tables in joins, subqueries, `UNION` arms,
-//! `EXISTS`, `INSERT ... SELECT`, `UPDATE ... FROM`, `MERGE` and CTE bodies are all
-//! found. Fail closed everywhere:
+//! [`extract_components`] reads each command in the dialect of the database that
+//! will run it: SQLite, which the Link executes. It lexes the text twice, once as
+//! SQLite's own tokenizer does (the lexical gate, [`lex`]) and once with sqlparser's
+//! `SQLiteDialect`, refuses the command unless both agree on every name, string,
+//! number, parameter and comment, then parses it and walks the whole tree with a
+//! [`Visitor`], so tables in joins, subqueries, `UNION` arms, `EXISTS`,
+//! `INSERT ... SELECT`, `UPDATE ... FROM`, upserts and CTE bodies are all found.
+//! Fail closed everywhere:
 //!
 //! - text that does not parse, or holds no statement, is an error;
-//! - so are control characters (other than tab, LF and CRLF), non-ASCII
-//!   whitespace, and literal forms SQL Server does not have (`$$..$$`, `E'..'`):
-//!   places where the parser and the server could disagree on where a comment or
-//!   string ends;
-//! - constructs this module does not analyse (four-part linked-server names,
-//!   `OPENJSON`/`UNNEST`/table functions other than `name(args)`, `TABLE t`) are
-//!   errors;
-//! - `OPENROWSET`, `OPENQUERY`, `OPENDATASOURCE`, `OPENXML`, dynamic SQL
-//!   (`EXEC (@sql)`, `sp_executesql`, ...) and `xp_` procedures make the command
-//!   [`StatementKind::Other`], which no grant allows;
-//! - a function that is not a known built-in (or is schema-qualified) counts as a
-//!   routine that must be authorised like a stored procedure;
+//! - so is text the analyser and SQLite could lex differently
+//!   ([`PolicyError::SqlAmbiguous`]): NUL and other control characters (other than
+//!   tab, LF and CRLF), non-ASCII whitespace, non-ASCII characters outside strings
+//!   and quoted names, nested or unterminated block comments, `#` and `$`,
+//!   prefixed strings (`N''`), Tcl-style parameters, `]]` in bracketed names,
+//!   numbers running into names (see [`lex`] for the full list);
+//! - constructs this module does not analyse (four-part names, `TABLE t`, the
+//!   `MATCH` and `REGEXP` operators, `->` and `->>`) are errors;
+//! - table-valued functions (SQLite's eponymous virtual tables: `pragma_*(...)`,
+//!   `json_each(...)`, ...), SQLite's internal tables (`sqlite_*`) and `pragma_*`
+//!   tables make the command [`StatementKind::Other`], which no grant allows; so do
+//!   the SQL Server escape hatches integrators used to Halo might still send
+//!   (`OPENROWSET`, `sp_executesql`, `xp_` procedures, ...);
+//! - a function that is not one of [`SQLITE_FUNCTIONS`] (or is schema-qualified)
+//!   counts as a routine that must be authorised like a stored procedure (the Link
+//!   refuses it anyway: it runs only the functions of the same list);
 //! - a CTE name hides a table only inside the query that defines it, and only for
 //!   the CTEs after it and the main query: a CTE body naming its own CTE is treated as
 //!   the real table (a false deny for recursive CTEs, never a false allow).
 //!
-//! Names are normalised: identifier quotes (`[x]`, `"x"`, `` `x` ``) are removed,
-//! case is folded to lowercase, the `dbo` schema is dropped (`dbo.Patients` and
-//! `patients` are the same table), other schemas stay (`audit.log`), and a
-//! three-part name's first part is recorded as a catalogue reference.
+//! Names are normalised as SQLite resolves them: identifier quotes (`[x]`, `"x"`,
+//! `` `x` ``) are removed, ASCII case is folded to lowercase (SQLite compares names
+//! ignoring ASCII case only, so other letters keep their case), the `main` schema is
+//! dropped (`main.Patients` and `patients` are the same table), and so is `dbo`, so
+//! grants and commands written for SQL Server still read (`dbo.Patients` names
+//! `patients`; SQLite itself then refuses the unknown schema), other schemas stay
+//! (`temp.x`, `audit.log`), and a three-part name's first part is recorded as a
+//! catalogue reference (SQLite refuses such names at run time).
 //!
-//! Assumptions (the Link enforces the allowlist again at the database, so a wrong
-//! assumption costs a false deny there, not a leak): the PMS database uses a
-//! case-insensitive collation (D4W does), and the Link's login has `dbo` as its
-//! default schema, so an unqualified name means `dbo.name`. Temporary tables
-//! (`#t`) and table variables (`@t`) are names like any other: not authorised
-//! unless granted.
+//! The Link enforces the allowlist again at the database (authorizer, function
+//! allowlist, read-only connection), so a wrong assumption here costs a false deny
+//! there, not a leak.
+
+mod lex;
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -42,7 +52,7 @@ use sqlparser::ast::{
     Expr, FromTable, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor,
     TableWithJoins, UpdateTableFromKind, Value, Visit, Visitor,
 };
-use sqlparser::dialect::MsSqlDialect;
+use sqlparser::dialect::SQLiteDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
@@ -140,13 +150,17 @@ pub const MAX_NESTING: usize = 24;
 /// ```
 ///
 /// # Errors
-/// [`PolicyError::EmptySql`], [`PolicyError::SqlParse`] or
-/// [`PolicyError::SqlUnsupported`]: the command must then be denied.
+/// [`PolicyError::EmptySql`], [`PolicyError::SqlParse`],
+/// [`PolicyError::SqlAmbiguous`] or [`PolicyError::SqlUnsupported`]: the command
+/// must then be denied.
 pub fn extract_components(sql: &str) -> Result<Components, PolicyError> {
     check_characters(sql)?;
-    let tokens = Tokenizer::new(&MsSqlDialect {}, sql)
+    let lexemes = lex::scan(sql)?;
+    let tokens = Tokenizer::new(&SQLiteDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| parse_error(&e))?;
+    let tokens = lex::join_parameters(tokens);
+    lex::check_agreement(&lexemes, &tokens)?;
     let significant = check_tokens(&tokens)?;
     // Parsing, walking and dropping the tree all recurse once per level of nesting
     // (a chain `a + b + c ...` is as deep as it is long). Run them on a stack sized
@@ -197,6 +211,17 @@ fn check_tokens(tokens: &[TokenWithSpan]) -> Result<usize, PolicyError> {
                 }
             }
             Token::Word(w) if w.keyword == Keyword::END => cases = cases.saturating_sub(1),
+            // sqlparser's SQLite dialect panics on a `MATCH` or `REGEXP` with no
+            // right operand; neither works on the Link (no full-text tables, no
+            // `regexp` function), so both are refused before parsing.
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && matches!(w.keyword, Keyword::MATCH | Keyword::REGEXP) =>
+            {
+                return Err(PolicyError::SqlUnsupported(
+                    "the MATCH and REGEXP operators",
+                ));
+            }
             _ => {}
         }
         count += 1;
@@ -208,7 +233,7 @@ fn check_tokens(tokens: &[TokenWithSpan]) -> Result<usize, PolicyError> {
 }
 
 fn parse_and_collect(tokens: Vec<TokenWithSpan>) -> Result<Components, PolicyError> {
-    let statements = Parser::new(&MsSqlDialect {})
+    let statements = Parser::new(&SQLiteDialect {})
         .with_recursion_limit(MAX_NESTING)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -231,21 +256,29 @@ fn parse_and_collect(tokens: Vec<TokenWithSpan>) -> Result<Components, PolicyErr
     })
 }
 
-/// Refuses characters on which the parser and SQL Server could disagree about where a
-/// comment, string or identifier ends: control characters other than tab, line feed
-/// and a carriage return that starts a CRLF pair (a lone CR does not end a `--`
-/// comment for the parser), and whitespace other than ASCII (NBSP, U+2028, NEL...).
+/// Refuses characters on which the analyser and SQLite could disagree about where a
+/// comment, string or identifier ends: NUL (SQLite stops reading there), other
+/// control characters than tab, line feed and a carriage return that starts a CRLF
+/// pair (a lone CR does not end a `--` comment), whitespace other than ASCII (NBSP,
+/// U+2028, NEL...) and the byte-order mark (SQLite reads U+FEFF as a space, even
+/// inside a word).
 fn check_characters(sql: &str) -> Result<(), PolicyError> {
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         let ok = match c {
+            '\0' => {
+                return Err(PolicyError::SqlAmbiguous(
+                    "nul character (SQLite stops reading at it)",
+                ));
+            }
             '\t' | '\n' | ' ' => true,
             '\r' => chars.peek() == Some(&'\n'),
+            '\u{feff}' => false,
             c => !c.is_control() && !c.is_whitespace(),
         };
         if !ok {
-            return Err(PolicyError::SqlUnsupported(
-                "control character or non-ascii whitespace",
+            return Err(PolicyError::SqlAmbiguous(
+                "control character, byte-order mark or non-ascii whitespace",
             ));
         }
     }
@@ -263,7 +296,7 @@ fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
     let mut parts = Vec::with_capacity(name.0.len());
     for part in &name.0 {
         match part {
-            ObjectNamePart::Identifier(ident) => parts.push(ident.value.to_lowercase()),
+            ObjectNamePart::Identifier(ident) => parts.push(ident.value.to_ascii_lowercase()),
             ObjectNamePart::Function(_) => {
                 return Err(PolicyError::SqlUnsupported("function in an object name"));
             }
@@ -283,7 +316,7 @@ fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
         return Err(PolicyError::SqlUnsupported("empty name part"));
     }
     let object = match schema.as_deref() {
-        None | Some("") | Some("dbo") => object,
+        None | Some("") | Some("main") | Some("dbo") => object,
         Some(s) => format!("{s}.{object}"),
     };
     Ok(Normalised {
@@ -294,10 +327,11 @@ fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
 }
 
 /// Normalises a table or procedure name given in a grant, exactly as names in
-/// commands are normalised (one- or two-part; a catalogue belongs in `catalogues`).
+/// commands are normalised (one- or two-part; a catalogue belongs in `catalogues`),
+/// read with the same SQLite dialect.
 pub(crate) fn normalise_object(text: &str) -> Result<String, PolicyError> {
     let bad = || PolicyError::InvalidName(text.chars().take(40).collect());
-    let mut parser = Parser::new(&MsSqlDialect {})
+    let mut parser = Parser::new(&SQLiteDialect {})
         .try_with_sql(text)
         .map_err(|_| bad())?;
     let name = parser.parse_object_name(false).map_err(|_| bad())?;
@@ -310,7 +344,7 @@ pub(crate) fn normalise_object(text: &str) -> Result<String, PolicyError> {
 /// Normalises a catalogue name given in a grant or a request.
 pub(crate) fn normalise_catalogue(text: &str) -> Result<String, PolicyError> {
     let bad = || PolicyError::InvalidName(text.chars().take(40).collect());
-    let mut parser = Parser::new(&MsSqlDialect {})
+    let mut parser = Parser::new(&SQLiteDialect {})
         .try_with_sql(text)
         .map_err(|_| bad())?;
     let name = parser.parse_object_name(false).map_err(|_| bad())?;
@@ -320,88 +354,85 @@ pub(crate) fn normalise_catalogue(text: &str) -> Result<String, PolicyError> {
     normalise_name(&name).map(|n| n.object).map_err(|_| bad())
 }
 
-/// Built-in scalar and aggregate functions that read nothing but their arguments.
-/// Anything else called as a function must be authorised as a routine.
-const BUILTIN_FUNCTIONS: &[&str] = &[
+/// The SQL functions a command may call without a grant: SQLite built-ins that are
+/// cheap, read nothing but their arguments (and the clock, for the date functions)
+/// and whose result size is bounded by the Link's value-length limit. Lowercase,
+/// sorted.
+///
+/// The Link allows exactly these (its authorizer denies every other function, so
+/// `randomblob`, `zeroblob`, `load_extension`, the JSON and full-text helpers and
+/// the `sqlite_*` introspection functions never run there); anything else called as
+/// a function here is a routine that needs a grant. `LIKE` is listed because SQLite
+/// runs the operator as the function `like`.
+pub const SQLITE_FUNCTIONS: &[&str] = &[
     "abs",
     "avg",
-    "ceiling",
     "char",
-    "charindex",
-    "choose",
     "coalesce",
     "concat",
     "concat_ws",
     "count",
-    "count_big",
+    "cume_dist",
+    "current_date",
+    "current_time",
     "current_timestamp",
-    "datalength",
-    "dateadd",
-    "datediff",
-    "datefromparts",
-    "datename",
-    "datepart",
-    "day",
+    "date",
+    "datetime",
     "dense_rank",
-    "eomonth",
-    "exp",
     "first_value",
-    "floor",
     "format",
-    "getdate",
-    "getutcdate",
+    "group_concat",
+    "hex",
+    "if",
+    "ifnull",
     "iif",
-    "isdate",
-    "isnull",
-    "isnumeric",
+    "instr",
+    "julianday",
     "lag",
     "last_value",
     "lead",
-    "left",
-    "len",
-    "log",
-    "log10",
+    "length",
+    "like",
+    "likelihood",
+    "likely",
     "lower",
     "ltrim",
     "max",
     "min",
-    "month",
-    "nchar",
+    "nth_value",
     "ntile",
     "nullif",
-    "patindex",
-    "pi",
-    "power",
+    "octet_length",
+    "percent_rank",
+    "printf",
+    "quote",
     "rank",
     "replace",
-    "replicate",
-    "reverse",
-    "right",
     "round",
     "row_number",
     "rtrim",
-    "sign",
-    "space",
-    "sqrt",
-    "square",
-    "stdev",
-    "str",
+    "strftime",
     "string_agg",
-    "stuff",
+    "substr",
     "substring",
     "sum",
-    "sysdatetime",
+    "time",
+    "timediff",
+    "total",
     "trim",
+    "typeof",
     "unicode",
+    "unixepoch",
+    "unlikely",
     "upper",
-    "var",
-    "year",
 ];
 
-/// Rowset functions that reach outside the database: never allowed.
+/// SQL Server rowset functions that reach outside the database (integrators used to
+/// Halo may still send them): never allowed.
 const FORBIDDEN_ROWSETS: &[&str] = &["openrowset", "openquery", "opendatasource", "openxml"];
 
-/// Procedures that run dynamic SQL (whose components cannot be known): never allowed.
+/// SQL Server procedures that run dynamic SQL (whose components cannot be known):
+/// never allowed.
 const DYNAMIC_SQL_PROCEDURES: &[&str] = &[
     "sp_executesql",
     "sp_sqlexec",
@@ -436,7 +467,7 @@ fn aliases(from: &[TableWithJoins]) -> Vec<String> {
                 _ => &None,
             };
             if let Some(a) = alias {
-                out.push(a.name.value.to_lowercase());
+                out.push(a.name.value.to_ascii_lowercase());
             }
         }
     }
@@ -465,7 +496,13 @@ impl Collector {
                 return Ok(());
             }
         }
-        if FORBIDDEN_ROWSETS.contains(&n.object.as_str()) {
+        let last = n.object.rsplit('.').next().unwrap_or_default();
+        if FORBIDDEN_ROWSETS.contains(&last)
+            || last.starts_with("sqlite_")
+            || last.starts_with("pragma_")
+        {
+            // SQLite's own tables (`sqlite_schema`, `sqlite_stat1`, ...) and its
+            // pragma virtual tables are never a component an integrator may read.
             self.mark(StatementKind::Other);
         }
         if let Some(c) = n.catalogue {
@@ -478,7 +515,7 @@ impl Collector {
     fn add_routine(&mut self, name: &ObjectName, is_procedure: bool) -> Result<(), PolicyError> {
         let n = normalise_name(name)?;
         let o = n.object.as_str();
-        if !is_procedure && n.single_part && BUILTIN_FUNCTIONS.contains(&o) {
+        if !is_procedure && n.single_part && SQLITE_FUNCTIONS.contains(&o) {
             return Ok(());
         }
         if FORBIDDEN_ROWSETS.contains(&o)
@@ -540,7 +577,7 @@ impl Visitor for Collector {
                     for cte in &with.cte_tables {
                         let body = &*cte.query as *const Query as usize;
                         self.cte_bodies.push((body, earlier.clone()));
-                        let name = cte.alias.name.value.to_lowercase();
+                        let name = cte.alias.name.value.to_ascii_lowercase();
                         earlier.push(name.clone());
                         scope.push(name);
                     }
@@ -565,8 +602,11 @@ impl Visitor for Collector {
         match factor {
             TableFactor::Table { name, args, .. } => {
                 if args.is_some() {
-                    // A table-valued function: authorised as a routine (and, as the
-                    // visitor also reports the name as a relation, as a table).
+                    // A table-valued function: in SQLite an eponymous virtual table
+                    // (`pragma_table_info(...)`, `json_each(...)`, `dbstat`, ...),
+                    // never allowed. Still listed as a routine (and, as the visitor
+                    // also reports the name as a relation, as a table).
+                    self.mark(StatementKind::Other);
                     return flow(self.add_routine(name, true));
                 }
                 ControlFlow::Continue(())
@@ -580,13 +620,13 @@ impl Visitor for Collector {
     }
 
     fn pre_visit_value(&mut self, value: &Value) -> ControlFlow<PolicyError> {
-        // Only the literal forms SQL Server has. Others (`$$dollar$$`, `E'..'`,
-        // raw and triple-quoted strings) would make the parser skip text that SQL
-        // Server reads as code.
+        // Only the literal forms SQLite has (the lexical gate refuses the others
+        // before parsing; this is the second line). Others (`$$dollar$$`, `E'..'`,
+        // `N'..'`, raw and triple-quoted strings) would make the parser skip text
+        // that SQLite reads as code.
         match value {
             Value::Number(..)
             | Value::SingleQuotedString(_)
-            | Value::NationalStringLiteral(_)
             | Value::HexStringLiteral(_)
             | Value::Boolean(_)
             | Value::Null

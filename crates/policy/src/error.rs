@@ -40,6 +40,11 @@ pub enum PolicyError {
     /// denied rather than guessed at.
     #[error("sql construct not supported: {0}")]
     SqlUnsupported(&'static str),
+    /// The SQL text could be lexed differently by the analyser (sqlparser) and the
+    /// database that runs it (SQLite): where a comment, string, name or parameter
+    /// ends. It is refused, never guessed at.
+    #[error("sql command refused: {0}; the analyser and SQLite could read it differently")]
+    SqlAmbiguous(&'static str),
     /// A grants snapshot had a format version this build does not read.
     #[error("grants snapshot format version {0} is not supported")]
     UnsupportedSnapshotVersion(u32),

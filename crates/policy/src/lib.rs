@@ -6,9 +6,11 @@
 //!   [`Policy`] snapshot with hash-map lookups, shared behind an `Arc`.
 //!   [`Grants::to_snapshot`] and [`Grants::from_snapshot`] save and restore the
 //!   grants themselves (a versioned [`GrantsSnapshot`]) for durable recovery.
-//! - [`extract_components`] parses a command with a real SQL parser (SQL Server
-//!   dialect) and lists every table, procedure and catalogue it touches; anything it
-//!   cannot analyse is an error, and the command is denied (fail closed).
+//! - [`extract_components`] parses a command with a real SQL parser in the dialect
+//!   of the database that runs it (SQLite, after a lexical gate that refuses text
+//!   the two could read differently) and lists every table, procedure and catalogue
+//!   it touches; anything it cannot analyse is an error, and the command is denied
+//!   (fail closed).
 //! - [`evaluate`] is pure and allocation-free on the allow path; a [`Deny`] carries a
 //!   [`DenyCode`] mapped to an HTTP status by [`DenyCode::http_status`] (401, 403,
 //!   404, 429), with no HTTP types here.
@@ -80,7 +82,8 @@ mod policy;
 mod snapshot;
 
 pub use components::{
-    Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, StatementKind, extract_components,
+    Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, SQLITE_FUNCTIONS, StatementKind,
+    extract_components,
 };
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, ExecutionMode, Request, SiteView,
