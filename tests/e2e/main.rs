@@ -6,3 +6,4 @@ mod failures;
 mod fixture;
 mod flow;
 mod tenancy;
+mod visibility;
