@@ -136,6 +136,7 @@ fn grant_events(i: usize, practices: impl Iterator<Item = usize>) -> Vec<PolicyE
         events.push(PolicyEvent::SitePaired {
             integrator: id.clone(),
             pms_id: pms(p),
+            environment: Environment::Production,
         });
     }
     events

@@ -10,3 +10,4 @@ mod flow;
 mod hostile;
 mod link_trust;
 mod tenancy;
+mod visibility;

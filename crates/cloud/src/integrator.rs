@@ -12,7 +12,6 @@ use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType};
 use halo_policy::{Authenticated, Deny, ExecutionMode, Policy, extract_components};
 use halo_router::{Command, QueryFailure, RouteError, RouteRequest};
-use halo_tenancy::CrnLookup;
 
 use crate::app::AppState;
 use crate::clock::now;
@@ -75,35 +74,27 @@ fn practice(query: &PracticeQuery) -> Result<(PmsType, Crn), ApiError> {
 }
 
 /// Resolves a CRN for an authenticated integrator to the PMS ID its sites carry.
-/// Branch CRNs and the real CRN of a demo copy are refused with guidance; neither
-/// reveals the parent or the fake CRN.
+/// The decision is `halo_router::resolve_crn`'s: a branch CRN or a demo copy's real
+/// CRN is refused with guidance (400) only to an integrator entitled to that
+/// practice, and never reveals the parent or the fake CRN; to anyone else it is the
+/// PMS ID to authorise, exactly like a CRN nobody has.
 fn resolve_practice(
     app: &AppState,
+    policy: &Policy,
     who: &Authenticated,
     pms_type: PmsType,
     crn: Crn,
 ) -> Result<PmsId, ApiError> {
-    let lookup = app
-        .state
-        .read()
-        .registry()
-        .lookup_crn(who.environment(), pms_type, crn);
-    match lookup {
-        CrnLookup::Branch => Err(ApiError::bad_request(
-            "this is a branch (local) CRN; Halo Connect uses the parent practice's CRN, which the practice can provide",
-        )),
-        CrnLookup::DemoRealCrn => Err(ApiError::bad_request(
-            "this CRN belongs to a demo or de-identified copy and is not unique; use the fake CRN from the Halo Link log",
-        )),
-        CrnLookup::Site(_) | CrnLookup::Vacant | CrnLookup::Unknown => {
-            Ok(PmsId::new(pms_type, crn))
-        }
-    }
+    let w = app.state.read();
+    halo_router::resolve_crn(w.registry(), policy, who, pms_type, crn)
+        .map_err(|refusal| ApiError::bad_request(refusal.to_string()))
 }
 
 /// The common start of the by-PMS-ID endpoints: the key (401), the practice named in
-/// the query string (400, branch and demo CRNs refused), and the caller's grant for
-/// that practice (403), which never depends on whether the practice has sites.
+/// the query string (400 for a malformed one, and for a branch or demo real CRN the
+/// caller is entitled to be told about), and the caller's grant for that practice
+/// (403), which never depends on whether the practice has sites, nor on whether the
+/// CRN is another practice's branch or copy.
 fn authorised_practice(
     app: &AppState,
     headers: &HeaderMap,
@@ -113,7 +104,7 @@ fn authorised_practice(
     let policy = app.state.policy();
     let who = authenticate(&policy, headers, ip)?;
     let (pms_type, crn) = practice(query)?;
-    let pms_id = resolve_practice(app, &who, pms_type, crn)?;
+    let pms_id = resolve_practice(app, &policy, &who, pms_type, crn)?;
     halo_policy::authorise_practice(&policy, subscription_key(headers), ip.0, pms_id)
         .map_err(|d| deny_error(&d))?;
     Ok((who, pms_id))
@@ -194,7 +185,8 @@ pub async fn site_status(
     )))
 }
 
-/// `POST /integrator/pair-site`: pairs the integrator with a practice's site.
+/// `POST /integrator/pair-site`: pairs the integrator with a practice's site, in the
+/// environment of the key only (a Stage pairing never pairs Production).
 #[utoipa::path(post, path = "/integrator/pair-site", tag = "integrator",
     params(PracticeQuery, ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
     responses((status = 200, body = SiteDto), (status = 401, body = crate::error::ErrorEnvelope),
@@ -210,9 +202,11 @@ pub async fn pair_site(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found("no site found for this practice"))?;
+    // Pairing is per environment: the key's (the site's) environment only.
     let event = halo_policy::PolicyEvent::SitePaired {
         integrator: who.integrator().clone(),
         pms_id,
+        environment: who.environment(),
     };
     let state = Arc::clone(&app);
     tokio::task::spawn_blocking(move || state.state.apply_policy(event, now()))

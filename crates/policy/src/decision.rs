@@ -75,7 +75,8 @@ pub enum DenyCode {
     IntegratorNotEnabled,
     /// The practice (asked about by PMS ID) is not enabled for the integrator (403).
     PracticeNotEnabled,
-    /// The practice is enabled but the integrator has not paired with it (403).
+    /// The practice is enabled but the integrator has not paired with it in the
+    /// environment of the key (403). Pairing is per environment.
     NotPaired,
     /// The command touches a catalogue, table or procedure not authorised, or is a
     /// kind of statement never allowed (DDL, dynamic SQL, ...), or did not parse (403).
@@ -336,6 +337,15 @@ pub fn authorise_practice(
     })
 }
 
+/// Whether the practice `pms_id` is enabled for an authenticated integrator (and the
+/// integrator for its PMS type): what entitles a caller to be told about the
+/// practice's branch CRNs and demo copies. Pairing and environment do not matter.
+pub fn practice_enabled(policy: &Policy, who: &Authenticated, pms_id: PmsId) -> bool {
+    policy.integrator(&who.integrator).is_some_and(|i| {
+        i.pms[pms_index(pms_id.pms_type())].is_some() && i.practices.contains_key(&pms_id)
+    })
+}
+
 /// Whether an authenticated integrator may see a site at all (for filtering find-
 /// sites results): its practice is enabled for the integrator, its PMS type too, and
 /// it is in the key's environment.
@@ -390,10 +400,12 @@ fn evaluate_inner(
     if !site.active {
         return Err(UNKNOWN_SITE);
     }
-    if !practice.paired {
+    if !practice.paired.contains(environment) {
+        // Pairing is per environment: a pairing made with a Stage key does not
+        // pair Production, and the reverse.
         return Err(Deny::new(
             DenyCode::NotPaired,
-            "integrator has not paired with this site",
+            "integrator has not paired with this site in this environment",
         ));
     }
     if !site.authoritative {

@@ -4,6 +4,13 @@
 //! camelCase fields; it is the event log's format, so it is a compatibility promise:
 //! new fields must be optional (`#[serde(default)]`) and old variants are never
 //! renamed. `tests.rs` keeps frozen version-1 JSON that must keep loading.
+//!
+//! `sitePaired` gained `environment` (pairing is per environment). A `sitePaired`
+//! written before that has none and is read as a **Stage** pairing only
+//! ([`LEGACY_PAIRING_ENVIRONMENT`]): deny by default, since an old log cannot say
+//! which key paired, and a Stage pairing never reaches Production data. An
+//! integrator that paired in Production before the upgrade pairs again with its
+//! Production key.
 
 use halo_ids::{Environment, PmsId, PmsType};
 use serde::{Deserialize, Serialize};
@@ -12,6 +19,14 @@ use crate::{IntegratorId, KeyHash};
 
 /// The event-log format version this crate writes.
 pub const EVENT_FORMAT_VERSION: u16 = 1;
+
+/// The environment a `sitePaired` event without one (written before pairing was per
+/// environment) is read as: Stage, so that an old pairing never reaches Production.
+pub const LEGACY_PAIRING_ENVIRONMENT: Environment = Environment::Stage;
+
+fn legacy_pairing_environment() -> Environment {
+    LEGACY_PAIRING_ENVIRONMENT
+}
 
 /// A rate limit: a token bucket of `burst` tokens refilled at `per_second`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,13 +92,19 @@ pub enum PolicyEvent {
         /// The practice.
         pms_id: PmsId,
     },
-    /// The integrator paired with the practice's site (only effective while the
-    /// practice is enabled).
+    /// The integrator paired with the practice's site in one environment (only
+    /// effective while the practice is enabled, and only for keys of that
+    /// environment: a pairing made with a Stage key never pairs Production).
     SitePaired {
         /// The integrator.
         integrator: IntegratorId,
         /// The practice.
         pms_id: PmsId,
+        /// The environment of the key that paired (of the site it paired with).
+        /// Absent in events written before pairing was per environment: read as
+        /// [`LEGACY_PAIRING_ENVIRONMENT`] (Stage).
+        #[serde(default = "legacy_pairing_environment")]
+        environment: Environment,
     },
     /// A subscription key is issued, bound to one environment.
     KeyIssued {
@@ -196,7 +217,7 @@ impl ReadAccess<'_> {
         ]
     }
 
-    /// Enables one practice for the integrator and pairs it.
+    /// Enables one practice for the integrator and pairs it in the key's environment.
     pub fn practice_events(&self, pms_id: PmsId) -> [PolicyEvent; 2] {
         [
             PolicyEvent::PracticeEnabled {
@@ -206,6 +227,7 @@ impl ReadAccess<'_> {
             PolicyEvent::SitePaired {
                 integrator: self.integrator.clone(),
                 pms_id,
+                environment: self.environment,
             },
         ]
     }

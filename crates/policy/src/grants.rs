@@ -18,10 +18,43 @@ pub(crate) struct ComponentGrant {
     pub(crate) allow_write: bool,
 }
 
+/// The environments in which an integrator paired with a practice. A pairing made
+/// with a key of one environment never counts for the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PairedIn {
+    stage: bool,
+    production: bool,
+}
+
+impl PairedIn {
+    /// Whether the integrator paired in `environment`.
+    pub(crate) fn contains(self, environment: Environment) -> bool {
+        match environment {
+            Environment::Stage => self.stage,
+            Environment::Production => self.production,
+        }
+    }
+
+    /// Records a pairing in `environment`.
+    pub(crate) fn insert(&mut self, environment: Environment) {
+        match environment {
+            Environment::Stage => self.stage = true,
+            Environment::Production => self.production = true,
+        }
+    }
+
+    /// The environments paired in, Stage first (a fixed order, for snapshots).
+    pub(crate) fn environments(self) -> impl Iterator<Item = Environment> {
+        Environment::ALL
+            .into_iter()
+            .filter(move |e| self.contains(*e))
+    }
+}
+
 /// A practice's state for one integrator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PracticeGrant {
-    pub(crate) paired: bool,
+    pub(crate) paired: PairedIn,
     pub(crate) quota: Option<u64>,
     pub(crate) rate: Option<RateLimit>,
 }
@@ -100,12 +133,16 @@ impl Grants {
             PolicyEvent::PracticeDisabled { pms_id, .. } => {
                 self.entry(id).practices.remove(pms_id);
             }
-            PolicyEvent::SitePaired { pms_id, .. } => {
+            PolicyEvent::SitePaired {
+                pms_id,
+                environment,
+                ..
+            } => {
                 // Pairing an unenabled practice is a no-op rather than an error, so
                 // that replay does not depend on the order support and the
                 // integrator acted in; it never grants anything by itself.
                 if let Some(p) = self.entry(id).practices.get_mut(pms_id) {
-                    p.paired = true;
+                    p.paired.insert(*environment);
                 }
             }
             PolicyEvent::KeyIssued {

@@ -31,6 +31,14 @@
 //! ([`authorise_practice`]) get `PracticeNotEnabled` (403): that answer depends only
 //! on the caller's own grants, not on whether such a site exists.
 //!
+//! # Pairing is per environment
+//!
+//! [`PolicyEvent::SitePaired`] names the environment of the key that paired, and
+//! [`evaluate`] requires a pairing in the environment of the request's key
+//! ([`DenyCode::NotPaired`] otherwise): a pairing made in Stage never opens
+//! Production. A `sitePaired` event (or a version-1 snapshot) from before this
+//! change is read as a Stage pairing only ([`LEGACY_PAIRING_ENVIRONMENT`]).
+//!
 //! # Example
 //!
 //! ```
@@ -48,7 +56,9 @@
 //!         allow_write: false,
 //!     },
 //!     PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id },
-//!     PolicyEvent::SitePaired { integrator: acme.clone(), pms_id },
+//!     PolicyEvent::SitePaired {
+//!         integrator: acme.clone(), pms_id, environment: Environment::Stage,
+//!     },
 //!     PolicyEvent::KeyIssued {
 //!         integrator: acme.clone(), environment: Environment::Stage,
 //!         key_hash: KeyHash::of("secret-key"),
@@ -87,10 +97,12 @@ pub use components::{
 };
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, ExecutionMode, Request, SiteView,
-    authenticate, authorise_practice, evaluate, site_visible,
+    authenticate, authorise_practice, evaluate, practice_enabled, site_visible,
 };
 pub use error::PolicyError;
-pub use event::{EVENT_FORMAT_VERSION, PolicyEvent, RateLimit, ReadAccess};
+pub use event::{
+    EVENT_FORMAT_VERSION, LEGACY_PAIRING_ENVIRONMENT, PolicyEvent, RateLimit, ReadAccess,
+};
 pub use grants::Grants;
 pub use integrator::IntegratorId;
 pub use key::KeyHash;

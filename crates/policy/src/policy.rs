@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::Grants;
 use crate::event::RateLimit;
-use crate::grants::ComponentGrant;
+use crate::grants::{ComponentGrant, PairedIn};
 use crate::key::KeyHashState;
 use crate::limits::{Bucket, MonthlyQuota};
 use crate::{IntegratorId, KeyHash};
@@ -53,7 +53,8 @@ pub(crate) struct CompiledComponents {
 
 #[derive(Debug)]
 pub(crate) struct CompiledPractice {
-    pub(crate) paired: bool,
+    /// The environments the integrator paired in.
+    pub(crate) paired: PairedIn,
     pub(crate) rate: Option<Arc<Bucket>>,
     pub(crate) quota: Option<Arc<MonthlyQuota>>,
 }

@@ -4,8 +4,14 @@
 //! Maps are written as sorted lists (JSON object keys must be strings, and lists keep
 //! the order fixed), so equal grants give equal snapshots. The key-owner index is
 //! derived, not written: [`Grants::from_snapshot`] rebuilds it and refuses a key
-//! issued to two integrators. The frozen fixture `tests/fixtures/grants_snapshot_v1.json`
-//! is loaded by a test.
+//! issued to two integrators. The frozen fixtures `tests/fixtures/grants_snapshot_v1.json`
+//! and `grants_snapshot_v2.json` are loaded by tests.
+//!
+//! Versions: **1** recorded a practice's pairing as `"paired": true`, with no
+//! environment; it is read as a Stage pairing only
+//! ([`LEGACY_PAIRING_ENVIRONMENT`](crate::LEGACY_PAIRING_ENVIRONMENT)), like a
+//! `sitePaired` event without an environment. **2** (written now) lists the
+//! environments paired in: `"pairedIn": ["stage", "production"]`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,11 +19,14 @@ use halo_ids::{Environment, PmsId, PmsType};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::grants::{ComponentGrant, IntegratorGrants, PracticeGrant};
-use crate::{Grants, IntegratorId, KeyHash, PolicyError, RateLimit};
+use crate::grants::{ComponentGrant, IntegratorGrants, PairedIn, PracticeGrant};
+use crate::{Grants, IntegratorId, KeyHash, LEGACY_PAIRING_ENVIRONMENT, PolicyError, RateLimit};
 
-/// The snapshot format version this build writes (and the only one it reads).
-pub const GRANTS_SNAPSHOT_VERSION: u32 = 1;
+/// The snapshot format version this build writes. It also reads version 1.
+pub const GRANTS_SNAPSHOT_VERSION: u32 = 2;
+
+/// Version 1: a pairing without an environment (`"paired": true`).
+const V1: u32 = 1;
 
 /// The whole state of a [`Grants`], from [`Grants::to_snapshot`], for
 /// [`Grants::from_snapshot`]. Serialise it with serde. Its fields are private: a
@@ -79,8 +88,12 @@ struct ComponentRecord {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PracticeRecord {
     pms_id: PmsId,
+    /// Version 1 only: paired, in no particular environment (read as Stage).
     #[serde(default, skip_serializing_if = "is_false")]
     paired: bool,
+    /// Version 2: the environments paired in, Stage first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    paired_in: Vec<Environment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     quota: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +144,30 @@ fn check_rate(r: RateLimit) -> Result<RateLimit, PolicyError> {
     Ok(r)
 }
 
+/// A practice's pairing as recorded in a snapshot of `version`.
+fn paired_in(version: u32, legacy: bool, listed: &[Environment]) -> Result<PairedIn, PolicyError> {
+    let mut paired = PairedIn::default();
+    if version == V1 {
+        if !listed.is_empty() {
+            return Err(invalid("a version 1 snapshot lists pairing environments"));
+        }
+        if legacy {
+            paired.insert(LEGACY_PAIRING_ENVIRONMENT);
+        }
+        return Ok(paired);
+    }
+    if legacy {
+        return Err(invalid("a pairing without an environment"));
+    }
+    for environment in listed {
+        if paired.contains(*environment) {
+            return Err(invalid("a pairing environment is listed twice"));
+        }
+        paired.insert(*environment);
+    }
+    Ok(paired)
+}
+
 impl Grants {
     /// The whole grant state as a [`GrantsSnapshot`]. Equal grants give equal
     /// snapshots, and [`Grants::from_snapshot`] gives back equal grants.
@@ -157,7 +194,8 @@ impl Grants {
                     .iter()
                     .map(|(pms_id, p)| PracticeRecord {
                         pms_id: *pms_id,
-                        paired: p.paired,
+                        paired: false,
+                        paired_in: p.paired.environments().collect(),
                         quota: p.quota,
                         rate: p.rate,
                     })
@@ -182,10 +220,12 @@ impl Grants {
     ///
     /// # Errors
     /// [`PolicyError::UnsupportedSnapshotVersion`] for a format this build does not
-    /// read; [`PolicyError::InvalidSnapshot`] for a damaged or inconsistent one.
+    /// read (it reads 1 and 2); [`PolicyError::InvalidSnapshot`] for a damaged or
+    /// inconsistent one.
     pub fn from_snapshot(snapshot: GrantsSnapshot) -> Result<Grants, PolicyError> {
-        if snapshot.version != GRANTS_SNAPSHOT_VERSION {
-            return Err(PolicyError::UnsupportedSnapshotVersion(snapshot.version));
+        let version = snapshot.version;
+        if version != V1 && version != GRANTS_SNAPSHOT_VERSION {
+            return Err(PolicyError::UnsupportedSnapshotVersion(version));
         }
         let mut grants = Grants::default();
         for r in snapshot.integrators {
@@ -204,7 +244,7 @@ impl Grants {
             let mut practices = BTreeMap::new();
             for p in r.practices {
                 let grant = PracticeGrant {
-                    paired: p.paired,
+                    paired: paired_in(version, p.paired, &p.paired_in)?,
                     quota: p.quota.map(check_quota).transpose()?,
                     rate: p.rate.map(check_rate).transpose()?,
                 };

@@ -54,6 +54,12 @@ fn base_events() -> Vec<PolicyEvent> {
         PolicyEvent::SitePaired {
             integrator: acme.clone(),
             pms_id: pms(),
+            environment: Environment::Stage,
+        },
+        PolicyEvent::SitePaired {
+            integrator: acme.clone(),
+            pms_id: pms(),
+            environment: Environment::Production,
         },
         PolicyEvent::KeyIssued {
             integrator: acme.clone(),
@@ -365,6 +371,7 @@ fn pairing_before_enabling_grants_nothing() {
     g.apply(&PolicyEvent::SitePaired {
         integrator: acme.clone(),
         pms_id: pms(),
+        environment: Environment::Stage,
     })
     .unwrap();
     g.apply(&PolicyEvent::PracticeEnabled {
@@ -372,7 +379,153 @@ fn pairing_before_enabling_grants_nothing() {
         pms_id: pms(),
     })
     .unwrap();
-    assert!(!g.integrators.values().next().unwrap().practices[&pms()].paired);
+    let paired = g.integrators.values().next().unwrap().practices[&pms()].paired;
+    assert!(!paired.contains(Environment::Stage));
+    assert!(!paired.contains(Environment::Production));
+}
+
+/// Grants where the practice is enabled for acme (keys in both environments) and
+/// paired only in `paired_in`.
+fn paired_only_in(paired_in: &[Environment]) -> Policy {
+    let mut g = Grants::default();
+    for e in base_events()
+        .into_iter()
+        .filter(|e| !matches!(e, PolicyEvent::SitePaired { .. }))
+    {
+        g.apply(&e).unwrap();
+    }
+    for environment in paired_in {
+        g.apply(&PolicyEvent::SitePaired {
+            integrator: id("acme"),
+            pms_id: pms(),
+            environment: *environment,
+        })
+        .unwrap();
+    }
+    g.compile()
+}
+
+fn eval_prod(policy: &Policy) -> Decision {
+    let prod = site(Environment::Production, 2, pms());
+    let call = Call {
+        key: PROD_KEY,
+        ..Call::default()
+    };
+    run(policy, call, Some(&prod), prod.halo)
+}
+
+#[test]
+fn stage_pairing_does_not_pair_production() {
+    let p = paired_only_in(&[Environment::Stage]);
+    assert!(matches!(
+        eval_stage(&p, Call::default()),
+        Decision::Allow(_)
+    ));
+    let d = deny_of(eval_prod(&p));
+    assert_eq!((d.code(), d.http_status()), (DenyCode::NotPaired, 403));
+    assert_eq!(
+        d.message(),
+        "integrator has not paired with this site in this environment"
+    );
+}
+
+#[test]
+fn production_pairing_does_not_pair_stage() {
+    let p = paired_only_in(&[Environment::Production]);
+    assert!(matches!(eval_prod(&p), Decision::Allow(_)));
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
+    let p = paired_only_in(&[]);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
+    check_deny(eval_prod(&p), DenyCode::NotPaired, 403);
+    let p = paired_only_in(&[Environment::Production, Environment::Stage]);
+    assert!(matches!(
+        eval_stage(&p, Call::default()),
+        Decision::Allow(_)
+    ));
+    assert!(matches!(eval_prod(&p), Decision::Allow(_)));
+}
+
+#[test]
+fn a_legacy_pairing_event_pairs_stage_only() {
+    let legacy: PolicyEvent =
+        serde_json::from_str(r#"{"event":"sitePaired","integrator":"acme","pmsId":"D4w:ABC123"}"#)
+            .unwrap();
+    assert_eq!(
+        legacy,
+        PolicyEvent::SitePaired {
+            integrator: id("acme"),
+            pms_id: pms(),
+            environment: LEGACY_PAIRING_ENVIRONMENT,
+        }
+    );
+    assert_eq!(LEGACY_PAIRING_ENVIRONMENT, Environment::Stage);
+    let mut g = Grants::default();
+    for e in base_events()
+        .into_iter()
+        .filter(|e| !matches!(e, PolicyEvent::SitePaired { .. }))
+        .chain([legacy])
+    {
+        g.apply(&e).unwrap();
+    }
+    let p = g.compile();
+    assert!(matches!(
+        eval_stage(&p, Call::default()),
+        Decision::Allow(_)
+    ));
+    check_deny(eval_prod(&p), DenyCode::NotPaired, 403);
+}
+
+#[test]
+fn pairing_events_carry_their_environment_in_json() {
+    for environment in Environment::ALL {
+        let e = PolicyEvent::SitePaired {
+            integrator: id("acme"),
+            pms_id: pms(),
+            environment,
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"event":"sitePaired","integrator":"acme","pmsId":"D4w:ABC123","environment":"{environment}"}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<PolicyEvent>(&json).unwrap(), e);
+    }
+}
+
+#[test]
+fn practice_enabled_needs_the_practice_and_its_pms_type() {
+    let p = grants_with(&[]).compile();
+    let who = authenticate(&p, STAGE_KEY, None).unwrap();
+    assert!(practice_enabled(&p, &who, pms()));
+    assert!(!practice_enabled(&p, &who, other_pms()));
+    // Same site id, another PMS type the integrator is not enabled for.
+    assert!(!practice_enabled(
+        &p,
+        &who,
+        "Zedmed:ABC123".parse().unwrap()
+    ));
+    // Disabled practice, disabled PMS type.
+    let p = grants_with(&[PolicyEvent::PracticeDisabled {
+        integrator: id("acme"),
+        pms_id: pms(),
+    }])
+    .compile();
+    assert!(!practice_enabled(&p, &who, pms()));
+    let p = grants_with(&[
+        PolicyEvent::PracticeEnabled {
+            integrator: id("acme"),
+            pms_id: "Zedmed:ABC123".parse().unwrap(),
+        },
+        PolicyEvent::IntegratorDisabled {
+            integrator: id("acme"),
+            pms_type: PmsType::D4w,
+        },
+    ])
+    .compile();
+    assert!(!practice_enabled(&p, &who, pms()));
+    assert!(!practice_enabled(&Policy::empty(), &who, pms()));
 }
 
 // --- evaluate: every deny code with its status ------------------------------------

@@ -1,6 +1,7 @@
 //! Property tests of the access policy (at least 1000 cases each):
 //! an empty policy denies everything; adding a grant never denies what was allowed;
-//! a key never crosses environments; random text as SQL is never allowed.
+//! a key never crosses environments; a pairing never crosses environments; random
+//! text as SQL is never allowed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -64,8 +65,13 @@ fn granting_event() -> impl Strategy<Value = PolicyEvent> {
         }),
         (integrator(), practice())
             .prop_map(|(integrator, pms_id)| PolicyEvent::PracticeEnabled { integrator, pms_id }),
-        (integrator(), practice())
-            .prop_map(|(integrator, pms_id)| PolicyEvent::SitePaired { integrator, pms_id }),
+        (integrator(), practice(), environment()).prop_map(|(integrator, pms_id, environment)| {
+            PolicyEvent::SitePaired {
+                integrator,
+                pms_id,
+                environment,
+            }
+        }),
         (integrator(), environment(), prop::sample::select(&KEYS[..])).prop_map(
             |(integrator, environment, key)| PolicyEvent::KeyIssued {
                 integrator,
@@ -290,6 +296,61 @@ proptest! {
     }
 
     #[test]
+    fn a_pairing_never_crosses_environments(
+        events in prop::collection::vec(any_event(), 0..32),
+        probes in prop::collection::vec(0usize..4320, 400),
+    ) {
+        // Everything but the pairing, in both environments, so that many requests
+        // are one pairing away from allowed; then random events (pairings among them).
+        let alpha: IntegratorId = "alpha".parse().unwrap();
+        let mut prefix = Vec::new();
+        for (environment, key) in [(Environment::Stage, "k0"), (Environment::Production, "k1")] {
+            let access = ReadAccess {
+                integrator: &alpha, pms_type: PmsType::D4w, environment, key,
+                catalogues: &["d4w"], tables: &["patients", "appointments"],
+            };
+            prefix.extend(access.integrator_events());
+        }
+        for pms_id in practices() {
+            prefix.push(PolicyEvent::PracticeEnabled { integrator: alpha.clone(), pms_id });
+        }
+        let mut g = Grants::default();
+        // The model: pairings count only while the practice stays enabled, and only
+        // if made while it was.
+        let (mut enabled, mut paired) = (Vec::new(), Vec::new());
+        for e in prefix.iter().chain(&events) {
+            match e {
+                PolicyEvent::PracticeEnabled { integrator, pms_id } => {
+                    enabled.push((integrator.clone(), *pms_id));
+                }
+                PolicyEvent::PracticeDisabled { integrator, pms_id } => {
+                    enabled.retain(|(i, p)| (i, p) != (integrator, pms_id));
+                    paired.retain(|(i, p, _)| (i, p) != (integrator, pms_id));
+                }
+                PolicyEvent::SitePaired { integrator, pms_id, environment }
+                    if enabled.contains(&(integrator.clone(), *pms_id)) =>
+                {
+                    paired.push((integrator.clone(), *pms_id, *environment));
+                }
+                _ => {}
+            }
+            let _ = g.apply(e);
+        }
+        let policy = g.compile();
+        for i in probes {
+            let (key, site, c, mode, catalogue, caller_ip) = universe()[i];
+            let req = Request {
+                key, site: site.halo, mode, catalogue, components: &components()[c], caller_ip,
+                now: Timestamp::from_millis(0),
+            };
+            if let Decision::Allow(a) = evaluate(&policy, &req, Some(&site)) {
+                let pairing = (a.integrator().clone(), a.pms_id(), a.environment());
+                prop_assert!(paired.contains(&pairing), "allowed without a pairing in {}: {:?}", a.environment(), universe()[i]);
+            }
+        }
+    }
+
+    #[test]
     fn random_text_as_sql_is_never_allowed(sql in prop_oneof!["\\PC{0,120}", "[ -~]{0,120}", ".{0,60}"]) {
         // A policy granting every table of the universe, writes included.
         let mut g = Grants::default();
@@ -303,7 +364,7 @@ proptest! {
                 procedures: vec!["getpatient".into()], allow_write: true,
             },
             PolicyEvent::PracticeEnabled { integrator: i.clone(), pms_id: p1 },
-            PolicyEvent::SitePaired { integrator: i.clone(), pms_id: p1 },
+            PolicyEvent::SitePaired { integrator: i.clone(), pms_id: p1, environment: Environment::Stage },
             PolicyEvent::KeyIssued { integrator: i, environment: Environment::Stage, key_hash: KeyHash::of("k0") },
         ] {
             g.apply(&e).unwrap();

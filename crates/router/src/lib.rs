@@ -20,6 +20,11 @@
 //!   awaits its [`Dispatch`]. Completion, timeout ([`Dispatch::expire`],
 //!   [`Router::expire_overdue`]), cancellation (dropping the `Dispatch`) and detach race
 //!   for one compare-and-swap: exactly one wins and releases the in-flight slot.
+//! - **Naming a practice** ([`resolve_crn`]): the CRN an integrator names in find
+//!   sites or pair site becomes the PMS ID to authorise, or a [`CrnRefusal`] with
+//!   guidance for a branch CRN or a demo copy's real CRN, given only to an
+//!   integrator entitled to that practice; to anyone else such a CRN is answered
+//!   exactly like an unknown one.
 //! - Errors are [`RouteError`]s with an HTTP status ([`RouteError::http_status`]) and a
 //!   class ([`ErrorClass`]).
 //!
@@ -65,7 +70,7 @@
 //!         integrator: acme.clone(), environment: Environment::Stage, key_hash: KeyHash::of("k1"),
 //!     },
 //!     PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id },
-//!     PolicyEvent::SitePaired { integrator: acme.clone(), pms_id },
+//!     PolicyEvent::SitePaired { integrator: acme.clone(), pms_id, environment: Environment::Stage },
 //! ] {
 //!     grants.apply(&event).expect("valid grant");
 //! }
@@ -94,6 +99,7 @@ mod error;
 mod job;
 mod link;
 mod outcome;
+mod practice;
 mod route;
 mod router;
 mod sync;
@@ -103,6 +109,7 @@ pub use error::{ErrorClass, RouteError};
 pub use job::{Command, Job};
 pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
+pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};
 pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, check_route};
 

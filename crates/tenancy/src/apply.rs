@@ -1,6 +1,8 @@
 //! The state machine: one function per event, each checking everything before it
 //! changes anything, so that a refused event leaves the registry untouched.
 
+use std::collections::BTreeSet;
+
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
@@ -297,13 +299,14 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
 /// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
 pub(crate) fn claim_crns(
     branches: &mut Map<GroupKey, BranchClaim>,
-    demo_real: &mut Map<GroupKey, u32>,
+    demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
     if site.demo {
-        *demo_real
+        demo_real
             .entry(key(site.environment, site.pms_type, site.real_crn))
-            .or_insert(0) += 1;
+            .or_default()
+            .insert(site.halo);
         return;
     }
     for branch in site.branch_crns.iter() {
@@ -320,14 +323,14 @@ pub(crate) fn claim_crns(
 /// Removes the claims [`claim_crns`] added.
 fn release_crns(
     branches: &mut Map<GroupKey, BranchClaim>,
-    demo_real: &mut Map<GroupKey, u32>,
+    demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
     if site.demo {
         let k = key(site.environment, site.pms_type, site.real_crn);
-        if let Some(count) = demo_real.get_mut(&k) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(copies) = demo_real.get_mut(&k) {
+            copies.remove(&site.halo);
+            if copies.is_empty() {
                 demo_real.remove(&k);
             }
         }

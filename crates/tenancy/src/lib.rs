@@ -36,15 +36,21 @@
 //! - **Demo copies.** A demo or de-identified database under a Production Link is
 //!   refused ([`TenancyError::DemoInProduction`]). Under Stage it routes by its fake
 //!   CRN (the first eight characters of its Halo GUID, [`halo_ids::HaloGuid::fake_crn`]);
-//!   a lookup by its real, non-unique CRN gives [`CrnLookup::DemoRealCrn`], even if a
-//!   non-demo database in Stage shares that CRN (deny when ambiguous). A fake CRN that
-//!   collides with a live database's CRN is refused.
+//!   a lookup by its real, non-unique CRN gives [`CrnLookup::DemoRealCrn`] and never
+//!   routes to the copy. **A copy never shadows a practice**: where a live database
+//!   holds that CRN as its own (a real practice in Stage), the lookup resolves to it,
+//!   so that announcing a copy cannot hide a practice from integrators. A fake CRN
+//!   that collides with a live database's CRN is refused.
 //! - **Branch CRNs.** Kept per site and indexed per (environment, PMS type). A branch
 //!   CRN claimed by two different parents, a branch CRN that is a live parent CRN,
 //!   and a parent CRN that is a known branch CRN are all refused. Sites sharing one
 //!   parent (a backup) may claim the same branch CRNs. A lookup gives
 //!   [`CrnLookup::Branch`] and never reveals the parent. A demo copy's branch CRNs are
 //!   kept but not indexed (they are copies too).
+//! - **What an integrator is told.** [`Registry::lookup_crn_for`] names a branch CRN
+//!   or a demo copy's real CRN as such only to a caller entitled to the practice it
+//!   belongs to (the branch's parent; the copies' real CRN or one of their fake
+//!   CRNs); to anyone else it is [`CrnLookup::Unknown`], like a CRN nobody has.
 //! - **Heartbeats** update last-heard times only (the Link's and its live sites').
 //!   [`Availability`] is derived from last-heard with [`AvailabilityConfig`]
 //!   thresholds at query time; it is not state, and it never moves authority.

@@ -1,6 +1,6 @@
 //! The registry: all Links, sites and authority groups, and the queries on them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use halo_authority::{Epoch, GroupKey, GroupState};
@@ -151,6 +151,13 @@ pub(crate) struct BranchClaim {
 }
 
 /// The outcome of looking up a CRN (the "Get Halo GUID" question).
+///
+/// Precedence, so that a copy never shadows a practice: a CRN that is some live
+/// site's routing CRN (a real practice's parent CRN, or a demo copy's fake CRN) is
+/// [`Site`](CrnLookup::Site) or [`Vacant`](CrnLookup::Vacant), whatever demo copies
+/// claim it as their real CRN; otherwise a branch CRN of a live real site is
+/// [`Branch`](CrnLookup::Branch); otherwise a live demo copy's real CRN is
+/// [`DemoRealCrn`](CrnLookup::DemoRealCrn); otherwise [`Unknown`](CrnLookup::Unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CrnLookup {
     /// A parent (or fake) CRN whose group has an authoritative site: this one.
@@ -160,7 +167,8 @@ pub enum CrnLookup {
     Vacant,
     /// A branch (local) CRN. The parent CRN is needed; it is deliberately not given.
     Branch,
-    /// The real, non-unique CRN of a demo or de-identified copy; use its fake CRN.
+    /// The real, non-unique CRN of a demo or de-identified copy, held by no live real
+    /// site; use the copy's fake CRN.
     DemoRealCrn,
     /// No live database has this CRN.
     Unknown,
@@ -178,8 +186,8 @@ pub struct Registry {
     pub(crate) groups: Map<GroupKey, Group>,
     /// Branch CRNs of live non-demo sites, keyed by (environment, PMS type, branch CRN).
     pub(crate) branches: Map<GroupKey, BranchClaim>,
-    /// Live demo sites by their real CRN, keyed like groups.
-    pub(crate) demo_real: Map<GroupKey, u32>,
+    /// Live demo sites by their real CRN, keyed like groups (never empty sets).
+    pub(crate) demo_real: Map<GroupKey, BTreeSet<HaloGuid>>,
     /// Previous install → its reinstall.
     pub(crate) successors: Map<HaloGuid, HaloGuid>,
     /// Shared versions and catalogue lists.
@@ -275,13 +283,22 @@ impl Registry {
 
     /// Trades a CRN for a Halo GUID. A branch CRN, a demo copy's real CRN and an
     /// unknown CRN are distinct outcomes; a branch never reveals its parent.
+    ///
+    /// A demo copy never shadows a practice: a CRN held by a live site (as its
+    /// routing CRN) resolves to that site's group even when demo copies carry it as
+    /// their real CRN; [`CrnLookup::DemoRealCrn`] is the answer only where no live
+    /// site holds the CRN and it is no branch CRN. A demo copy's real CRN still never
+    /// routes to the copy: copies route by their fake CRN only.
+    ///
+    /// This tells the caller what kind of CRN it named. Before passing that on to an
+    /// integrator, use [`Registry::lookup_crn_for`], which hides what the integrator
+    /// may not know.
     pub fn lookup_crn(&self, environment: Environment, pms_type: PmsType, crn: Crn) -> CrnLookup {
         let key = GroupKey::new(environment, PmsId::new(pms_type, crn));
-        if self.demo_real.contains_key(&key) {
-            // Checked first: a non-unique CRN must never pick a database.
-            return CrnLookup::DemoRealCrn;
-        }
         if let Some(group) = self.groups.get(&key) {
+            // Checked first: a copy's real CRN must never hide the database that
+            // holds it. Groups are keyed by routing CRN, so a demo copy is never a
+            // member under its real CRN.
             if !group.state.is_empty() {
                 return match group.holder() {
                     Some(holder) => CrnLookup::Site(holder),
@@ -292,7 +309,54 @@ impl Registry {
         if self.branches.contains_key(&key) {
             return CrnLookup::Branch;
         }
+        if self.demo_real.contains_key(&key) {
+            return CrnLookup::DemoRealCrn;
+        }
         CrnLookup::Unknown
+    }
+
+    /// [`Registry::lookup_crn`] as told to one integrator: a branch CRN or a demo
+    /// copy's real CRN is named as such only when `entitled` holds for a practice
+    /// that may know it; otherwise the answer is [`CrnLookup::Unknown`], exactly as
+    /// for a CRN no database has, so that the answer is no oracle for another
+    /// practice's branches or copies.
+    ///
+    /// `entitled` is asked about (and only about):
+    /// - for a branch CRN, the PMS ID of the parent practice that claims it;
+    /// - for a demo copy's real CRN, the PMS ID of that real CRN itself (the
+    ///   practice the copies were made from), then the fake-CRN PMS ID of each live
+    ///   demo copy carrying it (whoever is enabled for a copy may be told to use the
+    ///   fake CRN), in Halo GUID order, stopping at the first that holds.
+    ///
+    /// The parent and the fake CRNs are never returned. [`CrnLookup::Site`],
+    /// [`CrnLookup::Vacant`] and [`CrnLookup::Unknown`] are returned as they are:
+    /// whether the caller may use the practice is the policy's question, answered
+    /// the same way whether or not the practice has sites.
+    pub fn lookup_crn_for(
+        &self,
+        environment: Environment,
+        pms_type: PmsType,
+        crn: Crn,
+        mut entitled: impl FnMut(PmsId) -> bool,
+    ) -> CrnLookup {
+        let key = GroupKey::new(environment, PmsId::new(pms_type, crn));
+        let lookup = self.lookup_crn(environment, pms_type, crn);
+        let told = match lookup {
+            CrnLookup::Site(_) | CrnLookup::Vacant | CrnLookup::Unknown => return lookup,
+            CrnLookup::Branch => self
+                .branches
+                .get(&key)
+                .is_some_and(|claim| entitled(PmsId::new(pms_type, claim.parent))),
+            CrnLookup::DemoRealCrn => {
+                entitled(PmsId::new(pms_type, crn))
+                    || self.demo_real.get(&key).is_some_and(|copies| {
+                        copies
+                            .iter()
+                            .any(|halo| entitled(PmsId::new(pms_type, halo.fake_crn())))
+                    })
+            }
+        };
+        if told { lookup } else { CrnLookup::Unknown }
     }
 
     /// The availability of a site at `now`, from its last-heard time.

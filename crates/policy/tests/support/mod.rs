@@ -64,6 +64,12 @@ fn grant(integrator: &str, allow_write: bool) -> Vec<PolicyEvent> {
         PolicyEvent::SitePaired {
             integrator: i.clone(),
             pms_id: pms(),
+            environment: Environment::Stage,
+        },
+        PolicyEvent::SitePaired {
+            integrator: i.clone(),
+            pms_id: pms(),
+            environment: Environment::Production,
         },
     ]
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use halo_authority::{Epoch, GroupKey};
-use halo_ids::{Crn, Environment, HaloGuid, PmsType, Timestamp};
+use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType, Timestamp};
 use proptest::prelude::*;
 
 use super::fixture::{h, l};
@@ -223,9 +223,81 @@ fn check_state(reg: &Registry) -> Result<(), TestCaseError> {
             }
             CrnLookup::DemoRealCrn | CrnLookup::Branch | CrnLookup::Unknown => {
                 prop_assert!(
-                    group.state().is_empty() || lookup == CrnLookup::DemoRealCrn,
-                    "a live group's crn must resolve to it or be refused as a demo crn"
+                    group.state().is_empty(),
+                    "a live group's crn must resolve to it (a copy never shadows it)"
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`Registry::lookup_crn`] must answer, worked out from the sites alone, with
+/// the PMS IDs entitled to be told a branch or demo real CRN.
+fn expected_lookup(
+    reg: &Registry,
+    environment: Environment,
+    pms_type: PmsType,
+    crn: Crn,
+) -> (CrnLookup, Vec<PmsId>) {
+    let live: Vec<_> = reg
+        .sites()
+        .filter(|s| {
+            s.status().is_live() && s.environment() == environment && s.pms_type() == pms_type
+        })
+        .collect();
+    let holders: Vec<_> = live.iter().filter(|s| s.crn() == crn).collect();
+    if !holders.is_empty() {
+        let lookup = holders
+            .iter()
+            .find(|s| s.is_authoritative())
+            .map_or(CrnLookup::Vacant, |s| CrnLookup::Site(s.halo_guid()));
+        return (lookup, Vec::new());
+    }
+    let parents: Vec<PmsId> = live
+        .iter()
+        .filter(|s| !s.is_demo() && s.branch_crns().contains(&crn))
+        .map(|s| PmsId::new(pms_type, s.real_crn()))
+        .collect();
+    if !parents.is_empty() {
+        return (CrnLookup::Branch, parents);
+    }
+    let copies: Vec<PmsId> = live
+        .iter()
+        .filter(|s| s.is_demo() && s.real_crn() == crn)
+        .map(|s| s.pms_id())
+        .collect();
+    if !copies.is_empty() {
+        let mut entitled = vec![PmsId::new(pms_type, crn)];
+        entitled.extend(copies);
+        return (CrnLookup::DemoRealCrn, entitled);
+    }
+    (CrnLookup::Unknown, Vec::new())
+}
+
+/// Every CRN of the test universe, in both environments and both PMS types: the
+/// lookup matches the model (so a copy never shadows a practice), and
+/// `lookup_crn_for` names a branch or demo real CRN to exactly the entitled callers,
+/// and to everyone else answers as for an unknown CRN.
+fn check_lookups(reg: &Registry) -> Result<(), TestCaseError> {
+    for environment in Environment::ALL {
+        for pms_type in [PmsType::D4w, PmsType::Zedmed] {
+            for crn in (0..CRNS.len()).map(crn_of) {
+                let (expected, entitled) = expected_lookup(reg, environment, pms_type, crn);
+                let lookup = reg.lookup_crn(environment, pms_type, crn);
+                prop_assert_eq!(lookup, expected, "{:?} {:?} {}", environment, pms_type, crn);
+                let told = |allowed: &dyn Fn(PmsId) -> bool| {
+                    reg.lookup_crn_for(environment, pms_type, crn, allowed)
+                };
+                let hidden = match lookup {
+                    CrnLookup::Branch | CrnLookup::DemoRealCrn => CrnLookup::Unknown,
+                    other => other,
+                };
+                prop_assert_eq!(told(&|p| !entitled.contains(&p)), hidden);
+                prop_assert_eq!(told(&|_| false), hidden);
+                for p in &entitled {
+                    prop_assert_eq!(told(&|q| q == *p), lookup);
+                }
             }
         }
     }
@@ -265,7 +337,7 @@ pub(super) fn run(
     let mut reg = Registry::new();
     let mut applied = Vec::new();
     let mut known = Vec::new();
-    for (at, op) in log {
+    for (step, (at, op)) in log.iter().enumerate() {
         let event = &resolve(op, &reg, &known);
         let now = Timestamp::from_millis(*at);
         let before = check_steps.then(|| reg.clone());
@@ -290,6 +362,10 @@ pub(super) fn run(
             }
             Ok(changes) => {
                 check_state(&reg)?;
+                // The lookup model scans every site: every few steps, and at the end.
+                if step % 4 == 0 || step + 1 == log.len() {
+                    check_lookups(&reg)?;
+                }
                 let old = holders(&before);
                 let new = holders(&reg);
                 for (key, (old_holder, old_epoch)) in &old {

@@ -412,9 +412,19 @@ fn demo_copy_in_stage_gets_its_fake_crn() {
         CrnLookup::Site(h(10))
     );
     assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::DemoRealCrn);
-    // Even a real Stage database with that CRN does not make the real CRN route.
+    // A real Stage database with that CRN is the practice: the copies do not shadow
+    // it (and still do not route by the real CRN).
     fx.attach(1, 30, identity("AB123", &[])).unwrap();
-    assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::DemoRealCrn);
+    assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::Site(h(30)));
+    fx.apply(Event::DatabaseRemoved {
+        link: l(1),
+        site: h(30),
+    });
+    assert_eq!(
+        lookup(&fx, STAGE, "AB123"),
+        CrnLookup::DemoRealCrn,
+        "no real site holds it any more"
+    );
     fx.apply(Event::DatabaseRemoved {
         link: l(1),
         site: h(10),
@@ -424,8 +434,127 @@ fn demo_copy_in_stage_gets_its_fake_crn() {
         link: l(2),
         site: h(20),
     });
-    assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::Site(h(30)));
+    assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::Unknown);
     fx.check_replay();
+}
+
+#[test]
+fn demo_copy_does_not_shadow_a_practice() {
+    let mut fx = Fx::new();
+    fx.link(1, STAGE);
+    fx.link(2, STAGE);
+    // The practice first, then a copy announcing its CRN as the copy's real CRN.
+    fx.attach(1, 10, identity("HARBOUR01", &["HARBOUR02"]))
+        .unwrap();
+    fx.ready(1, 10);
+    fx.attach(2, 20, demo_identity("HARBOUR01")).unwrap();
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR01"), CrnLookup::Site(h(10)));
+    // Nor its branch: a copy whose real CRN is the practice's branch CRN.
+    fx.attach(2, 21, demo_identity("HARBOUR02")).unwrap();
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR02"), CrnLookup::Branch);
+    // A copy announced first does not shadow a practice that joins later.
+    fx.attach(2, 22, demo_identity("LATER1")).unwrap();
+    assert_eq!(lookup(&fx, STAGE, "LATER1"), CrnLookup::DemoRealCrn);
+    fx.attach(1, 11, identity("LATER1", &[])).unwrap();
+    assert_eq!(lookup(&fx, STAGE, "LATER1"), CrnLookup::Site(h(11)));
+    // A vacant practice (its holder gone, a backup waiting for a promotion) is
+    // still the practice.
+    fx.attach(2, 23, identity("HARBOUR01", &["HARBOUR02"]))
+        .unwrap();
+    fx.apply(Event::DatabaseRemoved {
+        link: l(1),
+        site: h(10),
+    });
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR01"), CrnLookup::Vacant);
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR02"), CrnLookup::Branch);
+    // Only once no real site holds the CRNs do the copies' real CRNs show.
+    fx.apply(Event::DatabaseRemoved {
+        link: l(2),
+        site: h(23),
+    });
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR01"), CrnLookup::DemoRealCrn);
+    assert_eq!(lookup(&fx, STAGE, "HARBOUR02"), CrnLookup::DemoRealCrn);
+    fx.check_replay();
+}
+
+/// Records every PMS ID `lookup_crn_for` asks about, and answers from `allowed`.
+fn told(fx: &Fx, c: &str, allowed: &[PmsId]) -> (CrnLookup, Vec<PmsId>) {
+    let mut asked = Vec::new();
+    let lookup = fx.reg.lookup_crn_for(STAGE, PmsType::D4w, crn(c), |p| {
+        asked.push(p);
+        allowed.contains(&p)
+    });
+    (lookup, asked)
+}
+
+fn d4w(c: &str) -> PmsId {
+    PmsId::new(PmsType::D4w, crn(c))
+}
+
+#[test]
+fn branch_crn_is_named_only_to_a_caller_entitled_to_its_parent() {
+    let mut fx = Fx::new();
+    fx.link(1, STAGE);
+    fx.attach(1, 10, identity("HARBOUR01", &["HARBOUR02"]))
+        .unwrap();
+    let (lookup, asked) = told(&fx, "HARBOUR02", &[d4w("HARBOUR01")]);
+    assert_eq!(lookup, CrnLookup::Branch);
+    assert_eq!(asked, vec![d4w("HARBOUR01")], "asked about the parent only");
+    for allowed in [vec![], vec![d4w("BRIGHT77")], vec![d4w("HARBOUR02")]] {
+        assert_eq!(
+            told(&fx, "HARBOUR02", &allowed).0,
+            CrnLookup::Unknown,
+            "{allowed:?}"
+        );
+    }
+    // Routing CRNs and unknown CRNs are what they are, and ask nothing.
+    assert_eq!(
+        told(&fx, "HARBOUR01", &[]),
+        (CrnLookup::Site(h(10)), vec![])
+    );
+    assert_eq!(told(&fx, "NOBODY1", &[]), (CrnLookup::Unknown, vec![]));
+}
+
+#[test]
+fn demo_real_crn_is_named_only_to_a_caller_entitled_to_the_practice_or_a_copy() {
+    let mut fx = Fx::new();
+    fx.link(1, STAGE);
+    fx.link(2, STAGE);
+    fx.attach(1, 10, demo_identity("DEMO1")).unwrap();
+    fx.attach(2, 20, demo_identity("DEMO1")).unwrap();
+    let (fake1, fake2) = (h(10).fake_crn(), h(20).fake_crn());
+    let fake = |c: halo_ids::Crn| PmsId::new(PmsType::D4w, c);
+    for allowed in [
+        vec![d4w("DEMO1")],
+        vec![fake(fake1)],
+        vec![fake(fake2)],
+        vec![d4w("BRIGHT77"), fake(fake2)],
+    ] {
+        assert_eq!(
+            told(&fx, "DEMO1", &allowed).0,
+            CrnLookup::DemoRealCrn,
+            "{allowed:?}"
+        );
+    }
+    let (lookup, asked) = told(&fx, "DEMO1", &[d4w("BRIGHT77")]);
+    assert_eq!(lookup, CrnLookup::Unknown);
+    assert_eq!(
+        asked,
+        vec![d4w("DEMO1"), fake(fake1), fake(fake2)],
+        "the real CRN, then each live copy in Halo GUID order"
+    );
+    // A copy that is gone entitles nobody.
+    fx.apply(Event::DatabaseRemoved {
+        link: l(2),
+        site: h(20),
+    });
+    assert_eq!(told(&fx, "DEMO1", &[fake(fake2)]).0, CrnLookup::Unknown);
+    assert_eq!(told(&fx, "DEMO1", &[fake(fake1)]).0, CrnLookup::DemoRealCrn);
+    // Other environments are other namespaces.
+    let prod = fx
+        .reg
+        .lookup_crn_for(PROD, PmsType::D4w, crn("DEMO1"), |_| true);
+    assert_eq!(prod, CrnLookup::Unknown);
 }
 
 #[test]
