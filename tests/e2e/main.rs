@@ -5,4 +5,5 @@
 mod failures;
 mod fixture;
 mod flow;
+mod http_edges;
 mod tenancy;

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use halo_ids::{Environment, HaloGuid, PmsId, PmsType};
@@ -20,7 +19,7 @@ use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::SiteDto;
 use crate::error::ApiError;
-use crate::extract::bearer;
+use crate::extract::{ApiJson, ApiPath, bearer};
 use crate::record::CredentialEvent;
 use crate::site_view::site_dto;
 
@@ -44,9 +43,8 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+fn json<T>(body: Result<ApiJson<T>, ApiError>) -> Result<T, ApiError> {
+    body.map(|ApiJson(b)| b)
 }
 
 fn integrator(id: &str) -> Result<IntegratorId, ApiError> {
@@ -87,8 +85,8 @@ pub struct PmsTypeBody {
 pub async fn enable_integrator(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<PmsTypeBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<PmsTypeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let body = json(body)?;
     let event = PolicyEvent::IntegratorEnabled {
@@ -129,8 +127,8 @@ pub struct ComponentsBody {
 pub async fn authorise_components(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<ComponentsBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ComponentsBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = json(body)?;
     let event = PolicyEvent::ComponentsAuthorised {
@@ -163,8 +161,8 @@ pub struct PracticeBody {
 pub async fn enable_practice(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<PracticeBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<PracticeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = json(body)?;
     let event = PolicyEvent::PracticeEnabled {
@@ -201,8 +199,8 @@ pub struct SecretDto {
 pub async fn issue_key(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<KeyBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<KeyBody>, ApiError>,
 ) -> Result<Json<SecretDto>, ApiError> {
     let b = json(body)?;
     let prefix = match b.environment {
@@ -228,7 +226,7 @@ pub async fn issue_key(
 pub async fn policy_event(
     _: Admin,
     State(app): State<AppState>,
-    body: Result<Json<PolicyEvent>, JsonRejection>,
+    body: Result<ApiJson<PolicyEvent>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     policy(&app, json(body)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -252,7 +250,7 @@ pub struct CredentialBody {
 pub async fn issue_link_credential(
     _: Admin,
     State(app): State<AppState>,
-    body: Result<Json<CredentialBody>, JsonRejection>,
+    body: Result<ApiJson<CredentialBody>, ApiError>,
 ) -> Result<Json<SecretDto>, ApiError> {
     let b = json(body)?;
     let key = new_secret("lnk_");
@@ -316,7 +314,7 @@ fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> 
 pub async fn get_site(
     _: Admin,
     State(app): State<AppState>,
-    Path(site_id): Path<String>,
+    ApiPath(site_id): ApiPath<String>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
     let halo: HaloGuid = site_id.parse()?;
     admin_site(&app, halo).map(Json)
@@ -333,8 +331,8 @@ pub async fn get_site(
 pub async fn promote(
     _: Admin,
     State(app): State<AppState>,
-    Path(site_id): Path<String>,
-    body: Result<Json<PromoteBody>, JsonRejection>,
+    ApiPath(site_id): ApiPath<String>,
+    body: Result<ApiJson<PromoteBody>, ApiError>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
     let halo: HaloGuid = site_id.parse()?;
     let b = json(body)?;

@@ -120,6 +120,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         availability: AvailabilityConfig::default(),
         snapshot_every: 10_000,
         accept_damaged_log: false,
+        http: crate::app::HttpLimits::default(),
     })
     .await?;
     let state = &cloud.app.state;
