@@ -257,7 +257,7 @@ async fn connection(
                 break;
             }
             () = evict.notified() => {
-                tracing::debug!(%remote, "connection evicted: no request head at the cap");
+                tracing::debug!(%remote, "connection closed before its request head (cap reached, or shutdown)");
                 break;
             }
             _ = stop.changed(), if !stopping => {
