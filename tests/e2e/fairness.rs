@@ -28,28 +28,17 @@ async fn two_practices(
     h: &mut Harness,
     workers: usize,
 ) -> (LinkHandle, String, HaloGuid, HaloGuid) {
-    let mut paths = Vec::new();
-    for (i, p) in [
+    let practices = [
         practice("NOISY01", "Noisy Dental"),
         practice("QUIET01", "Quiet Dental"),
-    ]
-    .iter()
-    .enumerate()
-    {
+    ];
+    let mut paths = Vec::new();
+    for (i, p) in practices.iter().enumerate() {
         let path = h.dir.path().join(format!("fair-db{i}.sqlite"));
         generate(&path, p).unwrap();
         paths.push(path);
     }
-    let token = h
-        .admin(
-            reqwest::Method::POST,
-            "/admin/link-credentials",
-            json!({"label": "fair link"}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = h.credential(Environment::Stage, &practices).await;
     let mut config = LinkConfig::new(
         format!("ws://{}/link/ws", h.cloud.addr),
         Environment::Stage,

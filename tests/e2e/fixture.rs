@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use halo_cloud::{CloudConfig, RunningCloud};
+use halo_cloud::{CloudConfig, HttpLimits, RunningCloud};
 use halo_ids::{Crn, Environment, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Link, LinkConfig, LinkHandle};
@@ -43,6 +43,10 @@ impl Harness {
     }
 
     pub(crate) async fn start_with(router: RouterConfig) -> Harness {
+        Self::start_with_limits(router, HttpLimits::default()).await
+    }
+
+    pub(crate) async fn start_with_limits(router: RouterConfig, http: HttpLimits) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let cloud = halo_cloud::start(CloudConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -53,6 +57,7 @@ impl Harness {
             snapshot_every: 1000,
             accept_damaged_log: false,
             max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
+            http,
         })
         .await
         .unwrap();

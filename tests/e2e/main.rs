@@ -9,5 +9,6 @@ mod fixture;
 mod flow;
 mod hostile;
 mod link_trust;
+mod http_edges;
 mod tenancy;
 mod visibility;

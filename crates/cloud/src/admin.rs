@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use halo_credentials::{Credential, CredentialError, CredentialId, Scope, ScopeKind};
@@ -21,7 +20,7 @@ use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::SiteDto;
 use crate::error::ApiError;
-use crate::extract::bearer;
+use crate::extract::{ApiJson, ApiPath, bearer};
 use crate::record::CredentialEvent;
 use crate::site_view::site_dto;
 
@@ -45,9 +44,8 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+fn json<T>(body: Result<ApiJson<T>, ApiError>) -> Result<T, ApiError> {
+    body.map(|ApiJson(b)| b)
 }
 
 fn integrator(id: &str) -> Result<IntegratorId, ApiError> {
@@ -88,8 +86,8 @@ pub struct PmsTypeBody {
 pub async fn enable_integrator(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<PmsTypeBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<PmsTypeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let body = json(body)?;
     let event = PolicyEvent::IntegratorEnabled {
@@ -130,8 +128,8 @@ pub struct ComponentsBody {
 pub async fn authorise_components(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<ComponentsBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ComponentsBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = json(body)?;
     let event = PolicyEvent::ComponentsAuthorised {
@@ -164,8 +162,8 @@ pub struct PracticeBody {
 pub async fn enable_practice(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<PracticeBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<PracticeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = json(body)?;
     let event = PolicyEvent::PracticeEnabled {
@@ -202,8 +200,8 @@ pub struct SecretDto {
 pub async fn issue_key(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<KeyBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<KeyBody>, ApiError>,
 ) -> Result<Json<SecretDto>, ApiError> {
     let b = json(body)?;
     let prefix = match b.environment {
@@ -229,7 +227,7 @@ pub async fn issue_key(
 pub async fn policy_event(
     _: Admin,
     State(app): State<AppState>,
-    body: Result<Json<PolicyEvent>, JsonRejection>,
+    body: Result<ApiJson<PolicyEvent>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     policy(&app, json(body)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -361,7 +359,7 @@ fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid
 pub async fn issue_link_credential(
     _: Admin,
     State(app): State<AppState>,
-    body: Result<Json<CredentialBody>, JsonRejection>,
+    body: Result<ApiJson<CredentialBody>, ApiError>,
 ) -> Result<Json<CredentialSecretDto>, ApiError> {
     let b = json(body)?;
     let key = new_secret("lnk_");
@@ -411,7 +409,7 @@ pub struct ActionBody {
     pub reason: String,
 }
 
-fn action(body: Result<Json<ActionBody>, JsonRejection>) -> Result<ActionBody, ApiError> {
+fn action(body: Result<ApiJson<ActionBody>, ApiError>) -> Result<ActionBody, ApiError> {
     let b = json(body)?;
     if b.actor.trim().is_empty() || b.reason.trim().is_empty() {
         return Err(ApiError::bad_request("actor and reason are required"));
@@ -429,8 +427,8 @@ fn action(body: Result<Json<ActionBody>, JsonRejection>) -> Result<ActionBody, A
 pub async fn revoke_link_credential(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<ActionBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ActionBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = action(body)?;
     let (token_hash, link) = find_credential(&app, &id)?;
@@ -457,8 +455,8 @@ pub async fn revoke_link_credential(
 pub async fn rotate_link_credential(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<ActionBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ActionBody>, ApiError>,
 ) -> Result<Json<CredentialSecretDto>, ApiError> {
     let b = action(body)?;
     let (from, link) = find_credential(&app, &id)?;
@@ -505,8 +503,8 @@ pub struct ScopeBody {
 pub async fn extend_link_credential_scope(
     _: Admin,
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<ScopeBody>, JsonRejection>,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ScopeBody>, ApiError>,
 ) -> Result<Json<CredentialDto>, ApiError> {
     let b = json(body)?;
     let (token_hash, _) = find_credential(&app, &id)?;
@@ -574,7 +572,7 @@ fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> 
 pub async fn get_site(
     _: Admin,
     State(app): State<AppState>,
-    Path(site_id): Path<String>,
+    ApiPath(site_id): ApiPath<String>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
     let halo: HaloGuid = site_id.parse()?;
     admin_site(&app, halo).map(Json)
@@ -591,8 +589,8 @@ pub async fn get_site(
 pub async fn promote(
     _: Admin,
     State(app): State<AppState>,
-    Path(site_id): Path<String>,
-    body: Result<Json<PromoteBody>, JsonRejection>,
+    ApiPath(site_id): ApiPath<String>,
+    body: Result<ApiJson<PromoteBody>, ApiError>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
     let halo: HaloGuid = site_id.parse()?;
     let b = json(body)?;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router as AxumRouter;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use halo_policy::KeyHash;
 use halo_router::{Router, RouterConfig};
@@ -18,8 +20,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
 
+use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
-use crate::{admin, integrator, link_ws, openapi};
+use crate::{admin, integrator, link_ws, openapi, serve};
+
+/// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
+/// The largest legitimate body, an immediate query's SQL text and parameters, is
+/// far smaller.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Everything a handler needs.
 #[derive(Debug)]
@@ -56,6 +64,50 @@ pub struct CloudConfig {
     pub accept_damaged_log: bool,
     /// The most databases one Link's hello may announce; a larger hello is refused.
     pub max_databases_per_link: usize,
+    /// Limits on connections against slow and idle clients.
+    pub http: HttpLimits,
+}
+
+/// Limits of the HTTP server against clients that hold connections without finishing
+/// requests (slowloris). See `serve.rs` for how they are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The most HTTP connections served at once (at least 1). At the cap, the oldest
+    /// connection that has not yet sent a complete request head is closed to make
+    /// room; when all are busy, the new one is closed. Link WebSockets leave the count
+    /// once upgraded.
+    pub max_connections: usize,
+    /// How long a connection has to send a complete request head, from when it opens
+    /// or finishes its previous request; this is also the idle keep-alive timeout.
+    pub header_read_timeout: Duration,
+    /// How long a request has to send its whole body, from when its head arrived
+    /// (408 after that).
+    pub body_read_timeout: Duration,
+    /// How long a write to a client may make no progress (a client that stops reading
+    /// its responses) before the connection is closed; WebSockets included.
+    pub write_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// The default cap on connections.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+    /// The default header-read (and keep-alive idle) timeout.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default body deadline.
+    pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default write timeout.
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+        }
+    }
 }
 
 /// The default of [`CloudConfig::max_databases_per_link`]: room for a large hosting
@@ -78,7 +130,21 @@ pub enum StartError {
     },
 }
 
-/// The HTTP routes over `app`.
+/// The answer to a path no route matches.
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("operation not found: no such route")
+}
+
+/// The answer to a method a route does not support (axum adds the `Allow` header).
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// The HTTP routes over `app`. Every error, including an unknown route, a wrong
+/// method and a body over [`MAX_BODY_BYTES`], is answered in the error envelope.
 pub fn routes(app: AppState) -> AxumRouter {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
     AxumRouter::new()
@@ -106,6 +172,12 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/link/ws", get(link_ws::link_ws))
         .route("/openapi.json", get(|| async { axum::Json(openapi::ApiDoc::openapi()) }))
         .route("/healthz", get(|| async { "ok" }))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // A rejection from an extractor outside this crate (the WebSocket upgrade's)
+        // is plain text: put it in the envelope too.
+        .layer(axum::middleware::map_response(crate::error::envelope_plain_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -190,7 +262,8 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
         source,
     })?;
     let (tx, rx) = oneshot::channel::<()>();
-    let service = routes(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>();
+    let router = routes(Arc::clone(&app));
+    let limits = config.http;
     let sweeper_app = Arc::clone(&app);
     let handle = tokio::spawn(async move {
         // Times out queries whose owner stopped waiting without cancelling.
@@ -204,15 +277,11 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
                     .expire_overdue(crate::clock::now());
             }
         });
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
+        serve::serve(listener, router, limits, async {
+            let _ = rx.await;
+        })
+        .await;
         sweeper.abort();
-        if let Err(e) = served {
-            tracing::error!(error = %e, "server stopped");
-        }
     });
     Ok(RunningCloud {
         addr,

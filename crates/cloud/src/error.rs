@@ -149,3 +149,56 @@ pub fn tenancy_error(e: halo_tenancy::TenancyError) -> ApiError {
     };
     ApiError::new(status, e.to_string())
 }
+
+/// The longest message made from a client's input or a library's text; longer ones
+/// (serde errors quote the input) are cut at a character boundary.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+/// `text`, cut to at most [`MAX_MESSAGE_CHARS`] characters (and an ellipsis).
+pub(crate) fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The most bytes of a plain error body kept as the envelope's message.
+const MAX_PLAIN_ERROR_BYTES: usize = 4096;
+
+/// Middleware (`axum::middleware::map_response`): an error response (4xx or 5xx)
+/// that is not JSON, such as the plain-text rejection of an extractor from outside
+/// this crate, is rewritten into the envelope with the same status and headers; its
+/// text becomes the message (the reason phrase when empty or too long).
+pub async fn envelope_plain_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty());
+    let message = text.map_or_else(
+        || {
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        },
+        |text| clip(&text),
+    );
+    let (envelope, body) = ApiError::new(status, message).into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(envelope.headers);
+    Response::from_parts(parts, body)
+}

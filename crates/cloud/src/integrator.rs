@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType};
@@ -19,7 +18,7 @@ use crate::dto::{
     ImmediateQueryDto, MetricsDto, PracticeQuery, QueryDto, ResultDto, SiteDto, SitesDto, rfc3339,
 };
 use crate::error::{ApiError, ErrorDetails};
-use crate::extract::{CallerIp, subscription_key};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, CallerIp, subscription_key};
 use crate::site_view::{policy_view, site_dto};
 
 /// Maps a policy denial to its status and message (and `Retry-After` for 429).
@@ -133,7 +132,7 @@ pub async fn find_sites(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    Query(query): Query<PracticeQuery>,
+    ApiQuery(query): ApiQuery<PracticeQuery>,
 ) -> Result<Json<SitesDto>, ApiError> {
     let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
     let sites = practice_sites(&app, &who, pms_id);
@@ -153,7 +152,7 @@ pub async fn site_status(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    Path(site_id): Path<String>,
+    ApiPath(site_id): ApiPath<String>,
 ) -> Result<Json<SiteDto>, ApiError> {
     let policy = app.state.policy();
     let who = authenticate(&policy, &headers, ip)?;
@@ -195,7 +194,7 @@ pub async fn pair_site(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    Query(query): Query<PracticeQuery>,
+    ApiQuery(query): ApiQuery<PracticeQuery>,
 ) -> Result<Json<SiteDto>, ApiError> {
     let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
     let site = practice_sites(&app, &who, pms_id)
@@ -241,14 +240,14 @@ pub async fn immediate_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    Path(site_id): Path<String>,
-    body: Result<Json<ImmediateQueryDto>, JsonRejection>,
+    ApiPath(site_id): ApiPath<String>,
+    body: Result<ApiJson<ImmediateQueryDto>, ApiError>,
 ) -> Result<Json<QueryDto>, ApiError> {
     let created = now();
     let policy = app.state.policy();
     let who = authenticate(&policy, &headers, ip)?;
     let halo: HaloGuid = site_id.parse()?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let ApiJson(body) = body?;
     if !body.command.command_type.eq_ignore_ascii_case("text") {
         return Err(ApiError::bad_request("command.type must be text"));
     }

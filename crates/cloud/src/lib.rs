@@ -16,11 +16,14 @@ pub mod integrator;
 pub mod link_ws;
 pub mod openapi;
 pub mod record;
+mod serve;
 pub mod site_view;
 pub mod state;
 
 
-pub use app::{App, AppState, CloudConfig, RunningCloud, StartError, build, routes, start};
+pub use app::{
+    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,
+};
 pub use clock::now;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
-use halo_cloud::CloudConfig;
+use halo_cloud::{CloudConfig, HttpLimits};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
@@ -40,6 +42,23 @@ enum Command {
         /// Refuse a Link whose hello announces more databases than this.
         #[arg(long, default_value_t = halo_cloud::app::MAX_DATABASES_PER_LINK)]
         max_databases_per_link: usize,
+        /// Most HTTP connections served at once; at the cap the oldest connection that
+        /// has not sent a complete request is closed (Link WebSockets are not counted).
+        #[arg(long, default_value_t = HttpLimits::DEFAULT_MAX_CONNECTIONS,
+            value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize)
+        )]
+        max_connections: usize,
+        /// Time a connection has to send a complete request head (also the idle
+        /// keep-alive timeout), e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        header_read_timeout: Duration,
+        /// Time a request has to send its whole body after its head, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        body_read_timeout: Duration,
+        /// Time a write to a client may make no progress (a client that stops reading)
+        /// before its connection is closed, e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        write_timeout: Duration,
     },
 }
 
@@ -64,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
             snapshot_every,
             accept_damaged_log,
             max_databases_per_link,
+            max_connections,
+            header_read_timeout,
+            body_read_timeout,
+            write_timeout,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
@@ -78,6 +101,12 @@ async fn main() -> anyhow::Result<()> {
                 snapshot_every,
                 accept_damaged_log,
                 max_databases_per_link,
+                http: HttpLimits {
+                    max_connections,
+                    header_read_timeout,
+                    body_read_timeout,
+                    write_timeout,
+                },
             })
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;
@@ -96,4 +125,45 @@ async fn main() -> anyhow::Result<()> {
 
 async fn cloud_wait(_cloud: &halo_cloud::RunningCloud) {
     std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_flags_default_to_the_library_http_limits() {
+        let cli = Cli::try_parse_from(["halo-cloud", "serve", "--admin-token", "0123456789abcdef"])
+            .expect("parses");
+        let Command::Serve {
+            max_connections,
+            header_read_timeout,
+            body_read_timeout,
+            write_timeout,
+            ..
+        } = cli.command
+        else {
+            panic!("not serve");
+        };
+        let parsed = HttpLimits {
+            max_connections,
+            header_read_timeout,
+            body_read_timeout,
+            write_timeout,
+        };
+        assert_eq!(parsed, HttpLimits::default());
+    }
+
+    #[test]
+    fn max_connections_must_be_positive() {
+        let zero = Cli::try_parse_from([
+            "halo-cloud",
+            "serve",
+            "--admin-token",
+            "0123456789abcdef",
+            "--max-connections",
+            "0",
+        ]);
+        assert!(zero.is_err());
+    }
 }

@@ -126,6 +126,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         snapshot_every: 10_000,
         accept_damaged_log: false,
         max_databases_per_link: MAX_DATABASES_PER_LINK,
+        http: halo_cloud::app::HttpLimits::default(),
     })
     .await?;
     let state = &cloud.app.state;
