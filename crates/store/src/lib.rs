@@ -43,6 +43,8 @@
 mod corruption;
 mod error;
 mod log;
+mod pages;
+mod salvage;
 mod seq;
 mod sqlite;
 mod store;
@@ -54,6 +56,9 @@ mod tests;
 pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+pub use salvage::{
+    InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,
+};
 pub use seq::Seq;
 pub use sqlite::{Durability, FORMAT_VERSION, SnapshotWriter, SqliteLog};
 pub use store::{Recovered, RecoveryReport, StateWriter, Store, StoreConfig};
