@@ -395,11 +395,24 @@ pub fn salvage(
             ));
         }
     }
+    let existed = dest_dir.exists();
     let work = dest_dir.join(WORK);
     std::fs::create_dir_all(&work).map_err(|e| StoreError::io(&work, e))?;
     let result = salvage_via(&db, dest_dir, &work, progress);
     // The work directory holds copies only.
     let _ = std::fs::remove_dir_all(&work);
+    if result.is_err() {
+        // Everything in the destination is this salvage's own partial output (it
+        // was new or empty), so a failed salvage leaves nothing half-written.
+        if existed {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ =
+                    std::fs::remove_file(with_suffix(&dest_dir.join(SqliteLog::FILE_NAME), suffix));
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(dest_dir);
+        }
+    }
     result
 }
 
@@ -464,6 +477,12 @@ fn salvage_via(
         notes.push(format!(
             "{} record(s) that SQLite could read failed their checksum or were malformed",
             a.damaged_rows
+        ));
+    }
+    if let Some(q) = a.quarantined.as_ref().filter(|q| !q.is_empty()) {
+        notes.push(format!(
+            "{} record(s) quarantined earlier stay in the damaged file only (they were never replayed)",
+            q.len()
         ));
     }
     if a.older_snapshots > 0 {
