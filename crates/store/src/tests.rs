@@ -830,4 +830,24 @@ mod page_damage {
             .collect();
         assert!(got == expected, "{report}");
     }
+
+    #[test]
+    fn flipped_header_byte_and_a_bad_record_loses_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 300));
+        flip_payload_byte(dir.path(), 150);
+        let db = dir.path().join("halo.db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&db, &bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let report = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        assert_eq!(
+            report.lost,
+            vec![(Seq::new(150), Seq::new(150))],
+            "{report}"
+        );
+        let expected: Vec<Vec<u8>> = (1..=300).filter(|&n| n != 150).map(payload).collect();
+        assert!(records_of(out.path()) == expected, "{report}");
+    }
 }
