@@ -321,7 +321,14 @@ impl Pages {
             ));
         }
         let header_pages = be32(&header, 28).filter(|_| header_ok).unwrap_or(0);
-        let count = match wal.as_ref().and_then(|w| w.db_pages) {
+        // Only pages that exist somewhere are worth visiting: a damaged header may
+        // claim billions.
+        let stored = wal
+            .as_ref()
+            .and_then(|w| w.frames.keys().max().copied())
+            .unwrap_or(0)
+            .max(file_pages);
+        let claimed = match wal.as_ref().and_then(|w| w.db_pages) {
             Some(n) => n,
             None => {
                 if header_pages > file_pages {
@@ -333,6 +340,7 @@ impl Pages {
                 header_pages.max(file_pages)
             }
         };
+        let count = claimed.min(stored);
         let (wal_frames, wal) = match wal {
             Some(w) => (w.frames, wal_file),
             None => (HashMap::new(), None),
@@ -457,8 +465,12 @@ impl Pages {
     /// The whole record of `cell`, following its overflow pages; `None` if a page
     /// of the chain is missing or the chain is broken.
     pub(crate) fn payload(&self, cell: &Cell) -> Option<Vec<u8>> {
+        // A record cannot be larger than the file it is in.
+        if cell.payload_len > u64::from(self.count) * self.usable as u64 {
+            return None;
+        }
         let total = usize::try_from(cell.payload_len).ok()?;
-        let mut out = Vec::with_capacity(total);
+        let mut out = Vec::with_capacity(total.min(1 << 20));
         out.extend_from_slice(&cell.local);
         let mut next = cell.overflow;
         let per_page = self.usable - 4;
@@ -504,6 +516,41 @@ mod tests {
         );
         assert_eq!(columns(&[9u8, 0]), None, "header longer than the record");
         assert_eq!(columns(&[2u8, 10]), None, "reserved serial type");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever the bytes, reading pages, cells, records and the freelist
+        /// never panics and never allocates past the file.
+        #[test]
+        fn any_bytes_are_read_without_panicking(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 4 * 512),
+            leaf_at in proptest::collection::vec(0usize..4, 0..4),
+            reserved in 0u8..40,
+        ) {
+            let mut bytes = body;
+            bytes[..16].copy_from_slice(MAGIC);
+            bytes[16..18].copy_from_slice(&512u16.to_be_bytes());
+            bytes[20] = reserved;
+            for p in leaf_at {
+                bytes[p * 512 + if p == 0 { 100 } else { 0 }] = LEAF_TABLE;
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = dir.path().join("fuzz.db");
+            std::fs::write(&db, &bytes).expect("write");
+            let pages = Pages::open(&db, None).expect("open");
+            let _ = pages.free_pages();
+            for n in 1..=pages.count() {
+                let Some(page) = pages.page(n) else { continue };
+                for cell in pages.leaf_cells(n, &page) {
+                    let _ = columns(&cell.local);
+                    if let Some(full) = pages.payload(&cell) {
+                        let _ = columns(&full);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
