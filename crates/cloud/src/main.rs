@@ -36,7 +36,10 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         snapshot_every: u64,
         /// Start even if the event log is damaged: recover up to the last good event
-        /// and set the unreadable tail aside (it is kept, not deleted).
+        /// and set the unreadable tail aside (it is kept, not deleted). If the
+        /// database file itself is damaged, copy every readable record into a fresh
+        /// file first (as `halo-store salvage` does) and move the damaged file to
+        /// <data-dir>/damaged-<time>/ (kept, not deleted).
         #[arg(long)]
         accept_damaged_log: bool,
         /// Refuse a Link whose hello announces more databases than this.
@@ -71,10 +74,23 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable paragraph for the operator (the whole cause chain, no
+            // backtrace); a closed stderr is ignored.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "halo-cloud: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,

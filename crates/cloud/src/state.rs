@@ -75,6 +75,19 @@ pub enum StateError {
         "event log damaged: {0}; restore a backup, or start with --accept-damaged-log to recover up to the last good event and set the rest aside"
     )]
     Damaged(String),
+    /// SQLite reports the log's database file itself as damaged (a page, not one
+    /// record); nothing was started and nothing was written.
+    #[error(
+        "the event log's storage is damaged: SQLite reports {path} as damaged ({reason}). This is damage to the database file itself, not to one record, so the Cloud cannot start on it; the file was left as it was. Run `halo-store salvage {dir} <new-dir>` to copy every readable record into a new log and see what was lost, then start with --data-dir <new-dir>; or start with --accept-damaged-log to do the same in place (the damaged file is moved to {dir}/damaged-<time>/ and kept, never deleted)"
+    )]
+    StorageDamaged {
+        /// The damaged database file.
+        path: String,
+        /// SQLite's message.
+        reason: String,
+        /// The data directory.
+        dir: String,
+    },
     /// The snapshot decoded but does not form a valid state.
     #[error("snapshot: {0}")]
     Snapshot(String),
@@ -394,7 +407,34 @@ fn open_store(
         snapshot_every: 0,
         keep_snapshots: 2,
     };
-    let (mut store, recovered) = Store::open(dir, config)?;
+    let (mut store, recovered) = match Store::open(dir, config) {
+        Ok(opened) => opened,
+        Err(StoreError::StorageDamaged { path, reason }) if !accept_damaged_log => {
+            return Err(StateError::StorageDamaged {
+                path,
+                reason,
+                dir: dir.display().to_string(),
+            });
+        }
+        Err(StoreError::StorageDamaged { path, reason }) => {
+            // Record-level damage can be set aside inside the file; page-level damage
+            // cannot, so every readable record goes into a fresh file instead.
+            tracing::error!(file = %path, %reason, "the event log's storage is damaged; --accept-damaged-log: salvaging every readable record into a fresh log");
+            let salvaged = halo_store::salvage_in_place(dir, &mut |p| {
+                tracing::info!(progress = %p, "salvaging the event log");
+            })?;
+            let report = &salvaged.report;
+            tracing::error!(
+                records_read = report.records_read,
+                records_lost = report.records_lost,
+                set_aside = %salvaged.set_aside.display(),
+                report = %report,
+                "salvaged the damaged event log; the damaged files are kept"
+            );
+            Store::open(dir, config)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(c) = &recovered.report.stopped_at {
         if !accept_damaged_log {
             return Err(StateError::Damaged(c.to_string()));

@@ -46,8 +46,9 @@ pub enum CorruptionKind {
         /// The decoder's message.
         reason: String,
     },
-    /// A row is structurally wrong (NULL or mistyped columns), or SQLite itself
-    /// reported the database file as corrupt while reading it.
+    /// A row is structurally wrong (NULL or mistyped columns). (SQLite reporting
+    /// the file itself as damaged is not one bad record but
+    /// [`StoreError::StorageDamaged`](crate::StoreError::StorageDamaged).)
     Unreadable {
         /// What was wrong.
         reason: String,

@@ -64,6 +64,31 @@ pub enum StoreError {
         /// The serializer's message.
         reason: String,
     },
+    /// SQLite reports the database file itself as damaged (`SQLITE_CORRUPT`,
+    /// `SQLITE_NOTADB`: "database disk image is malformed", "file is not a
+    /// database"). A page of the file is unreadable, not one record, so the log can
+    /// neither be replayed to its end nor have a damaged tail set aside. Nothing was
+    /// changed; [`salvage`](crate::salvage()) (`halo-store salvage`) copies every
+    /// readable record into a new log and says what was lost.
+    #[error(
+        "storage damaged: SQLite reports {path} as damaged ({reason}); the database file itself is damaged, not just one record. The file was left as it was. Run `halo-store salvage {path} <new-dir>` to copy every readable record into a new log and see what was lost"
+    )]
+    StorageDamaged {
+        /// The database file.
+        path: String,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// A salvage of this data directory was interrupted while the salvaged log was
+    /// being put in place of the damaged one (the damaged files are already set
+    /// aside). Opening the directory for writing finishes it.
+    #[error(
+        "an interrupted salvage is pending in {dir}: start the Cloud on it (opening it for writing finishes the swap; see {dir}/salvage-swap)"
+    )]
+    SalvagePending {
+        /// The data directory.
+        dir: String,
+    },
     /// A sequence number does not fit SQLite's signed 64-bit integer.
     #[error("sequence number overflow")]
     SeqOverflow,

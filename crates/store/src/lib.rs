@@ -11,6 +11,12 @@
 //! - [`Store`] is the typed helper: JSON events and state, recovery as
 //!   "newest good snapshot + tail", a snapshot policy the caller drives, and a
 //!   refusal to write past unresolved corruption.
+//! - [`salvage`](salvage()) (`halo-store salvage`) is the way out when SQLite reports
+//!   the file itself as damaged ([`StoreError::StorageDamaged`]): it copies every
+//!   readable record, and the newest readable snapshot, into a new log, reads the
+//!   damaged file page by page where SQLite cannot, never writes it, and reports
+//!   what was lost. [`salvage_in_place`] does the same inside a data directory and
+//!   keeps the damaged files in `damaged-<time>/`.
 //!
 //! Recovery never guesses: a record whose CRC-32 fails, a gap in the sequence, a
 //! log shorter than its committed mark, or an event that does not decode stops
@@ -43,6 +49,8 @@
 mod corruption;
 mod error;
 mod log;
+mod pages;
+mod salvage;
 mod seq;
 mod sqlite;
 mod store;
@@ -54,6 +62,9 @@ mod tests;
 pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+pub use salvage::{
+    InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,
+};
 pub use seq::Seq;
 pub use sqlite::{Durability, FORMAT_VERSION, SnapshotWriter, SqliteLog};
 pub use store::{Recovered, RecoveryReport, StateWriter, Store, StoreConfig};

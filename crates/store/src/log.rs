@@ -34,7 +34,10 @@ pub trait EventLog {
     /// rejects.
     ///
     /// # Errors
-    /// Storage failures only; damage is reported in [`ReadReport::stopped_at`].
+    /// Storage failures only; damage to a record is reported in
+    /// [`ReadReport::stopped_at`]. Damage to the storage itself (a page the engine
+    /// cannot read) is [`StoreError::StorageDamaged`]: nothing after it can be
+    /// read or set aside in place, only salvaged ([`salvage`](crate::salvage())).
     fn read_from(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError>;
 
     /// Stores a snapshot of the state after applying every record up to `upto`.

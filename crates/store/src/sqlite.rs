@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -98,42 +99,18 @@ impl SqliteLog {
     /// As [`SqliteLog::open`].
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        crate::salvage::finish_pending_swap(dir)?;
         let path = dir.join(Self::FILE_NAME);
         let fresh = !path.exists();
-        let mut conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // journal_mode returns a row, so it is read rather than executed.
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::UnsupportedFormat {
-                found: format!("journal mode {mode} (WAL required)"),
-                supported: FORMAT_VERSION,
-            });
-        }
+        let mut conn = Connection::open(&path).map_err(|e| damaged(&path, None, e.into()))?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Unsynced => "NORMAL",
         };
-        conn.execute_batch(&format!(
-            "PRAGMA synchronous={sync}; PRAGMA journal_size_limit={};",
-            64 << 20
-        ))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-        let has_tables: i64 =
-            tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-        if app_id == 0 && has_tables == 0 {
-            tx.execute_batch(&format!(
-                "PRAGMA application_id={APPLICATION_ID}; {SCHEMA}
-                 INSERT OR IGNORE INTO meta (key, value) VALUES ('format', {FORMAT_VERSION});"
-            ))?;
-        }
-        tx.commit()?;
-        check_format(&conn)?;
+        let last = init(&mut conn, sync).map_err(|e| damaged(&path, Some(&conn), e))?;
         if fresh {
             sync_dir(dir)?;
         }
-        let last = end_of_log(&conn)?;
         Ok(SqliteLog {
             conn,
             path,
@@ -150,6 +127,7 @@ impl SqliteLog {
     /// The file does not exist, is not a halo store of a supported format, or
     /// SQLite fails.
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        crate::salvage::refuse_pending_swap(dir)?;
         Self::open_read_only_file(&dir.join(Self::FILE_NAME))
     }
 
@@ -169,10 +147,14 @@ impl SqliteLog {
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        check_format(&conn)?;
-        let last = end_of_log(&conn)?;
+        )
+        .map_err(|e| damaged(&path, None, e.into()))?;
+        let last = (|| {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            check_format(&conn)?;
+            end_of_log(&conn)
+        })()
+        .map_err(|e| damaged(&path, Some(&conn), e))?;
         Ok(SqliteLog {
             conn,
             path,
@@ -205,7 +187,9 @@ impl SqliteLog {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, "path is not UTF-8"),
             ));
         };
-        self.conn.execute("VACUUM INTO ?1", [dest_str])?;
+        self.conn
+            .execute("VACUUM INTO ?1", [dest_str])
+            .map_err(|e| self.damaged(e.into()))?;
         Ok(())
     }
 
@@ -216,7 +200,8 @@ impl SqliteLog {
     /// SQLite fails.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.damaged(e.into()))?;
         Ok(())
     }
 
@@ -227,7 +212,8 @@ impl SqliteLog {
     pub fn record_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))?;
+            .query_row("SELECT count(*) FROM log", [], |r| r.get(0))
+            .map_err(|e| self.damaged(e.into()))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -237,19 +223,77 @@ impl SqliteLog {
     /// # Errors
     /// SQLite fails.
     pub fn snapshot_writer(&self) -> Result<SnapshotWriter, StoreError> {
-        let conn = Connection::open(&self.path)?;
-        // A background writer can afford to wait for another process's lock.
-        conn.busy_timeout(std::time::Duration::from_secs(60))?;
-        conn.execute_batch(&format!("PRAGMA synchronous={};", self.sync))?;
-        check_format(&conn)?;
+        let conn = Connection::open(&self.path).map_err(|e| self.damaged(e.into()))?;
+        (|| {
+            // A background writer can afford to wait for another process's lock.
+            conn.busy_timeout(std::time::Duration::from_secs(60))?;
+            conn.execute_batch(&format!("PRAGMA synchronous={};", self.sync))?;
+            check_format(&conn)
+        })()
+        .map_err(|e| damaged(&self.path, Some(&conn), e))?;
         Ok(SnapshotWriter {
             conn,
+            path: self.path.clone(),
             gate: Arc::clone(&self.gate),
         })
     }
 
     fn committed(&self) -> Result<Seq, StoreError> {
         committed_seq(&self.conn)
+    }
+
+    /// Turns SQLite's report of a damaged file into [`StoreError::StorageDamaged`].
+    fn damaged(&self, e: StoreError) -> StoreError {
+        damaged(&self.path, Some(&self.conn), e)
+    }
+}
+
+/// Sets up a freshly opened writer connection and returns the end of the log.
+fn init(conn: &mut Connection, sync: &str) -> Result<Seq, StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // journal_mode returns a row, so it is read rather than executed.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::UnsupportedFormat {
+            found: format!("journal mode {mode} (WAL required)"),
+            supported: FORMAT_VERSION,
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA journal_size_limit={};",
+        64 << 20
+    ))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let has_tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if app_id == 0 && has_tables == 0 {
+        tx.execute_batch(&format!(
+            "PRAGMA application_id={APPLICATION_ID}; {SCHEMA}
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('format', {FORMAT_VERSION});"
+        ))?;
+    }
+    tx.commit()?;
+    check_format(conn)?;
+    end_of_log(conn)
+}
+
+/// If `e` is SQLite reporting the file itself as damaged (`SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`), makes it [`StoreError::StorageDamaged`] naming `path`, and
+/// tells `conn` not to checkpoint its WAL into the damaged file when it closes (the
+/// file is left as it was found, for salvage).
+fn damaged(path: &Path, conn: Option<&Connection>, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Sqlite(ref s) if is_file_corruption(s) => {
+            if let Some(conn) = conn {
+                // Best effort: failing to set it only means SQLite behaves as usual.
+                let _ = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+            }
+            StoreError::StorageDamaged {
+                path: path.display().to_string(),
+                reason: s.to_string(),
+            }
+        }
+        other => other,
     }
 }
 
@@ -297,26 +341,26 @@ fn end_of_log(conn: &Connection) -> Result<Seq, StoreError> {
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, e))
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
 /// SQLite says the file itself is damaged (as opposed to busy, full, ...).
-fn is_file_corruption(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_file_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
     )
 }
 
-fn crc_column(v: ValueRef<'_>) -> Result<u32, String> {
+pub(crate) fn crc_column(v: ValueRef<'_>) -> Result<u32, String> {
     match v {
         ValueRef::Integer(i) => {
             u32::try_from(i).map_err(|_| format!("checksum {i} is not a 32-bit value"))
@@ -325,15 +369,16 @@ fn crc_column(v: ValueRef<'_>) -> Result<u32, String> {
     }
 }
 
-fn blob_column<'a>(v: ValueRef<'a>, what: &str) -> Result<&'a [u8], String> {
+pub(crate) fn blob_column<'a>(v: ValueRef<'a>, what: &str) -> Result<&'a [u8], String> {
     match v {
         ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b),
         other => Err(format!("{what} column holds {:?}", other.data_type())),
     }
 }
 
-impl EventLog for SqliteLog {
-    fn append(&mut self, records: &[&[u8]]) -> Result<Seq, StoreError> {
+/// The [`EventLog`] operations, before [`SqliteLog::damaged`] names a damaged file.
+impl SqliteLog {
+    fn append_raw(&mut self, records: &[&[u8]]) -> Result<Seq, StoreError> {
         if records.is_empty() {
             return Ok(self.last);
         }
@@ -377,11 +422,7 @@ impl EventLog for SqliteLog {
         Ok(seq)
     }
 
-    fn last_seq(&self) -> Seq {
-        self.last
-    }
-
-    fn read_from(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError> {
+    fn read_from_raw(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError> {
         let mut last = after;
         let mut delivered = 0u64;
         let mut stop: Option<(Seq, CorruptionKind)> = None;
@@ -395,11 +436,9 @@ impl EventLog for SqliteLog {
                 let row = match rows.next() {
                     Ok(Some(row)) => row,
                     Ok(None) => break,
-                    Err(e) if is_file_corruption(&e) => {
-                        let reason = format!("sqlite reports a damaged file: {e}");
-                        stop = Some((expected, CorruptionKind::Unreadable { reason }));
-                        break;
-                    }
+                    // SQLite reporting the file as damaged (SQLITE_CORRUPT) is not
+                    // one bad record: the tail cannot even be read to be set aside.
+                    // The caller gets StorageDamaged (see `damaged`).
                     Err(e) => return Err(e.into()),
                 };
                 let raw: i64 = row.get(0)?;
@@ -468,94 +507,19 @@ impl EventLog for SqliteLog {
         })
     }
 
-    fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+    fn write_snapshot_raw(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
         write_snapshot_on(&mut self.conn, &self.gate, upto, self.last, state)
     }
 
-    fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
+    fn snapshot_seqs_raw(&self) -> Result<Vec<Seq>, StoreError> {
         snapshot_seqs_on(&self.conn)
     }
 
-    fn read_snapshot(&self, upto: Seq) -> Result<SnapshotRead, StoreError> {
-        let key = upto.to_sql()?;
-        let head: Option<(i64, i64, i64)> = self
-            .conn
-            .query_row(
-                "SELECT len, chunks, crc FROM snapshot WHERE upto = ?1",
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((len, chunks, stored)) = head else {
-            return Ok(SnapshotRead::Damaged("no such snapshot".to_owned()));
-        };
-        let (Ok(len), Ok(stored)) = (u64::try_from(len), u32::try_from(stored)) else {
-            return Ok(SnapshotRead::Damaged("header out of range".to_owned()));
-        };
-        let Ok(capacity) = usize::try_from(len) else {
-            return Ok(SnapshotRead::Damaged(
-                "length does not fit in memory".to_owned(),
-            ));
-        };
-        let mut bytes = Vec::with_capacity(capacity.min(1 << 30));
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT idx, data FROM snapshot_chunk WHERE upto = ?1 ORDER BY idx")?;
-        let mut rows = stmt.query([key])?;
-        let mut next_idx = 0i64;
-        loop {
-            let row = match rows.next() {
-                Ok(Some(row)) => row,
-                Ok(None) => break,
-                Err(e) if is_file_corruption(&e) => {
-                    return Ok(SnapshotRead::Damaged(format!(
-                        "sqlite reports a damaged file: {e}"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let idx: i64 = match row.get_ref(0)? {
-                ValueRef::Integer(i) => i,
-                _ => {
-                    return Ok(SnapshotRead::Damaged(
-                        "chunk index is not an integer".to_owned(),
-                    ));
-                }
-            };
-            if idx != next_idx {
-                return Ok(SnapshotRead::Damaged(format!("chunk {next_idx} missing")));
-            }
-            match blob_column(row.get_ref(1)?, "chunk") {
-                Ok(b) => bytes.extend_from_slice(b),
-                Err(reason) => return Ok(SnapshotRead::Damaged(reason)),
-            }
-            next_idx += 1;
-        }
-        if next_idx != chunks {
-            return Ok(SnapshotRead::Damaged(format!(
-                "{next_idx} of {chunks} chunks present"
-            )));
-        }
-        if u64::try_from(bytes.len()).ok() != Some(len) {
-            return Ok(SnapshotRead::Damaged(format!(
-                "{} bytes present, header says {len}",
-                bytes.len()
-            )));
-        }
-        let computed = snapshot_crc(upto, len, std::iter::once(bytes.as_slice()));
-        if computed != stored {
-            return Ok(SnapshotRead::Damaged(format!(
-                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            )));
-        }
-        Ok(SnapshotRead::Valid(bytes))
-    }
-
-    fn retain_snapshots(&mut self, keep: usize) -> Result<u64, StoreError> {
+    fn retain_snapshots_raw(&mut self, keep: usize) -> Result<u64, StoreError> {
         retain_snapshots_on(&mut self.conn, &self.gate, keep)
     }
 
-    fn quarantine_after(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
+    fn quarantine_after_raw(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
         let key = last_good.to_sql()?;
         let gate = Arc::clone(&self.gate);
         let _turn = gate.lock();
@@ -591,8 +555,122 @@ impl EventLog for SqliteLog {
     }
 }
 
+impl EventLog for SqliteLog {
+    fn append(&mut self, records: &[&[u8]]) -> Result<Seq, StoreError> {
+        self.append_raw(records).map_err(|e| self.damaged(e))
+    }
+
+    fn last_seq(&self) -> Seq {
+        self.last
+    }
+
+    fn read_from(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError> {
+        self.read_from_raw(after, f).map_err(|e| self.damaged(e))
+    }
+
+    fn write_snapshot(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
+        self.write_snapshot_raw(upto, state)
+            .map_err(|e| self.damaged(e))
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<Seq>, StoreError> {
+        self.snapshot_seqs_raw().map_err(|e| self.damaged(e))
+    }
+
+    fn read_snapshot(&self, upto: Seq) -> Result<SnapshotRead, StoreError> {
+        read_snapshot_on(&self.conn, upto).map_err(|e| self.damaged(e))
+    }
+
+    fn retain_snapshots(&mut self, keep: usize) -> Result<u64, StoreError> {
+        self.retain_snapshots_raw(keep).map_err(|e| self.damaged(e))
+    }
+
+    fn quarantine_after(&mut self, last_good: Seq, reason: &str) -> Result<u64, StoreError> {
+        self.quarantine_after_raw(last_good, reason)
+            .map_err(|e| self.damaged(e))
+    }
+}
+
+/// Reads and verifies the snapshot at `upto` through `conn`.
+pub(crate) fn read_snapshot_on(conn: &Connection, upto: Seq) -> Result<SnapshotRead, StoreError> {
+    let key = upto.to_sql()?;
+    let head: Option<(i64, i64, i64)> = conn
+        .query_row(
+            "SELECT len, chunks, crc FROM snapshot WHERE upto = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((len, chunks, stored)) = head else {
+        return Ok(SnapshotRead::Damaged("no such snapshot".to_owned()));
+    };
+    let (Ok(len), Ok(stored)) = (u64::try_from(len), u32::try_from(stored)) else {
+        return Ok(SnapshotRead::Damaged("header out of range".to_owned()));
+    };
+    let Ok(capacity) = usize::try_from(len) else {
+        return Ok(SnapshotRead::Damaged(
+            "length does not fit in memory".to_owned(),
+        ));
+    };
+    let mut bytes = Vec::with_capacity(capacity.min(1 << 30));
+    let mut stmt =
+        conn.prepare_cached("SELECT idx, data FROM snapshot_chunk WHERE upto = ?1 ORDER BY idx")?;
+    let mut rows = stmt.query([key])?;
+    let mut next_idx = 0i64;
+    loop {
+        let row = match rows.next() {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
+            Err(e) if is_file_corruption(&e) => {
+                return Ok(SnapshotRead::Damaged(format!(
+                    "sqlite reports a damaged file: {e}"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let idx: i64 = match row.get_ref(0)? {
+            ValueRef::Integer(i) => i,
+            _ => {
+                return Ok(SnapshotRead::Damaged(
+                    "chunk index is not an integer".to_owned(),
+                ));
+            }
+        };
+        if idx != next_idx {
+            return Ok(SnapshotRead::Damaged(format!("chunk {next_idx} missing")));
+        }
+        match blob_column(row.get_ref(1)?, "chunk") {
+            Ok(b) => bytes.extend_from_slice(b),
+            Err(reason) => return Ok(SnapshotRead::Damaged(reason)),
+        }
+        next_idx += 1;
+    }
+    if next_idx != chunks {
+        return Ok(SnapshotRead::Damaged(format!(
+            "{next_idx} of {chunks} chunks present"
+        )));
+    }
+    if u64::try_from(bytes.len()).ok() != Some(len) {
+        return Ok(SnapshotRead::Damaged(format!(
+            "{} bytes present, header says {len}",
+            bytes.len()
+        )));
+    }
+    let computed = snapshot_crc(upto, len, std::iter::once(bytes.as_slice()));
+    if computed != stored {
+        return Ok(SnapshotRead::Damaged(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        )));
+    }
+    Ok(SnapshotRead::Valid(bytes))
+}
+
 /// CRC-32 of a snapshot: `upto` and `len` (u64 LE) then its bytes.
-fn snapshot_crc<'a>(upto: Seq, len: u64, parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+pub(crate) fn snapshot_crc<'a>(
+    upto: Seq,
+    len: u64,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&upto.get().to_le_bytes());
     h.update(&len.to_le_bytes());
@@ -602,7 +680,7 @@ fn snapshot_crc<'a>(upto: Seq, len: u64, parts: impl IntoIterator<Item = &'a [u8
     h.finalize()
 }
 
-fn snapshot_seqs_on(conn: &Connection) -> Result<Vec<Seq>, StoreError> {
+pub(crate) fn snapshot_seqs_on(conn: &Connection) -> Result<Vec<Seq>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT upto FROM snapshot ORDER BY upto DESC")?;
     let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
     let mut out = Vec::new();
@@ -702,6 +780,7 @@ fn retain_snapshots_on(
 #[derive(Debug)]
 pub struct SnapshotWriter {
     conn: Connection,
+    path: PathBuf,
     gate: Arc<Mutex<()>>,
 }
 
@@ -713,8 +792,10 @@ impl SnapshotWriter {
     /// [`StoreError::SnapshotAhead`] if `upto` is past the committed end of the log;
     /// storage failures.
     pub fn write(&mut self, upto: Seq, state: &[u8]) -> Result<(), StoreError> {
-        let last = committed_seq(&self.conn)?;
+        let last =
+            committed_seq(&self.conn).map_err(|e| damaged(&self.path, Some(&self.conn), e))?;
         write_snapshot_on(&mut self.conn, &self.gate, upto, last, state)
+            .map_err(|e| damaged(&self.path, Some(&self.conn), e))
     }
 
     /// Deletes all but the newest `keep` snapshots, as
@@ -724,5 +805,6 @@ impl SnapshotWriter {
     /// Storage failures.
     pub fn retain(&mut self, keep: usize) -> Result<u64, StoreError> {
         retain_snapshots_on(&mut self.conn, &self.gate, keep)
+            .map_err(|e| damaged(&self.path, Some(&self.conn), e))
     }
 }

@@ -549,3 +549,306 @@ proptest! {
         prop_assert_eq!(full(&rec), model);
     }
 }
+
+/// Page-level damage: helpers reading the file the way salvage does.
+mod page_damage {
+    use super::*;
+    use crate::pages::{Col, Pages};
+
+    fn payload(n: u64) -> Vec<u8> {
+        format!("{{\"n\":{n},\"pad\":\"{}\"}}", "y".repeat(120)).into_bytes()
+    }
+
+    fn build(dir: &Path, n: u64) -> SqliteLog {
+        let mut log = SqliteLog::open_with(dir, Durability::Unsynced).unwrap();
+        let records: Vec<Vec<u8>> = (1..=n).map(payload).collect();
+        for chunk in records.chunks(50) {
+            let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            log.append(&slices).unwrap();
+        }
+        log
+    }
+
+    /// The log records on each table leaf page, by page number.
+    fn log_pages(pages: &Pages) -> Vec<(u32, Vec<u64>)> {
+        let mut out = Vec::new();
+        for n in 2..=pages.count() {
+            let Some(page) = pages.page(n) else { continue };
+            let seqs: Vec<u64> = pages
+                .leaf_cells(n, &page)
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        crate::pages::columns(&c.local).as_deref(),
+                        Some([Col::Null, Col::Int(_), Col::Blob(_)])
+                    )
+                })
+                .map(|c| c.rowid as u64)
+                .collect();
+            if !seqs.is_empty() {
+                out.push((n, seqs));
+            }
+        }
+        out
+    }
+
+    fn page_size(file: &Path) -> u64 {
+        let b = std::fs::read(file).unwrap();
+        u64::from(u16::from_be_bytes([b[16], b[17]]))
+    }
+
+    fn zero_page(file: &Path, n: u32) {
+        let ps = page_size(file);
+        let mut bytes = std::fs::read(file).unwrap();
+        let at = (u64::from(n) - 1) * ps;
+        bytes[at as usize..(at + ps) as usize].fill(0);
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    #[test]
+    fn wal_frames_are_read_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = build(dir.path(), 500);
+        log.checkpoint().unwrap();
+        for n in 501..=540 {
+            log.append(&[&payload(n)]).unwrap();
+        }
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["halo.db", "halo.db-wal"] {
+            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        let db = copy.path().join("halo.db");
+        let wal = copy.path().join("halo.db-wal");
+        let seqs = |pages: &Pages| {
+            let mut all: Vec<u64> = log_pages(pages).into_iter().flat_map(|(_, s)| s).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let with_wal = Pages::open(&db, Some(&wal)).unwrap();
+        assert_eq!(seqs(&with_wal), (1..=540).collect::<Vec<_>>());
+        let without = Pages::open(&db, None).unwrap();
+        assert_eq!(
+            seqs(&without),
+            (1..=500).collect::<Vec<_>>(),
+            "the last records are only in the WAL"
+        );
+    }
+
+    #[test]
+    fn zeroed_leaf_page_in_the_middle_is_storage_damage_and_salvage_reads_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 2000));
+        let db = dir.path().join("halo.db");
+        let pages = Pages::open(&db, None).unwrap();
+        let leaves = log_pages(&pages);
+        let (page, on_page) = leaves[leaves.len() / 2].clone();
+        drop(pages);
+        zero_page(&db, page);
+
+        // Opening succeeds (the damage is deep), recovery reading into it does not.
+        let err =
+            Store::<serde_json::Value, serde_json::Value>::open(dir.path(), CONFIG).unwrap_err();
+        assert!(matches!(err, StoreError::StorageDamaged { .. }), "{err}");
+        let report = verify(&SqliteLog::open_read_only(dir.path()).unwrap()).unwrap();
+        assert!(!report.is_clean());
+        assert!(report.storage_damage.is_some(), "{report}");
+        assert_eq!(report.good_records, on_page[0] - 1, "{report}");
+        assert!(report.to_string().contains("STORAGE DAMAGED"), "{report}");
+
+        let out = tempfile::tempdir().unwrap();
+        let salvaged = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        let first = *on_page.first().unwrap();
+        let last = *on_page.last().unwrap();
+        assert_eq!(
+            salvaged.lost,
+            vec![(Seq::new(first), Seq::new(last))],
+            "{salvaged}"
+        );
+        assert_eq!(salvaged.records_read, 2000 - on_page.len() as u64);
+        assert_eq!(
+            salvaged.records_from_pages, 0,
+            "SQLite itself read past the hole (probing): {salvaged}"
+        );
+        assert!(salvaged.renumbered, "{salvaged}");
+        let log = SqliteLog::open_read_only(out.path()).unwrap();
+        let mut got = Vec::new();
+        log.read_from(Seq::ZERO, &mut |_, p| {
+            got.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let expected: Vec<Vec<u8>> = (1..=2000)
+            .filter(|n| !(first..=last).contains(n))
+            .map(payload)
+            .collect();
+        assert!(got == expected);
+    }
+
+    #[test]
+    fn interrupted_swap_is_refused_by_readers_and_finished_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 300));
+        let db = dir.path().join("halo.db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&db, &bytes).unwrap();
+        // What salvage_in_place has done when it is interrupted after the marker.
+        let tmp = dir.path().join(super::super::salvage::SWAP_TMP_FOR_TESTS);
+        salvage(dir.path(), &tmp, &mut |_| {}).unwrap();
+        let aside = dir.path().join("damaged-1");
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::hard_link(&db, aside.join("halo.db")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join(super::super::salvage::SWAP_MARKER_FOR_TESTS),
+            "test",
+        )
+        .unwrap();
+
+        let err = SqliteLog::open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::SalvagePending { .. }), "{err}");
+        let log = SqliteLog::open(dir.path()).unwrap();
+        assert_eq!(log.last_seq(), Seq::new(300));
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read(aside.join("halo.db")).unwrap(), bytes);
+    }
+
+    #[test]
+    fn flipped_header_byte_after_a_quarantine_salvages_the_live_history_only() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).0.append_batch(&evs(0..300)).unwrap();
+        flip_payload_byte(dir.path(), 51);
+        {
+            let (mut store, _) = open(dir.path());
+            assert_eq!(store.quarantine_unreplayed().unwrap(), 250);
+            // Seqs 51..=70 are reused by a different history; the old rows live on
+            // in the quarantine table (SQLite empties the pages it frees row by
+            // row, so free pages hold none here; see the stale-page tests below).
+            store.append_batch(&evs(1000..1020)).unwrap();
+        }
+        let db = dir.path().join("halo.db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&db, &bytes).unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let report = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(report.records_read, 70, "{report}");
+        let (_, rec) = open(out.path());
+        let mut expected: Vec<u32> = (0..50).collect();
+        expected.extend(1000..1020);
+        assert_eq!(full(&rec), expected, "{report}");
+    }
+
+    fn records_of(dir: &Path) -> Vec<Vec<u8>> {
+        let log = SqliteLog::open_read_only(dir).unwrap();
+        let mut got = Vec::new();
+        let read = log
+            .read_from(Seq::ZERO, &mut |_, p| {
+                got.push(p.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert!(read.stopped_at.is_none());
+        got
+    }
+
+    /// Appends to the file at `db` a freelist trunk page and, as its one leaf, a
+    /// copy of `stale` (a log leaf page of another history), the way SQLite leaves
+    /// a page it freed: unused, but with its old rows still on it.
+    fn add_stale_free_page(db: &Path, stale: &[u8], damage_freelist: bool) {
+        let mut bytes = std::fs::read(db).unwrap();
+        let ps = page_size(db) as usize;
+        assert_eq!(bytes.len() % ps, 0);
+        let pages = (bytes.len() / ps) as u32;
+        let (trunk, leaf) = (pages + 1, pages + 2);
+        let mut trunk_page = vec![0u8; ps];
+        trunk_page[4..8].copy_from_slice(&1u32.to_be_bytes());
+        trunk_page[8..12].copy_from_slice(&leaf.to_be_bytes());
+        bytes.extend_from_slice(&trunk_page);
+        bytes.extend_from_slice(stale);
+        bytes[28..32].copy_from_slice(&leaf.to_be_bytes());
+        bytes[32..36].copy_from_slice(&trunk.to_be_bytes());
+        let total: u32 = if damage_freelist { 7 } else { 2 };
+        bytes[36..40].copy_from_slice(&total.to_be_bytes());
+        bytes[100] ^= 0xff;
+        std::fs::write(db, bytes).unwrap();
+    }
+
+    /// A log leaf page of a log whose payloads differ from `payload`'s.
+    fn other_history_page() -> (Vec<u8>, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SqliteLog::open_with(dir.path(), Durability::Unsynced).unwrap();
+            for n in 1..=300u64 {
+                log.append(&[format!("other history {n}").as_bytes()])
+                    .unwrap();
+            }
+        }
+        let db = dir.path().join("halo.db");
+        let pages = Pages::open(&db, None).unwrap();
+        let (n, seqs) = log_pages(&pages)[1].clone();
+        (pages.page(n).unwrap(), seqs)
+    }
+
+    #[test]
+    fn flipped_header_byte_with_stale_rows_on_a_free_page_salvages_only_live_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 300));
+        let (stale, seqs) = other_history_page();
+        assert!(!seqs.is_empty());
+        add_stale_free_page(&dir.path().join("halo.db"), &stale, false);
+        let out = tempfile::tempdir().unwrap();
+        let report = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        assert!(report.is_complete(), "{report}");
+        let got = records_of(out.path());
+        let expected: Vec<Vec<u8>> = (1..=300).map(payload).collect();
+        assert!(got == expected, "only the live history: {report}");
+    }
+
+    #[test]
+    fn flipped_header_byte_with_stale_rows_and_an_unreadable_freelist_loses_rather_than_guesses() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 300));
+        let (stale, seqs) = other_history_page();
+        add_stale_free_page(&dir.path().join("halo.db"), &stale, true);
+        let out = tempfile::tempdir().unwrap();
+        let report = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        // The two versions of each of those records disagree: neither is taken.
+        let lost: Vec<u64> = report
+            .lost
+            .iter()
+            .flat_map(|(a, b)| a.get()..=b.get())
+            .collect();
+        assert_eq!(lost, seqs, "{report}");
+        assert!(report.to_string().contains("disagree"), "{report}");
+        let got = records_of(out.path());
+        let expected: Vec<Vec<u8>> = (1..=300)
+            .filter(|n| !seqs.contains(n))
+            .map(payload)
+            .collect();
+        assert!(got == expected, "{report}");
+    }
+
+    #[test]
+    fn flipped_header_byte_and_a_bad_record_loses_only_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(build(dir.path(), 300));
+        flip_payload_byte(dir.path(), 150);
+        let db = dir.path().join("halo.db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&db, &bytes).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let report = salvage(dir.path(), out.path(), &mut |_| {}).unwrap();
+        assert_eq!(
+            report.lost,
+            vec![(Seq::new(150), Seq::new(150))],
+            "{report}"
+        );
+        let expected: Vec<Vec<u8>> = (1..=300).filter(|&n| n != 150).map(payload).collect();
+        assert!(records_of(out.path()) == expected, "{report}");
+    }
+}
