@@ -4,7 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-const CORE: [&str; 6] = ["ids", "authority", "tenancy", "policy", "credentials", "router"];
+const CORE: [&str; 6] = [
+    "ids",
+    "authority",
+    "tenancy",
+    "policy",
+    "credentials",
+    "router",
+];
 const IO_CRATES: [&str; 7] = [
     "tokio",
     "axum",
@@ -139,7 +146,13 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
 fn crate_edges_are_the_allowed_ones() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(root())
         .output()
         .expect("cargo metadata runs");

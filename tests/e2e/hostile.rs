@@ -61,7 +61,9 @@ pub(crate) enum Answer {
 impl HostileLink {
     /// Opens the WebSocket with `token`; `Err(status)` when the upgrade is refused.
     pub(crate) async fn connect(addr: std::net::SocketAddr, token: &str) -> Result<Self, u16> {
-        let mut request = format!("ws://{addr}/link/ws").into_client_request().unwrap();
+        let mut request = format!("ws://{addr}/link/ws")
+            .into_client_request()
+            .unwrap();
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -110,7 +112,9 @@ impl HostileLink {
     pub(crate) async fn next(&mut self, wait: Duration) -> Option<CloudToLink> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match frame {
                 Ok(Message::Text(text)) => return Some(halo_protocol::decode(&text).unwrap()),
                 Ok(Message::Close(_)) | Err(_) => return None,

@@ -87,7 +87,11 @@ async fn session_hijack_with_a_fresh_credential_is_refused() {
     assert_eq!(victim.handle.status().borrow().sessions, 1);
     for _ in 0..20 {
         let (status, body) = h
-            .query(&key, halo, "SELECT first_name FROM patients ORDER BY patient_id LIMIT 2")
+            .query(
+                &key,
+                halo,
+                "SELECT first_name FROM patients ORDER BY patient_id LIMIT 2",
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(rows(&body).len(), 2);
@@ -122,14 +126,20 @@ async fn forged_results_for_another_links_queries_never_reach_integrators() {
         ),
     )
     .await;
-    assert!(matches!(answer, Answer::Ack(ref r) if r.is_empty()), "{answer:?}");
+    assert!(
+        matches!(answer, Answer::Ack(ref r) if r.is_empty()),
+        "{answer:?}"
+    );
     // A Link is trusted for its own databases only: its job, its answer.
     h.enable_practice("EVIL1".parse().unwrap()).await;
     let (status, body) = h.pair(&key, "EVIL1".parse().unwrap()).await;
     assert_eq!(status, 200, "{body}");
     let own_query = {
         let http = h.http.clone();
-        let url = h.url(&format!("/integrator/sites/{}/queries/immediate", guid(666)));
+        let url = h.url(&format!(
+            "/integrator/sites/{}/queries/immediate",
+            guid(666)
+        ));
         let key = key.clone();
         tokio::spawn(async move {
             let body = json!({"command": {"text": "SELECT first_name FROM patients", "executionMode": "reader"}});
@@ -163,7 +173,11 @@ async fn forged_results_for_another_links_queries_never_reach_integrators() {
     });
     for _ in 0..30 {
         let (status, body) = h
-            .query(&key, halo, "SELECT first_name FROM patients ORDER BY patient_id LIMIT 1")
+            .query(
+                &key,
+                halo,
+                "SELECT first_name FROM patients ORDER BY patient_id LIMIT 1",
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         assert_ne!(rows(&body)[0]["first_name"], "FORGED");
@@ -233,11 +247,7 @@ async fn claiming_a_practice_outside_the_scope_is_refused_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_of_another_environment_or_demo_copies_out_of_scope_are_refused() {
     let h = Harness::start().await;
-    let (stage, _) = credential(
-        &h,
-        json!({"environment": "stage", "practices": ["D4w:A1"]}),
-    )
-    .await;
+    let (stage, _) = credential(&h, json!({"environment": "stage", "practices": ["D4w:A1"]})).await;
     let (_l, answer) = HostileLink::join(
         h.cloud.addr,
         &stage,
@@ -250,7 +260,8 @@ async fn credential_of_another_environment_or_demo_copies_out_of_scope_are_refus
     .await;
     match answer {
         Answer::Refused(reason) => assert!(
-            reason.contains("this link credential is for stage, but the link says it is production"),
+            reason
+                .contains("this link credential is for stage, but the link says it is production"),
             "{reason}"
         ),
         other => panic!("{other:?}"),
@@ -270,7 +281,9 @@ async fn credential_of_another_environment_or_demo_copies_out_of_scope_are_refus
         panic!("{answer:?}")
     };
     assert!(
-        rejected[0].1.contains("demo and de-identified copies are outside"),
+        rejected[0]
+            .1
+            .contains("demo and de-identified copies are outside"),
         "{rejected:?}"
     );
     // And a Production scope can never admit demo copies.
@@ -296,11 +309,8 @@ async fn credential_of_another_environment_or_demo_copies_out_of_scope_are_refus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_credential_closes_its_live_session_within_a_second() {
     let h = Harness::start().await;
-    let (token, id) = credential(
-        &h,
-        json!({"environment": "stage", "practices": ["D4w:A1"]}),
-    )
-    .await;
+    let (token, id) =
+        credential(&h, json!({"environment": "stage", "practices": ["D4w:A1"]})).await;
     let hi = hello(
         link_guid(9),
         Environment::Stage,
@@ -336,7 +346,10 @@ async fn revoking_a_credential_closes_its_live_session_within_a_second() {
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
     assert!(reason.contains("revoked"), "{reason}");
     // From then on the credential is refused at the door.
-    assert_eq!(HostileLink::connect(h.cloud.addr, &token).await.err(), Some(401));
+    assert_eq!(
+        HostileLink::connect(h.cloud.addr, &token).await.err(),
+        Some(401)
+    );
     let listed = credentials(&h).await;
     let c = listed.iter().find(|c| c["id"] == id.as_str()).unwrap();
     assert_eq!(c["revoked"], true, "{c}");
@@ -345,11 +358,7 @@ async fn revoking_a_credential_closes_its_live_session_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_moves_the_link_to_a_new_credential() {
     let h = Harness::start().await;
-    let (old, id) = credential(
-        &h,
-        json!({"environment": "stage", "practices": ["D4w:A1"]}),
-    )
-    .await;
+    let (old, id) = credential(&h, json!({"environment": "stage", "practices": ["D4w:A1"]})).await;
     let hi = hello(
         link_guid(5),
         Environment::Stage,
@@ -369,7 +378,10 @@ async fn rotation_moves_the_link_to_a_new_credential() {
     assert_ne!(rotated["id"], id.as_str());
     let reason = link.ended_within(Duration::from_secs(1)).await.unwrap();
     assert!(reason.contains("revoked"), "{reason}");
-    assert_eq!(HostileLink::connect(h.cloud.addr, &old).await.err(), Some(401));
+    assert_eq!(
+        HostileLink::connect(h.cloud.addr, &old).await.err(),
+        Some(401)
+    );
     // The new token works for the same Link, and for no other.
     let (_link, answer) = HostileLink::join(h.cloud.addr, new, hi).await;
     assert!(matches!(answer, Answer::Ack(_)), "{answer:?}");
@@ -403,7 +415,10 @@ async fn support_extends_a_hosting_scope_for_a_new_practice() {
     let hi = hello(
         link_guid(3),
         Environment::Production,
-        vec![database(guid(31), "A1", false), database(guid(32), "B2", false)],
+        vec![
+            database(guid(31), "A1", false),
+            database(guid(32), "B2", false),
+        ],
     );
     let (link, answer) = HostileLink::join(h.cloud.addr, &token, hi.clone()).await;
     let Answer::Ack(rejected) = answer else {
@@ -422,7 +437,10 @@ async fn support_extends_a_hosting_scope_for_a_new_practice() {
     assert_eq!(extended["practices"], json!(["D4w:A1", "D4w:B2"]));
     assert_eq!(extended["kind"], "hosting");
     let (_link, answer) = HostileLink::join(h.cloud.addr, &token, hi).await;
-    assert!(matches!(answer, Answer::Ack(ref r) if r.is_empty()), "{answer:?}");
+    assert!(
+        matches!(answer, Answer::Ack(ref r) if r.is_empty()),
+        "{answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,11 +448,7 @@ async fn unbounded_hello_is_refused_with_a_reason() {
     let h = Harness::start().await;
     let max = halo_cloud::app::MAX_DATABASES_PER_LINK;
     let practices: Vec<String> = (0..=max).map(|i| format!("D4w:P{i}")).collect();
-    let (token, _) = credential(
-        &h,
-        json!({"environment": "stage", "practices": practices}),
-    )
-    .await;
+    let (token, _) = credential(&h, json!({"environment": "stage", "practices": practices})).await;
     let databases = (0..=max)
         .map(|i| database(guid(1000 + i as u128), &format!("P{i}"), false))
         .collect();
@@ -459,5 +473,9 @@ async fn unbounded_hello_is_refused_with_a_reason() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 404, "nothing of the hello was registered");
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "nothing of the hello was registered"
+    );
 }

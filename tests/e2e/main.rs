@@ -8,7 +8,7 @@ mod fairness;
 mod fixture;
 mod flow;
 mod hostile;
-mod link_trust;
 mod http_edges;
+mod link_trust;
 mod tenancy;
 mod visibility;

@@ -20,7 +20,6 @@ mod serve;
 pub mod site_view;
 pub mod state;
 
-
 pub use app::{
     App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,
 };

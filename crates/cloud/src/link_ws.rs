@@ -12,7 +12,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
 use halo_ids::{LinkGuid, PmsId, Timestamp};
-use tokio::sync::broadcast;
 use halo_policy::{ExecutionMode, KeyHash};
 use halo_protocol::{
     Allowlist, CloudToLink, DatabaseInfo, DatabaseRejection, Hello, LinkToCloud, MAX_FRAME_BYTES,
@@ -20,6 +19,7 @@ use halo_protocol::{
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
 use halo_tenancy::{Catalogue, DatabaseIdentity, Event, TenancyError};
+use tokio::sync::broadcast;
 
 use crate::app::AppState;
 use crate::clock::now;
@@ -273,7 +273,15 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
-    let result = serve(&app, link, &token_hash, &mut socket, &mut session, &mut kicks).await;
+    let result = serve(
+        &app,
+        link,
+        &token_hash,
+        &mut socket,
+        &mut session,
+        &mut kicks,
+    )
+    .await;
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
     drop(session);
     result

@@ -26,8 +26,8 @@ use halo_tenancy::{
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
-use halo_credentials::{CredentialError, Credentials};
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
+use halo_credentials::{CredentialError, Credentials};
 
 /// The snapshot format version this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;

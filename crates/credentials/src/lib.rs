@@ -175,9 +175,7 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatabaseRefusal {
     /// Its practice is not in the credential's scope.
-    #[error(
-        "practice {0} is outside this link credential's scope; support can extend the scope"
-    )]
+    #[error("practice {0} is outside this link credential's scope; support can extend the scope")]
     PracticeNotInScope(PmsId),
     /// It is a demo or de-identified copy and the credential does not admit those.
     #[error("demo and de-identified copies are outside this link credential's scope")]
@@ -282,9 +280,7 @@ pub enum CredentialError {
     #[error("this link credential belongs to another link")]
     OtherLink,
     /// The Link GUID of the hello is bound to another credential.
-    #[error(
-        "this link is bound to another credential; support can rotate that credential instead"
-    )]
+    #[error("this link is bound to another credential; support can rotate that credential instead")]
     LinkBoundElsewhere,
     /// The hello's environment is not the credential's.
     #[error("this link credential is for {credential}, but the link says it is {hello}")]

@@ -22,11 +22,7 @@ fn issued(token: &str, scope: Option<Scope>) -> CredentialEvent {
 }
 
 fn practice_scope(env: Environment, practices: &[&str]) -> Scope {
-    Scope::practices(
-        env,
-        ScopeKind::OnPremises,
-        practices.iter().map(|p| pms(p)),
-    )
+    Scope::practices(env, ScopeKind::OnPremises, practices.iter().map(|p| pms(p)))
 }
 
 fn with(events: &[CredentialEvent]) -> Credentials {
@@ -41,13 +37,21 @@ fn with(events: &[CredentialEvent]) -> Credentials {
 fn first_link_owns_a_credential_and_others_are_refused() {
     let a = KeyHash::of("a");
     let creds = with(&[
-        issued("a", Some(practice_scope(Environment::Stage, &["D4w:BRIGHT77"]))),
+        issued(
+            "a",
+            Some(practice_scope(Environment::Stage, &["D4w:BRIGHT77"])),
+        ),
         CredentialEvent::Bound {
             token_hash: a,
             link: link(1),
         },
     ]);
-    assert!(!creds.admit(&a, link(1), Environment::Stage).unwrap().first_use);
+    assert!(
+        !creds
+            .admit(&a, link(1), Environment::Stage)
+            .unwrap()
+            .first_use
+    );
     assert_eq!(
         creds.admit(&a, link(2), Environment::Stage).unwrap_err(),
         CredentialError::OtherLink
@@ -69,7 +73,9 @@ fn a_bound_link_is_refused_with_any_other_credential() {
         },
     ]);
     assert_eq!(
-        creds.admit(&fresh, link(1), Environment::Stage).unwrap_err(),
+        creds
+            .admit(&fresh, link(1), Environment::Stage)
+            .unwrap_err(),
         CredentialError::LinkBoundElsewhere
     );
     // Nor can the binding be recorded, should anyone try.
@@ -81,7 +87,12 @@ fn a_bound_link_is_refused_with_any_other_credential() {
         Err(CredentialError::LinkBoundElsewhere)
     );
     // The fresh credential still works for a Link of its own.
-    assert!(creds.admit(&fresh, link(2), Environment::Stage).unwrap().first_use);
+    assert!(
+        creds
+            .admit(&fresh, link(2), Environment::Stage)
+            .unwrap()
+            .first_use
+    );
 }
 
 #[test]
@@ -155,9 +166,14 @@ fn support_extends_a_hosting_scope() {
         actor: actor.into(),
         reason: "practice moved onto the cluster".into(),
     };
-    assert_eq!(creds.apply(&extend(" ")), Err(CredentialError::Missing("actor")));
+    assert_eq!(
+        creds.apply(&extend(" ")),
+        Err(CredentialError::Missing("actor"))
+    );
     creds.apply(&extend("support:ann")).unwrap();
-    let admitted = creds.admit(&token, link(1), Environment::Production).unwrap();
+    let admitted = creds
+        .admit(&token, link(1), Environment::Production)
+        .unwrap();
     assert!(admitted.scope.admit_database(pms("D4w:B2"), false).is_ok());
     assert!(admitted.scope.admit_database(pms("D4w:C3"), false).is_err());
 }
@@ -235,7 +251,10 @@ fn version_1_events_and_snapshots_still_load() {
         link(3)
     ))
     .unwrap();
-    assert_eq!(snapshot, creds, "the v1 snapshot form loads, with its link index");
+    assert_eq!(
+        snapshot, creds,
+        "the v1 snapshot form loads, with its link index"
+    );
 }
 
 fn event_strategy() -> impl Strategy<Value = CredentialEvent> {
@@ -256,11 +275,13 @@ fn event_strategy() -> impl Strategy<Value = CredentialEvent> {
             token_hash,
             link: link(l)
         }),
-        token.clone().prop_map(|token_hash| CredentialEvent::Revoked {
-            token_hash,
-            actor: None,
-            reason: None
-        }),
+        token
+            .clone()
+            .prop_map(|token_hash| CredentialEvent::Revoked {
+                token_hash,
+                actor: None,
+                reason: None
+            }),
         (token.clone(), token).prop_map(|(from, to)| CredentialEvent::Rotated {
             from,
             to,
