@@ -113,7 +113,8 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "halo-store",
         ],
     ),
-    ("halo-link", &["halo-ids", "halo-protocol"]),
+    // The Link enforces the policy's SQL function list itself (one list, no copy).
+    ("halo-link", &["halo-ids", "halo-protocol", "halo-policy"]),
     (
         "halo-demo",
         &[
