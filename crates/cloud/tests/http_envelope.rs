@@ -23,6 +23,7 @@ fn router() -> axum::Router {
         availability: AvailabilityConfig::default(),
         snapshot_every: 0,
         accept_damaged_log: false,
+        max_databases_per_link: app::MAX_DATABASES_PER_LINK,
         http: HttpLimits::default(),
     })
     .unwrap();
