@@ -141,10 +141,7 @@ mod tests {
             body_read_timeout,
             write_timeout,
             ..
-        } = cli.command
-        else {
-            panic!("not serve");
-        };
+        } = cli.command;
         let parsed = HttpLimits {
             max_connections,
             header_read_timeout,
