@@ -92,22 +92,28 @@ fn main() {
     let (state, _) = open(dir.path(), 0);
     let started = Instant::now();
     for chunk in events.chunks(3000) {
-        assert!(state.apply_tenancy(chunk, now).iter().all(Result::is_ok));
+        assert!(
+            state
+                .apply_tenancy(chunk.to_vec(), now)
+                .wait()
+                .iter()
+                .all(Result::is_ok)
+        );
     }
     let write_s = started.elapsed().as_secs_f64();
     drop(state);
     let log_bytes = dir_size(dir.path());
 
     let (state, replay_s) = open(dir.path(), 0);
-    assert_eq!(state.read().registry().site_count(), sites);
+    assert_eq!(state.registry().site_count(), sites);
     let snap_started = Instant::now();
-    state.snapshot_now().unwrap();
+    state.snapshot_now().wait().unwrap();
     let snapshot_s = snap_started.elapsed().as_secs_f64();
     drop(state);
     let total_bytes = dir_size(dir.path());
 
     let (state, snapshot_recovery_s) = open(dir.path(), 0);
-    assert_eq!(state.read().registry().site_count(), sites);
+    assert_eq!(state.registry().site_count(), sites);
     println!(
         "{}",
         serde_json::json!({

@@ -2,8 +2,6 @@
 //! the admin token (`Authorization: Bearer <token>`). Every call becomes one event,
 //! durable before the answer.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
@@ -53,12 +51,11 @@ fn integrator(id: &str) -> Result<IntegratorId, ApiError> {
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Applies a policy event on a blocking thread (the append fsyncs).
+/// Applies a policy event: answered once it is durable.
 async fn policy(app: &AppState, event: PolicyEvent) -> Result<(), ApiError> {
-    let app = Arc::clone(app);
-    tokio::task::spawn_blocking(move || app.state.apply_policy(event, now()))
+    app.state
+        .apply_policy(event, now())
         .await
-        .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -329,21 +326,19 @@ fn credential_error(e: &CredentialError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-/// Applies a credential event on a blocking thread (the append fsyncs).
+/// Applies a credential event: answered once it is durable.
 async fn credential(app: &AppState, event: CredentialEvent) -> Result<(), ApiError> {
-    let state = Arc::clone(app);
-    tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
+    app.state
+        .apply_credential(event, now())
         .await
-        .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| credential_error(&e))
 }
 
 /// The token hash and Link of the credential named in the path.
 fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid>), ApiError> {
     let id: CredentialId = id.parse().map_err(|e| credential_error(&e))?;
-    let w = app.state.read();
-    w.credentials()
-        .find(id)
+    let w = app.state.credentials();
+    w.find(id)
         .map(|(hash, c)| (*hash, c.link))
         .ok_or_else(|| ApiError::not_found("no link credential with this id"))
 }
@@ -390,13 +385,8 @@ pub async fn list_link_credentials(
     _: Admin,
     State(app): State<AppState>,
 ) -> Json<Vec<CredentialDto>> {
-    let w = app.state.read();
-    Json(
-        w.credentials()
-            .iter()
-            .map(|(id, c)| credential_dto(id, c))
-            .collect(),
-    )
+    let w = app.state.credentials();
+    Json(w.iter().map(|(id, c)| credential_dto(id, c)).collect())
 }
 
 /// Who does a support action, and why (both recorded).
@@ -515,9 +505,8 @@ pub async fn extend_link_credential_scope(
         reason: b.reason,
     };
     credential(&app, event).await?;
-    let w = app.state.read();
+    let w = app.state.credentials();
     let (_, c) = w
-        .credentials()
         .find(CredentialId::of(&token_hash))
         .ok_or_else(|| ApiError::not_found("no link credential with this id"))?;
     Ok(Json(credential_dto(CredentialId::of(&token_hash), c)))
@@ -550,13 +539,13 @@ pub struct AdminSiteDto {
 }
 
 fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> {
-    let w = app.state.read();
-    let registry = w.registry();
+    let w = app.state.registry();
+    let registry = &*w;
     let site = registry
         .site(halo)
         .ok_or_else(|| ApiError::not_found("site not found"))?;
     Ok(AdminSiteDto {
-        site: site_dto(registry, site, now(), app.state.availability()),
+        site: site_dto(registry, site, now(), &app.state),
         link_id: site.link_guid().to_string(),
         environment: site.environment().to_string(),
         epoch: site.epoch().get(),
@@ -599,10 +588,9 @@ pub async fn promote(
         actor: b.actor,
         reason: b.reason,
     };
-    let state = Arc::clone(&app);
-    tokio::task::spawn_blocking(move || state.state.apply_one(event, now()))
+    app.state
+        .apply_one(event, now())
         .await
-        .map_err(|e| ApiError::internal(&e))?
         .map_err(crate::error::tenancy_error)?;
     admin_site(&app, halo).map(Json)
 }

@@ -84,8 +84,8 @@ fn resolve_practice(
     pms_type: PmsType,
     crn: Crn,
 ) -> Result<PmsId, ApiError> {
-    let w = app.state.read();
-    halo_router::resolve_crn(w.registry(), policy, who, pms_type, crn)
+    let registry = app.state.registry();
+    halo_router::resolve_crn(&registry, policy, who, pms_type, crn)
         .map_err(|refusal| ApiError::bad_request(refusal.to_string()))
 }
 
@@ -111,12 +111,12 @@ fn authorised_practice(
 
 fn practice_sites(app: &AppState, who: &Authenticated, pms_id: PmsId) -> Vec<SiteDto> {
     let now = now();
-    let w = app.state.read();
-    let registry = w.registry();
+    let w = app.state.registry();
+    let registry = &*w;
     let mut sites: Vec<SiteDto> = registry
         .sites_by_pms_id(who.environment(), pms_id)
         .filter(|s| s.status().is_live())
-        .map(|s| site_dto(registry, s, now, app.state.availability()))
+        .map(|s| site_dto(registry, s, now, &app.state))
         .collect();
     sites.sort_by_key(|s| !s.authoritative);
     sites
@@ -158,8 +158,8 @@ pub async fn site_status(
     let who = authenticate(&policy, &headers, ip)?;
     let halo: HaloGuid = site_id.parse()?;
     let now = now();
-    let w = app.state.read();
-    let registry = w.registry();
+    let w = app.state.registry();
+    let registry = &*w;
     let not_found = || ApiError::not_found("site not found");
     let site = registry.site(halo).ok_or_else(not_found)?;
     let view = policy_view(site);
@@ -176,12 +176,7 @@ pub async fn site_status(
             "subscription key is for another environment than the site",
         ));
     }
-    Ok(Json(site_dto(
-        registry,
-        site,
-        now,
-        app.state.availability(),
-    )))
+    Ok(Json(site_dto(registry, site, now, &app.state)))
 }
 
 /// `POST /integrator/pair-site`: pairs the integrator with a practice's site, in the
@@ -207,10 +202,9 @@ pub async fn pair_site(
         pms_id,
         environment: who.environment(),
     };
-    let state = Arc::clone(&app);
-    tokio::task::spawn_blocking(move || state.state.apply_policy(event, now()))
+    app.state
+        .apply_policy(event, now())
         .await
-        .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::internal(&e))?;
     Ok(Json(site))
 }

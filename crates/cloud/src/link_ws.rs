@@ -3,7 +3,6 @@
 //! session, then shuttle jobs out and results in until the socket closes. Closing
 //! detaches the session, which fails the Link's in-flight queries at once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -163,10 +162,7 @@ async fn register(
     mut rejected: Vec<DatabaseRejection>,
 ) -> Result<Vec<DatabaseRejection>, String> {
     let events = registration_events(hello, admitted);
-    let state = Arc::clone(app);
-    let results = tokio::task::spawn_blocking(move || state.state.apply_tenancy(&events, now()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let results = app.state.apply_tenancy(events, now()).await;
     let mut results = results.into_iter();
     if let Some(Err(e)) = results.next() {
         return Err(format!("link registration refused: {e}"));
@@ -207,9 +203,8 @@ fn admit<'h>(
             app.max_databases_per_link
         ));
     }
-    let w = app.state.read();
+    let w = app.state.credentials();
     let admission = w
-        .credentials()
         .admit(token_hash, hello.link_guid, hello.environment)
         .map_err(|e| e.to_string())?;
     let mut admitted = Vec::with_capacity(hello.databases.len());
@@ -243,11 +238,8 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
     if first_use {
-        let state = Arc::clone(&app);
         let event = CredentialEvent::Bound { token_hash, link };
-        let bound = tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let bound = app.state.apply_credential(event, now()).await;
         if let Err(e) = bound {
             // Another connection bound it first.
             return Err(refuse(&mut socket, e.to_string()).await);

@@ -2,9 +2,10 @@
 
 use halo_ids::Timestamp;
 use halo_policy::SiteView;
-use halo_tenancy::{Availability, Registry, Site, SiteStatus};
+use halo_tenancy::{Registry, Site, SiteStatus};
 
 use crate::dto::{CatalogueDto, PracticeMetadataDto, SiteDto};
+use crate::state::CloudState;
 
 /// The policy's view of a registry site.
 pub fn policy_view(site: &Site) -> SiteView {
@@ -17,16 +18,10 @@ pub fn policy_view(site: &Site) -> SiteView {
     }
 }
 
-/// The API's site object.
-pub fn site_dto(
-    registry: &Registry,
-    site: &Site,
-    now: Timestamp,
-    cfg: &halo_tenancy::AvailabilityConfig,
-) -> SiteDto {
-    let availability = registry
-        .availability(site.halo_guid(), now, cfg)
-        .unwrap_or(Availability::Unreachable);
+/// The API's site object, with its availability at `now` from `state` (the Link's
+/// last heartbeat, see [`CloudState::availability_of`]).
+pub fn site_dto(registry: &Registry, site: &Site, now: Timestamp, state: &CloudState) -> SiteDto {
+    let availability = state.availability_of(site, now);
     let link_version = registry
         .link(site.link_guid())
         .map(|l| l.version().to_owned())

@@ -152,6 +152,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
             },
             now(),
         )
+        .await
         .map_err(|e| DemoError::Grant(e.to_string()))?;
     let url = format!("ws://{}/link/ws", cloud.addr);
     let mut config = LinkConfig::new(
@@ -199,6 +200,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
     for event in events {
         state
             .apply_policy(event, now())
+            .await
             .map_err(|e| DemoError::Grant(e.to_string()))?;
     }
 
