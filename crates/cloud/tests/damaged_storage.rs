@@ -78,11 +78,11 @@ fn site_events(from: u128, to: u128) -> Vec<Event> {
 /// snapshot half-way, closed cleanly.
 fn build(dir: &Path) {
     let state = open(dir, false).expect("open");
-    for r in state.apply_tenancy(&site_events(0, SITES / 2), NOW) {
+    for r in state.apply_tenancy(site_events(0, SITES / 2), NOW).wait() {
         r.expect("apply");
     }
-    state.snapshot_now().expect("snapshot");
-    for r in state.apply_tenancy(&site_events(SITES / 2, SITES), NOW) {
+    state.snapshot_now().wait().expect("snapshot");
+    for r in state.apply_tenancy(site_events(SITES / 2, SITES), NOW).wait() {
         r.expect("apply");
     }
 }
@@ -175,10 +175,10 @@ fn flipped_header_byte_salvaged_dir_opens_cleanly_with_every_site() {
     let recovery = state.recovery().expect("recovered").clone();
     assert!(recovery.is_complete(), "{recovery}");
     assert!(recovery.snapshot_seq.is_some(), "{recovery}");
-    let w = state.read();
-    assert_eq!(w.registry().site_count() as u128, SITES);
+    let w = state.registry();
+    assert_eq!(w.site_count() as u128, SITES);
     for i in 0..SITES {
-        assert!(w.registry().site(site(i)).is_some(), "site {i}");
+        assert!(w.site(site(i)).is_some(), "site {i}");
     }
 }
 
@@ -199,7 +199,7 @@ fn page_truncation_salvaged_dir_opens_cleanly_with_the_readable_records() {
     let state = open(&new_dir, false).expect("the salvaged dir opens without accepting damage");
     assert!(state.recovery().expect("recovered").is_complete());
     // Every site whose two events were both readable is there.
-    assert!(state.read().registry().site_count() > 0);
+    assert!(state.registry().site_count() > 0);
 }
 
 #[test]
@@ -210,10 +210,10 @@ fn page_truncation_accepted_salvages_in_place_and_keeps_the_damaged_file() {
     let damaged = std::fs::read(db(dir.path())).expect("read");
     let sites = {
         let state = open(dir.path(), true).expect("accepted");
-        let sites = state.read().registry().site_count();
+        let sites = state.registry().site_count();
         assert!(sites > 0);
         // The Cloud writes again after the salvage.
-        for r in state.apply_tenancy(&site_events(SITES, SITES + 1), NOW) {
+        for r in state.apply_tenancy(site_events(SITES, SITES + 1), NOW).wait() {
             r.expect("apply after salvage");
         }
         sites
@@ -228,8 +228,8 @@ fn page_truncation_accepted_salvages_in_place_and_keeps_the_damaged_file() {
     // A plain start (no --accept-damaged-log) works now, with the change made after.
     let state = open(dir.path(), false).expect("plain start after the salvage");
     assert!(state.recovery().expect("recovered").is_complete());
-    assert_eq!(state.read().registry().site_count(), sites + 1);
-    assert!(state.read().registry().site(site(SITES)).is_some());
+    assert_eq!(state.registry().site_count(), sites + 1);
+    assert!(state.registry().site(site(SITES)).is_some());
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn flipped_header_byte_accepted_recovers_every_site() {
     build(dir.path());
     flip_byte_100(&db(dir.path()));
     let state = open(dir.path(), true).expect("accepted");
-    assert_eq!(state.read().registry().site_count() as u128, SITES);
+    assert_eq!(state.registry().site_count() as u128, SITES);
     assert_eq!(set_aside(dir.path()).len(), 1);
 }
 
