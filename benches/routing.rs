@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use halo_test_support::routing_harness::{Op, ProbeRing, Table, decide_parallel, fixture, run_writer};
+use halo_test_support::routing_harness::{
+    Op, ProbeRing, Table, decide_parallel, fixture, run_writer,
+};
 
 fn routing(c: &mut Criterion) {
     for sites in [1_000usize, 100_000, 1_000_000] {

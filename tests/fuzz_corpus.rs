@@ -65,10 +65,10 @@ fn descriptor_check_accepts_lenient_forms_and_skips_garbage() {
 /// The seeds of `target`, read whole.
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out: Vec<_> = std::fs::read_dir(corpus_dir(target))
-        .unwrap()
+        .expect("corpus directory")
         .map(|e| {
-            let path = e.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
+            let path = e.expect("directory entry").path();
+            let data = std::fs::read(&path).expect("seed file");
             (path, data)
         })
         .collect();
@@ -80,7 +80,9 @@ fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 fn sql_seeds_reach_both_outcomes_and_the_nested_comment_hides_nothing() {
     let outcomes: Vec<bool> = seeds("fuzz_sql")
         .iter()
-        .map(|(_, data)| halo_policy::extract_components(std::str::from_utf8(data).unwrap()).is_ok())
+        .map(|(_, data)| {
+            halo_policy::extract_components(std::str::from_utf8(data).unwrap()).is_ok()
+        })
         .collect();
     assert!(outcomes.contains(&true), "no sql seed parses");
     assert!(outcomes.contains(&false), "every sql seed parses");

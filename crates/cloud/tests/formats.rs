@@ -30,9 +30,7 @@ use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent, authorise_practice};
 use halo_router::{Router, RouterConfig};
 use halo_store::{Store, StoreConfig};
-use halo_tenancy::{
-    AvailabilityConfig, Catalogue, DatabaseIdentity, Event, LogEntry, SiteStatus,
-};
+use halo_tenancy::{AvailabilityConfig, Catalogue, DatabaseIdentity, Event, LogEntry, SiteStatus};
 
 const RECORDS: &str = include_str!("fixtures/records_v1.jsonl");
 const SNAPSHOT: &str = include_str!("fixtures/snapshot_v1.json");
@@ -312,13 +310,26 @@ fn check_expected_state(state: &CloudState) {
                 .unwrap_err(),
             CredentialError::Revoked
         );
-        assert_eq!(creds.check(&token("legacy")).unwrap_err(), CredentialError::Revoked);
-        assert_eq!(creds.check(&token("demo")).unwrap_err(), CredentialError::Revoked);
-        let legacy = creds.iter().find(|(_, c)| c.label == "old install").unwrap().1;
+        assert_eq!(
+            creds.check(&token("legacy")).unwrap_err(),
+            CredentialError::Revoked
+        );
+        assert_eq!(
+            creds.check(&token("demo")).unwrap_err(),
+            CredentialError::Revoked
+        );
+        let legacy = creds
+            .iter()
+            .find(|(_, c)| c.label == "old install")
+            .unwrap()
+            .1;
         assert!(legacy.scope.is_none() && legacy.link.is_none());
     }
     // Published to the router and the policy: the site routes, the key works.
-    let route = state.router().resolve(site()).expect("published to the router");
+    let route = state
+        .router()
+        .resolve(site())
+        .expect("published to the router");
     assert!(route.is_authoritative());
     let who = authorise_practice(&state.policy(), KEY, None, pms_id("AB123")).unwrap();
     assert_eq!(who.environment(), Environment::Production);
@@ -384,7 +395,10 @@ fn frozen_v1_records_decode_to_the_scenario_and_are_still_written_so() {
         "revoked",
         "rotated",
     ] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} record in the fixture");
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} record in the fixture"
+        );
     }
     assert!(RECORDS.contains(r#""scope":null"#) && RECORDS.contains(r#""actor":null"#));
 }

@@ -210,7 +210,9 @@ pub fn sql(data: &[u8]) {
             assert!(
                 matches!(
                     e,
-                    PolicyError::EmptySql | PolicyError::SqlParse(_) | PolicyError::SqlUnsupported(_)
+                    PolicyError::EmptySql
+                        | PolicyError::SqlParse(_)
+                        | PolicyError::SqlUnsupported(_)
                 ),
                 "unexpected error kind {e:?} for {sql:?}"
             );

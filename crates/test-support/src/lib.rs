@@ -1,15 +1,17 @@
 //! Fixtures shared by the benches, examples, fuzz targets and workspace tests, so
 //! none of them includes another's source by `#[path]`.
 //!
-//! Each module sits behind a feature of the same purpose; a user enables only what
-//! it needs (the fuzz workspace takes just `fuzz`):
+//! Each module sits behind a feature; a user enables only what it needs (the fuzz
+//! workspace takes just `fuzz`, so its sanitizer build skips the router), and a
+//! module is documented only where its feature is on:
 //!
-//! - `million` ([`million`]): the 1 000 000-site tenancy mix of
+//! - feature `million`, module `million`: the 1 000 000-site tenancy mix of
 //!   `benches/registry_build.rs` and `halo-tenancy`'s `snapshot_1m` example;
-//! - `routing` ([`routing_harness`]): the routing-throughput harness of
+//! - feature `routing`, module `routing_harness`: the routing-throughput harness of
 //!   `benches/routing.rs` and `halo-router`'s `route_bench` example;
-//! - `fuzz` ([`fuzz_checks`]): the properties every fuzz target checks, run by the
-//!   targets under libFuzzer and over the committed corpus by `tests/fuzz_corpus.rs`.
+//! - feature `fuzz`, module `fuzz_checks`: the properties every fuzz target checks,
+//!   run by the targets under libFuzzer and over the committed corpus by
+//!   `tests/fuzz_corpus.rs`.
 //!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.

@@ -16,7 +16,9 @@ pub const BACKUPS: u32 = 100_000;
 
 /// The parent CRN of database `i` (`C` and eight digits).
 pub fn crn(i: u32) -> Crn {
-    format!("C{i:08}").parse().expect("C and digits is a valid CRN")
+    format!("C{i:08}")
+        .parse()
+        .expect("C and digits is a valid CRN")
 }
 
 /// Branch CRN `j` of database `i`.
