@@ -86,9 +86,10 @@ fn sql_seeds_reach_both_outcomes_and_the_nested_comment_hides_nothing() {
         .collect();
     assert!(outcomes.contains(&true), "no sql seed parses");
     assert!(outcomes.contains(&false), "every sql seed parses");
-    // SQL Server nests block comments: `, x -- */` is inside the comment, so the
-    // command is `SELECT 1` and names nothing.
-    let c = halo_policy::extract_components("SELECT 1 /* /* */ , x -- */").unwrap();
+    // SQL Server nests block comments: `FROM secrets -- ` is inside the comment, so
+    // the command is `SELECT 1` and names no table (a parser that did not nest would
+    // see `SELECT 1 FROM secrets`).
+    let c = halo_policy::extract_components("SELECT 1 /* /* */ FROM secrets -- */").unwrap();
     assert_eq!(c.tables().count(), 0);
     assert_eq!(c.statement_count(), 1);
     checks::sql(b"SELECT 1 /* /* */ , x -- */");
