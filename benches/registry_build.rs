@@ -45,11 +45,7 @@ use criterion::{BatchSize, Criterion, criterion_group};
 use halo_ids::{Environment, HaloGuid, Timestamp};
 use halo_tenancy::{DatabaseIdentity, Event, Registry};
 
-#[path = "../crates/tenancy/examples/support/million.rs"]
-#[allow(dead_code)]
-mod million;
-
-use million::{CLUSTERS, SITES, databases, halo, identity, link, link_count};
+use halo_test_support::million::{CLUSTERS, SITES, databases, halo, identity, link, link_count};
 
 fn apply(reg: &mut Registry, event: &Event, now: &mut u64) {
     *now += 1;

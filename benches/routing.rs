@@ -14,13 +14,10 @@
 //! aggregate. For one JSON line with every figure of one run, use the example:
 //! `cargo run --release -p halo-router --example route_bench -- --sites 100000 --threads 2 --secs 5`.
 //!
-//! Shared harness: `crates/router/examples/support/harness.rs`. Latest figures: see
+//! Shared harness: `halo_test_support::routing_harness` (`crates/test-support`). Latest figures: see
 //! `crates/router/README.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../crates/router/examples/support/harness.rs"]
-mod harness;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -28,7 +25,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use harness::{Op, ProbeRing, Table, decide_parallel, fixture, run_writer};
+use halo_test_support::routing_harness::{
+    Op, ProbeRing, Table, decide_parallel, fixture, run_writer,
+};
 
 fn routing(c: &mut Criterion) {
     for sites in [1_000usize, 100_000, 1_000_000] {

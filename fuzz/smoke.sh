@@ -7,7 +7,8 @@ set -euo pipefail
 secs="${1:-20}"
 cd "$(dirname "$0")"
 targets=$(cargo +nightly fuzz list)
-cargo +nightly fuzz build -O $targets >/dev/null 2>&1 || cargo +nightly fuzz build -O
+# One build for every target (`fuzz build` takes at most one target name).
+cargo +nightly fuzz build -O
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 status=0

@@ -1,4 +1,4 @@
-//! Fuzz target: see `halo_fuzz::checks::crn`.
+//! Fuzz target: see `halo_test_support::fuzz_checks::crn`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_fuzz::checks::crn(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_test_support::fuzz_checks::crn(data));

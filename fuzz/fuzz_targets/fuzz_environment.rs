@@ -1,4 +1,4 @@
-//! Fuzz target: see `halo_fuzz::checks::environment`.
+//! Fuzz target: see `halo_test_support::fuzz_checks::environment`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_fuzz::checks::environment(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_test_support::fuzz_checks::environment(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `halo_fuzz::checks::guid`.
+//! Fuzz target: see `halo_test_support::fuzz_checks::guid`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_fuzz::checks::guid(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_test_support::fuzz_checks::guid(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `halo_fuzz::checks::pms`.
+//! Fuzz target: see `halo_test_support::fuzz_checks::pms`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_fuzz::checks::pms(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_test_support::fuzz_checks::pms(data));

@@ -1,4 +1,4 @@
-//! Fuzz target: see `halo_fuzz::checks::site_descriptor`.
+//! Fuzz target: see `halo_test_support::fuzz_checks::site_descriptor`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_fuzz::checks::site_descriptor(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| halo_test_support::fuzz_checks::site_descriptor(data));

@@ -68,7 +68,7 @@ use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 use halo_credentials::{CredentialError, Credentials};
 
 /// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// The full state, as stored in a snapshot: each part in its own crate's versioned
 /// snapshot form.
@@ -181,6 +181,9 @@ enum Command {
     },
     Snapshot {
         reply: Responder<Result<(), StoreError>>,
+    },
+    Capture {
+        reply: Responder<Snapshot>,
     },
     /// Runs on the writer thread with the private state, after what came before is
     /// durable (tests compare the private state with the published one).
@@ -353,6 +356,10 @@ impl Writer {
             Command::Snapshot { reply } => {
                 self.commit(batch);
                 reply(self.snapshot());
+            }
+            Command::Capture { reply } => {
+                self.commit(batch);
+                reply(self.snapshot_form());
             }
             #[cfg(test)]
             Command::Inspect(f) => {
@@ -691,6 +698,12 @@ impl CloudState {
         self.ask(|reply| Command::Snapshot { reply })
     }
 
+    /// The whole state in its snapshot form, once everything queued before is durable
+    /// (what a snapshot would store; for tools, tests and a node that starts another).
+    pub fn capture(&self) -> Reply<Snapshot> {
+        self.ask(|reply| Command::Capture { reply })
+    }
+
     /// Runs `f` on the writer thread with the private state, once everything queued
     /// before is durable.
     #[cfg(test)]
@@ -734,7 +747,9 @@ impl Drop for CloudState {
 
 /// Loads a snapshot into an empty writer.
 fn restore(w: &mut Writer, snapshot: Snapshot) -> Result<(), StateError> {
-    if snapshot.version != SNAPSHOT_VERSION {
+    // Version 2 differs from 1 only in holding a version-2 grants snapshot; each part
+    // is read by its own version, so both load.
+    if !(1..=SNAPSHOT_VERSION).contains(&snapshot.version) {
         return Err(StateError::Snapshot(format!(
             "snapshot format {} is not supported",
             snapshot.version

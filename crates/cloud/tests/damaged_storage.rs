@@ -82,7 +82,10 @@ fn build(dir: &Path) {
         r.expect("apply");
     }
     state.snapshot_now().wait().expect("snapshot");
-    for r in state.apply_tenancy(site_events(SITES / 2, SITES), NOW).wait() {
+    for r in state
+        .apply_tenancy(site_events(SITES / 2, SITES), NOW)
+        .wait()
+    {
         r.expect("apply");
     }
 }
@@ -213,7 +216,10 @@ fn page_truncation_accepted_salvages_in_place_and_keeps_the_damaged_file() {
         let sites = state.registry().site_count();
         assert!(sites > 0);
         // The Cloud writes again after the salvage.
-        for r in state.apply_tenancy(site_events(SITES, SITES + 1), NOW).wait() {
+        for r in state
+            .apply_tenancy(site_events(SITES, SITES + 1), NOW)
+            .wait()
+        {
             r.expect("apply after salvage");
         }
         sites

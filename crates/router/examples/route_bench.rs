@@ -20,9 +20,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/harness.rs"]
-mod harness;
-
 use std::hash::BuildHasher;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -33,7 +30,7 @@ use foldhash::fast::RandomState;
 use halo_ids::HaloGuid;
 use halo_router::Route;
 
-use harness::{Fixture, Op, Rng, Table, fixture, measure, quantile};
+use halo_test_support::routing_harness::{Fixture, Op, Rng, Table, fixture, measure, quantile};
 
 /// Length of one measurement round per table, in seconds.
 const ROUND_SECS: f64 = 1.0;

@@ -29,11 +29,7 @@ use std::time::{Duration, Instant};
 use halo_ids::Timestamp;
 use halo_tenancy::{LogEntry, Registry, RegistrySnapshot};
 
-#[path = "support/million.rs"]
-#[allow(dead_code)]
-mod million;
-
-use million::{SITES, events};
+use halo_test_support::million::{SITES, events};
 
 /// Replays the log through JSON lines: (registry, events, log bytes, decode, apply).
 fn replay() -> (Registry, u64, u64, Duration, Duration) {

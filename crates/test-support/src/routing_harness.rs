@@ -1,4 +1,4 @@
-//! The routing-throughput harness shared by `examples/route_bench.rs` and
+//! The routing-throughput harness shared by `halo-router`'s `route_bench` example and
 //! `benches/routing.rs`: one fixture, four tables holding the same records, the same
 //! route decision over each, and a writer making registry changes plus heartbeats.
 //!
@@ -12,8 +12,6 @@
 //! The decision is [`halo_router::check_route`] in every case: the policy's
 //! `evaluate` (key hash, integrator, practice, pairing, authority, components) plus
 //! the router's status and authority re-check. Stage, so no rate limit.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -49,6 +47,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// The sites, the router holding them, and the policy that allows them all.
+#[derive(Debug)]
 pub struct Fixture {
     /// The router, with every site published and the policy set.
     pub router: Router,
@@ -176,6 +175,7 @@ impl Fixture {
 pub type FastMap = HashMap<HaloGuid, Route, RandomState>;
 
 /// One of the four tables.
+#[derive(Debug)]
 pub enum Table<'a> {
     /// The router's own table.
     Router(&'a Router),
@@ -283,6 +283,7 @@ impl<'a> Table<'a> {
 }
 
 /// A xorshift generator: cheap enough not to show in the measurement.
+#[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -302,8 +303,15 @@ impl Rng {
 }
 
 /// Publication start times of the probe's epochs, indexed by epoch modulo its length.
+#[derive(Debug)]
 pub struct ProbeRing {
     starts: Vec<AtomicU64>,
+}
+
+impl Default for ProbeRing {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ProbeRing {

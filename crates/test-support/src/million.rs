@@ -1,37 +1,47 @@
-//! The 1 000 000-site mix shared by `benches/registry_build.rs` and
-//! `examples/snapshot_1m.rs` (included by path in both): 100 clusters of 1 000
-//! databases, 800 000 single servers (every fifth with two branch CRNs) and 100 000
-//! backups sharing a primary's CRN.
+//! The 1 000 000-site mix shared by `benches/registry_build.rs` and `halo-tenancy`'s
+//! `snapshot_1m` example: 100 clusters of 1 000 databases, 800 000 single servers
+//! (every fifth with two branch CRNs) and 100 000 backups sharing a primary's CRN.
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType};
 use halo_tenancy::{Catalogue, DatabaseIdentity, Event};
 
 /// Sites in the mix.
-pub(crate) const SITES: u32 = 1_000_000;
+pub const SITES: u32 = 1_000_000;
 /// Multi-tenant clusters.
-pub(crate) const CLUSTERS: u32 = 100;
+pub const CLUSTERS: u32 = 100;
 /// Databases per cluster.
-pub(crate) const PER_CLUSTER: u32 = 1_000;
+pub const PER_CLUSTER: u32 = 1_000;
 /// Backup servers.
-pub(crate) const BACKUPS: u32 = 100_000;
+pub const BACKUPS: u32 = 100_000;
 
-pub(crate) fn crn(i: u32) -> Crn {
-    format!("C{i:08}").parse().unwrap()
+/// The parent CRN of database `i` (`C` and eight digits).
+pub fn crn(i: u32) -> Crn {
+    format!("C{i:08}")
+        .parse()
+        .expect("C and digits is a valid CRN")
 }
 
-pub(crate) fn branch(i: u32, j: u32) -> Crn {
-    format!("B{i:08}{j}").parse().unwrap()
+/// Branch CRN `j` of database `i`.
+pub fn branch(i: u32, j: u32) -> Crn {
+    format!("B{i:08}{j}")
+        .parse()
+        .expect("B and digits is a valid CRN")
 }
 
-pub(crate) fn halo(i: u32) -> HaloGuid {
-    HaloGuid::from_u128((u128::from(i) + 1) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835).unwrap()
+/// The Halo GUID of database `i`, spread like random GUIDs.
+pub fn halo(i: u32) -> HaloGuid {
+    HaloGuid::from_u128((u128::from(i) + 1) * 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+        .expect("an odd constant times a non-zero u32 is never 0 mod 2^128")
 }
 
-pub(crate) fn link(i: u32) -> LinkGuid {
-    LinkGuid::from_u128((u128::from(i) + 1) * 0xD1B5_4A32_D192_ED03_A3C9_1B2E_4F5D_6A7B).unwrap()
+/// The GUID of Link `i`.
+pub fn link(i: u32) -> LinkGuid {
+    LinkGuid::from_u128((u128::from(i) + 1) * 0xD1B5_4A32_D192_ED03_A3C9_1B2E_4F5D_6A7B)
+        .expect("an odd constant times a non-zero u32 is never 0 mod 2^128")
 }
 
-pub(crate) fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
+/// A D4W database whose parent CRN is [`crn`]`(parent)`, with `branches` branch CRNs.
+pub fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
     DatabaseIdentity {
         pms_type: PmsType::D4w,
         crn: crn(parent),
@@ -46,7 +56,8 @@ pub(crate) fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
     }
 }
 
-pub(crate) fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
+/// Every database of the mix: (database index, Link index, identity).
+pub fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
     let clustered = CLUSTERS * PER_CLUSTER;
     let singles = SITES - clustered - BACKUPS;
     let cluster = (0..clustered).map(|i| (i, i / PER_CLUSTER, identity(i, 0)));
@@ -63,12 +74,13 @@ pub(crate) fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> 
     cluster.chain(single).chain(backup)
 }
 
-pub(crate) fn link_count() -> u32 {
+/// Number of Links in the mix (one per cluster, single server and backup).
+pub fn link_count() -> u32 {
     CLUSTERS + (SITES - CLUSTERS * PER_CLUSTER - BACKUPS) + BACKUPS
 }
 
 /// The whole log, lazily.
-pub(crate) fn events() -> impl Iterator<Item = Event> {
+pub fn events() -> impl Iterator<Item = Event> {
     let register = (0..link_count()).map(|k| Event::LinkRegistered {
         link: link(k),
         environment: Environment::Production,

@@ -1,0 +1,24 @@
+//! Fixtures shared by the benches, examples, fuzz targets and workspace tests, so
+//! none of them includes another's source by `#[path]`.
+//!
+//! Each module sits behind a feature; a user enables only what it needs (the fuzz
+//! workspace takes just `fuzz`, so its sanitizer build skips the router), and a
+//! module is documented only where its feature is on:
+//!
+//! - feature `million`, module `million`: the 1 000 000-site tenancy mix of
+//!   `benches/registry_build.rs` and `halo-tenancy`'s `snapshot_1m` example;
+//! - feature `routing`, module `routing_harness`: the routing-throughput harness of
+//!   `benches/routing.rs` and `halo-router`'s `route_bench` example;
+//! - feature `fuzz`, module `fuzz_checks`: the properties every fuzz target checks,
+//!   run by the targets under libFuzzer and over the committed corpus by
+//!   `tests/fuzz_corpus.rs`.
+//!
+//! Not published; a dev-dependency only. It depends on the core crates, never the
+//! other way round at normal-dependency level.
+
+#[cfg(feature = "fuzz")]
+pub mod fuzz_checks;
+#[cfg(feature = "million")]
+pub mod million;
+#[cfg(feature = "routing")]
+pub mod routing_harness;
