@@ -19,7 +19,8 @@ pub mod record;
 mod serve;
 pub mod site_view;
 pub mod state;
-
+pub mod status;
+mod write;
 
 pub use app::{
     App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,

@@ -3,7 +3,6 @@
 //! session, then shuttle jobs out and results in until the socket closes. Closing
 //! detaches the session, which fails the Link's in-flight queries at once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -12,18 +11,18 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
 use halo_ids::{LinkGuid, PmsId, Timestamp};
-use tokio::sync::broadcast;
 use halo_policy::{ExecutionMode, KeyHash};
 use halo_protocol::{
     Allowlist, CloudToLink, DatabaseInfo, DatabaseRejection, Hello, LinkToCloud, MAX_FRAME_BYTES,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event, TenancyError};
+use halo_tenancy::{Catalogue, DatabaseIdentity, Registration, SiteRegistration};
+use tokio::sync::broadcast;
 
 use crate::app::AppState;
 use crate::clock::now;
-use crate::error::ApiError;
+use crate::error::{ApiError, link_authentication_error};
 use crate::extract::bearer;
 use crate::record::CredentialEvent;
 
@@ -45,7 +44,7 @@ pub async fn link_ws(
     let token_hash = KeyHash::of(token);
     app.state
         .check_credential(&token_hash)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        .map_err(|e| link_authentication_error(&e))?;
     Ok(ws
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -100,27 +99,6 @@ async fn refuse(socket: &mut WebSocket, reason: String) -> String {
     reason
 }
 
-fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event> {
-    let link = hello.link_guid;
-    let mut events = vec![Event::LinkRegistered {
-        link,
-        environment: hello.environment,
-        version: hello.link_version.clone(),
-    }];
-    for db in databases {
-        events.push(Event::DatabaseAttached {
-            link,
-            site: db.halo_guid,
-            identity: identity(db),
-        });
-        events.push(Event::DatabaseReady {
-            link,
-            site: db.halo_guid,
-        });
-    }
-    events
-}
-
 fn identity(db: &DatabaseInfo) -> DatabaseIdentity {
     DatabaseIdentity {
         pms_type: db.pms_type,
@@ -155,37 +133,38 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
 }
 
 /// Registers the hello's admitted databases durably; returns the rejections of the
-/// Cloud's registry (the scope's own rejections are in `rejected` already).
+/// Cloud's registry (the scope's own rejections are in `rejected` already). What
+/// came of each database is `halo_tenancy::Registration`'s decision.
 async fn register(
     app: &AppState,
     hello: &Hello,
     admitted: &[&DatabaseInfo],
     mut rejected: Vec<DatabaseRejection>,
 ) -> Result<Vec<DatabaseRejection>, String> {
-    let events = registration_events(hello, admitted);
-    let state = Arc::clone(app);
-    let results = tokio::task::spawn_blocking(move || state.state.apply_tenancy(&events, now()))
+    let registration = Registration::new(
+        hello.link_guid,
+        hello.environment,
+        hello.link_version.clone(),
+        admitted.iter().map(|db| (db.halo_guid, identity(db))),
+    );
+    let outcomes = app
+        .write(move |state| {
+            let results = state.apply_tenancy(registration.events(), now());
+            registration.outcomes(results)
+        })
         .await
+        .map_err(|e| e.message().to_owned())?
         .map_err(|e| e.to_string())?;
-    let mut results = results.into_iter();
-    if let Some(Err(e)) = results.next() {
-        return Err(format!("link registration refused: {e}"));
-    }
-    for db in admitted {
-        let attached = results.next().unwrap_or(Ok(()));
-        let ready = results.next().unwrap_or(Ok(()));
-        let refusal = match (attached, ready) {
-            (Err(e), _) => Some(e),
-            // Re-attaching a site that is already active is not an error.
-            (Ok(()), Err(TenancyError::InvalidTransition { .. })) | (Ok(()), Ok(())) => None,
-            (Ok(()), Err(e)) => Some(e),
-        };
-        if let Some(e) = refusal {
-            tracing::warn!(link = %hello.link_guid, site = %db.halo_guid, error = %e, "database refused");
-            rejected.push(DatabaseRejection {
-                halo_guid: db.halo_guid,
-                reason: e.to_string(),
-            });
+    for (site, outcome) in outcomes {
+        match outcome {
+            SiteRegistration::Registered | SiteRegistration::AlreadyActive => {}
+            SiteRegistration::Refused(e) => {
+                tracing::warn!(link = %hello.link_guid, %site, error = %e, "database refused");
+                rejected.push(DatabaseRejection {
+                    halo_guid: site,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
     Ok(rejected)
@@ -243,11 +222,11 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
     if first_use {
-        let state = Arc::clone(&app);
         let event = CredentialEvent::Bound { token_hash, link };
-        let bound = tokio::task::spawn_blocking(move || state.state.apply_credential(event, now()))
+        let bound = app
+            .write(move |state| state.apply_credential(event, now()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.message().to_owned())?;
         if let Err(e) = bound {
             // Another connection bound it first.
             return Err(refuse(&mut socket, e.to_string()).await);
@@ -273,7 +252,15 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
-    let result = serve(&app, link, &token_hash, &mut socket, &mut session, &mut kicks).await;
+    let result = serve(
+        &app,
+        link,
+        &token_hash,
+        &mut socket,
+        &mut session,
+        &mut kicks,
+    )
+    .await;
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
     drop(session);
     result

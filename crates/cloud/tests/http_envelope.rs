@@ -23,6 +23,7 @@ fn router() -> axum::Router {
         availability: AvailabilityConfig::default(),
         snapshot_every: 0,
         accept_damaged_log: false,
+        max_databases_per_link: app::MAX_DATABASES_PER_LINK,
         http: HttpLimits::default(),
     })
     .unwrap();
@@ -177,7 +178,10 @@ async fn a_body_over_the_limit_is_413_in_the_envelope() {
         );
     }
     // Just under the limit is accepted.
-    let fits = format!(r#"{{"label":"{}"}}"#, "x".repeat(app::MAX_BODY_BYTES - 64));
+    let fits = format!(
+        r#"{{"label":"{}","environment":"stage"}}"#,
+        "x".repeat(app::MAX_BODY_BYTES - 64)
+    );
     let response = router
         .clone()
         .oneshot(admin_post(
