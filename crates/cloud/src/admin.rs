@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use halo_credentials::{Credential, CredentialError, CredentialId, Scope, ScopeKind};
+use halo_credentials::{Credential, CredentialId, Scope, ScopeKind};
 use halo_ids::{Environment, HaloGuid, LinkGuid, PmsId, PmsType};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
 use halo_tenancy::Event;
@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::SiteDto;
-use crate::error::ApiError;
+use crate::error::{ApiError, credential_error};
 use crate::extract::{ApiJson, ApiPath, bearer};
 use crate::record::CredentialEvent;
 use crate::site_view::site_dto;
@@ -53,10 +53,7 @@ fn integrator(id: &str) -> Result<IntegratorId, ApiError> {
 
 /// Applies a policy event: answered once it is durable.
 async fn policy(app: &AppState, event: PolicyEvent) -> Result<(), ApiError> {
-    app.state
-        .apply_policy(event, now())
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+    Ok(app.state.apply_policy(event, now()).await?)
 }
 
 /// A random secret: 32 bytes as hex, with a readable prefix.
@@ -78,7 +75,7 @@ pub struct PmsTypeBody {
 /// `POST /admin/integrators/{integrator}/enable`: the vendor enables an integrator.
 #[utoipa::path(post, path = "/admin/integrators/{integrator}/enable", tag = "admin",
     params(("integrator" = String, Path)), request_body = PmsTypeBody,
-    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), crate::openapi::AdminWriteErrors),
     security(("admin" = [])))]
 pub async fn enable_integrator(
     _: Admin,
@@ -120,7 +117,7 @@ pub struct ComponentsBody {
 /// (replaces the earlier set for that PMS type).
 #[utoipa::path(put, path = "/admin/integrators/{integrator}/components", tag = "admin",
     params(("integrator" = String, Path)), request_body = ComponentsBody,
-    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), crate::openapi::AdminWriteErrors),
     security(("admin" = [])))]
 pub async fn authorise_components(
     _: Admin,
@@ -154,7 +151,7 @@ pub struct PracticeBody {
 /// an integrator.
 #[utoipa::path(post, path = "/admin/integrators/{integrator}/practices", tag = "admin",
     params(("integrator" = String, Path)), request_body = PracticeBody,
-    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), crate::openapi::AdminWriteErrors),
     security(("admin" = [])))]
 pub async fn enable_practice(
     _: Admin,
@@ -192,7 +189,7 @@ pub struct SecretDto {
 /// one environment.
 #[utoipa::path(post, path = "/admin/integrators/{integrator}/keys", tag = "admin",
     params(("integrator" = String, Path)), request_body = KeyBody,
-    responses((status = 200, body = SecretDto), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = SecretDto), crate::openapi::AdminWriteErrors),
     security(("admin" = [])))]
 pub async fn issue_key(
     _: Admin,
@@ -219,7 +216,7 @@ pub async fn issue_key(
 /// limits, IP allowlists, revocations, disabling).
 #[utoipa::path(post, path = "/admin/policy-events", tag = "admin",
     request_body(content = Object, description = "a halo-policy PolicyEvent, e.g. {\"event\":\"quotaSet\",...}"),
-    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), crate::openapi::AdminWriteErrors),
     security(("admin" = [])))]
 pub async fn policy_event(
     _: Admin,
@@ -316,16 +313,6 @@ fn credential_dto(id: CredentialId, c: &Credential) -> CredentialDto {
     }
 }
 
-/// Maps a refused credential event to its status.
-fn credential_error(e: &CredentialError) -> ApiError {
-    let status = match e {
-        CredentialError::Unknown => StatusCode::NOT_FOUND,
-        CredentialError::AlreadyIssued | CredentialError::NoScope => StatusCode::CONFLICT,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ApiError::new(status, e.to_string())
-}
-
 /// Applies a credential event: answered once it is durable.
 async fn credential(app: &AppState, event: CredentialEvent) -> Result<(), ApiError> {
     app.state
@@ -348,8 +335,7 @@ fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid
 /// owns it, one to one.
 #[utoipa::path(post, path = "/admin/link-credentials", tag = "admin",
     request_body = CredentialBody,
-    responses((status = 200, body = CredentialSecretDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = CredentialSecretDto), crate::openapi::CredentialIssueErrors),
     security(("admin" = [])))]
 pub async fn issue_link_credential(
     _: Admin,
@@ -379,7 +365,7 @@ pub async fn issue_link_credential(
 
 /// `GET /admin/link-credentials`: every Link credential (never a token).
 #[utoipa::path(get, path = "/admin/link-credentials", tag = "admin",
-    responses((status = 200, body = Vec<CredentialDto>), (status = 401, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = Vec<CredentialDto>), crate::openapi::AdminListErrors),
     security(("admin" = [])))]
 pub async fn list_link_credentials(
     _: Admin,
@@ -411,8 +397,7 @@ fn action(body: Result<ApiJson<ActionBody>, ApiError>) -> Result<ActionBody, Api
 /// from now on; its Link's live session is closed within a second.
 #[utoipa::path(post, path = "/admin/link-credentials/{id}/revoke", tag = "admin",
     params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ActionBody,
-    responses((status = 204), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), crate::openapi::RevokeErrors),
     security(("admin" = [])))]
 pub async fn revoke_link_credential(
     _: Admin,
@@ -439,8 +424,7 @@ pub async fn revoke_link_credential(
 /// the new token).
 #[utoipa::path(post, path = "/admin/link-credentials/{id}/rotate", tag = "admin",
     params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ActionBody,
-    responses((status = 200, body = CredentialSecretDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = CredentialSecretDto), crate::openapi::ActionErrors),
     security(("admin" = [])))]
 pub async fn rotate_link_credential(
     _: Admin,
@@ -486,9 +470,7 @@ pub struct ScopeBody {
 /// announces them on its next connection.
 #[utoipa::path(post, path = "/admin/link-credentials/{id}/scope", tag = "admin",
     params(("id" = String, Path, description = "credential id (lc_...)")), request_body = ScopeBody,
-    responses((status = 200, body = CredentialDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
-        (status = 409, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = CredentialDto), crate::openapi::ActionErrors),
     security(("admin" = [])))]
 pub async fn extend_link_credential_scope(
     _: Admin,
@@ -556,7 +538,7 @@ fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> 
 /// `GET /admin/sites/{siteId}`: the support view of a site.
 #[utoipa::path(get, path = "/admin/sites/{siteId}", tag = "admin",
     params(("siteId" = String, Path)),
-    responses((status = 200, body = AdminSiteDto), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = AdminSiteDto), crate::openapi::AdminReadErrors),
     security(("admin" = [])))]
 pub async fn get_site(
     _: Admin,
@@ -571,9 +553,7 @@ pub async fn get_site(
 /// group (recorded with actor and reason; the epoch grows).
 #[utoipa::path(post, path = "/admin/sites/{siteId}/promote", tag = "admin",
     params(("siteId" = String, Path)), request_body = PromoteBody,
-    responses((status = 200, body = AdminSiteDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
-        (status = 409, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = AdminSiteDto), crate::openapi::ActionErrors),
     security(("admin" = [])))]
 pub async fn promote(
     _: Admin,
@@ -588,9 +568,6 @@ pub async fn promote(
         actor: b.actor,
         reason: b.reason,
     };
-    app.state
-        .apply_one(event, now())
-        .await
-        .map_err(crate::error::tenancy_error)?;
+    app.state.apply_one(event, now()).await?;
     admin_site(&app, halo).map(Json)
 }

@@ -1,11 +1,19 @@
 //! The one error-to-HTTP mapping of the Cloud: every handler returns [`ApiError`],
 //! rendered as the integrator API's envelope
-//! `{ "error": { "status", "statusText", "message" } }`.
+//! `{ "error": { "status", "statusText", "message" } }`. The core's domain errors
+//! become `ApiError`s here (`From` impls and the functions below), with the status
+//! of the one table in [`crate::status`].
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use halo_credentials::CredentialError;
+use halo_policy::{Deny, DenyCode, PolicyError};
+use halo_router::{CrnRefusal, QueryFailure, RouteError};
+use halo_tenancy::TenancyError;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::status;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +68,6 @@ impl ApiError {
             retry_after_secs: None,
             details: None,
         }
-    }
-
-    /// An error from a numeric status (falls back to 500 for an invalid one).
-    pub fn from_code(status: u16, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            message,
-        )
     }
 
     /// 400 Bad Request.
@@ -140,14 +140,88 @@ impl From<halo_ids::IdError> for ApiError {
     }
 }
 
-/// Maps a refused tenancy event by its class.
-pub fn tenancy_error(e: halo_tenancy::TenancyError) -> ApiError {
-    let status = match e.class() {
-        halo_tenancy::ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        halo_tenancy::ErrorClass::Invalid => StatusCode::BAD_REQUEST,
-        _ => StatusCode::CONFLICT,
-    };
-    ApiError::new(status, e.to_string())
+impl From<&Deny> for ApiError {
+    /// A policy denial: its message, and `Retry-After` when rate limited.
+    fn from(deny: &Deny) -> Self {
+        let e = Self::new(status::deny(deny.code()), deny.message());
+        match deny.code() {
+            DenyCode::RateLimited { retry_after_ms } => e.with_retry_after_ms(retry_after_ms),
+            DenyCode::MissingKey
+            | DenyCode::UnknownKey
+            | DenyCode::WrongEnvironment
+            | DenyCode::IntegratorNotEnabled
+            | DenyCode::PracticeNotEnabled
+            | DenyCode::NotPaired
+            | DenyCode::ComponentNotAuthorised
+            | DenyCode::WriteNotAuthorised
+            | DenyCode::SiteNotAuthoritative
+            | DenyCode::CallerIpNotAllowed
+            | DenyCode::QuotaExhausted
+            | DenyCode::UnknownSite => e,
+        }
+    }
+}
+
+impl From<Deny> for ApiError {
+    fn from(deny: Deny) -> Self {
+        Self::from(&deny)
+    }
+}
+
+impl From<RouteError> for ApiError {
+    /// A routing error: a denial as above; a query the database failed with
+    /// `errorDetails` (its own message stays out of `message`); anything else with
+    /// the error's text.
+    fn from(e: RouteError) -> Self {
+        let status = status::route(&e);
+        match e {
+            RouteError::Denied(deny) => Self::from(&deny),
+            RouteError::Failed(QueryFailure::Database {
+                error_type,
+                error_code,
+                message,
+            }) => {
+                Self::new(status, "the query failed in the database").with_details(ErrorDetails {
+                    error_type,
+                    error_code,
+                    error_message: message,
+                })
+            }
+            other => Self::new(status, other.to_string()),
+        }
+    }
+}
+
+impl From<CrnRefusal> for ApiError {
+    /// A CRN refused with guidance (its message never names another tenant).
+    fn from(refusal: CrnRefusal) -> Self {
+        Self::new(status::crn_refusal(refusal), refusal.to_string())
+    }
+}
+
+impl From<TenancyError> for ApiError {
+    /// A refused tenancy event, by its class.
+    fn from(e: TenancyError) -> Self {
+        Self::new(status::tenancy(e.class()), e.to_string())
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    /// A refused policy event of the admin API.
+    fn from(e: PolicyError) -> Self {
+        Self::new(status::policy_action(&e), e.to_string())
+    }
+}
+
+/// A refused credential action of the admin API. (A Link token refused at the
+/// WebSocket upgrade is [`link_authentication_error`] instead.)
+pub fn credential_error(e: &CredentialError) -> ApiError {
+    ApiError::new(status::credential_action(e), e.to_string())
+}
+
+/// A Link token refused at the WebSocket upgrade: 401, with the reason.
+pub fn link_authentication_error(e: &CredentialError) -> ApiError {
+    ApiError::new(status::link_authentication(e), e.to_string())
 }
 
 /// The longest message made from a client's input or a library's text; longer ones

@@ -10,52 +10,23 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType};
 use halo_policy::{Authenticated, Deny, ExecutionMode, Policy, extract_components};
-use halo_router::{Command, QueryFailure, RouteError, RouteRequest};
+use halo_router::{Command, RouteRequest};
 
 use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::{
     ImmediateQueryDto, MetricsDto, PracticeQuery, QueryDto, ResultDto, SiteDto, SitesDto, rfc3339,
 };
-use crate::error::{ApiError, ErrorDetails};
+use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, CallerIp, subscription_key};
 use crate::site_view::{policy_view, site_dto};
-
-/// Maps a policy denial to its status and message (and `Retry-After` for 429).
-pub(crate) fn deny_error(deny: &Deny) -> ApiError {
-    let e = ApiError::from_code(deny.http_status(), deny.message());
-    match deny.code() {
-        halo_policy::DenyCode::RateLimited { retry_after_ms } => {
-            e.with_retry_after_ms(retry_after_ms)
-        }
-        _ => e,
-    }
-}
-
-/// Maps a routing error to its status and message.
-pub(crate) fn route_error(e: RouteError) -> ApiError {
-    match &e {
-        RouteError::Denied(deny) => deny_error(deny),
-        RouteError::Failed(QueryFailure::Database {
-            error_type,
-            error_code,
-            message,
-        }) => ApiError::from_code(e.http_status(), "the query failed in the database")
-            .with_details(ErrorDetails {
-                error_type: error_type.clone(),
-                error_code: error_code.clone(),
-                error_message: message.clone(),
-            }),
-        _ => ApiError::from_code(e.http_status(), e.to_string()),
-    }
-}
 
 fn authenticate(
     policy: &Policy,
     headers: &HeaderMap,
     ip: CallerIp,
 ) -> Result<Authenticated, ApiError> {
-    halo_policy::authenticate(policy, subscription_key(headers), ip.0).map_err(|d| deny_error(&d))
+    halo_policy::authenticate(policy, subscription_key(headers), ip.0).map_err(ApiError::from)
 }
 
 /// Parses the practice named in the query string (PMS name defaults to D4W).
@@ -85,8 +56,7 @@ fn resolve_practice(
     crn: Crn,
 ) -> Result<PmsId, ApiError> {
     let registry = app.state.registry();
-    halo_router::resolve_crn(&registry, policy, who, pms_type, crn)
-        .map_err(|refusal| ApiError::bad_request(refusal.to_string()))
+    halo_router::resolve_crn(&registry, policy, who, pms_type, crn).map_err(ApiError::from)
 }
 
 /// The common start of the by-PMS-ID endpoints: the key (401), the practice named in
@@ -104,8 +74,7 @@ fn authorised_practice(
     let who = authenticate(&policy, headers, ip)?;
     let (pms_type, crn) = practice(query)?;
     let pms_id = resolve_practice(app, &policy, &who, pms_type, crn)?;
-    halo_policy::authorise_practice(&policy, subscription_key(headers), ip.0, pms_id)
-        .map_err(|d| deny_error(&d))?;
+    halo_policy::authorise_practice(&policy, subscription_key(headers), ip.0, pms_id)?;
     Ok((who, pms_id))
 }
 
@@ -125,9 +94,7 @@ fn practice_sites(app: &AppState, who: &Authenticated, pms_id: PmsId) -> Vec<Sit
 /// `GET /integrator/sites`: the sites of a practice, by PMS ID.
 #[utoipa::path(get, path = "/integrator/sites", tag = "integrator",
     params(PracticeQuery, ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SitesDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = SitesDto), crate::openapi::SiteLookupErrors))]
 pub async fn find_sites(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -146,8 +113,7 @@ pub async fn find_sites(
 #[utoipa::path(get, path = "/integrator/sites/{siteId}", tag = "integrator",
     params(("siteId" = String, Path, description = "Halo GUID"),
         ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SiteDto), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = SiteDto), crate::openapi::SiteLookupErrors))]
 pub async fn site_status(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -158,33 +124,23 @@ pub async fn site_status(
     let who = authenticate(&policy, &headers, ip)?;
     let halo: HaloGuid = site_id.parse()?;
     let now = now();
-    let w = app.state.registry();
-    let registry = &*w;
-    let not_found = || ApiError::not_found("site not found");
-    let site = registry.site(halo).ok_or_else(not_found)?;
-    let view = policy_view(site);
-    // Visible to this integrator at all? Same answer as an unknown site if not.
-    let same_env = halo_policy::SiteView {
-        environment: who.environment(),
-        ..view
-    };
-    if !halo_policy::site_visible(&policy, &who, &same_env) {
-        return Err(not_found());
+    let registry = app.state.registry();
+    // The core decides: unknown and not visible answer alike (404); a key of the
+    // other environment is told so (401) only about a site it may see.
+    let site = registry.site(halo);
+    halo_policy::site_status_access(&policy, &who, site.map(policy_view).as_ref())?;
+    match site {
+        Some(site) => Ok(Json(site_dto(&registry, site, now, &app.state))),
+        // `site_status_access` refuses a missing site: never reached.
+        None => Err(ApiError::not_found("site not found")),
     }
-    if view.environment != who.environment() {
-        return Err(ApiError::unauthorized(
-            "subscription key is for another environment than the site",
-        ));
-    }
-    Ok(Json(site_dto(registry, site, now, &app.state)))
 }
 
 /// `POST /integrator/pair-site`: pairs the integrator with a practice's site, in the
 /// environment of the key only (a Stage pairing never pairs Production).
 #[utoipa::path(post, path = "/integrator/pair-site", tag = "integrator",
     params(PracticeQuery, ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SiteDto), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = SiteDto), crate::openapi::PairSiteErrors))]
 pub async fn pair_site(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -225,11 +181,7 @@ fn execution_mode(text: &str) -> Result<ExecutionMode, ApiError> {
     params(("siteId" = String, Path, description = "Halo GUID"),
         ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
     request_body = ImmediateQueryDto,
-    responses((status = 200, body = QueryDto), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope), (status = 413, body = crate::error::ErrorEnvelope),
-        (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope),
-        (status = 504, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = QueryDto), crate::openapi::QueryErrors))]
 pub async fn immediate_query(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -246,8 +198,8 @@ pub async fn immediate_query(
         return Err(ApiError::bad_request("command.type must be text"));
     }
     let mode = execution_mode(&body.command.execution_mode)?;
-    let components =
-        extract_components(&body.command.text).map_err(|e| deny_error(&Deny::unanalysable(&e)))?;
+    let components = extract_components(&body.command.text)
+        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
     let parameters = if body.command.parameters.is_empty() {
         None
     } else {
@@ -267,13 +219,13 @@ pub async fn immediate_query(
             parameters,
         },
     };
-    let mut dispatch = app.state.router().route(request).map_err(route_error)?;
+    let mut dispatch = app.state.router().route(request)?;
     let wait = dispatch.deadline().saturating_since(now());
     let outcome = match tokio::time::timeout(wait, &mut dispatch).await {
         Ok(outcome) => outcome,
         Err(_) => dispatch.expire(),
     };
-    let output = outcome.map_err(route_error)?;
+    let output = outcome?;
     let updated = now();
     Ok(Json(QueryDto {
         id: uuid::Uuid::new_v4().to_string(),

@@ -19,6 +19,7 @@ pub mod record;
 mod serve;
 pub mod site_view;
 pub mod state;
+pub mod status;
 
 pub use app::{
     App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,

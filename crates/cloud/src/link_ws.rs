@@ -17,12 +17,12 @@ use halo_protocol::{
     QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event, TenancyError};
+use halo_tenancy::{Catalogue, DatabaseIdentity, Registration, SiteRegistration};
 use tokio::sync::broadcast;
 
 use crate::app::AppState;
 use crate::clock::now;
-use crate::error::ApiError;
+use crate::error::{ApiError, link_authentication_error};
 use crate::extract::bearer;
 use crate::record::CredentialEvent;
 
@@ -44,7 +44,7 @@ pub async fn link_ws(
     let token_hash = KeyHash::of(token);
     app.state
         .check_credential(&token_hash)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        .map_err(|e| link_authentication_error(&e))?;
     Ok(ws
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -99,27 +99,6 @@ async fn refuse(socket: &mut WebSocket, reason: String) -> String {
     reason
 }
 
-fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event> {
-    let link = hello.link_guid;
-    let mut events = vec![Event::LinkRegistered {
-        link,
-        environment: hello.environment,
-        version: hello.link_version.clone(),
-    }];
-    for db in databases {
-        events.push(Event::DatabaseAttached {
-            link,
-            site: db.halo_guid,
-            identity: identity(db),
-        });
-        events.push(Event::DatabaseReady {
-            link,
-            site: db.halo_guid,
-        });
-    }
-    events
-}
-
 fn identity(db: &DatabaseInfo) -> DatabaseIdentity {
     DatabaseIdentity {
         pms_type: db.pms_type,
@@ -154,34 +133,35 @@ async fn read_hello(socket: &mut WebSocket) -> Result<Hello, String> {
 }
 
 /// Registers the hello's admitted databases durably; returns the rejections of the
-/// Cloud's registry (the scope's own rejections are in `rejected` already).
+/// Cloud's registry (the scope's own rejections are in `rejected` already). What
+/// came of each database is `halo_tenancy::Registration`'s decision.
 async fn register(
     app: &AppState,
     hello: &Hello,
     admitted: &[&DatabaseInfo],
     mut rejected: Vec<DatabaseRejection>,
 ) -> Result<Vec<DatabaseRejection>, String> {
-    let events = registration_events(hello, admitted);
-    let results = app.state.apply_tenancy(events, now()).await;
-    let mut results = results.into_iter();
-    if let Some(Err(e)) = results.next() {
-        return Err(format!("link registration refused: {e}"));
-    }
-    for db in admitted {
-        let attached = results.next().unwrap_or(Ok(()));
-        let ready = results.next().unwrap_or(Ok(()));
-        let refusal = match (attached, ready) {
-            (Err(e), _) => Some(e),
-            // Re-attaching a site that is already active is not an error.
-            (Ok(()), Err(TenancyError::InvalidTransition { .. })) | (Ok(()), Ok(())) => None,
-            (Ok(()), Err(e)) => Some(e),
-        };
-        if let Some(e) = refusal {
-            tracing::warn!(link = %hello.link_guid, site = %db.halo_guid, error = %e, "database refused");
-            rejected.push(DatabaseRejection {
-                halo_guid: db.halo_guid,
-                reason: e.to_string(),
-            });
+    let registration = Registration::new(
+        hello.link_guid,
+        hello.environment,
+        hello.link_version.clone(),
+        admitted.iter().map(|db| (db.halo_guid, identity(db))),
+    );
+    let results = app
+        .state
+        .apply_tenancy(registration.events().to_vec(), now())
+        .await;
+    let outcomes = registration.outcomes(results).map_err(|e| e.to_string())?;
+    for (site, outcome) in outcomes {
+        match outcome {
+            SiteRegistration::Registered | SiteRegistration::AlreadyActive => {}
+            SiteRegistration::Refused(e) => {
+                tracing::warn!(link = %hello.link_guid, %site, error = %e, "database refused");
+                rejected.push(DatabaseRejection {
+                    halo_guid: site,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
     Ok(rejected)

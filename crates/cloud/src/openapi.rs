@@ -1,7 +1,19 @@
 //! The OpenAPI document of the integrator and admin APIs, generated from the
 //! handlers' annotations and served at `/openapi.json`.
+//!
+//! The error responses of every operation come from one definition per class of
+//! endpoint ([`SiteLookupErrors`], [`QueryErrors`], [`AdminWriteErrors`], ...): each
+//! lists the statuses its endpoints can answer, all in the error envelope, described
+//! by one table ([`describe`]), the same as README's error table.
 
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 
 use crate::{admin, dto, error, integrator};
 
@@ -58,5 +70,301 @@ impl utoipa::Modify for Security {
                 "Ocp-Apim-Subscription-Key",
             ))),
         );
+    }
+}
+
+/// What an error status means, for any endpoint that answers it.
+pub fn describe(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => {
+            "Bad input: an invalid identifier, path, query string or JSON body (not UTF-8 once \
+             percent-decoded, or of the wrong shape), a refused event; a branch CRN or a demo \
+             copy's real CRN, only to a caller entitled to that practice; a query the database \
+             failed (with `errorDetails`) or that needs more memory than the Link allows"
+        }
+        401 => {
+            "Missing or unknown subscription key or admin token, or a subscription key of \
+             the other environment than the site"
+        }
+        403 => {
+            "Not allowed: integrator or practice not enabled, not paired in this environment, \
+             component, statement kind or SQL function not authorised, command refused, site \
+             not authoritative, caller IP not allowed, quota exhausted"
+        }
+        404 => {
+            "Not found: an unknown site, or a site whose practice is not enabled for the caller \
+             (exactly the same answer); no live site for the practice; an unknown credential"
+        }
+        405 => "Method not allowed on this route (the `Allow` header lists the methods)",
+        408 => "The request body was not received within the body deadline",
+        409 => {
+            "Conflicts with the current state (authority, CRN claims, a credential without a \
+             scope, a token already issued)"
+        }
+        413 => "The request body is over 1 MiB, or the result over the size limit",
+        415 => "The body was sent without `Content-Type: application/json`",
+        429 => "Rate limit exceeded; retry after `Retry-After` seconds",
+        500 => "Internal error (the cause is logged, never sent)",
+        503 => {
+            "The site is unreachable or busy, including a query that could not start on the \
+             Link within its `maxTimeInQueue`"
+        }
+        504 => "The query ran over its deadline",
+        _ => "Error",
+    }
+}
+
+/// The responses for `statuses`, each with the error envelope as its body.
+fn envelope_responses(statuses: &[StatusCode]) -> BTreeMap<String, RefOr<Response>> {
+    statuses
+        .iter()
+        .map(|&status| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                .build();
+            let mut response = ResponseBuilder::new()
+                .description(describe(status))
+                .content("application/json", content);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("Seconds until a request may succeed"))
+                        .build(),
+                );
+            }
+            (status.as_u16().to_string(), RefOr::T(response.build()))
+        })
+        .collect()
+}
+
+/// Declares one class of endpoint: a type whose OpenAPI responses are its error
+/// statuses, each in the envelope.
+macro_rules! error_responses {
+    ($(#[doc = $doc:literal])* $name:ident: [$($status:ident),* $(,)?]) => {
+        $(#[doc = $doc])*
+        #[derive(Debug)]
+        pub struct $name;
+
+        impl $name {
+            /// The error statuses of this class of endpoint.
+            pub const STATUSES: &'static [StatusCode] = &[$(StatusCode::$status),*];
+        }
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                envelope_responses(Self::STATUSES)
+            }
+        }
+    };
+}
+
+error_responses! {
+    /// Integrator endpoints that read by key and a site or practice (find sites, site
+    /// status).
+    SiteLookupErrors: [BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED]
+}
+
+error_responses! {
+    /// Pair site: a lookup by practice that writes the pairing.
+    PairSiteErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED,
+        INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// The immediate query: a JSON body, the policy, limits, and the Link's answer.
+    QueryErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
+        PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE,
+        GATEWAY_TIMEOUT,
+    ]
+}
+
+error_responses! {
+    /// Admin endpoints that list, without parameters.
+    AdminListErrors: [UNAUTHORIZED, METHOD_NOT_ALLOWED]
+}
+
+error_responses! {
+    /// Admin endpoints that read one thing named in the path.
+    AdminReadErrors: [BAD_REQUEST, UNAUTHORIZED, NOT_FOUND, METHOD_NOT_ALLOWED]
+}
+
+error_responses! {
+    /// Admin endpoints that apply one policy event from a JSON body.
+    AdminWriteErrors: [
+        BAD_REQUEST, UNAUTHORIZED, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// Issuing a Link credential (a conflict only if the new token is already issued).
+    CredentialIssueErrors: [
+        BAD_REQUEST, UNAUTHORIZED, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT, CONFLICT,
+        PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// Revoking a Link credential named in the path (revoking twice is not an error).
+    RevokeErrors: [
+        BAD_REQUEST, UNAUTHORIZED, NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
+        PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// Support actions on a thing named in the path that may conflict with its state
+    /// (rotate or extend a credential, promote a site).
+    ActionErrors: [
+        BAD_REQUEST, UNAUTHORIZED, NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT, CONFLICT,
+        PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+    use utoipa::OpenApi as _;
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap()
+    }
+
+    fn statuses(doc: &Value, path: &str, method: &str) -> BTreeSet<u16> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} is not documented"))
+            .keys()
+            .map(|k| k.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_operation_lists_every_status_it_can_answer() {
+        let doc = document();
+        let cases: &[(&str, &str, &[u16])] = &[
+            ("/integrator/sites", "get", &[200, 400, 401, 403, 404, 405]),
+            (
+                "/integrator/sites/{siteId}",
+                "get",
+                &[200, 400, 401, 403, 404, 405],
+            ),
+            (
+                "/integrator/pair-site",
+                "post",
+                &[200, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/immediate",
+                "post",
+                &[200, 400, 401, 403, 404, 405, 408, 413, 415, 429, 503, 504],
+            ),
+            (
+                "/admin/integrators/{integrator}/enable",
+                "post",
+                &[204, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/integrators/{integrator}/components",
+                "put",
+                &[204, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/integrators/{integrator}/practices",
+                "post",
+                &[204, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/integrators/{integrator}/keys",
+                "post",
+                &[200, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/policy-events",
+                "post",
+                &[204, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/link-credentials",
+                "post",
+                &[200, 400, 401, 405, 408, 409, 413, 415, 500],
+            ),
+            ("/admin/link-credentials", "get", &[200, 401, 405]),
+            (
+                "/admin/link-credentials/{id}/revoke",
+                "post",
+                &[204, 400, 401, 404, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/admin/link-credentials/{id}/rotate",
+                "post",
+                &[200, 400, 401, 404, 405, 408, 409, 413, 415, 500],
+            ),
+            (
+                "/admin/link-credentials/{id}/scope",
+                "post",
+                &[200, 400, 401, 404, 405, 408, 409, 413, 415, 500],
+            ),
+            ("/admin/sites/{siteId}", "get", &[200, 400, 401, 404, 405]),
+            (
+                "/admin/sites/{siteId}/promote",
+                "post",
+                &[200, 400, 401, 404, 405, 408, 409, 413, 415, 500],
+            ),
+        ];
+        let mut documented = 0;
+        for (path, method, want) in cases {
+            let want: BTreeSet<u16> = want.iter().copied().collect();
+            assert_eq!(statuses(&doc, path, method), want, "{method} {path}");
+            documented += 1;
+        }
+        // No operation is left out of the table above.
+        let operations: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(operations, documented);
+    }
+
+    #[test]
+    fn every_error_response_is_the_envelope_with_a_description() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    if status.starts_with('2') {
+                        continue;
+                    }
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/ErrorEnvelope",
+                        "{method} {path} {status}"
+                    );
+                    let code = StatusCode::from_u16(status.parse().unwrap()).unwrap();
+                    assert_ne!(describe(code), "Error", "{status} has no description");
+                    assert_eq!(response["description"], describe(code));
+                }
+            }
+        }
+        let limited = &doc["paths"]["/integrator/sites/{siteId}/queries/immediate"]["post"]["responses"]
+            ["429"];
+        assert_eq!(
+            limited["headers"]["Retry-After"]["schema"]["type"], "integer",
+            "{limited}"
+        );
+        assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
     }
 }

@@ -268,7 +268,6 @@ pub struct Credential {
 
 /// Why a credential event or a Link's credential was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum CredentialError {
     /// No such token was issued.
     #[error("unknown link credential")]

@@ -60,9 +60,11 @@ pub struct SiteView {
     pub active: bool,
 }
 
-/// Why a request is denied. Each code maps to one HTTP status ([`DenyCode::http_status`]).
+/// Why a request is denied. A domain code: adapters map it to their protocol (the
+/// Cloud's one status table is `halo_cloud::status`; SPEC §5 gives the HTTP status
+/// each variant's doc names). Deliberately exhaustive, so that a new code does not
+/// compile until every adapter has mapped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum DenyCode {
     /// No subscription key was sent (401).
     MissingKey,
@@ -99,23 +101,6 @@ pub enum DenyCode {
 }
 
 impl DenyCode {
-    /// The HTTP status of SPEC §5.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            DenyCode::MissingKey | DenyCode::UnknownKey | DenyCode::WrongEnvironment => 401,
-            DenyCode::IntegratorNotEnabled
-            | DenyCode::PracticeNotEnabled
-            | DenyCode::NotPaired
-            | DenyCode::ComponentNotAuthorised
-            | DenyCode::WriteNotAuthorised
-            | DenyCode::SiteNotAuthoritative
-            | DenyCode::CallerIpNotAllowed
-            | DenyCode::QuotaExhausted => 403,
-            DenyCode::UnknownSite => 404,
-            DenyCode::RateLimited { .. } => 429,
-        }
-    }
-
     /// A stable camelCase name for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -177,11 +162,6 @@ impl Deny {
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
-    }
-
-    /// Shorthand for `self.code().http_status()`.
-    pub fn http_status(&self) -> u16 {
-        self.code.http_status()
     }
 }
 
@@ -354,6 +334,38 @@ pub fn site_visible(policy: &Policy, who: &Authenticated, site: &SiteView) -> bo
         .integrator(&who.integrator)
         .is_some_and(|i| visible_practice(i, site).is_some())
         && site.environment == who.environment
+}
+
+/// Decides whether an authenticated integrator may read a site's status (the site
+/// status endpoint). `site` is `None` when no site has the Halo GUID.
+///
+/// Checks, in order: the site exists and its practice (and PMS type) is enabled for
+/// the integrator, else [`DenyCode::UnknownSite`] with the same message as for a
+/// Halo GUID nobody has, so the answer never tells one tenant that another's site
+/// exists; then the environment, [`DenyCode::WrongEnvironment`] for a key of the
+/// other environment (only to an integrator entitled to know the site). A site's
+/// status (initialising, removed, ...) is what this endpoint reports, so it is not
+/// checked; nor are pairing and authority.
+///
+/// # Errors
+/// [`DenyCode::UnknownSite`] or [`DenyCode::WrongEnvironment`].
+pub fn site_status_access(
+    policy: &Policy,
+    who: &Authenticated,
+    site: Option<&SiteView>,
+) -> Result<(), Deny> {
+    let site = site.ok_or(UNKNOWN_SITE)?;
+    policy
+        .integrator(&who.integrator)
+        .and_then(|i| visible_practice(i, site))
+        .ok_or(UNKNOWN_SITE)?;
+    if site.environment != who.environment {
+        return Err(Deny::new(
+            DenyCode::WrongEnvironment,
+            "subscription key is for another environment than the site",
+        ));
+    }
+    Ok(())
 }
 
 fn visible_practice<'p>(

@@ -12,8 +12,11 @@
 //!   it touches; anything it cannot analyse is an error, and the command is denied
 //!   (fail closed).
 //! - [`evaluate`] is pure and allocation-free on the allow path; a [`Deny`] carries a
-//!   [`DenyCode`] mapped to an HTTP status by [`DenyCode::http_status`] (401, 403,
-//!   404, 429), with no HTTP types here.
+//!   [`DenyCode`], a domain code: this crate knows no HTTP status. Adapters map the
+//!   codes (the Cloud in one table, `halo_cloud::status`).
+//! - [`site_status_access`] decides what the site status endpoint may tell a caller
+//!   (unknown and not visible are the same answer; a key of the other environment is
+//!   told so only when the site is visible).
 //! - [`Policy::take`] meters allowed Production requests against lock-free token
 //!   buckets and monthly quotas (one atomic word each), carried across snapshots by
 //!   [`Grants::compile_with`].
@@ -97,7 +100,7 @@ pub use components::{
 };
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, ExecutionMode, Request, SiteView,
-    authenticate, authorise_practice, evaluate, practice_enabled, site_visible,
+    authenticate, authorise_practice, evaluate, practice_enabled, site_status_access, site_visible,
 };
 pub use error::PolicyError;
 pub use event::{

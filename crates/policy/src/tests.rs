@@ -123,12 +123,10 @@ fn deny_of(d: Decision) -> Deny {
     }
 }
 
-/// Asserts the code and its HTTP status together.
-fn check_deny(d: Decision, code: DenyCode, status: u16) {
+/// Asserts the code of a denial (its HTTP status is the Cloud's table).
+fn check_deny(d: Decision, code: DenyCode) {
     let d = deny_of(d);
     assert_eq!(d.code(), code, "{d}");
-    assert_eq!(d.http_status(), status, "{d}");
-    assert_eq!(code.http_status(), status);
 }
 
 fn stage_site() -> SiteView {
@@ -347,7 +345,7 @@ fn revoked_key_and_disabled_practice_deny_again() {
         key_hash: KeyHash::of(STAGE_KEY),
     }])
     .compile();
-    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey, 401);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey);
 
     let p = grants_with(&[
         PolicyEvent::PracticeDisabled {
@@ -361,7 +359,7 @@ fn revoked_key_and_disabled_practice_deny_again() {
         },
     ])
     .compile();
-    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired);
 }
 
 #[test]
@@ -422,7 +420,7 @@ fn stage_pairing_does_not_pair_production() {
         Decision::Allow(_)
     ));
     let d = deny_of(eval_prod(&p));
-    assert_eq!((d.code(), d.http_status()), (DenyCode::NotPaired, 403));
+    assert_eq!(d.code(), DenyCode::NotPaired);
     assert_eq!(
         d.message(),
         "integrator has not paired with this site in this environment"
@@ -433,10 +431,10 @@ fn stage_pairing_does_not_pair_production() {
 fn production_pairing_does_not_pair_stage() {
     let p = paired_only_in(&[Environment::Production]);
     assert!(matches!(eval_prod(&p), Decision::Allow(_)));
-    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired);
     let p = paired_only_in(&[]);
-    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired, 403);
-    check_deny(eval_prod(&p), DenyCode::NotPaired, 403);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::NotPaired);
+    check_deny(eval_prod(&p), DenyCode::NotPaired);
     let p = paired_only_in(&[Environment::Production, Environment::Stage]);
     assert!(matches!(
         eval_stage(&p, Call::default()),
@@ -472,7 +470,7 @@ fn a_legacy_pairing_event_pairs_stage_only() {
         eval_stage(&p, Call::default()),
         Decision::Allow(_)
     ));
-    check_deny(eval_prod(&p), DenyCode::NotPaired, 403);
+    check_deny(eval_prod(&p), DenyCode::NotPaired);
 }
 
 #[test]
@@ -556,7 +554,6 @@ fn denies_missing_key_401() {
             },
         ),
         DenyCode::MissingKey,
-        401,
     );
     assert_eq!(
         authenticate(&p, "", None).unwrap_err().code(),
@@ -576,7 +573,6 @@ fn denies_unknown_key_401() {
             },
         ),
         DenyCode::UnknownKey,
-        401,
     );
     // A key differing only by whitespace is a different key.
     let k = format!("{STAGE_KEY} ");
@@ -589,7 +585,6 @@ fn denies_unknown_key_401() {
             },
         ),
         DenyCode::UnknownKey,
-        401,
     );
 }
 
@@ -605,13 +600,11 @@ fn denies_key_of_the_other_environment_401() {
             },
         ),
         DenyCode::WrongEnvironment,
-        401,
     );
     let prod = site(Environment::Production, 2, pms());
     check_deny(
         run(&p, Call::default(), Some(&prod), prod.halo),
         DenyCode::WrongEnvironment,
-        401,
     );
     assert!(matches!(
         run(
@@ -637,25 +630,18 @@ fn denies_integrator_not_enabled_403() {
     check_deny(
         eval_stage(&p, Call::default()),
         DenyCode::IntegratorNotEnabled,
-        403,
     );
     let p = grants_with(&[]).compile();
     let zedmed: PmsId = "Zedmed:ABC123".parse().unwrap();
     let d = authorise_practice(&p, STAGE_KEY, None, zedmed).unwrap_err();
-    assert_eq!(
-        (d.code(), d.http_status()),
-        (DenyCode::IntegratorNotEnabled, 403)
-    );
+    assert_eq!(d.code(), DenyCode::IntegratorNotEnabled);
 }
 
 #[test]
 fn denies_practice_not_enabled_403_by_pms_id() {
     let p = grants_with(&[]).compile();
     let d = authorise_practice(&p, STAGE_KEY, None, other_pms()).unwrap_err();
-    assert_eq!(
-        (d.code(), d.http_status()),
-        (DenyCode::PracticeNotEnabled, 403)
-    );
+    assert_eq!(d.code(), DenyCode::PracticeNotEnabled);
     let who = authorise_practice(&p, STAGE_KEY, None, pms()).unwrap();
     assert_eq!(who.integrator(), &id("acme"));
     assert_eq!(who.environment(), Environment::Stage);
@@ -674,7 +660,6 @@ fn denies_not_paired_403() {
     check_deny(
         run(&p, Call::default(), Some(&s), s.halo),
         DenyCode::NotPaired,
-        403,
     );
 }
 
@@ -696,7 +681,6 @@ fn denies_component_not_authorised_403() {
                 },
             ),
             DenyCode::ComponentNotAuthorised,
-            403,
         );
     }
     check_deny(
@@ -708,7 +692,6 @@ fn denies_component_not_authorised_403() {
             },
         ),
         DenyCode::ComponentNotAuthorised,
-        403,
     );
     for ok in ["D4W", "[d4w]", " d4w "] {
         assert!(
@@ -726,10 +709,7 @@ fn denies_component_not_authorised_403() {
         );
     }
     let d = Deny::unanalysable(&extract_components("SELEC 1").unwrap_err());
-    assert_eq!(
-        (d.code(), d.http_status()),
-        (DenyCode::ComponentNotAuthorised, 403)
-    );
+    assert_eq!(d.code(), DenyCode::ComponentNotAuthorised);
 }
 
 #[test]
@@ -757,7 +737,6 @@ fn denies_write_not_authorised_403() {
             },
         ),
         DenyCode::WriteNotAuthorised,
-        403,
     );
     check_deny(
         eval_stage(
@@ -768,7 +747,6 @@ fn denies_write_not_authorised_403() {
             },
         ),
         DenyCode::WriteNotAuthorised,
-        403,
     );
 }
 
@@ -780,7 +758,6 @@ fn denies_site_not_authoritative_403() {
     check_deny(
         run(&p, Call::default(), Some(&s), s.halo),
         DenyCode::SiteNotAuthoritative,
-        403,
     );
 }
 
@@ -800,17 +777,14 @@ fn denies_caller_ip_not_allowed_403_in_production_only() {
     check_deny(
         run(&p, call(Some("198.51.100.7")), Some(&prod), prod.halo),
         DenyCode::CallerIpNotAllowed,
-        403,
     );
     check_deny(
         run(&p, call(None), Some(&prod), prod.halo),
         DenyCode::CallerIpNotAllowed,
-        403,
     );
     check_deny(
         run(&p, call(Some("2001:db8::2")), Some(&prod), prod.halo),
         DenyCode::CallerIpNotAllowed,
-        403,
     );
     for ok in ["203.0.113.9", "2001:db8::1"] {
         assert!(
@@ -825,7 +799,6 @@ fn denies_caller_ip_not_allowed_403_in_production_only() {
     check_deny(
         run(&p, call(Some("198.51.100.7")), None, prod.halo),
         DenyCode::CallerIpNotAllowed,
-        403,
     );
     // Stage keys are not subject to the allowlist.
     assert!(matches!(
@@ -847,21 +820,18 @@ fn denies_unknown_site_404() {
     check_deny(
         run(&p, Call::default(), None, s.halo),
         DenyCode::UnknownSite,
-        404,
     );
     // A site view for a different GUID than the request names is not used.
     let other = HaloGuid::from_u128(99).unwrap();
     check_deny(
         run(&p, Call::default(), Some(&s), other),
         DenyCode::UnknownSite,
-        404,
     );
     let mut inactive = s;
     inactive.active = false;
     check_deny(
         run(&p, Call::default(), Some(&inactive), s.halo),
         DenyCode::UnknownSite,
-        404,
     );
 }
 
@@ -946,13 +916,13 @@ fn denies_rate_limited_429_and_quota_exhausted_403() {
             retry_after_ms: 100
         }
     );
-    assert_eq!(d.http_status(), 429);
+    assert!(matches!(d.code(), DenyCode::RateLimited { .. }), "{d}");
     // After the wait a token is back; the third query of the month is the last.
     let t1 = Timestamp::from_millis(t0.as_millis() + 100);
     assert!(p.take(&a, t1).is_ok());
     let t2 = Timestamp::from_millis(t1.as_millis() + 1000);
     let d = p.take(&a, t2).unwrap_err();
-    assert_eq!((d.code(), d.http_status()), (DenyCode::QuotaExhausted, 403));
+    assert_eq!(d.code(), DenyCode::QuotaExhausted);
     // Next month the quota is fresh.
     let next_month = Timestamp::from_millis(t0.as_millis() + 31 * 86_400_000);
     assert!(p.take(&a, next_month).is_ok());
@@ -1016,7 +986,7 @@ fn empty_policy_denies() {
     let p = Policy::empty();
     assert_eq!(p.integrator_count(), 0);
     assert_eq!(p.key_count(), 0);
-    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey, 401);
+    check_deny(eval_stage(&p, Call::default()), DenyCode::UnknownKey);
     assert!(authenticate(&p, STAGE_KEY, None).is_err());
 }
 
@@ -1035,6 +1005,67 @@ fn site_visible_requires_enabled_practice_and_same_environment() {
         &who,
         &site(Environment::Stage, 3, other_pms())
     ));
+}
+
+#[test]
+fn site_status_access_hides_what_the_caller_may_not_see() {
+    let p = grants_with(&[]).compile();
+    let stage = authenticate(&p, STAGE_KEY, None).unwrap();
+    let production = authenticate(&p, PROD_KEY, None).unwrap();
+    let denied = |who: &Authenticated, s: Option<&SiteView>| {
+        site_status_access(&p, who, s).map_err(|d| (d.code(), d.message().to_owned()))
+    };
+    let unknown = Err((DenyCode::UnknownSite, "site not found".to_owned()));
+
+    // Its own practice, in its key's environment: whatever the site's state.
+    assert_eq!(denied(&stage, Some(&stage_site())), Ok(()));
+    for (authoritative, active) in [(false, true), (true, false), (false, false)] {
+        let s = SiteView {
+            authoritative,
+            active,
+            ..stage_site()
+        };
+        assert_eq!(denied(&stage, Some(&s)), Ok(()), "{s:?}");
+    }
+    // No such site, and another practice's site (in either environment), answer the
+    // same, byte for byte.
+    assert_eq!(denied(&stage, None), unknown);
+    let other_stage = site(Environment::Stage, 3, other_pms());
+    let other_production = site(Environment::Production, 4, other_pms());
+    assert_eq!(denied(&stage, Some(&other_stage)), unknown);
+    assert_eq!(denied(&stage, Some(&other_production)), unknown);
+    assert_eq!(denied(&production, Some(&other_stage)), unknown);
+    // A site of another PMS type than the integrator is enabled for: unknown too.
+    let zedmed = site(Environment::Stage, 5, "Zedmed:ABC123".parse().unwrap());
+    assert_eq!(denied(&stage, Some(&zedmed)), unknown);
+    // Its own practice, with a key of the other environment: told so (401).
+    let production_site = site(Environment::Production, 2, pms());
+    let wrong = Err((
+        DenyCode::WrongEnvironment,
+        "subscription key is for another environment than the site".to_owned(),
+    ));
+    assert_eq!(denied(&stage, Some(&production_site)), wrong);
+    assert_eq!(denied(&production, Some(&stage_site())), wrong);
+    assert_eq!(denied(&production, Some(&production_site)), Ok(()));
+}
+
+#[test]
+fn site_status_access_follows_the_grants() {
+    let p = grants_with(&[PolicyEvent::PracticeDisabled {
+        integrator: id("acme"),
+        pms_id: pms(),
+    }])
+    .compile();
+    let who = authenticate(&p, STAGE_KEY, None).unwrap();
+    let d = site_status_access(&p, &who, Some(&stage_site())).unwrap_err();
+    assert_eq!(d.code(), DenyCode::UnknownSite);
+    // Pairing is not needed to read a site's status.
+    let p = paired_only_in(&[]);
+    let who = authenticate(&p, STAGE_KEY, None).unwrap();
+    assert_eq!(site_status_access(&p, &who, Some(&stage_site())), Ok(()));
+    // An integrator that is gone from the policy sees nothing.
+    let d = site_status_access(&Policy::empty(), &who, Some(&stage_site())).unwrap_err();
+    assert_eq!(d.code(), DenyCode::UnknownSite);
 }
 
 #[test]

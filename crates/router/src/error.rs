@@ -1,15 +1,17 @@
 //! The router's one error type, classified so adapters map it without reading strings.
 
-use halo_policy::Deny;
+use halo_policy::{Deny, DenyCode};
 
 use crate::outcome::QueryFailure;
 
 /// Why a query was not routed, or did not complete.
 ///
-/// Map to HTTP with [`RouteError::http_status`]; branch on [`RouteError::class`].
-/// Messages never name another tenant's sites or their authority holder.
+/// A domain error: this crate knows no HTTP status. Adapters map each variant (the
+/// Cloud in one table, `halo_cloud::status`); branch on [`RouteError::class`] or
+/// [`RouteError::is_retryable`]. Deliberately exhaustive, so that a new variant does
+/// not compile until every adapter has mapped it. Messages never name another
+/// tenant's sites or their authority holder.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
 pub enum RouteError {
     /// No routable site has this Halo GUID (never registered, removed or uninstalled).
     #[error("unknown site")]
@@ -55,52 +57,17 @@ pub enum RouteError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorClass {
-    /// The caller asked for something that does not exist or is malformed (4xx).
+    /// The caller asked for something that does not exist or is malformed.
     CallerFault,
-    /// The caller is not allowed (401/403/429).
+    /// The caller is not allowed (policy, rate limit or quota).
     Denied,
-    /// The site cannot take the query now; retrying later may work (503/504).
+    /// The site cannot take the query now; retrying later may work.
     Unavailable,
     /// The query ran and failed, or its result cannot be returned.
     QueryFailed,
 }
 
 impl RouteError {
-    /// The HTTP status the Cloud answers with.
-    ///
-    /// | error | status |
-    /// | --- | --- |
-    /// | `UnknownSite` | 404 |
-    /// | `Denied(d)` | `d.code().http_status()` (401, 403, 404, 429) |
-    /// | `NotAuthoritative` | 403 |
-    /// | `InvalidRequest` | 400 |
-    /// | `NotActive`, `Busy`, `Unreachable` | 503 (busy is the *site's* capacity, not the caller's rate: 429 stays reserved for the caller's own rate limit) |
-    /// | `Timeout` | 504 |
-    /// | `TooLarge` | 413 |
-    /// | `Cancelled` | 499 (the client closed the request; never sent) |
-    /// | `Failed(Database)`, `Failed(Refused)` | 400 (the body carries `errorDetails`) |
-    /// | `Failed(StaleEpoch)`, `Failed(Busy)` | 503 |
-    /// | `Failed(TooLarge)` | 413 |
-    /// | `Failed(Denied)` | 403 |
-    /// | `Failed(Expired)` | 504 |
-    pub fn http_status(&self) -> u16 {
-        match self {
-            RouteError::UnknownSite => 404,
-            RouteError::Denied(deny) => deny.code().http_status(),
-            RouteError::NotAuthoritative => 403,
-            RouteError::InvalidRequest(_) => 400,
-            RouteError::NotActive | RouteError::Busy | RouteError::Unreachable => 503,
-            RouteError::Timeout => 504,
-            RouteError::TooLarge { .. } => 413,
-            RouteError::Cancelled => 499,
-            RouteError::Failed(QueryFailure::StaleEpoch | QueryFailure::Busy) => 503,
-            RouteError::Failed(QueryFailure::TooLarge) => 413,
-            RouteError::Failed(QueryFailure::Denied(_)) => 403,
-            RouteError::Failed(QueryFailure::Expired) => 504,
-            RouteError::Failed(_) => 400,
-        }
-    }
-
     /// The coarse class of this error.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -124,6 +91,6 @@ impl RouteError {
     /// Whether the same request may succeed if retried later unchanged.
     pub fn is_retryable(&self) -> bool {
         self.class() == ErrorClass::Unavailable
-            || matches!(self, RouteError::Denied(d) if d.code().http_status() == 429)
+            || matches!(self, RouteError::Denied(d) if matches!(d.code(), DenyCode::RateLimited { .. }))
     }
 }

@@ -25,8 +25,9 @@
 //!   guidance for a branch CRN or a demo copy's real CRN, given only to an
 //!   integrator entitled to that practice; to anyone else such a CRN is answered
 //!   exactly like an unknown one.
-//! - Errors are [`RouteError`]s with an HTTP status ([`RouteError::http_status`]) and a
-//!   class ([`ErrorClass`]).
+//! - Errors are [`RouteError`]s, domain errors with a class ([`ErrorClass`]) and no
+//!   HTTP status: the Cloud maps every variant (and every [`QueryFailure`] and
+//!   [`CrnRefusal`]) in its one status table.
 //!
 //! The crate reads no clock (time comes in as [`halo_ids::Timestamp`]s) and needs no
 //! runtime: [`Dispatch`] and [`NextJob`] are plain futures that work on any executor.

@@ -16,7 +16,6 @@ pub struct QueryOutput {
 
 /// Why a Link could not produce a result for a query it received.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum QueryFailure {
     /// The database rejected or failed the command (rendered as `errorDetails`).
     #[error("query failed in the database: {error_type} {error_code}: {message}")]

@@ -14,9 +14,8 @@ use halo_policy::{Authenticated, Policy, practice_enabled};
 use halo_tenancy::{CrnLookup, Registry};
 
 /// Why a CRN an entitled integrator named is refused, with guidance. Neither names
-/// the parent practice nor the fake CRN. Map it to a 400 with its message.
+/// the parent practice nor the fake CRN. The Cloud answers it with its message (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[non_exhaustive]
 pub enum CrnRefusal {
     /// A branch (local) CRN of a practice the caller is enabled for.
     #[error(
@@ -195,10 +194,10 @@ mod tests {
 
     /// The whole by-PMS-ID answer: resolve, then the policy's practice check.
     fn answer(reg: &Registry, policy: &Policy, key: &str, c: &str) -> Result<PmsId, String> {
-        let pms_id = resolve(reg, policy, key, c).map_err(|r| format!("400 {r}"))?;
+        let pms_id = resolve(reg, policy, key, c).map_err(|r| format!("refused {r}"))?;
         authorise_practice(policy, key, None, pms_id)
             .map(|_| pms_id)
-            .map_err(|d: Deny| format!("{} {}", d.http_status(), d.message()))
+            .map_err(|d: Deny| format!("{} {}", d.code().as_str(), d.message()))
     }
 
     #[test]
@@ -212,7 +211,7 @@ mod tests {
         let unknown = answer(&reg, &p, "bright", "NOBODY1");
         assert_eq!(
             unknown,
-            Err("403 practice not enabled for this integrator".to_owned())
+            Err("practiceNotEnabled practice not enabled for this integrator".to_owned())
         );
         assert_eq!(answer(&reg, &p, "bright", "HARBOUR02"), unknown);
         // The caller enabled for the parent is told, without the parent's name.
@@ -266,7 +265,7 @@ mod tests {
         );
         assert_eq!(
             answer(&reg, &p, "bright", "HARBOUR01"),
-            Err("403 practice not enabled for this integrator".to_owned())
+            Err("practiceNotEnabled practice not enabled for this integrator".to_owned())
         );
         // Nor does the copy announcing the branch HARBOUR02: still a branch.
         assert_eq!(

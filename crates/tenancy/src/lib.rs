@@ -51,6 +51,10 @@
 //!   or a demo copy's real CRN as such only to a caller entitled to the practice it
 //!   belongs to (the branch's parent; the copies' real CRN or one of their fake
 //!   CRNs); to anyone else it is [`CrnLookup::Unknown`], like a CRN nobody has.
+//! - **A Link's hello** is one batch of events built by [`Registration`]; its
+//!   [`Registration::outcomes`] tells, per announced Halo GUID, whether the database
+//!   was registered, was already active (a reconnection, not an error), or was
+//!   refused and why ([`SiteRegistration`]).
 //! - **Heartbeats** update last-heard times only (the Link's and its live sites').
 //!   [`Availability`] is derived from last-heard with [`AvailabilityConfig`]
 //!   thresholds at query time; it is not state, and it never moves authority.
@@ -97,6 +101,7 @@ mod availability;
 mod change;
 mod error;
 mod event;
+mod registration;
 mod registry;
 mod site;
 mod snapshot;
@@ -105,6 +110,7 @@ pub use availability::{Availability, AvailabilityConfig};
 pub use change::Change;
 pub use error::{ErrorClass, TenancyError, TextField, TextRule};
 pub use event::{Catalogue, DatabaseIdentity, EVENT_VERSION, Event, LogEntry};
+pub use registration::{Registration, RegistrationRefused, SiteRegistration};
 pub use registry::{CrnLookup, Group, Promotion, Registry};
 pub use site::{Link, LinkStatus, Site, SiteStatus};
 pub use snapshot::{RegistrySnapshot, SNAPSHOT_VERSION};
