@@ -296,6 +296,14 @@ fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
     let mut parts = Vec::with_capacity(name.0.len());
     for part in &name.0 {
         match part {
+            // A quoted name with a dot inside (`[audit.log]`) would normalise like
+            // schema `audit`, table `log`: refuse it rather than let one grant
+            // cover the other.
+            ObjectNamePart::Identifier(ident) if ident.value.contains('.') => {
+                return Err(PolicyError::SqlUnsupported(
+                    "a quoted name with a dot inside",
+                ));
+            }
             ObjectNamePart::Identifier(ident) => parts.push(ident.value.to_ascii_lowercase()),
             ObjectNamePart::Function(_) => {
                 return Err(PolicyError::SqlUnsupported("function in an object name"));

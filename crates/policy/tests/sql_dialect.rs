@@ -205,3 +205,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_quoted_name_with_a_dot_inside_is_refused_not_confused_with_schema_and_table() {
+    // `[audit.log]` is one table named "audit.log"; `audit.log` is table `log` in
+    // schema `audit`. Normalised alike, one grant would cover the other.
+    for sql in [
+        "SELECT * FROM [audit.log]",
+        "SELECT * FROM \"audit.log\"",
+        "SELECT * FROM `audit.log`",
+        "SELECT * FROM main.[audit.log]",
+    ] {
+        let e = extract_components(sql).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::SqlUnsupported(m) if m.contains("dot inside")),
+            "{sql}: {e:?}"
+        );
+    }
+    let two_parts = extract_components("SELECT * FROM audit.log").unwrap();
+    assert_eq!(two_parts.tables().collect::<Vec<_>>(), ["audit.log"]);
+}
