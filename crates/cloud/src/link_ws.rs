@@ -289,7 +289,14 @@ async fn serve(
                 let Some(job) = job else {
                     return Err("session replaced by a newer connection of the same link".to_owned());
                 };
-                send(socket, &CloudToLink::QueryJob(to_protocol(job, now()))).await?;
+                let query_id = job.query_id;
+                match to_protocol(job, now()) {
+                    Ok(job) => send(socket, &CloudToLink::QueryJob(job)).await?,
+                    // Never dropped silently: the integrator is told.
+                    Err(reason) => {
+                        session.complete(query_id, Err(QueryFailure::Refused(reason)));
+                    }
+                }
             }
             frame = socket.next() => {
                 let text = match frame {
@@ -355,23 +362,24 @@ fn failure(f: QueryFailed) -> QueryFailure {
     }
 }
 
-fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
+/// The wire form of a routed job; `Err` when its parameters are not a JSON array
+/// (they were forwarded as opaque text), so that they are never silently dropped.
+fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
     let mode = match job.command.mode {
         ExecutionMode::Reader => halo_protocol::ExecutionMode::Reader,
         ExecutionMode::NonQuery => halo_protocol::ExecutionMode::NonQuery,
         ExecutionMode::Scalar => halo_protocol::ExecutionMode::Scalar,
     };
-    let parameters = job
-        .command
-        .parameters
-        .as_deref()
-        .and_then(|p| serde_json::from_str::<Vec<serde_json::Value>>(p).ok())
-        .unwrap_or_default();
+    let parameters = match job.command.parameters.as_deref() {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str::<Vec<serde_json::Value>>(text)
+            .map_err(|e| format!("command.parameters must be a JSON array: {e}"))?,
+    };
     // Milliseconds from `now` until a deadline; zero once it has passed.
     let millis_until = |deadline: Timestamp| {
         u64::try_from(deadline.saturating_since(now).as_millis()).unwrap_or(u64::MAX)
     };
-    QueryJob {
+    Ok(QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo,
         epoch: job.epoch.get(),
@@ -387,5 +395,5 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
             procedures: job.allowlist.procedures().map(str::to_owned).collect(),
             allow_write: job.command.mode == ExecutionMode::NonQuery,
         },
-    }
+    })
 }
