@@ -543,9 +543,8 @@ fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> 
 pub async fn get_site(
     _: Admin,
     State(app): State<AppState>,
-    ApiPath(site_id): ApiPath<String>,
+    ApiPath(halo): ApiPath<HaloGuid>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
-    let halo: HaloGuid = site_id.parse()?;
     admin_site(&app, halo).map(Json)
 }
 
@@ -558,10 +557,9 @@ pub async fn get_site(
 pub async fn promote(
     _: Admin,
     State(app): State<AppState>,
-    ApiPath(site_id): ApiPath<String>,
+    ApiPath(halo): ApiPath<HaloGuid>,
     body: Result<ApiJson<PromoteBody>, ApiError>,
 ) -> Result<Json<AdminSiteDto>, ApiError> {
-    let halo: HaloGuid = site_id.parse()?;
     let b = json(body)?;
     let event = Event::Promoted {
         site: halo,

@@ -118,11 +118,11 @@ pub async fn site_status(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    ApiPath(site_id): ApiPath<String>,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
 ) -> Result<Json<SiteDto>, ApiError> {
     let policy = app.state.policy();
     let who = authenticate(&policy, &headers, ip)?;
-    let halo: HaloGuid = site_id.parse()?;
+    let ApiPath(halo) = site_id?;
     let now = now();
     let registry = app.state.registry();
     // The core decides: unknown and not visible answer alike (404); a key of the
@@ -186,13 +186,13 @@ pub async fn immediate_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    ApiPath(site_id): ApiPath<String>,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
     body: Result<ApiJson<ImmediateQueryDto>, ApiError>,
 ) -> Result<Json<QueryDto>, ApiError> {
     let created = now();
     let policy = app.state.policy();
     let who = authenticate(&policy, &headers, ip)?;
-    let halo: HaloGuid = site_id.parse()?;
+    let ApiPath(halo) = site_id?;
     let ApiJson(body) = body?;
     if !body.command.command_type.eq_ignore_ascii_case("text") {
         return Err(ApiError::bad_request("command.type must be text"));
