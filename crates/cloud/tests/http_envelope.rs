@@ -24,6 +24,7 @@ fn router() -> axum::Router {
         snapshot_every: 0,
         accept_damaged_log: false,
         http: HttpLimits::default(),
+        max_databases_per_link: app::MAX_DATABASES_PER_LINK,
     })
     .unwrap();
     halo_cloud::routes(app)

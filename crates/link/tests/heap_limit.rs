@@ -13,6 +13,7 @@ fn reader(sql: &str) -> QueryJob {
         halo_guid: HaloGuid::from_u128(7).unwrap(),
         epoch: 0,
         timeout_ms: 10_000,
+        queue_timeout_ms: None,
         catalogue: None,
         mode: ExecutionMode::Reader,
         command: sql.into(),
