@@ -394,7 +394,7 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
     QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo,
-        epoch: job.epoch.get(),
+        epoch: job.epoch,
         timeout_ms: millis_until(job.deadline),
         // `maxTimeInQueue` covers the wait for a Link worker too.
         queue_timeout_ms: Some(millis_until(job.queue_deadline)),

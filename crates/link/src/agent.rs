@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use halo_ids::{Environment, HaloGuid, LinkGuid, Timestamp};
+use halo_ids::{Environment, Epoch, HaloGuid, LinkGuid, Timestamp};
 use halo_protocol::{
     CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
@@ -154,7 +154,10 @@ impl Link {
                 continue;
             }
             let halo_guid = state.halo_guid_for(&key);
-            let epoch = state.databases.get(&key).map_or(0, |d| d.highest_epoch);
+            let epoch = state
+                .databases
+                .get(&key)
+                .map_or(Epoch::ZERO, |d| d.highest_epoch);
             let db = match Database::open(&canonical, halo_guid, epoch) {
                 Ok(db) => Arc::new(db.with_limits(config.sql_limits)),
                 Err(e) => {

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use halo_ids::{Crn, HaloGuid, PmsType};
+use halo_ids::{Crn, Epoch, HaloGuid, PmsType};
 use halo_protocol::{
     DatabaseInfo, ExecutionMode, MAX_RESULT_BYTES, QueryError, QueryErrorKind, QueryJob,
 };
@@ -183,8 +183,8 @@ pub struct Database {
     halo_guid: HaloGuid,
     path: PathBuf,
     identity: DatabaseIdentity,
-    /// Highest epoch seen in a job. Only grows (`fetch_max`); read by the state
-    /// saver, written by job threads.
+    /// Highest epoch seen in a job (an [`Epoch`]'s number). Only grows
+    /// (`fetch_max`); read by the state saver, written by job threads.
     highest_epoch: AtomicU64,
     /// Idle read-only connections of *this* database only (never shared across
     /// databases), with no hooks installed. At most [`POOL_MAX`].
@@ -333,13 +333,13 @@ impl Database {
     /// # Errors
     ///
     /// [`LinkError::Database`] if the identity cannot be read.
-    pub fn open(path: &Path, halo_guid: HaloGuid, highest_epoch: u64) -> Result<Self, LinkError> {
+    pub fn open(path: &Path, halo_guid: HaloGuid, highest_epoch: Epoch) -> Result<Self, LinkError> {
         let identity = DatabaseIdentity::read(path)?;
         Ok(Self {
             halo_guid,
             path: path.to_path_buf(),
             identity,
-            highest_epoch: AtomicU64::new(highest_epoch),
+            highest_epoch: AtomicU64::new(highest_epoch.get()),
             pool: Mutex::new(Vec::new()),
             limits: SqlLimits::default(),
         })
@@ -382,8 +382,8 @@ impl Database {
     }
 
     /// The highest epoch seen so far.
-    pub fn highest_epoch(&self) -> u64 {
-        self.highest_epoch.load(Ordering::Acquire)
+    pub fn highest_epoch(&self) -> Epoch {
+        Epoch::new(self.highest_epoch.load(Ordering::Acquire))
     }
 
     /// Records `epoch` and refuses it if an newer one was already seen.
@@ -391,8 +391,11 @@ impl Database {
     /// # Errors
     ///
     /// A [`QueryErrorKind::StaleEpoch`] error.
-    pub fn observe_epoch(&self, epoch: u64) -> Result<(), QueryError> {
-        let previous = self.highest_epoch.fetch_max(epoch, Ordering::AcqRel);
+    pub fn observe_epoch(&self, epoch: Epoch) -> Result<(), QueryError> {
+        let (epoch, previous) = (
+            epoch.get(),
+            self.highest_epoch.fetch_max(epoch.get(), Ordering::AcqRel),
+        );
         if epoch < previous {
             return Err(QueryError::new(
                 QueryErrorKind::StaleEpoch,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use halo_ids::{Crn, Environment, HaloGuid};
+use halo_ids::{Crn, Environment, Epoch, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Link, LinkConfig, LinkHandle};
 use halo_protocol::{
@@ -165,7 +165,7 @@ fn marker_job(query_id: u64, halo_guid: HaloGuid) -> CloudToLink {
     CloudToLink::QueryJob(QueryJob {
         query_id,
         halo_guid,
-        epoch: 1,
+        epoch: Epoch::new(1),
         timeout_ms: 5_000,
         queue_timeout_ms: None,
         catalogue: None,
@@ -255,12 +255,12 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
 
     let mut job = marker_job(2, alpha);
     if let CloudToLink::QueryJob(j) = &mut job {
-        j.epoch = 5;
+        j.epoch = Epoch::new(5);
     }
     s.send(&job).await;
     assert_eq!(marker_of(&s.answer().await).0, 2);
     if let CloudToLink::QueryJob(j) = &mut job {
-        j.epoch = 4;
+        j.epoch = Epoch::new(4);
         j.query_id = 3;
     }
     s.send(&job).await;
@@ -289,8 +289,8 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
     .unwrap();
     let db = &restarted.databases()[0];
     assert_eq!(db.halo_guid(), alpha);
-    assert_eq!(db.highest_epoch(), 5);
-    assert!(db.observe_epoch(4).is_err());
+    assert_eq!(db.highest_epoch(), Epoch::new(5));
+    assert!(db.observe_epoch(Epoch::new(4)).is_err());
 }
 
 #[tokio::test]

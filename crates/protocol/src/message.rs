@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+use halo_ids::{Crn, Environment, Epoch, HaloGuid, LinkGuid, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
@@ -175,8 +175,8 @@ pub struct QueryJob {
     /// The one database the job may run on.
     pub halo_guid: HaloGuid,
     /// The authority epoch (fencing token) of the route; the Link refuses an epoch
-    /// older than the highest it has seen for this database.
-    pub epoch: u64,
+    /// older than the highest it has seen for this database. A plain number on the wire.
+    pub epoch: Epoch,
     /// Execution budget in milliseconds from receipt (see the type docs).
     pub timeout_ms: u64,
     /// Queue budget in milliseconds from receipt: the job must start by then

@@ -740,7 +740,7 @@ fn availability_thresholds_are_configurable() {
     // A clock that goes backwards never makes a site look older.
     assert_eq!(
         fx.reg
-            .availability(h(10), Timestamp::EPOCH, &AvailabilityConfig::DEFAULT),
+            .availability(h(10), Timestamp::UNIX_EPOCH, &AvailabilityConfig::DEFAULT),
         Some(Availability::Online)
     );
 }
