@@ -376,11 +376,6 @@ fn failure(f: QueryFailed) -> QueryFailure {
 }
 
 fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
-    let mode = match job.command.mode {
-        ExecutionMode::Reader => halo_protocol::ExecutionMode::Reader,
-        ExecutionMode::NonQuery => halo_protocol::ExecutionMode::NonQuery,
-        ExecutionMode::Scalar => halo_protocol::ExecutionMode::Scalar,
-    };
     let parameters = job
         .command
         .parameters
@@ -399,7 +394,7 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
         // `maxTimeInQueue` covers the wait for a Link worker too.
         queue_timeout_ms: Some(millis_until(job.queue_deadline)),
         catalogue: job.catalogue.map(String::from),
-        mode,
+        mode: job.command.mode,
         command: job.command.text,
         parameters,
         allowlist: Allowlist {

@@ -34,6 +34,7 @@ mod environment;
 mod epoch;
 mod error;
 mod guid;
+mod mode;
 mod pms;
 mod serde_str;
 mod time;
@@ -43,6 +44,7 @@ pub use environment::Environment;
 pub use epoch::Epoch;
 pub use error::{Field, IdError, Rule};
 pub use guid::{HaloGuid, LinkGuid};
+pub use mode::ExecutionMode;
 pub use pms::{PmsId, PmsType};
 pub use time::Timestamp;
 

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use halo_ids::{Crn, Environment, Epoch, HaloGuid, LinkGuid, PmsType, Timestamp};
+use halo_ids::{Crn, Environment, Epoch, ExecutionMode, HaloGuid, LinkGuid, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
@@ -129,18 +129,6 @@ pub struct Heartbeat {
     pub sites: Vec<HaloGuid>,
 }
 
-/// How a command is executed, as in the integrator API's `executionMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ExecutionMode {
-    /// Returns rows; the database is opened read-only.
-    Reader,
-    /// Writes; allowed only when [`Allowlist::allow_write`] is set.
-    NonQuery,
-    /// Returns the first column of the first row; read-only.
-    Scalar,
-}
-
 /// The components the Cloud authorised for one job; the Link enforces them again.
 ///
 /// Names are normalised to lower case, without schema or catalogue prefix.
@@ -186,7 +174,7 @@ pub struct QueryJob {
     /// Catalogue to use; `None` means the default one.
     #[serde(default)]
     pub catalogue: Option<String>,
-    /// Execution mode.
+    /// Execution mode; `nonQuery` writes only when [`Allowlist::allow_write`] is set.
     pub mode: ExecutionMode,
     /// The SQL text.
     pub command: String,
