@@ -143,8 +143,8 @@ impl From<halo_ids::IdError> for ApiError {
 /// Maps a refused tenancy event by its class.
 pub fn tenancy_error(e: halo_tenancy::TenancyError) -> ApiError {
     let status = match e.class() {
-        halo_tenancy::ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        halo_tenancy::ErrorClass::Invalid => StatusCode::BAD_REQUEST,
+        halo_tenancy::TenancyErrorClass::NotFound => StatusCode::NOT_FOUND,
+        halo_tenancy::TenancyErrorClass::Invalid => StatusCode::BAD_REQUEST,
         _ => StatusCode::CONFLICT,
     };
     ApiError::new(status, e.to_string())

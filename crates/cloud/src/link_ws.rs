@@ -19,7 +19,7 @@ use halo_protocol::{
     QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event, TenancyError};
+use halo_tenancy::{Catalogue, Event, SiteIdentity, TenancyError};
 
 use crate::app::AppState;
 use crate::clock::now;
@@ -121,8 +121,8 @@ fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event>
     events
 }
 
-fn identity(db: &DatabaseInfo) -> DatabaseIdentity {
-    DatabaseIdentity {
+fn identity(db: &DatabaseInfo) -> SiteIdentity {
+    SiteIdentity {
         pms_type: db.pms_type,
         crn: db.parent_crn,
         branch_crns: db.branch_crns.iter().map(|b| b.crn).collect(),

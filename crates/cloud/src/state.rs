@@ -431,7 +431,7 @@ mod tests {
     use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
     use halo_policy::IntegratorId;
     use halo_router::RouterConfig;
-    use halo_tenancy::{Catalogue, DatabaseIdentity};
+    use halo_tenancy::{Catalogue, SiteIdentity};
 
     const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
@@ -463,7 +463,7 @@ mod tests {
             events.push(Event::DatabaseAttached {
                 link,
                 site,
-                identity: DatabaseIdentity {
+                identity: SiteIdentity {
                     pms_type: PmsType::D4w,
                     // Two sites per CRN, so groups have a holder and a follower.
                     crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),

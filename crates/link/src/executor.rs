@@ -422,7 +422,7 @@ impl Database {
 
 /// A successful execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryOutput {
+pub struct JobOutput {
     /// Rows returned (reader, scalar) or changed (nonQuery).
     pub rows: u64,
     /// Compact JSON array of row objects, columns in select order.
@@ -488,7 +488,7 @@ impl JobControl {
 /// # Errors
 ///
 /// A [`QueryError`] classified as the module docs describe.
-pub fn execute(db: &Database, job: &QueryJob) -> Result<QueryOutput, QueryError> {
+pub fn execute(db: &Database, job: &QueryJob) -> Result<JobOutput, QueryError> {
     execute_with(db, job, &JobControl::for_job(job))
 }
 
@@ -501,7 +501,7 @@ pub fn execute_with(
     db: &Database,
     job: &QueryJob,
     control: &JobControl,
-) -> Result<QueryOutput, QueryError> {
+) -> Result<JobOutput, QueryError> {
     if job.halo_guid != db.halo_guid {
         return Err(QueryError::new(
             QueryErrorKind::UnknownSite,
@@ -604,7 +604,7 @@ pub fn execute_with(
         ExecutionMode::Reader => write_rows(&mut stmt, usize::MAX, control, &classify)?,
         ExecutionMode::Scalar => write_rows(&mut stmt, 1, control, &classify)?,
     };
-    Ok(QueryOutput {
+    Ok(JobOutput {
         rows,
         json,
         duration: started.elapsed(),

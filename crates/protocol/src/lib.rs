@@ -46,7 +46,7 @@ mod message;
 
 pub use error::ProtocolError;
 pub use message::{
-    Allowlist, BranchCrn, Catalogue, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
+    Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
     Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
 

@@ -84,7 +84,7 @@ pub struct DatabaseInfo {
     /// PMS software version.
     pub pms_version: String,
     /// Catalogues (logical databases) an integrator may name.
-    pub catalogues: Vec<Catalogue>,
+    pub catalogues: Vec<CatalogueInfo>,
     /// Whether the database is a demo or de-identified copy.
     pub is_demo: bool,
 }
@@ -99,10 +99,11 @@ pub struct BranchCrn {
     pub location: String,
 }
 
-/// A catalogue of a database.
+/// A catalogue of a database, as the Link announces it (the wire form of
+/// `halo_tenancy::Catalogue`, which the event log writes with other field names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Catalogue {
+pub struct CatalogueInfo {
     /// Catalogue name.
     pub name: String,
     /// Whether queries without a catalogue use this one.

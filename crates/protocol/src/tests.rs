@@ -25,7 +25,7 @@ fn hello(version: u32) -> LinkToCloud {
             }],
             practice_name: "Smile Co".into(),
             pms_version: "15.2".into(),
-            catalogues: vec![Catalogue {
+            catalogues: vec![CatalogueInfo {
                 name: "d4w".into(),
                 is_default: true,
             }],

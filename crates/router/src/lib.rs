@@ -26,7 +26,7 @@
 //!   integrator entitled to that practice; to anyone else such a CRN is answered
 //!   exactly like an unknown one.
 //! - Errors are [`RouteError`]s with an HTTP status ([`RouteError::http_status`]) and a
-//!   class ([`ErrorClass`]).
+//!   class ([`RouteErrorClass`]).
 //!
 //! The crate reads no clock (time comes in as [`halo_ids::Timestamp`]s) and needs no
 //! runtime: [`Dispatch`] and [`NextJob`] are plain futures that work on any executor.
@@ -36,7 +36,7 @@
 //! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 //! use halo_policy::{extract_components, ExecutionMode, Grants, KeyHash, PolicyEvent};
 //! use halo_router::{Command, Delivery, QueryOutput, RouteRequest, Router, RouterConfig};
-//! use halo_tenancy::{DatabaseIdentity, Event, Registry};
+//! use halo_tenancy::{SiteIdentity, Event, Registry};
 //!
 //! let (link, site) = (LinkGuid::from_u128(1)?, HaloGuid::from_u128(2)?);
 //! let now = Timestamp::from_millis(1_000);
@@ -44,7 +44,7 @@
 //!
 //! // The writer: registry events in, changes to the router.
 //! let mut registry = Registry::new();
-//! let identity = DatabaseIdentity {
+//! let identity = SiteIdentity {
 //!     pms_type: PmsType::D4w, crn: "AB123".parse()?, branch_crns: vec![],
 //!     practice_name: "Smile Dental".into(), pms_version: "1".into(),
 //!     catalogues: vec![], demo: false,
@@ -105,7 +105,7 @@ mod router;
 mod sync;
 
 pub use dispatch::{Dispatch, QueryId};
-pub use error::{ErrorClass, RouteError};
+pub use error::{RouteError, RouteErrorClass};
 pub use job::{Command, Job};
 pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};

@@ -57,11 +57,11 @@ fn reader(sql: &str, tables: &[&str]) -> QueryJob {
     job(ExecutionMode::Reader, sql, tables)
 }
 
-fn rows(out: &QueryOutput) -> serde_json::Value {
+fn rows(out: &JobOutput) -> serde_json::Value {
     serde_json::from_slice(&out.json).unwrap()
 }
 
-fn kind(r: Result<QueryOutput, QueryError>) -> QueryErrorKind {
+fn kind(r: Result<JobOutput, QueryError>) -> QueryErrorKind {
     match r {
         Ok(out) => panic!("expected an error, got {} rows", out.rows),
         Err(e) => e.kind,

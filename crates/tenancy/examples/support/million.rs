@@ -4,7 +4,7 @@
 //! backups sharing a primary's CRN.
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event};
+use halo_tenancy::{Catalogue, Event, SiteIdentity};
 
 /// Sites in the mix.
 pub(crate) const SITES: u32 = 1_000_000;
@@ -31,8 +31,8 @@ pub(crate) fn link(i: u32) -> LinkGuid {
     LinkGuid::from_u128((u128::from(i) + 1) * 0xD1B5_4A32_D192_ED03_A3C9_1B2E_4F5D_6A7B).unwrap()
 }
 
-pub(crate) fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
-    DatabaseIdentity {
+pub(crate) fn identity(parent: u32, branches: u32) -> SiteIdentity {
+    SiteIdentity {
         pms_type: PmsType::D4w,
         crn: crn(parent),
         branch_crns: (0..branches).map(|j| branch(parent, j)).collect(),
@@ -46,7 +46,7 @@ pub(crate) fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
     }
 }
 
-pub(crate) fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
+pub(crate) fn databases() -> impl Iterator<Item = (u32, u32, SiteIdentity)> {
     let clustered = CLUSTERS * PER_CLUSTER;
     let singles = SITES - clustered - BACKUPS;
     let cluster = (0..clustered).map(|i| (i, i / PER_CLUSTER, identity(i, 0)));
