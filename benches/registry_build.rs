@@ -12,7 +12,7 @@
 //! (`VmRSS`, Linux only; an upper bound, as it includes allocator slack). The
 //! workspace forbids `unsafe`, so there is no counting global allocator here.
 //! The one-shot baseline is inserting the same 1 000 000 identities into a plain
-//! `HashMap<HaloGuid, DatabaseIdentity>`, measured in the same run.
+//! `HashMap<HaloGuid, SiteIdentity>`, measured in the same run.
 //!
 //! Criterion then measures one attach on the 1M registry, one heartbeat, and building
 //! a 10 000-site registry, against `baseline_hashmap_insert_10k`; and snapshotting
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group};
 use halo_ids::{Environment, HaloGuid, Timestamp};
-use halo_tenancy::{DatabaseIdentity, Event, Registry};
+use halo_tenancy::{Event, Registry, SiteIdentity};
 
 use halo_test_support::million::{CLUSTERS, SITES, databases, halo, identity, link, link_count};
 
@@ -113,7 +113,7 @@ fn one_shot() -> Registry {
 
     let rss0 = rss_bytes();
     let t = Instant::now();
-    let mut plain: HashMap<HaloGuid, DatabaseIdentity> = HashMap::new();
+    let mut plain: HashMap<HaloGuid, SiteIdentity> = HashMap::new();
     for (i, _, identity) in databases() {
         plain.insert(halo(i), identity);
     }
@@ -135,7 +135,7 @@ fn one_shot() -> Registry {
         std::mem::size_of::<halo_tenancy::Site>()
     );
     println!(
-        "  baseline HashMap<HaloGuid, DatabaseIdentity> insert of the same 1M: {baseline:.2?}, \
+        "  baseline HashMap<HaloGuid, SiteIdentity> insert of the same 1M: {baseline:.2?}, \
          {:.0} bytes/site; registry build = {:.1}x baseline time, {:.2}x baseline memory",
         plain_rss as f64 / f64::from(SITES),
         took.as_secs_f64() / baseline.as_secs_f64(),
@@ -167,7 +167,7 @@ fn single_events(c: &mut Criterion, reg: &mut Registry) {
     let mut now = 1_800_000_000_000u64;
 
     g.bench_function("baseline_hashmap_insert_10k", |b| {
-        let ids: Vec<(HaloGuid, DatabaseIdentity)> =
+        let ids: Vec<(HaloGuid, SiteIdentity)> =
             (0..10_000).map(|i| (halo(i), identity(i, 0))).collect();
         b.iter_batched(
             || ids.clone(),

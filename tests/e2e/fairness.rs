@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use halo_ids::{Environment, HaloGuid};
 use halo_link::demo::generate;
-use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_link::{Agent, AgentHandle, LinkConfig};
 use serde_json::{Value, json};
 
 use crate::fixture::{Harness, message, practice};
@@ -27,7 +27,7 @@ const MARGIN: Duration = Duration::from_secs(8);
 async fn two_practices(
     h: &mut Harness,
     workers: usize,
-) -> (LinkHandle, String, HaloGuid, HaloGuid) {
+) -> (AgentHandle, String, HaloGuid, HaloGuid) {
     let practices = [
         practice("NOISY01", "Noisy Dental"),
         practice("QUIET01", "Quiet Dental"),
@@ -47,7 +47,7 @@ async fn two_practices(
         paths,
     );
     config.max_concurrent_jobs = workers;
-    let link = Link::prepare(config).unwrap();
+    let link = Agent::prepare(config).unwrap();
     let sites: Vec<_> = link
         .databases()
         .iter()
@@ -99,7 +99,7 @@ async fn quiet_query(h: &Harness, key: &str, site: HaloGuid) -> (u16, Value, Dur
 
 /// Stops the Link first (its session ends, so the flood is cancelled and its
 /// queries fail at once), then the Cloud.
-async fn finish(h: Harness, link: LinkHandle) {
+async fn finish(h: Harness, link: AgentHandle) {
     link.shutdown().await.unwrap();
     h.cloud.stop().await;
 }

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use halo_cloud::{CloudConfig, HttpLimits, RunningCloud};
 use halo_ids::{Crn, Environment, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
-use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_link::{Agent, AgentHandle, LinkConfig};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ pub(crate) struct Harness {
 }
 
 pub(crate) struct TestLink {
-    pub(crate) handle: LinkHandle,
+    pub(crate) handle: AgentHandle,
     /// (practice CRN as integrators use it, Halo GUID) per database, in order.
     pub(crate) sites: Vec<(Crn, HaloGuid)>,
 }
@@ -153,7 +153,7 @@ impl Harness {
         );
         config.backoff_initial = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(200);
-        let link = Link::prepare(config).unwrap();
+        let link = Agent::prepare(config).unwrap();
         let sites = link
             .databases()
             .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 use halo_protocol::{
-    Catalogue, CloudToLink, DatabaseInfo, Heartbeat, Hello, LinkToCloud, PROTOCOL_VERSION,
+    CatalogueInfo, CloudToLink, DatabaseInfo, Heartbeat, Hello, LinkToCloud, PROTOCOL_VERSION,
     QueryJob, QueryResult,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -30,7 +30,7 @@ pub(crate) fn database(halo: HaloGuid, crn: &str, demo: bool) -> DatabaseInfo {
         branch_crns: Vec::new(),
         practice_name: format!("Practice {crn}"),
         pms_version: "15.0".to_owned(),
-        catalogues: vec![Catalogue {
+        catalogues: vec![CatalogueInfo {
             name: "d4w".to_owned(),
             is_default: true,
         }],

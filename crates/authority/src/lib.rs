@@ -58,14 +58,15 @@
 //! ```
 
 mod election;
-mod epoch;
 mod error;
 mod group;
 
 pub use election::{AuthorityEvent, Outcome, elect};
-pub use epoch::Epoch;
 pub use error::AuthorityError;
 pub use group::{GroupKey, GroupState, Member};
+
+/// The fencing token, defined in [`halo_ids`] so that the wire and the Link share it.
+pub use halo_ids::Epoch;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use halo_cloud::{CloudState, StateConfig};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 use halo_router::{Router, RouterConfig};
-use halo_tenancy::{AvailabilityConfig, Catalogue, DatabaseIdentity, Event, Registry};
+use halo_tenancy::{AvailabilityConfig, Catalogue, Event, Registry, SiteIdentity};
 
 fn events(sites: usize) -> Vec<Event> {
     let mut out = Vec::with_capacity(sites * 3 + sites / 1000 + 1);
@@ -33,7 +33,7 @@ fn events(sites: usize) -> Vec<Event> {
         out.push(Event::DatabaseAttached {
             link,
             site,
-            identity: DatabaseIdentity {
+            identity: SiteIdentity {
                 pms_type: PmsType::D4w,
                 crn,
                 branch_crns: Vec::new(),

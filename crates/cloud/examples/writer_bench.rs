@@ -24,7 +24,7 @@ use halo_cloud::{CloudState, StateConfig};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, PolicyEvent};
 use halo_router::{Router, RouterConfig};
-use halo_tenancy::{AvailabilityConfig, Catalogue, DatabaseIdentity, Event, Registry};
+use halo_tenancy::{AvailabilityConfig, Catalogue, Event, Registry, SiteIdentity};
 
 /// Resident memory of this process, in bytes (Linux; 0 elsewhere).
 fn rss() -> usize {
@@ -82,7 +82,7 @@ fn registry_bytes_per_site(sites: usize) -> f64 {
     for i in 0..sites {
         let site = HaloGuid::from_u128(0x1000_0000_0000 + i as u128).unwrap();
         let crn: Crn = format!("P{i:07}").parse().unwrap();
-        let identity = DatabaseIdentity {
+        let identity = SiteIdentity {
             pms_type: PmsType::D4w,
             crn,
             branch_crns: Vec::new(),

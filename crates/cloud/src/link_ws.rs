@@ -17,7 +17,7 @@ use halo_protocol::{
     QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Registration, SiteRegistration};
+use halo_tenancy::{Catalogue, Registration, SiteIdentity, SiteRegistration};
 use tokio::sync::broadcast;
 
 use crate::app::AppState;
@@ -99,8 +99,8 @@ async fn refuse(socket: &mut WebSocket, reason: String) -> String {
     reason
 }
 
-fn identity(db: &DatabaseInfo) -> DatabaseIdentity {
-    DatabaseIdentity {
+fn identity(db: &DatabaseInfo) -> SiteIdentity {
+    SiteIdentity {
         pms_type: db.pms_type,
         crn: db.parent_crn,
         branch_crns: db.branch_crns.iter().map(|b| b.crn).collect(),
@@ -365,11 +365,6 @@ fn failure(f: QueryFailed) -> QueryFailure {
 /// The wire form of a routed job; `Err` when its parameters are not a JSON array
 /// (they were forwarded as opaque text), so that they are never silently dropped.
 fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
-    let mode = match job.command.mode {
-        ExecutionMode::Reader => halo_protocol::ExecutionMode::Reader,
-        ExecutionMode::NonQuery => halo_protocol::ExecutionMode::NonQuery,
-        ExecutionMode::Scalar => halo_protocol::ExecutionMode::Scalar,
-    };
     let parameters = match job.command.parameters.as_deref() {
         None => Vec::new(),
         Some(text) => serde_json::from_str::<Vec<serde_json::Value>>(text)
@@ -382,12 +377,12 @@ fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
     Ok(QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo,
-        epoch: job.epoch.get(),
+        epoch: job.epoch,
         timeout_ms: millis_until(job.deadline),
         // `maxTimeInQueue` covers the wait for a Link worker too.
         queue_timeout_ms: Some(millis_until(job.queue_deadline)),
         catalogue: job.catalogue.map(String::from),
-        mode,
+        mode: job.command.mode,
         command: job.command.text,
         parameters,
         allowlist: Allowlist {

@@ -836,7 +836,7 @@ mod tests {
     use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
     use halo_policy::IntegratorId;
     use halo_router::RouterConfig;
-    use halo_tenancy::{Catalogue, DatabaseIdentity};
+    use halo_tenancy::{Catalogue, SiteIdentity};
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Duration;
@@ -871,7 +871,7 @@ mod tests {
             events.push(Event::DatabaseAttached {
                 link,
                 site,
-                identity: DatabaseIdentity {
+                identity: SiteIdentity {
                     pms_type: PmsType::D4w,
                     // Two sites per CRN, so groups have a holder and a follower.
                     crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),

@@ -30,7 +30,7 @@
 //! | `QueryFailure::TooLarge` | 413 |
 //! | `QueryFailure::Denied` | 403 |
 //! | `CrnRefusal::BranchCrn`, `DemoRealCrn` | 400 |
-//! | tenancy `ErrorClass::NotFound`, `Invalid`, `Conflict` | 404, 400, 409 |
+//! | `TenancyErrorClass::NotFound`, `Invalid`, `Conflict` | 404, 400, 409 |
 //! | `CredentialError` of an admin action: `Unknown` | 404 |
 //! | `CredentialError` of an admin action: `AlreadyIssued`, `NoScope` | 409 |
 //! | `CredentialError` of an admin action: any other | 400 |
@@ -41,7 +41,7 @@ use axum::http::StatusCode;
 use halo_credentials::CredentialError;
 use halo_policy::DenyCode;
 use halo_router::{CrnRefusal, QueryFailure, RouteError};
-use halo_tenancy::ErrorClass;
+use halo_tenancy::TenancyErrorClass;
 
 /// nginx's "client closed request": a query its caller stopped waiting for. It is
 /// logged, never sent (nobody is listening).
@@ -105,11 +105,11 @@ pub fn crn_refusal(refusal: CrnRefusal) -> StatusCode {
 }
 
 /// The status of a refused tenancy event, by its class.
-pub fn tenancy(class: ErrorClass) -> StatusCode {
+pub fn tenancy(class: TenancyErrorClass) -> StatusCode {
     match class {
-        ErrorClass::NotFound => StatusCode::NOT_FOUND,
-        ErrorClass::Invalid => StatusCode::BAD_REQUEST,
-        ErrorClass::Conflict => StatusCode::CONFLICT,
+        TenancyErrorClass::NotFound => StatusCode::NOT_FOUND,
+        TenancyErrorClass::Invalid => StatusCode::BAD_REQUEST,
+        TenancyErrorClass::Conflict => StatusCode::CONFLICT,
     }
 }
 
@@ -261,9 +261,9 @@ mod tests {
 
     #[test]
     fn tenancy_classes_have_their_status() {
-        assert_eq!(tenancy(ErrorClass::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(tenancy(ErrorClass::Invalid), StatusCode::BAD_REQUEST);
-        assert_eq!(tenancy(ErrorClass::Conflict), StatusCode::CONFLICT);
+        assert_eq!(tenancy(TenancyErrorClass::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(tenancy(TenancyErrorClass::Invalid), StatusCode::BAD_REQUEST);
+        assert_eq!(tenancy(TenancyErrorClass::Conflict), StatusCode::CONFLICT);
         // Through the classes of real errors.
         let site = HaloGuid::from_u128(1).unwrap();
         let unknown = halo_tenancy::TenancyError::UnknownSite(site);

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType};
-use halo_protocol::{Catalogue, CloudToLink, DatabaseInfo, Hello, LinkToCloud, PROTOCOL_VERSION};
+use halo_protocol::{
+    CatalogueInfo, CloudToLink, DatabaseInfo, Hello, LinkToCloud, PROTOCOL_VERSION,
+};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -168,7 +170,7 @@ async fn register(http: &reqwest::Client, addr: &str, rng: &mut Rng, crn: Crn) -
             branch_crns: Vec::new(),
             practice_name: format!("Practice {crn}"),
             pms_version: "1".to_owned(),
-            catalogues: vec![Catalogue {
+            catalogues: vec![CatalogueInfo {
                 name: "d4w".to_owned(),
                 is_default: true,
             }],

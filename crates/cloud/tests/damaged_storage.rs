@@ -13,7 +13,7 @@ use halo_cloud::state::StateError;
 use halo_cloud::{CloudState, StateConfig};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 use halo_router::{Router, RouterConfig};
-use halo_tenancy::{AvailabilityConfig, Catalogue, DatabaseIdentity, Event};
+use halo_tenancy::{AvailabilityConfig, Catalogue, Event, SiteIdentity};
 
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 const SITES: u128 = 60;
@@ -53,7 +53,7 @@ fn site_events(from: u128, to: u128) -> Vec<Event> {
         events.push(Event::DatabaseAttached {
             link,
             site: site(i),
-            identity: DatabaseIdentity {
+            identity: SiteIdentity {
                 pms_type: PmsType::D4w,
                 crn: format!("CRN{i}").parse::<Crn>().expect("crn"),
                 branch_crns: Vec::new(),

@@ -30,7 +30,7 @@ use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent, authorise_practice};
 use halo_router::{Router, RouterConfig};
 use halo_store::{Store, StoreConfig};
-use halo_tenancy::{AvailabilityConfig, Catalogue, DatabaseIdentity, Event, LogEntry, SiteStatus};
+use halo_tenancy::{AvailabilityConfig, Catalogue, Event, LogEntry, SiteIdentity, SiteStatus};
 
 const RECORDS: &str = include_str!("fixtures/records_v1.jsonl");
 const SNAPSHOT: &str = include_str!("fixtures/snapshot_v1.json");
@@ -100,7 +100,7 @@ fn records() -> Vec<Record> {
             Event::DatabaseAttached {
                 link: link(),
                 site: site(),
-                identity: DatabaseIdentity {
+                identity: SiteIdentity {
                     pms_type: PmsType::D4w,
                     crn: "AB123".parse().unwrap(),
                     branch_crns: vec!["AB124".parse().unwrap()],

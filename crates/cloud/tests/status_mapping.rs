@@ -18,7 +18,7 @@ use halo_credentials::CredentialId;
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType};
 use halo_policy::{KeyHash, PolicyEvent, RateLimit};
 use halo_router::{QueryFailure, QueryOutput, RouterConfig};
-use halo_tenancy::{AvailabilityConfig, DatabaseIdentity, Event};
+use halo_tenancy::{AvailabilityConfig, Event, SiteIdentity};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -66,8 +66,8 @@ const SITE_E: u128 = 0xE;
 /// Site F: a demo copy of DM100 in Stage behind Link 1.
 const SITE_F: u128 = 0xF;
 
-fn identity(c: &str, branches: &[&str], demo: bool) -> DatabaseIdentity {
-    DatabaseIdentity {
+fn identity(c: &str, branches: &[&str], demo: bool) -> SiteIdentity {
+    SiteIdentity {
         pms_type: PmsType::D4w,
         crn: crn(c),
         branch_crns: branches.iter().map(|b| crn(b)).collect(),
@@ -78,7 +78,7 @@ fn identity(c: &str, branches: &[&str], demo: bool) -> DatabaseIdentity {
     }
 }
 
-fn attach(l: u128, site: u128, identity: DatabaseIdentity) -> [Event; 2] {
+fn attach(l: u128, site: u128, identity: SiteIdentity) -> [Event; 2] {
     [
         Event::DatabaseAttached {
             link: link(l),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
 use halo_link::demo::{DemoPractice, generate};
-use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_link::{Agent, AgentHandle, LinkConfig};
 use halo_policy::{IntegratorId, KeyHash, ReadAccess};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
@@ -67,7 +67,7 @@ pub struct Demo {
     /// The Cloud.
     pub cloud: RunningCloud,
     /// The in-process Link.
-    pub link: LinkHandle,
+    pub link: AgentHandle,
     /// The Stage subscription key of the demo integrator.
     pub key: String,
     /// The admin token.
@@ -163,7 +163,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         db_paths,
     );
     config.heartbeat_interval = Duration::from_secs(5);
-    let link = Link::prepare(config).map_err(|e| DemoError::Link(e.to_string()))?;
+    let link = Agent::prepare(config).map_err(|e| DemoError::Link(e.to_string()))?;
     let sites: Vec<DemoSite> = link
         .databases()
         .iter()

@@ -11,6 +11,12 @@
 //! | [`PmsId`] | `D4w:AB123` | `<pms type>:<site id>` |
 //! | [`Environment`] | `stage`, `production` | any case; also `staging` |
 //!
+//! Beside the identifiers it holds the few value types that cross a boundary in more
+//! than one crate, so that each has one definition: [`Timestamp`] (the instant every
+//! core function takes), [`Epoch`] (the fencing token of an authority group, a plain
+//! number on the wire and in files) and [`ExecutionMode`] (how a command runs, the
+//! API's `executionMode`).
+//!
 //! Parsing never panics, `parse(display(x)) == x`, and serde uses the canonical text
 //! (deserialising goes through the same validation). Errors ([`IdError`]) name the
 //! field, the rule broken and an escaped excerpt of at most 40 characters.
@@ -25,16 +31,20 @@
 
 mod crn;
 mod environment;
+mod epoch;
 mod error;
 mod guid;
+mod mode;
 mod pms;
 mod serde_str;
 mod time;
 
 pub use crn::Crn;
 pub use environment::Environment;
+pub use epoch::Epoch;
 pub use error::{Field, IdError, Rule};
 pub use guid::{HaloGuid, LinkGuid};
+pub use mode::ExecutionMode;
 pub use pms::{PmsId, PmsType};
 pub use time::Timestamp;
 

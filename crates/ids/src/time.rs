@@ -24,8 +24,9 @@ use std::time::Duration;
 pub struct Timestamp(u64);
 
 impl Timestamp {
-    /// The Unix epoch itself.
-    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The Unix epoch itself (1970-01-01T00:00:00Z). Not to be confused with
+    /// [`Epoch`](crate::Epoch), the fencing token.
+    pub const UNIX_EPOCH: Timestamp = Timestamp(0);
 
     /// An instant from milliseconds since the Unix epoch.
     pub const fn from_millis(millis: u64) -> Self {

@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use halo_ids::HaloGuid;
+use halo_ids::{Epoch, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Database, execute};
 use halo_protocol::{Allowlist, ExecutionMode, QueryJob};
@@ -48,11 +48,11 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let halo = HaloGuid::from_u128(1).unwrap();
-    let db = Database::open(&path, halo, 0).unwrap();
+    let db = Database::open(&path, halo, Epoch::ZERO).unwrap();
     let job = QueryJob {
         query_id: 1,
         halo_guid: halo,
-        epoch: 1,
+        epoch: Epoch::new(1),
         timeout_ms: 30_000,
         queue_timeout_ms: None,
         catalogue: None,

@@ -1,8 +1,8 @@
 //! The running Link: prepares its databases, then keeps a session with the Cloud.
 //!
-//! [`Link::prepare`] loads the state file, reads every database's identity, refuses
+//! [`Agent::prepare`] loads the state file, reads every database's identity, refuses
 //! demo databases in Production, logs each served database's Halo GUID and fake
-//! CRN, and saves the state. [`Link::run`] then loops: connect (with
+//! CRN, and saves the state. [`Agent::run`] then loops: connect (with
 //! `Authorization: Bearer <token>`), hello, heartbeats, jobs; on any failure it
 //! reconnects after an exponential backoff with jitter, until shutdown.
 //!
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use halo_ids::{Environment, HaloGuid, LinkGuid, Timestamp};
+use halo_ids::{Environment, Epoch, HaloGuid, LinkGuid, Timestamp};
 use halo_protocol::{
     CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
@@ -69,33 +69,33 @@ pub struct RefusedDatabase {
     pub reason: String,
 }
 
-/// Connection state, observable through [`LinkHandle::status`].
+/// Connection state, observable through [`AgentHandle::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LinkStatus {
+pub struct ConnectionStatus {
     /// Whether a session is open (hello acknowledged).
     pub connected: bool,
     /// Sessions opened so far (grows by one per successful hello).
     pub sessions: u64,
 }
 
-/// A prepared Link, ready to [`run`](Link::run).
+/// The Link agent, prepared (state loaded, databases read) and ready to [`run`](Agent::run).
 #[derive(Debug)]
-pub struct Link {
+pub struct Agent {
     config: LinkConfig,
     link_guid: LinkGuid,
     databases: Vec<Arc<Database>>,
     by_guid: HashMap<HaloGuid, Arc<Database>>,
     refused: Vec<RefusedDatabase>,
     state: LinkState,
-    status: watch::Sender<LinkStatus>,
+    status: watch::Sender<ConnectionStatus>,
     /// The workers jobs run on, counted overall and per database.
     workers: Arc<Workers>,
 }
 
-impl Link {
+impl Agent {
     /// Loads state, reads each database's identity and decides which to serve.
     ///
-    /// A database that cannot be read is logged and listed in [`Link::refused`];
+    /// A database that cannot be read is logged and listed in [`Agent::refused`];
     /// so is a demo or de-identified database on a Production Link.
     ///
     /// # Errors
@@ -154,7 +154,10 @@ impl Link {
                 continue;
             }
             let halo_guid = state.halo_guid_for(&key);
-            let epoch = state.databases.get(&key).map_or(0, |d| d.highest_epoch);
+            let epoch = state
+                .databases
+                .get(&key)
+                .map_or(Epoch::ZERO, |d| d.highest_epoch);
             let db = match Database::open(&canonical, halo_guid, epoch) {
                 Ok(db) => Arc::new(db.with_limits(config.sql_limits)),
                 Err(e) => {
@@ -179,7 +182,7 @@ impl Link {
             databases.push(db);
         }
         state.save(&config.state_file)?;
-        let (status, _) = watch::channel(LinkStatus::default());
+        let (status, _) = watch::channel(ConnectionStatus::default());
         let workers = Arc::new(Workers::new(
             config.max_concurrent_jobs.max(1),
             config.running_per_database(databases.len()),
@@ -223,15 +226,15 @@ impl Link {
         }
     }
 
-    /// Runs in the background; see [`LinkHandle`].
-    pub fn spawn(self) -> LinkHandle {
+    /// Runs in the background; see [`AgentHandle`].
+    pub fn spawn(self) -> AgentHandle {
         let (tx, rx) = oneshot::channel::<()>();
         let status = self.status.subscribe();
         let link_guid = self.link_guid;
         let task = tokio::spawn(self.run(async move {
             let _ = rx.await;
         }));
-        LinkHandle {
+        AgentHandle {
             link_guid,
             shutdown: Some(tx),
             status,
@@ -792,23 +795,23 @@ pub(crate) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duratio
     half + Duration::from_millis(jitter)
 }
 
-/// A running Link; stop it with [`LinkHandle::shutdown`] or [`LinkHandle::kill`].
+/// A running Link; stop it with [`AgentHandle::shutdown`] or [`AgentHandle::kill`].
 #[derive(Debug)]
-pub struct LinkHandle {
+pub struct AgentHandle {
     link_guid: LinkGuid,
     shutdown: Option<oneshot::Sender<()>>,
-    status: watch::Receiver<LinkStatus>,
+    status: watch::Receiver<ConnectionStatus>,
     task: tokio::task::JoinHandle<Result<(), LinkError>>,
 }
 
-impl LinkHandle {
+impl AgentHandle {
     /// The running Link's GUID.
     pub fn link_guid(&self) -> LinkGuid {
         self.link_guid
     }
 
     /// A receiver of connection-state changes.
-    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+    pub fn status(&self) -> watch::Receiver<ConnectionStatus> {
         self.status.clone()
     }
 
@@ -831,7 +834,7 @@ impl LinkHandle {
     ///
     /// # Errors
     ///
-    /// What [`Link::run`] returned, or [`LinkError::Connection`] if its task failed.
+    /// What [`Agent::run`] returned, or [`LinkError::Connection`] if its task failed.
     pub async fn shutdown(mut self) -> Result<(), LinkError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

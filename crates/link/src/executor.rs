@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use halo_ids::{Crn, HaloGuid, PmsType};
+use halo_ids::{Crn, Epoch, HaloGuid, PmsType};
 use halo_protocol::{
     DatabaseInfo, ExecutionMode, MAX_RESULT_BYTES, QueryError, QueryErrorKind, QueryJob,
 };
@@ -122,8 +122,8 @@ pub struct Database {
     halo_guid: HaloGuid,
     path: PathBuf,
     identity: DatabaseIdentity,
-    /// Highest epoch seen in a job. Only grows (`fetch_max`); read by the state
-    /// saver, written by job threads.
+    /// Highest epoch seen in a job (an [`Epoch`]'s number). Only grows
+    /// (`fetch_max`); read by the state saver, written by job threads.
     highest_epoch: AtomicU64,
     /// Idle read-only connections of *this* database only (never shared across
     /// databases), with no hooks installed. At most [`POOL_MAX`].
@@ -272,13 +272,13 @@ impl Database {
     /// # Errors
     ///
     /// [`LinkError::Database`] if the identity cannot be read.
-    pub fn open(path: &Path, halo_guid: HaloGuid, highest_epoch: u64) -> Result<Self, LinkError> {
+    pub fn open(path: &Path, halo_guid: HaloGuid, highest_epoch: Epoch) -> Result<Self, LinkError> {
         let identity = DatabaseIdentity::read(path)?;
         Ok(Self {
             halo_guid,
             path: path.to_path_buf(),
             identity,
-            highest_epoch: AtomicU64::new(highest_epoch),
+            highest_epoch: AtomicU64::new(highest_epoch.get()),
             pool: Mutex::new(Vec::new()),
             limits: SqlLimits::default(),
         })
@@ -321,8 +321,8 @@ impl Database {
     }
 
     /// The highest epoch seen so far.
-    pub fn highest_epoch(&self) -> u64 {
-        self.highest_epoch.load(Ordering::Acquire)
+    pub fn highest_epoch(&self) -> Epoch {
+        Epoch::new(self.highest_epoch.load(Ordering::Acquire))
     }
 
     /// Records `epoch` and refuses it if an newer one was already seen.
@@ -330,8 +330,11 @@ impl Database {
     /// # Errors
     ///
     /// A [`QueryErrorKind::StaleEpoch`] error.
-    pub fn observe_epoch(&self, epoch: u64) -> Result<(), QueryError> {
-        let previous = self.highest_epoch.fetch_max(epoch, Ordering::AcqRel);
+    pub fn observe_epoch(&self, epoch: Epoch) -> Result<(), QueryError> {
+        let (epoch, previous) = (
+            epoch.get(),
+            self.highest_epoch.fetch_max(epoch.get(), Ordering::AcqRel),
+        );
         if epoch < previous {
             return Err(QueryError::new(
                 QueryErrorKind::StaleEpoch,
@@ -358,7 +361,7 @@ impl Database {
 
 /// A successful execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryOutput {
+pub struct JobOutput {
     /// Rows returned (reader, scalar) or changed (nonQuery).
     pub rows: u64,
     /// Compact JSON array of row objects, columns in select order.
@@ -424,7 +427,7 @@ impl JobControl {
 /// # Errors
 ///
 /// A [`QueryError`] classified as the module docs describe.
-pub fn execute(db: &Database, job: &QueryJob) -> Result<QueryOutput, QueryError> {
+pub fn execute(db: &Database, job: &QueryJob) -> Result<JobOutput, QueryError> {
     execute_with(db, job, &JobControl::for_job(job))
 }
 
@@ -437,7 +440,7 @@ pub fn execute_with(
     db: &Database,
     job: &QueryJob,
     control: &JobControl,
-) -> Result<QueryOutput, QueryError> {
+) -> Result<JobOutput, QueryError> {
     if job.halo_guid != db.halo_guid {
         return Err(QueryError::new(
             QueryErrorKind::UnknownSite,
@@ -540,7 +543,7 @@ pub fn execute_with(
         ExecutionMode::Reader => write_rows(&mut stmt, usize::MAX, control, &classify)?,
         ExecutionMode::Scalar => write_rows(&mut stmt, 1, control, &classify)?,
     };
-    Ok(QueryOutput {
+    Ok(JobOutput {
         rows,
         json,
         duration: started.elapsed(),

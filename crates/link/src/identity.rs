@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use halo_ids::Crn;
-use halo_protocol::{BranchCrn, Catalogue};
+use halo_protocol::{BranchCrn, CatalogueInfo};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::LinkError;
@@ -28,7 +28,7 @@ pub struct DatabaseIdentity {
     /// PMS software version.
     pub pms_version: String,
     /// Catalogues; exactly one is the default.
-    pub catalogues: Vec<Catalogue>,
+    pub catalogues: Vec<CatalogueInfo>,
     /// A demo copy.
     pub is_demo: bool,
     /// A de-identified copy.
@@ -42,7 +42,7 @@ impl DatabaseIdentity {
     }
 
     /// The catalogue used when a job names none.
-    pub fn default_catalogue(&self) -> Option<&Catalogue> {
+    pub fn default_catalogue(&self) -> Option<&CatalogueInfo> {
         self.catalogues.iter().find(|c| c.is_default)
     }
 
@@ -122,9 +122,9 @@ impl DatabaseIdentity {
             let mut stmt = conn
                 .prepare("SELECT name, is_default FROM catalogue ORDER BY name")
                 .map_err(|e| sql_err("catalogue", e))?;
-            let cats: Vec<Catalogue> = stmt
+            let cats: Vec<CatalogueInfo> = stmt
                 .query_map([], |r| {
-                    Ok(Catalogue {
+                    Ok(CatalogueInfo {
                         name: r.get(0)?,
                         is_default: r.get(1)?,
                     })
@@ -136,7 +136,7 @@ impl DatabaseIdentity {
             }
             cats
         } else {
-            vec![Catalogue {
+            vec![CatalogueInfo {
                 name: "main".into(),
                 is_default: true,
             }]

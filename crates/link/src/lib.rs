@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), halo_link::LinkError> {
-//! use halo_link::{Link, LinkConfig};
+//! use halo_link::{Agent, LinkConfig};
 //! let config = LinkConfig::new(
 //!     "ws://127.0.0.1:8080/link/ws",
 //!     halo_ids::Environment::Stage,
@@ -26,7 +26,7 @@
 //!     "/tmp/link-state.json",
 //!     vec!["/tmp/practice.sqlite".into()],
 //! );
-//! let link = Link::prepare(config)?;
+//! let link = Agent::prepare(config)?;
 //! let handle = link.spawn();
 //! handle.wait_connected(1, std::time::Duration::from_secs(5)).await?;
 //! handle.shutdown().await?;
@@ -41,11 +41,11 @@ mod executor;
 mod identity;
 mod state;
 
-pub use agent::{Link, LinkHandle, LinkStatus, RefusedDatabase};
+pub use agent::{Agent, AgentHandle, ConnectionStatus, RefusedDatabase};
 pub use config::LinkConfig;
 pub use error::LinkError;
 pub use executor::{
-    ALLOWED_FUNCTIONS, Database, JobControl, QueryOutput, SqlLimits, execute, execute_with,
+    ALLOWED_FUNCTIONS, Database, JobControl, JobOutput, SqlLimits, execute, execute_with,
 };
 pub use identity::DatabaseIdentity;
 pub use state::{DatabaseState, LinkState};

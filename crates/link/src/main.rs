@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use halo_ids::Crn;
 use halo_link::demo::{DemoPractice, generate};
-use halo_link::{Link, LinkConfig};
+use halo_link::{Agent, LinkConfig};
 
 /// The Halo Link agent.
 #[derive(Debug, Parser)]
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         }
         (None, Some(path)) => {
             let config = LinkConfig::load(&path)?;
-            let link = Link::prepare(config)?;
+            let link = Agent::prepare(config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
             runtime.block_on(link.run(async {
                 let _ = tokio::signal::ctrl_c().await;

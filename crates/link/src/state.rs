@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use halo_ids::{HaloGuid, LinkGuid};
+use halo_ids::{Epoch, HaloGuid, LinkGuid};
 use serde::{Deserialize, Serialize};
 
 use crate::LinkError;
@@ -34,9 +34,9 @@ pub struct LinkState {
 pub struct DatabaseState {
     /// The Halo GUID this install gave the database.
     pub halo_guid: HaloGuid,
-    /// The highest authority epoch seen in a job for it.
+    /// The highest authority epoch seen in a job for it (a plain number in the file).
     #[serde(default)]
-    pub highest_epoch: u64,
+    pub highest_epoch: Epoch,
 }
 
 /// A random, non-nil UUID v4 as a Link or Halo GUID.
@@ -90,7 +90,7 @@ impl LinkState {
             .entry(key.to_owned())
             .or_insert_with(|| DatabaseState {
                 halo_guid: new_halo_guid(),
-                highest_epoch: 0,
+                highest_epoch: Epoch::ZERO,
             })
             .halo_guid
     }

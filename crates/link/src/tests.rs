@@ -6,7 +6,7 @@ use std::time::Duration;
 use halo_ids::{Crn, Environment};
 
 use crate::demo::{DemoPractice, generate};
-use crate::{Link, LinkConfig, LinkError, LinkState};
+use crate::{Agent, LinkConfig, LinkError, LinkState};
 
 fn crn(s: &str) -> Crn {
     s.parse().unwrap()
@@ -213,16 +213,16 @@ fn state_survives_restart_and_deleting_it_is_a_reinstall() {
     let b = demo_db(dir.path(), "b.sqlite", "AB2", false);
     let cfg = config(dir.path(), Environment::Stage, vec![a.clone(), b.clone()]);
     let guids =
-        |link: &Link| -> Vec<_> { link.databases().iter().map(|d| d.halo_guid()).collect() };
+        |link: &Agent| -> Vec<_> { link.databases().iter().map(|d| d.halo_guid()).collect() };
 
-    let first = Link::prepare(cfg.clone()).unwrap();
-    let again = Link::prepare(cfg.clone()).unwrap();
+    let first = Agent::prepare(cfg.clone()).unwrap();
+    let again = Agent::prepare(cfg.clone()).unwrap();
     assert_eq!(first.link_guid(), again.link_guid());
     assert_eq!(guids(&first), guids(&again));
     assert_ne!(guids(&first)[0], guids(&first)[1]);
 
     std::fs::remove_file(&cfg.state_file).unwrap();
-    let reinstalled = Link::prepare(cfg.clone()).unwrap();
+    let reinstalled = Agent::prepare(cfg.clone()).unwrap();
     assert_ne!(first.link_guid(), reinstalled.link_guid());
     for g in guids(&reinstalled) {
         assert!(!guids(&first).contains(&g));
@@ -237,7 +237,7 @@ fn a_corrupt_state_file_is_an_error_not_a_silent_reinstall() {
     let a = demo_db(dir.path(), "a.sqlite", "AB1", false);
     let cfg = config(dir.path(), Environment::Stage, vec![a]);
     std::fs::write(&cfg.state_file, "{ not json").unwrap();
-    assert!(matches!(Link::prepare(cfg), Err(LinkError::State { .. })));
+    assert!(matches!(Agent::prepare(cfg), Err(LinkError::State { .. })));
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn production_refuses_demo_databases_and_does_not_announce_them() {
         dir.path().join("state.json"),
         vec![real, demo.clone(), deid.clone()],
     );
-    let link = Link::prepare(cfg).unwrap();
+    let link = Agent::prepare(cfg).unwrap();
     let hello = link.hello();
     assert_eq!(hello.databases.len(), 1);
     assert_eq!(hello.databases[0].parent_crn, crn("AB1"));
@@ -278,7 +278,7 @@ fn production_refuses_demo_databases_and_does_not_announce_them() {
     assert!(link.refused()[0].reason.contains("production"));
 
     // The same databases on a Stage link are all served, demo flagged.
-    let stage = Link::prepare(config(dir.path(), Environment::Stage, vec![demo])).unwrap();
+    let stage = Agent::prepare(config(dir.path(), Environment::Stage, vec![demo])).unwrap();
     let hello = stage.hello();
     assert_eq!(hello.databases.len(), 1);
     assert!(hello.databases[0].is_demo);
@@ -292,7 +292,7 @@ fn production_refuses_demo_databases_and_does_not_announce_them() {
 fn unreadable_databases_are_refused_and_duplicates_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let a = demo_db(dir.path(), "a.sqlite", "AB1", false);
-    let link = Link::prepare(config(
+    let link = Agent::prepare(config(
         dir.path(),
         Environment::Stage,
         vec![a.clone(), dir.path().join("missing.sqlite")],
@@ -300,7 +300,7 @@ fn unreadable_databases_are_refused_and_duplicates_rejected() {
     .unwrap();
     assert_eq!(link.databases().len(), 1);
     assert_eq!(link.refused().len(), 1);
-    let err = Link::prepare(config(dir.path(), Environment::Stage, vec![a.clone(), a]));
+    let err = Agent::prepare(config(dir.path(), Environment::Stage, vec![a.clone(), a]));
     assert!(matches!(err, Err(LinkError::Config(m)) if m.contains("twice")));
 }
 

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use halo_ids::{Crn, Environment, HaloGuid};
+use halo_ids::{Crn, Environment, Epoch, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
-use halo_link::{Link, LinkConfig, LinkHandle};
+use halo_link::{Agent, AgentHandle, LinkConfig};
 use halo_protocol::{
     Allowlist, CloudToLink, ExecutionMode, Hello, LinkToCloud, QueryErrorKind, QueryJob, decode,
     encode,
@@ -165,7 +165,7 @@ fn marker_job(query_id: u64, halo_guid: HaloGuid) -> CloudToLink {
     CloudToLink::QueryJob(QueryJob {
         query_id,
         halo_guid,
-        epoch: 1,
+        epoch: Epoch::new(1),
         timeout_ms: 5_000,
         queue_timeout_ms: None,
         catalogue: None,
@@ -190,8 +190,8 @@ fn marker_of(answer: &LinkToCloud) -> (u64, String) {
     }
 }
 
-async fn start(cloud: &mut FakeCloud, dir: &Path, dbs: Vec<PathBuf>) -> (LinkHandle, Session) {
-    let link = Link::prepare(link_config(&cloud.url, dir, dbs)).unwrap();
+async fn start(cloud: &mut FakeCloud, dir: &Path, dbs: Vec<PathBuf>) -> (AgentHandle, Session) {
+    let link = Agent::prepare(link_config(&cloud.url, dir, dbs)).unwrap();
     let handle = link.spawn();
     let session = cloud.session().await;
     handle.wait_connected(1, WAIT).await.unwrap();
@@ -255,12 +255,12 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
 
     let mut job = marker_job(2, alpha);
     if let CloudToLink::QueryJob(j) = &mut job {
-        j.epoch = 5;
+        j.epoch = Epoch::new(5);
     }
     s.send(&job).await;
     assert_eq!(marker_of(&s.answer().await).0, 2);
     if let CloudToLink::QueryJob(j) = &mut job {
-        j.epoch = 4;
+        j.epoch = Epoch::new(4);
         j.query_id = 3;
     }
     s.send(&job).await;
@@ -281,7 +281,7 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
         .map(|d| d["highestEpoch"].as_u64().unwrap())
         .collect();
     assert_eq!(epochs, [5]);
-    let restarted = Link::prepare(link_config(
+    let restarted = Agent::prepare(link_config(
         &cloud.url,
         dir.path(),
         vec![dir.path().join("AB1.sqlite")],
@@ -289,8 +289,8 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
     .unwrap();
     let db = &restarted.databases()[0];
     assert_eq!(db.halo_guid(), alpha);
-    assert_eq!(db.highest_epoch(), 5);
-    assert!(db.observe_epoch(4).is_err());
+    assert_eq!(db.highest_epoch(), Epoch::new(5));
+    assert!(db.observe_epoch(Epoch::new(4)).is_err());
 }
 
 #[tokio::test]
@@ -428,7 +428,7 @@ async fn a_refused_link_does_not_connect_and_retries_with_backoff() {
         }
     });
     let a = tenant_db(dir.path(), "AB1", "alpha");
-    let handle = Link::prepare(link_config(&url, dir.path(), vec![a]))
+    let handle = Agent::prepare(link_config(&url, dir.path(), vec![a]))
         .unwrap()
         .spawn();
     for _ in 0..3 {
@@ -450,7 +450,7 @@ async fn pongs_keep_an_idle_session_open_and_silence_ends_it() {
     let a = tenant_db(dir.path(), "AB1", "alpha");
     let mut config = link_config(&cloud.url, dir.path(), vec![a]);
     config.silence_limit = Duration::from_millis(700);
-    let handle = Link::prepare(config).unwrap().spawn();
+    let handle = Agent::prepare(config).unwrap().spawn();
 
     // A cloud that keeps reading answers the Link's pings: the session stays up
     // well past the silence limit (heartbeats come every 200 ms from the ack).
@@ -534,13 +534,13 @@ async fn two_tenants(
     dir: &Path,
     workers: usize,
     edit: impl FnOnce(&mut LinkConfig),
-) -> (LinkHandle, Session, [HaloGuid; 2], [PathBuf; 2]) {
+) -> (AgentHandle, Session, [HaloGuid; 2], [PathBuf; 2]) {
     let a = tenant_db(dir, "AB1", "alpha");
     let b = tenant_db(dir, "AB2", "beta");
     let mut config = link_config(&cloud.url, dir, vec![a.clone(), b.clone()]);
     config.max_concurrent_jobs = workers;
     edit(&mut config);
-    let handle = Link::prepare(config).unwrap().spawn();
+    let handle = Agent::prepare(config).unwrap().spawn();
     let s = cloud.session().await;
     handle.wait_connected(1, WAIT).await.unwrap();
     let guid = |crn: &str| {

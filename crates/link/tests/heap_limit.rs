@@ -2,7 +2,7 @@
 //! can only go down, so it must not meet the other tests.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use halo_ids::HaloGuid;
+use halo_ids::{Epoch, HaloGuid};
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Database, SqlLimits, execute};
 use halo_protocol::{Allowlist, ExecutionMode, QueryErrorKind, QueryJob};
@@ -11,7 +11,7 @@ fn reader(sql: &str) -> QueryJob {
     QueryJob {
         query_id: 1,
         halo_guid: HaloGuid::from_u128(7).unwrap(),
-        epoch: 0,
+        epoch: Epoch::ZERO,
         timeout_ms: 10_000,
         queue_timeout_ms: None,
         catalogue: None,
@@ -35,7 +35,7 @@ fn a_query_over_the_heap_limit_fails_cleanly_and_the_link_goes_on() {
         &DemoPractice::new("AB123".parse().unwrap(), "Smile Co"),
     )
     .unwrap();
-    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), 0)
+    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), Epoch::ZERO)
         .unwrap()
         .with_limits(SqlLimits {
             max_value_bytes: 64 * 1024 * 1024,

@@ -4,23 +4,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-use halo_ids::{Environment, HaloGuid, PmsId, Timestamp};
-use serde::{Deserialize, Serialize};
+use halo_ids::{Environment, ExecutionMode, HaloGuid, PmsId, Timestamp};
 
 use crate::policy::{CompiledIntegrator, CompiledPractice, pms_index};
 use crate::{Components, IntegratorId, KeyHash, Policy, StatementKind};
-
-/// How the Link runs a command (the API's `executionMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ExecutionMode {
-    /// Returns rows.
-    Reader,
-    /// Returns a row count; a write, allowed only with write authorisation.
-    NonQuery,
-    /// Returns one value.
-    Scalar,
-}
 
 /// One integrator request, as the router sees it. Borrowed: building it allocates
 /// nothing.

@@ -99,8 +99,8 @@ pub use components::{
     extract_components,
 };
 pub use decision::{
-    Allowed, Authenticated, Decision, Deny, DenyCode, ExecutionMode, Request, SiteView,
-    authenticate, authorise_practice, evaluate, practice_enabled, site_status_access, site_visible,
+    Allowed, Authenticated, Decision, Deny, DenyCode, Request, SiteView, authenticate,
+    authorise_practice, evaluate, practice_enabled, site_status_access, site_visible,
 };
 pub use error::PolicyError;
 pub use event::{
@@ -111,6 +111,9 @@ pub use integrator::IntegratorId;
 pub use key::KeyHash;
 pub use policy::Policy;
 pub use snapshot::{GRANTS_SNAPSHOT_VERSION, GrantsSnapshot};
+
+/// How a command runs; defined in [`halo_ids`], shared with the Link protocol.
+pub use halo_ids::ExecutionMode;
 
 #[cfg(test)]
 mod tests;

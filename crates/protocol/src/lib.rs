@@ -46,9 +46,12 @@ mod message;
 
 pub use error::ProtocolError;
 pub use message::{
-    Allowlist, BranchCrn, Catalogue, CloudToLink, DatabaseInfo, DatabaseRejection, ExecutionMode,
-    Heartbeat, Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
+    Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
+    Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
+
+/// How a command runs (`QueryJob::mode`); defined in [`halo_ids`], shared with policy.
+pub use halo_ids::ExecutionMode;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+use halo_ids::{Crn, Environment, Epoch, ExecutionMode, HaloGuid, LinkGuid, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::ProtocolError;
@@ -84,7 +84,7 @@ pub struct DatabaseInfo {
     /// PMS software version.
     pub pms_version: String,
     /// Catalogues (logical databases) an integrator may name.
-    pub catalogues: Vec<Catalogue>,
+    pub catalogues: Vec<CatalogueInfo>,
     /// Whether the database is a demo or de-identified copy.
     pub is_demo: bool,
 }
@@ -99,10 +99,11 @@ pub struct BranchCrn {
     pub location: String,
 }
 
-/// A catalogue of a database.
+/// A catalogue of a database, as the Link announces it (the wire form of
+/// `halo_tenancy::Catalogue`, which the event log writes with other field names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Catalogue {
+pub struct CatalogueInfo {
     /// Catalogue name.
     pub name: String,
     /// Whether queries without a catalogue use this one.
@@ -127,18 +128,6 @@ pub struct Heartbeat {
     pub at: Timestamp,
     /// Halo GUIDs of the databases currently served.
     pub sites: Vec<HaloGuid>,
-}
-
-/// How a command is executed, as in the integrator API's `executionMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ExecutionMode {
-    /// Returns rows; the database is opened read-only.
-    Reader,
-    /// Writes; allowed only when [`Allowlist::allow_write`] is set.
-    NonQuery,
-    /// Returns the first column of the first row; read-only.
-    Scalar,
 }
 
 /// The components the Cloud authorised for one job; the Link enforces them again.
@@ -175,8 +164,8 @@ pub struct QueryJob {
     /// The one database the job may run on.
     pub halo_guid: HaloGuid,
     /// The authority epoch (fencing token) of the route; the Link refuses an epoch
-    /// older than the highest it has seen for this database.
-    pub epoch: u64,
+    /// older than the highest it has seen for this database. A plain number on the wire.
+    pub epoch: Epoch,
     /// Execution budget in milliseconds from receipt (see the type docs).
     pub timeout_ms: u64,
     /// Queue budget in milliseconds from receipt: the job must start by then
@@ -186,7 +175,7 @@ pub struct QueryJob {
     /// Catalogue to use; `None` means the default one.
     #[serde(default)]
     pub catalogue: Option<String>,
-    /// Execution mode.
+    /// Execution mode; `nonQuery` writes only when [`Allowlist::allow_write`] is set.
     pub mode: ExecutionMode,
     /// The SQL text.
     pub command: String,

@@ -1,5 +1,6 @@
 //! Round trips, size limits, garbage and version checks.
 
+use halo_ids::Epoch;
 use proptest::prelude::*;
 
 use super::*;
@@ -24,7 +25,7 @@ fn hello(version: u32) -> LinkToCloud {
             }],
             practice_name: "Smile Co".into(),
             pms_version: "15.2".into(),
-            catalogues: vec![Catalogue {
+            catalogues: vec![CatalogueInfo {
                 name: "d4w".into(),
                 is_default: true,
             }],
@@ -37,7 +38,7 @@ fn job() -> CloudToLink {
     CloudToLink::QueryJob(QueryJob {
         query_id: u64::MAX,
         halo_guid: halo(3),
-        epoch: 4,
+        epoch: Epoch::new(4),
         timeout_ms: 30_000,
         queue_timeout_ms: Some(5_000),
         catalogue: None,
@@ -120,6 +121,27 @@ fn wire_names_are_camel_case() {
         r#""environment":"stage""#,
     ] {
         assert!(frame.contains(needle), "{needle} missing from {frame}");
+    }
+}
+
+/// Frames as protocol version 1 writes them, byte for byte. Links and Clouds of
+/// other builds speak this: a Rust rename must never change it.
+const FROZEN_FRAMES: [&str; 4] = [
+    r#"{"type":"hello","linkGuid":"00000000-0000-0000-0000-000000000001","environment":"stage","linkVersion":"0.1.0","protocolVersion":1,"databases":[{"haloGuid":"00000000-0000-0000-0000-000000000002","pmsType":"D4w","parentCrn":"AB123","branchCrns":[{"crn":"AB124","location":"Fitzroy"}],"practiceName":"Smile Co","pmsVersion":"15.2","catalogues":[{"name":"d4w","isDefault":true}],"isDemo":false}]}"#,
+    r#"{"type":"heartbeat","at":5,"sites":["00000000-0000-0000-0000-000000000002","00000000-0000-0000-0000-000000000003"]}"#,
+    r#"{"type":"queryFailed","queryId":9,"error":{"kind":"unknownSite","code":null,"message":"no such database"}}"#,
+    r#"{"type":"queryJob","queryId":7,"haloGuid":"00000000-0000-0000-0000-000000000003","epoch":4,"timeoutMs":30000,"catalogue":null,"mode":"reader","command":"select 1","parameters":[],"allowlist":{"tables":[],"procedures":[],"allowWrite":false}}"#,
+];
+
+#[test]
+fn version_one_frames_are_frozen() {
+    for (i, frame) in FROZEN_FRAMES.into_iter().enumerate() {
+        let again = if i == 3 {
+            encode(&decode::<CloudToLink>(frame).unwrap()).unwrap()
+        } else {
+            encode(&decode::<LinkToCloud>(frame).unwrap()).unwrap()
+        };
+        assert_eq!(again, frame);
     }
 }
 
@@ -294,7 +316,7 @@ proptest! {
         let msg = CloudToLink::QueryJob(QueryJob {
             query_id,
             halo_guid: halo(n),
-            epoch,
+            epoch: Epoch::new(epoch),
             timeout_ms,
             queue_timeout_ms,
             catalogue: Some("d4w".into()),

@@ -73,11 +73,11 @@ pub(crate) enum Ending {
 const PENDING: u8 = 0;
 
 /// What a finished query yields to its caller.
-pub(crate) type Outcome = Result<QueryOutput, RouteError>;
+pub(crate) type QueryOutcome = Result<QueryOutput, RouteError>;
 
 #[derive(Default)]
 struct Cell {
-    outcome: Option<Outcome>,
+    outcome: Option<QueryOutcome>,
     waker: Option<Waker>,
 }
 
@@ -128,7 +128,7 @@ impl Slot {
     /// which must then release the in-flight slot; `false` (and drops `outcome`) if
     /// another ending won first.
     #[must_use = "the winner must release the in-flight slot"]
-    pub(crate) fn try_finish(&self, ending: Ending, outcome: Outcome) -> bool {
+    pub(crate) fn try_finish(&self, ending: Ending, outcome: QueryOutcome) -> bool {
         if self
             .state
             .compare_exchange(PENDING, ending as u8, Ordering::AcqRel, Ordering::Acquire)
@@ -148,7 +148,7 @@ impl Slot {
     }
 
     /// Takes the outcome if it is there, else registers `waker` to be woken when it is.
-    pub(crate) fn poll_outcome(&self, waker: &Waker) -> Poll<Outcome> {
+    pub(crate) fn poll_outcome(&self, waker: &Waker) -> Poll<QueryOutcome> {
         let mut cell = lock(&self.cell);
         if let Some(outcome) = cell.outcome.take() {
             return Poll::Ready(outcome);
@@ -161,7 +161,7 @@ impl Slot {
     }
 
     /// Takes the outcome if one is stored (after this thread lost or won a race).
-    pub(crate) fn take_outcome(&self) -> Option<Outcome> {
+    pub(crate) fn take_outcome(&self) -> Option<QueryOutcome> {
         lock(&self.cell).outcome.take()
     }
 }

@@ -56,7 +56,7 @@ pub enum RouteError {
 /// A coarse classification of [`RouteError`], for logging, retries and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ErrorClass {
+pub enum RouteErrorClass {
     /// The caller asked for something that does not exist or is malformed.
     CallerFault,
     /// The caller is not allowed (policy, rate limit or quota).
@@ -69,28 +69,28 @@ pub enum ErrorClass {
 
 impl RouteError {
     /// The coarse class of this error.
-    pub fn class(&self) -> ErrorClass {
+    pub fn class(&self) -> RouteErrorClass {
         match self {
             RouteError::UnknownSite | RouteError::InvalidRequest(_) | RouteError::Cancelled => {
-                ErrorClass::CallerFault
+                RouteErrorClass::CallerFault
             }
             RouteError::Denied(_)
             | RouteError::NotAuthoritative
-            | RouteError::Failed(QueryFailure::Denied(_)) => ErrorClass::Denied,
+            | RouteError::Failed(QueryFailure::Denied(_)) => RouteErrorClass::Denied,
             RouteError::NotActive
             | RouteError::Busy
             | RouteError::Unreachable
             | RouteError::Timeout
             | RouteError::Failed(
                 QueryFailure::StaleEpoch | QueryFailure::Expired | QueryFailure::Busy,
-            ) => ErrorClass::Unavailable,
-            RouteError::TooLarge { .. } | RouteError::Failed(_) => ErrorClass::QueryFailed,
+            ) => RouteErrorClass::Unavailable,
+            RouteError::TooLarge { .. } | RouteError::Failed(_) => RouteErrorClass::QueryFailed,
         }
     }
 
     /// Whether the same request may succeed if retried later unchanged.
     pub fn is_retryable(&self) -> bool {
-        self.class() == ErrorClass::Unavailable
+        self.class() == RouteErrorClass::Unavailable
             || matches!(self, RouteError::Denied(d) if matches!(d.code(), DenyCode::RateLimited { .. }))
     }
 }

@@ -10,7 +10,7 @@ use std::thread::{self, Thread};
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{Grants, IntegratorId, Policy, ReadAccess, extract_components};
-use halo_tenancy::{Change, DatabaseIdentity, Event, Registry};
+use halo_tenancy::{Change, Event, Registry, SiteIdentity};
 
 use crate::{Command, RouteRequest};
 use halo_policy::ExecutionMode;
@@ -56,7 +56,7 @@ pub(crate) fn add_site(
                 .unwrap(),
         );
     }
-    let identity = DatabaseIdentity {
+    let identity = SiteIdentity {
         pms_type: PmsType::D4w,
         crn: crn(practice),
         branch_crns: Vec::new(),

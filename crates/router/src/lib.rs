@@ -25,7 +25,7 @@
 //!   guidance for a branch CRN or a demo copy's real CRN, given only to an
 //!   integrator entitled to that practice; to anyone else such a CRN is answered
 //!   exactly like an unknown one.
-//! - Errors are [`RouteError`]s, domain errors with a class ([`ErrorClass`]) and no
+//! - Errors are [`RouteError`]s, domain errors with a class ([`RouteErrorClass`]) and no
 //!   HTTP status: the Cloud maps every variant (and every [`QueryFailure`] and
 //!   [`CrnRefusal`]) in its one status table.
 //!
@@ -37,7 +37,7 @@
 //! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 //! use halo_policy::{extract_components, ExecutionMode, Grants, KeyHash, PolicyEvent};
 //! use halo_router::{Command, Delivery, QueryOutput, RouteRequest, Router, RouterConfig};
-//! use halo_tenancy::{DatabaseIdentity, Event, Registry};
+//! use halo_tenancy::{SiteIdentity, Event, Registry};
 //!
 //! let (link, site) = (LinkGuid::from_u128(1)?, HaloGuid::from_u128(2)?);
 //! let now = Timestamp::from_millis(1_000);
@@ -45,7 +45,7 @@
 //!
 //! // The writer: registry events in, changes to the router.
 //! let mut registry = Registry::new();
-//! let identity = DatabaseIdentity {
+//! let identity = SiteIdentity {
 //!     pms_type: PmsType::D4w, crn: "AB123".parse()?, branch_crns: vec![],
 //!     practice_name: "Smile Dental".into(), pms_version: "1".into(),
 //!     catalogues: vec![], demo: false,
@@ -106,7 +106,7 @@ mod router;
 mod sync;
 
 pub use dispatch::{Dispatch, QueryId};
-pub use error::{ErrorClass, RouteError};
+pub use error::{RouteError, RouteErrorClass};
 pub use job::{Command, Job};
 pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};

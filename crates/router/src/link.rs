@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use foldhash::fast::RandomState;
 use halo_ids::{LinkGuid, Timestamp};
 
-use crate::dispatch::{Dispatch, Ending, Outcome, QueryId, Slot};
+use crate::dispatch::{Dispatch, Ending, QueryId, QueryOutcome, Slot};
 use crate::error::RouteError;
 use crate::job::Job;
 use crate::outcome::{QueryFailure, QueryOutput};
@@ -201,7 +201,7 @@ impl SessionCore {
 
     /// Ends `slot` with `outcome` if nothing ended it first; the winner releases the
     /// in-flight slot. Returns whether this call won.
-    pub(crate) fn finish(&self, slot: &Slot, ending: Ending, outcome: Outcome) -> bool {
+    pub(crate) fn finish(&self, slot: &Slot, ending: Ending, outcome: QueryOutcome) -> bool {
         if !slot.try_finish(ending, outcome) {
             return false;
         }

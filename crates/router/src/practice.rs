@@ -73,7 +73,7 @@ mod tests {
         Authenticated, Deny, Grants, IntegratorId, Policy, PolicyEvent, ReadAccess, authenticate,
         authorise_practice,
     };
-    use halo_tenancy::{DatabaseIdentity, Event, Registry};
+    use halo_tenancy::{Event, Registry, SiteIdentity};
 
     use super::*;
 
@@ -92,8 +92,8 @@ mod tests {
         HaloGuid::from_u128((n << 96) | n).unwrap()
     }
 
-    fn identity(real: &str, branches: &[&str], demo: bool) -> DatabaseIdentity {
-        DatabaseIdentity {
+    fn identity(real: &str, branches: &[&str], demo: bool) -> SiteIdentity {
+        SiteIdentity {
             pms_type: PmsType::D4w,
             crn: crn(real),
             branch_crns: branches.iter().map(|b| crn(b)).collect(),

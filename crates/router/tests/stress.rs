@@ -20,7 +20,7 @@ use std::time::Duration;
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{ExecutionMode, Grants, IntegratorId, ReadAccess, extract_components};
 use halo_router::{Command, QueryOutput, RouteError, RouteRequest, Router, RouterConfig};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event, GroupKey, Registry};
+use halo_tenancy::{Catalogue, Event, GroupKey, Registry, SiteIdentity};
 
 const GROUPS: u32 = 6;
 const MEMBERS: u32 = 2;
@@ -62,7 +62,7 @@ fn attach(link: LinkGuid, site: HaloGuid, group: u32) -> [Event; 2] {
         Event::DatabaseAttached {
             link,
             site,
-            identity: DatabaseIdentity {
+            identity: SiteIdentity {
                 pms_type: PmsType::D4w,
                 crn: crn(group),
                 branch_crns: Vec::new(),

@@ -8,7 +8,7 @@ use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
 use crate::registry::{BranchClaim, Map, Promotion};
 use crate::{
-    Catalogue, Change, DatabaseIdentity, Event, Link, LinkStatus, Registry, Site, SiteStatus,
+    Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
     TenancyError, TextField, TextRule,
 };
 
@@ -128,7 +128,7 @@ struct Details {
     catalogues: Box<[Catalogue]>,
 }
 
-fn check_details(identity: &DatabaseIdentity) -> Result<Details, TenancyError> {
+fn check_details(identity: &SiteIdentity) -> Result<Details, TenancyError> {
     let practice_name = check_text(
         TextField::PracticeName,
         &identity.practice_name,
@@ -419,7 +419,7 @@ fn database_attached(
     reg: &mut Registry,
     link: LinkGuid,
     halo: HaloGuid,
-    identity: &DatabaseIdentity,
+    identity: &SiteIdentity,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let environment = live_link(reg, link)?.environment;

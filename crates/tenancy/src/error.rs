@@ -63,7 +63,7 @@ impl std::fmt::Display for TextRule {
 
 /// How an adapter should treat a [`TenancyError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
+pub enum TenancyErrorClass {
     /// The event names something the registry does not know.
     NotFound,
     /// The event is malformed or breaks a registration rule; retrying will not help.
@@ -176,21 +176,23 @@ pub enum TenancyError {
 
 impl TenancyError {
     /// The class of this error, for adapters that map errors to responses.
-    pub fn class(&self) -> ErrorClass {
+    pub fn class(&self) -> TenancyErrorClass {
         match self {
-            TenancyError::UnknownLink(_) | TenancyError::UnknownSite(_) => ErrorClass::NotFound,
+            TenancyError::UnknownLink(_) | TenancyError::UnknownSite(_) => {
+                TenancyErrorClass::NotFound
+            }
             TenancyError::InvalidText { .. }
             | TenancyError::DuplicateCatalogue
             | TenancyError::SeveralDefaultCatalogues
             | TenancyError::DemoInProduction
             | TenancyError::UnsupportedVersion(_)
             | TenancyError::UnsupportedSnapshotVersion(_)
-            | TenancyError::InvalidSnapshot { .. } => ErrorClass::Invalid,
+            | TenancyError::InvalidSnapshot { .. } => TenancyErrorClass::Invalid,
             TenancyError::Authority(
                 AuthorityError::MissingActor | AuthorityError::MissingReason,
-            ) => ErrorClass::Invalid,
+            ) => TenancyErrorClass::Invalid,
             TenancyError::Replay { source, .. } => source.class(),
-            _ => ErrorClass::Conflict,
+            _ => TenancyErrorClass::Conflict,
         }
     }
 }

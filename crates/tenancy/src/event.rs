@@ -47,10 +47,11 @@ pub struct Catalogue {
     pub is_default: bool,
 }
 
-/// A database's identity and details, as the Link read them from the database itself
-/// (never from its own configuration).
+/// A site's identity and details: what its Link read from the database itself
+/// (never from its own configuration), in the form the registry keeps and the event
+/// log writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatabaseIdentity {
+pub struct SiteIdentity {
     /// The PMS.
     pub pms_type: PmsType,
     /// The parent CRN stored in the database (for a demo copy: its real, non-unique CRN).
@@ -93,7 +94,7 @@ pub enum Event {
         /// The Halo GUID the Link gave the database.
         site: HaloGuid,
         /// What the Link read from the database.
-        identity: DatabaseIdentity,
+        identity: SiteIdentity,
     },
     /// A database finished initialising and is ready for queries.
     DatabaseReady {

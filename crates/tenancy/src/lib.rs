@@ -71,7 +71,7 @@
 //!
 //! ```
 //! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
-//! use halo_tenancy::{CrnLookup, DatabaseIdentity, Event, Registry};
+//! use halo_tenancy::{CrnLookup, SiteIdentity, Event, Registry};
 //!
 //! let link = LinkGuid::from_u128(1)?;
 //! let site = HaloGuid::from_u128(2)?;
@@ -81,7 +81,7 @@
 //! registry
 //!     .apply(&Event::LinkRegistered { link, environment: Environment::Production, version: "1.0".into() }, now)
 //!     .unwrap();
-//! let identity = DatabaseIdentity {
+//! let identity = SiteIdentity {
 //!     pms_type: PmsType::D4w,
 //!     crn,
 //!     branch_crns: vec![],
@@ -108,8 +108,8 @@ mod snapshot;
 
 pub use availability::{Availability, AvailabilityConfig};
 pub use change::Change;
-pub use error::{ErrorClass, TenancyError, TextField, TextRule};
-pub use event::{Catalogue, DatabaseIdentity, EVENT_VERSION, Event, LogEntry};
+pub use error::{TenancyError, TenancyErrorClass, TextField, TextRule};
+pub use event::{Catalogue, EVENT_VERSION, Event, LogEntry, SiteIdentity};
 pub use registration::{Registration, RegistrationRefused, SiteRegistration};
 pub use registry::{CrnLookup, Group, Promotion, Registry};
 pub use site::{Link, LinkStatus, Site, SiteStatus};

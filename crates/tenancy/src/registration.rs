@@ -9,7 +9,7 @@
 
 use halo_ids::{Environment, HaloGuid, LinkGuid};
 
-use crate::{DatabaseIdentity, Event, SiteStatus, TenancyError};
+use crate::{Event, SiteIdentity, SiteStatus, TenancyError};
 
 /// The events of one Link's hello, built once, and the reading of their results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl Registration {
         link: LinkGuid,
         environment: Environment,
         version: String,
-        databases: impl IntoIterator<Item = (HaloGuid, DatabaseIdentity)>,
+        databases: impl IntoIterator<Item = (HaloGuid, SiteIdentity)>,
     ) -> Self {
         let mut events = vec![Event::LinkRegistered {
             link,
@@ -155,8 +155,8 @@ mod tests {
         HaloGuid::from_u128(n).unwrap()
     }
 
-    fn identity(crn: &str, demo: bool) -> DatabaseIdentity {
-        DatabaseIdentity {
+    fn identity(crn: &str, demo: bool) -> SiteIdentity {
+        SiteIdentity {
             pms_type: PmsType::D4w,
             crn: crn.parse().unwrap(),
             branch_crns: vec![],

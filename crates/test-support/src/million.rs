@@ -3,7 +3,7 @@
 //! (every fifth with two branch CRNs) and 100 000 backups sharing a primary's CRN.
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType};
-use halo_tenancy::{Catalogue, DatabaseIdentity, Event};
+use halo_tenancy::{Catalogue, Event, SiteIdentity};
 
 /// Sites in the mix.
 pub const SITES: u32 = 1_000_000;
@@ -41,8 +41,8 @@ pub fn link(i: u32) -> LinkGuid {
 }
 
 /// A D4W database whose parent CRN is [`crn`]`(parent)`, with `branches` branch CRNs.
-pub fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
-    DatabaseIdentity {
+pub fn identity(parent: u32, branches: u32) -> SiteIdentity {
+    SiteIdentity {
         pms_type: PmsType::D4w,
         crn: crn(parent),
         branch_crns: (0..branches).map(|j| branch(parent, j)).collect(),
@@ -57,7 +57,7 @@ pub fn identity(parent: u32, branches: u32) -> DatabaseIdentity {
 }
 
 /// Every database of the mix: (database index, Link index, identity).
-pub fn databases() -> impl Iterator<Item = (u32, u32, DatabaseIdentity)> {
+pub fn databases() -> impl Iterator<Item = (u32, u32, SiteIdentity)> {
     let clustered = CLUSTERS * PER_CLUSTER;
     let singles = SITES - clustered - BACKUPS;
     let cluster = (0..clustered).map(|i| (i, i / PER_CLUSTER, identity(i, 0)));

@@ -30,7 +30,7 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     drop(conn);
-    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), 0).unwrap();
+    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), Epoch::ZERO).unwrap();
     Fixture { _dir: dir, db }
 }
 
@@ -38,7 +38,7 @@ fn job(mode: ExecutionMode, sql: &str, tables: &[&str]) -> QueryJob {
     QueryJob {
         query_id: 1,
         halo_guid: HaloGuid::from_u128(7).unwrap(),
-        epoch: 0,
+        epoch: Epoch::ZERO,
         timeout_ms: 10_000,
         queue_timeout_ms: None,
         catalogue: None,
@@ -57,11 +57,11 @@ fn reader(sql: &str, tables: &[&str]) -> QueryJob {
     job(ExecutionMode::Reader, sql, tables)
 }
 
-fn rows(out: &QueryOutput) -> serde_json::Value {
+fn rows(out: &JobOutput) -> serde_json::Value {
     serde_json::from_slice(&out.json).unwrap()
 }
 
-fn kind(r: Result<QueryOutput, QueryError>) -> QueryErrorKind {
+fn kind(r: Result<JobOutput, QueryError>) -> QueryErrorKind {
     match r {
         Ok(out) => panic!("expected an error, got {} rows", out.rows),
         Err(e) => e.kind,
@@ -426,7 +426,7 @@ fn stale_epochs_are_refused() {
     let f = fixture();
     let at = |epoch| {
         let mut j = reader("SELECT 1 AS one", &[]);
-        j.epoch = epoch;
+        j.epoch = Epoch::new(epoch);
         execute(&f.db, &j)
     };
     at(5).unwrap();
@@ -434,7 +434,7 @@ fn stale_epochs_are_refused() {
     at(5).unwrap();
     at(6).unwrap();
     assert_eq!(kind(at(5)), QueryErrorKind::StaleEpoch);
-    assert_eq!(f.db.highest_epoch(), 6);
+    assert_eq!(f.db.highest_epoch(), Epoch::new(6));
 }
 
 #[test]
@@ -572,7 +572,7 @@ fn leak_fixture() -> (tempfile::TempDir, Database) {
     )
     .unwrap();
     drop(conn);
-    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), 0).unwrap();
+    let db = Database::open(&path, HaloGuid::from_u128(7).unwrap(), Epoch::ZERO).unwrap();
     (dir, db)
 }
 
@@ -786,7 +786,7 @@ fn the_function_list_is_sorted_and_has_no_repeats() {
 #[test]
 fn a_value_longer_than_the_limit_is_too_large_not_a_crash() {
     let f = fixture();
-    let db = Database::open(f.db.path(), HaloGuid::from_u128(7).unwrap(), 0)
+    let db = Database::open(f.db.path(), HaloGuid::from_u128(7).unwrap(), Epoch::ZERO)
         .unwrap()
         .with_limits(SqlLimits {
             max_value_bytes: 4096,

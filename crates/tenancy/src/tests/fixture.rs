@@ -2,7 +2,7 @@
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 
-use crate::{Catalogue, Change, DatabaseIdentity, Event, LogEntry, Registry, TenancyError};
+use crate::{Catalogue, Change, Event, LogEntry, Registry, SiteIdentity, TenancyError};
 
 /// Halo GUID number `n`; the number is in the first and last digits, so that fake
 /// CRNs (the first eight characters) differ.
@@ -18,8 +18,8 @@ pub(super) fn crn(s: &str) -> Crn {
     s.parse().unwrap()
 }
 
-pub(super) fn identity(parent: &str, branches: &[&str]) -> DatabaseIdentity {
-    DatabaseIdentity {
+pub(super) fn identity(parent: &str, branches: &[&str]) -> SiteIdentity {
+    SiteIdentity {
         pms_type: PmsType::D4w,
         crn: crn(parent),
         branch_crns: branches.iter().map(|b| crn(b)).collect(),
@@ -33,8 +33,8 @@ pub(super) fn identity(parent: &str, branches: &[&str]) -> DatabaseIdentity {
     }
 }
 
-pub(super) fn demo_identity(real: &str) -> DatabaseIdentity {
-    DatabaseIdentity {
+pub(super) fn demo_identity(real: &str) -> SiteIdentity {
+    SiteIdentity {
         demo: true,
         ..identity(real, &[])
     }
@@ -90,7 +90,7 @@ impl Fx {
         &mut self,
         link: u128,
         site: u128,
-        identity: DatabaseIdentity,
+        identity: SiteIdentity,
     ) -> Result<Vec<Change>, TenancyError> {
         self.try_apply(Event::DatabaseAttached {
             link: l(link),

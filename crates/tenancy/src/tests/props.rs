@@ -8,7 +8,7 @@ use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType, Timestamp};
 use proptest::prelude::*;
 
 use super::fixture::{h, l};
-use crate::{Change, CrnLookup, DatabaseIdentity, Event, LogEntry, Registry, TenancyError};
+use crate::{Change, CrnLookup, Event, LogEntry, Registry, SiteIdentity, TenancyError};
 
 const LINKS: u128 = 4;
 const CRNS: [&str; 6] = ["A1", "B2", "C3", "D4", "E5", "F6"];
@@ -23,7 +23,7 @@ fn crn_of(i: usize) -> Crn {
 pub(super) enum Op {
     Register(u128, Environment),
     /// Attach a fresh database (or, with `Some`, re-attach the n-th site) via a Link.
-    Attach(u128, Option<usize>, DatabaseIdentity),
+    Attach(u128, Option<usize>, SiteIdentity),
     Ready(usize, bool),
     Remove(usize, bool),
     Uninstall(u128),
@@ -33,14 +33,14 @@ pub(super) enum Op {
     Promote(usize),
 }
 
-fn arb_identity() -> impl Strategy<Value = DatabaseIdentity> {
+fn arb_identity() -> impl Strategy<Value = SiteIdentity> {
     (
         0..CRNS.len(),
         prop::collection::vec(0..CRNS.len(), 0..2),
         0..6u8,
         0..8u8,
     )
-        .prop_map(|(parent, branches, demo, pms)| DatabaseIdentity {
+        .prop_map(|(parent, branches, demo, pms)| SiteIdentity {
             pms_type: if pms == 0 {
                 PmsType::Zedmed
             } else {

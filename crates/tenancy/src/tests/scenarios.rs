@@ -7,8 +7,8 @@ use halo_ids::{Environment, PmsId, PmsType, Timestamp};
 
 use super::fixture::{Fx, crn, demo_identity, h, identity, l};
 use crate::{
-    Availability, AvailabilityConfig, Change, CrnLookup, ErrorClass, Event, LogEntry, Registry,
-    SiteStatus, TenancyError,
+    Availability, AvailabilityConfig, Change, CrnLookup, Event, LogEntry, Registry, SiteStatus,
+    TenancyError, TenancyErrorClass,
 };
 
 const PROD: Environment = Environment::Production;
@@ -211,7 +211,7 @@ fn server_migration_with_promotion() {
             reason: "  ".into(),
         })
         .unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Invalid);
+    assert_eq!(err.class(), TenancyErrorClass::Invalid);
 
     // The old server is retired; the new one keeps authority and its epoch.
     fx.apply(Event::DatabaseRemoved {
@@ -564,7 +564,7 @@ fn demo_copy_in_production_is_refused_and_nothing_changes() {
     let before = fx.reg.clone();
     let err = fx.attach(1, 10, demo_identity("AB123")).unwrap_err();
     assert_eq!(err, TenancyError::DemoInProduction);
-    assert_eq!(err.class(), ErrorClass::Invalid);
+    assert_eq!(err.class(), TenancyErrorClass::Invalid);
     assert_eq!(fx.reg, before);
     assert!(fx.reg.site(h(10)).is_none());
 }
@@ -646,7 +646,10 @@ fn unknown_links_and_sites_are_refused() {
         fx.promote(10).unwrap_err(),
         TenancyError::UnknownSite(h(10))
     );
-    assert_eq!(fx.promote(10).unwrap_err().class(), ErrorClass::NotFound);
+    assert_eq!(
+        fx.promote(10).unwrap_err().class(),
+        TenancyErrorClass::NotFound
+    );
 }
 
 #[test]
@@ -740,7 +743,7 @@ fn availability_thresholds_are_configurable() {
     // A clock that goes backwards never makes a site look older.
     assert_eq!(
         fx.reg
-            .availability(h(10), Timestamp::EPOCH, &AvailabilityConfig::DEFAULT),
+            .availability(h(10), Timestamp::UNIX_EPOCH, &AvailabilityConfig::DEFAULT),
         Some(Availability::Online)
     );
 }

@@ -5,7 +5,10 @@ use std::fmt;
 /// A group's epoch: incremented on every change of holder, never decreased.
 ///
 /// Routes carry the epoch of the holder they target; a Link refuses work stamped
-/// with an epoch older than the newest it has seen for that database.
+/// with an epoch older than the newest it has seen for that database. Decided by
+/// `halo-authority`; defined here so that the protocol and the Link use the same
+/// type. Serde writes it as a plain number (the event log, the snapshots, the
+/// Cloud ↔ Link protocol and the Link's state file all carry the bare number).
 #[derive(
     Debug,
     Clone,
