@@ -595,7 +595,7 @@ pub async fn promote(
     let halo: HaloGuid = site_id.parse()?;
     let b = json(body)?;
     let event = Event::Promoted {
-        site: halo,
+        halo_guid: halo,
         actor: b.actor,
         reason: b.reason,
     };

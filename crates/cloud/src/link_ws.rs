@@ -108,14 +108,14 @@ fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event>
         version: hello.link_version.clone(),
     }];
     for db in databases {
-        events.push(Event::DatabaseAttached {
+        events.push(Event::SiteAttached {
             link,
-            site: db.halo_guid,
+            halo_guid: db.halo_guid,
             identity: identity(db),
         });
-        events.push(Event::DatabaseReady {
+        events.push(Event::SiteReady {
             link,
-            site: db.halo_guid,
+            halo_guid: db.halo_guid,
         });
     }
     events
@@ -124,7 +124,7 @@ fn registration_events(hello: &Hello, databases: &[&DatabaseInfo]) -> Vec<Event>
 fn identity(db: &DatabaseInfo) -> SiteIdentity {
     SiteIdentity {
         pms_type: db.pms_type,
-        crn: db.parent_crn,
+        parent_crn: db.parent_crn,
         branch_crns: db.branch_crns.iter().map(|b| b.crn).collect(),
         practice_name: db.practice_name.clone(),
         pms_version: db.pms_version.clone(),
@@ -136,7 +136,7 @@ fn identity(db: &DatabaseInfo) -> SiteIdentity {
                 is_default: c.is_default,
             })
             .collect(),
-        demo: db.is_demo,
+        is_demo: db.is_demo,
     }
 }
 
@@ -388,7 +388,7 @@ fn to_protocol(job: Job, now: Timestamp) -> QueryJob {
     };
     QueryJob {
         query_id: job.query_id.get(),
-        halo_guid: job.halo,
+        halo_guid: job.halo_guid,
         epoch: job.epoch,
         timeout_ms: millis_until(job.deadline),
         // `maxTimeInQueue` covers the wait for a Link worker too.

@@ -460,13 +460,13 @@ mod tests {
         }];
         for i in 0..n {
             let site = HaloGuid::from_u128(100 + i).unwrap();
-            events.push(Event::DatabaseAttached {
+            events.push(Event::SiteAttached {
                 link,
-                site,
+                halo_guid: site,
                 identity: SiteIdentity {
                     pms_type: PmsType::D4w,
                     // Two sites per CRN, so groups have a holder and a follower.
-                    crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),
+                    parent_crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),
                     branch_crns: Vec::new(),
                     practice_name: format!("Practice {i}"),
                     pms_version: "15".into(),
@@ -474,10 +474,10 @@ mod tests {
                         name: "d4w".into(),
                         is_default: true,
                     }],
-                    demo: false,
+                    is_demo: false,
                 },
             });
-            events.push(Event::DatabaseReady { link, site });
+            events.push(Event::SiteReady { link, halo_guid: site });
         }
         events
     }
@@ -506,7 +506,7 @@ mod tests {
         state
             .apply_one(
                 Event::Promoted {
-                    site: HaloGuid::from_u128(101).unwrap(),
+                    halo_guid: HaloGuid::from_u128(101).unwrap(),
                     actor: "support".into(),
                     reason: "migration".into(),
                 },

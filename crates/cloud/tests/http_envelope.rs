@@ -178,7 +178,10 @@ async fn a_body_over_the_limit_is_413_in_the_envelope() {
         );
     }
     // Just under the limit is accepted.
-    let fits = format!(r#"{{"environment":"stage","label":"{}"}}"#, "x".repeat(app::MAX_BODY_BYTES - 64));
+    let fits = format!(
+        r#"{{"environment":"stage","label":"{}"}}"#,
+        "x".repeat(app::MAX_BODY_BYTES - 64)
+    );
     let response = router
         .clone()
         .oneshot(admin_post(

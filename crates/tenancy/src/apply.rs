@@ -34,27 +34,33 @@ pub(crate) fn apply(
             environment,
             version,
         } => link_registered(reg, *link, *environment, version, now),
-        Event::DatabaseAttached {
+        Event::SiteAttached {
             link,
-            site,
+            halo_guid: site,
             identity,
         } => database_attached(reg, *link, *site, identity, now),
-        Event::DatabaseReady { link, site } => database_ready(reg, *link, *site, now),
-        Event::DatabaseRemoved { link, site } => database_removed(reg, *link, *site),
+        Event::SiteReady {
+            link,
+            halo_guid: site,
+        } => database_ready(reg, *link, *site, now),
+        Event::SiteRemoved {
+            link,
+            halo_guid: site,
+        } => database_removed(reg, *link, *site),
         Event::LinkUninstalled { link } => link_uninstalled(reg, *link),
         Event::Reinstalled {
             link,
             previous,
-            site,
+            halo_guid: site,
         } => reinstalled(reg, *link, *previous, *site, now),
         Event::Heartbeat { link } => heartbeat(reg, *link, now),
         Event::BranchCrnsChanged {
             link,
-            site,
+            halo_guid: site,
             branch_crns,
         } => branch_crns_changed(reg, *link, *site, branch_crns),
         Event::Promoted {
-            site,
+            halo_guid: site,
             actor,
             reason,
         } => promoted(reg, *site, actor, reason, now),
@@ -105,7 +111,7 @@ fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Si
     }
     if !s.status.is_live() {
         return Err(TenancyError::SiteRetired {
-            site,
+            halo_guid: site,
             status: s.status,
         });
     }
@@ -156,7 +162,7 @@ fn check_details(identity: &SiteIdentity) -> Result<Details, TenancyError> {
         return Err(TenancyError::SeveralDefaultCatalogues);
     }
     Ok(Details {
-        branch_crns: normalise_branches(identity.crn, &identity.branch_crns),
+        branch_crns: normalise_branches(identity.parent_crn, &identity.branch_crns),
         practice_name,
         pms_version,
         catalogues: identity.catalogues.clone().into_boxed_slice(),
@@ -187,8 +193,8 @@ fn check_crns(
             .state
             .members()
             .iter()
-            .filter(|m| Some(m.site) != exclude)
-            .any(|m| demo || reg.sites.get(&m.site).is_some_and(|s| s.demo));
+            .filter(|m| Some(m.halo_guid) != exclude)
+            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(|s| s.is_demo));
         if clash {
             return Err(TenancyError::FakeCrnCollision(crn));
         }
@@ -204,7 +210,7 @@ fn check_crns(
                 .state
                 .members()
                 .iter()
-                .any(|m| Some(m.site) != exclude)
+                .any(|m| Some(m.halo_guid) != exclude)
             {
                 return Err(TenancyError::BranchIsParent(*branch));
             }
@@ -253,7 +259,7 @@ impl Plan {
 
 fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
     if !changes.contains(&Change::SiteUpserted(site))
-        && !changes.contains(&Change::SiteRemoved(site))
+        && !changes.contains(&Change::SiteRetired(site))
     {
         changes.push(Change::SiteUpserted(site));
     }
@@ -270,8 +276,8 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
         let holder = group.state.holder();
         let epoch = group.state.epoch();
         for member in group.state.members() {
-            if let Some(site) = sites.get_mut(&member.site) {
-                site.authoritative = holder == Some(member.site);
+            if let Some(site) = sites.get_mut(&member.halo_guid) {
+                site.authoritative = holder == Some(member.halo_guid);
                 site.epoch = epoch;
             }
         }
@@ -290,7 +296,7 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
                 epoch,
             });
             for member in group.state.members() {
-                push_site_change(changes, member.site);
+                push_site_change(changes, member.halo_guid);
             }
         }
     }
@@ -302,18 +308,18 @@ pub(crate) fn claim_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.demo {
+    if site.is_demo {
         demo_real
-            .entry(key(site.environment, site.pms_type, site.real_crn))
+            .entry(key(site.environment, site.pms_type, site.parent_crn))
             .or_default()
-            .insert(site.halo);
+            .insert(site.halo_guid);
         return;
     }
     for branch in site.branch_crns.iter() {
         branches
             .entry(key(site.environment, site.pms_type, *branch))
             .or_insert(BranchClaim {
-                parent: site.real_crn,
+                parent: site.parent_crn,
                 claims: 0,
             })
             .claims += 1;
@@ -326,10 +332,10 @@ fn release_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.demo {
-        let k = key(site.environment, site.pms_type, site.real_crn);
+    if site.is_demo {
+        let k = key(site.environment, site.pms_type, site.parent_crn);
         if let Some(copies) = demo_real.get_mut(&k) {
-            copies.remove(&site.halo);
+            copies.remove(&site.halo_guid);
             if copies.is_empty() {
                 demo_real.remove(&k);
             }
@@ -423,14 +429,14 @@ fn database_attached(
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let environment = live_link(reg, link)?.environment;
-    if identity.demo && environment == Environment::Production {
+    if identity.is_demo && environment == Environment::Production {
         return Err(TenancyError::DemoInProduction);
     }
     let details = check_details(identity)?;
-    let routing_crn = if identity.demo {
+    let routing_crn = if identity.is_demo {
         halo.fake_crn()
     } else {
-        identity.crn
+        identity.parent_crn
     };
 
     if let Some(existing) = reg.sites.get(&halo) {
@@ -440,13 +446,13 @@ fn database_attached(
         }
         if !existing.status.is_live() {
             return Err(TenancyError::SiteRetired {
-                site: halo,
+                halo_guid: halo,
                 status: existing.status,
             });
         }
         if existing.pms_type != identity.pms_type
-            || existing.real_crn != identity.crn
-            || existing.demo != identity.demo
+            || existing.parent_crn != identity.parent_crn
+            || existing.is_demo != identity.is_demo
         {
             return Err(TenancyError::IdentityChanged(halo));
         }
@@ -455,7 +461,7 @@ fn database_attached(
             environment,
             identity.pms_type,
             routing_crn,
-            identity.demo,
+            identity.is_demo,
             &details.branch_crns,
             Some(halo),
         )?;
@@ -477,7 +483,7 @@ fn database_attached(
         environment,
         identity.pms_type,
         routing_crn,
-        identity.demo,
+        identity.is_demo,
         &details.branch_crns,
         None,
     )?;
@@ -487,19 +493,19 @@ fn database_attached(
         reg,
         group_key,
         &AuthorityEvent::Joined {
-            site: halo,
+            halo_guid: halo,
             eligible: true,
             link,
         },
     )?;
 
     let site = Site {
-        halo,
+        halo_guid: halo,
         link,
         environment,
         pms_type: identity.pms_type,
-        real_crn: identity.crn,
-        demo: identity.demo,
+        parent_crn: identity.parent_crn,
+        is_demo: identity.is_demo,
         status: SiteStatus::Initialising,
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
@@ -529,7 +535,7 @@ fn database_ready(
     let site = live_owned_site(reg, link, halo)?;
     if site.status != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
-            site: halo,
+            halo_guid: halo,
             from: site.status,
             to: SiteStatus::Active,
         });
@@ -550,9 +556,13 @@ fn database_removed(
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo)?;
     let mut plan = Plan::default();
-    plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: halo })?;
+    plan.elect(
+        reg,
+        site.group_key(),
+        &AuthorityEvent::Left { halo_guid: halo },
+    )?;
     with_claims(reg, halo, |site| site.status = SiteStatus::Removed);
-    let mut changes = vec![Change::SiteRemoved(halo)];
+    let mut changes = vec![Change::SiteRetired(halo)];
     commit_plan(reg, plan, &[halo], &mut changes);
     Ok(changes)
 }
@@ -568,13 +578,17 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
     let mut plan = Plan::default();
     for halo in &leaving {
         if let Some(site) = reg.sites.get(halo) {
-            plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: *halo })?;
+            plan.elect(
+                reg,
+                site.group_key(),
+                &AuthorityEvent::Left { halo_guid: *halo },
+            )?;
         }
     }
     let mut changes = Vec::with_capacity(leaving.len() + 1);
     for halo in &leaving {
         with_claims(reg, *halo, |site| site.status = SiteStatus::Uninstalled);
-        changes.push(Change::SiteRemoved(*halo));
+        changes.push(Change::SiteRetired(*halo));
     }
     if let Some(l) = reg.links.get_mut(&link) {
         l.status = LinkStatus::Uninstalled;
@@ -601,7 +615,7 @@ fn reinstalled(
     }
     if prev.status == SiteStatus::Removed {
         return Err(TenancyError::SiteRetired {
-            site: previous,
+            halo_guid: previous,
             status: prev.status,
         });
     }
@@ -619,37 +633,39 @@ fn reinstalled(
         return Err(TenancyError::EnvironmentChanged(link));
     }
     let was_live = prev.status.is_live();
-    let routing_crn = if prev.demo {
+    let routing_crn = if prev.is_demo {
         halo.fake_crn()
     } else {
-        prev.real_crn
+        prev.parent_crn
     };
     check_crns(
         reg,
         environment,
         prev.pms_type,
         routing_crn,
-        prev.demo,
+        prev.is_demo,
         &prev.branch_crns,
         Some(previous),
     )?;
     let new_key = key(environment, prev.pms_type, routing_crn);
     let mut plan = Plan::default();
-    if prev.demo {
+    if prev.is_demo {
         // A demo copy's fake CRN comes from its Halo GUID, so the reinstall lands in
         // a new group of its own.
         if was_live {
             plan.elect(
                 reg,
                 prev.group_key(),
-                &AuthorityEvent::Left { site: previous },
+                &AuthorityEvent::Left {
+                    halo_guid: previous,
+                },
             )?;
         }
         plan.elect(
             reg,
             new_key,
             &AuthorityEvent::Joined {
-                site: halo,
+                halo_guid: halo,
                 eligible: true,
                 link,
             },
@@ -660,7 +676,7 @@ fn reinstalled(
             new_key,
             &AuthorityEvent::Reinstalled {
                 previous,
-                site: halo,
+                halo_guid: halo,
                 link,
                 eligible: true,
             },
@@ -668,12 +684,12 @@ fn reinstalled(
     }
 
     let site = Site {
-        halo,
+        halo_guid: halo,
         link,
         environment,
         pms_type: prev.pms_type,
-        real_crn: prev.real_crn,
-        demo: prev.demo,
+        parent_crn: prev.parent_crn,
+        is_demo: prev.is_demo,
         status: SiteStatus::Initialising,
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
@@ -686,7 +702,7 @@ fn reinstalled(
     let mut changes = Vec::new();
     if was_live {
         with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
-        changes.push(Change::SiteRemoved(previous));
+        changes.push(Change::SiteRetired(previous));
     }
     insert_site(reg, site);
     reg.successors.insert(previous, halo);
@@ -727,13 +743,13 @@ fn branch_crns_changed(
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo)?;
-    let branches = normalise_branches(site.real_crn, branch_crns);
+    let branches = normalise_branches(site.parent_crn, branch_crns);
     check_crns(
         reg,
         site.environment,
         site.pms_type,
         site.crn(),
-        site.demo,
+        site.is_demo,
         &branches,
         Some(halo),
     )?;
@@ -754,7 +770,7 @@ fn promoted(
         .ok_or(TenancyError::UnknownSite(halo))?;
     if !site.status.is_live() {
         return Err(TenancyError::SiteRetired {
-            site: halo,
+            halo_guid: halo,
             status: site.status,
         });
     }
@@ -766,7 +782,7 @@ fn promoted(
         reg,
         group_key,
         &AuthorityEvent::Promoted {
-            site: halo,
+            halo_guid: halo,
             actor: actor.to_string(),
             reason: reason.to_string(),
         },
@@ -780,7 +796,7 @@ fn promoted(
     commit_plan(reg, plan, &[], &mut changes);
     if let Some(group) = reg.groups.get_mut(&group_key) {
         group.last_promotion = Some(Box::new(Promotion {
-            site: halo,
+            halo_guid: halo,
             actor,
             reason,
             at: now,

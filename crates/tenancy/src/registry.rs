@@ -68,14 +68,14 @@ impl SiteTable {
     /// Adds a new site; the caller has checked that its Halo GUID is new.
     pub(crate) fn insert(&mut self, site: Site) {
         let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        self.index.insert(site.halo, index);
+        self.index.insert(site.halo_guid, index);
         self.list.push(site);
     }
 
     /// Adds a site unless its Halo GUID is already present; says whether it did.
     pub(crate) fn insert_new(&mut self, site: Site) -> bool {
         let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        match self.index.entry(site.halo) {
+        match self.index.entry(site.halo_guid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(index);
@@ -103,7 +103,7 @@ impl SiteTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Promotion {
     /// The promoted site.
-    pub site: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The operator.
     pub actor: Box<str>,
     /// Why.
@@ -278,7 +278,7 @@ impl Registry {
             .get(&GroupKey::new(environment, pms_id))
             .into_iter()
             .flat_map(|g| g.state.members())
-            .filter_map(|m| self.sites.get(&m.site))
+            .filter_map(|m| self.sites.get(&m.halo_guid))
     }
 
     /// Trades a CRN for a Halo GUID. A branch CRN, a demo copy's real CRN and an
