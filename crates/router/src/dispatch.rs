@@ -198,11 +198,11 @@ impl fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
-    pub(crate) fn new(slot: Arc<Slot>, session: Arc<SessionCore>, halo: HaloGuid) -> Self {
+    pub(crate) fn new(slot: Arc<Slot>, session: Arc<SessionCore>, halo_guid: HaloGuid) -> Self {
         Self {
             slot,
             session,
-            halo_guid: halo,
+            halo_guid,
             done: false,
         }
     }

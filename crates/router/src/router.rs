@@ -207,14 +207,14 @@ impl Router {
     // ---- read path -------------------------------------------------------------
 
     /// The published record of a site, if it is live (lock-free).
-    pub fn resolve(&self, halo: HaloGuid) -> Option<Route> {
-        self.routes.peek_with(&halo, |_, r| r.clone())
+    pub fn resolve(&self, halo_guid: HaloGuid) -> Option<Route> {
+        self.routes.peek_with(&halo_guid, |_, r| r.clone())
     }
 
-    /// Calls `f` with the published record of `halo` (or `None`), without cloning it.
-    pub fn with_route<R>(&self, halo: HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
+    /// Calls `f` with the published record of `halo_guid` (or `None`), without cloning it.
+    pub fn with_route<R>(&self, halo_guid: HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
         let guard = scc::Guard::new();
-        f(self.routes.peek(&halo, &guard))
+        f(self.routes.peek(&halo_guid, &guard))
     }
 
     /// Runs the read path alone: resolve, status, authority, policy. No side effects
@@ -296,7 +296,7 @@ impl Router {
                 .find(|c| c.is_default)
                 .map(|c| c.name.clone()),
         };
-        let (halo, link, epoch) = (site.halo_guid, site.link, site.epoch);
+        let (halo_guid, link, epoch) = (site.halo_guid, site.link, site.epoch);
         drop(guard);
         session.submit(|| {
             policy
@@ -308,7 +308,7 @@ impl Router {
             let queue_deadline = request.now.saturating_add(in_queue);
             Ok(Job {
                 query_id,
-                halo_guid: halo,
+                halo_guid,
                 link,
                 epoch,
                 queue_deadline,
@@ -359,8 +359,8 @@ impl Router {
     pub fn apply_changes(&self, registry: &Registry, changes: &[Change]) {
         for change in changes {
             match *change {
-                Change::SiteUpserted(halo) | Change::SiteRetired(halo) => {
-                    self.refresh(registry, halo);
+                Change::SiteUpserted(halo_guid) | Change::SiteRetired(halo_guid) => {
+                    self.refresh(registry, halo_guid);
                 }
                 Change::AuthorityChanged { group, holder, .. } => {
                     // Demote first: every member other than the new holder, then the holder.
@@ -393,12 +393,12 @@ impl Router {
         }
     }
 
-    fn refresh(&self, registry: &Registry, halo: HaloGuid) {
-        match registry.site(halo) {
+    fn refresh(&self, registry: &Registry, halo_guid: HaloGuid) {
+        match registry.site(halo_guid) {
             Some(site) if site.status().is_live() => {
                 let _ = self.publish(SiteRoute::from_site(site));
             }
-            _ => self.unpublish(halo),
+            _ => self.unpublish(halo_guid),
         }
     }
 
@@ -453,8 +453,8 @@ impl Router {
 
     /// Replaces (or adds) one record in place: readers see the old or the new one,
     /// never neither.
-    fn upsert(&self, halo: HaloGuid, route: Route) {
-        match self.routes.entry_sync(halo) {
+    fn upsert(&self, halo_guid: HaloGuid, route: Route) {
+        match self.routes.entry_sync(halo_guid) {
             scc::hash_index::Entry::Occupied(mut o) => o.update(route),
             scc::hash_index::Entry::Vacant(v) => {
                 let _ = v.insert_entry(route);
@@ -463,11 +463,11 @@ impl Router {
     }
 
     /// Removes a site from the table: it resolves as unknown from now on.
-    pub fn unpublish(&self, halo: HaloGuid) {
+    pub fn unpublish(&self, halo_guid: HaloGuid) {
         let mut writer = lock(&self.writer);
-        if let Some(group) = self.routes.peek_with(&halo, |_, r| r.site().group()) {
-            let _ = self.routes.remove_sync(&halo);
-            if writer.holders.get(&group) == Some(&halo) {
+        if let Some(group) = self.routes.peek_with(&halo_guid, |_, r| r.site().group()) {
+            let _ = self.routes.remove_sync(&halo_guid);
+            if writer.holders.get(&group) == Some(&halo_guid) {
                 writer.holders.remove(&group);
             }
         }

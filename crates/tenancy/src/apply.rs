@@ -360,14 +360,14 @@ fn insert_site(reg: &mut Registry, site: Site) {
 }
 
 /// Takes a site out of its CRN indexes, changes it, and puts it back.
-fn with_claims(reg: &mut Registry, halo: HaloGuid, change: impl FnOnce(&mut Site)) {
+fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut Site)) {
     let Registry {
         sites,
         branches,
         demo_real,
         ..
     } = reg;
-    let Some(site) = sites.get_mut(&halo) else {
+    let Some(site) = sites.get_mut(&halo_guid) else {
         return;
     };
     if site.status.is_live() {
@@ -424,7 +424,7 @@ fn link_registered(
 fn database_attached(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     identity: &SiteIdentity,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
@@ -434,19 +434,19 @@ fn database_attached(
     }
     let details = check_details(identity)?;
     let routing_crn = if identity.is_demo {
-        halo.fake_crn()
+        halo_guid.fake_crn()
     } else {
         identity.parent_crn
     };
 
-    if let Some(existing) = reg.sites.get(&halo) {
+    if let Some(existing) = reg.sites.get(&halo_guid) {
         // A re-report of a known database: details may change, identity may not.
         if existing.link != link {
-            return Err(TenancyError::SiteOwnedByOtherLink(halo));
+            return Err(TenancyError::SiteOwnedByOtherLink(halo_guid));
         }
         if !existing.status.is_live() {
             return Err(TenancyError::SiteRetired {
-                halo_guid: halo,
+                halo_guid,
                 status: existing.status,
             });
         }
@@ -454,7 +454,7 @@ fn database_attached(
             || existing.parent_crn != identity.parent_crn
             || existing.is_demo != identity.is_demo
         {
-            return Err(TenancyError::IdentityChanged(halo));
+            return Err(TenancyError::IdentityChanged(halo_guid));
         }
         check_crns(
             reg,
@@ -463,11 +463,11 @@ fn database_attached(
             routing_crn,
             identity.is_demo,
             &details.branch_crns,
-            Some(halo),
+            Some(halo_guid),
         )?;
         let pms_version = reg.interned.text(&details.pms_version);
         let catalogues = reg.interned.catalogues(&details.catalogues);
-        with_claims(reg, halo, |site| {
+        with_claims(reg, halo_guid, |site| {
             site.branch_crns = details.branch_crns;
             site.practice_name = details.practice_name;
             site.pms_version = pms_version;
@@ -475,7 +475,7 @@ fn database_attached(
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
-        return Ok(vec![Change::SiteUpserted(halo)]);
+        return Ok(vec![Change::SiteUpserted(halo_guid)]);
     }
 
     check_crns(
@@ -493,14 +493,14 @@ fn database_attached(
         reg,
         group_key,
         &AuthorityEvent::Joined {
-            halo_guid: halo,
+            halo_guid,
             eligible: true,
             link,
         },
     )?;
 
     let site = Site {
-        halo_guid: halo,
+        halo_guid,
         link,
         environment,
         pms_type: identity.pms_type,
@@ -517,10 +517,10 @@ fn database_attached(
     };
     insert_site(reg, site);
     if let Some(l) = reg.links.get_mut(&link) {
-        l.sites.push(halo);
+        l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    let mut changes = vec![Change::SiteUpserted(halo)];
+    let mut changes = vec![Change::SiteUpserted(halo_guid)];
     commit_plan(reg, plan, &[], &mut changes);
     Ok(changes)
 }
@@ -528,42 +528,38 @@ fn database_attached(
 fn database_ready(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
+    let site = live_owned_site(reg, link, halo_guid)?;
     if site.status != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
-            halo_guid: halo,
+            halo_guid,
             from: site.status,
             to: SiteStatus::Active,
         });
     }
-    if let Some(site) = reg.sites.get_mut(&halo) {
+    if let Some(site) = reg.sites.get_mut(&halo_guid) {
         site.status = SiteStatus::Active;
         site.last_heard = site.last_heard.max(now);
     }
     hear_link(reg, link, now);
-    Ok(vec![Change::SiteUpserted(halo)])
+    Ok(vec![Change::SiteUpserted(halo_guid)])
 }
 
 fn database_removed(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
+    let site = live_owned_site(reg, link, halo_guid)?;
     let mut plan = Plan::default();
-    plan.elect(
-        reg,
-        site.group_key(),
-        &AuthorityEvent::Left { halo_guid: halo },
-    )?;
-    with_claims(reg, halo, |site| site.status = SiteStatus::Removed);
-    let mut changes = vec![Change::SiteRetired(halo)];
-    commit_plan(reg, plan, &[halo], &mut changes);
+    plan.elect(reg, site.group_key(), &AuthorityEvent::Left { halo_guid })?;
+    with_claims(reg, halo_guid, |site| site.status = SiteStatus::Removed);
+    let mut changes = vec![Change::SiteRetired(halo_guid)];
+    commit_plan(reg, plan, &[halo_guid], &mut changes);
     Ok(changes)
 }
 
@@ -576,19 +572,23 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
         .filter(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()))
         .collect();
     let mut plan = Plan::default();
-    for halo in &leaving {
-        if let Some(site) = reg.sites.get(halo) {
+    for halo_guid in &leaving {
+        if let Some(site) = reg.sites.get(halo_guid) {
             plan.elect(
                 reg,
                 site.group_key(),
-                &AuthorityEvent::Left { halo_guid: *halo },
+                &AuthorityEvent::Left {
+                    halo_guid: *halo_guid,
+                },
             )?;
         }
     }
     let mut changes = Vec::with_capacity(leaving.len() + 1);
-    for halo in &leaving {
-        with_claims(reg, *halo, |site| site.status = SiteStatus::Uninstalled);
-        changes.push(Change::SiteRetired(*halo));
+    for halo_guid in &leaving {
+        with_claims(reg, *halo_guid, |site| {
+            site.status = SiteStatus::Uninstalled
+        });
+        changes.push(Change::SiteRetired(*halo_guid));
     }
     if let Some(l) = reg.links.get_mut(&link) {
         l.status = LinkStatus::Uninstalled;
@@ -602,7 +602,7 @@ fn reinstalled(
     reg: &mut Registry,
     link: LinkGuid,
     previous: HaloGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let environment = live_link(reg, link)?.environment;
@@ -622,11 +622,11 @@ fn reinstalled(
     if reg.successors.contains_key(&previous) {
         return Err(TenancyError::AlreadyReinstalled(previous));
     }
-    if let Some(existing) = reg.sites.get(&halo) {
+    if let Some(existing) = reg.sites.get(&halo_guid) {
         return Err(if existing.link != link {
-            TenancyError::SiteOwnedByOtherLink(halo)
+            TenancyError::SiteOwnedByOtherLink(halo_guid)
         } else {
-            TenancyError::DuplicateSite(halo)
+            TenancyError::DuplicateSite(halo_guid)
         });
     }
     if prev.environment != environment {
@@ -634,7 +634,7 @@ fn reinstalled(
     }
     let was_live = prev.status.is_live();
     let routing_crn = if prev.is_demo {
-        halo.fake_crn()
+        halo_guid.fake_crn()
     } else {
         prev.parent_crn
     };
@@ -665,7 +665,7 @@ fn reinstalled(
             reg,
             new_key,
             &AuthorityEvent::Joined {
-                halo_guid: halo,
+                halo_guid,
                 eligible: true,
                 link,
             },
@@ -676,7 +676,7 @@ fn reinstalled(
             new_key,
             &AuthorityEvent::Reinstalled {
                 previous,
-                halo_guid: halo,
+                halo_guid,
                 link,
                 eligible: true,
             },
@@ -684,7 +684,7 @@ fn reinstalled(
     }
 
     let site = Site {
-        halo_guid: halo,
+        halo_guid,
         link,
         environment,
         pms_type: prev.pms_type,
@@ -705,12 +705,12 @@ fn reinstalled(
         changes.push(Change::SiteRetired(previous));
     }
     insert_site(reg, site);
-    reg.successors.insert(previous, halo);
+    reg.successors.insert(previous, halo_guid);
     if let Some(l) = reg.links.get_mut(&link) {
-        l.sites.push(halo);
+        l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    changes.push(Change::SiteUpserted(halo));
+    changes.push(Change::SiteUpserted(halo_guid));
     commit_plan(reg, plan, &[previous], &mut changes);
     Ok(changes)
 }
@@ -724,8 +724,8 @@ fn heartbeat(
     let Registry { links, sites, .. } = reg;
     if let Some(l) = links.get_mut(&link) {
         l.last_heard = l.last_heard.max(now);
-        for halo in &l.sites {
-            if let Some(site) = sites.get_mut(halo) {
+        for halo_guid in &l.sites {
+            if let Some(site) = sites.get_mut(halo_guid) {
                 if site.status.is_live() {
                     site.last_heard = site.last_heard.max(now);
                 }
@@ -738,11 +738,11 @@ fn heartbeat(
 fn branch_crns_changed(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     branch_crns: &[Crn],
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
+    let site = live_owned_site(reg, link, halo_guid)?;
     let branches = normalise_branches(site.parent_crn, branch_crns);
     check_crns(
         reg,
@@ -751,26 +751,26 @@ fn branch_crns_changed(
         site.crn(),
         site.is_demo,
         &branches,
-        Some(halo),
+        Some(halo_guid),
     )?;
-    with_claims(reg, halo, |site| site.branch_crns = branches);
-    Ok(vec![Change::SiteUpserted(halo)])
+    with_claims(reg, halo_guid, |site| site.branch_crns = branches);
+    Ok(vec![Change::SiteUpserted(halo_guid)])
 }
 
 fn promoted(
     reg: &mut Registry,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     actor: &str,
     reason: &str,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let site = reg
         .sites
-        .get(&halo)
-        .ok_or(TenancyError::UnknownSite(halo))?;
+        .get(&halo_guid)
+        .ok_or(TenancyError::UnknownSite(halo_guid))?;
     if !site.status.is_live() {
         return Err(TenancyError::SiteRetired {
-            halo_guid: halo,
+            halo_guid,
             status: site.status,
         });
     }
@@ -782,7 +782,7 @@ fn promoted(
         reg,
         group_key,
         &AuthorityEvent::Promoted {
-            halo_guid: halo,
+            halo_guid,
             actor: actor.to_string(),
             reason: reason.to_string(),
         },
@@ -796,7 +796,7 @@ fn promoted(
     commit_plan(reg, plan, &[], &mut changes);
     if let Some(group) = reg.groups.get_mut(&group_key) {
         group.last_promotion = Some(Box::new(Promotion {
-            halo_guid: halo,
+            halo_guid,
             actor,
             reason,
             at: now,

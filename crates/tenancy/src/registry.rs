@@ -53,15 +53,15 @@ pub(crate) struct SiteTable {
 }
 
 impl SiteTable {
-    pub(crate) fn get(&self, halo: &HaloGuid) -> Option<&Site> {
+    pub(crate) fn get(&self, halo_guid: &HaloGuid) -> Option<&Site> {
         self.index
-            .get(halo)
+            .get(halo_guid)
             .and_then(|i| self.list.get(*i as usize))
     }
 
-    pub(crate) fn get_mut(&mut self, halo: &HaloGuid) -> Option<&mut Site> {
+    pub(crate) fn get_mut(&mut self, halo_guid: &HaloGuid) -> Option<&mut Site> {
         self.index
-            .get(halo)
+            .get(halo_guid)
             .and_then(|i| self.list.get_mut(*i as usize))
     }
 
@@ -232,8 +232,8 @@ impl Registry {
     }
 
     /// The site with this Halo GUID (in any status).
-    pub fn site(&self, halo: HaloGuid) -> Option<&Site> {
-        self.sites.get(&halo)
+    pub fn site(&self, halo_guid: HaloGuid) -> Option<&Site> {
+        self.sites.get(&halo_guid)
     }
 
     /// The Link with this GUID.
@@ -352,7 +352,7 @@ impl Registry {
                     || self.demo_real.get(&key).is_some_and(|copies| {
                         copies
                             .iter()
-                            .any(|halo| entitled(PmsId::new(pms_type, halo.fake_crn())))
+                            .any(|halo_guid| entitled(PmsId::new(pms_type, halo_guid.fake_crn())))
                     })
             }
         };
@@ -362,12 +362,12 @@ impl Registry {
     /// The availability of a site at `now`, from its last-heard time.
     pub fn availability(
         &self,
-        halo: HaloGuid,
+        halo_guid: HaloGuid,
         now: Timestamp,
         cfg: &AvailabilityConfig,
     ) -> Option<Availability> {
         self.sites
-            .get(&halo)
+            .get(&halo_guid)
             .map(|s| Availability::derive(s.last_heard, now, cfg))
     }
 
