@@ -133,7 +133,7 @@ fn grant_events(i: usize, practices: impl Iterator<Item = usize>) -> Vec<PolicyE
             integrator: id.clone(),
             pms_id: pms(p),
         });
-        events.push(PolicyEvent::SitePaired {
+        events.push(PolicyEvent::PracticePaired {
             integrator: id.clone(),
             pms_id: pms(p),
             environment: Environment::Production,
@@ -167,7 +167,7 @@ fn eval_policy() -> Policy {
 
 fn site() -> SiteView {
     SiteView {
-        halo: HaloGuid::from_u128(0x3f25_04e0_4f89_11d3_9a0c_0305_e82c_3301).unwrap(),
+        halo_guid: HaloGuid::from_u128(0x3f25_04e0_4f89_11d3_9a0c_0305_e82c_3301).unwrap(),
         environment: Environment::Production,
         pms_id: pms(0),
         authoritative: true,
@@ -183,7 +183,7 @@ fn evaluate_benches(c: &mut Criterion) {
     let secret = extract_components("SELECT * FROM Secrets").unwrap();
     let req = |components| Request {
         key: KEY,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         mode: ExecutionMode::Reader,
         catalogue: Some("D4W"),
         components,

@@ -4,7 +4,7 @@
 //! Run: `cargo bench -p halo-benches --bench registry_build`.
 //!
 //! Before criterion runs, a one-shot build applies about 3.9 million events (Link
-//! registrations, 1 000 000 `DatabaseAttached`, 1 000 000 `DatabaseReady`, one
+//! registrations, 1 000 000 `SiteAttached`, 1 000 000 `SiteReady`, one
 //! heartbeat per Link) for this mix: 100 multi-tenant clusters of 1 000 databases,
 //! 800 000 single servers (every fifth with two branch CRNs) and 100 000 backup
 //! servers sharing a CRN with a single server. It prints the wall time, events per
@@ -68,15 +68,15 @@ fn build_million() -> (Registry, u64) {
         events += 1;
     }
     for (i, k, identity) in databases() {
-        let event = Event::DatabaseAttached {
+        let event = Event::SiteAttached {
             link: link(k),
-            site: halo(i),
+            halo_guid: halo(i),
             identity,
         };
         apply(&mut reg, &event, &mut now);
-        let event = Event::DatabaseReady {
+        let event = Event::SiteReady {
             link: link(k),
-            site: halo(i),
+            halo_guid: halo(i),
         };
         apply(&mut reg, &event, &mut now);
         events += 2;
@@ -151,9 +151,9 @@ fn small_events(n: u32) -> Vec<Event> {
         version: "1.4.2".into(),
     }];
     for i in 0..n {
-        events.push(Event::DatabaseAttached {
+        events.push(Event::SiteAttached {
             link: link(0),
-            site: halo(i),
+            halo_guid: halo(i),
             identity: identity(i, 0),
         });
     }
@@ -230,9 +230,9 @@ fn single_events(c: &mut Criterion, reg: &mut Registry) {
             b.iter(|| {
                 next += 1;
                 now += 1;
-                let e = Event::DatabaseAttached {
+                let e = Event::SiteAttached {
                     link: link(0),
-                    site: halo(next),
+                    halo_guid: halo(next),
                     identity: identity(next, 0),
                 };
                 reg.apply(&e, Timestamp::from_millis(now)).unwrap()

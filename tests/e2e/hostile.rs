@@ -145,7 +145,7 @@ impl HostileLink {
     pub(crate) async fn heartbeat(&mut self, sites: Vec<HaloGuid>) {
         self.send(&LinkToCloud::Heartbeat(Heartbeat {
             at: Timestamp::from_millis(0),
-            sites,
+            databases: sites,
         }))
         .await;
     }

@@ -9,7 +9,7 @@ use crate::fixture::{Harness, message, practice, rows};
 async fn branch_crn_is_refused_without_revealing_the_parent() {
     let mut h = Harness::start().await;
     let mut p = practice("PARENT1", "Parent Dental");
-    p.branches = vec![("BRANCH1".parse().unwrap(), "Manly".to_owned())];
+    p.branch_crns = vec![("BRANCH1".parse().unwrap(), "Manly".to_owned())];
     let link = h.link(Environment::Stage, &[p]).await;
     let key = h.integrator(Environment::Stage).await;
     h.enable_practice(link.sites[0].0).await;

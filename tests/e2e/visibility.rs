@@ -196,7 +196,7 @@ async fn demo_copy_does_not_shadow_a_practice() {
 async fn existence_oracle_branch_crn_answers_like_an_unknown_crn() {
     let mut h = Harness::start().await;
     let mut harbour = practice("HARBOUR01", "Harbour Dental");
-    harbour.branches = vec![(crn("HARBOUR02"), "Manly".to_owned())];
+    harbour.branch_crns = vec![(crn("HARBOUR02"), "Manly".to_owned())];
     h.link(
         Environment::Stage,
         &[practice("BRIGHT77", "Bright Dental"), harbour],

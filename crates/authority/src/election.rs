@@ -11,7 +11,8 @@ pub enum AuthorityEvent {
     /// A site with this group's PMS ID was attached.
     Joined {
         /// The new member.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// Whether it may hold authority.
         eligible: bool,
         /// The Link that serves it.
@@ -20,23 +21,26 @@ pub enum AuthorityEvent {
     /// A member was removed or uninstalled.
     Left {
         /// The departing member.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
     },
     /// A support operator made a member the holder.
     Promoted {
         /// The member to promote.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// Who did it (recorded, must not be blank).
         actor: String,
         /// Why (recorded, must not be blank).
         reason: String,
     },
-    /// A Link reinstall gave the database behind `previous` the new Halo GUID `site`.
+    /// A Link reinstall gave the database behind `previous` the new Halo GUID `halo_guid`.
     Reinstalled {
         /// The Halo GUID of the previous install (a member, or gone already).
         previous: HaloGuid,
         /// The new Halo GUID.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// The Link reporting the reinstall.
         link: LinkGuid,
         /// Whether the new site may hold authority.
@@ -64,20 +68,24 @@ pub struct Outcome {
 pub fn elect(group: &GroupState, event: &AuthorityEvent) -> Result<Outcome, AuthorityError> {
     let holder = group.holder();
     let new_holder = match event {
-        AuthorityEvent::Joined { site, eligible, .. } => {
+        AuthorityEvent::Joined {
+            halo_guid: site,
+            eligible,
+            ..
+        } => {
             if group.member(*site).is_some() {
                 return Err(AuthorityError::AlreadyMember(*site));
             }
             join(group, *site, *eligible, None)
         }
-        AuthorityEvent::Left { site } => {
+        AuthorityEvent::Left { halo_guid: site } => {
             if group.member(*site).is_none() {
                 return Err(AuthorityError::NotMember(*site));
             }
             if holder == Some(*site) { None } else { holder }
         }
         AuthorityEvent::Promoted {
-            site,
+            halo_guid: site,
             actor,
             reason,
         } => {
@@ -100,7 +108,7 @@ pub fn elect(group: &GroupState, event: &AuthorityEvent) -> Result<Outcome, Auth
         }
         AuthorityEvent::Reinstalled {
             previous,
-            site,
+            halo_guid: site,
             link,
             eligible,
         } => {
@@ -109,7 +117,7 @@ pub fn elect(group: &GroupState, event: &AuthorityEvent) -> Result<Outcome, Auth
             }
             let previous_member = group
                 .member(*previous)
-                .or_else(|| group.vacated_by().filter(|m| m.site == *previous));
+                .or_else(|| group.vacated_by().filter(|m| m.halo_guid == *previous));
             if let Some(prev) = previous_member {
                 if prev.link != *link {
                     return Err(AuthorityError::ReinstallFromOtherLink {
@@ -122,7 +130,7 @@ pub fn elect(group: &GroupState, event: &AuthorityEvent) -> Result<Outcome, Auth
                 || (holder.is_none()
                     && group
                         .vacated_by()
-                        .is_some_and(|m| m.site == *previous && m.link == *link));
+                        .is_some_and(|m| m.halo_guid == *previous && m.link == *link));
             if inherits {
                 // Same database, same Link: the hand-over is unambiguous. An ineligible
                 // new install cannot inherit, and the group becomes vacant.
@@ -157,7 +165,7 @@ fn join(
     let other_eligible = group
         .members()
         .iter()
-        .any(|m| m.eligible && Some(m.site) != leaving);
+        .any(|m| m.eligible && Some(m.halo_guid) != leaving);
     if eligible && !other_eligible {
         Some(site)
     } else {

@@ -36,8 +36,9 @@ impl GroupKey {
 /// One live member of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Member {
-    /// The member's Halo GUID.
-    pub site: HaloGuid,
+    /// The member's Halo GUID (`site` in serde: snapshots keep it).
+    #[serde(rename = "site")]
+    pub halo_guid: HaloGuid,
     /// The Link that serves it.
     pub link: LinkGuid,
     /// Whether it may hold authority.
@@ -75,13 +76,13 @@ impl GroupState {
         members: Vec<Member>,
     ) -> Result<Self, AuthorityError> {
         let broken = |what| Err(AuthorityError::InconsistentState { what });
-        let mut sites: Vec<HaloGuid> = members.iter().map(|m| m.site).collect();
+        let mut sites: Vec<HaloGuid> = members.iter().map(|m| m.halo_guid).collect();
         sites.sort_unstable();
         if sites.windows(2).any(|w| w[0] == w[1]) {
             return broken("a site is a member twice");
         }
         if let Some(h) = holder {
-            if !members.iter().any(|m| m.site == h && m.eligible) {
+            if !members.iter().any(|m| m.halo_guid == h && m.eligible) {
                 return broken("the holder is not an eligible member");
             }
             if vacated_by.is_some() {
@@ -121,7 +122,7 @@ impl GroupState {
 
     /// The member with this Halo GUID.
     pub fn member(&self, site: HaloGuid) -> Option<&Member> {
-        self.members.iter().find(|m| m.site == site)
+        self.members.iter().find(|m| m.halo_guid == site)
     }
 
     /// Whether no site is live in the group.
@@ -138,25 +139,27 @@ impl GroupState {
         let old_holder = self.holder.and_then(|h| self.member(h).copied());
         match event {
             AuthorityEvent::Joined {
-                site,
+                halo_guid: site,
                 eligible,
                 link,
             } => self.members.push(Member {
-                site: *site,
+                halo_guid: *site,
                 link: *link,
                 eligible: *eligible,
             }),
-            AuthorityEvent::Left { site } => self.members.retain(|m| m.site != *site),
+            AuthorityEvent::Left { halo_guid: site } => {
+                self.members.retain(|m| m.halo_guid != *site)
+            }
             AuthorityEvent::Promoted { .. } => {}
             AuthorityEvent::Reinstalled {
                 previous,
-                site,
+                halo_guid: site,
                 link,
                 eligible,
             } => {
-                self.members.retain(|m| m.site != *previous);
+                self.members.retain(|m| m.halo_guid != *previous);
                 self.members.push(Member {
-                    site: *site,
+                    halo_guid: *site,
                     link: *link,
                     eligible: *eligible,
                 });

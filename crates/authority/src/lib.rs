@@ -42,12 +42,12 @@
 //! let link = LinkGuid::from_u128(1)?;
 //! let (main, backup) = (HaloGuid::from_u128(10)?, HaloGuid::from_u128(11)?);
 //! let mut group = GroupState::new();
-//! group.apply(&AuthorityEvent::Joined { site: main, eligible: true, link }).unwrap();
-//! group.apply(&AuthorityEvent::Joined { site: backup, eligible: true, link }).unwrap();
+//! group.apply(&AuthorityEvent::Joined { halo_guid: main, eligible: true, link }).unwrap();
+//! group.apply(&AuthorityEvent::Joined { halo_guid: backup, eligible: true, link }).unwrap();
 //! assert_eq!(group.holder(), Some(main));
 //! let out = group
 //!     .apply(&AuthorityEvent::Promoted {
-//!         site: backup,
+//!         halo_guid: backup,
 //!         actor: "support:alice".into(),
 //!         reason: "server migration".into(),
 //!     })

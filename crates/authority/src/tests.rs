@@ -15,7 +15,7 @@ fn l(n: u128) -> LinkGuid {
 
 fn join(site: u128, link: u128) -> AuthorityEvent {
     AuthorityEvent::Joined {
-        site: h(site),
+        halo_guid: h(site),
         eligible: true,
         link: l(link),
     }
@@ -23,7 +23,7 @@ fn join(site: u128, link: u128) -> AuthorityEvent {
 
 fn promote(site: u128) -> AuthorityEvent {
     AuthorityEvent::Promoted {
-        site: h(site),
+        halo_guid: h(site),
         actor: "support:alice".into(),
         reason: "server migration".into(),
     }
@@ -56,7 +56,7 @@ fn later_sites_join_non_authoritative() {
 fn ineligible_site_never_becomes_holder_by_joining() {
     let mut g = GroupState::new();
     g.apply(&AuthorityEvent::Joined {
-        site: h(1),
+        halo_guid: h(1),
         eligible: false,
         link: l(1),
     })
@@ -73,15 +73,23 @@ fn ineligible_site_never_becomes_holder_by_joining() {
 
 #[test]
 fn holder_leaving_makes_group_vacant_and_bumps_epoch() {
-    let g = group(&[join(1, 1), join(2, 2), AuthorityEvent::Left { site: h(1) }]);
+    let g = group(&[
+        join(1, 1),
+        join(2, 2),
+        AuthorityEvent::Left { halo_guid: h(1) },
+    ]);
     assert_eq!(g.holder(), None, "a backup is never promoted automatically");
     assert_eq!(g.epoch(), Epoch::new(2));
-    assert_eq!(g.vacated_by().map(|m| m.site), Some(h(1)));
+    assert_eq!(g.vacated_by().map(|m| m.halo_guid), Some(h(1)));
 }
 
 #[test]
 fn non_holder_leaving_changes_no_epoch() {
-    let g = group(&[join(1, 1), join(2, 2), AuthorityEvent::Left { site: h(2) }]);
+    let g = group(&[
+        join(1, 1),
+        join(2, 2),
+        AuthorityEvent::Left { halo_guid: h(2) },
+    ]);
     assert_eq!(g.holder(), Some(h(1)));
     assert_eq!(g.epoch(), Epoch::new(1));
 }
@@ -91,7 +99,7 @@ fn joining_a_vacant_group_with_a_waiting_member_does_not_take_authority() {
     let g = group(&[
         join(1, 1),
         join(2, 2),
-        AuthorityEvent::Left { site: h(1) },
+        AuthorityEvent::Left { halo_guid: h(1) },
         join(3, 3),
     ]);
     assert_eq!(g.holder(), None);
@@ -99,7 +107,11 @@ fn joining_a_vacant_group_with_a_waiting_member_does_not_take_authority() {
 
 #[test]
 fn joining_a_group_emptied_by_departures_takes_authority() {
-    let g = group(&[join(1, 1), AuthorityEvent::Left { site: h(1) }, join(3, 3)]);
+    let g = group(&[
+        join(1, 1),
+        AuthorityEvent::Left { halo_guid: h(1) },
+        join(3, 3),
+    ]);
     assert_eq!(g.holder(), Some(h(3)));
     assert_eq!(g.epoch(), Epoch::new(3));
 }
@@ -116,7 +128,7 @@ fn promotion_fills_a_vacant_group() {
     let g = group(&[
         join(1, 1),
         join(2, 2),
-        AuthorityEvent::Left { site: h(1) },
+        AuthorityEvent::Left { halo_guid: h(1) },
         promote(2),
     ]);
     assert_eq!(g.holder(), Some(h(2)));
@@ -134,7 +146,7 @@ fn bad_promotions_are_refused() {
     check(promote(9), AuthorityError::NotMember(h(9)));
     check(
         AuthorityEvent::Promoted {
-            site: h(2),
+            halo_guid: h(2),
             actor: " ".into(),
             reason: "x".into(),
         },
@@ -142,7 +154,7 @@ fn bad_promotions_are_refused() {
     );
     check(
         AuthorityEvent::Promoted {
-            site: h(2),
+            halo_guid: h(2),
             actor: "bob".into(),
             reason: "".into(),
         },
@@ -150,7 +162,7 @@ fn bad_promotions_are_refused() {
     );
     check(join(2, 2), AuthorityError::AlreadyMember(h(2)));
     check(
-        AuthorityEvent::Left { site: h(7) },
+        AuthorityEvent::Left { halo_guid: h(7) },
         AuthorityError::NotMember(h(7)),
     );
 }
@@ -176,7 +188,7 @@ fn elect_is_pure() {
 fn reinstall(previous: u128, site: u128, link: u128) -> AuthorityEvent {
     AuthorityEvent::Reinstalled {
         previous: h(previous),
-        site: h(site),
+        halo_guid: h(site),
         link: l(link),
         eligible: true,
     }
@@ -195,7 +207,7 @@ fn reinstall_after_the_holder_left_inherits_if_nobody_held_since() {
     let g = group(&[
         join(1, 1),
         join(2, 2),
-        AuthorityEvent::Left { site: h(1) },
+        AuthorityEvent::Left { halo_guid: h(1) },
         reinstall(1, 10, 1),
     ]);
     assert_eq!(g.holder(), Some(h(10)));
@@ -204,7 +216,7 @@ fn reinstall_after_the_holder_left_inherits_if_nobody_held_since() {
     let g = group(&[
         join(1, 1),
         join(2, 2),
-        AuthorityEvent::Left { site: h(1) },
+        AuthorityEvent::Left { halo_guid: h(1) },
         promote(2),
         reinstall(1, 10, 1),
     ]);
@@ -239,11 +251,11 @@ fn arb_event() -> impl Strategy<Value = AuthorityEvent> {
     let link = 1u128..4;
     prop_oneof![
         4 => (site.clone(), any::<bool>(), link.clone()).prop_map(|(s, e, k)| AuthorityEvent::Joined {
-            site: h(s),
+            halo_guid: h(s),
             eligible: e || s % 3 != 0,
             link: l(k),
         }),
-        3 => site.clone().prop_map(|s| AuthorityEvent::Left { site: h(s) }),
+        3 => site.clone().prop_map(|s| AuthorityEvent::Left { halo_guid: h(s) }),
         2 => site.clone().prop_map(promote),
         2 => (site.clone(), 12u128..40, link).prop_map(|(p, s, k)| reinstall(p, s, k)),
     ]
@@ -273,23 +285,23 @@ proptest! {
                     } else {
                         prop_assert_eq!(g.epoch().get(), before.epoch().get() + 1);
                         let allowed = match e {
-                            AuthorityEvent::Joined { site, .. } => {
+                            AuthorityEvent::Joined { halo_guid: site, .. } => {
                                 before.holder().is_none()
                                     && g.holder() == Some(*site)
                                     && !before.members().iter().any(|m| m.eligible)
                             }
-                            AuthorityEvent::Left { site } => {
+                            AuthorityEvent::Left { halo_guid: site } => {
                                 before.holder() == Some(*site) && g.holder().is_none()
                             }
-                            AuthorityEvent::Promoted { site, .. } => g.holder() == Some(*site),
-                            AuthorityEvent::Reinstalled { previous, site, link, .. } => {
+                            AuthorityEvent::Promoted { halo_guid: site, .. } => g.holder() == Some(*site),
+                            AuthorityEvent::Reinstalled { previous, halo_guid: site, link, .. } => {
                                 let inherited = g.holder() == Some(*site)
                                     && (before.holder() == Some(*previous)
                                         || (before.holder().is_none()
-                                            && before.vacated_by().is_some_and(|m| m.site == *previous && m.link == *link)));
+                                            && before.vacated_by().is_some_and(|m| m.halo_guid == *previous && m.link == *link)));
                                 let joined_empty = before.holder().is_none()
                                     && g.holder() == Some(*site)
-                                    && !before.members().iter().any(|m| m.eligible && m.site != *previous);
+                                    && !before.members().iter().any(|m| m.eligible && m.halo_guid != *previous);
                                 inherited || joined_empty
                             }
                         };
@@ -312,7 +324,7 @@ proptest! {
 #[test]
 fn from_parts_refuses_inconsistent_groups() {
     let member = |s: u128, eligible: bool| crate::Member {
-        site: h(s),
+        halo_guid: h(s),
         link: l(1),
         eligible,
     };

@@ -30,12 +30,12 @@ fn events(sites: usize) -> Vec<Event> {
         }
         let site = HaloGuid::from_u128(0x1000_0000_0000 + i as u128).unwrap();
         let crn: Crn = format!("P{i:07}").parse().unwrap();
-        out.push(Event::DatabaseAttached {
+        out.push(Event::SiteAttached {
             link,
-            site,
+            halo_guid: site,
             identity: SiteIdentity {
                 pms_type: PmsType::D4w,
-                crn,
+                parent_crn: crn,
                 branch_crns: Vec::new(),
                 practice_name: format!("Practice number {i}"),
                 pms_version: "D4W 15.4.2".into(),
@@ -43,10 +43,13 @@ fn events(sites: usize) -> Vec<Event> {
                     name: "d4w".into(),
                     is_default: true,
                 }],
-                demo: false,
+                is_demo: false,
             },
         });
-        out.push(Event::DatabaseReady { link, site });
+        out.push(Event::SiteReady {
+            link,
+            halo_guid: site,
+        });
     }
     out
 }

@@ -84,7 +84,7 @@ fn registry_bytes_per_site(sites: usize) -> f64 {
         let crn: Crn = format!("P{i:07}").parse().unwrap();
         let identity = SiteIdentity {
             pms_type: PmsType::D4w,
-            crn,
+            parent_crn: crn,
             branch_crns: Vec::new(),
             practice_name: format!("Practice number {i}"),
             pms_version: "D4W 15.4.2".into(),
@@ -92,20 +92,26 @@ fn registry_bytes_per_site(sites: usize) -> f64 {
                 name: "d4w".into(),
                 is_default: true,
             }],
-            demo: false,
+            is_demo: false,
         };
         registry
             .apply(
-                &Event::DatabaseAttached {
+                &Event::SiteAttached {
                     link,
-                    site,
+                    halo_guid: site,
                     identity,
                 },
                 NOW,
             )
             .unwrap();
         registry
-            .apply(&Event::DatabaseReady { link, site }, NOW)
+            .apply(
+                &Event::SiteReady {
+                    link,
+                    halo_guid: site,
+                },
+                NOW,
+            )
             .unwrap();
     }
     let before = rss();

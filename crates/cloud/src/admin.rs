@@ -562,7 +562,7 @@ pub async fn promote(
 ) -> Result<Json<AdminSiteDto>, ApiError> {
     let b = json(body)?;
     let event = Event::Promoted {
-        site: halo,
+        halo_guid: halo,
         actor: b.actor,
         reason: b.reason,
     };

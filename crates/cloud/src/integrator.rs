@@ -153,7 +153,7 @@ pub async fn pair_site(
         .next()
         .ok_or_else(|| ApiError::not_found("no site found for this practice"))?;
     // Pairing is per environment: the key's (the site's) environment only.
-    let event = halo_policy::PolicyEvent::SitePaired {
+    let event = halo_policy::PolicyEvent::PracticePaired {
         integrator: who.integrator().clone(),
         pms_id,
         environment: who.environment(),
@@ -208,7 +208,7 @@ pub async fn immediate_query(
     let request = RouteRequest {
         key: subscription_key(&headers),
         caller_ip: ip.0,
-        halo,
+        halo_guid: halo,
         now: created,
         max_time_in_queue: body.max_time_in_queue.map(Duration::from_millis),
         catalogue: body.catalogue.as_deref(),

@@ -102,7 +102,7 @@ async fn refuse(socket: &mut WebSocket, reason: String) -> String {
 fn identity(db: &DatabaseInfo) -> SiteIdentity {
     SiteIdentity {
         pms_type: db.pms_type,
-        crn: db.parent_crn,
+        parent_crn: db.parent_crn,
         branch_crns: db.branch_crns.iter().map(|b| b.crn).collect(),
         practice_name: db.practice_name.clone(),
         pms_version: db.pms_version.clone(),
@@ -114,7 +114,7 @@ fn identity(db: &DatabaseInfo) -> SiteIdentity {
                 is_default: c.is_default,
             })
             .collect(),
-        demo: db.is_demo,
+        is_demo: db.is_demo,
     }
 }
 
@@ -376,7 +376,7 @@ fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
     };
     Ok(QueryJob {
         query_id: job.query_id.get(),
-        halo_guid: job.halo,
+        halo_guid: job.halo_guid,
         epoch: job.epoch,
         timeout_ms: millis_until(job.deadline),
         // `maxTimeInQueue` covers the wait for a Link worker too.

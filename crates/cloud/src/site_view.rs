@@ -10,7 +10,7 @@ use crate::state::CloudState;
 /// The policy's view of a registry site.
 pub fn policy_view(site: &Site) -> SiteView {
     SiteView {
-        halo: site.halo_guid(),
+        halo_guid: site.halo_guid(),
         environment: site.environment(),
         pms_id: site.pms_id(),
         authoritative: site.is_authoritative(),

@@ -868,13 +868,13 @@ mod tests {
         }];
         for i in 0..n {
             let site = HaloGuid::from_u128(100 + i).unwrap();
-            events.push(Event::DatabaseAttached {
+            events.push(Event::SiteAttached {
                 link,
-                site,
+                halo_guid: site,
                 identity: SiteIdentity {
                     pms_type: PmsType::D4w,
                     // Two sites per CRN, so groups have a holder and a follower.
-                    crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),
+                    parent_crn: format!("CRN{}", i / 2).parse::<Crn>().unwrap(),
                     branch_crns: Vec::new(),
                     practice_name: format!("Practice {i}"),
                     pms_version: "15".into(),
@@ -882,10 +882,13 @@ mod tests {
                         name: "d4w".into(),
                         is_default: true,
                     }],
-                    demo: false,
+                    is_demo: false,
                 },
             });
-            events.push(Event::DatabaseReady { link, site });
+            events.push(Event::SiteReady {
+                link,
+                halo_guid: site,
+            });
         }
         events
     }
@@ -914,7 +917,7 @@ mod tests {
         state
             .apply_one(
                 Event::Promoted {
-                    site: HaloGuid::from_u128(101).unwrap(),
+                    halo_guid: HaloGuid::from_u128(101).unwrap(),
                     actor: "support".into(),
                     reason: "migration".into(),
                 },
@@ -1064,9 +1067,12 @@ mod tests {
         let mut events = site_events(3);
         let appended = site(102);
         events.retain(|e| match e {
-            Event::DatabaseAttached { site, .. } | Event::DatabaseReady { site, .. } => {
-                *site == appended
+            Event::SiteAttached {
+                halo_guid: site, ..
             }
+            | Event::SiteReady {
+                halo_guid: site, ..
+            } => *site == appended,
             _ => false,
         });
         gate.arm();

@@ -50,12 +50,12 @@ fn site_events(from: u128, to: u128) -> Vec<Event> {
         });
     }
     for i in from..to {
-        events.push(Event::DatabaseAttached {
+        events.push(Event::SiteAttached {
             link,
-            site: site(i),
+            halo_guid: site(i),
             identity: SiteIdentity {
                 pms_type: PmsType::D4w,
-                crn: format!("CRN{i}").parse::<Crn>().expect("crn"),
+                parent_crn: format!("CRN{i}").parse::<Crn>().expect("crn"),
                 branch_crns: Vec::new(),
                 practice_name: format!("Practice {i} with a longer name to fill pages"),
                 pms_version: "15".into(),
@@ -63,12 +63,12 @@ fn site_events(from: u128, to: u128) -> Vec<Event> {
                     name: "d4w".into(),
                     is_default: true,
                 }],
-                demo: false,
+                is_demo: false,
             },
         });
-        events.push(Event::DatabaseReady {
+        events.push(Event::SiteReady {
             link,
-            site: site(i),
+            halo_guid: site(i),
         });
     }
     events

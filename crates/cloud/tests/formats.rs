@@ -97,12 +97,12 @@ fn records() -> Vec<Record> {
         ),
         tenancy(
             2,
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link: link(),
-                site: site(),
+                halo_guid: site(),
                 identity: SiteIdentity {
                     pms_type: PmsType::D4w,
-                    crn: "AB123".parse().unwrap(),
+                    parent_crn: "AB123".parse().unwrap(),
                     branch_crns: vec!["AB124".parse().unwrap()],
                     practice_name: "Smile Dental".into(),
                     pms_version: "9.6.1".into(),
@@ -110,15 +110,15 @@ fn records() -> Vec<Record> {
                         name: "D4W".into(),
                         is_default: true,
                     }],
-                    demo: false,
+                    is_demo: false,
                 },
             },
         ),
         tenancy(
             3,
-            Event::DatabaseReady {
+            Event::SiteReady {
                 link: link(),
-                site: site(),
+                halo_guid: site(),
             },
         ),
         policy(

@@ -69,25 +69,25 @@ const SITE_F: u128 = 0xF;
 fn identity(c: &str, branches: &[&str], demo: bool) -> SiteIdentity {
     SiteIdentity {
         pms_type: PmsType::D4w,
-        crn: crn(c),
+        parent_crn: crn(c),
         branch_crns: branches.iter().map(|b| crn(b)).collect(),
         practice_name: format!("Practice {c}"),
         pms_version: "9.6".into(),
         catalogues: vec![],
-        demo,
+        is_demo: demo,
     }
 }
 
 fn attach(l: u128, site: u128, identity: SiteIdentity) -> [Event; 2] {
     [
-        Event::DatabaseAttached {
+        Event::SiteAttached {
             link: link(l),
-            site: halo(site),
+            halo_guid: halo(site),
             identity,
         },
-        Event::DatabaseReady {
+        Event::SiteReady {
             link: link(l),
-            site: halo(site),
+            halo_guid: halo(site),
         },
     ]
 }
@@ -115,7 +115,7 @@ fn policy_events() -> Vec<PolicyEvent> {
             },
         ]);
         for environment in [Environment::Stage, Environment::Production] {
-            events.push(PolicyEvent::SitePaired {
+            events.push(PolicyEvent::PracticePaired {
                 integrator: id(name),
                 pms_id: pms("AB123"),
                 environment,

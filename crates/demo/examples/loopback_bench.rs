@@ -49,7 +49,7 @@ async fn main() {
     let demo = demo::start_demo("127.0.0.1:0".parse().unwrap(), None)
         .await
         .unwrap();
-    let site = demo.sites[0].halo;
+    let site = demo.sites[0].halo_guid;
     let db_path = demo.work_dir.join("practice-0.sqlite");
     let url = format!(
         "http://{}/integrator/sites/{site}/queries/immediate",

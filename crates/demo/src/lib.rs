@@ -56,7 +56,7 @@ pub struct DemoSite {
     /// The CRN integrators use (the fake CRN for the demo copy).
     pub crn: Crn,
     /// The Halo GUID.
-    pub halo: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// Whether it is the demo copy.
     pub is_demo: bool,
 }
@@ -82,7 +82,7 @@ pub struct Demo {
 fn practices() -> Vec<DemoPractice> {
     let crn = |s: &str| s.parse::<Crn>().expect("demo crns are valid");
     let mut harbour = DemoPractice::new(crn("HARBOUR01"), "Harbourside Dental");
-    harbour.branches = vec![
+    harbour.branch_crns = vec![
         (crn("HARBOUR02"), "Manly".to_owned()),
         (crn("HARBOUR03"), "Mosman".to_owned()),
     ];
@@ -177,7 +177,7 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
                 } else {
                     id.parent_crn
                 },
-                halo: db.halo_guid(),
+                halo_guid: db.halo_guid(),
                 is_demo,
             }
         })
@@ -251,7 +251,7 @@ pub fn instructions(demo: &Demo) -> String {
             format!(
                 "  CRN {:<10} Halo GUID {}  {}{}",
                 s.crn.as_str(),
-                s.halo,
+                s.halo_guid,
                 s.practice_name,
                 kind
             ),
@@ -271,14 +271,17 @@ pub fn instructions(demo: &Demo) -> String {
         line(&mut out, "# Site status:".to_owned());
         line(
             &mut out,
-            format!("curl -s {key} '{base}/integrator/sites/{}'", first.halo),
+            format!(
+                "curl -s {key} '{base}/integrator/sites/{}'",
+                first.halo_guid
+            ),
         );
         line(&mut out, "# An immediate query (result.data is base64 JSON rows; pipe through jq -r .result.data | base64 -d):".to_owned());
         line(
             &mut out,
             format!(
                 "curl -s {key} -H 'Content-Type: application/json' '{base}/integrator/sites/{}/queries/immediate' -d '{{\"command\":{{\"text\":\"SELECT first_name, last_name, suburb FROM patients ORDER BY patient_id LIMIT 5\",\"executionMode\":\"reader\",\"type\":\"text\"}}}}'",
-                first.halo
+                first.halo_guid
             ),
         );
     }

@@ -350,7 +350,7 @@ impl Agent {
                     }
                     let beat = LinkToCloud::Heartbeat(Heartbeat {
                         at: now(),
-                        sites: self.databases.iter().map(|d| d.halo_guid()).collect(),
+                        databases: self.databases.iter().map(|d| d.halo_guid()).collect(),
                     });
                     let frame = match encode(&beat) {
                         Ok(f) => f,
@@ -501,7 +501,7 @@ impl Agent {
         };
         let Some(db) = self.by_guid.get(&job.halo_guid).cloned() else {
             return Some(refuse(
-                QueryErrorKind::UnknownSite,
+                QueryErrorKind::UnknownDatabase,
                 "this link serves no database with that halo guid",
             ));
         };

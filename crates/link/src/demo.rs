@@ -28,7 +28,7 @@ pub struct DemoPractice {
     /// PMS version string.
     pub pms_version: String,
     /// Branch CRNs with their locations.
-    pub branches: Vec<(Crn, String)>,
+    pub branch_crns: Vec<(Crn, String)>,
     /// Mark as a demo copy.
     pub is_demo: bool,
     /// Mark as a de-identified copy.
@@ -56,7 +56,7 @@ impl DemoPractice {
             parent_crn,
             practice_name: practice_name.into(),
             pms_version: "D4W 15.4.2".into(),
-            branches: Vec::new(),
+            branch_crns: Vec::new(),
             is_demo: false,
             is_deidentified: false,
             patients: 40,
@@ -314,7 +314,7 @@ fn fill(conn: &mut Connection, spec: &DemoPractice) -> rusqlite::Result<DemoSumm
             spec.is_deidentified
         ],
     )?;
-    for (crn, location) in &spec.branches {
+    for (crn, location) in &spec.branch_crns {
         tx.execute(
             "INSERT INTO practice_branch VALUES (?1, ?2)",
             params![crn.as_str(), location],
@@ -376,10 +376,10 @@ fn fill(conn: &mut Connection, spec: &DemoPractice) -> rusqlite::Result<DemoSumm
             let provider = 1 + rng.below(providers) as i64;
             let day = base_day - 90 + rng.below(120) as i64;
             let minute = 8 * 60 + 15 * rng.below(36) as i64;
-            let branch = if spec.branches.is_empty() {
+            let branch = if spec.branch_crns.is_empty() {
                 spec.parent_crn.as_str().to_owned()
             } else {
-                rng.pick(&spec.branches).0.as_str().to_owned()
+                rng.pick(&spec.branch_crns).0.as_str().to_owned()
             };
             let status = if day > base_day {
                 "Booked"

@@ -350,7 +350,7 @@ impl Database {
             halo_guid: self.halo_guid,
             pms_type: PmsType::D4w,
             parent_crn: self.identity.parent_crn,
-            branch_crns: self.identity.branches.clone(),
+            branch_crns: self.identity.branch_crns.clone(),
             practice_name: self.identity.practice_name.clone(),
             pms_version: self.identity.pms_version.clone(),
             catalogues: self.identity.catalogues.clone(),
@@ -443,7 +443,7 @@ pub fn execute_with(
 ) -> Result<JobOutput, QueryError> {
     if job.halo_guid != db.halo_guid {
         return Err(QueryError::new(
-            QueryErrorKind::UnknownSite,
+            QueryErrorKind::UnknownDatabase,
             "job is addressed to another database",
         ));
     }

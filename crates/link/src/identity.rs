@@ -22,7 +22,7 @@ pub struct DatabaseIdentity {
     /// The real parent CRN (not unique for demo copies).
     pub parent_crn: Crn,
     /// Branch CRNs with their locations.
-    pub branches: Vec<BranchCrn>,
+    pub branch_crns: Vec<BranchCrn>,
     /// Practice name.
     pub practice_name: String,
     /// PMS software version.
@@ -144,7 +144,7 @@ impl DatabaseIdentity {
 
         Ok(Self {
             parent_crn,
-            branches,
+            branch_crns: branches,
             practice_name,
             pms_version,
             catalogues,

@@ -17,7 +17,7 @@ fn demo_db(dir: &Path, name: &str, crn_text: &str, is_demo: bool) -> PathBuf {
     let mut spec = DemoPractice::new(crn(crn_text), format!("Practice {crn_text}"));
     spec.is_demo = is_demo;
     spec.patients = 5;
-    spec.branches = vec![(crn(&format!("{crn_text}B")), "Fitzroy".into())];
+    spec.branch_crns = vec![(crn(&format!("{crn_text}B")), "Fitzroy".into())];
     generate(&path, &spec).unwrap();
     path
 }
@@ -165,9 +165,9 @@ fn identity_is_read_from_the_database() {
     assert_eq!(id.parent_crn, crn("AB123"));
     assert_eq!(id.practice_name, "Practice AB123");
     assert!(id.is_demo && !id.is_deidentified && id.is_demo_or_deidentified());
-    assert_eq!(id.branches.len(), 1);
-    assert_eq!(id.branches[0].crn, crn("AB123B"));
-    assert_eq!(id.branches[0].location, "Fitzroy");
+    assert_eq!(id.branch_crns.len(), 1);
+    assert_eq!(id.branch_crns[0].crn, crn("AB123B"));
+    assert_eq!(id.branch_crns[0].location, "Fitzroy");
     assert_eq!(id.default_catalogue().unwrap().name, "d4w");
 }
 

@@ -229,8 +229,8 @@ async fn hello_job_and_heartbeat() {
             break h;
         }
     };
-    assert_eq!(beat.sites.len(), 2);
-    assert!(beat.sites.contains(&beta));
+    assert_eq!(beat.databases.len(), 2);
+    assert!(beat.databases.contains(&beta));
 
     handle.shutdown().await.unwrap();
     assert!(s.next_any().await.is_none(), "shutdown closes the socket");
@@ -248,7 +248,10 @@ async fn unknown_site_and_stale_epoch_are_refused_over_the_wire() {
         .await;
     match s.answer().await {
         LinkToCloud::QueryFailed(f) => {
-            assert_eq!((f.query_id, f.error.kind), (1, QueryErrorKind::UnknownSite));
+            assert_eq!(
+                (f.query_id, f.error.kind),
+                (1, QueryErrorKind::UnknownDatabase)
+            );
         }
         other => panic!("{other:?}"),
     }

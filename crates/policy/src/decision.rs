@@ -16,7 +16,7 @@ pub struct Request<'a> {
     /// The `Ocp-Apim-Subscription-Key` header, exactly as sent (empty if absent).
     pub key: &'a str,
     /// The site the request names.
-    pub site: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The execution mode.
     pub mode: ExecutionMode,
     /// The catalogue the request names, or `None` for the site's default catalogue,
@@ -35,7 +35,7 @@ pub struct Request<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SiteView {
     /// The site.
-    pub halo: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The environment of the site's Link.
     pub environment: Environment,
     /// The site's PMS ID (for D4W, its parent CRN, or fake CRN in Stage).
@@ -182,7 +182,7 @@ impl Authenticated {
 pub struct Allowed {
     integrator: IntegratorId,
     environment: Environment,
-    site: HaloGuid,
+    halo_guid: HaloGuid,
     pms_id: PmsId,
 }
 
@@ -198,8 +198,8 @@ impl Allowed {
     }
 
     /// The site.
-    pub fn site(&self) -> HaloGuid {
-        self.site
+    pub fn halo_guid(&self) -> HaloGuid {
+        self.halo_guid
     }
 
     /// The site's practice.
@@ -385,7 +385,9 @@ fn evaluate_inner(
     site: Option<&SiteView>,
 ) -> Result<Allowed, Deny> {
     let (i, environment) = lookup_key(policy, req.key, req.caller_ip)?;
-    let site = site.filter(|s| s.halo == req.site).ok_or(UNKNOWN_SITE)?;
+    let site = site
+        .filter(|s| s.halo_guid == req.halo_guid)
+        .ok_or(UNKNOWN_SITE)?;
     let practice = visible_practice(i, site).ok_or(UNKNOWN_SITE)?;
     let grant = i.pms[pms_index(site.pms_id.pms_type())]
         .as_ref()
@@ -461,7 +463,7 @@ fn evaluate_inner(
     Ok(Allowed {
         integrator: i.id.clone(),
         environment,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         pms_id: site.pms_id,
     })
 }

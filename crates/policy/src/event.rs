@@ -95,7 +95,8 @@ pub enum PolicyEvent {
     /// The integrator paired with the practice's site in one environment (only
     /// effective while the practice is enabled, and only for keys of that
     /// environment: a pairing made with a Stage key never pairs Production).
-    SitePaired {
+    #[serde(rename = "sitePaired")]
+    PracticePaired {
         /// The integrator.
         integrator: IntegratorId,
         /// The practice.
@@ -162,7 +163,7 @@ impl PolicyEvent {
             | PolicyEvent::ComponentsAuthorised { integrator, .. }
             | PolicyEvent::PracticeEnabled { integrator, .. }
             | PolicyEvent::PracticeDisabled { integrator, .. }
-            | PolicyEvent::SitePaired { integrator, .. }
+            | PolicyEvent::PracticePaired { integrator, .. }
             | PolicyEvent::KeyIssued { integrator, .. }
             | PolicyEvent::KeyRevoked { integrator, .. }
             | PolicyEvent::QuotaSet { integrator, .. }
@@ -224,7 +225,7 @@ impl ReadAccess<'_> {
                 integrator: self.integrator.clone(),
                 pms_id,
             },
-            PolicyEvent::SitePaired {
+            PolicyEvent::PracticePaired {
                 integrator: self.integrator.clone(),
                 pms_id,
                 environment: self.environment,

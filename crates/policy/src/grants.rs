@@ -133,7 +133,7 @@ impl Grants {
             PolicyEvent::PracticeDisabled { pms_id, .. } => {
                 self.entry(id).practices.remove(pms_id);
             }
-            PolicyEvent::SitePaired {
+            PolicyEvent::PracticePaired {
                 pms_id,
                 environment,
                 ..

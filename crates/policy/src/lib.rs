@@ -36,7 +36,7 @@
 //!
 //! # Pairing is per environment
 //!
-//! [`PolicyEvent::SitePaired`] names the environment of the key that paired, and
+//! [`PolicyEvent::PracticePaired`] names the environment of the key that paired, and
 //! [`evaluate`] requires a pairing in the environment of the request's key
 //! ([`DenyCode::NotPaired`] otherwise): a pairing made in Stage never opens
 //! Production. A `sitePaired` event (or a version-1 snapshot) from before this
@@ -59,7 +59,7 @@
 //!         allow_write: false,
 //!     },
 //!     PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id },
-//!     PolicyEvent::SitePaired {
+//!     PolicyEvent::PracticePaired {
 //!         integrator: acme.clone(), pms_id, environment: Environment::Stage,
 //!     },
 //!     PolicyEvent::KeyIssued {
@@ -70,13 +70,13 @@
 //!     grants.apply(&e)?;
 //! }
 //! let policy = grants.compile();
-//! let halo: HaloGuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301".parse().expect("valid guid");
+//! let halo_guid: HaloGuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301".parse().expect("valid guid");
 //! let site = SiteView {
-//!     halo, environment: Environment::Stage, pms_id, authoritative: true, active: true,
+//!     halo_guid, environment: Environment::Stage, pms_id, authoritative: true, active: true,
 //! };
 //! let components = extract_components("SELECT Name FROM [dbo].[PATIENTS]")?;
 //! let req = Request {
-//!     key: "secret-key", site: halo, mode: ExecutionMode::Reader, catalogue: None,
+//!     key: "secret-key", halo_guid, mode: ExecutionMode::Reader, catalogue: None,
 //!     components: &components, caller_ip: None, now: Timestamp::from_millis(0),
 //! };
 //! assert!(matches!(evaluate(&policy, &req, Some(&site)), Decision::Allow(_)));

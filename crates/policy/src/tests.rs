@@ -24,7 +24,7 @@ fn other_pms() -> PmsId {
 
 fn site(env: Environment, n: u128, pms_id: PmsId) -> SiteView {
     SiteView {
-        halo: HaloGuid::from_u128(n).unwrap(),
+        halo_guid: HaloGuid::from_u128(n).unwrap(),
         environment: env,
         pms_id,
         authoritative: true,
@@ -51,12 +51,12 @@ fn base_events() -> Vec<PolicyEvent> {
             integrator: acme.clone(),
             pms_id: pms(),
         },
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: acme.clone(),
             pms_id: pms(),
             environment: Environment::Stage,
         },
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: acme.clone(),
             pms_id: pms(),
             environment: Environment::Production,
@@ -106,7 +106,7 @@ fn run(policy: &Policy, call: Call<'_>, site: Option<&SiteView>, halo: HaloGuid)
     let components = extract_components(call.sql).unwrap();
     let req = Request {
         key: call.key,
-        site: halo,
+        halo_guid: halo,
         mode: call.mode,
         catalogue: call.catalogue,
         components: &components,
@@ -135,7 +135,7 @@ fn stage_site() -> SiteView {
 
 fn eval_stage(policy: &Policy, call: Call<'_>) -> Decision {
     let s = stage_site();
-    run(policy, call, Some(&s), s.halo)
+    run(policy, call, Some(&s), s.halo_guid)
 }
 
 // --- identifiers -----------------------------------------------------------------
@@ -366,7 +366,7 @@ fn revoked_key_and_disabled_practice_deny_again() {
 fn pairing_before_enabling_grants_nothing() {
     let mut g = Grants::default();
     let acme = id("acme");
-    g.apply(&PolicyEvent::SitePaired {
+    g.apply(&PolicyEvent::PracticePaired {
         integrator: acme.clone(),
         pms_id: pms(),
         environment: Environment::Stage,
@@ -388,12 +388,12 @@ fn paired_only_in(paired_in: &[Environment]) -> Policy {
     let mut g = Grants::default();
     for e in base_events()
         .into_iter()
-        .filter(|e| !matches!(e, PolicyEvent::SitePaired { .. }))
+        .filter(|e| !matches!(e, PolicyEvent::PracticePaired { .. }))
     {
         g.apply(&e).unwrap();
     }
     for environment in paired_in {
-        g.apply(&PolicyEvent::SitePaired {
+        g.apply(&PolicyEvent::PracticePaired {
             integrator: id("acme"),
             pms_id: pms(),
             environment: *environment,
@@ -409,7 +409,7 @@ fn eval_prod(policy: &Policy) -> Decision {
         key: PROD_KEY,
         ..Call::default()
     };
-    run(policy, call, Some(&prod), prod.halo)
+    run(policy, call, Some(&prod), prod.halo_guid)
 }
 
 #[test]
@@ -450,7 +450,7 @@ fn a_legacy_pairing_event_pairs_stage_only() {
             .unwrap();
     assert_eq!(
         legacy,
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: id("acme"),
             pms_id: pms(),
             environment: LEGACY_PAIRING_ENVIRONMENT,
@@ -460,7 +460,7 @@ fn a_legacy_pairing_event_pairs_stage_only() {
     let mut g = Grants::default();
     for e in base_events()
         .into_iter()
-        .filter(|e| !matches!(e, PolicyEvent::SitePaired { .. }))
+        .filter(|e| !matches!(e, PolicyEvent::PracticePaired { .. }))
         .chain([legacy])
     {
         g.apply(&e).unwrap();
@@ -476,7 +476,7 @@ fn a_legacy_pairing_event_pairs_stage_only() {
 #[test]
 fn pairing_events_carry_their_environment_in_json() {
     for environment in Environment::ALL {
-        let e = PolicyEvent::SitePaired {
+        let e = PolicyEvent::PracticePaired {
             integrator: id("acme"),
             pms_id: pms(),
             environment,
@@ -536,7 +536,7 @@ fn allows_a_fully_granted_request() {
             assert_eq!(a.integrator(), &id("acme"));
             assert_eq!(a.environment(), Environment::Stage);
             assert_eq!(a.pms_id(), pms());
-            assert_eq!(a.site(), stage_site().halo);
+            assert_eq!(a.halo_guid(), stage_site().halo_guid);
         }
         Decision::Deny(d) => panic!("{d}"),
     }
@@ -603,7 +603,7 @@ fn denies_key_of_the_other_environment_401() {
     );
     let prod = site(Environment::Production, 2, pms());
     check_deny(
-        run(&p, Call::default(), Some(&prod), prod.halo),
+        run(&p, Call::default(), Some(&prod), prod.halo_guid),
         DenyCode::WrongEnvironment,
     );
     assert!(matches!(
@@ -614,7 +614,7 @@ fn denies_key_of_the_other_environment_401() {
                 ..Call::default()
             },
             Some(&prod),
-            prod.halo
+            prod.halo_guid
         ),
         Decision::Allow(_)
     ));
@@ -658,7 +658,7 @@ fn denies_not_paired_403() {
     let p = g.compile();
     let s = site(Environment::Stage, 3, other_pms());
     check_deny(
-        run(&p, Call::default(), Some(&s), s.halo),
+        run(&p, Call::default(), Some(&s), s.halo_guid),
         DenyCode::NotPaired,
     );
 }
@@ -756,7 +756,7 @@ fn denies_site_not_authoritative_403() {
     let mut s = stage_site();
     s.authoritative = false;
     check_deny(
-        run(&p, Call::default(), Some(&s), s.halo),
+        run(&p, Call::default(), Some(&s), s.halo_guid),
         DenyCode::SiteNotAuthoritative,
     );
 }
@@ -775,21 +775,21 @@ fn denies_caller_ip_not_allowed_403_in_production_only() {
         ..Call::default()
     };
     check_deny(
-        run(&p, call(Some("198.51.100.7")), Some(&prod), prod.halo),
+        run(&p, call(Some("198.51.100.7")), Some(&prod), prod.halo_guid),
         DenyCode::CallerIpNotAllowed,
     );
     check_deny(
-        run(&p, call(None), Some(&prod), prod.halo),
+        run(&p, call(None), Some(&prod), prod.halo_guid),
         DenyCode::CallerIpNotAllowed,
     );
     check_deny(
-        run(&p, call(Some("2001:db8::2")), Some(&prod), prod.halo),
+        run(&p, call(Some("2001:db8::2")), Some(&prod), prod.halo_guid),
         DenyCode::CallerIpNotAllowed,
     );
     for ok in ["203.0.113.9", "2001:db8::1"] {
         assert!(
             matches!(
-                run(&p, call(Some(ok)), Some(&prod), prod.halo),
+                run(&p, call(Some(ok)), Some(&prod), prod.halo_guid),
                 Decision::Allow(_)
             ),
             "{ok}"
@@ -797,7 +797,7 @@ fn denies_caller_ip_not_allowed_403_in_production_only() {
     }
     // The IP check comes before any site lookup: nothing about sites is revealed.
     check_deny(
-        run(&p, call(Some("198.51.100.7")), None, prod.halo),
+        run(&p, call(Some("198.51.100.7")), None, prod.halo_guid),
         DenyCode::CallerIpNotAllowed,
     );
     // Stage keys are not subject to the allowlist.
@@ -818,7 +818,7 @@ fn denies_unknown_site_404() {
     let p = grants_with(&[]).compile();
     let s = stage_site();
     check_deny(
-        run(&p, Call::default(), None, s.halo),
+        run(&p, Call::default(), None, s.halo_guid),
         DenyCode::UnknownSite,
     );
     // A site view for a different GUID than the request names is not used.
@@ -830,7 +830,7 @@ fn denies_unknown_site_404() {
     let mut inactive = s;
     inactive.active = false;
     check_deny(
-        run(&p, Call::default(), Some(&inactive), s.halo),
+        run(&p, Call::default(), Some(&inactive), s.halo_guid),
         DenyCode::UnknownSite,
     );
 }
@@ -858,7 +858,7 @@ fn a_site_not_enabled_looks_exactly_like_no_site() {
                         ..Call::default()
                     },
                     Some(&s),
-                    s.halo,
+                    s.halo_guid,
                 ));
                 assert_eq!(d, missing);
             }
@@ -871,7 +871,7 @@ fn a_site_not_enabled_looks_exactly_like_no_site() {
         "BestPractice:ABC123".parse().unwrap(),
     );
     assert_eq!(
-        deny_of(run(&p, Call::default(), Some(&bp), bp.halo)),
+        deny_of(run(&p, Call::default(), Some(&bp), bp.halo_guid)),
         missing
     );
 }
@@ -902,7 +902,7 @@ fn denies_rate_limited_429_and_quota_exhausted_403() {
             ..Call::default()
         },
         Some(&prod),
-        prod.halo,
+        prod.halo_guid,
     ) else {
         panic!("allowed")
     };
@@ -961,7 +961,7 @@ fn compile_with_carries_counters_unless_the_limit_changes() {
             ..Call::default()
         },
         Some(&prod),
-        prod.halo,
+        prod.halo_guid,
     ) else {
         panic!("allowed")
     };

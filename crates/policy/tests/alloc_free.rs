@@ -22,7 +22,7 @@ fn allow_path_does_not_allocate() {
     .expect("parses");
     let req = Request {
         key: READER_STAGE,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         mode: ExecutionMode::Reader,
         catalogue: Some("[D4W]"),
         components: &c,
@@ -58,7 +58,7 @@ fn counter_sees_the_deny_message_allocation() {
     let c = extract_components("SELECT * FROM secrets").expect("parses");
     let req = Request {
         key: READER_STAGE,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         mode: ExecutionMode::Reader,
         catalogue: None,
         components: &c,

@@ -66,7 +66,7 @@ fn granting_event() -> impl Strategy<Value = PolicyEvent> {
         (integrator(), practice())
             .prop_map(|(integrator, pms_id)| PolicyEvent::PracticeEnabled { integrator, pms_id }),
         (integrator(), practice(), environment()).prop_map(|(integrator, pms_id, environment)| {
-            PolicyEvent::SitePaired {
+            PolicyEvent::PracticePaired {
                 integrator,
                 pms_id,
                 environment,
@@ -132,7 +132,7 @@ fn sites() -> Vec<SiteView> {
         for environment in Environment::ALL {
             for (authoritative, active) in [(true, true), (false, true), (true, false)] {
                 out.push(SiteView {
-                    halo: HaloGuid::from_u128(n).unwrap(),
+                    halo_guid: HaloGuid::from_u128(n).unwrap(),
                     environment,
                     pms_id,
                     authoritative,
@@ -182,7 +182,7 @@ fn allowed(policy: &Policy, probe: &Probe) -> bool {
     let (key, site, c, mode, catalogue, caller_ip) = *probe;
     let req = Request {
         key,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         mode,
         catalogue,
         components: &components()[c],
@@ -216,7 +216,7 @@ proptest! {
         let site = &sites[site_index];
         let c = extract_components(sql).unwrap();
         let req = Request {
-            key: &key, site: site.halo, mode, catalogue: None, components: &c,
+            key: &key, halo_guid: site.halo_guid, mode, catalogue: None, components: &c,
             caller_ip: None, now: Timestamp::from_millis(0),
         };
         let d = evaluate(&policy, &req, with_site.then_some(site));
@@ -285,7 +285,7 @@ proptest! {
             for site in sites().iter().filter(|s| s.environment != *env) {
                 for c in components() {
                     let req = Request {
-                        key, site: site.halo, mode: ExecutionMode::Reader, catalogue: None,
+                        key, halo_guid: site.halo_guid, mode: ExecutionMode::Reader, catalogue: None,
                         components: c, caller_ip: Some("10.0.0.1".parse().unwrap()),
                         now: Timestamp::from_millis(0),
                     };
@@ -327,7 +327,7 @@ proptest! {
                     enabled.retain(|(i, p)| (i, p) != (integrator, pms_id));
                     paired.retain(|(i, p, _)| (i, p) != (integrator, pms_id));
                 }
-                PolicyEvent::SitePaired { integrator, pms_id, environment }
+                PolicyEvent::PracticePaired { integrator, pms_id, environment }
                     if enabled.contains(&(integrator.clone(), *pms_id)) =>
                 {
                     paired.push((integrator.clone(), *pms_id, *environment));
@@ -340,7 +340,7 @@ proptest! {
         for i in probes {
             let (key, site, c, mode, catalogue, caller_ip) = universe()[i];
             let req = Request {
-                key, site: site.halo, mode, catalogue, components: &components()[c], caller_ip,
+                key, halo_guid: site.halo_guid, mode, catalogue, components: &components()[c], caller_ip,
                 now: Timestamp::from_millis(0),
             };
             if let Decision::Allow(a) = evaluate(&policy, &req, Some(&site)) {
@@ -364,18 +364,18 @@ proptest! {
                 procedures: vec!["getpatient".into()], allow_write: true,
             },
             PolicyEvent::PracticeEnabled { integrator: i.clone(), pms_id: p1 },
-            PolicyEvent::SitePaired { integrator: i.clone(), pms_id: p1, environment: Environment::Stage },
+            PolicyEvent::PracticePaired { integrator: i.clone(), pms_id: p1, environment: Environment::Stage },
             PolicyEvent::KeyIssued { integrator: i, environment: Environment::Stage, key_hash: KeyHash::of("k0") },
         ] {
             g.apply(&e).unwrap();
         }
         let policy = g.compile();
-        let site = SiteView { halo: HaloGuid::from_u128(1).unwrap(), environment: Environment::Stage, pms_id: p1, authoritative: true, active: true };
+        let site = SiteView { halo_guid: HaloGuid::from_u128(1).unwrap(), environment: Environment::Stage, pms_id: p1, authoritative: true, active: true };
         match extract_components(&sql) {
             Err(_) => {}
             Ok(c) => {
                 let req = Request {
-                    key: "k0", site: site.halo, mode: ExecutionMode::Reader, catalogue: None,
+                    key: "k0", halo_guid: site.halo_guid, mode: ExecutionMode::Reader, catalogue: None,
                     components: &c, caller_ip: None, now: Timestamp::from_millis(0),
                 };
                 prop_assert!(matches!(evaluate(&policy, &req, Some(&site)), Decision::Deny(_)), "{sql:?} was allowed: {c:?}");

@@ -38,7 +38,7 @@ fn rich_v1() -> Grants {
             integrator: alpha.clone(),
             pms_id: p1,
         },
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: alpha.clone(),
             pms_id: p1,
             environment: Environment::Stage,
@@ -114,7 +114,7 @@ fn apply(mut grants: Grants, events: &[PolicyEvent]) -> Grants {
 /// [`rich_v1`] with what v2 adds: P1 paired in Production too, P2 in Production only.
 fn rich() -> Grants {
     let alpha: IntegratorId = "alpha".parse().unwrap();
-    let pairing = |pms_id: &str| PolicyEvent::SitePaired {
+    let pairing = |pms_id: &str| PolicyEvent::PracticePaired {
         integrator: alpha.clone(),
         pms_id: pms_id.parse().unwrap(),
         environment: Environment::Production,
@@ -178,7 +178,7 @@ fn a_v1_pairing_does_not_pair_production() {
     let decide = |key: &str, environment: Environment| {
         let halo = HaloGuid::from_u128(1).unwrap();
         let site = SiteView {
-            halo,
+            halo_guid: halo,
             environment,
             pms_id: "D4w:P1".parse().unwrap(),
             authoritative: true,
@@ -186,7 +186,7 @@ fn a_v1_pairing_does_not_pair_production() {
         };
         let req = Request {
             key,
-            site: halo,
+            halo_guid: halo,
             mode: ExecutionMode::Reader,
             catalogue: None,
             components: &components,

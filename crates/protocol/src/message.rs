@@ -126,8 +126,9 @@ pub struct DatabaseRejection {
 pub struct Heartbeat {
     /// The Link's clock when sent (informational; the Cloud uses its own clock).
     pub at: Timestamp,
-    /// Halo GUIDs of the databases currently served.
-    pub sites: Vec<HaloGuid>,
+    /// Halo GUIDs of the databases currently served (`sites` on the wire).
+    #[serde(rename = "sites")]
+    pub databases: Vec<HaloGuid>,
 }
 
 /// The components the Cloud authorised for one job; the Link enforces them again.
@@ -285,7 +286,8 @@ pub enum QueryErrorKind {
     /// The database reported an error (bad SQL, constraint, ...).
     Database,
     /// The Link serves no database with the job's Halo GUID.
-    UnknownSite,
+    #[serde(rename = "unknownSite")]
+    UnknownDatabase,
     /// The job was cancelled by the Cloud.
     Cancelled,
     /// The job names an unknown catalogue or has unusable parameters.

@@ -66,7 +66,7 @@ fn every_message_round_trips() {
     round_trip(hello(PROTOCOL_VERSION));
     round_trip(LinkToCloud::Heartbeat(Heartbeat {
         at: halo_ids::Timestamp::from_millis(5),
-        sites: vec![halo(2), halo(3)],
+        databases: vec![halo(2), halo(3)],
     }));
     round_trip(LinkToCloud::QueryResult(QueryResult::from_json(
         9,

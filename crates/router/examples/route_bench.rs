@@ -273,18 +273,18 @@ fn candidates(fx: &Fixture, threads: usize, secs: f64) {
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
     let papaya_write = time_write(&|| {
-        papaya_map.pin().insert(base.halo(), base.clone());
+        papaya_map.pin().insert(base.halo_guid(), base.clone());
     });
     let scc_write = time_write(&|| {
-        let _ = scc_map.remove_sync(&base.halo());
-        let _ = scc_map.insert_sync(base.halo(), base.clone());
+        let _ = scc_map.remove_sync(&base.halo_guid());
+        let _ = scc_map.insert_sync(base.halo_guid(), base.clone());
     });
     let snap_write = time_write(&|| {
         let mut copy = (**snapshot.load()).clone();
-        copy.insert(base.halo(), base.clone());
+        copy.insert(base.halo_guid(), base.clone());
         snapshot.store(Arc::new(copy));
     });
-    let sharded_write = time_write(&|| sharded.insert(base.halo(), base.clone()));
+    let sharded_write = time_write(&|| sharded.insert(base.halo_guid(), base.clone()));
     let r = |x: f64| x / f64::from(rounds);
     println!(
         "{{\"candidates\":true,\"sites\":{},\"threads\":{},\"papaya\":{:.0},\"scc_hashindex\":{:.0},\"arcswap_snapshot\":{:.0},\"arcswap_sharded64\":{:.0},\"papaya_write_us\":{:.2},\"scc_write_us\":{:.2},\"arcswap_snapshot_write_us\":{:.1},\"arcswap_sharded64_write_us\":{:.2}}}",

@@ -181,7 +181,7 @@ impl Slot {
 pub struct Dispatch {
     slot: Arc<Slot>,
     session: Arc<SessionCore>,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     /// Set once the outcome has been handed out, so `Drop` and a second poll are no-ops.
     done: bool,
 }
@@ -190,7 +190,7 @@ impl fmt::Debug for Dispatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dispatch")
             .field("query_id", &self.slot.query_id)
-            .field("halo", &self.halo)
+            .field("halo", &self.halo_guid)
             .field("deadline", &self.slot.deadline)
             .field("done", &self.done)
             .finish()
@@ -198,11 +198,11 @@ impl fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
-    pub(crate) fn new(slot: Arc<Slot>, session: Arc<SessionCore>, halo: HaloGuid) -> Self {
+    pub(crate) fn new(slot: Arc<Slot>, session: Arc<SessionCore>, halo_guid: HaloGuid) -> Self {
         Self {
             slot,
             session,
-            halo,
+            halo_guid,
             done: false,
         }
     }
@@ -213,8 +213,8 @@ impl Dispatch {
     }
 
     /// The site the query went to.
-    pub fn halo(&self) -> HaloGuid {
-        self.halo
+    pub fn halo_guid(&self) -> HaloGuid {
+        self.halo_guid
     }
 
     /// When the query times out (queue time plus the execution limit).

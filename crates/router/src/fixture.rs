@@ -58,7 +58,7 @@ pub(crate) fn add_site(
     }
     let identity = SiteIdentity {
         pms_type: PmsType::D4w,
-        crn: crn(practice),
+        parent_crn: crn(practice),
         branch_crns: Vec::new(),
         practice_name: format!("Practice {practice}"),
         pms_version: "1".into(),
@@ -66,14 +66,14 @@ pub(crate) fn add_site(
             name: "d4w".into(),
             is_default: true,
         }],
-        demo: false,
+        is_demo: false,
     };
     changes.extend(
         registry
             .apply(
-                &Event::DatabaseAttached {
+                &Event::SiteAttached {
                     link,
-                    site,
+                    halo_guid: site,
                     identity,
                 },
                 T0,
@@ -82,7 +82,13 @@ pub(crate) fn add_site(
     );
     changes.extend(
         registry
-            .apply(&Event::DatabaseReady { link, site }, T0)
+            .apply(
+                &Event::SiteReady {
+                    link,
+                    halo_guid: site,
+                },
+                T0,
+            )
             .unwrap(),
     );
     changes
@@ -112,7 +118,7 @@ pub(crate) fn request(site: HaloGuid) -> RouteRequest<'static> {
     RouteRequest {
         key: KEY,
         caller_ip: None,
-        halo: site,
+        halo_guid: site,
         now: T0,
         max_time_in_queue: None,
         catalogue: None,

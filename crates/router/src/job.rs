@@ -15,8 +15,8 @@ use crate::dispatch::QueryId;
 pub struct Job {
     /// The id to answer with ([`crate::LinkSession::complete`]).
     pub query_id: QueryId,
-    /// The database to run it on.
-    pub halo: HaloGuid,
+    /// The site to run it on.
+    pub halo_guid: HaloGuid,
     /// The Link that serves it.
     pub link: LinkGuid,
     /// The authority epoch the route saw; the Link refuses it if it has seen a newer one.

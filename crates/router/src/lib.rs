@@ -37,23 +37,23 @@
 //! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 //! use halo_policy::{extract_components, ExecutionMode, Grants, KeyHash, PolicyEvent};
 //! use halo_router::{Command, Delivery, QueryOutput, RouteRequest, Router, RouterConfig};
-//! use halo_tenancy::{SiteIdentity, Event, Registry};
+//! use halo_tenancy::{Event, Registry, SiteIdentity};
 //!
-//! let (link, site) = (LinkGuid::from_u128(1)?, HaloGuid::from_u128(2)?);
+//! let (link, halo_guid) = (LinkGuid::from_u128(1)?, HaloGuid::from_u128(2)?);
 //! let now = Timestamp::from_millis(1_000);
 //! let router = Router::new(RouterConfig::standard());
 //!
 //! // The writer: registry events in, changes to the router.
 //! let mut registry = Registry::new();
 //! let identity = SiteIdentity {
-//!     pms_type: PmsType::D4w, crn: "AB123".parse()?, branch_crns: vec![],
+//!     pms_type: PmsType::D4w, parent_crn: "AB123".parse()?, branch_crns: vec![],
 //!     practice_name: "Smile Dental".into(), pms_version: "1".into(),
-//!     catalogues: vec![], demo: false,
+//!     catalogues: vec![], is_demo: false,
 //! };
 //! for event in [
 //!     Event::LinkRegistered { link, environment: Environment::Stage, version: "1".into() },
-//!     Event::DatabaseAttached { link, site, identity },
-//!     Event::DatabaseReady { link, site },
+//!     Event::SiteAttached { link, halo_guid, identity },
+//!     Event::SiteReady { link, halo_guid },
 //! ] {
 //!     let changes = registry.apply(&event, now).expect("valid event");
 //!     router.apply_changes(&registry, &changes);
@@ -71,7 +71,7 @@
 //!         integrator: acme.clone(), environment: Environment::Stage, key_hash: KeyHash::of("k1"),
 //!     },
 //!     PolicyEvent::PracticeEnabled { integrator: acme.clone(), pms_id },
-//!     PolicyEvent::SitePaired { integrator: acme.clone(), pms_id, environment: Environment::Stage },
+//!     PolicyEvent::PracticePaired { integrator: acme.clone(), pms_id, environment: Environment::Stage },
 //! ] {
 //!     grants.apply(&event).expect("valid grant");
 //! }
@@ -80,14 +80,14 @@
 //! // The Link's connection task attaches; an integrator request is routed to it.
 //! let mut session = router.attach_link(link);
 //! let dispatch = router.route(RouteRequest {
-//!     key: "k1", caller_ip: None, halo: site, now, max_time_in_queue: None, catalogue: None,
+//!     key: "k1", caller_ip: None, halo_guid, now, max_time_in_queue: None, catalogue: None,
 //!     components: Arc::new(extract_components("SELECT * FROM Patients").expect("parses")),
 //!     command: Command {
 //!         text: "SELECT * FROM Patients".into(), mode: ExecutionMode::Reader, parameters: None,
 //!     },
 //! }).expect("routed");
 //! let job = session.try_next_job().expect("attached").expect("queued");
-//! assert_eq!(job.halo, site);
+//! assert_eq!(job.halo_guid, halo_guid);
 //! let output = QueryOutput { data: b"[]".to_vec(), rows: 0, sql_execution: Default::default() };
 //! assert_eq!(session.complete(job.query_id, Ok(output)), Delivery::Delivered);
 //! // `dispatch.await` now yields the output (on any executor).

@@ -223,7 +223,7 @@ impl SessionCore {
     /// have been reserved with `reserve`; it is released on every error path.
     pub(crate) fn enqueue(self: &Arc<Self>, job: Job) -> Result<Dispatch, RouteError> {
         let slot = Arc::new(Slot::new(job.query_id, job.deadline));
-        let halo = job.halo;
+        let halo_guid = job.halo_guid;
         self.slots.pin().insert(job.query_id, Arc::clone(&slot));
         match self.tx.try_send(job) {
             Ok(()) => {}
@@ -245,7 +245,7 @@ impl SessionCore {
             return Err(RouteError::Unreachable);
         }
         self.waiter.notify();
-        Ok(Dispatch::new(slot, Arc::clone(self), halo))
+        Ok(Dispatch::new(slot, Arc::clone(self), halo_guid))
     }
 
     /// Reserves a place, builds the job and enqueues it.

@@ -95,12 +95,12 @@ mod tests {
     fn identity(real: &str, branches: &[&str], demo: bool) -> SiteIdentity {
         SiteIdentity {
             pms_type: PmsType::D4w,
-            crn: crn(real),
+            parent_crn: crn(real),
             branch_crns: branches.iter().map(|b| crn(b)).collect(),
             practice_name: format!("Practice {real}"),
             pms_version: "1".into(),
             catalogues: vec![],
-            demo,
+            is_demo: demo,
         }
     }
 
@@ -116,34 +116,34 @@ mod tests {
                 environment: STAGE,
                 version: "1".into(),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(1),
+                halo_guid: halo(1),
                 identity: identity("HARBOUR01", &["HARBOUR02"], false),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(2),
+                halo_guid: halo(2),
                 identity: identity("BRIGHT77", &[], false),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(3),
+                halo_guid: halo(3),
                 identity: identity("DEMO1", &[], true),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(4),
+                halo_guid: halo(4),
                 identity: identity("DEMO1", &[], true),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(5),
+                halo_guid: halo(5),
                 identity: identity("HARBOUR01", &[], true),
             },
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link,
-                site: halo(6),
+                halo_guid: halo(6),
                 identity: identity("HARBOUR02", &[], true),
             },
         ];

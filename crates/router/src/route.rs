@@ -15,7 +15,7 @@ use crate::link::LinkEntry;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteRoute {
     /// The site.
-    pub halo: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The Link that serves it.
     pub link: LinkGuid,
     /// The Link's environment.
@@ -38,7 +38,7 @@ impl SiteRoute {
     /// The routing view of a registry site.
     pub fn from_site(site: &Site) -> Self {
         Self {
-            halo: site.halo_guid(),
+            halo_guid: site.halo_guid(),
             link: site.link_guid(),
             environment: site.environment(),
             pms_id: site.pms_id(),
@@ -98,8 +98,8 @@ impl Route {
     }
 
     /// The site's Halo GUID.
-    pub fn halo(&self) -> HaloGuid {
-        self.site.halo
+    pub fn halo_guid(&self) -> HaloGuid {
+        self.site.halo_guid
     }
 
     /// Its group's epoch at publication.
@@ -120,7 +120,7 @@ impl Route {
     /// What the policy sees of the site (all `Copy`, no allocation).
     pub fn view(&self) -> SiteView {
         SiteView {
-            halo: self.site.halo,
+            halo_guid: self.site.halo_guid,
             environment: self.site.environment,
             pms_id: self.site.pms_id,
             authoritative: self.site.authoritative,

@@ -93,7 +93,7 @@ pub struct RouteRequest<'a> {
     /// The caller's address, if known.
     pub caller_ip: Option<IpAddr>,
     /// The site asked for.
-    pub halo: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The instant the request arrived (the core reads no clock).
     pub now: Timestamp,
     /// `maxTimeInQueue`; `None` for the default.
@@ -110,7 +110,7 @@ impl RouteRequest<'_> {
     fn policy_request(&self) -> Request<'_> {
         Request {
             key: self.key,
-            site: self.halo,
+            halo_guid: self.halo_guid,
             mode: self.command.mode,
             catalogue: self.catalogue,
             components: &self.components,
@@ -207,14 +207,14 @@ impl Router {
     // ---- read path -------------------------------------------------------------
 
     /// The published record of a site, if it is live (lock-free).
-    pub fn resolve(&self, halo: HaloGuid) -> Option<Route> {
-        self.routes.peek_with(&halo, |_, r| r.clone())
+    pub fn resolve(&self, halo_guid: HaloGuid) -> Option<Route> {
+        self.routes.peek_with(&halo_guid, |_, r| r.clone())
     }
 
-    /// Calls `f` with the published record of `halo` (or `None`), without cloning it.
-    pub fn with_route<R>(&self, halo: HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
+    /// Calls `f` with the published record of `halo_guid` (or `None`), without cloning it.
+    pub fn with_route<R>(&self, halo_guid: HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
         let guard = scc::Guard::new();
-        f(self.routes.peek(&halo, &guard))
+        f(self.routes.peek(&halo_guid, &guard))
     }
 
     /// Runs the read path alone: resolve, status, authority, policy. No side effects
@@ -228,7 +228,11 @@ impl Router {
     pub fn decide(&self, request: &RouteRequest<'_>) -> Result<Allowed, RouteError> {
         let policy = self.policy.load();
         let guard = scc::Guard::new();
-        check_route(&policy, self.routes.peek(&request.halo, &guard), request)
+        check_route(
+            &policy,
+            self.routes.peek(&request.halo_guid, &guard),
+            request,
+        )
     }
 
     /// [`Router::decide`], also returning a copy of the record it resolved.
@@ -238,7 +242,7 @@ impl Router {
     pub fn check(&self, request: &RouteRequest<'_>) -> Result<Authorised, RouteError> {
         let policy = self.policy.load();
         let guard = scc::Guard::new();
-        let route = self.routes.peek(&request.halo, &guard);
+        let route = self.routes.peek(&request.halo_guid, &guard);
         let allowed = check_route(&policy, route, request)?;
         let route = route.ok_or(RouteError::UnknownSite)?.clone();
         Ok(Authorised { route, allowed })
@@ -276,7 +280,7 @@ impl Router {
         }
         let policy = self.policy.load();
         let guard = scc::Guard::new();
-        let route = self.routes.peek(&request.halo, &guard);
+        let route = self.routes.peek(&request.halo_guid, &guard);
         let allowed = check_route(&policy, route, &request)?;
         let route = route.ok_or(RouteError::UnknownSite)?;
         let session = route
@@ -292,7 +296,7 @@ impl Router {
                 .find(|c| c.is_default)
                 .map(|c| c.name.clone()),
         };
-        let (halo, link, epoch) = (site.halo, site.link, site.epoch);
+        let (halo_guid, link, epoch) = (site.halo_guid, site.link, site.epoch);
         drop(guard);
         session.submit(|| {
             policy
@@ -304,7 +308,7 @@ impl Router {
             let queue_deadline = request.now.saturating_add(in_queue);
             Ok(Job {
                 query_id,
-                halo,
+                halo_guid,
                 link,
                 epoch,
                 queue_deadline,
@@ -355,15 +359,15 @@ impl Router {
     pub fn apply_changes(&self, registry: &Registry, changes: &[Change]) {
         for change in changes {
             match *change {
-                Change::SiteUpserted(halo) | Change::SiteRemoved(halo) => {
-                    self.refresh(registry, halo);
+                Change::SiteUpserted(halo_guid) | Change::SiteRetired(halo_guid) => {
+                    self.refresh(registry, halo_guid);
                 }
                 Change::AuthorityChanged { group, holder, .. } => {
                     // Demote first: every member other than the new holder, then the holder.
                     if let Some(group) = registry.group(&group) {
                         for member in group.state().members() {
-                            if Some(member.site) != holder {
-                                self.refresh(registry, member.site);
+                            if Some(member.halo_guid) != holder {
+                                self.refresh(registry, member.halo_guid);
                             }
                         }
                     }
@@ -389,12 +393,12 @@ impl Router {
         }
     }
 
-    fn refresh(&self, registry: &Registry, halo: HaloGuid) {
-        match registry.site(halo) {
+    fn refresh(&self, registry: &Registry, halo_guid: HaloGuid) {
+        match registry.site(halo_guid) {
             Some(site) if site.status().is_live() => {
                 let _ = self.publish(SiteRoute::from_site(site));
             }
-            _ => self.unpublish(halo),
+            _ => self.unpublish(halo_guid),
         }
     }
 
@@ -408,7 +412,7 @@ impl Router {
     /// invariants (module docs): demotes a previous holder first, drops stale epochs.
     pub fn publish(&self, site: SiteRoute) -> Published {
         if !site.status.is_live() {
-            self.unpublish(site.halo);
+            self.unpublish(site.halo_guid);
             return Published::Applied;
         }
         let mut writer = lock(&self.writer);
@@ -419,14 +423,17 @@ impl Router {
             return Published::Stale;
         }
         // The site may have moved group (its PMS ID changed): drop its old holdership.
-        if let Some(old_group) = self.routes.peek_with(&site.halo, |_, r| r.site().group()) {
-            if old_group != group && writer.holders.get(&old_group) == Some(&site.halo) {
+        if let Some(old_group) = self
+            .routes
+            .peek_with(&site.halo_guid, |_, r| r.site().group())
+        {
+            if old_group != group && writer.holders.get(&old_group) == Some(&site.halo_guid) {
                 writer.holders.remove(&old_group);
             }
         }
         if site.authoritative {
-            if let Some(previous) = writer.holders.insert(group, site.halo) {
-                if previous != site.halo {
+            if let Some(previous) = writer.holders.insert(group, site.halo_guid) {
+                if previous != site.halo_guid {
                     if let Some(demoted) = self
                         .routes
                         .peek_with(&previous, |_, r| r.with_authority(false))
@@ -435,19 +442,19 @@ impl Router {
                     }
                 }
             }
-        } else if writer.holders.get(&group) == Some(&site.halo) {
+        } else if writer.holders.get(&group) == Some(&site.halo_guid) {
             writer.holders.remove(&group);
         }
         writer.epochs.insert(group, newest.max(site.epoch));
         let entry = self.link_entry(site.link);
-        self.upsert(site.halo, Route::new(site, entry));
+        self.upsert(site.halo_guid, Route::new(site, entry));
         Published::Applied
     }
 
     /// Replaces (or adds) one record in place: readers see the old or the new one,
     /// never neither.
-    fn upsert(&self, halo: HaloGuid, route: Route) {
-        match self.routes.entry_sync(halo) {
+    fn upsert(&self, halo_guid: HaloGuid, route: Route) {
+        match self.routes.entry_sync(halo_guid) {
             scc::hash_index::Entry::Occupied(mut o) => o.update(route),
             scc::hash_index::Entry::Vacant(v) => {
                 let _ = v.insert_entry(route);
@@ -456,11 +463,11 @@ impl Router {
     }
 
     /// Removes a site from the table: it resolves as unknown from now on.
-    pub fn unpublish(&self, halo: HaloGuid) {
+    pub fn unpublish(&self, halo_guid: HaloGuid) {
         let mut writer = lock(&self.writer);
-        if let Some(group) = self.routes.peek_with(&halo, |_, r| r.site().group()) {
-            let _ = self.routes.remove_sync(&halo);
-            if writer.holders.get(&group) == Some(&halo) {
+        if let Some(group) = self.routes.peek_with(&halo_guid, |_, r| r.site().group()) {
+            let _ = self.routes.remove_sync(&halo_guid);
+            if writer.holders.get(&group) == Some(&halo_guid) {
                 writer.holders.remove(&group);
             }
         }
@@ -497,7 +504,7 @@ pub fn check_route(
             if !site.authoritative {
                 return Err(RouteError::NotAuthoritative);
             }
-            if allowed.site() != site.halo {
+            if allowed.halo_guid() != site.halo_guid {
                 return Err(RouteError::UnknownSite);
             }
             Ok(allowed)

@@ -44,7 +44,7 @@ fn routes_to_authoritative_site_and_delivers_result() {
     let dispatch = router.route(request(halo(1))).unwrap();
     let job = session.try_next_job().unwrap().expect("a queued job");
     assert_eq!(job.query_id, dispatch.query_id());
-    assert_eq!(job.halo, halo(1));
+    assert_eq!(job.halo_guid, halo(1));
     assert_eq!(job.epoch, router.resolve(halo(1)).unwrap().epoch());
     assert_eq!(job.catalogue.as_deref(), Some("d4w"));
     assert_eq!(
@@ -108,7 +108,7 @@ fn non_authoritative_backup_is_403_and_promotion_moves_routing() {
     let changes = registry
         .apply(
             &Event::Promoted {
-                site: halo(2),
+                halo_guid: halo(2),
                 actor: "support:alice".into(),
                 reason: "migration".into(),
             },
@@ -130,9 +130,9 @@ fn removed_site_resolves_as_unknown() {
     let (router, mut registry) = setup(RouterConfig::standard());
     let changes = registry
         .apply(
-            &Event::DatabaseRemoved {
+            &Event::SiteRemoved {
                 link: link(1),
-                site: halo(1),
+                halo_guid: halo(1),
             },
             T0,
         )
@@ -356,7 +356,7 @@ fn publish_demotes_the_previous_holder_first_and_drops_stale_epochs() {
     let (router, registry) = setup(RouterConfig::standard());
     let current = SiteRoute::from_site(registry.site(halo(1)).unwrap());
     let mut rival = current.clone();
-    rival.halo = halo(7);
+    rival.halo_guid = halo(7);
     rival.link = link(7);
     rival.epoch = current.epoch.next().unwrap();
     assert_eq!(router.publish(rival.clone()), Published::Applied);

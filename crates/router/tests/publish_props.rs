@@ -61,7 +61,7 @@ proptest! {
             match op {
                 Op::Publish { site, group, authoritative, active, epoch } => {
                     let _ = router.publish(SiteRoute {
-                        halo: halo(site),
+                        halo_guid: halo(site),
                         link: LinkGuid::from_u128(1 + site).expect("non-nil"),
                         environment: Environment::Stage,
                         pms_id: pms_id(group),

@@ -59,12 +59,12 @@ fn group_key(group: u32) -> GroupKey {
 
 fn attach(link: LinkGuid, site: HaloGuid, group: u32) -> [Event; 2] {
     [
-        Event::DatabaseAttached {
+        Event::SiteAttached {
             link,
-            site,
+            halo_guid: site,
             identity: SiteIdentity {
                 pms_type: PmsType::D4w,
-                crn: crn(group),
+                parent_crn: crn(group),
                 branch_crns: Vec::new(),
                 practice_name: format!("Group {group}"),
                 pms_version: "1".into(),
@@ -72,10 +72,13 @@ fn attach(link: LinkGuid, site: HaloGuid, group: u32) -> [Event; 2] {
                     name: "d4w".into(),
                     is_default: true,
                 }],
-                demo: false,
+                is_demo: false,
             },
         },
-        Event::DatabaseReady { link, site },
+        Event::SiteReady {
+            link,
+            halo_guid: site,
+        },
     ]
 }
 
@@ -214,7 +217,7 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                         Ok(Some(job)) => {
                             jobs.lock()
                                 .expect("jobs")
-                                .insert(job.query_id, (job.halo, job.epoch.get()));
+                                .insert(job.query_id, (job.halo_guid, job.epoch.get()));
                             let _ = session.complete(
                                 job.query_id,
                                 Ok(QueryOutput {
@@ -256,7 +259,7 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                     let request = RouteRequest {
                         key: KEY,
                         caller_ip: None,
-                        halo,
+                        halo_guid: halo,
                         now: NOW,
                         max_time_in_queue: None,
                         catalogue: None,
@@ -294,15 +297,15 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
             if rng.below(3) == 0 && generation[g as usize][m as usize] + 1 < GENERATIONS {
                 generation[g as usize][m as usize] += 1;
                 let next = site(g, m, generation[g as usize][m as usize]);
-                let mut evs = vec![Event::DatabaseRemoved {
+                let mut evs = vec![Event::SiteRemoved {
                     link: link(m),
-                    site: current,
+                    halo_guid: current,
                 }];
                 evs.extend(attach(link(m), next, g));
                 evs
             } else {
                 vec![Event::Promoted {
-                    site: current,
+                    halo_guid: current,
                     actor: "support".into(),
                     reason: "stress".into(),
                 }]
@@ -313,7 +316,10 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
             };
             router.apply_changes(&registry, &changes);
             let s = seq.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Event::DatabaseRemoved { site, .. } = ev {
+            if let Event::SiteRemoved {
+                halo_guid: site, ..
+            } = ev
+            {
                 history.removed.insert(site, s);
             }
             history.record(&registry, s);

@@ -34,27 +34,33 @@ pub(crate) fn apply(
             environment,
             version,
         } => link_registered(reg, *link, *environment, version, now),
-        Event::DatabaseAttached {
+        Event::SiteAttached {
             link,
-            site,
+            halo_guid: site,
             identity,
         } => database_attached(reg, *link, *site, identity, now),
-        Event::DatabaseReady { link, site } => database_ready(reg, *link, *site, now),
-        Event::DatabaseRemoved { link, site } => database_removed(reg, *link, *site),
+        Event::SiteReady {
+            link,
+            halo_guid: site,
+        } => database_ready(reg, *link, *site, now),
+        Event::SiteRemoved {
+            link,
+            halo_guid: site,
+        } => database_removed(reg, *link, *site),
         Event::LinkUninstalled { link } => link_uninstalled(reg, *link),
         Event::Reinstalled {
             link,
             previous,
-            site,
+            halo_guid: site,
         } => reinstalled(reg, *link, *previous, *site, now),
         Event::Heartbeat { link } => heartbeat(reg, *link, now),
         Event::BranchCrnsChanged {
             link,
-            site,
+            halo_guid: site,
             branch_crns,
         } => branch_crns_changed(reg, *link, *site, branch_crns),
         Event::Promoted {
-            site,
+            halo_guid: site,
             actor,
             reason,
         } => promoted(reg, *site, actor, reason, now),
@@ -105,7 +111,7 @@ fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Si
     }
     if !s.status.is_live() {
         return Err(TenancyError::SiteRetired {
-            site,
+            halo_guid: site,
             status: s.status,
         });
     }
@@ -156,7 +162,7 @@ fn check_details(identity: &SiteIdentity) -> Result<Details, TenancyError> {
         return Err(TenancyError::SeveralDefaultCatalogues);
     }
     Ok(Details {
-        branch_crns: normalise_branches(identity.crn, &identity.branch_crns),
+        branch_crns: normalise_branches(identity.parent_crn, &identity.branch_crns),
         practice_name,
         pms_version,
         catalogues: identity.catalogues.clone().into_boxed_slice(),
@@ -187,8 +193,8 @@ fn check_crns(
             .state
             .members()
             .iter()
-            .filter(|m| Some(m.site) != exclude)
-            .any(|m| demo || reg.sites.get(&m.site).is_some_and(|s| s.demo));
+            .filter(|m| Some(m.halo_guid) != exclude)
+            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(|s| s.is_demo));
         if clash {
             return Err(TenancyError::FakeCrnCollision(crn));
         }
@@ -204,7 +210,7 @@ fn check_crns(
                 .state
                 .members()
                 .iter()
-                .any(|m| Some(m.site) != exclude)
+                .any(|m| Some(m.halo_guid) != exclude)
             {
                 return Err(TenancyError::BranchIsParent(*branch));
             }
@@ -253,7 +259,7 @@ impl Plan {
 
 fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
     if !changes.contains(&Change::SiteUpserted(site))
-        && !changes.contains(&Change::SiteRemoved(site))
+        && !changes.contains(&Change::SiteRetired(site))
     {
         changes.push(Change::SiteUpserted(site));
     }
@@ -270,8 +276,8 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
         let holder = group.state.holder();
         let epoch = group.state.epoch();
         for member in group.state.members() {
-            if let Some(site) = sites.get_mut(&member.site) {
-                site.authoritative = holder == Some(member.site);
+            if let Some(site) = sites.get_mut(&member.halo_guid) {
+                site.authoritative = holder == Some(member.halo_guid);
                 site.epoch = epoch;
             }
         }
@@ -290,7 +296,7 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
                 epoch,
             });
             for member in group.state.members() {
-                push_site_change(changes, member.site);
+                push_site_change(changes, member.halo_guid);
             }
         }
     }
@@ -302,18 +308,18 @@ pub(crate) fn claim_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.demo {
+    if site.is_demo {
         demo_real
-            .entry(key(site.environment, site.pms_type, site.real_crn))
+            .entry(key(site.environment, site.pms_type, site.parent_crn))
             .or_default()
-            .insert(site.halo);
+            .insert(site.halo_guid);
         return;
     }
     for branch in site.branch_crns.iter() {
         branches
             .entry(key(site.environment, site.pms_type, *branch))
             .or_insert(BranchClaim {
-                parent: site.real_crn,
+                parent: site.parent_crn,
                 claims: 0,
             })
             .claims += 1;
@@ -326,10 +332,10 @@ fn release_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.demo {
-        let k = key(site.environment, site.pms_type, site.real_crn);
+    if site.is_demo {
+        let k = key(site.environment, site.pms_type, site.parent_crn);
         if let Some(copies) = demo_real.get_mut(&k) {
-            copies.remove(&site.halo);
+            copies.remove(&site.halo_guid);
             if copies.is_empty() {
                 demo_real.remove(&k);
             }
@@ -354,14 +360,14 @@ fn insert_site(reg: &mut Registry, site: Site) {
 }
 
 /// Takes a site out of its CRN indexes, changes it, and puts it back.
-fn with_claims(reg: &mut Registry, halo: HaloGuid, change: impl FnOnce(&mut Site)) {
+fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut Site)) {
     let Registry {
         sites,
         branches,
         demo_real,
         ..
     } = reg;
-    let Some(site) = sites.get_mut(&halo) else {
+    let Some(site) = sites.get_mut(&halo_guid) else {
         return;
     };
     if site.status.is_live() {
@@ -418,50 +424,50 @@ fn link_registered(
 fn database_attached(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     identity: &SiteIdentity,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let environment = live_link(reg, link)?.environment;
-    if identity.demo && environment == Environment::Production {
+    if identity.is_demo && environment == Environment::Production {
         return Err(TenancyError::DemoInProduction);
     }
     let details = check_details(identity)?;
-    let routing_crn = if identity.demo {
-        halo.fake_crn()
+    let routing_crn = if identity.is_demo {
+        halo_guid.fake_crn()
     } else {
-        identity.crn
+        identity.parent_crn
     };
 
-    if let Some(existing) = reg.sites.get(&halo) {
+    if let Some(existing) = reg.sites.get(&halo_guid) {
         // A re-report of a known database: details may change, identity may not.
         if existing.link != link {
-            return Err(TenancyError::SiteOwnedByOtherLink(halo));
+            return Err(TenancyError::SiteOwnedByOtherLink(halo_guid));
         }
         if !existing.status.is_live() {
             return Err(TenancyError::SiteRetired {
-                site: halo,
+                halo_guid,
                 status: existing.status,
             });
         }
         if existing.pms_type != identity.pms_type
-            || existing.real_crn != identity.crn
-            || existing.demo != identity.demo
+            || existing.parent_crn != identity.parent_crn
+            || existing.is_demo != identity.is_demo
         {
-            return Err(TenancyError::IdentityChanged(halo));
+            return Err(TenancyError::IdentityChanged(halo_guid));
         }
         check_crns(
             reg,
             environment,
             identity.pms_type,
             routing_crn,
-            identity.demo,
+            identity.is_demo,
             &details.branch_crns,
-            Some(halo),
+            Some(halo_guid),
         )?;
         let pms_version = reg.interned.text(&details.pms_version);
         let catalogues = reg.interned.catalogues(&details.catalogues);
-        with_claims(reg, halo, |site| {
+        with_claims(reg, halo_guid, |site| {
             site.branch_crns = details.branch_crns;
             site.practice_name = details.practice_name;
             site.pms_version = pms_version;
@@ -469,7 +475,7 @@ fn database_attached(
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
-        return Ok(vec![Change::SiteUpserted(halo)]);
+        return Ok(vec![Change::SiteUpserted(halo_guid)]);
     }
 
     check_crns(
@@ -477,7 +483,7 @@ fn database_attached(
         environment,
         identity.pms_type,
         routing_crn,
-        identity.demo,
+        identity.is_demo,
         &details.branch_crns,
         None,
     )?;
@@ -487,19 +493,19 @@ fn database_attached(
         reg,
         group_key,
         &AuthorityEvent::Joined {
-            site: halo,
+            halo_guid,
             eligible: true,
             link,
         },
     )?;
 
     let site = Site {
-        halo,
+        halo_guid,
         link,
         environment,
         pms_type: identity.pms_type,
-        real_crn: identity.crn,
-        demo: identity.demo,
+        parent_crn: identity.parent_crn,
+        is_demo: identity.is_demo,
         status: SiteStatus::Initialising,
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
@@ -511,10 +517,10 @@ fn database_attached(
     };
     insert_site(reg, site);
     if let Some(l) = reg.links.get_mut(&link) {
-        l.sites.push(halo);
+        l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    let mut changes = vec![Change::SiteUpserted(halo)];
+    let mut changes = vec![Change::SiteUpserted(halo_guid)];
     commit_plan(reg, plan, &[], &mut changes);
     Ok(changes)
 }
@@ -522,38 +528,38 @@ fn database_attached(
 fn database_ready(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
+    let site = live_owned_site(reg, link, halo_guid)?;
     if site.status != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
-            site: halo,
+            halo_guid,
             from: site.status,
             to: SiteStatus::Active,
         });
     }
-    if let Some(site) = reg.sites.get_mut(&halo) {
+    if let Some(site) = reg.sites.get_mut(&halo_guid) {
         site.status = SiteStatus::Active;
         site.last_heard = site.last_heard.max(now);
     }
     hear_link(reg, link, now);
-    Ok(vec![Change::SiteUpserted(halo)])
+    Ok(vec![Change::SiteUpserted(halo_guid)])
 }
 
 fn database_removed(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
+    let site = live_owned_site(reg, link, halo_guid)?;
     let mut plan = Plan::default();
-    plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: halo })?;
-    with_claims(reg, halo, |site| site.status = SiteStatus::Removed);
-    let mut changes = vec![Change::SiteRemoved(halo)];
-    commit_plan(reg, plan, &[halo], &mut changes);
+    plan.elect(reg, site.group_key(), &AuthorityEvent::Left { halo_guid })?;
+    with_claims(reg, halo_guid, |site| site.status = SiteStatus::Removed);
+    let mut changes = vec![Change::SiteRetired(halo_guid)];
+    commit_plan(reg, plan, &[halo_guid], &mut changes);
     Ok(changes)
 }
 
@@ -566,15 +572,23 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
         .filter(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()))
         .collect();
     let mut plan = Plan::default();
-    for halo in &leaving {
-        if let Some(site) = reg.sites.get(halo) {
-            plan.elect(reg, site.group_key(), &AuthorityEvent::Left { site: *halo })?;
+    for halo_guid in &leaving {
+        if let Some(site) = reg.sites.get(halo_guid) {
+            plan.elect(
+                reg,
+                site.group_key(),
+                &AuthorityEvent::Left {
+                    halo_guid: *halo_guid,
+                },
+            )?;
         }
     }
     let mut changes = Vec::with_capacity(leaving.len() + 1);
-    for halo in &leaving {
-        with_claims(reg, *halo, |site| site.status = SiteStatus::Uninstalled);
-        changes.push(Change::SiteRemoved(*halo));
+    for halo_guid in &leaving {
+        with_claims(reg, *halo_guid, |site| {
+            site.status = SiteStatus::Uninstalled
+        });
+        changes.push(Change::SiteRetired(*halo_guid));
     }
     if let Some(l) = reg.links.get_mut(&link) {
         l.status = LinkStatus::Uninstalled;
@@ -588,7 +602,7 @@ fn reinstalled(
     reg: &mut Registry,
     link: LinkGuid,
     previous: HaloGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let environment = live_link(reg, link)?.environment;
@@ -601,55 +615,57 @@ fn reinstalled(
     }
     if prev.status == SiteStatus::Removed {
         return Err(TenancyError::SiteRetired {
-            site: previous,
+            halo_guid: previous,
             status: prev.status,
         });
     }
     if reg.successors.contains_key(&previous) {
         return Err(TenancyError::AlreadyReinstalled(previous));
     }
-    if let Some(existing) = reg.sites.get(&halo) {
+    if let Some(existing) = reg.sites.get(&halo_guid) {
         return Err(if existing.link != link {
-            TenancyError::SiteOwnedByOtherLink(halo)
+            TenancyError::SiteOwnedByOtherLink(halo_guid)
         } else {
-            TenancyError::DuplicateSite(halo)
+            TenancyError::DuplicateSite(halo_guid)
         });
     }
     if prev.environment != environment {
         return Err(TenancyError::EnvironmentChanged(link));
     }
     let was_live = prev.status.is_live();
-    let routing_crn = if prev.demo {
-        halo.fake_crn()
+    let routing_crn = if prev.is_demo {
+        halo_guid.fake_crn()
     } else {
-        prev.real_crn
+        prev.parent_crn
     };
     check_crns(
         reg,
         environment,
         prev.pms_type,
         routing_crn,
-        prev.demo,
+        prev.is_demo,
         &prev.branch_crns,
         Some(previous),
     )?;
     let new_key = key(environment, prev.pms_type, routing_crn);
     let mut plan = Plan::default();
-    if prev.demo {
+    if prev.is_demo {
         // A demo copy's fake CRN comes from its Halo GUID, so the reinstall lands in
         // a new group of its own.
         if was_live {
             plan.elect(
                 reg,
                 prev.group_key(),
-                &AuthorityEvent::Left { site: previous },
+                &AuthorityEvent::Left {
+                    halo_guid: previous,
+                },
             )?;
         }
         plan.elect(
             reg,
             new_key,
             &AuthorityEvent::Joined {
-                site: halo,
+                halo_guid,
                 eligible: true,
                 link,
             },
@@ -660,7 +676,7 @@ fn reinstalled(
             new_key,
             &AuthorityEvent::Reinstalled {
                 previous,
-                site: halo,
+                halo_guid,
                 link,
                 eligible: true,
             },
@@ -668,12 +684,12 @@ fn reinstalled(
     }
 
     let site = Site {
-        halo,
+        halo_guid,
         link,
         environment,
         pms_type: prev.pms_type,
-        real_crn: prev.real_crn,
-        demo: prev.demo,
+        parent_crn: prev.parent_crn,
+        is_demo: prev.is_demo,
         status: SiteStatus::Initialising,
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
@@ -686,15 +702,15 @@ fn reinstalled(
     let mut changes = Vec::new();
     if was_live {
         with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
-        changes.push(Change::SiteRemoved(previous));
+        changes.push(Change::SiteRetired(previous));
     }
     insert_site(reg, site);
-    reg.successors.insert(previous, halo);
+    reg.successors.insert(previous, halo_guid);
     if let Some(l) = reg.links.get_mut(&link) {
-        l.sites.push(halo);
+        l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    changes.push(Change::SiteUpserted(halo));
+    changes.push(Change::SiteUpserted(halo_guid));
     commit_plan(reg, plan, &[previous], &mut changes);
     Ok(changes)
 }
@@ -708,8 +724,8 @@ fn heartbeat(
     let Registry { links, sites, .. } = reg;
     if let Some(l) = links.get_mut(&link) {
         l.last_heard = l.last_heard.max(now);
-        for halo in &l.sites {
-            if let Some(site) = sites.get_mut(halo) {
+        for halo_guid in &l.sites {
+            if let Some(site) = sites.get_mut(halo_guid) {
                 if site.status.is_live() {
                     site.last_heard = site.last_heard.max(now);
                 }
@@ -722,39 +738,39 @@ fn heartbeat(
 fn branch_crns_changed(
     reg: &mut Registry,
     link: LinkGuid,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     branch_crns: &[Crn],
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
-    let site = live_owned_site(reg, link, halo)?;
-    let branches = normalise_branches(site.real_crn, branch_crns);
+    let site = live_owned_site(reg, link, halo_guid)?;
+    let branches = normalise_branches(site.parent_crn, branch_crns);
     check_crns(
         reg,
         site.environment,
         site.pms_type,
         site.crn(),
-        site.demo,
+        site.is_demo,
         &branches,
-        Some(halo),
+        Some(halo_guid),
     )?;
-    with_claims(reg, halo, |site| site.branch_crns = branches);
-    Ok(vec![Change::SiteUpserted(halo)])
+    with_claims(reg, halo_guid, |site| site.branch_crns = branches);
+    Ok(vec![Change::SiteUpserted(halo_guid)])
 }
 
 fn promoted(
     reg: &mut Registry,
-    halo: HaloGuid,
+    halo_guid: HaloGuid,
     actor: &str,
     reason: &str,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
     let site = reg
         .sites
-        .get(&halo)
-        .ok_or(TenancyError::UnknownSite(halo))?;
+        .get(&halo_guid)
+        .ok_or(TenancyError::UnknownSite(halo_guid))?;
     if !site.status.is_live() {
         return Err(TenancyError::SiteRetired {
-            site: halo,
+            halo_guid,
             status: site.status,
         });
     }
@@ -766,7 +782,7 @@ fn promoted(
         reg,
         group_key,
         &AuthorityEvent::Promoted {
-            site: halo,
+            halo_guid,
             actor: actor.to_string(),
             reason: reason.to_string(),
         },
@@ -780,7 +796,7 @@ fn promoted(
     commit_plan(reg, plan, &[], &mut changes);
     if let Some(group) = reg.groups.get_mut(&group_key) {
         group.last_promotion = Some(Box::new(Promotion {
-            site: halo,
+            halo_guid,
             actor,
             reason,
             at: now,

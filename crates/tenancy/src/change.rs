@@ -11,7 +11,7 @@ pub enum Change {
     /// A site left service (now removed or uninstalled). It stays readable through
     /// [`Registry::site`](crate::Registry::site) for status queries, but must no
     /// longer be routed.
-    SiteRemoved(HaloGuid),
+    SiteRetired(HaloGuid),
     /// A Link was registered or changed.
     LinkUpserted(LinkGuid),
     /// A Link's status changed to uninstalled.

@@ -92,18 +92,18 @@ pub enum TenancyError {
     #[error("site {0} belongs to another link")]
     SiteOwnedByOtherLink(HaloGuid),
     /// The site was removed or uninstalled; its Halo GUID is retired.
-    #[error("site {site} is {status} and cannot change")]
+    #[error("site {halo_guid} is {status} and cannot change")]
     SiteRetired {
         /// The site.
-        site: HaloGuid,
+        halo_guid: HaloGuid,
         /// Its terminal status.
         status: SiteStatus,
     },
     /// A status change that the lifecycle does not allow.
-    #[error("site {site} cannot become {to} from {from}")]
+    #[error("site {halo_guid} cannot become {to} from {from}")]
     InvalidTransition {
         /// The site.
-        site: HaloGuid,
+        halo_guid: HaloGuid,
         /// Its status.
         from: SiteStatus,
         /// The status asked for.

@@ -2,7 +2,9 @@
 //!
 //! The event log is a compatibility promise: a [`LogEntry`] written by an older build
 //! must still load. Fields added later get `#[serde(default)]`; the frozen fixture
-//! `tests/fixtures/events_v1.jsonl` is loaded by a test.
+//! `tests/fixtures/events_v1.jsonl` is loaded by a test. Rust names follow the
+//! glossary in `ARCHITECTURE.md`; where one was renamed, `#[serde(rename)]` keeps the
+//! version-one name in the log (`DatabaseAttached`, `site`, `crn`, `demo`, ...).
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -55,7 +57,8 @@ pub struct SiteIdentity {
     /// The PMS.
     pub pms_type: PmsType,
     /// The parent CRN stored in the database (for a demo copy: its real, non-unique CRN).
-    pub crn: Crn,
+    #[serde(rename = "crn")]
+    pub parent_crn: Crn,
     /// Local CRNs of branch locations.
     #[serde(default)]
     pub branch_crns: Vec<Crn>,
@@ -68,8 +71,8 @@ pub struct SiteIdentity {
     #[serde(default)]
     pub catalogues: Vec<Catalogue>,
     /// Whether this is a demo or de-identified copy.
-    #[serde(default)]
-    pub demo: bool,
+    #[serde(default, rename = "demo")]
+    pub is_demo: bool,
 }
 
 /// A change to the tenancy model. [`Registry::apply`](crate::Registry::apply) is the
@@ -87,61 +90,70 @@ pub enum Event {
         /// Its software version.
         version: String,
     },
-    /// A Link found a database (or re-reported its details).
-    DatabaseAttached {
+    /// A Link found a database (or re-reported its details): its site is attached.
+    #[serde(rename = "DatabaseAttached")]
+    SiteAttached {
         /// The Link.
         link: LinkGuid,
         /// The Halo GUID the Link gave the database.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// What the Link read from the database.
         identity: SiteIdentity,
     },
-    /// A database finished initialising and is ready for queries.
-    DatabaseReady {
+    /// A site finished initialising and is ready for queries.
+    #[serde(rename = "DatabaseReady")]
+    SiteReady {
         /// The Link.
         link: LinkGuid,
-        /// The database.
-        site: HaloGuid,
+        /// The site.
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
     },
-    /// A Link no longer serves a database.
-    DatabaseRemoved {
+    /// A Link no longer serves a site's database: the site is removed.
+    #[serde(rename = "DatabaseRemoved")]
+    SiteRemoved {
         /// The Link.
         link: LinkGuid,
-        /// The database.
-        site: HaloGuid,
+        /// The site.
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
     },
     /// A Link was uninstalled: all its databases are uninstalled.
     LinkUninstalled {
         /// The Link.
         link: LinkGuid,
     },
-    /// A reinstalled Link gave the database it knew as `previous` the new Halo GUID `site`.
+    /// A reinstalled Link gave the database it knew as `previous` the new Halo GUID `halo_guid`.
     Reinstalled {
         /// The Link (the same Link GUID as the previous install).
         link: LinkGuid,
         /// The Halo GUID of the previous install.
         previous: HaloGuid,
         /// The new Halo GUID.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
     },
     /// A Link is alive. Updates last-heard times only.
     Heartbeat {
         /// The Link.
         link: LinkGuid,
     },
-    /// A database's branch CRNs changed.
+    /// A site's branch CRNs changed.
     BranchCrnsChanged {
         /// The Link.
         link: LinkGuid,
-        /// The database.
-        site: HaloGuid,
+        /// The site.
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// The new set of branch CRNs.
         branch_crns: Vec<Crn>,
     },
     /// A support operator made a site authoritative in its group.
     Promoted {
         /// The site.
-        site: HaloGuid,
+        #[serde(rename = "site")]
+        halo_guid: HaloGuid,
         /// The operator.
         actor: String,
         /// Why.

@@ -25,8 +25,8 @@
 //! - **Ownership.** A Halo GUID belongs to the Link that attached it. Any event about
 //!   it from another Link is refused ([`TenancyError::SiteOwnedByOtherLink`]), without
 //!   naming the owner.
-//! - **Lifecycle.** `initialising` (attached) → `active` ([`Event::DatabaseReady`]) →
-//!   `removed` ([`Event::DatabaseRemoved`]) or `uninstalled` ([`Event::LinkUninstalled`],
+//! - **Lifecycle.** `initialising` (attached) → `active` ([`Event::SiteReady`]) →
+//!   `removed` ([`Event::SiteRemoved`]) or `uninstalled` ([`Event::LinkUninstalled`],
 //!   or replaced by [`Event::Reinstalled`]). Removed and uninstalled are terminal: the
 //!   Halo GUID stays readable for status queries but never changes again. Only an
 //!   active, authoritative site is routable ([`Site::is_routable`]).
@@ -71,10 +71,10 @@
 //!
 //! ```
 //! use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
-//! use halo_tenancy::{CrnLookup, SiteIdentity, Event, Registry};
+//! use halo_tenancy::{CrnLookup, Event, Registry, SiteIdentity};
 //!
 //! let link = LinkGuid::from_u128(1)?;
-//! let site = HaloGuid::from_u128(2)?;
+//! let halo_guid = HaloGuid::from_u128(2)?;
 //! let crn = "AB123".parse()?;
 //! let mut registry = Registry::new();
 //! let now = Timestamp::from_millis(1_000);
@@ -83,16 +83,16 @@
 //!     .unwrap();
 //! let identity = SiteIdentity {
 //!     pms_type: PmsType::D4w,
-//!     crn,
+//!     parent_crn: crn,
 //!     branch_crns: vec![],
 //!     practice_name: "Smile Dental".into(),
 //!     pms_version: "9.6".into(),
 //!     catalogues: vec![],
-//!     demo: false,
+//!     is_demo: false,
 //! };
-//! registry.apply(&Event::DatabaseAttached { link, site, identity }, now).unwrap();
-//! assert_eq!(registry.lookup_crn(Environment::Production, PmsType::D4w, crn), CrnLookup::Site(site));
-//! assert!(registry.site(site).unwrap().is_authoritative());
+//! registry.apply(&Event::SiteAttached { link, halo_guid, identity }, now).unwrap();
+//! assert_eq!(registry.lookup_crn(Environment::Production, PmsType::D4w, crn), CrnLookup::Site(halo_guid));
+//! assert!(registry.site(halo_guid).unwrap().is_authoritative());
 //! # Ok::<(), halo_ids::IdError>(())
 //! ```
 

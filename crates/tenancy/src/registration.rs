@@ -63,14 +63,14 @@ impl Registration {
             version,
         }];
         let mut sites = Vec::new();
-        for (site, identity) in databases {
-            sites.push(site);
-            events.push(Event::DatabaseAttached {
+        for (halo_guid, identity) in databases {
+            sites.push(halo_guid);
+            events.push(Event::SiteAttached {
                 link,
-                site,
+                halo_guid,
                 identity,
             });
-            events.push(Event::DatabaseReady { link, site });
+            events.push(Event::SiteReady { link, halo_guid });
         }
         Self { sites, events }
     }
@@ -158,12 +158,12 @@ mod tests {
     fn identity(crn: &str, demo: bool) -> SiteIdentity {
         SiteIdentity {
             pms_type: PmsType::D4w,
-            crn: crn.parse().unwrap(),
+            parent_crn: crn.parse().unwrap(),
             branch_crns: vec![],
             practice_name: format!("Practice {crn}"),
             pms_version: "9.6".into(),
             catalogues: vec![],
-            demo,
+            is_demo: demo,
         }
     }
 
@@ -281,7 +281,7 @@ mod tests {
         let r = hello(1, Environment::Stage, &[(1, "AB1", false)]);
         let attach = TenancyError::IdentityChanged(halo(1));
         let already = TenancyError::InvalidTransition {
-            site: halo(1),
+            halo_guid: halo(1),
             from: SiteStatus::Active,
             to: SiteStatus::Active,
         };
@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(outcomes, vec![(halo(1), SiteRegistration::Refused(attach))]);
         // Only "already active" is not an error; another transition refusal is.
         let retired = TenancyError::InvalidTransition {
-            site: halo(1),
+            halo_guid: halo(1),
             from: SiteStatus::Removed,
             to: SiteStatus::Active,
         };

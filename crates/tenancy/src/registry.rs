@@ -53,29 +53,29 @@ pub(crate) struct SiteTable {
 }
 
 impl SiteTable {
-    pub(crate) fn get(&self, halo: &HaloGuid) -> Option<&Site> {
+    pub(crate) fn get(&self, halo_guid: &HaloGuid) -> Option<&Site> {
         self.index
-            .get(halo)
+            .get(halo_guid)
             .and_then(|i| self.list.get(*i as usize))
     }
 
-    pub(crate) fn get_mut(&mut self, halo: &HaloGuid) -> Option<&mut Site> {
+    pub(crate) fn get_mut(&mut self, halo_guid: &HaloGuid) -> Option<&mut Site> {
         self.index
-            .get(halo)
+            .get(halo_guid)
             .and_then(|i| self.list.get_mut(*i as usize))
     }
 
     /// Adds a new site; the caller has checked that its Halo GUID is new.
     pub(crate) fn insert(&mut self, site: Site) {
         let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        self.index.insert(site.halo, index);
+        self.index.insert(site.halo_guid, index);
         self.list.push(site);
     }
 
     /// Adds a site unless its Halo GUID is already present; says whether it did.
     pub(crate) fn insert_new(&mut self, site: Site) -> bool {
         let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        match self.index.entry(site.halo) {
+        match self.index.entry(site.halo_guid) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(index);
@@ -103,7 +103,7 @@ impl SiteTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Promotion {
     /// The promoted site.
-    pub site: HaloGuid,
+    pub halo_guid: HaloGuid,
     /// The operator.
     pub actor: Box<str>,
     /// Why.
@@ -232,8 +232,8 @@ impl Registry {
     }
 
     /// The site with this Halo GUID (in any status).
-    pub fn site(&self, halo: HaloGuid) -> Option<&Site> {
-        self.sites.get(&halo)
+    pub fn site(&self, halo_guid: HaloGuid) -> Option<&Site> {
+        self.sites.get(&halo_guid)
     }
 
     /// The Link with this GUID.
@@ -278,7 +278,7 @@ impl Registry {
             .get(&GroupKey::new(environment, pms_id))
             .into_iter()
             .flat_map(|g| g.state.members())
-            .filter_map(|m| self.sites.get(&m.site))
+            .filter_map(|m| self.sites.get(&m.halo_guid))
     }
 
     /// Trades a CRN for a Halo GUID. A branch CRN, a demo copy's real CRN and an
@@ -352,7 +352,7 @@ impl Registry {
                     || self.demo_real.get(&key).is_some_and(|copies| {
                         copies
                             .iter()
-                            .any(|halo| entitled(PmsId::new(pms_type, halo.fake_crn())))
+                            .any(|halo_guid| entitled(PmsId::new(pms_type, halo_guid.fake_crn())))
                     })
             }
         };
@@ -362,12 +362,12 @@ impl Registry {
     /// The availability of a site at `now`, from its last-heard time.
     pub fn availability(
         &self,
-        halo: HaloGuid,
+        halo_guid: HaloGuid,
         now: Timestamp,
         cfg: &AvailabilityConfig,
     ) -> Option<Availability> {
         self.sites
-            .get(&halo)
+            .get(&halo_guid)
             .map(|s| Availability::derive(s.last_heard, now, cfg))
     }
 

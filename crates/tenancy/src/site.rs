@@ -48,12 +48,12 @@ impl fmt::Display for SiteStatus {
 /// One PMS database as seen by one Link install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
-    pub(crate) halo: HaloGuid,
+    pub(crate) halo_guid: HaloGuid,
     pub(crate) link: LinkGuid,
     pub(crate) environment: Environment,
     pub(crate) pms_type: PmsType,
-    pub(crate) real_crn: Crn,
-    pub(crate) demo: bool,
+    pub(crate) parent_crn: Crn,
+    pub(crate) is_demo: bool,
     pub(crate) status: SiteStatus,
     pub(crate) authoritative: bool,
     pub(crate) epoch: Epoch,
@@ -67,7 +67,7 @@ pub struct Site {
 impl Site {
     /// The Halo GUID.
     pub fn halo_guid(&self) -> HaloGuid {
-        self.halo
+        self.halo_guid
     }
 
     /// The Link that serves (or served) it.
@@ -87,16 +87,17 @@ impl Site {
 
     /// The routing CRN: the parent CRN, or for a demo copy its fake CRN.
     pub fn crn(&self) -> Crn {
-        if self.demo {
-            self.halo.fake_crn()
+        if self.is_demo {
+            self.halo_guid.fake_crn()
         } else {
-            self.real_crn
+            self.parent_crn
         }
     }
 
-    /// The parent CRN stored in the database (for a demo copy, the non-unique one).
-    pub fn real_crn(&self) -> Crn {
-        self.real_crn
+    /// The parent CRN stored in the database (for a demo copy, the real practice's
+    /// CRN, not unique). [`Site::crn`] is the one that routes.
+    pub fn parent_crn(&self) -> Crn {
+        self.parent_crn
     }
 
     /// The PMS ID used for routing: PMS type and [`Site::crn`].
@@ -131,7 +132,7 @@ impl Site {
 
     /// Whether it is a demo or de-identified copy.
     pub fn is_demo(&self) -> bool {
-        self.demo
+        self.is_demo
     }
 
     /// Its lifecycle status.

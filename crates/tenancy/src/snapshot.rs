@@ -88,21 +88,27 @@ struct LinkRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SiteRecord {
-    halo: HaloGuid,
+    #[serde(rename = "halo")]
+    halo_guid: HaloGuid,
     link: LinkGuid,
     env: Environment,
     pms: PmsType,
-    /// The real (parent) CRN.
-    crn: Crn,
-    #[serde(default, skip_serializing_if = "is_false")]
-    demo: bool,
+    /// The parent CRN (for a demo copy, the real one).
+    #[serde(rename = "crn")]
+    parent_crn: Crn,
+    #[serde(default, rename = "demo", skip_serializing_if = "is_false")]
+    is_demo: bool,
     status: SiteStatus,
     #[serde(default, skip_serializing_if = "is_false")]
     auth: bool,
     epoch: Epoch,
     heard: Timestamp,
-    #[serde(default, skip_serializing_if = "<[Crn]>::is_empty")]
-    branches: Box<[Crn]>,
+    #[serde(
+        default,
+        rename = "branches",
+        skip_serializing_if = "<[Crn]>::is_empty"
+    )]
+    branch_crns: Box<[Crn]>,
     name: Box<str>,
     /// Index into `texts`.
     ver: u32,
@@ -125,7 +131,8 @@ struct GroupRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PromotionRecord {
-    site: HaloGuid,
+    #[serde(rename = "site")]
+    halo_guid: HaloGuid,
     actor: Box<str>,
     reason: Box<str>,
     at: Timestamp,
@@ -211,17 +218,17 @@ impl Registry {
             .sites
             .values()
             .map(|s| SiteRecord {
-                halo: s.halo,
+                halo_guid: s.halo_guid,
                 link: s.link,
                 env: s.environment,
                 pms: s.pms_type,
-                crn: s.real_crn,
-                demo: s.demo,
+                parent_crn: s.parent_crn,
+                is_demo: s.is_demo,
                 status: s.status,
                 auth: s.authoritative,
                 epoch: s.epoch,
                 heard: s.last_heard,
-                branches: s.branch_crns.clone(),
+                branch_crns: s.branch_crns.clone(),
                 name: s.practice_name.clone(),
                 ver: lookup(&text_index, &mut extra_texts, text_base, &s.pms_version),
                 cats: lookup(
@@ -247,7 +254,7 @@ impl Registry {
                 epoch: g.state.epoch(),
                 vacated_by: g.state.vacated_by().copied(),
                 promotion: g.last_promotion.as_deref().map(|p| PromotionRecord {
-                    site: p.site,
+                    halo_guid: p.halo_guid,
                     actor: p.actor.clone(),
                     reason: p.reason.clone(),
                     at: p.at,
@@ -350,17 +357,17 @@ impl Registry {
         reg.sites.reserve(snapshot.sites.len());
         for s in snapshot.sites {
             let site = Site {
-                halo: s.halo,
+                halo_guid: s.halo_guid,
                 link: s.link,
                 environment: s.env,
                 pms_type: s.pms,
-                real_crn: s.crn,
-                demo: s.demo,
+                parent_crn: s.parent_crn,
+                is_demo: s.is_demo,
                 status: s.status,
                 authoritative: s.auth,
                 epoch: s.epoch,
                 last_heard: s.heard,
-                branch_crns: s.branches,
+                branch_crns: s.branch_crns,
                 practice_name: s.name,
                 pms_version: text(s.ver)?,
                 catalogues: catalogues
@@ -372,7 +379,7 @@ impl Registry {
                 .links
                 .get_mut(&site.link)
                 .ok_or(invalid("a site names an unknown link"))?;
-            link.sites.push(site.halo);
+            link.sites.push(site.halo_guid);
             if site.status.is_live() {
                 let key = site.group_key();
                 let slot = *index.entry(key).or_insert_with(|| {
@@ -397,11 +404,11 @@ impl Registry {
                     if group.holder.is_some() {
                         return Err(invalid("two authoritative sites in one group"));
                     }
-                    group.holder = Some(site.halo);
+                    group.holder = Some(site.halo_guid);
                 }
                 // Tenancy sites are always eligible (see `apply`).
                 group.members.push(Member {
-                    site: site.halo,
+                    halo_guid: site.halo_guid,
                     link: site.link,
                     eligible: true,
                 });
@@ -426,7 +433,7 @@ impl Registry {
                 .map_err(TenancyError::Authority)?;
             let last_promotion = g.promotion.map(|p| {
                 Box::new(Promotion {
-                    site: p.site,
+                    halo_guid: p.halo_guid,
                     actor: p.actor,
                     reason: p.reason,
                     at: p.at,

@@ -44,7 +44,7 @@ pub fn link(i: u32) -> LinkGuid {
 pub fn identity(parent: u32, branches: u32) -> SiteIdentity {
     SiteIdentity {
         pms_type: PmsType::D4w,
-        crn: crn(parent),
+        parent_crn: crn(parent),
         branch_crns: (0..branches).map(|j| branch(parent, j)).collect(),
         practice_name: format!("Practice number {parent}"),
         pms_version: "9.6.1".into(),
@@ -52,7 +52,7 @@ pub fn identity(parent: u32, branches: u32) -> SiteIdentity {
             name: "D4W".into(),
             is_default: true,
         }],
-        demo: false,
+        is_demo: false,
     }
 }
 
@@ -88,14 +88,14 @@ pub fn events() -> impl Iterator<Item = Event> {
     });
     let attach = databases().flat_map(|(i, k, identity)| {
         [
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link: link(k),
-                site: halo(i),
+                halo_guid: halo(i),
                 identity,
             },
-            Event::DatabaseReady {
+            Event::SiteReady {
                 link: link(k),
-                site: halo(i),
+                halo_guid: halo(i),
             },
         ]
     });

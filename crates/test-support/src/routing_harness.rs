@@ -109,7 +109,7 @@ pub fn fixture(sites: usize) -> Fixture {
             grants.apply(&e).expect("valid grant");
         }
         let _ = router.publish(SiteRoute {
-            halo,
+            halo_guid: halo,
             link,
             environment: Environment::Stage,
             pms_id,
@@ -152,7 +152,7 @@ impl Fixture {
         RouteRequest {
             key: KEY,
             caller_ip: None,
-            halo,
+            halo_guid: halo,
             now: Timestamp::from_millis(1_700_000_000_000),
             max_time_in_queue: None,
             catalogue: None,
@@ -228,11 +228,13 @@ impl<'a> Table<'a> {
     pub fn decide(&self, policy: &Policy, request: &RouteRequest<'_>) -> bool {
         match self {
             Table::Router(r) => r.decide(request).is_ok(),
-            Table::RwLock(m) => check_route(policy, m.read().get(&request.halo), request).is_ok(),
-            Table::DashMap(m) => {
-                check_route(policy, m.get(&request.halo).as_deref(), request).is_ok()
+            Table::RwLock(m) => {
+                check_route(policy, m.read().get(&request.halo_guid), request).is_ok()
             }
-            Table::Ceiling(m) => check_route(policy, m.get(&request.halo), request).is_ok(),
+            Table::DashMap(m) => {
+                check_route(policy, m.get(&request.halo_guid).as_deref(), request).is_ok()
+            }
+            Table::Ceiling(m) => check_route(policy, m.get(&request.halo_guid), request).is_ok(),
         }
     }
 
@@ -269,12 +271,12 @@ impl<'a> Table<'a> {
                 let _ = r.publish(site);
             }
             Table::RwLock(m) => {
-                let halo = site.halo;
+                let halo = site.halo_guid;
                 let record = base.with_site(site);
                 m.write().insert(halo, record);
             }
             Table::DashMap(m) => {
-                let halo = site.halo;
+                let halo = site.halo_guid;
                 m.insert(halo, base.with_site(site));
             }
             Table::Ceiling(_) => {}
@@ -441,13 +443,13 @@ pub fn measure(
                     let started = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..PROBE_EVERY {
-                            request.halo = fx.halos[rng.below(fx.halos.len())];
+                            request.halo_guid = fx.halos[rng.below(fx.halos.len())];
                             match op {
                                 Op::Decide => {
                                     black_box(table.decide(&fx.policy, black_box(&request)));
                                 }
                                 Op::Lookup => {
-                                    black_box(table.lookup(black_box(request.halo)));
+                                    black_box(table.lookup(black_box(request.halo_guid)));
                                 }
                             }
                         }
@@ -495,13 +497,13 @@ pub fn decide_parallel(
                 let mut rng = Rng::new(0xfeed ^ ((t as u64 + 1) * 0x9e37_79b9));
                 let mut request = fx.request(fx.halos[0]);
                 for _ in 0..per_thread {
-                    request.halo = fx.halos[rng.below(fx.halos.len())];
+                    request.halo_guid = fx.halos[rng.below(fx.halos.len())];
                     match op {
                         Op::Decide => {
                             black_box(table.decide(&fx.policy, black_box(&request)));
                         }
                         Op::Lookup => {
-                            black_box(table.lookup(black_box(request.halo)));
+                            black_box(table.lookup(black_box(request.halo_guid)));
                         }
                     }
                 }

@@ -442,7 +442,7 @@ fn a_job_for_another_database_is_refused() {
     let f = fixture();
     let mut j = reader("SELECT 1", &[]);
     j.halo_guid = HaloGuid::from_u128(8).unwrap();
-    assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::UnknownSite);
+    assert_eq!(kind(execute(&f.db, &j)), QueryErrorKind::UnknownDatabase);
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub fn pms() -> PmsId {
 
 pub fn stage_site() -> SiteView {
     SiteView {
-        halo: HaloGuid::from_u128(0xa1).unwrap(),
+        halo_guid: HaloGuid::from_u128(0xa1).unwrap(),
         environment: Environment::Stage,
         pms_id: pms(),
         authoritative: true,
@@ -29,7 +29,7 @@ pub fn stage_site() -> SiteView {
 
 pub fn prod_site() -> SiteView {
     SiteView {
-        halo: HaloGuid::from_u128(0xb2).unwrap(),
+        halo_guid: HaloGuid::from_u128(0xb2).unwrap(),
         environment: Environment::Production,
         pms_id: pms(),
         authoritative: true,
@@ -61,12 +61,12 @@ fn grant(integrator: &str, allow_write: bool) -> Vec<PolicyEvent> {
             integrator: i.clone(),
             pms_id: pms(),
         },
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: i.clone(),
             pms_id: pms(),
             environment: Environment::Stage,
         },
-        PolicyEvent::SitePaired {
+        PolicyEvent::PracticePaired {
             integrator: i.clone(),
             pms_id: pms(),
             environment: Environment::Production,
@@ -110,7 +110,7 @@ pub fn decide(
     let components = extract_components(sql).map_err(|e| Deny::unanalysable(&e))?;
     let req = Request {
         key,
-        site: site.halo,
+        halo_guid: site.halo_guid,
         mode,
         catalogue: None,
         components: &components,

@@ -21,7 +21,7 @@ pub(super) fn crn(s: &str) -> Crn {
 pub(super) fn identity(parent: &str, branches: &[&str]) -> SiteIdentity {
     SiteIdentity {
         pms_type: PmsType::D4w,
-        crn: crn(parent),
+        parent_crn: crn(parent),
         branch_crns: branches.iter().map(|b| crn(b)).collect(),
         practice_name: format!("Practice {parent}"),
         pms_version: "9.6".into(),
@@ -29,13 +29,13 @@ pub(super) fn identity(parent: &str, branches: &[&str]) -> SiteIdentity {
             name: "D4W".into(),
             is_default: true,
         }],
-        demo: false,
+        is_demo: false,
     }
 }
 
 pub(super) fn demo_identity(real: &str) -> SiteIdentity {
     SiteIdentity {
-        demo: true,
+        is_demo: true,
         ..identity(real, &[])
     }
 }
@@ -92,23 +92,23 @@ impl Fx {
         site: u128,
         identity: SiteIdentity,
     ) -> Result<Vec<Change>, TenancyError> {
-        self.try_apply(Event::DatabaseAttached {
+        self.try_apply(Event::SiteAttached {
             link: l(link),
-            site: h(site),
+            halo_guid: h(site),
             identity,
         })
     }
 
     pub(super) fn ready(&mut self, link: u128, site: u128) {
-        self.apply(Event::DatabaseReady {
+        self.apply(Event::SiteReady {
             link: l(link),
-            site: h(site),
+            halo_guid: h(site),
         });
     }
 
     pub(super) fn promote(&mut self, site: u128) -> Result<Vec<Change>, TenancyError> {
         self.try_apply(Event::Promoted {
-            site: h(site),
+            halo_guid: h(site),
             actor: "support:alice".into(),
             reason: "server migration".into(),
         })

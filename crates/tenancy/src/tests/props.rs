@@ -46,12 +46,12 @@ fn arb_identity() -> impl Strategy<Value = SiteIdentity> {
             } else {
                 PmsType::D4w
             },
-            crn: crn_of(parent),
+            parent_crn: crn_of(parent),
             branch_crns: branches.into_iter().map(crn_of).collect(),
             practice_name: format!("Practice {parent}"),
             pms_version: "9.6".into(),
             catalogues: vec![],
-            demo: demo == 0,
+            is_demo: demo == 0,
         })
 }
 
@@ -113,23 +113,23 @@ pub(super) fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
         },
         Op::Attach(k, again, identity) => {
             let site = again.and_then(pick).map_or(next, |s| s.0);
-            Event::DatabaseAttached {
+            Event::SiteAttached {
                 link: l(k),
-                site,
+                halo_guid: site,
                 identity,
             }
         }
         Op::Ready(i, w) => match pick(i) {
-            Some((site, k)) => Event::DatabaseReady {
+            Some((site, k)) => Event::SiteReady {
                 link: via(k, w),
-                site,
+                halo_guid: site,
             },
             None => Event::Heartbeat { link: l(1) },
         },
         Op::Remove(i, w) => match pick(i) {
-            Some((site, k)) => Event::DatabaseRemoved {
+            Some((site, k)) => Event::SiteRemoved {
                 link: via(k, w),
-                site,
+                halo_guid: site,
             },
             None => Event::Heartbeat { link: l(1) },
         },
@@ -138,7 +138,7 @@ pub(super) fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
             Some((previous, k)) => Event::Reinstalled {
                 link: via(k, w),
                 previous,
-                site: next,
+                halo_guid: next,
             },
             None => Event::Heartbeat { link: l(1) },
         },
@@ -146,14 +146,14 @@ pub(super) fn resolve(op: &Op, reg: &Registry, known: &[HaloGuid]) -> Event {
         Op::Branches(i, w, branch_crns) => match pick(i) {
             Some((site, k)) => Event::BranchCrnsChanged {
                 link: via(k, w),
-                site,
+                halo_guid: site,
                 branch_crns,
             },
             None => Event::Heartbeat { link: l(1) },
         },
         Op::Promote(i) => match pick(i) {
             Some((site, _)) => Event::Promoted {
-                site,
+                halo_guid: site,
                 actor: "support:bob".into(),
                 reason: "test".into(),
             },
@@ -257,14 +257,14 @@ fn expected_lookup(
     let parents: Vec<PmsId> = live
         .iter()
         .filter(|s| !s.is_demo() && s.branch_crns().contains(&crn))
-        .map(|s| PmsId::new(pms_type, s.real_crn()))
+        .map(|s| PmsId::new(pms_type, s.parent_crn()))
         .collect();
     if !parents.is_empty() {
         return (CrnLookup::Branch, parents);
     }
     let copies: Vec<PmsId> = live
         .iter()
-        .filter(|s| s.is_demo() && s.real_crn() == crn)
+        .filter(|s| s.is_demo() && s.parent_crn() == crn)
         .map(|s| s.pms_id())
         .collect();
     if !copies.is_empty() {
@@ -312,17 +312,25 @@ fn holder_change_allowed(
     after: Option<HaloGuid>,
 ) -> bool {
     match event {
-        Event::DatabaseAttached { site, .. } => {
-            before.is_none() && after == Some(*site) && reg_before.site(*site).is_none()
-        }
-        Event::DatabaseRemoved { site, .. } => before == Some(*site) && after.is_none(),
+        Event::SiteAttached {
+            halo_guid: site, ..
+        } => before.is_none() && after == Some(*site) && reg_before.site(*site).is_none(),
+        Event::SiteRemoved {
+            halo_guid: site, ..
+        } => before == Some(*site) && after.is_none(),
         Event::LinkUninstalled { link } => {
             after.is_none()
                 && before
                     .is_some_and(|b| reg_before.site(b).is_some_and(|s| s.link_guid() == *link))
         }
-        Event::Promoted { site, .. } => after == Some(*site),
-        Event::Reinstalled { previous, site, .. } => {
+        Event::Promoted {
+            halo_guid: site, ..
+        } => after == Some(*site),
+        Event::Reinstalled {
+            previous,
+            halo_guid: site,
+            ..
+        } => {
             (after == Some(*site) && (before.is_none() || before == Some(*previous)))
                 || (after.is_none() && before == Some(*previous))
         }
@@ -344,7 +352,13 @@ pub(super) fn run(
         let result = reg.apply(event, now);
         if result.is_ok() {
             applied.push(LogEntry::new(now, event.clone()));
-            if let Event::DatabaseAttached { site, .. } | Event::Reinstalled { site, .. } = event {
+            if let Event::SiteAttached {
+                halo_guid: site, ..
+            }
+            | Event::Reinstalled {
+                halo_guid: site, ..
+            } = event
+            {
                 if *site == h(known.len() as u128 + 1) {
                     known.push(*site);
                 }

@@ -75,9 +75,9 @@ fn ready_twice_is_an_invalid_transition() {
     fx.attach(1, 10, identity("AB123", &[])).unwrap();
     fx.ready(1, 10);
     let err = fx
-        .try_apply(Event::DatabaseReady {
+        .try_apply(Event::SiteReady {
             link: l(1),
-            site: h(10),
+            halo_guid: h(10),
         })
         .unwrap_err();
     assert!(matches!(err, TenancyError::InvalidTransition { .. }));
@@ -162,9 +162,9 @@ fn backup_server_with_the_same_crn_is_not_authoritative() {
     assert_eq!(lookup(&fx, PROD, "AB123"), CrnLookup::Site(h(10)));
 
     // Removing the holder leaves the group vacant: the backup is not promoted.
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(10),
+        halo_guid: h(10),
     });
     assert!(!fx.authoritative(20));
     assert_eq!(lookup(&fx, PROD, "AB123"), CrnLookup::Vacant);
@@ -195,7 +195,7 @@ fn server_migration_with_promotion() {
     assert!(fx.authoritative(20));
     assert_eq!(fx.reg.site(h(20)).unwrap().epoch(), Epoch::new(2));
     let promotion = fx.reg.group(&group).unwrap().last_promotion().unwrap();
-    assert_eq!(promotion.site, h(20));
+    assert_eq!(promotion.halo_guid, h(20));
     assert_eq!(promotion.actor.as_ref(), "support:alice");
     assert_eq!(promotion.epoch, Epoch::new(2));
 
@@ -206,7 +206,7 @@ fn server_migration_with_promotion() {
     ));
     let err = fx
         .try_apply(Event::Promoted {
-            site: h(10),
+            halo_guid: h(10),
             actor: "support:alice".into(),
             reason: "  ".into(),
         })
@@ -214,9 +214,9 @@ fn server_migration_with_promotion() {
     assert_eq!(err.class(), TenancyErrorClass::Invalid);
 
     // The old server is retired; the new one keeps authority and its epoch.
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(10),
+        halo_guid: h(10),
     });
     assert!(fx.authoritative(20));
     assert_eq!(fx.reg.group(&group).unwrap().epoch(), Epoch::new(2));
@@ -237,9 +237,9 @@ fn reinstall_creates_a_new_halo_guid_that_inherits_authority() {
     let changes = fx.apply(Event::Reinstalled {
         link: l(1),
         previous: h(10),
-        site: h(11),
+        halo_guid: h(11),
     });
-    assert!(changes.contains(&Change::SiteRemoved(h(10))));
+    assert!(changes.contains(&Change::SiteRetired(h(10))));
     assert!(changes.contains(&Change::AuthorityChanged {
         group: key(PROD, "AB123"),
         holder: Some(h(11)),
@@ -262,13 +262,13 @@ fn reinstall_creates_a_new_halo_guid_that_inherits_authority() {
     let again = fx.try_apply(Event::Reinstalled {
         link: l(1),
         previous: h(10),
-        site: h(12),
+        halo_guid: h(12),
     });
     assert_eq!(again.unwrap_err(), TenancyError::AlreadyReinstalled(h(10)));
     let other = fx.try_apply(Event::Reinstalled {
         link: l(2),
         previous: h(11),
-        site: h(13),
+        halo_guid: h(13),
     });
     assert_eq!(
         other.unwrap_err(),
@@ -294,7 +294,7 @@ fn uninstall_then_reinstall_of_the_holder_recovers_authority() {
     fx.apply(Event::Reinstalled {
         link: l(1),
         previous: h(10),
-        site: h(11),
+        halo_guid: h(11),
     });
     assert!(fx.authoritative(11));
     assert_eq!(
@@ -314,7 +314,7 @@ fn reinstall_of_a_backup_waits_as_non_authoritative() {
     fx.apply(Event::Reinstalled {
         link: l(2),
         previous: h(20),
-        site: h(21),
+        halo_guid: h(21),
     });
     assert!(fx.authoritative(10));
     assert!(!fx.authoritative(21));
@@ -356,7 +356,7 @@ fn branch_crn_rules() {
     // Changing branches: the old branch is freed once no site claims it.
     fx.apply(Event::BranchCrnsChanged {
         link: l(1),
-        site: h(10),
+        halo_guid: h(10),
         branch_crns: vec![crn("AB125")],
     });
     assert_eq!(
@@ -364,16 +364,16 @@ fn branch_crn_rules() {
         CrnLookup::Branch,
         "the backup still claims it"
     );
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(2),
-        site: h(20),
+        halo_guid: h(20),
     });
     assert_eq!(lookup(&fx, PROD, "AB124"), CrnLookup::Unknown);
     assert_eq!(lookup(&fx, PROD, "AB125"), CrnLookup::Branch);
     let err = fx
         .try_apply(Event::BranchCrnsChanged {
             link: l(1),
-            site: h(10),
+            halo_guid: h(10),
             branch_crns: vec![crn("XY9"), crn("AB123")],
         })
         .map(|_| ());
@@ -404,7 +404,7 @@ fn demo_copy_in_stage_gets_its_fake_crn() {
     let demo = fx.reg.site(h(10)).unwrap();
     assert!(demo.is_demo());
     assert_eq!(demo.crn(), h(10).fake_crn());
-    assert_eq!(demo.real_crn(), crn("AB123"));
+    assert_eq!(demo.parent_crn(), crn("AB123"));
     assert!(demo.is_authoritative(), "alone in its fake-CRN group");
     assert!(fx.authoritative(20));
     assert_eq!(
@@ -416,23 +416,23 @@ fn demo_copy_in_stage_gets_its_fake_crn() {
     // it (and still do not route by the real CRN).
     fx.attach(1, 30, identity("AB123", &[])).unwrap();
     assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::Site(h(30)));
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(30),
+        halo_guid: h(30),
     });
     assert_eq!(
         lookup(&fx, STAGE, "AB123"),
         CrnLookup::DemoRealCrn,
         "no real site holds it any more"
     );
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(10),
+        halo_guid: h(10),
     });
     assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::DemoRealCrn);
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(2),
-        site: h(20),
+        halo_guid: h(20),
     });
     assert_eq!(lookup(&fx, STAGE, "AB123"), CrnLookup::Unknown);
     fx.check_replay();
@@ -461,16 +461,16 @@ fn demo_copy_does_not_shadow_a_practice() {
     // still the practice.
     fx.attach(2, 23, identity("HARBOUR01", &["HARBOUR02"]))
         .unwrap();
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(10),
+        halo_guid: h(10),
     });
     assert_eq!(lookup(&fx, STAGE, "HARBOUR01"), CrnLookup::Vacant);
     assert_eq!(lookup(&fx, STAGE, "HARBOUR02"), CrnLookup::Branch);
     // Only once no real site holds the CRNs do the copies' real CRNs show.
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(2),
-        site: h(23),
+        halo_guid: h(23),
     });
     assert_eq!(lookup(&fx, STAGE, "HARBOUR01"), CrnLookup::DemoRealCrn);
     assert_eq!(lookup(&fx, STAGE, "HARBOUR02"), CrnLookup::DemoRealCrn);
@@ -544,9 +544,9 @@ fn demo_real_crn_is_named_only_to_a_caller_entitled_to_the_practice_or_a_copy() 
         "the real CRN, then each live copy in Halo GUID order"
     );
     // A copy that is gone entitles nobody.
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(2),
-        site: h(20),
+        halo_guid: h(20),
     });
     assert_eq!(told(&fx, "DEMO1", &[fake(fake2)]).0, CrnLookup::Unknown);
     assert_eq!(told(&fx, "DEMO1", &[fake(fake1)]).0, CrnLookup::DemoRealCrn);
@@ -592,17 +592,17 @@ fn a_link_cannot_claim_another_links_database() {
         TenancyError::SiteOwnedByOtherLink(h(10))
     );
     for event in [
-        Event::DatabaseRemoved {
+        Event::SiteRemoved {
             link: l(2),
-            site: h(10),
+            halo_guid: h(10),
         },
-        Event::DatabaseReady {
+        Event::SiteReady {
             link: l(2),
-            site: h(10),
+            halo_guid: h(10),
         },
         Event::BranchCrnsChanged {
             link: l(2),
-            site: h(10),
+            halo_guid: h(10),
             branch_crns: vec![],
         },
     ] {
@@ -778,6 +778,69 @@ fn old_event_log_still_loads() {
         let json = serde_json::to_string(entry).unwrap();
         let back: LogEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, entry);
+    }
+}
+
+/// Rust names follow the glossary; the log keeps writing the version-one names.
+#[test]
+fn renamed_events_and_fields_still_write_version_one_names() {
+    let written = |event: Event| {
+        let entry = LogEntry::new(Timestamp::from_millis(1), event);
+        serde_json::to_value(entry).unwrap()["event"].clone()
+    };
+    let site = h(2).to_string();
+    let attached = written(Event::SiteAttached {
+        link: l(1),
+        halo_guid: h(2),
+        identity: demo_identity("AB1"),
+    });
+    assert_eq!(attached["type"], "DatabaseAttached");
+    assert_eq!(attached["site"], site);
+    assert_eq!(attached["identity"]["crn"], "AB1");
+    assert_eq!(attached["identity"]["demo"], true);
+    for (event, tag) in [
+        (
+            Event::SiteReady {
+                link: l(1),
+                halo_guid: h(2),
+            },
+            "DatabaseReady",
+        ),
+        (
+            Event::SiteRemoved {
+                link: l(1),
+                halo_guid: h(2),
+            },
+            "DatabaseRemoved",
+        ),
+        (
+            Event::Reinstalled {
+                link: l(1),
+                previous: h(3),
+                halo_guid: h(2),
+            },
+            "Reinstalled",
+        ),
+        (
+            Event::BranchCrnsChanged {
+                link: l(1),
+                halo_guid: h(2),
+                branch_crns: vec![],
+            },
+            "BranchCrnsChanged",
+        ),
+        (
+            Event::Promoted {
+                halo_guid: h(2),
+                actor: "support:alice".into(),
+                reason: "migration".into(),
+            },
+            "Promoted",
+        ),
+    ] {
+        let json = written(event);
+        assert_eq!(json["type"], tag);
+        assert_eq!(json["site"], site);
     }
 }
 

@@ -74,15 +74,15 @@ fn rich() -> Fx {
     });
     other.pms_version = "9.7".into();
     fx.attach(1, 4, other).unwrap();
-    fx.apply(Event::DatabaseRemoved {
+    fx.apply(Event::SiteRemoved {
         link: l(1),
-        site: h(4),
+        halo_guid: h(4),
     });
     fx.attach(1, 5, identity("EF3", &[])).unwrap();
     fx.apply(Event::Reinstalled {
         link: l(1),
         previous: h(5),
-        site: h(6),
+        halo_guid: h(6),
     });
     fx.apply(Event::LinkRegistered {
         link: l(2),
@@ -130,8 +130,8 @@ fn frozen_v1_fixture_still_loads_and_equals_the_replayed_scenario() {
     );
     let group = loaded.group(&ab1).unwrap();
     assert_eq!(group.holder(), None);
-    assert_eq!(group.state().vacated_by().map(|m| m.site), Some(h(2)));
-    assert_eq!(group.last_promotion().map(|p| p.site), Some(h(2)));
+    assert_eq!(group.state().vacated_by().map(|m| m.halo_guid), Some(h(2)));
+    assert_eq!(group.last_promotion().map(|p| p.halo_guid), Some(h(2)));
     assert_eq!(
         loaded.lookup_crn(Environment::Production, PmsType::D4w, crn("BR2")),
         CrnLookup::Branch
