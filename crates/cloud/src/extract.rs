@@ -191,6 +191,10 @@ where
                 ErrorKind::InvalidUtf8InPathParam { key } => Err(ApiError::bad_request(clip(
                     &format!("the path parameter `{key}` is not valid UTF-8 once percent-decoded"),
                 ))),
+                // A typed parameter (a Halo GUID, say) says itself what is wrong.
+                ErrorKind::DeserializeError { message, .. } => {
+                    Err(ApiError::bad_request(clip(message)))
+                }
                 _ => Err(ApiError::new(
                     e.status(),
                     clip(&format!("invalid path: {}", e.kind())),
