@@ -4,6 +4,7 @@
 //! pointing to `halo-store salvage`; `--accept-damaged-log` must salvage every
 //! readable record into a fresh file and keep the damaged one.
 
+use halo_test_support::damage::{flip_byte_100, truncate_one_page};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -92,31 +93,6 @@ fn build(dir: &Path) {
 
 fn db(dir: &Path) -> PathBuf {
     dir.join("halo.db")
-}
-
-fn page_size(file: &Path) -> u64 {
-    let bytes = std::fs::read(file).expect("read");
-    match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        n => u64::from(n),
-    }
-}
-
-/// The attack: cut the file short by one page.
-fn truncate_one_page(file: &Path) {
-    let len = std::fs::metadata(file).expect("metadata").len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(file)
-        .expect("open");
-    f.set_len(len - page_size(file)).expect("truncate");
-}
-
-/// The attack: flip byte 100 (page 1's b-tree header).
-fn flip_byte_100(file: &Path) {
-    let mut bytes = std::fs::read(file).expect("read");
-    bytes[100] ^= 0xff;
-    std::fs::write(file, bytes).expect("write");
 }
 
 fn assert_names_damage_and_the_way_out(err: &StateError, dir: &Path) {

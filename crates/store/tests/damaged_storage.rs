@@ -4,6 +4,7 @@
 //! damaged, `halo-store salvage` must copy every readable record into a new log
 //! without touching the input, and `halo-store ... | head` must exit quietly.
 
+use halo_test_support::damage::{flip_byte_100, truncate_one_page};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,31 +41,6 @@ fn build_log(dir: &Path) {
 
 fn db(dir: &Path) -> PathBuf {
     dir.join(SqliteLog::FILE_NAME)
-}
-
-fn page_size(file: &Path) -> u64 {
-    let bytes = std::fs::read(file).expect("read");
-    match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        n => u64::from(n),
-    }
-}
-
-/// The attack: cut the file short by one page.
-fn truncate_one_page(file: &Path) {
-    let len = std::fs::metadata(file).expect("metadata").len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(file)
-        .expect("open for truncation");
-    f.set_len(len - page_size(file)).expect("truncate");
-}
-
-/// The attack: flip byte 100 (the type byte of page 1's b-tree header).
-fn flip_byte_100(file: &Path) {
-    let mut bytes = std::fs::read(file).expect("read");
-    bytes[100] ^= 0xff;
-    std::fs::write(file, bytes).expect("write");
 }
 
 /// Every file in `dir` (not recursing) with its contents.

@@ -13,9 +13,13 @@
 //!   run by the targets under libFuzzer and over the committed corpus by
 //!   `tests/fuzz_corpus.rs`.
 //!
+//! - module `damage` (no feature): page-level damage to a SQLite file, for the
+//!   damaged-storage tests of `halo-store` and `halo-cloud`.
+//!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.
 
+pub mod damage;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
 #[cfg(feature = "million")]
