@@ -183,8 +183,8 @@ fn admit<'h>(
             app.max_databases_per_link
         ));
     }
-    let w = app.state.credentials();
-    let admission = w
+    let credentials = app.state.credentials();
+    let admission = credentials
         .admit(token_hash, hello.link_guid, hello.environment)
         .map_err(|e| e.to_string())?;
     let mut admitted = Vec::with_capacity(hello.databases.len());
@@ -229,8 +229,8 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         Ok(r) => r,
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
-    // Re-check after registering: a revocation applied meanwhile may have been
-    // broadcast before this session could act on it.
+    // Belt and braces: a revocation applied while registering is also waiting in
+    // `kicks`, but this refuses before the session is attached at all.
     if let Err(e) = app.state.check_credential(&token_hash) {
         return Err(refuse(&mut socket, e.to_string()).await);
     }
