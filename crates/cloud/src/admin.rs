@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::audit::Note;
 use crate::clock::now;
 use crate::dto::SiteDto;
 use crate::error::{ApiError, credential_error};
@@ -51,9 +52,10 @@ fn integrator(id: &str) -> Result<IntegratorId, ApiError> {
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-/// Applies a policy event: answered once it is durable.
-async fn policy(app: &AppState, event: PolicyEvent) -> Result<(), ApiError> {
-    Ok(app.state.apply_policy(event, now()).await?)
+/// Applies a policy event, recording who and why (`X-Halo-Actor`, `X-Halo-Reason`)
+/// in its audit entry: answered once both are durable.
+async fn policy_noted(app: &AppState, event: PolicyEvent, note: Note) -> Result<(), ApiError> {
+    Ok(app.state.apply_policy_noted(event, now(), note).await?)
 }
 
 /// A random secret: 32 bytes as hex, with a readable prefix.
@@ -80,6 +82,7 @@ pub struct PmsTypeBody {
 pub async fn enable_integrator(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<PmsTypeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
@@ -88,7 +91,7 @@ pub async fn enable_integrator(
         integrator: integrator(&id)?,
         pms_type: body.pms_type,
     };
-    policy(&app, event).await?;
+    policy_noted(&app, event, note).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -122,6 +125,7 @@ pub struct ComponentsBody {
 pub async fn authorise_components(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<ComponentsBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
@@ -134,7 +138,7 @@ pub async fn authorise_components(
         procedures: b.procedures,
         allow_write: b.allow_write,
     };
-    policy(&app, event).await?;
+    policy_noted(&app, event, note).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -156,6 +160,7 @@ pub struct PracticeBody {
 pub async fn enable_practice(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<PracticeBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
@@ -164,7 +169,7 @@ pub async fn enable_practice(
         integrator: integrator(&id)?,
         pms_id: b.pms_id,
     };
-    policy(&app, event).await?;
+    policy_noted(&app, event, note).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -194,6 +199,7 @@ pub struct SecretDto {
 pub async fn issue_key(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<KeyBody>, ApiError>,
 ) -> Result<Json<SecretDto>, ApiError> {
@@ -208,7 +214,7 @@ pub async fn issue_key(
         environment: b.environment,
         key_hash: KeyHash::of(&key),
     };
-    policy(&app, event).await?;
+    policy_noted(&app, event, note).await?;
     Ok(Json(SecretDto { key }))
 }
 
@@ -221,9 +227,10 @@ pub async fn issue_key(
 pub async fn policy_event(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     body: Result<ApiJson<PolicyEvent>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    policy(&app, json(body)?).await?;
+    policy_noted(&app, json(body)?, note).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -340,6 +347,7 @@ fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid
 pub async fn issue_link_credential(
     _: Admin,
     State(app): State<AppState>,
+    note: Note,
     body: Result<ApiJson<CredentialBody>, ApiError>,
 ) -> Result<Json<CredentialSecretDto>, ApiError> {
     let b = json(body)?;
@@ -356,7 +364,10 @@ pub async fn issue_link_credential(
         }),
         actor: b.actor,
     };
-    credential(&app, event).await?;
+    app.state
+        .apply_credential_noted(event, now(), note)
+        .await
+        .map_err(|e| credential_error(&e))?;
     Ok(Json(CredentialSecretDto {
         key,
         id: CredentialId::of(&token_hash).to_string(),

@@ -22,7 +22,7 @@ use utoipa::OpenApi as _;
 
 use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
-use crate::{admin, integrator, link_ws, openapi, serve};
+use crate::{activity, admin, admin_audit, console, integrator, link_ws, openapi, serve};
 
 /// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
 /// The largest legitimate body, an immediate query's SQL text and parameters, is
@@ -40,6 +40,10 @@ pub struct App {
     pub max_databases_per_link: usize,
     /// Revocations, broadcast to live Link sessions.
     pub kicks: link_ws::Kicks,
+    /// Per-integrator request counters and the denial sampler (in memory).
+    pub activity: activity::Activity,
+    /// Status console sessions and login tickets (in memory).
+    pub console: console::ConsoleSessions,
 }
 
 /// The shared application state.
@@ -169,11 +173,21 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/admin/policy-events", post(admin::policy_event))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
+        .route("/admin/audit", get(admin_audit::list_audit))
+        .route("/admin/console", get(console::console))
+        .route("/admin/console/login", get(console::login_page).post(console::login))
+        .route("/admin/console/logout", post(console::logout))
+        .route("/admin/console/tickets", post(console::ticket))
         .route("/link/ws", get(link_ws::link_ws))
         .route("/openapi.json", get(|| async { axum::Json(openapi::ApiDoc::openapi()) }))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Counts integrator requests and samples denials into the audit trail.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            activity::observe_integrators,
+        ))
         // A rejection from an extractor outside this crate (the WebSocket upgrade's)
         // is plain text: put it in the envelope too.
         .layer(axum::middleware::map_response(crate::error::envelope_plain_errors))
@@ -216,6 +230,8 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         admin_token_hash: KeyHash::of(&config.admin_token),
         max_databases_per_link: config.max_databases_per_link,
         kicks: link_ws::Kicks::default(),
+        activity: activity::Activity::default(),
+        console: console::ConsoleSessions::default(),
     }))
 }
 
@@ -265,6 +281,7 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
     let router = routes(Arc::clone(&app));
     let limits = config.http;
     let sweeper_app = Arc::clone(&app);
+    let flush_app = Arc::clone(&app);
     let handle = tokio::spawn(async move {
         // Times out queries whose owner stopped waiting without cancelling.
         let sweeper = tokio::spawn(async move {
@@ -277,11 +294,23 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
                     .expire_overdue(crate::clock::now());
             }
         });
+        // Writes the denial counts whose sample window has passed (see `activity`).
+        let flusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = crate::clock::now();
+                for entry in flush_app.activity.flush(now) {
+                    flush_app.state.record_audit(entry, now);
+                }
+            }
+        });
         serve::serve(listener, router, limits, async {
             let _ = rx.await;
         })
         .await;
         sweeper.abort();
+        flusher.abort();
     });
     Ok(RunningCloud {
         addr,

@@ -22,7 +22,13 @@ pub struct ApiError {
     message: String,
     retry_after_secs: Option<u64>,
     details: Option<ErrorDetails>,
+    denial: Option<DenyCode>,
 }
+
+/// A response extension on every answer that is a policy denial, naming its code,
+/// for the middleware that counts and samples denials (`crate::activity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied(pub DenyCode);
 
 /// What a query that failed inside the database reports (`errorDetails`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -67,6 +73,7 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             details: None,
+            denial: None,
         }
     }
 
@@ -125,6 +132,9 @@ impl IntoResponse for ApiError {
             error_details: self.details,
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
+        if let Some(code) = self.denial {
+            response.extensions_mut().insert(Denied(code));
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -143,7 +153,8 @@ impl From<halo_ids::IdError> for ApiError {
 impl From<&Deny> for ApiError {
     /// A policy denial: its message, and `Retry-After` when rate limited.
     fn from(deny: &Deny) -> Self {
-        let e = Self::new(status::deny(deny.code()), deny.message());
+        let mut e = Self::new(status::deny(deny.code()), deny.message());
+        e.denial = Some(deny.code());
         match deny.code() {
             DenyCode::RateLimited { retry_after_ms } => e.with_retry_after_ms(retry_after_ms),
             DenyCode::MissingKey

@@ -6,9 +6,13 @@
 //!
 //! Start a server in-process with [`start`]; the `halo-cloud` binary wraps it.
 
+pub mod activity;
 pub mod admin;
+pub mod admin_audit;
 pub mod app;
+pub mod audit;
 pub mod clock;
+pub mod console;
 pub mod dto;
 pub mod error;
 pub mod extract;

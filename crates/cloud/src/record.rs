@@ -1,5 +1,5 @@
 //! What the Cloud writes to its durable log: every tenancy, policy and credential
-//! event, with the time it was applied. This is a stored format (versioned).
+//! event, with the time it was applied, and the audit trail's entries. This is a stored format (versioned).
 
 use halo_ids::Timestamp;
 use halo_policy::PolicyEvent;
@@ -31,6 +31,20 @@ pub enum Record {
         at: Timestamp,
         /// The event.
         event: CredentialEvent,
+    },
+    /// An audit trail entry (see [`crate::audit`]); changes nothing on replay.
+    /// Written by builds since the audit trail; older logs have none.
+    Audit {
+        /// Format version ([`crate::audit::AUDIT_VERSION`]).
+        version: u32,
+        /// When it was recorded.
+        at: Timestamp,
+        /// Whether it describes the record right after it (a policy, credential or
+        /// promotion event), which then needs no entry derived from it.
+        #[serde(default, rename = "coversNext")]
+        covers_next: bool,
+        /// The entry.
+        entry: crate::audit::AuditEntry,
     },
 }
 

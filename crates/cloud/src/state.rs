@@ -64,6 +64,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::audit::{self, AuditEntry, AuditTrail, Note};
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 use halo_credentials::{CredentialError, Credentials};
 
@@ -157,6 +158,9 @@ struct Published {
     registry: RwLock<Registry>,
     /// The credentials as of the last durable batch.
     credentials: ArcSwap<Credentials>,
+    /// The audit trail as of the last durable batch; write-locked only to append
+    /// that batch's entries.
+    audit: RwLock<AuditTrail>,
 }
 
 /// Sends one command's answer once its batch is durable.
@@ -172,12 +176,19 @@ enum Command {
     Policy {
         event: PolicyEvent,
         now: Timestamp,
+        note: Note,
         reply: Responder<Result<(), PolicyError>>,
     },
     Credential {
         event: CredentialEvent,
         now: Timestamp,
+        note: Note,
         reply: Responder<Result<(), CredentialError>>,
+    },
+    /// An audit entry that no event carries (a route denial sample); unanswered.
+    Audit {
+        entry: AuditEntry,
+        now: Timestamp,
     },
     Snapshot {
         reply: Responder<Result<(), StoreError>>,
@@ -272,6 +283,9 @@ struct Writer {
     background: Option<Arc<Mutex<StateWriter<Snapshot>>>>,
     /// Set while a background snapshot is being written (at most one at a time).
     snapshotting: Arc<AtomicBool>,
+    /// The sequence number of the last record appended (counted without a store
+    /// too): audit entries take their record's number as their id.
+    log_end: u64,
     /// Where to publish durable changes.
     router: Arc<Router>,
     published: Arc<Published>,
@@ -315,12 +329,20 @@ impl Writer {
             Command::Tenancy { events, now, reply } => {
                 let mut results = Vec::with_capacity(events.len());
                 for event in events {
+                    let promotion = audit::for_promotion(&event);
                     match self.registry.apply(&event, now) {
                         Ok(changes) => {
+                            let authority = audit::for_authority(&event, &changes, &self.registry);
+                            if let Some(entry) = promotion {
+                                batch.records.push(audit_record(now, true, entry));
+                            }
                             batch.changes.extend(changes);
                             batch
                                 .records
                                 .push(Record::Tenancy(LogEntry::new(now, event)));
+                            for entry in authority {
+                                batch.records.push(audit_record(now, false, entry));
+                            }
                             batch.tenancy = true;
                             results.push(Ok(()));
                         }
@@ -329,9 +351,16 @@ impl Writer {
                 }
                 batch.answers.push(Box::new(move || reply(results)));
             }
-            Command::Policy { event, now, reply } => {
+            Command::Policy {
+                event,
+                now,
+                note,
+                reply,
+            } => {
                 let result = self.grants.apply(&event);
                 if result.is_ok() {
+                    let entry = audit::for_policy(&event, &note);
+                    batch.records.push(audit_record(now, true, entry));
                     batch.records.push(Record::Policy {
                         version: RECORD_VERSION,
                         at: now,
@@ -341,9 +370,16 @@ impl Writer {
                 }
                 batch.answers.push(Box::new(move || reply(result)));
             }
-            Command::Credential { event, now, reply } => {
+            Command::Credential {
+                event,
+                now,
+                note,
+                reply,
+            } => {
                 let result = self.credentials.apply(&event);
                 if result.is_ok() {
+                    let entry = audit::for_credential(&event, &note);
+                    batch.records.push(audit_record(now, true, entry));
                     batch.records.push(Record::Credential {
                         version: RECORD_VERSION,
                         at: now,
@@ -352,6 +388,9 @@ impl Writer {
                     batch.credentials = true;
                 }
                 batch.answers.push(Box::new(move || reply(result)));
+            }
+            Command::Audit { entry, now } => {
+                batch.records.push(audit_record(now, false, entry));
             }
             Command::Snapshot { reply } => {
                 self.commit(batch);
@@ -373,7 +412,10 @@ impl Writer {
     /// answers its commands in order.
     fn commit(&mut self, batch: &mut Batch) {
         let batch = std::mem::take(batch);
+        let base = self.log_end;
         self.persist(&batch.records);
+        self.log_end = base + batch.records.len() as u64;
+        self.publish_audit(base, &batch.records);
         if batch.tenancy {
             self.router.apply_changes(&self.registry, &batch.changes);
             let mut published = self.published.registry.write();
@@ -400,6 +442,30 @@ impl Writer {
         }
         for answer in batch.answers {
             answer();
+        }
+    }
+
+    /// Publishes the batch's audit entries (now durable); record `i` of the batch
+    /// has sequence number `base + 1 + i`.
+    fn publish_audit(&self, base: u64, records: &[Record]) {
+        let mut entries = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, record)| match record {
+                Record::Audit { at, entry, .. } => Some(audit::Stored {
+                    id: base + 1 + i as u64,
+                    at: *at,
+                    entry: entry.clone(),
+                }),
+                _ => None,
+            })
+            .peekable();
+        if entries.peek().is_none() {
+            return;
+        }
+        let mut trail = self.published.audit.write();
+        for stored in entries {
+            trail.push(stored);
         }
     }
 
@@ -533,10 +599,13 @@ impl CloudState {
             published: Arc::new(Published {
                 registry: RwLock::new(Registry::new()),
                 credentials: ArcSwap::from_pointee(Credentials::default()),
+                audit: RwLock::new(AuditTrail::default()),
             }),
+            log_end: 0,
             hook,
         };
         let mut recovery = None;
+        let mut trail = AuditTrail::default();
         if let Some(dir) = &config.data_dir {
             let (store, recovered) = open_store(dir, config.accept_damaged_log)?;
             if let Some(snapshot) = recovered.snapshot {
@@ -548,6 +617,8 @@ impl CloudState {
                 replay(&mut writer, record)
                     .map_err(|message| StateError::Replay { index, message })?;
             }
+            trail = AuditTrail::rebuild(store.log())?;
+            writer.log_end = store.last_seq().get();
             writer.store = Some(store);
             recovery = Some(recovered.report);
         }
@@ -562,6 +633,7 @@ impl CloudState {
         let published = Arc::new(Published {
             registry: RwLock::new(writer.registry.clone()),
             credentials: ArcSwap::from_pointee(writer.credentials.clone()),
+            audit: RwLock::new(trail),
         });
         writer.published = Arc::clone(&published);
         let (commands, queue) = mpsc::channel();
@@ -610,6 +682,13 @@ impl CloudState {
     /// The Link credentials as of the last durable change (lock-free).
     pub fn credentials(&self) -> Arc<Credentials> {
         self.published.credentials.load_full()
+    }
+
+    /// The audit trail as of the last durable change (see [`crate::audit`]). The
+    /// writer write-locks it only to append a durable batch's entries; hold the
+    /// guard briefly and across no `.await`.
+    pub fn audit(&self) -> RwLockReadGuard<'_, AuditTrail> {
+        self.published.audit.read()
     }
 
     /// Whether `site` can be reached at `now`: from the later of its last durable
@@ -678,7 +757,29 @@ impl CloudState {
         event: PolicyEvent,
         now: Timestamp,
     ) -> Reply<Result<(), PolicyError>> {
-        self.ask(|reply| Command::Policy { event, now, reply })
+        self.apply_policy_noted(event, now, Note::default())
+    }
+
+    /// [`CloudState::apply_policy`], recording `note` (who and why) in the audit
+    /// entry for the event.
+    pub fn apply_policy_noted(
+        &self,
+        event: PolicyEvent,
+        now: Timestamp,
+        note: Note,
+    ) -> Reply<Result<(), PolicyError>> {
+        self.ask(|reply| Command::Policy {
+            event,
+            now,
+            note,
+            reply,
+        })
+    }
+
+    /// Appends an audit entry that no event carries (a sampled route denial). It is
+    /// queued and made durable with the next batch; nobody waits for it.
+    pub fn record_audit(&self, entry: AuditEntry, now: Timestamp) {
+        self.send(Command::Audit { entry, now });
     }
 
     /// Applies a credential event, makes it durable and publishes the credentials;
@@ -688,7 +789,23 @@ impl CloudState {
         event: CredentialEvent,
         now: Timestamp,
     ) -> Reply<Result<(), CredentialError>> {
-        self.ask(|reply| Command::Credential { event, now, reply })
+        self.apply_credential_noted(event, now, Note::default())
+    }
+
+    /// [`CloudState::apply_credential`], recording `note` (who and why) in the audit
+    /// entry where the event itself names no actor or reason.
+    pub fn apply_credential_noted(
+        &self,
+        event: CredentialEvent,
+        now: Timestamp,
+        note: Note,
+    ) -> Reply<Result<(), CredentialError>> {
+        self.ask(|reply| Command::Credential {
+            event,
+            now,
+            note,
+            reply,
+        })
     }
 
     /// Writes a snapshot now, after every change queued before (for operators and
@@ -827,6 +944,18 @@ fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
             }
             Ok(())
         }
+        // The audit trail changes no state; it is rebuilt from the whole log.
+        Record::Audit { .. } => Ok(()),
+    }
+}
+
+/// An audit record written now; `covers_next` when the event it describes follows.
+fn audit_record(at: Timestamp, covers_next: bool, entry: AuditEntry) -> Record {
+    Record::Audit {
+        version: audit::AUDIT_VERSION,
+        at,
+        covers_next,
+        entry,
     }
 }
 
@@ -1159,7 +1288,9 @@ mod tests {
             2,
             "the first change alone, then everything queued behind it in one append"
         );
-        assert_eq!(gate.records.load(Ordering::SeqCst), 1 + 50 + 7);
+        // Each policy change with its audit entry; the tenancy events, and an
+        // audit entry for each of the two groups' first holder.
+        assert_eq!(gate.records.load(Ordering::SeqCst), 2 * (1 + 50) + 7 + 2);
 
         let grants = state.inspect(|w| w.grants.clone());
         let registry = state.registry().clone();
