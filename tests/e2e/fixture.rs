@@ -69,6 +69,49 @@ impl Harness {
         }
     }
 
+    /// Stops the Cloud and starts a new one on the same data directory and address
+    /// (stop the Links first: a live session holds the old Cloud's state).
+    pub(crate) async fn restart(self) -> Harness {
+        let Harness {
+            cloud,
+            http,
+            dir,
+            next_link,
+        } = self;
+        drop(http);
+        let addr = cloud.addr;
+        let state = std::sync::Arc::downgrade(&cloud.app);
+        cloud.stop().await;
+        // The log is closed when the last handle to the state goes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while state.strong_count() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stopped Cloud's state is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cloud = halo_cloud::start(CloudConfig {
+            listen: addr,
+            data_dir: Some(dir.path().join("cloud")),
+            admin_token: ADMIN.to_owned(),
+            router: RouterConfig::standard(),
+            availability: AvailabilityConfig::default(),
+            snapshot_every: 1000,
+            accept_damaged_log: false,
+            max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
+            http: HttpLimits::default(),
+        })
+        .await
+        .unwrap();
+        Harness {
+            cloud,
+            http: reqwest::Client::new(),
+            dir,
+            next_link,
+        }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.cloud.addr, path)
     }

@@ -295,13 +295,10 @@ pub async fn observe_integrators(
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let integrator = halo_policy::authenticate(
-        &app.state.policy(),
-        subscription_key(request.headers()),
-        ip,
-    )
-    .ok()
-    .map(|a| a.integrator().to_string());
+    let integrator =
+        halo_policy::authenticate(&app.state.policy(), subscription_key(request.headers()), ip)
+            .ok()
+            .map(|a| a.integrator().to_string());
     let response = next.run(request).await;
     let denial = response.extensions().get::<Denied>().map(|d| d.0);
     let now = crate::clock::now();
@@ -352,16 +349,31 @@ mod tests {
     fn pairs_are_sampled_apart_and_allowed_requests_are_only_counted() {
         let a = Activity::default();
         assert!(a.observe(Some("acme"), None, None, at(0)).is_none());
-        assert!(a.observe(Some("acme"), Some(DenyCode::NotPaired), None, at(1)).is_some());
-        assert!(a.observe(Some("acme"), Some(DenyCode::UnknownSite), None, at(2)).is_some());
-        assert!(a.observe(None, Some(DenyCode::UnknownKey), None, at(3)).is_some());
-        assert!(a.observe(None, Some(DenyCode::UnknownKey), None, at(4)).is_none());
+        assert!(
+            a.observe(Some("acme"), Some(DenyCode::NotPaired), None, at(1))
+                .is_some()
+        );
+        assert!(
+            a.observe(Some("acme"), Some(DenyCode::UnknownSite), None, at(2))
+                .is_some()
+        );
+        assert!(
+            a.observe(None, Some(DenyCode::UnknownKey), None, at(3))
+                .is_some()
+        );
+        assert!(
+            a.observe(None, Some(DenyCode::UnknownKey), None, at(4))
+                .is_none()
+        );
         let snap = a.snapshot(at(5));
         let acme = snap.iter().find(|s| s.integrator == "acme").unwrap();
         assert_eq!((acme.total, acme.denied), (3, 2));
         assert_eq!(acme.recent.iter().sum::<u64>(), 3);
         assert_eq!(*acme.recent.last().unwrap(), 3, "the newest bucket is last");
-        let anon = snap.iter().find(|s| s.integrator == UNAUTHENTICATED).unwrap();
+        let anon = snap
+            .iter()
+            .find(|s| s.integrator == UNAUTHENTICATED)
+            .unwrap();
         assert_eq!(anon.by_code, vec![("unknownKey", 2)]);
     }
 

@@ -350,7 +350,10 @@ mod tests {
             ok.filter.kinds,
             vec![AuditKind::KeyIssued, AuditKind::PracticeEnabled]
         );
-        assert_eq!(ok.filter.from, Some(Timestamp::from_millis(1_796_083_200_000)));
+        assert_eq!(
+            ok.filter.from,
+            Some(Timestamp::from_millis(1_796_083_200_000))
+        );
         assert_eq!(ok.limit, DEFAULT_LIMIT);
     }
 }

@@ -291,7 +291,10 @@ pub fn for_policy(event: &PolicyEvent, note: &Note) -> AuditEntry {
         ),
         PolicyEvent::PracticeEnabled { pms_id, .. } => {
             practice = Some(*pms_id);
-            (AuditKind::PracticeEnabled, format!("practice {pms_id} enabled"))
+            (
+                AuditKind::PracticeEnabled,
+                format!("practice {pms_id} enabled"),
+            )
         }
         PolicyEvent::PracticeDisabled { pms_id, .. } => {
             practice = Some(*pms_id);
@@ -381,7 +384,9 @@ fn short_hash(hash: &halo_policy::KeyHash) -> String {
 pub fn for_credential(event: &CredentialEvent, note: &Note) -> AuditEntry {
     let own = |actor: Option<&str>, reason: Option<&str>| {
         (
-            actor.and_then(text).or_else(|| note.actor.as_deref().and_then(text)),
+            actor
+                .and_then(text)
+                .or_else(|| note.actor.as_deref().and_then(text)),
             reason
                 .and_then(text)
                 .or_else(|| note.reason.as_deref().and_then(text)),
@@ -405,7 +410,7 @@ pub fn for_credential(event: &CredentialEvent, note: &Note) -> AuditEntry {
             (
                 AuditKind::CredentialIssued,
                 CredentialId::of(token_hash),
-                format!("issued {label:?} for [{practices}]"),
+                format!("issued “{label}” for [{practices}]"),
                 own(actor.as_deref(), None),
             )
         }
@@ -479,7 +484,10 @@ pub fn for_promotion(event: &Event) -> Option<AuditEntry> {
             actor: text(actor),
             reason: text(reason),
             halo_guid: Some(*halo_guid),
-            ..AuditEntry::new(AuditKind::SitePromoted, format!("site {halo_guid} promoted"))
+            ..AuditEntry::new(
+                AuditKind::SitePromoted,
+                format!("site {halo_guid} promoted"),
+            )
         }),
         _ => None,
     }
@@ -679,7 +687,9 @@ impl AuditTrail {
                     covered = *covers_next;
                     return Ok(());
                 }
-                Record::Policy { at, event, .. } => (*at, Some(for_policy(event, &Note::default()))),
+                Record::Policy { at, event, .. } => {
+                    (*at, Some(for_policy(event, &Note::default())))
+                }
                 Record::Credential { at, event, .. } => {
                     (*at, Some(for_credential(event, &Note::default())))
                 }
@@ -737,7 +747,11 @@ mod tests {
             } else {
                 AuditKind::PracticeEnabled
             };
-            trail.push(stored(id * 2, kind, Some(if id % 2 == 0 { "a" } else { "b" })));
+            trail.push(stored(
+                id * 2,
+                kind,
+                Some(if id % 2 == 0 { "a" } else { "b" }),
+            ));
         }
         let filter = AuditFilter {
             kinds: vec![AuditKind::PracticeEnabled],
@@ -783,6 +797,115 @@ mod tests {
             .map(|s| s.id)
             .collect();
         assert_eq!(ids, vec![3, 2]);
+    }
+
+    /// A log from before the trail gets entries derived from its events; an event
+    /// an audit record covers gets none of its own, so nothing is doubled.
+    #[test]
+    fn rebuild_derives_entries_for_old_logs_and_never_doubles() {
+        use halo_store::EventLog as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = halo_store::SqliteLog::open(dir.path()).unwrap();
+        let at = Timestamp::from_millis(1_800_000_000_000);
+        let enable = |crn: &str| PolicyEvent::PracticeEnabled {
+            integrator: "acme".parse().unwrap(),
+            pms_id: format!("D4w:{crn}").parse().unwrap(),
+        };
+        let policy = |event| Record::Policy {
+            version: 1,
+            at,
+            event,
+        };
+        let halo: HaloGuid = "8e1a5a4e-2f6b-4c2d-9f7e-3c1b2a4d5e6f".parse().unwrap();
+        let noted = for_policy(
+            &enable("NEW1"),
+            &Note {
+                actor: Some("alice".into()),
+                reason: None,
+            },
+        );
+        let records = [
+            // 1: an old build's event: derived.
+            policy(enable("OLD1")),
+            // 2, 3: this build's: the audit record, and its event (not derived).
+            Record::Audit {
+                version: AUDIT_VERSION,
+                at,
+                covers_next: true,
+                entry: noted.clone(),
+            },
+            policy(enable("NEW1")),
+            // 4: a heartbeat-like tenancy event: nothing.
+            Record::Tenancy(halo_tenancy::LogEntry::new(
+                at,
+                Event::Heartbeat {
+                    link: LinkGuid::from_u128(9).unwrap(),
+                },
+            )),
+            // 5: an old build's promotion: derived, with its own actor and reason.
+            Record::Tenancy(halo_tenancy::LogEntry::new(
+                at,
+                Event::Promoted {
+                    halo_guid: halo,
+                    actor: "dave".into(),
+                    reason: "migration".into(),
+                },
+            )),
+        ];
+        let bytes: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap())
+            .collect();
+        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        log.append(&slices).unwrap();
+        let trail = AuditTrail::rebuild(&log).unwrap();
+        let got: Vec<(u64, AuditKind, Option<&str>)> = trail
+            .iter()
+            .map(|s| (s.id, s.entry.kind, s.entry.actor.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, AuditKind::PracticeEnabled, None),
+                (2, AuditKind::PracticeEnabled, Some("alice")),
+                (5, AuditKind::SitePromoted, Some("dave")),
+            ]
+        );
+        assert_eq!(trail.iter().nth(1).unwrap().entry, noted);
+    }
+
+    /// The stored form of an audit record is a compatibility promise: this line,
+    /// as version 1 writes it, keeps loading.
+    #[test]
+    fn a_version_one_audit_record_keeps_loading() {
+        let line = r#"{"kind":"audit","version":1,"at":1800000000000,"coversNext":true,"entry":{"kind":"keyIssued","actor":"bob","reason":"first key","integrator":"acme","environment":"stage","detail":"stage key issued (sha256 c980bcae4f6d)"}}"#;
+        let record: Record = serde_json::from_str(line).unwrap();
+        let Record::Audit {
+            version,
+            at,
+            covers_next,
+            entry,
+        } = record
+        else {
+            panic!("not an audit record: {record:?}");
+        };
+        assert_eq!(
+            (version, at.as_millis(), covers_next),
+            (1, 1_800_000_000_000, true)
+        );
+        assert_eq!(entry.kind, AuditKind::KeyIssued);
+        assert_eq!(entry.actor.as_deref(), Some("bob"));
+        assert_eq!(entry.environment, Some(Environment::Stage));
+        assert_eq!(
+            serde_json::to_string(&Record::Audit {
+                version,
+                at,
+                covers_next,
+                entry
+            })
+            .unwrap(),
+            line
+        );
     }
 
     #[test]

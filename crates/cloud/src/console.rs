@@ -125,10 +125,7 @@ impl ConsoleSessions {
     fn end(&self, secret: &str) {
         let mut map = self.inner.lock();
         let hash = KeyHash::of(secret);
-        if map
-            .get(&hash)
-            .is_some_and(|g| g.kind == GrantKind::Session)
-        {
+        if map.get(&hash).is_some_and(|g| g.kind == GrantKind::Session) {
             map.remove(&hash);
         }
     }
@@ -233,7 +230,9 @@ pub async fn login_page(
         return redirect("/admin/console/login?failed=ticket", None);
     }
     let message = match query.failed.as_deref() {
-        Some("ticket") => Some("That login link is used up or expired; sign in with the admin token."),
+        Some("ticket") => {
+            Some("That login link is used up or expired; sign in with the admin token.")
+        }
         Some(_) => Some("That is not the admin token."),
         None => None,
     };
@@ -597,7 +596,7 @@ fn render(v: &View) -> Markup {
                         }
                     }
                     @if !p.history.is_empty() {
-                        details {
+                        details open[p.history.len() <= 5] {
                             summary { "Epoch history (" (p.history.len()) ")" }
                             ul.history { @for line in &p.history { li { (line) } } }
                         }

@@ -21,7 +21,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after_secs: Option<u64>,
-    details: Option<ErrorDetails>,
+    // Boxed: rare, and it keeps `ApiError` small enough to return by value.
+    details: Option<Box<ErrorDetails>>,
     denial: Option<DenyCode>,
 }
 
@@ -106,7 +107,7 @@ impl ApiError {
 
     /// Adds `errorDetails`.
     pub fn with_details(mut self, details: ErrorDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -129,7 +130,7 @@ impl IntoResponse for ApiError {
                 status_text: self.status.canonical_reason().unwrap_or("Error").to_owned(),
                 message: self.message,
             },
-            error_details: self.details,
+            error_details: self.details.map(|d| *d),
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
         if let Some(code) = self.denial {
