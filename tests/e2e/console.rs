@@ -139,6 +139,26 @@ async fn the_console_shows_practices_links_activity_and_audit_in_chromium() {
     );
     assert!(dom.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co"));
 
+    // Finding a practice: by CRN, by Halo GUID, by part of its name.
+    for (q, shown, hidden) in [
+        ("XSS01", "&lt;script&gt;", "Smile Co"),
+        (site.as_str(), "Smile Co", "&lt;script&gt;"),
+        ("smile", "Smile Co", "&lt;script&gt;"),
+    ] {
+        let page = h
+            .http
+            .get(h.url(&format!("/admin/console?q={q}")))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains(shown), "?q={q} shows {shown}");
+        assert!(!page.contains(hidden), "?q={q} hides {hidden}");
+    }
+
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
     let _ = std::fs::remove_file(&shot);
     browse(

@@ -362,6 +362,65 @@ struct View {
     activity: Vec<IntegratorActivity>,
 }
 
+/// The most authority groups a text search looks at (under the registry's read
+/// lock, which delays the writer's publishing while held).
+pub const MAX_SCANNED: usize = 50_000;
+
+/// The practices (authority groups) to show for `needle`, at most
+/// [`MAX_PRACTICES`], never walking the whole registry: without a needle the first
+/// groups; a Halo GUID, PMS ID or CRN is looked up directly; other text is matched
+/// against PMS IDs and practice names of at most [`MAX_SCANNED`] groups.
+fn select<'r>(
+    registry: &'r halo_tenancy::Registry,
+    needle: &str,
+) -> Vec<(halo_tenancy::GroupKey, &'r halo_tenancy::Group)> {
+    if needle.is_empty() {
+        return registry
+            .groups()
+            .take(MAX_PRACTICES)
+            .map(|(k, g)| (*k, g))
+            .collect();
+    }
+    let mut keys: Vec<halo_tenancy::GroupKey> = Vec::new();
+    if let Ok(halo) = needle.parse::<HaloGuid>() {
+        keys.extend(registry.site(halo).map(halo_tenancy::Site::group_key));
+    } else {
+        let pms_id = needle.parse::<PmsId>().ok().or_else(|| {
+            needle
+                .to_ascii_uppercase()
+                .parse::<halo_ids::Crn>()
+                .ok()
+                .map(|crn| PmsId::new(halo_ids::PmsType::D4w, crn))
+        });
+        if let Some(pms_id) = pms_id {
+            for environment in [Environment::Stage, Environment::Production] {
+                keys.push(halo_tenancy::GroupKey::new(environment, pms_id));
+            }
+        }
+    }
+    let direct: Vec<_> = keys
+        .into_iter()
+        .filter_map(|k| registry.group(&k).map(|g| (k, g)))
+        .collect();
+    if !direct.is_empty() {
+        return direct;
+    }
+    registry
+        .groups()
+        .take(MAX_SCANNED)
+        .filter(|(key, group)| {
+            key.pms_id.to_string().to_ascii_lowercase().contains(needle)
+                || group.state().members().iter().any(|m| {
+                    registry
+                        .site(m.halo_guid)
+                        .is_some_and(|s| s.practice_name().to_ascii_lowercase().contains(needle))
+                })
+        })
+        .take(MAX_PRACTICES)
+        .map(|(k, g)| (*k, g))
+        .collect()
+}
+
 fn gather(app: &AppState, q: &str) -> View {
     let now = now();
     let needle = q.trim().to_ascii_lowercase();
@@ -369,28 +428,15 @@ fn gather(app: &AppState, q: &str) -> View {
     let mut practices: BTreeMap<(Environment, PmsId), PracticeRow> = BTreeMap::new();
     let (practice_total, site_total, links, link_total) = {
         let registry = state.registry();
-        let mut groups: HashMap<(Environment, PmsId), Vec<&halo_tenancy::Site>> = HashMap::new();
-        for site in registry.sites() {
-            let key = site.group_key();
-            groups
-                .entry((key.environment, key.pms_id))
-                .or_default()
-                .push(site);
-        }
-        let practice_total = groups.len();
-        for ((environment, pms_id), sites) in groups {
-            let matches = needle.is_empty()
-                || pms_id.to_string().to_ascii_lowercase().contains(&needle)
-                || sites.iter().any(|s| {
-                    s.practice_name().to_ascii_lowercase().contains(&needle)
-                        || s.halo_guid().to_string().contains(&needle)
-                });
-            if !matches {
-                continue;
-            }
-            let group = sites.first().and_then(|s| registry.group(&s.group_key()));
-            let holder = group.and_then(|g| g.holder());
-            let epoch = group.map_or(0, |g| g.epoch().get());
+        let practice_total = registry.groups().count();
+        for (key, group) in select(&registry, &needle) {
+            let sites: Vec<&halo_tenancy::Site> = group
+                .state()
+                .members()
+                .iter()
+                .filter_map(|m| registry.site(m.halo_guid))
+                .collect();
+            let holder = group.holder();
             let name = sites
                 .iter()
                 .find(|s| Some(s.halo_guid()) == holder)
@@ -411,21 +457,17 @@ fn gather(app: &AppState, q: &str) -> View {
                 .collect();
             rows.sort_by_key(|r| (!r.authoritative, r.halo_guid.to_string()));
             practices.insert(
-                (environment, pms_id),
+                (key.environment, key.pms_id),
                 PracticeRow {
-                    environment,
-                    pms_id,
+                    environment: key.environment,
+                    pms_id: key.pms_id,
                     name,
                     holder,
-                    epoch,
+                    epoch: group.epoch().get(),
                     sites: rows,
                     history: Vec::new(),
                 },
             );
-        }
-        // Keep the first MAX_PRACTICES in order.
-        while practices.len() > MAX_PRACTICES {
-            practices.pop_last();
         }
         let credentials = state.credentials();
         let mut bound: HashMap<halo_ids::LinkGuid, Vec<String>> = HashMap::new();
