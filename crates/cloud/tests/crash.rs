@@ -333,6 +333,7 @@ async fn verify(addr: &str, acked: &Acked) {
             }
         }
     }
+    verify_audit(&http, addr, acked, &by_group).await;
     if let Some(key) = &acked.key {
         for crn in &acked.practices {
             if !by_group.contains_key(crn) {
@@ -352,6 +353,80 @@ async fn verify(addr: &str, acked: &Acked) {
                 "practice {crn} enablement lost"
             );
         }
+    }
+}
+
+/// Every audit entry of the trail, newest first, read page by page.
+async fn audit_trail(http: &reqwest::Client, addr: &str, query: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = admin(
+            http,
+            addr,
+            reqwest::Method::GET,
+            &format!("/admin/audit?limit=200&{query}{cursor}"),
+            Value::Null,
+        )
+        .await
+        .expect("cloud answers");
+        all.extend(page["entries"].as_array().expect("entries").iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return all,
+        }
+    }
+}
+
+/// The audit trail went down with its changes, in the same batches: ids never
+/// repeat, every authority change of a group is there exactly once (its epochs are
+/// 1, 2, ... up to the group's current epoch, with no gap), every acknowledged
+/// promotion and practice has its entry.
+async fn verify_audit(
+    http: &reqwest::Client,
+    addr: &str,
+    acked: &Acked,
+    by_group: &BTreeMap<Crn, Vec<(HaloGuid, bool, u64)>>,
+) {
+    let all = audit_trail(http, addr, "").await;
+    let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "audit ids repeat or go back"
+    );
+    for (crn, sites) in by_group {
+        let changes = audit_trail(
+            http,
+            addr,
+            &format!("kind=authorityChanged&practice=D4w:{crn}"),
+        )
+        .await;
+        let mut epochs: Vec<u64> = changes
+            .iter()
+            .map(|e| e["epoch"].as_u64().expect("epoch"))
+            .collect();
+        epochs.reverse();
+        let current = sites[0].2;
+        assert_eq!(
+            epochs,
+            (1..=current).collect::<Vec<_>>(),
+            "group {crn}: the audit trail's authority changes do not match its epoch"
+        );
+        if let Some((site, epoch, false)) = acked.promotions.get(crn) {
+            assert!(
+                changes.iter().any(|e| e["epoch"] == *epoch
+                    && e["haloGuid"] == site.to_string()
+                    && e["actor"] == "crash-test"),
+                "group {crn}: acknowledged promotion to epoch {epoch} not in the trail"
+            );
+        }
+    }
+    for crn in &acked.practices {
+        assert!(
+            all.iter()
+                .any(|e| e["kind"] == "practiceEnabled" && e["practice"] == format!("D4w:{crn}")),
+            "practice {crn}: acknowledged enablement not in the trail"
+        );
     }
 }
 
