@@ -1225,6 +1225,13 @@ mod tests {
                     );
                 }
                 assert!(state.router().resolve(appended).is_none());
+                assert!(
+                    state
+                        .audit()
+                        .iter()
+                        .all(|s| s.entry.halo_guid != Some(appended)),
+                    "the audit entry of a change being appended is not visible yet"
+                );
                 state.check_credential(&token).unwrap();
                 assert_eq!(state.credentials().iter().count(), 1);
                 state.heartbeat(link, later);
@@ -1247,6 +1254,14 @@ mod tests {
         }
         assert!(state.registry().site(appended).is_some());
         assert!(state.router().resolve(appended).is_some());
+        assert!(
+            state
+                .audit()
+                .iter()
+                .any(|s| s.entry.halo_guid == Some(appended)
+                    && s.entry.kind == crate::audit::AuditKind::AuthorityChanged),
+            "once durable, the new group's first holder is in the audit trail"
+        );
     }
 
     /// Changes queued while the writer is busy are acknowledged after one shared
