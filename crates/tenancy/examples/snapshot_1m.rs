@@ -101,4 +101,23 @@ fn main() {
         replay_total.as_secs_f64() / restore.as_secs_f64()
     );
     println!("  restored == original: checked in {compare:.2?}");
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))
+        .unwrap_or(-1.0);
+    println!(
+        "{{\"bench\":\"snapshot_1m\",\"sites\":{SITES},\"events\":{events},\"load1\":{load1:.2},\"replay_decode_s\":{:.3},\"replay_apply_s\":{:.3},\"replay_events_per_s\":{:.0},\"apply_events_per_s\":{:.0},\"snapshot_bytes_per_site\":{:.0},\"to_snapshot_s\":{:.3},\"encode_s\":{:.3},\"decode_s\":{:.3},\"from_snapshot_s\":{:.3},\"restore_s\":{:.3},\"from_snapshot_vs_apply\":{:.3},\"restore_vs_replay\":{:.3},\"target_restore_s\":1.5,\"target_replay_events_per_s\":2000000}}",
+        decode.as_secs_f64(),
+        apply.as_secs_f64(),
+        events as f64 / replay_total.as_secs_f64(),
+        events as f64 / apply.as_secs_f64(),
+        json.len() as f64 / f64::from(SITES),
+        to_snapshot.as_secs_f64(),
+        encode.as_secs_f64(),
+        json_decode.as_secs_f64(),
+        from_snapshot.as_secs_f64(),
+        restore.as_secs_f64(),
+        from_snapshot.as_secs_f64() / apply.as_secs_f64(),
+        restore.as_secs_f64() / replay_total.as_secs_f64(),
+    );
 }
