@@ -14,12 +14,15 @@
 //!   `tests/fuzz_corpus.rs`.
 //!
 //! - module `damage` (no feature): page-level damage to a SQLite file, for the
-//!   damaged-storage tests of `halo-store` and `halo-cloud`.
+//!   damaged-storage tests of `halo-store` and `halo-cloud`;
+//! - module `machine` (no feature): load average, thread CPU time and resident set,
+//!   which the benches report beside their wall times.
 //!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.
 
 pub mod damage;
+pub mod machine;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
 #[cfg(feature = "million")]
