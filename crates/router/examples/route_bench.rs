@@ -9,7 +9,9 @@
 //! the candidate tables `leftright` (the `left-right` crate: two `HashMap` copies)
 //! and `papaya` (each with the writer running: 10 000 registry changes per second
 //! plus heartbeats) and `ceiling` (no writer), with the ratios the issue targets
-//! (`*_vs_ceiling`, `*_vs_dashmap`) and the load average before and after; `writer_cost`, the fraction of router throughput lost to the
+//! (`*_vs_ceiling`, `*_vs_dashmap`) and the load average before and after, then a
+//! second line with the same rates per second of CPU time the reader threads got
+//! (`"per_cpu_second":true`), which a busy shared machine distorts far less; `writer_cost`, the fraction of router throughput lost to the
 //! writer (against a router run without it, `router_no_writer`); and
 //! `visibility_p99_us`, the p99 time from the start of a change's publication to a
 //! reader seeing it (readers look every 64 decisions, which is included). The
@@ -109,6 +111,8 @@ fn main() {
     let slice = args.secs / rounds as f64;
     let mut full = [0.0f64; 7];
     let mut lookup = [0.0f64; 7];
+    let mut full_cpu = [0.0f64; 7];
+    let mut lookup_cpu = [0.0f64; 7];
     let mut visibility = Vec::new();
     let load_before = load_average();
     // Slots: router, rwlock, dashmap, ceiling, router again without the writer (for
@@ -126,11 +130,13 @@ fn main() {
             let writer = args.writer && table.writable() && i != 4;
             let m = measure(&fx, table, args.threads, slice, writer, Op::Decide);
             full[i] += m.per_sec / rounds as f64;
+            full_cpu[i] += m.per_cpu_sec / rounds as f64;
             if i == 0 {
                 visibility.extend(m.visibility_us);
             }
             let m = measure(&fx, table, args.threads, slice / 2.0, writer, Op::Lookup);
             lookup[i] += m.per_sec / rounds as f64;
+            lookup_cpu[i] += m.per_cpu_sec / rounds as f64;
         }
     }
     let load_after = load_average();
@@ -178,6 +184,38 @@ fn main() {
         full[5] / full[2],
         full[6] / full[2],
     );
+    // The same, per second of CPU time the readers got (see `Measurement::per_cpu_sec`):
+    // on a machine whose cores other processes share, the wall-clock rates above
+    // mostly measure the share of CPU each run got, these the cost of each operation.
+    let names = [
+        "router",
+        "rwlock",
+        "dashmap",
+        "ceiling",
+        "router_no_writer",
+        "leftright",
+        "papaya",
+    ];
+    let mut line = format!(
+        "{{\"per_cpu_second\":true,\"sites\":{},\"threads\":{},\"writer\":{}",
+        args.sites, args.threads, args.writer
+    );
+    for (i, name) in names.iter().enumerate() {
+        line.push_str(&format!(",\"{name}\":{:.0}", full_cpu[i]));
+    }
+    for (i, name) in names.iter().enumerate() {
+        line.push_str(&format!(",\"lookup_{name}\":{:.0}", lookup_cpu[i]));
+    }
+    for (i, name) in [(0usize, "router"), (5, "leftright"), (6, "papaya")] {
+        line.push_str(&format!(
+            ",\"lookup_{name}_vs_ceiling\":{:.3},\"lookup_{name}_vs_dashmap\":{:.3},\"{name}_vs_dashmap\":{:.3}",
+            lookup_cpu[i] / lookup_cpu[3],
+            lookup_cpu[i] / lookup_cpu[2],
+            full_cpu[i] / full_cpu[2],
+        ));
+    }
+    line.push('}');
+    println!("{line}");
     if args.candidates {
         candidates(&fx, args.threads, ROUND_SECS);
     }

@@ -75,6 +75,7 @@ fn main() {
             .collect::<Vec<_>>()
     });
     drop(log);
+    let rss0 = machine::rss_bytes();
     let (reg, apply) = timed(|| {
         let mut reg = Registry::new();
         for entry in &entries {
@@ -82,8 +83,22 @@ fn main() {
         }
         reg
     });
-    drop(entries);
+    let resident = machine::rss_bytes().saturating_sub(rss0);
     assert_eq!(reg.site_count(), SITES as usize);
+    // The Cloud keeps a second copy for readers (`halo-cloud`'s state.rs): a clone,
+    // measured while the decoded log is still held, so that it cannot reuse its room.
+    let rss0 = machine::rss_bytes();
+    let (readers, clone) = timed(|| reg.clone());
+    let readers_resident = machine::rss_bytes().saturating_sub(rss0);
+    drop(readers);
+    drop(entries);
+    println!(
+        "registry: {:.0} bytes/site resident (RSS growth while applying); a clone (the \
+         Cloud's readers' copy) {:.0} bytes/site, {:.2}s",
+        resident as f64 / f64::from(SITES),
+        readers_resident as f64 / f64::from(SITES),
+        clone.wall
+    );
     let replay = Took {
         wall: decode.wall + apply.wall,
         cpu: decode.cpu + apply.cpu,
@@ -136,7 +151,7 @@ fn main() {
     );
     println!("  restored == original: checked in {compare:.2?}");
     println!(
-        "{{\"bench\":\"snapshot_1m\",\"sites\":{SITES},\"events\":{events},\"load1_before\":{load_before:.2},\"load1_after\":{:.2},\"replay_decode_s\":{:.3},\"replay_apply_s\":{:.3},\"replay_decode_cpu_s\":{:.3},\"replay_apply_cpu_s\":{:.3},\"replay_events_per_cpu_s\":{:.0},\"apply_events_per_cpu_s\":{:.0},\"snapshot_bytes_per_site\":{:.0},\"to_snapshot_cpu_s\":{:.3},\"encode_cpu_s\":{:.3},\"decode_s\":{:.3},\"from_snapshot_s\":{:.3},\"decode_cpu_s\":{:.3},\"from_snapshot_cpu_s\":{:.3},\"restore_cpu_s\":{:.3},\"from_snapshot_vs_apply_cpu\":{:.3},\"restore_vs_replay_cpu\":{:.3},\"target_restore_s\":1.5,\"target_replay_events_per_s\":2000000}}",
+        "{{\"bench\":\"snapshot_1m\",\"sites\":{SITES},\"events\":{events},\"load1_before\":{load_before:.2},\"load1_after\":{:.2},\"replay_decode_s\":{:.3},\"replay_apply_s\":{:.3},\"replay_decode_cpu_s\":{:.3},\"replay_apply_cpu_s\":{:.3},\"replay_events_per_cpu_s\":{:.0},\"apply_events_per_cpu_s\":{:.0},\"bytes_per_site\":{:.0},\"readers_copy_bytes_per_site\":{:.0},\"apply_cpu_s\":{:.3},\"snapshot_bytes_per_site\":{:.0},\"to_snapshot_cpu_s\":{:.3},\"encode_cpu_s\":{:.3},\"decode_s\":{:.3},\"from_snapshot_s\":{:.3},\"decode_cpu_s\":{:.3},\"from_snapshot_cpu_s\":{:.3},\"restore_cpu_s\":{:.3},\"from_snapshot_vs_apply_cpu\":{:.3},\"restore_vs_replay_cpu\":{:.3},\"target_restore_s\":1.5,\"target_replay_events_per_s\":2000000}}",
         machine::load1(),
         decode.wall,
         apply.wall,
@@ -144,6 +159,9 @@ fn main() {
         apply.cpu,
         events as f64 / replay.cpu,
         events as f64 / apply.cpu,
+        resident as f64 / f64::from(SITES),
+        readers_resident as f64 / f64::from(SITES),
+        apply.cpu,
         json.len() as f64 / f64::from(SITES),
         to_snapshot.cpu,
         encode.cpu,

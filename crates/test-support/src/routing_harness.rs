@@ -505,6 +505,10 @@ pub fn run_writer(fx: &Fixture, table: &Table<'_>, probe: &ProbeRing, stop: &Ato
 pub struct Measurement {
     /// Decisions per second, all threads together.
     pub per_sec: f64,
+    /// Decisions per second of CPU time the readers actually got, all threads
+    /// together (each reader's operations over its own CPU time, summed): on a
+    /// shared machine this takes out the turns other processes held the cores.
+    pub per_cpu_sec: f64,
     /// Microseconds from the start of a probe publication to a reader seeing it.
     pub visibility_us: Vec<f64>,
     /// Registry changes the writer made.
@@ -559,6 +563,7 @@ pub fn measure(
                     let mut ops = 0u64;
                     let mut seen = table.epoch(probe_halo);
                     let mut lat = Vec::new();
+                    let cpu = crate::machine::thread_cpu_ns();
                     let started = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..PROBE_EVERY {
@@ -582,7 +587,8 @@ pub fn measure(
                             }
                         }
                     }
-                    (ops, started.elapsed(), lat)
+                    let took = started.elapsed();
+                    (ops, took, crate::machine::cpu_secs_since(cpu), lat)
                 })
             })
             .collect();
@@ -590,8 +596,11 @@ pub fn measure(
         stop.store(true, Ordering::Release);
         let mut m = Measurement::default();
         for r in readers {
-            let (ops, took, lat) = r.join().expect("reader thread");
+            let (ops, took, cpu, lat) = r.join().expect("reader thread");
             m.per_sec += ops as f64 / took.as_secs_f64();
+            if cpu > 0.0 {
+                m.per_cpu_sec += ops as f64 / cpu;
+            }
             m.visibility_us.extend(lat);
         }
         m.changes = writer.map_or(0, |w| w.join().expect("writer thread"));
