@@ -14,8 +14,8 @@
 use std::fmt;
 
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::{Event, SiteIdentity};
 
@@ -114,7 +114,10 @@ impl<'de> Visitor<'de> for EventVisitor {
         while let Some(field) = map.next_key::<Field>()? {
             // Once the variant is known, keys it does not have are ignored, as the
             // derive ignores unknown fields.
-            if field == Field::Other || v.kind.is_some_and(|k| field != Field::Type && !k.has(field)) {
+            if field == Field::Other
+                || v.kind
+                    .is_some_and(|k| field != Field::Type && !k.has(field))
+            {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }

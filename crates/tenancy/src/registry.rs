@@ -147,7 +147,9 @@ impl<T: Keyed> Dense<T> {
         let hash = self.hasher.hash_one(key);
         let list = &self.list;
         self.index
-            .find(hash, |&i| list.get(i as usize).is_some_and(|v| v.key() == *key))
+            .find(hash, |&i| {
+                list.get(i as usize).is_some_and(|v| v.key() == *key)
+            })
             .map(|&i| i as usize)
     }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use halo_authority::{Epoch, GroupKey};
-use smallvec::SmallVec;
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+use smallvec::SmallVec;
 
 use crate::Catalogue;
 

@@ -22,9 +22,9 @@
 //! other way round at normal-dependency level.
 
 pub mod damage;
-pub mod machine;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
+pub mod machine;
 #[cfg(feature = "million")]
 pub mod million;
 #[cfg(feature = "routing")]
