@@ -1,6 +1,7 @@
 //! Authority groups: their key, members and state.
 
 use halo_ids::{Environment, HaloGuid, LinkGuid, PmsId, PmsType};
+use smallvec::SmallVec;
 
 use crate::election::{AuthorityEvent, Outcome, elect};
 use crate::{AuthorityError, Epoch};
@@ -48,13 +49,32 @@ pub struct Member {
 /// The state of one authority group: its live members, holder and epoch.
 ///
 /// Mutated only through [`GroupState::apply`], which runs [`elect`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupState {
-    holder: Option<HaloGuid>,
     epoch: Epoch,
-    /// The member that last held authority, while the group is vacant since it left.
-    vacated_by: Option<Member>,
-    members: Vec<Member>,
+    /// The live members in join order; most groups have one, held inline (a million
+    /// groups would otherwise hold a million small heap blocks).
+    members: SmallVec<[Member; 1]>,
+    /// The holder's position in `members`, or [`NO_HOLDER`]. The holder is always a
+    /// member, so its position says as much as its Halo GUID in a quarter of the room.
+    holder: u32,
+    /// The member that last held authority, while the group is vacant since it left
+    /// (rare: boxed so that other groups do not carry its room).
+    vacated_by: Option<Box<Member>>,
+}
+
+/// `GroupState::holder` when the group has no holder.
+const NO_HOLDER: u32 = u32::MAX;
+
+impl Default for GroupState {
+    fn default() -> Self {
+        Self {
+            epoch: Epoch::ZERO,
+            members: SmallVec::new(),
+            holder: NO_HOLDER,
+            vacated_by: None,
+        }
+    }
 }
 
 impl GroupState {
@@ -73,12 +93,23 @@ impl GroupState {
         holder: Option<HaloGuid>,
         epoch: Epoch,
         vacated_by: Option<Member>,
-        members: Vec<Member>,
+        members: impl IntoIterator<Item = Member>,
     ) -> Result<Self, AuthorityError> {
         let broken = |what| Err(AuthorityError::InconsistentState { what });
-        let mut sites: Vec<HaloGuid> = members.iter().map(|m| m.halo_guid).collect();
-        sites.sort_unstable();
-        if sites.windows(2).any(|w| w[0] == w[1]) {
+        let members: SmallVec<[Member; 1]> = members.into_iter().collect();
+        let twice = match members.len() {
+            0 | 1 => false,
+            2..=16 => members
+                .iter()
+                .enumerate()
+                .any(|(i, m)| members[..i].iter().any(|n| n.halo_guid == m.halo_guid)),
+            _ => {
+                let mut sites: Vec<HaloGuid> = members.iter().map(|m| m.halo_guid).collect();
+                sites.sort_unstable();
+                sites.windows(2).any(|w| w[0] == w[1])
+            }
+        };
+        if twice {
             return broken("a site is a member twice");
         }
         if let Some(h) = holder {
@@ -92,17 +123,29 @@ impl GroupState {
                 return broken("a group with a holder has epoch zero");
             }
         }
-        Ok(Self {
-            holder,
+        let mut state = Self {
             epoch,
-            vacated_by,
             members,
-        })
+            holder: NO_HOLDER,
+            vacated_by: vacated_by.map(Box::new),
+        };
+        state.set_holder(holder);
+        Ok(state)
+    }
+
+    /// Sets the holder (a member, or none) by its Halo GUID.
+    fn set_holder(&mut self, holder: Option<HaloGuid>) {
+        self.holder = holder
+            .and_then(|h| self.members.iter().position(|m| m.halo_guid == h))
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(NO_HOLDER);
     }
 
     /// The authoritative site, if any.
     pub fn holder(&self) -> Option<HaloGuid> {
-        self.holder
+        self.members
+            .get(self.holder as usize)
+            .map(|member| member.halo_guid)
     }
 
     /// The current epoch.
@@ -117,7 +160,7 @@ impl GroupState {
 
     /// The member whose departure left the group vacant (cleared once a holder is set).
     pub fn vacated_by(&self) -> Option<&Member> {
-        self.vacated_by.as_ref()
+        self.vacated_by.as_deref()
     }
 
     /// The member with this Halo GUID.
@@ -136,7 +179,7 @@ impl GroupState {
     /// Whatever [`elect`] refuses; the group is then unchanged.
     pub fn apply(&mut self, event: &AuthorityEvent) -> Result<Outcome, AuthorityError> {
         let outcome = elect(self, event)?;
-        let old_holder = self.holder.and_then(|h| self.member(h).copied());
+        let old_holder = self.members.get(self.holder as usize).copied();
         match event {
             AuthorityEvent::Joined {
                 halo_guid: site,
@@ -168,9 +211,9 @@ impl GroupState {
         if outcome.holder.is_some() {
             self.vacated_by = None;
         } else if let Some(old) = old_holder {
-            self.vacated_by = Some(old);
+            self.vacated_by = Some(Box::new(old));
         }
-        self.holder = outcome.holder;
+        self.set_holder(outcome.holder);
         self.epoch = outcome.epoch;
         Ok(outcome)
     }

@@ -5,9 +5,13 @@
 //! cargo run --release -p halo-router --example route_bench -- --sites 100000 --threads 2 --secs 5
 //! ```
 //!
-//! Prints one JSON line: decisions per second for `router`, `rwlock`, `dashmap` (each
-//! with the writer running: 10 000 registry changes per second plus heartbeats) and
-//! `ceiling` (no writer); `writer_cost`, the fraction of router throughput lost to the
+//! Prints one JSON line: decisions per second for `router`, `rwlock`, `dashmap` and
+//! the candidate tables `leftright` (the `left-right` crate: two `HashMap` copies)
+//! and `papaya` (each with the writer running: 10 000 registry changes per second
+//! plus heartbeats) and `ceiling` (no writer), with the ratios the issue targets
+//! (`*_vs_ceiling`, `*_vs_dashmap`) and the load average before and after, then a
+//! second line with the same rates per second of CPU time the reader threads got
+//! (`"per_cpu_second":true`), which a busy shared machine distorts far less; `writer_cost`, the fraction of router throughput lost to the
 //! writer (against a router run without it, `router_no_writer`); and
 //! `visibility_p99_us`, the p99 time from the start of a change's publication to a
 //! reader seeing it (readers look every 64 decisions, which is included). The
@@ -100,30 +104,42 @@ fn main() {
         return;
     }
     let tables = Table::all(&fx);
+    let extra = Table::candidates(&fx);
     // Interleave the tables in short rounds so that background load on the machine
     // drifts over all of them alike; sum operations and time over the rounds.
     let rounds = (args.secs / ROUND_SECS).ceil().max(1.0) as usize;
     let slice = args.secs / rounds as f64;
-    let mut full = [0.0f64; 5];
-    let mut lookup = [0.0f64; 5];
+    let mut full = [0.0f64; 7];
+    let mut lookup = [0.0f64; 7];
+    let mut full_cpu = [0.0f64; 7];
+    let mut lookup_cpu = [0.0f64; 7];
     let mut visibility = Vec::new();
-    let slots: Vec<&Table<'_>> = tables.iter().chain(std::iter::once(&tables[0])).collect();
+    let load_before = load_average();
+    // Slots: router, rwlock, dashmap, ceiling, router again without the writer (for
+    // `writer_cost`), then the candidates left-right and papaya.
+    let slots: Vec<&Table<'_>> = tables
+        .iter()
+        .chain(std::iter::once(&tables[0]))
+        .chain(extra.iter())
+        .collect();
     for round in 0..rounds {
         // Rotate the order each round so no table always follows the same one.
         for k in 0..slots.len() {
             let i = (round + k) % slots.len();
             let table = slots[i];
-            // Slot 4 is the router again without the writer (for `writer_cost`).
             let writer = args.writer && table.writable() && i != 4;
             let m = measure(&fx, table, args.threads, slice, writer, Op::Decide);
             full[i] += m.per_sec / rounds as f64;
+            full_cpu[i] += m.per_cpu_sec / rounds as f64;
             if i == 0 {
                 visibility.extend(m.visibility_us);
             }
             let m = measure(&fx, table, args.threads, slice / 2.0, writer, Op::Lookup);
             lookup[i] += m.per_sec / rounds as f64;
+            lookup_cpu[i] += m.per_cpu_sec / rounds as f64;
         }
     }
+    let load_after = load_average();
     let cost = |with: f64, without: f64| {
         if args.writer {
             1.0 - with / without
@@ -133,15 +149,19 @@ fn main() {
     };
     let p99 = quantile(&mut visibility, 0.99);
     println!(
-        "{{\"sites\":{},\"threads\":{},\"secs\":{},\"writer\":{},\"router\":{:.0},\"rwlock\":{:.0},\"dashmap\":{:.0},\"ceiling\":{:.0},\"router_no_writer\":{:.0},\"writer_cost\":{:.4},\"visibility_p99_us\":{:.1},\"visibility_samples\":{},\"lookup_router\":{:.0},\"lookup_rwlock\":{:.0},\"lookup_dashmap\":{:.0},\"lookup_ceiling\":{:.0},\"lookup_router_no_writer\":{:.0},\"lookup_writer_cost\":{:.4}}}",
+        "{{\"sites\":{},\"threads\":{},\"secs\":{},\"writer\":{},\"load1_before\":{:.2},\"load1_after\":{:.2},\"router\":{:.0},\"rwlock\":{:.0},\"dashmap\":{:.0},\"ceiling\":{:.0},\"leftright\":{:.0},\"papaya\":{:.0},\"router_no_writer\":{:.0},\"writer_cost\":{:.4},\"visibility_p99_us\":{:.1},\"visibility_samples\":{},\"lookup_router\":{:.0},\"lookup_rwlock\":{:.0},\"lookup_dashmap\":{:.0},\"lookup_ceiling\":{:.0},\"lookup_leftright\":{:.0},\"lookup_papaya\":{:.0},\"lookup_router_no_writer\":{:.0},\"lookup_writer_cost\":{:.4},\"lookup_router_vs_ceiling\":{:.3},\"lookup_router_vs_dashmap\":{:.3},\"lookup_leftright_vs_ceiling\":{:.3},\"lookup_leftright_vs_dashmap\":{:.3},\"lookup_papaya_vs_ceiling\":{:.3},\"lookup_papaya_vs_dashmap\":{:.3},\"router_vs_dashmap\":{:.3},\"leftright_vs_dashmap\":{:.3},\"papaya_vs_dashmap\":{:.3}}}",
         args.sites,
         args.threads,
         args.secs,
         args.writer,
+        load_before,
+        load_after,
         full[0],
         full[1],
         full[2],
         full[3],
+        full[5],
+        full[6],
         full[4],
         cost(full[0], full[4]),
         p99,
@@ -150,12 +170,63 @@ fn main() {
         lookup[1],
         lookup[2],
         lookup[3],
+        lookup[5],
+        lookup[6],
         lookup[4],
         cost(lookup[0], lookup[4]),
+        lookup[0] / lookup[3],
+        lookup[0] / lookup[2],
+        lookup[5] / lookup[3],
+        lookup[5] / lookup[2],
+        lookup[6] / lookup[3],
+        lookup[6] / lookup[2],
+        full[0] / full[2],
+        full[5] / full[2],
+        full[6] / full[2],
     );
+    // The same, per second of CPU time the readers got (see `Measurement::per_cpu_sec`):
+    // on a machine whose cores other processes share, the wall-clock rates above
+    // mostly measure the share of CPU each run got, these the cost of each operation.
+    let names = [
+        "router",
+        "rwlock",
+        "dashmap",
+        "ceiling",
+        "router_no_writer",
+        "leftright",
+        "papaya",
+    ];
+    let mut line = format!(
+        "{{\"per_cpu_second\":true,\"sites\":{},\"threads\":{},\"writer\":{}",
+        args.sites, args.threads, args.writer
+    );
+    for (i, name) in names.iter().enumerate() {
+        line.push_str(&format!(",\"{name}\":{:.0}", full_cpu[i]));
+    }
+    for (i, name) in names.iter().enumerate() {
+        line.push_str(&format!(",\"lookup_{name}\":{:.0}", lookup_cpu[i]));
+    }
+    for (i, name) in [(0usize, "router"), (5, "leftright"), (6, "papaya")] {
+        line.push_str(&format!(
+            ",\"lookup_{name}_vs_ceiling\":{:.3},\"lookup_{name}_vs_dashmap\":{:.3},\"{name}_vs_dashmap\":{:.3}",
+            lookup_cpu[i] / lookup_cpu[3],
+            lookup_cpu[i] / lookup_cpu[2],
+            full_cpu[i] / full_cpu[2],
+        ));
+    }
+    line.push('}');
+    println!("{line}");
     if args.candidates {
         candidates(&fx, args.threads, ROUND_SECS);
     }
+}
+
+/// The one-minute load average (Linux), or -1 where unknown.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(-1.0)
 }
 
 /// Copy-on-write shards: `ArcSwap` snapshots of small maps; a write copies one shard.

@@ -1,7 +1,7 @@
 //! Lock-free query router: resolves sites, checks authority and policy, dispatches to Link sessions.
 //!
 //! A [`Router`] holds one compact [`Route`] record per live site in a lock-free table
-//! (`scc::HashIndex`, chosen by measurement: see `router.rs`), the current
+//! (a left-right pair of `HashMap`s, chosen by measurement: see `router.rs`), the current
 //! [`halo_policy::Policy`] snapshot in an `ArcSwap`, and one entry per Link with its
 //! liveness (an atomic last-heard time) and its attached [`LinkSession`], if any.
 //!
@@ -117,7 +117,7 @@ pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, chec
 #[cfg(all(test, not(loom)))]
 mod fixture;
 #[cfg(all(test, loom))]
-mod loom_publish;
+mod loom_left_right;
 #[cfg(all(test, loom))]
 mod loom_slot;
 #[cfg(all(test, not(loom)))]

@@ -45,7 +45,7 @@ impl SiteRoute {
             status: site.status(),
             authoritative: site.is_authoritative(),
             epoch: site.epoch(),
-            catalogues: site.catalogues().into(),
+            catalogues: Arc::clone(site.shared_catalogues()),
         }
     }
 

@@ -3,29 +3,32 @@
 //!
 //! # Read path
 //!
-//! `route`, `decide` and `check` take no lock: the table is an `scc::HashIndex`
-//! (lock-free reads under an `sdd` epoch guard; its writers lock one bucket, which
-//! readers never wait for), the policy an `ArcSwap` (lock-free load), the Link's
+//! `route`, `decide` and `check` take no lock: the table is a left-right pair of plain
+//! `HashMap`s (the `left-right` crate): a reader bumps an epoch counter of its own
+//! (found through a thread-local handle), reads the copy the pointer names, and bumps
+//! the counter again; it writes nothing another thread reads on its path, so two
+//! readers never contend, and it never waits. The policy is an `ArcSwap` (lock-free load), the Link's
 //! session an `ArcSwapOption`, liveness a relaxed atomic. Past the read path, the
 //! dispatch takes no lock either: the per-Link queue is a bounded `std::sync::mpsc`
 //! channel (lock-free array), the in-flight counter an atomic, the in-flight map a
 //! `papaya::HashMap`.
 //!
-//! # Why `scc::HashIndex`
+//! # Why left-right
 //!
-//! Chosen by measurement (`route_bench --only-candidates`, lookup plus the authority
-//! flag, 2 threads, same records and hasher, same run): at 100 000 sites
-//! `scc::HashIndex` 23.3 M lookups/s, an `ArcSwap<HashMap>` snapshot 23.6 M, papaya
-//! 15.5 M, copy-on-write `ArcSwap` shards of 64 sites 14.3 M; at 1 000 sites 38.4 M,
-//! 23.6 M, 29.7 M, 24.2 M; at 1 000 000 all within 25 % (memory-bound). The whole-map
-//! snapshot reads as fast but costs a full copy per change (4.5 ms at 100 000 sites,
-//! 320 ms at 1 000 000), so 10 000 changes a second cannot be published; scc writes
-//! in place in about 0.5 us. A record replaced with `OccupiedEntry::update` is never
-//! absent to readers (the new entry is linked before the old one is marked removed).
+//! Chosen by measurement (`route_bench --sites 1000000 --threads 2`, writer on, every
+//! table in the same run; figures in `crates/router/README.md`): its reads are a plain
+//! `HashMap` lookup plus two increments of a counter no other reader touches, so they
+//! run near the unsynchronised ceiling, where `scc::HashIndex` (the previous table),
+//! papaya and DashMap pay for shared state on every read. The price is on the write
+//! side and in memory: each change is applied to both copies, each publication waits
+//! for readers still in the old copy to leave (they hold it for one lookup), and the
+//! table is held twice.
 //!
 //! # Write path
 //!
-//! One writer at a time (the `writer` mutex, write side only) publishes whole records.
+//! One writer at a time (the `writer` mutex, write side only, holding the table's
+//! write handle) publishes whole records, each change followed by a swap of the copies
+//! (`publish`), so a change is visible to every reader that starts after it returns.
 //! **Invariant:** at every instant the table holds at most one authoritative record per
 //! authority group, and a group's epoch in the table never decreases. The writer
 //! enforces it itself, whatever order changes come in: before publishing a new
@@ -52,6 +55,71 @@ use crate::job::{Command, Job};
 use crate::link::{LinkEntry, LinkSession};
 use crate::route::{Route, SiteRoute};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+
+/// What each copy of the route table holds.
+pub(crate) type RouteMap = StdHashMap<HaloGuid, Route, RandomState>;
+
+/// A change to the route table: applied to the copy readers are not using, then,
+/// after the swap, replayed on the other.
+#[derive(Debug)]
+pub(crate) enum RouteOp {
+    /// Insert or replace a site's record.
+    Upsert(HaloGuid, Route),
+    /// Remove a site.
+    Remove(HaloGuid),
+}
+
+impl left_right::Absorb<RouteOp> for RouteMap {
+    fn absorb_first(&mut self, op: &mut RouteOp, _: &Self) {
+        match op {
+            RouteOp::Upsert(halo, route) => {
+                self.insert(*halo, route.clone());
+            }
+            RouteOp::Remove(halo) => {
+                self.remove(halo);
+            }
+        }
+    }
+
+    fn absorb_second(&mut self, op: RouteOp, _: &Self) {
+        match op {
+            RouteOp::Upsert(halo, route) => {
+                self.insert(halo, route);
+            }
+            RouteOp::Remove(halo) => {
+                self.remove(&halo);
+            }
+        }
+    }
+
+    fn sync_with(&mut self, first: &Self) {
+        self.clone_from(first);
+    }
+}
+
+/// The read side of the route table: one left-right read handle per thread.
+struct RouteTable {
+    factory: left_right::ReadHandleFactory<RouteMap>,
+    readers: thread_local::ThreadLocal<left_right::ReadHandle<RouteMap>>,
+}
+
+impl RouteTable {
+    /// Calls `f` with the copy readers see now (`None` only once the router is gone).
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(Option<&RouteMap>) -> R) -> R {
+        let handle = self.readers.get_or(|| self.factory.handle());
+        match handle.enter() {
+            Some(map) => f(Some(&map)),
+            None => f(None),
+        }
+    }
+
+    /// Calls `f` with the record of `halo_guid`, if published.
+    #[inline]
+    fn with<R>(&self, halo_guid: &HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
+        self.read(|map| f(map.and_then(|m| m.get(halo_guid))))
+    }
+}
 
 /// The limits the router enforces. The API's published values are
 /// [`RouterConfig::standard`].
@@ -141,20 +209,35 @@ impl Authorised {
 }
 
 /// Write-side bookkeeping, behind the writer mutex (never touched by readers).
-#[derive(Debug, Default)]
 struct WriterState {
+    /// The table's write handle.
+    table: left_right::WriteHandle<RouteMap, RouteOp>,
     /// The authoritative site of each group, as published in the table.
     holders: StdHashMap<GroupKey, HaloGuid>,
     /// The newest epoch published for each group.
     epochs: StdHashMap<GroupKey, Epoch>,
 }
 
+impl WriterState {
+    /// What `f` makes of `halo_guid`'s published record (the guard is dropped before
+    /// returning: a publication waits for every reader, this one included).
+    fn peek<R>(&self, halo_guid: &HaloGuid, f: impl FnOnce(&Route) -> R) -> Option<R> {
+        self.table.enter().and_then(|map| map.get(halo_guid).map(f))
+    }
+
+    /// Applies one change to both copies and makes it visible: readers see the old
+    /// record or the new one, never neither.
+    fn change(&mut self, op: RouteOp) {
+        self.table.append(op);
+        self.table.publish();
+    }
+}
+
 /// Resolves sites, checks authority and policy, and dispatches queries to Link
 /// sessions, without locks on the read path. Share it in an `Arc`.
 pub struct Router {
-    /// The route table: lock-free reads (`peek` under an `sdd` epoch guard); writes
-    /// lock one bucket, on the write side only, never blocking readers.
-    routes: scc::HashIndex<HaloGuid, Route, RandomState>,
+    /// The route table's read side (its write handle is in `writer`).
+    routes: RouteTable,
     policy: ArcSwap<Policy>,
     links: papaya::HashMap<LinkGuid, Arc<LinkEntry>, RandomState>,
     next_query: AtomicU64,
@@ -165,7 +248,7 @@ pub struct Router {
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
-            .field("routes", &self.routes.len())
+            .field("routes", &self.site_count())
             .field("links", &self.links.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -184,13 +267,23 @@ pub enum Published {
 impl Router {
     /// An empty router with the empty policy (which denies everything).
     pub fn new(config: RouterConfig) -> Self {
+        let (table, reader) = left_right::new_from_empty::<RouteMap, RouteOp>(
+            StdHashMap::with_hasher(RandomState::default()),
+        );
         Self {
-            routes: scc::HashIndex::with_hasher(RandomState::default()),
+            routes: RouteTable {
+                factory: reader.factory(),
+                readers: thread_local::ThreadLocal::new(),
+            },
             policy: ArcSwap::from_pointee(Policy::empty()),
             links: papaya::HashMap::with_hasher(RandomState::default()),
             next_query: AtomicU64::new(1),
             config,
-            writer: Mutex::new(WriterState::default()),
+            writer: Mutex::new(WriterState {
+                table,
+                holders: StdHashMap::new(),
+                epochs: StdHashMap::new(),
+            }),
         }
     }
 
@@ -201,20 +294,19 @@ impl Router {
 
     /// How many routable (live) sites the table holds.
     pub fn site_count(&self) -> usize {
-        self.routes.len()
+        self.routes.read(|map| map.map_or(0, StdHashMap::len))
     }
 
     // ---- read path -------------------------------------------------------------
 
     /// The published record of a site, if it is live (lock-free).
     pub fn resolve(&self, halo_guid: HaloGuid) -> Option<Route> {
-        self.routes.peek_with(&halo_guid, |_, r| r.clone())
+        self.routes.with(&halo_guid, |r| r.cloned())
     }
 
     /// Calls `f` with the published record of `halo_guid` (or `None`), without cloning it.
     pub fn with_route<R>(&self, halo_guid: HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
-        let guard = scc::Guard::new();
-        f(self.routes.peek(&halo_guid, &guard))
+        self.routes.with(&halo_guid, f)
     }
 
     /// Runs the read path alone: resolve, status, authority, policy. No side effects
@@ -227,12 +319,9 @@ impl Router {
     /// [`RouteError::NotAuthoritative`].
     pub fn decide(&self, request: &RouteRequest<'_>) -> Result<Allowed, RouteError> {
         let policy = self.policy.load();
-        let guard = scc::Guard::new();
-        check_route(
-            &policy,
-            self.routes.peek(&request.halo_guid, &guard),
-            request,
-        )
+        self.routes.with(&request.halo_guid, |route| {
+            check_route(&policy, route, request)
+        })
     }
 
     /// [`Router::decide`], also returning a copy of the record it resolved.
@@ -241,11 +330,11 @@ impl Router {
     /// As [`Router::decide`].
     pub fn check(&self, request: &RouteRequest<'_>) -> Result<Authorised, RouteError> {
         let policy = self.policy.load();
-        let guard = scc::Guard::new();
-        let route = self.routes.peek(&request.halo_guid, &guard);
-        let allowed = check_route(&policy, route, request)?;
-        let route = route.ok_or(RouteError::UnknownSite)?.clone();
-        Ok(Authorised { route, allowed })
+        self.routes.with(&request.halo_guid, |route| {
+            let allowed = check_route(&policy, route, request)?;
+            let route = route.ok_or(RouteError::UnknownSite)?.clone();
+            Ok(Authorised { route, allowed })
+        })
     }
 
     /// The policy snapshot readers use now.
@@ -279,25 +368,32 @@ impl Router {
             ));
         }
         let policy = self.policy.load();
-        let guard = scc::Guard::new();
-        let route = self.routes.peek(&request.halo_guid, &guard);
-        let allowed = check_route(&policy, route, &request)?;
-        let route = route.ok_or(RouteError::UnknownSite)?;
-        let session = route
-            .link_entry()
-            .session()
-            .ok_or(RouteError::Unreachable)?;
-        let site = route.site();
-        let catalogue = match request.catalogue {
-            Some(name) => Some(Box::from(name)),
-            None => site
-                .catalogues
-                .iter()
-                .find(|c| c.is_default)
-                .map(|c| c.name.clone()),
-        };
-        let (halo_guid, link, epoch) = (site.halo_guid, site.link, site.epoch);
-        drop(guard);
+        let (allowed, session, catalogue, halo_guid, link, epoch) =
+            self.routes.with(&request.halo_guid, |route| {
+                let allowed = check_route(&policy, route, &request)?;
+                let route = route.ok_or(RouteError::UnknownSite)?;
+                let session = route
+                    .link_entry()
+                    .session()
+                    .ok_or(RouteError::Unreachable)?;
+                let site = route.site();
+                let catalogue = match request.catalogue {
+                    Some(name) => Some(Box::from(name)),
+                    None => site
+                        .catalogues
+                        .iter()
+                        .find(|c| c.is_default)
+                        .map(|c| c.name.clone()),
+                };
+                Ok::<_, RouteError>((
+                    allowed,
+                    session,
+                    catalogue,
+                    site.halo_guid,
+                    site.link,
+                    site.epoch,
+                ))
+            })?;
         session.submit(|| {
             policy
                 .take(&allowed, request.now)
@@ -423,10 +519,7 @@ impl Router {
             return Published::Stale;
         }
         // The site may have moved group (its PMS ID changed): drop its old holdership.
-        if let Some(old_group) = self
-            .routes
-            .peek_with(&site.halo_guid, |_, r| r.site().group())
-        {
+        if let Some(old_group) = writer.peek(&site.halo_guid, |r| r.site().group()) {
             if old_group != group && writer.holders.get(&old_group) == Some(&site.halo_guid) {
                 writer.holders.remove(&old_group);
             }
@@ -434,11 +527,8 @@ impl Router {
         if site.authoritative {
             if let Some(previous) = writer.holders.insert(group, site.halo_guid) {
                 if previous != site.halo_guid {
-                    if let Some(demoted) = self
-                        .routes
-                        .peek_with(&previous, |_, r| r.with_authority(false))
-                    {
-                        self.upsert(previous, demoted);
+                    if let Some(demoted) = writer.peek(&previous, |r| r.with_authority(false)) {
+                        writer.change(RouteOp::Upsert(previous, demoted));
                     }
                 }
             }
@@ -447,26 +537,16 @@ impl Router {
         }
         writer.epochs.insert(group, newest.max(site.epoch));
         let entry = self.link_entry(site.link);
-        self.upsert(site.halo_guid, Route::new(site, entry));
+        let halo_guid = site.halo_guid;
+        writer.change(RouteOp::Upsert(halo_guid, Route::new(site, entry)));
         Published::Applied
-    }
-
-    /// Replaces (or adds) one record in place: readers see the old or the new one,
-    /// never neither.
-    fn upsert(&self, halo_guid: HaloGuid, route: Route) {
-        match self.routes.entry_sync(halo_guid) {
-            scc::hash_index::Entry::Occupied(mut o) => o.update(route),
-            scc::hash_index::Entry::Vacant(v) => {
-                let _ = v.insert_entry(route);
-            }
-        }
     }
 
     /// Removes a site from the table: it resolves as unknown from now on.
     pub fn unpublish(&self, halo_guid: HaloGuid) {
         let mut writer = lock(&self.writer);
-        if let Some(group) = self.routes.peek_with(&halo_guid, |_, r| r.site().group()) {
-            let _ = self.routes.remove_sync(&halo_guid);
+        if let Some(group) = writer.peek(&halo_guid, |r| r.site().group()) {
+            writer.change(RouteOp::Remove(halo_guid));
             if writer.holders.get(&group) == Some(&halo_guid) {
                 writer.holders.remove(&group);
             }

@@ -2,11 +2,15 @@
 //! changes anything, so that a refused event leaves the registry untouched.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use smallvec::SmallVec;
 
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Map, Promotion};
+use crate::registry::{BranchClaim, Group, GroupEntry, Map, Promotion};
 use crate::{
     Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
     TenancyError, TextField, TextRule,
@@ -75,18 +79,19 @@ fn check_text(
     text: &str,
     max: usize,
     required: bool,
-) -> Result<Box<str>, TenancyError> {
+) -> Result<(), TenancyError> {
     let fail = |rule| Err(TenancyError::InvalidText { field, rule });
     if required && text.trim().is_empty() {
         return fail(TextRule::Blank);
     }
-    if text.chars().count() > max {
+    // A text of at most `max` bytes has at most `max` characters: count only longer ones.
+    if text.len() > max && text.chars().count() > max {
         return fail(TextRule::TooLong { max });
     }
     if text.chars().any(char::is_control) {
         return fail(TextRule::ControlCharacter);
     }
-    Ok(text.into())
+    Ok(())
 }
 
 fn live_link(reg: &Registry, link: LinkGuid) -> Result<&Link, TenancyError> {
@@ -126,22 +131,22 @@ fn normalise_branches(parent: Crn, branches: &[Crn]) -> Box<[Crn]> {
     out.into_boxed_slice()
 }
 
-/// The validated details of a database.
-struct Details {
+/// The validated details of a database (texts borrowed from the event).
+struct Details<'a> {
     branch_crns: Box<[Crn]>,
-    practice_name: Box<str>,
-    pms_version: Box<str>,
-    catalogues: Box<[Catalogue]>,
+    practice_name: CompactString,
+    pms_version: &'a str,
+    catalogues: &'a [Catalogue],
 }
 
-fn check_details(identity: &SiteIdentity) -> Result<Details, TenancyError> {
-    let practice_name = check_text(
+fn check_details(identity: &SiteIdentity) -> Result<Details<'_>, TenancyError> {
+    check_text(
         TextField::PracticeName,
         &identity.practice_name,
         MAX_PRACTICE_NAME,
         false,
     )?;
-    let pms_version = check_text(
+    check_text(
         TextField::PmsVersion,
         &identity.pms_version,
         MAX_VERSION,
@@ -163,9 +168,9 @@ fn check_details(identity: &SiteIdentity) -> Result<Details, TenancyError> {
     }
     Ok(Details {
         branch_crns: normalise_branches(identity.parent_crn, &identity.branch_crns),
-        practice_name,
-        pms_version,
-        catalogues: identity.catalogues.clone().into_boxed_slice(),
+        practice_name: CompactString::from(identity.practice_name.as_str()),
+        pms_version: &identity.pms_version,
+        catalogues: &identity.catalogues,
     })
 }
 
@@ -188,7 +193,7 @@ fn check_crns(
     if reg.branches.contains_key(&parent_key) {
         return Err(TenancyError::CrnIsBranch(crn));
     }
-    if let Some(group) = reg.groups.get(&parent_key) {
+    if let Some(group) = reg.groups.get(&parent_key).map(|e| &e.group) {
         let clash = group
             .state
             .members()
@@ -205,7 +210,7 @@ fn check_crns(
     }
     for branch in branches {
         let branch_key = key(environment, pms_type, *branch);
-        if let Some(group) = reg.groups.get(&branch_key) {
+        if let Some(group) = reg.groups.get(&branch_key).map(|e| &e.group) {
             if group
                 .state
                 .members()
@@ -227,7 +232,7 @@ fn check_crns(
 /// Authority changes worked out on copies of the groups they touch.
 #[derive(Default)]
 struct Plan {
-    groups: Vec<(GroupKey, GroupState)>,
+    groups: SmallVec<[(GroupKey, GroupState); 1]>,
 }
 
 impl Plan {
@@ -243,7 +248,7 @@ impl Plan {
                 let state = reg
                     .groups
                     .get(&key)
-                    .map(|g| g.state.clone())
+                    .map(|e| e.group.state.clone())
                     .unwrap_or_default();
                 self.groups.push((key, state));
                 self.groups.len() - 1
@@ -270,7 +275,12 @@ fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
 fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Vec<Change>) {
     let Registry { groups, sites, .. } = reg;
     for (key, state) in plan.groups {
-        let group = groups.entry(key).or_default();
+        let group = &mut groups
+            .get_or_insert_with(key, || GroupEntry {
+                key,
+                group: Group::default(),
+            })
+            .group;
         let changed = group.state.epoch() != state.epoch();
         group.state = state;
         let holder = group.state.holder();
@@ -395,7 +405,7 @@ fn link_registered(
     version: &str,
     now: Timestamp,
 ) -> Result<Vec<Change>, TenancyError> {
-    let version = check_text(TextField::LinkVersion, version, MAX_VERSION, true)?;
+    check_text(TextField::LinkVersion, version, MAX_VERSION, true)?;
     if let Some(existing) = reg.links.get(&link) {
         let serves = existing
             .sites
@@ -405,15 +415,20 @@ fn link_registered(
             return Err(TenancyError::EnvironmentChanged(link));
         }
     }
-    let shared = reg.interned.text(&version);
-    let entry = reg.links.entry(link).or_insert_with(|| Link {
-        guid: link,
-        environment,
-        status: LinkStatus::Active,
-        last_heard: now,
-        version: std::sync::Arc::from(""),
-        sites: Vec::new(),
-    });
+    let shared = reg.interned.text(version);
+    if !reg.links.contains(&link) {
+        reg.links.insert(Link {
+            guid: link,
+            environment,
+            status: LinkStatus::Active,
+            last_heard: now,
+            version: std::sync::Arc::clone(&shared),
+            sites: SmallVec::new(),
+        });
+    }
+    let Some(entry) = reg.links.get_mut(&link) else {
+        return Err(TenancyError::UnknownLink(link));
+    };
     entry.environment = environment;
     entry.status = LinkStatus::Active;
     entry.version = shared;
@@ -465,13 +480,13 @@ fn database_attached(
             &details.branch_crns,
             Some(halo_guid),
         )?;
-        let pms_version = reg.interned.text(&details.pms_version);
-        let catalogues = reg.interned.catalogues(&details.catalogues);
+        let profile = reg
+            .interned
+            .profile(details.pms_version, details.catalogues);
         with_claims(reg, halo_guid, |site| {
             site.branch_crns = details.branch_crns;
             site.practice_name = details.practice_name;
-            site.pms_version = pms_version;
-            site.catalogues = catalogues;
+            site.profile = profile;
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
@@ -512,8 +527,9 @@ fn database_attached(
         last_heard: now,
         branch_crns: details.branch_crns,
         practice_name: details.practice_name,
-        pms_version: reg.interned.text(&details.pms_version),
-        catalogues: reg.interned.catalogues(&details.catalogues),
+        profile: reg
+            .interned
+            .profile(details.pms_version, details.catalogues),
     };
     insert_site(reg, site);
     if let Some(l) = reg.links.get_mut(&link) {
@@ -696,8 +712,7 @@ fn reinstalled(
         last_heard: now,
         branch_crns: prev.branch_crns.clone(),
         practice_name: prev.practice_name.clone(),
-        pms_version: prev.pms_version.clone(),
-        catalogues: prev.catalogues.clone(),
+        profile: Arc::clone(&prev.profile),
     };
     let mut changes = Vec::new();
     if was_live {
@@ -774,8 +789,8 @@ fn promoted(
             status: site.status,
         });
     }
-    let actor = check_text(TextField::Actor, actor, MAX_ACTOR, true)?;
-    let reason = check_text(TextField::Reason, reason, MAX_REASON, true)?;
+    check_text(TextField::Actor, actor, MAX_ACTOR, true)?;
+    check_text(TextField::Reason, reason, MAX_REASON, true)?;
     let group_key = site.group_key();
     let mut plan = Plan::default();
     plan.elect(
@@ -794,11 +809,11 @@ fn promoted(
         .unwrap_or_default();
     let mut changes = Vec::new();
     commit_plan(reg, plan, &[], &mut changes);
-    if let Some(group) = reg.groups.get_mut(&group_key) {
+    if let Some(group) = reg.groups.get_mut(&group_key).map(|e| &mut e.group) {
         group.last_promotion = Some(Box::new(Promotion {
             halo_guid,
-            actor,
-            reason,
+            actor: actor.into(),
+            reason: reason.into(),
             at: now,
             epoch,
         }));

@@ -77,7 +77,12 @@ pub struct SiteIdentity {
 
 /// A change to the tenancy model. [`Registry::apply`](crate::Registry::apply) is the
 /// only way to change a registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialised as a JSON object tagged `type` (the variant's version-one name). It is
+/// decoded by a hand-written visitor (`event_de.rs`) that reads the object once,
+/// whatever the order of its keys, instead of serde's internally tagged derive,
+/// which first copies the whole object into a buffer: log replay decodes millions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 #[non_exhaustive]
 pub enum Event {

@@ -101,6 +101,7 @@ mod availability;
 mod change;
 mod error;
 mod event;
+mod event_de;
 mod registration;
 mod registry;
 mod site;

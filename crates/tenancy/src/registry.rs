@@ -1,11 +1,14 @@
 //! The registry: all Links, sites and authority groups, and the queries on them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use halo_authority::{Epoch, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
+use crate::site::Profile;
 use crate::{
     Availability, AvailabilityConfig, Catalogue, Change, Event, Link, LogEntry, Site, TenancyError,
 };
@@ -17,11 +20,22 @@ pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// Shared copies of values most sites repeat (versions, catalogue lists), so that a
 /// million sites hold a million pointers rather than a million copies. Only grows;
 /// bounded by the number of distinct values.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Interner {
     pub(crate) texts: HashSet<Arc<str>, foldhash::fast::RandomState>,
     pub(crate) catalogues: HashSet<Arc<[Catalogue]>, foldhash::fast::RandomState>,
+    /// (PMS version, catalogue list) pairs as sites hold them: one pointer per site
+    /// instead of two. A cache over `texts` and `catalogues`, so not part of equality.
+    pub(crate) profiles: HashSet<Arc<Profile>, foldhash::fast::RandomState>,
 }
+
+impl PartialEq for Interner {
+    fn eq(&self, other: &Self) -> bool {
+        self.texts == other.texts && self.catalogues == other.catalogues
+    }
+}
+
+impl Eq for Interner {}
 
 impl Interner {
     pub(crate) fn text(&mut self, text: &str) -> Arc<str> {
@@ -41,56 +55,170 @@ impl Interner {
         self.catalogues.insert(Arc::clone(&shared));
         shared
     }
+
+    /// The shared profile of a PMS version and a catalogue list (both interned).
+    pub(crate) fn profile(&mut self, pms_version: &str, catalogues: &[Catalogue]) -> Arc<Profile> {
+        let wanted = Profile {
+            pms_version: self.text(pms_version),
+            catalogues: self.catalogues(catalogues),
+        };
+        if let Some(shared) = self.profiles.get(&wanted) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(wanted);
+        self.profiles.insert(Arc::clone(&shared));
+        shared
+    }
 }
 
-/// Sites stored densely in attach order, with an index by Halo GUID. Sites are
-/// never deleted, so indexes stay valid; this saves the empty buckets a hash map of
-/// whole sites would carry (about 150 bytes per site at 1M sites).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct SiteTable {
-    list: Vec<Site>,
-    index: Map<HaloGuid, u32>,
+/// What a table of [`Dense`] holds: values that carry their own key.
+pub(crate) trait Keyed {
+    /// The key type.
+    type Key: std::hash::Hash + Eq + Copy;
+    /// Whether the insertion order is part of the state (compared by equality).
+    const ORDERED: bool;
+    /// This value's key.
+    fn key(&self) -> Self::Key;
 }
 
-impl SiteTable {
-    pub(crate) fn get(&self, halo_guid: &HaloGuid) -> Option<&Site> {
+impl Keyed for Site {
+    type Key = HaloGuid;
+    const ORDERED: bool = true;
+    fn key(&self) -> HaloGuid {
+        self.halo_guid
+    }
+}
+
+impl Keyed for Link {
+    type Key = LinkGuid;
+    const ORDERED: bool = false;
+    fn key(&self) -> LinkGuid {
+        self.guid
+    }
+}
+
+/// Values stored densely in insertion order, with an index of positions (4 bytes a
+/// slot) hashed by each value's own key. Values are never deleted, so positions stay
+/// valid. Against a hash map of whole values this saves the empty buckets' room
+/// (about 150 bytes per site at 1M sites) and the key stored twice.
+#[derive(Clone)]
+pub(crate) struct Dense<T> {
+    list: Vec<T>,
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl<T> Default for Dense<T> {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Dense<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.list.iter()).finish()
+    }
+}
+
+/// Equal when they hold equal values: in the same order where the order is part of
+/// the state ([`Keyed::ORDERED`]: sites, whose attach order snapshots keep), as sets
+/// otherwise (links and groups, whose insertion order a snapshot does not keep).
+impl<T: Keyed + PartialEq> PartialEq for Dense<T> {
+    fn eq(&self, other: &Self) -> bool {
+        if T::ORDERED {
+            return self.list == other.list;
+        }
+        self.len() == other.len()
+            && self
+                .list
+                .iter()
+                .all(|v| other.get(&v.key()).is_some_and(|o| o == v))
+    }
+}
+
+impl<T: Keyed + Eq> Eq for Dense<T> {}
+
+impl<T: Keyed> Dense<T> {
+    fn position(&self, key: &T::Key) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        let list = &self.list;
         self.index
-            .get(halo_guid)
-            .and_then(|i| self.list.get(*i as usize))
+            .find(hash, |&i| {
+                list.get(i as usize).is_some_and(|v| v.key() == *key)
+            })
+            .map(|&i| i as usize)
     }
 
-    pub(crate) fn get_mut(&mut self, halo_guid: &HaloGuid) -> Option<&mut Site> {
-        self.index
-            .get(halo_guid)
-            .and_then(|i| self.list.get_mut(*i as usize))
+    pub(crate) fn get(&self, key: &T::Key) -> Option<&T> {
+        self.position(key).and_then(|i| self.list.get(i))
     }
 
-    /// Adds a new site; the caller has checked that its Halo GUID is new.
-    pub(crate) fn insert(&mut self, site: Site) {
-        let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        self.index.insert(site.halo_guid, index);
-        self.list.push(site);
+    pub(crate) fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
+        self.position(key).and_then(|i| self.list.get_mut(i))
     }
 
-    /// Adds a site unless its Halo GUID is already present; says whether it did.
-    pub(crate) fn insert_new(&mut self, site: Site) -> bool {
-        let index = u32::try_from(self.list.len()).expect("fewer than 2^32 sites");
-        match self.index.entry(site.halo_guid) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(index);
-                self.list.push(site);
+    pub(crate) fn contains(&self, key: &T::Key) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Adds a new value; the caller has checked that its key is new.
+    pub(crate) fn insert(&mut self, value: T) {
+        let _ = self.insert_new(value);
+    }
+
+    /// Adds a value unless its key is already present; says whether it did.
+    pub(crate) fn insert_new(&mut self, value: T) -> bool {
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let key = value.key();
+        let position = u32::try_from(list.len()).expect("fewer than 2^32 entries");
+        let hash = hasher.hash_one(key);
+        match index.entry(
+            hash,
+            |&i| list.get(i as usize).is_some_and(|v| v.key() == key),
+            |&i| list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key())),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(position);
+                list.push(value);
                 true
             }
         }
     }
 
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.list.reserve(additional);
-        self.index.reserve(additional);
+    /// The value with `key`, inserting `make()` first if there is none.
+    pub(crate) fn get_or_insert_with(&mut self, key: T::Key, make: impl FnOnce() -> T) -> &mut T {
+        let i = match self.position(&key) {
+            Some(i) => i,
+            None => {
+                self.insert(make());
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[i]
     }
 
-    pub(crate) fn values(&self) -> std::slice::Iter<'_, Site> {
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        index.reserve(additional, |&i| {
+            list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key()))
+        });
+        list.reserve_exact(additional);
+    }
+
+    pub(crate) fn values(&self) -> std::slice::Iter<'_, T> {
         self.list.iter()
     }
 
@@ -98,6 +226,31 @@ impl SiteTable {
         self.list.len()
     }
 }
+
+/// An authority group with its key, as the group table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupEntry {
+    pub(crate) key: GroupKey,
+    pub(crate) group: Group,
+}
+
+impl Keyed for GroupEntry {
+    type Key = GroupKey;
+    const ORDERED: bool = false;
+    fn key(&self) -> GroupKey {
+        self.key
+    }
+}
+
+/// Groups in creation order, indexed by key (groups are never deleted: an empty one
+/// keeps its epoch).
+pub(crate) type GroupTable = Dense<GroupEntry>;
+
+/// Sites in attach order, indexed by Halo GUID.
+pub(crate) type SiteTable = Dense<Site>;
+
+/// Links in registration order, indexed by Link GUID.
+pub(crate) type LinkTable = Dense<Link>;
 
 /// A promotion by a support operator, as recorded on its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,10 +333,10 @@ pub enum CrnLookup {
 /// times from [`Registry::default`] gives an equal registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
-    pub(crate) links: Map<LinkGuid, Link>,
+    pub(crate) links: LinkTable,
     /// Sites in attach order; never removed (retired sites stay readable).
     pub(crate) sites: SiteTable,
-    pub(crate) groups: Map<GroupKey, Group>,
+    pub(crate) groups: GroupTable,
     /// Branch CRNs of live non-demo sites, keyed by (environment, PMS type, branch CRN).
     pub(crate) branches: Map<GroupKey, BranchClaim>,
     /// Live demo sites by their real CRN, keyed like groups (never empty sets).
@@ -243,7 +396,7 @@ impl Registry {
 
     /// The authority group with this key.
     pub fn group(&self, key: &GroupKey) -> Option<&Group> {
-        self.groups.get(key)
+        self.groups.get(key).map(|e| &e.group)
     }
 
     /// Every site, in attach order.
@@ -258,7 +411,7 @@ impl Registry {
 
     /// Every authority group, in no particular order.
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
-        self.groups.iter()
+        self.groups.values().map(|e| (&e.key, &e.group))
     }
 
     /// Number of sites (in any status).
@@ -277,7 +430,7 @@ impl Registry {
         self.groups
             .get(&GroupKey::new(environment, pms_id))
             .into_iter()
-            .flat_map(|g| g.state.members())
+            .flat_map(|g| g.group.state.members())
             .filter_map(|m| self.sites.get(&m.halo_guid))
     }
 
@@ -295,7 +448,7 @@ impl Registry {
     /// may not know.
     pub fn lookup_crn(&self, environment: Environment, pms_type: PmsType, crn: Crn) -> CrnLookup {
         let key = GroupKey::new(environment, PmsId::new(pms_type, crn));
-        if let Some(group) = self.groups.get(&key) {
+        if let Some(group) = self.groups.get(&key).map(|e| &e.group) {
             // Checked first: a copy's real CRN must never hide the database that
             // holds it. Groups are keyed by routing CRN, so a demo copy is never a
             // member under its real CRN.

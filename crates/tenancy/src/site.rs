@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use halo_authority::{Epoch, GroupKey};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
+use smallvec::SmallVec;
 
 use crate::Catalogue;
 
@@ -59,7 +61,16 @@ pub struct Site {
     pub(crate) epoch: Epoch,
     pub(crate) last_heard: Timestamp,
     pub(crate) branch_crns: Box<[Crn]>,
-    pub(crate) practice_name: Box<str>,
+    /// Inline up to 24 bytes (most practice names), so no heap block per site.
+    pub(crate) practice_name: CompactString,
+    /// PMS version and catalogues, shared by every site with the same pair.
+    pub(crate) profile: Arc<Profile>,
+}
+
+/// A site's PMS version and catalogue list, interned as one pair: most sites share
+/// one, so each site holds one pointer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Profile {
     pub(crate) pms_version: Arc<str>,
     pub(crate) catalogues: Arc<[Catalogue]>,
 }
@@ -122,12 +133,17 @@ impl Site {
 
     /// The PMS version.
     pub fn pms_version(&self) -> &str {
-        &self.pms_version
+        &self.profile.pms_version
     }
 
     /// The catalogues offered to integrators.
     pub fn catalogues(&self) -> &[Catalogue] {
-        &self.catalogues
+        &self.profile.catalogues
+    }
+
+    /// The catalogue list as shared by the registry (for readers that keep it).
+    pub fn shared_catalogues(&self) -> &Arc<[Catalogue]> {
+        &self.profile.catalogues
     }
 
     /// Whether it is a demo or de-identified copy.
@@ -179,7 +195,8 @@ pub struct Link {
     pub(crate) status: LinkStatus,
     pub(crate) last_heard: Timestamp,
     pub(crate) version: Arc<str>,
-    pub(crate) sites: Vec<HaloGuid>,
+    /// Most Links serve one database: held inline.
+    pub(crate) sites: SmallVec<[HaloGuid; 1]>,
 }
 
 impl Link {

@@ -17,7 +17,11 @@ use halo_authority::{Epoch, GroupKey, GroupState, Member};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{Group, Map, Promotion};
+use compact_str::CompactString;
+use smallvec::SmallVec;
+
+use crate::registry::{Group, GroupEntry, Map, Promotion};
+use crate::site::Profile;
 use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
 
 /// The snapshot format version this build writes (and the only one it reads).
@@ -109,7 +113,7 @@ struct SiteRecord {
         skip_serializing_if = "<[Crn]>::is_empty"
     )]
     branch_crns: Box<[Crn]>,
-    name: Box<str>,
+    name: CompactString,
     /// Index into `texts`.
     ver: u32,
     /// Index into `catalogues`.
@@ -146,9 +150,9 @@ struct Pending {
     /// Whether the snapshot had a record for it.
     written: bool,
     vacated_by: Option<Member>,
-    promotion: Option<PromotionRecord>,
+    promotion: Option<Box<PromotionRecord>>,
     holder: Option<HaloGuid>,
-    members: Vec<Member>,
+    members: SmallVec<[Member; 1]>,
 }
 
 /// Index of each distinct value in a sorted table.
@@ -230,19 +234,23 @@ impl Registry {
                 heard: s.last_heard,
                 branch_crns: s.branch_crns.clone(),
                 name: s.practice_name.clone(),
-                ver: lookup(&text_index, &mut extra_texts, text_base, &s.pms_version),
+                ver: lookup(
+                    &text_index,
+                    &mut extra_texts,
+                    text_base,
+                    &s.profile.pms_version,
+                ),
                 cats: lookup(
                     &catalogue_index,
                     &mut extra_catalogues,
                     catalogue_base,
-                    &s.catalogues,
+                    &s.profile.catalogues,
                 ),
             })
             .collect();
 
         let mut groups: Vec<GroupRecord> = self
-            .groups
-            .iter()
+            .groups()
             .filter(|(_, g)| {
                 // A group with live members and nothing else to say is rebuilt from
                 // its members (they carry its epoch).
@@ -315,6 +323,9 @@ impl Registry {
                 .cloned()
                 .ok_or(invalid("a version index is out of range"))
         };
+        // Sites share a few (version, catalogues) pairs: one profile each.
+        let mut profiles: HashMap<(u32, u32), Arc<Profile>, foldhash::fast::RandomState> =
+            HashMap::default();
 
         reg.links.reserve(snapshot.links.len());
         for l in snapshot.links {
@@ -324,9 +335,9 @@ impl Registry {
                 status: l.status,
                 last_heard: l.heard,
                 version: text(l.ver)?,
-                sites: Vec::new(),
+                sites: SmallVec::new(),
             };
-            if reg.links.insert(l.guid, link).is_some() {
+            if !reg.links.insert_new(link) {
                 return Err(invalid("a link appears twice"));
             }
         }
@@ -348,14 +359,35 @@ impl Registry {
                 epoch: g.epoch,
                 written: true,
                 vacated_by: g.vacated_by,
-                promotion: g.promotion,
+                promotion: g.promotion.map(Box::new),
                 holder: None,
-                members: Vec::new(),
+                members: SmallVec::new(),
             });
         }
 
         reg.sites.reserve(snapshot.sites.len());
         for s in snapshot.sites {
+            let profile = match profiles.get(&(s.ver, s.cats)) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let p = Arc::new(Profile {
+                        pms_version: text(s.ver)?,
+                        catalogues: catalogues
+                            .get(s.cats as usize)
+                            .cloned()
+                            .ok_or(invalid("a catalogue index is out of range"))?,
+                    });
+                    let p = match reg.interned.profiles.get(&p) {
+                        Some(shared) => Arc::clone(shared),
+                        None => {
+                            reg.interned.profiles.insert(Arc::clone(&p));
+                            p
+                        }
+                    };
+                    profiles.insert((s.ver, s.cats), Arc::clone(&p));
+                    p
+                }
+            };
             let site = Site {
                 halo_guid: s.halo_guid,
                 link: s.link,
@@ -369,11 +401,7 @@ impl Registry {
                 last_heard: s.heard,
                 branch_crns: s.branch_crns,
                 practice_name: s.name,
-                pms_version: text(s.ver)?,
-                catalogues: catalogues
-                    .get(s.cats as usize)
-                    .cloned()
-                    .ok_or(invalid("a catalogue index is out of range"))?,
+                profile,
             };
             let link = reg
                 .links
@@ -390,7 +418,7 @@ impl Registry {
                         vacated_by: None,
                         promotion: None,
                         holder: None,
-                        members: Vec::new(),
+                        members: SmallVec::new(),
                     });
                     u32::try_from(pending.len() - 1).unwrap_or(u32::MAX)
                 });
@@ -440,13 +468,13 @@ impl Registry {
                     epoch: p.epoch,
                 })
             });
-            reg.groups.insert(
-                g.key,
-                Group {
+            reg.groups.insert(GroupEntry {
+                key: g.key,
+                group: Group {
                     state,
                     last_promotion,
                 },
-            );
+            });
         }
 
         reg.successors.reserve(snapshot.successors.len());

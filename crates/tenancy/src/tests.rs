@@ -1,5 +1,6 @@
 //! Unit tests of the registration rules and the seed-document scenarios.
 
+mod event_decode;
 mod fixture;
 mod props;
 mod scenarios;

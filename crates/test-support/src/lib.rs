@@ -14,7 +14,9 @@
 //!   `tests/fuzz_corpus.rs`.
 //!
 //! - module `damage` (no feature): page-level damage to a SQLite file, for the
-//!   damaged-storage tests of `halo-store` and `halo-cloud`.
+//!   damaged-storage tests of `halo-store` and `halo-cloud`;
+//! - module `machine` (no feature): load average, thread CPU time and resident set,
+//!   which the benches report beside their wall times.
 //!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.
@@ -22,6 +24,7 @@
 pub mod damage;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
+pub mod machine;
 #[cfg(feature = "million")]
 pub mod million;
 #[cfg(feature = "routing")]

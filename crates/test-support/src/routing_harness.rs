@@ -185,6 +185,81 @@ pub enum Table<'a> {
     DashMap(DashMap<HaloGuid, Route, RandomState>),
     /// A frozen `HashMap`, never written.
     Ceiling(FastMap),
+    /// Candidate: left-right, two `HashMap` copies (readers on one, the writer
+    /// applying each change to both).
+    LeftRight(LeftRightMap),
+    /// Candidate: `papaya::HashMap`.
+    Papaya(papaya::HashMap<HaloGuid, Route, RandomState>),
+}
+
+/// A change for [`LeftRightMap`]: applied to one copy, then replayed on the other.
+#[derive(Debug)]
+pub enum LeftRightOp {
+    /// Insert or replace a record.
+    Upsert(HaloGuid, Route),
+}
+
+impl left_right::Absorb<LeftRightOp> for FastMap {
+    fn absorb_first(&mut self, op: &mut LeftRightOp, _: &Self) {
+        let LeftRightOp::Upsert(halo, route) = op;
+        self.insert(*halo, route.clone());
+    }
+
+    fn absorb_second(&mut self, op: LeftRightOp, _: &Self) {
+        let LeftRightOp::Upsert(halo, route) = op;
+        self.insert(halo, route);
+    }
+
+    fn sync_with(&mut self, first: &Self) {
+        self.clone_from(first);
+    }
+}
+
+/// The left-right candidate: readers read one of two plain `HashMap`s with no
+/// shared write (each thread bumps its own epoch counter, found through a
+/// thread-local handle); the writer changes the other copy, swaps, waits for readers
+/// to leave the old one, and replays the change there.
+pub struct LeftRightMap {
+    writer: parking_lot::Mutex<left_right::WriteHandle<FastMap, LeftRightOp>>,
+    factory: left_right::ReadHandleFactory<FastMap>,
+    readers: thread_local::ThreadLocal<left_right::ReadHandle<FastMap>>,
+}
+
+impl std::fmt::Debug for LeftRightMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeftRightMap").finish_non_exhaustive()
+    }
+}
+
+impl LeftRightMap {
+    /// A table holding `records`.
+    pub fn new(records: &[(HaloGuid, Route)]) -> Self {
+        let mut map = HashMap::with_capacity_and_hasher(records.len(), RandomState::default());
+        map.extend(records.iter().cloned());
+        let (writer, reader) = left_right::new_from_empty::<FastMap, LeftRightOp>(map);
+        Self {
+            writer: parking_lot::Mutex::new(writer),
+            factory: reader.factory(),
+            readers: thread_local::ThreadLocal::new(),
+        }
+    }
+
+    /// Calls `f` with the record of `halo` (or `None`) in the copy readers see now.
+    #[inline]
+    pub fn with<R>(&self, halo: &HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
+        let handle = self.readers.get_or(|| self.factory.handle());
+        match handle.enter() {
+            Some(map) => f(map.get(halo)),
+            None => f(None),
+        }
+    }
+
+    /// Publishes one record (both copies, one swap).
+    pub fn upsert(&self, halo: HaloGuid, route: Route) {
+        let mut writer = self.writer.lock();
+        writer.append(LeftRightOp::Upsert(halo, route));
+        writer.publish();
+    }
 }
 
 impl<'a> Table<'a> {
@@ -208,6 +283,23 @@ impl<'a> Table<'a> {
         ]
     }
 
+    /// The candidate tables over the fixture's records: left-right, papaya.
+    pub fn candidates(fx: &'a Fixture) -> [Table<'a>; 2] {
+        let records = fx.records();
+        let papaya_map =
+            papaya::HashMap::with_capacity_and_hasher(records.len(), RandomState::default());
+        {
+            let pinned = papaya_map.pin();
+            for (h, r) in records {
+                pinned.insert(*h, r.clone());
+            }
+        }
+        [
+            Table::LeftRight(LeftRightMap::new(records)),
+            Table::Papaya(papaya_map),
+        ]
+    }
+
     /// The name in the report.
     pub fn name(&self) -> &'static str {
         match self {
@@ -215,6 +307,8 @@ impl<'a> Table<'a> {
             Table::RwLock(_) => "rwlock",
             Table::DashMap(_) => "dashmap",
             Table::Ceiling(_) => "ceiling",
+            Table::LeftRight(_) => "leftright",
+            Table::Papaya(_) => "papaya",
         }
     }
 
@@ -235,6 +329,13 @@ impl<'a> Table<'a> {
                 check_route(policy, m.get(&request.halo_guid).as_deref(), request).is_ok()
             }
             Table::Ceiling(m) => check_route(policy, m.get(&request.halo_guid), request).is_ok(),
+            Table::LeftRight(m) => m
+                .with(&request.halo_guid, |r| check_route(policy, r, request))
+                .is_ok(),
+            Table::Papaya(m) => {
+                let guard = m.guard();
+                check_route(policy, m.get(&request.halo_guid, &guard), request).is_ok()
+            }
         }
     }
 
@@ -250,6 +351,11 @@ impl<'a> Table<'a> {
             Table::RwLock(m) => ok(m.read().get(&halo)),
             Table::DashMap(m) => ok(m.get(&halo).as_deref()),
             Table::Ceiling(m) => ok(m.get(&halo)),
+            Table::LeftRight(m) => m.with(&halo, ok),
+            Table::Papaya(m) => {
+                let guard = m.guard();
+                ok(m.get(&halo, &guard))
+            }
         }
     }
 
@@ -261,6 +367,11 @@ impl<'a> Table<'a> {
             Table::RwLock(m) => get(m.read().get(&halo)),
             Table::DashMap(m) => get(m.get(&halo).as_deref()),
             Table::Ceiling(m) => get(m.get(&halo)),
+            Table::LeftRight(m) => m.with(&halo, get),
+            Table::Papaya(m) => {
+                let guard = m.guard();
+                get(m.get(&halo, &guard))
+            }
         }
     }
 
@@ -280,6 +391,14 @@ impl<'a> Table<'a> {
                 m.insert(halo, base.with_site(site));
             }
             Table::Ceiling(_) => {}
+            Table::LeftRight(m) => {
+                let halo = site.halo_guid;
+                m.upsert(halo, base.with_site(site));
+            }
+            Table::Papaya(m) => {
+                let halo = site.halo_guid;
+                m.pin().insert(halo, base.with_site(site));
+            }
         }
     }
 }
@@ -386,6 +505,10 @@ pub fn run_writer(fx: &Fixture, table: &Table<'_>, probe: &ProbeRing, stop: &Ato
 pub struct Measurement {
     /// Decisions per second, all threads together.
     pub per_sec: f64,
+    /// Decisions per second of CPU time the readers actually got, all threads
+    /// together (each reader's operations over its own CPU time, summed): on a
+    /// shared machine this takes out the turns other processes held the cores.
+    pub per_cpu_sec: f64,
     /// Microseconds from the start of a probe publication to a reader seeing it.
     pub visibility_us: Vec<f64>,
     /// Registry changes the writer made.
@@ -440,6 +563,7 @@ pub fn measure(
                     let mut ops = 0u64;
                     let mut seen = table.epoch(probe_halo);
                     let mut lat = Vec::new();
+                    let cpu = crate::machine::thread_cpu_ns();
                     let started = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..PROBE_EVERY {
@@ -463,7 +587,8 @@ pub fn measure(
                             }
                         }
                     }
-                    (ops, started.elapsed(), lat)
+                    let took = started.elapsed();
+                    (ops, took, crate::machine::cpu_secs_since(cpu), lat)
                 })
             })
             .collect();
@@ -471,8 +596,11 @@ pub fn measure(
         stop.store(true, Ordering::Release);
         let mut m = Measurement::default();
         for r in readers {
-            let (ops, took, lat) = r.join().expect("reader thread");
+            let (ops, took, cpu, lat) = r.join().expect("reader thread");
             m.per_sec += ops as f64 / took.as_secs_f64();
+            if cpu > 0.0 {
+                m.per_cpu_sec += ops as f64 / cpu;
+            }
             m.visibility_us.extend(lat);
         }
         m.changes = writer.map_or(0, |w| w.join().expect("writer thread"));
