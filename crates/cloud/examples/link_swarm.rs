@@ -569,11 +569,7 @@ fn descriptors(links: usize) -> (usize, u64, Option<String>) {
 async fn swarm(cli: Cli) {
     let (links, fd_limit, capped_by) = descriptors(cli.links.max(QUERIED));
     let data = tempfile::tempdir().unwrap();
-    let cloud = CloudProcess::start(
-        "127.0.0.1:0".parse().unwrap(),
-        data.path(),
-        links + 1_000,
-    );
+    let cloud = CloudProcess::start("127.0.0.1:0".parse().unwrap(), data.path(), links + 1_000);
     let rss_empty = cloud.rss();
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
@@ -654,11 +650,7 @@ async fn swarm(cli: Cli) {
 
     // 10 Links: the queried practices, paired.
     for i in 0..QUERIED {
-        tokio::spawn(run_link(
-            Arc::clone(&swarm),
-            i,
-            tokens.next().unwrap(),
-        ));
+        tokio::spawn(run_link(Arc::clone(&swarm), i, tokens.next().unwrap()));
     }
     wait_until("the first links", timeout, || {
         swarm.attached.load(Ordering::Acquire) == QUERIED
@@ -704,8 +696,7 @@ async fn swarm(cli: Cli) {
     tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
     let rss_n = cloud.rss();
-    let (p50_n, p99_n, errors_n) =
-        measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
 
     let n = links as f64;
     let mut out = json!({

@@ -36,8 +36,10 @@ async fn credential(http: &reqwest::Client, addr: std::net::SocketAddr, i: usize
     let resp = http
         .post(format!("http://{addr}/admin/link-credentials"))
         .bearer_auth(ADMIN)
-        .json(&json!({"label": format!("idle {i}"), "environment": "stage",
-                      "practices": [format!("D4w:IDLE{i}")]}))
+        .json(
+            &json!({"label": format!("idle {i}"), "environment": "stage",
+                      "practices": [format!("D4w:IDLE{i}")]}),
+        )
         .send()
         .await
         .unwrap();
@@ -48,7 +50,9 @@ async fn credential(http: &reqwest::Client, addr: std::net::SocketAddr, i: usize
 
 async fn attach(addr: std::net::SocketAddr, i: usize, token: &str) -> Ws {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/link/ws").into_client_request().unwrap();
+    let mut request = format!("ws://{addr}/link/ws")
+        .into_client_request()
+        .unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -119,8 +123,8 @@ async fn an_idle_link_session_holds_no_traffic_buffers() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = region.change();
-    let held = stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-        + stats.bytes_reallocated;
+    let held =
+        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
     let per_link = held.max(0) as usize / LINKS;
     assert!(
         per_link <= IDLE_LINK_BYTES,

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 const ADMIN: &str = "link-session-cap-admin-token";
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn credential(addr: SocketAddr, i: usize) -> String {
     let resp = reqwest::Client::new()
@@ -35,11 +36,15 @@ async fn credential(addr: SocketAddr, i: usize) -> String {
 }
 
 async fn connect(addr: SocketAddr, token: &str) -> Result<Ws, WsError> {
-    let mut request = format!("ws://{addr}/link/ws").into_client_request().unwrap();
+    let mut request = format!("ws://{addr}/link/ws")
+        .into_client_request()
+        .unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 async fn hello(ws: &mut Ws, i: usize) {
@@ -117,7 +122,10 @@ async fn at_the_cap_a_link_is_told_to_retry_and_a_closed_session_frees_its_place
     drop(first);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cloud.app.link_sessions.available() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the closed session kept its place");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed session kept its place"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut third = connect(addr, &tokens[2]).await.unwrap();

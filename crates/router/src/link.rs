@@ -19,8 +19,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwapOption;

@@ -28,8 +28,8 @@ fn idle_sessions_allocate_no_queue() {
     let sessions: Vec<_> = links[1..].iter().map(|l| router.attach_link(*l)).collect();
     let stats = region.change();
     // Net bytes still held (allocated - freed + grown by realloc).
-    let held = stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-        + stats.bytes_reallocated;
+    let held =
+        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
     let per_session = held.max(0) as usize / sessions.len();
     assert!(
         per_session <= IDLE_SESSION_BYTES,
@@ -38,4 +38,3 @@ fn idle_sessions_allocate_no_queue() {
     assert!(sessions.iter().all(|s| !s.is_detached()));
     drop(first);
 }
-

@@ -369,9 +369,19 @@ pub(super) fn run(
         if unchanged {
             // The Cloud neither applies nor logs such an event: it must be accepted
             // and change nothing but the heard times.
-            prop_assert!(result.is_ok(), "{:?} changes nothing, yet {:?}", event, result);
+            prop_assert!(
+                result.is_ok(),
+                "{:?} changes nothing, yet {:?}",
+                event,
+                result
+            );
             if let Some(before) = &before {
-                prop_assert_eq!(unheard(&reg), unheard(before), "{:?} changed the registry", event);
+                prop_assert_eq!(
+                    unheard(&reg),
+                    unheard(before),
+                    "{:?} changed the registry",
+                    event
+                );
             }
         }
         if result.is_ok() {
