@@ -44,6 +44,8 @@ pub struct App {
     pub activity: activity::Activity,
     /// Status console sessions and login tickets (in memory).
     pub console: console::ConsoleSessions,
+    /// Places for Link WebSocket sessions ([`HttpLimits::max_link_sessions`]).
+    pub link_sessions: link_ws::SessionCap,
 }
 
 /// The shared application state.
@@ -90,6 +92,11 @@ pub struct HttpLimits {
     /// How long a write to a client may make no progress (a client that stops reading
     /// its responses) before the connection is closed; WebSockets included.
     pub write_timeout: Duration,
+    /// The most Link WebSocket sessions at once (at least 1). A Link connecting at
+    /// the cap is answered 503 with `Retry-After` before the upgrade, and retries
+    /// with backoff. Each session holds one file descriptor: keep the cap plus
+    /// `max_connections` below the process's descriptor limit.
+    pub max_link_sessions: usize,
 }
 
 impl HttpLimits {
@@ -101,6 +108,9 @@ impl HttpLimits {
     pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
     /// The default write timeout.
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default cap on Link sessions: 50 000 idle Links take about
+    /// 0.5 GB of the Cloud's memory (see `examples/link_swarm.rs`).
+    pub const DEFAULT_MAX_LINK_SESSIONS: usize = 50_000;
 }
 
 impl Default for HttpLimits {
@@ -110,6 +120,7 @@ impl Default for HttpLimits {
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+            max_link_sessions: Self::DEFAULT_MAX_LINK_SESSIONS,
         }
     }
 }
@@ -232,6 +243,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         kicks: link_ws::Kicks::default(),
         activity: activity::Activity::default(),
         console: console::ConsoleSessions::default(),
+        link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),
     }))
 }
 

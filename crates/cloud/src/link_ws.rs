@@ -3,11 +3,12 @@
 //! session, then shuttle jobs out and results in until the socket closes. Closing
 //! detaches the session, which fails the Link's in-flight queries at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
 use halo_ids::{LinkGuid, PmsId, Timestamp};
@@ -18,7 +19,7 @@ use halo_protocol::{
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
 use halo_tenancy::{Catalogue, Registration, SiteIdentity, SiteRegistration};
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 
 use crate::app::AppState;
 use crate::clock::now;
@@ -31,6 +32,40 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The heartbeat interval the Cloud asks Links for.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The read buffer of a Link's WebSocket, in bytes. tungstenite fills its whole read
+/// buffer with zeros before every read, so its default (128 KiB) made every idle
+/// Link cost 128 KiB of resident memory. A frame larger than this still arrives
+/// whole: the buffer grows to the frame's length once its header is read, and each
+/// read takes up to this many bytes.
+pub const LINK_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How long a Link refused at the session cap is asked to wait (`Retry-After`).
+const SESSION_CAP_RETRY_AFTER_MS: u64 = 5_000;
+
+/// The cap on concurrent Link sessions ([`crate::HttpLimits::max_link_sessions`]):
+/// a place is taken before the WebSocket upgrade and held until the session ends.
+#[derive(Debug)]
+pub struct SessionCap(Arc<Semaphore>);
+
+impl SessionCap {
+    /// Room for `max` sessions at once (at least one).
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(Semaphore::new(
+            max.clamp(1, Semaphore::MAX_PERMITS),
+        )))
+    }
+
+    /// A place for one more session, or `None` at the cap.
+    fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+
+    /// Places free now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
 
 /// `GET /link/ws`: upgrade a Link's connection, after checking its credential.
 pub async fn link_ws(
@@ -45,13 +80,23 @@ pub async fn link_ws(
     app.state
         .check_credential(&token_hash)
         .map_err(|e| link_authentication_error(&e))?;
+    let Some(place) = app.link_sessions.try_take() else {
+        tracing::warn!("link session cap reached: connection refused");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this cloud node serves as many link sessions as it may; retry later",
+        )
+        .with_retry_after_ms(SESSION_CAP_RETRY_AFTER_MS));
+    };
     Ok(ws
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(LINK_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             if let Err(reason) = session(app, socket, token_hash).await {
                 tracing::warn!(%reason, "link session ended");
             }
+            drop(place);
         }))
 }
 

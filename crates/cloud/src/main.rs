@@ -51,6 +51,12 @@ enum Command {
             value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize)
         )]
         max_connections: usize,
+        /// Most Link WebSocket sessions at once; a Link connecting at the cap is
+        /// answered 503 with Retry-After and retries with backoff.
+        #[arg(long, default_value_t = HttpLimits::DEFAULT_MAX_LINK_SESSIONS,
+            value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize)
+        )]
+        max_link_sessions: usize,
         /// Time a connection has to send a complete request head (also the idle
         /// keep-alive timeout), e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -100,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             accept_damaged_log,
             max_databases_per_link,
             max_connections,
+            max_link_sessions,
             header_read_timeout,
             body_read_timeout,
             write_timeout,
@@ -108,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_token.len() >= 16,
                 "--admin-token must be at least 16 characters"
             );
+            raise_descriptor_limit(max_link_sessions.saturating_add(max_connections));
             let cloud = halo_cloud::start(CloudConfig {
                 listen,
                 data_dir: Some(data_dir.clone()),
@@ -122,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     header_read_timeout,
                     body_read_timeout,
                     write_timeout,
+                    max_link_sessions,
                 },
             })
             .await
@@ -139,6 +148,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit (each Link session and
+/// each HTTP connection holds one descriptor) and warns when `needed` plus room for
+/// the log and listeners does not fit under it.
+fn raise_descriptor_limit(needed: usize) {
+    let needed = u64::try_from(needed).unwrap_or(u64::MAX).saturating_add(64);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the file-descriptor limit is below --max-link-sessions + --max-connections; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower the caps"
+        ),
+        Ok(limit) => tracing::debug!(limit, "file-descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
+}
+
 async fn cloud_wait(_cloud: &halo_cloud::RunningCloud) {
     std::future::pending::<()>().await;
 }
@@ -153,6 +178,7 @@ mod tests {
             .expect("parses");
         let Command::Serve {
             max_connections,
+            max_link_sessions,
             header_read_timeout,
             body_read_timeout,
             write_timeout,
@@ -163,6 +189,7 @@ mod tests {
             header_read_timeout,
             body_read_timeout,
             write_timeout,
+            max_link_sessions,
         };
         assert_eq!(parsed, HttpLimits::default());
     }

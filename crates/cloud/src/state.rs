@@ -7,7 +7,9 @@
 //! that owns the private state (registry, grants, credentials, the store). Each
 //! command carries its reply. The writer takes the first command, drains whatever
 //! else is queued (group commit), and for each, in order, applies its events to the
-//! private state (a refused event changes nothing and is not logged). Then it
+//! private state (a refused event changes nothing and is not logged, and neither is
+//! a tenancy event that would change nothing: a Link's hello repeated unchanged,
+//! see `Registry::changes_nothing`). Then it
 //! appends every accepted record of the batch in one `append_batch` (one fsync), and
 //! only after that publishes the batch to readers (router, registry view,
 //! credentials, policy) and answers the commands, in order. If the append fails the
@@ -329,6 +331,13 @@ impl Writer {
             Command::Tenancy { events, now, reply } => {
                 let mut results = Vec::with_capacity(events.len());
                 for event in events {
+                    // A Link's hello repeated unchanged (every reconnection, and every
+                    // Link at once after a restart) is neither applied nor logged: no
+                    // record, no fsync. Its liveness is the router's atomic.
+                    if self.registry.changes_nothing(&event) {
+                        results.push(Ok(()));
+                        continue;
+                    }
                     let promotion = audit::for_promotion(&event);
                     match self.registry.apply(&event, now) {
                         Ok(changes) => {
@@ -480,6 +489,7 @@ impl Writer {
         if let Some(hook) = &self.hook {
             hook(records.len());
         }
+        tracing::debug!(target: "halo_cloud::writer", records = records.len(), "group commit: one append, one fsync");
         if let Err(e) = store.append_batch(records) {
             tracing::error!(error = %e, "cannot append to the event log; stopping to avoid serving state a restart would lose");
             std::process::abort();
@@ -965,7 +975,7 @@ mod tests {
     use halo_ids::{Crn, Environment, HaloGuid, PmsId, PmsType};
     use halo_policy::IntegratorId;
     use halo_router::RouterConfig;
-    use halo_tenancy::{Catalogue, SiteIdentity};
+    use halo_tenancy::{Catalogue, SiteIdentity, SiteRegistration};
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Duration;
@@ -1262,6 +1272,85 @@ mod tests {
                     && s.entry.kind == crate::audit::AuditKind::AuthorityChanged),
             "once durable, the new group's first holder is in the audit trail"
         );
+    }
+
+    /// A Link that says the same hello again (a reconnection, or every Link after a
+    /// restart) writes no record and no fsync; one that changes a detail or its
+    /// version writes just that; and the state after a restart equals the live one.
+    #[test]
+    fn a_hello_repeated_unchanged_writes_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, _held, _release) = Gate::new();
+        let state = open_gated(dir.path(), &gate);
+        let hello = halo_tenancy::Registration::new(
+            LinkGuid::from_u128(7).unwrap(),
+            Environment::Stage,
+            "1".into(),
+            site_events(2).into_iter().filter_map(|e| match e {
+                Event::SiteAttached {
+                    halo_guid,
+                    identity,
+                    ..
+                } => Some((halo_guid, identity)),
+                _ => None,
+            }),
+        );
+        let register = |events: Vec<Event>| {
+            let outcomes = hello_outcomes(&state, &hello, events);
+            (
+                outcomes,
+                gate.appends.load(Ordering::SeqCst),
+                gate.records.load(Ordering::SeqCst),
+            )
+        };
+        let (first, appends, records) = register(hello.events().to_vec());
+        assert!(first.iter().all(|o| *o == SiteRegistration::Registered));
+        assert_eq!((appends, records), (1, 5));
+
+        // The same hello, three times over: nothing is written.
+        for _ in 0..3 {
+            let (again, appends_now, records_now) = register(hello.events().to_vec());
+            assert!(again.iter().all(|o| *o == SiteRegistration::AlreadyActive));
+            assert_eq!((appends_now, records_now), (1, 5), "no event, no fsync");
+        }
+
+        // A changed practice name is one event; a new Link version is one event.
+        let mut renamed = hello.events().to_vec();
+        if let Event::SiteAttached { identity, .. } = &mut renamed[1] {
+            identity.practice_name = "Renamed".into();
+        }
+        let (_, appends, records) = register(renamed.clone());
+        assert_eq!((appends, records), (2, 6));
+        assert_eq!(
+            state.registry().site(site(100)).unwrap().practice_name(),
+            "Renamed"
+        );
+        if let Event::LinkRegistered { version, .. } = &mut renamed[0] {
+            *version = "2".into();
+        }
+        let (_, appends, records) = register(renamed.clone());
+        assert_eq!((appends, records), (3, 7));
+        let (_, appends, records) = register(renamed);
+        assert_eq!((appends, records), (3, 7));
+
+        let registry = state.registry().clone();
+        drop(state);
+        let again = open(dir.path(), 0).unwrap();
+        assert!(*again.registry() == registry);
+    }
+
+    fn hello_outcomes(
+        state: &CloudState,
+        hello: &halo_tenancy::Registration,
+        events: Vec<Event>,
+    ) -> Vec<SiteRegistration> {
+        let results = state.apply_tenancy(events, NOW).wait();
+        hello
+            .outcomes(results)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect()
     }
 
     /// Changes queued while the writer is busy are acknowledged after one shared

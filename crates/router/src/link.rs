@@ -7,6 +7,7 @@
 //! | `LinkEntry::last_heard` | ms timestamp of the Link's last heartbeat | the writer (`Router::heard`) | `fetch_max`, Relaxed (a lone timestamp, guards nothing) | yes |
 //! | `LinkEntry::session` | the attached session, if any (`ArcSwapOption`) | `attach_link`, `LinkSession` drop | arc-swap (SeqCst) | no |
 //! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | AcqRel | no |
+//! | `SessionCore::queued` | jobs in the channel, live or dead | `enqueue` (+1, -1 when refused), the receiver (-1) | AcqRel | no |
 //! | `SessionCore::closed` | the session was detached or replaced | detach only | SeqCst, paired with a SeqCst fence on the route side | yes (false -> true) |
 //! | `Waiter::state` | idle / receiver parked / notified | receiver (idle, parked), producers (notified) | AcqRel read-modify-writes only | no |
 //!
@@ -18,7 +19,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwapOption;
@@ -153,6 +155,8 @@ impl Waiter {
     }
 }
 
+type SlotMap = papaya::HashMap<QueryId, Arc<Slot>, RandomState>;
+
 /// The shared half of one attached Link session.
 pub(crate) struct SessionCore {
     link: LinkGuid,
@@ -162,8 +166,17 @@ pub(crate) struct SessionCore {
     /// Set once when the session is detached or replaced; see the module docs.
     closed: AtomicBool,
     /// Every in-flight query of this session, by id; a slot leaves when it ends.
-    slots: papaya::HashMap<QueryId, Arc<Slot>, RandomState>,
-    tx: SyncSender<Job>,
+    /// Created on the session's first query: an empty `papaya::HashMap` already
+    /// holds about 18 KB, more than the rest of an idle session.
+    slots: OnceLock<SlotMap>,
+    /// Jobs in `tx`, live or dead (cancelled or timed out while queued, not yet
+    /// skipped by the receiver); bounded by `2 * capacity` in `enqueue`.
+    queued: AtomicUsize,
+    /// Unbounded, so that an idle session holds no queue memory: the channel
+    /// allocates its first block of slots on the first job (a bounded channel
+    /// allocates and touches all of its slots up front, about 100 KB per Link at the
+    /// default capacity). `queued` bounds it instead.
+    tx: Sender<Job>,
     waiter: Waiter,
 }
 
@@ -180,15 +193,14 @@ impl fmt::Debug for SessionCore {
 
 impl SessionCore {
     fn new(link: LinkGuid, capacity: usize) -> (Arc<Self>, Receiver<Job>) {
-        // Room for `capacity` live jobs plus as many dead ones (cancelled or timed out
-        // while queued, not yet skipped by the receiver): see `enqueue`.
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.saturating_mul(2));
+        let (tx, rx) = std::sync::mpsc::channel();
         let core = Arc::new(Self {
             link,
             capacity,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            slots: papaya::HashMap::with_hasher(RandomState::default()),
+            slots: OnceLock::new(),
+            queued: AtomicUsize::new(0),
             tx,
             waiter: Waiter::default(),
         });
@@ -205,7 +217,9 @@ impl SessionCore {
         if !slot.try_finish(ending, outcome) {
             return false;
         }
-        self.slots.pin().remove(&slot.query_id());
+        if let Some(slots) = self.slots.get() {
+            slots.pin().remove(&slot.query_id());
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         true
     }
@@ -224,19 +238,23 @@ impl SessionCore {
     pub(crate) fn enqueue(self: &Arc<Self>, job: Job) -> Result<Dispatch, RouteError> {
         let slot = Arc::new(Slot::new(job.query_id, job.deadline));
         let halo_guid = job.halo_guid;
-        self.slots.pin().insert(job.query_id, Arc::clone(&slot));
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                // The reservation bounds live jobs; the channel is full only when the
-                // Link has stopped draining dead ones too: it is busy, not gone.
-                let _ = self.finish(&slot, Ending::Cancelled, Err(RouteError::Busy));
-                return Err(RouteError::Busy);
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
-                return Err(RouteError::Unreachable);
-            }
+        self.slots
+            .get_or_init(|| SlotMap::with_hasher(RandomState::default()))
+            .pin()
+            .insert(job.query_id, Arc::clone(&slot));
+        // Room for `capacity` live jobs plus as many dead ones (cancelled or timed out
+        // while queued, not yet skipped by the receiver). The reservation bounds live
+        // jobs; the queue is full only when the Link has stopped draining dead ones
+        // too: it is busy, not gone.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity.saturating_mul(2) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.finish(&slot, Ending::Cancelled, Err(RouteError::Busy));
+            return Err(RouteError::Busy);
+        }
+        if self.tx.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
+            return Err(RouteError::Unreachable);
         }
         // Pairs with the fence in `close`: see the module docs.
         fence(Ordering::SeqCst);
@@ -271,7 +289,11 @@ impl SessionCore {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let slots: Vec<Arc<Slot>> = self.slots.pin().values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .get()
+            .map(|slots| slots.pin().values().cloned().collect())
+            .unwrap_or_default();
         for slot in slots {
             let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
         }
@@ -280,8 +302,16 @@ impl SessionCore {
 
     /// Times out every query of this session whose deadline is at or before `now`.
     pub(crate) fn expire_overdue(&self, now: Timestamp) -> usize {
-        let overdue: Vec<Arc<Slot>> = self
-            .slots
+        // An idle session (the common case, run for every Link every 100 ms) costs
+        // one load. A slot is in the map only while its reservation counts here; one
+        // reserved after this load is looked at on the next sweep.
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let Some(slots) = self.slots.get() else {
+            return 0;
+        };
+        let overdue: Vec<Arc<Slot>> = slots
             .pin()
             .values()
             .filter(|s| s.deadline() <= now)
@@ -387,12 +417,13 @@ impl LinkSession {
             }
             match self.rx.try_recv() {
                 Ok(job) => {
-                    let live = self
-                        .core
-                        .slots
-                        .pin()
-                        .get(&job.query_id)
-                        .is_some_and(|s| !s.is_finished());
+                    self.core.queued.fetch_sub(1, Ordering::AcqRel);
+                    let live = self.core.slots.get().is_some_and(|slots| {
+                        slots
+                            .pin()
+                            .get(&job.query_id)
+                            .is_some_and(|s| !s.is_finished())
+                    });
                     if live {
                         return Some(Some(job));
                     }
@@ -413,7 +444,12 @@ impl LinkSession {
         query_id: QueryId,
         result: Result<QueryOutput, QueryFailure>,
     ) -> Delivery {
-        let Some(slot) = self.core.slots.pin().get(&query_id).cloned() else {
+        let Some(slot) = self
+            .core
+            .slots
+            .get()
+            .and_then(|slots| slots.pin().get(&query_id).cloned())
+        else {
             return Delivery::Late;
         };
         let outcome = match result {

@@ -9,8 +9,9 @@
 //! the counter again; it writes nothing another thread reads on its path, so two
 //! readers never contend, and it never waits. The policy is an `ArcSwap` (lock-free load), the Link's
 //! session an `ArcSwapOption`, liveness a relaxed atomic. Past the read path, the
-//! dispatch takes no lock either: the per-Link queue is a bounded `std::sync::mpsc`
-//! channel (lock-free array), the in-flight counter an atomic, the in-flight map a
+//! dispatch takes no lock either: the per-Link queue is a `std::sync::mpsc` channel
+//! (lock-free linked blocks, allocated on the first job, so an idle Link holds none)
+//! bounded by an atomic count, the in-flight counter an atomic, the in-flight map a
 //! `papaya::HashMap`.
 //!
 //! # Why left-right

@@ -395,6 +395,71 @@ fn hear_link(reg: &mut Registry, link: LinkGuid, now: Timestamp) {
     }
 }
 
+/// Whether `event` would be accepted and change nothing but when the Link and its
+/// sites were last heard: a Link's hello repeated with the same environment and
+/// version, or a database announced again, live, with the same identity and
+/// details. Read-only; see [`Registry::changes_nothing`].
+pub(crate) fn changes_nothing(reg: &Registry, event: &Event) -> bool {
+    match event {
+        Event::LinkRegistered {
+            link,
+            environment,
+            version,
+        } => reg.links.get(link).is_some_and(|l| {
+            l.status == LinkStatus::Active
+                && l.environment == *environment
+                && *l.version == **version
+        }),
+        Event::SiteAttached {
+            link,
+            halo_guid,
+            identity,
+        } => site_unchanged(reg, *link, *halo_guid, identity),
+        _ => false,
+    }
+}
+
+fn site_unchanged(
+    reg: &Registry,
+    link: LinkGuid,
+    halo_guid: HaloGuid,
+    identity: &SiteIdentity,
+) -> bool {
+    let Ok(environment) = live_link(reg, link).map(|l| l.environment) else {
+        return false;
+    };
+    let Ok(site) = live_owned_site(reg, link, halo_guid) else {
+        return false;
+    };
+    let Ok(details) = check_details(identity) else {
+        return false;
+    };
+    let same = site.pms_type == identity.pms_type
+        && site.parent_crn == identity.parent_crn
+        && site.is_demo == identity.is_demo
+        && site.branch_crns == details.branch_crns
+        && site.practice_name == details.practice_name
+        && *site.pms_version == *details.pms_version
+        && *site.catalogues == *details.catalogues;
+    let routing_crn = if identity.is_demo {
+        halo_guid.fake_crn()
+    } else {
+        identity.parent_crn
+    };
+    // The same checks `database_attached` makes, so that "changes nothing" never
+    // stands in for a refusal.
+    same && check_crns(
+        reg,
+        environment,
+        identity.pms_type,
+        routing_crn,
+        identity.is_demo,
+        &details.branch_crns,
+        Some(halo_guid),
+    )
+    .is_ok()
+}
+
 // ---------------------------------------------------------------------------------
 // Handlers.
 

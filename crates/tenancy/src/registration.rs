@@ -222,6 +222,60 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_repeated_unchanged_changes_nothing_and_a_changed_one_does() {
+        let mut reg = Registry::new();
+        let r = hello(
+            1,
+            Environment::Stage,
+            &[(1, "AB1", false), (2, "AB2", true)],
+        );
+        assert!(!r.events().iter().any(|e| reg.changes_nothing(e)));
+        r.outcomes(apply(&mut reg, &r)).unwrap();
+        // Again: the Link's registration and both attaches change nothing; the
+        // readiness is refused as "already active" (never logged either).
+        let unchanged: Vec<bool> = r.events().iter().map(|e| reg.changes_nothing(e)).collect();
+        assert_eq!(unchanged, [true, true, false, true, false]);
+        // Another version, another name, another environment, another Link: changes.
+        let other_version = Event::LinkRegistered {
+            link: link(1),
+            environment: Environment::Stage,
+            version: "1.1".into(),
+        };
+        assert!(!reg.changes_nothing(&other_version));
+        let other_env = Event::LinkRegistered {
+            link: link(1),
+            environment: Environment::Production,
+            version: "1.0".into(),
+        };
+        assert!(!reg.changes_nothing(&other_env));
+        let mut renamed = identity("AB1", false);
+        renamed.practice_name = "Renamed".into();
+        let attach = |l: u128, id: SiteIdentity| Event::SiteAttached {
+            link: link(l),
+            halo_guid: halo(1),
+            identity: id,
+        };
+        assert!(reg.changes_nothing(&attach(1, identity("AB1", false))));
+        assert!(!reg.changes_nothing(&attach(1, renamed)));
+        assert!(!reg.changes_nothing(&attach(2, identity("AB1", false))));
+        let mut branched = identity("AB1", false);
+        branched.branch_crns = vec!["BR1".parse().unwrap()];
+        assert!(!reg.changes_nothing(&attach(1, branched)));
+        // The same branches in another order and with the parent repeated are the
+        // same, as the registry normalises them.
+        let mut both = identity("AB1", false);
+        both.branch_crns = vec!["BR2".parse().unwrap(), "BR1".parse().unwrap()];
+        reg.apply(&attach(1, both), NOW).unwrap();
+        let mut shuffled = identity("AB1", false);
+        shuffled.branch_crns = vec![
+            "BR1".parse().unwrap(),
+            "AB1".parse().unwrap(),
+            "BR2".parse().unwrap(),
+        ];
+        assert!(reg.changes_nothing(&attach(1, shuffled)));
+    }
+
+    #[test]
     fn each_database_is_refused_on_its_own_with_its_reason() {
         let mut reg = Registry::new();
         let r = hello(1, Environment::Production, &[(1, "AB1", false)]);

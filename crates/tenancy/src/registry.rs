@@ -361,6 +361,16 @@ impl Registry {
         crate::apply::apply(self, event, now)
     }
 
+    /// Whether applying `event` now would be accepted and change nothing but when
+    /// the Link and its sites were last heard: a Link's repeated hello (same
+    /// environment and version) and a live database announced again with the same
+    /// identity and details. Such an event need not be applied nor logged: every
+    /// Link says hello on each reconnection, and after a restart of the Cloud all of
+    /// them do at once. Liveness comes from the Link's session, not from the log.
+    pub fn changes_nothing(&self, event: &Event) -> bool {
+        crate::apply::changes_nothing(self, event)
+    }
+
     /// Builds a registry by applying a log from empty.
     ///
     /// # Errors

@@ -338,6 +338,21 @@ fn holder_change_allowed(
     }
 }
 
+/// `reg` with every heard time set to zero.
+fn unheard(reg: &Registry) -> Registry {
+    let mut reg = reg.clone();
+    let sites: Vec<HaloGuid> = reg.sites().map(|s| s.halo_guid()).collect();
+    for site in sites {
+        if let Some(s) = reg.sites.get_mut(&site) {
+            s.last_heard = Timestamp::UNIX_EPOCH;
+        }
+    }
+    for link in reg.links.values_mut() {
+        link.last_heard = Timestamp::UNIX_EPOCH;
+    }
+    reg
+}
+
 pub(super) fn run(
     log: &[(u64, Op)],
     check_steps: bool,
@@ -349,7 +364,26 @@ pub(super) fn run(
         let event = &resolve(op, &reg, &known);
         let now = Timestamp::from_millis(*at);
         let before = check_steps.then(|| reg.clone());
+        let unchanged = check_steps && reg.changes_nothing(event);
         let result = reg.apply(event, now);
+        if unchanged {
+            // The Cloud neither applies nor logs such an event: it must be accepted
+            // and change nothing but the heard times.
+            prop_assert!(
+                result.is_ok(),
+                "{:?} changes nothing, yet {:?}",
+                event,
+                result
+            );
+            if let Some(before) = &before {
+                prop_assert_eq!(
+                    unheard(&reg),
+                    unheard(before),
+                    "{:?} changed the registry",
+                    event
+                );
+            }
+        }
         if result.is_ok() {
             applied.push(LogEntry::new(now, event.clone()));
             if let Event::SiteAttached {

@@ -1,0 +1,823 @@
+//! Many Links on one Cloud node: memory per idle Link session, attach rate, the CPU
+//! that idle, heartbeating Links cost, and immediate-query latency at that load
+//! against the same figures at 10 Links, measured in the same run.
+//!
+//! ```sh
+//! cargo run --release -p halo-cloud --example link_swarm -- --links 10000
+//! cargo run --release -p halo-cloud --example link_swarm -- --links 50000 --restart
+//! ```
+//!
+//! The Cloud runs in a process of its own (this program started again as
+//! `link_swarm cloud ...`, which serves exactly as `halo-cloud serve` does), so its
+//! resident memory (`VmRSS` of `/proc/PID/status`) and CPU time (`/proc/PID/stat`)
+//! are the Cloud's alone. This process simulates the Links: each has its own
+//! credential (issued through the admin API) and one database, connects over real
+//! TCP and WebSocket, sends a real hello, heartbeats every 5 s (each at its own
+//! phase), answers query jobs with a one-row result, and reconnects after an
+//! exponential backoff with jitter, as `halo-link` does.
+//!
+//! Steps: start the Cloud; issue N credentials and set up an integrator for the
+//! first 10 practices; attach 10 Links, measure query latency and the Cloud's idle
+//! CPU; attach the other N - 10 (the attach rate, and how many events each fsync
+//! carried, from the Cloud's `halo_cloud::writer` debug lines); let them idle and
+//! measure RSS, CPU over a quiet window and query latency again. With `--restart`:
+//! kill the Cloud (SIGKILL), start it again on the same data and port, and measure
+//! how long until every Link is attached again, the events written (a hello
+//! repeated unchanged writes none), and queries to the practices already back,
+//! sent throughout.
+//!
+//! Limits: the Cloud and this process each need one file descriptor per Link; this
+//! program raises `RLIMIT_NOFILE` (soft and hard, which needs root or
+//! `CAP_SYS_RESOURCE` above the hard limit) and caps N when it cannot, saying so
+//! in `capped_by`. Loopback gives about 28 000 ephemeral ports per source address,
+//! so Links spread over source addresses 127.0.0.2, 127.0.0.3, ...
+//!
+//! Prints one JSON line.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt as _, StreamExt as _};
+use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+use halo_protocol::{
+    CatalogueInfo, CloudToLink, DatabaseInfo, Heartbeat, Hello, LinkToCloud, PROTOCOL_VERSION,
+    QueryResult,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+const ADMIN_TOKEN: &str = "link-swarm-admin-token-0123456789";
+const INTEGRATOR: &str = "swarm-integrator";
+/// The practices queried: the first this many Links.
+const QUERIED: usize = 10;
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Links per loopback source address (of about 28 000 ephemeral ports each).
+const LINKS_PER_SOURCE: usize = 20_000;
+const SQL: &str = "SELECT first_name FROM patients WHERE patient_id = 7";
+
+#[derive(Debug, Parser)]
+#[command(about = "Simulated Links against a Cloud in its own process")]
+struct Cli {
+    #[command(subcommand)]
+    cloud: Option<CloudCommand>,
+    /// Links to attach (at least 10: the first 10 are the ones queried).
+    #[arg(long, default_value_t = 10_000)]
+    links: usize,
+    /// Also kill the Cloud, start it again, and measure the re-attach storm.
+    #[arg(long)]
+    restart: bool,
+    /// Immediate queries per latency measurement.
+    #[arg(long, default_value_t = 2_000)]
+    queries: usize,
+    /// Queries in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Seconds of the quiet window over which the Cloud's CPU is measured.
+    #[arg(long, default_value_t = 15)]
+    quiet_secs: u64,
+    /// Connection attempts (TCP + WebSocket handshake + hello) in progress at once
+    /// in this simulator (a limit of the simulator, not of the Cloud).
+    #[arg(long, default_value_t = 512)]
+    handshakes: usize,
+    /// Give up when the Links are not all attached after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    attach_timeout_secs: u64,
+}
+
+/// The Cloud, when this program is started as its child.
+#[derive(Debug, Subcommand)]
+enum CloudCommand {
+    /// Serve as `halo-cloud serve` does (started by the swarm itself).
+    Cloud {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        max_link_sessions: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cloud {
+        Some(CloudCommand::Cloud {
+            listen,
+            data_dir,
+            max_link_sessions,
+        }) => serve_cloud(listen, data_dir, max_link_sessions),
+        None => {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(swarm(cli));
+            // The Links' tasks are still running: leave without tearing them down.
+            std::process::exit(0);
+        }
+    }
+}
+
+// ---- the Cloud's process ----------------------------------------------------------
+
+fn serve_cloud(listen: SocketAddr, data_dir: PathBuf, max_link_sessions: usize) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,halo_cloud::writer=debug"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let cloud = halo_cloud::start(halo_cloud::CloudConfig {
+            listen,
+            data_dir: Some(data_dir),
+            admin_token: ADMIN_TOKEN.to_owned(),
+            router: halo_router::RouterConfig::standard(),
+            availability: halo_tenancy::AvailabilityConfig::default(),
+            snapshot_every: 10_000,
+            accept_damaged_log: false,
+            max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
+            http: halo_cloud::HttpLimits {
+                max_link_sessions,
+                ..halo_cloud::HttpLimits::default()
+            },
+        })
+        .await
+        .unwrap();
+        println!("listening on {}", cloud.addr);
+        cloud.wait().await;
+    });
+}
+
+/// The Cloud's child process, and what its writer reported.
+struct CloudProcess {
+    child: Child,
+    addr: SocketAddr,
+    /// Group commits (appends, each one fsync) and the records they carried.
+    commits: Arc<AtomicU64>,
+    records: Arc<AtomicU64>,
+    warnings: Arc<AtomicU64>,
+}
+
+impl CloudProcess {
+    fn start(listen: SocketAddr, data_dir: &std::path::Path, max_link_sessions: usize) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["cloud", "--listen", &listen.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .args(["--max-link-sessions", &max_link_sessions.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let commits = Arc::new(AtomicU64::new(0));
+        let records = Arc::new(AtomicU64::new(0));
+        let warnings = Arc::new(AtomicU64::new(0));
+        let stderr = child.stderr.take().unwrap();
+        let (c, r, w) = (
+            Arc::clone(&commits),
+            Arc::clone(&records),
+            Arc::clone(&warnings),
+        );
+        std::thread::spawn(move || {
+            let mut shown = 0;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line
+                    .split("records=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    r.fetch_add(n, Ordering::Relaxed);
+                } else if line.contains("WARN") || line.contains("ERROR") {
+                    w.fetch_add(1, Ordering::Relaxed);
+                    if shown < 5 {
+                        shown += 1;
+                        eprintln!("cloud: {line}");
+                    }
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the cloud did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            addr,
+            commits,
+            records,
+            warnings,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    /// User plus system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let hz = clock_ticks_per_second();
+        Duration::from_secs_f64(ticks as f64 / hz)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `CLK_TCK`, from `getconf` (100 on Linux unless configured otherwise).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ---- the Links ----------------------------------------------------------------------
+
+fn link_guid(i: usize) -> LinkGuid {
+    LinkGuid::from_u128(0x5a5a_0000_0000_4000_8000_0000_0000_0000 + i as u128 + 1).unwrap()
+}
+
+fn halo_guid(i: usize) -> HaloGuid {
+    HaloGuid::from_u128(0xa5a5_0000_0000_4000_8000_0000_0000_0000 + i as u128 + 1).unwrap()
+}
+
+fn crn(i: usize) -> Crn {
+    format!("SW{i}").parse().unwrap()
+}
+
+/// What every Link task shares with the measuring side.
+struct Swarm {
+    cloud_addr: parking_lot::RwLock<SocketAddr>,
+    handshakes: Semaphore,
+    /// Sessions open now (hello acknowledged, not yet lost).
+    attached: AtomicUsize,
+    /// The Cloud process generation; each Link records the generation it last
+    /// attached to, and `reattached` counts Links attached to the current one.
+    generation: AtomicU32,
+    link_generation: Vec<AtomicU32>,
+    reattached: AtomicUsize,
+    /// Connection attempts that failed (refused, reset, closed before the ack).
+    failed_attempts: AtomicU64,
+    ws_config: WebSocketConfig,
+}
+
+/// `initial * 2^attempt`, capped at `max`, then a uniform jitter in `[d/2, d]`:
+/// `halo-link`'s reconnect policy (initial 250 ms, max 30 s).
+fn backoff(attempt: u32) -> Duration {
+    let initial = Duration::from_millis(250);
+    let max = Duration::from_secs(30);
+    let full = initial
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let half = full / 2;
+    half + Duration::from_millis(rand::random_range(0..=(full - half).as_millis() as u64))
+}
+
+async fn run_link(swarm: Arc<Swarm>, i: usize, token: String) {
+    let hello = halo_protocol::encode(&LinkToCloud::Hello(Hello {
+        link_guid: link_guid(i),
+        environment: Environment::Stage,
+        link_version: "swarm-1".into(),
+        protocol_version: PROTOCOL_VERSION,
+        databases: vec![DatabaseInfo {
+            halo_guid: halo_guid(i),
+            pms_type: PmsType::D4w,
+            parent_crn: crn(i),
+            branch_crns: vec![],
+            practice_name: format!("Swarm practice {i}"),
+            pms_version: "1".into(),
+            catalogues: vec![CatalogueInfo {
+                name: "d4w".into(),
+                is_default: true,
+            }],
+            is_demo: false,
+        }],
+    }))
+    .unwrap();
+    let source = Ipv4Addr::new(127, 0, 0, 2 + (i / LINKS_PER_SOURCE) as u8);
+    let mut attempt = 0u32;
+    loop {
+        let established = session(&swarm, i, &token, &hello, source).await;
+        if established {
+            attempt = 0;
+        } else {
+            swarm.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// One connection, until it is lost; whether the hello was acknowledged.
+async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4Addr) -> bool {
+    let permit = swarm.handshakes.acquire().await.unwrap();
+    let addr = *swarm.cloud_addr.read();
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        let socket = TcpSocket::new_v4().ok()?;
+        socket
+            .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
+            .ok()?;
+        let stream = socket.connect(addr).await.ok()?;
+        let mut request = format!("ws://{addr}/link/ws").into_client_request().ok()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().ok()?);
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(swarm.ws_config))
+                .await
+                .ok()?;
+        ws.send(Message::text(hello)).await.ok()?;
+        loop {
+            match ws.next().await? {
+                Ok(Message::Text(text)) => {
+                    return match halo_protocol::decode::<CloudToLink>(&text).ok()? {
+                        CloudToLink::HelloAck { .. } => Some(ws),
+                        _ => None,
+                    };
+                }
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    drop(permit);
+    let Ok(Some(mut ws)) = connected else {
+        return false;
+    };
+    swarm.attached.fetch_add(1, Ordering::AcqRel);
+    let generation = swarm.generation.load(Ordering::Acquire);
+    if swarm.link_generation[i].swap(generation, Ordering::AcqRel) != generation {
+        swarm.reattached.fetch_add(1, Ordering::AcqRel);
+    }
+    let phase = Duration::from_millis(rand::random_range(0..HEARTBEAT.as_millis() as u64));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, HEARTBEAT);
+    let beat = halo_protocol::encode(&LinkToCloud::Heartbeat(Heartbeat {
+        at: Timestamp::from_millis(0),
+        databases: vec![halo_guid(i)],
+    }))
+    .unwrap();
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if ws.send(Message::text(beat.clone())).await.is_err() {
+                    break;
+                }
+            }
+            frame = ws.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                let Message::Text(text) = frame else { continue };
+                if let Ok(CloudToLink::QueryJob(job)) = halo_protocol::decode::<CloudToLink>(&text) {
+                    let rows = br#"[{"first_name":"Noah"}]"#;
+                    let answer = LinkToCloud::QueryResult(QueryResult::from_json(job.query_id, 1, rows, 0));
+                    if ws.send(Message::text(halo_protocol::encode(&answer).unwrap())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    swarm.attached.fetch_sub(1, Ordering::AcqRel);
+    true
+}
+
+// ---- the integrator -----------------------------------------------------------------
+
+struct Http {
+    client: reqwest::Client,
+    addr: parking_lot::RwLock<SocketAddr>,
+}
+
+impl Http {
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let addr = *self.addr.read();
+        let resp = self
+            .client
+            .request(method, format!("http://{addr}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// One immediate query; its status and latency.
+    async fn query(&self, key: &str, site: HaloGuid) -> (u16, Duration) {
+        let addr = *self.addr.read();
+        let start = Instant::now();
+        let resp = self
+            .client
+            .post(format!(
+                "http://{addr}/integrator/sites/{site}/queries/immediate"
+            ))
+            .header(halo_cloud::KEY_HEADER, key)
+            .json(&json!({"command": {"text": SQL, "executionMode": "reader", "type": "text"}}))
+            .send()
+            .await;
+        let status = match resp {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                s
+            }
+            Err(_) => 0,
+        };
+        (status, start.elapsed())
+    }
+}
+
+/// Latencies of `n` immediate queries over the first [`QUERIED`] practices, `c` at
+/// a time: (p50 ms, p99 ms, errors).
+async fn measure_queries(http: &Arc<Http>, key: &str, n: usize, c: usize) -> (f64, f64, usize) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..c {
+        let (http, key, done) = (Arc::clone(http), key.to_owned(), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut k = t;
+            while done.fetch_add(1, Ordering::Relaxed) < n {
+                let (status, took) = http.query(&key, halo_guid(k % QUERIED)).await;
+                if status == 200 {
+                    lat.push(took);
+                } else {
+                    errors += 1;
+                }
+                k += c;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        lat.extend(l);
+        errors += e;
+    }
+    let (p50, p99) = percentiles(&mut lat);
+    (p50, p99, errors)
+}
+
+fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
+    if lat.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    lat.sort_unstable();
+    let at = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    (at(0.50), at(0.99))
+}
+
+/// The Cloud's CPU over `secs` of wall time, as a share of one core.
+async fn cpu_share(cloud: &CloudProcess, secs: u64) -> f64 {
+    let (cpu0, t0) = (cloud.cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (cloud.cpu() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+// ---- the run ----------------------------------------------------------------------------
+
+/// Raises `RLIMIT_NOFILE` for this process and the Cloud it starts; the Links it
+/// allows, and what capped them if anything did.
+fn descriptors(links: usize) -> (usize, u64, Option<String>) {
+    use rlimit::Resource;
+    // Each process: one per Link, plus the HTTP connections and files.
+    let want = links as u64 + 4_096;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(want);
+    let target = want.min(nr_open);
+    let (_, hard) = Resource::NOFILE.get().unwrap();
+    if Resource::NOFILE
+        .set(target, target.max(hard.min(nr_open)))
+        .is_err()
+    {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+    }
+    let (soft, hard) = Resource::NOFILE.get().unwrap();
+    let allowed = usize::try_from(soft.saturating_sub(4_096)).unwrap_or(usize::MAX);
+    if allowed >= links {
+        return (links, soft, None);
+    }
+    let why = if soft >= nr_open {
+        format!("fs.nr_open = {nr_open} (sysctl fs.nr_open)")
+    } else {
+        format!(
+            "RLIMIT_NOFILE hard limit {hard} (ulimit -Hn, or LimitNOFILE= in the unit; raising it needs root)"
+        )
+    };
+    (allowed.max(QUERIED), soft, Some(why))
+}
+
+async fn swarm(cli: Cli) {
+    let (links, fd_limit, capped_by) = descriptors(cli.links.max(QUERIED));
+    let data = tempfile::tempdir().unwrap();
+    let cloud = CloudProcess::start("127.0.0.1:0".parse().unwrap(), data.path(), links + 1_000);
+    let rss_empty = cloud.rss();
+    let http = Arc::new(Http {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+        addr: parking_lot::RwLock::new(cloud.addr),
+    });
+
+    // Credentials, one per Link, issued over the admin API.
+    let t = Instant::now();
+    let tokens: Vec<String> = futures_util::stream::iter(0..links)
+        .map(|i| {
+            let http = Arc::clone(&http);
+            async move {
+                http.admin(
+                    reqwest::Method::POST,
+                    "/admin/link-credentials",
+                    json!({"label": format!("swarm {i}"), "environment": "stage",
+                           "practices": [format!("D4w:{}", crn(i))]}),
+                )
+                .await["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    let credentials_secs = t.elapsed().as_secs_f64();
+    let base = format!("/admin/integrators/{INTEGRATOR}");
+    http.admin(
+        reqwest::Method::POST,
+        &format!("{base}/enable"),
+        json!({"pmsType": "D4w"}),
+    )
+    .await;
+    http.admin(
+        reqwest::Method::PUT,
+        &format!("{base}/components"),
+        json!({"pmsType": "D4w", "catalogues": ["d4w"], "tables": ["patients"], "allowWrite": false}),
+    )
+    .await;
+    for i in 0..QUERIED {
+        http.admin(
+            reqwest::Method::POST,
+            &format!("{base}/practices"),
+            json!({"pmsId": format!("D4w:{}", crn(i))}),
+        )
+        .await;
+    }
+    let key = http
+        .admin(
+            reqwest::Method::POST,
+            &format!("{base}/keys"),
+            json!({"environment": "stage"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_credentials = cloud.rss();
+
+    let swarm = Arc::new(Swarm {
+        cloud_addr: parking_lot::RwLock::new(cloud.addr),
+        handshakes: Semaphore::new(cli.handshakes.max(1)),
+        attached: AtomicUsize::new(0),
+        generation: AtomicU32::new(1),
+        link_generation: (0..links).map(|_| AtomicU32::new(0)).collect(),
+        reattached: AtomicUsize::new(0),
+        failed_attempts: AtomicU64::new(0),
+        ws_config: WebSocketConfig::default().read_buffer_size(4096),
+    });
+    let mut tokens = tokens.into_iter();
+    let timeout = Duration::from_secs(cli.attach_timeout_secs);
+
+    // 10 Links: the queried practices, paired.
+    for i in 0..QUERIED {
+        tokio::spawn(run_link(Arc::clone(&swarm), i, tokens.next().unwrap()));
+    }
+    wait_until("the first links", timeout, || {
+        swarm.attached.load(Ordering::Acquire) == QUERIED
+    })
+    .await;
+    for i in 0..QUERIED {
+        let addr = *http.addr.read();
+        let resp = http
+            .client
+            .post(format!(
+                "http://{addr}/integrator/pair-site?practiceManagementSiteId={}&practiceManagementName=D4w",
+                crn(i)
+            ))
+            .header(halo_cloud::KEY_HEADER, &key)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "pair: {}", resp.status());
+    }
+    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    let (p50_10, p99_10, errors_10) =
+        measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
+    let rss_10 = cloud.rss();
+
+    // The rest of the Links.
+    let (commits0, records0) = (
+        cloud.commits.load(Ordering::Relaxed),
+        cloud.records.load(Ordering::Relaxed),
+    );
+    let t = Instant::now();
+    for (i, token) in (QUERIED..links).zip(tokens) {
+        tokio::spawn(run_link(Arc::clone(&swarm), i, token));
+    }
+    let attach = wait_until("every link", timeout, || {
+        swarm.attached.load(Ordering::Acquire) == links
+    })
+    .await;
+    let _ = t;
+    let attach_commits = cloud.commits.load(Ordering::Relaxed) - commits0;
+    let attach_records = cloud.records.load(Ordering::Relaxed) - records0;
+    // Let every Link heartbeat at least once, then measure idle.
+    tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
+    let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
+    let rss_n = cloud.rss();
+    let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+
+    let n = links as f64;
+    let mut out = json!({
+        "bench": "link_swarm",
+        "links": links,
+        "fd_limit": fd_limit,
+        "capped_by": capped_by,
+        "rss_per_link_bytes": ((rss_n.saturating_sub(rss_credentials)) as f64 / n).round(),
+        "rss_per_link_with_credential_bytes": ((rss_n.saturating_sub(rss_empty)) as f64 / n).round(),
+        "rss_mb": {"empty": rss_empty >> 20, "credentials_issued": rss_credentials >> 20,
+                   "links_10": rss_10 >> 20, "links_n": rss_n >> 20},
+        "credentials_issued_per_s": (n / credentials_secs).round(),
+        "attach_per_s": ((links - QUERIED) as f64 / attach.as_secs_f64()).round(),
+        "attach_secs": attach.as_secs_f64(),
+        "attach_events_per_fsync": attach_records as f64 / attach_commits.max(1) as f64,
+        "attach_fsyncs": attach_commits,
+        "attach_events": attach_records,
+        "failed_attempts": swarm.failed_attempts.load(Ordering::Relaxed),
+        "idle_cpu_share_of_one_core": {"links_10": cpu_10, "links_n": cpu_n},
+        "query_ms": {"links_10": {"p50": p50_10, "p99": p99_10, "errors": errors_10},
+                     "links_n": {"p50": p50_n, "p99": p99_n, "errors": errors_n}},
+        "p99_ratio_n_over_10": p99_n / p99_10,
+        "p50_ratio_n_over_10": p50_n / p50_10,
+        "quiet_secs": cli.quiet_secs,
+        "load_avg_1m": load_average(),
+    });
+
+    if cli.restart {
+        let restart = restart_storm(cloud, &swarm, &http, &key, data.path(), links, timeout).await;
+        out["restart"] = restart;
+    } else {
+        cloud.kill();
+    }
+    println!("{out}");
+}
+
+/// Kills the Cloud, starts it again on the same data and port, and measures the
+/// re-attach storm while querying the practices already back.
+async fn restart_storm(
+    cloud: CloudProcess,
+    swarm: &Arc<Swarm>,
+    http: &Arc<Http>,
+    key: &str,
+    data_dir: &std::path::Path,
+    links: usize,
+    timeout: Duration,
+) -> Value {
+    let addr = cloud.addr;
+    let warnings_before = cloud.warnings.load(Ordering::Relaxed);
+    let _ = warnings_before;
+    swarm.reattached.store(0, Ordering::Release);
+    swarm.generation.store(2, Ordering::Release);
+    let killed = Instant::now();
+    cloud.kill();
+    let cloud = CloudProcess::start(addr, data_dir, links + 1_000);
+    let listening = killed.elapsed();
+    let (commits0, records0) = (
+        cloud.commits.load(Ordering::Relaxed),
+        cloud.records.load(Ordering::Relaxed),
+    );
+    // Query the practices whose Link is back, until every Link is.
+    let stop = Arc::new(AtomicU32::new(0));
+    let querier = {
+        let (swarm, http, key, stop) = (
+            Arc::clone(swarm),
+            Arc::clone(http),
+            key.to_owned(),
+            Arc::clone(&stop),
+        );
+        tokio::spawn(async move {
+            let (mut lat, mut sent, mut failed) = (Vec::new(), 0u64, 0u64);
+            let mut k = 0;
+            while stop.load(Ordering::Acquire) == 0 {
+                k += 1;
+                let i = k % QUERIED;
+                if swarm.link_generation[i].load(Ordering::Acquire) != 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                sent += 1;
+                let (status, took) = http.query(&key, halo_guid(i)).await;
+                if status == 200 {
+                    lat.push(took);
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, sent, failed)
+        })
+    };
+    let back = wait_until("every link back", timeout, || {
+        swarm.reattached.load(Ordering::Acquire) == links
+    })
+    .await;
+    let reattached_secs = (listening + back).as_secs_f64();
+    stop.store(1, Ordering::Release);
+    let (mut lat, sent, failed) = querier.await.unwrap();
+    let (p50, p99) = percentiles(&mut lat);
+    let commits = cloud.commits.load(Ordering::Relaxed) - commits0;
+    let records = cloud.records.load(Ordering::Relaxed) - records0;
+    let rss = cloud.rss();
+    cloud.kill();
+    json!({
+        "recovery_secs": listening.as_secs_f64(),
+        "all_reattached_secs_after_kill": reattached_secs,
+        "reattach_per_s": (links as f64 / back.as_secs_f64()).round(),
+        "events_written": records,
+        "fsyncs": commits,
+        "queries_to_attached_practices": sent,
+        "queries_failed": failed,
+        "query_ms": {"p50": p50, "p99": p99},
+        "rss_mb_after": rss >> 20,
+        "failed_attempts_total": swarm.failed_attempts.load(Ordering::Relaxed),
+    })
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
