@@ -40,6 +40,8 @@ pub struct App {
     pub max_databases_per_link: usize,
     /// Revocations, broadcast to live Link sessions.
     pub kicks: link_ws::Kicks,
+    /// Each Link's own clock at its last heartbeat (`clientTimestampUTC`).
+    pub client_clocks: crate::site_view::ClientClocks,
 }
 
 /// The shared application state.
@@ -151,6 +153,8 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/integrator/sites", get(integrator::find_sites))
         .route("/integrator/sites/{site_id}", get(integrator::site_status))
         .route("/integrator/pair-site", post(integrator::pair_site))
+        // Halo's deprecated name of pair-site, still answered for older clients.
+        .route("/integrator/pairSite", post(integrator::pair_site_deprecated))
         .route(
             "/integrator/sites/{site_id}/queries/immediate",
             post(integrator::immediate_query),
@@ -216,6 +220,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         admin_token_hash: KeyHash::of(&config.admin_token),
         max_databases_per_link: config.max_databases_per_link,
         kicks: link_ws::Kicks::default(),
+        client_clocks: crate::site_view::ClientClocks::default(),
     }))
 }
 

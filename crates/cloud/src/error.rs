@@ -21,30 +21,16 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after_secs: Option<u64>,
-    details: Option<ErrorDetails>,
 }
 
-/// What a query that failed inside the database reports (`errorDetails`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetails {
-    /// The database's error class.
-    pub error_type: String,
-    /// The database's error code.
-    pub error_code: String,
-    /// The database's message.
-    pub error_message: String,
-}
-
-/// The JSON envelope of an error.
+/// The JSON envelope of an error (Halo's `Error`). A query the database failed is
+/// answered instead with the query itself and its `errorDetails`
+/// ([`crate::dto::FailedQueryDto`]), as Halo does.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEnvelope {
     /// The error.
     pub error: ErrorBody,
-    /// Present when the query failed inside the database.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_details: Option<ErrorDetails>,
 }
 
 /// The body of [`ErrorEnvelope`].
@@ -66,7 +52,6 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after_secs: None,
-            details: None,
         }
     }
 
@@ -97,12 +82,6 @@ impl ApiError {
         self
     }
 
-    /// Adds `errorDetails`.
-    pub fn with_details(mut self, details: ErrorDetails) -> Self {
-        self.details = Some(details);
-        self
-    }
-
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -122,7 +101,6 @@ impl IntoResponse for ApiError {
                 status_text: self.status.canonical_reason().unwrap_or("Error").to_owned(),
                 message: self.message,
             },
-            error_details: self.details,
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
         if let Some(secs) = self.retry_after_secs {
@@ -153,6 +131,7 @@ impl From<&Deny> for ApiError {
             | DenyCode::PracticeNotEnabled
             | DenyCode::NotPaired
             | DenyCode::ComponentNotAuthorised
+            | DenyCode::MalformedCommand
             | DenyCode::WriteNotAuthorised
             | DenyCode::SiteNotAuthoritative
             | DenyCode::CallerIpNotAllowed
@@ -169,24 +148,21 @@ impl From<Deny> for ApiError {
 }
 
 impl From<RouteError> for ApiError {
-    /// A routing error: a denial as above; a query the database failed with
-    /// `errorDetails` (its own message stays out of `message`); anything else with
-    /// the error's text.
+    /// A routing error: a denial as above; anything else with its own words. (A
+    /// query the database failed is answered by the handler as the failed query
+    /// with `errorDetails`; here it is only the envelope.)
     fn from(e: RouteError) -> Self {
         let status = status::route(&e);
         match e {
             RouteError::Denied(deny) => Self::from(&deny),
-            RouteError::Failed(QueryFailure::Database {
-                error_type,
-                error_code,
-                message,
-            }) => {
-                Self::new(status, "the query failed in the database").with_details(ErrorDetails {
-                    error_type,
-                    error_code,
-                    error_message: message,
-                })
+            RouteError::Failed(QueryFailure::Database { .. }) => {
+                Self::new(status, "the query failed in the database")
             }
+            RouteError::Failed(QueryFailure::Busy) => Self::new(
+                status,
+                "site is busy: the query could not start on the site within its \
+                 maxTimeInQueue, or the site's queue is full; retry later",
+            ),
             other => Self::new(status, other.to_string()),
         }
     }

@@ -709,6 +709,10 @@ fn denies_component_not_authorised_403() {
         );
     }
     let d = Deny::unanalysable(&extract_components("SELEC 1").unwrap_err());
+    assert_eq!(d.code(), DenyCode::MalformedCommand);
+    let d = Deny::unanalysable(&extract_components("   ").unwrap_err());
+    assert_eq!(d.code(), DenyCode::MalformedCommand);
+    let d = Deny::unanalysable(&PolicyError::SqlUnsupported("a construct"));
     assert_eq!(d.code(), DenyCode::ComponentNotAuthorised);
 }
 
@@ -1078,6 +1082,7 @@ fn deny_codes_have_distinct_names() {
         DenyCode::PracticeNotEnabled,
         DenyCode::NotPaired,
         DenyCode::ComponentNotAuthorised,
+        DenyCode::MalformedCommand,
         DenyCode::WriteNotAuthorised,
         DenyCode::SiteNotAuthoritative,
         DenyCode::CallerIpNotAllowed,
