@@ -319,6 +319,22 @@ async fn contract_every_operation_answers_as_halo_documents() {
         async move { request(h, Method::GET, Some(&key), &path, None).await }
     };
 
+    // The site's clientTimestampUTC is the Link's clock at its last heartbeat: wait
+    // for the first one (the Cloud asks for one every 5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = get(format!("/integrator/sites/{halo}")).await;
+        assert_eq!(status, 200, "{body}");
+        if body["clientTimestampUTC"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat within 15 s: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     // ---- getSites ----------------------------------------------------------------
     let sites_path = |crn: &str, name: &str| {
         format!("/integrator/sites?practiceManagementSiteId={crn}&practiceManagementName={name}")

@@ -37,11 +37,13 @@ async fn unauthorised_components_and_writes_are_403() {
         "DROP TABLE patients",
         "ATTACH DATABASE 'x.db' AS x",
         "PRAGMA table_info(patients)",
-        "this is not sql",
     ] {
         let (status, body) = h.query(&key, halo, sql).await;
         assert_eq!(status, 403, "{sql}: {body}");
     }
+    // A malformed command is a bad request, as Halo answers malformed SQL.
+    let (status, body) = h.query(&key, halo, "this is not sql").await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = h
         .query_body(&key, halo, json!({"command": {"text": "UPDATE patients SET email = ''", "executionMode": "nonQuery"}}))
         .await;
@@ -131,13 +133,15 @@ async fn stage_key_on_production_site_is_401() {
         .query(&stage_key, halo, "SELECT first_name FROM patients")
         .await;
     assert_eq!(status, 401, "{body}");
-    // A Stage key does not even find the Production site.
-    let (status, _) = h
+    // A Stage key does not even find the Production site: no site in its
+    // environment, an empty list.
+    let (status, body) = h
         .get(
             &stage_key,
-            &format!("/integrator/sites?practiceManagementSiteId={crn}"),
+            &format!("/integrator/sites?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
         )
         .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sites"], json!([]), "{body}");
     h.cloud.stop().await;
 }

@@ -78,12 +78,11 @@ fn authorised_practice(
     app: &AppState,
     headers: &HeaderMap,
     ip: CallerIp,
-    query: Result<ApiQuery<PracticeQuery>, ApiError>,
+    query: &PracticeQuery,
 ) -> Result<(Authenticated, PmsId), ApiError> {
     let policy = app.state.policy();
     let who = authenticate(&policy, headers, ip)?;
-    let ApiQuery(query) = query?;
-    let (pms_type, crn) = practice(&query)?;
+    let (pms_type, crn) = practice(query)?;
     let pms_id = resolve_practice(app, &policy, &who, pms_type, crn)?;
     halo_policy::authorise_practice(&policy, subscription_key(headers), ip.0, pms_id)?;
     Ok((who, pms_id))
@@ -102,7 +101,8 @@ fn practice_sites(app: &AppState, who: &Authenticated, pms_id: PmsId) -> Vec<Sit
     sites
 }
 
-/// `GET /integrator/sites` (getSites): the sites of a practice, by PMS ID.
+/// `GET /integrator/sites` (getSites): the live sites of a practice in the key's
+/// environment, by PMS ID (an empty list when there is none).
 #[utoipa::path(get, path = "/integrator/sites", tag = "integrator", operation_id = "getSites",
     params(PracticeQuery),
     security(("subscriptionKey" = [])),
@@ -112,13 +112,12 @@ pub async fn find_sites(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    query: Result<ApiQuery<PracticeQuery>, ApiError>,
+    ApiQuery(query): ApiQuery<PracticeQuery>,
 ) -> Result<Json<SitesDto>, ApiError> {
-    let (who, pms_id) = authorised_practice(&app, &headers, ip, query)?;
+    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
+    // No live site in the key's environment is an empty list, as Halo answers (the
+    // caller is entitled to the practice, so this reveals nothing).
     let sites = practice_sites(&app, &who, pms_id);
-    if sites.is_empty() {
-        return Err(ApiError::not_found("no site found for this practice"));
-    }
     Ok(Json(SitesDto { sites }))
 }
 
@@ -154,15 +153,10 @@ async fn pair(
     app: AppState,
     headers: HeaderMap,
     ip: CallerIp,
-    query: Result<ApiQuery<PairQuery>, ApiError>,
+    query: PairQuery,
 ) -> Result<Json<SiteDto>, ApiError> {
-    let pairing_code = query
-        .as_ref()
-        .ok()
-        .and_then(|q| q.0.pairing_code.clone())
-        .filter(|c| !c.trim().is_empty());
-    let practice_query = query.map(|ApiQuery(q)| ApiQuery(q.practice()));
-    let (who, pms_id) = authorised_practice(&app, &headers, ip, practice_query)?;
+    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query.practice())?;
+    let pairing_code = query.pairing_code.filter(|c| !c.trim().is_empty());
     if pms_id.pms_type() == PmsType::BestPractice && pairing_code.is_none() {
         return Err(ApiError::bad_request(
             "pairingCode is required to pair with a Best Practice site",
@@ -198,7 +192,7 @@ pub async fn pair_site(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    query: Result<ApiQuery<PairQuery>, ApiError>,
+    ApiQuery(query): ApiQuery<PairQuery>,
 ) -> Result<Json<SiteDto>, ApiError> {
     pair(app, headers, ip, query).await
 }
@@ -215,7 +209,7 @@ pub async fn pair_site_deprecated(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
-    query: Result<ApiQuery<PairQuery>, ApiError>,
+    ApiQuery(query): ApiQuery<PairQuery>,
 ) -> Result<Json<SiteDto>, ApiError> {
     pair(app, headers, ip, query).await
 }
