@@ -131,7 +131,6 @@ impl From<&Deny> for ApiError {
             | DenyCode::PracticeNotEnabled
             | DenyCode::NotPaired
             | DenyCode::ComponentNotAuthorised
-            | DenyCode::MalformedCommand
             | DenyCode::WriteNotAuthorised
             | DenyCode::SiteNotAuthoritative
             | DenyCode::CallerIpNotAllowed

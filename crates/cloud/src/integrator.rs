@@ -369,8 +369,15 @@ pub async fn immediate_query(
         ));
     }
     let mode = body.command.execution_mode;
-    let components = extract_components(&body.command.text)
-        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+    // A malformed command is a bad request (400), as Halo answers malformed SQL; a
+    // construct the analyser does not read is denied (403).
+    let components = extract_components(&body.command.text).map_err(|e| {
+        if e.is_malformed_command() {
+            ApiError::bad_request(format!("command refused: {e}"))
+        } else {
+            ApiError::from(Deny::unanalysable(&e))
+        }
+    })?;
     let parameters = if body.command.parameters.is_empty() {
         None
     } else {

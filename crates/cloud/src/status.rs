@@ -13,7 +13,6 @@
 //! | --- | --- |
 //! | `DenyCode::MissingKey`, `UnknownKey`, `WrongEnvironment` | 401 |
 //! | `DenyCode::IntegratorNotEnabled`, `PracticeNotEnabled`, `NotPaired`, `ComponentNotAuthorised`, `WriteNotAuthorised`, `SiteNotAuthoritative`, `CallerIpNotAllowed`, `QuotaExhausted` | 403 |
-//! | `DenyCode::MalformedCommand` | 400 |
 //! | `DenyCode::UnknownSite` | 404 |
 //! | `DenyCode::RateLimited` | 429 (with `Retry-After`) |
 //! | `RouteError::UnknownSite` | 404 |
@@ -64,7 +63,6 @@ pub fn deny(code: DenyCode) -> StatusCode {
         | DenyCode::SiteNotAuthoritative
         | DenyCode::CallerIpNotAllowed
         | DenyCode::QuotaExhausted => StatusCode::FORBIDDEN,
-        DenyCode::MalformedCommand => StatusCode::BAD_REQUEST,
         DenyCode::UnknownSite => StatusCode::NOT_FOUND,
         DenyCode::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
     }
@@ -163,7 +161,7 @@ mod tests {
 
     use super::*;
 
-    fn all_deny_codes() -> [(DenyCode, u16); 14] {
+    fn all_deny_codes() -> [(DenyCode, u16); 13] {
         [
             (DenyCode::MissingKey, 401),
             (DenyCode::UnknownKey, 401),
@@ -176,7 +174,6 @@ mod tests {
             (DenyCode::SiteNotAuthoritative, 403),
             (DenyCode::CallerIpNotAllowed, 403),
             (DenyCode::QuotaExhausted, 403),
-            (DenyCode::MalformedCommand, 400),
             (DenyCode::UnknownSite, 404),
             (DenyCode::RateLimited { retry_after_ms: 1 }, 429),
         ]

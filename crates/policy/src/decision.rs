@@ -68,12 +68,8 @@ pub enum DenyCode {
     /// environment of the key (403). Pairing is per environment.
     NotPaired,
     /// The command touches a catalogue, table or procedure not authorised, or is a
-    /// kind of statement never allowed (DDL, dynamic SQL, ...), or uses a construct
-    /// the analyser does not read (403).
+    /// kind of statement never allowed (DDL, dynamic SQL, ...), or did not parse (403).
     ComponentNotAuthorised,
-    /// The command is malformed: empty, not SQL the analyser can parse, or text the
-    /// analyser and SQLite could read differently (400, Halo's "bad command").
-    MalformedCommand,
     /// The command writes (or runs as `nonQuery`) without write authorisation (403).
     WriteNotAuthorised,
     /// The site is not its group's authoritative site (403).
@@ -102,7 +98,6 @@ impl DenyCode {
             DenyCode::PracticeNotEnabled => "practiceNotEnabled",
             DenyCode::NotPaired => "notPaired",
             DenyCode::ComponentNotAuthorised => "componentNotAuthorised",
-            DenyCode::MalformedCommand => "malformedCommand",
             DenyCode::WriteNotAuthorised => "writeNotAuthorised",
             DenyCode::SiteNotAuthoritative => "siteNotAuthoritative",
             DenyCode::CallerIpNotAllowed => "callerIpNotAllowed",
@@ -138,18 +133,12 @@ impl Deny {
     }
 
     /// The denial for a command that [`extract_components`](crate::extract_components)
-    /// refused (fail closed): [`DenyCode::MalformedCommand`] for an empty command, a
-    /// parse error or an ambiguity (a bad command, as Halo answers malformed SQL),
-    /// [`DenyCode::ComponentNotAuthorised`] for a construct the analyser does not
-    /// read (an unsupported statement or expression is never authorised).
+    /// refused (fail closed): [`DenyCode::ComponentNotAuthorised`].
     pub fn unanalysable(error: &crate::PolicyError) -> Self {
-        let code = match error {
-            crate::PolicyError::EmptySql
-            | crate::PolicyError::SqlParse(_)
-            | crate::PolicyError::SqlAmbiguous(_) => DenyCode::MalformedCommand,
-            _ => DenyCode::ComponentNotAuthorised,
-        };
-        Self::owned(code, format!("command refused: {error}"))
+        Self::owned(
+            DenyCode::ComponentNotAuthorised,
+            format!("command refused: {error}"),
+        )
     }
 
     /// The code.

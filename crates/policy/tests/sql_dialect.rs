@@ -72,7 +72,7 @@ fn smuggling_forms_are_refused_with_a_reason() {
             Err(e @ PolicyError::SqlAmbiguous(r)) => {
                 assert!(r.contains(reason), "{sql:?}: {r:?} should say {reason:?}");
                 let deny = Deny::unanalysable(&e);
-                assert_eq!(deny.code(), DenyCode::MalformedCommand);
+                assert_eq!(deny.code(), DenyCode::ComponentNotAuthorised);
                 assert!(deny.message().contains(reason), "{}", deny.message());
                 assert!(deny.message().contains("SQLite"), "{}", deny.message());
             }
