@@ -208,7 +208,11 @@ fn check(operation_id: &str, status: u16, body: &Value) {
     if schema.get("oneOf").is_some() {
         // Halo's query errors are `oneOf` the envelope (no required fields, so it
         // matches anything) and the failed query: the branch is the body's kind.
-        let branch = if body.get("error").is_some() { "0" } else { "1" };
+        let branch = if body.get("error").is_some() {
+            "0"
+        } else {
+            "1"
+        };
         let mut tokens = base.to_vec();
         tokens.extend(["oneOf", branch]);
         validate_at(&tokens, body, &context);
@@ -372,7 +376,14 @@ async fn contract_every_operation_answers_as_halo_documents() {
         check("getSites", status, &body);
         assert_eq!(status, want, "{path}: {body}");
     }
-    let (status, body) = request(&h, Method::GET, None, &sites_path(crn.as_str(), "D4w"), None).await;
+    let (status, body) = request(
+        &h,
+        Method::GET,
+        None,
+        &sites_path(crn.as_str(), "D4w"),
+        None,
+    )
+    .await;
     check("getSites", status, &body);
     assert_eq!(status, 401, "{body}");
 
@@ -410,17 +421,22 @@ async fn contract_every_operation_answers_as_halo_documents() {
     // ---- createImmediateQuery before pairing: refused ---------------------------
     let query_path = format!("/integrator/sites/{halo}/queries/immediate");
     let reader = json!({"command": {"text": "SELECT patient_id, first_name FROM patients ORDER BY patient_id LIMIT 2"}});
-    let (status, body) =
-        request(&h, Method::POST, Some(&key), &query_path, Some(reader.clone())).await;
+    let (status, body) = request(
+        &h,
+        Method::POST,
+        Some(&key),
+        &query_path,
+        Some(reader.clone()),
+    )
+    .await;
     check("createImmediateQuery", status, &body);
     assert_eq!(status, 403, "a query needs pairing first: {body}");
 
     // ---- pair-site and its deprecated alias --------------------------------------
     for op in ["Integrator_PairSite", "pairSite"] {
         let (path, _) = operation(op);
-        let pair = |crn: &str| {
-            format!("{path}?practiceManagementSiteId={crn}&practiceManagementName=D4w")
-        };
+        let pair =
+            |crn: &str| format!("{path}?practiceManagementSiteId={crn}&practiceManagementName=D4w");
         for (url, want) in [
             (pair(crn.as_str()), 200),
             (pair("NOSITE9"), 404),
@@ -466,7 +482,8 @@ async fn contract_every_operation_answers_as_halo_documents() {
     assert_eq!(body["result"]["rowsAffected"], 3, "{body}");
     assert_eq!(body["maxTimeInQueue"], 5000);
     // The database fails the command: Halo's ExecutionFailedImmediateQuery.
-    let (status, body) = post(json!({"command": {"text": "SELECT no_such_column FROM patients"}})).await;
+    let (status, body) =
+        post(json!({"command": {"text": "SELECT no_such_column FROM patients"}})).await;
     check("createImmediateQuery", status, &body);
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errorDetails"]["errorType"], "sqlite", "{body}");
@@ -529,7 +546,11 @@ async fn contract_every_operation_answers_as_halo_documents() {
 fn contract_the_checker_refuses_what_halo_does_not_document() {
     // A status Halo does not list, and no deviation: refused.
     let refused = std::panic::catch_unwind(|| {
-        check("getSites", 404, &json!({"error": {"status": 404, "statusText": "Not Found", "message": "x"}}));
+        check(
+            "getSites",
+            404,
+            &json!({"error": {"status": 404, "statusText": "Not Found", "message": "x"}}),
+        );
     });
     assert!(refused.is_err(), "404 is not a getSites status");
     // A mistyped field: refused.
@@ -538,12 +559,20 @@ fn contract_the_checker_refuses_what_halo_does_not_document() {
     });
     assert!(refused.is_err(), "a site id must be a uuid");
     let refused = std::panic::catch_unwind(|| {
-        check("getSites", 200, &json!({"sites": [{"availability": "sometimes"}]}));
+        check(
+            "getSites",
+            200,
+            &json!({"sites": [{"availability": "sometimes"}]}),
+        );
     });
     assert!(refused.is_err(), "availability is an enum");
     // A success without the fields Halo requires: refused.
     let refused = std::panic::catch_unwind(|| {
-        check("createImmediateQuery", 200, &json!({"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}));
+        check(
+            "createImmediateQuery",
+            200,
+            &json!({"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}),
+        );
     });
     assert!(refused.is_err(), "a query answer has required fields");
     // An integer errorCode only.

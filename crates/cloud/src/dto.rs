@@ -124,7 +124,10 @@ pub struct SiteDto {
     /// Deprecated: when the Cloud last heard the site's Link (its last heartbeat or
     /// connection), by the Cloud's clock, UTC. Absent until the Link connects after
     /// the Cloud started.
-    #[serde(rename = "heartbeatTimestampUTC", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "heartbeatTimestampUTC",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(deprecated, format = DateTime)]
     pub heartbeat_timestamp_utc: Option<String>,
 }

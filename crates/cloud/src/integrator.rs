@@ -20,10 +20,10 @@ use serde_json::Value;
 use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::{
-    CommandTypeDto, DirectionDto, ErrorDetailsDto, ErrorTypeDto, ExecutionModeDto,
-    FailedQueryDto, FailedStatusDto, ImmediateQueryDto, MetricsDto, NonQueryResultDto, PairQuery,
-    ParameterDto, PracticeQuery, QueryDto, QueryModeDto, ResultDto, RowsResultDto, SiteDto,
-    SitesDto, SqlTypeDto, StateTimeDto, StatusTimingDto, SuccessfulStatusDto, rfc3339,
+    CommandTypeDto, DirectionDto, ErrorDetailsDto, ErrorTypeDto, ExecutionModeDto, FailedQueryDto,
+    FailedStatusDto, ImmediateQueryDto, MetricsDto, NonQueryResultDto, PairQuery, ParameterDto,
+    PracticeQuery, QueryDto, QueryModeDto, ResultDto, RowsResultDto, SiteDto, SitesDto, SqlTypeDto,
+    StateTimeDto, StatusTimingDto, SuccessfulStatusDto, rfc3339,
 };
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, CallerIp, SizedJson, subscription_key};
@@ -31,7 +31,8 @@ use crate::site_view::{policy_view, site_dto};
 
 /// The namespace of integrator UUIDs (`integratorId`): UUID v5 of the integrator's id
 /// in it, so each integrator has one stable UUID.
-const INTEGRATOR_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a1f_04c3_2d7e_4b59_9c1e_5f3a_8d20_b7e4);
+const INTEGRATOR_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a1f_04c3_2d7e_4b59_9c1e_5f3a_8d20_b7e4);
 
 /// The stable UUID of an integrator (`integratorId`).
 pub fn integrator_uuid(integrator: &halo_policy::IntegratorId) -> uuid::Uuid {
@@ -228,11 +229,12 @@ fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
     }
     let value = match (&p.value, p.sql_type) {
         (None, _) => Value::Null,
-        (Some(v), Some(SqlTypeDto::BigInt | SqlTypeDto::Int | SqlTypeDto::SmallInt | SqlTypeDto::TinyInt)) => {
-            v.trim().parse::<i64>().map(Value::from).map_err(|_| {
-                ApiError::bad_request("failed to convert parameter value: not an integer")
-            })?
-        }
+        (
+            Some(v),
+            Some(SqlTypeDto::BigInt | SqlTypeDto::Int | SqlTypeDto::SmallInt | SqlTypeDto::TinyInt),
+        ) => v.trim().parse::<i64>().map(Value::from).map_err(|_| {
+            ApiError::bad_request("failed to convert parameter value: not an integer")
+        })?,
         (Some(v), Some(SqlTypeDto::Bit)) => match v.trim().to_ascii_lowercase().as_str() {
             "1" | "true" => Value::from(1),
             "0" | "false" => Value::from(0),

@@ -483,14 +483,29 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         for field in [
-            "id", "integratorId", "siteId", "mode", "status", "maxTimeInQueue", "commandSize",
-            "createdAt", "updatedAt", "requestSize", "statusTiming", "metrics", "result",
+            "id",
+            "integratorId",
+            "siteId",
+            "mode",
+            "status",
+            "maxTimeInQueue",
+            "commandSize",
+            "createdAt",
+            "updatedAt",
+            "requestSize",
+            "statusTiming",
+            "metrics",
+            "result",
             "completedAt",
         ] {
             assert!(required.contains(field), "{field} is required");
         }
         let command = &schemas["CommandDto"];
-        assert_eq!(command["required"], serde_json::json!(["text"]), "{command}");
+        assert_eq!(
+            command["required"],
+            serde_json::json!(["text"]),
+            "{command}"
+        );
     }
 
     #[test]

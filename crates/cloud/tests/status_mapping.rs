@@ -259,7 +259,9 @@ fn get(uri: &str, key: Option<&str>) -> Request<Body> {
 
 fn sites(practice: &str, key: &str) -> Request<Body> {
     get(
-        &format!("/integrator/sites?practiceManagementSiteId={practice}&practiceManagementName=D4w"),
+        &format!(
+            "/integrator/sites?practiceManagementSiteId={practice}&practiceManagementName=D4w"
+        ),
         Some(key),
     )
 }

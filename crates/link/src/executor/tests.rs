@@ -330,7 +330,11 @@ fn scalar_returns_the_first_value_only() {
     assert_eq!((out.rows, rows(&out)), (0, json!(null)));
     let out = execute(
         &f.db,
-        &job(ExecutionMode::Scalar, "SELECT count(*) AS n FROM notes", &["notes"]),
+        &job(
+            ExecutionMode::Scalar,
+            "SELECT count(*) AS n FROM notes",
+            &["notes"],
+        ),
     )
     .unwrap();
     assert_eq!((out.rows, rows(&out)), (1, json!(2)));
