@@ -3,6 +3,9 @@
 # operations): schemathesis generates valid and invalid requests and checks that no
 # answer is a 5xx, every status and body is one the document declares, and every
 # answer is JSON. Bounded: a fixed number of examples per operation and a fixed seed.
+# The coverage phase is left out: under CPython 3.11 it stops with an internal error
+# of the tool (hypothesis's lambda-source introspection: "AST constructor recursion
+# depth mismatch"), not a finding.
 #
 # Usage: .ci/schemathesis.sh [MAX_EXAMPLES]   (default 100)
 # Installs schemathesis in a temporary venv; skips (exit 0) with a message when PyPI
@@ -46,5 +49,6 @@ fi
   --include-tag integrator \
   -H "Ocp-Apim-Subscription-Key: $key" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --phases examples,fuzzing,stateful \
   --max-examples "$max_examples" --seed 20261201 --workers 2 \
   --generation-database none --no-color
