@@ -561,8 +561,29 @@ pub struct FailedQueryDto {
     pub completed_at: String,
 }
 
-/// Formats milliseconds since the epoch as RFC 3339 with milliseconds.
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z), in ms.
+pub const MAX_RFC3339_MILLIS: u64 = 253_402_300_799_999;
+
+/// Formats milliseconds since the epoch as RFC 3339 with milliseconds (an instant
+/// past [`MAX_RFC3339_MILLIS`] is written as that one: never a panic).
 pub fn rfc3339(ts: halo_ids::Timestamp) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts.as_millis());
+    let ms = ts.as_millis().min(MAX_RFC3339_MILLIS);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use halo_ids::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn rfc3339_writes_every_instant_without_panicking() {
+        assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(u64::MAX)),
+            "9999-12-31T23:59:59.999Z"
+        );
+    }
 }

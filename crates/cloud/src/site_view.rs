@@ -31,9 +31,15 @@ pub struct ClientClocks {
 }
 
 impl ClientClocks {
-    /// Records the Link's clock of a heartbeat.
+    /// Records the Link's clock of a heartbeat. The Link controls the value: one
+    /// RFC 3339 cannot write (past year 9999) is not kept.
     pub fn record(&self, link: LinkGuid, at: Timestamp) {
-        self.at.write().insert(link, at);
+        let mut clocks = self.at.write();
+        if at.as_millis() > crate::dto::MAX_RFC3339_MILLIS {
+            clocks.remove(&link);
+        } else {
+            clocks.insert(link, at);
+        }
     }
 
     /// The Link's clock at its last heartbeat, if one arrived since the start.
@@ -98,5 +104,24 @@ pub fn site_dto(registry: &Registry, site: &Site, now: Timestamp, app: &App) -> 
         authoritative: site.is_authoritative(),
         client_timestamp_utc: app.client_clocks.last(site.link_guid()).map(rfc3339),
         heartbeat_timestamp_utc: heard.filter(|t| t.as_millis() > 0).map(rfc3339),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_links_clock_is_kept_only_when_it_can_be_written() {
+        let clocks = ClientClocks::default();
+        let link = LinkGuid::from_u128(7).unwrap();
+        assert_eq!(clocks.last(link), None);
+        clocks.record(link, Timestamp::from_millis(1_000));
+        assert_eq!(clocks.last(link), Some(Timestamp::from_millis(1_000)));
+        // A hostile Link's clock past year 9999 is dropped, not kept or formatted.
+        clocks.record(link, Timestamp::from_millis(u64::MAX));
+        assert_eq!(clocks.last(link), None);
     }
 }
