@@ -67,7 +67,10 @@ async fn integrator_finds_pairs_and_queries_a_site() {
     assert_eq!(body["status"], "successful");
     assert_eq!(body["mode"], "immediate");
     assert_eq!(body["siteId"], halo.to_string());
-    assert_eq!(body["integratorId"], "acme-dental");
+    assert_eq!(
+        body["integratorId"],
+        halo_cloud::integrator::integrator_uuid(&"acme-dental".parse().unwrap()).to_string()
+    );
     let rows = rows(&body);
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["patient_id"], 1);

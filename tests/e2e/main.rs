@@ -4,6 +4,7 @@
 
 mod audit;
 mod console;
+mod contract;
 mod dialect;
 mod failures;
 mod fairness;

@@ -14,7 +14,10 @@ async fn branch_crn_is_refused_without_revealing_the_parent() {
     let key = h.integrator(Environment::Stage).await;
     h.enable_practice(link.sites[0].0).await;
     let (status, body) = h
-        .get(&key, "/integrator/sites?practiceManagementSiteId=BRANCH1")
+        .get(
+            &key,
+            "/integrator/sites?practiceManagementSiteId=BRANCH1&practiceManagementName=D4w",
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("branch"), "{body}");
@@ -23,7 +26,10 @@ async fn branch_crn_is_refused_without_revealing_the_parent() {
         "the parent leaked: {body}"
     );
     let (status, _) = h
-        .get(&key, "/integrator/sites?practiceManagementSiteId=PARENT1")
+        .get(
+            &key,
+            "/integrator/sites?practiceManagementSiteId=PARENT1&practiceManagementName=D4w",
+        )
         .await;
     assert_eq!(status, 200);
     h.cloud.stop().await;
@@ -40,14 +46,19 @@ async fn demo_copy_answers_to_its_fake_crn_only() {
     assert_eq!(fake, halo.fake_crn());
     h.enable_practice(fake).await;
     let (status, body) = h
-        .get(&key, "/integrator/sites?practiceManagementSiteId=DEMOCRN")
+        .get(
+            &key,
+            "/integrator/sites?practiceManagementSiteId=DEMOCRN&practiceManagementName=D4w",
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("demo"), "{body}");
     let (status, body) = h
         .get(
             &key,
-            &format!("/integrator/sites?practiceManagementSiteId={fake}"),
+            &format!(
+                "/integrator/sites?practiceManagementSiteId={fake}&practiceManagementName=D4w"
+            ),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -94,7 +105,7 @@ async fn non_authoritative_site_is_403_until_promoted() {
     let (status, body) = h
         .get(
             &key,
-            &format!("/integrator/sites?practiceManagementSiteId={crn}"),
+            &format!("/integrator/sites?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
         )
         .await;
     assert_eq!(status, 200);

@@ -46,6 +46,8 @@ pub struct App {
     pub console: console::ConsoleSessions,
     /// Places for Link WebSocket sessions ([`HttpLimits::max_link_sessions`]).
     pub link_sessions: link_ws::SessionCap,
+    /// Each Link's own clock at its last heartbeat (`clientTimestampUTC`).
+    pub client_clocks: crate::site_view::ClientClocks,
 }
 
 /// The shared application state.
@@ -166,6 +168,8 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/integrator/sites", get(integrator::find_sites))
         .route("/integrator/sites/{site_id}", get(integrator::site_status))
         .route("/integrator/pair-site", post(integrator::pair_site))
+        // Halo's deprecated name of pair-site, still answered for older clients.
+        .route("/integrator/pairSite", post(integrator::pair_site_deprecated))
         .route(
             "/integrator/sites/{site_id}/queries/immediate",
             post(integrator::immediate_query),
@@ -244,6 +248,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         activity: activity::Activity::default(),
         console: console::ConsoleSessions::default(),
         link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),
+        client_clocks: crate::site_view::ClientClocks::default(),
     }))
 }
 

@@ -21,8 +21,6 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after_secs: Option<u64>,
-    // Boxed: rare, and it keeps `ApiError` small enough to return by value.
-    details: Option<Box<ErrorDetails>>,
     denial: Option<DenyCode>,
 }
 
@@ -31,27 +29,14 @@ pub struct ApiError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied(pub DenyCode);
 
-/// What a query that failed inside the database reports (`errorDetails`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetails {
-    /// The database's error class.
-    pub error_type: String,
-    /// The database's error code.
-    pub error_code: String,
-    /// The database's message.
-    pub error_message: String,
-}
-
-/// The JSON envelope of an error.
+/// The JSON envelope of an error (Halo's `Error`). A query the database failed is
+/// answered instead with the query itself and its `errorDetails`
+/// ([`crate::dto::FailedQueryDto`]), as Halo does.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEnvelope {
     /// The error.
     pub error: ErrorBody,
-    /// Present when the query failed inside the database.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_details: Option<ErrorDetails>,
 }
 
 /// The body of [`ErrorEnvelope`].
@@ -73,7 +58,6 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after_secs: None,
-            details: None,
             denial: None,
         }
     }
@@ -105,12 +89,6 @@ impl ApiError {
         self
     }
 
-    /// Adds `errorDetails`.
-    pub fn with_details(mut self, details: ErrorDetails) -> Self {
-        self.details = Some(Box::new(details));
-        self
-    }
-
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -130,7 +108,6 @@ impl IntoResponse for ApiError {
                 status_text: self.status.canonical_reason().unwrap_or("Error").to_owned(),
                 message: self.message,
             },
-            error_details: self.details.map(|d| *d),
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
         if let Some(code) = self.denial {
@@ -181,24 +158,21 @@ impl From<Deny> for ApiError {
 }
 
 impl From<RouteError> for ApiError {
-    /// A routing error: a denial as above; a query the database failed with
-    /// `errorDetails` (its own message stays out of `message`); anything else with
-    /// the error's text.
+    /// A routing error: a denial as above; anything else with its own words. (A
+    /// query the database failed is answered by the handler as the failed query
+    /// with `errorDetails`; here it is only the envelope.)
     fn from(e: RouteError) -> Self {
         let status = status::route(&e);
         match e {
             RouteError::Denied(deny) => Self::from(&deny),
-            RouteError::Failed(QueryFailure::Database {
-                error_type,
-                error_code,
-                message,
-            }) => {
-                Self::new(status, "the query failed in the database").with_details(ErrorDetails {
-                    error_type,
-                    error_code,
-                    error_message: message,
-                })
+            RouteError::Failed(QueryFailure::Database { .. }) => {
+                Self::new(status, "the query failed in the database")
             }
+            RouteError::Failed(QueryFailure::Busy) => Self::new(
+                status,
+                "site is busy: the query could not start on the site within its \
+                 maxTimeInQueue, or the site's queue is full; retry later",
+            ),
             other => Self::new(status, other.to_string()),
         }
     }

@@ -204,3 +204,57 @@ where
         }
     }
 }
+
+/// Whether the request says its body is JSON (`application/json` or a `+json` type),
+/// as axum's `Json` checks.
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// [`ApiJson`] that also knows the size of the body it parsed, in bytes (the
+/// immediate query's `requestSize`). Its rejections are [`ApiJson`]'s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SizedJson<T> {
+    /// The parsed body.
+    pub value: T,
+    /// Bytes of the body as received.
+    pub size: usize,
+}
+
+impl<T, S> FromRequest<S> for SizedJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the request body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| json_error(JsonRejection::from(e)))?;
+        let Json(value) = Json::<T>::from_bytes(&bytes).map_err(json_error)?;
+        Ok(SizedJson {
+            value,
+            size: bytes.len(),
+        })
+    }
+}

@@ -1,25 +1,43 @@
-//! The integrator API (SPEC §7). Each handler extracts, calls the core, and maps
-//! the result; the decisions live in `halo-policy`, `halo-tenancy` and `halo-router`.
+//! The integrator API (SPEC §7), shaped as Halo's public integrator document
+//! (`integrator-openapi.json` 26.619: getSites, getSite, Integrator_PairSite and
+//! its deprecated alias pairSite, createImmediateQuery). Each handler extracts,
+//! calls the core, and maps the result; the decisions live in `halo-policy`,
+//! `halo-tenancy` and `halo-router`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use halo_ids::{Crn, HaloGuid, PmsId, PmsType};
-use halo_policy::{Authenticated, Deny, ExecutionMode, Policy, extract_components};
-use halo_router::{Command, RouteRequest};
+use halo_ids::{Crn, HaloGuid, PmsId, PmsType, Timestamp};
+use halo_policy::{Authenticated, Deny, Policy, extract_components};
+use halo_router::{Command, QueryFailure, RouteError, RouteRequest};
+use serde_json::Value;
 
 use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::{
-    ImmediateQueryDto, MetricsDto, PracticeQuery, QueryDto, ResultDto, SiteDto, SitesDto, rfc3339,
+    CommandTypeDto, DirectionDto, ErrorDetailsDto, ErrorTypeDto, ExecutionModeDto, FailedQueryDto,
+    FailedStatusDto, ImmediateQueryDto, MetricsDto, NonQueryResultDto, PairQuery, ParameterDto,
+    PracticeQuery, QueryDto, QueryModeDto, ResultDto, RowsResultDto, SiteDto, SitesDto, SqlTypeDto,
+    StateTimeDto, StatusTimingDto, SuccessfulStatusDto, rfc3339,
 };
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, CallerIp, subscription_key};
+use crate::extract::{ApiPath, ApiQuery, CallerIp, SizedJson, subscription_key};
 use crate::site_view::{policy_view, site_dto};
+
+/// The namespace of integrator UUIDs (`integratorId`): UUID v5 of the integrator's id
+/// in it, so each integrator has one stable UUID.
+const INTEGRATOR_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a1f_04c3_2d7e_4b59_9c1e_5f3a_8d20_b7e4);
+
+/// The stable UUID of an integrator (`integratorId`).
+pub fn integrator_uuid(integrator: &halo_policy::IntegratorId) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&INTEGRATOR_NAMESPACE, integrator.as_str().as_bytes())
+}
 
 fn authenticate(
     policy: &Policy,
@@ -29,17 +47,10 @@ fn authenticate(
     halo_policy::authenticate(policy, subscription_key(headers), ip.0).map_err(ApiError::from)
 }
 
-/// Parses the practice named in the query string (PMS name defaults to D4W).
+/// Parses the practice named in the query string.
 fn practice(query: &PracticeQuery) -> Result<(PmsType, Crn), ApiError> {
-    let crn = query
-        .practice_management_site_id
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("practiceManagementSiteId is required"))?
-        .parse::<Crn>()?;
-    let pms_type = match query.practice_management_name.as_deref() {
-        Some(name) => name.parse::<PmsType>()?,
-        None => PmsType::D4w,
-    };
+    let crn = query.practice_management_site_id.parse::<Crn>()?;
+    let pms_type = query.practice_management_name.parse::<PmsType>()?;
     Ok((pms_type, crn))
 }
 
@@ -60,10 +71,10 @@ fn resolve_practice(
 }
 
 /// The common start of the by-PMS-ID endpoints: the key (401), the practice named in
-/// the query string (400 for a malformed one, and for a branch or demo real CRN the
-/// caller is entitled to be told about), and the caller's grant for that practice
-/// (403), which never depends on whether the practice has sites, nor on whether the
-/// CRN is another practice's branch or copy.
+/// the query string (400 for a malformed or missing one, and for a branch or demo
+/// real CRN the caller is entitled to be told about), and the caller's grant for
+/// that practice (403), which never depends on whether the practice has sites, nor
+/// on whether the CRN is another practice's branch or copy.
 fn authorised_practice(
     app: &AppState,
     headers: &HeaderMap,
@@ -85,16 +96,19 @@ fn practice_sites(app: &AppState, who: &Authenticated, pms_id: PmsId) -> Vec<Sit
     let mut sites: Vec<SiteDto> = registry
         .sites_by_pms_id(who.environment(), pms_id)
         .filter(|s| s.status().is_live())
-        .map(|s| site_dto(registry, s, now, &app.state))
+        .map(|s| site_dto(registry, s, now, app))
         .collect();
     sites.sort_by_key(|s| !s.authoritative);
     sites
 }
 
-/// `GET /integrator/sites`: the sites of a practice, by PMS ID.
-#[utoipa::path(get, path = "/integrator/sites", tag = "integrator",
-    params(PracticeQuery, ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SitesDto), crate::openapi::SiteLookupErrors))]
+/// `GET /integrator/sites` (getSites): the live sites of a practice in the key's
+/// environment, by PMS ID (an empty list when there is none).
+#[utoipa::path(get, path = "/integrator/sites", tag = "integrator", operation_id = "getSites",
+    params(PracticeQuery),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "Sites retrieved.", body = SitesDto),
+        crate::openapi::SiteLookupErrors))]
 pub async fn find_sites(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -102,18 +116,18 @@ pub async fn find_sites(
     ApiQuery(query): ApiQuery<PracticeQuery>,
 ) -> Result<Json<SitesDto>, ApiError> {
     let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
+    // No live site in the key's environment is an empty list, as Halo answers (the
+    // caller is entitled to the practice, so this reveals nothing).
     let sites = practice_sites(&app, &who, pms_id);
-    if sites.is_empty() {
-        return Err(ApiError::not_found("no site found for this practice"));
-    }
     Ok(Json(SitesDto { sites }))
 }
 
-/// `GET /integrator/sites/{siteId}`: one site's status.
-#[utoipa::path(get, path = "/integrator/sites/{siteId}", tag = "integrator",
-    params(("siteId" = String, Path, description = "Halo GUID"),
-        ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SiteDto), crate::openapi::SiteLookupErrors))]
+/// `GET /integrator/sites/{siteId}` (getSite): one site's status.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}", tag = "integrator", operation_id = "getSite",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "Site retrieved.", body = SiteDto),
+        crate::openapi::SiteErrors))]
 pub async fn site_status(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -130,24 +144,25 @@ pub async fn site_status(
     let site = registry.site(halo);
     halo_policy::site_status_access(&policy, &who, site.map(policy_view).as_ref())?;
     match site {
-        Some(site) => Ok(Json(site_dto(&registry, site, now, &app.state))),
+        Some(site) => Ok(Json(site_dto(&registry, site, now, &app))),
         // `site_status_access` refuses a missing site: never reached.
         None => Err(ApiError::not_found("site not found")),
     }
 }
 
-/// `POST /integrator/pair-site`: pairs the integrator with a practice's site, in the
-/// environment of the key only (a Stage pairing never pairs Production).
-#[utoipa::path(post, path = "/integrator/pair-site", tag = "integrator",
-    params(PracticeQuery, ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
-    responses((status = 200, body = SiteDto), crate::openapi::PairSiteErrors))]
-pub async fn pair_site(
-    State(app): State<AppState>,
+async fn pair(
+    app: AppState,
     headers: HeaderMap,
     ip: CallerIp,
-    ApiQuery(query): ApiQuery<PracticeQuery>,
+    query: PairQuery,
 ) -> Result<Json<SiteDto>, ApiError> {
-    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query)?;
+    let (who, pms_id) = authorised_practice(&app, &headers, ip, &query.practice())?;
+    let pairing_code = query.pairing_code.filter(|c| !c.trim().is_empty());
+    if pms_id.pms_type() == PmsType::BestPractice && pairing_code.is_none() {
+        return Err(ApiError::bad_request(
+            "pairingCode is required to pair with a Best Practice site",
+        ));
+    }
     let site = practice_sites(&app, &who, pms_id)
         .into_iter()
         .next()
@@ -165,45 +180,228 @@ pub async fn pair_site(
     Ok(Json(site))
 }
 
-fn execution_mode(text: &str) -> Result<ExecutionMode, ApiError> {
-    match text.to_ascii_lowercase().as_str() {
-        "reader" => Ok(ExecutionMode::Reader),
-        "nonquery" => Ok(ExecutionMode::NonQuery),
-        "scalar" => Ok(ExecutionMode::Scalar),
-        _ => Err(ApiError::bad_request(
-            "command.executionMode must be reader, nonQuery or scalar",
-        )),
+/// `POST /integrator/pair-site` (Integrator_PairSite): pairs the integrator with a
+/// practice's site, in the environment of the key only (a Stage pairing never pairs
+/// Production). Answers the site (the authoritative one).
+#[utoipa::path(post, path = "/integrator/pair-site", tag = "integrator",
+    operation_id = "Integrator_PairSite",
+    params(PairQuery),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "Site retrieved.", body = SiteDto),
+        crate::openapi::PairSiteErrors))]
+pub async fn pair_site(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    ApiQuery(query): ApiQuery<PairQuery>,
+) -> Result<Json<SiteDto>, ApiError> {
+    pair(app, headers, ip, query).await
+}
+
+/// `POST /integrator/pairSite` (pairSite): Halo's deprecated name of
+/// [`pair_site`], answered exactly alike (marked deprecated in `/openapi.json`).
+#[utoipa::path(post, path = "/integrator/pairSite", tag = "integrator",
+    operation_id = "pairSite",
+    params(PairQuery),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "Site retrieved.", body = SiteDto),
+        crate::openapi::PairSiteErrors))]
+pub async fn pair_site_deprecated(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    ApiQuery(query): ApiQuery<PairQuery>,
+) -> Result<Json<SiteDto>, ApiError> {
+    pair(app, headers, ip, query).await
+}
+
+/// A Halo parameter as the Link binds it: a plain value binds by position, an
+/// object `{"name", "value"}` by name. `value` (a string) is typed by `type`.
+fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
+    match p.direction.unwrap_or_default() {
+        DirectionDto::Input | DirectionDto::InputOutput => {}
+        DirectionDto::Output | DirectionDto::ReturnValue => {
+            return Err(ApiError::bad_request(
+                "output and returnValue parameters are not supported: a SQLite command has \
+                 no output parameters (read values with a reader or scalar command)",
+            ));
+        }
+    }
+    let value = match (&p.value, p.sql_type) {
+        (None, _) => Value::Null,
+        (
+            Some(v),
+            Some(SqlTypeDto::BigInt | SqlTypeDto::Int | SqlTypeDto::SmallInt | SqlTypeDto::TinyInt),
+        ) => v.trim().parse::<i64>().map(Value::from).map_err(|_| {
+            ApiError::bad_request("failed to convert parameter value: not an integer")
+        })?,
+        (Some(v), Some(SqlTypeDto::Bit)) => match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" => Value::from(1),
+            "0" | "false" => Value::from(0),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "failed to convert parameter value: a Bit is 0, 1, true or false",
+                ));
+            }
+        },
+        (
+            Some(v),
+            Some(
+                SqlTypeDto::Float
+                | SqlTypeDto::Real
+                | SqlTypeDto::Decimal
+                | SqlTypeDto::Money
+                | SqlTypeDto::SmallMoney,
+            ),
+        ) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| {
+                ApiError::bad_request("failed to convert parameter value: not a finite number")
+            })?,
+        (Some(_), Some(SqlTypeDto::Binary | SqlTypeDto::VarBinary | SqlTypeDto::Image)) => {
+            return Err(ApiError::bad_request(
+                "binary parameters are not supported by SQLite Links",
+            ));
+        }
+        (Some(v), _) => Value::String(v.clone()),
+    };
+    Ok(match &p.name {
+        Some(name) => serde_json::json!({"name": name, "value": value}),
+        None => value,
+    })
+}
+
+/// What the immediate query's answers share, whichever way it ends.
+struct QueryHead {
+    id: String,
+    integrator_id: String,
+    site_id: String,
+    max_time_in_queue: u64,
+    command_size: u64,
+    request_size: u64,
+    created: Timestamp,
+}
+
+impl QueryHead {
+    /// The state timings, with execution taken as `sql` before `completed`.
+    fn timing(&self, completed: Timestamp, sql: Duration, ended: bool) -> StatusTimingDto {
+        let sql_ms = u64::try_from(sql.as_millis()).unwrap_or(u64::MAX);
+        let started = Timestamp::from_millis(
+            completed
+                .as_millis()
+                .saturating_sub(sql_ms)
+                .max(self.created.as_millis()),
+        );
+        StatusTimingDto {
+            initialising: StateTimeDto {
+                start_time: rfc3339(self.created),
+                end_time: ended.then(|| rfc3339(started)),
+            },
+            executing: StateTimeDto {
+                start_time: rfc3339(started),
+                end_time: ended.then(|| rfc3339(completed)),
+            },
+        }
+    }
+
+    /// The 400 answer of a command the database failed (Halo's
+    /// `ExecutionFailedImmediateQuery`).
+    fn failed(&self, error_type: &str, error_code: &str, message: String) -> Response {
+        let completed = now();
+        let body = FailedQueryDto {
+            id: self.id.clone(),
+            integrator_id: self.integrator_id.clone(),
+            site_id: self.site_id.clone(),
+            mode: QueryModeDto::Immediate,
+            status: FailedStatusDto::ExecutionFailed,
+            max_time_in_queue: self.max_time_in_queue,
+            command_size: self.command_size,
+            request_size: self.request_size,
+            created_at: rfc3339(self.created),
+            updated_at: rfc3339(completed),
+            status_timing: self.timing(completed, Duration::ZERO, true),
+            error_details: ErrorDetailsDto {
+                error_type: if error_type == "sqlite" {
+                    ErrorTypeDto::Sqlite
+                } else {
+                    ErrorTypeDto::HaloLink
+                },
+                error_code: error_code.parse().unwrap_or_default(),
+                error_message: crate::error::clip(&message),
+            },
+            completed_at: rfc3339(completed),
+        };
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
     }
 }
 
-/// `POST /integrator/sites/{siteId}/queries/immediate`: runs a command now.
+/// `POST /integrator/sites/{siteId}/queries/immediate` (createImmediateQuery): runs
+/// a command now and answers its result; a command the database fails is answered
+/// 400 with the query and its `errorDetails`.
 #[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/immediate", tag = "integrator",
-    params(("siteId" = String, Path, description = "Halo GUID"),
-        ("Ocp-Apim-Subscription-Key" = String, Header, description = "subscription key")),
+    operation_id = "createImmediateQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
     request_body = ImmediateQueryDto,
-    responses((status = 200, body = QueryDto), crate::openapi::QueryErrors))]
+    responses((status = 200, description = "Immediate query executed.", body = QueryDto),
+        crate::openapi::QueryErrors))]
 pub async fn immediate_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
-    body: Result<ApiJson<ImmediateQueryDto>, ApiError>,
-) -> Result<Json<QueryDto>, ApiError> {
+    body: Result<SizedJson<ImmediateQueryDto>, ApiError>,
+) -> Result<Response, ApiError> {
     let created = now();
     let policy = app.state.policy();
     let who = authenticate(&policy, &headers, ip)?;
     let ApiPath(halo) = site_id?;
-    let ApiJson(body) = body?;
-    if !body.command.command_type.eq_ignore_ascii_case("text") {
-        return Err(ApiError::bad_request("command.type must be text"));
+    let SizedJson {
+        value: body,
+        size: request_size,
+    } = body?;
+    if body.command.command_type == CommandTypeDto::StoredProcedure {
+        return Err(ApiError::bad_request(
+            "command.type storedProcedure is not supported by this site",
+        ));
     }
-    let mode = execution_mode(&body.command.execution_mode)?;
-    let components = extract_components(&body.command.text)
-        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+    let mode = body.command.execution_mode;
+    // A malformed command is a bad request (400), as Halo answers malformed SQL; a
+    // construct the analyser does not read is denied (403).
+    let components = extract_components(&body.command.text).map_err(|e| {
+        if e.is_malformed_command() {
+            ApiError::bad_request(format!("command refused: {e}"))
+        } else {
+            ApiError::from(Deny::unanalysable(&e))
+        }
+    })?;
     let parameters = if body.command.parameters.is_empty() {
         None
     } else {
-        Some(serde_json::Value::Array(body.command.parameters.clone()).to_string())
+        let values = body
+            .command
+            .parameters
+            .iter()
+            .map(link_parameter)
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(Value::Array(values).to_string())
+    };
+    let router = app.state.router();
+    let head = QueryHead {
+        id: uuid::Uuid::new_v4().to_string(),
+        integrator_id: integrator_uuid(who.integrator()).to_string(),
+        site_id: halo.to_string(),
+        max_time_in_queue: body.max_time_in_queue.unwrap_or_else(|| {
+            u64::try_from(router.config().default_time_in_queue.as_millis()).unwrap_or(u64::MAX)
+        }),
+        command_size: body.command.text.len() as u64,
+        request_size: request_size as u64,
+        created,
     };
     let request = RouteRequest {
         key: subscription_key(&headers),
@@ -215,34 +413,63 @@ pub async fn immediate_query(
         components: Arc::new(components),
         command: Command {
             text: body.command.text.clone(),
-            mode,
+            mode: mode.into(),
             parameters,
         },
     };
-    let mut dispatch = app.state.router().route(request)?;
+    let mut dispatch = router.route(request)?;
     let wait = dispatch.deadline().saturating_since(now());
     let outcome = match tokio::time::timeout(wait, &mut dispatch).await {
         Ok(outcome) => outcome,
         Err(_) => dispatch.expire(),
     };
-    let output = outcome?;
-    let updated = now();
+    let output = match outcome {
+        Ok(output) => output,
+        Err(RouteError::Failed(QueryFailure::Database {
+            error_type,
+            error_code,
+            message,
+        })) => return Ok(head.failed(&error_type, &error_code, message)),
+        Err(e) => return Err(e.into()),
+    };
+    let completed = now();
+    let size = output.data.len() as u64;
+    let result = match mode {
+        ExecutionModeDto::NonQuery => ResultDto::NonQuery(NonQueryResultDto {
+            rows_affected: output.rows,
+            size: 0,
+            parameters: Vec::new(),
+        }),
+        ExecutionModeDto::Reader | ExecutionModeDto::Scalar => ResultDto::Rows(RowsResultDto {
+            rows: output.rows,
+            size,
+            data: base64::engine::general_purpose::STANDARD.encode(&output.data),
+            parameters: Vec::new(),
+        }),
+    };
+    let result_size = match &result {
+        ResultDto::Rows(r) => r.size,
+        ResultDto::NonQuery(r) => r.size,
+    };
     Ok(Json(QueryDto {
-        id: uuid::Uuid::new_v4().to_string(),
-        integrator_id: who.integrator().to_string(),
-        site_id: halo.to_string(),
-        mode: "immediate".to_owned(),
-        status: "successful".to_owned(),
+        id: head.id.clone(),
+        integrator_id: head.integrator_id.clone(),
+        site_id: head.site_id.clone(),
+        mode: QueryModeDto::Immediate,
+        status: SuccessfulStatusDto::Successful,
+        max_time_in_queue: head.max_time_in_queue,
+        command_size: head.command_size,
+        request_size: head.request_size,
         created_at: rfc3339(created),
-        updated_at: rfc3339(updated),
+        updated_at: rfc3339(completed),
+        status_timing: head.timing(completed, output.sql_execution, false),
         metrics: MetricsDto {
             sql_execution_duration: u64::try_from(output.sql_execution.as_millis())
                 .unwrap_or(u64::MAX),
         },
-        result: ResultDto {
-            rows: output.rows,
-            size: output.data.len() as u64,
-            data: base64::engine::general_purpose::STANDARD.encode(&output.data),
-        },
-    }))
+        result,
+        result_size,
+        completed_at: rfc3339(completed),
+    })
+    .into_response())
 }

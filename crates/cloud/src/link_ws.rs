@@ -354,7 +354,10 @@ async fn serve(
                 match halo_protocol::decode::<LinkToCloud>(&text) {
                     Ok(LinkToCloud::QueryResult(r)) => complete_ok(session, r),
                     Ok(LinkToCloud::QueryFailed(f)) => complete_err(session, f),
-                    Ok(LinkToCloud::Heartbeat(_)) => app.state.heartbeat(link, now()),
+                    Ok(LinkToCloud::Heartbeat(beat)) => {
+                        app.state.heartbeat(link, now());
+                        app.client_clocks.record(link, beat.at);
+                    }
                     Ok(LinkToCloud::Hello(_)) => return Err("a second hello on one connection".to_owned()),
                     Err(e) => return Err(format!("bad frame from link: {e}")),
                 }
@@ -391,7 +394,7 @@ fn failure(f: QueryFailed) -> QueryFailure {
         QueryErrorKind::StaleEpoch => QueryFailure::StaleEpoch,
         QueryErrorKind::Timeout => QueryFailure::Expired,
         QueryErrorKind::Database => QueryFailure::Database {
-            error_type: "SqliteException".to_owned(),
+            error_type: "sqlite".to_owned(),
             error_code: e.code.map(|c| c.to_string()).unwrap_or_default(),
             message: e.message,
         },

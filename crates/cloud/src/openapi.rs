@@ -1,5 +1,6 @@
 //! The OpenAPI document of the integrator and admin APIs, generated from the
-//! handlers' annotations and served at `/openapi.json`.
+//! handlers' annotations and served at `/openapi.json`. The integrator operations
+//! carry Halo's operation ids, parameters, enums and formats (see `crate::dto`).
 //!
 //! The error responses of every operation come from one definition per class of
 //! endpoint ([`SiteLookupErrors`], [`QueryErrors`], [`AdminWriteErrors`], ...): each
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 
@@ -25,6 +26,7 @@ use crate::{admin, dto, error, integrator};
         integrator::find_sites,
         integrator::site_status,
         integrator::pair_site,
+        integrator::pair_site_deprecated,
         integrator::immediate_query,
         admin::issue_link_credential,
         admin::list_link_credentials,
@@ -41,13 +43,18 @@ use crate::{admin, dto, error, integrator};
     ),
     components(schemas(
         dto::SiteDto, dto::SitesDto, dto::CatalogueDto, dto::PracticeMetadataDto,
-        dto::ImmediateQueryDto, dto::CommandDto, dto::QueryDto, dto::MetricsDto, dto::ResultDto,
-        error::ErrorEnvelope, error::ErrorBody, error::ErrorDetails,
+        dto::PmsTypeDto, dto::PracticeManagementName, dto::AvailabilityDto, dto::SiteStatusDto,
+        dto::ImmediateQueryDto, dto::CommandDto, dto::ExecutionModeDto, dto::CommandTypeDto,
+        dto::ParameterDto, dto::DirectionDto, dto::SqlTypeDto, dto::QueryDto, dto::QueryModeDto,
+        dto::SuccessfulStatusDto, dto::FailedStatusDto, dto::StatusTimingDto, dto::StateTimeDto,
+        dto::MetricsDto, dto::ResultDto, dto::RowsResultDto, dto::NonQueryResultDto,
+        dto::FailedQueryDto, dto::ErrorDetailsDto, dto::ErrorTypeDto,
+        error::ErrorEnvelope, error::ErrorBody,
         admin::PmsTypeBody, admin::ComponentsBody, admin::PracticeBody, admin::KeyBody,
         admin::SecretDto, admin::CredentialBody, admin::CredentialSecretDto, admin::CredentialDto,
         admin::ActionBody, admin::ScopeBody, admin::PromoteBody, admin::AdminSiteDto,
     )),
-    modifiers(&Security),
+    modifiers(&Security, &Deprecations),
     tags((name = "integrator", description = "For integrators, with a subscription key"),
          (name = "admin", description = "For the PMS vendor and support, with the admin token"))
 )]
@@ -73,14 +80,30 @@ impl utoipa::Modify for Security {
     }
 }
 
+/// Marks Halo's deprecated operation names deprecated.
+#[derive(Debug)]
+struct Deprecations;
+
+impl utoipa::Modify for Deprecations {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(item) = openapi.paths.paths.get_mut("/integrator/pairSite") {
+            if let Some(op) = item.post.as_mut() {
+                op.deprecated = Some(utoipa::openapi::Deprecated::True);
+            }
+        }
+    }
+}
+
 /// What an error status means, for any endpoint that answers it.
 pub fn describe(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => {
-            "Bad input: an invalid identifier, path, query string or JSON body (not UTF-8 once \
-             percent-decoded, or of the wrong shape), a refused event; a branch CRN or a demo \
-             copy's real CRN, only to a caller entitled to that practice; a query the database \
-             failed (with `errorDetails`) or that needs more memory than the Link allows"
+            "Bad input: an invalid or missing identifier or parameter, path, query string or \
+             JSON body (not UTF-8 once percent-decoded, or of the wrong shape), a refused \
+             event; a branch CRN or a demo copy's real CRN, only to a caller entitled to that \
+             practice; a malformed command (empty, not parsed, or read differently by the \
+             analyser and SQLite); a command the database failed (answered as the failed \
+             query with `errorDetails`) or that needs more memory than the Link allows"
         }
         401 => {
             "Missing or unknown subscription key or admin token, or a subscription key of \
@@ -88,12 +111,13 @@ pub fn describe(status: StatusCode) -> &'static str {
         }
         403 => {
             "Not allowed: integrator or practice not enabled, not paired in this environment, \
-             component, statement kind or SQL function not authorised, command refused, site \
-             not authoritative, caller IP not allowed, quota exhausted"
+             component, statement kind, construct or SQL function not authorised, site not \
+             authoritative, caller IP not allowed, quota exhausted"
         }
         404 => {
             "Not found: an unknown site, or a site whose practice is not enabled for the caller \
-             (exactly the same answer); no live site for the practice; an unknown credential"
+             (exactly the same answer); no live site for the practice to pair with; an unknown \
+             credential"
         }
         405 => "Method not allowed on this route (the `Allow` header lists the methods)",
         408 => "The request body was not received within the body deadline",
@@ -161,9 +185,13 @@ macro_rules! error_responses {
 }
 
 error_responses! {
-    /// Integrator endpoints that read by key and a site or practice (find sites, site
-    /// status).
-    SiteLookupErrors: [BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED]
+    /// Find sites by PMS ID (no live site is an empty list, as Halo answers).
+    SiteLookupErrors: [BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, METHOD_NOT_ALLOWED]
+}
+
+error_responses! {
+    /// One site's status, by Halo GUID.
+    SiteErrors: [BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED]
 }
 
 error_responses! {
@@ -174,13 +202,45 @@ error_responses! {
     ]
 }
 
-error_responses! {
-    /// The immediate query: a JSON body, the policy, limits, and the Link's answer.
-    QueryErrors: [
-        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, REQUEST_TIMEOUT,
-        PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, TOO_MANY_REQUESTS, SERVICE_UNAVAILABLE,
-        GATEWAY_TIMEOUT,
-    ]
+/// The immediate query: a JSON body, the policy, limits, and the Link's answer. Its
+/// 400 is either the error envelope or, for a command the database failed, the
+/// failed query with `errorDetails` (Halo's `ExecutionFailedImmediateQuery`).
+#[derive(Debug)]
+pub struct QueryErrors;
+
+impl QueryErrors {
+    /// The error statuses of the immediate query.
+    pub const STATUSES: &'static [StatusCode] = &[
+        StatusCode::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED,
+        StatusCode::REQUEST_TIMEOUT,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT,
+    ];
+}
+
+impl utoipa::IntoResponses for QueryErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut responses = envelope_responses(Self::STATUSES);
+        let either = OneOfBuilder::new()
+            .item(Ref::from_schema_name("ErrorEnvelope"))
+            .item(Ref::from_schema_name("FailedQueryDto"));
+        let bad_request = ResponseBuilder::new()
+            .description(describe(StatusCode::BAD_REQUEST))
+            .content(
+                "application/json",
+                ContentBuilder::new().schema(Some(either)).build(),
+            )
+            .build();
+        responses.insert("400".to_owned(), RefOr::T(bad_request));
+        responses
+    }
 }
 
 error_responses! {
@@ -254,7 +314,7 @@ mod tests {
     fn every_operation_lists_every_status_it_can_answer() {
         let doc = document();
         let cases: &[(&str, &str, &[u16])] = &[
-            ("/integrator/sites", "get", &[200, 400, 401, 403, 404, 405]),
+            ("/integrator/sites", "get", &[200, 400, 401, 403, 405]),
             (
                 "/integrator/sites/{siteId}",
                 "get",
@@ -262,6 +322,11 @@ mod tests {
             ),
             (
                 "/integrator/pair-site",
+                "post",
+                &[200, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/pairSite",
                 "post",
                 &[200, 400, 401, 403, 404, 405, 500],
             ),
@@ -339,6 +404,110 @@ mod tests {
         assert_eq!(operations, documented);
     }
 
+    /// The schema `schema` names, following one `$ref`.
+    fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+        match schema["$ref"].as_str() {
+            Some(r) => &doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+            None => schema,
+        }
+    }
+
+    #[test]
+    fn integrator_operations_carry_halos_ids_enums_formats_and_required_parameters() {
+        let doc = document();
+        let ops = [
+            ("/integrator/sites", "get", "getSites"),
+            ("/integrator/sites/{siteId}", "get", "getSite"),
+            ("/integrator/pair-site", "post", "Integrator_PairSite"),
+            ("/integrator/pairSite", "post", "pairSite"),
+            (
+                "/integrator/sites/{siteId}/queries/immediate",
+                "post",
+                "createImmediateQuery",
+            ),
+        ];
+        for (path, method, id) in ops {
+            let op = &doc["paths"][path][method];
+            assert_eq!(op["operationId"], id, "{path}");
+            assert_eq!(op["security"][0]["subscriptionKey"], serde_json::json!([]));
+            for param in op["parameters"].as_array().unwrap() {
+                let name = param["name"].as_str().unwrap();
+                let required = param["required"].as_bool().unwrap_or(false);
+                assert_eq!(required, name != "pairingCode", "{path} {name}");
+                let schema = resolve(&doc, &param["schema"]);
+                match name {
+                    "siteId" => assert_eq!(schema["format"], "uuid", "{path}"),
+                    "practiceManagementName" => assert_eq!(
+                        schema["enum"],
+                        serde_json::json!(["Best Practice", "Zedmed", "D4w"]),
+                        "{path}"
+                    ),
+                    _ => assert_eq!(schema["type"], "string", "{path} {name}"),
+                }
+            }
+        }
+        assert_eq!(
+            doc["paths"]["/integrator/pairSite"]["post"]["deprecated"], true,
+            "the alias is deprecated"
+        );
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["ExecutionModeDto"]["enum"],
+            serde_json::json!(["reader", "nonQuery", "scalar"])
+        );
+        assert_eq!(
+            schemas["CommandTypeDto"]["enum"],
+            serde_json::json!(["text", "storedProcedure"])
+        );
+        assert_eq!(
+            schemas["ErrorTypeDto"]["enum"],
+            serde_json::json!(["http", "mssql", "fbsql", "haloLink", "sqlite"])
+        );
+        assert_eq!(schemas["SiteDto"]["properties"]["id"]["format"], "uuid");
+        for field in ["enrichedAt", "clientTimestampUTC", "heartbeatTimestampUTC"] {
+            let prop = &schemas["SiteDto"]["properties"][field];
+            let format = prop["format"]
+                .as_str()
+                .or_else(|| prop["oneOf"][0]["format"].as_str())
+                .or_else(|| prop["type"].as_str().and(None));
+            assert_eq!(format, Some("date-time"), "{field}: {prop}");
+        }
+        let query = &schemas["QueryDto"];
+        for field in ["id", "integratorId", "siteId"] {
+            assert_eq!(query["properties"][field]["format"], "uuid", "{field}");
+        }
+        let required: BTreeSet<&str> = query["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for field in [
+            "id",
+            "integratorId",
+            "siteId",
+            "mode",
+            "status",
+            "maxTimeInQueue",
+            "commandSize",
+            "createdAt",
+            "updatedAt",
+            "requestSize",
+            "statusTiming",
+            "metrics",
+            "result",
+            "completedAt",
+        ] {
+            assert!(required.contains(field), "{field} is required");
+        }
+        let command = &schemas["CommandDto"];
+        assert_eq!(
+            command["required"],
+            serde_json::json!(["text"]),
+            "{command}"
+        );
+    }
+
     #[test]
     fn every_error_response_is_the_envelope_with_a_description() {
         let doc = document();
@@ -348,11 +517,23 @@ mod tests {
                     if status.starts_with('2') {
                         continue;
                     }
-                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
-                    assert_eq!(
-                        schema, "#/components/schemas/ErrorEnvelope",
-                        "{method} {path} {status}"
-                    );
+                    let schema = &response["content"]["application/json"]["schema"];
+                    if path.ends_with("/queries/immediate") && status == "400" {
+                        // The envelope, or the failed query with `errorDetails`.
+                        assert_eq!(
+                            schema["oneOf"][0]["$ref"], "#/components/schemas/ErrorEnvelope",
+                            "{schema}"
+                        );
+                        assert_eq!(
+                            schema["oneOf"][1]["$ref"], "#/components/schemas/FailedQueryDto",
+                            "{schema}"
+                        );
+                    } else {
+                        assert_eq!(
+                            schema["$ref"], "#/components/schemas/ErrorEnvelope",
+                            "{method} {path} {status}"
+                        );
+                    }
                     let code = StatusCode::from_u16(status.parse().unwrap()).unwrap();
                     assert_ne!(describe(code), "Error", "{status} has no description");
                     assert_eq!(response["description"], describe(code));

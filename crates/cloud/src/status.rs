@@ -183,7 +183,7 @@ mod tests {
         [
             (
                 QueryFailure::Database {
-                    error_type: "SqliteException".into(),
+                    error_type: "sqlite".into(),
                     error_code: "1".into(),
                     message: "no such column".into(),
                 },

@@ -341,7 +341,7 @@ async fn verify(addr: &str, acked: &Acked) {
             }
             let resp = http
                 .get(format!(
-                    "http://{addr}/integrator/sites?practiceManagementSiteId={crn}"
+                    "http://{addr}/integrator/sites?practiceManagementSiteId={crn}&practiceManagementName=D4w"
                 ))
                 .header("Ocp-Apim-Subscription-Key", key)
                 .send()

@@ -541,7 +541,7 @@ pub fn execute_with(
             (conn.changes(), b"[]".to_vec())
         }
         ExecutionMode::Reader => write_rows(&mut stmt, usize::MAX, control, &classify)?,
-        ExecutionMode::Scalar => write_rows(&mut stmt, 1, control, &classify)?,
+        ExecutionMode::Scalar => write_scalar(&mut stmt, &classify)?,
     };
     Ok(JobOutput {
         rows,
@@ -785,6 +785,28 @@ fn too_large() -> QueryError {
         QueryErrorKind::TooLarge,
         format!("result exceeds {MAX_RESULT_BYTES} bytes"),
     )
+}
+
+/// The first value of the first row as one JSON value (`scalar`): `(1, value)`, or
+/// `(0, null)` when the command returns no row (or no column).
+fn write_scalar(
+    stmt: &mut rusqlite::Statement<'_>,
+    classify: &dyn Fn(rusqlite::Error) -> QueryError,
+) -> Result<(u64, Vec<u8>), QueryError> {
+    let has_column = stmt.column_count() > 0;
+    let mut rows = stmt.raw_query();
+    let Some(row) = rows.next().map_err(classify)? else {
+        return Ok((0, b"null".to_vec()));
+    };
+    if !has_column {
+        return Ok((0, b"null".to_vec()));
+    }
+    let mut out = Vec::with_capacity(32);
+    write_value(&mut out, row.get_ref(0).map_err(classify)?);
+    if out.len() > MAX_RESULT_BYTES {
+        return Err(too_large());
+    }
+    Ok((1, out))
 }
 
 /// Streams at most `limit` rows as a JSON array of objects.

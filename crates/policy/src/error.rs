@@ -52,3 +52,19 @@ pub enum PolicyError {
     #[error("invalid grants snapshot: {0}")]
     InvalidSnapshot(&'static str),
 }
+
+impl PolicyError {
+    /// Whether this refusal of a command by
+    /// [`extract_components`](crate::extract_components) means the command itself is
+    /// malformed (empty, not parsed, or text the analyser and SQLite could read
+    /// differently): a bad request, as Halo answers malformed SQL, rather than a
+    /// denial. A construct the analyser does not read
+    /// ([`PolicyError::SqlUnsupported`]) stays a denial
+    /// ([`Deny::unanalysable`](crate::Deny::unanalysable)).
+    pub fn is_malformed_command(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::EmptySql | PolicyError::SqlParse(_) | PolicyError::SqlAmbiguous(_)
+        )
+    }
+}

@@ -710,6 +710,24 @@ fn denies_component_not_authorised_403() {
     }
     let d = Deny::unanalysable(&extract_components("SELEC 1").unwrap_err());
     assert_eq!(d.code(), DenyCode::ComponentNotAuthorised);
+    // Malformed commands are told apart (the Cloud answers them 400); a construct
+    // the analyser does not read is not malformed.
+    assert!(
+        extract_components("SELEC 1")
+            .unwrap_err()
+            .is_malformed_command()
+    );
+    assert!(
+        extract_components("   ")
+            .unwrap_err()
+            .is_malformed_command()
+    );
+    assert!(
+        extract_components("SELECT 1 /* open")
+            .unwrap_err()
+            .is_malformed_command()
+    );
+    assert!(!PolicyError::SqlUnsupported("TABLE statement").is_malformed_command());
 }
 
 #[test]

@@ -192,9 +192,9 @@ pub struct QueryJob {
 ///
 /// `data` is the base64 of a compact JSON array of row objects (columns in
 /// select order), exactly the integrator API's `result.data`; `size` is the byte
-/// length of that JSON before base64. For `scalar` the array holds at most one
-/// object with one column; for `nonQuery` it is `[]` and `rows` is the number of
-/// rows changed.
+/// length of that JSON before base64. For `scalar` it is one JSON value, the first
+/// column of the first row (`null`, with `rows` 0, when there is no row); for
+/// `nonQuery` it is `[]` and `rows` is the number of rows changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueryResult {

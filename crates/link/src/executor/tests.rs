@@ -316,7 +316,8 @@ fn scalar_returns_the_first_value_only() {
     )
     .unwrap();
     assert_eq!(out.rows, 1);
-    assert_eq!(rows(&out), json!([{"body": "one", "id": 1}]));
+    // One value, not a row: Halo's scalar is the first column of the first row.
+    assert_eq!(rows(&out), json!("one"));
     let out = execute(
         &f.db,
         &job(
@@ -326,7 +327,17 @@ fn scalar_returns_the_first_value_only() {
         ),
     )
     .unwrap();
-    assert_eq!((out.rows, rows(&out)), (0, json!([])));
+    assert_eq!((out.rows, rows(&out)), (0, json!(null)));
+    let out = execute(
+        &f.db,
+        &job(
+            ExecutionMode::Scalar,
+            "SELECT count(*) AS n FROM notes",
+            &["notes"],
+        ),
+    )
+    .unwrap();
+    assert_eq!((out.rows, rows(&out)), (1, json!(2)));
 }
 
 #[test]
