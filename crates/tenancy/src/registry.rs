@@ -222,6 +222,12 @@ impl<T: Keyed> Dense<T> {
         self.list.iter()
     }
 
+    /// Values, mutably; a value's key must not change.
+    #[cfg(test)]
+    pub(crate) fn values_mut(&mut self) -> std::slice::IterMut<'_, T> {
+        self.list.iter_mut()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.list.len()
     }
