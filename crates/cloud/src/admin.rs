@@ -538,7 +538,7 @@ fn admin_site(app: &AppState, halo: HaloGuid) -> Result<AdminSiteDto, ApiError> 
         .site(halo)
         .ok_or_else(|| ApiError::not_found("site not found"))?;
     Ok(AdminSiteDto {
-        site: site_dto(registry, site, now(), &app),
+        site: site_dto(registry, site, now(), app),
         link_id: site.link_guid().to_string(),
         environment: site.environment().to_string(),
         epoch: site.epoch().get(),

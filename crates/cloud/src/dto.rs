@@ -580,7 +580,10 @@ mod tests {
 
     #[test]
     fn rfc3339_writes_every_instant_without_panicking() {
-        assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(Timestamp::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert_eq!(
             rfc3339(Timestamp::from_millis(u64::MAX)),
             "9999-12-31T23:59:59.999Z"
