@@ -22,7 +22,7 @@ use utoipa::OpenApi as _;
 
 use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
-use crate::{admin, integrator, link_ws, openapi, serve};
+use crate::{admin, integrator, link_ws, metrics, openapi, serve};
 
 /// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
 /// The largest legitimate body, an immediate query's SQL text and parameters, is
@@ -40,6 +40,8 @@ pub struct App {
     pub max_databases_per_link: usize,
     /// Revocations, broadcast to live Link sessions.
     pub kicks: link_ws::Kicks,
+    /// The Prometheus metrics served at `/metrics`.
+    pub metrics: metrics::CloudMetrics,
 }
 
 /// The shared application state.
@@ -172,12 +174,16 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/link/ws", get(link_ws::link_ws))
         .route("/openapi.json", get(|| async { axum::Json(openapi::ApiDoc::openapi()) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // A rejection from an extractor outside this crate (the WebSocket upgrade's)
         // is plain text: put it in the envelope too.
         .layer(axum::middleware::map_response(crate::error::envelope_plain_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Counts and times every answer, by operation and status (outside the
+        // envelope rewrite, so the status is the one sent).
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), metrics::track))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -209,13 +215,15 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
             availability: config.availability,
             accept_damaged_log: config.accept_damaged_log,
         },
-        router,
+        Arc::clone(&router),
     )?;
+    let metrics = metrics::CloudMetrics::new(router, Arc::clone(state.metrics()));
     Ok(Arc::new(App {
         state,
         admin_token_hash: KeyHash::of(&config.admin_token),
         max_databases_per_link: config.max_databases_per_link,
         kicks: link_ws::Kicks::default(),
+        metrics,
     }))
 }
 

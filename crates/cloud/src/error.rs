@@ -22,6 +22,38 @@ pub struct ApiError {
     message: String,
     retry_after_secs: Option<u64>,
     details: Option<ErrorDetails>,
+    /// For metrics: the routing outcome this error reports, if it reports one.
+    outcome: Option<RouteOutcome>,
+}
+
+/// How a query was refused or failed, carried in the response's extensions for
+/// the metrics middleware (`crate::metrics`); never sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Refused by policy or routing, with its code (the policy's `DenyCode`
+    /// name, `notActive`, `notAuthoritative`, `unknownSite`, `crnRefused`).
+    Denied(&'static str),
+    /// Allowed but failed (`busy`, `unreachable`, `timeout`, ...).
+    Failed(&'static str),
+}
+
+impl RouteOutcome {
+    /// The outcome a routing error reports.
+    pub fn of(e: &RouteError) -> Self {
+        match e {
+            RouteError::Denied(deny) => Self::Denied(deny.code().as_str()),
+            RouteError::UnknownSite => Self::Denied("unknownSite"),
+            RouteError::NotActive => Self::Denied("notActive"),
+            RouteError::NotAuthoritative => Self::Denied("notAuthoritative"),
+            RouteError::InvalidRequest(_) => Self::Failed("invalidRequest"),
+            RouteError::Busy => Self::Failed("busy"),
+            RouteError::Unreachable => Self::Failed("unreachable"),
+            RouteError::Timeout => Self::Failed("timeout"),
+            RouteError::TooLarge { .. } => Self::Failed("tooLarge"),
+            RouteError::Cancelled => Self::Failed("cancelled"),
+            RouteError::Failed(_) => Self::Failed("failed"),
+        }
+    }
 }
 
 /// What a query that failed inside the database reports (`errorDetails`).
@@ -67,7 +99,15 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             details: None,
+            outcome: None,
         }
+    }
+
+    /// This error, reporting `outcome` to the metrics.
+    #[must_use]
+    pub fn with_outcome(mut self, outcome: RouteOutcome) -> Self {
+        self.outcome = Some(outcome);
+        self
     }
 
     /// 400 Bad Request.
@@ -125,6 +165,9 @@ impl IntoResponse for ApiError {
             error_details: self.details,
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
+        if let Some(outcome) = self.outcome {
+            response.extensions_mut().insert(outcome);
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -143,7 +186,8 @@ impl From<halo_ids::IdError> for ApiError {
 impl From<&Deny> for ApiError {
     /// A policy denial: its message, and `Retry-After` when rate limited.
     fn from(deny: &Deny) -> Self {
-        let e = Self::new(status::deny(deny.code()), deny.message());
+        let e = Self::new(status::deny(deny.code()), deny.message())
+            .with_outcome(RouteOutcome::Denied(deny.code().as_str()));
         match deny.code() {
             DenyCode::RateLimited { retry_after_ms } => e.with_retry_after_ms(retry_after_ms),
             DenyCode::MissingKey
@@ -174,7 +218,8 @@ impl From<RouteError> for ApiError {
     /// the error's text.
     fn from(e: RouteError) -> Self {
         let status = status::route(&e);
-        match e {
+        let outcome = RouteOutcome::of(&e);
+        let error = match e {
             RouteError::Denied(deny) => Self::from(&deny),
             RouteError::Failed(QueryFailure::Database {
                 error_type,
@@ -188,7 +233,8 @@ impl From<RouteError> for ApiError {
                 })
             }
             other => Self::new(status, other.to_string()),
-        }
+        };
+        error.with_outcome(outcome)
     }
 }
 
@@ -196,6 +242,7 @@ impl From<CrnRefusal> for ApiError {
     /// A CRN refused with guidance (its message never names another tenant).
     fn from(refusal: CrnRefusal) -> Self {
         Self::new(status::crn_refusal(refusal), refusal.to_string())
+            .with_outcome(RouteOutcome::Denied("crnRefused"))
     }
 }
 
