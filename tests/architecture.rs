@@ -137,6 +137,8 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "halo-router",
         ],
     ),
+    // The admin CLI talks to the Cloud over HTTP only: it links none of it.
+    ("halo-admin", &[]),
     // Test and benchmark packages may use any crate.
     ("halo-benches", &["*"]),
     ("halo-tests", &["*"]),
