@@ -197,3 +197,97 @@ async fn counters_move_with_requests_denials_links_and_the_log() {
     drop(link);
     h.cloud.stop().await;
 }
+
+/// The Link's own metrics on its `metrics_listen` address: jobs by outcome, their
+/// durations, and refusals when its queue is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_serves_jobs_durations_and_refusals() {
+    let h = Harness::start().await;
+    let dir = h.dir.path();
+    let spec = practice("LMET01", "Link Metric Dental");
+    let db = dir.join("link-metrics.sqlite");
+    halo_link::demo::generate(&db, &spec).unwrap();
+    let token = h.credential(Environment::Stage, &[spec]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut config = halo_link::LinkConfig::new(
+        format!("ws://{}/link/ws", h.cloud.addr),
+        Environment::Stage,
+        token,
+        dir.join("link-metrics-state.json"),
+        vec![db],
+    );
+    config.max_concurrent_jobs = 1;
+    config.max_queued_per_database = 1;
+    config.metrics_listen = Some(metrics_addr);
+    let agent = halo_link::Agent::prepare(config).unwrap();
+    let halo = agent.databases()[0].halo_guid();
+    let crn = agent.databases()[0].identity().parent_crn;
+    let link = agent.spawn();
+    link.wait_connected(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let key = h.integrator(Environment::Stage).await;
+    h.enable_practice(crn).await;
+    assert_eq!(h.pair(&key, crn).await.0, 200);
+
+    let scrape_link = || async {
+        let resp = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    };
+    let before = scrape_link().await;
+    assert_eq!(sample(&before, "halo_link_connected"), 1.0);
+    assert!(
+        before.contains("# TYPE halo_link_job_duration_seconds histogram"),
+        "{before}"
+    );
+
+    let (status, body) = h.query(&key, halo, "SELECT first_name FROM patients").await;
+    assert_eq!(status, 200, "{body}");
+    // One slow job runs, one waits, the third finds the queue full: busy.
+    let slow = |h: &Harness| {
+        let url = h.url(&format!("/integrator/sites/{halo}/queries/immediate"));
+        let client = h.http.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header(halo_cloud::KEY_HEADER, key)
+                .json(&json!({"maxTimeInQueue": 5000, "command": {"text": SLOW, "executionMode": "scalar"}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let first = slow(&h);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = slow(&h);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = h.query(&key, halo, "SELECT first_name FROM patients").await;
+    assert_eq!(status, 503, "{body}");
+
+    let after = scrape_link().await;
+    assert_eq!(sample(&after, r#"halo_link_jobs_total{outcome="ok"}"#), 1.0);
+    assert!(sample(&after, "halo_link_job_duration_seconds_count") >= 1.0);
+    assert_eq!(
+        sample(&after, r#"halo_link_refusals_total{reason="queueFull"}"#),
+        1.0
+    );
+    let missing = reqwest::get(format!("http://{metrics_addr}/other"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let _ = link.shutdown().await;
+    let _ = (first.await, second.await);
+    h.cloud.stop().await;
+}

@@ -145,10 +145,31 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Names, in a request's span, the site its path concerns: the first path segment
+/// that is a Halo GUID, and the CRN that site routes by (the fake CRN for a demo
+/// or de-identified copy), read lock-free from the route table. Every log line of
+/// the request then carries both.
+fn record_site(span: &tracing::Span, router: &Router, path: &str) {
+    let Some(halo) = path
+        .split('/')
+        .find(|s| s.len() >= 32)
+        .and_then(|s| s.parse::<halo_ids::HaloGuid>().ok())
+    else {
+        return;
+    };
+    span.record("halo_guid", tracing::field::display(halo));
+    router.with_route(halo, |route| {
+        if let Some(route) = route {
+            span.record("crn", tracing::field::display(route.site().pms_id.site_id()));
+        }
+    });
+}
+
 /// The HTTP routes over `app`. Every error, including an unknown route, a wrong
 /// method and a body over [`MAX_BODY_BYTES`], is answered in the error envelope.
 pub fn routes(app: AppState) -> AxumRouter {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let spans = Arc::clone(app.state.router());
     AxumRouter::new()
         .route("/integrator/sites", get(integrator::find_sites))
         .route("/integrator/sites/{site_id}", get(integrator::site_status))
@@ -188,13 +209,22 @@ pub fn routes(app: AppState) -> AxumRouter {
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(
-                    |req: &axum::http::Request<axum::body::Body>| {
+                    move |req: &axum::http::Request<axum::body::Body>| {
                         let id = req
                             .headers()
                             .get("x-request-id")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+                        let span = tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            uri = %req.uri().path(),
+                            request_id = %id,
+                            halo_guid = tracing::field::Empty,
+                            crn = tracing::field::Empty,
+                        );
+                        record_site(&span, &spans, req.uri().path());
+                        span
                     },
                 ))
                 .layer(PropagateRequestIdLayer::new(request_id)),
