@@ -115,7 +115,10 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
         ],
     ),
     // The Link enforces the policy's SQL function list itself (one list, no copy).
-    ("halo-link", &["halo-ids", "halo-protocol", "halo-policy", "halo-logging"]),
+    (
+        "halo-link",
+        &["halo-ids", "halo-protocol", "halo-policy", "halo-logging"],
+    ),
     (
         "halo-demo",
         &[

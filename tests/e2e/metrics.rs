@@ -140,7 +140,11 @@ async fn counters_move_with_requests_denials_links_and_the_log() {
 
     // Busy: one slow query fills the Link's one place, the next is refused.
     let link_guid = h
-        .admin(reqwest::Method::GET, &format!("/admin/sites/{halo}"), json!(null))
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/sites/{halo}"),
+            json!(null),
+        )
         .await["linkId"]
         .as_str()
         .unwrap()

@@ -220,10 +220,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// itself (cut to 300 characters) when it is not one.
 fn error_message(body: &[u8]) -> String {
     if let Ok(value) = serde_json::from_slice::<Value>(body) {
-        if let Some(message) = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-        {
+        if let Some(message) = value.pointer("/error/message").and_then(Value::as_str) {
             return message.to_owned();
         }
     }
@@ -256,7 +253,8 @@ mod tests {
 
     #[test]
     fn the_envelope_message_is_taken_else_the_body() {
-        let envelope = br#"{"error":{"status":404,"statusText":"Not Found","message":"site not found"}}"#;
+        let envelope =
+            br#"{"error":{"status":404,"statusText":"Not Found","message":"site not found"}}"#;
         assert_eq!(error_message(envelope), "site not found");
         assert_eq!(error_message(b"plain words\n"), "plain words");
         assert_eq!(error_message(b""), "(no message)");

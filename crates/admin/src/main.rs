@@ -16,9 +16,13 @@ use serde_json::{Value, json};
 
 /// Administer a Halo Connect Cloud: integrators, keys, Link credentials, sites.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = "\
+#[command(
+    version,
+    about,
+    after_help = "\
 The admin token is read from HALO_ADMIN_TOKEN (the value given to `halo-cloud serve`).
-Exit status: 0 done, 1 the Cloud refused the call, 2 usage, 3 the Cloud could not be reached.")]
+Exit status: 0 done, 1 the Cloud refused the call, 2 usage, 3 the Cloud could not be reached."
+)]
 struct Cli {
     /// The Cloud's base URL.
     #[arg(
@@ -292,14 +296,20 @@ fn plan(command: Command) -> Result<Call, AdminError> {
                 tables.join(", "),
                 catalogues.join(", "),
                 procedures.join(", "),
-                if allow_write { "writes allowed" } else { "read only" }
+                if allow_write {
+                    "writes allowed"
+                } else {
+                    "read only"
+                }
             )),
         ),
         Command::Integrator(IntegratorCmd::Practice { integrator, pms_id }) => call(
             Method::POST,
             &["admin", "integrators", &integrator, "practices"],
             Some(json!({ "pmsId": pms_id })),
-            Show::Done(format!("practice {pms_id} enabled for integrator {integrator}")),
+            Show::Done(format!(
+                "practice {pms_id} enabled for integrator {integrator}"
+            )),
         ),
         Command::Integrator(IntegratorCmd::Key {
             integrator,
@@ -361,11 +371,16 @@ fn plan(command: Command) -> Result<Call, AdminError> {
             Method::POST,
             &["admin", "link-credentials", &id, "rotate"],
             Some(json!({ "actor": action.actor, "reason": action.reason })),
-            Show::Secret("new Link credential (replace the Link's `token`; the old one is revoked)"),
+            Show::Secret(
+                "new Link credential (replace the Link's `token`; the old one is revoked)",
+            ),
         ),
-        Command::Site(SiteCmd::Show { halo_guid }) => {
-            call(Method::GET, &["admin", "sites", &halo_guid], None, Show::Site)
-        }
+        Command::Site(SiteCmd::Show { halo_guid }) => call(
+            Method::GET,
+            &["admin", "sites", &halo_guid],
+            None,
+            Show::Site,
+        ),
         Command::Site(SiteCmd::Promote { halo_guid, action }) => call(
             Method::POST,
             &["admin", "sites", &halo_guid, "promote"],
@@ -404,9 +419,7 @@ async fn run(cli: Cli) -> Result<String, AdminError> {
     let client = AdminClient::new(&cli.url, &token)?;
     let plan = plan(cli.command)?;
     let path: Vec<&str> = plan.path.iter().map(String::as_str).collect();
-    let answer = client
-        .call(plan.method, &path, plan.body.as_ref())
-        .await?;
+    let answer = client.call(plan.method, &path, plan.body.as_ref()).await?;
     Ok(output(&plan.show, answer.as_ref(), cli.json))
 }
 

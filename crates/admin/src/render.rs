@@ -156,7 +156,8 @@ mod tests {
 
     #[test]
     fn nested_fields_are_flattened() {
-        let text = fields(&json!({"key": "stg_x", "site": {"id": "g", "catalogue": [{"name": "main"}]}}));
+        let text =
+            fields(&json!({"key": "stg_x", "site": {"id": "g", "catalogue": [{"name": "main"}]}}));
         assert!(text.contains("site.id"), "{text}");
         assert!(text.contains("site.catalogue[0].name"), "{text}");
     }

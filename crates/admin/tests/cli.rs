@@ -236,7 +236,13 @@ async fn every_admin_operation_through_the_cli_in_onboarding_order() {
     assert!(site.contains("stage"), "{site}");
     let promote = |guid: &str| {
         [
-            "site", "promote", guid, "--actor", "support", "--reason", "backup is newer",
+            "site",
+            "promote",
+            guid,
+            "--actor",
+            "support",
+            "--reason",
+            "backup is newer",
         ]
         .map(str::to_owned)
     };
@@ -345,8 +351,13 @@ async fn errors_name_the_status_and_the_clouds_message() {
     let cloud = cloud().await;
     let url = format!("http://{}", cloud.addr);
 
-    let wrong = admin_with(&url, Some("not-the-token-at-all"), &["link-credential", "list"], None)
-        .await;
+    let wrong = admin_with(
+        &url,
+        Some("not-the-token-at-all"),
+        &["link-credential", "list"],
+        None,
+    )
+    .await;
     assert_eq!(wrong.code, Some(1));
     assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
     assert!(
@@ -354,7 +365,11 @@ async fn errors_name_the_status_and_the_clouds_message() {
         "{}",
         wrong.stderr
     );
-    assert!(wrong.stderr.contains("HALO_ADMIN_TOKEN"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("HALO_ADMIN_TOKEN"),
+        "{}",
+        wrong.stderr
+    );
 
     let unknown = admin(
         &url,

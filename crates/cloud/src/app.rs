@@ -160,7 +160,10 @@ fn record_site(span: &tracing::Span, router: &Router, path: &str) {
     span.record("halo_guid", tracing::field::display(halo));
     router.with_route(halo, |route| {
         if let Some(route) = route {
-            span.record("crn", tracing::field::display(route.site().pms_id.site_id()));
+            span.record(
+                "crn",
+                tracing::field::display(route.site().pms_id.site_id()),
+            );
         }
     });
 }
@@ -182,29 +185,58 @@ pub fn routes(app: AppState) -> AxumRouter {
             "/admin/link-credentials",
             post(admin::issue_link_credential).get(admin::list_link_credentials),
         )
-        .route("/admin/link-credentials/{id}/revoke", post(admin::revoke_link_credential))
-        .route("/admin/link-credentials/{id}/rotate", post(admin::rotate_link_credential))
-        .route("/admin/link-credentials/{id}/scope", post(admin::extend_link_credential_scope))
-        .route("/admin/integrators/{integrator}/enable", post(admin::enable_integrator))
-        .route("/admin/integrators/{integrator}/components", put(admin::authorise_components))
-        .route("/admin/integrators/{integrator}/practices", post(admin::enable_practice))
-        .route("/admin/integrators/{integrator}/keys", post(admin::issue_key))
+        .route(
+            "/admin/link-credentials/{id}/revoke",
+            post(admin::revoke_link_credential),
+        )
+        .route(
+            "/admin/link-credentials/{id}/rotate",
+            post(admin::rotate_link_credential),
+        )
+        .route(
+            "/admin/link-credentials/{id}/scope",
+            post(admin::extend_link_credential_scope),
+        )
+        .route(
+            "/admin/integrators/{integrator}/enable",
+            post(admin::enable_integrator),
+        )
+        .route(
+            "/admin/integrators/{integrator}/components",
+            put(admin::authorise_components),
+        )
+        .route(
+            "/admin/integrators/{integrator}/practices",
+            post(admin::enable_practice),
+        )
+        .route(
+            "/admin/integrators/{integrator}/keys",
+            post(admin::issue_key),
+        )
         .route("/admin/policy-events", post(admin::policy_event))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
         .route("/link/ws", get(link_ws::link_ws))
-        .route("/openapi.json", get(|| async { axum::Json(openapi::ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::ApiDoc::openapi()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // A rejection from an extractor outside this crate (the WebSocket upgrade's)
         // is plain text: put it in the envelope too.
-        .layer(axum::middleware::map_response(crate::error::envelope_plain_errors))
+        .layer(axum::middleware::map_response(
+            crate::error::envelope_plain_errors,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Counts and times every answer, by operation and status (outside the
         // envelope rewrite, so the status is the one sent).
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            metrics::track,
+        ))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

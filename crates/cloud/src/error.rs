@@ -20,10 +20,12 @@ use crate::status;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    retry_after_secs: Option<u64>,
+    /// Seconds for `Retry-After` (a `u32` keeps `ApiError` small).
+    retry_after_secs: Option<std::num::NonZeroU32>,
     details: Option<ErrorDetails>,
-    /// For metrics: the routing outcome this error reports, if it reports one.
-    outcome: Option<RouteOutcome>,
+    /// For metrics: the routing outcome this error reports, if it reports one
+    /// (boxed: it is rare, and keeps `ApiError` small).
+    outcome: Option<Box<RouteOutcome>>,
 }
 
 /// How a query was refused or failed, carried in the response's extensions for
@@ -106,7 +108,7 @@ impl ApiError {
     /// This error, reporting `outcome` to the metrics.
     #[must_use]
     pub fn with_outcome(mut self, outcome: RouteOutcome) -> Self {
-        self.outcome = Some(outcome);
+        self.outcome = Some(Box::new(outcome));
         self
     }
 
@@ -133,7 +135,8 @@ impl ApiError {
 
     /// Adds a `Retry-After` header (seconds, rounded up to at least 1).
     pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
-        self.retry_after_secs = Some(ms.div_ceil(1000).max(1));
+        let secs = u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        self.retry_after_secs = std::num::NonZeroU32::new(secs.max(1));
         self
     }
 
@@ -166,12 +169,12 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status, axum::Json(envelope)).into_response();
         if let Some(outcome) = self.outcome {
-            response.extensions_mut().insert(outcome);
+            response.extensions_mut().insert(*outcome);
         }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.get()));
         }
         response
     }

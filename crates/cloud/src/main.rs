@@ -16,7 +16,13 @@ use halo_tenancy::AvailabilityConfig;
 #[command(version, about)]
 struct Cli {
     /// Log format on stderr: text for people, json for log pipelines.
-    #[arg(long, env = "HALO_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "HALO_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: halo_logging::LogFormat,
     #[command(subcommand)]
     command: Command,

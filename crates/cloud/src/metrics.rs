@@ -164,7 +164,13 @@ impl CloudMetrics {
     }
 
     /// Records one answered request.
-    fn observe(&self, operation: String, status: u16, took: Duration, outcome: Option<RouteOutcome>) {
+    fn observe(
+        &self,
+        operation: String,
+        status: u16,
+        took: Duration,
+        outcome: Option<RouteOutcome>,
+    ) {
         self.latency
             .get_or_create(&[("operation", operation.clone())])
             .observe(took.as_secs_f64());
@@ -173,10 +179,14 @@ impl CloudMetrics {
             .inc();
         match outcome {
             Some(RouteOutcome::Denied(code)) => {
-                self.denials.get_or_create(&[("code", code.to_owned())]).inc();
+                self.denials
+                    .get_or_create(&[("code", code.to_owned())])
+                    .inc();
             }
             Some(RouteOutcome::Failed(kind)) => {
-                self.failures.get_or_create(&[("kind", kind.to_owned())]).inc();
+                self.failures
+                    .get_or_create(&[("kind", kind.to_owned())])
+                    .inc();
             }
             None => {}
         }

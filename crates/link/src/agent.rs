@@ -649,24 +649,24 @@ fn launch(
                 started.elapsed(),
             );
             match result {
-            Ok(out) => {
-                let msg = LinkToCloud::QueryResult(QueryResult::from_json(
-                    query_id,
-                    out.rows,
-                    &out.json,
-                    out.duration.as_millis() as u64,
-                ));
-                encode(&msg).unwrap_or_else(|e| {
-                    failed_frame(
+                Ok(out) => {
+                    let msg = LinkToCloud::QueryResult(QueryResult::from_json(
                         query_id,
-                        QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
-                    )
-                })
-            }
-            Err(e) => {
-                debug!(query_id, kind = ?e.kind, "job failed");
-                failed_frame(query_id, e)
-            }
+                        out.rows,
+                        &out.json,
+                        out.duration.as_millis() as u64,
+                    ));
+                    encode(&msg).unwrap_or_else(|e| {
+                        failed_frame(
+                            query_id,
+                            QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                        )
+                    })
+                }
+                Err(e) => {
+                    debug!(query_id, kind = ?e.kind, "job failed");
+                    failed_frame(query_id, e)
+                }
             }
         })
         .await

@@ -182,12 +182,11 @@ impl fmt::Display for DatabaseReport {
             for p in &self.problems {
                 writeln!(f, "  - {p}")?;
             }
-            if self.problems.iter().any(|p| {
-                matches!(
-                    p,
-                    Problem::MissingTable(_) | Problem::MissingColumn { .. }
-                )
-            }) {
+            if self
+                .problems
+                .iter()
+                .any(|p| matches!(p, Problem::MissingTable(_) | Problem::MissingColumn { .. }))
+            {
                 writeln!(f, "  the Link reads these tables:")?;
                 for line in IDENTITY_SCHEMA.lines() {
                     writeln!(f, "    {line}")?;
@@ -249,7 +248,9 @@ pub fn check_database(path: &Path) -> DatabaseReport {
             Err(crate::LinkError::Database { reason, .. }) => {
                 report.problems.push(Problem::InvalidIdentity(reason));
             }
-            Err(e) => report.problems.push(Problem::InvalidIdentity(e.to_string())),
+            Err(e) => report
+                .problems
+                .push(Problem::InvalidIdentity(e.to_string())),
         }
     }
     report

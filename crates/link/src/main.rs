@@ -18,7 +18,13 @@ struct Cli {
     #[arg(long, env = "HALO_LINK_CONFIG")]
     config: Option<PathBuf>,
     /// Log format on stderr: text for people, json for log pipelines.
-    #[arg(long, env = "HALO_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "HALO_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,

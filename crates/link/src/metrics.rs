@@ -106,7 +106,10 @@ impl LinkMetrics {
 
 fn answer(metrics: &LinkMetrics, request: &Request<Incoming>) -> Response<String> {
     let (status, body) = if request.uri().path() != "/metrics" {
-        (StatusCode::NOT_FOUND, "not found: GET /metrics\n".to_owned())
+        (
+            StatusCode::NOT_FOUND,
+            "not found: GET /metrics\n".to_owned(),
+        )
     } else if request.method() != hyper::Method::GET {
         (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned())
     } else {
@@ -131,9 +134,9 @@ fn answer(metrics: &LinkMetrics, request: &Request<Incoming>) -> Response<String
 /// # Errors
 /// [`crate::LinkError::Config`] naming the address when it cannot be bound.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::LinkError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| crate::LinkError::Config(format!("metrics_listen: cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| {
+        crate::LinkError::Config(format!("metrics_listen: cannot listen on {addr}: {e}"))
+    })
 }
 
 /// Serves `GET /metrics` on `listener` until the task is aborted.

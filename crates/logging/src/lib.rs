@@ -8,6 +8,8 @@
 //! the site a request concerns, the Link's `job` span the job's Halo GUID and CRN
 //! (the fake CRN for a demo copy).
 
+use std::io::IsTerminal as _;
+
 use clap::ValueEnum;
 
 /// How log lines are written.
@@ -25,8 +27,10 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

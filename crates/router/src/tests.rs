@@ -174,8 +174,14 @@ fn link_loads_count_queued_queries_and_busy_refusals_across_sessions() {
     let session = router.attach_link(link(1));
     let a = router.route(request(halo(1))).unwrap();
     let _b = router.route(request(halo(1))).unwrap();
-    assert_eq!(router.route(request(halo(1))).unwrap_err(), RouteError::Busy);
-    assert_eq!(router.route(request(halo(1))).unwrap_err(), RouteError::Busy);
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
     let load = |router: &Router| {
         router
             .link_loads()
