@@ -111,10 +111,14 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "halo-router",
             "halo-protocol",
             "halo-store",
+            "halo-logging",
         ],
     ),
     // The Link enforces the policy's SQL function list itself (one list, no copy).
-    ("halo-link", &["halo-ids", "halo-protocol", "halo-policy"]),
+    (
+        "halo-link",
+        &["halo-ids", "halo-protocol", "halo-policy", "halo-logging"],
+    ),
     (
         "halo-demo",
         &[
@@ -125,6 +129,7 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "halo-router",
             "halo-cloud",
             "halo-link",
+            "halo-logging",
         ],
     ),
     (
@@ -137,6 +142,10 @@ const ALLOWED_EDGES: &[(&str, &[&str])] = &[
             "halo-router",
         ],
     ),
+    // The admin CLI talks to the Cloud over HTTP only: it links none of it.
+    ("halo-admin", &[]),
+    // One log format for every binary; it knows no domain.
+    ("halo-logging", &[]),
     // Test and benchmark packages may use any crate.
     ("halo-benches", &["*"]),
     ("halo-tests", &["*"]),

@@ -13,5 +13,6 @@ mod flow;
 mod hostile;
 mod http_edges;
 mod link_trust;
+mod metrics;
 mod tenancy;
 mod visibility;

@@ -22,7 +22,9 @@ use utoipa::OpenApi as _;
 
 use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
-use crate::{activity, admin, admin_audit, console, integrator, link_ws, openapi, serve};
+use crate::{
+    activity, admin, admin_audit, console, integrator, link_ws, metrics, openapi, serve,
+};
 
 /// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
 /// The largest legitimate body, an immediate query's SQL text and parameters, is
@@ -48,6 +50,8 @@ pub struct App {
     pub link_sessions: link_ws::SessionCap,
     /// Each Link's own clock at its last heartbeat (`clientTimestampUTC`).
     pub client_clocks: crate::site_view::ClientClocks,
+    /// The Prometheus metrics served at `/metrics`.
+    pub metrics: metrics::CloudMetrics,
 }
 
 /// The shared application state.
@@ -161,10 +165,34 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Names, in a request's span, the site its path concerns: the first path segment
+/// that is a Halo GUID, and the CRN that site routes by (the fake CRN for a demo
+/// or de-identified copy), read lock-free from the route table. Every log line of
+/// the request then carries both.
+fn record_site(span: &tracing::Span, router: &Router, path: &str) {
+    let Some(halo) = path
+        .split('/')
+        .find(|s| s.len() >= 32)
+        .and_then(|s| s.parse::<halo_ids::HaloGuid>().ok())
+    else {
+        return;
+    };
+    span.record("halo_guid", tracing::field::display(halo));
+    router.with_route(halo, |route| {
+        if let Some(route) = route {
+            span.record(
+                "crn",
+                tracing::field::display(route.site().pms_id.site_id()),
+            );
+        }
+    });
+}
+
 /// The HTTP routes over `app`. Every error, including an unknown route, a wrong
 /// method and a body over [`MAX_BODY_BYTES`], is answered in the error envelope.
 pub fn routes(app: AppState) -> AxumRouter {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let spans = Arc::clone(app.state.router());
     AxumRouter::new()
         .route("/integrator/sites", get(integrator::find_sites))
         .route("/integrator/sites/{site_id}", get(integrator::site_status))
@@ -179,13 +207,34 @@ pub fn routes(app: AppState) -> AxumRouter {
             "/admin/link-credentials",
             post(admin::issue_link_credential).get(admin::list_link_credentials),
         )
-        .route("/admin/link-credentials/{id}/revoke", post(admin::revoke_link_credential))
-        .route("/admin/link-credentials/{id}/rotate", post(admin::rotate_link_credential))
-        .route("/admin/link-credentials/{id}/scope", post(admin::extend_link_credential_scope))
-        .route("/admin/integrators/{integrator}/enable", post(admin::enable_integrator))
-        .route("/admin/integrators/{integrator}/components", put(admin::authorise_components))
-        .route("/admin/integrators/{integrator}/practices", post(admin::enable_practice))
-        .route("/admin/integrators/{integrator}/keys", post(admin::issue_key))
+        .route(
+            "/admin/link-credentials/{id}/revoke",
+            post(admin::revoke_link_credential),
+        )
+        .route(
+            "/admin/link-credentials/{id}/rotate",
+            post(admin::rotate_link_credential),
+        )
+        .route(
+            "/admin/link-credentials/{id}/scope",
+            post(admin::extend_link_credential_scope),
+        )
+        .route(
+            "/admin/integrators/{integrator}/enable",
+            post(admin::enable_integrator),
+        )
+        .route(
+            "/admin/integrators/{integrator}/components",
+            put(admin::authorise_components),
+        )
+        .route(
+            "/admin/integrators/{integrator}/practices",
+            post(admin::enable_practice),
+        )
+        .route(
+            "/admin/integrators/{integrator}/keys",
+            post(admin::issue_key),
+        )
         .route("/admin/policy-events", post(admin::policy_event))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
@@ -195,8 +244,12 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/admin/console/logout", post(console::logout))
         .route("/admin/console/tickets", post(console::ticket))
         .route("/link/ws", get(link_ws::link_ws))
-        .route("/openapi.json", get(|| async { axum::Json(openapi::ApiDoc::openapi()) }))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::ApiDoc::openapi()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Counts integrator requests and samples denials into the audit trail.
@@ -206,19 +259,36 @@ pub fn routes(app: AppState) -> AxumRouter {
         ))
         // A rejection from an extractor outside this crate (the WebSocket upgrade's)
         // is plain text: put it in the envelope too.
-        .layer(axum::middleware::map_response(crate::error::envelope_plain_errors))
+        .layer(axum::middleware::map_response(
+            crate::error::envelope_plain_errors,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Counts and times every answer, by operation and status (outside the
+        // envelope rewrite, so the status is the one sent).
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            metrics::track,
+        ))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(
-                    |req: &axum::http::Request<axum::body::Body>| {
+                    move |req: &axum::http::Request<axum::body::Body>| {
                         let id = req
                             .headers()
                             .get("x-request-id")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+                        let span = tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            uri = %req.uri().path(),
+                            request_id = %id,
+                            halo_guid = tracing::field::Empty,
+                            crn = tracing::field::Empty,
+                        );
+                        record_site(&span, &spans, req.uri().path());
+                        span
                     },
                 ))
                 .layer(PropagateRequestIdLayer::new(request_id)),
@@ -239,8 +309,9 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
             availability: config.availability,
             accept_damaged_log: config.accept_damaged_log,
         },
-        router,
+        Arc::clone(&router),
     )?;
+    let metrics = metrics::CloudMetrics::new(router, Arc::clone(state.metrics()));
     Ok(Arc::new(App {
         state,
         admin_token_hash: KeyHash::of(&config.admin_token),
@@ -250,6 +321,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         console: console::ConsoleSessions::default(),
         link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),
         client_clocks: crate::site_view::ClientClocks::default(),
+        metrics,
     }))
 }
 

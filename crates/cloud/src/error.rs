@@ -20,8 +20,42 @@ use crate::status;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-    retry_after_secs: Option<u64>,
+    /// Seconds for `Retry-After` (a `u32` keeps `ApiError` small).
+    retry_after_secs: Option<std::num::NonZeroU32>,
     denial: Option<DenyCode>,
+    /// For metrics: the routing outcome this error reports, if it reports one
+    /// (boxed: it is rare, and keeps `ApiError` small).
+    outcome: Option<Box<RouteOutcome>>,
+}
+
+/// How a query was refused or failed, carried in the response's extensions for
+/// the metrics middleware (`crate::metrics`); never sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Refused by policy or routing, with its code (the policy's `DenyCode`
+    /// name, `notActive`, `notAuthoritative`, `unknownSite`, `crnRefused`).
+    Denied(&'static str),
+    /// Allowed but failed (`busy`, `unreachable`, `timeout`, ...).
+    Failed(&'static str),
+}
+
+impl RouteOutcome {
+    /// The outcome a routing error reports.
+    pub fn of(e: &RouteError) -> Self {
+        match e {
+            RouteError::Denied(deny) => Self::Denied(deny.code().as_str()),
+            RouteError::UnknownSite => Self::Denied("unknownSite"),
+            RouteError::NotActive => Self::Denied("notActive"),
+            RouteError::NotAuthoritative => Self::Denied("notAuthoritative"),
+            RouteError::InvalidRequest(_) => Self::Failed("invalidRequest"),
+            RouteError::Busy => Self::Failed("busy"),
+            RouteError::Unreachable => Self::Failed("unreachable"),
+            RouteError::Timeout => Self::Failed("timeout"),
+            RouteError::TooLarge { .. } => Self::Failed("tooLarge"),
+            RouteError::Cancelled => Self::Failed("cancelled"),
+            RouteError::Failed(_) => Self::Failed("failed"),
+        }
+    }
 }
 
 /// A response extension on every answer that is a policy denial, naming its code,
@@ -59,7 +93,15 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             denial: None,
+            outcome: None,
         }
+    }
+
+    /// This error, reporting `outcome` to the metrics.
+    #[must_use]
+    pub fn with_outcome(mut self, outcome: RouteOutcome) -> Self {
+        self.outcome = Some(Box::new(outcome));
+        self
     }
 
     /// 400 Bad Request.
@@ -85,7 +127,8 @@ impl ApiError {
 
     /// Adds a `Retry-After` header (seconds, rounded up to at least 1).
     pub fn with_retry_after_ms(mut self, ms: u64) -> Self {
-        self.retry_after_secs = Some(ms.div_ceil(1000).max(1));
+        let secs = u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX);
+        self.retry_after_secs = std::num::NonZeroU32::new(secs.max(1));
         self
     }
 
@@ -113,10 +156,13 @@ impl IntoResponse for ApiError {
         if let Some(code) = self.denial {
             response.extensions_mut().insert(Denied(code));
         }
+        if let Some(outcome) = self.outcome {
+            response.extensions_mut().insert(*outcome);
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.get()));
         }
         response
     }
@@ -131,7 +177,8 @@ impl From<halo_ids::IdError> for ApiError {
 impl From<&Deny> for ApiError {
     /// A policy denial: its message, and `Retry-After` when rate limited.
     fn from(deny: &Deny) -> Self {
-        let mut e = Self::new(status::deny(deny.code()), deny.message());
+        let mut e = Self::new(status::deny(deny.code()), deny.message())
+            .with_outcome(RouteOutcome::Denied(deny.code().as_str()));
         e.denial = Some(deny.code());
         match deny.code() {
             DenyCode::RateLimited { retry_after_ms } => e.with_retry_after_ms(retry_after_ms),
@@ -163,7 +210,8 @@ impl From<RouteError> for ApiError {
     /// with `errorDetails`; here it is only the envelope.)
     fn from(e: RouteError) -> Self {
         let status = status::route(&e);
-        match e {
+        let outcome = RouteOutcome::of(&e);
+        let error = match e {
             RouteError::Denied(deny) => Self::from(&deny),
             RouteError::Failed(QueryFailure::Database { .. }) => {
                 Self::new(status, "the query failed in the database")
@@ -174,7 +222,8 @@ impl From<RouteError> for ApiError {
                  maxTimeInQueue, or the site's queue is full; retry later",
             ),
             other => Self::new(status, other.to_string()),
-        }
+        };
+        error.with_outcome(outcome)
     }
 }
 
@@ -182,6 +231,7 @@ impl From<CrnRefusal> for ApiError {
     /// A CRN refused with guidance (its message never names another tenant).
     fn from(refusal: CrnRefusal) -> Self {
         Self::new(status::crn_refusal(refusal), refusal.to_string())
+            .with_outcome(RouteOutcome::Denied("crnRefused"))
     }
 }
 

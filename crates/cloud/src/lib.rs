@@ -18,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod integrator;
 pub mod link_ws;
+pub mod metrics;
 pub mod openapi;
 pub mod record;
 mod serve;

@@ -15,6 +15,15 @@ use halo_tenancy::AvailabilityConfig;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on stderr: text for people, json for log pipelines.
+    #[arg(
+        long,
+        env = "HALO_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: halo_logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,18 +80,34 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: stopping"),
+                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the cloud");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("ctrl-c: stopping");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("ctrl-c: stopping");
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    halo_logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -138,10 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %cloud.addr, data_dir = %data_dir.display(), "halo-cloud serving");
             // Machine-readable readiness line for scripts and tests.
             println!("listening on {}", cloud.addr);
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: stopping"),
-                () = cloud_wait(&cloud) => {}
-            }
+            stop_signal().await;
             cloud.stop().await;
         }
     }
@@ -162,10 +184,6 @@ fn raise_descriptor_limit(needed: usize) {
         Ok(limit) => tracing::debug!(limit, "file-descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
     }
-}
-
-async fn cloud_wait(_cloud: &halo_cloud::RunningCloud) {
-    std::future::pending::<()>().await;
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditEntry, AuditTrail, Note};
+use crate::metrics::StateMetrics;
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 use halo_credentials::{CredentialError, Credentials};
 
@@ -146,6 +147,9 @@ pub enum StateError {
 /// records in it; for tests and measurements (count the fsyncs, or hold an append
 /// to show that readers do not wait for it). See [`CloudState::open_with_hook`].
 pub type AppendHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// How often recovery reports its progress, in replayed events.
+const RECOVERY_PROGRESS_EVERY: usize = 100_000;
 
 /// The most records one group commit gathers before it appends; what is still
 /// queued then goes in the next one.
@@ -292,6 +296,8 @@ struct Writer {
     router: Arc<Router>,
     published: Arc<Published>,
     hook: Option<AppendHook>,
+    /// What the metrics endpoint reports about the log and snapshots.
+    metrics: Arc<StateMetrics>,
 }
 
 impl fmt::Debug for Writer {
@@ -490,11 +496,17 @@ impl Writer {
             hook(records.len());
         }
         tracing::debug!(target: "halo_cloud::writer", records = records.len(), "group commit: one append, one fsync");
+        let appending = std::time::Instant::now();
         if let Err(e) = store.append_batch(records) {
             tracing::error!(error = %e, "cannot append to the event log; stopping to avoid serving state a restart would lose");
             std::process::abort();
         }
+        self.metrics
+            .appended(records.len(), appending.elapsed(), store.last_commit_time());
         self.since_snapshot += records.len() as u64;
+        self.metrics
+            .since_snapshot
+            .store(self.since_snapshot, Ordering::Relaxed);
         let interval = self.snapshot_every.max(self.registry.site_count() as u64);
         if self.snapshot_every > 0 && self.since_snapshot >= interval {
             self.snapshot_in_background();
@@ -518,11 +530,20 @@ impl Writer {
         let background = Arc::clone(background);
         let busy = Arc::clone(&self.snapshotting);
         self.since_snapshot = 0;
+        self.metrics.since_snapshot.store(0, Ordering::Relaxed);
+        let metrics = Arc::clone(&self.metrics);
         let spawned = std::thread::Builder::new()
             .name("halo-snapshot".into())
             .spawn(move || {
-                if let Err(e) = background.lock().write(&snapshot, upto) {
-                    tracing::warn!(error = %e, "snapshot failed");
+                let _span = tracing::info_span!("snapshot", upto = ?upto).entered();
+                let started = std::time::Instant::now();
+                tracing::info!("writing a snapshot in the background");
+                match background.lock().write(&snapshot, upto) {
+                    Ok(()) => {
+                        metrics.snapshot_written();
+                        tracing::info!(took_ms = started.elapsed().as_millis(), "snapshot written");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "snapshot failed"),
                 }
                 busy.store(false, Ordering::Release);
             });
@@ -548,6 +569,8 @@ impl Writer {
             let upto = store.last_seq();
             store.snapshot(&snapshot, upto)?;
             self.since_snapshot = 0;
+            self.metrics.since_snapshot.store(0, Ordering::Relaxed);
+            self.metrics.snapshot_written();
         }
         Ok(())
     }
@@ -563,6 +586,7 @@ pub struct CloudState {
     router: Arc<Router>,
     availability: AvailabilityConfig,
     recovery: Option<RecoveryReport>,
+    metrics: Arc<StateMetrics>,
 }
 
 impl fmt::Debug for CloudState {
@@ -613,6 +637,7 @@ impl CloudState {
             }),
             log_end: 0,
             hook,
+            metrics: Arc::new(StateMetrics::default()),
         };
         let mut recovery = None;
         let mut trail = AuditTrail::default();
@@ -623,13 +648,33 @@ impl CloudState {
             }
             writer.since_snapshot = recovered.tail.len() as u64;
             writer.background = Some(Arc::new(Mutex::new(store.snapshot_writer()?)));
+            let total = recovered.tail.len();
+            let started = std::time::Instant::now();
+            tracing::info!(
+                events = total,
+                from_snapshot = writer.registry.site_count() > 0,
+                "recovering: replaying the log after the snapshot"
+            );
             for (index, record) in recovered.tail.iter().enumerate() {
                 replay(&mut writer, record)
                     .map_err(|message| StateError::Replay { index, message })?;
+                if (index + 1) % RECOVERY_PROGRESS_EVERY == 0 {
+                    tracing::info!(done = index + 1, total, "recovering: replaying");
+                }
             }
             trail = AuditTrail::rebuild(store.log())?;
             writer.log_end = store.last_seq().get();
+            tracing::info!(
+                events = total,
+                sites = writer.registry.site_count(),
+                took_ms = started.elapsed().as_millis(),
+                "recovered"
+            );
             writer.store = Some(store);
+            writer
+                .metrics
+                .since_snapshot
+                .store(writer.since_snapshot, Ordering::Relaxed);
             recovery = Some(recovered.report);
         }
         let all: Vec<Change> = writer
@@ -646,6 +691,7 @@ impl CloudState {
             audit: RwLock::new(trail),
         });
         writer.published = Arc::clone(&published);
+        let metrics = Arc::clone(&writer.metrics);
         let (commands, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("halo-state-writer".into())
@@ -663,7 +709,13 @@ impl CloudState {
             router,
             availability: config.availability,
             recovery,
+            metrics,
         })
+    }
+
+    /// What the writer measures: log append and fsync times, snapshot age.
+    pub fn metrics(&self) -> &Arc<StateMetrics> {
+        &self.metrics
     }
 
     /// The router.

@@ -109,10 +109,21 @@ pub async fn start_demo(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result
         }
     };
     let mut db_paths = Vec::new();
-    for (i, practice) in practices().iter().enumerate() {
+    let all = practices();
+    for (i, practice) in all.iter().enumerate() {
         let path = work_dir.join(format!("practice-{i}.sqlite"));
         if !path.exists() {
-            generate(&path, practice).map_err(|e| DemoError::Generate(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let summary =
+                generate(&path, practice).map_err(|e| DemoError::Generate(e.to_string()))?;
+            tracing::info!(
+                database = i + 1,
+                of = all.len(),
+                crn = %practice.parent_crn,
+                patients = summary.patients,
+                took_ms = started.elapsed().as_millis(),
+                "demo data: database generated"
+            );
         }
         db_paths.push(path);
     }

@@ -18,15 +18,9 @@ struct Cli {
     /// Keep the demo's data here (default: a temporary directory, removed on exit).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    /// Log format on stderr: text for people, json for log pipelines.
+    #[arg(long, env = "HALO_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: halo_logging::LogFormat,
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.
@@ -52,7 +46,7 @@ async fn stop_signal() -> anyhow::Result<&'static str> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    halo_logging::init(cli.log_format);
     let demo = halo_demo::start_demo(cli.listen, cli.data_dir)
         .await
         .context("starting the demo")?;

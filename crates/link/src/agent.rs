@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, error, info, warn};
 
 use crate::executor::{Database, JobControl, execute_with};
+use crate::metrics::LinkMetrics;
 use crate::state::LinkState;
 use crate::{LinkConfig, LinkError};
 
@@ -90,6 +91,8 @@ pub struct Agent {
     status: watch::Sender<ConnectionStatus>,
     /// The workers jobs run on, counted overall and per database.
     workers: Arc<Workers>,
+    /// Jobs, durations and refusals (served on `metrics_listen`).
+    metrics: Arc<LinkMetrics>,
 }
 
 impl Agent {
@@ -197,7 +200,13 @@ impl Agent {
             state,
             status,
             workers,
+            metrics: Arc::new(LinkMetrics::default()),
         })
+    }
+
+    /// The Link's metrics (also served on the config's `metrics_listen`).
+    pub fn metrics(&self) -> &Arc<LinkMetrics> {
+        &self.metrics
     }
 
     /// This install's Link GUID.
@@ -248,12 +257,30 @@ impl Agent {
     ///
     /// Only for failures that retrying cannot fix; connection failures and
     /// refusals are logged and retried with backoff.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
+        let metrics_server = match self.config.metrics_listen {
+            Some(addr) => {
+                let listener = crate::metrics::bind(addr).await?;
+                info!(addr = %addr, "serving metrics at GET /metrics");
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                    listener,
+                    Arc::clone(&self.metrics),
+                ))))
+            }
+            None => None,
+        };
+        let result = self.reconnect_loop(shutdown).await;
+        drop(metrics_server);
+        result
+    }
+
+    async fn reconnect_loop(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LinkError> {
         let mut shutdown = pin!(shutdown);
         let mut attempt: u32 = 0;
         loop {
             let outcome = self.session(&mut shutdown).await;
             self.status.send_modify(|s| s.connected = false);
+            self.metrics.set_connected(false);
             self.persist_epochs();
             match outcome {
                 SessionEnd::Shutdown => return Ok(()),
@@ -320,6 +347,7 @@ impl Agent {
             s.connected = true;
             s.sessions += 1;
         });
+        self.metrics.set_connected(true);
 
         let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
         let mut running = Running::default();
@@ -495,8 +523,14 @@ impl Agent {
         now: Instant,
     ) -> Option<String> {
         let query_id = job.query_id;
+        let halo_guid = job.halo_guid;
         let refuse = |kind: QueryErrorKind, message: &str| {
-            warn!(query_id, ?kind, message, "job refused");
+            warn!(query_id, %halo_guid, ?kind, message, "job refused");
+            self.metrics.refused(match kind {
+                QueryErrorKind::UnknownDatabase => "unknownDatabase",
+                QueryErrorKind::Busy => "queueFull",
+                _ => "duplicateQueryId",
+            });
             failed_frame(query_id, QueryError::new(kind, message))
         };
         let Some(db) = self.by_guid.get(&job.halo_guid).cloned() else {
@@ -546,8 +580,9 @@ impl Agent {
         let refusals = waiting
             .expire(now)
             .into_iter()
-            .map(|(query_id, _)| {
-                warn!(query_id, "job did not start within its queue budget");
+            .map(|(query_id, queued)| {
+                self.metrics.refused("expiredInQueue");
+                warn!(query_id, halo_guid = %queued.db.halo_guid(), "job did not start within its queue budget");
                 failed_frame(
                     query_id,
                     QueryError::new(
@@ -560,9 +595,18 @@ impl Agent {
         while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
             let worker = self.workers.take(db);
             running.insert(query_id, queued.control.clone());
-            launch(queued, worker, done.clone());
+            launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
         }
         refusals
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -576,28 +620,53 @@ struct Queued {
 /// Runs a job on the blocking pool and hands its answer to `done`; its worker is
 /// freed once the answer is handed over (or the session is gone), so on one
 /// worker answers leave in the order the jobs started.
-fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
+fn launch(
+    queued: Queued,
+    worker: Worker,
+    done: mpsc::Sender<(u64, String)>,
+    metrics: Arc<LinkMetrics>,
+) {
     let Queued { db, job, control } = queued;
     let query_id = job.query_id;
+    // Every line about the job names its site: the Halo GUID and the CRN it routes
+    // by (the fake CRN for a demo or de-identified copy).
+    let span = tracing::info_span!(
+        "job",
+        query_id,
+        halo_guid = %db.halo_guid(),
+        crn = %routing_crn(&db),
+    );
     tokio::spawn(async move {
-        let frame = tokio::task::spawn_blocking(move || match execute_with(&db, &job, &control) {
-            Ok(out) => {
-                let msg = LinkToCloud::QueryResult(QueryResult::from_json(
-                    query_id,
-                    out.rows,
-                    &out.json,
-                    out.duration.as_millis() as u64,
-                ));
-                encode(&msg).unwrap_or_else(|e| {
-                    failed_frame(
+        let frame = tokio::task::spawn_blocking(move || {
+            let _entered = span.entered();
+            let started = std::time::Instant::now();
+            let result = execute_with(&db, &job, &control);
+            metrics.job(
+                match &result {
+                    Ok(_) => "ok",
+                    Err(e) => error_kind_name(e.kind),
+                },
+                started.elapsed(),
+            );
+            match result {
+                Ok(out) => {
+                    let msg = LinkToCloud::QueryResult(QueryResult::from_json(
                         query_id,
-                        QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
-                    )
-                })
-            }
-            Err(e) => {
-                debug!(query_id, kind = ?e.kind, "job failed");
-                failed_frame(query_id, e)
+                        out.rows,
+                        &out.json,
+                        out.duration.as_millis() as u64,
+                    ));
+                    encode(&msg).unwrap_or_else(|e| {
+                        failed_frame(
+                            query_id,
+                            QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                        )
+                    })
+                }
+                Err(e) => {
+                    debug!(query_id, kind = ?e.kind, "job failed");
+                    failed_frame(query_id, e)
+                }
             }
         })
         .await
@@ -610,6 +679,33 @@ fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
         let _ = done.send((query_id, frame)).await;
         drop(worker);
     });
+}
+
+/// The CRN a database's site routes by: the fake CRN of a demo or de-identified
+/// copy, else the parent CRN.
+fn routing_crn(db: &Database) -> halo_ids::Crn {
+    if db.identity().is_demo_or_deidentified() {
+        db.fake_crn()
+    } else {
+        db.identity().parent_crn
+    }
+}
+
+/// The metric label of an error kind (its wire name).
+fn error_kind_name(kind: QueryErrorKind) -> &'static str {
+    match kind {
+        QueryErrorKind::StaleEpoch => "staleEpoch",
+        QueryErrorKind::Timeout => "timeout",
+        QueryErrorKind::TooLarge => "tooLarge",
+        QueryErrorKind::Denied => "denied",
+        QueryErrorKind::Database => "database",
+        QueryErrorKind::UnknownDatabase => "unknownDatabase",
+        QueryErrorKind::Cancelled => "cancelled",
+        QueryErrorKind::BadRequest => "badRequest",
+        QueryErrorKind::Busy => "busy",
+        QueryErrorKind::Internal => "internal",
+        _ => "other",
+    }
 }
 
 /// The Link's workers in use, overall and per database. Shared by every session:

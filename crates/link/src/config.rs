@@ -13,6 +13,7 @@
 //! silence_secs = 30            # optional, 5..=3600, default 30
 //! sql_max_value_mib = 16       # optional, 1..=1024, default 16: longest string or blob
 //! sql_heap_limit_mib = 256     # optional, 16..=65536, default 256: SQLite's whole heap
+//! metrics_listen = "127.0.0.1:9101" # optional: serve Prometheus metrics at GET /metrics
 //!
 //! [[databases]]
 //! path = "practice.sqlite"
@@ -65,6 +66,8 @@ pub struct LinkConfig {
     pub silence_limit: Duration,
     /// Limits on every database connection: longest value and SQLite's heap.
     pub sql_limits: SqlLimits,
+    /// Where to serve the Link's Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("backoff_max", &self.backoff_max)
             .field("silence_limit", &self.silence_limit)
             .field("sql_limits", &self.sql_limits)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -109,6 +113,8 @@ struct RawConfig {
     sql_max_value_mib: Option<u32>,
     #[serde(default)]
     sql_heap_limit_mib: Option<u64>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
 }
@@ -145,6 +151,7 @@ impl LinkConfig {
             backoff_max: Duration::from_secs(30),
             silence_limit: Duration::from_secs(30),
             sql_limits: SqlLimits::default(),
+            metrics_listen: None,
         }
     }
 
@@ -225,6 +232,13 @@ impl LinkConfig {
                 )));
             }
             config.sql_limits.heap_limit_bytes = mib * 1024 * 1024;
+        }
+        if let Some(addr) = raw.metrics_listen {
+            config.metrics_listen = Some(addr.parse().map_err(|e| {
+                LinkError::Config(format!(
+                    "metrics_listen must be an address such as 127.0.0.1:9101, got {addr:?}: {e}"
+                ))
+            })?);
         }
         config.validate()?;
         Ok(config)

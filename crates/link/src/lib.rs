@@ -36,9 +36,11 @@
 mod agent;
 mod config;
 pub mod demo;
+pub mod doctor;
 mod error;
 mod executor;
 mod identity;
+pub mod metrics;
 mod state;
 
 pub use agent::{Agent, AgentHandle, ConnectionStatus, RefusedDatabase};

@@ -1,4 +1,5 @@
-//! `halo-link`: run the Link agent, or generate a demo database.
+//! `halo-link`: run the Link agent, check a database or config (`doctor`), or
+//! generate a demo database. Logs go to stderr (see `halo-logging`).
 
 use std::path::PathBuf;
 
@@ -7,20 +8,41 @@ use clap::{Parser, Subcommand};
 use halo_ids::Crn;
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Agent, LinkConfig};
+use halo_logging::LogFormat;
 
 /// The Halo Link agent.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version, about)]
 struct Cli {
     /// Path of the TOML config (see crates/link/link.example.toml).
     #[arg(long, env = "HALO_LINK_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr: text for people, json for log pipelines.
+    #[arg(
+        long,
+        env = "HALO_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check a database (or every database of a config) for what the Link reads:
+    /// the identity tables practice_info and practice_branch, their columns and
+    /// rows. Says what is missing; exits 1 if anything is.
+    Doctor {
+        /// A database file to check (repeatable).
+        #[arg(long = "database")]
+        databases: Vec<PathBuf>,
+        /// A Link config to check, with every database it names.
+        #[arg(long = "config")]
+        config: Option<PathBuf>,
+    },
     /// Write a small D4W-like demo database (invented data).
     DemoDb {
         /// Where to write it; must not exist.
@@ -44,14 +66,65 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: shutting down"),
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the link");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("ctrl-c: shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("ctrl-c: shutting down");
+    }
+}
+
+/// Runs `halo-link doctor`; whether everything checked is fine.
+fn doctor(databases: &[PathBuf], config: Option<&PathBuf>) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        !databases.is_empty() || config.is_some(),
+        "give --database PATH (repeatable) and/or --config PATH"
+    );
+    let mut ok = true;
+    let mut out = String::new();
+    if let Some(config) = config {
+        let report = halo_link::doctor::check_config(config);
+        ok &= report.is_ok();
+        out.push_str(&report.to_string());
+    }
+    for db in databases {
+        let report = halo_link::doctor::check_database(db);
+        ok &= report.is_ok();
+        out.push_str(&report.to_string());
+    }
+    print!("{out}");
+    Ok(ok)
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    halo_logging::init(cli.log_format);
     match (cli.command, cli.config) {
+        (Some(Command::Doctor { databases, config }), top) => {
+            let config = config.or(top);
+            Ok(if doctor(&databases, config.as_ref())? {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
         (
             Some(Command::DemoDb {
                 out,
@@ -79,17 +152,14 @@ fn main() -> anyhow::Result<()> {
                 summary.appointments,
                 summary.treatments
             );
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         (None, Some(path)) => {
             let config = LinkConfig::load(&path)?;
             let link = Agent::prepare(config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
-            runtime.block_on(link.run(async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("ctrl-c: shutting down");
-            }))?;
-            Ok(())
+            runtime.block_on(link.run(stop_signal()))?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
         (None, None) => anyhow::bail!("give --config PATH, or a subcommand (see --help)"),
     }

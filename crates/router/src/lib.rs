@@ -112,7 +112,9 @@ pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};
-pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, check_route};
+pub use router::{
+    Authorised, LinkLoad, Published, RouteRequest, Router, RouterConfig, check_route,
+};
 
 #[cfg(all(test, not(loom)))]
 mod fixture;

@@ -44,6 +44,9 @@ pub(crate) struct LinkEntry {
     last_heard: AtomicU64,
     /// The attached session; `None` while the Link is disconnected.
     session: ArcSwapOption<SessionCore>,
+    /// Queries refused because this Link's queue was full, over all its sessions
+    /// (a counter for metrics, Relaxed; shared with each session).
+    busy_refusals: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for LinkEntry {
@@ -62,7 +65,13 @@ impl LinkEntry {
             link,
             last_heard: AtomicU64::new(0),
             session: ArcSwapOption::empty(),
+            busy_refusals: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Queries refused so far because this Link's queue was full.
+    pub(crate) fn busy_refusals(&self) -> u64 {
+        self.busy_refusals.load(Ordering::Relaxed)
     }
 
     pub(crate) fn link(&self) -> LinkGuid {
@@ -178,6 +187,8 @@ pub(crate) struct SessionCore {
     /// default capacity). `queued` bounds it instead.
     tx: Sender<Job>,
     waiter: Waiter,
+    /// The Link's count of busy refusals (see `LinkEntry::busy_refusals`).
+    busy_refusals: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SessionCore {
@@ -192,7 +203,11 @@ impl fmt::Debug for SessionCore {
 }
 
 impl SessionCore {
-    fn new(link: LinkGuid, capacity: usize) -> (Arc<Self>, Receiver<Job>) {
+    fn new(
+        link: LinkGuid,
+        capacity: usize,
+        busy_refusals: Arc<AtomicU64>,
+    ) -> (Arc<Self>, Receiver<Job>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let core = Arc::new(Self {
             link,
@@ -203,6 +218,7 @@ impl SessionCore {
             queued: AtomicUsize::new(0),
             tx,
             waiter: Waiter::default(),
+            busy_refusals,
         });
         (core, rx)
     }
@@ -274,14 +290,17 @@ impl SessionCore {
         if self.is_closed() {
             return Err(RouteError::Unreachable);
         }
-        self.try_reserve()?;
-        match make_job() {
+        let submitted = self.try_reserve().and_then(|()| match make_job() {
             Ok(job) => self.enqueue(job),
             Err(e) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
             }
+        });
+        if matches!(submitted, Err(RouteError::Busy)) {
+            self.busy_refusals.fetch_add(1, Ordering::Relaxed);
         }
+        submitted
     }
 
     /// Fails every in-flight query of this session as unreachable, at once, and wakes
@@ -362,7 +381,7 @@ pub enum Delivery {
 
 impl LinkSession {
     pub(crate) fn attach(entry: Arc<LinkEntry>, capacity: usize, max_result_bytes: usize) -> Self {
-        let (core, rx) = SessionCore::new(entry.link(), capacity);
+        let (core, rx) = SessionCore::new(entry.link(), capacity, Arc::clone(&entry.busy_refusals));
         if let Some(old) = entry.session.swap(Some(Arc::clone(&core))) {
             old.close();
         }

@@ -234,6 +234,19 @@ impl WriterState {
     }
 }
 
+/// One Link's load, as [`Router::link_loads`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLoad {
+    /// The Link.
+    pub link: LinkGuid,
+    /// Whether a session is attached now.
+    pub attached: bool,
+    /// Queries queued for it or running on it now.
+    pub in_flight: usize,
+    /// Queries refused because its queue was full, since the router started.
+    pub busy_refusals: u64,
+}
+
 /// Resolves sites, checks authority and policy, and dispatches queries to Link
 /// sessions, without locks on the read path. Share it in an `Arc`.
 pub struct Router {
@@ -416,6 +429,26 @@ impl Router {
                 allowlist: request.components,
             })
         })
+    }
+
+    /// The load of every Link the router knows, for metrics: whether a session is
+    /// attached, its queries queued or running now, and how many queries were refused
+    /// as busy (its queue full) since the router started. Lock-free; each value is
+    /// read on its own (a snapshot of each Link, not of all of them at one instant).
+    pub fn link_loads(&self) -> Vec<LinkLoad> {
+        self.links
+            .pin()
+            .iter()
+            .map(|(link, entry)| {
+                let session = entry.session();
+                LinkLoad {
+                    link: *link,
+                    attached: session.as_ref().is_some_and(|s| !s.is_closed()),
+                    in_flight: session.as_ref().map_or(0, |s| s.in_flight()),
+                    busy_refusals: entry.busy_refusals(),
+                }
+            })
+            .collect()
     }
 
     /// When a Link was last heard from, if the router knows it.

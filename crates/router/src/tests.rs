@@ -167,6 +167,44 @@ fn full_queue_is_busy_503_and_frees_up() {
 }
 
 #[test]
+fn link_loads_count_queued_queries_and_busy_refusals_across_sessions() {
+    let mut config = RouterConfig::standard();
+    config.link_capacity = 2;
+    let (router, _) = setup(config);
+    let session = router.attach_link(link(1));
+    let a = router.route(request(halo(1))).unwrap();
+    let _b = router.route(request(halo(1))).unwrap();
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
+    assert_eq!(
+        router.route(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
+    let load = |router: &Router| {
+        router
+            .link_loads()
+            .into_iter()
+            .find(|l| l.link == link(1))
+            .expect("the link is known")
+    };
+    let now = load(&router);
+    assert!(now.attached);
+    assert_eq!(now.in_flight, 2);
+    assert_eq!(now.busy_refusals, 2);
+    assert!(a.cancel());
+    assert_eq!(load(&router).in_flight, 1);
+    // A detach empties the queue; the refusals stay counted for the Link.
+    drop(session);
+    let detached = load(&router);
+    assert!(!detached.attached);
+    assert_eq!(detached.in_flight, 0);
+    let _again = router.attach_link(link(1));
+    assert_eq!(load(&router).busy_refusals, 2);
+}
+
+#[test]
 fn detach_fails_every_in_flight_query_at_once() {
     let (router, _) = setup(RouterConfig::standard());
     let mut session = router.attach_link(link(1));

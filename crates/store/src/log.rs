@@ -29,6 +29,12 @@ pub trait EventLog {
     /// The sequence number of the last appended record ([`Seq::ZERO`] if none).
     fn last_seq(&self) -> Seq;
 
+    /// How long the commit of the last append took (for SQLite with
+    /// `synchronous=FULL`: writing the WAL and its fsync), if the log measures it.
+    fn last_commit_time(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Calls `f` with every record after `after`, in order, verifying each one
     /// first, and stops at the first damaged record, gap, or record that `f`
     /// rejects.

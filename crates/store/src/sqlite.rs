@@ -78,6 +78,9 @@ pub struct SqliteLog {
     /// eventually fair (parking_lot hands it over within about 0.5 ms), so the two
     /// take turns, one short transaction each.
     gate: Arc<Mutex<()>>,
+    /// How long the last append's commit took (the WAL write and, under
+    /// `synchronous=FULL`, its fsync); for metrics.
+    last_commit: Option<std::time::Duration>,
 }
 
 impl SqliteLog {
@@ -117,6 +120,7 @@ impl SqliteLog {
             last,
             sync,
             gate: Arc::default(),
+            last_commit: None,
         })
     }
 
@@ -161,6 +165,7 @@ impl SqliteLog {
             last,
             sync: "FULL",
             gate: Arc::default(),
+            last_commit: None,
         })
     }
 
@@ -417,7 +422,9 @@ impl SqliteLog {
             "UPDATE meta SET value = ?1 WHERE key = 'committed_seq'",
             [seq.to_sql()?],
         )?;
+        let committing = std::time::Instant::now();
         tx.commit()?;
+        self.last_commit = Some(committing.elapsed());
         self.last = seq;
         Ok(seq)
     }
@@ -562,6 +569,10 @@ impl EventLog for SqliteLog {
 
     fn last_seq(&self) -> Seq {
         self.last
+    }
+
+    fn last_commit_time(&self) -> Option<std::time::Duration> {
+        self.last_commit
     }
 
     fn read_from(&self, after: Seq, f: &mut Visit<'_>) -> Result<ReadReport, StoreError> {

@@ -325,6 +325,12 @@ where
         self.log.last_seq()
     }
 
+    /// How long the durable commit (the fsync) of the last append took, when the
+    /// log measures it; for metrics.
+    pub fn last_commit_time(&self) -> Option<std::time::Duration> {
+        self.log.last_commit_time()
+    }
+
     /// The corruption that recovery stopped at, while it is unresolved.
     pub fn unresolved(&self) -> Option<&Corruption> {
         self.unresolved.as_ref()
