@@ -2,6 +2,8 @@
 //! real SQLite databases. One module per area; fixtures in `fixture.rs`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod async_queries;
+mod contract;
 mod dialect;
 mod failures;
 mod fairness;

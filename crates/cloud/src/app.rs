@@ -22,7 +22,7 @@ use utoipa::OpenApi as _;
 
 use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
-use crate::{admin, integrator, link_ws, openapi, serve};
+use crate::{admin, integrator, link_ws, openapi, queries, serve, webhooks};
 
 /// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
 /// The largest legitimate body, an immediate query's SQL text and parameters, is
@@ -40,6 +40,8 @@ pub struct App {
     pub max_databases_per_link: usize,
     /// Revocations, broadcast to live Link sessions.
     pub kicks: link_ws::Kicks,
+    /// The async path: async and registered queries, result pages, webhooks.
+    pub jobs: crate::queries::Jobs,
 }
 
 /// The shared application state.
@@ -120,6 +122,9 @@ pub enum StartError {
     /// The state could not be recovered.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The async path's store could not be opened or recovered.
+    #[error(transparent)]
+    Jobs(#[from] crate::queries::store::JobStoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -167,6 +172,42 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/admin/integrators/{integrator}/practices", post(admin::enable_practice))
         .route("/admin/integrators/{integrator}/keys", post(admin::issue_key))
         .route("/admin/policy-events", post(admin::policy_event))
+        .route(
+            "/integrator/sites/{site_id}/queries/async",
+            post(queries::async_query::create_async_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/status",
+            post(queries::async_query::get_query_status_batch),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}",
+            get(queries::async_query::get_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}/results/{page}",
+            get(queries::pages::get_result_page),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}/results/{page}/stream",
+            get(queries::pages::stream_result_page),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered",
+            post(queries::registered::create_registered_query)
+                .get(queries::registered::get_registered_queries),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered/{query_id}",
+            get(queries::registered::get_registered_query)
+                .delete(queries::registered::cancel_registered_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered/{query_id}/results",
+            get(queries::registered::get_registered_query_result),
+        )
+        .route("/admin/integrators/{integrator}/webhooks", put(webhooks::configure))
+        .route("/admin/webhooks/dead-letters", get(webhooks::dead_letters))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
         .route("/link/ws", get(link_ws::link_ws))
@@ -201,6 +242,18 @@ pub fn routes(app: AppState) -> AxumRouter {
 /// # Errors
 /// [`StartError::State`] when recovery fails.
 pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
+    build_with(config, crate::queries::JobsConfig::default())
+}
+
+/// [`build`] with the async path's settings.
+///
+/// # Errors
+/// [`StartError::State`] or [`StartError::Jobs`] when recovery fails.
+pub fn build_with(
+    config: &CloudConfig,
+    jobs: crate::queries::JobsConfig,
+) -> Result<AppState, StartError> {
+    let jobs = crate::queries::Jobs::open(config.data_dir.as_deref(), jobs)?;
     let router = Arc::new(Router::new(config.router.clone()));
     let state = CloudState::open(
         &StateConfig {
@@ -216,6 +269,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         admin_token_hash: KeyHash::of(&config.admin_token),
         max_databases_per_link: config.max_databases_per_link,
         kicks: link_ws::Kicks::default(),
+        jobs,
     }))
 }
 
@@ -250,7 +304,18 @@ impl RunningCloud {
 /// # Errors
 /// [`StartError`] when recovery or binding fails.
 pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
-    let app = build(&config)?;
+    start_with(config, crate::queries::JobsConfig::default()).await
+}
+
+/// [`start`] with the async path's settings.
+///
+/// # Errors
+/// [`StartError`] when recovery or binding fails.
+pub async fn start_with(
+    config: CloudConfig,
+    jobs: crate::queries::JobsConfig,
+) -> Result<RunningCloud, StartError> {
+    let app = build_with(&config, jobs)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -265,6 +330,7 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
     let router = routes(Arc::clone(&app));
     let limits = config.http;
     let sweeper_app = Arc::clone(&app);
+    let background = crate::queries::spawn_background(&app);
     let handle = tokio::spawn(async move {
         // Times out queries whose owner stopped waiting without cancelling.
         let sweeper = tokio::spawn(async move {
@@ -282,6 +348,9 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
         })
         .await;
         sweeper.abort();
+        for task in background {
+            task.abort();
+        }
     });
     Ok(RunningCloud {
         addr,

@@ -15,15 +15,19 @@ pub mod extract;
 pub mod integrator;
 pub mod link_ws;
 pub mod openapi;
+pub mod queries;
 pub mod record;
 mod serve;
 pub mod site_view;
 pub mod state;
 pub mod status;
+pub mod webhooks;
 
 pub use app::{
-    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,
+    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_with, routes,
+    start, start_with,
 };
+pub use queries::JobsConfig;
 pub use clock::now;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;

@@ -50,6 +50,7 @@ use crate::state::LinkState;
 use crate::{LinkConfig, LinkError};
 
 mod fair;
+mod paged;
 
 use fair::{FairQueue, Refusal};
 
@@ -321,7 +322,10 @@ impl Agent {
             s.sessions += 1;
         });
 
-        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
+        // (query id, frame, whether it is the job's last frame).
+        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String, bool)>(64);
+        // Credits of the paged jobs (pages the Cloud lets this Link send).
+        let mut credits: HashMap<u64, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let mut running = Running::default();
         let mut waiting = FairQueue::new(self.config.max_queued_per_database);
         let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
@@ -361,8 +365,11 @@ impl Agent {
                     }
                     self.persist_epochs();
                 }
-                Some((query_id, frame)) = done_rx.recv() => {
-                    running.remove(&query_id);
+                Some((query_id, frame, last)) = done_rx.recv() => {
+                    if last {
+                        running.remove(&query_id);
+                        credits.remove(&query_id);
+                    }
                     if let Err(e) = sink.send(Message::text(frame)).await {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
@@ -390,12 +397,33 @@ impl Agent {
                             // if a worker is free, and is refused otherwise.
                             let now = Instant::now();
                             let mut frames = Vec::new();
-                            if let Some(refusal) = self.queue_job(job, &mut waiting, &running, now) {
+                            if let Some(refusal) = self.queue_job(job, None, &mut waiting, &running, now) {
                                 frames.push(refusal);
                             }
                             frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
+                            }
+                        }
+                        Ok(Some(CloudToLink::StreamJob(stream))) => {
+                            let now = Instant::now();
+                            let query_id = stream.job.query_id;
+                            let paging = paged::Paging::new(&stream);
+                            let credit = paging.credits();
+                            let mut frames = Vec::new();
+                            if let Some(refusal) = self.queue_job(stream.job, Some(paging), &mut waiting, &running, now) {
+                                frames.push(refusal);
+                            } else {
+                                credits.insert(query_id, credit);
+                            }
+                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            if let Err(e) = send_all(&mut sink, frames).await {
+                                break lost(true, e);
+                            }
+                        }
+                        Ok(Some(CloudToLink::StreamAck { query_id, pages })) => {
+                            if let Some(credit) = credits.get(&query_id) {
+                                credit.add_permits(paged::permits(pages, credit));
                             }
                         }
                         Ok(Some(CloudToLink::Cancel { query_id })) => {
@@ -428,6 +456,9 @@ impl Agent {
             );
         }
         drop(waiting);
+        for credit in credits.values() {
+            credit.close(); // a paged job waiting for credit stops at once
+        }
         drop(running); // cancels what is still running
         end
     }
@@ -490,6 +521,7 @@ impl Agent {
     fn queue_job(
         &self,
         job: QueryJob,
+        paging: Option<paged::Paging>,
         waiting: &mut FairQueue<Queued>,
         running: &Running,
         now: Instant,
@@ -519,7 +551,12 @@ impl Agent {
         let budget = Duration::from_millis(budget).min(MAX_QUEUE_BUDGET);
         let start_by = now.checked_add(budget).unwrap_or(now);
         let control = JobControl::for_job(&job);
-        let queued = Queued { db, job, control };
+        let queued = Queued {
+            db,
+            job,
+            control,
+            paging,
+        };
         match waiting.push(queued.db.halo_guid(), query_id, start_by, queued) {
             Ok(()) => None,
             Err((Refusal::Full, _)) => Some(refuse(
@@ -540,7 +577,7 @@ impl Agent {
         &self,
         waiting: &mut FairQueue<Queued>,
         running: &mut Running,
-        done: &mpsc::Sender<(u64, String)>,
+        done: &mpsc::Sender<(u64, String, bool)>,
         now: Instant,
     ) -> Vec<String> {
         let refusals = waiting
@@ -560,7 +597,11 @@ impl Agent {
         while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
             let worker = self.workers.take(db);
             running.insert(query_id, queued.control.clone());
-            launch(queued, worker, done.clone());
+            if queued.paging.is_some() {
+                paged::launch(queued, worker, done.clone());
+            } else {
+                launch(queued, worker, done.clone());
+            }
         }
         refusals
     }
@@ -571,13 +612,17 @@ struct Queued {
     db: Arc<Database>,
     job: QueryJob,
     control: JobControl,
+    /// `Some` for a job whose result goes back in pages.
+    paging: Option<paged::Paging>,
 }
 
 /// Runs a job on the blocking pool and hands its answer to `done`; its worker is
 /// freed once the answer is handed over (or the session is gone), so on one
 /// worker answers leave in the order the jobs started.
-fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
-    let Queued { db, job, control } = queued;
+fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String, bool)>) {
+    let Queued {
+        db, job, control, ..
+    } = queued;
     let query_id = job.query_id;
     tokio::spawn(async move {
         let frame = tokio::task::spawn_blocking(move || match execute_with(&db, &job, &control) {
@@ -607,7 +652,7 @@ fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
                 QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
             )
         });
-        let _ = done.send((query_id, frame)).await;
+        let _ = done.send((query_id, frame, true)).await;
         drop(worker);
     });
 }
@@ -769,6 +814,8 @@ fn kind(msg: &CloudToLink) -> &'static str {
         CloudToLink::Refused { .. } => "refused",
         CloudToLink::QueryJob(_) => "queryJob",
         CloudToLink::Cancel { .. } => "cancel",
+        CloudToLink::StreamJob(_) => "streamJob",
+        CloudToLink::StreamAck { .. } => "streamAck",
     }
 }
 

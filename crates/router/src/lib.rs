@@ -107,12 +107,14 @@ mod sync;
 
 pub use dispatch::{Dispatch, QueryId};
 pub use error::{RouteError, RouteErrorClass};
-pub use job::{Command, Job};
+pub use job::{Command, Job, Paging};
 pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};
-pub use router::{Authorised, Published, RouteRequest, Router, RouterConfig, check_route};
+pub use router::{
+    Authorised, Published, RouteLimits, RouteRequest, Router, RouterConfig, check_route,
+};
 
 #[cfg(all(test, not(loom)))]
 mod fixture;
