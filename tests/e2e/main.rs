@@ -14,3 +14,4 @@ mod http_edges;
 mod link_trust;
 mod tenancy;
 mod visibility;
+mod webhooks;
