@@ -550,7 +550,8 @@ async fn receive(
                         size: json.len() as u64,
                     };
                     drop(page);
-                    if record.status != AsyncStatus::Uploading {
+                    let first = record.status != AsyncStatus::Uploading;
+                    if first {
                         let at = now().as_millis();
                         record.sql_execution_ms = Some(at.saturating_sub(started));
                         record.enter(AsyncStatus::Uploading, at);
@@ -563,8 +564,11 @@ async fn receive(
                     app.jobs.hub.ack(query_id, 1);
                     record.size += meta.size;
                     record.pages.push(meta);
-                    record.updated_at = now().as_millis();
-                    persist(app, record).await;
+                    // The status change is stored; the page list is stored with the
+                    // terminal status (an unfinished upload does not survive a restart).
+                    if first {
+                        persist(app, record).await;
+                    }
                 }
                 Some(StreamEvent::End(end)) => {
                     let expected = u32::try_from(record.pages.len()).unwrap_or(u32::MAX);
