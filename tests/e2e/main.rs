@@ -13,6 +13,7 @@ mod hostile;
 mod processes;
 mod http_edges;
 mod crash;
+mod large_result;
 mod link_trust;
 mod tenancy;
 mod visibility;
