@@ -37,7 +37,8 @@ pub(crate) struct Setup {
 /// A Cloud with `jobs`, a Link serving one practice of `patients` patients, and an
 /// integrator paired with it.
 pub(crate) async fn setup(jobs: JobsConfig, patients: usize) -> Setup {
-    let mut h = Harness::start_with_jobs(RouterConfig::standard(), HttpLimits::default(), jobs).await;
+    let mut h =
+        Harness::start_with_jobs(RouterConfig::standard(), HttpLimits::default(), jobs).await;
     let mut p = practice("SMILE01", "Smile Dental");
     p.patients = patients;
     let link = h.link(Environment::Stage, &[p]).await;
@@ -67,7 +68,9 @@ pub(crate) async fn submit(s: &Setup, sql: &str) -> (u16, Value) {
 pub(crate) async fn wait_terminal(h: &Harness, key: &str, site: HaloGuid, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = h.get(key, &format!("/integrator/sites/{site}/queries/{id}")).await;
+        let (status, body) = h
+            .get(key, &format!("/integrator/sites/{site}/queries/{id}"))
+            .await;
         assert_eq!(status, 200, "{body}");
         let s = body["status"].as_str().unwrap().to_owned();
         if !["initialising", "queued", "executing", "uploading"].contains(&s.as_str()) {
@@ -86,7 +89,9 @@ pub(crate) async fn all_pages(h: &Harness, key: &str, site: HaloGuid, query: &Va
         let n = page["pageNumber"].as_u64().unwrap();
         let resp = h
             .http
-            .get(h.url(&format!("/integrator/sites/{site}/queries/{id}/results/{n}")))
+            .get(h.url(&format!(
+                "/integrator/sites/{site}/queries/{id}/results/{n}"
+            )))
             .header(halo_cloud::KEY_HEADER, key)
             .send()
             .await
@@ -99,9 +104,18 @@ pub(crate) async fn all_pages(h: &Harness, key: &str, site: HaloGuid, query: &Va
                 .parse::<u64>()
                 .unwrap()
         };
-        assert_eq!(header("rows-count"), page["rows"]["count"].as_u64().unwrap());
-        assert_eq!(header("rows-range-start"), page["rows"]["rangeStart"].as_u64().unwrap());
-        assert_eq!(header("rows-range-end"), page["rows"]["rangeEnd"].as_u64().unwrap());
+        assert_eq!(
+            header("rows-count"),
+            page["rows"]["count"].as_u64().unwrap()
+        );
+        assert_eq!(
+            header("rows-range-start"),
+            page["rows"]["rangeStart"].as_u64().unwrap()
+        );
+        assert_eq!(
+            header("rows-range-end"),
+            page["rows"]["rangeEnd"].as_u64().unwrap()
+        );
         assert_eq!(header("size"), page["size"].as_u64().unwrap());
         let body: Value = resp.json().await.unwrap();
         // The document's `oneOf` for this response is ambiguous (its "Non Query Result"
@@ -109,7 +123,10 @@ pub(crate) async fn all_pages(h: &Harness, key: &str, site: HaloGuid, query: &Va
         // against the branch a reader result is.
         crate::contract::assert_response_branch("get", PAGE, 200, 0, &body);
         let mut page_rows = rows(&json!({"result": body}));
-        assert_eq!(page_rows.len() as u64, page["rows"]["count"].as_u64().unwrap());
+        assert_eq!(
+            page_rows.len() as u64,
+            page["rows"]["count"].as_u64().unwrap()
+        );
         all.append(&mut page_rows);
     }
     all
@@ -147,14 +164,16 @@ async fn an_async_query_pages_its_result_and_every_answer_follows_the_document()
     }
 
     // The stream of a page is that page's JSON rows.
-    let resp = s
-        .h
-        .http
-        .get(s.h.url(&format!("/integrator/sites/{}/queries/{id}/results/2/stream", s.site)))
-        .header(halo_cloud::KEY_HEADER, &s.key)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        s.h.http
+            .get(s.h.url(&format!(
+                "/integrator/sites/{}/queries/{id}/results/2/stream",
+                s.site
+            )))
+            .header(halo_cloud::KEY_HEADER, &s.key)
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.status(), 200);
     let streamed: Vec<Value> = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     let first = pages[0]["rows"]["count"].as_u64().unwrap() as usize;
@@ -163,9 +182,8 @@ async fn an_async_query_pages_its_result_and_every_answer_follows_the_document()
 
     // Status batch: found and not found.
     let unknown = "00000000-0000-4000-8000-000000000001";
-    let (status, batch) = s
-        .h
-        .post(
+    let (status, batch) =
+        s.h.post(
             &s.key,
             &format!("/integrator/sites/{}/queries/status", s.site),
             json!({"queryIds": [id, unknown]}),
@@ -211,7 +229,10 @@ async fn async_failures_answer_as_the_document_says() {
     assert_schema("AsyncQueryExecutionFailed", &failed);
     assert!(failed["errorCode"].as_i64().unwrap() > 0, "{failed}");
     assert!(
-        failed["errorMessage"].as_str().unwrap().contains("no_such_column"),
+        failed["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_column"),
         "{failed}"
     );
     // A failed query has no pages.
@@ -233,14 +254,15 @@ async fn async_failures_answer_as_the_document_says() {
     let pages = done["result"]["pages"].as_array().unwrap().len();
     let (status, _) = s.h.get(&s.key, &format!("{base}/{id}/results/0")).await;
     assert_eq!(status, 400);
-    let (status, _) = s.h.get(&s.key, &format!("{base}/{id}/results/{}", pages + 1)).await;
+    let (status, _) =
+        s.h.get(&s.key, &format!("{base}/{id}/results/{}", pages + 1))
+            .await;
     assert_eq!(status, 404);
 
     // Another integrator's key never sees the query: 404 as for one nobody has.
-    let (status, body) = s
-        .h
-        .get("unknown-key-0123456789", &format!("{base}/{id}"))
-        .await;
+    let (status, body) =
+        s.h.get("unknown-key-0123456789", &format!("{base}/{id}"))
+            .await;
     assert_eq!(status, 401, "{body}");
 }
 
@@ -267,9 +289,11 @@ async fn results_expire_after_their_retention_and_answer_410() {
     let (status, body) = s.h.get(&s.key, &format!("{base}/stream")).await;
     assert_eq!(status, 410, "{body}");
     // The query itself stays readable.
-    let (status, body) = s
-        .h
-        .get(&s.key, &format!("/integrator/sites/{}/queries/{id}", s.site))
+    let (status, body) =
+        s.h.get(
+            &s.key,
+            &format!("/integrator/sites/{}/queries/{id}", s.site),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "successful");
@@ -286,9 +310,8 @@ async fn a_query_past_its_deadline_fails_and_is_stopped_at_the_link() {
     )
     .await;
     let slow = "SELECT count(*) FROM patients a, patients b, patients c, patients d, patients e, patients f";
-    let (status, created) = s
-        .h
-        .post(
+    let (status, created) =
+        s.h.post(
             &s.key,
             &format!("/integrator/sites/{}/queries/async", s.site),
             json!({"maxTimeInQueue": 0, "command": {"text": slow}}),
@@ -304,7 +327,9 @@ async fn a_query_past_its_deadline_fails_and_is_stopped_at_the_link() {
     // The Link stopped it: its workers serve the next queries at once. (40^6 rows
     // would keep a worker busy for minutes.)
     for _ in 0..8 {
-        let (status, body) = s.h.query(&s.key, s.site, "SELECT first_name FROM patients").await;
+        let (status, body) =
+            s.h.query(&s.key, s.site, "SELECT first_name FROM patients")
+                .await;
         assert_eq!(status, 200, "{body}");
     }
 }
@@ -313,5 +338,8 @@ async fn a_query_past_its_deadline_fails_and_is_stopped_at_the_link() {
 fn the_page_data_is_base64_of_json_rows() {
     // Guards the helper the tests above rely on.
     let data = base64::engine::general_purpose::STANDARD.encode(br#"[{"a":1}]"#);
-    assert_eq!(rows(&json!({"result": {"data": data}})), vec![json!({"a": 1})]);
+    assert_eq!(
+        rows(&json!({"result": {"data": data}})),
+        vec![json!({"a": 1})]
+    );
 }

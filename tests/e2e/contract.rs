@@ -38,8 +38,8 @@ pub(crate) fn assert_valid_at(pointer: &str, instance: &Value) {
         panic!("the document is an object")
     };
     map.insert("$ref".into(), Value::String(pointer.to_owned()));
-    let validator = jsonschema::validator_for(&schema)
-        .unwrap_or_else(|e| panic!("schema at {pointer}: {e}"));
+    let validator =
+        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema at {pointer}: {e}"));
     let errors: Vec<String> = validator
         .iter_errors(instance)
         .map(|e| format!("{e} at {}", e.instance_path))

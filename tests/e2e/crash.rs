@@ -63,7 +63,9 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
     let agent = Agent::prepare(config).unwrap();
     let site = agent.databases()[0].halo_guid();
     let link = agent.spawn();
-    link.wait_connected(1, Duration::from_secs(10)).await.unwrap();
+    link.wait_connected(1, Duration::from_secs(10))
+        .await
+        .unwrap();
     let (status, body) = client
         .call(
             Method::POST,
@@ -94,7 +96,8 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
         for i in 0..8 {
             let body = json!({"command": {"text": queries[i % queries.len()]}});
             let path = format!("/integrator/sites/{site}/queries/async");
-            if let Ok((status, created)) = client.call(Method::POST, &key, &path, Some(body)).await {
+            if let Ok((status, created)) = client.call(Method::POST, &key, &path, Some(body)).await
+            {
                 assert_eq!(status, 201, "{created}");
                 accepted.push(created["id"].as_str().unwrap().to_owned());
             }
@@ -111,14 +114,22 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
     // Work after the last restart runs to the end.
     let path = format!("/integrator/sites/{site}/queries/async");
     let body = json!({"command": {"text": queries[1]}});
-    let (status, created) = client.call(Method::POST, &key, &path, Some(body)).await.unwrap();
+    let (status, created) = client
+        .call(Method::POST, &key, &path, Some(body))
+        .await
+        .unwrap();
     assert_eq!(status, 201, "{created}");
     accepted.push(created["id"].as_str().unwrap().to_owned());
 
     let mut successful = 0;
     let mut statuses = Vec::new();
     for id in &accepted {
-        let q = wait_terminal(&client, &key, &format!("/integrator/sites/{site}/queries/{id}")).await;
+        let q = wait_terminal(
+            &client,
+            &key,
+            &format!("/integrator/sites/{site}/queries/{id}"),
+        )
+        .await;
         statuses.push(q["status"].as_str().unwrap().to_owned());
         if q["status"] == "successful" {
             successful += 1;
@@ -126,33 +137,53 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
             for page in q["result"]["pages"].as_array().unwrap() {
                 let n = page["pageNumber"].as_u64().unwrap();
                 let (status, body) = client
-                    .call(Method::GET, &key, &format!("/integrator/sites/{site}/queries/{id}/results/{n}"), None)
+                    .call(
+                        Method::GET,
+                        &key,
+                        &format!("/integrator/sites/{site}/queries/{id}/results/{n}"),
+                        None,
+                    )
                     .await
                     .unwrap();
                 assert_eq!(status, 200, "{id} page {n}: {body}");
             }
         } else {
             assert!(
-                q["errorMessage"].is_string() || q["status"] == "expiredInQueue"
+                q["errorMessage"].is_string()
+                    || q["status"] == "expiredInQueue"
                     || q["status"] == "initialisationFailedSiteOffline",
                 "a failure says why: {q}"
             );
         }
     }
     assert!(successful >= 1, "{statuses:?}");
-    eprintln!("crash test: {} accepted, statuses {statuses:?}", accepted.len());
+    eprintln!(
+        "crash test: {} accepted, statuses {statuses:?}",
+        accepted.len()
+    );
 
     // Every accepted query was notified, signed; nothing unsigned arrived.
     let wanted: HashSet<&str> = accepted.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let seen = r.seen.lock().unwrap().clone();
-        assert!(seen.iter().all(|d| d.verified), "an unsigned or stale delivery");
+        assert!(
+            seen.iter().all(|d| d.verified),
+            "an unsigned or stale delivery"
+        );
         let notified: HashSet<String> = seen
             .iter()
-            .map(|d| assert_payload(d, "async")["queryId"].as_str().unwrap().to_owned())
+            .map(|d| {
+                assert_payload(d, "async")["queryId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
-        let missing: Vec<&&str> = wanted.iter().filter(|id| !notified.contains(**id)).collect();
+        let missing: Vec<&&str> = wanted
+            .iter()
+            .filter(|id| !notified.contains(**id))
+            .collect();
         if missing.is_empty() {
             break;
         }

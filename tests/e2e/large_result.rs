@@ -64,7 +64,12 @@ async fn a_large_result_pages_through_with_bounded_memory() {
                         .and_then(|m| m.values().next().cloned())
                         .or_else(|| v["databases"].as_array().and_then(|a| a.first().cloned()))
                 })
-                .and_then(|d| d["haloGuid"].as_str().or(d["halo_guid"].as_str()).map(str::to_owned))
+                .and_then(|d| {
+                    d["haloGuid"]
+                        .as_str()
+                        .or(d["halo_guid"].as_str())
+                        .map(str::to_owned)
+                })
             {
                 break guid;
             }

@@ -4,17 +4,17 @@
 
 mod async_queries;
 mod contract;
+mod crash;
 mod dialect;
 mod failures;
 mod fairness;
 mod fixture;
 mod flow;
 mod hostile;
-mod processes;
 mod http_edges;
-mod crash;
 mod large_result;
 mod link_trust;
+mod processes;
 mod tenancy;
 mod visibility;
 mod webhooks;

@@ -103,12 +103,7 @@ pub(crate) fn peak_rss(pid: u32) -> u64 {
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .expect("VmHWM");
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
 
@@ -151,7 +146,10 @@ impl Client {
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// A Link credential for `crn` (Stage).
@@ -171,8 +169,12 @@ impl Client {
     pub(crate) async fn integrator(&self, crn: &str) -> String {
         use reqwest::Method;
         let base = format!("/admin/integrators/{INTEGRATOR}");
-        self.admin(Method::POST, &format!("{base}/enable"), json!({"pmsType": "D4w"}))
-            .await;
+        self.admin(
+            Method::POST,
+            &format!("{base}/enable"),
+            json!({"pmsType": "D4w"}),
+        )
+        .await;
         self.admin(
             Method::PUT,
             &format!("{base}/components"),
@@ -185,8 +187,12 @@ impl Client {
             json!({"pmsId": format!("D4w:{crn}")}),
         )
         .await;
-        self.admin(Method::POST, &format!("{base}/keys"), json!({"environment": "stage"}))
-            .await["key"]
+        self.admin(
+            Method::POST,
+            &format!("{base}/keys"),
+            json!({"environment": "stage"}),
+        )
+        .await["key"]
             .as_str()
             .unwrap()
             .to_owned()

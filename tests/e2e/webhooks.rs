@@ -33,9 +33,7 @@ pub(crate) fn verify(
     let timestamp = header("x-halo-timestamp").ok_or("no timestamp")?;
     let signature = header("x-halo-signature-256").ok_or("no signature")?;
     let sent = humantime::parse_rfc3339(timestamp).map_err(|_| "bad timestamp")?;
-    let age = now
-        .duration_since(sent)
-        .unwrap_or_else(|e| e.duration());
+    let age = now.duration_since(sent).unwrap_or_else(|e| e.duration());
     if age > REPLAY_WINDOW {
         return Err("stale timestamp");
     }
@@ -120,7 +118,11 @@ pub(crate) async fn wait_for(r: &Receiver, n: usize) -> Vec<Seen> {
         if seen.len() >= n {
             return seen;
         }
-        assert!(Instant::now() < deadline, "{} deliveries of {n}", seen.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} deliveries of {n}",
+            seen.len()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -139,7 +141,11 @@ pub(crate) fn assert_payload(seen: &Seen, source: &str) -> Value {
     );
     let signature = seen.headers["x-halo-signature-256"].to_str().unwrap();
     assert_eq!(signature.len(), 64);
-    assert!(signature.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    assert!(
+        signature
+            .chars()
+            .all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+    );
     payload
 }
 
@@ -191,7 +197,10 @@ async fn a_finished_query_is_notified_signed_and_a_receiver_rejects_stale_or_for
         Err("stale timestamp")
     );
     let fresh = humantime::format_rfc3339_millis(now - Duration::from_secs(299)).to_string();
-    assert_eq!(verify(SECRET.as_bytes(), &resign(headers, body, &fresh), body, now), Ok(()));
+    assert_eq!(
+        verify(SECRET.as_bytes(), &resign(headers, body, &fresh), body, now),
+        Ok(())
+    );
     let mut forged = body.to_vec();
     forged[2] ^= 1;
     assert_eq!(
@@ -204,7 +213,10 @@ async fn a_finished_query_is_notified_signed_and_a_receiver_rejects_stale_or_for
     );
     let mut unsigned = headers.clone();
     unsigned.remove("x-halo-signature-256");
-    assert_eq!(verify(SECRET.as_bytes(), &unsigned, body, now), Err("no signature"));
+    assert_eq!(
+        verify(SECRET.as_bytes(), &unsigned, body, now),
+        Err("no signature")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,11 +236,18 @@ async fn a_failing_receiver_gets_retries_then_the_delivery_is_dead_lettered() {
         .iter()
         .map(|d| d.headers["x-halo-id"].to_str().unwrap())
         .collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "one notification, retried: {ids:?}");
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one notification, retried: {ids:?}"
+    );
     assert!(seen.iter().all(|d| d.verified));
     assert_eq!(assert_payload(&seen[2], "async")["queryId"], created["id"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.seen.lock().unwrap().len(), 3, "no attempt after the success");
+    assert_eq!(
+        r.seen.lock().unwrap().len(),
+        3,
+        "no attempt after the success"
+    );
 
     // Always failing: three attempts, then a dead letter support can see.
     *r.fail_first.lock().unwrap() = usize::MAX;
@@ -236,9 +255,12 @@ async fn a_failing_receiver_gets_retries_then_the_delivery_is_dead_lettered() {
     wait_for(&r, 6).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let dead = loop {
-        let dead = s
-            .h
-            .admin(reqwest::Method::GET, "/admin/webhooks/dead-letters", Value::Null)
+        let dead =
+            s.h.admin(
+                reqwest::Method::GET,
+                "/admin/webhooks/dead-letters",
+                Value::Null,
+            )
             .await;
         if !dead["deadLetters"].as_array().unwrap().is_empty() {
             break dead;
@@ -248,18 +270,20 @@ async fn a_failing_receiver_gets_retries_then_the_delivery_is_dead_lettered() {
     };
     let letter = &dead["deadLetters"][0];
     assert_eq!(letter["attempts"], 3, "{dead}");
-    assert!(letter["lastError"].as_str().unwrap().contains("500"), "{dead}");
+    assert!(
+        letter["lastError"].as_str().unwrap().contains("500"),
+        "{dead}"
+    );
     let body: Value = serde_json::from_str(letter["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["queryId"], created["id"]);
     assert_eq!(dead["pending"], 0);
     // Support's view needs the admin token.
-    let resp = s
-        .h
-        .http
-        .get(s.h.url("/admin/webhooks/dead-letters"))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        s.h.http
+            .get(s.h.url("/admin/webhooks/dead-letters"))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.status(), 401);
 }
 
@@ -279,15 +303,21 @@ async fn a_registered_query_fires_once_per_occurrence_and_can_be_cancelled() {
         })
     };
     // Occurrences at 0, 1 and 2 s; the duration ends at 3 s.
-    let (status, created) = s.h.post(&s.key, &base_path, body("every second", 1, 3)).await;
+    let (status, created) =
+        s.h.post(&s.key, &base_path, body("every second", 1, 3))
+            .await;
     assert_eq!(status, 202, "{created}");
     assert_schema("RegisteredQueryId", &created);
     let id = created["id"].as_str().unwrap().to_owned();
-    let (status, long) = s.h.post(&s.key, &base_path, body("hourly", 3600, 86_400)).await;
+    let (status, long) =
+        s.h.post(&s.key, &base_path, body("hourly", 3600, 86_400))
+            .await;
     assert_eq!(status, 202, "{long}");
     let long_id = long["id"].as_str().unwrap().to_owned();
     // Invalid schedules: 400.
-    let (status, _) = s.h.post(&s.key, &base_path, body("too long", 1, 86_401)).await;
+    let (status, _) =
+        s.h.post(&s.key, &base_path, body("too long", 1, 86_401))
+            .await;
     assert_eq!(status, 400);
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -309,9 +339,12 @@ async fn a_registered_query_fires_once_per_occurrence_and_can_be_cancelled() {
     assert_eq!(status, 200, "{result}");
     assert_schema("RegisteredQueryResult", &result);
     assert_eq!(result["rows"], 12);
-    let (status, immediate) = s
-        .h
-        .query(&s.key, s.site, "SELECT first_name FROM patients ORDER BY patient_id")
+    let (status, immediate) =
+        s.h.query(
+            &s.key,
+            s.site,
+            "SELECT first_name FROM patients ORDER BY patient_id",
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -320,14 +353,13 @@ async fn a_registered_query_fires_once_per_occurrence_and_can_be_cancelled() {
     );
 
     // Cancel the hourly one: 204, then cancelled.
-    let resp = s
-        .h
-        .http
-        .delete(s.h.url(&format!("{base_path}/{long_id}")))
-        .header(halo_cloud::KEY_HEADER, &s.key)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        s.h.http
+            .delete(s.h.url(&format!("{base_path}/{long_id}")))
+            .header(halo_cloud::KEY_HEADER, &s.key)
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.status(), 204);
     let (_, list) = s.h.get(&s.key, &base_path).await;
     let list = list["registeredQueries"].as_array().unwrap();

@@ -27,11 +27,11 @@ pub use app::{
     App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_with, routes,
     start, start_with,
 };
-pub use queries::JobsConfig;
 pub use clock::now;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;
 pub use extract::KEY_HEADER;
 pub use openapi::ApiDoc;
+pub use queries::JobsConfig;
 pub use record::{CredentialEvent, Record};
 pub use state::{CloudState, Snapshot, StateConfig};

@@ -137,22 +137,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 webhook_attempts: webhook_attempts.max(1),
                 ..halo_cloud::JobsConfig::default()
             };
-            let cloud = halo_cloud::start_with(CloudConfig {
-                listen,
-                data_dir: Some(data_dir.clone()),
-                admin_token,
-                router: RouterConfig::standard(),
-                availability: AvailabilityConfig::default(),
-                snapshot_every,
-                accept_damaged_log,
-                max_databases_per_link,
-                http: HttpLimits {
-                    max_connections,
-                    header_read_timeout,
-                    body_read_timeout,
-                    write_timeout,
+            let cloud = halo_cloud::start_with(
+                CloudConfig {
+                    listen,
+                    data_dir: Some(data_dir.clone()),
+                    admin_token,
+                    router: RouterConfig::standard(),
+                    availability: AvailabilityConfig::default(),
+                    snapshot_every,
+                    accept_damaged_log,
+                    max_databases_per_link,
+                    http: HttpLimits {
+                        max_connections,
+                        header_read_timeout,
+                        body_read_timeout,
+                        write_timeout,
+                    },
                 },
-            }, jobs)
+                jobs,
+            )
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;
             tracing::info!(addr = %cloud.addr, data_dir = %data_dir.display(), "halo-cloud serving");

@@ -93,7 +93,9 @@ fn check_url(url: &str) -> Result<(), ApiError> {
     let parsed = reqwest::Url::parse(&fill(url, "s", "q", "async"))
         .map_err(|e| ApiError::bad_request(format!("invalid webhook url: {e}")))?;
     if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
-        return Err(ApiError::bad_request("a webhook url must be http(s) with a host"));
+        return Err(ApiError::bad_request(
+            "a webhook url must be http(s) with a host",
+        ));
     }
     Ok(())
 }
@@ -111,15 +113,24 @@ pub async fn configure(
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .to_string();
     let ApiJson(body) = body?;
-    for url in [&body.url, &body.async_url, &body.registered_url].into_iter().flatten() {
+    for url in [&body.url, &body.async_url, &body.registered_url]
+        .into_iter()
+        .flatten()
+    {
         check_url(url)?;
     }
     if body.url.is_none() && body.async_url.is_none() && body.registered_url.is_none() {
-        return Err(ApiError::bad_request("at least one webhook url is required"));
+        return Err(ApiError::bad_request(
+            "at least one webhook url is required",
+        ));
     }
     let (secret, generated) = match body.secret {
         Some(s) if s.len() >= 16 => (s, false),
-        Some(_) => return Err(ApiError::bad_request("secret must be at least 16 characters")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "secret must be at least 16 characters",
+            ));
+        }
         None => (crate::admin::new_secret("whsec_"), true),
     };
     let config = WebhookConfig {
@@ -291,7 +302,11 @@ async fn deliver_one(app: &AppState, client: &reqwest::Client, d: Delivery) {
     let at = now().as_millis();
     let hold = u64::try_from((config.webhook_timeout * 2).as_millis()).unwrap_or(u64::MAX);
     let (id, seen) = (d.id.clone(), d.next_at);
-    match blocking(store, move |s| s.claim_delivery(&id, seen, at.saturating_add(hold))).await {
+    match blocking(store, move |s| {
+        s.claim_delivery(&id, seen, at.saturating_add(hold))
+    })
+    .await
+    {
         Ok(true) => {}
         Ok(false) => return,
         Err(e) => {
@@ -312,7 +327,11 @@ async fn deliver_one(app: &AppState, client: &reqwest::Client, d: Delivery) {
             blocking(store, move |s| s.dead_letter(&id, attempts, &why)).await
         }
         Attempt::Retry(why) => {
-            let wait = backoff(config.webhook_retry_base, config.webhook_retry_max, d.attempts);
+            let wait = backoff(
+                config.webhook_retry_base,
+                config.webhook_retry_max,
+                d.attempts,
+            );
             let next = now()
                 .as_millis()
                 .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));

@@ -944,7 +944,10 @@ fn write_pages(
         in_page += 1;
         if out.len() >= page_bytes {
             out.push(b']');
-            sink(std::mem::replace(&mut out, Vec::with_capacity(page_bytes.min(1 << 20) + 256)), in_page)?;
+            sink(
+                std::mem::replace(&mut out, Vec::with_capacity(page_bytes.min(1 << 20) + 256)),
+                in_page,
+            )?;
             out.push(b'[');
             in_page = 0;
             pages += 1;

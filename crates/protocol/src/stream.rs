@@ -44,7 +44,13 @@ pub struct ResultPage {
 
 impl ResultPage {
     /// Builds a page from the JSON text of its rows.
-    pub fn from_json(query_id: u64, page_number: u32, row_start: u64, rows: u64, json: &[u8]) -> Self {
+    pub fn from_json(
+        query_id: u64,
+        page_number: u32,
+        row_start: u64,
+        rows: u64,
+        json: &[u8],
+    ) -> Self {
         Self {
             query_id,
             page_number,
@@ -119,8 +125,14 @@ mod tests {
         let frame = encode(&msg).unwrap();
         assert!(frame.starts_with(r#"{"type":"streamJob","queryId":18446744073709551615"#));
         assert_eq!(decode::<CloudToLink>(&frame).unwrap(), msg);
-        let ack = CloudToLink::StreamAck { query_id: 9, pages: 1 };
-        assert_eq!(encode(&ack).unwrap(), r#"{"type":"streamAck","queryId":9,"pages":1}"#);
+        let ack = CloudToLink::StreamAck {
+            query_id: 9,
+            pages: 1,
+        };
+        assert_eq!(
+            encode(&ack).unwrap(),
+            r#"{"type":"streamAck","queryId":9,"pages":1}"#
+        );
         let page = LinkToCloud::ResultPage(ResultPage::from_json(9, 1, 0, 1, br#"[{"a":1}]"#));
         let frame = encode(&page).unwrap();
         assert_eq!(decode::<LinkToCloud>(&frame).unwrap(), page);
@@ -141,7 +153,13 @@ mod tests {
     #[test]
     fn a_largest_page_fits_in_a_frame() {
         let json = vec![b'x'; crate::MAX_RESULT_BYTES];
-        let page = LinkToCloud::ResultPage(ResultPage::from_json(u64::MAX, u32::MAX, u64::MAX, u64::MAX, &json));
+        let page = LinkToCloud::ResultPage(ResultPage::from_json(
+            u64::MAX,
+            u32::MAX,
+            u64::MAX,
+            u64::MAX,
+            &json,
+        ));
         assert!(encode(&page).is_ok());
     }
 }

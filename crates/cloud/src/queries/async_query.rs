@@ -435,14 +435,16 @@ async fn end(jobs: &Jobs, record: &AsyncRecord, expires_at: u64) -> Result<(), J
     let id = record.id.clone();
     let source = record.source.clone();
     let (integrator, site) = (record.integrator.clone(), record.site.clone());
-    let notify_id = record.registered_id.clone().unwrap_or_else(|| record.id.clone());
+    let notify_id = record
+        .registered_id
+        .clone()
+        .unwrap_or_else(|| record.id.clone());
     let at = record.updated_at;
     blocking(&jobs.store, move |s| {
         if failed {
             s.delete_pages(&id)?;
         }
-        let hooks =
-            crate::webhooks::deliveries(s, &integrator, &source, &site, &notify_id, at)?;
+        let hooks = crate::webhooks::deliveries(s, &integrator, &source, &site, &notify_id, at)?;
         s.finish_query(&id, &text, expires_at, &hooks)
     })
     .await
@@ -510,7 +512,11 @@ async fn drive(
     };
     let query_id = dispatch.query_id().get();
     let Some(mut pages) = app.jobs.hub.take_receiver(query_id) else {
-        return Err(Failure::new(AsyncStatus::ExecutionFailed, 500, "duplicate query id"));
+        return Err(Failure::new(
+            AsyncStatus::ExecutionFailed,
+            500,
+            "duplicate query id",
+        ));
     };
     let started = now().as_millis();
     record.enter(AsyncStatus::Executing, started);
@@ -669,7 +675,10 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
         let expires_at = at.saturating_add(retention);
         record.expires_at = Some(expires_at);
         jobs.store.delete_pages(&record.id)?;
-        let notify_id = record.registered_id.clone().unwrap_or_else(|| record.id.clone());
+        let notify_id = record
+            .registered_id
+            .clone()
+            .unwrap_or_else(|| record.id.clone());
         let hooks = crate::webhooks::deliveries(
             &*jobs.store,
             &record.integrator,
@@ -678,8 +687,12 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
             &notify_id,
             at,
         )?;
-        jobs.store
-            .finish_query(&record.id, &serde_json::to_string(&record)?, expires_at, &hooks)?;
+        jobs.store.finish_query(
+            &record.id,
+            &serde_json::to_string(&record)?,
+            expires_at,
+            &hooks,
+        )?;
         tracing::warn!(query = %record.id, status = status.as_str(), "unfinished async query ended at recovery");
     }
     Ok(())

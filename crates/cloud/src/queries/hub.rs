@@ -176,7 +176,10 @@ mod tests {
         );
         hub.page(page(7, 3)).unwrap();
         hub.cancel(7);
-        assert_eq!(sent.try_recv().unwrap(), CloudToLink::Cancel { query_id: 7 });
+        assert_eq!(
+            sent.try_recv().unwrap(),
+            CloudToLink::Cancel { query_id: 7 }
+        );
         // Forgotten: a late page is dropped.
         hub.page(page(7, 4)).unwrap();
         assert!(hub.is_empty());

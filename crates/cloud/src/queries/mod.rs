@@ -74,9 +74,8 @@ pub struct Jobs {
     pub hub: hub::StreamHub,
     /// The keys of this process's registered queries, in memory only (keys are never
     /// stored): registered query id to (key, caller address).
-    pub(crate) keys: std::sync::Mutex<
-        std::collections::HashMap<String, (String, Option<std::net::IpAddr>)>,
-    >,
+    pub(crate) keys:
+        std::sync::Mutex<std::collections::HashMap<String, (String, Option<std::net::IpAddr>)>>,
 }
 
 impl Jobs {
@@ -126,7 +125,8 @@ pub fn spawn_background(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         loop {
             every.tick().await;
             let now = now().as_millis();
-            if let Err(e) = blocking(&retention_app.jobs.store, move |s| s.expire_results(now)).await
+            if let Err(e) =
+                blocking(&retention_app.jobs.store, move |s| s.expire_results(now)).await
             {
                 tracing::error!(error = %e, "expiring results failed");
             }

@@ -137,7 +137,10 @@ impl RegisteredRecord {
         if let Some(d) = self.metrics.last_execution_duration {
             metrics.insert("lastExecutionDuration".into(), json!(d));
         }
-        metrics.insert("executionSucceededCount".into(), json!(self.metrics.succeeded));
+        metrics.insert(
+            "executionSucceededCount".into(),
+            json!(self.metrics.succeeded),
+        );
         metrics.insert("executionFailedCount".into(), json!(self.metrics.failed));
         metrics.insert("resultSizeSum".into(), json!(self.metrics.result_size_sum));
         metrics.insert("requestSize".into(), json!(self.request_size));
@@ -165,7 +168,8 @@ impl RegisteredRecord {
     }
 
     fn end_ms(&self) -> u64 {
-        self.created_at.saturating_add(self.duration.saturating_mul(1000))
+        self.created_at
+            .saturating_add(self.duration.saturating_mul(1000))
     }
 
     /// The occurrence after the one at `at`, if it falls within the duration.
@@ -227,10 +231,16 @@ pub async fn create_registered_query(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(record.id.clone(), (key, ip.0));
-    let (id, site_s, integrator) = (record.id.clone(), record.site.clone(), record.integrator.clone());
-    blocking(&app.jobs.store, move |s| s.put_registered(&id, &site_s, &integrator, Some(at), &text))
-        .await
-        .map_err(|e| internal(&e))?;
+    let (id, site_s, integrator) = (
+        record.id.clone(),
+        record.site.clone(),
+        record.integrator.clone(),
+    );
+    blocking(&app.jobs.store, move |s| {
+        s.put_registered(&id, &site_s, &integrator, Some(at), &text)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"id": record.id}))))
 }
 
@@ -269,9 +279,11 @@ pub async fn get_registered_queries(
     let ApiPath(site) = site_id?;
     may_see_site(&app, &who, site)?;
     let (site_s, integrator) = (site.to_string(), who.integrator().to_string());
-    let texts = blocking(&app.jobs.store, move |s| s.registered_of(&site_s, &integrator))
-        .await
-        .map_err(|e| internal(&e))?;
+    let texts = blocking(&app.jobs.store, move |s| {
+        s.registered_of(&site_s, &integrator)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
     let mut list = Vec::with_capacity(texts.len());
     for text in texts {
         let record: RegisteredRecord = serde_json::from_str(&text).map_err(|e| internal(&e))?;
@@ -313,10 +325,16 @@ pub async fn cancel_registered_query(
         record.completed_at = Some(now().as_millis());
     }
     let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
-    let (rid, site_s, integrator) = (record.id.clone(), record.site.clone(), record.integrator.clone());
-    blocking(&app.jobs.store, move |s| s.put_registered(&rid, &site_s, &integrator, None, &text))
-        .await
-        .map_err(|e| internal(&e))?;
+    let (rid, site_s, integrator) = (
+        record.id.clone(),
+        record.site.clone(),
+        record.integrator.clone(),
+    );
+    blocking(&app.jobs.store, move |s| {
+        s.put_registered(&rid, &site_s, &integrator, None, &text)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
     app.jobs
         .keys
         .lock()
@@ -348,7 +366,10 @@ pub async fn get_registered_query_result(
     .map_err(|e| internal(&e))?
     .ok_or_else(|| ApiError::not_found("the registered query has no result yet"))?;
     let occurrence: AsyncRecord = serde_json::from_str(&text).map_err(|e| internal(&e))?;
-    if occurrence.expires_at.is_some_and(|t| t <= now().as_millis()) {
+    if occurrence
+        .expires_at
+        .is_some_and(|t| t <= now().as_millis())
+    {
         return Err(ApiError::new(StatusCode::GONE, "the result has expired"));
     }
     if occurrence.size > MAX_RESULT_BYTES {
@@ -419,7 +440,11 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
     let next = record.next_after(seen);
     let rid = id.to_owned();
     // The claim: only the caller that moves `next_at` from `seen` fires this one.
-    if !blocking(&app.jobs.store, move |s| s.claim_occurrence(&rid, seen, next)).await? {
+    if !blocking(&app.jobs.store, move |s| {
+        s.claim_occurrence(&rid, seen, next)
+    })
+    .await?
+    {
         return Ok(());
     }
     let key = app
@@ -439,9 +464,15 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
                 .to_owned(),
         });
         let text = serde_json::to_string(&record)?;
-        let (rid, site, integrator) = (record.id.clone(), record.site.clone(), record.integrator.clone());
-        blocking(&app.jobs.store, move |s| s.put_registered(&rid, &site, &integrator, None, &text))
-            .await?;
+        let (rid, site, integrator) = (
+            record.id.clone(),
+            record.site.clone(),
+            record.integrator.clone(),
+        );
+        blocking(&app.jobs.store, move |s| {
+            s.put_registered(&rid, &site, &integrator, None, &text)
+        })
+        .await?;
         return Ok(());
     };
     run_occurrence(app, &record, key, ip).await
@@ -534,7 +565,9 @@ async fn hash(app: &AppState, record: &AsyncRecord) -> Option<String> {
     let mut hasher = Sha256::new();
     for page in &record.pages {
         let (id, n) = (record.id.clone(), page.page_number);
-        let data = blocking(&app.jobs.store, move |s| s.page(&id, n)).await.ok()??;
+        let data = blocking(&app.jobs.store, move |s| s.page(&id, n))
+            .await
+            .ok()??;
         hasher.update(&data);
     }
     Some(hex::encode(hasher.finalize()))

@@ -648,9 +648,14 @@ mod tests {
     #[test]
     fn an_occurrence_is_claimed_once() {
         let store = SqliteJobStore::in_memory().unwrap();
-        store.put_registered("r1", "s", "i", Some(1000), "{}").unwrap();
+        store
+            .put_registered("r1", "s", "i", Some(1000), "{}")
+            .unwrap();
         assert_eq!(store.due_registered(999).unwrap(), vec![]);
-        assert_eq!(store.due_registered(1000).unwrap(), vec![("r1".to_owned(), 1000)]);
+        assert_eq!(
+            store.due_registered(1000).unwrap(),
+            vec![("r1".to_owned(), 1000)]
+        );
         assert!(store.claim_occurrence("r1", 1000, Some(2000)).unwrap());
         // A second node that read the same `next_at` loses.
         assert!(!store.claim_occurrence("r1", 1000, Some(2000)).unwrap());
@@ -689,7 +694,10 @@ mod tests {
         assert_eq!(store.expire_results(100).unwrap(), 1);
         assert_eq!(store.page("q", 1).unwrap(), None);
         store.dead_letter("w", 10, "boom").unwrap();
-        assert_eq!(store.dead_letters().unwrap()[0].last_error.as_deref(), Some("boom"));
+        assert_eq!(
+            store.dead_letters().unwrap()[0].last_error.as_deref(),
+            Some("boom")
+        );
         assert_eq!(store.pending_deliveries().unwrap(), 0);
     }
 }

@@ -144,7 +144,10 @@ fn wait_for_credit(
 ) -> Result<(), QueryError> {
     loop {
         if control.is_cancelled() {
-            return Err(QueryError::new(QueryErrorKind::Cancelled, "query was cancelled"));
+            return Err(QueryError::new(
+                QueryErrorKind::Cancelled,
+                "query was cancelled",
+            ));
         }
         match runtime.block_on(tokio::time::timeout(CREDIT_POLL, credits.acquire())) {
             Ok(Ok(permit)) => {
@@ -152,7 +155,10 @@ fn wait_for_credit(
                 return Ok(());
             }
             Ok(Err(_closed)) => {
-                return Err(QueryError::new(QueryErrorKind::Cancelled, "the session ended"));
+                return Err(QueryError::new(
+                    QueryErrorKind::Cancelled,
+                    "the session ended",
+                ));
             }
             Err(_elapsed) => {}
         }
