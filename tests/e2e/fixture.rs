@@ -47,18 +47,30 @@ impl Harness {
     }
 
     pub(crate) async fn start_with_limits(router: RouterConfig, http: HttpLimits) -> Harness {
+        Self::start_with_jobs(router, http, halo_cloud::JobsConfig::default()).await
+    }
+
+    /// A harness whose Cloud runs the async path with `jobs`.
+    pub(crate) async fn start_with_jobs(
+        router: RouterConfig,
+        http: HttpLimits,
+        jobs: halo_cloud::JobsConfig,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let cloud = halo_cloud::start(CloudConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: Some(dir.path().join("cloud")),
-            admin_token: ADMIN.to_owned(),
-            router,
-            availability: AvailabilityConfig::default(),
-            snapshot_every: 1000,
-            accept_damaged_log: false,
-            max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
-            http,
-        })
+        let cloud = halo_cloud::start_with(
+            CloudConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                data_dir: Some(dir.path().join("cloud")),
+                admin_token: ADMIN.to_owned(),
+                router,
+                availability: AvailabilityConfig::default(),
+                snapshot_every: 1000,
+                accept_damaged_log: false,
+                max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
+                http,
+            },
+            jobs,
+        )
         .await
         .unwrap();
         Harness {

@@ -2,9 +2,11 @@
 //! real SQLite databases. One module per area; fixtures in `fixture.rs`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod async_queries;
 mod audit;
 mod console;
 mod contract;
+mod crash;
 mod dialect;
 mod failures;
 mod fairness;
@@ -12,7 +14,11 @@ mod fixture;
 mod flow;
 mod hostile;
 mod http_edges;
+mod large_result;
 mod link_trust;
 mod metrics;
+mod processes;
+mod schema;
 mod tenancy;
 mod visibility;
+mod webhooks;

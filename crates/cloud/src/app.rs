@@ -23,7 +23,8 @@ use utoipa::OpenApi as _;
 use crate::error::ApiError;
 use crate::state::{CloudState, StateConfig, StateError};
 use crate::{
-    activity, admin, admin_audit, console, integrator, link_ws, metrics, openapi, serve,
+    activity, admin, admin_audit, console, integrator, link_ws, metrics, openapi, queries, serve,
+    webhooks,
 };
 
 /// The largest request body accepted, in bytes (1 MiB); a larger one is answered 413.
@@ -52,6 +53,8 @@ pub struct App {
     pub client_clocks: crate::site_view::ClientClocks,
     /// The Prometheus metrics served at `/metrics`.
     pub metrics: metrics::CloudMetrics,
+    /// The async path: async and registered queries, result pages, webhooks.
+    pub jobs: crate::queries::Jobs,
 }
 
 /// The shared application state.
@@ -142,6 +145,9 @@ pub enum StartError {
     /// The state could not be recovered.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The async path's store could not be opened or recovered.
+    #[error(transparent)]
+    Jobs(#[from] crate::queries::store::JobStoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -236,6 +242,42 @@ pub fn routes(app: AppState) -> AxumRouter {
             post(admin::issue_key),
         )
         .route("/admin/policy-events", post(admin::policy_event))
+        .route(
+            "/integrator/sites/{site_id}/queries/async",
+            post(queries::async_query::create_async_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/status",
+            post(queries::async_query::get_query_status_batch),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}",
+            get(queries::async_query::get_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}/results/{page}",
+            get(queries::pages::get_result_page),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/{query_id}/results/{page}/stream",
+            get(queries::pages::stream_result_page),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered",
+            post(queries::registered::create_registered_query)
+                .get(queries::registered::get_registered_queries),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered/{query_id}",
+            get(queries::registered::get_registered_query)
+                .delete(queries::registered::cancel_registered_query),
+        )
+        .route(
+            "/integrator/sites/{site_id}/queries/registered/{query_id}/results",
+            get(queries::registered::get_registered_query_result),
+        )
+        .route("/admin/integrators/{integrator}/webhooks", put(webhooks::configure))
+        .route("/admin/webhooks/dead-letters", get(webhooks::dead_letters))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
         .route("/admin/audit", get(admin_audit::list_audit))
@@ -301,6 +343,18 @@ pub fn routes(app: AppState) -> AxumRouter {
 /// # Errors
 /// [`StartError::State`] when recovery fails.
 pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
+    build_with(config, crate::queries::JobsConfig::default())
+}
+
+/// [`build`] with the async path's settings.
+///
+/// # Errors
+/// [`StartError::State`] or [`StartError::Jobs`] when recovery fails.
+pub fn build_with(
+    config: &CloudConfig,
+    jobs: crate::queries::JobsConfig,
+) -> Result<AppState, StartError> {
+    let jobs = crate::queries::Jobs::open(config.data_dir.as_deref(), jobs)?;
     let router = Arc::new(Router::new(config.router.clone()));
     let state = CloudState::open(
         &StateConfig {
@@ -322,6 +376,7 @@ pub fn build(config: &CloudConfig) -> Result<AppState, StartError> {
         link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),
         client_clocks: crate::site_view::ClientClocks::default(),
         metrics,
+        jobs,
     }))
 }
 
@@ -356,7 +411,18 @@ impl RunningCloud {
 /// # Errors
 /// [`StartError`] when recovery or binding fails.
 pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
-    let app = build(&config)?;
+    start_with(config, crate::queries::JobsConfig::default()).await
+}
+
+/// [`start`] with the async path's settings.
+///
+/// # Errors
+/// [`StartError`] when recovery or binding fails.
+pub async fn start_with(
+    config: CloudConfig,
+    jobs: crate::queries::JobsConfig,
+) -> Result<RunningCloud, StartError> {
+    let app = build_with(&config, jobs)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -372,6 +438,7 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
     let limits = config.http;
     let sweeper_app = Arc::clone(&app);
     let flush_app = Arc::clone(&app);
+    let background = crate::queries::spawn_background(&app);
     let handle = tokio::spawn(async move {
         // Times out queries whose owner stopped waiting without cancelling.
         let sweeper = tokio::spawn(async move {
@@ -401,6 +468,9 @@ pub async fn start(config: CloudConfig) -> Result<RunningCloud, StartError> {
         .await;
         sweeper.abort();
         flusher.abort();
+        for task in background {
+            task.abort();
+        }
     });
     Ok(RunningCloud {
         addr,

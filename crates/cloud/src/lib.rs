@@ -20,19 +20,23 @@ pub mod integrator;
 pub mod link_ws;
 pub mod metrics;
 pub mod openapi;
+pub mod queries;
 pub mod record;
 mod serve;
 pub mod site_view;
 pub mod state;
 pub mod status;
+pub mod webhooks;
 
 pub use app::{
-    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, routes, start,
+    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_with, routes,
+    start, start_with,
 };
 pub use clock::now;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;
 pub use extract::KEY_HEADER;
 pub use openapi::ApiDoc;
+pub use queries::JobsConfig;
 pub use record::{CredentialEvent, Record};
 pub use state::{CloudState, Snapshot, StateConfig};

@@ -290,6 +290,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
+    let (control, mut controls) = tokio::sync::mpsc::unbounded_channel::<CloudToLink>();
     let result = serve(
         &app,
         link,
@@ -297,6 +298,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         &mut socket,
         &mut session,
         &mut kicks,
+        (&control, &mut controls),
     )
     .await;
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
@@ -311,9 +313,15 @@ async fn serve(
     socket: &mut WebSocket,
     session: &mut LinkSession,
     kicks: &mut broadcast::Receiver<LinkGuid>,
+    (control, controls): (
+        &tokio::sync::mpsc::UnboundedSender<CloudToLink>,
+        &mut tokio::sync::mpsc::UnboundedReceiver<CloudToLink>,
+    ),
 ) -> Result<(), String> {
     loop {
         tokio::select! {
+            // Acknowledgements and cancels of paged results (the async path).
+            Some(msg) = controls.recv() => send(socket, &msg).await?,
             kicked = kicks.recv() => {
                 // A lagged receiver re-checks too: it may have missed its own kick.
                 let concerns_us = match kicked {
@@ -335,8 +343,20 @@ async fn serve(
                     return Err("session replaced by a newer connection of the same link".to_owned());
                 };
                 let query_id = job.query_id;
+                let paging = job.paging;
                 match to_protocol(job, now()) {
-                    Ok(job) => send(socket, &CloudToLink::QueryJob(job)).await?,
+                    Ok(job) => match paging {
+                        None => send(socket, &CloudToLink::QueryJob(job)).await?,
+                        Some(paging) => {
+                            app.jobs.hub.bind(query_id.get(), control.clone(), paging.window);
+                            let job = halo_protocol::StreamJob {
+                                job,
+                                page_bytes: paging.page_bytes,
+                                window: paging.window,
+                            };
+                            send(socket, &CloudToLink::StreamJob(job)).await?;
+                        }
+                    },
                     // Never dropped silently: the integrator is told.
                     Err(reason) => {
                         session.complete(query_id, Err(QueryFailure::Refused(reason)));
@@ -354,6 +374,25 @@ async fn serve(
                 match halo_protocol::decode::<LinkToCloud>(&text) {
                     Ok(LinkToCloud::QueryResult(r)) => complete_ok(session, r),
                     Ok(LinkToCloud::QueryFailed(f)) => complete_err(session, f),
+                    Ok(LinkToCloud::ResultPage(page)) => {
+                        let id = page.query_id;
+                        if let Err(e) = app.jobs.hub.page(page) {
+                            if let Some(id) = QueryId::new(id) {
+                                session.complete(id, Err(QueryFailure::Refused(e.to_string())));
+                            }
+                        }
+                    }
+                    Ok(LinkToCloud::ResultEnd(end)) => {
+                        let Some(id) = QueryId::new(end.query_id) else { continue };
+                        let output = QueryOutput {
+                            data: Vec::new(),
+                            rows: end.rows,
+                            sql_execution: Duration::from_millis(end.duration_ms),
+                        };
+                        // The end goes to the runner before the slot completes.
+                        app.jobs.hub.end(end);
+                        session.complete(id, Ok(output));
+                    }
                     Ok(LinkToCloud::Heartbeat(beat)) => {
                         app.state.heartbeat(link, now());
                         app.client_clocks.record(link, beat.at);

@@ -77,6 +77,22 @@ enum Command {
         /// before its connection is closed, e.g. `30s`.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         write_timeout: Duration,
+        /// How long an async query may run once it left the queue, e.g. `1h`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        async_deadline: Duration,
+        /// How long async results stay readable after the query ended (then 410), e.g. `24h`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        result_retention: Duration,
+        /// The most bytes of JSON rows per result page (at most 8 MiB).
+        #[arg(long, default_value_t = 4 * 1024 * 1024,
+            value_parser = clap::value_parser!(u64).range(1..=8 * 1024 * 1024))]
+        page_bytes: u64,
+        /// The first webhook retry's delay (later ones back off exponentially, with jitter).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        webhook_retry_base: Duration,
+        /// Attempts before a webhook delivery is dead-lettered.
+        #[arg(long, default_value_t = 10)]
+        webhook_attempts: u32,
     },
 }
 
@@ -135,29 +151,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             header_read_timeout,
             body_read_timeout,
             write_timeout,
+            async_deadline,
+            result_retention,
+            page_bytes,
+            webhook_retry_base,
+            webhook_attempts,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
                 "--admin-token must be at least 16 characters"
             );
             raise_descriptor_limit(max_link_sessions.saturating_add(max_connections));
-            let cloud = halo_cloud::start(CloudConfig {
-                listen,
-                data_dir: Some(data_dir.clone()),
-                admin_token,
-                router: RouterConfig::standard(),
-                availability: AvailabilityConfig::default(),
-                snapshot_every,
-                accept_damaged_log,
-                max_databases_per_link,
-                http: HttpLimits {
-                    max_connections,
-                    header_read_timeout,
-                    body_read_timeout,
-                    write_timeout,
-                    max_link_sessions,
+            let jobs = halo_cloud::JobsConfig {
+                execution_limit: async_deadline,
+                retention: result_retention,
+                page_bytes,
+                webhook_retry_base,
+                webhook_attempts: webhook_attempts.max(1),
+                ..halo_cloud::JobsConfig::default()
+            };
+            let cloud = halo_cloud::start_with(
+                CloudConfig {
+                    listen,
+                    data_dir: Some(data_dir.clone()),
+                    admin_token,
+                    router: RouterConfig::standard(),
+                    availability: AvailabilityConfig::default(),
+                    snapshot_every,
+                    accept_damaged_log,
+                    max_databases_per_link,
+                    http: HttpLimits {
+                        max_connections,
+                        header_read_timeout,
+                        body_read_timeout,
+                        write_timeout,
+                        max_link_sessions,
+                    },
                 },
-            })
+                jobs,
+            )
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;
             tracing::info!(addr = %cloud.addr, data_dir = %data_dir.display(), "halo-cloud serving");

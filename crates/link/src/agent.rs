@@ -51,6 +51,7 @@ use crate::state::LinkState;
 use crate::{LinkConfig, LinkError};
 
 mod fair;
+mod paged;
 
 use fair::{FairQueue, Refusal};
 
@@ -349,7 +350,10 @@ impl Agent {
         });
         self.metrics.set_connected(true);
 
-        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String)>(64);
+        // (query id, frame, whether it is the job's last frame).
+        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String, bool)>(64);
+        // Credits of the paged jobs (pages the Cloud lets this Link send).
+        let mut credits: HashMap<u64, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let mut running = Running::default();
         let mut waiting = FairQueue::new(self.config.max_queued_per_database);
         let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
@@ -389,8 +393,11 @@ impl Agent {
                     }
                     self.persist_epochs();
                 }
-                Some((query_id, frame)) = done_rx.recv() => {
-                    running.remove(&query_id);
+                Some((query_id, frame, last)) = done_rx.recv() => {
+                    if last {
+                        running.remove(&query_id);
+                        credits.remove(&query_id);
+                    }
                     if let Err(e) = sink.send(Message::text(frame)).await {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
@@ -418,12 +425,33 @@ impl Agent {
                             // if a worker is free, and is refused otherwise.
                             let now = Instant::now();
                             let mut frames = Vec::new();
-                            if let Some(refusal) = self.queue_job(job, &mut waiting, &running, now) {
+                            if let Some(refusal) = self.queue_job(job, None, &mut waiting, &running, now) {
                                 frames.push(refusal);
                             }
                             frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
+                            }
+                        }
+                        Ok(Some(CloudToLink::StreamJob(stream))) => {
+                            let now = Instant::now();
+                            let query_id = stream.job.query_id;
+                            let paging = paged::Paging::new(&stream);
+                            let credit = paging.credits();
+                            let mut frames = Vec::new();
+                            if let Some(refusal) = self.queue_job(stream.job, Some(paging), &mut waiting, &running, now) {
+                                frames.push(refusal);
+                            } else {
+                                credits.insert(query_id, credit);
+                            }
+                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            if let Err(e) = send_all(&mut sink, frames).await {
+                                break lost(true, e);
+                            }
+                        }
+                        Ok(Some(CloudToLink::StreamAck { query_id, pages })) => {
+                            if let Some(credit) = credits.get(&query_id) {
+                                credit.add_permits(paged::permits(pages, credit));
                             }
                         }
                         Ok(Some(CloudToLink::Cancel { query_id })) => {
@@ -456,6 +484,9 @@ impl Agent {
             );
         }
         drop(waiting);
+        for credit in credits.values() {
+            credit.close(); // a paged job waiting for credit stops at once
+        }
         drop(running); // cancels what is still running
         end
     }
@@ -518,6 +549,7 @@ impl Agent {
     fn queue_job(
         &self,
         job: QueryJob,
+        paging: Option<paged::Paging>,
         waiting: &mut FairQueue<Queued>,
         running: &Running,
         now: Instant,
@@ -553,7 +585,12 @@ impl Agent {
         let budget = Duration::from_millis(budget).min(MAX_QUEUE_BUDGET);
         let start_by = now.checked_add(budget).unwrap_or(now);
         let control = JobControl::for_job(&job);
-        let queued = Queued { db, job, control };
+        let queued = Queued {
+            db,
+            job,
+            control,
+            paging,
+        };
         match waiting.push(queued.db.halo_guid(), query_id, start_by, queued) {
             Ok(()) => None,
             Err((Refusal::Full, _)) => Some(refuse(
@@ -574,7 +611,7 @@ impl Agent {
         &self,
         waiting: &mut FairQueue<Queued>,
         running: &mut Running,
-        done: &mpsc::Sender<(u64, String)>,
+        done: &mpsc::Sender<(u64, String, bool)>,
         now: Instant,
     ) -> Vec<String> {
         let refusals = waiting
@@ -595,7 +632,11 @@ impl Agent {
         while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
             let worker = self.workers.take(db);
             running.insert(query_id, queued.control.clone());
-            launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
+            if queued.paging.is_some() {
+                paged::launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
+            } else {
+                launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
+            }
         }
         refusals
     }
@@ -615,6 +656,8 @@ struct Queued {
     db: Arc<Database>,
     job: QueryJob,
     control: JobControl,
+    /// `Some` for a job whose result goes back in pages.
+    paging: Option<paged::Paging>,
 }
 
 /// Runs a job on the blocking pool and hands its answer to `done`; its worker is
@@ -623,10 +666,12 @@ struct Queued {
 fn launch(
     queued: Queued,
     worker: Worker,
-    done: mpsc::Sender<(u64, String)>,
+    done: mpsc::Sender<(u64, String, bool)>,
     metrics: Arc<LinkMetrics>,
 ) {
-    let Queued { db, job, control } = queued;
+    let Queued {
+        db, job, control, ..
+    } = queued;
     let query_id = job.query_id;
     // Every line about the job names its site: the Halo GUID and the CRN it routes
     // by (the fake CRN for a demo or de-identified copy).
@@ -676,7 +721,7 @@ fn launch(
                 QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
             )
         });
-        let _ = done.send((query_id, frame)).await;
+        let _ = done.send((query_id, frame, true)).await;
         drop(worker);
     });
 }
@@ -865,6 +910,8 @@ fn kind(msg: &CloudToLink) -> &'static str {
         CloudToLink::Refused { .. } => "refused",
         CloudToLink::QueryJob(_) => "queryJob",
         CloudToLink::Cancel { .. } => "cancel",
+        CloudToLink::StreamJob(_) => "streamJob",
+        CloudToLink::StreamAck { .. } => "streamAck",
     }
 }
 

@@ -441,6 +441,39 @@ pub fn execute_with(
     job: &QueryJob,
     control: &JobControl,
 ) -> Result<JobOutput, QueryError> {
+    execute_inner(db, job, control, None)
+}
+
+/// Where the pages of a paged result go: each page's JSON array of rows and its row
+/// count, in order. An error stops the job (for example: the Cloud went away).
+pub type PageSink<'a> = &'a mut dyn FnMut(Vec<u8>, u64) -> Result<(), QueryError>;
+
+/// Runs `job` on `db` under `control`, handing the result to `sink` in pages of
+/// about `page_bytes` bytes of JSON (whole rows; at least one page, `[]` for an empty
+/// result or a `nonQuery`). Only one page is held at a time, so a result has no size
+/// limit; a single row over [`MAX_RESULT_BYTES`] is refused as too large. The
+/// returned output's `json` is empty.
+///
+/// # Errors
+///
+/// As [`execute_with`], or the sink's error.
+pub fn execute_paged(
+    db: &Database,
+    job: &QueryJob,
+    control: &JobControl,
+    page_bytes: usize,
+    sink: PageSink<'_>,
+) -> Result<JobOutput, QueryError> {
+    let page_bytes = page_bytes.clamp(1, MAX_RESULT_BYTES);
+    execute_inner(db, job, control, Some((page_bytes, sink)))
+}
+
+fn execute_inner(
+    db: &Database,
+    job: &QueryJob,
+    control: &JobControl,
+    pager: Option<(usize, PageSink<'_>)>,
+) -> Result<JobOutput, QueryError> {
     if job.halo_guid != db.halo_guid {
         return Err(QueryError::new(
             QueryErrorKind::UnknownDatabase,
@@ -529,6 +562,33 @@ pub fn execute_with(
     }
     bind(&mut stmt, &job.parameters)?;
 
+    if let Some((page_bytes, sink)) = pager {
+        let rows = match job.mode {
+            ExecutionMode::NonQuery => {
+                let mut rows = stmt.raw_query();
+                while rows.next().map_err(classify)?.is_some() {
+                    if let Some(stop) = control.stop_reason() {
+                        return Err(stop);
+                    }
+                }
+                drop(rows);
+                let changed = conn.changes();
+                sink(b"[]".to_vec(), 0)?;
+                changed
+            }
+            ExecutionMode::Reader => {
+                write_pages(&mut stmt, usize::MAX, control, &classify, page_bytes, sink)?
+            }
+            ExecutionMode::Scalar => {
+                write_pages(&mut stmt, 1, control, &classify, page_bytes, sink)?
+            }
+        };
+        return Ok(JobOutput {
+            rows,
+            json: Vec::new(),
+            duration: started.elapsed(),
+        });
+    }
     let (rows, json) = match job.mode {
         ExecutionMode::NonQuery => {
             let mut rows = stmt.raw_query();
@@ -856,6 +916,73 @@ fn write_rows(
         return Err(too_large());
     }
     Ok((count, out))
+}
+
+/// Streams at most `limit` rows as pages: JSON arrays of whole rows, each handed to
+/// `sink` once it reaches `page_bytes` (and the last one at the end; at least one).
+/// Returns the number of rows.
+fn write_pages(
+    stmt: &mut rusqlite::Statement<'_>,
+    limit: usize,
+    control: &JobControl,
+    classify: &dyn Fn(rusqlite::Error) -> QueryError,
+    page_bytes: usize,
+    sink: PageSink<'_>,
+) -> Result<u64, QueryError> {
+    let columns: Vec<Vec<u8>> = stmt
+        .column_names()
+        .iter()
+        .map(|n| serde_json::to_vec(n).unwrap_or_else(|_| b"\"?\"".to_vec()))
+        .collect();
+    let mut out = Vec::with_capacity(page_bytes.min(1 << 20) + 256);
+    out.push(b'[');
+    let mut count = 0u64;
+    let mut in_page = 0u64;
+    let mut pages = 0u32;
+    let mut rows = stmt.raw_query();
+    while count < limit as u64 {
+        let Some(row) = rows.next().map_err(classify)? else {
+            break;
+        };
+        let row_start = out.len();
+        if in_page > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        for (i, key) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key);
+            out.push(b':');
+            let value = row.get_ref(i).map_err(classify)?;
+            write_value(&mut out, value);
+            if out.len() - row_start > MAX_RESULT_BYTES {
+                return Err(too_large());
+            }
+        }
+        out.push(b'}');
+        count += 1;
+        in_page += 1;
+        if out.len() >= page_bytes {
+            out.push(b']');
+            sink(
+                std::mem::replace(&mut out, Vec::with_capacity(page_bytes.min(1 << 20) + 256)),
+                in_page,
+            )?;
+            out.push(b'[');
+            in_page = 0;
+            pages += 1;
+        }
+        if let Some(stop) = control.stop_reason() {
+            return Err(stop);
+        }
+    }
+    if in_page > 0 || pages == 0 {
+        out.push(b']');
+        sink(out, in_page)?;
+    }
+    Ok(count)
 }
 
 fn write_value(out: &mut Vec<u8>, value: ValueRef<'_>) {

@@ -47,7 +47,8 @@ pub use agent::{Agent, AgentHandle, ConnectionStatus, RefusedDatabase};
 pub use config::LinkConfig;
 pub use error::LinkError;
 pub use executor::{
-    ALLOWED_FUNCTIONS, Database, JobControl, JobOutput, SqlLimits, execute, execute_with,
+    ALLOWED_FUNCTIONS, Database, JobControl, JobOutput, PageSink, SqlLimits, execute,
+    execute_paged, execute_with,
 };
 pub use identity::DatabaseIdentity;
 pub use state::{DatabaseState, LinkState};

@@ -19,6 +19,11 @@
 //!    job already finished). A job that has not started within its
 //!    [`QueryJob::queue_timeout_ms`] is answered with [`QueryErrorKind::Busy`].
 //!
+//! 6. Paged results (the async path): Cloud → [`StreamJob`]; Link → [`ResultPage`]s
+//!    then [`ResultEnd`] (or [`QueryFailed`]); Cloud → [`CloudToLink::StreamAck`]
+//!    as it stores pages, which lets the Link send more (at most `window` pages
+//!    unacknowledged). [`CloudToLink::Cancel`] stops it like any job.
+//!
 //! ## Versioning
 //!
 //! [`Hello`] carries `protocolVersion`; [`decode`] rejects a hello of any other
@@ -43,12 +48,14 @@
 
 mod error;
 mod message;
+mod stream;
 
 pub use error::ProtocolError;
 pub use message::{
     Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
     Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
+pub use stream::{ResultEnd, ResultPage, StreamJob};
 
 /// How a command runs (`QueryJob::mode`); defined in [`halo_ids`], shared with policy.
 pub use halo_ids::ExecutionMode;

@@ -19,6 +19,10 @@ pub enum LinkToCloud {
     QueryResult(QueryResult),
     /// A job was refused or failed.
     QueryFailed(QueryFailed),
+    /// One page of a paged result (see [`crate::StreamJob`]).
+    ResultPage(crate::ResultPage),
+    /// The last message of a paged result.
+    ResultEnd(crate::ResultEnd),
 }
 
 /// A message from the Cloud to the Link.
@@ -47,6 +51,17 @@ pub enum CloudToLink {
     Cancel {
         /// The job to stop.
         query_id: u64,
+    },
+    /// Run a query and send its result in pages.
+    StreamJob(crate::StreamJob),
+    /// The Cloud stored `pages` more pages of a paged result: the Link may send as
+    /// many more.
+    #[serde(rename_all = "camelCase")]
+    StreamAck {
+        /// The job.
+        query_id: u64,
+        /// How many pages were stored since the last acknowledgement.
+        pages: u32,
     },
 }
 

@@ -34,6 +34,19 @@ pub struct Job {
     /// The components the command touches, every one of them authorised: the
     /// allowlist the Link enforces again at the database.
     pub allowlist: Arc<Components>,
+    /// `Some` when the result comes back in pages (the async path), `None` for one
+    /// whole result (the immediate path).
+    pub paging: Option<Paging>,
+}
+
+/// How a Link sends a paged result: pages of at most `page_bytes` bytes of JSON,
+/// and at most `window` pages sent and not yet acknowledged (backpressure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    /// The most bytes of JSON rows in one page (a single larger row is a page alone).
+    pub page_bytes: u64,
+    /// The most pages in flight before the Link waits for an acknowledgement.
+    pub window: u32,
 }
 
 /// The command of an immediate query.

@@ -107,13 +107,14 @@ mod sync;
 
 pub use dispatch::{Dispatch, QueryId};
 pub use error::{RouteError, RouteErrorClass};
-pub use job::{Command, Job};
+pub use job::{Command, Job, Paging};
 pub use link::{Delivery, LinkSession, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};
 pub use router::{
-    Authorised, LinkLoad, Published, RouteRequest, Router, RouterConfig, check_route,
+    Authorised, LinkLoad, Published, RouteLimits, RouteRequest, Router, RouterConfig,
+    check_route,
 };
 
 #[cfg(all(test, not(loom)))]

@@ -52,7 +52,7 @@ use halo_tenancy::{Change, Registry, SiteStatus};
 
 use crate::dispatch::{Dispatch, QueryId};
 use crate::error::RouteError;
-use crate::job::{Command, Job};
+use crate::job::{Command, Job, Paging};
 use crate::link::{LinkEntry, LinkSession};
 use crate::route::{Route, SiteRoute};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
@@ -150,6 +150,17 @@ impl RouterConfig {
             max_time_in_queue: Duration::from_millis(60_000),
         }
     }
+}
+
+/// The limits one route is taken under ([`Router::route_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// The largest `maxTimeInQueue` accepted.
+    pub max_time_in_queue: Duration,
+    /// How long the query may execute once its queue time is over.
+    pub execution_limit: Duration,
+    /// `Some` for a result sent back in pages.
+    pub paging: Option<Paging>,
 }
 
 /// An integrator's immediate query, as the router needs it. The adapter parses the
@@ -373,12 +384,34 @@ impl Router {
     /// [`RouteError::Unreachable`] (no session attached) and [`RouteError::Busy`]
     /// (the Link's queue is full).
     pub fn route(&self, request: RouteRequest<'_>) -> Result<Dispatch, RouteError> {
+        let limits = RouteLimits {
+            max_time_in_queue: self.config.max_time_in_queue,
+            execution_limit: self.config.execution_limit,
+            paging: None,
+        };
+        self.route_with(request, limits)
+    }
+
+    /// [`Router::route`] under other limits than the immediate path's: the async
+    /// path's longer queue time and deadline, and a paged result.
+    ///
+    /// # Errors
+    /// As [`Router::route`].
+    pub fn route_with(
+        &self,
+        request: RouteRequest<'_>,
+        limits: RouteLimits,
+    ) -> Result<Dispatch, RouteError> {
         let in_queue = request
             .max_time_in_queue
             .unwrap_or(self.config.default_time_in_queue);
-        if in_queue > self.config.max_time_in_queue {
+        if in_queue > limits.max_time_in_queue {
             return Err(RouteError::InvalidRequest(
-                "maxTimeInQueue must be between 0 and 60000 ms",
+                if limits.max_time_in_queue == self.config.max_time_in_queue {
+                    "maxTimeInQueue must be between 0 and 60000 ms"
+                } else {
+                    "maxTimeInQueue is out of range"
+                },
             ));
         }
         let policy = self.policy.load();
@@ -422,11 +455,12 @@ impl Router {
                 link,
                 epoch,
                 queue_deadline,
-                deadline: queue_deadline.saturating_add(self.config.execution_limit),
+                deadline: queue_deadline.saturating_add(limits.execution_limit),
                 catalogue,
                 command: request.command,
                 allowed,
                 allowlist: request.components,
+                paging: limits.paging,
             })
         })
     }

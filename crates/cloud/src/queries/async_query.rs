@@ -1,0 +1,699 @@
+//! Async queries: `createAsyncQuery` (201), `getQuery`, `getQueryStatusBatch`, and
+//! the runner that takes an accepted query to a terminal status.
+//!
+//! **Durability.** A query is written to the store (`queued`) before 201 is
+//! answered; every status change is written before it is visible; the terminal
+//! status and its webhooks are written in one transaction. The runner holds the
+//! integrator's key in memory only (keys are never stored, only their hashes), so
+//! after a restart a query that had not finished cannot be routed again:
+//! [`recover`] ends it with a clear failed status (and its webhook), and its pages,
+//! if any, are deleted. Finished queries and their pages stay readable until their
+//! retention ends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use halo_ids::{HaloGuid, Timestamp};
+use halo_policy::{Authenticated, Deny, ExecutionMode, extract_components};
+use halo_router::{Command, Paging, QueryOutput, RouteError, RouteLimits, RouteRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::hub::StreamEvent;
+use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError, Timing};
+use super::store::{JobStoreError, PageMeta};
+use super::{Jobs, blocking};
+use crate::app::AppState;
+use crate::clock::now;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, CallerIp, subscription_key};
+use crate::site_view::policy_view;
+
+/// The largest `maxTimeInQueue` of an async query, in ms (the document's maximum).
+pub const MAX_TIME_IN_QUEUE_MS: u64 = 7_200_000;
+/// `maxTimeInQueue` when the request gives none (the document's default).
+pub const DEFAULT_TIME_IN_QUEUE_MS: u64 = 3_600_000;
+
+/// A command of an async query (the document's `AsyncCommand.command`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncCommandBody {
+    /// SQL text.
+    pub text: String,
+    /// `reader` (default), `nonQuery` or `scalar`.
+    #[serde(default)]
+    pub execution_mode: Option<String>,
+    /// `text` (default); `storedProcedure` is not supported by SQLite Links.
+    #[serde(rename = "type", default)]
+    pub command_type: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub parameters: Vec<Value>,
+}
+
+/// `POST /integrator/sites/{siteId}/queries/async` body (`AsyncCommand`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncQueryBody {
+    /// How long the query may wait for the site, in ms (default 3 600 000, at most
+    /// 7 200 000).
+    #[serde(default)]
+    pub max_time_in_queue: Option<u64>,
+    /// The catalogue; the site's default when absent.
+    #[serde(default)]
+    pub catalogue: Option<String>,
+    /// The command.
+    pub command: AsyncCommandBody,
+}
+
+/// `POST /integrator/sites/{siteId}/queries/status` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBatchBody {
+    /// The queries asked about.
+    pub query_ids: Vec<String>,
+}
+
+pub(crate) fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    ip: CallerIp,
+) -> Result<Authenticated, ApiError> {
+    let policy = app.state.policy();
+    halo_policy::authenticate(&policy, subscription_key(headers), ip.0).map_err(ApiError::from)
+}
+
+/// The caller may see `site`: it exists, its practice is enabled for the caller and
+/// it is in the key's environment (`halo_policy::site_status_access` decides).
+pub(crate) fn may_see_site(
+    app: &AppState,
+    who: &Authenticated,
+    site: HaloGuid,
+) -> Result<(), ApiError> {
+    let policy = app.state.policy();
+    let registry = app.state.registry();
+    let view = registry.site(site).map(policy_view);
+    halo_policy::site_status_access(&policy, who, view.as_ref()).map_err(ApiError::from)
+}
+
+pub(crate) fn execution_mode(text: Option<&str>) -> Result<ExecutionMode, ApiError> {
+    match text.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("reader") => Ok(ExecutionMode::Reader),
+        Some("nonquery") => Ok(ExecutionMode::NonQuery),
+        Some("scalar") => Ok(ExecutionMode::Scalar),
+        _ => Err(ApiError::bad_request(
+            "command.executionMode must be reader, nonQuery or scalar",
+        )),
+    }
+}
+
+/// Checks a command the way the immediate path does and returns it stored, with
+/// the policy's decision for `key` on `site` taken now (401/403/404 as the
+/// immediate path answers them).
+pub(crate) fn accept_command(
+    app: &AppState,
+    key: &str,
+    ip: Option<IpAddr>,
+    site: HaloGuid,
+    catalogue: Option<String>,
+    command: &AsyncCommandBody,
+) -> Result<StoredCommand, ApiError> {
+    if command
+        .command_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("text"))
+    {
+        return Err(ApiError::bad_request("command.type must be text"));
+    }
+    let mode = execution_mode(command.execution_mode.as_deref())?;
+    let components =
+        extract_components(&command.text).map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+    let stored = StoredCommand {
+        text: command.text.clone(),
+        mode,
+        parameters: command.parameters.clone(),
+        catalogue,
+    };
+    let request = route_request(key, ip, site, now(), None, &stored, Arc::new(components));
+    app.state.router().decide(&request)?;
+    Ok(stored)
+}
+
+fn route_request<'a>(
+    key: &'a str,
+    ip: Option<IpAddr>,
+    site: HaloGuid,
+    at: Timestamp,
+    in_queue: Option<Duration>,
+    command: &'a StoredCommand,
+    components: Arc<halo_policy::Components>,
+) -> RouteRequest<'a> {
+    RouteRequest {
+        key,
+        caller_ip: ip,
+        halo_guid: site,
+        now: at,
+        max_time_in_queue: in_queue,
+        catalogue: command.catalogue.as_deref(),
+        components,
+        command: Command {
+            text: command.text.clone(),
+            mode: command.mode,
+            parameters: if command.parameters.is_empty() {
+                None
+            } else {
+                Some(Value::Array(command.parameters.clone()).to_string())
+            },
+        },
+    }
+}
+
+fn store_error(e: &JobStoreError) -> ApiError {
+    tracing::error!(error = %e, "job store failed");
+    ApiError::internal(&"the query could not be stored")
+}
+
+/// A new record for an accepted query, `queued`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn new_record(
+    who: &Authenticated,
+    site: HaloGuid,
+    source: &str,
+    registered_id: Option<String>,
+    max_time_in_queue: u64,
+    request_size: u64,
+    command: StoredCommand,
+    at: u64,
+) -> AsyncRecord {
+    let mut record = AsyncRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        integrator: who.integrator().to_string(),
+        environment: who.environment().as_str().to_owned(),
+        site: site.to_string(),
+        source: source.to_owned(),
+        registered_id,
+        status: AsyncStatus::Initialising,
+        max_time_in_queue,
+        command_size: command.text.len() as u64,
+        request_size,
+        created_at: at,
+        updated_at: at,
+        timing: Timing::default(),
+        command,
+        sql_execution_ms: None,
+        rows: 0,
+        size: 0,
+        pages: Vec::new(),
+        error: None,
+        completed_at: None,
+        expires_at: None,
+    };
+    record.timing.initialising.start = Some(at);
+    record.enter(AsyncStatus::Queued, at);
+    record
+}
+
+/// `POST /integrator/sites/{siteId}/queries/async`: accepts a query (201), durably,
+/// and runs it in the background.
+pub async fn create_async_query(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
+    body: Result<ApiJson<AsyncQueryBody>, ApiError>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath(site) = site_id?;
+    let ApiJson(body) = body?;
+    let max_time_in_queue = body.max_time_in_queue.unwrap_or(DEFAULT_TIME_IN_QUEUE_MS);
+    if max_time_in_queue > MAX_TIME_IN_QUEUE_MS {
+        return Err(ApiError::bad_request(
+            "maxTimeInQueue must be between 0 and 7200000 ms",
+        ));
+    }
+    let key = subscription_key(&headers).to_owned();
+    let command = accept_command(
+        &app,
+        &key,
+        ip.0,
+        site,
+        body.catalogue.clone(),
+        &body.command,
+    )?;
+    let request_size = request_size(&body);
+    let record = new_record(
+        &who,
+        site,
+        "async",
+        None,
+        max_time_in_queue,
+        request_size,
+        command,
+        now().as_millis(),
+    );
+    let text = serde_json::to_string(&record).map_err(|e| ApiError::internal(&e))?;
+    let id = record.id.clone();
+    blocking(&app.jobs.store, move |s| s.put_query(&id, true, &text))
+        .await
+        .map_err(|e| store_error(&e))?;
+    let answer = record.to_json();
+    spawn(Arc::clone(&app), record, key, ip.0);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+fn request_size(body: &AsyncQueryBody) -> u64 {
+    let command = json!({
+        "text": body.command.text,
+        "executionMode": body.command.execution_mode,
+        "type": body.command.command_type,
+        "parameters": body.command.parameters,
+    });
+    json!({"maxTimeInQueue": body.max_time_in_queue, "catalogue": body.catalogue, "command": command})
+        .to_string()
+        .len() as u64
+}
+
+/// Loads a query the caller owns on `site` (same integrator and environment, and
+/// the caller may still see the site); anything else is 404, like a query nobody has.
+pub(crate) async fn owned(
+    app: &AppState,
+    who: &Authenticated,
+    site: HaloGuid,
+    query_id: &str,
+) -> Result<AsyncRecord, ApiError> {
+    let not_found = || ApiError::not_found("query not found");
+    let id = uuid::Uuid::parse_str(query_id)
+        .map_err(|_| ApiError::bad_request("queryId must be a UUID"))?
+        .to_string();
+    let text = blocking(&app.jobs.store, move |s| s.query(&id))
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(not_found)?;
+    let record: AsyncRecord = serde_json::from_str(&text).map_err(|e| ApiError::internal(&e))?;
+    if record.integrator != who.integrator().as_str()
+        || record.environment != who.environment().as_str()
+        || record.site != site.to_string()
+    {
+        return Err(not_found());
+    }
+    Ok(record)
+}
+
+/// `GET /integrator/sites/{siteId}/queries/{queryId}`: an async query's status,
+/// with its result pages once successful.
+pub async fn get_query(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath((site, query_id)) = path?;
+    may_see_site(&app, &who, site)?;
+    let record = owned(&app, &who, site, &query_id).await?;
+    Ok(Json(record.to_json()))
+}
+
+/// The most query ids one status batch may ask about.
+pub const MAX_STATUS_BATCH: usize = 100;
+
+/// `POST /integrator/sites/{siteId}/queries/status`: the status of several queries.
+pub async fn get_query_status_batch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
+    body: Result<ApiJson<StatusBatchBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath(site) = site_id?;
+    let ApiJson(body) = body?;
+    if body.query_ids.len() > MAX_STATUS_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_STATUS_BATCH} queryIds per request"
+        )));
+    }
+    may_see_site(&app, &who, site)?;
+    let mut results = Vec::with_capacity(body.query_ids.len());
+    for query_id in &body.query_ids {
+        let canonical = uuid::Uuid::parse_str(query_id)
+            .map_err(|_| ApiError::bad_request("every queryId must be a UUID"))?
+            .to_string();
+        match owned(&app, &who, site, &canonical).await {
+            Ok(record) => results.push(json!({
+                "queryId": canonical,
+                "status": "found",
+                "query": record.to_json(),
+            })),
+            Err(e) if e.status() == StatusCode::NOT_FOUND => results.push(json!({
+                "queryId": canonical,
+                "status": "notFound",
+            })),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(json!({ "results": results })))
+}
+
+// ---- the runner ----------------------------------------------------------------
+
+/// How a run ended, short of success.
+#[derive(Debug)]
+struct Failure {
+    status: AsyncStatus,
+    error: Option<StoredError>,
+}
+
+impl Failure {
+    fn new(status: AsyncStatus, code: i64, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: Some(StoredError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// Runs an accepted query in the background until it ends.
+pub(crate) fn spawn(app: AppState, record: AsyncRecord, key: String, ip: Option<IpAddr>) {
+    tokio::spawn(async move {
+        let mut record = record;
+        let outcome = drive(&app, &mut record, &key, ip).await;
+        drop(key);
+        let (status, error) = match outcome {
+            Ok(()) => (AsyncStatus::Successful, None),
+            Err(f) => (f.status, f.error),
+        };
+        finish(&app, record, status, error).await;
+    });
+}
+
+/// Persists a non-terminal record (best effort: the terminal write is what counts).
+async fn persist(app: &AppState, record: &AsyncRecord) {
+    let Ok(text) = serde_json::to_string(record) else {
+        return;
+    };
+    let id = record.id.clone();
+    if let Err(e) = blocking(&app.jobs.store, move |s| s.put_query(&id, true, &text)).await {
+        tracing::error!(query = %record.id, error = %e, "storing an async query's status failed");
+    }
+}
+
+/// Ends a query: terminal status, retention, webhooks, in one transaction.
+pub(crate) async fn finish(
+    app: &AppState,
+    mut record: AsyncRecord,
+    status: AsyncStatus,
+    error: Option<StoredError>,
+) {
+    let at = now().as_millis();
+    if status == AsyncStatus::UploadFailed && record.sql_execution_ms.is_none() {
+        record.sql_execution_ms = Some(0);
+    }
+    record.enter(status, at);
+    record.error = error;
+    let retention = u64::try_from(app.jobs.config.retention.as_millis()).unwrap_or(u64::MAX);
+    let expires_at = at.saturating_add(retention);
+    record.expires_at = Some(expires_at);
+    if let Err(e) = end(&app.jobs, &record, expires_at).await {
+        tracing::error!(query = %record.id, error = %e, "storing an async query's end failed");
+    }
+    if let Some(registered) = record.registered_id.clone() {
+        super::registered::occurrence_ended(app, &registered, &record).await;
+    }
+}
+
+async fn end(jobs: &Jobs, record: &AsyncRecord, expires_at: u64) -> Result<(), JobStoreError> {
+    let failed = record.status != AsyncStatus::Successful;
+    let text = serde_json::to_string(record)?;
+    let id = record.id.clone();
+    let source = record.source.clone();
+    let (integrator, site) = (record.integrator.clone(), record.site.clone());
+    let notify_id = record
+        .registered_id
+        .clone()
+        .unwrap_or_else(|| record.id.clone());
+    let at = record.updated_at;
+    blocking(&jobs.store, move |s| {
+        if failed {
+            s.delete_pages(&id)?;
+        }
+        let hooks = crate::webhooks::deliveries(s, &integrator, &source, &site, &notify_id, at)?;
+        s.finish_query(&id, &text, expires_at, &hooks)
+    })
+    .await
+}
+
+/// Routes the query (retrying while the site is busy, until its queue time is
+/// over), then stores its pages as they come.
+async fn drive(
+    app: &AppState,
+    record: &mut AsyncRecord,
+    key: &str,
+    ip: Option<IpAddr>,
+) -> Result<(), Failure> {
+    let site: HaloGuid = record
+        .site
+        .parse()
+        .map_err(|_| Failure::new(AsyncStatus::ExecutionFailed, 400, "invalid site"))?;
+    let components = extract_components(&record.command.text)
+        .map(Arc::new)
+        .map_err(|e| Failure::new(AsyncStatus::ExecutionFailed, 403, e.to_string()))?;
+    let config = &app.jobs.config;
+    let limits = RouteLimits {
+        max_time_in_queue: Duration::from_millis(MAX_TIME_IN_QUEUE_MS),
+        execution_limit: config.execution_limit,
+        paging: Some(Paging {
+            page_bytes: config.page_bytes,
+            window: config.window,
+        }),
+    };
+    let queue_deadline = record.created_at.saturating_add(record.max_time_in_queue);
+    let mut attempt = 0u32;
+    let mut dispatch = loop {
+        let at = now();
+        let left = Duration::from_millis(queue_deadline.saturating_sub(at.as_millis()));
+        let request = route_request(
+            key,
+            ip,
+            site,
+            at,
+            Some(left),
+            &record.command,
+            Arc::clone(&components),
+        );
+        match app.state.router().route_with(request, limits) {
+            Ok(dispatch) => break dispatch,
+            Err(RouteError::Unreachable) if attempt == 0 => {
+                return Err(Failure {
+                    status: AsyncStatus::InitialisationFailedSiteOffline,
+                    error: None,
+                });
+            }
+            Err(RouteError::Unreachable | RouteError::Busy) => {
+                if now().as_millis() >= queue_deadline {
+                    return Err(Failure {
+                        status: AsyncStatus::ExpiredInQueue,
+                        error: None,
+                    });
+                }
+                let wait = Duration::from_millis(50u64 << (attempt + 1).min(5)).min(left);
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(route_failure(&e, false)),
+        }
+        attempt += 1;
+    };
+    let query_id = dispatch.query_id().get();
+    let Some(mut pages) = app.jobs.hub.take_receiver(query_id) else {
+        return Err(Failure::new(
+            AsyncStatus::ExecutionFailed,
+            500,
+            "duplicate query id",
+        ));
+    };
+    let started = now().as_millis();
+    record.enter(AsyncStatus::Executing, started);
+    persist(app, record).await;
+    let result = receive(app, record, &mut dispatch, &mut pages, query_id, started).await;
+    if result.is_err() {
+        // Stops it at the Link if it still runs there (SQLite is interrupted).
+        app.jobs.hub.cancel(query_id);
+    } else {
+        app.jobs.hub.remove(query_id);
+    }
+    drop(dispatch);
+    result
+}
+
+async fn receive(
+    app: &AppState,
+    record: &mut AsyncRecord,
+    dispatch: &mut halo_router::Dispatch,
+    pages: &mut tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+    query_id: u64,
+    started: u64,
+) -> Result<(), Failure> {
+    let mut answered: Option<QueryOutput> = None;
+    loop {
+        tokio::select! {
+            biased;
+            event = pages.recv() => match event {
+                Some(StreamEvent::Page(page)) => {
+                    let json = page.json().map_err(|e| {
+                        Failure::new(AsyncStatus::UploadFailed, 502, format!("unreadable page: {e}"))
+                    })?;
+                    let meta = PageMeta {
+                        page_number: page.page_number,
+                        row_start: page.row_start,
+                        rows: page.rows,
+                        size: json.len() as u64,
+                    };
+                    drop(page);
+                    let first = record.status != AsyncStatus::Uploading;
+                    if first {
+                        let at = now().as_millis();
+                        record.sql_execution_ms = Some(at.saturating_sub(started));
+                        record.enter(AsyncStatus::Uploading, at);
+                    }
+                    let id = record.id.clone();
+                    let stored = meta.clone();
+                    blocking(&app.jobs.store, move |s| s.put_page(&id, &stored, &json))
+                        .await
+                        .map_err(|e| Failure::new(AsyncStatus::UploadFailed, 500, format!("storing a page failed: {e}")))?;
+                    app.jobs.hub.ack(query_id, 1);
+                    record.size += meta.size;
+                    record.pages.push(meta);
+                    // The status change is stored; the page list is stored with the
+                    // terminal status (an unfinished upload does not survive a restart).
+                    if first {
+                        persist(app, record).await;
+                    }
+                }
+                Some(StreamEvent::End(end)) => {
+                    let expected = u32::try_from(record.pages.len()).unwrap_or(u32::MAX);
+                    if end.pages != expected {
+                        return Err(Failure::new(
+                            AsyncStatus::UploadFailed,
+                            502,
+                            format!("the link sent {expected} pages of {}", end.pages),
+                        ));
+                    }
+                    record.rows = end.rows;
+                    record.sql_execution_ms = Some(end.duration_ms);
+                    return Ok(());
+                }
+                None => {
+                    return Err(Failure::new(AsyncStatus::ExecutionFailed, 500, "the result stream closed"));
+                }
+            },
+            outcome = &mut *dispatch, if answered.is_none() => match outcome {
+                // The end is already in `pages` (the session delivers it first).
+                Ok(output) => answered = Some(output),
+                Err(e) => return Err(route_failure(&e, !record.pages.is_empty())),
+            },
+        }
+    }
+}
+
+/// The terminal status and error of a routing error.
+fn route_failure(e: &RouteError, uploading: bool) -> Failure {
+    use halo_router::QueryFailure;
+    let code = i64::from(crate::status::route(e).as_u16());
+    match e {
+        // The Link did not start it within its queue budget.
+        RouteError::Failed(QueryFailure::Busy) => Failure {
+            status: AsyncStatus::ExpiredInQueue,
+            error: None,
+        },
+        // The Link stopped it at its deadline.
+        RouteError::Failed(QueryFailure::Expired) | RouteError::Timeout => Failure::new(
+            AsyncStatus::ExecutionFailed,
+            504,
+            "the query ran past its deadline and was stopped",
+        ),
+        RouteError::Failed(QueryFailure::Database {
+            error_code,
+            message,
+            ..
+        }) => Failure::new(
+            AsyncStatus::ExecutionFailed,
+            error_code.parse::<i64>().unwrap_or(code),
+            message.clone(),
+        ),
+        RouteError::Unreachable if uploading => Failure::new(
+            AsyncStatus::UploadFailed,
+            code,
+            "the site went away while the result was uploading",
+        ),
+        other if uploading => Failure::new(AsyncStatus::UploadFailed, code, other.to_string()),
+        other => Failure::new(AsyncStatus::ExecutionFailed, code, other.to_string()),
+    }
+}
+
+/// Ends every query a previous process accepted and did not finish: its key is
+/// gone with that process, so it cannot be routed again. Each gets a terminal
+/// status saying so, and its webhook.
+///
+/// # Errors
+/// [`JobStoreError`] when the store fails.
+pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
+    let retention = u64::try_from(jobs.config.retention.as_millis()).unwrap_or(u64::MAX);
+    for text in jobs.store.unfinished_queries()? {
+        let mut record: AsyncRecord = serde_json::from_str(&text)?;
+        let (status, message) = match record.status {
+            AsyncStatus::Uploading => (
+                AsyncStatus::UploadFailed,
+                "the Cloud restarted while the result was uploading; submit the query again",
+            ),
+            AsyncStatus::Executing => (
+                AsyncStatus::ExecutionFailed,
+                "the Cloud restarted while the query ran; its outcome is unknown; submit it again",
+            ),
+            _ => (
+                AsyncStatus::ExecutionFailed,
+                "the Cloud restarted before the query reached the site; nothing ran; submit it again",
+            ),
+        };
+        let at = at.as_millis();
+        if status == AsyncStatus::UploadFailed && record.sql_execution_ms.is_none() {
+            record.sql_execution_ms = Some(0);
+        }
+        record.enter(status, at);
+        record.error = Some(StoredError {
+            code: 503,
+            message: message.to_owned(),
+        });
+        record.pages.clear();
+        record.size = 0;
+        let expires_at = at.saturating_add(retention);
+        record.expires_at = Some(expires_at);
+        jobs.store.delete_pages(&record.id)?;
+        let notify_id = record
+            .registered_id
+            .clone()
+            .unwrap_or_else(|| record.id.clone());
+        let hooks = crate::webhooks::deliveries(
+            &*jobs.store,
+            &record.integrator,
+            &record.source,
+            &record.site,
+            &notify_id,
+            at,
+        )?;
+        jobs.store.finish_query(
+            &record.id,
+            &serde_json::to_string(&record)?,
+            expires_at,
+            &hooks,
+        )?;
+        tracing::warn!(query = %record.id, status = status.as_str(), "unfinished async query ended at recovery");
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The async path (issue 12): async queries with paged results, registered
+//! (scheduled) queries, and the webhooks that tell integrators a query finished.
+//!
+//! Everything accepted lives in a [`store::JobStore`] before it is acknowledged;
+//! results arrive from the Link page by page (`halo_protocol::StreamJob`) through
+//! the [`hub::StreamHub`], so neither the Link nor the Cloud holds more of a result
+//! than a few pages.
+
+pub mod async_query;
+pub mod hub;
+pub mod pages;
+pub mod record;
+pub mod registered;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::AppState;
+use crate::clock::now;
+use store::{JobStore, JobStoreError, SqliteJobStore};
+
+/// Settings of the async path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    /// How long an async query may run once it left the queue (its deadline is
+    /// `maxTimeInQueue` plus this). Default 1 hour.
+    pub execution_limit: Duration,
+    /// How long results stay readable after a query finished; then pages answer 410.
+    /// Default 24 hours.
+    pub retention: Duration,
+    /// The most bytes of JSON rows per result page (at most 8 MiB). Default 4 MiB.
+    pub page_bytes: u64,
+    /// Pages the Link may send before the Cloud has stored them. Default 2.
+    pub window: u32,
+    /// The first webhook retry waits about this long; later ones back off
+    /// exponentially with jitter. Default 5 s.
+    pub webhook_retry_base: Duration,
+    /// The longest wait between two webhook attempts. Default 30 min.
+    pub webhook_retry_max: Duration,
+    /// Attempts before a delivery is dead-lettered. Default 10.
+    pub webhook_attempts: u32,
+    /// Time one delivery attempt may take. Default 5 s.
+    pub webhook_timeout: Duration,
+    /// How often the background work (retention, scheduler, outbox) runs. Default 250 ms.
+    pub tick: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            execution_limit: Duration::from_secs(3600),
+            retention: Duration::from_secs(24 * 3600),
+            page_bytes: 4 * 1024 * 1024,
+            window: 2,
+            webhook_retry_base: Duration::from_secs(5),
+            webhook_retry_max: Duration::from_secs(30 * 60),
+            webhook_attempts: 10,
+            webhook_timeout: Duration::from_secs(5),
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The async path's state: its settings, its store and the page hub.
+#[derive(Debug)]
+pub struct Jobs {
+    /// Settings.
+    pub config: JobsConfig,
+    /// The durable store.
+    pub store: Arc<dyn JobStore>,
+    /// Where pages meet their runner.
+    pub hub: hub::StreamHub,
+    /// The keys of this process's registered queries, in memory only (keys are never
+    /// stored): registered query id to (key, caller address).
+    pub(crate) keys:
+        std::sync::Mutex<std::collections::HashMap<String, (String, Option<std::net::IpAddr>)>>,
+}
+
+impl Jobs {
+    /// Opens the store (`<data_dir>/jobs.sqlite`, or in memory without a directory),
+    /// then ends every query a previous process accepted and did not finish (see
+    /// [`async_query::recover`]).
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the store cannot be opened or recovered.
+    pub fn open(data_dir: Option<&Path>, config: JobsConfig) -> Result<Self, JobStoreError> {
+        let store: Arc<dyn JobStore> = match data_dir {
+            Some(dir) => Arc::new(SqliteJobStore::open(&dir.join("jobs.sqlite"))?),
+            None => Arc::new(SqliteJobStore::in_memory()?),
+        };
+        let jobs = Self {
+            config,
+            store,
+            hub: hub::StreamHub::default(),
+            keys: std::sync::Mutex::default(),
+        };
+        async_query::recover(&jobs, now())?;
+        Ok(jobs)
+    }
+}
+
+/// Runs `f` on the store from the blocking pool (SQLite waits for fsync).
+///
+/// # Errors
+/// The store's error, or [`JobStoreError::Engine`] if the task panicked.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn JobStore>,
+    f: impl FnOnce(&dyn JobStore) -> Result<T, JobStoreError> + Send + 'static,
+) -> Result<T, JobStoreError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| JobStoreError::Engine(format!("store task failed: {e}")))?
+}
+
+/// Starts the background work: result retention, the registered-query scheduler and
+/// the webhook outbox. Runs until the process stops.
+pub fn spawn_background(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let tick = app.jobs.config.tick;
+    let retention_app = Arc::clone(app);
+    let retention = tokio::spawn(async move {
+        let mut every = tokio::time::interval(tick);
+        loop {
+            every.tick().await;
+            let now = now().as_millis();
+            if let Err(e) =
+                blocking(&retention_app.jobs.store, move |s| s.expire_results(now)).await
+            {
+                tracing::error!(error = %e, "expiring results failed");
+            }
+        }
+    });
+    let scheduler_app = Arc::clone(app);
+    let scheduler = tokio::spawn(async move {
+        let mut every = tokio::time::interval(tick);
+        loop {
+            every.tick().await;
+            registered::fire_due(&scheduler_app).await;
+        }
+    });
+    let outbox_app = Arc::clone(app);
+    let outbox = tokio::spawn(async move {
+        crate::webhooks::deliver_forever(outbox_app).await;
+    });
+    vec![retention, scheduler, outbox]
+}

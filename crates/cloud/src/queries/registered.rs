@@ -1,0 +1,574 @@
+//! Registered queries: created with a schedule (`frequency` seconds apart, for
+//! `duration` seconds), listed, read, cancelled, and their last result.
+//!
+//! **Exactly once per occurrence.** The store keeps each registered query's next
+//! occurrence (`next_at`). The scheduler reads the due ones and fires an occurrence
+//! only after [`super::store::JobStore::claim_occurrence`] moved `next_at` from the
+//! value it read to the following occurrence: a compare-and-set, so when several
+//! Cloud nodes share one store (PostgreSQL, next) exactly one of them fires it. A
+//! restart neither repeats an occurrence (its claim is durable) nor skips the ones
+//! after it. An occurrence is an async query (source `registered`) and ends with a
+//! webhook like one.
+//!
+//! Keys are never stored, so a registered query whose Cloud restarted cannot be
+//! routed again: its next occurrence cancels it, with `lastErrorDetails` saying
+//! why (the integrator registers it again).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use halo_ids::{HaloGuid, Timestamp};
+use halo_policy::Authenticated;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use super::async_query::{
+    AsyncCommandBody, DEFAULT_TIME_IN_QUEUE_MS, accept_command, authenticate, may_see_site,
+    new_record, spawn,
+};
+use super::blocking;
+use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError};
+use crate::app::AppState;
+use crate::clock::now;
+use crate::dto::rfc3339;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, CallerIp, subscription_key};
+
+/// The longest `duration`, in seconds (24 hours).
+pub const MAX_DURATION_S: u64 = 86_400;
+/// The largest last result `getRegisteredQueryResult` returns whole, in bytes of JSON.
+pub const MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// `registerCommand`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisterCommand {
+    /// The command.
+    pub command: AsyncCommandBody,
+}
+
+/// `POST /integrator/sites/{siteId}/queries/registered` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredBody {
+    /// The integrator's name for it.
+    pub name: String,
+    /// Always `query`.
+    pub registered_query_type: String,
+    /// Seconds between occurrences (at least 1).
+    pub frequency: u64,
+    /// Seconds it runs for (at most 86 400).
+    pub duration: u64,
+    /// The command.
+    pub register_command: RegisterCommand,
+}
+
+/// Counters of a registered query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    /// Last success (ms).
+    pub last_succeeded_at: Option<u64>,
+    /// Last failure (ms).
+    pub last_failed_at: Option<u64>,
+    /// Last run's database time (ms).
+    pub last_execution_duration: Option<u64>,
+    /// Successful runs.
+    pub succeeded: u64,
+    /// Failed runs.
+    pub failed: u64,
+    /// Bytes of JSON over all successful runs.
+    pub result_size_sum: u64,
+}
+
+/// A registered query, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredRecord {
+    /// Its id (a UUID).
+    pub id: String,
+    /// The integrator's name for it.
+    pub name: String,
+    /// Owner.
+    pub integrator: String,
+    /// The key's environment.
+    pub environment: String,
+    /// The site.
+    pub site: String,
+    /// `enabled`, `cancelled` or `completed`.
+    pub status: String,
+    /// Seconds between occurrences.
+    pub frequency: u64,
+    /// Seconds it runs for.
+    pub duration: u64,
+    /// Created (ms).
+    pub created_at: u64,
+    /// Completed or cancelled (ms).
+    pub completed_at: Option<u64>,
+    /// Bytes of the request body.
+    pub request_size: u64,
+    /// The command.
+    pub command: StoredCommand,
+    /// SHA-256 of the last successful result (hex).
+    pub last_hash: Option<String>,
+    /// The last error.
+    pub last_error: Option<StoredError>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The async query of the last successful occurrence.
+    pub last_result: Option<String>,
+}
+
+impl RegisteredRecord {
+    /// The document's `RegisteredQuery`.
+    pub fn to_json(&self) -> Value {
+        let time = |ms: u64| rfc3339(Timestamp::from_millis(ms));
+        let mut metrics = serde_json::Map::new();
+        if let Some(t) = self.metrics.last_succeeded_at {
+            metrics.insert("lastSucceededAt".into(), json!(time(t)));
+        }
+        if let Some(t) = self.metrics.last_failed_at {
+            metrics.insert("lastFailedAt".into(), json!(time(t)));
+        }
+        if let Some(d) = self.metrics.last_execution_duration {
+            metrics.insert("lastExecutionDuration".into(), json!(d));
+        }
+        metrics.insert(
+            "executionSucceededCount".into(),
+            json!(self.metrics.succeeded),
+        );
+        metrics.insert("executionFailedCount".into(), json!(self.metrics.failed));
+        metrics.insert("resultSizeSum".into(), json!(self.metrics.result_size_sum));
+        metrics.insert("requestSize".into(), json!(self.request_size));
+        let mut v = json!({
+            "id": self.id,
+            "name": self.name,
+            "registeredQueryType": "query",
+            "status": self.status,
+            "frequency": self.frequency,
+            "duration": self.duration,
+            "createdAt": time(self.created_at),
+            "metrics": metrics,
+        });
+        if let Some(hash) = &self.last_hash {
+            v["lastHash"] = json!(hash);
+        }
+        if let Some(e) = &self.last_error {
+            v["lastErrorDetails"] =
+                json!({"errorType": "haloLink", "errorCode": e.code, "errorMessage": e.message});
+        }
+        if let Some(t) = self.completed_at {
+            v["completedAt"] = json!(time(t));
+        }
+        v
+    }
+
+    fn end_ms(&self) -> u64 {
+        self.created_at
+            .saturating_add(self.duration.saturating_mul(1000))
+    }
+
+    /// The occurrence after the one at `at`, if it falls within the duration.
+    pub fn next_after(&self, at: u64) -> Option<u64> {
+        let next = at.saturating_add(self.frequency.saturating_mul(1000));
+        (next < self.end_ms()).then_some(next)
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "registered query store failed");
+    ApiError::internal(&"the registered query store failed")
+}
+
+/// `POST /integrator/sites/{siteId}/queries/registered`: registers a query (202);
+/// its first occurrence runs now.
+pub async fn create_registered_query(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
+    body: Result<ApiJson<RegisteredBody>, ApiError>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath(site) = site_id?;
+    let ApiJson(body) = body?;
+    if body.registered_query_type != "query" {
+        return Err(ApiError::bad_request("registeredQueryType must be query"));
+    }
+    if body.frequency == 0 || body.duration == 0 || body.duration > MAX_DURATION_S {
+        return Err(ApiError::bad_request(
+            "frequency must be at least 1 s and duration between 1 and 86400 s",
+        ));
+    }
+    let key = subscription_key(&headers).to_owned();
+    let command = accept_command(&app, &key, ip.0, site, None, &body.register_command.command)?;
+    let at = now().as_millis();
+    let record = RegisteredRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: body.name.clone(),
+        integrator: who.integrator().to_string(),
+        environment: who.environment().as_str().to_owned(),
+        site: site.to_string(),
+        status: "enabled".to_owned(),
+        frequency: body.frequency,
+        duration: body.duration,
+        created_at: at,
+        completed_at: None,
+        request_size: body.register_command.command.text.len() as u64,
+        command,
+        last_hash: None,
+        last_error: None,
+        metrics: Metrics::default(),
+        last_result: None,
+    };
+    let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
+    app.jobs
+        .keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(record.id.clone(), (key, ip.0));
+    let (id, site_s, integrator) = (
+        record.id.clone(),
+        record.site.clone(),
+        record.integrator.clone(),
+    );
+    blocking(&app.jobs.store, move |s| {
+        s.put_registered(&id, &site_s, &integrator, Some(at), &text)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": record.id}))))
+}
+
+async fn load(
+    app: &AppState,
+    who: &Authenticated,
+    site: HaloGuid,
+    id: &str,
+) -> Result<(RegisteredRecord, Option<u64>), ApiError> {
+    let not_found = || ApiError::not_found("registered query not found");
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| ApiError::bad_request("queryId must be a UUID"))?
+        .to_string();
+    let (text, next) = blocking(&app.jobs.store, move |s| s.registered(&id))
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(not_found)?;
+    let record: RegisteredRecord = serde_json::from_str(&text).map_err(|e| internal(&e))?;
+    if record.integrator != who.integrator().as_str()
+        || record.environment != who.environment().as_str()
+        || record.site != site.to_string()
+    {
+        return Err(not_found());
+    }
+    Ok((record, next))
+}
+
+/// `GET /integrator/sites/{siteId}/queries/registered`.
+pub async fn get_registered_queries(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    site_id: Result<ApiPath<HaloGuid>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath(site) = site_id?;
+    may_see_site(&app, &who, site)?;
+    let (site_s, integrator) = (site.to_string(), who.integrator().to_string());
+    let texts = blocking(&app.jobs.store, move |s| {
+        s.registered_of(&site_s, &integrator)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
+    let mut list = Vec::with_capacity(texts.len());
+    for text in texts {
+        let record: RegisteredRecord = serde_json::from_str(&text).map_err(|e| internal(&e))?;
+        if record.environment == who.environment().as_str() {
+            list.push(record.to_json());
+        }
+    }
+    Ok(Json(json!({"registeredQueries": list})))
+}
+
+/// `GET /integrator/sites/{siteId}/queries/registered/{queryId}`.
+pub async fn get_registered_query(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath((site, id)) = path?;
+    may_see_site(&app, &who, site)?;
+    let (record, _) = load(&app, &who, site, &id).await?;
+    Ok(Json(record.to_json()))
+}
+
+/// `DELETE /integrator/sites/{siteId}/queries/registered/{queryId}`: no more
+/// occurrences (204). One already running finishes.
+pub async fn cancel_registered_query(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath((site, id)) = path?;
+    may_see_site(&app, &who, site)?;
+    let (mut record, _) = load(&app, &who, site, &id).await?;
+    if record.status == "enabled" {
+        record.status = "cancelled".to_owned();
+        record.completed_at = Some(now().as_millis());
+    }
+    let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
+    let (rid, site_s, integrator) = (
+        record.id.clone(),
+        record.site.clone(),
+        record.integrator.clone(),
+    );
+    blocking(&app.jobs.store, move |s| {
+        s.put_registered(&rid, &site_s, &integrator, None, &text)
+    })
+    .await
+    .map_err(|e| internal(&e))?;
+    app.jobs
+        .keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&record.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /integrator/sites/{siteId}/queries/registered/{queryId}/results`: the last
+/// successful occurrence's result, whole (at most [`MAX_RESULT_BYTES`]).
+pub async fn get_registered_query_result(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let who = authenticate(&app, &headers, ip)?;
+    let ApiPath((site, id)) = path?;
+    may_see_site(&app, &who, site)?;
+    let (record, _) = load(&app, &who, site, &id).await?;
+    let result_id = record
+        .last_result
+        .ok_or_else(|| ApiError::not_found("the registered query has no result yet"))?;
+    let text = blocking(&app.jobs.store, {
+        let result_id = result_id.clone();
+        move |s| s.query(&result_id)
+    })
+    .await
+    .map_err(|e| internal(&e))?
+    .ok_or_else(|| ApiError::not_found("the registered query has no result yet"))?;
+    let occurrence: AsyncRecord = serde_json::from_str(&text).map_err(|e| internal(&e))?;
+    if occurrence
+        .expires_at
+        .is_some_and(|t| t <= now().as_millis())
+    {
+        return Err(ApiError::new(StatusCode::GONE, "the result has expired"));
+    }
+    if occurrence.size > MAX_RESULT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the result is larger than 8 MiB; use an async query to page it",
+        ));
+    }
+    let json = joined(&app, &occurrence).await?;
+    Ok(Json(json!({
+        "data": base64::engine::general_purpose::STANDARD.encode(&json),
+        "parameters": null,
+        "rows": occurrence.rows,
+        "size": json.len(),
+    })))
+}
+
+/// The pages of a result joined into one JSON array.
+async fn joined(app: &AppState, record: &AsyncRecord) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(usize::try_from(record.size).unwrap_or(0));
+    out.push(b'[');
+    let mut first = true;
+    for page in &record.pages {
+        let (id, n) = (record.id.clone(), page.page_number);
+        let data = blocking(&app.jobs.store, move |s| s.page(&id, n))
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| ApiError::new(StatusCode::GONE, "the result has expired"))?;
+        let inner = data
+            .strip_prefix(b"[")
+            .and_then(|d| d.strip_suffix(b"]"))
+            .unwrap_or_default();
+        if !inner.is_empty() {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(inner);
+            first = false;
+        }
+    }
+    out.push(b']');
+    Ok(out)
+}
+
+/// Fires the registered queries that are due, each occurrence once.
+pub async fn fire_due(app: &AppState) {
+    let at = now().as_millis();
+    let due = match blocking(&app.jobs.store, move |s| s.due_registered(at)).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::error!(error = %e, "reading due registered queries failed");
+            return;
+        }
+    };
+    for (id, seen) in due {
+        if let Err(e) = fire(app, &id, seen).await {
+            tracing::error!(registered = %id, error = %e, "firing a registered query failed");
+        }
+    }
+}
+
+async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::JobStoreError> {
+    let rid = id.to_owned();
+    let Some((text, _)) = blocking(&app.jobs.store, move |s| s.registered(&rid)).await? else {
+        return Ok(());
+    };
+    let mut record: RegisteredRecord = serde_json::from_str(&text)?;
+    let next = record.next_after(seen);
+    let rid = id.to_owned();
+    // The claim: only the caller that moves `next_at` from `seen` fires this one.
+    if !blocking(&app.jobs.store, move |s| {
+        s.claim_occurrence(&rid, seen, next)
+    })
+    .await?
+    {
+        return Ok(());
+    }
+    let key = app
+        .jobs
+        .keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(id)
+        .cloned();
+    let Some((key, ip)) = key else {
+        // Accepted by a process that is gone: its key went with it.
+        record.status = "cancelled".to_owned();
+        record.completed_at = Some(now().as_millis());
+        record.last_error = Some(StoredError {
+            code: 503,
+            message: "the Cloud restarted and keeps no subscription keys; register the query again"
+                .to_owned(),
+        });
+        let text = serde_json::to_string(&record)?;
+        let (rid, site, integrator) = (
+            record.id.clone(),
+            record.site.clone(),
+            record.integrator.clone(),
+        );
+        blocking(&app.jobs.store, move |s| {
+            s.put_registered(&rid, &site, &integrator, None, &text)
+        })
+        .await?;
+        return Ok(());
+    };
+    run_occurrence(app, &record, key, ip).await
+}
+
+async fn run_occurrence(
+    app: &AppState,
+    record: &RegisteredRecord,
+    key: String,
+    ip: Option<IpAddr>,
+) -> Result<(), super::store::JobStoreError> {
+    let policy = app.state.policy();
+    let who = match halo_policy::authenticate(&policy, &key, ip) {
+        Ok(who) => who,
+        Err(deny) => {
+            let mut failed = record.clone();
+            failed.metrics.failed += 1;
+            failed.metrics.last_failed_at = Some(now().as_millis());
+            failed.last_error = Some(StoredError {
+                code: 401,
+                message: deny.message().to_owned(),
+            });
+            let text = serde_json::to_string(&failed)?;
+            let rid = failed.id.clone();
+            return blocking(&app.jobs.store, move |s| s.update_registered(&rid, &text)).await;
+        }
+    };
+    let site: HaloGuid = match record.site.parse() {
+        Ok(site) => site,
+        Err(_) => return Ok(()),
+    };
+    let occurrence = new_record(
+        &who,
+        site,
+        "registered",
+        Some(record.id.clone()),
+        DEFAULT_TIME_IN_QUEUE_MS.min(record.frequency.saturating_mul(1000)),
+        record.request_size,
+        record.command.clone(),
+        now().as_millis(),
+    );
+    let text = serde_json::to_string(&occurrence)?;
+    let oid = occurrence.id.clone();
+    blocking(&app.jobs.store, move |s| s.put_query(&oid, true, &text)).await?;
+    spawn(Arc::clone(app), occurrence, key, ip);
+    Ok(())
+}
+
+/// Updates a registered query when one of its occurrences ends.
+pub(crate) async fn occurrence_ended(app: &AppState, id: &str, occurrence: &AsyncRecord) {
+    let rid = id.to_owned();
+    let loaded = blocking(&app.jobs.store, move |s| s.registered(&rid)).await;
+    let Ok(Some((text, next))) = loaded else {
+        return;
+    };
+    let Ok(mut record) = serde_json::from_str::<RegisteredRecord>(&text) else {
+        return;
+    };
+    let at = now().as_millis();
+    if occurrence.status == AsyncStatus::Successful {
+        record.metrics.succeeded += 1;
+        record.metrics.last_succeeded_at = Some(at);
+        record.metrics.last_execution_duration = occurrence.sql_execution_ms;
+        record.metrics.result_size_sum += occurrence.size;
+        record.last_result = Some(occurrence.id.clone());
+        record.last_hash = hash(app, occurrence).await;
+    } else {
+        record.metrics.failed += 1;
+        record.metrics.last_failed_at = Some(at);
+        record.last_error = Some(occurrence.error.clone().unwrap_or(StoredError {
+            code: 500,
+            message: format!("the occurrence ended {}", occurrence.status.as_str()),
+        }));
+    }
+    if next.is_none() && record.status == "enabled" {
+        record.status = "completed".to_owned();
+        record.completed_at = Some(at);
+    }
+    let Ok(text) = serde_json::to_string(&record) else {
+        return;
+    };
+    let rid = id.to_owned();
+    if let Err(e) = blocking(&app.jobs.store, move |s| s.update_registered(&rid, &text)).await {
+        tracing::error!(registered = %id, error = %e, "updating a registered query failed");
+    }
+}
+
+/// SHA-256 (hex) of a result's pages, read one at a time.
+async fn hash(app: &AppState, record: &AsyncRecord) -> Option<String> {
+    let mut hasher = Sha256::new();
+    for page in &record.pages {
+        let (id, n) = (record.id.clone(), page.page_number);
+        let data = blocking(&app.jobs.store, move |s| s.page(&id, n))
+            .await
+            .ok()??;
+        hasher.update(&data);
+    }
+    Some(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,195 @@
+//! SIGKILL of a real `halo-cloud` process during async work, three times over.
+//! Afterwards every query it accepted (201) ends in a terminal status that can be
+//! read, the results of the successful ones stay readable, and every one of them
+//! was notified by a webhook that verifies (none lost, none unsigned).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use halo_ids::Environment;
+use halo_link::demo::generate;
+use halo_link::{Agent, LinkConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::fixture::{INTEGRATOR, practice};
+use crate::processes::{Client, CloudProcess, free_port};
+use crate::webhooks::{SECRET, assert_payload, receiver};
+
+const TERMINAL_WAIT: Duration = Duration::from_secs(90);
+
+async fn wait_terminal(client: &Client, key: &str, path: &str) -> Value {
+    let deadline = Instant::now() + TERMINAL_WAIT;
+    loop {
+        if let Ok((200, body)) = client.call(Method::GET, key, path, None).await {
+            let s = body["status"].as_str().unwrap_or_default().to_owned();
+            if !["initialising", "queued", "executing", "uploading"].contains(&s.as_str()) {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "{path} not terminal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_async_work_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cloud");
+    let port = free_port();
+    let flags = ["--page-bytes", "16384", "--webhook-retry-base", "100ms"];
+    let mut cloud = CloudProcess::start(&data, port, &flags);
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    cloud.wait_ready(&client.http).await;
+
+    let mut p = practice("SMILE01", "Smile Dental");
+    p.patients = 300;
+    let db = dir.path().join("db.sqlite");
+    generate(&db, &p).unwrap();
+    let token = client.credential("SMILE01").await;
+    let key = client.integrator("SMILE01").await;
+    let mut config = LinkConfig::new(
+        format!("ws://127.0.0.1:{port}/link/ws"),
+        Environment::Stage,
+        token,
+        dir.path().join("link-state.json"),
+        vec![db],
+    );
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(200);
+    let agent = Agent::prepare(config).unwrap();
+    let site = agent.databases()[0].halo_guid();
+    let link = agent.spawn();
+    link.wait_connected(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = client
+        .call(
+            Method::POST,
+            &key,
+            "/integrator/pair-site?practiceManagementSiteId=SMILE01&practiceManagementName=D4w",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (r, hooks) = receiver(0).await;
+    client
+        .admin(
+            Method::PUT,
+            &format!("/admin/integrators/{INTEGRATOR}/webhooks"),
+            json!({"url": format!("{hooks}/hooks/{{queryId}}"), "secret": SECRET}),
+        )
+        .await;
+
+    let queries = [
+        "SELECT first_name FROM patients",
+        "SELECT a.first_name, b.last_name FROM patients a, patients b",
+        "SELECT count(*) FROM patients a, patients b, patients c",
+        "SELECT last_name FROM patients WHERE patient_id < 20",
+    ];
+    let mut accepted: Vec<String> = Vec::new();
+    for round in 0..3u64 {
+        for i in 0..8 {
+            let body = json!({"command": {"text": queries[i % queries.len()]}});
+            let path = format!("/integrator/sites/{site}/queries/async");
+            if let Ok((status, created)) = client.call(Method::POST, &key, &path, Some(body)).await
+            {
+                assert_eq!(status, 201, "{created}");
+                accepted.push(created["id"].as_str().unwrap().to_owned());
+            }
+        }
+        // Kill at a different point of the work each round.
+        tokio::time::sleep(Duration::from_millis(40 + 120 * round)).await;
+        cloud.kill();
+        cloud = CloudProcess::start(&data, port, &flags);
+        cloud.wait_ready(&client.http).await;
+        link.wait_connected(round + 2, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    // Work after the last restart runs to the end.
+    let path = format!("/integrator/sites/{site}/queries/async");
+    let body = json!({"command": {"text": queries[1]}});
+    let (status, created) = client
+        .call(Method::POST, &key, &path, Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    accepted.push(created["id"].as_str().unwrap().to_owned());
+
+    let mut successful = 0;
+    let mut statuses = Vec::new();
+    for id in &accepted {
+        let q = wait_terminal(
+            &client,
+            &key,
+            &format!("/integrator/sites/{site}/queries/{id}"),
+        )
+        .await;
+        statuses.push(q["status"].as_str().unwrap().to_owned());
+        if q["status"] == "successful" {
+            successful += 1;
+            // Every page is readable, and holds the rows it says.
+            for page in q["result"]["pages"].as_array().unwrap() {
+                let n = page["pageNumber"].as_u64().unwrap();
+                let (status, body) = client
+                    .call(
+                        Method::GET,
+                        &key,
+                        &format!("/integrator/sites/{site}/queries/{id}/results/{n}"),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200, "{id} page {n}: {body}");
+            }
+        } else {
+            assert!(
+                q["errorMessage"].is_string()
+                    || q["status"] == "expiredInQueue"
+                    || q["status"] == "initialisationFailedSiteOffline",
+                "a failure says why: {q}"
+            );
+        }
+    }
+    assert!(successful >= 1, "{statuses:?}");
+    eprintln!(
+        "crash test: {} accepted, statuses {statuses:?}",
+        accepted.len()
+    );
+
+    // Every accepted query was notified, signed; nothing unsigned arrived.
+    let wanted: HashSet<&str> = accepted.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = r.seen.lock().unwrap().clone();
+        assert!(
+            seen.iter().all(|d| d.verified),
+            "an unsigned or stale delivery"
+        );
+        let notified: HashSet<String> = seen
+            .iter()
+            .map(|d| {
+                assert_payload(d, "async")["queryId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let missing: Vec<&&str> = wanted
+            .iter()
+            .filter(|id| !notified.contains(**id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not notified: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    link.kill();
+    cloud.kill();
+}
