@@ -1,7 +1,6 @@
 //! The integrator API (SPEC §7). Each handler extracts, calls the core, and maps
 //! the result; the decisions live in `halo-policy`, `halo-tenancy` and `halo-router`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -9,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType};
-use halo_policy::{Authenticated, Deny, ExecutionMode, Policy, extract_components};
+use halo_policy::{Authenticated, ComponentCache, Deny, ExecutionMode, Policy};
 use halo_router::{Command, RouteRequest};
 
 use crate::app::AppState;
@@ -165,6 +164,11 @@ pub async fn pair_site(
     Ok(Json(site))
 }
 
+/// Statement analysis of the texts seen before (bounded; a pure function of the
+/// text, so shared by the whole process).
+static COMPONENTS: std::sync::LazyLock<ComponentCache> =
+    std::sync::LazyLock::new(ComponentCache::default);
+
 fn execution_mode(text: &str) -> Result<ExecutionMode, ApiError> {
     match text.to_ascii_lowercase().as_str() {
         "reader" => Ok(ExecutionMode::Reader),
@@ -198,7 +202,8 @@ pub async fn immediate_query(
         return Err(ApiError::bad_request("command.type must be text"));
     }
     let mode = execution_mode(&body.command.execution_mode)?;
-    let components = extract_components(&body.command.text)
+    let components = COMPONENTS
+        .extract(&body.command.text)
         .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
     let parameters = if body.command.parameters.is_empty() {
         None
@@ -212,7 +217,7 @@ pub async fn immediate_query(
         now: created,
         max_time_in_queue: body.max_time_in_queue.map(Duration::from_millis),
         catalogue: body.catalogue.as_deref(),
-        components: Arc::new(components),
+        components,
         command: Command {
             text: body.command.text.clone(),
             mode,

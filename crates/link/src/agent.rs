@@ -362,9 +362,16 @@ impl Agent {
                     self.persist_epochs();
                 }
                 Some((query_id, frame)) = done_rx.recv() => {
+                    // Answers that finished meanwhile leave in the same write.
+                    let mut answers = vec![frame];
                     running.remove(&query_id);
-                    if let Err(e) = sink.send(Message::text(frame)).await {
-                        break lost(true, LinkError::Connection(e.to_string()));
+                    while answers.len() < MAX_FRAMES_PER_WRITE {
+                        let Ok((query_id, frame)) = done_rx.try_recv() else { break };
+                        running.remove(&query_id);
+                        answers.push(frame);
+                    }
+                    if let Err(e) = send_all(&mut sink, answers).await {
+                        break lost(true, e);
                     }
                 }
                 () = self.workers.freed.notified() => {
@@ -579,8 +586,10 @@ struct Queued {
 fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
     let Queued { db, job, control } = queued;
     let query_id = job.query_id;
-    tokio::spawn(async move {
-        let frame = tokio::task::spawn_blocking(move || match execute_with(&db, &job, &control) {
+    // On the blocking pool directly: the answer is handed to the session loop from
+    // there, with no async task in between.
+    tokio::task::spawn_blocking(move || {
+        let run = || match execute_with(&db, &job, &control) {
             Ok(out) => {
                 let msg = LinkToCloud::QueryResult(QueryResult::from_json(
                     query_id,
@@ -599,15 +608,14 @@ fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
                 debug!(query_id, kind = ?e.kind, "job failed");
                 failed_frame(query_id, e)
             }
-        })
-        .await
-        .unwrap_or_else(|e| {
+        };
+        let frame = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
             failed_frame(
                 query_id,
-                QueryError::new(QueryErrorKind::Internal, format!("job panicked: {e}")),
+                QueryError::new(QueryErrorKind::Internal, "job panicked".to_owned()),
             )
         });
-        let _ = done.send((query_id, frame)).await;
+        let _ = done.blocking_send((query_id, frame));
         drop(worker);
     });
 }
@@ -675,17 +683,25 @@ impl Drop for Worker {
     }
 }
 
-/// Sends frames in order.
+/// The most frames written (and flushed) together.
+const MAX_FRAMES_PER_WRITE: usize = 32;
+
+/// Sends frames in order, with one flush for all of them.
 async fn send_all<S>(sink: &mut S, frames: Vec<String>) -> Result<(), LinkError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
+    if frames.is_empty() {
+        return Ok(());
+    }
     for frame in frames {
-        sink.send(Message::text(frame))
+        sink.feed(Message::text(frame))
             .await
             .map_err(|e| LinkError::Connection(e.to_string()))?;
     }
-    Ok(())
+    sink.flush()
+        .await
+        .map_err(|e| LinkError::Connection(e.to_string()))
 }
 
 type WsStream =
