@@ -291,8 +291,9 @@ async fn main() {
     );
     let base = format!("http://{}", cloud.addr);
     let query_url = format!("{base}/integrator/sites/{halo_guid}/queries/immediate");
-    let body = serde_json::json!({"command": {"text": SQL, "executionMode": "reader", "type": "text"}})
-        .to_string();
+    let body =
+        serde_json::json!({"command": {"text": SQL, "executionMode": "reader", "type": "text"}})
+            .to_string();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -412,8 +413,9 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
     use halo_link::{Database, execute};
     use halo_protocol::{Allowlist, QueryJob};
     let n = 20_000;
-    let body = serde_json::json!({"command": {"text": SQL, "executionMode": "reader", "type": "text"}})
-        .to_string();
+    let body =
+        serde_json::json!({"command": {"text": SQL, "executionMode": "reader", "type": "text"}})
+            .to_string();
     let decode = mean_us(n, || {
         let v: halo_cloud::ImmediateQueryDto = serde_json::from_str(&body).unwrap();
         std::hint::black_box(v);
@@ -445,7 +447,8 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
             allow_write: false,
         },
     };
-    let job_frame = halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(job.clone())).unwrap();
+    let job_frame =
+        halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(job.clone())).unwrap();
     let job_codec = mean_us(n, || {
         let f = halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(job.clone())).unwrap();
         std::hint::black_box(halo_protocol::decode::<halo_protocol::CloudToLink>(&f).unwrap());

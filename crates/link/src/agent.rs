@@ -609,12 +609,13 @@ fn launch(queued: Queued, worker: Worker, done: mpsc::Sender<(u64, String)>) {
                 failed_frame(query_id, e)
             }
         };
-        let frame = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
-            failed_frame(
-                query_id,
-                QueryError::new(QueryErrorKind::Internal, "job panicked".to_owned()),
-            )
-        });
+        let frame =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                failed_frame(
+                    query_id,
+                    QueryError::new(QueryErrorKind::Internal, "job panicked".to_owned()),
+                )
+            });
         let _ = done.blocking_send((query_id, frame));
         drop(worker);
     });
