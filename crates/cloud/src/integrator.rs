@@ -4,7 +4,6 @@
 //! calls the core, and maps the result; the decisions live in `halo-policy`,
 //! `halo-tenancy` and `halo-router`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -13,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType, Timestamp};
-use halo_policy::{Authenticated, Deny, Policy, extract_components};
+use halo_policy::{Authenticated, ComponentCache, Deny, Policy};
 use halo_router::{Command, QueryFailure, RouteError, RouteRequest};
 use serde_json::Value;
 
@@ -276,6 +275,11 @@ fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
     })
 }
 
+/// Statement analysis of the texts seen before (bounded; a pure function of the
+/// text, so shared by the whole process and by the async path).
+pub(crate) static COMPONENTS: std::sync::LazyLock<ComponentCache> =
+    std::sync::LazyLock::new(ComponentCache::default);
+
 /// What the immediate query's answers share, whichever way it ends.
 struct QueryHead {
     id: String,
@@ -373,7 +377,7 @@ pub async fn immediate_query(
     let mode = body.command.execution_mode;
     // A malformed command is a bad request (400), as Halo answers malformed SQL; a
     // construct the analyser does not read is denied (403).
-    let components = extract_components(&body.command.text).map_err(|e| {
+    let components = COMPONENTS.extract(&body.command.text).map_err(|e| {
         if e.is_malformed_command() {
             ApiError::bad_request(format!("command refused: {e}"))
         } else {
@@ -410,7 +414,7 @@ pub async fn immediate_query(
         now: created,
         max_time_in_queue: body.max_time_in_queue.map(Duration::from_millis),
         catalogue: body.catalogue.as_deref(),
-        components: Arc::new(components),
+        components,
         command: Command {
             text: body.command.text.clone(),
             mode: mode.into(),

@@ -132,6 +132,18 @@ async fn send(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
         .map_err(|e| format!("send: {e}"))
 }
 
+/// The most jobs written to a Link before one flush.
+const MAX_JOBS_PER_WRITE: usize = 32;
+
+/// Writes `msg` without flushing (see [`send`]).
+async fn feed(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
+    let text = halo_protocol::encode(msg).map_err(|e| e.to_string())?;
+    socket
+        .feed(Message::Text(text.into()))
+        .await
+        .map_err(|e| format!("send: {e}"))
+}
+
 async fn refuse(socket: &mut WebSocket, reason: String) -> String {
     let _ = send(
         socket,
@@ -342,26 +354,39 @@ async fn serve(
                 let Some(job) = job else {
                     return Err("session replaced by a newer connection of the same link".to_owned());
                 };
-                let query_id = job.query_id;
-                let paging = job.paging;
-                match to_protocol(job, now()) {
-                    Ok(job) => match paging {
-                        None => send(socket, &CloudToLink::QueryJob(job)).await?,
-                        Some(paging) => {
-                            app.jobs.hub.bind(query_id.get(), control.clone(), paging.window);
-                            let job = halo_protocol::StreamJob {
-                                job,
-                                page_bytes: paging.page_bytes,
-                                window: paging.window,
-                            };
-                            send(socket, &CloudToLink::StreamJob(job)).await?;
+                // Jobs queued meanwhile leave in the same write (one flush).
+                let mut next = Some(job);
+                let mut fed = 0;
+                while let Some(job) = next.take() {
+                    let query_id = job.query_id;
+                    let paging = job.paging;
+                    match to_protocol(job, now()) {
+                        Ok(job) => {
+                            match paging {
+                                None => feed(socket, &CloudToLink::QueryJob(job)).await?,
+                                Some(paging) => {
+                                    app.jobs.hub.bind(query_id.get(), control.clone(), paging.window);
+                                    let job = halo_protocol::StreamJob {
+                                        job,
+                                        page_bytes: paging.page_bytes,
+                                        window: paging.window,
+                                    };
+                                    feed(socket, &CloudToLink::StreamJob(job)).await?;
+                                }
+                            }
+                            fed += 1;
                         }
-                    },
-                    // Never dropped silently: the integrator is told.
-                    Err(reason) => {
-                        session.complete(query_id, Err(QueryFailure::Refused(reason)));
+                        // Never dropped silently: the integrator is told.
+                        Err(reason) => {
+                            session.complete(query_id, Err(QueryFailure::Refused(reason)));
+                        }
+                    }
+                    if fed < MAX_JOBS_PER_WRITE {
+                        // A detached session answers `None` at the next `next_job`.
+                        next = session.try_next_job().ok().flatten();
                     }
                 }
+                socket.flush().await.map_err(|e| format!("send: {e}"))?;
             }
             frame = socket.next() => {
                 let text = match frame {

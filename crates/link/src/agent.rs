@@ -394,12 +394,22 @@ impl Agent {
                     self.persist_epochs();
                 }
                 Some((query_id, frame, last)) = done_rx.recv() => {
+                    // Answers that finished meanwhile leave in the same write.
+                    let mut answers = vec![frame];
                     if last {
                         running.remove(&query_id);
                         credits.remove(&query_id);
                     }
-                    if let Err(e) = sink.send(Message::text(frame)).await {
-                        break lost(true, LinkError::Connection(e.to_string()));
+                    while answers.len() < MAX_FRAMES_PER_WRITE {
+                        let Ok((query_id, frame, last)) = done_rx.try_recv() else { break };
+                        if last {
+                            running.remove(&query_id);
+                            credits.remove(&query_id);
+                        }
+                        answers.push(frame);
+                    }
+                    if let Err(e) = send_all(&mut sink, answers).await {
+                        break lost(true, e);
                     }
                 }
                 () = self.workers.freed.notified() => {
@@ -816,17 +826,25 @@ impl Drop for Worker {
     }
 }
 
-/// Sends frames in order.
+/// The most frames written (and flushed) together.
+const MAX_FRAMES_PER_WRITE: usize = 32;
+
+/// Sends frames in order, with one flush for all of them.
 async fn send_all<S>(sink: &mut S, frames: Vec<String>) -> Result<(), LinkError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
+    if frames.is_empty() {
+        return Ok(());
+    }
     for frame in frames {
-        sink.send(Message::text(frame))
+        sink.feed(Message::text(frame))
             .await
             .map_err(|e| LinkError::Connection(e.to_string()))?;
     }
-    Ok(())
+    sink.flush()
+        .await
+        .map_err(|e| LinkError::Connection(e.to_string()))
 }
 
 type WsStream =

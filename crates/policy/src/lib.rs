@@ -83,6 +83,7 @@
 //! # Ok::<(), PolicyError>(())
 //! ```
 
+mod component_cache;
 mod components;
 mod decision;
 mod error;
@@ -94,6 +95,7 @@ mod limits;
 mod policy;
 mod snapshot;
 
+pub use component_cache::{ComponentCache, MAX_CACHED_TEXT_BYTES};
 pub use components::{
     Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, SQLITE_FUNCTIONS, StatementKind,
     extract_components,

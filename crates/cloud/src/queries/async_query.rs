@@ -131,14 +131,16 @@ pub(crate) fn accept_command(
     }
     let mode = execution_mode(command.execution_mode.as_deref())?;
     let components =
-        extract_components(&command.text).map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+        crate::integrator::COMPONENTS
+            .extract(&command.text)
+            .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
     let stored = StoredCommand {
         text: command.text.clone(),
         mode,
         parameters: command.parameters.clone(),
         catalogue,
     };
-    let request = route_request(key, ip, site, now(), None, &stored, Arc::new(components));
+    let request = route_request(key, ip, site, now(), None, &stored, components);
     app.state.router().decide(&request)?;
     Ok(stored)
 }
