@@ -187,7 +187,7 @@ pub enum Table<'a> {
     Ceiling(FastMap),
     /// Candidate: left-right, two `HashMap` copies (readers on one, the writer
     /// applying each change to both).
-    LeftRight(LeftRightMap),
+    LeftRight(Box<LeftRightMap>),
     /// Candidate: `papaya::HashMap`.
     Papaya(papaya::HashMap<HaloGuid, Route, RandomState>),
 }
@@ -295,7 +295,7 @@ impl<'a> Table<'a> {
             }
         }
         [
-            Table::LeftRight(LeftRightMap::new(records)),
+            Table::LeftRight(Box::new(LeftRightMap::new(records))),
             Table::Papaya(papaya_map),
         ]
     }
