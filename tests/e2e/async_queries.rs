@@ -10,8 +10,8 @@ use halo_ids::{Environment, HaloGuid};
 use halo_router::RouterConfig;
 use serde_json::{Value, json};
 
-use crate::schema::{assert_response, assert_schema};
 use crate::fixture::{Harness, TestLink, message, practice, rows};
+use crate::schema::{assert_response, assert_schema};
 
 const ASYNC: &str = "/integrator/sites/{siteId}/queries/async";
 const GET_QUERY: &str = "/integrator/sites/{siteId}/queries/{queryId}";

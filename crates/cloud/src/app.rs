@@ -204,7 +204,10 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/integrator/sites/{site_id}", get(integrator::site_status))
         .route("/integrator/pair-site", post(integrator::pair_site))
         // Halo's deprecated name of pair-site, still answered for older clients.
-        .route("/integrator/pairSite", post(integrator::pair_site_deprecated))
+        .route(
+            "/integrator/pairSite",
+            post(integrator::pair_site_deprecated),
+        )
         .route(
             "/integrator/sites/{site_id}/queries/immediate",
             post(integrator::immediate_query),
@@ -276,13 +279,19 @@ pub fn routes(app: AppState) -> AxumRouter {
             "/integrator/sites/{site_id}/queries/registered/{query_id}/results",
             get(queries::registered::get_registered_query_result),
         )
-        .route("/admin/integrators/{integrator}/webhooks", put(webhooks::configure))
+        .route(
+            "/admin/integrators/{integrator}/webhooks",
+            put(webhooks::configure),
+        )
         .route("/admin/webhooks/dead-letters", get(webhooks::dead_letters))
         .route("/admin/sites/{site_id}", get(admin::get_site))
         .route("/admin/sites/{site_id}/promote", post(admin::promote))
         .route("/admin/audit", get(admin_audit::list_audit))
         .route("/admin/console", get(console::console))
-        .route("/admin/console/login", get(console::login_page).post(console::login))
+        .route(
+            "/admin/console/login",
+            get(console::login_page).post(console::login),
+        )
         .route("/admin/console/logout", post(console::logout))
         .route("/admin/console/tickets", post(console::ticket))
         .route("/link/ws", get(link_ws::link_ws))

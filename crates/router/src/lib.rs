@@ -113,8 +113,7 @@ pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};
 pub use router::{
-    Authorised, LinkLoad, Published, RouteLimits, RouteRequest, Router, RouterConfig,
-    check_route,
+    Authorised, LinkLoad, Published, RouteLimits, RouteRequest, Router, RouterConfig, check_route,
 };
 
 #[cfg(all(test, not(loom)))]

@@ -130,10 +130,9 @@ pub(crate) fn accept_command(
         return Err(ApiError::bad_request("command.type must be text"));
     }
     let mode = execution_mode(command.execution_mode.as_deref())?;
-    let components =
-        crate::integrator::COMPONENTS
-            .extract(&command.text)
-            .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+    let components = crate::integrator::COMPONENTS
+        .extract(&command.text)
+        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
     let stored = StoredCommand {
         text: command.text.clone(),
         mode,
