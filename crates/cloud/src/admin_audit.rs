@@ -273,7 +273,7 @@ pub struct AuditPageDto {
 /// `GET /admin/audit`: the audit trail, newest first, filtered and paged.
 #[utoipa::path(get, path = "/admin/audit", tag = "admin",
     params(AuditParams),
-    responses((status = 200, body = AuditPageDto), crate::openapi::AdminReadErrors),
+    responses((status = 200, body = AuditPageDto), crate::openapi::AdminSearchErrors),
     security(("admin" = [])))]
 pub async fn list_audit(
     _: Admin,

@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 
-use crate::{admin, dto, error, integrator};
+use crate::{admin, admin_audit, console, dto, error, integrator};
 
 /// The OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
@@ -40,6 +40,8 @@ use crate::{admin, dto, error, integrator};
         admin::policy_event,
         admin::get_site,
         admin::promote,
+        admin_audit::list_audit,
+        console::ticket,
     ),
     components(schemas(
         dto::SiteDto, dto::SitesDto, dto::CatalogueDto, dto::PracticeMetadataDto,
@@ -53,6 +55,7 @@ use crate::{admin, dto, error, integrator};
         admin::PmsTypeBody, admin::ComponentsBody, admin::PracticeBody, admin::KeyBody,
         admin::SecretDto, admin::CredentialBody, admin::CredentialSecretDto, admin::CredentialDto,
         admin::ActionBody, admin::ScopeBody, admin::PromoteBody, admin::AdminSiteDto,
+        admin_audit::AuditPageDto, admin_audit::AuditEntryDto, console::TicketDto,
     )),
     modifiers(&Security, &Deprecations),
     tags((name = "integrator", description = "For integrators, with a subscription key"),
@@ -249,6 +252,11 @@ error_responses! {
 }
 
 error_responses! {
+    /// Admin endpoints that search with query parameters.
+    AdminSearchErrors: [BAD_REQUEST, UNAUTHORIZED, METHOD_NOT_ALLOWED]
+}
+
+error_responses! {
     /// Admin endpoints that read one thing named in the path.
     AdminReadErrors: [BAD_REQUEST, UNAUTHORIZED, NOT_FOUND, METHOD_NOT_ALLOWED]
 }
@@ -387,6 +395,8 @@ mod tests {
                 "post",
                 &[200, 400, 401, 404, 405, 408, 409, 413, 415, 500],
             ),
+            ("/admin/audit", "get", &[200, 400, 401, 405]),
+            ("/admin/console/tickets", "post", &[200, 401, 405]),
         ];
         let mut documented = 0;
         for (path, method, want) in cases {
