@@ -439,8 +439,8 @@ fn site_unchanged(
         && site.is_demo == identity.is_demo
         && site.branch_crns == details.branch_crns
         && site.practice_name == details.practice_name
-        && site.pms_version() == &*details.pms_version
-        && site.catalogues() == &*details.catalogues;
+        && site.pms_version() == details.pms_version
+        && site.catalogues() == details.catalogues;
     let routing_crn = if identity.is_demo {
         halo_guid.fake_crn()
     } else {
