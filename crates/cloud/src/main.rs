@@ -96,31 +96,6 @@ enum Command {
     },
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: stopping"),
-                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the cloud");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("ctrl-c: stopping");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("ctrl-c: stopping");
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     halo_logging::init(cli.log_format);
@@ -195,7 +170,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %cloud.addr, data_dir = %data_dir.display(), "halo-cloud serving");
             // Machine-readable readiness line for scripts and tests.
             println!("listening on {}", cloud.addr);
-            stop_signal().await;
+            let signal = halo_logging::stop_signal().await;
+            tracing::info!(signal, "stopping");
             cloud.stop().await;
         }
     }

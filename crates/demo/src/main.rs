@@ -23,26 +23,6 @@ struct Cli {
     log_format: halo_logging::LogFormat,
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn stop_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "ctrl-c").context("waiting for ctrl-c"),
-            _ = term.recv() => Ok("SIGTERM"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for ctrl-c")?;
-        Ok("ctrl-c")
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -51,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the demo")?;
     print!("{}", halo_demo::instructions(&demo));
-    let signal = stop_signal().await?;
+    let signal = halo_logging::stop_signal().await;
     tracing::info!(signal, "stopping the demo");
     let _ = demo.link.shutdown().await;
     demo.cloud.stop().await;

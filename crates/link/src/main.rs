@@ -66,31 +66,6 @@ enum Command {
     },
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c: shutting down"),
-                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the link");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("ctrl-c: shutting down");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("ctrl-c: shutting down");
-    }
-}
-
 /// Runs `halo-link doctor`; whether everything checked is fine.
 fn doctor(databases: &[PathBuf], config: Option<&PathBuf>) -> anyhow::Result<bool> {
     anyhow::ensure!(
@@ -158,7 +133,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let config = LinkConfig::load(&path)?;
             let link = Agent::prepare(config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
-            runtime.block_on(link.run(stop_signal()))?;
+            runtime.block_on(link.run(async {
+                let signal = halo_logging::stop_signal().await;
+                tracing::info!(signal, "shutting down");
+            }))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         (None, None) => anyhow::bail!("give --config PATH, or a subcommand (see --help)"),

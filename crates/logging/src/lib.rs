@@ -7,6 +7,8 @@
 //! carry its fields: the Cloud's `request` span names the Halo GUID and the CRN of
 //! the site a request concerns, the Link's `job` span the job's Halo GUID and CRN
 //! (the fake CRN for a demo copy).
+//!
+//! Also the one way every binary waits to stop: [`stop_signal`].
 
 use std::io::IsTerminal as _;
 
@@ -40,4 +42,30 @@ pub fn init(format: LogFormat) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM, and says which (`"ctrl-c"` or
+/// `"SIGTERM"`). Where SIGTERM cannot be listened for, it warns and waits for Ctrl-C.
+pub async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => "ctrl-c",
+                    _ = term.recv() => "SIGTERM",
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops this process");
+                let _ = tokio::signal::ctrl_c().await;
+                "ctrl-c"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
 }
