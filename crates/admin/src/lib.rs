@@ -159,10 +159,25 @@ impl AdminClient {
         segments: &[&str],
         body: Option<&Value>,
     ) -> Result<Option<Value>, AdminError> {
-        let mut request = self
-            .http
-            .request(method, self.url(segments))
-            .bearer_auth(&self.token);
+        self.call_with_query(method, segments, &[], body).await
+    }
+
+    /// [`AdminClient::call`] with query parameters (percent-encoded).
+    ///
+    /// # Errors
+    /// As [`AdminClient::call`].
+    pub async fn call_with_query(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, AdminError> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(body);
         }

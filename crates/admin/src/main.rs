@@ -50,6 +50,13 @@ enum Command {
     /// Sites: the support view, promotion.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// The audit trail, newest first, filtered and paged.
+    Audit(AuditArgs),
+    /// Webhooks: an integrator's URLs and secret, and the dead letters.
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
+    /// The status console: a one-time login link valid for 60 seconds.
+    ConsoleTicket,
     /// Apply any policy event given as JSON (quotas, rate limits, IP allowlists,
     /// revocations, disabling), e.g. '{"event":"quotaSet","integrator":"acme","perMonth":1000}'.
     PolicyEvent {
@@ -197,6 +204,81 @@ enum CredentialCmd {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// Kinds, comma-separated (e.g. keyIssued,sitePromoted).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Who did it.
+    #[arg(long)]
+    actor: Option<String>,
+    /// The integrator concerned.
+    #[arg(long)]
+    integrator: Option<String>,
+    /// The practice concerned, e.g. D4w:AB123.
+    #[arg(long)]
+    practice: Option<String>,
+    /// The site concerned (a Halo GUID).
+    #[arg(long)]
+    site: Option<String>,
+    /// From (inclusive): milliseconds since the Unix epoch or RFC 3339.
+    #[arg(long)]
+    from: Option<String>,
+    /// To (exclusive): milliseconds since the Unix epoch or RFC 3339.
+    #[arg(long)]
+    to: Option<String>,
+    /// Entries per page (1 to 500).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// The previous page's `nextCursor`, for the next (older) page.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl AuditArgs {
+    fn query(self) -> Vec<(String, String)> {
+        let limit = self.limit.map(|l| l.to_string());
+        [
+            ("kind", self.kind),
+            ("actor", self.actor),
+            ("integrator", self.integrator),
+            ("practice", self.practice),
+            ("site", self.site),
+            ("from", self.from),
+            ("to", self.to),
+            ("limit", limit),
+            ("cursor", self.cursor),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCmd {
+    /// Set an integrator's webhook URLs and signing secret (a secret is generated
+    /// and shown once when none is given). URLs may use {siteId}, {queryId}, {source}.
+    Set {
+        /// The integrator.
+        integrator: String,
+        /// The URL for every webhook (not `--url`, which names the Cloud).
+        #[arg(long = "webhook-url", id = "webhook_url")]
+        url: Option<String>,
+        /// The URL for async-query webhooks (overrides --url).
+        #[arg(long)]
+        async_url: Option<String>,
+        /// The URL for registered-query webhooks (overrides --url).
+        #[arg(long)]
+        registered_url: Option<String>,
+        /// The signing secret (better from a file or a variable than typed).
+        #[arg(long, env = "HALO_WEBHOOK_SECRET")]
+        secret: Option<String>,
+    },
+    /// Deliveries that kept failing, and the number still pending.
+    DeadLetters,
+}
+
 #[derive(Debug, Subcommand)]
 enum SiteCmd {
     /// The support view of a site: practice, environment, authority, epoch, Link.
@@ -223,13 +305,16 @@ enum Show {
     Credentials,
     /// A site.
     Site,
-    /// A credential after a change.
+    /// A credential after a change, or any other object.
     Fields,
+    /// A page of the audit trail.
+    Audit,
 }
 
 struct Call {
     method: Method,
     path: Vec<String>,
+    query: Vec<(String, String)>,
     body: Option<Value>,
     show: Show,
 }
@@ -238,6 +323,7 @@ fn call(method: Method, path: &[&str], body: Option<Value>, show: Show) -> Call 
     Call {
         method,
         path: path.iter().map(|s| (*s).to_owned()).collect(),
+        query: Vec::new(),
         body,
         show,
     }
@@ -375,6 +461,37 @@ fn plan(command: Command) -> Result<Call, AdminError> {
                 "new Link credential (replace the Link's `token`; the old one is revoked)",
             ),
         ),
+        Command::Audit(args) => Call {
+            query: args.query(),
+            ..call(Method::GET, &["admin", "audit"], None, Show::Audit)
+        },
+        Command::Webhook(WebhookCmd::Set {
+            integrator,
+            url,
+            async_url,
+            registered_url,
+            secret,
+        }) => call(
+            Method::PUT,
+            &["admin", "integrators", &integrator, "webhooks"],
+            Some(json!({
+                "url": url, "asyncUrl": async_url, "registeredUrl": registered_url,
+                "secret": secret,
+            })),
+            Show::Fields,
+        ),
+        Command::Webhook(WebhookCmd::DeadLetters) => call(
+            Method::GET,
+            &["admin", "webhooks", "dead-letters"],
+            None,
+            Show::Fields,
+        ),
+        Command::ConsoleTicket => call(
+            Method::POST,
+            &["admin", "console", "tickets"],
+            None,
+            Show::Fields,
+        ),
         Command::Site(SiteCmd::Show { halo_guid }) => call(
             Method::GET,
             &["admin", "sites", &halo_guid],
@@ -406,6 +523,7 @@ fn output(show: &Show, answer: Option<&Value>, as_json: bool) -> String {
         Show::Credentials => render::credentials(answer),
         Show::Site => render::site(answer),
         Show::Fields => render::fields(answer),
+        Show::Audit => render::audit(answer),
     }
 }
 
@@ -419,7 +537,9 @@ async fn run(cli: Cli) -> Result<String, AdminError> {
     let client = AdminClient::new(&cli.url, &token)?;
     let plan = plan(cli.command)?;
     let path: Vec<&str> = plan.path.iter().map(String::as_str).collect();
-    let answer = client.call(plan.method, &path, plan.body.as_ref()).await?;
+    let answer = client
+        .call_with_query(plan.method, &path, &plan.query, plan.body.as_ref())
+        .await?;
     Ok(output(&plan.show, answer.as_ref(), cli.json))
 }
 

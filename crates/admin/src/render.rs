@@ -162,3 +162,40 @@ mod tests {
         assert!(text.contains("site.catalogue[0].name"), "{text}");
     }
 }
+
+/// A page of the audit trail, one row per entry, and how to get the next page.
+pub fn audit(page: &Value) -> String {
+    let mut t = table(&[
+        "id",
+        "at",
+        "kind",
+        "actor",
+        "reason",
+        "integrator",
+        "practice",
+        "site",
+        "epoch",
+        "code",
+        "count",
+    ]);
+    let entries = page.get("entries").and_then(Value::as_array);
+    for e in entries.map(Vec::as_slice).unwrap_or_default() {
+        t.add_row(vec![
+            cell(e.get("id")),
+            cell(e.get("at")),
+            cell(e.get("kind")),
+            cell(e.get("actor")),
+            cell(e.get("reason")),
+            cell(e.get("integrator")),
+            cell(e.get("practice")),
+            cell(e.get("haloGuid")),
+            cell(e.get("epoch")),
+            cell(e.get("code")),
+            cell(e.get("count")),
+        ]);
+    }
+    match page.get("nextCursor") {
+        Some(c) if !c.is_null() => format!("{t}\nOlder entries: --cursor {}", cell(Some(c))),
+        _ => t.to_string(),
+    }
+}

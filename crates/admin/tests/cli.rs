@@ -257,6 +257,54 @@ async fn every_admin_operation_through_the_cli_in_onboarding_order() {
     assert_eq!(promoted["site"]["authoritative"], true, "{promoted}");
     assert_eq!(promoted["epoch"].as_u64(), Some(epoch + 1), "{promoted}");
 
+    // The audit trail, filtered by kind: the promotion with its actor and reason,
+    // as JSON and as a table; a bad filter is the Cloud's 400.
+    let trail = ok_json(&url, &["audit", "--kind", "sitePromoted", "--limit", "5"]).await;
+    let entries = trail["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["actor"] == "support"
+            && e["reason"] == "backup is newer"
+            && e["haloGuid"] == other.as_str()),
+        "{trail}"
+    );
+    assert!(
+        entries.iter().all(|e| e["kind"] == "sitePromoted"),
+        "{trail}"
+    );
+    let table = ok(&url, &["audit", "--kind", "sitePromoted"]).await;
+    assert!(
+        table.contains("sitePromoted") && table.contains("backup is newer"),
+        "{table}"
+    );
+    let bad_limit = admin(&url, &["audit", "--limit", "0"]).await;
+    assert_eq!(bad_limit.code, Some(1), "{}", bad_limit.stderr);
+    assert!(bad_limit.stderr.contains("400"), "{}", bad_limit.stderr);
+
+    // Webhooks and their dead letters; a console login link.
+    let hooks = ok_json(
+        &url,
+        &[
+            "webhook",
+            "set",
+            "acme",
+            "--webhook-url",
+            "http://127.0.0.1:9/halo/{queryId}",
+            "--secret",
+            "0123456789abcdef0123",
+        ],
+    )
+    .await;
+    assert!(hooks.to_string().contains("127.0.0.1:9"), "{hooks}");
+    let dead = ok_json(&url, &["webhook", "dead-letters"]).await;
+    assert!(dead.is_object(), "{dead}");
+    let ticket = ok_json(&url, &["console-ticket"]).await;
+    assert!(
+        ticket["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/admin/console/login?ticket=")),
+        "{ticket}"
+    );
+
     // A policy event as an argument, one on stdin (it takes effect), and one the
     // Cloud refuses.
     ok(

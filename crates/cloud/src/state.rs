@@ -1357,13 +1357,14 @@ mod tests {
         };
         let (first, appends, records) = register(hello.events().to_vec());
         assert!(first.iter().all(|o| *o == SiteRegistration::Registered));
-        assert_eq!((appends, records), (1, 5));
+        // Five events and the audit entry of the new group's first holder.
+        assert_eq!((appends, records), (1, 6));
 
         // The same hello, three times over: nothing is written.
         for _ in 0..3 {
             let (again, appends_now, records_now) = register(hello.events().to_vec());
             assert!(again.iter().all(|o| *o == SiteRegistration::AlreadyActive));
-            assert_eq!((appends_now, records_now), (1, 5), "no event, no fsync");
+            assert_eq!((appends_now, records_now), (1, 6), "no event, no fsync");
         }
 
         // A changed practice name is one event; a new Link version is one event.
@@ -1372,7 +1373,7 @@ mod tests {
             identity.practice_name = "Renamed".into();
         }
         let (_, appends, records) = register(renamed.clone());
-        assert_eq!((appends, records), (2, 6));
+        assert_eq!((appends, records), (2, 7));
         assert_eq!(
             state.registry().site(site(100)).unwrap().practice_name(),
             "Renamed"
@@ -1381,9 +1382,9 @@ mod tests {
             *version = "2".into();
         }
         let (_, appends, records) = register(renamed.clone());
-        assert_eq!((appends, records), (3, 7));
+        assert_eq!((appends, records), (3, 8));
         let (_, appends, records) = register(renamed);
-        assert_eq!((appends, records), (3, 7));
+        assert_eq!((appends, records), (3, 8));
 
         let registry = state.registry().clone();
         drop(state);

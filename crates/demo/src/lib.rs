@@ -249,6 +249,13 @@ pub fn instructions(demo: &Demo) -> String {
         &mut out,
         format!("Admin token (Authorization: Bearer): {}", demo.admin_token),
     );
+    line(
+        &mut out,
+        format!(
+            "The demo integrator may read the tables {} (any other table is 403).",
+            DEMO_TABLES.join(", ")
+        ),
+    );
     line(&mut out, String::new());
     line(&mut out, "Demo sites (Stage):".to_owned());
     for s in &demo.sites {
