@@ -136,33 +136,6 @@ pub fn site(v: &Value) -> String {
     t.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn credentials_render_one_row_each_with_absent_fields_as_dashes() {
-        let text = credentials(&json!([
-            {"id": "lc_1", "label": "Smile Co", "environment": "stage", "kind": "onPremises",
-             "practices": ["D4w:AB1", "D4w:AB2"], "demoCopies": false, "linkId": null, "revoked": false},
-            {"id": "lc_2", "label": "", "practices": [], "revoked": true}
-        ]));
-        assert!(text.contains("lc_1") && text.contains("lc_2"), "{text}");
-        assert!(text.contains("D4w:AB1, D4w:AB2"), "{text}");
-        let row2 = text.lines().find(|l| l.contains("lc_2")).expect("row");
-        assert!(row2.contains(" - ") && row2.contains("yes"), "{row2}");
-    }
-
-    #[test]
-    fn nested_fields_are_flattened() {
-        let text =
-            fields(&json!({"key": "stg_x", "site": {"id": "g", "catalogue": [{"name": "main"}]}}));
-        assert!(text.contains("site.id"), "{text}");
-        assert!(text.contains("site.catalogue[0].name"), "{text}");
-    }
-}
-
 /// A page of the audit trail, one row per entry, and how to get the next page.
 pub fn audit(page: &Value) -> String {
     let mut t = table(&[
@@ -197,5 +170,32 @@ pub fn audit(page: &Value) -> String {
     match page.get("nextCursor") {
         Some(c) if !c.is_null() => format!("{t}\nOlder entries: --cursor {}", cell(Some(c))),
         _ => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn credentials_render_one_row_each_with_absent_fields_as_dashes() {
+        let text = credentials(&json!([
+            {"id": "lc_1", "label": "Smile Co", "environment": "stage", "kind": "onPremises",
+             "practices": ["D4w:AB1", "D4w:AB2"], "demoCopies": false, "linkId": null, "revoked": false},
+            {"id": "lc_2", "label": "", "practices": [], "revoked": true}
+        ]));
+        assert!(text.contains("lc_1") && text.contains("lc_2"), "{text}");
+        assert!(text.contains("D4w:AB1, D4w:AB2"), "{text}");
+        let row2 = text.lines().find(|l| l.contains("lc_2")).expect("row");
+        assert!(row2.contains(" - ") && row2.contains("yes"), "{row2}");
+    }
+
+    #[test]
+    fn nested_fields_are_flattened() {
+        let text =
+            fields(&json!({"key": "stg_x", "site": {"id": "g", "catalogue": [{"name": "main"}]}}));
+        assert!(text.contains("site.id"), "{text}");
+        assert!(text.contains("site.catalogue[0].name"), "{text}");
     }
 }
