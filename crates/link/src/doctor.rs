@@ -1,5 +1,5 @@
 //! `halo-link doctor`: checks that a database holds what the Link reads from it
-//! (see [`crate::identity`]) and that a config is ready to run, and says what is
+//! (see the `identity` module) and that a config is ready to run, and says what is
 //! missing, with the fix.
 //!
 //! The checks read the schema first (every missing table and column is named, not
