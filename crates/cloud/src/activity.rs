@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use halo_ids::{HaloGuid, Timestamp};
@@ -42,7 +42,6 @@ use parking_lot::{Mutex, RwLock};
 use crate::app::AppState;
 use crate::audit::{AuditEntry, AuditKind};
 use crate::error::Denied;
-use crate::extract::subscription_key;
 
 /// Seconds per bucket of the request-rate series.
 pub const BUCKET_SECS: u64 = 10;
@@ -278,6 +277,18 @@ fn path_site(path: &str) -> Option<HaloGuid> {
     rest.split('/').next()?.parse().ok()
 }
 
+tokio::task_local! {
+    /// The integrator the handler authenticated, handed to [`observe_integrators`]
+    /// (set through [`note_integrator`]), so a request is authenticated once.
+    static AUTHENTICATED: std::cell::RefCell<Option<String>>;
+}
+
+/// Records, for the middleware around this request, which integrator the handler
+/// authenticated. Outside the middleware (a background runner) it does nothing.
+pub(crate) fn note_integrator(who: &halo_policy::Authenticated) {
+    let _ = AUTHENTICATED.try_with(|slot| *slot.borrow_mut() = Some(who.integrator().to_string()));
+}
+
 /// Middleware over every route: for integrator requests, counts the request under
 /// its integrator and samples a denial into the audit trail (see the module docs).
 /// The audit write is queued, never awaited: the answer is not delayed.
@@ -291,15 +302,16 @@ pub async fn observe_integrators(
         return next.run(request).await;
     }
     let site = path_site(path);
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let integrator =
-        halo_policy::authenticate(&app.state.policy(), subscription_key(request.headers()), ip)
-            .ok()
-            .map(|a| a.integrator().to_string());
-    let response = next.run(request).await;
+    // The handler authenticates; the middleware only reads who it found.
+    let (integrator, response) = AUTHENTICATED
+        .scope(std::cell::RefCell::new(None), async {
+            let response = next.run(request).await;
+            (
+                AUTHENTICATED.with(|slot| slot.borrow_mut().take()),
+                response,
+            )
+        })
+        .await;
     let denial = response.extensions().get::<Denied>().map(|d| d.0);
     let now = crate::clock::now();
     if let Some(entry) = app

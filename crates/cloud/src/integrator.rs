@@ -38,12 +38,17 @@ pub fn integrator_uuid(integrator: &halo_policy::IntegratorId) -> uuid::Uuid {
     uuid::Uuid::new_v5(&INTEGRATOR_NAMESPACE, integrator.as_str().as_bytes())
 }
 
-fn authenticate(
+/// Authenticates an integrator request, once: the activity middleware learns who
+/// from here ([`crate::activity::note_integrator`]) instead of hashing the key again.
+pub(crate) fn authenticate(
     policy: &Policy,
     headers: &HeaderMap,
     ip: CallerIp,
 ) -> Result<Authenticated, ApiError> {
-    halo_policy::authenticate(policy, subscription_key(headers), ip.0).map_err(ApiError::from)
+    let who = halo_policy::authenticate(policy, subscription_key(headers), ip.0)
+        .map_err(ApiError::from)?;
+    crate::activity::note_integrator(&who);
+    Ok(who)
 }
 
 /// Parses the practice named in the query string.

@@ -83,8 +83,7 @@ pub(crate) fn authenticate(
     headers: &HeaderMap,
     ip: CallerIp,
 ) -> Result<Authenticated, ApiError> {
-    let policy = app.state.policy();
-    halo_policy::authenticate(&policy, subscription_key(headers), ip.0).map_err(ApiError::from)
+    crate::integrator::authenticate(&app.state.policy(), headers, ip)
 }
 
 /// The caller may see `site`: it exists, its practice is enabled for the caller and
