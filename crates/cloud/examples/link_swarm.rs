@@ -12,9 +12,10 @@
 //! resident memory (`VmRSS` of `/proc/PID/status`) and CPU time (`/proc/PID/stat`)
 //! are the Cloud's alone. This process simulates the Links: each has its own
 //! credential (issued through the admin API) and one database, connects over real
-//! TCP and WebSocket, sends a real hello, heartbeats every 5 s (each at its own
-//! phase), answers query jobs with a one-row result, and reconnects after an
-//! exponential backoff with jitter, as `halo-link` does.
+//! TCP and WebSocket, sends a real hello, heartbeats at the interval its `helloAck`
+//! asks for (`--heartbeat-secs`, 5 s by default; each Link at its own phase),
+//! answers query jobs with a one-row result, and reconnects after an exponential
+//! backoff with jitter, as `halo-link` does.
 //!
 //! Steps: start the Cloud; issue N credentials and set up an integrator for the
 //! first 10 practices; attach 10 Links, measure query latency and the Cloud's idle
@@ -61,7 +62,6 @@ const ADMIN_TOKEN: &str = "link-swarm-admin-token-0123456789";
 const INTEGRATOR: &str = "swarm-integrator";
 /// The practices queried: the first this many Links.
 const QUERIED: usize = 10;
-const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Links per loopback source address (of about 28 000 ephemeral ports each).
 const LINKS_PER_SOURCE: usize = 20_000;
 const SQL: &str = "SELECT first_name FROM patients WHERE patient_id = 7";
@@ -90,6 +90,10 @@ struct Cli {
     /// in this simulator (a limit of the simulator, not of the Cloud).
     #[arg(long, default_value_t = 512)]
     handshakes: usize,
+    /// The heartbeat interval the Cloud asks its Links for (`--link-heartbeat`);
+    /// the simulated Links follow their `helloAck`, as `halo-link` does.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -106,6 +110,8 @@ enum CloudCommand {
         data_dir: PathBuf,
         #[arg(long)]
         max_link_sessions: usize,
+        #[arg(long)]
+        heartbeat_secs: u64,
     },
 }
 
@@ -116,7 +122,8 @@ fn main() {
             listen,
             data_dir,
             max_link_sessions,
-        }) => serve_cloud(listen, data_dir, max_link_sessions),
+            heartbeat_secs,
+        }) => serve_cloud(listen, data_dir, max_link_sessions, heartbeat_secs),
         None => {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(swarm(cli));
@@ -128,7 +135,12 @@ fn main() {
 
 // ---- the Cloud's process ----------------------------------------------------------
 
-fn serve_cloud(listen: SocketAddr, data_dir: PathBuf, max_link_sessions: usize) {
+fn serve_cloud(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    max_link_sessions: usize,
+    heartbeat_secs: u64,
+) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,halo_cloud::writer=debug"));
     tracing_subscriber::fmt()
@@ -149,6 +161,7 @@ fn serve_cloud(listen: SocketAddr, data_dir: PathBuf, max_link_sessions: usize) 
             max_databases_per_link: halo_cloud::app::MAX_DATABASES_PER_LINK,
             http: halo_cloud::HttpLimits {
                 max_link_sessions,
+                link_heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
                 ..halo_cloud::HttpLimits::default()
             },
         })
@@ -170,11 +183,17 @@ struct CloudProcess {
 }
 
 impl CloudProcess {
-    fn start(listen: SocketAddr, data_dir: &std::path::Path, max_link_sessions: usize) -> Self {
+    fn start(
+        listen: SocketAddr,
+        data_dir: &std::path::Path,
+        max_link_sessions: usize,
+        heartbeat_secs: u64,
+    ) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["cloud", "--listen", &listen.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(["--max-link-sessions", &max_link_sessions.to_string()])
+            .args(["--heartbeat-secs", &heartbeat_secs.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -373,7 +392,10 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
             match ws.next().await? {
                 Ok(Message::Text(text)) => {
                     return match halo_protocol::decode::<CloudToLink>(&text).ok()? {
-                        CloudToLink::HelloAck { .. } => Some(ws),
+                        CloudToLink::HelloAck {
+                            heartbeat_interval_ms,
+                            ..
+                        } => Some((ws, heartbeat_interval_ms)),
                         _ => None,
                     };
                 }
@@ -384,7 +406,7 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     })
     .await;
     drop(permit);
-    let Ok(Some(mut ws)) = connected else {
+    let Ok(Some((mut ws, every_ms))) = connected else {
         return false;
     };
     swarm.attached.fetch_add(1, Ordering::AcqRel);
@@ -392,8 +414,9 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     if swarm.link_generation[i].swap(generation, Ordering::AcqRel) != generation {
         swarm.reattached.fetch_add(1, Ordering::AcqRel);
     }
-    let phase = Duration::from_millis(rand::random_range(0..HEARTBEAT.as_millis() as u64));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, HEARTBEAT);
+    let every = Duration::from_millis(every_ms.unwrap_or(10_000).max(1_000));
+    let phase = Duration::from_millis(rand::random_range(0..every.as_millis() as u64));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
     let beat = halo_protocol::encode(&LinkToCloud::Heartbeat(Heartbeat {
         at: Timestamp::from_millis(0),
         databases: vec![halo_guid(i)],
@@ -569,7 +592,13 @@ fn descriptors(links: usize) -> (usize, u64, Option<String>) {
 async fn swarm(cli: Cli) {
     let (links, fd_limit, capped_by) = descriptors(cli.links.max(QUERIED));
     let data = tempfile::tempdir().unwrap();
-    let cloud = CloudProcess::start("127.0.0.1:0".parse().unwrap(), data.path(), links + 1_000);
+    let heartbeat = Duration::from_secs(cli.heartbeat_secs.max(1));
+    let cloud = CloudProcess::start(
+        "127.0.0.1:0".parse().unwrap(),
+        data.path(),
+        links + 1_000,
+        heartbeat.as_secs(),
+    );
     let rss_empty = cloud.rss();
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
@@ -693,12 +722,13 @@ async fn swarm(cli: Cli) {
     let attach_commits = cloud.commits.load(Ordering::Relaxed) - commits0;
     let attach_records = cloud.records.load(Ordering::Relaxed) - records0;
     // Let every Link heartbeat at least once, then measure idle.
-    tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
+    tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
     let rss_n = cloud.rss();
     let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
 
     let n = links as f64;
+    let beats_per_s = (links - QUERIED) as f64 / heartbeat.as_secs_f64();
     let mut out = json!({
         "bench": "link_swarm",
         "links": links,
@@ -716,6 +746,9 @@ async fn swarm(cli: Cli) {
         "attach_events": attach_records,
         "failed_attempts": swarm.failed_attempts.load(Ordering::Relaxed),
         "idle_cpu_share_of_one_core": {"links_10": cpu_10, "links_n": cpu_n},
+        "heartbeat_secs": heartbeat.as_secs(),
+        "heartbeats_per_s": beats_per_s.round(),
+        "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,
         "query_ms": {"links_10": {"p50": p50_10, "p99": p99_10, "errors": errors_10},
                      "links_n": {"p50": p50_n, "p99": p99_n, "errors": errors_n}},
         "p99_ratio_n_over_10": p99_n / p99_10,
@@ -725,7 +758,16 @@ async fn swarm(cli: Cli) {
     });
 
     if cli.restart {
-        let restart = restart_storm(cloud, &swarm, &http, &key, data.path(), links, timeout).await;
+        let restart = restart_storm(
+            cloud,
+            &swarm,
+            &http,
+            &key,
+            data.path(),
+            (links, heartbeat.as_secs()),
+            timeout,
+        )
+        .await;
         out["restart"] = restart;
     } else {
         cloud.kill();
@@ -741,7 +783,7 @@ async fn restart_storm(
     http: &Arc<Http>,
     key: &str,
     data_dir: &std::path::Path,
-    links: usize,
+    (links, heartbeat_secs): (usize, u64),
     timeout: Duration,
 ) -> Value {
     let addr = cloud.addr;
@@ -751,7 +793,7 @@ async fn restart_storm(
     swarm.generation.store(2, Ordering::Release);
     let killed = Instant::now();
     cloud.kill();
-    let cloud = CloudProcess::start(addr, data_dir, links + 1_000);
+    let cloud = CloudProcess::start(addr, data_dir, links + 1_000, heartbeat_secs);
     let listening = killed.elapsed();
     let (commits0, records0) = (
         cloud.commits.load(Ordering::Relaxed),

@@ -49,6 +49,8 @@ pub struct App {
     pub console: console::ConsoleSessions,
     /// Places for Link WebSocket sessions ([`HttpLimits::max_link_sessions`]).
     pub link_sessions: link_ws::SessionCap,
+    /// The heartbeat interval asked of Links ([`HttpLimits::link_heartbeat`]).
+    pub link_heartbeat: Duration,
     /// Each Link's own clock at its last heartbeat (`clientTimestampUTC`).
     pub client_clocks: crate::site_view::ClientClocks,
     /// The Prometheus metrics served at `/metrics`.
@@ -106,6 +108,10 @@ pub struct HttpLimits {
     /// with backoff. Each session holds one file descriptor: keep the cap plus
     /// `max_connections` below the process's descriptor limit.
     pub max_link_sessions: usize,
+    /// The heartbeat interval each Link is asked for in its `helloAck`. Every beat
+    /// costs the Cloud one WebSocket frame; keep it well below the availability
+    /// thresholds (offline after 90 s by default).
+    pub link_heartbeat: Duration,
 }
 
 impl HttpLimits {
@@ -121,6 +127,8 @@ impl HttpLimits {
     /// of resident memory (16 KB with its credential; `examples/link_swarm.rs` at
     /// 5 000 Links), so 50 000 take under 1 GB.
     pub const DEFAULT_MAX_LINK_SESSIONS: usize = 50_000;
+    /// The default heartbeat interval asked of Links.
+    pub const DEFAULT_LINK_HEARTBEAT: Duration = Duration::from_secs(5);
 }
 
 impl Default for HttpLimits {
@@ -131,6 +139,7 @@ impl Default for HttpLimits {
             body_read_timeout: Self::DEFAULT_BODY_READ_TIMEOUT,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
             max_link_sessions: Self::DEFAULT_MAX_LINK_SESSIONS,
+            link_heartbeat: Self::DEFAULT_LINK_HEARTBEAT,
         }
     }
 }
@@ -383,6 +392,7 @@ pub fn build_with(
         activity: activity::Activity::default(),
         console: console::ConsoleSessions::default(),
         link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),
+        link_heartbeat: config.http.link_heartbeat,
         client_clocks: crate::site_view::ClientClocks::default(),
         metrics,
         jobs,
@@ -431,13 +441,16 @@ pub async fn start_with(
     config: CloudConfig,
     jobs: crate::queries::JobsConfig,
 ) -> Result<RunningCloud, StartError> {
-    let app = build_with(&config, jobs)?;
+    // Listening before recovery: Links reconnecting after a restart wait in the
+    // listen backlog (or have their SYN retried by TCP) until the Cloud accepts,
+    // instead of being refused and backing off for up to 30 s each.
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
+    let app = build_with(&config, jobs)?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,

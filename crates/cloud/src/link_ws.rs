@@ -30,9 +30,6 @@ use crate::record::CredentialEvent;
 /// How long a Link has to say hello after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The heartbeat interval the Cloud asks Links for.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-
 /// The read buffer of a Link's WebSocket, in bytes. tungstenite fills its whole read
 /// buffer with zeros before every read, so its default (128 KiB) made every idle
 /// Link cost 128 KiB of resident memory. A frame larger than this still arrives
@@ -297,12 +294,16 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         &mut socket,
         &CloudToLink::HelloAck {
             rejected,
-            heartbeat_interval_ms: Some(HEARTBEAT_INTERVAL.as_millis() as u64),
+            heartbeat_interval_ms: Some(
+                app.link_heartbeat
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            ),
         },
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
-    let (control, mut controls) = tokio::sync::mpsc::unbounded_channel::<CloudToLink>();
     let result = serve(
         &app,
         link,
@@ -310,7 +311,6 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
         &mut socket,
         &mut session,
         &mut kicks,
-        (&control, &mut controls),
     )
     .await;
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
@@ -325,15 +325,14 @@ async fn serve(
     socket: &mut WebSocket,
     session: &mut LinkSession,
     kicks: &mut broadcast::Receiver<LinkGuid>,
-    (control, controls): (
-        &tokio::sync::mpsc::UnboundedSender<CloudToLink>,
-        &mut tokio::sync::mpsc::UnboundedReceiver<CloudToLink>,
-    ),
 ) -> Result<(), String> {
+    // Acknowledgements and cancels of paged results (the async path), made on the
+    // first paged job: an idle session holds no channel (its first block of slots is
+    // about 6.5 KB).
+    let mut controls: Option<Controls> = None;
     loop {
         tokio::select! {
-            // Acknowledgements and cancels of paged results (the async path).
-            Some(msg) = controls.recv() => send(socket, &msg).await?,
+            Some(msg) = next_control(&mut controls) => send(socket, &msg).await?,
             kicked = kicks.recv() => {
                 // A lagged receiver re-checks too: it may have missed its own kick.
                 let concerns_us = match kicked {
@@ -365,7 +364,11 @@ async fn serve(
                             match paging {
                                 None => feed(socket, &CloudToLink::QueryJob(job)).await?,
                                 Some(paging) => {
-                                    app.jobs.hub.bind(query_id.get(), control.clone(), paging.window);
+                                    let control = controls
+                                        .get_or_insert_with(tokio::sync::mpsc::unbounded_channel)
+                                        .0
+                                        .clone();
+                                    app.jobs.hub.bind(query_id.get(), control, paging.window);
                                     let job = halo_protocol::StreamJob {
                                         job,
                                         page_bytes: paging.page_bytes,
@@ -427,6 +430,21 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// A session's control channel: its sender (cloned into the hub per paged job) and
+/// its receiver.
+type Controls = (
+    tokio::sync::mpsc::UnboundedSender<CloudToLink>,
+    tokio::sync::mpsc::UnboundedReceiver<CloudToLink>,
+);
+
+/// The next control message, or never while the session has no channel.
+async fn next_control(controls: &mut Option<Controls>) -> Option<CloudToLink> {
+    match controls {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

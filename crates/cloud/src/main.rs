@@ -66,6 +66,11 @@ enum Command {
             value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize)
         )]
         max_link_sessions: usize,
+        /// The heartbeat interval asked of every Link, e.g. `5s`. Each beat is one
+        /// frame for the Cloud to read: with many Links, a longer interval costs less
+        /// CPU (keep it well below the 90 s offline threshold).
+        #[arg(long, default_value = "5s", value_parser = parse_heartbeat)]
+        link_heartbeat: Duration,
         /// Time a connection has to send a complete request head (also the idle
         /// keep-alive timeout), e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -123,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_databases_per_link,
             max_connections,
             max_link_sessions,
+            link_heartbeat,
             header_read_timeout,
             body_read_timeout,
             write_timeout,
@@ -161,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         body_read_timeout,
                         write_timeout,
                         max_link_sessions,
+                        link_heartbeat,
                     },
                 },
                 jobs,
@@ -194,6 +201,15 @@ fn raise_descriptor_limit(needed: usize) {
     }
 }
 
+/// A heartbeat interval: a duration of at least one second.
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if every < Duration::from_secs(1) {
+        return Err("the heartbeat interval must be at least 1s".to_owned());
+    }
+    Ok(every)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +224,7 @@ mod tests {
             header_read_timeout,
             body_read_timeout,
             write_timeout,
+            link_heartbeat,
             ..
         } = cli.command;
         let parsed = HttpLimits {
@@ -216,8 +233,24 @@ mod tests {
             body_read_timeout,
             write_timeout,
             max_link_sessions,
+            link_heartbeat,
         };
         assert_eq!(parsed, HttpLimits::default());
+    }
+
+    #[test]
+    fn a_heartbeat_under_a_second_is_refused() {
+        for (value, ok) in [("500ms", false), ("0s", false), ("1s", true), ("30s", true)] {
+            let parsed = Cli::try_parse_from([
+                "halo-cloud",
+                "serve",
+                "--admin-token",
+                "0123456789abcdef",
+                "--link-heartbeat",
+                value,
+            ]);
+            assert_eq!(parsed.is_ok(), ok, "--link-heartbeat {value}");
+        }
     }
 
     #[test]

@@ -95,6 +95,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod busy;
 mod dispatch;
 mod error;
 mod job;
@@ -118,6 +119,8 @@ pub use router::{
 
 #[cfg(all(test, not(loom)))]
 mod fixture;
+#[cfg(all(test, loom))]
+mod loom_busy;
 #[cfg(all(test, loom))]
 mod loom_left_right;
 #[cfg(all(test, loom))]

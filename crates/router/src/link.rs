@@ -6,7 +6,8 @@
 //! | --- | --- | --- | --- | --- |
 //! | `LinkEntry::last_heard` | ms timestamp of the Link's last heartbeat | the writer (`Router::heard`) | `fetch_max`, Relaxed (a lone timestamp, guards nothing) | yes |
 //! | `LinkEntry::session` | the attached session, if any (`ArcSwapOption`) | `attach_link`, `LinkSession` drop | arc-swap (SeqCst) | no |
-//! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | AcqRel | no |
+//! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | +1 SeqCst (the busy set's protocol, `busy.rs`), -1 AcqRel | no |
+//! | `SessionCore::listed` | the router's busy set holds the session | `route` (false -> true), the sweeper | SeqCst (`busy.rs`) | no |
 //! | `SessionCore::queued` | jobs in the channel, live or dead | `enqueue` (+1, -1 when refused), the receiver (-1) | AcqRel | no |
 //! | `SessionCore::closed` | the session was detached or replaced | detach only | SeqCst, paired with a SeqCst fence on the route side | yes (false -> true) |
 //! | `Waiter::state` | idle / receiver parked / notified | receiver (idle, parked), producers (notified) | AcqRel read-modify-writes only | no |
@@ -27,6 +28,7 @@ use arc_swap::ArcSwapOption;
 use foldhash::fast::RandomState;
 use halo_ids::{LinkGuid, Timestamp};
 
+use crate::busy::{Busy, Member};
 use crate::dispatch::{Dispatch, Ending, QueryId, QueryOutcome, Slot};
 use crate::error::RouteError;
 use crate::job::Job;
@@ -189,6 +191,20 @@ pub(crate) struct SessionCore {
     waiter: Waiter,
     /// The Link's count of busy refusals (see `LinkEntry::busy_refusals`).
     busy_refusals: Arc<AtomicU64>,
+    /// Whether the router's busy set holds this session (see `busy.rs`).
+    listed: AtomicBool,
+    /// The router's busy set, which the timeout sweep visits.
+    busy: Arc<Busy<SessionCore>>,
+}
+
+impl Member for SessionCore {
+    fn listed(&self) -> &AtomicBool {
+        &self.listed
+    }
+
+    fn has_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) != 0
+    }
 }
 
 impl fmt::Debug for SessionCore {
@@ -207,6 +223,7 @@ impl SessionCore {
         link: LinkGuid,
         capacity: usize,
         busy_refusals: Arc<AtomicU64>,
+        busy: Arc<Busy<SessionCore>>,
     ) -> (Arc<Self>, Receiver<Job>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let core = Arc::new(Self {
@@ -219,6 +236,8 @@ impl SessionCore {
             tx,
             waiter: Waiter::default(),
             busy_refusals,
+            listed: AtomicBool::new(false),
+            busy,
         });
         (core, rx)
     }
@@ -241,11 +260,13 @@ impl SessionCore {
     }
 
     /// Reserves one in-flight place, or says the site is busy.
-    fn try_reserve(&self) -> Result<(), RouteError> {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+    /// The increment is SeqCst: the busy set's protocol relies on it (`busy.rs`).
+    fn try_reserve(self: &Arc<Self>) -> Result<(), RouteError> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= self.capacity {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(RouteError::Busy);
         }
+        self.busy.enlist(self);
         Ok(())
     }
 
@@ -321,9 +342,9 @@ impl SessionCore {
 
     /// Times out every query of this session whose deadline is at or before `now`.
     pub(crate) fn expire_overdue(&self, now: Timestamp) -> usize {
-        // An idle session (the common case, run for every Link every 100 ms) costs
-        // one load. A slot is in the map only while its reservation counts here; one
-        // reserved after this load is looked at on the next sweep.
+        // Only sessions in the busy set are swept; an idle one still costs one load.
+        // A slot is in the map only while its reservation counts here; one reserved
+        // after this load is looked at on the next sweep.
         if self.in_flight.load(Ordering::Acquire) == 0 {
             return 0;
         }
@@ -380,8 +401,18 @@ pub enum Delivery {
 }
 
 impl LinkSession {
-    pub(crate) fn attach(entry: Arc<LinkEntry>, capacity: usize, max_result_bytes: usize) -> Self {
-        let (core, rx) = SessionCore::new(entry.link(), capacity, Arc::clone(&entry.busy_refusals));
+    pub(crate) fn attach(
+        entry: Arc<LinkEntry>,
+        capacity: usize,
+        max_result_bytes: usize,
+        busy: Arc<Busy<SessionCore>>,
+    ) -> Self {
+        let (core, rx) = SessionCore::new(
+            entry.link(),
+            capacity,
+            Arc::clone(&entry.busy_refusals),
+            busy,
+        );
         if let Some(old) = entry.session.swap(Some(Arc::clone(&core))) {
             old.close();
         }

@@ -50,10 +50,11 @@ use halo_ids::{HaloGuid, LinkGuid, Timestamp};
 use halo_policy::{Allowed, Components, Decision, Policy, Request, evaluate};
 use halo_tenancy::{Change, Registry, SiteStatus};
 
+use crate::busy::Busy;
 use crate::dispatch::{Dispatch, QueryId};
 use crate::error::RouteError;
 use crate::job::{Command, Job, Paging};
-use crate::link::{LinkEntry, LinkSession};
+use crate::link::{LinkEntry, LinkSession, SessionCore};
 use crate::route::{Route, SiteRoute};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
@@ -265,6 +266,8 @@ pub struct Router {
     routes: RouteTable,
     policy: ArcSwap<Policy>,
     links: papaya::HashMap<LinkGuid, Arc<LinkEntry>, RandomState>,
+    /// The sessions that may hold in-flight queries (the timeout sweep's work list).
+    busy: Arc<Busy<SessionCore>>,
     next_query: AtomicU64,
     config: RouterConfig,
     writer: Mutex<WriterState>,
@@ -302,6 +305,7 @@ impl Router {
             },
             policy: ArcSwap::from_pointee(Policy::empty()),
             links: papaya::HashMap::with_hasher(RandomState::default()),
+            busy: Arc::new(Busy::new()),
             next_query: AtomicU64::new(1),
             config,
             writer: Mutex::new(WriterState {
@@ -501,18 +505,21 @@ impl Router {
             entry,
             self.config.link_capacity,
             self.config.max_result_bytes,
+            Arc::clone(&self.busy),
         )
     }
 
     /// Times out every in-flight query whose deadline is at or before `now`; returns
     /// how many this call timed out. Call it periodically (for example every 100 ms).
+    /// It visits only sessions with queries in flight, so idle Links cost it nothing.
     pub fn expire_overdue(&self, now: Timestamp) -> usize {
-        let links = self.links.pin();
-        links
-            .values()
-            .filter_map(|entry| entry.session())
-            .map(|session| session.expire_overdue(now))
-            .sum()
+        self.busy.sweep(|session| session.expire_overdue(now))
+    }
+
+    /// How many sessions the timeout sweep would visit now (tests).
+    #[cfg(test)]
+    pub(crate) fn busy_sessions(&self) -> usize {
+        self.busy.len()
     }
 
     // ---- write path ------------------------------------------------------------

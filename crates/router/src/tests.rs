@@ -282,6 +282,41 @@ fn sweeper_times_out_overdue_queries_once() {
 }
 
 #[test]
+fn sweeper_visits_only_sessions_with_queries_in_flight() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let _idle = router.attach_link(link(2));
+    assert_eq!(
+        router.busy_sessions(),
+        0,
+        "attached but idle Links are not swept"
+    );
+    let mut req = request(halo(1));
+    req.max_time_in_queue = Some(Duration::from_millis(100));
+    let d = router.route(req).unwrap();
+    assert_eq!(router.busy_sessions(), 1);
+    let job = session.try_next_job().unwrap().unwrap();
+    // Still in flight: the sweep keeps it listed, and times it out when due.
+    assert_eq!(router.expire_overdue(T0), 0);
+    assert_eq!(router.busy_sessions(), 1);
+    assert_eq!(router.expire_overdue(job.deadline), 1);
+    assert_eq!(block_on(d).unwrap_err(), RouteError::Timeout);
+    // Idle after its timeout: the same sweep dropped it; a new query lists it again.
+    assert_eq!(router.busy_sessions(), 0);
+    let mut req = request(halo(1));
+    req.max_time_in_queue = Some(Duration::from_millis(100));
+    let d = router.route(req).unwrap();
+    assert_eq!(router.busy_sessions(), 1);
+    let job = session.try_next_job().unwrap().unwrap();
+    assert_eq!(
+        router.expire_overdue(job.deadline),
+        1,
+        "a re-listed session is swept"
+    );
+    assert_eq!(block_on(d).unwrap_err(), RouteError::Timeout);
+}
+
+#[test]
 fn sweeper_leaves_queries_before_their_deadline() {
     let (router, _) = setup(RouterConfig::standard());
     let _session = router.attach_link(link(1));
