@@ -57,11 +57,9 @@ pub(crate) const DEVIATIONS: &[(&str, u16, &str)] = &[
     ),
 ];
 
-/// Properties of Halo's site object the Cloud may leave out, with why.
-const SITE_ABSENT: &[(&str, &str)] = &[(
-    "createdAt",
-    "the Cloud does not record when a site was first registered (deprecated field)",
-)];
+/// Properties of Halo's site object the Cloud may leave out, with why (none today:
+/// `createdAt` is recorded at a site's first registration).
+const SITE_ABSENT: &[(&str, &str)] = &[];
 
 /// Halo's document, with the one schema deviation applied: `errorType` also allows
 /// `sqlite`, the error class of this project's SQLite Links.
@@ -393,6 +391,13 @@ async fn contract_every_operation_answers_as_halo_documents() {
     assert_eq!(status, 200, "{body}");
     check_site_complete(&body, "getSite");
     assert_eq!(body["availability"], "online");
+    // First registered no later than last enriched (both RFC 3339 UTC, so they
+    // compare as text).
+    let created = body["createdAt"].as_str().unwrap();
+    assert!(
+        created <= body["enrichedAt"].as_str().unwrap(),
+        "createdAt after enrichedAt: {body}"
+    );
     assert!(body["heartbeatTimestampUTC"].is_string(), "{body}");
     for (path, want) in [
         ("/integrator/sites/not-a-guid".to_owned(), 400),

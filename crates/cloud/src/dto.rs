@@ -112,6 +112,12 @@ pub struct SiteDto {
     /// Deprecated: the PMS version (`practiceMetadata.practiceManagementVersion`).
     #[schema(deprecated)]
     pub practice_management_version: String,
+    /// Deprecated: when the Cloud first registered the site (its Link's first
+    /// announcement of this database under this installation), UTC. Absent only for
+    /// a site restored from a snapshot written before the Cloud recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(deprecated, format = DateTime)]
+    pub created_at: Option<String>,
     /// Deprecated: whether this is its practice's authoritative site (the only one
     /// queries reach).
     #[schema(deprecated)]
