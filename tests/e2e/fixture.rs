@@ -170,7 +170,7 @@ impl Harness {
             paths.push(path);
         }
         let token = self.credential(env, practices).await;
-        self.start_link_with(
+        self.start_link(
             env,
             token,
             self.dir.path().join(format!("link{n}-state.json")),
@@ -205,16 +205,6 @@ impl Harness {
     }
 
     pub(crate) async fn start_link(
-        &self,
-        env: Environment,
-        token: String,
-        state: PathBuf,
-        paths: Vec<PathBuf>,
-    ) -> TestLink {
-        self.start_link_with(env, token, state, paths, |_| {}).await
-    }
-
-    async fn start_link_with(
         &self,
         env: Environment,
         token: String,
