@@ -315,11 +315,7 @@ async fn contract_every_operation_answers_as_halo_documents() {
                         "UPDATE patients SET suburb = suburb WHERE patient_id <= @n",
                         None,
                     ),
-                    (
-                        "NotGranted",
-                        "SELECT count(*) AS n FROM patients",
-                        None,
-                    ),
+                    ("NotGranted", "SELECT count(*) AS n FROM patients", None),
                     (
                         "PracticeName",
                         "SELECT practice_name, count(*) AS total FROM practice_info",
@@ -554,7 +550,10 @@ async fn contract_every_operation_answers_as_halo_documents() {
         )
         .unwrap()
     };
-    assert_eq!(&b64(&params[0]["value"]), row["first_name"].as_str().unwrap());
+    assert_eq!(
+        &b64(&params[0]["value"]),
+        row["first_name"].as_str().unwrap()
+    );
     assert_eq!(params[1]["direction"], "returnValue");
     assert_eq!(b64(&params[1]["value"]), "1");
     // The procedure grant covers the tables its text reads: practice_info is not
@@ -615,7 +614,11 @@ async fn contract_every_operation_answers_as_halo_documents() {
     for bad in [
         call("GetPatient; DROP TABLE patients", "reader", json!([])),
         call("a.b.c", "reader", json!([])),
-        call("GetPatient", "reader", json!([{"direction": "output", "type": "Int"}])),
+        call(
+            "GetPatient",
+            "reader",
+            json!([{"direction": "output", "type": "Int"}]),
+        ),
     ] {
         let (status, body) = post(bad.clone()).await;
         check("createImmediateQuery", status, &body);

@@ -174,7 +174,9 @@ pub struct SitesDto {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PracticeQuery {
-    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN).
+    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN): 1 to 20
+    /// ASCII letters and digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,20}$", min_length = 1, max_length = 20)]
     pub practice_management_site_id: String,
     /// The PMS name (matched ignoring ASCII case).
     #[param(value_type = PracticeManagementName)]
@@ -187,7 +189,9 @@ pub struct PracticeQuery {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PairQuery {
-    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN).
+    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN): 1 to 20
+    /// ASCII letters and digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,20}$", min_length = 1, max_length = 20)]
     pub practice_management_site_id: String,
     /// The PMS name (matched ignoring ASCII case).
     #[param(value_type = PracticeManagementName)]
@@ -341,7 +345,9 @@ pub struct ImmediateQueryDto {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandDto {
-    /// The SQL statement, or the stored procedure's name.
+    /// The SQL statement (one SQLite statement, or a `;` batch), or with `type:
+    /// storedProcedure` the name of a procedure the site's Link defines. Not blank.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub text: String,
     /// How the command runs (default `reader`).
     #[serde(default)]

@@ -235,7 +235,10 @@ fn link_parameter(p: &ParameterDto) -> Result<Option<Value>, ApiError> {
     match p.direction.unwrap_or_default() {
         DirectionDto::Input => {}
         DirectionDto::InputOutput | DirectionDto::Output => {
-            if p.name.as_deref().is_none_or(|n| output_column(n).is_empty()) {
+            if p.name
+                .as_deref()
+                .is_none_or(|n| output_column(n).is_empty())
+            {
                 return Err(ApiError::bad_request(
                     "an output or inputOutput parameter needs a name (the result column \
                      it is read from)",

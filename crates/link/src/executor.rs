@@ -564,10 +564,7 @@ fn execute_inner(
     let denial: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let allowed = Allowed {
         schema: Arc::clone(&lease.conn().schema),
-        tables: tables
-            .iter()
-            .map(|t| t.to_ascii_lowercase())
-            .collect(),
+        tables: tables.iter().map(|t| t.to_ascii_lowercase()).collect(),
         writes,
     };
     {

@@ -124,9 +124,7 @@ impl Procedures {
 
 /// Checks a procedure's text with the Cloud's analyser.
 fn compile(p: &ProcedureConfig) -> Result<Procedure, LinkError> {
-    let bad = |why: String| {
-        LinkError::Config(format!("procedure {:?}: {why}", excerpt(&p.name)))
-    };
+    let bad = |why: String| LinkError::Config(format!("procedure {:?}: {why}", excerpt(&p.name)));
     let c = extract_components(&p.text).map_err(|e| bad(format!("text refused: {e}")))?;
     if c.statement_count() != 1 {
         return Err(bad("text must hold exactly one statement".into()));
@@ -177,7 +175,10 @@ mod tests {
     fn a_database_offers_the_global_procedures_and_its_own_first() {
         let db = PathBuf::from("/data/a.sqlite");
         let all = vec![
-            global("GetPatient", "SELECT * FROM patients WHERE patient_id = @id"),
+            global(
+                "GetPatient",
+                "SELECT * FROM patients WHERE patient_id = @id",
+            ),
             global("Count", "SELECT count(*) AS n FROM patients"),
             ProcedureConfig {
                 name: "[dbo].[count]".into(),
@@ -193,7 +194,10 @@ mod tests {
         let elsewhere = Procedures::for_database(&all, Path::new("/data/b.sqlite")).unwrap();
         assert_eq!(elsewhere.get("count").unwrap().tables, ["patients"]);
         let writer = Procedures::for_database(
-            &[global("Touch", "UPDATE patients SET suburb = suburb WHERE patient_id = ?1")],
+            &[global(
+                "Touch",
+                "UPDATE patients SET suburb = suburb WHERE patient_id = ?1",
+            )],
             &db,
         )
         .unwrap();
@@ -216,7 +220,9 @@ mod tests {
             assert!(e.contains(why), "{e}");
         }
         let twice = [global("X", "SELECT 1"), global("[x]", "SELECT 2")];
-        let e = Procedures::for_database(&twice, db).unwrap_err().to_string();
+        let e = Procedures::for_database(&twice, db)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("defined twice"), "{e}");
     }
 }

@@ -1327,7 +1327,10 @@ fn procedure_calls_are_authorised_by_their_name_alone() {
         decide("GetPatient", ExecutionMode::NonQuery),
         DenyCode::WriteNotAuthorised,
     );
-    assert_eq!(normalise_procedure("[dbo].[GetPatient]").unwrap(), "getpatient");
+    assert_eq!(
+        normalise_procedure("[dbo].[GetPatient]").unwrap(),
+        "getpatient"
+    );
     for bad in ["", "a.b.c", "GetPatient; DROP TABLE x", "1abc("] {
         assert!(procedure_components(bad).is_err(), "{bad:?}");
     }

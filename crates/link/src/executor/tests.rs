@@ -1052,11 +1052,8 @@ fn procedures_run_by_name_under_their_own_tables() {
     )
     .unwrap();
     assert_eq!(rows(&out), json!([{"body": "two"}]));
-    let unknown = execute(
-        &db,
-        &call(ExecutionMode::Reader, "Nope", &["nope"], vec![]),
-    )
-    .unwrap_err();
+    let unknown =
+        execute(&db, &call(ExecutionMode::Reader, "Nope", &["nope"], vec![])).unwrap_err();
     assert_eq!(unknown.kind, QueryErrorKind::Database);
     assert_eq!(unknown.code, Some(1));
     assert!(unknown.message.contains("no such procedure"), "{unknown:?}");

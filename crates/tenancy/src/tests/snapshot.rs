@@ -173,7 +173,10 @@ fn without_created(json: &mut serde_json::Value) -> usize {
 fn a_sites_creation_time_is_its_first_registration_and_is_kept() {
     let fx = rich();
     let first = fx.reg.site(h(1)).unwrap().created_at().unwrap();
-    assert!(first < fx.reg.site(h(1)).unwrap().last_heard(), "ready came later");
+    assert!(
+        first < fx.reg.site(h(1)).unwrap().last_heard(),
+        "ready came later"
+    );
     // Reinstall: the new site was created when the reinstall was applied.
     let old = fx.reg.site(h(5)).unwrap().created_at().unwrap();
     let new = fx.reg.site(h(6)).unwrap().created_at().unwrap();
