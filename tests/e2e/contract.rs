@@ -57,11 +57,9 @@ pub(crate) const DEVIATIONS: &[(&str, u16, &str)] = &[
     ),
 ];
 
-/// Properties of Halo's site object the Cloud may leave out, with why.
-const SITE_ABSENT: &[(&str, &str)] = &[(
-    "createdAt",
-    "the Cloud does not record when a site was first registered (deprecated field)",
-)];
+/// Properties of Halo's site object the Cloud may leave out, with why (none today:
+/// `createdAt` is recorded at a site's first registration).
+const SITE_ABSENT: &[(&str, &str)] = &[];
 
 /// Halo's document, with the one schema deviation applied: `errorType` also allows
 /// `sqlite`, the error class of this project's SQLite Links.
@@ -295,13 +293,42 @@ async fn contract_every_operation_answers_as_halo_documents() {
         ..RouterConfig::standard()
     })
     .await;
+    // The Link's procedures (its stored procedures): three global, one for the
+    // first database only.
     let link = h
-        .link(
+        .link_with(
             Environment::Stage,
             &[
                 practice("HALO01", "Contract Dental"),
                 practice("HALO02", "Other Dental"),
             ],
+            |config| {
+                let first = config.databases[0].clone();
+                for (name, text, database) in [
+                    (
+                        "GetPatient",
+                        "SELECT patient_id, first_name FROM patients WHERE patient_id = @id",
+                        None,
+                    ),
+                    (
+                        "TouchPatients",
+                        "UPDATE patients SET suburb = suburb WHERE patient_id <= @n",
+                        None,
+                    ),
+                    ("NotGranted", "SELECT count(*) AS n FROM patients", None),
+                    (
+                        "PracticeName",
+                        "SELECT practice_name, count(*) AS total FROM practice_info",
+                        Some(first),
+                    ),
+                ] {
+                    config.procedures.push(halo_link::ProcedureConfig {
+                        name: name.into(),
+                        text: text.into(),
+                        database,
+                    });
+                }
+            },
         )
         .await;
     let key = h.integrator(Environment::Stage).await;
@@ -309,7 +336,9 @@ async fn contract_every_operation_answers_as_halo_documents() {
     h.admin(
         Method::PUT,
         &format!("/admin/integrators/{INTEGRATOR}/components"),
-        json!({"pmsType": "D4w", "catalogues": ["d4w"], "tables": TABLES, "allowWrite": true}),
+        json!({"pmsType": "D4w", "catalogues": ["d4w"], "tables": TABLES, "allowWrite": true,
+            // `Ghost` is granted but no Link defines it.
+            "procedures": ["GetPatient", "TouchPatients", "dbo.PracticeName", "Ghost"]}),
     )
     .await;
     let (crn, halo) = link.sites[0];
@@ -393,6 +422,13 @@ async fn contract_every_operation_answers_as_halo_documents() {
     assert_eq!(status, 200, "{body}");
     check_site_complete(&body, "getSite");
     assert_eq!(body["availability"], "online");
+    // First registered no later than last enriched (both RFC 3339 UTC, so they
+    // compare as text).
+    let created = body["createdAt"].as_str().unwrap();
+    assert!(
+        created <= body["enrichedAt"].as_str().unwrap(),
+        "createdAt after enrichedAt: {body}"
+    );
     assert!(body["heartbeatTimestampUTC"].is_string(), "{body}");
     for (path, want) in [
         ("/integrator/sites/not-a-guid".to_owned(), 400),
@@ -481,6 +517,115 @@ async fn contract_every_operation_answers_as_halo_documents() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["rowsAffected"], 3, "{body}");
     assert_eq!(body["maxTimeInQueue"], 5000);
+    // ---- type: storedProcedure: the Link's named procedures ----------------------
+    let call = |name: &str, mode: &str, parameters: Value| {
+        json!({"command": {"type": "storedProcedure", "text": name, "executionMode": mode,
+            "parameters": parameters}})
+    };
+    let (status, body) = post(call(
+        "GetPatient",
+        "reader",
+        json!([{"name": "@id", "type": "Int", "value": "2"},
+               {"name": "@first_name", "direction": "output", "type": "NVarChar", "size": 50},
+               {"name": "@status", "direction": "returnValue", "type": "Int"}]),
+    ))
+    .await;
+    check("createImmediateQuery", status, &body);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["rows"], 1, "{body}");
+    let row = &decode(&body["result"]["data"])[0];
+    assert_eq!(row["patient_id"], 2, "{body}");
+    // Output values: the first row's column of the same name, in base64 of its
+    // text; the return value: the row count (no column of its name).
+    let params = body["result"]["parameters"].as_array().unwrap();
+    assert_eq!(params.len(), 2, "{body}");
+    assert_eq!(params[0]["name"], "@first_name");
+    assert_eq!(params[0]["direction"], "output");
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        &b64(&params[0]["value"]),
+        row["first_name"].as_str().unwrap()
+    );
+    assert_eq!(params[1]["direction"], "returnValue");
+    assert_eq!(b64(&params[1]["value"]), "1");
+    // The procedure grant covers the tables its text reads: practice_info is not
+    // a granted table (see the 403 below), yet the procedure reads it; names
+    // compare as grants do (`dbo.`, brackets, case).
+    let (status, body) = post(call(
+        "[dbo].[practicename]",
+        "reader",
+        json!([{"name": "total", "direction": "returnValue"}]),
+    ))
+    .await;
+    check("createImmediateQuery", status, &body);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decode(&body["result"]["data"])[0]["practice_name"],
+        "Contract Dental"
+    );
+    assert_eq!(b64(&body["result"]["parameters"][0]["value"]), "1");
+    // nonQuery: rowsAffected, and the return value is that count.
+    let (status, body) = post(call(
+        "TouchPatients",
+        "nonQuery",
+        json!([{"name": "@n", "type": "Int", "value": "4"},
+               {"direction": "returnValue", "type": "Int"}]),
+    ))
+    .await;
+    check("createImmediateQuery", status, &body);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["rowsAffected"], 4, "{body}");
+    assert_eq!(b64(&body["result"]["parameters"][0]["value"]), "4");
+    // Defined at the Link but not authorised: 403, before the Link is asked.
+    let (status, body) = post(call("NotGranted", "scalar", json!([]))).await;
+    check("createImmediateQuery", status, &body);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("procedure not authorised"),
+        "{body}"
+    );
+    // Authorised but unknown to the Link: Halo's failed query, SQLite's "no such"
+    // class (code 1).
+    let (status, body) = post(call("Ghost", "reader", json!([]))).await;
+    check("createImmediateQuery", status, &body);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["status"], "executionFailed", "{body}");
+    assert_eq!(body["errorDetails"]["errorType"], "sqlite", "{body}");
+    assert_eq!(body["errorDetails"]["errorCode"], 1, "{body}");
+    assert!(
+        body["errorDetails"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no such procedure: Ghost"),
+        "{body}"
+    );
+    // Not a procedure name; an output parameter without a name: 400, envelope.
+    for bad in [
+        call("GetPatient; DROP TABLE patients", "reader", json!([])),
+        call("a.b.c", "reader", json!([])),
+        call(
+            "GetPatient",
+            "reader",
+            json!([{"direction": "output", "type": "Int"}]),
+        ),
+    ] {
+        let (status, body) = post(bad.clone()).await;
+        check("createImmediateQuery", status, &body);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.get("error").is_some(), "{body}");
+    }
+
     // The database fails the command: Halo's ExecutionFailedImmediateQuery.
     let (status, body) =
         post(json!({"command": {"text": "SELECT no_such_column FROM patients"}})).await;

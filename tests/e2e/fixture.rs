@@ -150,6 +150,17 @@ impl Harness {
 
     /// Generates databases and starts a Link serving them.
     pub(crate) async fn link(&mut self, env: Environment, practices: &[DemoPractice]) -> TestLink {
+        self.link_with(env, practices, |_| {}).await
+    }
+
+    /// [`Harness::link`], with `configure` applied to the Link's config before it
+    /// starts (its databases already listed).
+    pub(crate) async fn link_with(
+        &mut self,
+        env: Environment,
+        practices: &[DemoPractice],
+        configure: impl FnOnce(&mut LinkConfig),
+    ) -> TestLink {
         let n = self.next_link;
         self.next_link += 1;
         let mut paths = Vec::new();
@@ -164,6 +175,7 @@ impl Harness {
             token,
             self.dir.path().join(format!("link{n}-state.json")),
             paths,
+            configure,
         )
         .await
     }
@@ -198,6 +210,7 @@ impl Harness {
         token: String,
         state: PathBuf,
         paths: Vec<PathBuf>,
+        configure: impl FnOnce(&mut LinkConfig),
     ) -> TestLink {
         let mut config = LinkConfig::new(
             format!("ws://{}/link/ws", self.cloud.addr),
@@ -208,6 +221,7 @@ impl Harness {
         );
         config.backoff_initial = Duration::from_millis(50);
         config.backoff_max = Duration::from_millis(200);
+        configure(&mut config);
         let link = Agent::prepare(config).unwrap();
         let sites = link
             .databases()

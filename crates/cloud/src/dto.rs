@@ -112,6 +112,12 @@ pub struct SiteDto {
     /// Deprecated: the PMS version (`practiceMetadata.practiceManagementVersion`).
     #[schema(deprecated)]
     pub practice_management_version: String,
+    /// Deprecated: when the Cloud first registered the site (its Link's first
+    /// announcement of this database under this installation), UTC. Absent only for
+    /// a site restored from a snapshot written before the Cloud recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(deprecated, format = DateTime)]
+    pub created_at: Option<String>,
     /// Deprecated: whether this is its practice's authoritative site (the only one
     /// queries reach).
     #[schema(deprecated)]
@@ -168,7 +174,9 @@ pub struct SitesDto {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PracticeQuery {
-    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN).
+    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN): 1 to 20
+    /// ASCII letters and digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,20}$", min_length = 1, max_length = 20)]
     pub practice_management_site_id: String,
     /// The PMS name (matched ignoring ASCII case).
     #[param(value_type = PracticeManagementName)]
@@ -181,7 +189,9 @@ pub struct PracticeQuery {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PairQuery {
-    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN).
+    /// The PMS ID: the parent CRN for D4W (or a demo copy's fake CRN): 1 to 20
+    /// ASCII letters and digits.
+    #[param(pattern = "^[A-Za-z0-9]{1,20}$", min_length = 1, max_length = 20)]
     pub practice_management_site_id: String,
     /// The PMS name (matched ignoring ASCII case).
     #[param(value_type = PracticeManagementName)]
@@ -335,7 +345,9 @@ pub struct ImmediateQueryDto {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandDto {
-    /// The SQL statement, or the stored procedure's name.
+    /// The SQL statement (one SQLite statement, or a `;` batch), or with `type:
+    /// storedProcedure` the name of a procedure the site's Link defines. Not blank.
+    #[schema(min_length = 1, pattern = "\\S")]
     pub text: String,
     /// How the command runs (default `reader`).
     #[serde(default)]

@@ -219,17 +219,36 @@ pub async fn pair_site_deprecated(
     pair(app, headers, ip, query).await
 }
 
+/// Whether a parameter comes back in `result.parameters`.
+fn is_output(p: &ParameterDto) -> bool {
+    matches!(
+        p.direction.unwrap_or_default(),
+        DirectionDto::Output | DirectionDto::InputOutput | DirectionDto::ReturnValue
+    )
+}
+
 /// A Halo parameter as the Link binds it: a plain value binds by position, an
 /// object `{"name", "value"}` by name. `value` (a string) is typed by `type`.
-fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
+/// `output` and `returnValue` parameters are not bound (`None`): they are filled
+/// from the result ([`output_parameters`]); `inputOutput` binds as input.
+fn link_parameter(p: &ParameterDto) -> Result<Option<Value>, ApiError> {
     match p.direction.unwrap_or_default() {
-        DirectionDto::Input | DirectionDto::InputOutput => {}
-        DirectionDto::Output | DirectionDto::ReturnValue => {
-            return Err(ApiError::bad_request(
-                "output and returnValue parameters are not supported: a SQLite command has \
-                 no output parameters (read values with a reader or scalar command)",
-            ));
+        DirectionDto::Input => {}
+        DirectionDto::InputOutput | DirectionDto::Output => {
+            if p.name
+                .as_deref()
+                .is_none_or(|n| output_column(n).is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "an output or inputOutput parameter needs a name (the result column \
+                     it is read from)",
+                ));
+            }
+            if p.direction == Some(DirectionDto::Output) {
+                return Ok(None);
+            }
         }
+        DirectionDto::ReturnValue => return Ok(None),
     }
     let value = match (&p.value, p.sql_type) {
         (None, _) => Value::Null,
@@ -274,10 +293,72 @@ fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
         }
         (Some(v), _) => Value::String(v.clone()),
     };
-    Ok(match &p.name {
+    Ok(Some(match &p.name {
         Some(name) => serde_json::json!({"name": name, "value": value}),
         None => value,
-    })
+    }))
+}
+
+/// The result column an output parameter is read from: its name without the
+/// `@`, `:` or `$` prefix.
+fn output_column(name: &str) -> &str {
+    name.strip_prefix(['@', ':', '$']).unwrap_or(name)
+}
+
+/// The output, inputOutput and returnValue parameters of a successful command, as
+/// Halo returns them (`result.parameters`, values in base64 of their text):
+/// `output` and `inputOutput` take the first row's column of the same name
+/// (`reader` only; ASCII case ignored; null when there is no row or no such
+/// column); `returnValue` takes that column if the first row has one, otherwise
+/// the command's row count (rows affected for `nonQuery`, rows returned otherwise).
+fn output_parameters(
+    parameters: &[ParameterDto],
+    mode: ExecutionModeDto,
+    data: &[u8],
+    rows: u64,
+) -> Vec<ParameterDto> {
+    if !parameters.iter().any(is_output) {
+        return Vec::new();
+    }
+    let first_row: Option<serde_json::Map<String, Value>> = match mode {
+        ExecutionModeDto::Reader => serde_json::from_slice::<Vec<Value>>(data)
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .and_then(|row| match row {
+                Value::Object(map) => Some(map),
+                _ => None,
+            }),
+        ExecutionModeDto::Scalar | ExecutionModeDto::NonQuery => None,
+    };
+    let column = |name: Option<&str>| {
+        let wanted = output_column(name?);
+        first_row.as_ref().and_then(|row| {
+            row.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(wanted))
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let base64_text = |v: Value| match v {
+        Value::Null => None,
+        Value::String(s) => Some(base64::engine::general_purpose::STANDARD.encode(s)),
+        other => Some(base64::engine::general_purpose::STANDARD.encode(other.to_string())),
+    };
+    parameters
+        .iter()
+        .filter(|p| is_output(p))
+        .map(|p| {
+            let value = match p.direction.unwrap_or_default() {
+                DirectionDto::ReturnValue => {
+                    column(p.name.as_deref()).unwrap_or_else(|| Value::from(rows))
+                }
+                _ => column(p.name.as_deref()).unwrap_or(Value::Null),
+            };
+            ParameterDto {
+                value: base64_text(value),
+                ..p.clone()
+            }
+        })
+        .collect()
 }
 
 /// Statement analysis of the texts seen before (bounded; a pure function of the
@@ -374,32 +455,37 @@ pub async fn immediate_query(
         value: body,
         size: request_size,
     } = body?;
-    if body.command.command_type == CommandTypeDto::StoredProcedure {
-        return Err(ApiError::bad_request(
-            "command.type storedProcedure is not supported by this site",
-        ));
-    }
+    let procedure = body.command.command_type == CommandTypeDto::StoredProcedure;
     let mode = body.command.execution_mode;
-    // A malformed command is a bad request (400), as Halo answers malformed SQL; a
-    // construct the analyser does not read is denied (403).
-    let components = COMPONENTS.extract(&body.command.text).map_err(|e| {
-        if e.is_malformed_command() {
-            ApiError::bad_request(format!("command refused: {e}"))
-        } else {
-            ApiError::from(Deny::unanalysable(&e))
-        }
-    })?;
-    let parameters = if body.command.parameters.is_empty() {
-        None
+    let components = if procedure {
+        // A procedure configured at the Link, authorised by its name alone (a
+        // procedure component); the Link runs the text it holds for that name.
+        std::sync::Arc::new(
+            halo_policy::procedure_components(&body.command.text).map_err(|_| {
+                ApiError::bad_request(
+                    "command refused: with type storedProcedure, command.text is the \
+                     procedure's name (a one- or two-part name)",
+                )
+            })?,
+        )
     } else {
-        let values = body
-            .command
-            .parameters
-            .iter()
-            .map(link_parameter)
-            .collect::<Result<Vec<_>, _>>()?;
-        Some(Value::Array(values).to_string())
+        // A malformed command is a bad request (400), as Halo answers malformed
+        // SQL; a construct the analyser does not read is denied (403).
+        COMPONENTS.extract(&body.command.text).map_err(|e| {
+            if e.is_malformed_command() {
+                ApiError::bad_request(format!("command refused: {e}"))
+            } else {
+                ApiError::from(Deny::unanalysable(&e))
+            }
+        })?
     };
+    let values = body
+        .command
+        .parameters
+        .iter()
+        .filter_map(|p| link_parameter(p).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let parameters = (!values.is_empty()).then(|| Value::Array(values).to_string());
     let router = app.state.router();
     let head = QueryHead {
         id: uuid::Uuid::new_v4().to_string(),
@@ -424,6 +510,7 @@ pub async fn immediate_query(
             text: body.command.text.clone(),
             mode: mode.into(),
             parameters,
+            procedure,
         },
     };
     let mut dispatch = router.route(request)?;
@@ -443,17 +530,18 @@ pub async fn immediate_query(
     };
     let completed = now();
     let size = output.data.len() as u64;
+    let parameters = output_parameters(&body.command.parameters, mode, &output.data, output.rows);
     let result = match mode {
         ExecutionModeDto::NonQuery => ResultDto::NonQuery(NonQueryResultDto {
             rows_affected: output.rows,
             size: 0,
-            parameters: Vec::new(),
+            parameters,
         }),
         ExecutionModeDto::Reader | ExecutionModeDto::Scalar => ResultDto::Rows(RowsResultDto {
             rows: output.rows,
             size,
             data: base64::engine::general_purpose::STANDARD.encode(&output.data),
-            parameters: Vec::new(),
+            parameters,
         }),
     };
     let result_size = match &result {

@@ -504,6 +504,12 @@ fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
     let millis_until = |deadline: Timestamp| {
         u64::try_from(deadline.saturating_since(now).as_millis()).unwrap_or(u64::MAX)
     };
+    // A procedure travels by name only: the Link runs the text it holds for it.
+    let (command, procedure) = if job.command.procedure {
+        (String::new(), Some(job.command.text))
+    } else {
+        (job.command.text, None)
+    };
     Ok(QueryJob {
         query_id: job.query_id.get(),
         halo_guid: job.halo_guid,
@@ -513,7 +519,8 @@ fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
         queue_timeout_ms: Some(millis_until(job.queue_deadline)),
         catalogue: job.catalogue.map(String::from),
         mode: job.command.mode,
-        command: job.command.text,
+        command,
+        procedure,
         parameters,
         allowlist: Allowlist {
             tables: job.allowlist.tables().map(str::to_owned).collect(),

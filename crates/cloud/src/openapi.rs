@@ -452,6 +452,12 @@ mod tests {
                         serde_json::json!(["Best Practice", "Zedmed", "D4w"]),
                         "{path}"
                     ),
+                    // As strict as the CRN's parser (1 to 20 ASCII letters and
+                    // digits), so generated values are not mostly refused.
+                    "practiceManagementSiteId" => {
+                        assert_eq!(schema["pattern"], "^[A-Za-z0-9]{1,20}$", "{path}");
+                        assert_eq!(schema["maxLength"], 20, "{path}");
+                    }
                     _ => assert_eq!(schema["type"], "string", "{path} {name}"),
                 }
             }
@@ -511,6 +517,13 @@ mod tests {
             assert!(required.contains(field), "{field} is required");
         }
         let command = &schemas["CommandDto"];
+        assert_eq!(command["properties"]["text"]["minLength"], 1, "{command}");
+        assert_eq!(command["properties"]["text"]["pattern"], "\\S", "{command}");
+        assert_eq!(
+            schemas["SiteDto"]["properties"]["createdAt"]["format"], "date-time",
+            "{}",
+            schemas["SiteDto"]
+        );
         assert_eq!(
             command["required"],
             serde_json::json!(["text"]),

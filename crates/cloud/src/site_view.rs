@@ -101,6 +101,7 @@ pub fn site_dto(registry: &Registry, site: &Site, now: Timestamp, app: &App) -> 
         practice_management_site_id: crn,
         practice_management_name: site.pms_type().into(),
         practice_management_version: site.pms_version().to_owned(),
+        created_at: site.created_at().map(rfc3339),
         authoritative: site.is_authoritative(),
         client_timestamp_utc: app.client_clocks.last(site.link_guid()).map(rfc3339),
         heartbeat_timestamp_utc: heard.filter(|t| t.as_millis() > 0).map(rfc3339),

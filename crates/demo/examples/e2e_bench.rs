@@ -440,6 +440,7 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         catalogue: None,
         mode: halo_ids::ExecutionMode::Reader,
         command: SQL.to_owned(),
+        procedure: None,
         parameters: Vec::new(),
         allowlist: Allowlist {
             tables: TABLES.iter().map(|t| (*t).to_owned()).collect(),

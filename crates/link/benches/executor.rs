@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
         catalogue: None,
         mode: ExecutionMode::Reader,
         command: SQL.into(),
+        procedure: None,
         parameters: vec![],
         allowlist: Allowlist {
             tables: vec!["patients".into()],

@@ -163,7 +163,11 @@ impl Agent {
                 .get(&key)
                 .map_or(Epoch::ZERO, |d| d.highest_epoch);
             let db = match Database::open(&canonical, halo_guid, epoch) {
-                Ok(db) => Arc::new(db.with_limits(config.sql_limits)),
+                // The config validated every database's procedures when it loaded.
+                Ok(db) => Arc::new(
+                    db.with_limits(config.sql_limits)
+                        .with_procedures(config.procedures_for(path)?),
+                ),
                 Err(e) => {
                     error!(path = %path.display(), error = %e, "database unreadable; not served");
                     refused.push(RefusedDatabase {

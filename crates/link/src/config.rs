@@ -15,9 +15,19 @@
 //! sql_heap_limit_mib = 256     # optional, 16..=65536, default 256: SQLite's whole heap
 //! metrics_listen = "127.0.0.1:9101" # optional: serve Prometheus metrics at GET /metrics
 //!
+//! [[procedures]]               # optional: named commands offered on every database
+//! name = "GetPatient"
+//! text = "SELECT patient_id, first_name FROM patients WHERE patient_id = @id"
+//!
 //! [[databases]]
 //! path = "practice.sqlite"
+//! [[databases.procedures]]     # optional: this database's own (wins over a global one)
+//! name = "CountPatients"
+//! text = "SELECT count(*) AS n FROM patients"
 //! ```
+//!
+//! Procedures are the Link's stored procedures (`command.type: storedProcedure`);
+//! see [`crate::Procedures`].
 //!
 //! Relative paths are resolved against the config file's directory. The config names
 //! only *where* databases are: their identity (CRNs, practice name, demo flag) is read
@@ -31,6 +41,7 @@ use serde::Deserialize;
 
 use crate::LinkError;
 use crate::executor::SqlLimits;
+use crate::procedure::{ProcedureConfig, Procedures};
 
 /// The validated configuration of one Link.
 ///
@@ -68,6 +79,8 @@ pub struct LinkConfig {
     pub sql_limits: SqlLimits,
     /// Where to serve the Link's Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Named procedures (`command.type: storedProcedure`), global or per database.
+    pub procedures: Vec<ProcedureConfig>,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -87,6 +100,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("silence_limit", &self.silence_limit)
             .field("sql_limits", &self.sql_limits)
             .field("metrics_listen", &self.metrics_listen)
+            .field("procedures", &self.procedures)
             .finish()
     }
 }
@@ -116,6 +130,8 @@ struct RawConfig {
     #[serde(default)]
     metrics_listen: Option<String>,
     #[serde(default)]
+    procedures: Vec<RawProcedure>,
+    #[serde(default)]
     databases: Vec<RawDatabase>,
 }
 
@@ -123,6 +139,15 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     path: PathBuf,
+    #[serde(default)]
+    procedures: Vec<RawProcedure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcedure {
+    name: String,
+    text: String,
 }
 
 impl LinkConfig {
@@ -152,6 +177,7 @@ impl LinkConfig {
             silence_limit: Duration::from_secs(30),
             sql_limits: SqlLimits::default(),
             metrics_listen: None,
+            procedures: Vec::new(),
         }
     }
 
@@ -180,13 +206,33 @@ impl LinkConfig {
             .parse()
             .map_err(|e| LinkError::Config(format!("environment: {e}")))?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+        let mut procedures: Vec<ProcedureConfig> = raw
+            .procedures
+            .into_iter()
+            .map(|p| ProcedureConfig {
+                name: p.name,
+                text: p.text,
+                database: None,
+            })
+            .collect();
+        let mut databases = Vec::with_capacity(raw.databases.len());
+        for d in raw.databases {
+            let path = resolve(d.path);
+            procedures.extend(d.procedures.into_iter().map(|p| ProcedureConfig {
+                name: p.name,
+                text: p.text,
+                database: Some(path.clone()),
+            }));
+            databases.push(path);
+        }
         let mut config = Self::new(
             raw.cloud_url,
             environment,
             raw.token,
             resolve(raw.state_file),
-            raw.databases.into_iter().map(|d| resolve(d.path)).collect(),
+            databases,
         );
+        config.procedures = procedures;
         if let Some(secs) = raw.heartbeat_secs {
             if !(1..=300).contains(&secs) {
                 return Err(LinkError::Config(format!(
@@ -308,6 +354,9 @@ impl LinkConfig {
                 "heartbeat interval must not be zero".into(),
             ));
         }
+        for db in &self.databases {
+            self.procedures_for(db)?;
+        }
         Ok(())
     }
 }
@@ -327,6 +376,15 @@ fn is_loopback(rest: &str) -> bool {
 }
 
 impl LinkConfig {
+    /// The procedures `database` (one of [`LinkConfig::databases`]) offers.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] naming a procedure that is invalid.
+    pub fn procedures_for(&self, database: &Path) -> Result<Procedures, LinkError> {
+        Procedures::for_database(&self.procedures, database)
+    }
+
     /// Jobs of one database that may run at once when `databases` are served:
     /// [`LinkConfig::max_running_per_database`] if set (at most
     /// `max_concurrent_jobs`), else all workers but one when several databases

@@ -69,6 +69,14 @@ pub enum Problem {
     DemoOnProduction,
     /// Something in the config itself.
     Config(String),
+    /// A configured procedure's text does not prepare against the database (a
+    /// missing table or column, ...).
+    Procedure {
+        /// The procedure's name.
+        name: String,
+        /// SQLite's words.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -97,6 +105,10 @@ impl fmt::Display for Problem {
                 "a demo or de-identified copy: a production link refuses it (use a stage link)"
             ),
             Self::Config(e) => write!(f, "{e}"),
+            Self::Procedure { name, reason } => write!(
+                f,
+                "procedure {name:?} does not prepare against this database: {reason}"
+            ),
         }
     }
 }
@@ -263,6 +275,28 @@ fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>
         .collect()
 }
 
+/// Prepares every procedure's text against the database at `path` (read-only, so
+/// nothing runs), in name order; answers one problem per text that does not prepare.
+pub fn check_procedures(path: &Path, procedures: &crate::Procedures) -> Vec<Problem> {
+    let conn = match Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(conn) => conn,
+        Err(e) => return vec![Problem::CannotOpen(e.to_string())],
+    };
+    let mut all: Vec<_> = procedures.iter().map(|(_, p)| p).collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all.into_iter()
+        .filter_map(|p| {
+            conn.prepare(&p.text).err().map(|e| Problem::Procedure {
+                name: p.name.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// What the doctor found in a config and each of its databases.
 #[derive(Debug, Clone)]
 pub struct ConfigReport {
@@ -339,6 +373,13 @@ pub fn check_config(path: &Path) -> ConfigReport {
                 .is_some_and(DatabaseIdentity::is_demo_or_deidentified)
         {
             db_report.problems.push(Problem::DemoOnProduction);
+        }
+        if db_report.is_ok() {
+            // `load` already checked every procedure's text with the Cloud's
+            // analyser; here each one must also prepare against this database.
+            if let Ok(procedures) = config.procedures_for(db) {
+                db_report.problems.extend(check_procedures(db, &procedures));
+            }
         }
         report.databases.push(db_report);
     }
@@ -533,5 +574,47 @@ mod tests {
             production.databases[0].problems,
             vec![Problem::DemoOnProduction]
         );
+    }
+
+    #[test]
+    fn procedures_are_checked_at_load_and_prepared_against_each_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("demo.sqlite");
+        let spec = crate::demo::DemoPractice::new("XY9".parse().expect("crn"), "Demo");
+        crate::demo::generate(&path, &spec).expect("generate");
+        let write = |procedures: &str| {
+            let config = dir.path().join("link.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "cloud_url = \"ws://127.0.0.1:8080/link/ws\"\nenvironment = \"stage\"\n\
+                     token = \"lnk_abc\"\nstate_file = \"state.json\"\n{procedures}\n\
+                     [[databases]]\npath = \"demo.sqlite\"\n\
+                     [[databases.procedures]]\nname = \"Local\"\n\
+                     text = \"SELECT count(*) AS n FROM patients\"\n"
+                ),
+            )
+            .expect("write config");
+            check_config(&config)
+        };
+        let good = write(
+            "[[procedures]]\nname = \"GetPatient\"\n\
+             text = \"SELECT first_name FROM patients WHERE patient_id = @id\"",
+        );
+        assert!(good.is_ok(), "{good}");
+        // A text naming a column the database lacks: named, with SQLite's words.
+        let missing = write(
+            "[[procedures]]\nname = \"Broken\"\ntext = \"SELECT no_such_column FROM patients\"",
+        );
+        let problems = &missing.databases[0].problems;
+        assert!(
+            matches!(&problems[..], [Problem::Procedure { name, reason }]
+                if name == "Broken" && reason.contains("no_such_column")),
+            "{missing}"
+        );
+        // A text that is not one read or write: refused with the config.
+        let ddl = write("[[procedures]]\nname = \"Drop\"\ntext = \"DROP TABLE patients\"");
+        assert!(!ddl.is_ok());
+        assert!(ddl.to_string().contains("procedure \"Drop\""), "{ddl}");
     }
 }

@@ -41,6 +41,7 @@ mod error;
 mod executor;
 mod identity;
 pub mod metrics;
+mod procedure;
 mod state;
 
 pub use agent::{Agent, AgentHandle, ConnectionStatus, RefusedDatabase};
@@ -51,6 +52,7 @@ pub use executor::{
     execute_paged, execute_with,
 };
 pub use identity::DatabaseIdentity;
+pub use procedure::{Procedure, ProcedureConfig, Procedures};
 pub use state::{DatabaseState, LinkState};
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ fn marker_job(query_id: u64, halo_guid: HaloGuid) -> CloudToLink {
         catalogue: None,
         mode: ExecutionMode::Reader,
         command: "SELECT tenant FROM halo_marker".into(),
+        procedure: None,
         parameters: vec![],
         allowlist: Allowlist {
             tables: vec!["halo_marker".into()],

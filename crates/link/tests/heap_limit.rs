@@ -17,6 +17,7 @@ fn reader(sql: &str) -> QueryJob {
         catalogue: None,
         mode: ExecutionMode::Reader,
         command: sql.into(),
+        procedure: None,
         parameters: vec![],
         allowlist: Allowlist {
             tables: vec!["patients".into()],

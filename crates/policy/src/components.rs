@@ -334,6 +334,43 @@ fn normalise_name(name: &ObjectName) -> Result<Normalised, PolicyError> {
     })
 }
 
+/// Normalises the name of a procedure as grants, commands and the Link's
+/// configured procedures all name it: ASCII case folded, identifier quotes removed,
+/// `main.` and `dbo.` dropped (`[dbo].[GetPatient]` is `getpatient`).
+///
+/// # Errors
+/// [`PolicyError::InvalidName`] for anything but a one- or two-part name.
+pub fn normalise_procedure(name: &str) -> Result<String, PolicyError> {
+    normalise_object(name)
+}
+
+/// The components of a call of the named procedure (`command.type:
+/// storedProcedure`): that one procedure, of kind [`StatementKind::Call`], and
+/// nothing else: the Link runs the text it has configured under that name. SQL
+/// Server's escape hatches (`sp_executesql`, `xp_...`, `sys.` ...) are
+/// [`StatementKind::Other`], which no grant allows.
+///
+/// # Errors
+/// [`PolicyError::InvalidName`] when `name` is not a procedure name.
+pub fn procedure_components(name: &str) -> Result<Components, PolicyError> {
+    let object = normalise_object(name)?;
+    let mut kinds = StatementKind::Call.bit();
+    if FORBIDDEN_ROWSETS.contains(&object.as_str())
+        || DYNAMIC_SQL_PROCEDURES.contains(&object.as_str())
+        || object.starts_with("xp_")
+        || object.starts_with("sys.")
+    {
+        kinds |= StatementKind::Other.bit();
+    }
+    Ok(Components {
+        tables: Vec::new(),
+        procedures: vec![object],
+        catalogues: Vec::new(),
+        kinds,
+        statements: 1,
+    })
+}
+
 /// Normalises a table or procedure name given in a grant, exactly as names in
 /// commands are normalised (one- or two-part; a catalogue belongs in `catalogues`),
 /// read with the same SQLite dialect.

@@ -98,7 +98,7 @@ mod snapshot;
 pub use component_cache::{ComponentCache, MAX_CACHED_TEXT_BYTES};
 pub use components::{
     Components, MAX_CASE_NESTING, MAX_NESTING, MAX_TOKENS, SQLITE_FUNCTIONS, StatementKind,
-    extract_components,
+    extract_components, normalise_procedure, procedure_components,
 };
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, Request, SiteView, authenticate,

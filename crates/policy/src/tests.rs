@@ -1284,3 +1284,54 @@ fn batches_count_statements_and_union_their_kinds() {
     assert_eq!(c.tables().collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(c.procedures().collect::<Vec<_>>(), ["p"]);
 }
+
+/// A named procedure call (`type: storedProcedure`) is authorised as its one
+/// procedure component, named as grants name it; an ungranted one, SQL Server's
+/// dynamic-SQL procedures and a nonQuery call without write permission are denied.
+#[test]
+fn procedure_calls_are_authorised_by_their_name_alone() {
+    let policy = grants_with(&[]).compile();
+    let decide = |name: &str, mode: ExecutionMode| {
+        let components = procedure_components(name).unwrap();
+        let s = stage_site();
+        let req = Request {
+            key: STAGE_KEY,
+            halo_guid: s.halo_guid,
+            mode,
+            catalogue: None,
+            components: &components,
+            caller_ip: None,
+            now: Timestamp::from_millis(0),
+        };
+        evaluate(&policy, &req, Some(&s))
+    };
+    for granted in ["GetPatient", "[dbo].[getpatient]", "main.GETPATIENT"] {
+        let c = procedure_components(granted).unwrap();
+        assert_eq!(c.procedures().collect::<Vec<_>>(), ["getpatient"]);
+        assert_eq!(c.tables().count(), 0);
+        assert!(c.has(StatementKind::Call) && !c.writes());
+        assert!(
+            matches!(decide(granted, ExecutionMode::Reader), Decision::Allow(_)),
+            "{granted}"
+        );
+    }
+    check_deny(
+        decide("GetAppointments", ExecutionMode::Reader),
+        DenyCode::ComponentNotAuthorised,
+    );
+    check_deny(
+        decide("sp_executesql", ExecutionMode::Reader),
+        DenyCode::ComponentNotAuthorised,
+    );
+    check_deny(
+        decide("GetPatient", ExecutionMode::NonQuery),
+        DenyCode::WriteNotAuthorised,
+    );
+    assert_eq!(
+        normalise_procedure("[dbo].[GetPatient]").unwrap(),
+        "getpatient"
+    );
+    for bad in ["", "a.b.c", "GetPatient; DROP TABLE x", "1abc("] {
+        assert!(procedure_components(bad).is_err(), "{bad:?}");
+    }
+}

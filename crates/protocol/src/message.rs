@@ -193,8 +193,15 @@ pub struct QueryJob {
     pub catalogue: Option<String>,
     /// Execution mode; `nonQuery` writes only when [`Allowlist::allow_write`] is set.
     pub mode: ExecutionMode,
-    /// The SQL text.
+    /// The SQL text (empty when `procedure` is set).
     pub command: String,
+    /// The name of a procedure configured at the Link, to run instead of
+    /// `command` (`command.type: storedProcedure`); the Link refuses a name it has
+    /// not configured for this database, and one not in [`Allowlist::procedures`].
+    /// `command` is then empty, so a Link older than the field refuses the job as
+    /// holding no statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procedure: Option<String>,
     /// Parameters: a plain JSON value binds positionally (`?1`, `?2`, ...); an
     /// object `{"name": "@x", "value": v}` binds by name.
     #[serde(default)]

@@ -107,6 +107,7 @@ mod tests {
                 catalogue: Some("d4w".into()),
                 mode: ExecutionMode::Reader,
                 command: "select 1".into(),
+                procedure: None,
                 parameters: vec![serde_json::json!({"name": "@a", "value": "b"})],
                 allowlist: Allowlist {
                     tables: vec!["patients".into()],

@@ -44,6 +44,7 @@ fn job() -> CloudToLink {
         catalogue: None,
         mode: ExecutionMode::NonQuery,
         command: "update patients set x = ?1".into(),
+        procedure: None,
         parameters: vec![
             serde_json::json!(1),
             serde_json::json!({"name": "@a", "value": "b"}),
@@ -322,6 +323,7 @@ proptest! {
             catalogue: Some("d4w".into()),
             mode: ExecutionMode::Reader,
             command,
+            procedure: None,
             parameters: vec![],
             allowlist: Allowlist { tables, procedures: vec![], allow_write },
         });

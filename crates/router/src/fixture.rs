@@ -127,6 +127,7 @@ pub(crate) fn request(site: HaloGuid) -> RouteRequest<'static> {
             text: "SELECT * FROM Patients".into(),
             mode: ExecutionMode::Reader,
             parameters: None,
+            procedure: false,
         },
     }
 }

@@ -58,4 +58,7 @@ pub struct Command {
     pub mode: ExecutionMode,
     /// Parameters, opaque to the router (for example their JSON), forwarded verbatim.
     pub parameters: Option<String>,
+    /// `text` is the name of a procedure the Link has configured (`command.type:
+    /// storedProcedure`), not SQL: the Link runs the text it holds under that name.
+    pub procedure: bool,
 }

@@ -84,6 +84,7 @@
 //!     components: Arc::new(extract_components("SELECT * FROM Patients").expect("parses")),
 //!     command: Command {
 //!         text: "SELECT * FROM Patients".into(), mode: ExecutionMode::Reader, parameters: None,
+//!         procedure: false,
 //!     },
 //! }).expect("routed");
 //! let job = session.try_next_job().expect("attached").expect("queued");

@@ -268,6 +268,7 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                             text: "SELECT * FROM Patients".into(),
                             mode: ExecutionMode::Reader,
                             parameters: None,
+                            procedure: false,
                         },
                     };
                     match router.route(request) {

@@ -590,6 +590,7 @@ fn database_attached(
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
+        created: now,
         branch_crns: details.branch_crns,
         practice_name: details.practice_name,
         profile: reg
@@ -775,6 +776,7 @@ fn reinstalled(
         authoritative: false,
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
+        created: now,
         branch_crns: prev.branch_crns.clone(),
         practice_name: prev.practice_name.clone(),
         profile: Arc::clone(&prev.profile),

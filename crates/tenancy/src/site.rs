@@ -60,6 +60,10 @@ pub struct Site {
     pub(crate) authoritative: bool,
     pub(crate) epoch: Epoch,
     pub(crate) last_heard: Timestamp,
+    /// When the site was first registered (the `now` of its attach or reinstall);
+    /// [`Timestamp::UNIX_EPOCH`] when unknown (restored from a snapshot written
+    /// before the field existed).
+    pub(crate) created: Timestamp,
     pub(crate) branch_crns: Box<[Crn]>,
     /// Inline up to 24 bytes (most practice names), so no heap block per site.
     pub(crate) practice_name: CompactString,
@@ -169,6 +173,13 @@ impl Site {
     /// When it was last heard from (attach, ready, or a heartbeat of its Link).
     pub fn last_heard(&self) -> Timestamp {
         self.last_heard
+    }
+
+    /// When it was first registered (attached, or created by a reinstall), by the
+    /// `now` that event was applied with; `None` for a site restored from a
+    /// snapshot written before this was recorded.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        (self.created != Timestamp::UNIX_EPOCH).then_some(self.created)
     }
 
     /// Whether queries may be routed to it: active and authoritative.

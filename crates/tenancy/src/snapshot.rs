@@ -107,6 +107,10 @@ struct SiteRecord {
     auth: bool,
     epoch: Epoch,
     heard: Timestamp,
+    /// When the site was first registered; absent in snapshots written before it
+    /// was recorded (and then unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<Timestamp>,
     #[serde(
         default,
         rename = "branches",
@@ -232,6 +236,7 @@ impl Registry {
                 auth: s.authoritative,
                 epoch: s.epoch,
                 heard: s.last_heard,
+                created: s.created_at(),
                 branch_crns: s.branch_crns.clone(),
                 name: s.practice_name.clone(),
                 ver: lookup(
@@ -399,6 +404,7 @@ impl Registry {
                 authoritative: s.auth,
                 epoch: s.epoch,
                 last_heard: s.heard,
+                created: s.created.unwrap_or(Timestamp::UNIX_EPOCH),
                 branch_crns: s.branch_crns,
                 practice_name: s.name,
                 profile,

@@ -161,6 +161,7 @@ impl Fixture {
                 text: String::new(),
                 mode: ExecutionMode::Reader,
                 parameters: None,
+                procedure: false,
             },
         }
     }

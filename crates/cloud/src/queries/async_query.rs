@@ -168,6 +168,7 @@ fn route_request<'a>(
             } else {
                 Some(Value::Array(command.parameters.clone()).to_string())
             },
+            procedure: false,
         },
     }
 }

@@ -44,6 +44,7 @@ fn job(mode: ExecutionMode, sql: &str, tables: &[&str]) -> QueryJob {
         catalogue: None,
         mode,
         command: sql.into(),
+        procedure: None,
         parameters: vec![],
         allowlist: Allowlist {
             tables: tables.iter().map(|t| (*t).to_owned()).collect(),
@@ -1003,4 +1004,88 @@ fn the_differential_generator_reaches_accepted_commands() {
         }
     }
     assert!(accepted > 50 && ran > 25, "{accepted} accepted, {ran} ran");
+}
+
+/// A job naming a procedure: runs the configured text with its parameters, under
+/// the procedure's own tables; refused when the name is unknown (SQLite's "no such"
+/// class, code 1), not in the allowlist, or sent with SQL text beside it; a writing
+/// procedure writes only as an authorised `nonQuery`.
+#[test]
+fn procedures_run_by_name_under_their_own_tables() {
+    let f = fixture();
+    let procedures = crate::Procedures::for_database(
+        &[
+            crate::ProcedureConfig {
+                name: "NoteBody".into(),
+                text: "SELECT body FROM notes WHERE id = @id".into(),
+                database: None,
+            },
+            crate::ProcedureConfig {
+                name: "Touch".into(),
+                text: "UPDATE notes SET body = body WHERE id <= ?1".into(),
+                database: None,
+            },
+        ],
+        f.db.path(),
+    )
+    .unwrap();
+    let db = Database::open(f.db.path(), HaloGuid::from_u128(7).unwrap(), Epoch::ZERO)
+        .unwrap()
+        .with_procedures(procedures);
+    let call = |mode: ExecutionMode, name: &str, granted: &[&str], params| {
+        let mut j = job(mode, "", &[]);
+        j.procedure = Some(name.into());
+        j.allowlist.procedures = granted.iter().map(|p| (*p).to_owned()).collect();
+        j.allowlist.allow_write = mode == ExecutionMode::NonQuery;
+        j.parameters = params;
+        j
+    };
+    // No table in the job's allowlist: the procedure's own `notes` is allowed.
+    let out = execute(
+        &db,
+        &call(
+            ExecutionMode::Reader,
+            "[dbo].[notebody]",
+            &["notebody"],
+            vec![json!({"name": "@id", "value": 2})],
+        ),
+    )
+    .unwrap();
+    assert_eq!(rows(&out), json!([{"body": "two"}]));
+    let unknown =
+        execute(&db, &call(ExecutionMode::Reader, "Nope", &["nope"], vec![])).unwrap_err();
+    assert_eq!(unknown.kind, QueryErrorKind::Database);
+    assert_eq!(unknown.code, Some(1));
+    assert!(unknown.message.contains("no such procedure"), "{unknown:?}");
+    // Configured, but not authorised for this job.
+    assert_eq!(
+        kind(execute(
+            &db,
+            &call(ExecutionMode::Reader, "NoteBody", &["touch"], vec![])
+        )),
+        QueryErrorKind::Denied
+    );
+    // SQL text beside a procedure name is never run.
+    let mut both = call(ExecutionMode::Reader, "NoteBody", &["notebody"], vec![]);
+    both.command = "SELECT * FROM patients".into();
+    assert_eq!(kind(execute(&db, &both)), QueryErrorKind::Denied);
+    // Writing: only as nonQuery with write permission.
+    assert_eq!(
+        kind(execute(
+            &db,
+            &call(ExecutionMode::Reader, "Touch", &["touch"], vec![json!(2)])
+        )),
+        QueryErrorKind::Denied
+    );
+    let out = execute(
+        &db,
+        &call(ExecutionMode::NonQuery, "Touch", &["touch"], vec![json!(2)]),
+    )
+    .unwrap();
+    assert_eq!(out.rows, 2);
+    // A text job still gets only its own allowlist.
+    assert_eq!(
+        kind(execute(&db, &reader("SELECT body FROM notes", &[]))),
+        QueryErrorKind::Denied
+    );
 }

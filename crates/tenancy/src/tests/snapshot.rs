@@ -118,9 +118,17 @@ fn frozen_v1_fixture_still_loads_and_equals_the_replayed_scenario() {
     let fx = rich();
     fx.check_replay();
     let loaded = Registry::from_snapshot(snapshot).unwrap();
-    assert_eq!(loaded, fx.reg);
-    // The writer still writes format v1 exactly (a change needs a new version).
-    let written = serde_json::to_value(fx.reg.to_snapshot()).unwrap();
+    // The fixture predates the sites' creation times (the one field added to v1
+    // since, optional): it loads with them unknown, and equals the scenario but for
+    // them.
+    assert!(loaded.sites().all(|s| s.created_at().is_none()));
+    let mut written = serde_json::to_value(fx.reg.to_snapshot()).unwrap();
+    let created = without_created(&mut written);
+    assert_eq!(created, fx.reg.sites().count(), "every site has its time");
+    let expected = Registry::from_snapshot(serde_json::from_value(written.clone()).unwrap());
+    assert_eq!(loaded, expected.unwrap());
+    // The writer still writes format v1 exactly, plus `created` (a change needs a
+    // new version).
     let frozen: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
     assert_eq!(written, frozen);
     // What the scenario set up survives: vacancy, promotion record, demo, successor.
@@ -146,6 +154,45 @@ fn frozen_v1_fixture_still_loads_and_equals_the_replayed_scenario() {
         loaded.link(l(1)).unwrap().sites(),
         &[h(1), h(4), h(5), h(6)]
     );
+}
+
+/// Removes every site's `created` from a snapshot's JSON; answers how many.
+fn without_created(json: &mut serde_json::Value) -> usize {
+    json["sites"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .filter_map(|site| site.as_object_mut().unwrap().remove("created"))
+        .count()
+}
+
+/// A site's creation time is the `now` of its first registration: a re-announcement
+/// and readiness leave it, a reinstall's new site has its own, and it survives a
+/// snapshot and a replay of the log.
+#[test]
+fn a_sites_creation_time_is_its_first_registration_and_is_kept() {
+    let fx = rich();
+    let first = fx.reg.site(h(1)).unwrap().created_at().unwrap();
+    assert!(
+        first < fx.reg.site(h(1)).unwrap().last_heard(),
+        "ready came later"
+    );
+    // Reinstall: the new site was created when the reinstall was applied.
+    let old = fx.reg.site(h(5)).unwrap().created_at().unwrap();
+    let new = fx.reg.site(h(6)).unwrap().created_at().unwrap();
+    assert!(old < new);
+    // A re-announcement later does not move it.
+    let mut fx = fx;
+    fx.attach(1, 1, identity("AB1", &["BR1", "BR2"])).unwrap();
+    assert_eq!(fx.reg.site(h(1)).unwrap().created_at(), Some(first));
+    assert!(fx.reg.site(h(1)).unwrap().last_heard() > first);
+    // Kept through a snapshot (JSON) and through a replay from the log.
+    let restored = through_json(&fx.reg);
+    assert_eq!(restored.site(h(1)).unwrap().created_at(), Some(first));
+    assert_eq!(restored.site(h(6)).unwrap().created_at(), Some(new));
+    fx.check_replay();
+    let json = serde_json::to_value(fx.reg.to_snapshot()).unwrap();
+    assert_eq!(json["sites"][0]["created"], serde_json::json!(first));
 }
 
 /// Applies `damage` to the JSON of the rich snapshot and loads it.
