@@ -16,7 +16,9 @@
 //! - module `damage` (no feature): page-level damage to a SQLite file, for the
 //!   damaged-storage tests of `halo-store` and `halo-cloud`;
 //! - module `machine` (no feature): load average, thread CPU time and resident set,
-//!   which the benches report beside their wall times.
+//!   which the benches report beside their wall times;
+//! - module `postgres_server` (no feature): a throw-away PostgreSQL server
+//!   (`initdb` on a temp dir, a free loopback port) for the cluster tests.
 //!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.
@@ -25,6 +27,7 @@ pub mod damage;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
 pub mod machine;
+pub mod postgres_server;
 #[cfg(feature = "million")]
 pub mod million;
 #[cfg(feature = "routing")]
