@@ -655,6 +655,12 @@ impl Writer {
         let mut backoff = std::time::Duration::from_millis(50);
         loop {
             let base = self.log_end;
+            if batch.records.is_empty() {
+                // Only refusals (or nothing): no append, so nothing learnt about the
+                // store either.
+                self.publish(batch, base);
+                return;
+            }
             match self.append_shared(&batch.records, base) {
                 Ok(()) => {
                     self.set_available(true);

@@ -219,7 +219,10 @@ impl PgServer {
 
     /// Thaws what [`pause`](Self::pause) froze.
     pub fn resume(&mut self) {
-        let pids = std::mem::take(&mut self.paused);
+        let mut pids = std::mem::take(&mut self.paused);
+        // `runuser` stops itself when its child stops (as `su` does) and would
+        // otherwise never reap the server.
+        pids.extend(self.child.as_ref().map(Child::id));
         Self::signal(&pids, "-CONT");
     }
 
