@@ -182,11 +182,7 @@ pub async fn fail_closed(State(app): State<AppState>, request: Request, next: Ne
 
 /// The follower: waits for a notification or the poll interval, then asks the
 /// writer to catch up; until `stop` is set.
-pub(crate) fn follow(
-    config: &ClusterConfig,
-    stop: &Arc<AtomicBool>,
-    mut wake: impl FnMut(),
-) {
+pub(crate) fn follow(config: &ClusterConfig, stop: &Arc<AtomicBool>, mut wake: impl FnMut()) {
     let mut listener = match halo_store::PgListener::new(config.pg_options()) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -217,7 +213,10 @@ mod tests {
     #[test]
     fn only_changes_are_refused_while_the_store_is_lost() {
         assert!(changes_state(&Method::POST, "/admin/sites/x/promote"));
-        assert!(changes_state(&Method::PUT, "/admin/integrators/a/components"));
+        assert!(changes_state(
+            &Method::PUT,
+            "/admin/integrators/a/components"
+        ));
         assert!(changes_state(&Method::GET, "/link/ws"));
         assert!(changes_state(&Method::POST, "/integrator/pair-site"));
         assert!(!changes_state(&Method::GET, "/admin/sites/x"));

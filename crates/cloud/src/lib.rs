@@ -33,8 +33,8 @@ pub use app::{
     App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_cluster,
     build_with, routes, start, start_cluster, start_with,
 };
-pub use cluster::ClusterConfig;
 pub use clock::now;
+pub use cluster::ClusterConfig;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;
 pub use extract::KEY_HEADER;

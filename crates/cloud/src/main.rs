@@ -41,7 +41,12 @@ enum Command {
         /// Where the Cloud's state lives: `sqlite` (the default: one file in
         /// --data-dir) or `postgres://user@host:port/db` to run as one node of a
         /// cluster sharing that database (see the README, "Running a cluster").
-        #[arg(long, default_value = "sqlite", env = "HALO_STORE", hide_env_values = true)]
+        #[arg(
+            long,
+            default_value = "sqlite",
+            env = "HALO_STORE",
+            hide_env_values = true
+        )]
         store: String,
         /// This node's name in a cluster (logs, metrics). Defaults to the listen address.
         #[arg(long, env = "HALO_NODE_ID")]
@@ -265,13 +270,22 @@ mod tests {
     #[test]
     fn store_defaults_to_sqlite_and_accepts_only_postgres_urls() {
         let listen: SocketAddr = "127.0.0.1:8080".parse().expect("address");
-        assert!(cluster_config("sqlite", None, None, listen).unwrap().is_none());
+        assert!(
+            cluster_config("sqlite", None, None, listen)
+                .unwrap()
+                .is_none()
+        );
         assert!(cluster_config("mysql://x", None, None, listen).is_err());
         assert!(cluster_config("sqlite", Some("a".into()), None, listen).is_err());
         let peer: SocketAddr = "10.0.0.2:9000".parse().expect("address");
-        let cluster = cluster_config("postgres://halo@db/halo", Some("n1".into()), Some(peer), listen)
-            .unwrap()
-            .expect("cluster");
+        let cluster = cluster_config(
+            "postgres://halo@db/halo",
+            Some("n1".into()),
+            Some(peer),
+            listen,
+        )
+        .unwrap()
+        .expect("cluster");
         assert_eq!(cluster.node_id, "n1");
         assert_eq!(cluster.peer_addr, Some(peer));
         let cli = Cli::try_parse_from(["halo-cloud", "serve", "--admin-token", "0123456789abcdef"])

@@ -1377,9 +1377,7 @@ fn open_store(
         snapshot_every: 0,
         keep_snapshots: 2,
     };
-    let open = |dir: &Path| {
-        Store::with_log(AnyLog::Sqlite(SqliteLog::open(dir)?), config)
-    };
+    let open = |dir: &Path| Store::with_log(AnyLog::Sqlite(SqliteLog::open(dir)?), config);
     let (mut store, recovered) = match open(dir) {
         Ok(opened) => opened,
         Err(StoreError::StorageDamaged { path, reason }) if !accept_damaged_log => {

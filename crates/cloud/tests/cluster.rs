@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use halo_cloud::state::{CloudState, StateConfig};
-use halo_cloud::{ClusterConfig, CloudConfig, HttpLimits, Record, app};
+use halo_cloud::{CloudConfig, ClusterConfig, HttpLimits, Record, app};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, PolicyEvent};
 use halo_router::{Router, RouterConfig};
@@ -156,7 +156,7 @@ fn check_authority(server: &PgServer) -> usize {
             assert!(*n <= 1, "after record {seq}, group {key:?} has {n} holders");
         }
         for (key, group) in registry.groups() {
-            let before = epochs.insert(key.clone(), group.epoch());
+            let before = epochs.insert(*key, group.epoch());
             if let Some(before) = before {
                 assert!(
                     group.epoch() >= before,
@@ -175,7 +175,10 @@ fn the_pg_log_migrates_once_and_appends_only_at_the_position_decided_on() {
     let mut a = PgLog::open(PgOptions::new(server.url())).unwrap();
     let mut b = PgLog::open(PgOptions::new(server.url())).unwrap();
     assert_eq!(a.schema_version().unwrap(), halo_store::PG_SCHEMA_VERSION);
-    assert_eq!(a.append_at(Seq::ZERO, &[b"one", b"two"]).unwrap(), Seq::new(2));
+    assert_eq!(
+        a.append_at(Seq::ZERO, &[b"one", b"two"]).unwrap(),
+        Seq::new(2)
+    );
     // B decided on the empty log: refused, nothing written.
     match b.append_at(Seq::ZERO, &[b"other"]) {
         Err(StoreError::ConcurrentWriter { expected, found }) => {
@@ -222,18 +225,27 @@ fn a_change_made_on_one_node_is_followed_by_the_others() {
     let server = PgServer::start();
     let a = node(&server, "a");
     let b = node(&server, "b");
+    let c = node(&server, "c");
     for r in a.apply_tenancy(site_events(7, 5), NOW).wait() {
         r.unwrap();
     }
     a.apply_policy(grant(1), NOW).wait().unwrap();
-    eventually("node b follows node a", || {
-        b.registry().site_count() == 10 && state_of(&b) == state_of(&a)
+    eventually("nodes b and c follow node a", || {
+        b.registry().site_count() == 10
+            && state_of(&b) == state_of(&a)
+            && state_of(&c) == state_of(&a)
     });
+    // Routing follows too: the followers' routers know every site.
+    for site in a.registry().sites() {
+        assert!(c.router().resolve(site.halo_guid()).is_some());
+    }
     // The router follows too, not only the registry.
     assert_eq!(b.policy().integrator_count(), 1);
     // And back: a change on b reaches a.
     b.apply_policy(grant(2), NOW).wait().unwrap();
-    eventually("node a follows node b", || state_of(&a) == state_of(&b));
+    eventually("nodes a and c follow node b", || {
+        state_of(&a) == state_of(&b) && state_of(&c) == state_of(&b)
+    });
     assert!(b.cluster().unwrap().available());
     assert!(a.cluster().unwrap().followed() > 0);
 }
@@ -391,7 +403,10 @@ async fn a_node_that_loses_the_database_fails_closed_and_recovers() {
     let queued = app.state.apply_policy(grant(0), NOW);
     let queued = tokio::spawn(queued);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!queued.is_finished(), "a change was acknowledged without the database");
+    assert!(
+        !queued.is_finished(),
+        "a change was acknowledged without the database"
+    );
 
     server.resume();
     eventually_async("the node recovers by itself", || health.available()).await;

@@ -40,7 +40,7 @@ impl AnyLog {
         Ok(match self {
             AnyLog::Sqlite(log) => SnapshotSink::Sqlite(log.snapshot_writer()?),
             #[cfg(feature = "postgres")]
-            AnyLog::Postgres(log) => SnapshotSink::Postgres(Box::new(log.reopen()?)),
+            AnyLog::Postgres(log) => SnapshotSink::Postgres(log.reopen()?),
         })
     }
 }
@@ -53,7 +53,7 @@ pub enum SnapshotSink {
     Sqlite(SnapshotWriter),
     /// A second PostgreSQL connection.
     #[cfg(feature = "postgres")]
-    Postgres(Box<crate::PgLog>),
+    Postgres(crate::PgLog),
 }
 
 impl SnapshotSink {

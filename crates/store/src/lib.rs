@@ -69,11 +69,11 @@ pub use any::{AnyLog, SnapshotSink};
 pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+#[cfg(feature = "postgres")]
+pub use postgres::{NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgListener, PgLog, PgOptions};
 pub use salvage::{
     InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,
 };
-#[cfg(feature = "postgres")]
-pub use postgres::{NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgListener, PgLog, PgOptions};
 pub use seq::Seq;
 pub use sqlite::{Durability, FORMAT_VERSION, SnapshotWriter, SqliteLog};
 pub use store::{Recovered, RecoveryReport, StateWriter, Store, StoreConfig};

@@ -503,10 +503,7 @@ impl EventLog for PgLog {
             c.query("SELECT upto FROM halo_snapshot ORDER BY upto DESC", &[])
                 .await
         })?;
-        Ok(rows
-            .iter()
-            .map(|r| from_i64(r.get::<_, i64>(0)))
-            .collect())
+        Ok(rows.iter().map(|r| from_i64(r.get::<_, i64>(0))).collect())
     }
 
     fn read_snapshot(&self, upto: Seq) -> Result<SnapshotRead, StoreError> {
@@ -673,7 +670,11 @@ async fn listen(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let AsyncMessage::Notification(n) = message {
-                let seq = n.payload().parse::<u64>().map(Seq::new).unwrap_or(Seq::ZERO);
+                let seq = n
+                    .payload()
+                    .parse::<u64>()
+                    .map(Seq::new)
+                    .unwrap_or(Seq::ZERO);
                 if tx.send(seq).is_err() {
                     break;
                 }

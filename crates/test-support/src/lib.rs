@@ -27,8 +27,8 @@ pub mod damage;
 #[cfg(feature = "fuzz")]
 pub mod fuzz_checks;
 pub mod machine;
-pub mod postgres_server;
 #[cfg(feature = "million")]
 pub mod million;
+pub mod postgres_server;
 #[cfg(feature = "routing")]
 pub mod routing_harness;
