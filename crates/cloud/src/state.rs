@@ -813,9 +813,9 @@ impl Writer {
         if self.snapshotting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let _ = store;
-        // The state is as of `log_end`; in a cluster the log may already be longer.
-        let upto = Seq::new(self.log_end);
+        // Called right after an append, before `log_end` moves: the private state
+        // is as of the end of that append (in a cluster too: `append_at` just set it).
+        let upto = store.last_seq();
         let snapshot = self.snapshot_form();
         let background = Arc::clone(background);
         let busy = Arc::clone(&self.snapshotting);

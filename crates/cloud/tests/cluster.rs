@@ -47,8 +47,15 @@ fn state_config() -> StateConfig {
 }
 
 fn node(server: &PgServer, name: &str) -> CloudState {
+    node_with(server, name, 0)
+}
+
+fn node_with(server: &PgServer, name: &str, snapshot_every: u64) -> CloudState {
     CloudState::open_cluster(
-        &state_config(),
+        &StateConfig {
+            snapshot_every,
+            ..state_config()
+        },
         &cluster(server, name),
         Arc::new(Router::new(RouterConfig::standard())),
     )
@@ -328,6 +335,27 @@ fn a_fresh_node_starts_from_the_snapshot_and_the_tail() {
     assert_eq!(report.events_replayed, 8, "{report}");
     assert_eq!(state_of(&c), state_of(&a));
     assert_eq!(c.audit().len(), a.audit().len());
+}
+
+#[test]
+fn snapshots_taken_while_appending_start_a_fresh_node_at_the_right_place() {
+    let server = PgServer::start();
+    // Snapshots in the background every few records, labelled with the position
+    // of the append that triggered them: a wrong label would replay records twice.
+    let a = node_with(&server, "a", 3);
+    for r in a.apply_tenancy(site_events(7, 2), NOW).wait() {
+        r.unwrap();
+    }
+    for i in 0..30 {
+        a.apply_policy(grant(i), NOW).wait().unwrap();
+    }
+    eventually("a background snapshot is stored", || {
+        let log = PgLog::open(PgOptions::new(server.url())).unwrap();
+        !log.snapshot_seqs().unwrap().is_empty()
+    });
+    let fresh = node(&server, "fresh");
+    assert!(fresh.recovery().unwrap().snapshot_seq.is_some());
+    assert_eq!(state_of(&fresh), state_of(&a));
 }
 
 fn cloud_config() -> CloudConfig {
