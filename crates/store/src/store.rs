@@ -129,7 +129,7 @@ where
 
     /// A typed snapshot writer with its own connection, to move to another thread
     /// so that a large snapshot does not hold up appends (see
-    /// [`SnapshotWriter`]). Tell this store afterwards with
+    /// [`SnapshotWriter`](crate::SnapshotWriter)). Tell this store afterwards with
     /// [`Store::snapshot_written`].
     ///
     /// # Errors
