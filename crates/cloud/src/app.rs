@@ -312,6 +312,11 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/metrics", get(metrics::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // A cluster node that lost its store refuses changes (503, Retry-After).
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::cluster::fail_closed,
+        ))
         // Counts integrator requests and samples denials into the audit trail.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -372,17 +377,32 @@ pub fn build_with(
     config: &CloudConfig,
     jobs: crate::queries::JobsConfig,
 ) -> Result<AppState, StartError> {
+    build_cluster(config, jobs, None)
+}
+
+/// [`build_with`] for one node of a cluster when `cluster` is given: the state
+/// lives in PostgreSQL (see [`crate::cluster`]); `config.data_dir` still holds
+/// this node's own async-query store.
+///
+/// # Errors
+/// [`StartError::State`] or [`StartError::Jobs`] when recovery fails.
+pub fn build_cluster(
+    config: &CloudConfig,
+    jobs: crate::queries::JobsConfig,
+    cluster: Option<&crate::cluster::ClusterConfig>,
+) -> Result<AppState, StartError> {
     let jobs = crate::queries::Jobs::open(config.data_dir.as_deref(), jobs)?;
     let router = Arc::new(Router::new(config.router.clone()));
-    let state = CloudState::open(
-        &StateConfig {
-            data_dir: config.data_dir.clone(),
-            snapshot_every: config.snapshot_every,
-            availability: config.availability,
-            accept_damaged_log: config.accept_damaged_log,
-        },
-        Arc::clone(&router),
-    )?;
+    let state_config = StateConfig {
+        data_dir: config.data_dir.clone(),
+        snapshot_every: config.snapshot_every,
+        availability: config.availability,
+        accept_damaged_log: config.accept_damaged_log,
+    };
+    let state = match cluster {
+        Some(cluster) => CloudState::open_cluster(&state_config, cluster, Arc::clone(&router))?,
+        None => CloudState::open(&state_config, Arc::clone(&router))?,
+    };
     let metrics = metrics::CloudMetrics::new(router, Arc::clone(state.metrics()));
     Ok(Arc::new(App {
         state,
@@ -441,6 +461,19 @@ pub async fn start_with(
     config: CloudConfig,
     jobs: crate::queries::JobsConfig,
 ) -> Result<RunningCloud, StartError> {
+    start_cluster(config, jobs, None).await
+}
+
+/// [`start_with`] for one node of a cluster when `cluster` is given (see
+/// [`build_cluster`]).
+///
+/// # Errors
+/// [`StartError`] when recovery or binding fails.
+pub async fn start_cluster(
+    config: CloudConfig,
+    jobs: crate::queries::JobsConfig,
+    cluster: Option<crate::cluster::ClusterConfig>,
+) -> Result<RunningCloud, StartError> {
     // Listening before recovery: Links reconnecting after a restart wait in the
     // listen backlog (or have their SYN retried by TCP) until the Cloud accepts,
     // instead of being refused and backing off for up to 30 s each.
@@ -450,7 +483,7 @@ pub async fn start_with(
             addr: config.listen,
             source,
         })?;
-    let app = build_with(&config, jobs)?;
+    let app = build_cluster(&config, jobs, cluster.as_ref())?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,

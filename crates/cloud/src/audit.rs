@@ -652,13 +652,24 @@ impl AuditTrail {
     /// Rebuilds the trail from a whole log, oldest first: audit records as they are,
     /// and, for events no audit record covers (logs from before the trail), the
     /// entries derived from the events themselves.
-    pub(crate) fn rebuild(
-        log: &halo_store::SqliteLog,
+    pub(crate) fn rebuild<L: halo_store::EventLog>(
+        log: &L,
     ) -> Result<AuditTrail, halo_store::StoreError> {
-        use halo_store::EventLog as _;
+        Self::rebuild_upto(log, halo_store::Seq::new(u64::MAX))
+    }
+
+    /// [`AuditTrail::rebuild`] from the records up to and including `upto` only
+    /// (a shared log may have grown past the state being recovered).
+    pub(crate) fn rebuild_upto<L: halo_store::EventLog>(
+        log: &L,
+        upto: halo_store::Seq,
+    ) -> Result<AuditTrail, halo_store::StoreError> {
         let mut trail = AuditTrail::default();
         let mut covered = false;
         log.read_from(halo_store::Seq::ZERO, &mut |seq, bytes| {
+            if seq > upto {
+                return Ok(());
+            }
             // Heartbeats and site registrations are most of a log and never audited:
             // skip them without decoding.
             if bytes.starts_with(br#"{"kind":"tenancy""#) && !contains(bytes, b"\"Promoted\"") {

@@ -12,6 +12,7 @@ pub mod admin_audit;
 pub mod app;
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod console;
 pub mod dto;
 pub mod error;
@@ -29,10 +30,11 @@ pub mod status;
 pub mod webhooks;
 
 pub use app::{
-    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_with, routes,
-    start, start_with,
+    App, AppState, CloudConfig, HttpLimits, RunningCloud, StartError, build, build_cluster,
+    build_with, routes, start, start_cluster, start_with,
 };
 pub use clock::now;
+pub use cluster::ClusterConfig;
 pub use dto::{ImmediateQueryDto, QueryDto, SiteDto, SitesDto};
 pub use error::ApiError;
 pub use extract::KEY_HEADER;

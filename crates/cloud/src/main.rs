@@ -38,6 +38,23 @@ enum Command {
         /// Directory of the durable state (event log and snapshots).
         #[arg(long, default_value = "./halo-data", env = "HALO_DATA_DIR")]
         data_dir: PathBuf,
+        /// Where the Cloud's state lives: `sqlite` (the default: one file in
+        /// --data-dir) or `postgres://user@host:port/db` to run as one node of a
+        /// cluster sharing that database (see the README, "Running a cluster").
+        #[arg(
+            long,
+            default_value = "sqlite",
+            env = "HALO_STORE",
+            hide_env_values = true
+        )]
+        store: String,
+        /// This node's name in a cluster (logs, metrics). Defaults to the listen address.
+        #[arg(long, env = "HALO_NODE_ID")]
+        node_id: Option<String>,
+        /// The address other nodes reach this one on (recorded; node-to-node
+        /// forwarding is not built yet).
+        #[arg(long, env = "HALO_PEER_ADDR")]
+        peer_addr: Option<SocketAddr>,
         /// Bearer token of the admin API.
         #[arg(long, env = "HALO_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: String,
@@ -122,6 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             data_dir,
+            store,
+            node_id,
+            peer_addr,
             admin_token,
             snapshot_every,
             accept_damaged_log,
@@ -151,7 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 webhook_attempts: webhook_attempts.max(1),
                 ..halo_cloud::JobsConfig::default()
             };
-            let cloud = halo_cloud::start_with(
+            let cluster = cluster_config(&store, node_id, peer_addr, listen)?;
+            let cloud = halo_cloud::start_cluster(
                 CloudConfig {
                     listen,
                     data_dir: Some(data_dir.clone()),
@@ -171,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 },
                 jobs,
+                cluster,
             )
             .await
             .with_context(|| format!("starting the cloud with data in {}", data_dir.display()))?;
@@ -183,6 +205,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cluster settings `--store` asks for: `None` for the embedded SQLite store.
+fn cluster_config(
+    store: &str,
+    node_id: Option<String>,
+    peer_addr: Option<SocketAddr>,
+    listen: SocketAddr,
+) -> anyhow::Result<Option<halo_cloud::ClusterConfig>> {
+    if store == "sqlite" {
+        anyhow::ensure!(
+            node_id.is_none() && peer_addr.is_none(),
+            "--node-id and --peer-addr are for a cluster (--store postgres://...)"
+        );
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        store.starts_with("postgres://") || store.starts_with("postgresql://"),
+        "--store must be `sqlite` or a postgres:// URL"
+    );
+    let mut cluster =
+        halo_cloud::ClusterConfig::new(store, node_id.unwrap_or_else(|| listen.to_string()));
+    cluster.peer_addr = peer_addr;
+    tracing::info!(node = %cluster.node_id, peer_addr = ?cluster.peer_addr, "running as a cluster node on PostgreSQL");
+    Ok(Some(cluster))
 }
 
 /// Raises the soft limit on open files to the hard limit (each Link session and
@@ -251,6 +298,33 @@ mod tests {
             ]);
             assert_eq!(parsed.is_ok(), ok, "--link-heartbeat {value}");
         }
+    }
+
+    #[test]
+    fn store_defaults_to_sqlite_and_accepts_only_postgres_urls() {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("address");
+        assert!(
+            cluster_config("sqlite", None, None, listen)
+                .unwrap()
+                .is_none()
+        );
+        assert!(cluster_config("mysql://x", None, None, listen).is_err());
+        assert!(cluster_config("sqlite", Some("a".into()), None, listen).is_err());
+        let peer: SocketAddr = "10.0.0.2:9000".parse().expect("address");
+        let cluster = cluster_config(
+            "postgres://halo@db/halo",
+            Some("n1".into()),
+            Some(peer),
+            listen,
+        )
+        .unwrap()
+        .expect("cluster");
+        assert_eq!(cluster.node_id, "n1");
+        assert_eq!(cluster.peer_addr, Some(peer));
+        let cli = Cli::try_parse_from(["halo-cloud", "serve", "--admin-token", "0123456789abcdef"])
+            .expect("parses");
+        let Command::Serve { store, .. } = cli.command;
+        assert_eq!(store, "sqlite");
     }
 
     #[test]

@@ -57,7 +57,10 @@ use halo_ids::{LinkGuid, Timestamp};
 use halo_policy::GrantsSnapshot;
 use halo_policy::{Grants, KeyHash, Policy, PolicyError, PolicyEvent};
 use halo_router::Router;
-use halo_store::{RecoveryReport, StateWriter, Store, StoreConfig, StoreError};
+use halo_store::{
+    AnyLog, EventLog as _, RecoveryReport, Seq, SqliteLog, StateWriter, Store, StoreConfig,
+    StoreError,
+};
 use halo_tenancy::{
     Availability, AvailabilityConfig, Change, Event, LogEntry, Registry, RegistrySnapshot, Site,
     TenancyError,
@@ -67,6 +70,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditEntry, AuditTrail, Note};
+use crate::cluster::{ClusterConfig, ClusterHealth};
 use crate::metrics::StateMetrics;
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 use halo_credentials::{CredentialError, Credentials};
@@ -88,7 +92,7 @@ pub struct Snapshot {
     pub credentials: Credentials,
 }
 
-type CloudStore = Store<Record, Snapshot>;
+type CloudStore = Store<Record, Snapshot, AnyLog>;
 
 /// Settings of the Cloud's state.
 #[derive(Debug, Clone)]
@@ -202,6 +206,8 @@ enum Command {
     Capture {
         reply: Responder<Snapshot>,
     },
+    /// Apply what other nodes appended to the shared log (cluster mode).
+    CatchUp,
     /// Runs on the writer thread with the private state, after what came before is
     /// durable (tests compare the private state with the published one).
     #[cfg(test)]
@@ -272,6 +278,86 @@ struct Batch {
     policy: bool,
     credentials: bool,
     answers: Vec<Box<dyn FnOnce() + Send>>,
+    /// Cluster mode: each staged change again, to decide it anew after another
+    /// node appended first (see [`Writer::commit_shared`]).
+    retries: Vec<Retry>,
+}
+
+/// Makes a change's command again, answering the same caller.
+type Retry = Box<dyn FnMut() -> Command + Send>;
+
+/// A responder that several attempts share; the first answer wins, and only an
+/// attempt that became durable answers.
+fn shared<T: Send + 'static>(reply: Responder<T>) -> impl Fn() -> Responder<T> + Send {
+    let slot = Arc::new(Mutex::new(Some(reply)));
+    move || {
+        let slot = Arc::clone(&slot);
+        Box::new(move |answer| {
+            if let Some(reply) = slot.lock().take() {
+                reply(answer);
+            }
+        })
+    }
+}
+
+/// Splits a change into its first attempt and a way to make it again; control
+/// commands (snapshot, capture, catch-up) are never retried.
+fn retryable(command: Command) -> (Command, Option<Retry>) {
+    let mut retry: Retry = match command {
+        Command::Tenancy { events, now, reply } => {
+            let reply = shared(reply);
+            Box::new(move || Command::Tenancy {
+                events: events.clone(),
+                now,
+                reply: reply(),
+            })
+        }
+        Command::Policy {
+            event,
+            now,
+            note,
+            reply,
+        } => {
+            let reply = shared(reply);
+            Box::new(move || Command::Policy {
+                event: event.clone(),
+                now,
+                note: note.clone(),
+                reply: reply(),
+            })
+        }
+        Command::Credential {
+            event,
+            now,
+            note,
+            reply,
+        } => {
+            let reply = shared(reply);
+            Box::new(move || Command::Credential {
+                event: event.clone(),
+                now,
+                note: note.clone(),
+                reply: reply(),
+            })
+        }
+        Command::Audit { entry, now } => Box::new(move || Command::Audit {
+            entry: entry.clone(),
+            now,
+        }),
+        other => return (other, None),
+    };
+    (retry(), Some(retry))
+}
+
+/// The writer's part in a cluster: the durable grants to roll back to, and the
+/// node's health.
+struct SharedLog {
+    health: Arc<ClusterHealth>,
+    /// The grants as of the last durable record (the private ones may be ahead
+    /// while a batch is being decided).
+    durable_grants: Grants,
+    /// Set while a catch-up is queued, so the follower queues at most one.
+    catch_up_queued: Arc<AtomicBool>,
 }
 
 /// The private write side, owned by the writer thread.
@@ -298,6 +384,8 @@ struct Writer {
     hook: Option<AppendHook>,
     /// What the metrics endpoint reports about the log and snapshots.
     metrics: Arc<StateMetrics>,
+    /// Cluster mode: the log is shared with other nodes; `None` on SQLite.
+    cluster: Option<SharedLog>,
 }
 
 impl fmt::Debug for Writer {
@@ -318,7 +406,13 @@ impl Writer {
         while let Ok(first) = commands.recv() {
             let mut next = Some(first);
             while let Some(command) = next {
-                self.stage(command, &mut batch);
+                if self.cluster.is_some() {
+                    let (command, retry) = retryable(command);
+                    batch.retries.extend(retry);
+                    self.stage(command, &mut batch);
+                } else {
+                    self.stage(command, &mut batch);
+                }
                 next = if batch.records.len() < MAX_BATCH_RECORDS {
                     commands.try_recv().ok()
                 } else {
@@ -415,6 +509,19 @@ impl Writer {
                 self.commit(batch);
                 reply(self.snapshot_form());
             }
+            Command::CatchUp => {
+                self.commit(batch);
+                if let Some(cluster) = &self.cluster {
+                    cluster.catch_up_queued.store(false, Ordering::Release);
+                }
+                match self.catch_up() {
+                    Ok(()) => self.set_available(true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot follow the shared log");
+                        self.set_available(false);
+                    }
+                }
+            }
             #[cfg(test)]
             Command::Inspect(f) => {
                 self.commit(batch);
@@ -427,8 +534,18 @@ impl Writer {
     /// answers its commands in order.
     fn commit(&mut self, batch: &mut Batch) {
         let batch = std::mem::take(batch);
+        if self.cluster.is_some() {
+            self.commit_shared(batch);
+            return;
+        }
         let base = self.log_end;
         self.persist(&batch.records);
+        self.publish(batch, base);
+    }
+
+    /// Publishes a durable batch whose first record has sequence number
+    /// `base + 1`, then answers its commands in order.
+    fn publish(&mut self, batch: Batch, base: u64) {
         self.log_end = base + batch.records.len() as u64;
         self.publish_audit(base, &batch.records);
         if batch.tenancy {
@@ -451,6 +568,16 @@ impl Writer {
                 .store(Arc::new(self.credentials.clone()));
         }
         if batch.policy {
+            if let Some(cluster) = self.cluster.as_mut() {
+                for record in &batch.records {
+                    if let Record::Policy { event, .. } = record {
+                        if let Err(e) = cluster.durable_grants.apply(event) {
+                            tracing::error!(error = %e, "the durable grants refused a durable event; stopping");
+                            std::process::abort();
+                        }
+                    }
+                }
+            }
             let previous = self.router.policy();
             self.router
                 .set_policy(Arc::new(self.grants.compile_with(&previous)));
@@ -503,13 +630,174 @@ impl Writer {
         }
         self.metrics
             .appended(records.len(), appending.elapsed(), store.last_commit_time());
-        self.since_snapshot += records.len() as u64;
+        self.appended(records.len());
+    }
+
+    /// Counts appended records towards the next snapshot and starts one when due.
+    fn appended(&mut self, records: usize) {
+        self.since_snapshot += records as u64;
         self.metrics
             .since_snapshot
             .store(self.since_snapshot, Ordering::Relaxed);
         let interval = self.snapshot_every.max(self.registry.site_count() as u64);
         if self.snapshot_every > 0 && self.since_snapshot >= interval {
             self.snapshot_in_background();
+        }
+    }
+
+    /// Cluster mode: appends the batch only if the shared log still ends where
+    /// the batch was decided (`log_end`). If another node appended first, rolls
+    /// the private state back to the durable one, catches up and decides every
+    /// change of the batch again. While the database cannot be reached, keeps
+    /// trying: nothing is acknowledged until it is durable (the HTTP layer refuses
+    /// new changes meanwhile, see [`crate::cluster::fail_closed`]).
+    fn commit_shared(&mut self, mut batch: Batch) {
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let base = self.log_end;
+            if batch.records.is_empty() {
+                // Only refusals (or nothing): no append, so nothing learnt about the
+                // store either.
+                self.publish(batch, base);
+                return;
+            }
+            match self.append_shared(&batch.records, base) {
+                Ok(()) => {
+                    self.set_available(true);
+                    self.publish(batch, base);
+                    return;
+                }
+                Err(StoreError::ConcurrentWriter { .. }) => {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.health.conflicted();
+                    }
+                    tracing::debug!(target: "halo_cloud::writer", at = base, "another node appended first; deciding again");
+                }
+                Err(StoreError::Unavailable(reason) | StoreError::Postgres(reason)) => {
+                    tracing::warn!(%reason, "cannot append to the shared log; retrying");
+                    self.set_available(false);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot append to the shared log; stopping");
+                    std::process::abort();
+                }
+            }
+            // The batch's outcome is unknown or refused: start again from what is
+            // durable, plus whatever the log holds now (an append that timed out
+            // may have committed; then it comes back here as a followed record).
+            self.rollback();
+            while let Err(e) = self.catch_up() {
+                tracing::warn!(error = %e, "cannot read the shared log; retrying");
+                self.set_available(false);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            }
+            let mut retries = std::mem::take(&mut batch.retries);
+            let mut again = Batch::default();
+            for retry in &mut retries {
+                self.stage(retry(), &mut again);
+            }
+            again.retries = retries;
+            batch = again;
+        }
+    }
+
+    /// Appends `records` at `base` on the shared log.
+    fn append_shared(&mut self, records: &[Record], base: u64) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        if let Some(hook) = &self.hook {
+            hook(records.len());
+        }
+        let appending = std::time::Instant::now();
+        store.append_batch_at(Seq::new(base), records)?;
+        self.metrics
+            .appended(records.len(), appending.elapsed(), store.last_commit_time());
+        self.appended(records.len());
+        Ok(())
+    }
+
+    /// Puts the private state back to the published (durable) one, undoing a batch
+    /// that was decided but not appended.
+    fn rollback(&mut self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        self.grants = cluster.durable_grants.clone();
+        self.registry = self.published.registry.read().clone();
+        self.credentials = Credentials::clone(&self.published.credentials.load());
+    }
+
+    /// Applies, and publishes, every record other nodes appended after `log_end`.
+    fn catch_up(&mut self) -> Result<(), StoreError> {
+        let Some(store) = self.store.as_ref() else {
+            return Ok(());
+        };
+        let mut records = Vec::new();
+        let read = store
+            .log()
+            .read_from(Seq::new(self.log_end), &mut |_, bytes| {
+                let record = serde_json::from_slice::<Record>(bytes)
+                    .map_err(|e| halo_store::Rejected(e.to_string()))?;
+                records.push(record);
+                Ok(())
+            })?;
+        if let Some(damage) = read.stopped_at {
+            // Another node wrote what this build cannot read (or the table was
+            // damaged): following past it would fork the state.
+            tracing::error!(%damage, "the shared log is unreadable past the last good record; stopping");
+            std::process::abort();
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for record in &records {
+            match record {
+                Record::Tenancy(entry) => match self.registry.apply(&entry.event, entry.at) {
+                    Ok(changes) => {
+                        batch.changes.extend(changes);
+                        batch.tenancy = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a followed tenancy event does not apply; stopping");
+                        std::process::abort();
+                    }
+                },
+                Record::Policy { event, .. } => {
+                    if let Err(e) = self.grants.apply(event) {
+                        tracing::error!(error = %e, "a followed policy event does not apply; stopping");
+                        std::process::abort();
+                    }
+                    batch.policy = true;
+                }
+                Record::Credential { event, .. } => {
+                    if let Err(e) = self.credentials.apply(event) {
+                        tracing::warn!(error = %e, "followed credential event refused; skipped");
+                    }
+                    batch.credentials = true;
+                }
+                Record::Audit { .. } => {}
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.health.add_followed(records.len() as u64);
+        }
+        batch.records = records;
+        let base = self.log_end;
+        self.publish(batch, base);
+        Ok(())
+    }
+
+    fn set_available(&self, now: bool) {
+        if let Some(cluster) = &self.cluster {
+            cluster.health.set_available(now);
         }
     }
 
@@ -525,6 +813,8 @@ impl Writer {
         if self.snapshotting.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Called right after an append, before `log_end` moves: the private state
+        // is as of the end of that append (in a cluster too: `append_at` just set it).
         let upto = store.last_seq();
         let snapshot = self.snapshot_form();
         let background = Arc::clone(background);
@@ -565,8 +855,8 @@ impl Writer {
     /// Writes a snapshot of the whole state as of the last logged event, now.
     fn snapshot(&mut self) -> Result<(), StoreError> {
         let snapshot = self.snapshot_form();
+        let upto = Seq::new(self.log_end);
         if let Some(store) = self.store.as_mut() {
-            let upto = store.last_seq();
             store.snapshot(&snapshot, upto)?;
             self.since_snapshot = 0;
             self.metrics.since_snapshot.store(0, Ordering::Relaxed);
@@ -587,6 +877,11 @@ pub struct CloudState {
     availability: AvailabilityConfig,
     recovery: Option<RecoveryReport>,
     metrics: Arc<StateMetrics>,
+    /// Cluster mode: whether the shared store is reachable, and counters.
+    health: Option<Arc<ClusterHealth>>,
+    /// Cluster mode: the thread that wakes the writer to follow the shared log.
+    follower: Option<JoinHandle<()>>,
+    stop_follower: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for CloudState {
@@ -619,6 +914,31 @@ impl CloudState {
         router: Arc<Router>,
         hook: Option<AppendHook>,
     ) -> Result<Self, StateError> {
+        Self::open_inner(config, None, router, hook)
+    }
+
+    /// Opens the state of one node of a cluster: recovers it from the newest
+    /// snapshot in PostgreSQL plus the tail after it, starts the writer, and a
+    /// follower that keeps it up to date with what other nodes append (see
+    /// [`crate::cluster`]). `config.data_dir` is not used for this state.
+    ///
+    /// # Errors
+    /// [`StateError`] when the database cannot be reached or its log cannot be
+    /// read or replayed.
+    pub fn open_cluster(
+        config: &StateConfig,
+        cluster: &ClusterConfig,
+        router: Arc<Router>,
+    ) -> Result<Self, StateError> {
+        Self::open_inner(config, Some(cluster), router, None)
+    }
+
+    fn open_inner(
+        config: &StateConfig,
+        cluster: Option<&ClusterConfig>,
+        router: Arc<Router>,
+        hook: Option<AppendHook>,
+    ) -> Result<Self, StateError> {
         let mut writer = Writer {
             registry: Registry::new(),
             grants: Grants::default(),
@@ -638,16 +958,26 @@ impl CloudState {
             log_end: 0,
             hook,
             metrics: Arc::new(StateMetrics::default()),
+            cluster: None,
         };
         let mut recovery = None;
         let mut trail = AuditTrail::default();
-        if let Some(dir) = &config.data_dir {
-            let (store, recovered) = open_store(dir, config.accept_damaged_log)?;
+        let opened = match (cluster, &config.data_dir) {
+            (Some(cluster), _) => Some(open_shared(cluster)?),
+            (None, Some(dir)) => {
+                let (store, recovered) = open_store(dir, config.accept_damaged_log)?;
+                let background = store.snapshot_writer()?;
+                let rebuilt = AuditTrail::rebuild(store.log())?;
+                Some((store, recovered, background, rebuilt))
+            }
+            (None, None) => None,
+        };
+        if let Some((store, recovered, background, rebuilt)) = opened {
             if let Some(snapshot) = recovered.snapshot {
                 restore(&mut writer, snapshot)?;
             }
             writer.since_snapshot = recovered.tail.len() as u64;
-            writer.background = Some(Arc::new(Mutex::new(store.snapshot_writer()?)));
+            writer.background = Some(Arc::new(Mutex::new(background)));
             let total = recovered.tail.len();
             let started = std::time::Instant::now();
             tracing::info!(
@@ -662,8 +992,14 @@ impl CloudState {
                     tracing::info!(done = index + 1, total, "recovering: replaying");
                 }
             }
-            trail = AuditTrail::rebuild(store.log())?;
-            writer.log_end = store.last_seq().get();
+            trail = rebuilt;
+            writer.log_end = if cluster.is_some() {
+                // The shared log may have grown since it was read; the follower
+                // catches up from here.
+                recovered.report.last_seq.get()
+            } else {
+                store.last_seq().get()
+            };
             tracing::info!(
                 events = total,
                 sites = writer.registry.site_count(),
@@ -691,6 +1027,15 @@ impl CloudState {
             audit: RwLock::new(trail),
         });
         writer.published = Arc::clone(&published);
+        let health = cluster.map(|_| Arc::new(ClusterHealth::new()));
+        let catch_up_queued = Arc::new(AtomicBool::new(false));
+        if let Some(health) = &health {
+            writer.cluster = Some(SharedLog {
+                health: Arc::clone(health),
+                durable_grants: writer.grants.clone(),
+                catch_up_queued: Arc::clone(&catch_up_queued),
+            });
+        }
         let metrics = Arc::clone(&writer.metrics);
         let (commands, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -702,6 +1047,31 @@ impl CloudState {
                     source,
                 })
             })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = match cluster {
+            Some(cluster) => {
+                let cluster = cluster.clone();
+                let stop = Arc::clone(&stop);
+                let wake = commands.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("halo-cluster-follower".into())
+                    .spawn(move || {
+                        crate::cluster::follow(&cluster, &stop, || {
+                            if !catch_up_queued.swap(true, Ordering::AcqRel) {
+                                let _ = wake.send(Command::CatchUp);
+                            }
+                        });
+                    })
+                    .map_err(|source| {
+                        StateError::Store(StoreError::Io {
+                            path: "(the cluster follower thread)".to_owned(),
+                            source,
+                        })
+                    })?;
+                Some(spawned)
+            }
+            None => None,
+        };
         Ok(Self {
             commands: Some(commands),
             writer: Some(thread),
@@ -710,7 +1080,15 @@ impl CloudState {
             availability: config.availability,
             recovery,
             metrics,
+            health,
+            follower,
+            stop_follower: stop,
         })
+    }
+
+    /// This node's view of the cluster store, when it runs as part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<ClusterHealth>> {
+        self.health.as_ref()
     }
 
     /// What the writer measures: log append and fsync times, snapshot age.
@@ -917,6 +1295,11 @@ impl Drop for CloudState {
     /// Closes the queue and waits for the writer to answer what is queued and stop,
     /// so the data directory can be opened again at once.
     fn drop(&mut self) {
+        // The follower holds a sender: stop it first so that the queue closes.
+        self.stop_follower.store(true, Ordering::Release);
+        if let Some(follower) = self.follower.take() {
+            let _ = follower.join();
+        }
         self.commands = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -942,6 +1325,49 @@ fn restore(w: &mut Writer, snapshot: Snapshot) -> Result<(), StateError> {
     Ok(())
 }
 
+/// What opening a log yields: the store, what it recovered, a snapshot writer for
+/// another thread, and the audit trail rebuilt from the log.
+type Opened = (
+    CloudStore,
+    halo_store::Recovered<Record, Snapshot>,
+    StateWriter<Snapshot>,
+    AuditTrail,
+);
+
+/// Opens the shared PostgreSQL log and recovers from it. Runs on a thread of its
+/// own: the client blocks, and the Cloud may be opened from async code.
+fn open_shared(cluster: &ClusterConfig) -> Result<Opened, StateError> {
+    let options = cluster.pg_options();
+    let node = cluster.node_id.clone();
+    let opened = std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<Opened, StateError> {
+                let config = StoreConfig {
+                    snapshot_every: 0,
+                    keep_snapshots: 2,
+                };
+                let log = halo_store::PgLog::open(options)?;
+                let (store, recovered) = Store::with_log(AnyLog::Postgres(log), config)?;
+                if let Some(c) = &recovered.report.stopped_at {
+                    // A shared log is never set aside by one node: an operator decides.
+                    return Err(StateError::Damaged(c.to_string()));
+                }
+                let background = store.snapshot_writer()?;
+                let upto = recovered.report.last_seq;
+                let trail = AuditTrail::rebuild_upto(store.log(), upto)?;
+                tracing::info!(report = %recovered.report, node = %node, "recovered state from the cluster store");
+                Ok((store, recovered, background, trail))
+            })
+            .join()
+    });
+    match opened {
+        Ok(result) => result,
+        Err(_) => Err(StateError::Store(StoreError::Unavailable(
+            "the thread opening the cluster store panicked".to_owned(),
+        ))),
+    }
+}
+
 fn open_store(
     dir: &Path,
     accept_damaged_log: bool,
@@ -951,7 +1377,8 @@ fn open_store(
         snapshot_every: 0,
         keep_snapshots: 2,
     };
-    let (mut store, recovered) = match Store::open(dir, config) {
+    let open = |dir: &Path| Store::with_log(AnyLog::Sqlite(SqliteLog::open(dir)?), config);
+    let (mut store, recovered) = match open(dir) {
         Ok(opened) => opened,
         Err(StoreError::StorageDamaged { path, reason }) if !accept_damaged_log => {
             return Err(StateError::StorageDamaged {
@@ -975,7 +1402,7 @@ fn open_store(
                 report = %report,
                 "salvaged the damaged event log; the damaged files are kept"
             );
-            Store::open(dir, config)?
+            open(dir)?
         }
         Err(e) => return Err(e.into()),
     };

@@ -89,6 +89,13 @@ pub enum StoreError {
         /// The data directory.
         dir: String,
     },
+    /// The PostgreSQL server answered with an error (the cluster store).
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// The store's server cannot be reached now (connection refused, lost or timed
+    /// out). Nothing is known to have been written; retry once it is back.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// A sequence number does not fit SQLite's signed 64-bit integer.
     #[error("sequence number overflow")]
     SeqOverflow,

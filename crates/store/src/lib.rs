@@ -8,6 +8,9 @@
 //!   appends, checksummed reads that stop at the first damage, checksummed snapshots.
 //! - [`SqliteLog`] implements it on one SQLite file (`<dir>/halo.db`, WAL,
 //!   `synchronous=FULL`: an append is fsync'd before it returns).
+//! - `PgLog` (feature `postgres`) implements it on a PostgreSQL database shared
+//!   by the nodes of a Cloud cluster, with optimistic appends
+//!   ([`EventLog::append_at`]) and `NOTIFY` on every append.
 //! - [`Store`] is the typed helper: JSON events and state, recovery as
 //!   "newest good snapshot + tail", a snapshot policy the caller drives, and a
 //!   refusal to write past unresolved corruption.
@@ -46,10 +49,13 @@
 //! # Ok::<(), halo_store::StoreError>(())
 //! ```
 
+mod any;
 mod corruption;
 mod error;
 mod log;
 mod pages;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod salvage;
 mod seq;
 mod sqlite;
@@ -59,9 +65,12 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use any::{AnyLog, SnapshotSink};
 pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
+#[cfg(feature = "postgres")]
+pub use postgres::{NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgListener, PgLog, PgOptions};
 pub use salvage::{
     InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,
 };

@@ -26,6 +26,20 @@ pub trait EventLog {
     /// appended since this handle last looked.
     fn append(&mut self, records: &[&[u8]]) -> Result<Seq, StoreError>;
 
+    /// Appends `records` only if the log still ends at `expected` (the position a
+    /// decision was made on), as [`append`](Self::append) does.
+    ///
+    /// # Errors
+    /// [`StoreError::ConcurrentWriter`] if the log no longer ends at `expected`
+    /// (nothing was written: catch up and decide again); storage failures.
+    fn append_at(&mut self, expected: Seq, records: &[&[u8]]) -> Result<Seq, StoreError> {
+        let found = self.last_seq();
+        if found != expected {
+            return Err(StoreError::ConcurrentWriter { expected, found });
+        }
+        self.append(records)
+    }
+
     /// The sequence number of the last appended record ([`Seq::ZERO`] if none).
     fn last_seq(&self) -> Seq;
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::log::{EventLog, Rejected, SnapshotRead};
-use crate::{Corruption, Seq, SkippedSnapshot, SnapshotWriter, SqliteLog, StoreError};
+use crate::{AnyLog, Corruption, Seq, SkippedSnapshot, SnapshotSink, SqliteLog, StoreError};
 
 /// When the caller should take snapshots and how many to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +129,7 @@ where
 
     /// A typed snapshot writer with its own connection, to move to another thread
     /// so that a large snapshot does not hold up appends (see
-    /// [`SnapshotWriter`]). Tell this store afterwards with
+    /// [`SnapshotWriter`](crate::SnapshotWriter)). Tell this store afterwards with
     /// [`Store::snapshot_written`].
     ///
     /// # Errors
@@ -137,7 +137,26 @@ where
     pub fn snapshot_writer(&self) -> Result<StateWriter<S>, StoreError> {
         self.check_resolved()?;
         Ok(StateWriter {
-            inner: self.log.snapshot_writer()?,
+            inner: SnapshotSink::Sqlite(self.log.snapshot_writer()?),
+            keep: self.config.keep_snapshots.max(1),
+            _state: PhantomData,
+        })
+    }
+}
+
+impl<E, S> Store<E, S, AnyLog>
+where
+    E: Serialize + DeserializeOwned,
+    S: Serialize + DeserializeOwned,
+{
+    /// As [`Store::snapshot_writer`] on SQLite, for whichever engine is inside.
+    ///
+    /// # Errors
+    /// [`StoreError::Unresolved`]; the engine cannot open a second connection.
+    pub fn snapshot_writer(&self) -> Result<StateWriter<S>, StoreError> {
+        self.check_resolved()?;
+        Ok(StateWriter {
+            inner: self.log.snapshot_sink()?,
             keep: self.config.keep_snapshots.max(1),
             _state: PhantomData,
         })
@@ -146,7 +165,7 @@ where
 
 /// Writes snapshots of `S` from another thread; made by [`Store::snapshot_writer`].
 pub struct StateWriter<S> {
-    inner: SnapshotWriter,
+    inner: SnapshotSink,
     keep: usize,
     _state: PhantomData<fn(&S)>,
 }
@@ -286,6 +305,30 @@ where
             .collect::<Result<Vec<_>, _>>()?;
         let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let seq = self.log.append(&slices)?;
+        self.since_snapshot += events.len() as u64;
+        Ok(seq)
+    }
+
+    /// Durably appends events in one transaction only if the log still ends at
+    /// `expected`, the position the caller decided them on (see
+    /// [`EventLog::append_at`]); returns the sequence number of the last one.
+    ///
+    /// # Errors
+    /// [`StoreError::ConcurrentWriter`] when another writer appended first (nothing
+    /// was written); as [`Store::append`].
+    pub fn append_batch_at(&mut self, expected: Seq, events: &[E]) -> Result<Seq, StoreError> {
+        self.check_resolved()?;
+        let encoded = events
+            .iter()
+            .map(|e| {
+                serde_json::to_vec(e).map_err(|err| StoreError::Encode {
+                    what: "event",
+                    reason: err.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let seq = self.log.append_at(expected, &slices)?;
         self.since_snapshot += events.len() as u64;
         Ok(seq)
     }

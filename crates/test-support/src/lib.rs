@@ -16,7 +16,9 @@
 //! - module `damage` (no feature): page-level damage to a SQLite file, for the
 //!   damaged-storage tests of `halo-store` and `halo-cloud`;
 //! - module `machine` (no feature): load average, thread CPU time and resident set,
-//!   which the benches report beside their wall times.
+//!   which the benches report beside their wall times;
+//! - module `postgres_server` (no feature): a throw-away PostgreSQL server
+//!   (`initdb` on a temp dir, a free loopback port) for the cluster tests.
 //!
 //! Not published; a dev-dependency only. It depends on the core crates, never the
 //! other way round at normal-dependency level.
@@ -27,5 +29,6 @@ pub mod fuzz_checks;
 pub mod machine;
 #[cfg(feature = "million")]
 pub mod million;
+pub mod postgres_server;
 #[cfg(feature = "routing")]
 pub mod routing_harness;
