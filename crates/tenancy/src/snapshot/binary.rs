@@ -231,14 +231,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn env_code(e: Environment) -> u8 {
+pub(super) fn env_code(e: Environment) -> u8 {
     match e {
         Environment::Stage => 0,
         Environment::Production => 1,
     }
 }
 
-fn pms_code(p: PmsType) -> u8 {
+pub(super) fn pms_code(p: PmsType) -> u8 {
     match p {
         PmsType::D4w => 0,
         PmsType::BestPractice => 1,
