@@ -16,8 +16,8 @@ use std::fmt;
 use halo_ids::Timestamp;
 use halo_policy::PolicyEvent;
 use halo_tenancy::{Event, LogEntry};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::audit::AuditEntry;
 use crate::record::{CredentialEvent, Record};

@@ -143,7 +143,11 @@ fn damaged_records_are_refused_by_both() {
         // Missing or unknown kind, duplicated keys.
         tenancy.replacen(r#""kind":"tenancy","#, "", 1),
         tenancy.replacen(r#""kind":"tenancy""#, r#""kind":"gossip""#, 1),
-        tenancy.replacen(r#""kind":"tenancy","#, r#""kind":"tenancy","kind":"tenancy","#, 1),
+        tenancy.replacen(
+            r#""kind":"tenancy","#,
+            r#""kind":"tenancy","kind":"tenancy","#,
+            1,
+        ),
         tenancy.replacen(r#""at":"#, r#""at":1,"at":"#, 1),
         policy.replacen(r#""version":1,"#, r#""version":1,"version":1,"#, 1),
         // Missing fields: a tenancy record's version is optional, a policy's is not.

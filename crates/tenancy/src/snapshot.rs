@@ -363,7 +363,7 @@ impl Registry {
             .zip(0..site_count)
             .map(|(s, i)| (s.link, i, s.halo_guid))
             .collect();
-        served.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        served.sort_unstable_by_key(|a| (a.0, a.1));
         let mut next = served.iter().peekable();
         reg.links.reserve(links.len());
         for l in links {
@@ -455,7 +455,7 @@ impl Registry {
             .into_iter()
             .map(|g| (group_sort_key(&GroupKey::new(g.env, g.pms_id)), g))
             .collect();
-        written.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        written.sort_unstable_by_key(|a| a.0);
         if written.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(invalid("a group appears twice"));
         }
@@ -481,9 +481,7 @@ impl Registry {
                 at += 1;
             }
             let run = live.get(from..at).unwrap_or_default();
-            let first = run
-                .first()
-                .and_then(|&(_, i)| placed.get(i as usize));
+            let first = run.first().and_then(|&(_, i)| placed.get(i as usize));
             let (key, epoch) = match (&record, first) {
                 (Some(g), _) => (GroupKey::new(g.env, g.pms_id), g.epoch),
                 (None, Some(site)) => (site.group_key(), site.epoch),

@@ -130,7 +130,8 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, TenancyError> {
-        u32::try_from(self.varint()?).map_err(|_| bad("an index in the binary snapshot is too large"))
+        u32::try_from(self.varint()?)
+            .map_err(|_| bad("an index in the binary snapshot is too large"))
     }
 
     /// A count of items that take at least `min_bytes` each: never more than the
@@ -145,7 +146,8 @@ impl<'a> Reader<'a> {
 
     fn str(&mut self) -> Result<&'a str, TenancyError> {
         let n = self.count(1)?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| bad("a text in the binary snapshot is not UTF-8"))
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| bad("a text in the binary snapshot is not UTF-8"))
     }
 
     fn guid(&mut self) -> Result<[u8; 16], TenancyError> {
