@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod queries;
 pub mod record;
+mod record_de;
+mod registry_form;
 mod serve;
 pub mod site_view;
 pub mod state;

@@ -3,13 +3,16 @@
 
 use halo_ids::Timestamp;
 use halo_policy::PolicyEvent;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The log format version this build writes.
 pub const RECORD_VERSION: u32 = 1;
 
 /// One durable log record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoded in one pass by a hand-written `Deserialize` (`record_de.rs`), which reads
+/// what the derive it replaced read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Record {
     /// A tenancy event (carries its own version and time).

@@ -75,8 +75,10 @@ use crate::metrics::StateMetrics;
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
 use halo_credentials::{CredentialError, Credentials};
 
-/// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// The snapshot format version this build writes (it reads 1 to this one). Version
+/// 3 writes the registry in its compact binary form (base64); versions 1 and 2 hold
+/// its JSON object, which still loads.
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// The full state, as stored in a snapshot: each part in its own crate's versioned
 /// snapshot form.
@@ -84,7 +86,8 @@ pub const SNAPSHOT_VERSION: u32 = 2;
 pub struct Snapshot {
     /// Format version ([`SNAPSHOT_VERSION`]).
     pub version: u32,
-    /// The tenancy registry.
+    /// The tenancy registry (see `registry_form.rs` for its two encodings).
+    #[serde(with = "crate::registry_form")]
     pub registry: RegistrySnapshot,
     /// The access-policy grants.
     pub grants: GrantsSnapshot,
@@ -1309,8 +1312,9 @@ impl Drop for CloudState {
 
 /// Loads a snapshot into an empty writer.
 fn restore(w: &mut Writer, snapshot: Snapshot) -> Result<(), StateError> {
-    // Version 2 differs from 1 only in holding a version-2 grants snapshot; each part
-    // is read by its own version, so both load.
+    // Version 2 differs from 1 only in holding a version-2 grants snapshot, and 3
+    // from 2 only in the registry's encoding (read by its form); each part is read by
+    // its own version, so all load.
     if !(1..=SNAPSHOT_VERSION).contains(&snapshot.version) {
         return Err(StateError::Snapshot(format!(
             "snapshot format {} is not supported",

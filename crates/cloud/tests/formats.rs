@@ -7,7 +7,9 @@
 //!   least one of each kind and every credential event variant (issued with and
 //!   without a scope, bound, scope extended, revoked with and without an actor,
 //!   rotated);
-//! - `fixtures/snapshot_v1.json`: the snapshot of the state those records build.
+//! - `fixtures/snapshot_v1.json`: the snapshot of the state those records build;
+//!   `snapshot_v2.json` the same with version-2 grants; `snapshot_v3.json` the same
+//!   with the registry in its compact binary form (base64).
 //!
 //! The tests decode both, check that this build still writes them byte for byte (as
 //! JSON values), and recover a real `CloudState` from a store holding them: once by
@@ -35,6 +37,7 @@ use halo_tenancy::{AvailabilityConfig, Catalogue, Event, LogEntry, SiteIdentity,
 const RECORDS: &str = include_str!("fixtures/records_v1.jsonl");
 const SNAPSHOT: &str = include_str!("fixtures/snapshot_v1.json");
 const SNAPSHOT_V2: &str = include_str!("fixtures/snapshot_v2.json");
+const SNAPSHOT_V3: &str = include_str!("fixtures/snapshot_v3.json");
 
 const KEY: &str = "formats-production-key";
 
@@ -349,7 +352,7 @@ fn write_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), &records, None);
     let json = serde_json::to_string_pretty(&snapshot_of(&open_state(dir.path()))).unwrap();
-    std::fs::write(fixture_path("snapshot_v2.json"), json + "\n").unwrap();
+    std::fs::write(fixture_path("snapshot_v3.json"), json + "\n").unwrap();
 }
 
 fn frozen_records() -> Vec<Record> {
@@ -444,17 +447,51 @@ fn frozen_v1_snapshot_loads_into_the_expected_cloud_state() {
 }
 
 #[test]
-fn frozen_v2_snapshot_loads_into_the_expected_cloud_state_and_is_still_written_so() {
+fn frozen_v2_snapshot_loads_into_the_expected_cloud_state() {
     if bless() {
         return;
     }
     let snapshot: Snapshot = serde_json::from_str(SNAPSHOT_V2).unwrap();
-    assert_eq!(snapshot.version, SNAPSHOT_VERSION);
+    assert_eq!(snapshot.version, 2);
+    // The registry as a JSON object, as formats 1 and 2 wrote it.
+    let frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V2).unwrap();
+    assert!(frozen["registry"].is_object());
     let state = recover_from_snapshot(SNAPSHOT_V2);
+    // Written again in the current format, it holds the same state.
+    let written = serde_json::to_string(&snapshot_of(&state)).unwrap();
+    let again: Snapshot = serde_json::from_str(&written).unwrap();
+    assert_eq!(again.registry, snapshot.registry);
+}
+
+#[test]
+fn frozen_v3_snapshot_loads_into_the_expected_cloud_state_and_is_still_written_so() {
+    if bless() {
+        return;
+    }
+    let snapshot: Snapshot = serde_json::from_str(SNAPSHOT_V3).unwrap();
+    assert_eq!(snapshot.version, SNAPSHOT_VERSION);
+    let frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V3).unwrap();
+    assert!(frozen["registry"].is_string(), "the binary form, as base64");
+    let v2: Snapshot = serde_json::from_str(SNAPSHOT_V2).unwrap();
+    assert_eq!(snapshot.registry, v2.registry, "the same registry as v2");
+    let state = recover_from_snapshot(SNAPSHOT_V3);
     // The writer still writes this version exactly (a change needs a new version).
     let written = serde_json::to_value(snapshot_of(&state)).unwrap();
-    let frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V2).unwrap();
     assert_eq!(written, frozen);
+}
+
+#[test]
+fn a_damaged_binary_registry_is_refused_not_loaded() {
+    let mut frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V3).unwrap();
+    let text = frozen["registry"].as_str().unwrap().to_owned();
+    // Not base64, then base64 of a truncated registry.
+    frozen["registry"] = "not base64!".into();
+    assert!(serde_json::from_value::<Snapshot>(frozen.clone()).is_err());
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let bytes = engine.decode(&text).unwrap();
+    frozen["registry"] = engine.encode(&bytes[..bytes.len() - 1]).into();
+    assert!(serde_json::from_value::<Snapshot>(frozen).is_err());
 }
 
 #[test]

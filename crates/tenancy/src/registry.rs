@@ -218,6 +218,11 @@ impl<T: Keyed> Dense<T> {
         list.reserve_exact(additional);
     }
 
+    /// The values in insertion order, as a slice (position `i` is the `i`-th inserted).
+    pub(crate) fn as_slice(&self) -> &[T] {
+        &self.list
+    }
+
     pub(crate) fn values(&self) -> std::slice::Iter<'_, T> {
         self.list.iter()
     }

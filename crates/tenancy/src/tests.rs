@@ -5,3 +5,4 @@ mod fixture;
 mod props;
 mod scenarios;
 mod snapshot;
+mod snapshot_binary;

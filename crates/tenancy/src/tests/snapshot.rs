@@ -11,7 +11,7 @@ use crate::{
     Catalogue, CrnLookup, Event, Registry, RegistrySnapshot, SNAPSHOT_VERSION, TenancyError,
 };
 
-fn through_json(reg: &Registry) -> Registry {
+pub(super) fn through_json(reg: &Registry) -> Registry {
     let json = serde_json::to_string(&reg.to_snapshot()).unwrap();
     let snapshot: RegistrySnapshot = serde_json::from_str(&json).unwrap();
     Registry::from_snapshot(snapshot).unwrap()
@@ -55,7 +55,7 @@ proptest! {
 /// both states, a backup, branch CRNs, a promotion, a vacant group with the member
 /// that vacated it, a demo copy, a removal (an empty group), a reinstall and two
 /// catalogue lists.
-fn rich() -> Fx {
+pub(super) fn rich() -> Fx {
     let mut fx = Fx::new();
     fx.link(1, Environment::Production);
     fx.link(2, Environment::Stage);
