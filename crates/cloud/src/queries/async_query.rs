@@ -2,13 +2,19 @@
 //! the runner that takes an accepted query to a terminal status.
 //!
 //! **Durability.** A query is written to the store (`queued`) before 201 is
-//! answered; every status change is written before it is visible; the terminal
-//! status and its webhooks are written in one transaction. The runner holds the
-//! integrator's key in memory only (keys are never stored, only their hashes), so
-//! after a restart a query that had not finished cannot be routed again:
-//! [`recover`] ends it with a clear failed status (and its webhook), and its pages,
-//! if any, are deleted. Finished queries and their pages stay readable until their
-//! retention ends.
+//! answered, with what dispatching it needs: the command and the caller
+//! ([`StoredCaller`]: the SHA-256 of the key, never the key, and the caller's
+//! address). Every status change is written before it is visible; the terminal
+//! status and its webhooks are written in one transaction. Every dispatch is
+//! decided again by the policy of the moment from the stored caller
+//! (`Router::route_stored`), so after a restart [`recover`] puts a query that had
+//! not finished back in the queue, and the new process runs it once its Link
+//! attaches, or ends it `expiredInQueue` when its `maxTimeInQueue` has passed; a
+//! key revoked or a grant withdrawn meanwhile ends it `executionFailed` (deny by
+//! default). Reads (`reader`, `scalar`) that had started run again from the start
+//! (their partial pages are deleted); a `nonQuery` that may have run is not run
+//! twice: it ends `executionFailed`, saying its outcome is unknown. Finished
+//! queries and their pages stay readable until their retention ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::hub::StreamEvent;
-use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError, Timing};
+use super::record::{AsyncRecord, AsyncStatus, StoredCaller, StoredCommand, StoredError, Timing};
 use super::store::{JobStoreError, PageMeta};
 use super::{Jobs, blocking};
 use crate::app::AppState;
@@ -211,6 +217,7 @@ pub(crate) fn new_record(
         error: None,
         completed_at: None,
         expires_at: None,
+        caller: None,
     };
     record.timing.initialising.start = Some(at);
     record.enter(AsyncStatus::Queued, at);
@@ -245,7 +252,7 @@ pub async fn create_async_query(
         &body.command,
     )?;
     let request_size = request_size(&body);
-    let record = new_record(
+    let mut record = new_record(
         &who,
         site,
         "async",
@@ -255,13 +262,15 @@ pub async fn create_async_query(
         command,
         now().as_millis(),
     );
+    record.caller = Some(StoredCaller::of(&key, ip.0));
+    drop(key);
     let text = serde_json::to_string(&record).map_err(|e| ApiError::internal(&e))?;
     let id = record.id.clone();
     blocking(&app.jobs.store, move |s| s.put_query(&id, true, &text))
         .await
         .map_err(|e| store_error(&e))?;
     let answer = record.to_json();
-    spawn(Arc::clone(&app), record, key, ip.0);
+    spawn(Arc::clone(&app), record, false);
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -380,12 +389,31 @@ impl Failure {
     }
 }
 
-/// Runs an accepted query in the background until it ends.
-pub(crate) fn spawn(app: AppState, record: AsyncRecord, key: String, ip: Option<IpAddr>) {
+/// Runs an accepted query in the background until it ends. `resumed`: a query a
+/// previous process accepted ([`recover`]); its Link may not have attached yet, so
+/// it waits for it (until its queue time is over) instead of failing
+/// `initialisationFailedSiteOffline` at once.
+pub(crate) fn spawn(app: AppState, record: AsyncRecord, resumed: bool) {
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    app.jobs
+        .running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            record.id.clone(),
+            super::Running {
+                registered: record.registered_id.clone(),
+                cancel: Arc::clone(&cancel),
+            },
+        );
     tokio::spawn(async move {
         let mut record = record;
-        let outcome = drive(&app, &mut record, &key, ip).await;
-        drop(key);
+        let outcome = drive(&app, &mut record, resumed, &cancel).await;
+        app.jobs
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&record.id);
         let (status, error) = match outcome {
             Ok(()) => (AsyncStatus::Successful, None),
             Err(f) => (f.status, f.error),
@@ -455,13 +483,36 @@ async fn end(jobs: &Jobs, record: &AsyncRecord, expires_at: u64) -> Result<(), J
 async fn drive(
     app: &AppState,
     record: &mut AsyncRecord,
-    key: &str,
-    ip: Option<IpAddr>,
+    resumed: bool,
+    cancel: &tokio::sync::Notify,
 ) -> Result<(), Failure> {
     let site: HaloGuid = record
         .site
         .parse()
         .map_err(|_| Failure::new(AsyncStatus::ExecutionFailed, 400, "invalid site"))?;
+    let caller = record.caller.clone();
+    let (key_hash, ip) = caller
+        .as_ref()
+        .and_then(|c| Some((c.key_hash()?, c.caller_ip)))
+        .ok_or_else(|| {
+            Failure::new(
+                AsyncStatus::ExecutionFailed,
+                401,
+                "the query's caller is not known; submit it again",
+            )
+        })?;
+    // The stored key must still name the integrator that submitted the query.
+    let who = halo_policy::authenticate_stored(&app.state.policy(), &key_hash, ip)
+        .map_err(|deny| route_failure(&RouteError::Denied(deny), false))?;
+    if who.integrator().as_str() != record.integrator
+        || who.environment().as_str() != record.environment
+    {
+        return Err(Failure::new(
+            AsyncStatus::ExecutionFailed,
+            401,
+            "the subscription key no longer belongs to the query's integrator",
+        ));
+    }
     let components = extract_components(&record.command.text)
         .map(Arc::new)
         .map_err(|e| Failure::new(AsyncStatus::ExecutionFailed, 403, e.to_string()))?;
@@ -478,9 +529,17 @@ async fn drive(
     let mut attempt = 0u32;
     let mut dispatch = loop {
         let at = now();
+        // A query a previous process accepted whose queue time ran out meanwhile
+        // does not start now.
+        if resumed && at.as_millis() >= queue_deadline {
+            return Err(Failure {
+                status: AsyncStatus::ExpiredInQueue,
+                error: None,
+            });
+        }
         let left = Duration::from_millis(queue_deadline.saturating_sub(at.as_millis()));
         let request = route_request(
-            key,
+            "",
             ip,
             site,
             at,
@@ -488,9 +547,9 @@ async fn drive(
             &record.command,
             Arc::clone(&components),
         );
-        match app.state.router().route_with(request, limits) {
+        match app.state.router().route_stored(request, &key_hash, limits) {
             Ok(dispatch) => break dispatch,
-            Err(RouteError::Unreachable) if attempt == 0 => {
+            Err(RouteError::Unreachable) if attempt == 0 && !resumed => {
                 return Err(Failure {
                     status: AsyncStatus::InitialisationFailedSiteOffline,
                     error: None,
@@ -504,7 +563,10 @@ async fn drive(
                     });
                 }
                 let wait = Duration::from_millis(50u64 << (attempt + 1).min(5)).min(left);
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.notified() => return Err(cancelled()),
+                }
             }
             Err(e) => return Err(route_failure(&e, false)),
         }
@@ -521,7 +583,10 @@ async fn drive(
     let started = now().as_millis();
     record.enter(AsyncStatus::Executing, started);
     persist(app, record).await;
-    let result = receive(app, record, &mut dispatch, &mut pages, query_id, started).await;
+    let result = tokio::select! {
+        result = receive(app, record, &mut dispatch, &mut pages, query_id, started) => result,
+        () = cancel.notified() => Err(cancelled()),
+    };
     if result.is_err() {
         // Stops it at the Link if it still runs there (SQLite is interrupted).
         app.jobs.hub.cancel(query_id);
@@ -602,6 +667,15 @@ async fn receive(
     }
 }
 
+/// How a cancelled query ends.
+fn cancelled() -> Failure {
+    Failure::new(
+        AsyncStatus::ExecutionFailed,
+        409,
+        "cancelled: its registered query was cancelled",
+    )
+}
+
 /// The terminal status and error of a routing error.
 fn route_failure(e: &RouteError, uploading: bool) -> Failure {
     use halo_router::QueryFailure;
@@ -637,31 +711,58 @@ fn route_failure(e: &RouteError, uploading: bool) -> Failure {
     }
 }
 
-/// Ends every query a previous process accepted and did not finish: its key is
-/// gone with that process, so it cannot be routed again. Each gets a terminal
-/// status saying so, and its webhook.
+/// Takes over the queries a previous process accepted and did not finish, and
+/// returns those to run again (the caller spawns them once it can route:
+/// [`super::spawn_background`]).
+///
+/// A query with a stored caller that had not reached its Link (`initialising`,
+/// `queued`), or a read (`reader`, `scalar`) that had, goes back to `queued`, its
+/// partial pages deleted: running a read again is safe. A `nonQuery` that may have
+/// run ends `executionFailed` (its outcome is unknown; running it again could
+/// write twice), and so does a query stored without its caller (by a version that
+/// kept no key hashes). Each of those gets its terminal status and its webhook in
+/// one transaction.
 ///
 /// # Errors
 /// [`JobStoreError`] when the store fails.
-pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
+pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<Vec<AsyncRecord>, JobStoreError> {
     let retention = u64::try_from(jobs.config.retention.as_millis()).unwrap_or(u64::MAX);
+    let at = at.as_millis();
+    let mut resume = Vec::new();
     for text in jobs.store.unfinished_queries()? {
         let mut record: AsyncRecord = serde_json::from_str(&text)?;
+        let started = matches!(
+            record.status,
+            AsyncStatus::Executing | AsyncStatus::Uploading
+        );
+        let rerunnable = !started || record.command.mode != ExecutionMode::NonQuery;
+        jobs.store.delete_pages(&record.id)?;
+        record.pages.clear();
+        record.size = 0;
+        record.rows = 0;
+        if record.caller.is_some() && rerunnable {
+            record.sql_execution_ms = None;
+            record.enter(AsyncStatus::Queued, at);
+            jobs.store
+                .put_query(&record.id, true, &serde_json::to_string(&record)?)?;
+            tracing::info!(query = %record.id, "unfinished async query queued again at recovery");
+            resume.push(record);
+            continue;
+        }
         let (status, message) = match record.status {
+            _ if record.caller.is_none() => (
+                AsyncStatus::ExecutionFailed,
+                "the Cloud restarted and this query was stored without its caller; submit it again",
+            ),
             AsyncStatus::Uploading => (
                 AsyncStatus::UploadFailed,
-                "the Cloud restarted while the result was uploading; submit the query again",
-            ),
-            AsyncStatus::Executing => (
-                AsyncStatus::ExecutionFailed,
-                "the Cloud restarted while the query ran; its outcome is unknown; submit it again",
+                "the Cloud restarted while the result was uploading; the command writes, so it is not run twice; check its effect before submitting it again",
             ),
             _ => (
                 AsyncStatus::ExecutionFailed,
-                "the Cloud restarted before the query reached the site; nothing ran; submit it again",
+                "the Cloud restarted while the command ran; its outcome is unknown and it writes, so it is not run twice; check its effect before submitting it again",
             ),
         };
-        let at = at.as_millis();
         if status == AsyncStatus::UploadFailed && record.sql_execution_ms.is_none() {
             record.sql_execution_ms = Some(0);
         }
@@ -670,11 +771,8 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
             code: 503,
             message: message.to_owned(),
         });
-        record.pages.clear();
-        record.size = 0;
         let expires_at = at.saturating_add(retention);
         record.expires_at = Some(expires_at);
-        jobs.store.delete_pages(&record.id)?;
         let notify_id = record
             .registered_id
             .clone()
@@ -695,5 +793,5 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
         )?;
         tracing::warn!(query = %record.id, status = status.as_str(), "unfinished async query ended at recovery");
     }
-    Ok(())
+    Ok(resume)
 }

@@ -10,11 +10,13 @@
 //! after it. An occurrence is an async query (source `registered`) and ends with a
 //! webhook like one.
 //!
-//! Keys are never stored, so a registered query whose Cloud restarted cannot be
-//! routed again: its next occurrence cancels it, with `lastErrorDetails` saying
-//! why (the integrator registers it again).
+//! Keys are never stored: a registered query keeps its caller as the SHA-256 of
+//! the key it was registered with ([`StoredCaller`]), and each occurrence is
+//! decided again by the policy of the moment, so it keeps firing after a restart
+//! and stops being allowed when the key is revoked or the grant withdrawn. A
+//! registered query stored without its caller (by an older version) is cancelled
+//! at its next occurrence, with `lastErrorDetails` saying why.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -22,7 +24,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use halo_ids::{HaloGuid, Timestamp};
-use halo_policy::Authenticated;
+use halo_policy::{Authenticated, Deny, DenyCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -32,7 +34,7 @@ use super::async_query::{
     new_record, spawn,
 };
 use super::blocking;
-use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError};
+use super::record::{AsyncRecord, AsyncStatus, StoredCaller, StoredCommand, StoredError};
 use crate::app::AppState;
 use crate::clock::now;
 use crate::dto::rfc3339;
@@ -121,6 +123,10 @@ pub struct RegisteredRecord {
     pub metrics: Metrics,
     /// The async query of the last successful occurrence.
     pub last_result: Option<String>,
+    /// Who registered it, for routing its occurrences (`None` in records written
+    /// before callers were stored).
+    #[serde(default)]
+    pub caller: Option<StoredCaller>,
 }
 
 impl RegisteredRecord {
@@ -224,13 +230,10 @@ pub async fn create_registered_query(
         last_error: None,
         metrics: Metrics::default(),
         last_result: None,
+        caller: Some(StoredCaller::of(&key, ip.0)),
     };
+    drop(key);
     let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
-    app.jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(record.id.clone(), (key, ip.0));
     let (id, site_s, integrator) = (
         record.id.clone(),
         record.site.clone(),
@@ -309,7 +312,8 @@ pub async fn get_registered_query(
 }
 
 /// `DELETE /integrator/sites/{siteId}/queries/registered/{queryId}`: no more
-/// occurrences (204). One already running finishes.
+/// occurrences (204), and an occurrence running now is stopped at its Link and
+/// ends `executionFailed` (errorCode 409, "cancelled").
 pub async fn cancel_registered_query(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -335,11 +339,7 @@ pub async fn cancel_registered_query(
     })
     .await
     .map_err(|e| internal(&e))?;
-    app.jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&record.id);
+    app.jobs.cancel_occurrences(&record.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -447,20 +447,13 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
     {
         return Ok(());
     }
-    let key = app
-        .jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(id)
-        .cloned();
-    let Some((key, ip)) = key else {
-        // Accepted by a process that is gone: its key went with it.
+    let Some(caller) = record.caller.clone() else {
+        // Stored by a version that kept no caller: it cannot be routed.
         record.status = "cancelled".to_owned();
         record.completed_at = Some(now().as_millis());
         record.last_error = Some(StoredError {
             code: 503,
-            message: "the Cloud restarted and keeps no subscription keys; register the query again"
+            message: "this registered query was stored without its caller; register it again"
                 .to_owned(),
         });
         let text = serde_json::to_string(&record)?;
@@ -475,17 +468,29 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
         .await?;
         return Ok(());
     };
-    run_occurrence(app, &record, key, ip).await
+    run_occurrence(app, &record, caller).await
 }
 
 async fn run_occurrence(
     app: &AppState,
     record: &RegisteredRecord,
-    key: String,
-    ip: Option<IpAddr>,
+    caller: StoredCaller,
 ) -> Result<(), super::store::JobStoreError> {
     let policy = app.state.policy();
-    let who = match halo_policy::authenticate(&policy, &key, ip) {
+    let authenticated = caller
+        .key_hash()
+        .ok_or_else(|| Deny::new(DenyCode::UnknownKey, "invalid subscription key"))
+        .and_then(|hash| halo_policy::authenticate_stored(&policy, &hash, caller.caller_ip))
+        .and_then(|who| {
+            if who.integrator().as_str() == record.integrator
+                && who.environment().as_str() == record.environment
+            {
+                Ok(who)
+            } else {
+                Err(Deny::new(DenyCode::UnknownKey, "invalid subscription key"))
+            }
+        });
+    let who = match authenticated {
         Ok(who) => who,
         Err(deny) => {
             let mut failed = record.clone();
@@ -504,7 +509,7 @@ async fn run_occurrence(
         Ok(site) => site,
         Err(_) => return Ok(()),
     };
-    let occurrence = new_record(
+    let mut occurrence = new_record(
         &who,
         site,
         "registered",
@@ -514,10 +519,11 @@ async fn run_occurrence(
         record.command.clone(),
         now().as_millis(),
     );
+    occurrence.caller = Some(caller);
     let text = serde_json::to_string(&occurrence)?;
     let oid = occurrence.id.clone();
     blocking(&app.jobs.store, move |s| s.put_query(&oid, true, &text)).await?;
-    spawn(Arc::clone(app), occurrence, key, ip);
+    spawn(Arc::clone(app), occurrence, false);
     Ok(())
 }
 
