@@ -157,6 +157,8 @@ async fn an_async_query_pages_its_result_and_every_answer_follows_the_document()
     let (status, immediate) = s.h.query(&s.key, s.site, sql).await;
     assert_eq!(status, 200, "{immediate}");
     assert_eq!(paged, rows(&immediate));
+    // Both paths name the integrator by the same UUID.
+    assert_eq!(done["integratorId"], immediate["integratorId"]);
     let mut start = 0;
     for page in pages {
         assert_eq!(page["rows"]["rangeStart"], start);

@@ -221,7 +221,7 @@ pub async fn pair_site_deprecated(
 
 /// A Halo parameter as the Link binds it: a plain value binds by position, an
 /// object `{"name", "value"}` by name. `value` (a string) is typed by `type`.
-fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
+pub(crate) fn link_parameter(p: &ParameterDto) -> Result<Value, ApiError> {
     match p.direction.unwrap_or_default() {
         DirectionDto::Input | DirectionDto::InputOutput => {}
         DirectionDto::Output | DirectionDto::ReturnValue => {

@@ -64,7 +64,7 @@ impl WebhookConfig {
 
 /// `PUT /admin/integrators/{integrator}/webhooks` body. Without `secret`, one is
 /// generated and returned once.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookBody {
     /// See [`WebhookConfig::url`].
@@ -78,7 +78,57 @@ pub struct WebhookBody {
     pub registered_url: Option<String>,
     /// The signing secret (at least 16 characters); generated when absent.
     #[serde(default)]
+    #[schema(min_length = 16)]
     pub secret: Option<String>,
+}
+
+/// The answer of `PUT /admin/integrators/{integrator}/webhooks` (documentation
+/// only: the handler writes the same fields).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSettingsDto {
+    /// The integrator.
+    pub integrator: String,
+    /// The URL for every source without its own.
+    pub url: Option<String>,
+    /// The URL for async queries.
+    pub async_url: Option<String>,
+    /// The URL for registered queries.
+    pub registered_url: Option<String>,
+    /// The generated secret, shown once (absent when the request gave one).
+    pub secret: Option<String>,
+}
+
+/// One dead-lettered delivery.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterDto {
+    /// The notification id (`X-Halo-Id`).
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The integrator.
+    pub integrator: String,
+    /// Where it was going.
+    pub url: String,
+    /// The JSON body it carried.
+    pub body: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// The answer of `GET /admin/webhooks/dead-letters`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLettersDto {
+    /// Deliveries that kept failing.
+    pub dead_letters: Vec<DeadLetterDto>,
+    /// Deliveries still pending.
+    pub pending: u64,
 }
 
 /// Fills a URL template.
@@ -101,6 +151,12 @@ fn check_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// `PUT /admin/integrators/{integrator}/webhooks`: sets an integrator's webhooks.
+#[utoipa::path(put, path = "/admin/integrators/{integrator}/webhooks", tag = "admin",
+    params(("integrator" = String, Path, description = "The integrator's id.")),
+    security(("admin" = [])),
+    request_body = WebhookBody,
+    responses((status = 200, description = "Webhooks set.", body = WebhookSettingsDto),
+        crate::openapi::AdminWriteErrors))]
 pub async fn configure(
     State(app): State<AppState>,
     _admin: Admin,
@@ -157,6 +213,11 @@ pub async fn configure(
 }
 
 /// `GET /admin/webhooks/dead-letters`: deliveries that kept failing.
+#[utoipa::path(get, path = "/admin/webhooks/dead-letters", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, description = "Dead letters and the pending count.",
+        body = DeadLettersDto),
+        crate::openapi::AdminStoreListErrors))]
 pub async fn dead_letters(
     State(app): State<AppState>,
     _admin: Admin,

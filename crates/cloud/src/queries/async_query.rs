@@ -35,8 +35,9 @@ use super::store::{JobStoreError, PageMeta};
 use super::{Jobs, blocking};
 use crate::app::AppState;
 use crate::clock::now;
+use crate::dto::{CommandDto, CommandTypeDto};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, CallerIp, subscription_key};
+use crate::extract::{ApiJson, ApiPath, CallerIp, SizedJson, subscription_key};
 use crate::site_view::policy_view;
 
 /// The largest `maxTimeInQueue` of an async query, in ms (the document's maximum).
@@ -44,43 +45,29 @@ pub const MAX_TIME_IN_QUEUE_MS: u64 = 7_200_000;
 /// `maxTimeInQueue` when the request gives none (the document's default).
 pub const DEFAULT_TIME_IN_QUEUE_MS: u64 = 3_600_000;
 
-/// A command of an async query (the document's `AsyncCommand.command`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AsyncCommandBody {
-    /// SQL text.
-    pub text: String,
-    /// `reader` (default), `nonQuery` or `scalar`.
-    #[serde(default)]
-    pub execution_mode: Option<String>,
-    /// `text` (default); `storedProcedure` is not supported by SQLite Links.
-    #[serde(rename = "type", default)]
-    pub command_type: Option<String>,
-    /// Parameters.
-    #[serde(default)]
-    pub parameters: Vec<Value>,
-}
-
-/// `POST /integrator/sites/{siteId}/queries/async` body (`AsyncCommand`).
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /integrator/sites/{siteId}/queries/async` body (Halo's `AsyncCommand`).
+/// The command is the immediate path's [`CommandDto`]: one command shape for both.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AsyncQueryBody {
     /// How long the query may wait for the site, in ms (default 3 600 000, at most
     /// 7 200 000).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 7_200_000, default = 3_600_000)]
     pub max_time_in_queue: Option<u64>,
     /// The catalogue; the site's default when absent.
     #[serde(default)]
     pub catalogue: Option<String>,
     /// The command.
-    pub command: AsyncCommandBody,
+    pub command: CommandDto,
 }
 
 /// `POST /integrator/sites/{siteId}/queries/status` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusBatchBody {
-    /// The queries asked about.
+    /// The queries asked about (UUIDs, at most 100).
+    #[schema(value_type = Vec<uuid::Uuid>, max_items = 100)]
     pub query_ids: Vec<String>,
 }
 
@@ -94,26 +81,50 @@ pub(crate) fn authenticate(
 
 /// The caller may see `site`: it exists, its practice is enabled for the caller and
 /// it is in the key's environment (`halo_policy::site_status_access` decides).
-pub(crate) fn may_see_site(
-    app: &AppState,
-    who: &Authenticated,
-    site: HaloGuid,
-) -> Result<(), ApiError> {
+fn may_see_site(app: &AppState, who: &Authenticated, site: HaloGuid) -> Result<(), ApiError> {
     let policy = app.state.policy();
     let registry = app.state.registry();
     let view = registry.site(site).map(policy_view);
     halo_policy::site_status_access(&policy, who, view.as_ref()).map_err(ApiError::from)
 }
 
-pub(crate) fn execution_mode(text: Option<&str>) -> Result<ExecutionMode, ApiError> {
-    match text.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("reader") => Ok(ExecutionMode::Reader),
-        Some("nonquery") => Ok(ExecutionMode::NonQuery),
-        Some("scalar") => Ok(ExecutionMode::Scalar),
-        _ => Err(ApiError::bad_request(
-            "command.executionMode must be reader, nonQuery or scalar",
-        )),
+/// A path that names a site (and maybe more).
+pub(crate) trait SitePath {
+    /// The site it names.
+    fn site(&self) -> HaloGuid;
+}
+
+impl SitePath for HaloGuid {
+    fn site(&self) -> HaloGuid {
+        *self
     }
+}
+
+impl SitePath for (HaloGuid, String) {
+    fn site(&self) -> HaloGuid {
+        self.0
+    }
+}
+
+impl SitePath for (HaloGuid, String, String) {
+    fn site(&self) -> HaloGuid {
+        self.0
+    }
+}
+
+/// The preamble of every async and registered handler that reads what a caller
+/// owns on a site: the key (401/403), the path (400), and whether the caller may
+/// see the site (404, or 401 for a key of the other environment).
+pub(crate) fn site_caller<T: SitePath>(
+    app: &AppState,
+    headers: &HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<T>, ApiError>,
+) -> Result<(Authenticated, T), ApiError> {
+    let who = authenticate(app, headers, ip)?;
+    let ApiPath(path) = path?;
+    may_see_site(app, &who, path.site())?;
+    Ok((who, path))
 }
 
 /// Checks a command the way the immediate path does and returns it stored, with
@@ -125,23 +136,34 @@ pub(crate) fn accept_command(
     ip: Option<IpAddr>,
     site: HaloGuid,
     catalogue: Option<String>,
-    command: &AsyncCommandBody,
+    command: &CommandDto,
 ) -> Result<StoredCommand, ApiError> {
-    if command
-        .command_type
-        .as_deref()
-        .is_some_and(|t| !t.eq_ignore_ascii_case("text"))
-    {
-        return Err(ApiError::bad_request("command.type must be text"));
+    if command.command_type == CommandTypeDto::StoredProcedure {
+        return Err(ApiError::bad_request(
+            "command.type storedProcedure is not supported by this site",
+        ));
     }
-    let mode = execution_mode(command.execution_mode.as_deref())?;
+    // As the immediate path: a malformed command is a bad request (400), a
+    // construct the analyser does not read is denied (403).
     let components = crate::integrator::COMPONENTS
         .extract(&command.text)
-        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+        .map_err(|e| {
+            if e.is_malformed_command() {
+                ApiError::bad_request(format!("command refused: {e}"))
+            } else {
+                ApiError::from(Deny::unanalysable(&e))
+            }
+        })?;
+    // Parameters are stored as the Link binds them, so a re-dispatch needs no DTO.
+    let parameters = command
+        .parameters
+        .iter()
+        .map(crate::integrator::link_parameter)
+        .collect::<Result<Vec<_>, _>>()?;
     let stored = StoredCommand {
         text: command.text.clone(),
-        mode,
-        parameters: command.parameters.clone(),
+        mode: command.execution_mode.into(),
+        parameters,
         catalogue,
     };
     let request = route_request(key, ip, site, now(), None, &stored, components);
@@ -226,16 +248,27 @@ pub(crate) fn new_record(
 
 /// `POST /integrator/sites/{siteId}/queries/async`: accepts a query (201), durably,
 /// and runs it in the background.
+#[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/async", tag = "integrator",
+    operation_id = "createAsyncQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    request_body = AsyncQueryBody,
+    responses((status = 201, description = "Async query accepted (queued).",
+        body = super::docs::AsyncQueryDto),
+        crate::openapi::AsyncSubmitErrors))]
 pub async fn create_async_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
-    body: Result<ApiJson<AsyncQueryBody>, ApiError>,
+    body: Result<SizedJson<AsyncQueryBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let who = authenticate(&app, &headers, ip)?;
     let ApiPath(site) = site_id?;
-    let ApiJson(body) = body?;
+    let SizedJson {
+        value: body,
+        size: request_size,
+    } = body?;
     let max_time_in_queue = body.max_time_in_queue.unwrap_or(DEFAULT_TIME_IN_QUEUE_MS);
     if max_time_in_queue > MAX_TIME_IN_QUEUE_MS {
         return Err(ApiError::bad_request(
@@ -251,7 +284,7 @@ pub async fn create_async_query(
         body.catalogue.clone(),
         &body.command,
     )?;
-    let request_size = request_size(&body);
+    let request_size = request_size as u64;
     let mut record = new_record(
         &who,
         site,
@@ -272,18 +305,6 @@ pub async fn create_async_query(
     let answer = record.to_json();
     spawn(Arc::clone(&app), record, false);
     Ok((StatusCode::CREATED, Json(answer)))
-}
-
-fn request_size(body: &AsyncQueryBody) -> u64 {
-    let command = json!({
-        "text": body.command.text,
-        "executionMode": body.command.execution_mode,
-        "type": body.command.command_type,
-        "parameters": body.command.parameters,
-    });
-    json!({"maxTimeInQueue": body.max_time_in_queue, "catalogue": body.catalogue, "command": command})
-        .to_string()
-        .len() as u64
 }
 
 /// Loads a query the caller owns on `site` (same integrator and environment, and
@@ -314,15 +335,19 @@ pub(crate) async fn owned(
 
 /// `GET /integrator/sites/{siteId}/queries/{queryId}`: an async query's status,
 /// with its result pages once successful.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/{queryId}", tag = "integrator",
+    operation_id = "getQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The query id.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The query.", body = super::docs::AsyncQueryDto),
+        crate::openapi::OwnedQueryErrors))]
 pub async fn get_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath((site, query_id)) = path?;
-    may_see_site(&app, &who, site)?;
+    let (who, (site, query_id)) = site_caller(&app, &headers, ip, path)?;
     let record = owned(&app, &who, site, &query_id).await?;
     Ok(Json(record.to_json()))
 }
@@ -331,6 +356,14 @@ pub async fn get_query(
 pub const MAX_STATUS_BATCH: usize = 100;
 
 /// `POST /integrator/sites/{siteId}/queries/status`: the status of several queries.
+#[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/status", tag = "integrator",
+    operation_id = "getQueryStatusBatch",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    request_body = StatusBatchBody,
+    responses((status = 200, description = "One answer per query id.",
+        body = super::docs::StatusBatchDto),
+        crate::openapi::StatusBatchErrors))]
 pub async fn get_query_status_batch(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -338,15 +371,13 @@ pub async fn get_query_status_batch(
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
     body: Result<ApiJson<StatusBatchBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath(site) = site_id?;
+    let (who, site) = site_caller(&app, &headers, ip, site_id)?;
     let ApiJson(body) = body?;
     if body.query_ids.len() > MAX_STATUS_BATCH {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_STATUS_BATCH} queryIds per request"
         )));
     }
-    may_see_site(&app, &who, site)?;
     let mut results = Vec::with_capacity(body.query_ids.len());
     for query_id in &body.query_ids {
         let canonical = uuid::Uuid::parse_str(query_id)

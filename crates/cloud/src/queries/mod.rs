@@ -7,6 +7,7 @@
 //! than a few pages.
 
 pub mod async_query;
+pub mod docs;
 pub mod hub;
 pub mod pages;
 pub mod record;

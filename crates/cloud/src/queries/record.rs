@@ -246,7 +246,16 @@ impl AsyncRecord {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));
-        m.insert("integratorId".into(), json!(self.integrator));
+        // Halo's `integratorId` is a UUID: the integrator's stable one, as the
+        // immediate path answers it.
+        let integrator_id = self
+            .integrator
+            .parse::<halo_policy::IntegratorId>()
+            .map_or_else(
+                |_| self.integrator.clone(),
+                |i| crate::integrator::integrator_uuid(&i).to_string(),
+            );
+        m.insert("integratorId".into(), json!(integrator_id));
         m.insert("siteId".into(), json!(self.site));
         m.insert("mode".into(), json!("async"));
         m.insert("status".into(), json!(self.status.as_str()));
