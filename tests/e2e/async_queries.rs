@@ -10,8 +10,8 @@ use halo_ids::{Environment, HaloGuid};
 use halo_router::RouterConfig;
 use serde_json::{Value, json};
 
+use crate::contract::{assert_response, assert_schema};
 use crate::fixture::{Harness, TestLink, message, practice, rows};
-use crate::schema::{assert_response, assert_schema};
 
 const ASYNC: &str = "/integrator/sites/{siteId}/queries/async";
 const GET_QUERY: &str = "/integrator/sites/{siteId}/queries/{queryId}";
@@ -121,7 +121,7 @@ pub(crate) async fn all_pages(h: &Harness, key: &str, site: HaloGuid, query: &Va
         // The document's `oneOf` for this response is ambiguous (its "Non Query Result"
         // branch requires nothing, so every "Query Result" matches both): validate
         // against the branch a reader result is.
-        crate::schema::assert_response_branch("get", PAGE, 200, 0, &body);
+        crate::contract::assert_response_branch("get", PAGE, 200, 0, &body);
         let mut page_rows = rows(&json!({"result": body}));
         assert_eq!(
             page_rows.len() as u64,

@@ -93,6 +93,10 @@ enum Command {
         /// Attempts before a webhook delivery is dead-lettered.
         #[arg(long, default_value_t = 10)]
         webhook_attempts: u32,
+        /// A PEM file of extra root certificates `https://` webhook receivers may chain
+        /// to (a private CA), besides the web PKI's; may be repeated.
+        #[arg(long)]
+        webhook_ca_file: Vec<PathBuf>,
     },
 }
 
@@ -131,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             page_bytes,
             webhook_retry_base,
             webhook_attempts,
+            webhook_ca_file,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
@@ -143,8 +148,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 page_bytes,
                 webhook_retry_base,
                 webhook_attempts: webhook_attempts.max(1),
+                webhook_roots: webhook_ca_file
+                    .iter()
+                    .map(|path| {
+                        std::fs::read(path).with_context(|| {
+                            format!("reading --webhook-ca-file {}", path.display())
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
                 ..halo_cloud::JobsConfig::default()
             };
+            halo_cloud::webhooks::webhook_client(&jobs)
+                .context("--webhook-ca-file must hold PEM certificates")?;
             let cloud = halo_cloud::start_with(
                 CloudConfig {
                     listen,

@@ -46,6 +46,10 @@ pub struct JobsConfig {
     pub webhook_timeout: Duration,
     /// How often the background work (retention, scheduler, outbox) runs. Default 250 ms.
     pub tick: Duration,
+    /// Extra root certificates (PEM, one or more per entry) that `https://` webhook
+    /// receivers may chain to, besides the web PKI's roots (Mozilla's, built in).
+    /// Default none. `halo-cloud serve --webhook-ca-file`.
+    pub webhook_roots: Vec<Vec<u8>>,
 }
 
 impl Default for JobsConfig {
@@ -60,6 +64,7 @@ impl Default for JobsConfig {
             webhook_attempts: 10,
             webhook_timeout: Duration::from_secs(5),
             tick: Duration::from_millis(250),
+            webhook_roots: Vec::new(),
         }
     }
 }
