@@ -212,3 +212,116 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
     link.kill();
     cloud.kill();
 }
+
+/// A query accepted before a kill is decided again when it is dispatched again:
+/// its key, revoked while the Cloud was restarting and its Link away, denies it
+/// (deny by default), and it ends `executionFailed` with 401 and its webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_dispatched_again_after_a_restart_is_denied_once_its_key_is_revoked() {
+    use sha2::Digest as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cloud");
+    let port = free_port();
+    let flags = ["--page-bytes", "512"];
+    let mut cloud = CloudProcess::start(&data, port, &flags);
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    cloud.wait_ready(&client.http).await;
+    let mut p = practice("SMILE01", "Smile Dental");
+    p.patients = 40;
+    let db = dir.path().join("db.sqlite");
+    generate(&db, &p).unwrap();
+    let token = client.credential("SMILE01").await;
+    let key = client.integrator("SMILE01").await;
+    let link_config = || {
+        let mut config = LinkConfig::new(
+            format!("ws://127.0.0.1:{port}/link/ws"),
+            Environment::Stage,
+            token.clone(),
+            dir.path().join("link-state.json"),
+            vec![db.clone()],
+        );
+        config.backoff_initial = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(200);
+        config
+    };
+    let agent = Agent::prepare(link_config()).unwrap();
+    let site = agent.databases()[0].halo_guid();
+    let link = agent.spawn();
+    link.wait_connected(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = client
+        .call(
+            Method::POST,
+            &key,
+            "/integrator/pair-site?practiceManagementSiteId=SMILE01&practiceManagementName=D4w",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // A long paged read, running when the Cloud is killed.
+    let endless =
+        "SELECT a.first_name, b.last_name, c.first_name FROM patients a, patients b, patients c";
+    let (status, created) = client
+        .call(
+            Method::POST,
+            &key,
+            &format!("/integrator/sites/{site}/queries/async"),
+            Some(json!({"command": {"text": endless}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/integrator/sites/{site}/queries/{id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, q) = client.call(Method::GET, &key, &path, None).await.unwrap();
+        if q["status"] == "uploading" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never uploading: {q}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cloud.kill();
+    link.kill();
+
+    // The Cloud comes back without the Link; support revokes the key meanwhile.
+    cloud = CloudProcess::start(&data, port, &flags);
+    cloud.wait_ready(&client.http).await;
+    let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    client
+        .admin(
+            Method::POST,
+            "/admin/policy-events",
+            json!({"event": "keyRevoked", "integrator": INTEGRATOR, "keyHash": hash}),
+        )
+        .await;
+    // The Link attaches again: the query is dispatched again, and denied.
+    let link = Agent::prepare(link_config()).unwrap().spawn();
+    link.wait_connected(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Read it with a fresh key of the same integrator (the revoked one is refused).
+    let reader = client
+        .admin(
+            Method::POST,
+            &format!("/admin/integrators/{INTEGRATOR}/keys"),
+            json!({"environment": "stage"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let q = wait_terminal(&client, &reader, &path).await;
+    assert_eq!(q["status"], "executionFailed", "{q}");
+    assert_eq!(q["errorCode"], 401, "{q}");
+    link.kill();
+    cloud.kill();
+}
