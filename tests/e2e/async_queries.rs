@@ -272,7 +272,9 @@ async fn async_failures_answer_as_the_document_says() {
 async fn results_expire_after_their_retention_and_answer_410() {
     let s = setup(
         JobsConfig {
-            retention: Duration::from_millis(400),
+            // Long enough to read a page once on a loaded machine (it was 400 ms
+            // and failed under load), short enough to wait out.
+            retention: Duration::from_secs(3),
             ..small_pages()
         },
         12,
@@ -285,7 +287,7 @@ async fn results_expire_after_their_retention_and_answer_410() {
     let base = format!("/integrator/sites/{}/queries/{id}/results/1", s.site);
     let (status, body) = s.h.get(&s.key, &base).await;
     assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (status, body) = s.h.get(&s.key, &base).await;
     assert_eq!(status, 410, "{body}");
     let (status, body) = s.h.get(&s.key, &format!("{base}/stream")).await;
