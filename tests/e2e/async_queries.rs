@@ -10,8 +10,8 @@ use halo_ids::{Environment, HaloGuid};
 use halo_router::RouterConfig;
 use serde_json::{Value, json};
 
+use crate::contract::{assert_response, assert_schema};
 use crate::fixture::{Harness, TestLink, message, practice, rows};
-use crate::schema::{assert_response, assert_schema};
 
 const ASYNC: &str = "/integrator/sites/{siteId}/queries/async";
 const GET_QUERY: &str = "/integrator/sites/{siteId}/queries/{queryId}";
@@ -121,7 +121,7 @@ pub(crate) async fn all_pages(h: &Harness, key: &str, site: HaloGuid, query: &Va
         // The document's `oneOf` for this response is ambiguous (its "Non Query Result"
         // branch requires nothing, so every "Query Result" matches both): validate
         // against the branch a reader result is.
-        crate::schema::assert_response_branch("get", PAGE, 200, 0, &body);
+        crate::contract::assert_response_branch("get", PAGE, 200, 0, &body);
         let mut page_rows = rows(&json!({"result": body}));
         assert_eq!(
             page_rows.len() as u64,
@@ -157,6 +157,8 @@ async fn an_async_query_pages_its_result_and_every_answer_follows_the_document()
     let (status, immediate) = s.h.query(&s.key, s.site, sql).await;
     assert_eq!(status, 200, "{immediate}");
     assert_eq!(paged, rows(&immediate));
+    // Both paths name the integrator by the same UUID.
+    assert_eq!(done["integratorId"], immediate["integratorId"]);
     let mut start = 0;
     for page in pages {
         assert_eq!(page["rows"]["rangeStart"], start);
@@ -270,7 +272,9 @@ async fn async_failures_answer_as_the_document_says() {
 async fn results_expire_after_their_retention_and_answer_410() {
     let s = setup(
         JobsConfig {
-            retention: Duration::from_millis(400),
+            // Long enough to read a page once on a loaded machine (it was 400 ms
+            // and failed under load), short enough to wait out.
+            retention: Duration::from_secs(3),
             ..small_pages()
         },
         12,
@@ -283,7 +287,7 @@ async fn results_expire_after_their_retention_and_answer_410() {
     let base = format!("/integrator/sites/{}/queries/{id}/results/1", s.site);
     let (status, body) = s.h.get(&s.key, &base).await;
     assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let (status, body) = s.h.get(&s.key, &base).await;
     assert_eq!(status, 410, "{body}");
     let (status, body) = s.h.get(&s.key, &format!("{base}/stream")).await;
@@ -342,4 +346,177 @@ fn the_page_data_is_base64_of_json_rows() {
         rows(&json!({"result": {"data": data}})),
         vec![json!({"a": 1})]
     );
+}
+
+/// A paged query that keeps its Link producing pages for minutes (40^4 rows in
+/// 200-byte pages).
+const ENDLESS: &str = "SELECT a.first_name, b.last_name, c.first_name, d.last_name FROM patients a, patients b, patients c, patients d";
+
+/// Waits until the Cloud has a query in flight at some Link (`/metrics`).
+async fn wait_in_flight(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = h
+            .http
+            .get(h.url("/metrics"))
+            .bearer_auth(crate::fixture::ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let in_flight: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("halo_link_queue_depth{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if in_flight >= 1.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no query in flight:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Link's count of jobs that ended with `outcome`.
+fn link_jobs(link: &TestLink, outcome: &str) -> u64 {
+    let text = link.metrics.render().unwrap();
+    let series = format!("halo_link_jobs_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_registered_query_stops_its_running_paged_occurrence_at_the_link() {
+    let s = setup(small_pages(), 40).await;
+    let base_path = format!("/integrator/sites/{}/queries/registered", s.site);
+    let (status, created) =
+        s.h.post(
+            &s.key,
+            &base_path,
+            json!({
+                "name": "endless",
+                "registeredQueryType": "query",
+                "frequency": 3600,
+                "duration": 86_400,
+                "registerCommand": {"command": {"text": ENDLESS}},
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Its first occurrence runs at the Link, page after page.
+    wait_in_flight(&s.h).await;
+    assert_eq!(link_jobs(&s._link, "cancelled"), 0);
+
+    let resp =
+        s.h.http
+            .delete(s.h.url(&format!("{base_path}/{id}")))
+            .header(halo_cloud::KEY_HEADER, &s.key)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // The Link's job ends cancelled (it would otherwise page for minutes), and the
+    // occurrence ends failed, saying so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while link_jobs(&s._link, "cancelled") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the Link never stopped the job:\n{}",
+            s._link.metrics.render().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(link_jobs(&s._link, "ok"), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let q = loop {
+        let (status, q) = s.h.get(&s.key, &format!("{base_path}/{id}")).await;
+        assert_eq!(status, 200, "{q}");
+        if q["metrics"]["executionFailedCount"] == 1 {
+            break q;
+        }
+        assert!(Instant::now() < deadline, "the occurrence did not end: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_schema("RegisteredQuery", &q);
+    assert_eq!(q["status"], "cancelled", "{q}");
+    assert_eq!(q["lastErrorDetails"]["errorCode"], 409, "{q}");
+    // Nothing of it is in flight any more: an immediate query gets the Link at once.
+    let (status, body) =
+        s.h.query(&s.key, s.site, "SELECT first_name FROM patients")
+            .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_paged_query_does_not_block_another_database_of_the_same_link() {
+    let mut h = Harness::start_with_jobs(
+        RouterConfig::standard(),
+        HttpLimits::default(),
+        small_pages(),
+    )
+    .await;
+    let mut busy = practice("SMILE01", "Smile Dental");
+    busy.patients = 40;
+    let quiet = practice("BRIGHT77", "Bright Teeth");
+    let link = h.link(Environment::Stage, &[busy, quiet]).await;
+    let key = h.integrator(Environment::Stage).await;
+    for (crn, _) in &link.sites {
+        h.enable_practice(*crn).await;
+        let (status, body) = h.pair(&key, *crn).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (busy_site, quiet_site) = (link.sites[0].1, link.sites[1].1);
+    let submit_to = |site: HaloGuid, sql: &'static str| {
+        let h = &h;
+        let key = &key;
+        async move {
+            let (status, created) = h
+                .post(
+                    key,
+                    &format!("/integrator/sites/{site}/queries/async"),
+                    json!({"command": {"text": sql}}),
+                )
+                .await;
+            assert_eq!(status, 201, "{created}");
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let long = submit_to(busy_site, ENDLESS).await;
+    wait_in_flight(&h).await;
+    // Pages of the long one are flowing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, q) = h
+            .get(
+                &key,
+                &format!("/integrator/sites/{busy_site}/queries/{long}"),
+            )
+            .await;
+        if q["status"] == "uploading" {
+            break;
+        }
+        assert_eq!(q["status"], "executing", "{q}");
+        assert!(Instant::now() < deadline, "never uploading: {q}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let short = submit_to(quiet_site, "SELECT first_name FROM patients").await;
+    let done = wait_terminal(&h, &key, quiet_site, &short).await;
+    assert_eq!(done["status"], "successful", "{done}");
+    assert_eq!(done["result"]["rows"], 12);
+    // ... while the long one still runs.
+    let (status, q) = h
+        .get(
+            &key,
+            &format!("/integrator/sites/{busy_site}/queries/{long}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["status"], "uploading", "{q}");
+    link.handle.kill();
 }

@@ -1,4 +1,6 @@
-//! The contract test: the Cloud speaks Halo's public integrator API.
+//! The contract test: the Cloud speaks Halo's public integrator API. Also the one
+//! loader and validator of Halo's document for the other e2e tests
+//! ([`assert_schema`], [`assert_response`], [`assert_response_branch`]).
 //!
 //! A Cloud and a Link on loopback; the success path and the main failure paths of
 //! every implemented operation of Halo's document (`getSites`, `getSite`,
@@ -155,6 +157,61 @@ fn validate_at(tokens: &[&str], body: &Value, context: &str) {
         "{context}: the answer does not fit Halo's schema {tokens:?}:\n{}\n{body:#}",
         errors.join("\n")
     );
+}
+
+/// Validates `instance` against `#/components/schemas/{name}` of Halo's document
+/// (the async path's tests name the schema of each status).
+pub(crate) fn assert_schema(name: &str, instance: &Value) {
+    validate_at(
+        &["components", "schemas", name],
+        instance,
+        &format!("schema {name}"),
+    );
+}
+
+/// Validates against the JSON response of `method path` with `status`.
+pub(crate) fn assert_response(method: &str, path: &str, status: u16, instance: &Value) {
+    let (method, status) = (method.to_ascii_lowercase(), status.to_string());
+    validate_at(
+        &response_schema(path, &method, &status),
+        instance,
+        &format!("{method} {path} {status}"),
+    );
+}
+
+/// Validates against branch `branch` of the `oneOf` of a JSON response.
+pub(crate) fn assert_response_branch(
+    method: &str,
+    path: &str,
+    status: u16,
+    branch: usize,
+    instance: &Value,
+) {
+    let (method, status, branch) = (
+        method.to_ascii_lowercase(),
+        status.to_string(),
+        branch.to_string(),
+    );
+    let mut tokens = response_schema(path, &method, &status);
+    tokens.extend(["oneOf", branch.as_str()]);
+    validate_at(
+        &tokens,
+        instance,
+        &format!("{method} {path} {status} oneOf/{branch}"),
+    );
+}
+
+fn response_schema<'a>(path: &'a str, method: &'a str, status: &'a str) -> Vec<&'a str> {
+    vec![
+        "paths",
+        path,
+        method,
+        "responses",
+        status,
+        "content",
+        "application/json",
+        "schema",
+    ]
 }
 
 /// The document's path and method of an operation.

@@ -28,6 +28,8 @@ pub(crate) struct TestLink {
     pub(crate) handle: AgentHandle,
     /// (practice CRN as integrators use it, Halo GUID) per database, in order.
     pub(crate) sites: Vec<(Crn, HaloGuid)>,
+    /// The Link's metrics (jobs by outcome).
+    pub(crate) metrics: std::sync::Arc<halo_link::metrics::LinkMetrics>,
 }
 
 /// A practice database to generate.
@@ -238,12 +240,17 @@ impl Harness {
                 )
             })
             .collect();
+        let metrics = std::sync::Arc::clone(link.metrics());
         let handle = link.spawn();
         handle
             .wait_connected(1, Duration::from_secs(10))
             .await
             .unwrap();
-        TestLink { handle, sites }
+        TestLink {
+            handle,
+            sites,
+            metrics,
+        }
     }
 
     /// Enables INTEGRATOR for D4W with the demo tables, and returns a key for `env`.

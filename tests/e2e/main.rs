@@ -18,7 +18,6 @@ mod large_result;
 mod link_trust;
 mod metrics;
 mod processes;
-mod schema;
 mod tenancy;
 mod visibility;
 mod webhooks;

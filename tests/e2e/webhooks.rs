@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::async_queries::{Setup, setup, small_pages, submit, wait_terminal};
+use crate::contract::assert_schema;
 use crate::fixture::INTEGRATOR;
-use crate::schema::assert_schema;
 
 pub(crate) const SECRET: &str = "whsec_test_0123456789abcdef";
 /// The replay window of the AsyncAPI document.

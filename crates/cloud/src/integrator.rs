@@ -231,7 +231,7 @@ fn is_output(p: &ParameterDto) -> bool {
 /// object `{"name", "value"}` by name. `value` (a string) is typed by `type`.
 /// `output` and `returnValue` parameters are not bound (`None`): they are filled
 /// from the result ([`output_parameters`]); `inputOutput` binds as input.
-fn link_parameter(p: &ParameterDto) -> Result<Option<Value>, ApiError> {
+pub(crate) fn link_parameter(p: &ParameterDto) -> Result<Option<Value>, ApiError> {
     match p.direction.unwrap_or_default() {
         DirectionDto::Input => {}
         DirectionDto::InputOutput | DirectionDto::Output => {

@@ -115,6 +115,10 @@ enum Command {
         /// Attempts before a webhook delivery is dead-lettered.
         #[arg(long, default_value_t = 10)]
         webhook_attempts: u32,
+        /// A PEM file of extra root certificates `https://` webhook receivers may chain
+        /// to (a private CA), besides the web PKI's; may be repeated.
+        #[arg(long)]
+        webhook_ca_file: Vec<PathBuf>,
     },
 }
 
@@ -157,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             page_bytes,
             webhook_retry_base,
             webhook_attempts,
+            webhook_ca_file,
         } => {
             anyhow::ensure!(
                 admin_token.len() >= 16,
@@ -169,8 +174,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 page_bytes,
                 webhook_retry_base,
                 webhook_attempts: webhook_attempts.max(1),
+                webhook_roots: webhook_ca_file
+                    .iter()
+                    .map(|path| {
+                        std::fs::read(path).with_context(|| {
+                            format!("reading --webhook-ca-file {}", path.display())
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
                 ..halo_cloud::JobsConfig::default()
             };
+            halo_cloud::webhooks::webhook_client(&jobs)
+                .context("--webhook-ca-file must hold PEM certificates")?;
             let cluster = cluster_config(&store, node_id, peer_addr, listen)?;
             let cloud = halo_cloud::start_cluster(
                 CloudConfig {

@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 
-use crate::{admin, admin_audit, console, dto, error, integrator};
+use crate::{admin, admin_audit, console, dto, error, integrator, queries, webhooks};
 
 /// The OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
@@ -42,6 +42,18 @@ use crate::{admin, admin_audit, console, dto, error, integrator};
         admin::promote,
         admin_audit::list_audit,
         console::ticket,
+        queries::async_query::create_async_query,
+        queries::async_query::get_query,
+        queries::async_query::get_query_status_batch,
+        queries::pages::get_result_page,
+        queries::pages::stream_result_page,
+        queries::registered::create_registered_query,
+        queries::registered::get_registered_queries,
+        queries::registered::get_registered_query,
+        queries::registered::cancel_registered_query,
+        queries::registered::get_registered_query_result,
+        webhooks::configure,
+        webhooks::dead_letters,
     ),
     components(schemas(
         dto::SiteDto, dto::SitesDto, dto::CatalogueDto, dto::PracticeMetadataDto,
@@ -56,6 +68,21 @@ use crate::{admin, admin_audit, console, dto, error, integrator};
         admin::SecretDto, admin::CredentialBody, admin::CredentialSecretDto, admin::CredentialDto,
         admin::ActionBody, admin::ScopeBody, admin::PromoteBody, admin::AdminSiteDto,
         admin_audit::AuditPageDto, admin_audit::AuditEntryDto, console::TicketDto,
+        queries::async_query::AsyncQueryBody, queries::async_query::StatusBatchBody,
+        queries::registered::RegisteredBody, queries::registered::RegisterCommand,
+        queries::registered::RegisteredQueryTypeDto,
+        queries::docs::AsyncQueryDto, queries::docs::AsyncQueryStatusDto,
+        queries::docs::AsyncModeDto, queries::docs::AsyncStatusTimingDto,
+        queries::docs::StateSpanDto, queries::docs::AsyncResultDto, queries::docs::PageDto,
+        queries::docs::PageRowsDto, queries::docs::PageStatusDto,
+        queries::docs::StatusBatchDto, queries::docs::BatchResultDto,
+        queries::docs::BatchStatusDto, queries::docs::ResultPageDto,
+        queries::docs::RegisteredQueryIdDto, queries::docs::RegisteredQueryDto,
+        queries::docs::RegisteredQueryStatusDto, queries::docs::RegisteredQueryMetricsDto,
+        queries::docs::RegisteredErrorDto, queries::docs::RegisteredErrorTypeDto,
+        queries::docs::RegisteredQueriesDto, queries::docs::RegisteredQueryResultDto,
+        webhooks::WebhookBody, webhooks::WebhookSettingsDto, webhooks::DeadLettersDto,
+        webhooks::DeadLetterDto,
     )),
     modifiers(&Security, &Deprecations),
     tags((name = "integrator", description = "For integrators, with a subscription key"),
@@ -120,10 +147,11 @@ pub fn describe(status: StatusCode) -> &'static str {
         404 => {
             "Not found: an unknown site, or a site whose practice is not enabled for the caller \
              (exactly the same answer); no live site for the practice to pair with; an unknown \
-             credential"
+             credential; a query, page or registered query the caller does not own"
         }
         405 => "Method not allowed on this route (the `Allow` header lists the methods)",
         408 => "The request body was not received within the body deadline",
+        410 => "The query's results have expired: their retention time is over",
         409 => {
             "Conflicts with the current state (authority, CRN claims, a credential without a \
              scope, a token already issued)"
@@ -244,6 +272,53 @@ impl utoipa::IntoResponses for QueryErrors {
         responses.insert("400".to_owned(), RefOr::T(bad_request));
         responses
     }
+}
+
+error_responses! {
+    /// Submitting an async or registered query: a JSON body, checked by the policy
+    /// as the immediate path checks it (no routing yet: no 429, 504), then stored.
+    AsyncSubmitErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED,
+        REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+        SERVICE_UNAVAILABLE,
+    ]
+}
+
+error_responses! {
+    /// The status batch: a JSON body of query ids on one site.
+    StatusBatchErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED,
+        REQUEST_TIMEOUT, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// Reading or cancelling an async or registered query the caller owns.
+    OwnedQueryErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED,
+        INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// A result page: as [`OwnedQueryErrors`], and 410 once its retention ended.
+    ResultPageErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, GONE,
+        INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// A registered query's last result, whole: 410 once expired, 413 over 8 MiB.
+    RegisteredResultErrors: [
+        BAD_REQUEST, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, GONE,
+        PAYLOAD_TOO_LARGE, INTERNAL_SERVER_ERROR,
+    ]
+}
+
+error_responses! {
+    /// Admin endpoints that list what the store holds.
+    AdminStoreListErrors: [UNAUTHORIZED, METHOD_NOT_ALLOWED, INTERNAL_SERVER_ERROR]
 }
 
 error_responses! {
@@ -397,6 +472,62 @@ mod tests {
             ),
             ("/admin/audit", "get", &[200, 400, 401, 405]),
             ("/admin/console/tickets", "post", &[200, 401, 405]),
+            (
+                "/integrator/sites/{siteId}/queries/async",
+                "post",
+                &[201, 400, 401, 403, 404, 405, 408, 413, 415, 500, 503],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/status",
+                "post",
+                &[200, 400, 401, 403, 404, 405, 408, 413, 415, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 410, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}/stream",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 410, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered",
+                "post",
+                &[202, 400, 401, 403, 404, 405, 408, 413, 415, 500, 503],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}",
+                "delete",
+                &[204, 400, 401, 403, 404, 405, 500],
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}/results",
+                "get",
+                &[200, 400, 401, 403, 404, 405, 410, 413, 500],
+            ),
+            (
+                "/admin/integrators/{integrator}/webhooks",
+                "put",
+                &[200, 400, 401, 405, 408, 413, 415, 500],
+            ),
+            ("/admin/webhooks/dead-letters", "get", &[200, 401, 405, 500]),
         ];
         let mut documented = 0;
         for (path, method, want) in cases {
@@ -435,6 +566,56 @@ mod tests {
                 "post",
                 "createImmediateQuery",
             ),
+            (
+                "/integrator/sites/{siteId}/queries/async",
+                "post",
+                "createAsyncQuery",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}",
+                "get",
+                "getQuery",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/status",
+                "post",
+                "getQueryStatusBatch",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}",
+                "get",
+                "getResultPage",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}/stream",
+                "get",
+                "streamResultPage",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered",
+                "post",
+                "createRegisteredQuery",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered",
+                "get",
+                "getRegisteredQueries",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}",
+                "get",
+                "getRegisteredQuery",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}",
+                "delete",
+                "cancelRegisteredQuery",
+            ),
+            (
+                "/integrator/sites/{siteId}/queries/registered/{queryId}/results",
+                "get",
+                "getRegisteredQueryResult",
+            ),
         ];
         for (path, method, id) in ops {
             let op = &doc["paths"][path][method];
@@ -446,7 +627,11 @@ mod tests {
                 assert_eq!(required, name != "pairingCode", "{path} {name}");
                 let schema = resolve(&doc, &param["schema"]);
                 match name {
-                    "siteId" => assert_eq!(schema["format"], "uuid", "{path}"),
+                    "siteId" | "queryId" => assert_eq!(schema["format"], "uuid", "{path}"),
+                    "pageNumber" => {
+                        assert_eq!(schema["type"], "integer", "{path}");
+                        assert_eq!(schema["minimum"], 1, "{path}");
+                    }
                     "practiceManagementName" => assert_eq!(
                         schema["enum"],
                         serde_json::json!(["Best Practice", "Zedmed", "D4w"]),
@@ -516,6 +701,35 @@ mod tests {
         ] {
             assert!(required.contains(field), "{field} is required");
         }
+        assert_eq!(
+            schemas["AsyncQueryStatusDto"]["enum"],
+            serde_json::json!([
+                "initialising",
+                "initialisationFailedCacheError",
+                "initialisationFailedSiteOffline",
+                "initialisationFailedSiteUnreachable",
+                "queued",
+                "expiredInQueue",
+                "executing",
+                "executionFailed",
+                "uploading",
+                "uploadFailed",
+                "successful"
+            ])
+        );
+        assert_eq!(
+            schemas["RegisteredQueryStatusDto"]["enum"],
+            serde_json::json!(["enabled", "cancelled", "completed"])
+        );
+        // The async path takes the immediate path's command.
+        assert_eq!(
+            schemas["AsyncQueryBody"]["properties"]["command"]["$ref"],
+            "#/components/schemas/CommandDto"
+        );
+        assert_eq!(
+            schemas["AsyncQueryBody"]["properties"]["maxTimeInQueue"]["maximum"],
+            7_200_000
+        );
         let command = &schemas["CommandDto"];
         assert_eq!(command["properties"]["text"]["minLength"], 1, "{command}");
         assert_eq!(command["properties"]["text"]["pattern"], "\\S", "{command}");

@@ -64,7 +64,7 @@ impl WebhookConfig {
 
 /// `PUT /admin/integrators/{integrator}/webhooks` body. Without `secret`, one is
 /// generated and returned once.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookBody {
     /// See [`WebhookConfig::url`].
@@ -78,7 +78,57 @@ pub struct WebhookBody {
     pub registered_url: Option<String>,
     /// The signing secret (at least 16 characters); generated when absent.
     #[serde(default)]
+    #[schema(min_length = 16)]
     pub secret: Option<String>,
+}
+
+/// The answer of `PUT /admin/integrators/{integrator}/webhooks` (documentation
+/// only: the handler writes the same fields).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSettingsDto {
+    /// The integrator.
+    pub integrator: String,
+    /// The URL for every source without its own.
+    pub url: Option<String>,
+    /// The URL for async queries.
+    pub async_url: Option<String>,
+    /// The URL for registered queries.
+    pub registered_url: Option<String>,
+    /// The generated secret, shown once (absent when the request gave one).
+    pub secret: Option<String>,
+}
+
+/// One dead-lettered delivery.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterDto {
+    /// The notification id (`X-Halo-Id`).
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The integrator.
+    pub integrator: String,
+    /// Where it was going.
+    pub url: String,
+    /// The JSON body it carried.
+    pub body: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// The answer of `GET /admin/webhooks/dead-letters`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLettersDto {
+    /// Deliveries that kept failing.
+    pub dead_letters: Vec<DeadLetterDto>,
+    /// Deliveries still pending.
+    pub pending: u64,
 }
 
 /// Fills a URL template.
@@ -101,6 +151,12 @@ fn check_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// `PUT /admin/integrators/{integrator}/webhooks`: sets an integrator's webhooks.
+#[utoipa::path(put, path = "/admin/integrators/{integrator}/webhooks", tag = "admin",
+    params(("integrator" = String, Path, description = "The integrator's id.")),
+    security(("admin" = [])),
+    request_body = WebhookBody,
+    responses((status = 200, description = "Webhooks set.", body = WebhookSettingsDto),
+        crate::openapi::AdminWriteErrors))]
 pub async fn configure(
     State(app): State<AppState>,
     _admin: Admin,
@@ -157,6 +213,11 @@ pub async fn configure(
 }
 
 /// `GET /admin/webhooks/dead-letters`: deliveries that kept failing.
+#[utoipa::path(get, path = "/admin/webhooks/dead-letters", tag = "admin",
+    security(("admin" = [])),
+    responses((status = 200, description = "Dead letters and the pending count.",
+        body = DeadLettersDto),
+        crate::openapi::AdminStoreListErrors))]
 pub async fn dead_letters(
     State(app): State<AppState>,
     _admin: Admin,
@@ -343,13 +404,31 @@ async fn deliver_one(app: &AppState, client: &reqwest::Client, d: Delivery) {
     }
 }
 
+/// The HTTP client that delivers webhooks: rustls for `https://` URLs, trusting
+/// the web PKI's roots plus `config.webhook_roots`; no redirects (a receiver is
+/// the URL support set, nowhere else); `config.webhook_timeout` per attempt.
+///
+/// # Errors
+/// A `webhook_roots` entry that is not PEM certificates, or a client that cannot be
+/// built.
+pub fn webhook_client(
+    config: &crate::queries::JobsConfig,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(config.webhook_timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    for pem in &config.webhook_roots {
+        for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build()
+}
+
 /// Delivers the outbox until the process stops.
 pub async fn deliver_forever(app: AppState) {
-    let client = match reqwest::Client::builder()
-        .timeout(app.jobs.config.webhook_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match webhook_client(&app.jobs.config) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "no webhook client: webhooks stay in the outbox");
@@ -374,7 +453,53 @@ pub async fn deliver_forever(app: AppState) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// A self-signed certificate for tests only (`openssl req -x509 -newkey ec`).
+    const TEST_CA: &[u8] = include_bytes!("testdata/webhook-test-ca.pem");
+
+    #[tokio::test]
+    async fn an_https_webhook_url_is_spoken_to_in_tls() {
+        let client = webhook_client(&crate::queries::JobsConfig::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first_bytes = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 3];
+            socket.read_exact(&mut head).await.unwrap();
+            head
+        });
+        // The receiver never completes the handshake: the attempt fails, after the
+        // client opened it with a TLS ClientHello.
+        let sent = client
+            .post(format!("https://127.0.0.1:{port}/hooks"))
+            .body("{}")
+            .send()
+            .await;
+        assert!(sent.is_err());
+        let head = first_bytes.await.unwrap();
+        // A TLS handshake record (content type 22), protocol major version 3.
+        assert_eq!(head[..2], [0x16, 0x03], "{head:?}");
+    }
+
+    #[test]
+    fn extra_webhook_roots_must_be_pem_certificates() {
+        let with_root = crate::queries::JobsConfig {
+            webhook_roots: vec![TEST_CA.to_vec()],
+            ..crate::queries::JobsConfig::default()
+        };
+        assert!(webhook_client(&with_root).is_ok());
+        let garbage = crate::queries::JobsConfig {
+            webhook_roots: vec![
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec(),
+            ],
+            ..crate::queries::JobsConfig::default()
+        };
+        assert!(webhook_client(&garbage).is_err());
+    }
 
     #[test]
     fn signature_is_hmac_of_body_dot_timestamp_in_lowercase_hex() {

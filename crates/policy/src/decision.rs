@@ -229,7 +229,15 @@ fn lookup_key<'p>(
     if key.is_empty() {
         return Err(MISSING_KEY);
     }
-    let entry = policy.keys.get(&KeyHash::of(key)).ok_or(UNKNOWN_KEY)?;
+    lookup_hash(policy, &KeyHash::of(key), caller_ip)
+}
+
+fn lookup_hash<'p>(
+    policy: &'p Policy,
+    key_hash: &KeyHash,
+    caller_ip: Option<IpAddr>,
+) -> Result<(&'p CompiledIntegrator, Environment), Deny> {
+    let entry = policy.keys.get(key_hash).ok_or(UNKNOWN_KEY)?;
     let integrator = policy
         .integrators
         .get(entry.integrator as usize)
@@ -266,6 +274,25 @@ pub fn authenticate(
     caller_ip: Option<IpAddr>,
 ) -> Result<Authenticated, Deny> {
     let (i, environment) = lookup_key(policy, key, caller_ip)?;
+    Ok(Authenticated {
+        integrator: i.id.clone(),
+        environment,
+    })
+}
+
+/// [`authenticate`] for work accepted earlier whose key is no longer held: the
+/// caller is named by the hash of the key it presented then (only hashes are ever
+/// stored), checked against the policy of now. A key revoked since is
+/// [`DenyCode::UnknownKey`]: deny by default.
+///
+/// # Errors
+/// As [`authenticate`], except [`DenyCode::MissingKey`].
+pub fn authenticate_stored(
+    policy: &Policy,
+    key_hash: &KeyHash,
+    caller_ip: Option<IpAddr>,
+) -> Result<Authenticated, Deny> {
+    let (i, environment) = lookup_hash(policy, key_hash, caller_ip)?;
     Ok(Authenticated {
         integrator: i.id.clone(),
         environment,
@@ -379,12 +406,40 @@ pub fn evaluate(policy: &Policy, req: &Request<'_>, site: Option<&SiteView>) -> 
     }
 }
 
+/// [`evaluate`] for work accepted earlier whose key is no longer held (an async
+/// query re-dispatched after a restart): the caller is named by the hash of the key
+/// it presented when the work was accepted, and every check runs again against the
+/// policy of now, so a key revoked or a grant withdrawn since denies it.
+/// `req.key` is not read.
+pub fn evaluate_stored(
+    policy: &Policy,
+    key_hash: &KeyHash,
+    req: &Request<'_>,
+    site: Option<&SiteView>,
+) -> Decision {
+    let decided = lookup_hash(policy, key_hash, req.caller_ip)
+        .and_then(|(i, environment)| decide(i, environment, req, site));
+    match decided {
+        Ok(a) => Decision::Allow(a),
+        Err(d) => Decision::Deny(d),
+    }
+}
+
 fn evaluate_inner(
     policy: &Policy,
     req: &Request<'_>,
     site: Option<&SiteView>,
 ) -> Result<Allowed, Deny> {
     let (i, environment) = lookup_key(policy, req.key, req.caller_ip)?;
+    decide(i, environment, req, site)
+}
+
+fn decide(
+    i: &CompiledIntegrator,
+    environment: Environment,
+    req: &Request<'_>,
+    site: Option<&SiteView>,
+) -> Result<Allowed, Deny> {
     let site = site
         .filter(|s| s.halo_guid == req.halo_guid)
         .ok_or(UNKNOWN_SITE)?;

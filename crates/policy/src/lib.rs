@@ -102,7 +102,8 @@ pub use components::{
 };
 pub use decision::{
     Allowed, Authenticated, Decision, Deny, DenyCode, Request, SiteView, authenticate,
-    authorise_practice, evaluate, practice_enabled, site_status_access, site_visible,
+    authenticate_stored, authorise_practice, evaluate, evaluate_stored, practice_enabled,
+    site_status_access, site_visible,
 };
 pub use error::PolicyError;
 pub use event::{

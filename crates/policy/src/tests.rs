@@ -1335,3 +1335,66 @@ fn procedure_calls_are_authorised_by_their_name_alone() {
         assert!(procedure_components(bad).is_err(), "{bad:?}");
     }
 }
+
+fn run_stored(policy: &Policy, key_hash: &KeyHash, sql: &str) -> Decision {
+    let components = extract_components(sql).unwrap();
+    let req = Request {
+        key: "",
+        halo_guid: HaloGuid::from_u128(1).unwrap(),
+        mode: ExecutionMode::Reader,
+        catalogue: None,
+        components: &components,
+        caller_ip: None,
+        now: Timestamp::from_millis(0),
+    };
+    let s = site(Environment::Stage, 1, pms());
+    evaluate_stored(policy, key_hash, &req, Some(&s))
+}
+
+#[test]
+fn stored_work_is_decided_again_by_the_policy_of_now() {
+    let stored = KeyHash::of(STAGE_KEY);
+    let p = grants_with(&[]).compile();
+    match run_stored(&p, &stored, "SELECT * FROM patients") {
+        Decision::Allow(a) => {
+            assert_eq!(a.integrator(), &id("acme"));
+            assert_eq!(a.environment(), Environment::Stage);
+        }
+        Decision::Deny(d) => panic!("{d}"),
+    }
+    assert_eq!(
+        authenticate_stored(&p, &stored, None).unwrap().integrator(),
+        &id("acme")
+    );
+    // Every check of `evaluate` runs: a table not granted is denied.
+    check_deny(
+        run_stored(&p, &stored, "SELECT * FROM appointments"),
+        DenyCode::ComponentNotAuthorised,
+    );
+    // The key revoked since: denied.
+    let revoked = grants_with(&[PolicyEvent::KeyRevoked {
+        integrator: id("acme"),
+        key_hash: stored,
+    }])
+    .compile();
+    check_deny(
+        run_stored(&revoked, &stored, "SELECT * FROM patients"),
+        DenyCode::UnknownKey,
+    );
+    assert!(authenticate_stored(&revoked, &stored, None).is_err());
+    // The practice disabled since: the site is as unknown.
+    let disabled = grants_with(&[PolicyEvent::PracticeDisabled {
+        integrator: id("acme"),
+        pms_id: pms(),
+    }])
+    .compile();
+    check_deny(
+        run_stored(&disabled, &stored, "SELECT * FROM patients"),
+        DenyCode::UnknownSite,
+    );
+    // A hash nobody issued.
+    check_deny(
+        run_stored(&p, &KeyHash::of("never-issued"), "SELECT * FROM patients"),
+        DenyCode::UnknownKey,
+    );
+}

@@ -47,7 +47,9 @@ use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
 use halo_authority::{Epoch, GroupKey};
 use halo_ids::{HaloGuid, LinkGuid, Timestamp};
-use halo_policy::{Allowed, Components, Decision, Policy, Request, evaluate};
+use halo_policy::{
+    Allowed, Components, Decision, KeyHash, Policy, Request, evaluate, evaluate_stored,
+};
 use halo_tenancy::{Change, Registry, SiteStatus};
 
 use crate::busy::Busy;
@@ -406,6 +408,31 @@ impl Router {
         request: RouteRequest<'_>,
         limits: RouteLimits,
     ) -> Result<Dispatch, RouteError> {
+        self.route_as(request, limits, None)
+    }
+
+    /// [`Router::route_with`] for work accepted earlier whose key is no longer held
+    /// (an async query re-dispatched after a restart): the caller is named by the
+    /// hash of the key it presented when the work was accepted, and the policy of now
+    /// decides again (`halo_policy::evaluate_stored`); `request.key` is not read.
+    ///
+    /// # Errors
+    /// As [`Router::route`].
+    pub fn route_stored(
+        &self,
+        request: RouteRequest<'_>,
+        key_hash: &KeyHash,
+        limits: RouteLimits,
+    ) -> Result<Dispatch, RouteError> {
+        self.route_as(request, limits, Some(key_hash))
+    }
+
+    fn route_as(
+        &self,
+        request: RouteRequest<'_>,
+        limits: RouteLimits,
+        stored: Option<&KeyHash>,
+    ) -> Result<Dispatch, RouteError> {
         let in_queue = request
             .max_time_in_queue
             .unwrap_or(self.config.default_time_in_queue);
@@ -421,7 +448,7 @@ impl Router {
         let policy = self.policy.load();
         let (allowed, session, catalogue, halo_guid, link, epoch) =
             self.routes.with(&request.halo_guid, |route| {
-                let allowed = check_route(&policy, route, &request)?;
+                let allowed = check_route_as(&policy, route, &request, stored)?;
                 let route = route.ok_or(RouteError::UnknownSite)?;
                 let session = route
                     .link_entry()
@@ -648,8 +675,21 @@ pub fn check_route(
     route: Option<&Route>,
     request: &RouteRequest<'_>,
 ) -> Result<Allowed, RouteError> {
+    check_route_as(policy, route, request, None)
+}
+
+fn check_route_as(
+    policy: &Policy,
+    route: Option<&Route>,
+    request: &RouteRequest<'_>,
+    stored: Option<&KeyHash>,
+) -> Result<Allowed, RouteError> {
     let view = route.map(Route::view);
-    match evaluate(policy, &request.policy_request(), view.as_ref()) {
+    let decision = match stored {
+        None => evaluate(policy, &request.policy_request(), view.as_ref()),
+        Some(hash) => evaluate_stored(policy, hash, &request.policy_request(), view.as_ref()),
+    };
+    match decision {
         Decision::Deny(deny) => Err(RouteError::Denied(deny)),
         Decision::Allow(allowed) => {
             let site = route.ok_or(RouteError::UnknownSite)?.site();

@@ -2,13 +2,19 @@
 //! the runner that takes an accepted query to a terminal status.
 //!
 //! **Durability.** A query is written to the store (`queued`) before 201 is
-//! answered; every status change is written before it is visible; the terminal
-//! status and its webhooks are written in one transaction. The runner holds the
-//! integrator's key in memory only (keys are never stored, only their hashes), so
-//! after a restart a query that had not finished cannot be routed again:
-//! [`recover`] ends it with a clear failed status (and its webhook), and its pages,
-//! if any, are deleted. Finished queries and their pages stay readable until their
-//! retention ends.
+//! answered, with what dispatching it needs: the command and the caller
+//! ([`StoredCaller`]: the SHA-256 of the key, never the key, and the caller's
+//! address). Every status change is written before it is visible; the terminal
+//! status and its webhooks are written in one transaction. Every dispatch is
+//! decided again by the policy of the moment from the stored caller
+//! (`Router::route_stored`), so after a restart [`recover`] puts a query that had
+//! not finished back in the queue, and the new process runs it once its Link
+//! attaches, or ends it `expiredInQueue` when its `maxTimeInQueue` has passed; a
+//! key revoked or a grant withdrawn meanwhile ends it `executionFailed` (deny by
+//! default). Reads (`reader`, `scalar`) that had started run again from the start
+//! (their partial pages are deleted); a `nonQuery` that may have run is not run
+//! twice: it ends `executionFailed`, saying its outcome is unknown. Finished
+//! queries and their pages stay readable until their retention ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,13 +30,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::hub::StreamEvent;
-use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError, Timing};
+use super::record::{AsyncRecord, AsyncStatus, StoredCaller, StoredCommand, StoredError, Timing};
 use super::store::{JobStoreError, PageMeta};
 use super::{Jobs, blocking};
 use crate::app::AppState;
 use crate::clock::now;
+use crate::dto::{CommandDto, CommandTypeDto};
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, CallerIp, subscription_key};
+use crate::extract::{ApiJson, ApiPath, CallerIp, SizedJson, subscription_key};
 use crate::site_view::policy_view;
 
 /// The largest `maxTimeInQueue` of an async query, in ms (the document's maximum).
@@ -38,43 +45,29 @@ pub const MAX_TIME_IN_QUEUE_MS: u64 = 7_200_000;
 /// `maxTimeInQueue` when the request gives none (the document's default).
 pub const DEFAULT_TIME_IN_QUEUE_MS: u64 = 3_600_000;
 
-/// A command of an async query (the document's `AsyncCommand.command`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AsyncCommandBody {
-    /// SQL text.
-    pub text: String,
-    /// `reader` (default), `nonQuery` or `scalar`.
-    #[serde(default)]
-    pub execution_mode: Option<String>,
-    /// `text` (default); `storedProcedure` is not supported by SQLite Links.
-    #[serde(rename = "type", default)]
-    pub command_type: Option<String>,
-    /// Parameters.
-    #[serde(default)]
-    pub parameters: Vec<Value>,
-}
-
-/// `POST /integrator/sites/{siteId}/queries/async` body (`AsyncCommand`).
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /integrator/sites/{siteId}/queries/async` body (Halo's `AsyncCommand`).
+/// The command is the immediate path's [`CommandDto`]: one command shape for both.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AsyncQueryBody {
     /// How long the query may wait for the site, in ms (default 3 600 000, at most
     /// 7 200 000).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 7_200_000, default = 3_600_000)]
     pub max_time_in_queue: Option<u64>,
     /// The catalogue; the site's default when absent.
     #[serde(default)]
     pub catalogue: Option<String>,
     /// The command.
-    pub command: AsyncCommandBody,
+    pub command: CommandDto,
 }
 
 /// `POST /integrator/sites/{siteId}/queries/status` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusBatchBody {
-    /// The queries asked about.
+    /// The queries asked about (UUIDs, at most 100).
+    #[schema(value_type = Vec<uuid::Uuid>, max_items = 100)]
     pub query_ids: Vec<String>,
 }
 
@@ -88,26 +81,50 @@ pub(crate) fn authenticate(
 
 /// The caller may see `site`: it exists, its practice is enabled for the caller and
 /// it is in the key's environment (`halo_policy::site_status_access` decides).
-pub(crate) fn may_see_site(
-    app: &AppState,
-    who: &Authenticated,
-    site: HaloGuid,
-) -> Result<(), ApiError> {
+fn may_see_site(app: &AppState, who: &Authenticated, site: HaloGuid) -> Result<(), ApiError> {
     let policy = app.state.policy();
     let registry = app.state.registry();
     let view = registry.site(site).map(policy_view);
     halo_policy::site_status_access(&policy, who, view.as_ref()).map_err(ApiError::from)
 }
 
-pub(crate) fn execution_mode(text: Option<&str>) -> Result<ExecutionMode, ApiError> {
-    match text.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("reader") => Ok(ExecutionMode::Reader),
-        Some("nonquery") => Ok(ExecutionMode::NonQuery),
-        Some("scalar") => Ok(ExecutionMode::Scalar),
-        _ => Err(ApiError::bad_request(
-            "command.executionMode must be reader, nonQuery or scalar",
-        )),
+/// A path that names a site (and maybe more).
+pub(crate) trait SitePath {
+    /// The site it names.
+    fn site(&self) -> HaloGuid;
+}
+
+impl SitePath for HaloGuid {
+    fn site(&self) -> HaloGuid {
+        *self
     }
+}
+
+impl SitePath for (HaloGuid, String) {
+    fn site(&self) -> HaloGuid {
+        self.0
+    }
+}
+
+impl SitePath for (HaloGuid, String, String) {
+    fn site(&self) -> HaloGuid {
+        self.0
+    }
+}
+
+/// The preamble of every async and registered handler that reads what a caller
+/// owns on a site: the key (401/403), the path (400), and whether the caller may
+/// see the site (404, or 401 for a key of the other environment).
+pub(crate) fn site_caller<T: SitePath>(
+    app: &AppState,
+    headers: &HeaderMap,
+    ip: CallerIp,
+    path: Result<ApiPath<T>, ApiError>,
+) -> Result<(Authenticated, T), ApiError> {
+    let who = authenticate(app, headers, ip)?;
+    let ApiPath(path) = path?;
+    may_see_site(app, &who, path.site())?;
+    Ok((who, path))
 }
 
 /// Checks a command the way the immediate path does and returns it stored, with
@@ -119,23 +136,42 @@ pub(crate) fn accept_command(
     ip: Option<IpAddr>,
     site: HaloGuid,
     catalogue: Option<String>,
-    command: &AsyncCommandBody,
+    command: &CommandDto,
 ) -> Result<StoredCommand, ApiError> {
-    if command
-        .command_type
-        .as_deref()
-        .is_some_and(|t| !t.eq_ignore_ascii_case("text"))
-    {
-        return Err(ApiError::bad_request("command.type must be text"));
+    if command.command_type == CommandTypeDto::StoredProcedure {
+        return Err(ApiError::bad_request(
+            "command.type storedProcedure is not supported by this site",
+        ));
     }
-    let mode = execution_mode(command.execution_mode.as_deref())?;
+    // As the immediate path: a malformed command is a bad request (400), a
+    // construct the analyser does not read is denied (403).
     let components = crate::integrator::COMPONENTS
         .extract(&command.text)
-        .map_err(|e| ApiError::from(Deny::unanalysable(&e)))?;
+        .map_err(|e| {
+            if e.is_malformed_command() {
+                ApiError::bad_request(format!("command refused: {e}"))
+            } else {
+                ApiError::from(Deny::unanalysable(&e))
+            }
+        })?;
+    // Parameters are stored as the Link binds them, so a re-dispatch needs no DTO.
+    let parameters = command
+        .parameters
+        .iter()
+        .map(crate::integrator::link_parameter)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "output and returnValue parameters are answered on the immediate path \
+                 only (an async result has no parameters)",
+            )
+        })?;
     let stored = StoredCommand {
         text: command.text.clone(),
-        mode,
-        parameters: command.parameters.clone(),
+        mode: command.execution_mode.into(),
+        parameters,
         catalogue,
     };
     let request = route_request(key, ip, site, now(), None, &stored, components);
@@ -212,6 +248,7 @@ pub(crate) fn new_record(
         error: None,
         completed_at: None,
         expires_at: None,
+        caller: None,
     };
     record.timing.initialising.start = Some(at);
     record.enter(AsyncStatus::Queued, at);
@@ -220,16 +257,27 @@ pub(crate) fn new_record(
 
 /// `POST /integrator/sites/{siteId}/queries/async`: accepts a query (201), durably,
 /// and runs it in the background.
+#[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/async", tag = "integrator",
+    operation_id = "createAsyncQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    request_body = AsyncQueryBody,
+    responses((status = 201, description = "Async query accepted (queued).",
+        body = super::docs::AsyncQueryDto),
+        crate::openapi::AsyncSubmitErrors))]
 pub async fn create_async_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
-    body: Result<ApiJson<AsyncQueryBody>, ApiError>,
+    body: Result<SizedJson<AsyncQueryBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let who = authenticate(&app, &headers, ip)?;
     let ApiPath(site) = site_id?;
-    let ApiJson(body) = body?;
+    let SizedJson {
+        value: body,
+        size: request_size,
+    } = body?;
     let max_time_in_queue = body.max_time_in_queue.unwrap_or(DEFAULT_TIME_IN_QUEUE_MS);
     if max_time_in_queue > MAX_TIME_IN_QUEUE_MS {
         return Err(ApiError::bad_request(
@@ -245,8 +293,8 @@ pub async fn create_async_query(
         body.catalogue.clone(),
         &body.command,
     )?;
-    let request_size = request_size(&body);
-    let record = new_record(
+    let request_size = request_size as u64;
+    let mut record = new_record(
         &who,
         site,
         "async",
@@ -256,26 +304,16 @@ pub async fn create_async_query(
         command,
         now().as_millis(),
     );
+    record.caller = Some(StoredCaller::of(&key, ip.0));
+    drop(key);
     let text = serde_json::to_string(&record).map_err(|e| ApiError::internal(&e))?;
     let id = record.id.clone();
     blocking(&app.jobs.store, move |s| s.put_query(&id, true, &text))
         .await
         .map_err(|e| store_error(&e))?;
     let answer = record.to_json();
-    spawn(Arc::clone(&app), record, key, ip.0);
+    spawn(Arc::clone(&app), record, false);
     Ok((StatusCode::CREATED, Json(answer)))
-}
-
-fn request_size(body: &AsyncQueryBody) -> u64 {
-    let command = json!({
-        "text": body.command.text,
-        "executionMode": body.command.execution_mode,
-        "type": body.command.command_type,
-        "parameters": body.command.parameters,
-    });
-    json!({"maxTimeInQueue": body.max_time_in_queue, "catalogue": body.catalogue, "command": command})
-        .to_string()
-        .len() as u64
 }
 
 /// Loads a query the caller owns on `site` (same integrator and environment, and
@@ -306,15 +344,19 @@ pub(crate) async fn owned(
 
 /// `GET /integrator/sites/{siteId}/queries/{queryId}`: an async query's status,
 /// with its result pages once successful.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/{queryId}", tag = "integrator",
+    operation_id = "getQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The query id.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The query.", body = super::docs::AsyncQueryDto),
+        crate::openapi::OwnedQueryErrors))]
 pub async fn get_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath((site, query_id)) = path?;
-    may_see_site(&app, &who, site)?;
+    let (who, (site, query_id)) = site_caller(&app, &headers, ip, path)?;
     let record = owned(&app, &who, site, &query_id).await?;
     Ok(Json(record.to_json()))
 }
@@ -323,6 +365,14 @@ pub async fn get_query(
 pub const MAX_STATUS_BATCH: usize = 100;
 
 /// `POST /integrator/sites/{siteId}/queries/status`: the status of several queries.
+#[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/status", tag = "integrator",
+    operation_id = "getQueryStatusBatch",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    request_body = StatusBatchBody,
+    responses((status = 200, description = "One answer per query id.",
+        body = super::docs::StatusBatchDto),
+        crate::openapi::StatusBatchErrors))]
 pub async fn get_query_status_batch(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -330,15 +380,13 @@ pub async fn get_query_status_batch(
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
     body: Result<ApiJson<StatusBatchBody>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath(site) = site_id?;
+    let (who, site) = site_caller(&app, &headers, ip, site_id)?;
     let ApiJson(body) = body?;
     if body.query_ids.len() > MAX_STATUS_BATCH {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_STATUS_BATCH} queryIds per request"
         )));
     }
-    may_see_site(&app, &who, site)?;
     let mut results = Vec::with_capacity(body.query_ids.len());
     for query_id in &body.query_ids {
         let canonical = uuid::Uuid::parse_str(query_id)
@@ -381,12 +429,31 @@ impl Failure {
     }
 }
 
-/// Runs an accepted query in the background until it ends.
-pub(crate) fn spawn(app: AppState, record: AsyncRecord, key: String, ip: Option<IpAddr>) {
+/// Runs an accepted query in the background until it ends. `resumed`: a query a
+/// previous process accepted ([`recover`]); its Link may not have attached yet, so
+/// it waits for it (until its queue time is over) instead of failing
+/// `initialisationFailedSiteOffline` at once.
+pub(crate) fn spawn(app: AppState, record: AsyncRecord, resumed: bool) {
+    let cancel = Arc::new(tokio::sync::Notify::new());
+    app.jobs
+        .running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            record.id.clone(),
+            super::Running {
+                registered: record.registered_id.clone(),
+                cancel: Arc::clone(&cancel),
+            },
+        );
     tokio::spawn(async move {
         let mut record = record;
-        let outcome = drive(&app, &mut record, &key, ip).await;
-        drop(key);
+        let outcome = drive(&app, &mut record, resumed, &cancel).await;
+        app.jobs
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&record.id);
         let (status, error) = match outcome {
             Ok(()) => (AsyncStatus::Successful, None),
             Err(f) => (f.status, f.error),
@@ -456,13 +523,36 @@ async fn end(jobs: &Jobs, record: &AsyncRecord, expires_at: u64) -> Result<(), J
 async fn drive(
     app: &AppState,
     record: &mut AsyncRecord,
-    key: &str,
-    ip: Option<IpAddr>,
+    resumed: bool,
+    cancel: &tokio::sync::Notify,
 ) -> Result<(), Failure> {
     let site: HaloGuid = record
         .site
         .parse()
         .map_err(|_| Failure::new(AsyncStatus::ExecutionFailed, 400, "invalid site"))?;
+    let caller = record.caller.clone();
+    let (key_hash, ip) = caller
+        .as_ref()
+        .and_then(|c| Some((c.key_hash()?, c.caller_ip)))
+        .ok_or_else(|| {
+            Failure::new(
+                AsyncStatus::ExecutionFailed,
+                401,
+                "the query's caller is not known; submit it again",
+            )
+        })?;
+    // The stored key must still name the integrator that submitted the query.
+    let who = halo_policy::authenticate_stored(&app.state.policy(), &key_hash, ip)
+        .map_err(|deny| route_failure(&RouteError::Denied(deny), false))?;
+    if who.integrator().as_str() != record.integrator
+        || who.environment().as_str() != record.environment
+    {
+        return Err(Failure::new(
+            AsyncStatus::ExecutionFailed,
+            401,
+            "the subscription key no longer belongs to the query's integrator",
+        ));
+    }
     let components = extract_components(&record.command.text)
         .map(Arc::new)
         .map_err(|e| Failure::new(AsyncStatus::ExecutionFailed, 403, e.to_string()))?;
@@ -479,9 +569,17 @@ async fn drive(
     let mut attempt = 0u32;
     let mut dispatch = loop {
         let at = now();
+        // A query a previous process accepted whose queue time ran out meanwhile
+        // does not start now.
+        if resumed && at.as_millis() >= queue_deadline {
+            return Err(Failure {
+                status: AsyncStatus::ExpiredInQueue,
+                error: None,
+            });
+        }
         let left = Duration::from_millis(queue_deadline.saturating_sub(at.as_millis()));
         let request = route_request(
-            key,
+            "",
             ip,
             site,
             at,
@@ -489,9 +587,9 @@ async fn drive(
             &record.command,
             Arc::clone(&components),
         );
-        match app.state.router().route_with(request, limits) {
+        match app.state.router().route_stored(request, &key_hash, limits) {
             Ok(dispatch) => break dispatch,
-            Err(RouteError::Unreachable) if attempt == 0 => {
+            Err(RouteError::Unreachable) if attempt == 0 && !resumed => {
                 return Err(Failure {
                     status: AsyncStatus::InitialisationFailedSiteOffline,
                     error: None,
@@ -505,7 +603,10 @@ async fn drive(
                     });
                 }
                 let wait = Duration::from_millis(50u64 << (attempt + 1).min(5)).min(left);
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.notified() => return Err(cancelled()),
+                }
             }
             Err(e) => return Err(route_failure(&e, false)),
         }
@@ -522,7 +623,10 @@ async fn drive(
     let started = now().as_millis();
     record.enter(AsyncStatus::Executing, started);
     persist(app, record).await;
-    let result = receive(app, record, &mut dispatch, &mut pages, query_id, started).await;
+    let result = tokio::select! {
+        result = receive(app, record, &mut dispatch, &mut pages, query_id, started) => result,
+        () = cancel.notified() => Err(cancelled()),
+    };
     if result.is_err() {
         // Stops it at the Link if it still runs there (SQLite is interrupted).
         app.jobs.hub.cancel(query_id);
@@ -603,6 +707,15 @@ async fn receive(
     }
 }
 
+/// How a cancelled query ends.
+fn cancelled() -> Failure {
+    Failure::new(
+        AsyncStatus::ExecutionFailed,
+        409,
+        "cancelled: its registered query was cancelled",
+    )
+}
+
 /// The terminal status and error of a routing error.
 fn route_failure(e: &RouteError, uploading: bool) -> Failure {
     use halo_router::QueryFailure;
@@ -638,31 +751,58 @@ fn route_failure(e: &RouteError, uploading: bool) -> Failure {
     }
 }
 
-/// Ends every query a previous process accepted and did not finish: its key is
-/// gone with that process, so it cannot be routed again. Each gets a terminal
-/// status saying so, and its webhook.
+/// Takes over the queries a previous process accepted and did not finish, and
+/// returns those to run again (the caller spawns them once it can route:
+/// [`super::spawn_background`]).
+///
+/// A query with a stored caller that had not reached its Link (`initialising`,
+/// `queued`), or a read (`reader`, `scalar`) that had, goes back to `queued`, its
+/// partial pages deleted: running a read again is safe. A `nonQuery` that may have
+/// run ends `executionFailed` (its outcome is unknown; running it again could
+/// write twice), and so does a query stored without its caller (by a version that
+/// kept no key hashes). Each of those gets its terminal status and its webhook in
+/// one transaction.
 ///
 /// # Errors
 /// [`JobStoreError`] when the store fails.
-pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
+pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<Vec<AsyncRecord>, JobStoreError> {
     let retention = u64::try_from(jobs.config.retention.as_millis()).unwrap_or(u64::MAX);
+    let at = at.as_millis();
+    let mut resume = Vec::new();
     for text in jobs.store.unfinished_queries()? {
         let mut record: AsyncRecord = serde_json::from_str(&text)?;
+        let started = matches!(
+            record.status,
+            AsyncStatus::Executing | AsyncStatus::Uploading
+        );
+        let rerunnable = !started || record.command.mode != ExecutionMode::NonQuery;
+        jobs.store.delete_pages(&record.id)?;
+        record.pages.clear();
+        record.size = 0;
+        record.rows = 0;
+        if record.caller.is_some() && rerunnable {
+            record.sql_execution_ms = None;
+            record.enter(AsyncStatus::Queued, at);
+            jobs.store
+                .put_query(&record.id, true, &serde_json::to_string(&record)?)?;
+            tracing::info!(query = %record.id, "unfinished async query queued again at recovery");
+            resume.push(record);
+            continue;
+        }
         let (status, message) = match record.status {
+            _ if record.caller.is_none() => (
+                AsyncStatus::ExecutionFailed,
+                "the Cloud restarted and this query was stored without its caller; submit it again",
+            ),
             AsyncStatus::Uploading => (
                 AsyncStatus::UploadFailed,
-                "the Cloud restarted while the result was uploading; submit the query again",
-            ),
-            AsyncStatus::Executing => (
-                AsyncStatus::ExecutionFailed,
-                "the Cloud restarted while the query ran; its outcome is unknown; submit it again",
+                "the Cloud restarted while the result was uploading; the command writes, so it is not run twice; check its effect before submitting it again",
             ),
             _ => (
                 AsyncStatus::ExecutionFailed,
-                "the Cloud restarted before the query reached the site; nothing ran; submit it again",
+                "the Cloud restarted while the command ran; its outcome is unknown and it writes, so it is not run twice; check its effect before submitting it again",
             ),
         };
-        let at = at.as_millis();
         if status == AsyncStatus::UploadFailed && record.sql_execution_ms.is_none() {
             record.sql_execution_ms = Some(0);
         }
@@ -671,11 +811,8 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
             code: 503,
             message: message.to_owned(),
         });
-        record.pages.clear();
-        record.size = 0;
         let expires_at = at.saturating_add(retention);
         record.expires_at = Some(expires_at);
-        jobs.store.delete_pages(&record.id)?;
         let notify_id = record
             .registered_id
             .clone()
@@ -696,5 +833,5 @@ pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<(), JobStoreError> {
         )?;
         tracing::warn!(query = %record.id, status = status.as_str(), "unfinished async query ended at recovery");
     }
-    Ok(())
+    Ok(resume)
 }

@@ -7,6 +7,7 @@
 //! than a few pages.
 
 pub mod async_query;
+pub mod docs;
 pub mod hub;
 pub mod pages;
 pub mod record;
@@ -45,6 +46,10 @@ pub struct JobsConfig {
     pub webhook_timeout: Duration,
     /// How often the background work (retention, scheduler, outbox) runs. Default 250 ms.
     pub tick: Duration,
+    /// Extra root certificates (PEM, one or more per entry) that `https://` webhook
+    /// receivers may chain to, besides the web PKI's roots (Mozilla's, built in).
+    /// Default none. `halo-cloud serve --webhook-ca-file`.
+    pub webhook_roots: Vec<Vec<u8>>,
 }
 
 impl Default for JobsConfig {
@@ -59,6 +64,7 @@ impl Default for JobsConfig {
             webhook_attempts: 10,
             webhook_timeout: Duration::from_secs(5),
             tick: Duration::from_millis(250),
+            webhook_roots: Vec::new(),
         }
     }
 }
@@ -72,16 +78,48 @@ pub struct Jobs {
     pub store: Arc<dyn JobStore>,
     /// Where pages meet their runner.
     pub hub: hub::StreamHub,
-    /// The keys of this process's registered queries, in memory only (keys are never
-    /// stored): registered query id to (key, caller address).
-    pub(crate) keys:
-        std::sync::Mutex<std::collections::HashMap<String, (String, Option<std::net::IpAddr>)>>,
+    /// Queries a previous process accepted and [`async_query::recover`] queued
+    /// again; [`spawn_background`] runs them.
+    pub(crate) resume: std::sync::Mutex<Vec<record::AsyncRecord>>,
+    /// The queries this process runs now: async query id to its registered query
+    /// and the signal that cancels it.
+    pub(crate) running: std::sync::Mutex<std::collections::HashMap<String, Running>>,
+}
+
+/// A query this process runs now.
+#[derive(Debug)]
+pub(crate) struct Running {
+    /// The registered query it is an occurrence of.
+    pub(crate) registered: Option<String>,
+    /// Notified to cancel it (a stored permit: a cancel before the runner waits
+    /// is not lost).
+    pub(crate) cancel: Arc<tokio::sync::Notify>,
+}
+
+impl Jobs {
+    /// Cancels the running occurrences of a registered query: each stops at its
+    /// Link (if it runs there) and ends `executionFailed`. Returns how many.
+    pub(crate) fn cancel_occurrences(&self, registered: &str) -> usize {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut n = 0;
+        for r in running.values() {
+            if r.registered.as_deref() == Some(registered) {
+                r.cancel.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 impl Jobs {
     /// Opens the store (`<data_dir>/jobs.sqlite`, or in memory without a directory),
-    /// then ends every query a previous process accepted and did not finish (see
-    /// [`async_query::recover`]).
+    /// then takes over every query a previous process accepted and did not finish:
+    /// queued again to run when [`spawn_background`] starts, or ended with a clear
+    /// status (see [`async_query::recover`]).
     ///
     /// # Errors
     /// [`JobStoreError`] when the store cannot be opened or recovered.
@@ -94,9 +132,14 @@ impl Jobs {
             config,
             store,
             hub: hub::StreamHub::default(),
-            keys: std::sync::Mutex::default(),
+            resume: std::sync::Mutex::default(),
+            running: std::sync::Mutex::default(),
         };
-        async_query::recover(&jobs, now())?;
+        let resume = async_query::recover(&jobs, now())?;
+        *jobs
+            .resume
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = resume;
         Ok(jobs)
     }
 }
@@ -115,9 +158,20 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| JobStoreError::Engine(format!("store task failed: {e}")))?
 }
 
-/// Starts the background work: result retention, the registered-query scheduler and
+/// Starts the background work: the queries a previous process left unfinished
+/// (each waits for its Link), result retention, the registered-query scheduler and
 /// the webhook outbox. Runs until the process stops.
 pub fn spawn_background(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let resume = std::mem::take(
+        &mut *app
+            .jobs
+            .resume
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for record in resume {
+        async_query::spawn(Arc::clone(app), record, true);
+    }
     let tick = app.jobs.config.tick;
     let retention_app = Arc::clone(app);
     let retention = tokio::spawn(async move {

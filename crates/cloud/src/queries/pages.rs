@@ -13,7 +13,7 @@ use base64::Engine as _;
 use halo_ids::HaloGuid;
 use serde_json::json;
 
-use super::async_query::{authenticate, may_see_site, owned};
+use super::async_query::{owned, site_caller};
 use super::blocking;
 use super::record::{AsyncStatus, range_end};
 use super::store::PageMeta;
@@ -34,14 +34,12 @@ async fn load(
     ip: CallerIp,
     path: Result<ApiPath<PagePath>, ApiError>,
 ) -> Result<(PageMeta, Vec<u8>), ApiError> {
-    let who = authenticate(app, headers, ip)?;
-    let ApiPath((site, query_id, page)) = path?;
+    let (who, (site, query_id, page)) = site_caller(app, headers, ip, path)?;
     let page_number: u32 = page
         .parse()
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| ApiError::bad_request("pageNumber must be an integer from 1"))?;
-    may_see_site(app, &who, site)?;
     let record = owned(app, &who, site, &query_id).await?;
     if record.status != AsyncStatus::Successful {
         return Err(ApiError::not_found(format!(
@@ -85,6 +83,17 @@ fn page_headers(meta: &PageMeta, headers: &mut HeaderMap) {
 }
 
 /// `GET /integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}`.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}",
+    tag = "integrator", operation_id = "getResultPage",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The query id."), ("pageNumber" = u32, Path, minimum = 1, description = "The page, from 1.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The page's rows, base64 of a JSON array.",
+        body = super::docs::ResultPageDto,
+        headers(("Size" = u64, description = "Bytes of the page's JSON rows"),
+            ("Rows-Count" = u64, description = "Rows in the page"),
+            ("Rows-Range-Start" = u64, description = "Index of the page's first row"),
+            ("Rows-Range-End" = u64, description = "Index of the page's last row"))),
+        crate::openapi::ResultPageErrors))]
 pub async fn get_result_page(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -101,6 +110,17 @@ pub async fn get_result_page(
 
 /// `GET /integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}/stream`:
 /// the page's JSON array of rows, streamed.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/{queryId}/results/{pageNumber}/stream",
+    tag = "integrator", operation_id = "streamResultPage",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The query id."), ("pageNumber" = u32, Path, minimum = 1, description = "The page, from 1.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The page's JSON array of rows, streamed.",
+        body = Vec<Object>, content_type = "application/json",
+        headers(("Size" = u64, description = "Bytes of the page's JSON rows"),
+            ("Rows-Count" = u64, description = "Rows in the page"),
+            ("Rows-Range-Start" = u64, description = "Index of the page's first row"),
+            ("Rows-Range-End" = u64, description = "Index of the page's last row"))),
+        crate::openapi::ResultPageErrors))]
 pub async fn stream_result_page(
     State(app): State<AppState>,
     headers: HeaderMap,

@@ -1,7 +1,10 @@
 //! The stored record of an async query and its JSON in Halo's shape (the
 //! `AsyncQuery*` schemas of the integrator document: one per status).
 
+use std::net::IpAddr;
+
 use halo_ids::{ExecutionMode, Timestamp};
+use halo_policy::KeyHash;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -101,6 +104,36 @@ pub struct StoredCommand {
     pub catalogue: Option<String>,
 }
 
+/// Who submitted a query (or registered one), as routing it again needs it: the
+/// SHA-256 of the subscription key it presented (never the key) and its address
+/// (for a Production IP allowlist). The policy of the moment decides every
+/// dispatch again from these (`halo_policy::evaluate_stored`): a key revoked or a
+/// grant withdrawn since denies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredCaller {
+    /// SHA-256 of the key, 64 lowercase hex digits.
+    pub key_hash: String,
+    /// The caller's address when it submitted.
+    #[serde(default)]
+    pub caller_ip: Option<IpAddr>,
+}
+
+impl StoredCaller {
+    /// The caller presenting `key` from `ip`.
+    pub fn of(key: &str, ip: Option<IpAddr>) -> Self {
+        Self {
+            key_hash: KeyHash::of(key).to_string(),
+            caller_ip: ip,
+        }
+    }
+
+    /// The key's hash (`None` if the stored text is damaged).
+    pub fn key_hash(&self) -> Option<KeyHash> {
+        self.key_hash.parse().ok()
+    }
+}
+
 /// Why a query failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -165,6 +198,10 @@ pub struct AsyncRecord {
     /// When its results stop being readable (ms).
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Who submitted it, for routing it again after a restart (`None` in records
+    /// written before callers were stored: those cannot be routed again).
+    #[serde(default)]
+    pub caller: Option<StoredCaller>,
 }
 
 fn time(ms: u64) -> Value {
@@ -209,7 +246,16 @@ impl AsyncRecord {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(self.id));
-        m.insert("integratorId".into(), json!(self.integrator));
+        // Halo's `integratorId` is a UUID: the integrator's stable one, as the
+        // immediate path answers it.
+        let integrator_id = self
+            .integrator
+            .parse::<halo_policy::IntegratorId>()
+            .map_or_else(
+                |_| self.integrator.clone(),
+                |i| crate::integrator::integrator_uuid(&i).to_string(),
+            );
+        m.insert("integratorId".into(), json!(integrator_id));
         m.insert("siteId".into(), json!(self.site));
         m.insert("mode".into(), json!("async"));
         m.insert("status".into(), json!(self.status.as_str()));

@@ -10,11 +10,13 @@
 //! after it. An occurrence is an async query (source `registered`) and ends with a
 //! webhook like one.
 //!
-//! Keys are never stored, so a registered query whose Cloud restarted cannot be
-//! routed again: its next occurrence cancels it, with `lastErrorDetails` saying
-//! why (the integrator registers it again).
+//! Keys are never stored: a registered query keeps its caller as the SHA-256 of
+//! the key it was registered with ([`StoredCaller`]), and each occurrence is
+//! decided again by the policy of the moment, so it keeps firing after a restart
+//! and stops being allowed when the key is revoked or the grant withdrawn. A
+//! registered query stored without its caller (by an older version) is cancelled
+//! at its next occurrence, with `lastErrorDetails` saying why.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -22,22 +24,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use halo_ids::{HaloGuid, Timestamp};
-use halo_policy::Authenticated;
+use halo_policy::{Authenticated, Deny, DenyCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use super::async_query::{
-    AsyncCommandBody, DEFAULT_TIME_IN_QUEUE_MS, accept_command, authenticate, may_see_site,
-    new_record, spawn,
+    DEFAULT_TIME_IN_QUEUE_MS, accept_command, authenticate, new_record, site_caller, spawn,
 };
 use super::blocking;
-use super::record::{AsyncRecord, AsyncStatus, StoredCommand, StoredError};
+use super::record::{AsyncRecord, AsyncStatus, StoredCaller, StoredCommand, StoredError};
 use crate::app::AppState;
 use crate::clock::now;
+use crate::dto::CommandDto;
 use crate::dto::rfc3339;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, CallerIp, subscription_key};
+use crate::extract::{ApiPath, CallerIp, SizedJson, subscription_key};
 
 /// The longest `duration`, in seconds (24 hours).
 pub const MAX_DURATION_S: u64 = 86_400;
@@ -45,23 +47,34 @@ pub const MAX_DURATION_S: u64 = 86_400;
 pub const MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// `registerCommand`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct RegisterCommand {
-    /// The command.
-    pub command: AsyncCommandBody,
+    /// The command (the immediate path's command shape).
+    pub command: CommandDto,
 }
 
-/// `POST /integrator/sites/{siteId}/queries/registered` body.
-#[derive(Debug, Clone, Deserialize)]
+/// The type of a registered query: always `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RegisteredQueryTypeDto {
+    /// A query.
+    Query,
+}
+
+/// `POST /integrator/sites/{siteId}/queries/registered` body (Halo's
+/// `RegisteredQueryPostReq`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisteredBody {
     /// The integrator's name for it.
     pub name: String,
     /// Always `query`.
-    pub registered_query_type: String,
+    pub registered_query_type: RegisteredQueryTypeDto,
     /// Seconds between occurrences (at least 1).
+    #[schema(minimum = 1)]
     pub frequency: u64,
-    /// Seconds it runs for (at most 86 400).
+    /// Seconds it runs for (1 to 86 400).
+    #[schema(minimum = 1, maximum = 86_400)]
     pub duration: u64,
     /// The command.
     pub register_command: RegisterCommand,
@@ -121,6 +134,10 @@ pub struct RegisteredRecord {
     pub metrics: Metrics,
     /// The async query of the last successful occurrence.
     pub last_result: Option<String>,
+    /// Who registered it, for routing its occurrences (`None` in records written
+    /// before callers were stored).
+    #[serde(default)]
+    pub caller: Option<StoredCaller>,
 }
 
 impl RegisteredRecord {
@@ -186,19 +203,27 @@ fn internal(e: &dyn std::fmt::Display) -> ApiError {
 
 /// `POST /integrator/sites/{siteId}/queries/registered`: registers a query (202);
 /// its first occurrence runs now.
+#[utoipa::path(post, path = "/integrator/sites/{siteId}/queries/registered", tag = "integrator",
+    operation_id = "createRegisteredQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    request_body = RegisteredBody,
+    responses((status = 202, description = "Registered; its first occurrence runs now.",
+        body = super::docs::RegisteredQueryIdDto),
+        crate::openapi::AsyncSubmitErrors))]
 pub async fn create_registered_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
-    body: Result<ApiJson<RegisteredBody>, ApiError>,
+    body: Result<SizedJson<RegisteredBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let who = authenticate(&app, &headers, ip)?;
     let ApiPath(site) = site_id?;
-    let ApiJson(body) = body?;
-    if body.registered_query_type != "query" {
-        return Err(ApiError::bad_request("registeredQueryType must be query"));
-    }
+    let SizedJson {
+        value: body,
+        size: request_size,
+    } = body?;
     if body.frequency == 0 || body.duration == 0 || body.duration > MAX_DURATION_S {
         return Err(ApiError::bad_request(
             "frequency must be at least 1 s and duration between 1 and 86400 s",
@@ -218,19 +243,16 @@ pub async fn create_registered_query(
         duration: body.duration,
         created_at: at,
         completed_at: None,
-        request_size: body.register_command.command.text.len() as u64,
+        request_size: request_size as u64,
         command,
         last_hash: None,
         last_error: None,
         metrics: Metrics::default(),
         last_result: None,
+        caller: Some(StoredCaller::of(&key, ip.0)),
     };
+    drop(key);
     let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
-    app.jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(record.id.clone(), (key, ip.0));
     let (id, site_s, integrator) = (
         record.id.clone(),
         record.site.clone(),
@@ -269,15 +291,20 @@ async fn load(
 }
 
 /// `GET /integrator/sites/{siteId}/queries/registered`.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/registered", tag = "integrator",
+    operation_id = "getRegisteredQueries",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The caller's registered queries on the site.",
+        body = super::docs::RegisteredQueriesDto),
+        crate::openapi::OwnedQueryErrors))]
 pub async fn get_registered_queries(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     site_id: Result<ApiPath<HaloGuid>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath(site) = site_id?;
-    may_see_site(&app, &who, site)?;
+    let (who, site) = site_caller(&app, &headers, ip, site_id)?;
     let (site_s, integrator) = (site.to_string(), who.integrator().to_string());
     let texts = blocking(&app.jobs.store, move |s| {
         s.registered_of(&site_s, &integrator)
@@ -295,30 +322,40 @@ pub async fn get_registered_queries(
 }
 
 /// `GET /integrator/sites/{siteId}/queries/registered/{queryId}`.
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/registered/{queryId}",
+    tag = "integrator", operation_id = "getRegisteredQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The registered query id.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The registered query.",
+        body = super::docs::RegisteredQueryDto),
+        crate::openapi::OwnedQueryErrors))]
 pub async fn get_registered_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath((site, id)) = path?;
-    may_see_site(&app, &who, site)?;
+    let (who, (site, id)) = site_caller(&app, &headers, ip, path)?;
     let (record, _) = load(&app, &who, site, &id).await?;
     Ok(Json(record.to_json()))
 }
 
 /// `DELETE /integrator/sites/{siteId}/queries/registered/{queryId}`: no more
-/// occurrences (204). One already running finishes.
+/// occurrences (204), and an occurrence running now is stopped at its Link and
+/// ends `executionFailed` (errorCode 409, "cancelled").
+#[utoipa::path(delete, path = "/integrator/sites/{siteId}/queries/registered/{queryId}",
+    tag = "integrator", operation_id = "cancelRegisteredQuery",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The registered query id.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 204, description = "Cancelled: no more occurrences; a running one is stopped."),
+        crate::openapi::OwnedQueryErrors))]
 pub async fn cancel_registered_query(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath((site, id)) = path?;
-    may_see_site(&app, &who, site)?;
+    let (who, (site, id)) = site_caller(&app, &headers, ip, path)?;
     let (mut record, _) = load(&app, &who, site, &id).await?;
     if record.status == "enabled" {
         record.status = "cancelled".to_owned();
@@ -335,25 +372,26 @@ pub async fn cancel_registered_query(
     })
     .await
     .map_err(|e| internal(&e))?;
-    app.jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&record.id);
+    app.jobs.cancel_occurrences(&record.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /integrator/sites/{siteId}/queries/registered/{queryId}/results`: the last
 /// successful occurrence's result, whole (at most [`MAX_RESULT_BYTES`]).
+#[utoipa::path(get, path = "/integrator/sites/{siteId}/queries/registered/{queryId}/results",
+    tag = "integrator", operation_id = "getRegisteredQueryResult",
+    params(("siteId" = uuid::Uuid, Path, description = "Halo GUID of the site."), ("queryId" = uuid::Uuid, Path, description = "The registered query id.")),
+    security(("subscriptionKey" = [])),
+    responses((status = 200, description = "The last successful occurrence's rows, whole.",
+        body = super::docs::RegisteredQueryResultDto),
+        crate::openapi::RegisteredResultErrors))]
 pub async fn get_registered_query_result(
     State(app): State<AppState>,
     headers: HeaderMap,
     ip: CallerIp,
     path: Result<ApiPath<(HaloGuid, String)>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = authenticate(&app, &headers, ip)?;
-    let ApiPath((site, id)) = path?;
-    may_see_site(&app, &who, site)?;
+    let (who, (site, id)) = site_caller(&app, &headers, ip, path)?;
     let (record, _) = load(&app, &who, site, &id).await?;
     let result_id = record
         .last_result
@@ -447,20 +485,13 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
     {
         return Ok(());
     }
-    let key = app
-        .jobs
-        .keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(id)
-        .cloned();
-    let Some((key, ip)) = key else {
-        // Accepted by a process that is gone: its key went with it.
+    let Some(caller) = record.caller.clone() else {
+        // Stored by a version that kept no caller: it cannot be routed.
         record.status = "cancelled".to_owned();
         record.completed_at = Some(now().as_millis());
         record.last_error = Some(StoredError {
             code: 503,
-            message: "the Cloud restarted and keeps no subscription keys; register the query again"
+            message: "this registered query was stored without its caller; register it again"
                 .to_owned(),
         });
         let text = serde_json::to_string(&record)?;
@@ -475,17 +506,29 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
         .await?;
         return Ok(());
     };
-    run_occurrence(app, &record, key, ip).await
+    run_occurrence(app, &record, caller).await
 }
 
 async fn run_occurrence(
     app: &AppState,
     record: &RegisteredRecord,
-    key: String,
-    ip: Option<IpAddr>,
+    caller: StoredCaller,
 ) -> Result<(), super::store::JobStoreError> {
     let policy = app.state.policy();
-    let who = match halo_policy::authenticate(&policy, &key, ip) {
+    let authenticated = caller
+        .key_hash()
+        .ok_or_else(|| Deny::new(DenyCode::UnknownKey, "invalid subscription key"))
+        .and_then(|hash| halo_policy::authenticate_stored(&policy, &hash, caller.caller_ip))
+        .and_then(|who| {
+            if who.integrator().as_str() == record.integrator
+                && who.environment().as_str() == record.environment
+            {
+                Ok(who)
+            } else {
+                Err(Deny::new(DenyCode::UnknownKey, "invalid subscription key"))
+            }
+        });
+    let who = match authenticated {
         Ok(who) => who,
         Err(deny) => {
             let mut failed = record.clone();
@@ -504,7 +547,7 @@ async fn run_occurrence(
         Ok(site) => site,
         Err(_) => return Ok(()),
     };
-    let occurrence = new_record(
+    let mut occurrence = new_record(
         &who,
         site,
         "registered",
@@ -514,10 +557,11 @@ async fn run_occurrence(
         record.command.clone(),
         now().as_millis(),
     );
+    occurrence.caller = Some(caller);
     let text = serde_json::to_string(&occurrence)?;
     let oid = occurrence.id.clone();
     blocking(&app.jobs.store, move |s| s.put_query(&oid, true, &text)).await?;
-    spawn(Arc::clone(app), occurrence, key, ip);
+    spawn(Arc::clone(app), occurrence, false);
     Ok(())
 }
 

@@ -91,6 +91,7 @@ pub(super) fn launch(
     tokio::spawn(async move {
         let pages_done = done.clone();
         let frame = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let mut page_number = 0u32;
             let mut row_start = 0u64;
             let mut size = 0u64;
@@ -107,7 +108,15 @@ pub(super) fn launch(
                     .blocking_send((query_id, frame, false))
                     .map_err(|_| QueryError::new(QueryErrorKind::Cancelled, "the session ended"))
             };
-            match execute_paged(&db, &job, &control, paging.page_bytes, &mut sink) {
+            let result = execute_paged(&db, &job, &control, paging.page_bytes, &mut sink);
+            metrics.job(
+                match &result {
+                    Ok(_) => "ok",
+                    Err(e) => super::error_kind_name(e.kind),
+                },
+                started.elapsed(),
+            );
+            match result {
                 Ok(out) => {
                     let end = LinkToCloud::ResultEnd(ResultEnd {
                         query_id,

@@ -6,13 +6,15 @@
 //!
 //! ```text
 //! magic  b"\0HRS"   (never the start of a JSON document)
-//! format u8 = 1     (BINARY_FORMAT: the byte layout; the logical version follows)
+//! format u8 = 2     (BINARY_FORMAT: the byte layout; the logical version follows;
+//!                   layout 1, without `created`, still reads)
 //! version           (RegistrySnapshot::version, as in JSON)
 //! texts             count, then each: len, UTF-8 bytes
 //! catalogues        count, then each list: count, then each: name, is_default u8
 //! links             count, then each: guid [16], env u8, status u8, heard, ver
 //! sites             count, then each: halo [16], link, env u8, pms u8, crn,
 //!                   flags u8 (1 demo, 2 authoritative), status u8, epoch, heard,
+//!                   created (layout 2: 0 unknown, else ms + 1),
 //!                   branches: count, crns; name; ver; cats
 //! groups            count, then each: env u8, pms u8, crn, epoch,
 //!                   vacated_by: 0 | 1 member (halo [16], link [16], eligible u8),
@@ -39,8 +41,11 @@ use crate::{Catalogue, LinkStatus, SiteStatus, TenancyError};
 /// The first bytes of every binary snapshot.
 pub(super) const MAGIC: &[u8; 4] = b"\0HRS";
 
-/// The byte layout this build writes and reads.
-pub(super) const BINARY_FORMAT: u8 = 1;
+/// The byte layout this build writes (it also reads [`BINARY_FORMAT_V1`]).
+pub(super) const BINARY_FORMAT: u8 = 2;
+
+/// The first layout: sites without their creation time.
+pub(super) const BINARY_FORMAT_V1: u8 = 1;
 
 fn bad(what: &'static str) -> TenancyError {
     TenancyError::InvalidSnapshot { what }
@@ -321,6 +326,7 @@ impl RegistrySnapshot {
             w.u8(site_status_code(s.status));
             w.varint(s.epoch.get());
             w.varint(s.heard.as_millis());
+            w.varint(s.created.map_or(0, |t| t.as_millis().saturating_add(1)));
             w.len(s.branch_crns.len());
             for c in s.branch_crns.iter() {
                 w.crn(c);
@@ -384,7 +390,7 @@ impl RegistrySnapshot {
             .ok_or(bad("not a binary snapshot"))?;
         let mut r = Reader { rest };
         let format = r.u8()?;
-        if format != BINARY_FORMAT {
+        if format != BINARY_FORMAT && format != BINARY_FORMAT_V1 {
             return Err(TenancyError::UnsupportedSnapshotVersion(u32::from(format)));
         }
         let version = r.u32()?;
@@ -444,6 +450,11 @@ impl RegistrySnapshot {
             let status = r.site_status()?;
             let epoch = Epoch::new(r.varint()?);
             let heard = Timestamp::from_millis(r.varint()?);
+            let created = if format == BINARY_FORMAT_V1 {
+                None
+            } else {
+                r.varint()?.checked_sub(1).map(Timestamp::from_millis)
+            };
             let m = r.count(2)?;
             let mut branch_crns = Vec::with_capacity(m);
             for _ in 0..m {
@@ -461,6 +472,7 @@ impl RegistrySnapshot {
                 auth: flags & AUTHORITATIVE != 0,
                 epoch,
                 heard,
+                created,
                 branch_crns: branch_crns.into_boxed_slice(),
                 name,
                 ver: r.u32()?,

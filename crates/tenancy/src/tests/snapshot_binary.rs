@@ -57,32 +57,50 @@ proptest! {
 }
 
 const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/snapshot_v1.bin");
+const FIXTURE_V2: &[u8] = include_bytes!("../../tests/fixtures/snapshot_v2.bin");
 const JSON_FIXTURE: &str = include_str!("../../tests/fixtures/snapshot_v1.json");
 
-/// Rewrites the binary fixture from [`rich`] when `HALO_BLESS_FIXTURES=1` is set. Do
-/// that only when the byte layout changes (then add a new fixture beside the old).
+/// The scenario's registry as a snapshot written before sites had creation times.
+fn rich_without_created() -> Registry {
+    let mut json = serde_json::to_value(rich().reg.to_snapshot()).unwrap();
+    for site in json["sites"].as_array_mut().unwrap() {
+        assert!(site.as_object_mut().unwrap().remove("created").is_some());
+    }
+    Registry::from_snapshot(serde_json::from_value(json).unwrap()).unwrap()
+}
+
+/// Rewrites the layout-2 fixture from [`rich`] when `HALO_BLESS_FIXTURES=1` is set.
+/// Do that only when the byte layout changes (then add a new fixture beside the old).
 #[test]
-fn frozen_binary_fixture_still_loads_and_equals_the_json_one() {
+fn frozen_binary_fixtures_still_load_and_equal_the_json_one() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/snapshot_v1.bin"
+        "/tests/fixtures/snapshot_v2.bin"
     );
     if std::env::var_os("HALO_BLESS_FIXTURES").is_some() {
         std::fs::write(path, rich().reg.to_snapshot().to_bytes()).unwrap();
         return;
     }
     let fx = rich();
-    let from_bin = RegistrySnapshot::from_bytes(FIXTURE).unwrap();
-    // Old JSON snapshots still load, into the same registry as the binary one.
+    // Layout 1 (no creation times) still loads, into the same registry as the old
+    // JSON snapshot, with the creation times unknown.
+    let from_v1 = RegistrySnapshot::from_bytes(FIXTURE).unwrap();
     let from_json: RegistrySnapshot = serde_json::from_str(JSON_FIXTURE).unwrap();
     assert!(!RegistrySnapshot::is_binary(JSON_FIXTURE.as_bytes()));
-    assert_eq!(from_bin, from_json);
-    assert_eq!(Registry::from_snapshot(from_bin).unwrap(), fx.reg);
-    // The writer still writes this layout exactly.
-    assert_eq!(fx.reg.to_snapshot().to_bytes(), FIXTURE);
+    assert_eq!(from_v1, from_json);
+    let loaded_v1 = Registry::from_snapshot(from_v1).unwrap();
+    assert!(loaded_v1.sites().all(|s| s.created_at().is_none()));
+    assert_eq!(loaded_v1, rich_without_created());
+    // Layout 2 keeps them.
+    let from_v2 = RegistrySnapshot::from_bytes(FIXTURE_V2).unwrap();
+    let loaded_v2 = Registry::from_snapshot(from_v2).unwrap();
+    assert!(loaded_v2.sites().all(|s| s.created_at().is_some()));
+    assert_eq!(loaded_v2, fx.reg);
+    // The writer still writes layout 2 exactly.
+    assert_eq!(fx.reg.to_snapshot().to_bytes(), FIXTURE_V2);
     assert_eq!(through_bytes(&fx.reg), fx.reg);
     // Much smaller than the JSON.
-    assert!(FIXTURE.len() * 2 < serde_json::to_vec(&fx.reg.to_snapshot()).unwrap().len());
+    assert!(FIXTURE_V2.len() * 2 < serde_json::to_vec(&fx.reg.to_snapshot()).unwrap().len());
 }
 
 #[test]
@@ -111,10 +129,10 @@ fn unknown_layouts_and_absurd_counts_are_refused() {
     let bytes = rich().reg.to_snapshot().to_bytes();
     // The layout byte follows the 4-byte magic.
     let mut other = bytes.clone();
-    other[4] = 2;
+    other[4] = 3;
     assert_eq!(
         RegistrySnapshot::from_bytes(&other).unwrap_err(),
-        TenancyError::UnsupportedSnapshotVersion(2)
+        TenancyError::UnsupportedSnapshotVersion(3)
     );
     // JSON is not binary.
     assert!(RegistrySnapshot::from_bytes(b"{\"version\":1}").is_err());
