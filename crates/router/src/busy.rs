@@ -5,14 +5,17 @@
 //! # Protocol
 //!
 //! Each member has a `listed` flag. A producer that has just reserved an in-flight
-//! place (`in_flight` +1, SeqCst) calls [`Busy::enlist`]: if `listed` was false it sets
-//! it and inserts the member. Only the sweeper removes: for a member it finds idle, it
-//! removes it, clears `listed`, and reads `in_flight` again; if that is not zero and it
-//! can set `listed` back itself, it re-inserts. With every step SeqCst, a producer
-//! that saw `listed` true before the sweeper cleared it incremented `in_flight` before
-//! the sweeper's second read, so the sweeper sees it and keeps the member; a producer
-//! that saw it false inserts it itself. So a member with queries in flight is always
-//! in the set (loom model: `loom_busy.rs`). One sweeper at a time (`sweeping`).
+//! place (`in_flight` +1, a read-modify-write) calls [`Busy::enlist`], which swaps
+//! `listed` to true and inserts the member if it was false. Only the sweeper removes:
+//! for a member it finds idle, it removes it, swaps `listed` to false, and reads
+//! `in_flight` again with a read-modify-write; if that is not zero and it can swap
+//! `listed` back to true itself, it re-inserts. Every step is a read-modify-write, so
+//! the argument needs only acquire/release: a producer whose swap read true came
+//! before the sweeper's swap in `listed`'s order, so its increment happens before the
+//! sweeper's second read, which sees it and keeps the member; a producer whose swap
+//! read false inserts the member itself, after the sweeper removed it. So a member with
+//! queries in flight is always in the set (loom model: `loom_busy.rs`, which failed a
+//! first version that used plain loads). One sweeper at a time (`sweeping`).
 
 use std::sync::Arc;
 
@@ -22,7 +25,8 @@ use crate::sync::{AtomicBool, Mutex, Ordering, lock};
 pub(crate) trait Member {
     /// The member's `listed` flag (only [`Busy`] touches it).
     fn listed(&self) -> &AtomicBool;
-    /// Whether the member still holds reserved in-flight places (a SeqCst read).
+    /// Whether the member still holds reserved in-flight places: a read-modify-write
+    /// (`fetch_add(0)`), which reads the latest value of the counter.
     fn has_in_flight(&self) -> bool;
 }
 
@@ -74,11 +78,10 @@ impl<T: Member> Busy<T> {
         lock(&self.map).remove(&Self::key(member));
     }
 
-    /// Puts `member` in the set, after it reserved an in-flight place. Costs one
-    /// load when it is already there (the common case under load).
+    /// Puts `member` in the set, after it reserved an in-flight place. Costs one swap
+    /// on a cache line the reservation has just written when it is already there.
     pub(crate) fn enlist(&self, member: &Arc<T>) {
-        let listed = member.listed();
-        if !listed.load(Ordering::SeqCst) && !listed.swap(true, Ordering::SeqCst) {
+        if !member.listed().swap(true, Ordering::SeqCst) {
             self.insert(member);
         }
     }
@@ -99,7 +102,7 @@ impl<T: Member> Busy<T> {
                 continue;
             }
             self.remove(&member);
-            member.listed().store(false, Ordering::SeqCst);
+            member.listed().swap(false, Ordering::SeqCst);
             if member.has_in_flight() && !member.listed().swap(true, Ordering::SeqCst) {
                 self.insert(&member);
             }

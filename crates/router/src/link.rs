@@ -203,7 +203,7 @@ impl Member for SessionCore {
     }
 
     fn has_in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) != 0
+        self.in_flight.fetch_add(0, Ordering::SeqCst) != 0
     }
 }
 
