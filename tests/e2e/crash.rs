@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use halo_ids::Environment;
+use halo_ids::{Environment, HaloGuid};
 use halo_link::demo::generate;
-use halo_link::{Agent, LinkConfig};
+use halo_link::{Agent, AgentHandle, LinkConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -32,6 +32,28 @@ async fn wait_terminal(client: &Client, key: &str, path: &str) -> Value {
         assert!(Instant::now() < deadline, "{path} not terminal");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts the Link of `config`, waits for it to attach and pairs the integrator with
+/// its practice (SMILE01); answers the site and the running Link.
+async fn start_and_pair(client: &Client, key: &str, config: LinkConfig) -> (HaloGuid, AgentHandle) {
+    let agent = Agent::prepare(config).unwrap();
+    let site = agent.databases()[0].halo_guid();
+    let link = agent.spawn();
+    link.wait_connected(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (status, body) = client
+        .call(
+            Method::POST,
+            key,
+            "/integrator/pair-site?practiceManagementSiteId=SMILE01&practiceManagementName=D4w",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    (site, link)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,22 +84,7 @@ async fn sigkill_during_async_work_loses_nothing_accepted() {
     );
     config.backoff_initial = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(200);
-    let agent = Agent::prepare(config).unwrap();
-    let site = agent.databases()[0].halo_guid();
-    let link = agent.spawn();
-    link.wait_connected(1, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (status, body) = client
-        .call(
-            Method::POST,
-            &key,
-            "/integrator/pair-site?practiceManagementSiteId=SMILE01&practiceManagementName=D4w",
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let (site, link) = start_and_pair(&client, &key, config).await;
     let (r, hooks) = receiver(0).await;
     client
         .admin(
@@ -248,22 +255,7 @@ async fn a_query_dispatched_again_after_a_restart_is_denied_once_its_key_is_revo
         config.backoff_max = Duration::from_millis(200);
         config
     };
-    let agent = Agent::prepare(link_config()).unwrap();
-    let site = agent.databases()[0].halo_guid();
-    let link = agent.spawn();
-    link.wait_connected(1, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (status, body) = client
-        .call(
-            Method::POST,
-            &key,
-            "/integrator/pair-site?practiceManagementSiteId=SMILE01&practiceManagementName=D4w",
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let (site, link) = start_and_pair(&client, &key, link_config()).await;
 
     // A long paged read, running when the Cloud is killed.
     let endless =
