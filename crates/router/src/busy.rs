@@ -110,8 +110,8 @@ impl<T: Member> Busy<T> {
         total
     }
 
-    /// How many members the set holds (tests and diagnostics).
-    #[cfg(any(test, loom))]
+    /// How many members the set holds (tests).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         #[cfg(not(loom))]
         return self.map.len();
