@@ -201,10 +201,7 @@ async fn register(
         hello.link_version.clone(),
         admitted.iter().map(|db| (db.halo_guid, identity(db))),
     );
-    let results = app
-        .state
-        .apply_tenancy(registration.events().to_vec(), now())
-        .await;
+    let results = app.state.apply_registration(&registration, now()).await;
     let outcomes = registration.outcomes(results).map_err(|e| e.to_string())?;
     for (site, outcome) in outcomes {
         match outcome {

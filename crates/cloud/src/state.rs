@@ -62,8 +62,8 @@ use halo_store::{
     StoreError,
 };
 use halo_tenancy::{
-    Availability, AvailabilityConfig, Change, Event, LogEntry, Registry, RegistrySnapshot, Site,
-    TenancyError,
+    Availability, AvailabilityConfig, Change, Event, LogEntry, Registration, Registry,
+    RegistrySnapshot, Site, TenancyError,
 };
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
@@ -184,6 +184,10 @@ enum Command {
     Tenancy {
         events: Vec<Event>,
         now: Timestamp,
+        /// The first event gates the rest: if it is refused, none of the others is
+        /// applied (each answers its error). A Link's hello: a refused registration
+        /// attaches no database.
+        gated: bool,
         reply: Responder<Vec<Result<(), TenancyError>>>,
     },
     Policy {
@@ -307,11 +311,17 @@ fn shared<T: Send + 'static>(reply: Responder<T>) -> impl Fn() -> Responder<T> +
 /// commands (snapshot, capture, catch-up) are never retried.
 fn retryable(command: Command) -> (Command, Option<Retry>) {
     let mut retry: Retry = match command {
-        Command::Tenancy { events, now, reply } => {
+        Command::Tenancy {
+            events,
+            now,
+            gated,
+            reply,
+        } => {
             let reply = shared(reply);
             Box::new(move || Command::Tenancy {
                 events: events.clone(),
                 now,
+                gated,
                 reply: reply(),
             })
         }
@@ -431,9 +441,18 @@ impl Writer {
     /// only durable events.
     fn stage(&mut self, command: Command, batch: &mut Batch) {
         match command {
-            Command::Tenancy { events, now, reply } => {
-                let mut results = Vec::with_capacity(events.len());
+            Command::Tenancy {
+                events,
+                now,
+                gated,
+                reply,
+            } => {
+                let mut results: Vec<Result<(), TenancyError>> = Vec::with_capacity(events.len());
                 for event in events {
+                    if gated && let Some(Err(refused)) = results.first() {
+                        results.push(Err(refused.clone()));
+                        continue;
+                    }
                     // A Link's hello repeated unchanged (every reconnection, and every
                     // Link at once after a restart) is neither applied nor logged: no
                     // record, no fsync. Its liveness is the router's atomic.
@@ -1171,7 +1190,30 @@ impl CloudState {
         events: Vec<Event>,
         now: Timestamp,
     ) -> Reply<Vec<Result<(), TenancyError>>> {
-        self.ask(|reply| Command::Tenancy { events, now, reply })
+        self.ask(|reply| Command::Tenancy {
+            events,
+            now,
+            gated: false,
+            reply,
+        })
+    }
+
+    /// Applies a Link's hello ([`Registration::events`]): like
+    /// [`CloudState::apply_tenancy`], except that when the Link's own registration
+    /// (the first event) is refused, no database is attached: every other event
+    /// answers the same refusal.
+    pub fn apply_registration(
+        &self,
+        registration: &Registration,
+        now: Timestamp,
+    ) -> Reply<Vec<Result<(), TenancyError>>> {
+        let events = registration.events().to_vec();
+        self.ask(|reply| Command::Tenancy {
+            events,
+            now,
+            gated: true,
+            reply,
+        })
     }
 
     /// Applies one tenancy event; answers the [`TenancyError`] that refused it, if
@@ -1181,6 +1223,7 @@ impl CloudState {
             |reply: Responder<Result<(), TenancyError>>| Command::Tenancy {
                 events: vec![event],
                 now,
+                gated: false,
                 reply: Box::new(move |mut results| reply(results.pop().unwrap_or(Ok(())))),
             },
         )
@@ -1520,6 +1563,40 @@ mod tests {
             integrator: "acme".parse::<IntegratorId>().unwrap(),
             pms_id: PmsId::new(PmsType::D4w, format!("CRN{i}").parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn a_refused_link_registration_attaches_none_of_its_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), 1000).unwrap();
+        for r in state.apply_tenancy(site_events(1), NOW).wait() {
+            r.unwrap();
+        }
+        let link = LinkGuid::from_u128(7).unwrap();
+        let newcomer = HaloGuid::from_u128(900).unwrap();
+        let Some(Event::SiteAttached { identity, .. }) = site_events(1).into_iter().nth(1) else {
+            unreachable!("site_events attaches a site second")
+        };
+        // The Link serves a Stage site, so moving it to Production is refused.
+        let hello = Registration::new(
+            link,
+            Environment::Production,
+            "2".into(),
+            [(newcomer, identity)],
+        );
+        let results = state.apply_registration(&hello, NOW).wait();
+        assert_eq!(results.len(), 3);
+        assert!(
+            results
+                .iter()
+                .all(|r| *r == Err(TenancyError::EnvironmentChanged(link))),
+            "{results:?}"
+        );
+        assert!(
+            state.registry().site(newcomer).is_none(),
+            "a refused hello attached a database"
+        );
+        assert!(hello.outcomes(results).is_err());
     }
 
     #[test]

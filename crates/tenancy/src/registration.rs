@@ -1,9 +1,11 @@
 //! What a Link's hello registers, and what came of each database it announced.
 //!
 //! A hello becomes one batch of events: the Link's registration, then for each
-//! announced database its attach and its readiness. The writer applies them in order,
-//! each on its own (a refused event changes nothing and does not stop the others),
-//! and hands back one result per event. [`Registration::outcomes`] reads those
+//! announced database its attach and its readiness. The writer applies them in order
+//! and hands back one result per event. The registration gates the rest: if it is
+//! refused, no database is attached (each answers the same refusal). Otherwise each
+//! database's events stand on their own (a refused event changes nothing and does
+//! not stop the others). [`Registration::outcomes`] reads those
 //! results: the caller never pairs results with databases by position itself, and
 //! the rule "a database that is already active is not an error" lives here, tested.
 
