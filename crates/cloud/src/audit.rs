@@ -654,6 +654,7 @@ impl AuditTrail {
     /// Rebuilds the trail from a whole log, oldest first: audit records as they are,
     /// and, for events no audit record covers (logs from before the trail), the
     /// entries derived from the events themselves.
+    #[cfg(test)]
     pub(crate) fn rebuild<L: halo_store::EventLog>(
         log: &L,
     ) -> Result<AuditTrail, halo_store::StoreError> {
@@ -666,7 +667,13 @@ impl AuditTrail {
         log: &L,
         upto: halo_store::Seq,
     ) -> Result<AuditTrail, halo_store::StoreError> {
-        Self::rebuild_after(log, AuditTrail::default(), halo_store::Seq::ZERO, false, upto)
+        Self::rebuild_after(
+            log,
+            AuditTrail::default(),
+            halo_store::Seq::ZERO,
+            false,
+            upto,
+        )
     }
 
     /// Continues `trail`, which has read the log through record `after` (whether

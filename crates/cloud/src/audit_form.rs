@@ -146,7 +146,10 @@ fn encode_entry(out: &mut Vec<u8>, s: &Stored, previous: u64) {
     let e = &s.entry;
     varint(out, s.id - previous);
     varint(out, s.at.as_millis());
-    let kind = AuditKind::ALL.iter().position(|k| *k == e.kind).unwrap_or(0);
+    let kind = AuditKind::ALL
+        .iter()
+        .position(|k| *k == e.kind)
+        .unwrap_or(0);
     out.push(kind as u8);
     let present = [
         e.actor.is_some(),
@@ -257,7 +260,11 @@ fn decode_entry(r: &mut Reader<'_>, previous: u64) -> Result<Stored, AuditFormEr
     }
     let has = |i: u16| flags & (1 << i) != 0;
     let text = |r: &mut Reader<'_>, i| -> Result<Option<String>, AuditFormError> {
-        Ok(if has(i) { Some(r.str()?.to_owned()) } else { None })
+        Ok(if has(i) {
+            Some(r.str()?.to_owned())
+        } else {
+            None
+        })
     };
     let actor = text(r, 0)?;
     let reason = text(r, 1)?;
@@ -344,10 +351,7 @@ mod tests {
                 actor: Some("support:ann".into()),
                 reason: Some("ticket 7 — é".into()),
                 integrator: Some("acme".into()),
-                practice: Some(PmsId::new(
-                    halo_ids::PmsType::D4w,
-                    "AB123".parse().unwrap(),
-                )),
+                practice: Some(PmsId::new(halo_ids::PmsType::D4w, "AB123".parse().unwrap())),
                 halo_guid: Some(HaloGuid::from_u128(0x1234).unwrap()),
                 link_guid: Some(LinkGuid::from_u128(u128::MAX).unwrap()),
                 credential: Some("lc_abc".into()),

@@ -1621,7 +1621,10 @@ mod tests {
         promote(&state, 101);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while state.metrics().last_snapshot_ms.load(Ordering::Relaxed) == 0 {
-            assert!(std::time::Instant::now() < deadline, "no background snapshot");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background snapshot"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let before = live(&state);
@@ -1641,7 +1644,11 @@ mod tests {
             let (_, recovered) =
                 Store::<Record, Snapshot, AnyLog>::with_log(AnyLog::Sqlite(log), config).unwrap();
             let upto = recovered.report.snapshot_seq.expect("a snapshot").get();
-            let part = recovered.snapshot.unwrap().audit.expect("format 4 holds the trail");
+            let part = recovered
+                .snapshot
+                .unwrap()
+                .audit
+                .expect("format 4 holds the trail");
             assert!(part.through() < upto, "{} < {upto}", part.through());
             assert!(part.through() > 0);
         }
@@ -1660,7 +1667,10 @@ mod tests {
         assert!(report.events_replayed > 0, "{report}");
         assert_eq!(live(&state), before, "after a snapshot on request");
         let ids: Vec<u64> = before.iter().map(|s| s.id).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each entry once, in order");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "each entry once, in order"
+        );
     }
 
     #[test]

@@ -566,11 +566,17 @@ fn bulk_load_publishes_what_one_change_at_a_time_would_in_one_swap() {
             "site {n}"
         );
     }
-    assert!(bulk.resolve(halo(4)).is_none(), "a removed site is unpublished");
+    assert!(
+        bulk.resolve(halo(4)).is_none(),
+        "a removed site is unpublished"
+    );
     assert!(bulk.resolve(halo(2)).unwrap().is_authoritative());
     assert!(!bulk.resolve(halo(1)).unwrap().is_authoritative());
     assert_eq!(bulk.resolve(halo(9)).unwrap().site(), &stray);
-    assert!(!bulk.resolve(halo(8)).unwrap().is_authoritative(), "one holder");
+    assert!(
+        !bulk.resolve(halo(8)).unwrap().is_authoritative(),
+        "one holder"
+    );
     assert!(bulk.resolve(halo(3)).unwrap().is_authoritative());
     bulk.unpublish(halo(8));
     assert_eq!(bulk.site_count(), 4);
