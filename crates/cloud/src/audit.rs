@@ -28,8 +28,10 @@
 //! # The index
 //!
 //! The entries are kept in memory in log order ([`AuditTrail`], about 200 bytes an
-//! entry), published by the writer after each durable batch, and rebuilt at start by
-//! one pass over the whole log. Each entry's id is the sequence number of its record,
+//! entry), published by the writer after each durable batch. At start they come from
+//! the snapshot (formats 4 and later hold the trail, [`crate::audit_form`]) plus one
+//! pass over the log after it, or, without such a snapshot, from one pass over the
+//! whole log. Each entry's id is the sequence number of its record,
 //! so ids grow, survive restarts, and serve as the paging cursor.
 
 use std::fmt;
@@ -652,6 +654,7 @@ impl AuditTrail {
     /// Rebuilds the trail from a whole log, oldest first: audit records as they are,
     /// and, for events no audit record covers (logs from before the trail), the
     /// entries derived from the events themselves.
+    #[cfg(test)]
     pub(crate) fn rebuild<L: halo_store::EventLog>(
         log: &L,
     ) -> Result<AuditTrail, halo_store::StoreError> {
@@ -664,9 +667,29 @@ impl AuditTrail {
         log: &L,
         upto: halo_store::Seq,
     ) -> Result<AuditTrail, halo_store::StoreError> {
-        let mut trail = AuditTrail::default();
-        let mut covered = false;
-        log.read_from(halo_store::Seq::ZERO, &mut |seq, bytes| {
+        Self::rebuild_after(
+            log,
+            AuditTrail::default(),
+            halo_store::Seq::ZERO,
+            false,
+            upto,
+        )
+    }
+
+    /// Continues `trail`, which has read the log through record `after` (whether
+    /// that record covers the next is `covered`), with the records after it up to
+    /// and including `upto`: what a snapshot's copy of the trail needs
+    /// ([`crate::audit_form`]).
+    pub(crate) fn rebuild_after<L: halo_store::EventLog>(
+        log: &L,
+        trail: AuditTrail,
+        after: halo_store::Seq,
+        covered: bool,
+        upto: halo_store::Seq,
+    ) -> Result<AuditTrail, halo_store::StoreError> {
+        let mut trail = trail;
+        let mut covered = covered;
+        log.read_from(after, &mut |seq, bytes| {
             if seq > upto {
                 return Ok(());
             }

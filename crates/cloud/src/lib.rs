@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admin_audit;
 pub mod app;
 pub mod audit;
+pub mod audit_form;
 pub mod clock;
 pub mod cluster;
 pub mod console;

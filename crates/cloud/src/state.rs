@@ -70,6 +70,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, AuditEntry, AuditTrail, Note};
+use crate::audit_form::AuditSnapshot;
 use crate::cluster::{ClusterConfig, ClusterHealth};
 use crate::metrics::StateMetrics;
 use crate::record::{CredentialEvent, RECORD_VERSION, Record};
@@ -77,8 +78,10 @@ use halo_credentials::{CredentialError, Credentials};
 
 /// The snapshot format version this build writes (it reads 1 to this one). Version
 /// 3 writes the registry in its compact binary form (base64); versions 1 and 2 hold
-/// its JSON object, which still loads.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// its JSON object, which still loads. Version 4 adds the audit trail
+/// ([`crate::audit_form`]); without it (versions 1 to 3) the trail is rebuilt from
+/// the whole log.
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// The full state, as stored in a snapshot: each part in its own crate's versioned
 /// snapshot form.
@@ -93,6 +96,10 @@ pub struct Snapshot {
     pub grants: GrantsSnapshot,
     /// The Link credentials.
     pub credentials: Credentials,
+    /// The audit trail as far as it had read the log (format 4 on; `None` in older
+    /// snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSnapshot>,
 }
 
 type CloudStore = Store<Record, Snapshot, AnyLog>;
@@ -391,6 +398,10 @@ struct Writer {
     /// The sequence number of the last record appended (counted without a store
     /// too): audit entries take their record's number as their id.
     log_end: u64,
+    /// Whether record `log_end` is an audit entry covering the record after it
+    /// (never at the end of a batch in practice: such an entry is appended with the
+    /// record it covers); kept for the snapshot's copy of the trail.
+    audit_covers_next: bool,
     /// Where to publish durable changes.
     router: Arc<Router>,
     published: Arc<Published>,
@@ -569,6 +580,15 @@ impl Writer {
     /// `base + 1`, then answers its commands in order.
     fn publish(&mut self, batch: Batch, base: u64) {
         self.log_end = base + batch.records.len() as u64;
+        if let Some(last) = batch.records.last() {
+            self.audit_covers_next = matches!(
+                last,
+                Record::Audit {
+                    covers_next: true,
+                    ..
+                }
+            );
+        }
         self.publish_audit(base, &batch.records);
         if batch.tenancy {
             self.router.apply_changes(&self.registry, &batch.changes);
@@ -871,6 +891,14 @@ impl Writer {
             registry: self.registry.to_snapshot(),
             grants: self.grants.to_snapshot(),
             credentials: self.credentials.clone(),
+            // The published trail is as of `log_end` (it moves with each published
+            // batch), which a background snapshot's `upto` may be past: recovery
+            // reads the records after `log_end` from the log.
+            audit: Some(AuditSnapshot::encode(
+                &self.published.audit.read(),
+                self.log_end,
+                self.audit_covers_next,
+            )),
         }
     }
 
@@ -978,6 +1006,7 @@ impl CloudState {
                 audit: RwLock::new(AuditTrail::default()),
             }),
             log_end: 0,
+            audit_covers_next: false,
             hook,
             metrics: Arc::new(StateMetrics::default()),
             cluster: None,
@@ -987,9 +1016,10 @@ impl CloudState {
         let opened = match (cluster, &config.data_dir) {
             (Some(cluster), _) => Some(open_shared(cluster)?),
             (None, Some(dir)) => {
-                let (store, recovered) = open_store(dir, config.accept_damaged_log)?;
+                let (store, mut recovered) = open_store(dir, config.accept_damaged_log)?;
                 let background = store.snapshot_writer()?;
-                let rebuilt = AuditTrail::rebuild(store.log())?;
+                let rebuilt =
+                    recover_audit(store.log(), recovered.snapshot.as_mut(), store.last_seq())?;
                 Some((store, recovered, background, rebuilt))
             }
             (None, None) => None,
@@ -1035,16 +1065,17 @@ impl CloudState {
                 .store(writer.since_snapshot, Ordering::Relaxed);
             recovery = Some(recovered.report);
         }
-        let all: Vec<Change> = writer
-            .registry
-            .sites()
-            .map(|s| Change::SiteUpserted(s.halo_guid()))
-            .collect();
-        router.apply_changes(&writer.registry, &all);
+        // The router's table is built in one pass and published in one swap, while
+        // another thread copies the registry for readers (see `registry`).
+        let readers_copy = std::thread::scope(|scope| {
+            let copy = scope.spawn(|| writer.registry.clone());
+            router.load_sites(&writer.registry);
+            copy.join()
+        })
+        .unwrap_or_else(|_| writer.registry.clone());
         router.set_policy(Arc::new(writer.grants.compile()));
-        // Readers get their own copy of the registry (see `registry`).
         let published = Arc::new(Published {
-            registry: RwLock::new(writer.registry.clone()),
+            registry: RwLock::new(readers_copy),
             credentials: ArcSwap::from_pointee(writer.credentials.clone()),
             audit: RwLock::new(trail),
         });
@@ -1353,10 +1384,44 @@ impl Drop for CloudState {
     }
 }
 
+/// The audit trail as of record `upto`: the snapshot's copy (taken out of it) and
+/// the log's records after it, or, for a snapshot without one (formats 1 to 3) or
+/// no snapshot, one pass over the whole log.
+fn recover_audit<L: halo_store::EventLog>(
+    log: &L,
+    snapshot: Option<&mut Snapshot>,
+    upto: Seq,
+) -> Result<AuditTrail, StateError> {
+    if let Some(part) = snapshot.and_then(|s| s.audit.take()) {
+        match part.decode() {
+            Ok(trail) if part.through() <= upto.get() => {
+                return Ok(AuditTrail::rebuild_after(
+                    log,
+                    trail,
+                    Seq::new(part.through()),
+                    part.covers_next(),
+                    upto,
+                )?);
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    through = part.through(),
+                    "the snapshot's audit trail reaches past the log; rebuilding it from the whole log"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rebuilding the audit trail from the whole log");
+            }
+        }
+    }
+    Ok(AuditTrail::rebuild_upto(log, upto)?)
+}
+
 /// Loads a snapshot into an empty writer.
 fn restore(w: &mut Writer, snapshot: Snapshot) -> Result<(), StateError> {
-    // Version 2 differs from 1 only in holding a version-2 grants snapshot, and 3
-    // from 2 only in the registry's encoding (read by its form); each part is read by
+    // Version 2 differs from 1 only in holding a version-2 grants snapshot, 3 from 2
+    // only in the registry's encoding (read by its form), and 4 from 3 only in also
+    // holding the audit trail (read before, by `recover_audit`); each part is read by
     // its own version, so all load.
     if !(1..=SNAPSHOT_VERSION).contains(&snapshot.version) {
         return Err(StateError::Snapshot(format!(
@@ -1394,14 +1459,14 @@ fn open_shared(cluster: &ClusterConfig) -> Result<Opened, StateError> {
                     keep_snapshots: 2,
                 };
                 let log = halo_store::PgLog::open(options)?;
-                let (store, recovered) = Store::with_log(AnyLog::Postgres(log), config)?;
+                let (store, mut recovered) = Store::with_log(AnyLog::Postgres(log), config)?;
                 if let Some(c) = &recovered.report.stopped_at {
                     // A shared log is never set aside by one node: an operator decides.
                     return Err(StateError::Damaged(c.to_string()));
                 }
                 let background = store.snapshot_writer()?;
                 let upto = recovered.report.last_seq;
-                let trail = AuditTrail::rebuild_upto(store.log(), upto)?;
+                let trail = recover_audit(store.log(), recovered.snapshot.as_mut(), upto)?;
                 tracing::info!(report = %recovered.report, node = %node, "recovered state from the cluster store");
                 Ok((store, recovered, background, trail))
             })
@@ -1563,6 +1628,92 @@ mod tests {
             integrator: "acme".parse::<IntegratorId>().unwrap(),
             pms_id: PmsId::new(PmsType::D4w, format!("CRN{i}").parse().unwrap()),
         }
+    }
+
+    /// The audit trail after a restart from a snapshot (the snapshot's copy of the
+    /// trail, then the log after it) equals the live one, every entry once: for a
+    /// background snapshot (taken right after an append, before that batch's entries
+    /// are published, so its copy stops short of the snapshot) and for one taken on
+    /// request, each with records after it.
+    #[test]
+    fn restart_from_a_snapshot_keeps_the_audit_trail_whole_without_doubles() {
+        let dir = tempfile::tempdir().unwrap();
+        let promote = |state: &CloudState, n: u128| {
+            state
+                .apply_one(
+                    Event::Promoted {
+                        halo_guid: site(n),
+                        actor: "support".into(),
+                        reason: format!("move {n}"),
+                    },
+                    NOW,
+                )
+                .wait()
+                .unwrap();
+        };
+        let live = |state: &CloudState| state.audit().iter().cloned().collect::<Vec<_>>();
+        let state = open(dir.path(), 5).unwrap();
+        for chunk in site_events(20).chunks(7) {
+            for r in state.apply_tenancy(chunk.to_vec(), NOW).wait() {
+                r.unwrap();
+            }
+        }
+        for i in 0..3 {
+            state.apply_policy(grant(i), NOW).wait().unwrap();
+        }
+        promote(&state, 101);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while state.metrics().last_snapshot_ms.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background snapshot"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = live(&state);
+        assert!(
+            before
+                .iter()
+                .any(|s| s.entry.kind == crate::audit::AuditKind::SitePromoted)
+        );
+        drop(state);
+        // The background snapshot's copy of the trail stops short of its record.
+        {
+            let config = StoreConfig {
+                snapshot_every: 0,
+                keep_snapshots: 2,
+            };
+            let log = SqliteLog::open(dir.path()).unwrap();
+            let (_, recovered) =
+                Store::<Record, Snapshot, AnyLog>::with_log(AnyLog::Sqlite(log), config).unwrap();
+            let upto = recovered.report.snapshot_seq.expect("a snapshot").get();
+            let part = recovered
+                .snapshot
+                .unwrap()
+                .audit
+                .expect("format 4 holds the trail");
+            assert!(part.through() < upto, "{} < {upto}", part.through());
+            assert!(part.through() > 0);
+        }
+        let state = open(dir.path(), 0).unwrap();
+        assert!(state.recovery().unwrap().snapshot_seq.is_some());
+        assert_eq!(live(&state), before, "after a background snapshot");
+
+        // On request, then more entries after it.
+        state.snapshot_now().wait().unwrap();
+        promote(&state, 103);
+        state.apply_policy(grant(7), NOW).wait().unwrap();
+        let before = live(&state);
+        drop(state);
+        let state = open(dir.path(), 0).unwrap();
+        let report = state.recovery().unwrap().clone();
+        assert!(report.events_replayed > 0, "{report}");
+        assert_eq!(live(&state), before, "after a snapshot on request");
+        let ids: Vec<u64> = before.iter().map(|s| s.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "each entry once, in order"
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub(crate) enum RouteOp {
     Upsert(HaloGuid, Route),
     /// Remove a site.
     Remove(HaloGuid),
+    /// Replace the whole copy (a bulk load, [`Router::load`]): built once by the
+    /// writer, cloned into the first copy, moved into the second.
+    Replace(Box<RouteMap>),
 }
 
 impl left_right::Absorb<RouteOp> for RouteMap {
@@ -82,6 +85,9 @@ impl left_right::Absorb<RouteOp> for RouteMap {
             RouteOp::Remove(halo) => {
                 self.remove(halo);
             }
+            RouteOp::Replace(map) => {
+                self.clone_from(map);
+            }
         }
     }
 
@@ -92,6 +98,9 @@ impl left_right::Absorb<RouteOp> for RouteMap {
             }
             RouteOp::Remove(halo) => {
                 self.remove(&halo);
+            }
+            RouteOp::Replace(map) => {
+                *self = *map;
             }
         }
     }
@@ -227,24 +236,134 @@ impl Authorised {
 struct WriterState {
     /// The table's write handle.
     table: left_right::WriteHandle<RouteMap, RouteOp>,
-    /// The authoritative site of each group, as published in the table.
-    holders: StdHashMap<GroupKey, HaloGuid>,
-    /// The newest epoch published for each group.
-    epochs: StdHashMap<GroupKey, Epoch>,
+    /// Holders and epochs as published.
+    authority: Authority,
 }
 
-impl WriterState {
+/// What the writer remembers of each group, to keep the table's invariants.
+#[derive(Default)]
+struct Authority {
+    /// The authoritative site of each group, as published in the table.
+    holders: StdHashMap<GroupKey, HaloGuid, RandomState>,
+    /// The newest epoch published for each group.
+    epochs: StdHashMap<GroupKey, Epoch, RandomState>,
+}
+
+/// Where [`publish_into`] reads and writes records: the live table, each change
+/// published at once ([`Live`]), or a copy being built for one bulk publication
+/// ([`RouteMap`], [`Router::load`]).
+trait Records {
+    /// The group of `halo_guid`'s current record, if it has one.
+    fn group_of(&self, halo_guid: &HaloGuid) -> Option<GroupKey>;
+    /// `halo_guid`'s current record demoted, if it has one.
+    fn demoted(&self, halo_guid: &HaloGuid) -> Option<Route>;
+    /// Makes `route` the record of `halo_guid`.
+    fn upsert(&mut self, halo_guid: HaloGuid, route: Route);
+    /// Removes `halo_guid`'s record.
+    fn remove(&mut self, halo_guid: HaloGuid);
+}
+
+/// The live table: every change applied to both copies and made visible at once
+/// (readers see the old record or the new one, never neither).
+struct Live<'a>(&'a mut left_right::WriteHandle<RouteMap, RouteOp>);
+
+impl Live<'_> {
     /// What `f` makes of `halo_guid`'s published record (the guard is dropped before
     /// returning: a publication waits for every reader, this one included).
     fn peek<R>(&self, halo_guid: &HaloGuid, f: impl FnOnce(&Route) -> R) -> Option<R> {
-        self.table.enter().and_then(|map| map.get(halo_guid).map(f))
+        self.0.enter().and_then(|map| map.get(halo_guid).map(f))
     }
 
-    /// Applies one change to both copies and makes it visible: readers see the old
-    /// record or the new one, never neither.
     fn change(&mut self, op: RouteOp) {
-        self.table.append(op);
-        self.table.publish();
+        self.0.append(op);
+        self.0.publish();
+    }
+}
+
+impl Records for Live<'_> {
+    fn group_of(&self, halo_guid: &HaloGuid) -> Option<GroupKey> {
+        self.peek(halo_guid, |r| r.site().group())
+    }
+
+    fn demoted(&self, halo_guid: &HaloGuid) -> Option<Route> {
+        self.peek(halo_guid, |r| r.with_authority(false))
+    }
+
+    fn upsert(&mut self, halo_guid: HaloGuid, route: Route) {
+        self.change(RouteOp::Upsert(halo_guid, route));
+    }
+
+    fn remove(&mut self, halo_guid: HaloGuid) {
+        self.change(RouteOp::Remove(halo_guid));
+    }
+}
+
+impl Records for RouteMap {
+    fn group_of(&self, halo_guid: &HaloGuid) -> Option<GroupKey> {
+        self.get(halo_guid).map(|r| r.site().group())
+    }
+
+    fn demoted(&self, halo_guid: &HaloGuid) -> Option<Route> {
+        self.get(halo_guid).map(|r| r.with_authority(false))
+    }
+
+    fn upsert(&mut self, halo_guid: HaloGuid, route: Route) {
+        self.insert(halo_guid, route);
+    }
+
+    fn remove(&mut self, halo_guid: HaloGuid) {
+        StdHashMap::remove(self, &halo_guid);
+    }
+}
+
+/// Publishes one live site's record into `records`, keeping the table's invariants
+/// (module docs): demotes a previous holder first, drops stale epochs.
+fn publish_into(
+    authority: &mut Authority,
+    records: &mut impl Records,
+    site: SiteRoute,
+    entry: impl FnOnce(LinkGuid) -> Arc<LinkEntry>,
+) -> Published {
+    let group = site.group();
+    // A group never seen has epoch zero, which no record is older than: the slot is
+    // only ever added for a record that is published.
+    let newest_slot = authority.epochs.entry(group).or_insert(Epoch::ZERO);
+    let newest = *newest_slot;
+    // Only an authoritative record can do harm when stale; a demotion always applies.
+    if site.authoritative && site.epoch < newest {
+        return Published::Stale;
+    }
+    *newest_slot = newest.max(site.epoch);
+    // The site may have moved group (its PMS ID changed): drop its old holdership.
+    if let Some(old_group) = records.group_of(&site.halo_guid) {
+        if old_group != group && authority.holders.get(&old_group) == Some(&site.halo_guid) {
+            authority.holders.remove(&old_group);
+        }
+    }
+    if site.authoritative {
+        if let Some(previous) = authority.holders.insert(group, site.halo_guid) {
+            if previous != site.halo_guid {
+                if let Some(demoted) = records.demoted(&previous) {
+                    records.upsert(previous, demoted);
+                }
+            }
+        }
+    } else if authority.holders.get(&group) == Some(&site.halo_guid) {
+        authority.holders.remove(&group);
+    }
+    let entry = entry(site.link);
+    let halo_guid = site.halo_guid;
+    records.upsert(halo_guid, Route::new(site, entry));
+    Published::Applied
+}
+
+/// Removes a site's record from `records`, and its holdership with it.
+fn unpublish_from(authority: &mut Authority, records: &mut impl Records, halo_guid: HaloGuid) {
+    if let Some(group) = records.group_of(&halo_guid) {
+        records.remove(halo_guid);
+        if authority.holders.get(&group) == Some(&halo_guid) {
+            authority.holders.remove(&group);
+        }
     }
 }
 
@@ -312,8 +431,7 @@ impl Router {
             config,
             writer: Mutex::new(WriterState {
                 table,
-                holders: StdHashMap::new(),
-                epochs: StdHashMap::new(),
+                authority: Authority::default(),
             }),
         }
     }
@@ -579,15 +697,51 @@ impl Router {
         }
     }
 
-    /// Loads every live site of `registry` (a start-up or recovery path).
+    /// Loads every site of `registry` ([`Router::load_sites`]) and every Link's last
+    /// heartbeat as the registry holds it (a start-up path).
     pub fn load(&self, registry: &Registry) {
-        for site in registry.sites() {
-            if site.status().is_live() {
-                let _ = self.publish(SiteRoute::from_site(site));
-            }
-        }
+        self.load_sites(registry);
         for link in registry.links() {
             self.heard(link.link_guid(), link.last_heard());
+        }
+    }
+
+    /// Loads every site of `registry` (a start-up or recovery path): its live sites
+    /// published, the others removed, as [`Router::apply_changes`] would for a
+    /// `SiteUpserted` of each, but in one publication: the new contents are built
+    /// once, beside the table, under the same invariants (module docs), and replace
+    /// the table in one swap. Readers see the table before or after, never between.
+    pub fn load_sites(&self, registry: &Registry) {
+        {
+            let mut writer = lock(&self.writer);
+            let writer = &mut *writer;
+            let mut staged: RouteMap = writer
+                .table
+                .enter()
+                .map(|map| (*map).clone())
+                .unwrap_or_default();
+            staged.reserve(registry.site_count().saturating_sub(staged.len()));
+            let groups = registry.groups().size_hint().0;
+            writer.authority.holders.reserve(groups);
+            writer.authority.epochs.reserve(groups);
+            let links = self.links.pin();
+            for site in registry.sites() {
+                if site.status().is_live() {
+                    let route = SiteRoute::from_site(site);
+                    let _ = publish_into(&mut writer.authority, &mut staged, route, |link| {
+                        Arc::clone(
+                            links.get_or_insert_with(link, || Arc::new(LinkEntry::new(link))),
+                        )
+                    });
+                } else {
+                    unpublish_from(&mut writer.authority, &mut staged, site.halo_guid());
+                }
+            }
+            writer.table.append(RouteOp::Replace(Box::new(staged)));
+            writer.table.publish();
+            // Once more, so that the other copy is brought up to date now rather
+            // than on the first change after start.
+            writer.table.publish();
         }
     }
 
@@ -614,45 +768,24 @@ impl Router {
             return Published::Applied;
         }
         let mut writer = lock(&self.writer);
-        let group = site.group();
-        let newest = writer.epochs.get(&group).copied().unwrap_or(Epoch::ZERO);
-        // Only an authoritative record can do harm when stale; a demotion always applies.
-        if site.authoritative && site.epoch < newest {
-            return Published::Stale;
-        }
-        // The site may have moved group (its PMS ID changed): drop its old holdership.
-        if let Some(old_group) = writer.peek(&site.halo_guid, |r| r.site().group()) {
-            if old_group != group && writer.holders.get(&old_group) == Some(&site.halo_guid) {
-                writer.holders.remove(&old_group);
-            }
-        }
-        if site.authoritative {
-            if let Some(previous) = writer.holders.insert(group, site.halo_guid) {
-                if previous != site.halo_guid {
-                    if let Some(demoted) = writer.peek(&previous, |r| r.with_authority(false)) {
-                        writer.change(RouteOp::Upsert(previous, demoted));
-                    }
-                }
-            }
-        } else if writer.holders.get(&group) == Some(&site.halo_guid) {
-            writer.holders.remove(&group);
-        }
-        writer.epochs.insert(group, newest.max(site.epoch));
-        let entry = self.link_entry(site.link);
-        let halo_guid = site.halo_guid;
-        writer.change(RouteOp::Upsert(halo_guid, Route::new(site, entry)));
-        Published::Applied
+        let writer = &mut *writer;
+        publish_into(
+            &mut writer.authority,
+            &mut Live(&mut writer.table),
+            site,
+            |link| self.link_entry(link),
+        )
     }
 
     /// Removes a site from the table: it resolves as unknown from now on.
     pub fn unpublish(&self, halo_guid: HaloGuid) {
         let mut writer = lock(&self.writer);
-        if let Some(group) = writer.peek(&halo_guid, |r| r.site().group()) {
-            writer.change(RouteOp::Remove(halo_guid));
-            if writer.holders.get(&group) == Some(&halo_guid) {
-                writer.holders.remove(&group);
-            }
-        }
+        let writer = &mut *writer;
+        unpublish_from(
+            &mut writer.authority,
+            &mut Live(&mut writer.table),
+            halo_guid,
+        );
     }
 
     fn link_entry(&self, link: LinkGuid) -> Arc<LinkEntry> {

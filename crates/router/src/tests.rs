@@ -500,3 +500,102 @@ fn cancelled_jobs_piling_up_unread_make_the_site_busy_not_unreachable() {
     let job = session.try_next_job().unwrap().unwrap();
     assert_eq!(job.query_id, d.query_id());
 }
+
+#[test]
+fn bulk_load_publishes_what_one_change_at_a_time_would_in_one_swap() {
+    let mut registry = Registry::new();
+    // Practice 1: two sites, the first holds authority, then support promotes the
+    // second (epoch 2). Practice 2: one site. Practice 3: a site removed again.
+    add_site(&mut registry, link(1), halo(1), 1);
+    add_site(&mut registry, link(2), halo(2), 1);
+    add_site(&mut registry, link(1), halo(3), 2);
+    add_site(&mut registry, link(2), halo(4), 3);
+    registry
+        .apply(
+            &Event::Promoted {
+                halo_guid: halo(2),
+                actor: "support".into(),
+                reason: "test".into(),
+            },
+            T0,
+        )
+        .unwrap();
+    registry
+        .apply(
+            &Event::SiteRemoved {
+                link: link(2),
+                halo_guid: halo(4),
+            },
+            T0,
+        )
+        .unwrap();
+    let one_by_one = Router::new(RouterConfig::standard());
+    let all: Vec<_> = registry
+        .sites()
+        .map(|s| halo_tenancy::Change::SiteUpserted(s.halo_guid()))
+        .collect();
+    one_by_one.apply_changes(&registry, &all);
+
+    let bulk = Router::new(RouterConfig::standard());
+    // A record the registry does not know stays; one it holds as removed goes.
+    let stray = SiteRoute {
+        halo_guid: halo(9),
+        authoritative: false,
+        ..SiteRoute::from_site(registry.site(halo(3)).unwrap())
+    };
+    assert_eq!(bulk.publish(stray.clone()), Published::Applied);
+    // A holder of practice 2 the registry does not know: the load's holder demotes it.
+    let rival = SiteRoute {
+        halo_guid: halo(8),
+        ..SiteRoute::from_site(registry.site(halo(3)).unwrap())
+    };
+    assert_eq!(bulk.publish(rival), Published::Applied);
+    assert!(bulk.resolve(halo(8)).unwrap().is_authoritative());
+    let removed = SiteRoute {
+        status: halo_tenancy::SiteStatus::Active,
+        ..SiteRoute::from_site(registry.site(halo(4)).unwrap())
+    };
+    assert_eq!(bulk.publish(removed), Published::Applied);
+    assert!(bulk.resolve(halo(4)).is_some());
+    bulk.load(&registry);
+
+    for n in 1..=4 {
+        assert_eq!(
+            bulk.resolve(halo(n)).map(|r| r.site().clone()),
+            one_by_one.resolve(halo(n)).map(|r| r.site().clone()),
+            "site {n}"
+        );
+    }
+    assert!(
+        bulk.resolve(halo(4)).is_none(),
+        "a removed site is unpublished"
+    );
+    assert!(bulk.resolve(halo(2)).unwrap().is_authoritative());
+    assert!(!bulk.resolve(halo(1)).unwrap().is_authoritative());
+    assert_eq!(bulk.resolve(halo(9)).unwrap().site(), &stray);
+    assert!(
+        !bulk.resolve(halo(8)).unwrap().is_authoritative(),
+        "one holder"
+    );
+    assert!(bulk.resolve(halo(3)).unwrap().is_authoritative());
+    bulk.unpublish(halo(8));
+    assert_eq!(bulk.site_count(), 4);
+    // Both copies hold the load: swap them once more and read again.
+    bulk.unpublish(halo(9));
+    assert_eq!(bulk.site_count(), 3);
+    assert!(bulk.resolve(halo(2)).unwrap().is_authoritative());
+    // The writer's bookkeeping came with it: the old holder's stale record is refused,
+    // and a promotion still demotes the holder the load published.
+    let old = SiteRoute {
+        authoritative: true,
+        epoch: halo_ids::Epoch::new(bulk.resolve(halo(1)).unwrap().epoch().get() - 1),
+        ..bulk.resolve(halo(1)).unwrap().site().clone()
+    };
+    assert_eq!(bulk.publish(old), Published::Stale);
+    let mut next = bulk.resolve(halo(1)).unwrap().site().clone();
+    next.authoritative = true;
+    next.epoch = next.epoch.next().unwrap();
+    assert_eq!(bulk.publish(next), Published::Applied);
+    assert!(!bulk.resolve(halo(2)).unwrap().is_authoritative());
+    assert!(bulk.resolve(halo(1)).unwrap().is_authoritative());
+}
