@@ -164,7 +164,8 @@ impl PgJobOptions {
 /// The PostgreSQL [`JobStore`]; see the module docs.
 pub struct PgJobStore {
     options: PgJobOptions,
-    rt: Runtime,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    rt: Option<Runtime>,
     /// A few connections, each used by one call at a time.
     slots: Vec<tokio::sync::Mutex<Option<Client>>>,
     next: AtomicUsize,
@@ -177,6 +178,16 @@ impl fmt::Debug for PgJobStore {
         f.debug_struct("PgJobStore")
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgJobStore {
+    /// Stops the client runtime without waiting for it: the last handle on the
+    /// store may go away inside an async task (where a blocking shutdown panics).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -261,7 +272,7 @@ impl PgJobStore {
             .map_err(|e| JobStoreError::Engine(format!("cannot start the client runtime: {e}")))?;
         let store = Self {
             options,
-            rt,
+            rt: Some(rt),
             slots: (0..CONNECTIONS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -301,7 +312,10 @@ impl PgJobStore {
         op: impl AsyncFnOnce(&mut Client) -> Result<T, JobStoreError>,
     ) -> Result<T, JobStoreError> {
         let timeout = self.options.timeout;
-        self.rt.block_on(async {
+        let Some(rt) = self.rt.as_ref() else {
+            return Err(JobStoreError::Unavailable("the store is closed".to_owned()));
+        };
+        rt.block_on(async {
             // A free connection if there is one, else wait for one in turn.
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             let n = self.slots.len();
