@@ -73,7 +73,7 @@ async fn seed(node: &RunningCloud) -> HaloGuid {
             halo_guid: site,
             identity: SiteIdentity {
                 pms_type: PmsType::D4w,
-                parent_crn: crn.clone(),
+                parent_crn: crn,
                 branch_crns: Vec::new(),
                 practice_name: "Practice".into(),
                 pms_version: "15".into(),
@@ -108,7 +108,7 @@ async fn seed(node: &RunningCloud) -> HaloGuid {
         },
         PolicyEvent::PracticeEnabled {
             integrator: acme(),
-            pms_id: pms_id.clone(),
+            pms_id,
         },
         PolicyEvent::PracticePaired {
             integrator: acme(),
