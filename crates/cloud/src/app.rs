@@ -381,8 +381,9 @@ pub fn build_with(
 }
 
 /// [`build_with`] for one node of a cluster when `cluster` is given: the state
-/// lives in PostgreSQL (see [`crate::cluster`]); `config.data_dir` still holds
-/// this node's own async-query store.
+/// and the async path's store (async queries and their pages, registered
+/// queries, the webhook outbox) live in PostgreSQL (see [`crate::cluster`] and
+/// [`crate::queries::pg_store`]).
 ///
 /// # Errors
 /// [`StartError::State`] or [`StartError::Jobs`] when recovery fails.
@@ -391,7 +392,10 @@ pub fn build_cluster(
     jobs: crate::queries::JobsConfig,
     cluster: Option<&crate::cluster::ClusterConfig>,
 ) -> Result<AppState, StartError> {
-    let jobs = crate::queries::Jobs::open(config.data_dir.as_deref(), jobs)?;
+    let jobs = match cluster {
+        Some(cluster) => open_shared_jobs(cluster, jobs)?,
+        None => crate::queries::Jobs::open(config.data_dir.as_deref(), jobs)?,
+    };
     let router = Arc::new(Router::new(config.router.clone()));
     let state_config = StateConfig {
         data_dir: config.data_dir.clone(),
@@ -417,6 +421,31 @@ pub fn build_cluster(
         metrics,
         jobs,
     }))
+}
+
+/// Opens a cluster node's job store in PostgreSQL and recovers what it owns, on a
+/// thread of its own (the store blocks; this may run inside an async task).
+fn open_shared_jobs(
+    cluster: &crate::cluster::ClusterConfig,
+    config: crate::queries::JobsConfig,
+) -> Result<crate::queries::Jobs, StartError> {
+    let options = cluster.job_options();
+    let opened = std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let store = crate::queries::pg_store::PgJobStore::open(options)?;
+                crate::queries::Jobs::with_store(Arc::new(store), config)
+            })
+            .join()
+    });
+    match opened {
+        Ok(jobs) => Ok(jobs?),
+        Err(_) => Err(StartError::Jobs(
+            crate::queries::store::JobStoreError::Unavailable(
+                "the thread opening the cluster job store panicked".to_owned(),
+            ),
+        )),
+    }
 }
 
 /// A Cloud server running in this process.

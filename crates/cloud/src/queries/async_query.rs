@@ -587,7 +587,14 @@ async fn drive(
             &record.command,
             Arc::clone(&components),
         );
-        match app.state.router().route_stored(request, &key_hash, limits) {
+        // A cluster node that could not renew its lease lately holds back: another
+        // node may adopt this query (it then runs there, once).
+        let routed = if app.jobs.store.may_dispatch() {
+            app.state.router().route_stored(request, &key_hash, limits)
+        } else {
+            Err(RouteError::Busy)
+        };
+        match routed {
             Ok(dispatch) => break dispatch,
             Err(RouteError::Unreachable) if attempt == 0 && !resumed => {
                 return Err(Failure {
@@ -766,10 +773,24 @@ fn route_failure(e: &RouteError, uploading: bool) -> Failure {
 /// # Errors
 /// [`JobStoreError`] when the store fails.
 pub fn recover(jobs: &Jobs, at: Timestamp) -> Result<Vec<AsyncRecord>, JobStoreError> {
+    let texts = jobs.store.unfinished_queries()?;
+    recover_records(jobs, texts, at)
+}
+
+/// [`recover`] on records already taken over: at start, or adopted from a cluster
+/// node whose lease lapsed ([`super::store::JobStore::adopt_lapsed`]).
+///
+/// # Errors
+/// [`JobStoreError`] when the store fails.
+pub fn recover_records(
+    jobs: &Jobs,
+    texts: Vec<String>,
+    at: Timestamp,
+) -> Result<Vec<AsyncRecord>, JobStoreError> {
     let retention = u64::try_from(jobs.config.retention.as_millis()).unwrap_or(u64::MAX);
     let at = at.as_millis();
     let mut resume = Vec::new();
-    for text in jobs.store.unfinished_queries()? {
+    for text in texts {
         let mut record: AsyncRecord = serde_json::from_str(&text)?;
         let started = matches!(
             record.status,

@@ -10,6 +10,7 @@ pub mod async_query;
 pub mod docs;
 pub mod hub;
 pub mod pages;
+pub mod pg_store;
 pub mod record;
 pub mod registered;
 pub mod store;
@@ -128,6 +129,15 @@ impl Jobs {
             Some(dir) => Arc::new(SqliteJobStore::open(&dir.join("jobs.sqlite"))?),
             None => Arc::new(SqliteJobStore::in_memory()?),
         };
+        Self::with_store(store, config)
+    }
+
+    /// As [`Jobs::open`] on a store already opened (a cluster node's
+    /// [`pg_store::PgJobStore`]). Blocks on the store: call it outside async tasks.
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the store cannot be recovered.
+    pub fn with_store(store: Arc<dyn JobStore>, config: JobsConfig) -> Result<Self, JobStoreError> {
         let jobs = Self {
             config,
             store,
@@ -198,5 +208,40 @@ pub fn spawn_background(app: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let outbox = tokio::spawn(async move {
         crate::webhooks::deliver_forever(outbox_app).await;
     });
-    vec![retention, scheduler, outbox]
+    let mut tasks = vec![retention, scheduler, outbox];
+    if app.jobs.store.shared() {
+        tasks.push(tokio::spawn(adopt_forever(Arc::clone(app))));
+    }
+    tasks
+}
+
+/// How often a node of a cluster renews its lease on its async queries and looks
+/// for queries whose owner's lease lapsed.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// A cluster node's lease loop: renews this node's lease, then adopts the unfinished
+/// queries of nodes whose lease lapsed and runs them as a restarted node would
+/// ([`async_query::recover_records`]).
+async fn adopt_forever(app: AppState) {
+    let mut every = tokio::time::interval(LEASE_RENEW_EVERY);
+    loop {
+        every.tick().await;
+        let work = Arc::clone(&app);
+        let adopted = tokio::task::spawn_blocking(move || {
+            work.jobs.store.keep_alive()?;
+            let texts = work.jobs.store.adopt_lapsed()?;
+            async_query::recover_records(&work.jobs, texts, now())
+        })
+        .await;
+        match adopted {
+            Ok(Ok(resume)) => {
+                for record in resume {
+                    tracing::warn!(query = %record.id, "adopted an async query whose node's lease lapsed");
+                    async_query::spawn(Arc::clone(&app), record, true);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "renewing the job lease failed"),
+            Err(e) => tracing::error!(error = %e, "the job lease task failed"),
+        }
+    }
 }

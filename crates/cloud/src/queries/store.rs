@@ -27,6 +27,14 @@ pub enum JobStoreError {
     /// A stored record does not decode.
     #[error("job store: a stored record does not decode: {0}")]
     Decode(String),
+    /// The shared store cannot be reached (lost connection, no answer within the
+    /// deadline); the write may or may not have happened. Retry later.
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// Another node took this async query over (this node's lease lapsed): the
+    /// write was refused and this node must stop running it.
+    #[error("job store: query {0} is owned by another node")]
+    NotOwner(String),
 }
 
 impl From<rusqlite::Error> for JobStoreError {
@@ -104,7 +112,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// [`JobStoreError`] when the read fails.
     fn query(&self, id: &str) -> Result<Option<String>, JobStoreError>;
 
-    /// The records of the queries not finished yet (for recovery).
+    /// The records of the queries not finished yet (for recovery at start). A shared
+    /// store answers only those this node now owns: it takes over, in the same
+    /// statement, the ones its own previous process or a node whose lease lapsed
+    /// left, and leaves those of live nodes alone.
     ///
     /// # Errors
     /// [`JobStoreError`] when the read fails.
@@ -248,6 +259,37 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
         seen: u64,
         next: Option<u64>,
     ) -> Result<bool, JobStoreError>;
+
+    /// Whether several nodes share this store (then the background work keeps this
+    /// node's lease alive and adopts the queries of nodes whose lease lapsed).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Renews this node's lease on the async queries it runs (shared stores).
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the write fails.
+    fn keep_alive(&self) -> Result<(), JobStoreError> {
+        Ok(())
+    }
+
+    /// Whether this node may dispatch an async query now: false once its lease may
+    /// have lapsed (it could not renew it for a while), since another node may then
+    /// adopt and run the same query.
+    fn may_dispatch(&self) -> bool {
+        true
+    }
+
+    /// Takes over the unfinished queries of nodes whose lease lapsed (each one by
+    /// exactly one node) and returns their records, as [`JobStore::unfinished_queries`]
+    /// does at start. A store that only one process uses has none.
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the write fails.
+    fn adopt_lapsed(&self) -> Result<Vec<String>, JobStoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The SQLite engine of [`JobStore`].
@@ -640,17 +682,21 @@ impl JobStore for SqliteJobStore {
     }
 }
 
+/// Behaviour every engine shows; run against SQLite here and against PostgreSQL in
+/// `pg_store`'s tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod behaviour {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn an_occurrence_is_claimed_once() {
-        let store = SqliteJobStore::in_memory().unwrap();
+    pub(crate) fn an_occurrence_is_claimed_once(store: &dyn JobStore) {
         store
             .put_registered("r1", "s", "i", Some(1000), "{}")
             .unwrap();
+        store
+            .put_registered("r2", "s", "i", Some(1500), "{\"b\":1}")
+            .unwrap();
+        store.put_registered("r3", "t", "i", None, "{}").unwrap();
         assert_eq!(store.due_registered(999).unwrap(), vec![]);
         assert_eq!(
             store.due_registered(1000).unwrap(),
@@ -660,11 +706,28 @@ mod tests {
         // A second node that read the same `next_at` loses.
         assert!(!store.claim_occurrence("r1", 1000, Some(2000)).unwrap());
         assert_eq!(store.registered("r1").unwrap().unwrap().1, Some(2000));
+        // The last occurrence: no next one.
+        assert!(store.claim_occurrence("r2", 1500, None).unwrap());
+        assert_eq!(store.registered("r2").unwrap().unwrap().1, None);
+        assert!(!store.claim_occurrence("r2", 1500, None).unwrap());
+        // Rewriting the record leaves the schedule alone.
+        store.update_registered("r1", "{\"c\":2}").unwrap();
+        assert_eq!(
+            store.registered("r1").unwrap(),
+            Some(("{\"c\":2}".to_owned(), Some(2000)))
+        );
+        // Listed in the order registered, by site and integrator.
+        assert_eq!(
+            store.registered_of("s", "i").unwrap(),
+            vec!["{\"c\":2}".to_owned(), "{\"b\":1}".to_owned()]
+        );
+        assert_eq!(store.registered_of("s", "j").unwrap(), Vec::<String>::new());
+        assert_eq!(store.registered("nope").unwrap(), None);
     }
 
-    #[test]
-    fn a_finished_query_queues_its_webhook_atomically_and_results_expire() {
-        let store = SqliteJobStore::in_memory().unwrap();
+    pub(crate) fn a_finished_query_queues_its_webhook_atomically_and_results_expire(
+        store: &dyn JobStore,
+    ) {
         store.put_query("q", true, "{\"a\":1}").unwrap();
         assert_eq!(store.unfinished_queries().unwrap().len(), 1);
         let page = PageMeta {
@@ -685,19 +748,96 @@ mod tests {
             created_at: 5,
         };
         store.finish_query("q", "{\"a\":2}", 100, &[hook]).unwrap();
+        assert_eq!(store.query("q").unwrap().as_deref(), Some("{\"a\":2}"));
         assert!(store.unfinished_queries().unwrap().is_empty());
+        assert_eq!(store.due_deliveries(4, 10).unwrap().len(), 0);
         assert_eq!(store.due_deliveries(5, 10).unwrap().len(), 1);
         assert!(store.claim_delivery("w", 5, 50).unwrap());
         assert!(!store.claim_delivery("w", 5, 50).unwrap());
+        assert_eq!(store.due_deliveries(5, 10).unwrap().len(), 0);
+        store.retry_delivery("w", 1, 60, "refused").unwrap();
+        let due = store.due_deliveries(60, 10).unwrap();
+        assert_eq!(due[0].attempts, 1);
+        assert_eq!(due[0].last_error.as_deref(), Some("refused"));
         assert_eq!(store.page("q", 1).unwrap().as_deref(), Some(&b"[]"[..]));
+        assert_eq!(store.page("q", 2).unwrap(), None);
         assert_eq!(store.expire_results(99).unwrap(), 0);
         assert_eq!(store.expire_results(100).unwrap(), 1);
+        assert_eq!(store.expire_results(100).unwrap(), 0);
         assert_eq!(store.page("q", 1).unwrap(), None);
+        assert_eq!(store.pending_deliveries().unwrap(), 1);
         store.dead_letter("w", 10, "boom").unwrap();
         assert_eq!(
             store.dead_letters().unwrap()[0].last_error.as_deref(),
             Some("boom")
         );
+        assert!(!store.claim_delivery("w", 60, 70).unwrap());
         assert_eq!(store.pending_deliveries().unwrap(), 0);
+    }
+
+    pub(crate) fn deliveries_and_webhook_config(store: &dyn JobStore) {
+        assert_eq!(store.webhook_config("i").unwrap(), None);
+        store.put_webhook_config("i", "{\"u\":1}").unwrap();
+        store.put_webhook_config("i", "{\"u\":2}").unwrap();
+        assert_eq!(
+            store.webhook_config("i").unwrap().as_deref(),
+            Some("{\"u\":2}")
+        );
+        store.put_query("f", true, "{}").unwrap();
+        let hook = |id: &str, at: u64| Delivery {
+            id: id.into(),
+            integrator: "i".into(),
+            url: "http://x".into(),
+            body: "{}".into(),
+            attempts: 0,
+            next_at: at,
+            last_error: None,
+            created_at: at,
+        };
+        store
+            .finish_query("f", "{}", 10, &[hook("d2", 20), hook("d1", 10)])
+            .unwrap();
+        // Oldest first, limited.
+        let due = store.due_deliveries(100, 1).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, "d1");
+        store.delivered("d1").unwrap();
+        assert_eq!(store.pending_deliveries().unwrap(), 1);
+        // A failed query's partial pages go.
+        store.put_query("g", true, "{}").unwrap();
+        let page = PageMeta {
+            page_number: 1,
+            row_start: 0,
+            rows: 3,
+            size: 2,
+        };
+        store.put_page("g", &page, b"[1]").unwrap();
+        store.delete_pages("g").unwrap();
+        assert_eq!(store.page("g", 1).unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn an_occurrence_is_claimed_once() {
+        behaviour::an_occurrence_is_claimed_once(&SqliteJobStore::in_memory().unwrap());
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_finished_query_queues_its_webhook_atomically_and_results_expire() {
+        behaviour::a_finished_query_queues_its_webhook_atomically_and_results_expire(
+            &SqliteJobStore::in_memory().unwrap(),
+        );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn deliveries_and_webhook_config() {
+        behaviour::deliveries_and_webhook_config(&SqliteJobStore::in_memory().unwrap());
     }
 }
