@@ -234,7 +234,9 @@ async fn cluster() -> Cluster {
         let token = nodes[i].client.credential(crn).await;
         let order: Vec<u16> = ports.iter().cycle().skip(i).take(3).copied().collect();
         let (site, link) = start_link(dir.path(), crn, token, &order).await;
-        let (status, body) = nodes[1]
+        // Paired on the node the Link registered with (it applied the registration
+        // before acknowledging the Link).
+        let (status, body) = nodes[i]
             .client
             .call(
                 Method::POST,
@@ -247,6 +249,20 @@ async fn cluster() -> Cluster {
         assert_eq!(status, 200, "{body}");
         sites.push(site);
         links.push(link);
+    }
+    // Every node has followed the pairings before the tests start.
+    for node in &nodes {
+        for site in &sites {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let path = format!("/integrator/sites/{site}");
+                if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{} did not follow {site}", node.client.base);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
     Cluster {
         _dir: dir,
