@@ -4,6 +4,7 @@
 
 mod async_queries;
 mod audit;
+mod cluster_links;
 mod console;
 mod contract;
 mod crash;

@@ -57,6 +57,8 @@ pub struct App {
     pub metrics: metrics::CloudMetrics,
     /// The async path: async and registered queries, result pages, webhooks.
     pub jobs: crate::queries::Jobs,
+    /// On a cluster node: Link leases and node-to-node forwarding.
+    pub forwarding: Option<crate::forward::Forwarding>,
 }
 
 /// The shared application state.
@@ -157,6 +159,9 @@ pub enum StartError {
     /// The async path's store could not be opened or recovered.
     #[error(transparent)]
     Jobs(#[from] crate::queries::store::JobStoreError),
+    /// The Link lease thread could not start.
+    #[error("cannot start the link lease thread: {0}")]
+    Leases(std::io::Error),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -312,6 +317,12 @@ pub fn routes(app: AppState) -> AxumRouter {
         .route("/metrics", get(metrics::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // A cluster node runs an immediate query here only while it holds the
+        // lease of the site's Link; otherwise it forwards it (`forward`).
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::forward::route_or_forward,
+        ))
         // A cluster node that lost its store refuses changes (503, Retry-After).
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -408,6 +419,13 @@ pub fn build_cluster(
         None => CloudState::open(&state_config, Arc::clone(&router))?,
     };
     let metrics = metrics::CloudMetrics::new(router, Arc::clone(state.metrics()));
+    let forwarding = match cluster {
+        Some(cluster) => Some(crate::forward::Forwarding::new(
+            crate::lease::LinkLeases::start(cluster).map_err(StartError::Leases)?,
+            cluster.cluster_secret.clone(),
+        )),
+        None => None,
+    };
     Ok(Arc::new(App {
         state,
         admin_token_hash: KeyHash::of(&config.admin_token),
@@ -420,6 +438,7 @@ pub fn build_cluster(
         client_clocks: crate::site_view::ClientClocks::default(),
         metrics,
         jobs,
+        forwarding,
     }))
 }
 

@@ -22,9 +22,11 @@
 //!   database is back. The node recovers by itself: the next successful catch-up
 //!   or append marks it available again.
 //!
-//! Not built yet (seams): Link leases and node-to-node forwarding (the
-//! [`ClusterConfig::peer_addr`] is recorded for them), shared async-query,
-//! webhook and quota state.
+//! - **Links on any node.** Where each Link is attached is a lease in PostgreSQL
+//!   ([`crate::lease`]); an immediate query that enters a node not holding its
+//!   Link's lease is forwarded to the node that does ([`crate::forward`]).
+//!
+//! Not built yet (seams): shared async-query, webhook and quota state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,9 +49,16 @@ pub struct ClusterConfig {
     pub store_url: String,
     /// This node's name, in logs and metrics.
     pub node_id: String,
-    /// Where other nodes reach this one (recorded; node-to-node forwarding is not
-    /// built yet).
+    /// Where other nodes reach this one: its listener, as the other nodes can
+    /// address it. Without it (or without a secret) this node takes no forwarded
+    /// requests, and forwards none.
     pub peer_addr: Option<SocketAddr>,
+    /// The shared secret of the node-to-node channel ([`crate::forward`]).
+    pub cluster_secret: Option<crate::forward::ClusterSecret>,
+    /// How long a Link lease runs unless renewed.
+    pub lease_ttl: Duration,
+    /// How often a node renews the leases of its Links (one statement per round).
+    pub lease_renew_every: Duration,
     /// How often the node catches up even without a notification.
     pub poll_every: Duration,
     /// The deadline of one database round trip; past it the node counts the
@@ -63,6 +72,8 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("node_id", &self.node_id)
             .field("peer_addr", &self.peer_addr)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_renew_every", &self.lease_renew_every)
             .field("poll_every", &self.poll_every)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -71,12 +82,16 @@ impl std::fmt::Debug for ClusterConfig {
 
 impl ClusterConfig {
     /// A node `node_id` on `store_url`, polling every second, with a 5-second
-    /// database deadline.
+    /// database deadline, 6-second Link leases renewed every 2 seconds, and no
+    /// forwarding (no peer address, no secret).
     pub fn new(store_url: impl Into<String>, node_id: impl Into<String>) -> Self {
         ClusterConfig {
             store_url: store_url.into(),
             node_id: node_id.into(),
             peer_addr: None,
+            cluster_secret: None,
+            lease_ttl: Duration::from_secs(6),
+            lease_renew_every: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
         }

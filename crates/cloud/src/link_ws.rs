@@ -301,15 +301,24 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
-    let result = serve(
-        &app,
-        link,
-        &token_hash,
-        &mut socket,
-        &mut session,
-        &mut kicks,
+    // On a cluster node: the Link's lease, held while the session lasts.
+    let lease = app
+        .forwarding
+        .as_ref()
+        .map(|f| f.leases.attached(link));
+    let result = crate::lease::while_held(
+        lease.as_ref(),
+        serve(
+            &app,
+            link,
+            &token_hash,
+            &mut socket,
+            &mut session,
+            &mut kicks,
+        ),
     )
     .await;
+    drop(lease);
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
     drop(session);
     result

@@ -51,10 +51,15 @@ enum Command {
         /// This node's name in a cluster (logs, metrics). Defaults to the listen address.
         #[arg(long, env = "HALO_NODE_ID")]
         node_id: Option<String>,
-        /// The address other nodes reach this one on (recorded; node-to-node
-        /// forwarding is not built yet).
+        /// The address other nodes reach this one on: where they forward the
+        /// immediate queries of the Links attached here. It must reach this node's
+        /// --listen listener. Needs a cluster secret.
         #[arg(long, env = "HALO_PEER_ADDR")]
         peer_addr: Option<SocketAddr>,
+        /// A file holding the cluster secret (at least 32 bytes, the same on every
+        /// node) that authenticates forwarded requests; or set HALO_CLUSTER_SECRET.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
         /// Bearer token of the admin API.
         #[arg(long, env = "HALO_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: String,
@@ -146,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             node_id,
             peer_addr,
+            cluster_secret_file,
             admin_token,
             snapshot_every,
             accept_damaged_log,
@@ -186,7 +192,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             halo_cloud::webhooks::webhook_client(&jobs)
                 .context("--webhook-ca-file must hold PEM certificates")?;
-            let cluster = cluster_config(&store, node_id, peer_addr, listen)?;
+            let mut cluster = cluster_config(&store, node_id, peer_addr, listen)?;
+            let secret = cluster_secret(
+                cluster_secret_file.as_deref(),
+                std::env::var("HALO_CLUSTER_SECRET").ok(),
+            )?;
+            match cluster.as_mut() {
+                Some(cluster) => {
+                    anyhow::ensure!(
+                        cluster.peer_addr.is_none() || secret.is_some(),
+                        "--peer-addr needs a cluster secret (--cluster-secret-file or HALO_CLUSTER_SECRET)"
+                    );
+                    cluster.cluster_secret = secret;
+                }
+                None => anyhow::ensure!(
+                    secret.is_none(),
+                    "a cluster secret is for a cluster (--store postgres://...)"
+                ),
+            }
             let cloud = halo_cloud::start_cluster(
                 CloudConfig {
                     listen,
@@ -245,6 +268,20 @@ fn cluster_config(
     cluster.peer_addr = peer_addr;
     tracing::info!(node = %cluster.node_id, peer_addr = ?cluster.peer_addr, "running as a cluster node on PostgreSQL");
     Ok(Some(cluster))
+}
+
+/// The cluster secret, from `--cluster-secret-file` or else `HALO_CLUSTER_SECRET`.
+fn cluster_secret(
+    file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> anyhow::Result<Option<halo_cloud::forward::ClusterSecret>> {
+    let bytes = match (file, env) {
+        (Some(path), _) => std::fs::read(path)
+            .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?,
+        (None, Some(text)) => text.into_bytes(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(halo_cloud::forward::ClusterSecret::new(&bytes)?))
 }
 
 /// Raises the soft limit on open files to the hard limit (each Link session and

@@ -94,6 +94,8 @@ pub struct Agent {
     workers: Arc<Workers>,
     /// Jobs, durations and refusals (served on `metrics_listen`).
     metrics: Arc<LinkMetrics>,
+    /// Which of the config's Cloud URLs the next connection tries.
+    url_index: usize,
 }
 
 impl Agent {
@@ -206,6 +208,7 @@ impl Agent {
             status,
             workers,
             metrics: Arc::new(LinkMetrics::default()),
+            url_index: 0,
         })
     }
 
@@ -296,6 +299,8 @@ impl Agent {
                     warn!(error = %error, "cloud session ended; reconnecting");
                 }
             }
+            // A Cloud of several nodes: the next connection tries the next node.
+            self.url_index = self.url_index.wrapping_add(1);
             let delay = backoff(
                 self.config.backoff_initial,
                 self.config.backoff_max,
@@ -508,10 +513,14 @@ impl Agent {
     /// Connects, sends the hello and waits for the ack; returns the socket and the
     /// heartbeat period to use.
     async fn open(&self) -> Result<(WsStream, Duration), LinkError> {
-        let mut request = self
+        let urls = 1 + self.config.fallback_cloud_urls.len();
+        let url = self
             .config
-            .cloud_url
-            .as_str()
+            .cloud_urls()
+            .nth(self.url_index % urls)
+            .unwrap_or(self.config.cloud_url.as_str());
+        debug!(url, "connecting to the cloud");
+        let mut request = url
             .into_client_request()
             .map_err(|e| LinkError::Connection(e.to_string()))?;
         let bearer = format!("Bearer {}", self.config.token)

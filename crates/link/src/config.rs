@@ -2,6 +2,9 @@
 //!
 //! ```toml
 //! cloud_url = "ws://127.0.0.1:8080/link/ws"
+//! # or, for a Cloud of several nodes without a load balancer, every node's URL
+//! # (tried in turn: the next one after each lost or failed connection):
+//! # cloud_urls = ["ws://10.0.0.11:8080/link/ws", "ws://10.0.0.12:8080/link/ws"]
 //! environment = "stage"
 //! token = "link-secret"
 //! state_file = "halo-link-state.json"
@@ -50,6 +53,10 @@ use crate::procedure::{ProcedureConfig, Procedures};
 pub struct LinkConfig {
     /// The Cloud's WebSocket endpoint (`ws://` or `wss://`), used as given.
     pub cloud_url: String,
+    /// Further endpoints of the same Cloud (its other nodes): after a lost or
+    /// failed connection the Link tries the next one, in turn, with the same
+    /// backoff. Empty by default.
+    pub fallback_cloud_urls: Vec<String>,
     /// Stage or Production; a Production Link refuses demo databases.
     pub environment: Environment,
     /// The Link's credential, sent as `Authorization: Bearer <token>`.
@@ -87,6 +94,7 @@ impl std::fmt::Debug for LinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkConfig")
             .field("cloud_url", &self.cloud_url)
+            .field("fallback_cloud_urls", &self.fallback_cloud_urls)
             .field("environment", &self.environment)
             .field("token", &"<redacted>")
             .field("state_file", &self.state_file)
@@ -109,7 +117,10 @@ impl std::fmt::Debug for LinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    cloud_url: String,
+    #[serde(default)]
+    cloud_url: Option<String>,
+    #[serde(default)]
+    cloud_urls: Vec<String>,
     environment: String,
     token: String,
     state_file: PathBuf,
@@ -164,6 +175,7 @@ impl LinkConfig {
     ) -> Self {
         Self {
             cloud_url: cloud_url.into(),
+            fallback_cloud_urls: Vec::new(),
             environment,
             token: token.into(),
             state_file: state_file.into(),
@@ -225,14 +237,22 @@ impl LinkConfig {
             }));
             databases.push(path);
         }
+        let mut urls = raw.cloud_url.into_iter().chain(raw.cloud_urls);
+        let Some(cloud_url) = urls.next() else {
+            return Err(LinkError::Config(
+                "cloud_url (or cloud_urls) is required".into(),
+            ));
+        };
+        let fallback_cloud_urls: Vec<String> = urls.collect();
         let mut config = Self::new(
-            raw.cloud_url,
+            cloud_url,
             environment,
             raw.token,
             resolve(raw.state_file),
             databases,
         );
         config.procedures = procedures;
+        config.fallback_cloud_urls = fallback_cloud_urls;
         if let Some(secs) = raw.heartbeat_secs {
             if !(1..=300).contains(&secs) {
                 return Err(LinkError::Config(format!(
@@ -290,13 +310,12 @@ impl LinkConfig {
         Ok(config)
     }
 
-    /// Checks the rules that hold however the config was built.
-    ///
-    /// # Errors
-    ///
-    /// [`LinkError::Config`] naming the field and the rule broken.
-    pub fn validate(&self) -> Result<(), LinkError> {
-        let url = self.cloud_url.as_str();
+    /// Every Cloud endpoint: [`Self::cloud_url`] first, then the fallbacks.
+    pub fn cloud_urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.cloud_url.as_str()).chain(self.fallback_cloud_urls.iter().map(String::as_str))
+    }
+
+    fn validate_url(&self, url: &str) -> Result<(), LinkError> {
         let rest = if let Some(rest) = url.strip_prefix("wss://") {
             rest
         } else if let Some(rest) = url.strip_prefix("ws://") {
@@ -314,6 +333,18 @@ impl LinkConfig {
         };
         if rest.is_empty() || rest.starts_with('/') {
             return Err(LinkError::Config("cloud_url has no host".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks the rules that hold however the config was built.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Config`] naming the field and the rule broken.
+    pub fn validate(&self) -> Result<(), LinkError> {
+        for url in self.cloud_urls() {
+            self.validate_url(url)?;
         }
         if self.token.is_empty() {
             return Err(LinkError::Config("token must not be empty".into()));

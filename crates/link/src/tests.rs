@@ -357,3 +357,34 @@ fn backoff_grows_with_jitter_and_is_capped() {
         );
     }
 }
+
+#[test]
+fn several_cloud_urls_are_tried_in_turn_and_each_is_checked() {
+    let list = GOOD.replace(
+        "cloud_url = \"ws://127.0.0.1:8080/link/ws\"",
+        "cloud_urls = [\"ws://127.0.0.1:8080/link/ws\", \"ws://127.0.0.1:8081/link/ws\"]",
+    );
+    let c = LinkConfig::from_toml(&list, Path::new(".")).unwrap();
+    assert_eq!(
+        c.cloud_urls().collect::<Vec<_>>(),
+        ["ws://127.0.0.1:8080/link/ws", "ws://127.0.0.1:8081/link/ws"]
+    );
+    // Both keys: cloud_url first.
+    let both = GOOD.replace(
+        "cloud_url = \"ws://127.0.0.1:8080/link/ws\"",
+        "cloud_url = \"ws://127.0.0.1:8080/link/ws\"\ncloud_urls = [\"ws://127.0.0.1:8082/link/ws\"]",
+    );
+    let c = LinkConfig::from_toml(&both, Path::new(".")).unwrap();
+    assert_eq!(c.fallback_cloud_urls, ["ws://127.0.0.1:8082/link/ws"]);
+    // Every URL obeys the rules, and at least one is needed.
+    let bad = list.replace("ws://127.0.0.1:8081", "http://127.0.0.1:8081");
+    assert!(matches!(
+        LinkConfig::from_toml(&bad, Path::new(".")),
+        Err(LinkError::Config(m)) if m.contains("cloud_url")
+    ));
+    let none = GOOD.replace("cloud_url = \"ws://127.0.0.1:8080/link/ws\"", "");
+    assert!(matches!(
+        LinkConfig::from_toml(&none, Path::new(".")),
+        Err(LinkError::Config(m)) if m.contains("cloud_url")
+    ));
+}

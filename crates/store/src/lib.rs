@@ -70,7 +70,9 @@ pub use corruption::{Corruption, CorruptionKind, SkippedSnapshot};
 pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
 #[cfg(feature = "postgres")]
-pub use postgres::{NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgListener, PgLog, PgOptions};
+pub use postgres::{
+    LeaseRound, LiveLease, NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgLeases, PgListener, PgLog, PgOptions,
+};
 pub use salvage::{
     InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,
 };

@@ -13,6 +13,7 @@
 //! | `halo_log` | `seq` (primary key), `crc`, `payload` | one row per record |
 //! | `halo_snapshot` | `upto` (primary key), `len`, `crc`, `data` | one row per snapshot |
 //! | `halo_quarantine`, `halo_quarantine_snapshot` | as above plus `reason` | what [`EventLog::quarantine_after`] moved aside |
+//! | `link_leases` (version 2) | `link_id` (primary key), `node_id`, `peer_addr`, `expires_at` | which node each Link is attached to ([`PgLeases`]) |
 //!
 //! **Optimistic append.** [`EventLog::append_at`] appends only if the log still ends
 //! where the caller's decision was made: in one transaction it reads the end, refuses
@@ -52,11 +53,12 @@ pub const NOTIFY_CHANNEL: &str = "halo_log";
 
 /// The newest schema version this build knows; a database migrated further is
 /// refused ([`StoreError::UnsupportedFormat`]).
-pub const PG_SCHEMA_VERSION: i32 = 1;
+pub const PG_SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one
 /// that has shipped; add the next.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE halo_log (
     seq BIGINT PRIMARY KEY CHECK (seq > 0),
     crc BIGINT NOT NULL,
@@ -75,7 +77,22 @@ CREATE TABLE halo_quarantine_snapshot (
     id BIGSERIAL PRIMARY KEY, upto BIGINT, len BIGINT, crc BIGINT, data BYTEA,
     reason TEXT NOT NULL
 );
-"];
+",
+    // Version 2: where each Link is attached (`lease::PgLeases`). Never logged:
+    // renewals are not events.
+    "
+CREATE TABLE link_leases (
+    link_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    peer_addr TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX link_leases_expires_at ON link_leases (expires_at);
+",
+];
+
+mod lease;
+pub use lease::{LeaseRound, LiveLease, PgLeases};
 
 /// The advisory lock key that serialises migrations ("HALO").
 const MIGRATION_LOCK: i64 = 0x4841_4C4F;

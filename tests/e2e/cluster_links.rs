@@ -1,0 +1,483 @@
+//! Links on any node of a cluster: three real `halo-cloud` processes on one
+//! throw-away PostgreSQL, two in-process Links. Queries entering every node reach
+//! every practice (forwarded to the node holding the Link's lease); `kill -9` of
+//! the node carrying a Link makes immediate queries answer 503 with `Retry-After`
+//! until the Link is attached to another node (within 10 s), then they succeed
+//! again; no acknowledged change is lost; the whole log never shows two holders.
+//! And a forwarded request without the cluster's signature is refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use halo_cloud::Record;
+use halo_ids::{Environment, HaloGuid};
+use halo_link::demo::generate;
+use halo_link::{Agent, AgentHandle, LinkConfig};
+use halo_store::{EventLog as _, PgLog, PgOptions, Seq};
+use halo_tenancy::{Event, GroupKey, Registry};
+use halo_test_support::postgres_server::PgServer;
+use hmac::{Hmac, Mac as _};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::fixture::{INTEGRATOR, practice};
+use crate::processes::{Client, CloudProcess, free_port};
+
+const SECRET: &str = "cluster-test-secret-0123456789abcdef-0123456789";
+const QUERY: &str = "SELECT first_name FROM patients";
+
+struct Node {
+    process: Option<CloudProcess>,
+    client: Client,
+    port: u16,
+}
+
+fn start_node(dir: &std::path::Path, server: &PgServer, name: &str, secret: &std::path::Path) -> Node {
+    let port = free_port();
+    let peer = format!("127.0.0.1:{port}");
+    let data = dir.join(name);
+    let url = pg_url(server);
+    let args = [
+        "--store",
+        url.as_str(),
+        "--node-id",
+        name,
+        "--peer-addr",
+        peer.as_str(),
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let process = CloudProcess::start(&data, port, &args);
+    Node {
+        process: Some(process),
+        client: Client {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+        },
+        port,
+    }
+}
+
+/// The server as a `postgres://` URL (what `--store` takes).
+fn pg_url(server: &PgServer) -> String {
+    let conninfo = server.url();
+    let port = conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap();
+    format!("postgres://halo@127.0.0.1:{port}/postgres")
+}
+
+fn link_url(port: u16) -> String {
+    format!("ws://127.0.0.1:{port}/link/ws")
+}
+
+async fn start_link(
+    dir: &std::path::Path,
+    crn: &str,
+    token: String,
+    ports: &[u16],
+) -> (HaloGuid, AgentHandle) {
+    let db = dir.join(format!("{crn}.sqlite"));
+    generate(&db, &practice(crn, crn)).unwrap();
+    let mut config = LinkConfig::new(
+        link_url(ports[0]),
+        Environment::Stage,
+        token,
+        dir.join(format!("{crn}-state.json")),
+        vec![db],
+    );
+    config.fallback_cloud_urls = ports[1..].iter().map(|p| link_url(*p)).collect();
+    // Slow enough that the gap after a kill is seen, fast enough to be back in 10 s.
+    config.backoff_initial = Duration::from_secs(2);
+    config.backoff_max = Duration::from_secs(2);
+    let agent = Agent::prepare(config).unwrap();
+    let site = agent.databases()[0].halo_guid();
+    let link = agent.spawn();
+    link.wait_connected(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    (site, link)
+}
+
+/// An immediate query to `site` entering `client`'s node: the status and whether
+/// a `Retry-After` came with it.
+async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, String) {
+    let resp = client
+        .http
+        .post(format!("{}/integrator/sites/{site}/queries/immediate", client.base))
+        .header(halo_cloud::KEY_HEADER, key)
+        .json(&json!({"command": {"text": QUERY}}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp.headers().contains_key("retry-after");
+    (status, retry, resp.text().await.unwrap_or_default())
+}
+
+/// Waits until an immediate query to `site` through `client` succeeds; every
+/// failure meanwhile must be a 503 with `Retry-After`. Returns how many 503s.
+async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let mut unavailable = 0;
+    loop {
+        let (status, retry, body) = immediate(client, key, site).await;
+        if status == 200 {
+            let rows: Value = serde_json::from_str(&body).unwrap();
+            assert!(rows.to_string().contains("first_name") || !rows.is_null(), "{body}");
+            return unavailable;
+        }
+        assert_eq!(status, 503, "{} {site}: {body}", client.base);
+        assert!(retry, "a 503 without Retry-After: {body}");
+        unavailable += 1;
+        assert!(
+            Instant::now() < deadline,
+            "{} {site}: still 503 after {within:?}",
+            client.base
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn whole_log(url: String) -> Vec<(Seq, Record)> {
+    std::thread::spawn(move || {
+        let log = PgLog::open(PgOptions::new(url)).unwrap();
+        let mut records = Vec::new();
+        let report = log
+            .read_from(Seq::ZERO, &mut |seq, bytes| {
+                records.push((seq, serde_json::from_slice::<Record>(bytes).unwrap()));
+                Ok(())
+            })
+            .unwrap();
+        assert!(report.stopped_at.is_none(), "{:?}", report.stopped_at);
+        records
+    })
+    .join()
+    .unwrap()
+}
+
+/// Replays the whole log and checks, after every event, that no group has two
+/// authoritative sites and no epoch went back (the checker of
+/// `crates/cloud/tests/cluster.rs`). Returns how many sites it saw attached.
+fn check_authority(url: String) -> usize {
+    let mut registry = Registry::new();
+    let mut epochs: HashMap<GroupKey, halo_ids::Epoch> = HashMap::new();
+    let mut attached = 0;
+    for (seq, record) in whole_log(url) {
+        let Record::Tenancy(entry) = record else {
+            continue;
+        };
+        if matches!(entry.event, Event::SiteAttached { .. }) {
+            attached += 1;
+        }
+        registry
+            .apply(&entry.event, entry.at)
+            .unwrap_or_else(|e| panic!("record {seq} does not apply on replay: {e}"));
+        let mut holders: HashMap<GroupKey, usize> = HashMap::new();
+        for site in registry.sites().filter(|s| s.is_authoritative()) {
+            *holders.entry(site.group_key()).or_default() += 1;
+        }
+        for (key, n) in &holders {
+            assert!(*n <= 1, "after record {seq}, group {key:?} has {n} holders");
+        }
+        for (key, group) in registry.groups() {
+            if let Some(before) = epochs.insert(*key, group.epoch()) {
+                assert!(group.epoch() >= before, "after record {seq}, {key:?}'s epoch went back");
+            }
+        }
+    }
+    attached
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    server: PgServer,
+    nodes: Vec<Node>,
+    key: String,
+    sites: Vec<HaloGuid>,
+    _links: Vec<AgentHandle>,
+}
+
+/// Three nodes, two Links (the first on node 0, the second on node 1), an
+/// integrator paired with both practices.
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let server = PgServer::start();
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    // One node first: it migrates the schema.
+    let mut nodes = vec![start_node(dir.path(), &server, "n0", &secret)];
+    let http = reqwest::Client::new();
+    nodes[0].process.as_ref().unwrap().wait_ready(&http).await;
+    for name in ["n1", "n2"] {
+        nodes.push(start_node(dir.path(), &server, name, &secret));
+    }
+    for node in &nodes[1..] {
+        node.process.as_ref().unwrap().wait_ready(&http).await;
+    }
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let admin = &nodes[0].client;
+    let key = admin.integrator("SMILE01").await;
+    admin
+        .admin(
+            Method::POST,
+            &format!("/admin/integrators/{INTEGRATOR}/practices"),
+            json!({"pmsId": "D4w:GRIN02"}),
+        )
+        .await;
+    let mut sites = Vec::new();
+    let mut links = Vec::new();
+    for (i, crn) in ["SMILE01", "GRIN02"].into_iter().enumerate() {
+        // Issued on the node the Link connects to first (acknowledged there).
+        let token = nodes[i].client.credential(crn).await;
+        let order: Vec<u16> = ports.iter().cycle().skip(i).take(3).copied().collect();
+        let (site, link) = start_link(dir.path(), crn, token, &order).await;
+        // Paired on the node the Link registered with (it applied the registration
+        // before acknowledging the Link).
+        let (status, body) = nodes[i]
+            .client
+            .call(
+                Method::POST,
+                &key,
+                &format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        sites.push(site);
+        links.push(link);
+    }
+    // Every node has followed the pairings before the tests start.
+    for node in &nodes {
+        for site in &sites {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let path = format!("/integrator/sites/{site}");
+                if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{} did not follow {site}", node.client.base);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Cluster {
+        _dir: dir,
+        server,
+        nodes,
+        key,
+        sites,
+        _links: links,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_on_any_node_survive_a_node_killed() {
+    let mut c = cluster().await;
+    // Every practice through every node (forwarded where its Link is elsewhere;
+    // a node learns a lease within one renewal round).
+    for node in &c.nodes {
+        for site in &c.sites {
+            until_ok(&node.client, &c.key, *site, Duration::from_secs(10)).await;
+        }
+    }
+    // A change acknowledged by node 0 just before it dies.
+    let issued = c.nodes[0].client.credential("SMILE01").await;
+    let listed = c.nodes[0]
+        .client
+        .admin(Method::GET, "/admin/link-credentials", Value::Null)
+        .await;
+    let credentials = listed.to_string().matches("\"id\"").count();
+    assert!(credentials >= 3, "{listed}");
+    assert!(!issued.is_empty());
+
+    // kill -9 the node carrying the first Link.
+    let killed_at = Instant::now();
+    c.nodes[0].process.take().unwrap().kill();
+    // Immediately: the other nodes answer 503 with Retry-After (the Link waits 2 s
+    // before it reconnects), never anything else, then succeed within 10 s.
+    let mut gap = Vec::new();
+    for node in &c.nodes[1..] {
+        let (status, retry, body) = immediate(&node.client, &c.key, c.sites[0]).await;
+        gap.push(status);
+        assert!(status == 503 && retry, "{}: {status} {body}", node.client.base);
+    }
+    for node in &c.nodes[1..] {
+        until_ok(&node.client, &c.key, c.sites[0], Duration::from_secs(10)).await;
+    }
+    let moved = killed_at.elapsed();
+    assert!(moved < Duration::from_secs(10), "the link took {moved:?} to move");
+    // The other Link was never on the dead node: still served everywhere.
+    for node in &c.nodes[1..] {
+        until_ok(&node.client, &c.key, c.sites[1], Duration::from_secs(10)).await;
+    }
+    // Nothing acknowledged was lost: the survivors list the credential node 0 issued.
+    for node in &c.nodes[1..] {
+        let listed = node
+            .client
+            .admin(Method::GET, "/admin/link-credentials", Value::Null)
+            .await;
+        assert_eq!(listed.to_string().matches("\"id\"").count(), credentials, "{listed}");
+    }
+    // The whole log: two sites attached, never two holders, epochs never back.
+    assert_eq!(check_authority(c.server.url()), 2);
+    eprintln!("503s in the gap: {gap:?}; the link moved in {moved:?}");
+}
+
+fn signature(secret: &str, fields: [&str; 6], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for field in std::iter::once("halo-forward-v1").chain(fields) {
+        mac.update(&(field.len() as u64).to_le_bytes());
+        mac.update(field.as_bytes());
+    }
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_request_needs_the_cluster_signature() {
+    let c = cluster().await;
+    let site = c.sites[1];
+    // Node 1 holds the second Link's lease; wait until it serves it.
+    let owner = &c.nodes[1].client;
+    until_ok(owner, &c.key, site, Duration::from_secs(10)).await;
+    let path = format!("/integrator/sites/{site}/queries/immediate");
+    let body = json!({"command": {"text": QUERY}}).to_string();
+    let send = |secret: Option<&str>, at: String, node: &str| {
+        let mut req = owner
+            .http
+            .post(format!("{}{path}", owner.base))
+            .header(halo_cloud::KEY_HEADER, &c.key)
+            .header("content-type", "application/json")
+            .header("x-halo-forwarded-by", node)
+            .header("x-halo-forwarded-for", "10.1.2.3")
+            .header("x-halo-forwarded-at", &at)
+            .body(body.clone());
+        if let Some(secret) = secret {
+            let sig = signature(
+                secret,
+                ["POST", &path, node, "10.1.2.3", &at, &c.key],
+                body.as_bytes(),
+            );
+            req = req.header("x-halo-forward-signature", sig);
+        }
+        req.send()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            .to_string()
+    };
+    // No signature, a wrong secret, a stale timestamp: refused.
+    for (secret, at) in [
+        (None, now()),
+        (Some("another-secret-of-enough-length-0123456789"), now()),
+        (Some(SECRET), "1000".to_owned()),
+    ] {
+        let resp = send(secret, at, "n0").await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 401, "{secret:?}: {text}");
+    }
+    // A body changed after signing: refused.
+    let at = now();
+    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, &c.key], b"{}");
+    let resp = owner
+        .http
+        .post(format!("{}{path}", owner.base))
+        .header(halo_cloud::KEY_HEADER, &c.key)
+        .header("content-type", "application/json")
+        .header("x-halo-forwarded-by", "n0")
+        .header("x-halo-forwarded-for", "10.1.2.3")
+        .header("x-halo-forwarded-at", &at)
+        .header("x-halo-forward-signature", sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Signed with the cluster's secret: run (so the refusals above were the
+    // signature's doing), with the policy evaluated again on this node.
+    let resp = send(Some(SECRET), now(), "n0").await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    // Even correctly signed, a forwarded request with a wrong key is denied here.
+    let at = now();
+    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, "wrong-key"], body.as_bytes());
+    let resp = owner
+        .http
+        .post(format!("{}{path}", owner.base))
+        .header(halo_cloud::KEY_HEADER, "wrong-key")
+        .header("content-type", "application/json")
+        .header("x-halo-forwarded-by", "n0")
+        .header("x-halo-forwarded-for", "10.1.2.3")
+        .header("x-halo-forwarded-at", &at)
+        .header("x-halo-forward-signature", sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // A node that does not hold the Link never forwards a forwarded request again.
+    let other = &c.nodes[2].client;
+    let at = now();
+    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, &c.key], body.as_bytes());
+    let resp = other
+        .http
+        .post(format!("{}{path}", other.base))
+        .header(halo_cloud::KEY_HEADER, &c.key)
+        .header("content-type", "application/json")
+        .header("x-halo-forwarded-by", "n0")
+        .header("x-halo-forwarded-for", "10.1.2.3")
+        .header("x-halo-forwarded-at", &at)
+        .header("x-halo-forward-signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_loses_the_database_stops_routing_to_its_links_and_recovers() {
+    let mut c = cluster().await;
+    let own = &c.nodes[0].client;
+    until_ok(own, &c.key, c.sites[0], Duration::from_secs(10)).await;
+    c.server.pause();
+    // Node 0 cannot renew the first Link's lease: once it would have lapsed (6 s
+    // after the last renewal) node 0 stops routing to its own Link, with 503 and
+    // Retry-After, never anything else.
+    let paused = Instant::now();
+    loop {
+        let (status, retry, body) = immediate(own, &c.key, c.sites[0]).await;
+        if status == 503 {
+            assert!(retry, "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            paused.elapsed() < Duration::from_secs(20),
+            "node 0 still routes to its link {:?} after losing the database",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopped = paused.elapsed();
+    c.server.resume();
+    // It recovers by itself: the Link is attached again (to whichever node) and
+    // every node serves both practices.
+    for node in &c.nodes {
+        for site in &c.sites {
+            until_ok(&node.client, &c.key, *site, Duration::from_secs(30)).await;
+        }
+    }
+    eprintln!("node 0 stopped routing {stopped:?} after the database was paused");
+    assert_eq!(check_authority(c.server.url()), 2);
+}
