@@ -265,20 +265,25 @@ impl CloudProcess {
 
     /// User plus system CPU time so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the command name, which is in parentheses.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        let hz = clock_ticks_per_second();
-        Duration::from_secs_f64(ticks as f64 / hz)
+        process_cpu(&self.pid().to_string())
     }
 
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User plus system CPU time so far of process `pid` (`self`: this one).
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = clock_ticks_per_second();
+    Duration::from_secs_f64(ticks as f64 / hz)
 }
 
 /// `CLK_TCK`, from `getconf` (100 on Linux unless configured otherwise).
@@ -723,9 +728,15 @@ async fn swarm(cli: Cli) {
     let attach_records = cloud.records.load(Ordering::Relaxed) - records0;
     // Let every Link heartbeat at least once, then measure idle.
     tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
+    let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
+    // This process (the N Links' heartbeats) shares the machine with the Cloud.
+    let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
+    let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let swarm_cpu_queries =
+        (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
     let n = links as f64;
     let beats_per_s = (links - QUERIED) as f64 / heartbeat.as_secs_f64();
@@ -746,6 +757,7 @@ async fn swarm(cli: Cli) {
         "attach_events": attach_records,
         "failed_attempts": swarm.failed_attempts.load(Ordering::Relaxed),
         "idle_cpu_share_of_one_core": {"links_10": cpu_10, "links_n": cpu_n},
+        "swarm_cpu_share_of_one_core": {"idle_links_n": swarm_cpu_n, "queries_links_n": swarm_cpu_queries},
         "heartbeat_secs": heartbeat.as_secs(),
         "heartbeats_per_s": beats_per_s.round(),
         "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,

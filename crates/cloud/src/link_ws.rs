@@ -3,7 +3,9 @@
 //! session, then shuttle jobs out and results in until the socket closes. Closing
 //! detaches the session, which fails the Link's in-flight queries at once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -19,7 +21,7 @@ use halo_protocol::{
 };
 use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
 use halo_tenancy::{Catalogue, Registration, SiteIdentity, SiteRegistration};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::clock::now;
@@ -98,26 +100,61 @@ pub async fn link_ws(
 }
 
 /// Tells live Link sessions to re-check their credential (after a revocation or a
-/// rotation). Every session listens; the ones whose credential no longer admits
-/// them close within moments.
-#[derive(Debug)]
-pub struct Kicks(broadcast::Sender<LinkGuid>);
-
-impl Default for Kicks {
-    fn default() -> Self {
-        Self(broadcast::channel(64).0)
-    }
+/// rotation); the ones whose credential no longer admits them close within moments.
+///
+/// Each session listens on a `Notify` of its own, registered under its Link from
+/// its hello on, before its credential is checked (so no kick is missed: a kick
+/// with nobody waiting leaves a permit). A kick wakes only that Link's sessions, and
+/// an idle session's wake-ups (its heartbeats) touch no lock shared with the others
+/// (a broadcast receiver, polled on every wake-up, locked the channel's one mutex).
+#[derive(Debug, Default)]
+pub struct Kicks {
+    listeners: parking_lot::Mutex<BTreeMap<(LinkGuid, u64), Arc<Notify>>>,
+    next: AtomicU64,
 }
 
 impl Kicks {
-    /// Asks `link`'s live session, if any, to re-check its credential.
+    /// Asks `link`'s live sessions, if any, to re-check their credential.
     pub fn kick(&self, link: LinkGuid) {
-        // No receiver means no live session: nothing to close.
-        let _ = self.0.send(link);
+        // No listener means no live session: nothing to close.
+        let listeners = self.listeners.lock();
+        for notify in listeners
+            .range((link, 0)..=(link, u64::MAX))
+            .map(|(_, n)| n)
+        {
+            notify.notify_one();
+        }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<LinkGuid> {
-        self.0.subscribe()
+    /// Registers one session of `link`; it stops listening when the guard drops.
+    fn listen(&self, link: LinkGuid) -> KickListener<'_> {
+        let key = (link, self.next.fetch_add(1, Ordering::Relaxed));
+        let notify = Arc::new(Notify::new());
+        self.listeners.lock().insert(key, Arc::clone(&notify));
+        KickListener {
+            kicks: self,
+            key,
+            notify,
+        }
+    }
+
+    /// Sessions listening now (tests).
+    #[cfg(test)]
+    fn listening(&self) -> usize {
+        self.listeners.lock().len()
+    }
+}
+
+/// One session's registration in [`Kicks`].
+struct KickListener<'k> {
+    kicks: &'k Kicks,
+    key: (LinkGuid, u64),
+    notify: Arc<Notify>,
+}
+
+impl Drop for KickListener<'_> {
+    fn drop(&mut self) {
+        self.kicks.listeners.lock().remove(&self.key);
     }
 }
 
@@ -257,13 +294,13 @@ fn admit<'h>(
 }
 
 async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> Result<(), String> {
-    // Listen for revocations before the credential is checked, so none is missed.
-    let mut kicks = app.kicks.subscribe();
     let hello = match read_hello(&mut socket).await {
         Ok(h) => h,
         Err(reason) => return Err(refuse(&mut socket, reason).await),
     };
     let link = hello.link_guid;
+    // Listen for revocations before the credential is checked, so none is missed.
+    let kicks = app.kicks.listen(link);
     let (admitted, rejected, first_use) = match admit(&app, &token_hash, &hello) {
         Ok(a) => a,
         Err(reason) => return Err(refuse(&mut socket, reason).await),
@@ -314,7 +351,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
             &token_hash,
             &mut socket,
             &mut session,
-            &mut kicks,
+            &kicks,
         ),
     )
     .await;
@@ -330,29 +367,26 @@ async fn serve(
     token_hash: &KeyHash,
     socket: &mut WebSocket,
     session: &mut LinkSession,
-    kicks: &mut broadcast::Receiver<LinkGuid>,
+    kicks: &KickListener<'_>,
 ) -> Result<(), String> {
     // Acknowledgements and cancels of paged results (the async path), made on the
     // first paged job: an idle session holds no channel (its first block of slots is
     // about 6.5 KB).
     let mut controls: Option<Controls> = None;
+    // Where this Link's clock goes on each heartbeat: one atomic, no shared lock.
+    let clock = app.client_clocks.of(link);
+    // Kept across the loop's turns (made again only once it fires), so a turn does
+    // not register and unregister a waiter.
+    let kicked = kicks.notify.notified();
+    tokio::pin!(kicked);
     loop {
         tokio::select! {
             Some(msg) = next_control(&mut controls) => send(socket, &msg).await?,
-            kicked = kicks.recv() => {
-                // A lagged receiver re-checks too: it may have missed its own kick.
-                let concerns_us = match kicked {
-                    Ok(kicked) => kicked == link,
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err("the cloud is stopping".to_owned());
-                    }
-                };
-                if concerns_us {
-                    if let Err(e) = app.state.check_credential(token_hash) {
-                        let reason = refuse(socket, e.to_string()).await;
-                        return Err(reason);
-                    }
+            () = &mut kicked => {
+                kicked.set(kicks.notify.notified());
+                if let Err(e) = app.state.check_credential(token_hash) {
+                    let reason = refuse(socket, e.to_string()).await;
+                    return Err(reason);
                 }
             }
             job = session.next_job() => {
@@ -405,7 +439,7 @@ async fn serve(
                     Some(Ok(Message::Binary(_))) => return Err("binary frames are not part of the protocol".to_owned()),
                     Some(Err(e)) => return Err(format!("receive: {e}")),
                 };
-                match halo_protocol::decode::<LinkToCloud>(&text) {
+                match halo_protocol::decode_link_frame(&text) {
                     Ok(LinkToCloud::QueryResult(r)) => complete_ok(session, r),
                     Ok(LinkToCloud::QueryFailed(f)) => complete_err(session, f),
                     Ok(LinkToCloud::ResultPage(page)) => {
@@ -428,8 +462,10 @@ async fn serve(
                         session.complete(id, Ok(output));
                     }
                     Ok(LinkToCloud::Heartbeat(beat)) => {
-                        app.state.heartbeat(link, now());
-                        app.client_clocks.record(link, beat.at);
+                        // The same atomic as `CloudState::heartbeat`, reached through
+                        // the session's own entry (no table lookup per beat).
+                        session.heard(now());
+                        clock.record(beat.at);
                     }
                     Ok(LinkToCloud::Hello(_)) => return Err("a second hello on one connection".to_owned()),
                     Err(e) => return Err(format!("bad frame from link: {e}")),
@@ -534,4 +570,53 @@ fn to_protocol(job: Job, now: Timestamp) -> Result<QueryJob, String> {
             allow_write: job.command.mode == ExecutionMode::NonQuery,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn link(n: u128) -> LinkGuid {
+        LinkGuid::from_u128(n).unwrap()
+    }
+
+    /// Whether `listener` has a kick waiting (without waiting for one).
+    fn kicked(listener: &KickListener<'_>) -> bool {
+        use futures_util::FutureExt as _;
+        listener.notify.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_kick_reaches_every_session_of_its_link_and_no_other() {
+        let kicks = Kicks::default();
+        let (a1, a2, b) = (
+            kicks.listen(link(1)),
+            kicks.listen(link(1)),
+            kicks.listen(link(2)),
+        );
+        // Kicked before anyone waits: the permit is kept, the kick is not missed.
+        kicks.kick(link(1));
+        assert!(kicked(&a1) && kicked(&a2));
+        assert!(!kicked(&b), "another link's session was kicked");
+        // A permit is used once.
+        assert!(!kicked(&a1));
+        // A kick for a link with no session is a no-op.
+        kicks.kick(link(3));
+        assert!(!kicked(&b));
+    }
+
+    #[test]
+    fn a_session_that_ends_stops_listening() {
+        let kicks = Kicks::default();
+        let a = kicks.listen(link(1));
+        {
+            let _b = kicks.listen(link(1));
+            assert_eq!(kicks.listening(), 2);
+        }
+        assert_eq!(kicks.listening(), 1);
+        drop(a);
+        assert_eq!(kicks.listening(), 0);
+    }
 }

@@ -5,6 +5,8 @@ use halo_policy::SiteView;
 use halo_tenancy::{Availability, Registry, Site, SiteStatus};
 use parking_lot::RwLock;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::App;
 use crate::dto::{
@@ -25,26 +27,66 @@ pub fn policy_view(site: &Site) -> SiteView {
 /// Each Link's own clock at its last heartbeat (the site's `clientTimestampUTC`).
 /// Like heartbeats, kept in memory only: after a restart a Link has no client
 /// timestamp until it beats again, which is the truth.
+///
+/// Each Link has its own slot, an atomic its session holds ([`ClientClocks::of`]):
+/// a heartbeat stores into it and takes no lock.
 #[derive(Debug, Default)]
 pub struct ClientClocks {
-    at: RwLock<HashMap<LinkGuid, Timestamp>>,
+    at: RwLock<HashMap<LinkGuid, Arc<ClientClock>>>,
+}
+
+/// One Link's clock at its last heartbeat (milliseconds; Relaxed: a lone value that
+/// guards nothing).
+#[derive(Debug)]
+pub struct ClientClock(AtomicU64);
+
+/// No clock kept: no heartbeat yet, or one RFC 3339 cannot write (never a kept
+/// value, as those are at most [`crate::dto::MAX_RFC3339_MILLIS`]).
+const NO_CLOCK: u64 = u64::MAX;
+
+impl ClientClock {
+    /// Records the Link's clock of a heartbeat. The Link controls the value: one
+    /// RFC 3339 cannot write (past year 9999) is not kept.
+    pub fn record(&self, at: Timestamp) {
+        let ms = at.as_millis();
+        let kept = if ms > crate::dto::MAX_RFC3339_MILLIS {
+            NO_CLOCK
+        } else {
+            ms
+        };
+        self.0.store(kept, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Option<Timestamp> {
+        match self.0.load(Ordering::Relaxed) {
+            NO_CLOCK => None,
+            ms => Some(Timestamp::from_millis(ms)),
+        }
+    }
 }
 
 impl ClientClocks {
-    /// Records the Link's clock of a heartbeat. The Link controls the value: one
-    /// RFC 3339 cannot write (past year 9999) is not kept.
-    pub fn record(&self, link: LinkGuid, at: Timestamp) {
-        let mut clocks = self.at.write();
-        if at.as_millis() > crate::dto::MAX_RFC3339_MILLIS {
-            clocks.remove(&link);
-        } else {
-            clocks.insert(link, at);
+    /// The Link's slot, made on first use (a session takes it once, at attach).
+    pub fn of(&self, link: LinkGuid) -> Arc<ClientClock> {
+        if let Some(clock) = self.at.read().get(&link) {
+            return Arc::clone(clock);
         }
+        let mut clocks = self.at.write();
+        Arc::clone(
+            clocks
+                .entry(link)
+                .or_insert_with(|| Arc::new(ClientClock(AtomicU64::new(NO_CLOCK)))),
+        )
+    }
+
+    /// Records the Link's clock of a heartbeat (see [`ClientClock::record`]).
+    pub fn record(&self, link: LinkGuid, at: Timestamp) {
+        self.of(link).record(at);
     }
 
     /// The Link's clock at its last heartbeat, if one arrived since the start.
     pub fn last(&self, link: LinkGuid) -> Option<Timestamp> {
-        self.at.read().get(&link).copied()
+        self.at.read().get(&link).and_then(|c| c.last())
     }
 }
 
@@ -124,5 +166,10 @@ mod tests {
         // A hostile Link's clock past year 9999 is dropped, not kept or formatted.
         clocks.record(link, Timestamp::from_millis(u64::MAX));
         assert_eq!(clocks.last(link), None);
+        // A session's slot and the map are one value.
+        let slot = clocks.of(link);
+        slot.record(Timestamp::from_millis(2_000));
+        assert_eq!(clocks.last(link), Some(Timestamp::from_millis(2_000)));
+        assert_eq!(clocks.last(LinkGuid::from_u128(8).unwrap()), None);
     }
 }

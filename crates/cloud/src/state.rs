@@ -2116,4 +2116,66 @@ mod tests {
         assert!(*again.registry() == registry);
         assert_eq!(again.registry().site_count(), 3);
     }
+
+    /// A batch of credential changes is published whole: a reader sampling the
+    /// published credentials while a group commit lands sees the state before it or
+    /// after it, never part of it. And while the writer holds a change in its own
+    /// copy (which shares its structure with the published one), readers do not see
+    /// it.
+    #[test]
+    fn credentials_are_published_one_whole_batch_at_a_time() {
+        const BATCH: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, held, release) = Gate::new();
+        let state = open_gated(dir.path(), &gate);
+        let issue = |i: usize| CredentialEvent::Issued {
+            token_hash: KeyHash::of(&format!("lnk_batch_{i}")),
+            label: format!("batch {i}"),
+            scope: Some(halo_credentials::Scope::demo_only()),
+            actor: None,
+        };
+        gate.arm();
+        let first = state.apply_credential(issue(0), NOW);
+        held.recv_timeout(Duration::from_secs(60))
+            .expect("the writer reaches the append");
+        assert_eq!(
+            state.credentials().len(),
+            0,
+            "a change being appended is not visible yet"
+        );
+        let queued: Vec<_> = (1..=BATCH)
+            .map(|i| state.apply_credential(issue(i), NOW))
+            .collect();
+        let state = &state;
+        let seen = std::thread::scope(|s| {
+            let sampler = s.spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                loop {
+                    let credentials = state.credentials();
+                    let n = credentials.len();
+                    assert_eq!(credentials.iter().count(), n, "a torn view");
+                    seen.insert(n);
+                    if n == BATCH + 1 {
+                        return seen;
+                    }
+                    std::hint::spin_loop();
+                }
+            });
+            release.send(()).unwrap();
+            sampler.join().unwrap()
+        });
+        first.wait().unwrap();
+        for reply in queued {
+            reply.wait().unwrap();
+        }
+        assert_eq!(
+            gate.appends.load(Ordering::SeqCst),
+            2,
+            "the first change alone, then the whole batch in one append"
+        );
+        assert!(
+            seen.iter().all(|n| [0, 1, BATCH + 1].contains(n)),
+            "a reader saw part of a batch: {seen:?}"
+        );
+    }
 }

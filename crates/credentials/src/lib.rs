@@ -41,6 +41,7 @@ use std::fmt;
 
 use halo_ids::{Environment, LinkGuid, PmsId};
 use halo_policy::KeyHash;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -318,12 +319,17 @@ pub struct Admission<'a> {
 }
 
 /// The set of Link credentials, changed only by [`CredentialEvent`]s.
+///
+/// Its maps are persistent (`imbl`): a clone shares their structure and costs O(1),
+/// and a change to either copy copies only the O(log n) nodes on its path, never
+/// touching the other. The Cloud publishes a clone after every durable batch, so a
+/// publish costs O(changes), not O(credentials) (an attach storm binds thousands).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct Credentials {
-    by_hash: BTreeMap<KeyHash, Credential>,
+    by_hash: OrdMap<KeyHash, Credential>,
     /// Derived: which credential each bound Link owns.
-    by_link: BTreeMap<LinkGuid, KeyHash>,
+    by_link: OrdMap<LinkGuid, KeyHash>,
 }
 
 /// The stored (snapshot) form: the credentials by token hash; the Link index is
@@ -335,25 +341,25 @@ struct Stored {
 
 impl From<Stored> for Credentials {
     fn from(stored: Stored) -> Self {
-        let by_link = index_links(&stored.by_hash);
-        Self {
-            by_hash: stored.by_hash,
-            by_link,
-        }
+        let by_hash: OrdMap<KeyHash, Credential> = stored.by_hash.into_iter().collect();
+        let by_link = index_links(&by_hash);
+        Self { by_hash, by_link }
     }
 }
 
 impl From<Credentials> for Stored {
     fn from(c: Credentials) -> Self {
-        Stored { by_hash: c.by_hash }
+        Stored {
+            by_hash: c.by_hash.into_iter().collect(),
+        }
     }
 }
 
 /// The Link → credential index. A Link bound to several credentials (possible only
 /// in logs from before the one-to-one rule) keeps the one not revoked, else the
 /// greatest hash, so the result is deterministic.
-fn index_links(by_hash: &BTreeMap<KeyHash, Credential>) -> BTreeMap<LinkGuid, KeyHash> {
-    let mut by_link: BTreeMap<LinkGuid, KeyHash> = BTreeMap::new();
+fn index_links(by_hash: &OrdMap<KeyHash, Credential>) -> OrdMap<LinkGuid, KeyHash> {
+    let mut by_link: OrdMap<LinkGuid, KeyHash> = OrdMap::new();
     for (hash, c) in by_hash {
         if let Some(link) = c.link {
             let keep_existing = by_link

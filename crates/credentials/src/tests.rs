@@ -319,3 +319,29 @@ proptest! {
         prop_assert_eq!(back, creds);
     }
 }
+
+proptest! {
+    /// A clone is a value of its own: changes to the original (which shares the
+    /// clone's structure until then) never show in the clone. The Cloud publishes
+    /// such clones to its readers while its writer keeps changing the original.
+    #[test]
+    fn a_clone_never_sees_the_originals_later_changes(
+        events in proptest::collection::vec(event_strategy(), 0..30),
+        at in 0usize..30,
+    ) {
+        let mut creds = Credentials::default();
+        let mut published = None;
+        for (i, e) in events.iter().enumerate() {
+            if i == at {
+                let copy = creds.clone();
+                let frozen = serde_json::to_string(&copy).unwrap();
+                published = Some((copy, frozen));
+            }
+            let _ = creds.apply(e);
+        }
+        if let Some((copy, frozen)) = published {
+            prop_assert_eq!(serde_json::to_string(&copy).unwrap(), frozen);
+            prop_assert_eq!(copy.iter().count(), copy.len());
+        }
+    }
+}

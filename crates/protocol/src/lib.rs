@@ -47,10 +47,12 @@
 //! ```
 
 mod error;
+mod fast;
 mod message;
 mod stream;
 
 pub use error::ProtocolError;
+pub use fast::decode_link_frame;
 pub use message::{
     Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
     Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,

@@ -4,7 +4,7 @@
 //!
 //! | field | meaning | writers | ordering | monotone |
 //! | --- | --- | --- | --- | --- |
-//! | `LinkEntry::last_heard` | ms timestamp of the Link's last heartbeat | the writer (`Router::heard`) | `fetch_max`, Relaxed (a lone timestamp, guards nothing) | yes |
+//! | `LinkEntry::last_heard` | ms timestamp of the Link's last heartbeat | the writer (`Router::heard`), the session task (`LinkSession::heard`) | `fetch_max`, Relaxed (a lone timestamp, guards nothing) | yes |
 //! | `LinkEntry::session` | the attached session, if any (`ArcSwapOption`) | `attach_link`, `LinkSession` drop | arc-swap (SeqCst) | no |
 //! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | +1 SeqCst (the busy set's protocol, `busy.rs`), -1 AcqRel | no |
 //! | `SessionCore::listed` | the router's busy set holds the session | `route` (false -> true), the sweeper | SeqCst (`busy.rs`) | no |
@@ -427,6 +427,13 @@ impl LinkSession {
     /// The Link this session serves.
     pub fn link(&self) -> LinkGuid {
         self.core.link
+    }
+
+    /// Records a heartbeat of this session's Link at `at`, as
+    /// [`crate::Router::heard`] does, without looking the Link up: the session holds
+    /// its entry (a heartbeat touches one atomic, not the table).
+    pub fn heard(&self, at: Timestamp) {
+        self.entry.heard(at);
     }
 
     /// Queries queued or running on this session now.

@@ -755,8 +755,16 @@ impl Router {
     }
 
     /// Records a heartbeat of `link` at `at`: one atomic `fetch_max`, nothing rebuilt.
+    /// A known Link (every attached one) costs one lookup: no insert attempt, no
+    /// reference count touched.
     pub fn heard(&self, link: LinkGuid, at: Timestamp) {
-        self.link_entry(link).heard(at);
+        let links = self.links.pin();
+        match links.get(&link) {
+            Some(entry) => entry.heard(at),
+            None => links
+                .get_or_insert_with(link, || Arc::new(LinkEntry::new(link)))
+                .heard(at),
+        }
     }
 
     /// Publishes one site's record (the primitive under [`Router::apply_changes`]).

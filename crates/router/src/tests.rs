@@ -425,6 +425,25 @@ fn heartbeat_updates_liveness_in_place() {
 }
 
 #[test]
+fn a_sessions_heartbeat_reaches_the_links_published_records() {
+    let (router, _registry) = setup(RouterConfig::standard());
+    let record = router.resolve(halo(1)).unwrap();
+    let session = router.attach_link(link(1));
+    let later = T0.saturating_add(Duration::from_secs(5));
+    session.heard(later);
+    assert_eq!(record.last_heard(), later);
+    assert_eq!(router.last_heard(link(1)), Some(later));
+    // Never backwards, whichever way it comes.
+    session.heard(T0);
+    router.heard(link(1), T0);
+    assert_eq!(router.last_heard(link(1)), Some(later));
+    // A Link the router has not seen yet is entered by its first heartbeat.
+    assert_eq!(router.last_heard(link(9)), None);
+    router.heard(link(9), later);
+    assert_eq!(router.last_heard(link(9)), Some(later));
+}
+
+#[test]
 fn publish_demotes_the_previous_holder_first_and_drops_stale_epochs() {
     let (router, registry) = setup(RouterConfig::standard());
     let current = SiteRoute::from_site(registry.site(halo(1)).unwrap());
