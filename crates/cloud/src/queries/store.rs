@@ -3,14 +3,18 @@
 //! engine (a file of its own, `jobs.sqlite`, beside the event log; WAL,
 //! `synchronous=FULL`, so a write returns only once durable).
 //!
-//! **Seam for several Cloud nodes.** Everything a node decides alone goes through
-//! this trait: a PostgreSQL backend implements the same methods, and the two
-//! operations where nodes could race are compare-and-set in the store itself:
+//! **Several Cloud nodes.** Everything a node decides alone goes through this
+//! trait: [`super::pg_store::PgJobStore`] implements the same methods over the
+//! cluster's PostgreSQL, and the two operations where nodes could race are
+//! compare-and-set in the store itself:
 //! [`JobStore::claim_occurrence`] (a registered query's next occurrence is fired by
 //! the one node whose update of `next_at` from the value it read succeeds) and
 //! [`JobStore::claim_delivery`] (one node takes a due webhook delivery by moving its
-//! `next_at` forward from the value it read). Async queries are owned by the node
-//! that accepted them (its runner holds the key in memory; see `async_query.rs`).
+//! `next_at` forward from the value it read). An async query is run by the node
+//! that accepted it (its runner dispatches from the stored key hash); in a cluster
+//! the store records that node as the query's owner under a lease, and a surviving
+//! node adopts the unfinished queries of a node whose lease lapsed
+//! ([`JobStore::adopt_lapsed`]).
 
 use std::path::Path;
 use std::sync::Mutex;
