@@ -33,7 +33,12 @@ struct Node {
     port: u16,
 }
 
-fn start_node(dir: &std::path::Path, server: &PgServer, name: &str, secret: &std::path::Path) -> Node {
+fn start_node(
+    dir: &std::path::Path,
+    server: &PgServer,
+    name: &str,
+    secret: &std::path::Path,
+) -> Node {
     let port = free_port();
     let peer = format!("127.0.0.1:{port}");
     let data = dir.join(name);
@@ -106,7 +111,10 @@ async fn start_link(
 async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, String) {
     let resp = client
         .http
-        .post(format!("{}/integrator/sites/{site}/queries/immediate", client.base))
+        .post(format!(
+            "{}/integrator/sites/{site}/queries/immediate",
+            client.base
+        ))
         .header(halo_cloud::KEY_HEADER, key)
         .json(&json!({"command": {"text": QUERY}}))
         .send()
@@ -126,7 +134,10 @@ async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) 
         let (status, retry, body) = immediate(client, key, site).await;
         if status == 200 {
             let rows: Value = serde_json::from_str(&body).unwrap();
-            assert!(rows.to_string().contains("first_name") || !rows.is_null(), "{body}");
+            assert!(
+                rows.to_string().contains("first_name") || !rows.is_null(),
+                "{body}"
+            );
             return unavailable;
         }
         assert_eq!(status, 503, "{} {site}: {body}", client.base);
@@ -184,7 +195,10 @@ fn check_authority(url: String) -> usize {
         }
         for (key, group) in registry.groups() {
             if let Some(before) = epochs.insert(*key, group.epoch()) {
-                assert!(group.epoch() >= before, "after record {seq}, {key:?}'s epoch went back");
+                assert!(
+                    group.epoch() >= before,
+                    "after record {seq}, {key:?}'s epoch went back"
+                );
             }
         }
     }
@@ -259,7 +273,11 @@ async fn cluster() -> Cluster {
                 if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{} did not follow {site}", node.client.base);
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not follow {site}",
+                    node.client.base
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -303,13 +321,20 @@ async fn links_on_any_node_survive_a_node_killed() {
     for node in &c.nodes[1..] {
         let (status, retry, body) = immediate(&node.client, &c.key, c.sites[0]).await;
         gap.push(status);
-        assert!(status == 503 && retry, "{}: {status} {body}", node.client.base);
+        assert!(
+            status == 503 && retry,
+            "{}: {status} {body}",
+            node.client.base
+        );
     }
     for node in &c.nodes[1..] {
         until_ok(&node.client, &c.key, c.sites[0], Duration::from_secs(10)).await;
     }
     let moved = killed_at.elapsed();
-    assert!(moved < Duration::from_secs(10), "the link took {moved:?} to move");
+    assert!(
+        moved < Duration::from_secs(10),
+        "the link took {moved:?} to move"
+    );
     // The other Link was never on the dead node: still served everywhere.
     for node in &c.nodes[1..] {
         until_ok(&node.client, &c.key, c.sites[1], Duration::from_secs(10)).await;
@@ -320,7 +345,11 @@ async fn links_on_any_node_survive_a_node_killed() {
             .client
             .admin(Method::GET, "/admin/link-credentials", Value::Null)
             .await;
-        assert_eq!(listed.to_string().matches("\"id\"").count(), credentials, "{listed}");
+        assert_eq!(
+            listed.to_string().matches("\"id\"").count(),
+            credentials,
+            "{listed}"
+        );
     }
     // The whole log: two sites attached, never two holders, epochs never back.
     assert_eq!(check_authority(c.server.url()), 2);
@@ -386,7 +415,11 @@ async fn a_forwarded_request_needs_the_cluster_signature() {
     }
     // A body changed after signing: refused.
     let at = now();
-    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, &c.key], b"{}");
+    let sig = signature(
+        SECRET,
+        ["POST", &path, "n0", "10.1.2.3", &at, &c.key],
+        b"{}",
+    );
     let resp = owner
         .http
         .post(format!("{}{path}", owner.base))
@@ -409,7 +442,11 @@ async fn a_forwarded_request_needs_the_cluster_signature() {
     assert_eq!(status, 200, "{text}");
     // Even correctly signed, a forwarded request with a wrong key is denied here.
     let at = now();
-    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, "wrong-key"], body.as_bytes());
+    let sig = signature(
+        SECRET,
+        ["POST", &path, "n0", "10.1.2.3", &at, "wrong-key"],
+        body.as_bytes(),
+    );
     let resp = owner
         .http
         .post(format!("{}{path}", owner.base))
@@ -427,7 +464,11 @@ async fn a_forwarded_request_needs_the_cluster_signature() {
     // A node that does not hold the Link never forwards a forwarded request again.
     let other = &c.nodes[2].client;
     let at = now();
-    let sig = signature(SECRET, ["POST", &path, "n0", "10.1.2.3", &at, &c.key], body.as_bytes());
+    let sig = signature(
+        SECRET,
+        ["POST", &path, "n0", "10.1.2.3", &at, &c.key],
+        body.as_bytes(),
+    );
     let resp = other
         .http
         .post(format!("{}{path}", other.base))

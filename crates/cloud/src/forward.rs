@@ -236,9 +236,11 @@ pub async fn route_or_forward(
             // and learns nothing of where the Link is.
             let (parts, body) = request.into_parts();
             let policy = app.state.policy();
-            if let Err(e) =
-                crate::integrator::authenticate(&policy, &parts.headers, CallerIp(caller_ip(&parts)))
-            {
+            if let Err(e) = crate::integrator::authenticate(
+                &policy,
+                &parts.headers,
+                CallerIp(caller_ip(&parts)),
+            ) {
                 return e.into_response();
             }
             match (placement, &forwarding.secret) {
@@ -306,7 +308,12 @@ async fn send(
             headers.append(name.clone(), value.clone());
         }
     }
-    for (name, value) in [(BY, node), (FOR, &caller), (AT, &at), (SIGNATURE, &signature)] {
+    for (name, value) in [
+        (BY, node),
+        (FOR, &caller),
+        (AT, &at),
+        (SIGNATURE, &signature),
+    ] {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
@@ -417,9 +424,7 @@ async fn accept(app: &AppState, forwarding: &Forwarding, request: Request, next:
     }
     match caller {
         Some(ip) => {
-            parts
-                .extensions
-                .insert(ConnectInfo(SocketAddr::new(ip, 0)));
+            parts.extensions.insert(ConnectInfo(SocketAddr::new(ip, 0)));
         }
         None => {
             parts.extensions.remove::<ConnectInfo<SocketAddr>>();

@@ -302,7 +302,9 @@ impl Worker {
             let table = self.table.lock();
             table.attached.keys().map(ToString::to_string).collect()
         };
-        let result = self.db.renew(&self.node_id, &self.peer_addr, &ids, self.ttl);
+        let result = self
+            .db
+            .renew(&self.node_id, &self.peer_addr, &ids, self.ttl);
         let mut table = self.table.lock();
         match result {
             Ok(round) => {

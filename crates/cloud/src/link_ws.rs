@@ -339,10 +339,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
     // On a cluster node: the Link's lease, held while the session lasts.
-    let lease = app
-        .forwarding
-        .as_ref()
-        .map(|f| f.leases.attached(link));
+    let lease = app.forwarding.as_ref().map(|f| f.leases.attached(link));
     let result = crate::lease::while_held(
         lease.as_ref(),
         serve(

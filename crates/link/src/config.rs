@@ -312,7 +312,8 @@ impl LinkConfig {
 
     /// Every Cloud endpoint: [`Self::cloud_url`] first, then the fallbacks.
     pub fn cloud_urls(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.cloud_url.as_str()).chain(self.fallback_cloud_urls.iter().map(String::as_str))
+        std::iter::once(self.cloud_url.as_str())
+            .chain(self.fallback_cloud_urls.iter().map(String::as_str))
     }
 
     fn validate_url(&self, url: &str) -> Result<(), LinkError> {
