@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 use halo_cloud::Record;
 use halo_ids::{Environment, HaloGuid};
 use halo_link::demo::generate;
@@ -150,6 +152,48 @@ async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An async query to `site` accepted through `entry`, followed through `reader`
+/// until it ends: it must succeed and its first page must be readable there.
+async fn async_through(entry: &Client, reader: &Client, key: &str, site: HaloGuid) {
+    let body = json!({"command": {"text": QUERY, "executionMode": "reader", "type": "text"}});
+    let path = format!("/integrator/sites/{site}/queries/async");
+    let (status, created) = entry
+        .call(Method::POST, key, &path, Some(body))
+        .await
+        .unwrap();
+    assert!(
+        (200..300).contains(&status),
+        "{}: {status} {created}",
+        entry.base
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let path = format!("/integrator/sites/{site}/queries/{id}");
+        let (status, query) = reader.call(Method::GET, key, &path, None).await.unwrap();
+        assert_eq!(status, 200, "{}: {query}", reader.base);
+        let now = query["status"].as_str().unwrap_or_default().to_owned();
+        if !["initialising", "queued", "executing", "uploading"].contains(&now.as_str()) {
+            break query;
+        }
+        assert!(Instant::now() < deadline, "{id} still {now} after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "successful", "{}: {done}", entry.base);
+    let page = format!("/integrator/sites/{site}/queries/{id}/results/1");
+    let (status, rows) = reader.call(Method::GET, key, &page, None).await.unwrap();
+    assert_eq!(status, 200, "{}: {rows}", reader.base);
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(rows["data"].as_str().unwrap_or_default())
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&data).unwrap();
+    assert!(
+        rows.as_array()
+            .is_some_and(|r| !r.is_empty() && r[0].get("first_name").is_some()),
+        "{rows}"
+    );
 }
 
 fn whole_log(url: String) -> Vec<(Seq, Record)> {
@@ -300,6 +344,14 @@ async fn links_on_any_node_survive_a_node_killed() {
     for node in &c.nodes {
         for site in &c.sites {
             until_ok(&node.client, &c.key, *site, Duration::from_secs(10)).await;
+        }
+    }
+    // Async queries too: accepted through every node (forwarded to, and run by,
+    // the node holding the Link), followed and read through the next node.
+    for (n, node) in c.nodes.iter().enumerate() {
+        for site in &c.sites {
+            let reader = &c.nodes[(n + 1) % c.nodes.len()].client;
+            async_through(&node.client, reader, &c.key, *site).await;
         }
     }
     // A change acknowledged by node 0 just before it dies.

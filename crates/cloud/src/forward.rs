@@ -18,8 +18,10 @@
 //! and evaluates the policy again against its own state (deny by default), and
 //! runs the query only if it holds the Link's lease itself; it never forwards a
 //! forwarded request again (a loop is impossible), answering 503 with
-//! `Retry-After` instead. Only `POST /integrator/sites/{id}/queries/immediate` is
-//! accepted forwarded.
+//! `Retry-After` instead. Only `POST /integrator/sites/{id}/queries/immediate` and
+//! `…/queries/async` are accepted forwarded: an async query is accepted, and so
+//! owned and run, by the node holding its Link (its pages arrive there), and a
+//! registered query's occurrence is fired by that node too ([`runs_elsewhere`]).
 //!
 //! **Limits.** The channel is plain HTTP: run it on a private network (the
 //! secret authenticates, it does not encrypt). A captured forwarded request can be
@@ -189,20 +191,48 @@ fn refused(why: &str) -> Response {
     ApiError::unauthorized(format!("forwarded request refused: {why}")).into_response()
 }
 
-/// The Link serving the site of an immediate query (`POST
-/// /integrator/sites/{id}/queries/immediate`), if the request is one and the site
-/// is known.
-fn immediate_query_link(app: &AppState, method: &Method, path: &str) -> Option<halo_ids::LinkGuid> {
+/// The paths that run at the node holding the site's Link: an immediate query, and
+/// the acceptance of an async one (its owner then runs it beside the Link).
+const FORWARDED_SUFFIXES: [&str; 2] = ["/queries/immediate", "/queries/async"];
+
+/// The site of a request that runs beside its Link (`POST
+/// /integrator/sites/{id}/queries/immediate` or `…/queries/async`), if it is one.
+fn forwardable_site(method: &Method, path: &str) -> Option<halo_ids::HaloGuid> {
     if method != Method::POST {
         return None;
     }
-    let site = path
-        .strip_prefix("/integrator/sites/")?
-        .strip_suffix("/queries/immediate")?;
-    let halo = site.parse::<halo_ids::HaloGuid>().ok()?;
+    let rest = path.strip_prefix("/integrator/sites/")?;
+    let site = FORWARDED_SUFFIXES
+        .iter()
+        .find_map(|suffix| rest.strip_suffix(suffix))?;
+    site.parse::<halo_ids::HaloGuid>().ok()
+}
+
+/// The Link serving the site of a forwardable request, if the request is one and
+/// the site is known.
+fn immediate_query_link(app: &AppState, method: &Method, path: &str) -> Option<halo_ids::LinkGuid> {
+    let halo = forwardable_site(method, path)?;
     app.state
         .router()
         .with_route(halo, |route| route.map(|r| r.site().link))
+}
+
+/// Whether `site`'s Link holds a live lease on another node of the cluster: then
+/// that node, not this one, runs the site's scheduled work (a registered query's
+/// occurrence). False on a single node, and when no node holds the Link (this node
+/// may then run it and answer that the site is offline).
+pub fn runs_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> bool {
+    let Some(forwarding) = app.forwarding.as_ref() else {
+        return false;
+    };
+    let Some(link) = app
+        .state
+        .router()
+        .with_route(site, |route| route.map(|r| r.site().link))
+    else {
+        return false;
+    };
+    matches!(forwarding.leases.placement(link), Placement::Remote { .. })
 }
 
 /// Middleware: runs an immediate query here when this node holds its Link's
@@ -401,13 +431,17 @@ async fn accept(app: &AppState, forwarding: &Forwarding, request: Request, next:
             Err(_) => return refused("bad caller address"),
         }
     };
-    // Only immediate queries travel between nodes.
+    // Only immediate queries and async acceptances travel between nodes.
     let Some(link) = immediate_query_link(app, &parts.method, parts.uri.path()) else {
-        if parts.method == Method::POST && parts.uri.path().ends_with("/queries/immediate") {
+        if parts.method == Method::POST
+            && FORWARDED_SUFFIXES
+                .iter()
+                .any(|suffix| parts.uri.path().ends_with(suffix))
+        {
             // A site this node does not know (yet): not forwarded again.
             return no_lease();
         }
-        return refused("only immediate queries are forwarded");
+        return refused("only immediate queries and async acceptances are forwarded");
     };
     // The loop guard: a forwarded request runs here or not at all.
     if forwarding.leases.placement(link) != Placement::Local {

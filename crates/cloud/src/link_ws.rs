@@ -342,14 +342,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     let lease = app.forwarding.as_ref().map(|f| f.leases.attached(link));
     let result = crate::lease::while_held(
         lease.as_ref(),
-        serve(
-            &app,
-            link,
-            &token_hash,
-            &mut socket,
-            &mut session,
-            &kicks,
-        ),
+        serve(&app, link, &token_hash, &mut socket, &mut session, &kicks),
     )
     .await;
     drop(lease);

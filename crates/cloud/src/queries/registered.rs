@@ -475,6 +475,15 @@ async fn fire(app: &AppState, id: &str, seen: u64) -> Result<(), super::store::J
         return Ok(());
     };
     let mut record: RegisteredRecord = serde_json::from_str(&text)?;
+    // On a cluster, the node holding the site's Link fires it (its pages arrive
+    // there); the others leave the occurrence to that node's claim.
+    if record
+        .site
+        .parse::<halo_ids::HaloGuid>()
+        .is_ok_and(|site| crate::forward::runs_elsewhere(app, site))
+    {
+        return Ok(());
+    }
     let next = record.next_after(seen);
     let rid = id.to_owned();
     // The claim: only the caller that moves `next_at` from `seen` fires this one.
