@@ -21,12 +21,16 @@
 //!   ([`fail_closed`]), and changes already queued wait, unacknowledged, until the
 //!   database is back. The node recovers by itself: the next successful catch-up
 //!   or append marks it available again.
-//!
 //! - **Links on any node.** Where each Link is attached is a lease in PostgreSQL
-//!   ([`crate::lease`]); an immediate query that enters a node not holding its
-//!   Link's lease is forwarded to the node that does ([`crate::forward`]).
+//!   ([`crate::lease`]); an immediate query, or an async query's acceptance, that
+//!   enters a node not holding its Link's lease is forwarded to the node that does
+//!   ([`crate::forward`]).
+//! - **Shared async work.** Async queries, result pages, registered-query
+//!   schedules and the webhook outbox live in PostgreSQL
+//!   ([`crate::queries::pg_store`]).
 //!
-//! Not built yet (seams): shared async-query, webhook and quota state.
+//! Not built yet: quota and rate-limit counters shared between nodes (each node
+//! enforces the whole limit), and cancelling an occurrence running on another node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
