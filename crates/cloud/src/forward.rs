@@ -259,8 +259,13 @@ pub async fn route_or_forward(
     let Some(link) = immediate_query_link(&app, request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
+    let accepts_async = request.uri().path().ends_with("/queries/async");
     match forwarding.leases.placement(link) {
         Placement::Local => next.run(request).await,
+        // No node holds the Link now: an async query is accepted here and waits for
+        // it (its runner retries until its queue time runs out); an immediate one is
+        // answered 503 with Retry-After below.
+        Placement::Nowhere if accepts_async => next.run(request).await,
         placement => {
             // Deny by default: an unauthenticated request never leaves this node
             // and learns nothing of where the Link is.
