@@ -312,7 +312,10 @@ pub async fn create_async_query(
         .await
         .map_err(|e| store_error(&e))?;
     let answer = record.to_json();
-    spawn(Arc::clone(&app), record, false);
+    // On a cluster a Link may be moving between nodes (its node died): the query
+    // waits for it, until its queue time is over, as a resumed one does.
+    let waits_for_link = app.forwarding.is_some();
+    spawn(Arc::clone(&app), record, waits_for_link);
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -430,9 +433,9 @@ impl Failure {
 }
 
 /// Runs an accepted query in the background until it ends. `resumed`: a query a
-/// previous process accepted ([`recover`]); its Link may not have attached yet, so
-/// it waits for it (until its queue time is over) instead of failing
-/// `initialisationFailedSiteOffline` at once.
+/// previous process accepted ([`recover`]), or one accepted on a cluster node; its
+/// Link may not have attached yet, so it waits for it (until its queue time is
+/// over) instead of failing `initialisationFailedSiteOffline` at once.
 pub(crate) fn spawn(app: AppState, record: AsyncRecord, resumed: bool) {
     let cancel = Arc::new(tokio::sync::Notify::new());
     app.jobs
