@@ -208,13 +208,17 @@ fn forwardable_site(method: &Method, path: &str) -> Option<halo_ids::HaloGuid> {
     site.parse::<halo_ids::HaloGuid>().ok()
 }
 
-/// The Link serving the site of a forwardable request, if the request is one and
-/// the site is known.
-fn immediate_query_link(app: &AppState, method: &Method, path: &str) -> Option<halo_ids::LinkGuid> {
-    let halo = forwardable_site(method, path)?;
+/// The Link serving `site`, if the site is known.
+fn link_of(app: &AppState, site: halo_ids::HaloGuid) -> Option<halo_ids::LinkGuid> {
     app.state
         .router()
-        .with_route(halo, |route| route.map(|r| r.site().link))
+        .with_route(site, |route| route.map(|r| r.site().link))
+}
+
+/// The Link serving the site of a forwardable request, if the request is one and
+/// the site is known.
+fn forwardable_link(app: &AppState, method: &Method, path: &str) -> Option<halo_ids::LinkGuid> {
+    link_of(app, forwardable_site(method, path)?)
 }
 
 /// Whether `site`'s Link holds a live lease on another node of the cluster: then
@@ -222,14 +226,7 @@ fn immediate_query_link(app: &AppState, method: &Method, path: &str) -> Option<h
 /// occurrence). False on a single node, and when no node holds the Link (this node
 /// may then run it and answer that the site is offline).
 pub fn runs_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> bool {
-    let Some(forwarding) = app.forwarding.as_ref() else {
-        return false;
-    };
-    let Some(link) = app
-        .state
-        .router()
-        .with_route(site, |route| route.map(|r| r.site().link))
-    else {
+    let (Some(forwarding), Some(link)) = (app.forwarding.as_ref(), link_of(app, site)) else {
         return false;
     };
     matches!(forwarding.leases.placement(link), Placement::Remote { .. })
@@ -256,7 +253,7 @@ pub async fn route_or_forward(
     if forwarded {
         return accept(&app, forwarding, request, next).await;
     }
-    let Some(link) = immediate_query_link(&app, request.method(), request.uri().path()) else {
+    let Some(link) = forwardable_link(&app, request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     let accepts_async = request.uri().path().ends_with("/queries/async");
@@ -437,7 +434,7 @@ async fn accept(app: &AppState, forwarding: &Forwarding, request: Request, next:
         }
     };
     // Only immediate queries and async acceptances travel between nodes.
-    let Some(link) = immediate_query_link(app, &parts.method, parts.uri.path()) else {
+    let Some(link) = forwardable_link(app, &parts.method, parts.uri.path()) else {
         if parts.method == Method::POST
             && FORWARDED_SUFFIXES
                 .iter()
