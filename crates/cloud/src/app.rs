@@ -162,6 +162,9 @@ pub enum StartError {
     /// The Link lease thread could not start.
     #[error("cannot start the link lease thread: {0}")]
     Leases(std::io::Error),
+    /// The shared counter thread could not start.
+    #[error("cannot start the shared counter thread: {0}")]
+    Counters(std::io::Error),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -418,6 +421,9 @@ pub fn build_cluster(
         Some(cluster) => CloudState::open_cluster(&state_config, cluster, Arc::clone(&router))?,
         None => CloudState::open(&state_config, Arc::clone(&router))?,
     };
+    if let Some(cluster) = cluster {
+        crate::counters::start(cluster, &router).map_err(StartError::Counters)?;
+    }
     let metrics = metrics::CloudMetrics::new(router, Arc::clone(state.metrics()));
     let forwarding = match cluster {
         Some(cluster) => Some(crate::forward::Forwarding::new(

@@ -29,8 +29,10 @@
 //!   schedules and the webhook outbox live in PostgreSQL
 //!   ([`crate::queries::pg_store`]).
 //!
-//! Not built yet: quota and rate-limit counters shared between nodes (each node
-//! enforces the whole limit), and cancelling an occurrence running on another node.
+//! - **Shared limits.** Quota and rate-limit counts are added to totals in
+//!   PostgreSQL every 250 ms and read back ([`crate::counters`]).
+//!
+//! Not built yet: cancelling an occurrence running on another node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +67,9 @@ pub struct ClusterConfig {
     pub lease_renew_every: Duration,
     /// How often the node catches up even without a notification.
     pub poll_every: Duration,
+    /// How often the node shares its quota and rate-limit counts
+    /// ([`crate::counters`]).
+    pub counter_sync_every: Duration,
     /// The deadline of one database round trip; past it the node counts the
     /// database as lost and fails closed.
     pub timeout: Duration,
@@ -79,6 +84,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_renew_every", &self.lease_renew_every)
             .field("poll_every", &self.poll_every)
+            .field("counter_sync_every", &self.counter_sync_every)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -86,8 +92,8 @@ impl std::fmt::Debug for ClusterConfig {
 
 impl ClusterConfig {
     /// A node `node_id` on `store_url`, polling every second, with a 5-second
-    /// database deadline, 6-second Link leases renewed every 2 seconds, and no
-    /// forwarding (no peer address, no secret).
+    /// database deadline, 6-second Link leases renewed every 2 seconds, counters
+    /// shared every 250 ms, and no forwarding (no peer address, no secret).
     pub fn new(store_url: impl Into<String>, node_id: impl Into<String>) -> Self {
         ClusterConfig {
             store_url: store_url.into(),
@@ -97,6 +103,7 @@ impl ClusterConfig {
             lease_ttl: Duration::from_secs(6),
             lease_renew_every: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
+            counter_sync_every: Duration::from_millis(250),
             timeout: Duration::from_secs(5),
         }
     }

@@ -15,6 +15,7 @@ pub mod audit_form;
 pub mod clock;
 pub mod cluster;
 pub mod console;
+pub mod counters;
 pub mod dto;
 pub mod error;
 pub mod extract;

@@ -93,6 +93,7 @@ mod integrator;
 mod key;
 mod limits;
 mod policy;
+mod shared;
 mod snapshot;
 
 pub use component_cache::{ComponentCache, MAX_CACHED_TEXT_BYTES};
@@ -113,6 +114,7 @@ pub use grants::Grants;
 pub use integrator::IntegratorId;
 pub use key::KeyHash;
 pub use policy::Policy;
+pub use shared::{CounterDelta, CounterTotal, SharedCounters};
 pub use snapshot::{GRANTS_SNAPSHOT_VERSION, GrantsSnapshot};
 
 /// How a command runs; defined in [`halo_ids`], shared with the Link protocol.

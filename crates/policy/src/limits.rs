@@ -10,6 +10,11 @@
 //! - [`MonthlyQuota`] packs the month number (months since 1970-01, UTC) in the high
 //!   24 bits and the count in the low 40 bits; a new month resets the count.
 //!
+//! On a cluster each counter also counts what it admitted since it was last
+//! [drained](Bucket::drain) (`pending`), and absorbs what the other nodes admitted:
+//! a bucket is [charged](Bucket::charge) their tokens, a quota is
+//! [raised](MonthlyQuota::raise_to) to the cluster's total (see [`crate::shared`]).
+//!
 //! Orderings: `Relaxed` throughout. Each word is self-contained (no other memory is
 //! published through it); the CAS makes every update atomic, which is all a counter
 //! needs.
@@ -30,7 +35,13 @@ pub(crate) struct Bucket {
     tolerance_us: u64,
     /// Theoretical arrival time, microseconds since the epoch.
     tat_us: AtomicU64,
+    /// Tokens taken here since the last [`Bucket::drain`].
+    pending: AtomicU64,
 }
+
+/// The most debt other nodes' tokens may put on a bucket, beyond its burst: a
+/// bogus total read back cannot lock a caller out for longer than this.
+const MAX_CHARGE_US: u64 = 10_000_000;
 
 impl Bucket {
     pub(crate) fn new(limit: RateLimit) -> Self {
@@ -41,6 +52,7 @@ impl Bucket {
             interval_us,
             tolerance_us,
             tat_us: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         }
     }
 
@@ -66,10 +78,39 @@ impl Bucket {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.pending.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// The tokens taken here since the last call.
+    pub(crate) fn drain(&self) -> u64 {
+        self.pending.swap(0, Ordering::Relaxed)
+    }
+
+    /// Charges `tokens` that other nodes took, as if taken at `now` (the bucket
+    /// runs ahead by at most its burst plus [`MAX_CHARGE_US`]).
+    pub(crate) fn charge(&self, tokens: u64, now: Timestamp) {
+        if tokens == 0 {
+            return;
+        }
+        let now_us = now.as_millis().saturating_mul(1000);
+        let cap = now_us
+            .saturating_add(self.tolerance_us)
+            .saturating_add(MAX_CHARGE_US);
+        let _ = self
+            .tat_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                let next = tat
+                    .max(now_us)
+                    .saturating_add(tokens.saturating_mul(self.interval_us))
+                    .min(cap);
+                (next > tat).then_some(next)
+            });
     }
 }
 
@@ -81,6 +122,8 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 pub(crate) struct MonthlyQuota {
     per_month: u64,
     word: AtomicU64,
+    /// Queries counted here since the last [`MonthlyQuota::drain`].
+    pending: AtomicU64,
 }
 
 impl MonthlyQuota {
@@ -88,6 +131,7 @@ impl MonthlyQuota {
         Self {
             per_month: per_month.min(COUNT_MASK),
             word: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         }
     }
 
@@ -115,7 +159,10 @@ impl MonthlyQuota {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.pending.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -127,6 +174,36 @@ impl MonthlyQuota {
             .word
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 (w & COUNT_MASK > 0).then(|| w - 1)
+            });
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
+    }
+
+    /// The month counted in and the queries counted here since the last call.
+    pub(crate) fn drain(&self) -> (u64, u64) {
+        let taken = self.pending.swap(0, Ordering::Relaxed);
+        (self.word.load(Ordering::Relaxed) >> COUNT_BITS, taken)
+    }
+
+    /// Raises the count of `month` to the cluster's `total` (which includes what
+    /// was drained here) plus what was counted here since. Never lowers it, and
+    /// leaves a newer month alone.
+    pub(crate) fn raise_to(&self, month: u64, total: u64) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                let (m, count) = (w >> COUNT_BITS, w & COUNT_MASK);
+                let wanted = total
+                    .saturating_add(self.pending.load(Ordering::Relaxed))
+                    .min(COUNT_MASK);
+                match month.cmp(&m) {
+                    std::cmp::Ordering::Less => None,
+                    std::cmp::Ordering::Equal => {
+                        (wanted > count).then_some((m << COUNT_BITS) | wanted)
+                    }
+                    std::cmp::Ordering::Greater => Some((month << COUNT_BITS) | wanted),
+                }
             });
     }
 }

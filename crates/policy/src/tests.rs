@@ -1398,3 +1398,211 @@ fn stored_work_is_decided_again_by_the_policy_of_now() {
         DenyCode::UnknownKey,
     );
 }
+
+// ---- Counters shared by the nodes of a cluster (`shared.rs`) ----
+
+/// The shared totals, as the Cloud keeps them in PostgreSQL.
+#[derive(Default)]
+struct SharedTotals(std::collections::HashMap<(String, u64), u64>);
+
+impl SharedTotals {
+    /// One node's round: drain, add, read every total back, absorb.
+    fn round(&mut self, node: &mut SharedCounters, policy: &Policy, now: Timestamp) {
+        let sent = node.drain(policy);
+        for d in &sent {
+            *self.0.entry((d.key.clone(), d.period)).or_default() += d.delta;
+        }
+        let totals: Vec<CounterTotal> = self
+            .0
+            .iter()
+            .map(|((key, period), total)| CounterTotal {
+                key: key.clone(),
+                period: *period,
+                total: *total,
+            })
+            .collect();
+        node.absorb(policy, &sent, &totals, now);
+    }
+}
+
+fn prod_allowed(p: &Policy) -> Allowed {
+    let prod = site(Environment::Production, 2, pms());
+    let Decision::Allow(a) = run(
+        p,
+        Call {
+            key: PROD_KEY,
+            ..Call::default()
+        },
+        Some(&prod),
+        prod.halo_guid,
+    ) else {
+        panic!("allowed")
+    };
+    a
+}
+
+/// Two nodes (two compiled policies: counters of their own) admitting `offered`
+/// requests each per step, sharing every `sync_every` steps (never when 0).
+fn two_nodes_admit(extra: &[PolicyEvent], steps: u64, step_ms: u64, sync_every: u64) -> (u64, u64) {
+    let g = grants_with(extra);
+    let nodes = [g.compile(), g.compile()];
+    let a = prod_allowed(&nodes[0]);
+    let mut shared = SharedTotals::default();
+    let mut sides = [SharedCounters::new(), SharedCounters::new()];
+    let mut admitted = [0, 0];
+    let t0 = 1_800_000_000_000;
+    for step in 0..steps {
+        let now = Timestamp::from_millis(t0 + step * step_ms);
+        for (n, p) in nodes.iter().enumerate() {
+            if p.take(&a, now).is_ok() {
+                admitted[n] += 1;
+            }
+        }
+        if sync_every > 0 && step % sync_every == sync_every - 1 {
+            for (p, side) in nodes.iter().zip(&mut sides) {
+                shared.round(side, p, now);
+            }
+        }
+    }
+    (admitted[0], admitted[1])
+}
+
+#[test]
+fn a_monthly_quota_holds_across_nodes_within_one_round_of_overshoot() {
+    let quota = PolicyEvent::QuotaSet {
+        integrator: id("acme"),
+        pms_id: None,
+        per_month: Some(100),
+    };
+    // Each node alone would admit the whole quota: 200 together.
+    let (a, b) = two_nodes_admit(std::slice::from_ref(&quota), 300, 1, 0);
+    assert_eq!(a + b, 200);
+    // Sharing after every 3 requests per node: at most one round's worth over.
+    let (a, b) = two_nodes_admit(&[quota], 300, 1, 3);
+    assert!((100..=103).contains(&(a + b)), "admitted {a} + {b}");
+    assert!(a >= 45 && b >= 45, "both nodes got a share: {a}, {b}");
+}
+
+#[test]
+fn a_rate_limit_holds_across_nodes() {
+    let rate = PolicyEvent::RateLimitSet {
+        integrator: id("acme"),
+        pms_id: Some(pms()),
+        limit: Some(RateLimit {
+            per_second: 10,
+            burst: 10,
+        }),
+    };
+    // 5 s, each node offered a request every 10 ms, sharing every 100 ms.
+    let (a, b) = two_nodes_admit(std::slice::from_ref(&rate), 500, 10, 0);
+    assert_eq!(a + b, 2 * (10 + 49), "unshared: each node admits the limit");
+    let (a, b) = two_nodes_admit(&[rate], 500, 10, 10);
+    // The cluster's limit is 10 + 5 × 10 = 60; the overshoot is bounded by the
+    // other node's burst plus one round at the rate.
+    assert!((55..=72).contains(&(a + b)), "admitted {a} + {b}");
+}
+
+#[test]
+fn a_fresh_node_counts_from_the_clusters_total() {
+    let g = grants_with(&[PolicyEvent::QuotaSet {
+        integrator: id("acme"),
+        pms_id: Some(pms()),
+        per_month: Some(5),
+    }]);
+    let (old, fresh) = (g.compile(), g.compile());
+    let a = prod_allowed(&old);
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let mut shared = SharedTotals::default();
+    for _ in 0..5 {
+        old.take(&a, now).unwrap();
+    }
+    shared.round(&mut SharedCounters::new(), &old, now);
+    assert!(
+        fresh.take(&a, now).is_ok(),
+        "a fresh node alone counts from 0"
+    );
+    let fresh = g.compile();
+    shared.round(&mut SharedCounters::new(), &fresh, now);
+    assert_eq!(
+        fresh.take(&a, now).unwrap_err().code(),
+        DenyCode::QuotaExhausted
+    );
+    // Next month starts again from 0.
+    let next_month = Timestamp::from_millis(now.as_millis() + 31 * 86_400_000);
+    assert!(fresh.take(&a, next_month).is_ok());
+}
+
+#[test]
+fn a_failed_round_keeps_its_deltas_for_the_next() {
+    let g = grants_with(&[PolicyEvent::QuotaSet {
+        integrator: id("acme"),
+        pms_id: None,
+        per_month: Some(50),
+    }]);
+    let p = g.compile();
+    let a = prod_allowed(&p);
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let mut side = SharedCounters::new();
+    for _ in 0..3 {
+        p.take(&a, now).unwrap();
+    }
+    let first = side.drain(&p);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].delta, 3);
+    assert_eq!(first[0].key, "quota/i/acme");
+    assert_eq!(first[0].period, month_index(now));
+    // The round failed (no absorb): the next drain sends them again, with more.
+    p.take(&a, now).unwrap();
+    let second = side.drain(&p);
+    assert_eq!(second[0].delta, 4);
+    side.absorb(&p, &second, &[], now);
+    assert!(
+        side.drain(&p).is_empty(),
+        "acknowledged deltas are not resent"
+    );
+}
+
+#[test]
+fn shared_counter_names_never_collide_and_unknown_ones_are_ignored() {
+    let g = grants_with(&[
+        PolicyEvent::QuotaSet {
+            integrator: id("acme"),
+            pms_id: None,
+            per_month: Some(2),
+        },
+        PolicyEvent::QuotaSet {
+            integrator: id("acme"),
+            pms_id: Some(pms()),
+            per_month: Some(1000),
+        },
+    ]);
+    let p = g.compile();
+    let a = prod_allowed(&p);
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let month = month_index(now);
+    let total = |key: &str, total| CounterTotal {
+        key: key.to_owned(),
+        period: month,
+        total,
+    };
+    let mut side = SharedCounters::new();
+    // The practice's total says nothing about the integrator's; names that do
+    // not parse, or name nobody, change nothing.
+    side.absorb(
+        &p,
+        &[],
+        &[
+            total(&format!("quota/p/{}/acme", pms()), 900),
+            total("quota/i/nobody", 900),
+            total("quota/x/acme", 900),
+            total("bogus", 900),
+        ],
+        now,
+    );
+    assert!(p.take(&a, now).is_ok());
+    side.absorb(&p, &[], &[total("quota/i/acme", 2)], now);
+    assert_eq!(
+        p.take(&a, now).unwrap_err().code(),
+        DenyCode::QuotaExhausted
+    );
+}

@@ -71,8 +71,8 @@ pub use error::StoreError;
 pub use log::{EventLog, ReadReport, Rejected, SnapshotRead, Visit};
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    LeaseRound, LiveLease, NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgLeases, PgListener, PgLog,
-    PgOptions,
+    CounterRound, LeaseRound, LiveLease, NOTIFY_CHANNEL, PG_SCHEMA_VERSION, PgCounters, PgLeases,
+    PgListener, PgLog, PgOptions,
 };
 pub use salvage::{
     InPlaceSalvage, SalvageProgress, SalvageReport, SalvagedSnapshot, salvage, salvage_in_place,

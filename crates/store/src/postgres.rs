@@ -14,6 +14,7 @@
 //! | `halo_snapshot` | `upto` (primary key), `len`, `crc`, `data` | one row per snapshot |
 //! | `halo_quarantine`, `halo_quarantine_snapshot` | as above plus `reason` | what [`EventLog::quarantine_after`] moved aside |
 //! | `link_leases` (version 2) | `link_id` (primary key), `node_id`, `peer_addr`, `expires_at` | which node each Link is attached to ([`PgLeases`]) |
+//! | `halo_counters` (version 3) | `key`, `period` (primary key), `total`, `updated_at` | quota and rate-limit totals of the whole cluster ([`PgCounters`]) |
 //!
 //! **Optimistic append.** [`EventLog::append_at`] appends only if the log still ends
 //! where the caller's decision was made: in one transaction it reads the end, refuses
@@ -53,11 +54,11 @@ pub const NOTIFY_CHANNEL: &str = "halo_log";
 
 /// The newest schema version this build knows; a database migrated further is
 /// refused ([`StoreError::UnsupportedFormat`]).
-pub const PG_SCHEMA_VERSION: i32 = 2;
+pub const PG_SCHEMA_VERSION: i32 = 3;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one
 /// that has shipped; add the next.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE halo_log (
     seq BIGINT PRIMARY KEY CHECK (seq > 0),
@@ -89,9 +90,25 @@ CREATE TABLE link_leases (
 );
 CREATE INDEX link_leases_expires_at ON link_leases (expires_at);
 ",
+    // Version 3: quota and rate-limit counters shared by the nodes
+    // (`counters::PgCounters`). Never logged: they change on every query.
+    "
+CREATE TABLE halo_counters (
+    key TEXT NOT NULL,
+    period BIGINT NOT NULL,
+    total BIGINT NOT NULL CHECK (total >= 0),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (key, period)
+);
+CREATE INDEX halo_counters_updated_at ON halo_counters (updated_at);
+",
 ];
 
+mod blocking;
+mod counters;
 mod lease;
+use blocking::Blocking;
+pub use counters::{CounterRound, PgCounters};
 pub use lease::{LeaseRound, LiveLease, PgLeases};
 
 /// The advisory lock key that serialises migrations ("HALO").

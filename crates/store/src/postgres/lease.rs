@@ -10,10 +10,9 @@
 
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 
-use super::{PgOptions, connect, pg_error, runtime};
+use super::{Blocking, PgOptions};
 use crate::StoreError;
 
 /// Another node's live lease, as read in a renewal round.
@@ -41,19 +40,9 @@ pub struct LeaseRound {
 
 /// A blocking handle on the lease table (its own connection, its own client
 /// runtime): call it from a thread of its own, never from an async task.
+#[derive(Debug)]
 pub struct PgLeases {
-    options: PgOptions,
-    rt: Runtime,
-    client: Option<Client>,
-}
-
-impl std::fmt::Debug for PgLeases {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgLeases")
-            .field("options", &self.options)
-            .field("connected", &self.client.is_some())
-            .finish_non_exhaustive()
-    }
+    conn: Blocking,
 }
 
 /// Seconds, as PostgreSQL's `make_interval` takes them.
@@ -69,9 +58,7 @@ impl PgLeases {
     /// The client runtime cannot start.
     pub fn new(options: PgOptions) -> Result<Self, StoreError> {
         Ok(PgLeases {
-            options,
-            rt: runtime()?,
-            client: None,
+            conn: Blocking::new(options)?,
         })
     }
 
@@ -79,30 +66,7 @@ impl PgLeases {
         &mut self,
         op: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-        let timeout = self.options.timeout;
-        let options = &self.options;
-        let slot = &mut self.client;
-        let result = self.rt.block_on(async {
-            if slot.is_none() {
-                *slot = Some(connect(options).await?);
-            }
-            let Some(client) = slot.as_mut() else {
-                return Err(StoreError::Unavailable("not connected".to_owned()));
-            };
-            match tokio::time::timeout(timeout, op(client)).await {
-                Ok(r) => r.map_err(|e| pg_error(&e)),
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "no answer within {timeout:?}"
-                ))),
-            }
-        });
-        if matches!(result, Err(StoreError::Unavailable(_))) {
-            self.client = None;
-        }
-        result
+        self.conn.run(op)
     }
 
     /// Takes the leases of `links` for `node` (whoever held them), for `ttl`.
