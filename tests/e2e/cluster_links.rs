@@ -12,147 +12,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use halo_cloud::Record;
-use halo_ids::{Environment, HaloGuid};
-use halo_link::demo::generate;
-use halo_link::{Agent, AgentHandle, LinkConfig};
+use halo_ids::HaloGuid;
 use halo_store::{EventLog as _, PgLog, PgOptions, Seq};
 use halo_tenancy::{Event, GroupKey, Registry};
-use halo_test_support::postgres_server::PgServer;
 use hmac::{Hmac, Mac as _};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::fixture::{INTEGRATOR, practice};
-use crate::processes::{Client, CloudProcess, free_port};
-
-const SECRET: &str = "cluster-test-secret-0123456789abcdef-0123456789";
-const QUERY: &str = "SELECT first_name FROM patients";
-
-struct Node {
-    process: Option<CloudProcess>,
-    client: Client,
-    port: u16,
-}
-
-fn start_node(
-    dir: &std::path::Path,
-    server: &PgServer,
-    name: &str,
-    secret: &std::path::Path,
-) -> Node {
-    let port = free_port();
-    let peer = format!("127.0.0.1:{port}");
-    let data = dir.join(name);
-    let url = pg_url(server);
-    let args = [
-        "--store",
-        url.as_str(),
-        "--node-id",
-        name,
-        "--peer-addr",
-        peer.as_str(),
-        "--cluster-secret-file",
-        secret.to_str().unwrap(),
-    ];
-    let process = CloudProcess::start(&data, port, &args);
-    Node {
-        process: Some(process),
-        client: Client {
-            http: reqwest::Client::new(),
-            base: format!("http://127.0.0.1:{port}"),
-        },
-        port,
-    }
-}
-
-/// The server as a `postgres://` URL (what `--store` takes).
-fn pg_url(server: &PgServer) -> String {
-    let conninfo = server.url();
-    let port = conninfo
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .unwrap();
-    format!("postgres://halo@127.0.0.1:{port}/postgres")
-}
-
-fn link_url(port: u16) -> String {
-    format!("ws://127.0.0.1:{port}/link/ws")
-}
-
-async fn start_link(
-    dir: &std::path::Path,
-    crn: &str,
-    token: String,
-    ports: &[u16],
-) -> (HaloGuid, AgentHandle) {
-    let db = dir.join(format!("{crn}.sqlite"));
-    generate(&db, &practice(crn, crn)).unwrap();
-    let mut config = LinkConfig::new(
-        link_url(ports[0]),
-        Environment::Stage,
-        token,
-        dir.join(format!("{crn}-state.json")),
-        vec![db],
-    );
-    config.fallback_cloud_urls = ports[1..].iter().map(|p| link_url(*p)).collect();
-    // Slow enough that the gap after a kill is seen, fast enough to be back in 10 s.
-    config.backoff_initial = Duration::from_secs(2);
-    config.backoff_max = Duration::from_secs(2);
-    let agent = Agent::prepare(config).unwrap();
-    let site = agent.databases()[0].halo_guid();
-    let link = agent.spawn();
-    link.wait_connected(1, Duration::from_secs(20))
-        .await
-        .unwrap();
-    (site, link)
-}
-
-/// An immediate query to `site` entering `client`'s node: the status and whether
-/// a `Retry-After` came with it.
-async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, String) {
-    let resp = client
-        .http
-        .post(format!(
-            "{}/integrator/sites/{site}/queries/immediate",
-            client.base
-        ))
-        .header(halo_cloud::KEY_HEADER, key)
-        .json(&json!({"command": {"text": QUERY}}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let retry = resp.headers().contains_key("retry-after");
-    (status, retry, resp.text().await.unwrap_or_default())
-}
-
-/// Waits until an immediate query to `site` through `client` succeeds; every
-/// failure meanwhile must be a 503 with `Retry-After`. Returns how many 503s.
-async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    let mut unavailable = 0;
-    loop {
-        let (status, retry, body) = immediate(client, key, site).await;
-        if status == 200 {
-            let rows: Value = serde_json::from_str(&body).unwrap();
-            assert!(
-                rows.to_string().contains("first_name") || !rows.is_null(),
-                "{body}"
-            );
-            return unavailable;
-        }
-        assert_eq!(status, 503, "{} {site}: {body}", client.base);
-        assert!(retry, "a 503 without Retry-After: {body}");
-        unavailable += 1;
-        assert!(
-            Instant::now() < deadline,
-            "{} {site}: still 503 after {within:?}",
-            client.base
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::cluster::{Cluster, QUERY, SECRET, immediate, until_ok};
+use crate::processes::Client;
 
 /// An async query to `site` accepted through `entry`, followed through `reader`
 /// until it ends: it must succeed and its first page must be readable there.
@@ -249,96 +118,9 @@ fn check_authority(url: String) -> usize {
     attached
 }
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    server: PgServer,
-    nodes: Vec<Node>,
-    key: String,
-    sites: Vec<HaloGuid>,
-    _links: Vec<AgentHandle>,
-}
-
-/// Three nodes, two Links (the first on node 0, the second on node 1), an
-/// integrator paired with both practices.
-async fn cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let server = PgServer::start();
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    // One node first: it migrates the schema.
-    let mut nodes = vec![start_node(dir.path(), &server, "n0", &secret)];
-    let http = reqwest::Client::new();
-    nodes[0].process.as_ref().unwrap().wait_ready(&http).await;
-    for name in ["n1", "n2"] {
-        nodes.push(start_node(dir.path(), &server, name, &secret));
-    }
-    for node in &nodes[1..] {
-        node.process.as_ref().unwrap().wait_ready(&http).await;
-    }
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-    let admin = &nodes[0].client;
-    let key = admin.integrator("SMILE01").await;
-    admin
-        .admin(
-            Method::POST,
-            &format!("/admin/integrators/{INTEGRATOR}/practices"),
-            json!({"pmsId": "D4w:GRIN02"}),
-        )
-        .await;
-    let mut sites = Vec::new();
-    let mut links = Vec::new();
-    for (i, crn) in ["SMILE01", "GRIN02"].into_iter().enumerate() {
-        // Issued on the node the Link connects to first (acknowledged there).
-        let token = nodes[i].client.credential(crn).await;
-        let order: Vec<u16> = ports.iter().cycle().skip(i).take(3).copied().collect();
-        let (site, link) = start_link(dir.path(), crn, token, &order).await;
-        // Paired on the node the Link registered with (it applied the registration
-        // before acknowledging the Link).
-        let (status, body) = nodes[i]
-            .client
-            .call(
-                Method::POST,
-                &key,
-                &format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
-                None,
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{body}");
-        sites.push(site);
-        links.push(link);
-    }
-    // Every node has followed the pairings before the tests start.
-    for node in &nodes {
-        for site in &sites {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let path = format!("/integrator/sites/{site}");
-                if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} did not follow {site}",
-                    node.client.base
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    Cluster {
-        _dir: dir,
-        server,
-        nodes,
-        key,
-        sites,
-        _links: links,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn links_on_any_node_survive_a_node_killed() {
-    let mut c = cluster().await;
+    let mut c = Cluster::start(3, &["SMILE01", "GRIN02"]).await;
     // Every practice through every node (forwarded where its Link is elsewhere;
     // a node learns a lease within one renewal round).
     for node in &c.nodes {
@@ -387,10 +169,13 @@ async fn links_on_any_node_survive_a_node_killed() {
         moved < Duration::from_secs(10),
         "the link took {moved:?} to move"
     );
-    // The other Link was never on the dead node: still served everywhere.
+    // The other Link was never on the dead node: still served everywhere, by the
+    // session it opened first; the first Link opened a second one elsewhere.
     for node in &c.nodes[1..] {
         until_ok(&node.client, &c.key, c.sites[1], Duration::from_secs(10)).await;
     }
+    assert_eq!(c.sessions(1), 1);
+    assert!(c.sessions(0) >= 2, "{}", c.sessions(0));
     // Nothing acknowledged was lost: the survivors list the credential node 0 issued.
     for node in &c.nodes[1..] {
         let listed = node
@@ -420,7 +205,7 @@ fn signature(secret: &str, fields: [&str; 6], body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forwarded_request_needs_the_cluster_signature() {
-    let c = cluster().await;
+    let c = Cluster::start(3, &["SMILE01", "GRIN02"]).await;
     let site = c.sites[1];
     // Node 1 holds the second Link's lease; wait until it serves it.
     let owner = &c.nodes[1].client;
@@ -540,7 +325,7 @@ async fn a_forwarded_request_needs_the_cluster_signature() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_loses_the_database_stops_routing_to_its_links_and_recovers() {
-    let mut c = cluster().await;
+    let mut c = Cluster::start(3, &["SMILE01", "GRIN02"]).await;
     let own = &c.nodes[0].client;
     until_ok(own, &c.key, c.sites[0], Duration::from_secs(10)).await;
     c.server.pause();

@@ -4,6 +4,7 @@
 
 mod async_queries;
 mod audit;
+mod cluster;
 mod cluster_links;
 mod console;
 mod contract;

@@ -11,9 +11,19 @@ use serde_json::{Value, json};
 
 use crate::fixture::{ADMIN, INTEGRATOR, TABLES};
 
+/// Set once the binaries are built (or known to be: [`assume_built`]).
+static BUILT: OnceLock<()> = OnceLock::new();
+
+/// Makes [`binary`] only find the binaries, never build them: for a caller run by
+/// a cargo that already built them (the cluster bench, run after
+/// `cargo build --release -p halo-cloud`).
+#[allow(dead_code, reason = "called by the cluster bench, which includes this file")]
+pub(crate) fn assume_built() {
+    BUILT.get_or_init(|| ());
+}
+
 /// `target/<profile>/<name>`, built if needed.
 pub(crate) fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let release = !cfg!(debug_assertions);
@@ -26,7 +36,7 @@ pub(crate) fn binary(name: &str) -> PathBuf {
         assert!(status.success(), "building the binaries failed");
     });
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/e2e-<hash>
+    // target/<profile>/deps/e2e-<hash>, or target/<profile>/examples/<example>
     exe.parent().unwrap().parent().unwrap().join(name)
 }
 
