@@ -73,6 +73,7 @@ fn link_url(port: u16) -> String {
 /// and falling back to the others in turn.
 async fn start_link(
     dir: &Path,
+    environment: Environment,
     crn: &str,
     token: String,
     ports: &[u16],
@@ -81,7 +82,7 @@ async fn start_link(
     generate(&db, &practice(crn, crn)).unwrap();
     let mut config = LinkConfig::new(
         link_url(ports[0]),
-        Environment::Stage,
+        environment,
         token,
         dir.join(format!("{crn}-state.json")),
         vec![db],
@@ -157,7 +158,7 @@ pub(crate) struct Cluster {
     pub(crate) links: Vec<AgentHandle>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) server: PgServer,
-    /// The integrator's Stage key.
+    /// The integrator's key (Stage unless started with [`Cluster::start_in`]).
     pub(crate) key: String,
     pub(crate) sites: Vec<HaloGuid>,
     _dir: tempfile::TempDir,
@@ -169,6 +170,11 @@ impl Cluster {
     /// following ones in turn. The integrator is paired with every practice and
     /// every node has followed the pairings when this returns.
     pub(crate) async fn start(nodes: usize, crns: &[&str]) -> Cluster {
+        Self::start_in(Environment::Stage, nodes, crns).await
+    }
+
+    /// As [`Cluster::start`], with Links, credentials and the key in `environment`.
+    pub(crate) async fn start_in(environment: Environment, nodes: usize, crns: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let server = PgServer::start();
         let secret = dir.path().join("cluster.secret");
@@ -186,7 +192,7 @@ impl Cluster {
         let nodes = started;
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         let admin = &nodes[0].client;
-        let key = admin.integrator(crns[0]).await;
+        let key = admin.integrator_in(environment, crns[0]).await;
         for crn in &crns[1..] {
             admin
                 .admin(
@@ -201,7 +207,7 @@ impl Cluster {
         for (i, crn) in crns.iter().enumerate() {
             let first = &nodes[i % nodes.len()].client;
             // Issued on the node the Link connects to first (acknowledged there).
-            let token = first.credential(crn).await;
+            let token = first.credential_in(environment, crn).await;
             let order: Vec<u16> = ports
                 .iter()
                 .cycle()
@@ -209,7 +215,7 @@ impl Cluster {
                 .take(ports.len())
                 .copied()
                 .collect();
-            let (site, link) = start_link(dir.path(), crn, token, &order).await;
+            let (site, link) = start_link(dir.path(), environment, crn, token, &order).await;
             // Paired on the node the Link registered with (it applied the
             // registration before acknowledging the Link).
             let (status, body) = first

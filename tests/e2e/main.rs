@@ -5,6 +5,7 @@
 mod async_queries;
 mod audit;
 mod cluster;
+mod cluster_limits;
 mod cluster_links;
 mod console;
 mod contract;

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use halo_ids::Environment;
 use serde_json::{Value, json};
 
 use crate::fixture::{ADMIN, INTEGRATOR, TABLES};
@@ -17,7 +18,10 @@ static BUILT: OnceLock<()> = OnceLock::new();
 /// Makes [`binary`] only find the binaries, never build them: for a caller run by
 /// a cargo that already built them (the cluster bench, run after
 /// `cargo build --release -p halo-cloud`).
-#[allow(dead_code, reason = "called by the cluster bench, which includes this file")]
+#[allow(
+    dead_code,
+    reason = "called by the cluster bench, which includes this file"
+)]
 pub(crate) fn assume_built() {
     BUILT.get_or_init(|| ());
 }
@@ -164,10 +168,15 @@ impl Client {
 
     /// A Link credential for `crn` (Stage).
     pub(crate) async fn credential(&self, crn: &str) -> String {
+        self.credential_in(Environment::Stage, crn).await
+    }
+
+    /// A Link credential for `crn` in `environment`.
+    pub(crate) async fn credential_in(&self, environment: Environment, crn: &str) -> String {
         self.admin(
             reqwest::Method::POST,
             "/admin/link-credentials",
-            json!({"label": "crash test", "environment": "stage", "practices": [format!("D4w:{crn}")], "demoCopies": false}),
+            json!({"label": "crash test", "environment": environment.to_string(), "practices": [format!("D4w:{crn}")], "demoCopies": false}),
         )
         .await["key"]
             .as_str()
@@ -177,6 +186,11 @@ impl Client {
 
     /// Enables INTEGRATOR with the demo tables and `crn`; returns a Stage key.
     pub(crate) async fn integrator(&self, crn: &str) -> String {
+        self.integrator_in(Environment::Stage, crn).await
+    }
+
+    /// As [`Client::integrator`], returning a key for `environment`.
+    pub(crate) async fn integrator_in(&self, environment: Environment, crn: &str) -> String {
         use reqwest::Method;
         let base = format!("/admin/integrators/{INTEGRATOR}");
         self.admin(
@@ -200,7 +214,7 @@ impl Client {
         self.admin(
             Method::POST,
             &format!("{base}/keys"),
-            json!({"environment": "stage"}),
+            json!({"environment": environment.to_string()}),
         )
         .await["key"]
             .as_str()
