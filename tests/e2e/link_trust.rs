@@ -481,3 +481,41 @@ async fn unbounded_hello_is_refused_with_a_reason() {
         "nothing of the hello was registered"
     );
 }
+
+/// A revocation that does not come through this node's revoke handler (decided on
+/// another node of a cluster and followed here, or applied while the handler's
+/// lookup still saw the credential unbound) closes the live session too: the kick
+/// is sent when the revocation is published, to the Link bound at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_published_by_any_path_closes_the_live_session() {
+    let h = Harness::start().await;
+    let (token, _id) =
+        credential(&h, json!({"environment": "stage", "practices": ["D4w:A1"]})).await;
+    let hi = hello(
+        link_guid(11),
+        Environment::Stage,
+        vec![database(guid(11), "A1", false)],
+    );
+    // The Link binds the credential on its first hello.
+    let (mut link, answer) = HostileLink::join(h.cloud.addr, &token, hi).await;
+    assert!(matches!(answer, Answer::Ack(_)), "{answer:?}");
+    link.heartbeat(vec![guid(11)]).await;
+    assert_eq!(link.ended_within(Duration::from_millis(200)).await, None);
+
+    let event = halo_cloud::record::CredentialEvent::Revoked {
+        token_hash: halo_policy::KeyHash::of(&token),
+        actor: Some("node-b:support".to_owned()),
+        reason: Some("revoked elsewhere".to_owned()),
+    };
+    h.cloud
+        .app
+        .state
+        .apply_credential(event, halo_cloud::clock::now())
+        .await
+        .unwrap();
+    let reason = link
+        .ended_within(Duration::from_secs(1))
+        .await
+        .expect("the live session is closed once the revocation is published");
+    assert!(reason.contains("revoked"), "{reason}");
+}

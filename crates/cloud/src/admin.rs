@@ -7,7 +7,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use halo_credentials::{Credential, CredentialId, Scope, ScopeKind};
-use halo_ids::{Environment, HaloGuid, LinkGuid, PmsId, PmsType};
+use halo_ids::{Environment, HaloGuid, PmsId, PmsType};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
 use halo_tenancy::Event;
 use rand::Rng as _;
@@ -329,11 +329,11 @@ async fn credential(app: &AppState, event: CredentialEvent) -> Result<(), ApiErr
 }
 
 /// The token hash and Link of the credential named in the path.
-fn find_credential(app: &AppState, id: &str) -> Result<(KeyHash, Option<LinkGuid>), ApiError> {
+fn find_credential(app: &AppState, id: &str) -> Result<KeyHash, ApiError> {
     let id: CredentialId = id.parse().map_err(|e| credential_error(&e))?;
     let w = app.state.credentials();
     w.find(id)
-        .map(|(hash, c)| (*hash, c.link))
+        .map(|(hash, _)| *hash)
         .ok_or_else(|| ApiError::not_found("no link credential with this id"))
 }
 
@@ -417,16 +417,14 @@ pub async fn revoke_link_credential(
     body: Result<ApiJson<ActionBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
     let b = action(body)?;
-    let (token_hash, link) = find_credential(&app, &id)?;
+    let token_hash = find_credential(&app, &id)?;
     let event = CredentialEvent::Revoked {
         token_hash,
         actor: Some(b.actor),
         reason: Some(b.reason),
     };
+    // Publishing it kicks the Link bound to it then (see `CloudState::kicks`).
     credential(&app, event).await?;
-    if let Some(link) = link {
-        app.kicks.kick(link);
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -444,7 +442,7 @@ pub async fn rotate_link_credential(
     body: Result<ApiJson<ActionBody>, ApiError>,
 ) -> Result<Json<CredentialSecretDto>, ApiError> {
     let b = action(body)?;
-    let (from, link) = find_credential(&app, &id)?;
+    let from = find_credential(&app, &id)?;
     let key = new_secret("lnk_");
     let to = KeyHash::of(&key);
     let event = CredentialEvent::Rotated {
@@ -453,10 +451,8 @@ pub async fn rotate_link_credential(
         actor: b.actor,
         reason: b.reason,
     };
+    // Publishing it kicks the Link bound to it then.
     credential(&app, event).await?;
-    if let Some(link) = link {
-        app.kicks.kick(link);
-    }
     Ok(Json(CredentialSecretDto {
         key,
         id: CredentialId::of(&to).to_string(),
@@ -490,7 +486,7 @@ pub async fn extend_link_credential_scope(
     body: Result<ApiJson<ScopeBody>, ApiError>,
 ) -> Result<Json<CredentialDto>, ApiError> {
     let b = json(body)?;
-    let (token_hash, _) = find_credential(&app, &id)?;
+    let token_hash = find_credential(&app, &id)?;
     let event = CredentialEvent::ScopeExtended {
         token_hash,
         practices: b.practices,

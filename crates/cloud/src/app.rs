@@ -41,8 +41,9 @@ pub struct App {
     pub admin_token_hash: KeyHash,
     /// The most databases one Link's hello may announce.
     pub max_databases_per_link: usize,
-    /// Revocations, broadcast to live Link sessions.
-    pub kicks: link_ws::Kicks,
+    /// Revocations, sent to live Link sessions (shared with the state, which kicks
+    /// on every published revocation).
+    pub kicks: Arc<link_ws::Kicks>,
     /// Per-integrator request counters and the denial sampler (in memory).
     pub activity: activity::Activity,
     /// Status console sessions and login tickets (in memory).
@@ -432,11 +433,12 @@ pub fn build_cluster(
         )),
         None => None,
     };
+    let kicks = Arc::clone(state.kicks());
     Ok(Arc::new(App {
         state,
+        kicks,
         admin_token_hash: KeyHash::of(&config.admin_token),
         max_databases_per_link: config.max_databases_per_link,
-        kicks: link_ws::Kicks::default(),
         activity: activity::Activity::default(),
         console: console::ConsoleSessions::default(),
         link_sessions: link_ws::SessionCap::new(config.http.max_link_sessions),

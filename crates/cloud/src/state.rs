@@ -181,6 +181,9 @@ struct Published {
     /// The audit trail as of the last durable batch; write-locked only to append
     /// that batch's entries.
     audit: RwLock<AuditTrail>,
+    /// The live Link sessions' revocation listeners: kicked once a revocation or
+    /// rotation is published, whichever node decided it.
+    kicks: Arc<crate::link_ws::Kicks>,
 }
 
 /// Sends one command's answer once its batch is durable.
@@ -608,6 +611,16 @@ impl Writer {
             self.published
                 .credentials
                 .store(Arc::new(self.credentials.clone()));
+            // Now that a session's next check sees it: the Link bound to a revoked
+            // or rotated credential re-checks at once. Looked up here, after every
+            // earlier binding was applied, so a binding that raced the revocation
+            // (a Link bound while the admin request ran, or on another node) is
+            // kicked too.
+            for record in &batch.records {
+                if let Some(link) = self.revoked_link(record) {
+                    self.published.kicks.kick(link);
+                }
+            }
         }
         if batch.policy {
             if let Some(cluster) = self.cluster.as_mut() {
@@ -627,6 +640,20 @@ impl Writer {
         for answer in batch.answers {
             answer();
         }
+    }
+
+    /// The Link bound to the credential a revocation or rotation record ends.
+    fn revoked_link(&self, record: &Record) -> Option<LinkGuid> {
+        let Record::Credential { event, .. } = record else {
+            return None;
+        };
+        let hash = match event {
+            CredentialEvent::Revoked { token_hash, .. } => token_hash,
+            // The binding moved to the new token.
+            CredentialEvent::Rotated { to, .. } => to,
+            _ => return None,
+        };
+        self.credentials.get(hash)?.link
     }
 
     /// Publishes the batch's audit entries (now durable); record `i` of the batch
@@ -1004,6 +1031,7 @@ impl CloudState {
                 registry: RwLock::new(Registry::new()),
                 credentials: ArcSwap::from_pointee(Credentials::default()),
                 audit: RwLock::new(AuditTrail::default()),
+                kicks: Arc::default(),
             }),
             log_end: 0,
             audit_covers_next: false,
@@ -1078,6 +1106,7 @@ impl CloudState {
             registry: RwLock::new(readers_copy),
             credentials: ArcSwap::from_pointee(writer.credentials.clone()),
             audit: RwLock::new(trail),
+            kicks: Arc::default(),
         });
         writer.published = Arc::clone(&published);
         let health = cluster.map(|_| Arc::new(ClusterHealth::new()));
@@ -1365,6 +1394,12 @@ impl CloudState {
             .load()
             .check(token_hash)
             .map(drop)
+    }
+
+    /// The revocation listeners of this node's Link sessions (kicked when a
+    /// revocation is published, see `publish`).
+    pub fn kicks(&self) -> &Arc<crate::link_ws::Kicks> {
+        &self.published.kicks
     }
 }
 

@@ -526,6 +526,11 @@ impl Credentials {
         })
     }
 
+    /// The credential with this token hash, revoked or not.
+    pub fn get(&self, token_hash: &KeyHash) -> Option<&Credential> {
+        self.by_hash.get(token_hash)
+    }
+
     /// The token hash of the credential with this public id.
     pub fn find(&self, id: CredentialId) -> Option<(&KeyHash, &Credential)> {
         self.by_hash
