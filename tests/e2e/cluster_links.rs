@@ -26,8 +26,8 @@ use sha2::Sha256;
 use crate::fixture::{INTEGRATOR, practice};
 use crate::processes::{Client, CloudProcess, free_port};
 
-const SECRET: &str = "cluster-test-secret-0123456789abcdef-0123456789";
-const QUERY: &str = "SELECT first_name FROM patients";
+pub(crate) const SECRET: &str = "cluster-test-secret-0123456789abcdef-0123456789";
+pub(crate) const QUERY: &str = "SELECT first_name FROM patients";
 
 struct Node {
     process: Option<CloudProcess>,
@@ -110,7 +110,7 @@ async fn start_link(
 
 /// An immediate query to `site` entering `client`'s node: the status and whether
 /// a `Retry-After` came with it.
-async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, String) {
+pub(crate) async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, String) {
     let resp = client
         .http
         .post(format!(
@@ -129,7 +129,7 @@ async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u16, bool, St
 
 /// Waits until an immediate query to `site` through `client` succeeds; every
 /// failure meanwhile must be a 503 with `Retry-After`. Returns how many 503s.
-async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) -> usize {
+pub(crate) async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     let mut unavailable = 0;
     loop {
@@ -216,7 +216,7 @@ fn whole_log(url: String) -> Vec<(Seq, Record)> {
 /// Replays the whole log and checks, after every event, that no group has two
 /// authoritative sites and no epoch went back (the checker of
 /// `crates/cloud/tests/cluster.rs`). Returns how many sites it saw attached.
-fn check_authority(url: String) -> usize {
+pub(crate) fn check_authority(url: String) -> usize {
     let mut registry = Registry::new();
     let mut epochs: HashMap<GroupKey, halo_ids::Epoch> = HashMap::new();
     let mut attached = 0;

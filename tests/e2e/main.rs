@@ -5,6 +5,7 @@
 mod async_queries;
 mod audit;
 mod cluster_links;
+mod cluster_partition;
 mod console;
 mod contract;
 mod crash;
