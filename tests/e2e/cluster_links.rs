@@ -129,7 +129,12 @@ pub(crate) async fn immediate(client: &Client, key: &str, site: HaloGuid) -> (u1
 
 /// Waits until an immediate query to `site` through `client` succeeds; every
 /// failure meanwhile must be a 503 with `Retry-After`. Returns how many 503s.
-pub(crate) async fn until_ok(client: &Client, key: &str, site: HaloGuid, within: Duration) -> usize {
+pub(crate) async fn until_ok(
+    client: &Client,
+    key: &str,
+    site: HaloGuid,
+    within: Duration,
+) -> usize {
     let deadline = Instant::now() + within;
     let mut unavailable = 0;
     loop {

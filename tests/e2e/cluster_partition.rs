@@ -387,6 +387,7 @@ async fn start_link(
 /// Three nodes in namespaces; Link 1 (SMILE01) first tries n0, Link 2 (GRIN02)
 /// n1; an integrator paired with both. `None` where namespaces cannot be made.
 async fn cluster() -> Option<Cluster> {
+    let started = Instant::now();
     let net = match Net::create() {
         Ok(net) => net,
         Err(why) => {
@@ -451,12 +452,17 @@ async fn cluster() -> Option<Cluster> {
                 if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{} did not follow {site}", node.name);
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not follow {site}",
+                    node.name
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             until_ok(&node.client, &key, *site, Duration::from_secs(10)).await;
         }
     }
+    eprintln!("cluster in namespaces ready in {:?}", started.elapsed());
     Some(Cluster {
         links,
         nodes,
@@ -655,9 +661,7 @@ async fn a_node_cut_off_fails_closed_and_rejoins() {
     let samples = sampler.finish();
     let taken = samples
         .iter()
-        .position(|(at, holders)| {
-            *at > cut && holders.get(&link1).is_some_and(|n| n != &h)
-        })
+        .position(|(at, holders)| *at > cut && holders.get(&link1).is_some_and(|n| n != &h))
         .expect("the sampler saw the lease move");
     let before = samples[taken.checked_sub(1).expect("samples before the cut")].0;
     if let Some(last_local) = seen[..first_refusal].last() {
@@ -720,8 +724,12 @@ async fn nodes_that_cannot_reach_each_other_answer_retry_later() {
             refused += 1;
         }
         // Entering the node holding the Link, or one that reaches it: served.
-        for (entry, site) in [(0, c.sites[0]), (2, c.sites[0]), (1, c.sites[1]), (2, c.sites[1])]
-        {
+        for (entry, site) in [
+            (0, c.sites[0]),
+            (2, c.sites[0]),
+            (1, c.sites[1]),
+            (2, c.sites[1]),
+        ] {
             let (status, _, body) = immediate(&c.nodes[entry].client, &c.key, site).await;
             assert_eq!(status, 200, "n{entry} for {site}: {body}");
         }
@@ -731,8 +739,20 @@ async fn nodes_that_cannot_reach_each_other_answer_retry_later() {
     assert_eq!(holder(&url, &link2).as_deref(), Some("n1"));
     // Healed: served across again.
     c.net.partition(0, 1, false);
-    until_ok(&c.nodes[1].client, &c.key, c.sites[0], Duration::from_secs(10)).await;
-    until_ok(&c.nodes[0].client, &c.key, c.sites[1], Duration::from_secs(10)).await;
+    until_ok(
+        &c.nodes[1].client,
+        &c.key,
+        c.sites[0],
+        Duration::from_secs(10),
+    )
+    .await;
+    until_ok(
+        &c.nodes[0].client,
+        &c.key,
+        c.sites[1],
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(check_authority(url), 2);
     eprintln!("{refused} queries across the partition answered 503 with Retry-After");
 }

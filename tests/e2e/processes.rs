@@ -100,7 +100,10 @@ impl CloudProcess {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", std::net::SocketAddr::new(self.host, self.port))
+        format!(
+            "http://{}{path}",
+            std::net::SocketAddr::new(self.host, self.port)
+        )
     }
 
     pub(crate) async fn wait_ready(&self, http: &reqwest::Client) {

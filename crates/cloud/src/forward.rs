@@ -169,9 +169,7 @@ impl Forwarding {
         // keepalive probes above, once the request is sent).
         #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
         let builder = builder.tcp_user_timeout(PEER_SILENCE);
-        let http = builder
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
         Forwarding {
             leases,
             secret,
