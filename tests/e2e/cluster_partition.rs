@@ -170,8 +170,7 @@ impl Net {
                     !taken.iter().any(|t| t.1 > 0 && overlaps(*t, ours))
                 })
             })
-            .ok_or("no free 10.231.k.0/24 and 10.232.k.0/24 subnets")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("no free 10.231.k.0/24 and 10.232.k.0/24 subnets");
         let mut net = Net {
             tag,
             k,
@@ -349,7 +348,7 @@ fn start_node(net: &Net, i: usize, dir: &std::path::Path, store: &str) -> Node {
         ],
     );
     Node {
-        process: process,
+        process,
         client: client(front),
         name,
     }
@@ -474,11 +473,14 @@ async fn cluster() -> Option<Cluster> {
     })
 }
 
-/// Every live Link lease (link id to node id), sampled every 100 ms by a thread
-/// of its own from the root namespace.
+/// When it was read, and every live lease then (link id to node id).
+type Sample = (Instant, HashMap<String, String>);
+
+/// Every live Link lease, sampled every 100 ms by a thread of its own from the
+/// root namespace.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(Instant, HashMap<String, String>)>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Sample>>>,
 }
 
 impl Sampler {
@@ -509,7 +511,7 @@ impl Sampler {
         }
     }
 
-    fn finish(mut self) -> Vec<(Instant, HashMap<String, String>)> {
+    fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }
