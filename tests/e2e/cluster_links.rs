@@ -85,7 +85,7 @@ fn whole_log(url: String) -> Vec<(Seq, Record)> {
 /// Replays the whole log and checks, after every event, that no group has two
 /// authoritative sites and no epoch went back (the checker of
 /// `crates/cloud/tests/cluster.rs`). Returns how many sites it saw attached.
-fn check_authority(url: String) -> usize {
+pub(crate) fn check_authority(url: String) -> usize {
     let mut registry = Registry::new();
     let mut epochs: HashMap<GroupKey, halo_ids::Epoch> = HashMap::new();
     let mut attached = 0;

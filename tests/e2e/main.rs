@@ -7,6 +7,7 @@ mod audit;
 mod cluster;
 mod cluster_limits;
 mod cluster_links;
+mod cluster_partition;
 mod console;
 mod contract;
 mod crash;

@@ -57,12 +57,36 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct CloudProcess {
     pub(crate) child: Child,
     pub(crate) port: u16,
+    /// Where the tests reach it.
+    host: std::net::IpAddr,
 }
 
 impl CloudProcess {
     pub(crate) fn start(data: &Path, port: u16, extra: &[&str]) -> CloudProcess {
-        let child = Command::new(binary("halo-cloud"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Self::start_via(&[], listen, listen.ip(), data, extra)
+    }
+
+    /// Started through `prefix` (such as `ip netns exec NS`, which execs it: the
+    /// child is the Cloud itself), listening on `listen`, reached on `host`.
+    pub(crate) fn start_via(
+        prefix: &[&str],
+        listen: std::net::SocketAddr,
+        host: std::net::IpAddr,
+        data: &Path,
+        extra: &[&str],
+    ) -> CloudProcess {
+        let cloud = binary("halo-cloud");
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(cloud);
+                c
+            }
+            None => Command::new(cloud),
+        };
+        let child = command
+            .args(["serve", "--listen", &listen.to_string()])
             .arg("--data-dir")
             .arg(data)
             .args(["--admin-token", ADMIN])
@@ -72,7 +96,11 @@ impl CloudProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        CloudProcess { child, port }
+        CloudProcess {
+            child,
+            port: listen.port(),
+            host,
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -86,7 +114,10 @@ impl CloudProcess {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!(
+            "http://{}{path}",
+            std::net::SocketAddr::new(self.host, self.port)
+        )
     }
 
     pub(crate) async fn wait_ready(&self, http: &reqwest::Client) {

@@ -51,6 +51,11 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// How far a forwarded request's timestamp may be from the receiver's clock.
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
+/// How long a peer may leave a forwarded request's connection unanswered at the
+/// TCP level (no acknowledgement, no keepalive reply) before the request is given
+/// up and answered 503 with `Retry-After`: what a silent partition looks like.
+pub const PEER_SILENCE: Duration = Duration::from_secs(3);
+
 /// How long a client is asked to wait when the site's Link is on no node that can
 /// serve it now (a node died and its Link is reconnecting elsewhere).
 pub const NO_LEASE_RETRY_AFTER_MS: u64 = 2_000;
@@ -148,13 +153,23 @@ impl Forwarding {
     /// Forwarding over `leases`; without a secret this node neither forwards nor
     /// accepts forwarded requests (a site whose Link is elsewhere is answered 503).
     pub fn new(leases: Arc<LinkLeases>, secret: Option<ClusterSecret>) -> Self {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(1))
+            // A peer cut off by a partition answers nothing, not even a reset: probe
+            // a connection that waits for a long query's answer, so that its loss
+            // ends the request (503 with Retry-After) rather than the timeout below.
+            .tcp_keepalive(PEER_SILENCE / 3)
+            .tcp_keepalive_interval(PEER_SILENCE / 3)
+            .tcp_keepalive_retries(3)
             // Beyond any immediate query's deadline (maxTimeInQueue plus execution).
-            .timeout(Duration::from_secs(600))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .timeout(Duration::from_secs(600));
+        // And a request written into a pooled connection to such a peer: data left
+        // unacknowledged this long ends the connection (Linux; elsewhere only the
+        // keepalive probes above, once the request is sent).
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        let builder = builder.tcp_user_timeout(PEER_SILENCE);
+        let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
         Forwarding {
             leases,
             secret,

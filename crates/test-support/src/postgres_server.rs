@@ -10,6 +10,9 @@
 //! `initdb` and `postgres` refuse to run as root. Under root (containers, CI), the
 //! fixture gives the directory to the `postgres` system user (created by Debian's
 //! package) and runs both through `runuser -u postgres --`.
+//!
+//! [`PgServer::start_listening_on`] also listens on one more address (the root
+//! side of the test's network namespaces) and trusts connections from one subnet.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +25,8 @@ pub struct PgServer {
     bindir: PathBuf,
     port: u16,
     run_as: Option<&'static str>,
+    /// `listen_addresses`.
+    listen: String,
     child: Option<Child>,
     paused: Vec<u32>,
 }
@@ -69,6 +74,20 @@ impl PgServer {
     /// When the binaries are missing (see the module docs) or the server does not
     /// start: a test fixture fails loudly.
     pub fn start() -> PgServer {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), but also listening on `addr` and trusting
+    /// connections from `clients` (a CIDR such as `10.0.0.0/24`), as it trusts
+    /// loopback: for nodes in network namespaces. `addr` must already be up.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_listening_on(addr: std::net::IpAddr, clients: &str) -> PgServer {
+        Self::start_with(Some((addr, clients)))
+    }
+
+    fn start_with(extra: Option<(std::net::IpAddr, &str)>) -> PgServer {
         let bindir = bindir();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -91,6 +110,7 @@ impl PgServer {
             bindir,
             port: free_port(),
             run_as,
+            listen: extra.map_or_else(|| "127.0.0.1".to_owned(), |(a, _)| format!("127.0.0.1,{a}")),
             child: None,
             paused: Vec::new(),
         };
@@ -107,6 +127,12 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((_, clients)) = extra {
+            let hba = Path::new(&data).join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            text.push_str(&format!("host all all {clients} trust\n"));
+            std::fs::write(&hba, text).expect("write pg_hba.conf");
+        }
         server.launch();
         server
     }
@@ -133,7 +159,8 @@ impl PgServer {
             .command("postgres")
             .args(["-D", &self.data(), "-p", &self.port.to_string()])
             .args(["-k", &self.dir.display().to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", &format!("listen_addresses={}", self.listen)])
+            .args(["-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -165,6 +192,11 @@ impl PgServer {
             "host=127.0.0.1 port={} user=halo dbname=postgres",
             self.port
         )
+    }
+
+    /// The server's TCP port (on every address it listens on).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The postmaster's process id (from `postmaster.pid`).
