@@ -32,7 +32,8 @@ mod processes;
 #[path = "../e2e/cluster.rs"]
 mod cluster;
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use halo_ids::HaloGuid;
 use serde_json::{Value, json};
@@ -79,17 +80,30 @@ fn check_binary() {
     if cfg!(debug_assertions) {
         eprintln!("cluster_bench: a debug build; measure with --release");
     }
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(node), Some(bench)) = (modified(&exe), modified(&std::env::current_exe().unwrap()))
-    {
-        if node < bench {
-            eprintln!(
-                "cluster_bench: {} is older than this bench and may be stale: cargo build --release -p halo-cloud",
-                exe.display()
-            );
-        }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = newest(&root.join("crates")).max(newest(&root.join("Cargo.lock")));
+    if modified(&exe) < sources {
+        eprintln!(
+            "cluster_bench: {} is older than the sources and may be stale: cargo build --release -p halo-cloud",
+            exe.display()
+        );
     }
     eprintln!("cluster_bench: nodes run {}", exe.display());
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of a file under `path`.
+fn newest(path: &Path) -> Option<SystemTime> {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return modified(path);
+    };
+    entries
+        .flatten()
+        .filter_map(|e| newest(&e.path()))
+        .max()
 }
 
 /// The latencies and outcome of one scenario.
