@@ -17,7 +17,10 @@ static BUILT: OnceLock<()> = OnceLock::new();
 /// Makes [`binary`] only find the binaries, never build them: for a caller run by
 /// a cargo that already built them (the cluster bench, run after
 /// `cargo build --release -p halo-cloud`).
-#[allow(dead_code, reason = "called by the cluster bench, which includes this file")]
+#[allow(
+    dead_code,
+    reason = "called by the cluster bench, which includes this file"
+)]
 pub(crate) fn assume_built() {
     BUILT.get_or_init(|| ());
 }
