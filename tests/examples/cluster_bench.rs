@@ -32,9 +32,9 @@ mod processes;
 #[path = "../e2e/cluster.rs"]
 mod cluster;
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
-use halo_ids::HaloGuid;
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, QUERY, immediate, until_ok};
@@ -79,17 +79,27 @@ fn check_binary() {
     if cfg!(debug_assertions) {
         eprintln!("cluster_bench: a debug build; measure with --release");
     }
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(node), Some(bench)) = (modified(&exe), modified(&std::env::current_exe().unwrap()))
-    {
-        if node < bench {
-            eprintln!(
-                "cluster_bench: {} is older than this bench and may be stale: cargo build --release -p halo-cloud",
-                exe.display()
-            );
-        }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = newest(&root.join("crates")).max(newest(&root.join("Cargo.lock")));
+    if modified(&exe) < sources {
+        eprintln!(
+            "cluster_bench: {} is older than the sources and may be stale: cargo build --release -p halo-cloud",
+            exe.display()
+        );
     }
     eprintln!("cluster_bench: nodes run {}", exe.display());
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of a file under `path`.
+fn newest(path: &Path) -> Option<SystemTime> {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return modified(path);
+    };
+    entries.flatten().filter_map(|e| newest(&e.path())).max()
 }
 
 /// The latencies and outcome of one scenario.
@@ -126,17 +136,16 @@ impl Load {
     }
 }
 
-/// `concurrency` clients, each on its own keep-alive connection to `base`, each
-/// sending the next query when the last one answered: a warm-up, then `seconds`
-/// recorded.
-async fn measure(
-    label: &str,
-    base: &str,
-    key: &str,
-    site: HaloGuid,
-    seconds: f64,
-    concurrency: usize,
-) -> Load {
+/// `concurrency` clients, each on its own keep-alive connection to `cluster`'s
+/// node `entry`, each sending the next query to the first site when the last one
+/// answered: a warm-up, then `seconds` recorded.
+async fn measure(label: &str, cluster: &Cluster, entry: usize, args: &Args) -> Load {
+    let (seconds, concurrency) = (args.seconds, args.concurrency);
+    let (base, key, site) = (
+        &cluster.nodes[entry].client.base,
+        &cluster.key,
+        cluster.sites[0],
+    );
     let warm_up = Duration::from_secs_f64((seconds / 5.0).min(1.0));
     let window = Duration::from_secs_f64(seconds);
     eprintln!("cluster_bench: {label}: {concurrency} clients, {warm_up:?} warm-up, {window:?}");
@@ -208,50 +217,27 @@ fn ratio(a: f64, b: f64) -> f64 {
 async fn main() {
     let args = args();
     check_binary();
-    let (seconds, concurrency) = (args.seconds, args.concurrency);
 
     eprintln!("cluster_bench: one node on a fresh PostgreSQL, one Link");
     let one = Cluster::start(1, &["SMILE01"]).await;
     let own = &one.nodes[0].client;
     until_ok(own, &one.key, one.sites[0], Duration::from_secs(10)).await;
     let (_, _, sample) = immediate(own, &one.key, one.sites[0]).await;
-    let one_own = measure(
-        "one_node.own",
-        &own.base,
-        &one.key,
-        one.sites[0],
-        seconds,
-        concurrency,
-    )
-    .await;
+    let one_own = measure("one_node.own", &one, 0, &args).await;
     assert_eq!(one.sessions(0), 1, "the Link reconnected during the run");
     drop(one);
 
     eprintln!("cluster_bench: three nodes on a fresh PostgreSQL, the Link on n0");
     let three = Cluster::start(3, &["SMILE01"]).await;
     let (own, other) = (&three.nodes[0].client, &three.nodes[1].client);
-    // n1 forwards once it has learnt n0's lease (within one renewal round).
+    // n1 forwards once it has learnt n0's lease (within one renewal round); until
+    // then it answers 503, which the nodes log.
+    eprintln!("cluster_bench: waiting until n1 forwards (its 503s meanwhile are expected)");
     for entry in [own, other] {
         until_ok(entry, &three.key, three.sites[0], Duration::from_secs(10)).await;
     }
-    let three_own = measure(
-        "three_nodes.own",
-        &own.base,
-        &three.key,
-        three.sites[0],
-        seconds,
-        concurrency,
-    )
-    .await;
-    let forwarded = measure(
-        "three_nodes.forwarded",
-        &other.base,
-        &three.key,
-        three.sites[0],
-        seconds,
-        concurrency,
-    )
-    .await;
+    let three_own = measure("three_nodes.own", &three, 0, &args).await;
+    let forwarded = measure("three_nodes.forwarded", &three, 1, &args).await;
     // Still the first session, on n0: "own" was own and "forwarded" was forwarded.
     assert_eq!(three.sessions(0), 1, "the Link reconnected during the run");
     drop(three);
@@ -260,8 +246,8 @@ async fn main() {
     let p99 = |l: &Load| l.percentile(0.99) as f64;
     let line = json!({
         "bench": "cluster_immediate",
-        "seconds": seconds,
-        "concurrency": concurrency,
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
         "query": QUERY,
         "response_bytes": sample.len(),
         "one_node": {"own": one_own.json()},
