@@ -6,7 +6,6 @@
 //! again; no acknowledged change is lost; the whole log never shows two holders.
 //! And a forwarded request without the cluster's signature is refused.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -14,7 +13,7 @@ use base64::Engine as _;
 use halo_cloud::Record;
 use halo_ids::HaloGuid;
 use halo_store::{EventLog as _, PgLog, PgOptions, Seq};
-use halo_tenancy::{Event, GroupKey, Registry};
+use halo_tenancy::AuthorityHistory;
 use hmac::{Hmac, Mac as _};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -83,39 +82,18 @@ fn whole_log(url: String) -> Vec<(Seq, Record)> {
 }
 
 /// Replays the whole log and checks, after every event, that no group has two
-/// authoritative sites and no epoch went back (the checker of
-/// `crates/cloud/tests/cluster.rs`). Returns how many sites it saw attached.
+/// authoritative sites and no epoch went back (`halo_tenancy::AuthorityHistory`).
+/// Returns how many sites it saw attached.
 pub(crate) fn check_authority(url: String) -> usize {
-    let mut registry = Registry::new();
-    let mut epochs: HashMap<GroupKey, halo_ids::Epoch> = HashMap::new();
-    let mut attached = 0;
+    let mut history = AuthorityHistory::new();
     for (seq, record) in whole_log(url) {
-        let Record::Tenancy(entry) = record else {
-            continue;
-        };
-        if matches!(entry.event, Event::SiteAttached { .. }) {
-            attached += 1;
-        }
-        registry
-            .apply(&entry.event, entry.at)
-            .unwrap_or_else(|e| panic!("record {seq} does not apply on replay: {e}"));
-        let mut holders: HashMap<GroupKey, usize> = HashMap::new();
-        for site in registry.sites().filter(|s| s.is_authoritative()) {
-            *holders.entry(site.group_key()).or_default() += 1;
-        }
-        for (key, n) in &holders {
-            assert!(*n <= 1, "after record {seq}, group {key:?} has {n} holders");
-        }
-        for (key, group) in registry.groups() {
-            if let Some(before) = epochs.insert(*key, group.epoch()) {
-                assert!(
-                    group.epoch() >= before,
-                    "after record {seq}, {key:?}'s epoch went back"
-                );
-            }
+        if let Record::Tenancy(entry) = record {
+            history
+                .check(seq.get(), &entry.event, entry.at)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    attached
+    usize::try_from(history.attachments()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

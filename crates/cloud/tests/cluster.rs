@@ -9,7 +9,6 @@
 //! tests fail with the command that installs them; they never skip.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use halo_policy::{IntegratorId, PolicyEvent};
 use halo_router::{Router, RouterConfig};
 use halo_store::{EventLog as _, PgLog, PgOptions, Seq, StoreError};
 use halo_tenancy::{
-    AvailabilityConfig, Catalogue, Event, GroupKey, Registry, SiteIdentity, TenancyError,
+    AuthorityHistory, AvailabilityConfig, Catalogue, Event, SiteIdentity, TenancyError,
 };
 use halo_test_support::postgres_server::PgServer;
 use tower::ServiceExt as _;
@@ -138,42 +137,19 @@ fn read_log(url: String) -> Vec<(Seq, Record)> {
     records
 }
 
-/// Replays the whole log into a fresh registry and checks, after every event, that
-/// no group has two authoritative sites and no group's epoch went back. Returns how
-/// many promotions it saw.
+/// Replays the whole log and checks, after every event, that no group has two
+/// authoritative sites and no group's epoch went back
+/// (`halo_tenancy::AuthorityHistory`). Returns how many promotions it saw.
 fn check_authority(server: &PgServer) -> usize {
-    let mut registry = Registry::new();
-    let mut epochs: HashMap<GroupKey, halo_ids::Epoch> = HashMap::new();
-    let mut promotions = 0;
+    let mut history = AuthorityHistory::new();
     for (seq, record) in whole_log(server) {
-        let Record::Tenancy(entry) = record else {
-            continue;
-        };
-        if matches!(entry.event, Event::Promoted { .. }) {
-            promotions += 1;
-        }
-        registry
-            .apply(&entry.event, entry.at)
-            .unwrap_or_else(|e| panic!("record {seq} does not apply on replay: {e}"));
-        let mut holders: HashMap<GroupKey, usize> = HashMap::new();
-        for site in registry.sites().filter(|s| s.is_authoritative()) {
-            *holders.entry(site.group_key()).or_default() += 1;
-        }
-        for (key, n) in &holders {
-            assert!(*n <= 1, "after record {seq}, group {key:?} has {n} holders");
-        }
-        for (key, group) in registry.groups() {
-            let before = epochs.insert(*key, group.epoch());
-            if let Some(before) = before {
-                assert!(
-                    group.epoch() >= before,
-                    "after record {seq}, group {key:?}'s epoch went back from {before:?} to {:?}",
-                    group.epoch()
-                );
-            }
+        if let Record::Tenancy(entry) = record {
+            history
+                .check(seq.get(), &entry.event, entry.at)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    promotions
+    usize::try_from(history.promotions()).unwrap()
 }
 
 #[test]

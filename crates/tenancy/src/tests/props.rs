@@ -486,3 +486,24 @@ proptest! {
         prop_assert_eq!(Registry::replay(&decoded).unwrap(), live);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(250))]
+
+    /// The history checker passes every history the registry produces, and its
+    /// incremental view of the holders equals a full scan after every event.
+    #[test]
+    fn the_history_checker_agrees_with_a_full_scan(log in arb_log(400)) {
+        let (_, applied) = run(&log, false)?;
+        let mut history = crate::AuthorityHistory::new();
+        for (i, entry) in applied.iter().enumerate() {
+            history.check(i as u64, &entry.event, entry.at).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut scanned: HashMap<GroupKey, std::collections::HashSet<HaloGuid>> = HashMap::new();
+            for site in history.registry().sites().filter(|s| s.is_authoritative()) {
+                scanned.entry(site.group_key()).or_default().insert(site.halo_guid());
+            }
+            prop_assert_eq!(history.tracked_holders(), scanned);
+        }
+        prop_assert_eq!(history.events(), applied.len() as u64);
+    }
+}
