@@ -226,10 +226,19 @@ fn forwardable_link(app: &AppState, method: &Method, path: &str) -> Option<halo_
 /// occurrence). False on a single node, and when no node holds the Link (this node
 /// may then run it and answer that the site is offline).
 pub fn runs_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> bool {
-    let (Some(forwarding), Some(link)) = (app.forwarding.as_ref(), link_of(app, site)) else {
-        return false;
-    };
-    matches!(forwarding.leases.placement(link), Placement::Remote { .. })
+    holder_elsewhere(app, site).is_some()
+}
+
+/// The node holding a live lease of `site`'s Link, when that is another node of
+/// the cluster (where an async query for the site must run: its runner hands it
+/// over there). `None` on a single node, when this node holds the Link, and when no
+/// node does.
+pub(crate) fn holder_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> Option<String> {
+    let forwarding = app.forwarding.as_ref()?;
+    match forwarding.leases.placement(link_of(app, site)?) {
+        Placement::Remote { node_id, .. } => Some(node_id),
+        Placement::Local | Placement::Nowhere => None,
+    }
 }
 
 /// Middleware: runs an immediate query here when this node holds its Link's

@@ -221,7 +221,8 @@ pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// A cluster node's lease loop: renews this node's lease, then adopts the unfinished
 /// queries of nodes whose lease lapsed and runs them as a restarted node would
-/// ([`async_query::recover_records`]).
+/// ([`async_query::recover_records`]), and runs the queued queries other nodes
+/// handed over to it (it holds their Link).
 async fn adopt_forever(app: AppState) {
     let mut every = tokio::time::interval(LEASE_RENEW_EVERY);
     loop {
@@ -230,13 +231,24 @@ async fn adopt_forever(app: AppState) {
         let adopted = tokio::task::spawn_blocking(move || {
             work.jobs.store.keep_alive()?;
             let texts = work.jobs.store.adopt_lapsed()?;
-            async_query::recover_records(&work.jobs, texts, now())
+            let mut resume = async_query::recover_records(&work.jobs, texts, now())?;
+            // Never dispatched (a node hands over only a queued query): run as is.
+            for text in work.jobs.store.take_handed_over()? {
+                match serde_json::from_str::<record::AsyncRecord>(&text) {
+                    Ok(record) => {
+                        tracing::info!(query = %record.id, "took over an async query handed to this node");
+                        resume.push(record);
+                    }
+                    Err(e) => tracing::error!(error = %e, "a handed-over async query does not decode"),
+                }
+            }
+            Ok::<_, JobStoreError>(resume)
         })
         .await;
         match adopted {
             Ok(Ok(resume)) => {
                 for record in resume {
-                    tracing::warn!(query = %record.id, "adopted an async query whose node's lease lapsed");
+                    tracing::info!(query = %record.id, "running an async query taken over from another node");
                     async_query::spawn(Arc::clone(&app), record, true);
                 }
             }
