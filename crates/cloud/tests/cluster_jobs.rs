@@ -19,11 +19,13 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures_util::{SinkExt as _, StreamExt as _};
+use halo_cloud::lease::Placement;
 use halo_cloud::{CloudConfig, ClusterConfig, HttpLimits, KEY_HEADER, RunningCloud, app};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
 use halo_protocol::{
-    CatalogueInfo, CloudToLink, DatabaseInfo, Hello, LinkToCloud, ResultEnd, ResultPage,
+    CatalogueInfo, CloudToLink, DatabaseInfo, Hello, LinkToCloud, QueryResult, ResultEnd,
+    ResultPage,
 };
 use halo_router::RouterConfig;
 use halo_tenancy::{AvailabilityConfig, Catalogue, Event, SiteIdentity};
@@ -56,16 +58,30 @@ async fn start(server: &PgServer, name: &str) -> RunningCloud {
 }
 
 /// A node; with `peer`, listening there and announcing it as its peer address (so
-/// that the others see where its Links are).
+/// that the others see where its Links are and forward to it).
 async fn start_on(server: &PgServer, name: &str, peer: Option<SocketAddr>) -> RunningCloud {
+    start_tuned(server, name, peer, |_| {}).await
+}
+
+/// [`start_on`], with its cluster settings changed by `tune`.
+async fn start_tuned(
+    server: &PgServer,
+    name: &str,
+    peer: Option<SocketAddr>,
+    tune: impl FnOnce(&mut ClusterConfig),
+) -> RunningCloud {
     let mut config = cloud_config();
     if let Some(addr) = peer {
         config.listen = addr;
     }
     let mut cluster = ClusterConfig::new(server.url(), name);
     cluster.peer_addr = peer;
+    cluster.cluster_secret = peer.map(|_| {
+        halo_cloud::forward::ClusterSecret::new(b"cluster-jobs-secret-0123456789abcdef").unwrap()
+    });
     cluster.poll_every = Duration::from_millis(100);
     cluster.timeout = Duration::from_secs(2);
+    tune(&mut cluster);
     let jobs = halo_cloud::JobsConfig {
         tick: Duration::from_millis(50),
         ..halo_cloud::JobsConfig::default()
@@ -312,11 +328,8 @@ const JOB_TAKES: Duration = Duration::from_millis(2500);
 /// The paged jobs a scripted Link received, by command text.
 type Jobs = Arc<Mutex<HashMap<String, usize>>>;
 
-/// Attaches a scripted Link to `node` over a real WebSocket: [`seed`]'s Link,
-/// serving its site. It answers every paged job with one page of one row after
-/// [`JOB_TAKES`] (longer than a lease round, so that a query started twice would
-/// be seen), counts the jobs by command text and sends a heartbeat every second.
-async fn attach_link(node: &RunningCloud, jobs: Jobs) -> tokio::task::JoinHandle<()> {
+/// A credential, issued on `node`, for [`seed`]'s Link.
+async fn link_token(node: &RunningCloud) -> String {
     let request = Request::builder()
         .method("POST")
         .uri("/admin/link-credentials")
@@ -335,10 +348,18 @@ async fn attach_link(node: &RunningCloud, jobs: Jobs) -> tokio::task::JoinHandle
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .unwrap();
-    let token = serde_json::from_slice::<Value>(&bytes).unwrap()["key"]
+    serde_json::from_slice::<Value>(&bytes).unwrap()["key"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// Attaches a scripted Link to `node` over a real WebSocket: [`seed`]'s Link,
+/// serving its site, with `token`. It answers every paged job with one page of one
+/// row after [`JOB_TAKES`] (longer than a lease round, so that a query started
+/// twice would be seen) and every immediate job at once with one row, counts the
+/// jobs by command text and sends a heartbeat every second.
+async fn attach_link(node: &RunningCloud, token: &str, jobs: Jobs) -> tokio::task::JoinHandle<()> {
     let mut ws_request = format!("ws://{}/link/ws", node.addr)
         .into_client_request()
         .unwrap();
@@ -413,6 +434,13 @@ async fn attach_link(node: &RunningCloud, jobs: Jobs) -> tokio::task::JoinHandle
                                     ]);
                                 });
                                 Vec::new()
+                            }
+                            CloudToLink::QueryJob(job) => {
+                                *jobs.lock().entry(job.command.clone()).or_default() += 1;
+                                let rows = br#"[{"first_name":"Ann"}]"#;
+                                vec![LinkToCloud::QueryResult(QueryResult::from_json(
+                                    job.query_id, 1, rows, 1,
+                                ))]
                             }
                             _ => Vec::new(),
                         }
@@ -497,7 +525,7 @@ async fn queries_owned_away_from_their_link_are_handed_over_and_run_there_once()
     })
     .await;
     let jobs = Jobs::default();
-    let link = attach_link(&b, Arc::clone(&jobs)).await;
+    let link = attach_link(&b, &link_token(&b).await, Arc::clone(&jobs)).await;
     for id in [&accepted, &adopted] {
         let path = format!("{queries}/{id}");
         eventually("the query succeeds, as either node sees it", async || {
@@ -523,6 +551,102 @@ async fn queries_owned_away_from_their_link_are_handed_over_and_run_there_once()
     ]
     .into();
     assert_eq!(*jobs.lock(), expected);
+    link.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The node holding a live lease of [`seed`]'s Link, as the database says.
+async fn lease_holder(db: &tokio_postgres::Client) -> Option<String> {
+    db.query_opt(
+        "SELECT node_id FROM link_leases WHERE link_id = $1 AND expires_at > now()",
+        &[&LinkGuid::from_u128(7).unwrap().to_string()],
+    )
+    .await
+    .unwrap()
+    .map(|row| row.get(0))
+}
+
+/// Moves the scripted Link to `to`: its session ends where it was, it attaches to
+/// `to`, and returns once `to` holds its lease.
+async fn move_link(
+    link: tokio::task::JoinHandle<()>,
+    token: &str,
+    to: &RunningCloud,
+    name: &str,
+    jobs: &Jobs,
+    db: &tokio_postgres::Client,
+) -> tokio::task::JoinHandle<()> {
+    link.abort();
+    eventually("the link's lease is released", async || {
+        lease_holder(db).await.is_none()
+    })
+    .await;
+    let link = attach_link(to, token, Arc::clone(jobs)).await;
+    eventually("the link's new node holds its lease", async || {
+        lease_holder(db).await.as_deref() == Some(name)
+    })
+    .await;
+    link
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_that_finds_its_lease_stale_reads_the_leases_again_at_once() {
+    let server = PgServer::start();
+    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Leases of a minute: a node that read one goes on believing it for that long.
+    let long = |cluster: &mut ClusterConfig| cluster.lease_ttl = Duration::from_secs(60);
+    let b = start_tuned(&server, "b", Some(free_addr()), long).await;
+    let c = start_tuned(&server, "c", Some(free_addr()), long).await;
+    let site = seed(&b).await;
+    let jobs = Jobs::default();
+    let token = link_token(&b).await;
+    let link = attach_link(&b, &token, Arc::clone(&jobs)).await;
+    eventually("b holds the link's lease", async || {
+        lease_holder(&db).await.as_deref() == Some("b")
+    })
+    .await;
+    // a reads the others' leases when it starts, then only once a minute: without
+    // reading them again when a forward fails, it would go on sending to b, as
+    // the lease it read says.
+    let a = start_tuned(&server, "a", Some(free_addr()), |cluster| {
+        cluster.lease_renew_every = Duration::from_secs(60);
+        cluster.lease_ttl = Duration::from_secs(120);
+    })
+    .await;
+    for node in [&a, &c] {
+        eventually("the node follows the site and the key", async || {
+            call(node, "GET", &format!("/integrator/sites/{site}"), None)
+                .await
+                .0
+                == StatusCode::OK
+        })
+        .await;
+    }
+    let immediate = format!("/integrator/sites/{site}/queries/immediate");
+    let body = json!({"command": command()});
+    let leases = &a.app.forwarding.as_ref().unwrap().leases;
+    eventually("a has read b's lease", async || {
+        matches!(leases.placement(LinkGuid::from_u128(7).unwrap()),
+            Placement::Remote { node_id, .. } if node_id == "b")
+    })
+    .await;
+    let (status, answer) = call(&a, "POST", &immediate, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "forwarded to b: {answer}");
+    // The Link moves to c; b is alive but no longer holds it (it answers so).
+    let link = move_link(link, &token, &c, "c", &jobs, &db).await;
+    let (status, answer) = call(&a, "POST", &immediate, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "sent to b, then to c: {answer}");
+    // The Link moves back to b and c stops: the connection to c is refused.
+    let link = move_link(link, &token, &b, "b", &jobs, &db).await;
+    c.stop().await;
+    let (status, answer) = call(&a, "POST", &immediate, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "c refused, sent to b: {answer}");
+    // Each ran once at the Link.
+    assert_eq!(jobs.lock().get("SELECT * FROM patients"), Some(&3));
     link.abort();
     a.stop().await;
     b.stop().await;
