@@ -322,6 +322,9 @@ async fn a_registered_query_fires_once_per_occurrence_with_two_schedulers() {
     b.stop().await;
 }
 
+/// A command the scripted Link never answers.
+const HANGS: &str = "SELECT last_name FROM patients";
+
 /// How long the scripted Link takes to answer a job.
 const JOB_TAKES: Duration = Duration::from_millis(2500);
 
@@ -357,8 +360,9 @@ async fn link_token(node: &RunningCloud) -> String {
 /// Attaches a scripted Link to `node` over a real WebSocket: [`seed`]'s Link,
 /// serving its site, with `token`. It answers every paged job with one page of one
 /// row after [`JOB_TAKES`] (longer than a lease round, so that a query started
-/// twice would be seen) and every immediate job at once with one row, counts the
-/// jobs by command text and sends a heartbeat every second.
+/// twice would be seen) and every immediate job at once with one row, except
+/// [`HANGS`], never answered; counts the jobs by command text (and the cancels, as
+/// `cancel`) and sends a heartbeat every second.
 async fn attach_link(node: &RunningCloud, token: &str, jobs: Jobs) -> tokio::task::JoinHandle<()> {
     let mut ws_request = format!("ws://{}/link/ws", node.addr)
         .into_client_request()
@@ -418,6 +422,9 @@ async fn attach_link(node: &RunningCloud, token: &str, jobs: Jobs) -> tokio::tas
                             CloudToLink::StreamJob(job) => {
                                 let id = job.job.query_id;
                                 *jobs.lock().entry(job.job.command.clone()).or_default() += 1;
+                                if job.job.command == HANGS {
+                                    continue;
+                                }
                                 let answers = answers.clone();
                                 tokio::spawn(async move {
                                     tokio::time::sleep(JOB_TAKES).await;
@@ -441,6 +448,10 @@ async fn attach_link(node: &RunningCloud, token: &str, jobs: Jobs) -> tokio::tas
                                 vec![LinkToCloud::QueryResult(QueryResult::from_json(
                                     job.query_id, 1, rows, 1,
                                 ))]
+                            }
+                            CloudToLink::Cancel { .. } => {
+                                *jobs.lock().entry("cancel".to_owned()).or_default() += 1;
+                                Vec::new()
                             }
                             _ => Vec::new(),
                         }
@@ -647,6 +658,88 @@ async fn a_forward_that_finds_its_lease_stale_reads_the_leases_again_at_once() {
     assert_eq!(status, StatusCode::OK, "c refused, sent to b: {answer}");
     // Each ran once at the Link.
     assert_eq!(jobs.lock().get("SELECT * FROM patients"), Some(&3));
+    link.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registered_query_cancelled_on_one_node_stops_its_occurrence_on_another() {
+    let server = PgServer::start();
+    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let a = start_on(&server, "a", Some(free_addr())).await;
+    let b = start_on(&server, "b", Some(free_addr())).await;
+    let site = seed(&a).await;
+    eventually("node b follows the site and the key", async || {
+        call(&b, "GET", &format!("/integrator/sites/{site}"), None)
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
+    let jobs = Jobs::default();
+    let link = attach_link(&b, &link_token(&b).await, Arc::clone(&jobs)).await;
+    // a knows the Link is on b, so b fires the occurrences.
+    let leases = &a.app.forwarding.as_ref().unwrap().leases;
+    eventually("a has read b's lease", async || {
+        matches!(leases.placement(LinkGuid::from_u128(7).unwrap()),
+            Placement::Remote { node_id, .. } if node_id == "b")
+    })
+    .await;
+    let registered = format!("/integrator/sites/{site}/queries/registered");
+    let (status, created) = call(
+        &a,
+        "POST",
+        &registered,
+        Some(json!({
+            "name": "hangs",
+            "registeredQueryType": "query",
+            "frequency": 600,
+            "duration": 1200,
+            "registerCommand": {"command": {"text": HANGS, "type": "text", "executionMode": "reader"}},
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let occurrence = async || -> Option<(String, Value)> {
+        let row = db
+            .query_opt(
+                "SELECT owner, record FROM halo_jobs_queries WHERE record::jsonb ->> 'registeredId' = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()?;
+        Some((
+            row.get(0),
+            serde_json::from_str(&row.get::<_, String>(1)).unwrap(),
+        ))
+    };
+    eventually("the occurrence runs at the Link, on b", async || {
+        occurrence()
+            .await
+            .is_some_and(|(owner, record)| owner == "b" && record["status"] == "executing")
+    })
+    .await;
+    assert_eq!(jobs.lock().get(HANGS), Some(&1));
+    // Cancelled through a: b stops it.
+    let (status, _) = call(&a, "DELETE", &format!("{registered}/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    eventually("the occurrence ends cancelled", async || {
+        occurrence()
+            .await
+            .is_some_and(|(_, record)| record["status"] == "executionFailed")
+    })
+    .await;
+    let (_, record) = occurrence().await.unwrap();
+    assert_eq!(record["error"]["code"], 409, "{record}");
+    eventually("the Link is told to stop it", async || {
+        jobs.lock().get("cancel") == Some(&1)
+    })
+    .await;
     link.abort();
     a.stop().await;
     b.stop().await;

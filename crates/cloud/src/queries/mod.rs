@@ -98,6 +98,22 @@ pub(crate) struct Running {
 }
 
 impl Jobs {
+    /// The registered queries (ids, each once) whose occurrences this process runs
+    /// now.
+    pub(crate) fn running_registered(&self) -> Vec<String> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids: Vec<String> = running
+            .values()
+            .filter_map(|r| r.registered.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Cancels the running occurrences of a registered query: each stops at its
     /// Link (if it runs there) and ends `executionFailed`. Returns how many.
     pub(crate) fn cancel_occurrences(&self, registered: &str) -> usize {
@@ -254,6 +270,36 @@ async fn adopt_forever(app: AppState) {
             }
             Ok(Err(e)) => tracing::error!(error = %e, "renewing the job lease failed"),
             Err(e) => tracing::error!(error = %e, "the job lease task failed"),
+        }
+        cancelled_elsewhere(&app).await;
+    }
+}
+
+/// On a cluster: stops the occurrences this node runs whose registered query was
+/// cancelled, through whichever node (the cancel is in the shared store: the
+/// registered query's `cancel_requested`). One read per lease round, only while
+/// this node runs occurrences.
+async fn cancelled_elsewhere(app: &AppState) {
+    let ids = app.jobs.running_registered();
+    if ids.is_empty() {
+        return;
+    }
+    let texts = match blocking(&app.jobs.store, move |s| s.registered_records(&ids)).await {
+        Ok(texts) => texts,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the registered queries of running occurrences failed");
+            return;
+        }
+    };
+    for text in texts {
+        let Ok(record) = serde_json::from_str::<registered::RegisteredRecord>(&text) else {
+            continue;
+        };
+        if record.cancel_requested {
+            let stopped = app.jobs.cancel_occurrences(&record.id);
+            if stopped > 0 {
+                tracing::info!(registered = %record.id, stopped, "registered query cancelled (maybe through another node): its occurrences here stop");
+            }
         }
     }
 }

@@ -880,6 +880,18 @@ impl JobStore for PgJobStore {
         }
     }
 
+    fn registered_records(&self, ids: &[String]) -> Result<Vec<String>, JobStoreError> {
+        self.run(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    "SELECT record FROM halo_jobs_registered WHERE id = ANY($1)",
+                    &[&ids],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn take_handed_over(&self) -> Result<Vec<String>, JobStoreError> {
         if !self.may_dispatch() {
             // Left for the next round, or for the node that adopts them.

@@ -316,6 +316,22 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     fn take_handed_over(&self) -> Result<Vec<String>, JobStoreError> {
         Ok(Vec::new())
     }
+
+    /// The records of the registered queries among `ids` (those that exist), in
+    /// one read: a cluster node checks whether the occurrences it runs were
+    /// cancelled through another node.
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the read fails.
+    fn registered_records(&self, ids: &[String]) -> Result<Vec<String>, JobStoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((record, _)) = self.registered(id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// The SQLite engine of [`JobStore`].
