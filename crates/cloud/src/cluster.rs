@@ -27,12 +27,12 @@
 //!   ([`crate::forward`]).
 //! - **Shared async work.** Async queries, result pages, registered-query
 //!   schedules and the webhook outbox live in PostgreSQL
-//!   ([`crate::queries::pg_store`]).
-//!
+//!   ([`crate::queries::pg_store`]). A queued async query runs on the node
+//!   holding its Link: the node that owns it hands it over there. Cancelling a
+//!   registered query through any node stops its occurrence on the node running
+//!   it within a lease round (about a second).
 //! - **Shared limits.** Quota and rate-limit counts are added to totals in
 //!   PostgreSQL every 250 ms and read back ([`crate::counters`]).
-//!
-//! Not built yet: cancelling an occurrence running on another node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -23,6 +23,16 @@
 //! owned and run, by the node holding its Link (its pages arrive there), and a
 //! registered query's occurrence is fired by that node too ([`runs_elsewhere`]).
 //!
+//! **A stale lease.** A node forwards by the leases it read in its last renewal
+//! round (up to [`ClusterConfig::lease_renew_every`](crate::ClusterConfig) old).
+//! When the node it picked refuses the connection, or answers 503 with
+//! `x-halo-forward-not-holder` (it does not hold the Link: it ran nothing), the
+//! sender reads the leases again at once ([`LinkLeases::refresh`]) and sends the
+//! request once more, to the node holding the Link now (or runs it itself, or
+//! accepts an async query to wait for its Link); only then does it answer 503. A
+//! request that may have reached the first node (the connection broke later) is
+//! never sent twice.
+//!
 //! **Limits.** The channel is plain HTTP: run it on a private network (the
 //! secret authenticates, it does not encrypt). A captured forwarded request can be
 //! replayed to a node within [`MAX_SKEW`].
@@ -65,6 +75,9 @@ const FOR: &str = "x-halo-forwarded-for";
 const AT: &str = "x-halo-forwarded-at";
 const SIGNATURE: &str = "x-halo-forward-signature";
 const PREFIX: &str = "x-halo-forward";
+/// On a forwarded request's answer: the receiving node did not run it because it
+/// does not hold the Link's lease (the sender's lease is stale).
+const NOT_HOLDER: &str = "x-halo-forward-not-holder";
 
 /// The shared secret of the node-to-node channel.
 #[derive(Clone, PartialEq, Eq)]
@@ -201,6 +214,17 @@ fn no_lease() -> Response {
     .into_response()
 }
 
+/// [`no_lease`] for a forwarded request this node did not run because it does not
+/// hold the Link's lease: marked so that the sender reads the leases again and
+/// tries the node that holds it now.
+fn not_holder() -> Response {
+    let mut response = no_lease();
+    response
+        .headers_mut()
+        .insert(NOT_HOLDER, HeaderValue::from_static("1"));
+    response
+}
+
 fn refused(why: &str) -> Response {
     tracing::warn!(why, "forwarded request refused");
     ApiError::unauthorized(format!("forwarded request refused: {why}")).into_response()
@@ -241,10 +265,19 @@ fn forwardable_link(app: &AppState, method: &Method, path: &str) -> Option<halo_
 /// occurrence). False on a single node, and when no node holds the Link (this node
 /// may then run it and answer that the site is offline).
 pub fn runs_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> bool {
-    let (Some(forwarding), Some(link)) = (app.forwarding.as_ref(), link_of(app, site)) else {
-        return false;
-    };
-    matches!(forwarding.leases.placement(link), Placement::Remote { .. })
+    holder_elsewhere(app, site).is_some()
+}
+
+/// The node holding a live lease of `site`'s Link, when that is another node of
+/// the cluster (where an async query for the site must run: its runner hands it
+/// over there). `None` on a single node, when this node holds the Link, and when no
+/// node does.
+pub(crate) fn holder_elsewhere(app: &AppState, site: halo_ids::HaloGuid) -> Option<String> {
+    let forwarding = app.forwarding.as_ref()?;
+    match forwarding.leases.placement(link_of(app, site)?) {
+        Placement::Remote { node_id, .. } => Some(node_id),
+        Placement::Local | Placement::Nowhere => None,
+    }
 }
 
 /// Middleware: runs an immediate query here when this node holds its Link's
@@ -290,12 +323,64 @@ pub async fn route_or_forward(
             ) {
                 return e.into_response();
             }
-            match (placement, &forwarding.secret) {
-                (Placement::Remote { node_id, peer_addr }, Some(secret)) => {
-                    send(forwarding, secret, parts, body, &node_id, peer_addr).await
+            let (Placement::Remote { node_id, peer_addr }, Some(secret)) =
+                (placement, &forwarding.secret)
+            else {
+                return no_lease();
+            };
+            let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+                return ApiError::bad_request("the request body could not be read").into_response();
+            };
+            let first = send(
+                forwarding,
+                secret,
+                &parts,
+                body.clone(),
+                &node_id,
+                peer_addr,
+            )
+            .await;
+            let Forwarded::NotRun = first else {
+                return first.into_response();
+            };
+            // The lease this node read is stale: the holder is gone or no longer holds
+            // the Link. Read the leases again now, not at the next round, and go
+            // where the Link is now (once).
+            forwarding.leases.refresh().await;
+            match forwarding.leases.placement(link) {
+                Placement::Local => next.run(Request::from_parts(parts, Body::from(body))).await,
+                Placement::Nowhere if accepts_async => {
+                    next.run(Request::from_parts(parts, Body::from(body))).await
+                }
+                Placement::Remote {
+                    node_id: now_id,
+                    peer_addr: now_addr,
+                } if now_id != node_id || now_addr != peer_addr => {
+                    send(forwarding, secret, &parts, body, &now_id, now_addr)
+                        .await
+                        .into_response()
                 }
                 _ => no_lease(),
             }
+        }
+    }
+}
+
+/// What became of a forwarded request.
+enum Forwarded {
+    /// The owner's answer (or this node's 503 when it broke off: the request may
+    /// have run there).
+    Answer(Response),
+    /// Surely not run: the connection was refused, or the node answered that it
+    /// does not hold the Link.
+    NotRun,
+}
+
+impl Forwarded {
+    fn into_response(self) -> Response {
+        match self {
+            Forwarded::Answer(response) => response,
+            Forwarded::NotRun => no_lease(),
         }
     }
 }
@@ -320,22 +405,16 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 async fn send(
     forwarding: &Forwarding,
     secret: &ClusterSecret,
-    parts: Parts,
-    body: Body,
+    parts: &Parts,
+    body: Bytes,
     owner: &str,
     peer_addr: SocketAddr,
-) -> Response {
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::bad_request("the request body could not be read").into_response();
-        }
-    };
+) -> Forwarded {
     let path = parts
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let caller = caller_ip(&parts).map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    let caller = caller_ip(parts).map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let at = unix_millis().to_string();
     let node = forwarding.leases.node_id();
     let signature = secret.sign(
@@ -374,12 +453,21 @@ async fn send(
         .await;
     let answer = match sent {
         Ok(answer) => answer,
+        // Never delivered: safe to send elsewhere.
+        Err(e) if e.is_connect() => {
+            tracing::warn!(owner, %peer_addr, error = %e, "cannot connect to the node holding the link");
+            return Forwarded::NotRun;
+        }
         Err(e) => {
             tracing::warn!(owner, %peer_addr, error = %e, "cannot forward to the node holding the link");
-            return no_lease();
+            return Forwarded::Answer(no_lease());
         }
     };
     let status = answer.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE && answer.headers().contains_key(NOT_HOLDER) {
+        tracing::debug!(owner, %peer_addr, "the node no longer holds the link");
+        return Forwarded::NotRun;
+    }
     let mut response_headers = HeaderMap::with_capacity(answer.headers().len());
     for (name, value) in answer.headers() {
         if !hop_by_hop(name) {
@@ -390,13 +478,13 @@ async fn send(
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(owner, %peer_addr, error = %e, "the forwarded answer broke off");
-            return no_lease();
+            return Forwarded::Answer(no_lease());
         }
     };
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     *response.headers_mut() = response_headers;
-    response
+    Forwarded::Answer(response)
 }
 
 /// Verifies a forwarded request and runs it here, never forwarding it again.
@@ -456,13 +544,13 @@ async fn accept(app: &AppState, forwarding: &Forwarding, request: Request, next:
                 .any(|suffix| parts.uri.path().ends_with(suffix))
         {
             // A site this node does not know (yet): not forwarded again.
-            return no_lease();
+            return not_holder();
         }
         return refused("only immediate queries and async acceptances are forwarded");
     };
     // The loop guard: a forwarded request runs here or not at all.
     if forwarding.leases.placement(link) != Placement::Local {
-        return no_lease();
+        return not_holder();
     }
     let names: Vec<HeaderName> = parts
         .headers

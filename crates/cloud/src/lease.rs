@@ -8,6 +8,11 @@
 //!   per Link), for [`ClusterConfig::lease_ttl`]; the same statement reads every
 //!   other node's live lease, which is where this node forwards requests for the
 //!   Links it does not hold ([`crate::forward`]).
+//! - **Reading again at once.** When a forward finds its lease stale (the holder
+//!   refused the connection, or answered that it no longer holds the Link),
+//!   [`LinkLeases::refresh`] runs a round now instead of at the next renewal, so a
+//!   Link that moved is found at once. The rounds asked for at the same moment are
+//!   one round, and they come at most every [`REFRESH_GAP`].
 //! - **Failing closed.** This node routes to a Link of its own only while the
 //!   lease it last renewed runs (measured from before the renewal was sent, so it
 //!   ends here before it ends in the database). When it lapses (the database is
@@ -72,13 +77,20 @@ struct Table {
 enum Op {
     Take(LinkGuid),
     Release(LinkGuid),
+    /// Run a round now and say when it is done.
+    Refresh(tokio::sync::oneshot::Sender<()>),
 }
+
+/// The shortest time between two rounds that [`LinkLeases::refresh`] asked for.
+pub const REFRESH_GAP: Duration = Duration::from_millis(50);
 
 /// This node's view of the Link leases: its own attachments and the other nodes'
 /// live leases.
 pub struct LinkLeases {
     node_id: String,
     ttl: Duration,
+    /// The longest [`LinkLeases::refresh`] waits (the database deadline).
+    timeout: Duration,
     table: Arc<Mutex<Table>>,
     ops: Mutex<mpsc::Sender<Op>>,
 }
@@ -151,6 +163,7 @@ impl LinkLeases {
         let leases = Arc::new(LinkLeases {
             node_id: config.node_id.clone(),
             ttl: config.lease_ttl,
+            timeout: config.timeout,
             table: Arc::clone(&table),
             ops: Mutex::new(tx),
         });
@@ -218,6 +231,18 @@ impl LinkLeases {
         }
     }
 
+    /// Reads every node's leases again now (one renewal round, shared with the
+    /// callers asking at the same moment) and returns once it is done, or after the
+    /// database deadline: [`LinkLeases::placement`] then answers from what the
+    /// database says now rather than from the last periodic round.
+    pub async fn refresh(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.ops.lock().send(Op::Refresh(done)).is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(self.timeout, wait).await;
+    }
+
     /// This node's name.
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -241,15 +266,25 @@ struct Worker {
 impl Worker {
     fn run(mut self, ops: &mpsc::Receiver<Op>) {
         let mut next_round = Instant::now();
+        let mut last_round: Option<Instant> = None;
         let mut takes: Vec<LinkGuid> = Vec::new();
         let mut releases: Vec<LinkGuid> = Vec::new();
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
-            let wait = next_round.saturating_duration_since(Instant::now());
+            // A refresh is due at once, or REFRESH_GAP after the last round.
+            let refresh_at = match (waiting.is_empty(), last_round) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, Some(at)) => Some(at + REFRESH_GAP),
+            };
+            let due = refresh_at.map_or(next_round, |at| at.min(next_round));
+            let wait = due.saturating_duration_since(Instant::now());
             match ops.recv_timeout(wait) {
                 Ok(op) => {
                     let mut push = |op| match op {
                         Op::Take(l) => takes.push(l),
                         Op::Release(l) => releases.push(l),
+                        Op::Refresh(done) => waiting.push(done),
                     };
                     push(op);
                     while let Ok(op) = ops.try_recv() {
@@ -288,9 +323,16 @@ impl Worker {
                     }
                 }
             }
-            if Instant::now() >= next_round {
+            let now = Instant::now();
+            let refresh =
+                !waiting.is_empty() && last_round.is_none_or(|at| now >= at + REFRESH_GAP);
+            if refresh || now >= next_round {
+                last_round = Some(now);
                 self.round();
                 next_round = Instant::now() + self.every;
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
             }
         }
     }

@@ -15,6 +15,12 @@
 //! (their partial pages are deleted); a `nonQuery` that may have run is not run
 //! twice: it ends `executionFailed`, saying its outcome is unknown. Finished
 //! queries and their pages stay readable until their retention ends.
+//!
+//! **On a cluster** a node dispatches only to the Links attached to it. A queued
+//! query whose Link holds a lease on another node (it was accepted while the Link
+//! was on no node, adopted from a node that died, or its Link moved) is handed over
+//! to that node ([`super::store::JobStore::hand_over`], a compare-and-set on its
+//! owner) and forgotten here; that node runs it, so it is dispatched once.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -458,7 +464,9 @@ pub(crate) fn spawn(app: AppState, record: AsyncRecord, resumed: bool) {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&record.id);
         let (status, error) = match outcome {
-            Ok(()) => (AsyncStatus::Successful, None),
+            Ok(Ran::Done) => (AsyncStatus::Successful, None),
+            // Another node runs it now: this one writes nothing more.
+            Ok(Ran::Elsewhere) => return,
             Err(f) => (f.status, f.error),
         };
         finish(&app, record, status, error).await;
@@ -521,14 +529,59 @@ async fn end(jobs: &Jobs, record: &AsyncRecord, expires_at: u64) -> Result<(), J
     .await
 }
 
+/// How a run that did not fail ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    /// Its result is stored: it ends `successful`.
+    Done,
+    /// Another node runs it now (it was handed over to the node holding its Link,
+    /// or adopted by another node): this node must not touch it again.
+    Elsewhere,
+}
+
+/// What a queued query does when its Link is not attached to this node.
+enum Waiting {
+    /// Handed over, or no longer this node's.
+    Elsewhere,
+    /// Wait and route again.
+    Retry,
+}
+
+/// On a cluster: hands a queued query whose Link holds a lease on another node
+/// over to that node (a compare-and-set on its owner), since a node dispatches only
+/// to the Links attached to it. Waits when no other node holds the Link, or when
+/// the store cannot be reached (the hand-over is tried again).
+async fn hand_over_if_elsewhere(app: &AppState, record: &AsyncRecord, site: HaloGuid) -> Waiting {
+    let Some(holder) = crate::forward::holder_elsewhere(app, site) else {
+        return Waiting::Retry;
+    };
+    let id = record.id.clone();
+    let to = holder.clone();
+    match blocking(&app.jobs.store, move |s| s.hand_over(&id, &to)).await {
+        Ok(()) => {
+            tracing::info!(query = %record.id, to = %holder, "async query handed over to the node holding its link");
+            Waiting::Elsewhere
+        }
+        Err(JobStoreError::NotOwner(_)) => {
+            tracing::warn!(query = %record.id, "async query taken over by another node; this node stops running it");
+            Waiting::Elsewhere
+        }
+        Err(e) => {
+            tracing::warn!(query = %record.id, error = %e, "handing an async query over failed; retrying");
+            Waiting::Retry
+        }
+    }
+}
+
 /// Routes the query (retrying while the site is busy, until its queue time is
-/// over), then stores its pages as they come.
+/// over; on a cluster, handing it over to the node holding its Link), then stores
+/// its pages as they come.
 async fn drive(
     app: &AppState,
     record: &mut AsyncRecord,
     resumed: bool,
     cancel: &tokio::sync::Notify,
-) -> Result<(), Failure> {
+) -> Result<Ran, Failure> {
     let site: HaloGuid = record
         .site
         .parse()
@@ -597,6 +650,14 @@ async fn drive(
         } else {
             Err(RouteError::Busy)
         };
+        if matches!(routed, Err(RouteError::Unreachable))
+            && matches!(
+                hand_over_if_elsewhere(app, record, site).await,
+                Waiting::Elsewhere
+            )
+        {
+            return Ok(Ran::Elsewhere);
+        }
         match routed {
             Ok(dispatch) => break dispatch,
             Err(RouteError::Unreachable) if attempt == 0 && !resumed => {
@@ -644,7 +705,7 @@ async fn drive(
         app.jobs.hub.remove(query_id);
     }
     drop(dispatch);
-    result
+    result.map(|()| Ran::Done)
 }
 
 async fn receive(

@@ -493,6 +493,7 @@ mod tests {
             },
             last_result: None,
             caller: None,
+            cancel_requested: false,
         };
         for status in ["enabled", "cancelled", "completed"] {
             r.status = status.into();

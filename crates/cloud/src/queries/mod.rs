@@ -98,6 +98,22 @@ pub(crate) struct Running {
 }
 
 impl Jobs {
+    /// The registered queries (ids, each once) whose occurrences this process runs
+    /// now.
+    pub(crate) fn running_registered(&self) -> Vec<String> {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ids: Vec<String> = running
+            .values()
+            .filter_map(|r| r.registered.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Cancels the running occurrences of a registered query: each stops at its
     /// Link (if it runs there) and ends `executionFailed`. Returns how many.
     pub(crate) fn cancel_occurrences(&self, registered: &str) -> usize {
@@ -221,7 +237,8 @@ pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// A cluster node's lease loop: renews this node's lease, then adopts the unfinished
 /// queries of nodes whose lease lapsed and runs them as a restarted node would
-/// ([`async_query::recover_records`]).
+/// ([`async_query::recover_records`]), and runs the queued queries other nodes
+/// handed over to it (it holds their Link).
 async fn adopt_forever(app: AppState) {
     let mut every = tokio::time::interval(LEASE_RENEW_EVERY);
     loop {
@@ -230,18 +247,59 @@ async fn adopt_forever(app: AppState) {
         let adopted = tokio::task::spawn_blocking(move || {
             work.jobs.store.keep_alive()?;
             let texts = work.jobs.store.adopt_lapsed()?;
-            async_query::recover_records(&work.jobs, texts, now())
+            let mut resume = async_query::recover_records(&work.jobs, texts, now())?;
+            // Never dispatched (a node hands over only a queued query): run as is.
+            for text in work.jobs.store.take_handed_over()? {
+                match serde_json::from_str::<record::AsyncRecord>(&text) {
+                    Ok(record) => {
+                        tracing::info!(query = %record.id, "took over an async query handed to this node");
+                        resume.push(record);
+                    }
+                    Err(e) => tracing::error!(error = %e, "a handed-over async query does not decode"),
+                }
+            }
+            Ok::<_, JobStoreError>(resume)
         })
         .await;
         match adopted {
             Ok(Ok(resume)) => {
                 for record in resume {
-                    tracing::warn!(query = %record.id, "adopted an async query whose node's lease lapsed");
+                    tracing::info!(query = %record.id, "running an async query taken over from another node");
                     async_query::spawn(Arc::clone(&app), record, true);
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "renewing the job lease failed"),
             Err(e) => tracing::error!(error = %e, "the job lease task failed"),
+        }
+        cancelled_elsewhere(&app).await;
+    }
+}
+
+/// On a cluster: stops the occurrences this node runs whose registered query was
+/// cancelled, through whichever node (the cancel is in the shared store: the
+/// registered query's `cancel_requested`). One read per lease round, only while
+/// this node runs occurrences.
+async fn cancelled_elsewhere(app: &AppState) {
+    let ids = app.jobs.running_registered();
+    if ids.is_empty() {
+        return;
+    }
+    let texts = match blocking(&app.jobs.store, move |s| s.registered_records(&ids)).await {
+        Ok(texts) => texts,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the registered queries of running occurrences failed");
+            return;
+        }
+    };
+    for text in texts {
+        let Ok(record) = serde_json::from_str::<registered::RegisteredRecord>(&text) else {
+            continue;
+        };
+        if record.cancel_requested {
+            let stopped = app.jobs.cancel_occurrences(&record.id);
+            if stopped > 0 {
+                tracing::info!(registered = %record.id, stopped, "registered query cancelled (maybe through another node): its occurrences here stop");
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! | table | holds |
 //! | --- | --- |
-//! | `halo_jobs_queries` | one row per async query: its record (JSON), whether it is unfinished, the node that runs it (`owner`), when its results expire |
+//! | `halo_jobs_queries` | one row per async query: its record (JSON), whether it is unfinished, the node that runs it (`owner`), whether it was just handed over to that node (`handed_over`), when its results expire |
 //! | `halo_jobs_pages` | result pages (`bytea`), by query and page number |
 //! | `halo_jobs_registered` | registered queries and their next occurrence (`next_at`) |
 //! | `halo_jobs_outbox` | webhooks to deliver, and the dead letters |
@@ -35,6 +35,16 @@
 //! ([`JobStore::may_dispatch`]), so it stops starting queries well before another
 //! node can adopt them.
 //!
+//! **Queries run beside their Link.** A node dispatches only to a Link attached to
+//! it. An owned query still queued whose Link holds a lease on another node is
+//! handed over to that node: `UPDATE … SET owner = $holder, handed_over = true
+//! WHERE id = $id AND owner = $me` ([`JobStore::hand_over`]), after which the old
+//! owner forgets it; the holder takes it, once, in its next lease round
+//! ([`JobStore::take_handed_over`]) and runs it (or hands it on if the Link moved
+//! again). A query handed to a node that died is adopted like any other of its
+//! queries (adoption clears `handed_over`), so at every moment exactly one node may
+//! dispatch it.
+//!
 //! **Lost server.** Every round trip has a deadline ([`PgJobOptions::timeout`]); a
 //! connection that fails or times out is dropped and the call answers
 //! [`JobStoreError::Unavailable`] (the write may or may not have happened); the next
@@ -57,11 +67,12 @@ use super::store::{Delivery, JobStore, JobStoreError, PageMeta};
 
 /// The newest schema version of the job tables this build knows; a database
 /// migrated further is refused.
-pub const PG_JOBS_SCHEMA_VERSION: i32 = 1;
+pub const PG_JOBS_SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one
 /// that has shipped; add the next.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE halo_jobs_queries (
     id TEXT PRIMARY KEY,
     unfinished BOOLEAN NOT NULL,
@@ -112,7 +123,13 @@ CREATE TABLE halo_jobs_nodes (
     node TEXT PRIMARY KEY,
     alive_until BIGINT NOT NULL
 );
-"];
+",
+    "
+ALTER TABLE halo_jobs_queries ADD COLUMN handed_over BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX halo_jobs_queries_handed_over ON halo_jobs_queries (owner)
+    WHERE unfinished AND handed_over;
+",
+];
 
 /// The advisory lock key that serialises the job tables' migrations ("HJOB").
 const MIGRATION_LOCK: i64 = 0x484A_4F42;
@@ -402,7 +419,7 @@ impl PgJobStore {
         let me = self.options.node.clone();
         self.run(async |c: &mut Client| {
             let sql = format!(
-                "UPDATE halo_jobs_queries q SET owner = $1
+                "UPDATE halo_jobs_queries q SET owner = $1, handed_over = false
                  WHERE q.unfinished AND ({which})
                  RETURNING q.record"
             );
@@ -840,6 +857,59 @@ impl JobStore for PgJobStore {
         }
         self.claim_unfinished(lapsed!())
     }
+
+    fn hand_over(&self, id: &str, to: &str) -> Result<(), JobStoreError> {
+        let me = &self.options.node;
+        if to == me.as_str() {
+            return Err(JobStoreError::Engine(
+                "a query cannot be handed over to the node that owns it".to_owned(),
+            ));
+        }
+        let n = self.run(async |c: &mut Client| {
+            Ok(c.execute(
+                "UPDATE halo_jobs_queries SET owner = $2, handed_over = true
+                 WHERE id = $1 AND owner = $3 AND unfinished",
+                &[&id, &to, me],
+            )
+            .await?)
+        })?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(JobStoreError::NotOwner(id.to_owned()))
+        }
+    }
+
+    fn registered_records(&self, ids: &[String]) -> Result<Vec<String>, JobStoreError> {
+        self.run(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    "SELECT record FROM halo_jobs_registered WHERE id = ANY($1)",
+                    &[&ids],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn take_handed_over(&self) -> Result<Vec<String>, JobStoreError> {
+        if !self.may_dispatch() {
+            // Left for the next round, or for the node that adopts them.
+            return Ok(Vec::new());
+        }
+        let me = &self.options.node;
+        self.run(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    "UPDATE halo_jobs_queries SET handed_over = false
+                     WHERE owner = $1 AND unfinished AND handed_over
+                     RETURNING record",
+                    &[me],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
 }
 
 impl crate::cluster::ClusterConfig {
@@ -1113,6 +1183,70 @@ mod tests {
         assert_eq!(b.page("q0", 1).unwrap(), None);
         // Nor does a take them back when it restarts.
         assert!(a.unfinished_queries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_handed_over_query_is_taken_once_and_its_old_owner_is_fenced_off() {
+        let server = PgServer::start();
+        let a = node(&server, "a");
+        let b = short_lease(&server, "b", Duration::from_secs(3));
+        let c = short_lease(&server, "c", Duration::from_secs(30));
+        a.put_query("q", true, "{\"n\":1}").unwrap();
+        assert!(b.take_handed_over().unwrap().is_empty());
+        a.hand_over("q", "b").unwrap();
+        // Handed over once: a owns it no more, and its writes change nothing.
+        assert!(matches!(
+            a.hand_over("q", "c"),
+            Err(JobStoreError::NotOwner(_))
+        ));
+        assert!(matches!(
+            a.put_query("q", true, "{\"stale\":1}"),
+            Err(JobStoreError::NotOwner(_))
+        ));
+        // The holder takes it once; nobody else does.
+        assert!(c.take_handed_over().unwrap().is_empty());
+        b.keep_alive().unwrap();
+        assert_eq!(b.take_handed_over().unwrap(), vec!["{\"n\":1}".to_owned()]);
+        assert!(b.take_handed_over().unwrap().is_empty());
+        assert!(a.take_handed_over().unwrap().is_empty());
+        // Handed on again (its Link moved), to a node that dies before taking it:
+        // it is adopted like any other of that node's queries, once, and the
+        // adopter does not run it a second time as handed over.
+        b.put_query("q", true, "{\"n\":2}").unwrap();
+        b.hand_over("q", "a").unwrap();
+        b.put_query("r", true, "{\"n\":3}").unwrap();
+        b.hand_over("r", "c").unwrap();
+        drop(a);
+        let a_lapses = node(&server, "a-watch");
+        assert!(
+            a_lapses.adopt_lapsed().unwrap().is_empty(),
+            "a's lease still runs"
+        );
+        c.keep_alive().unwrap();
+        // c's own handed-over query is c's already; a's lapses in 15 s: shorten it.
+        c.run(async |conn: &mut Client| {
+            conn.execute(
+                "UPDATE halo_jobs_nodes SET alive_until = 0 WHERE node = 'a'",
+                &[],
+            )
+            .await?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.adopt_lapsed().unwrap(), vec!["{\"n\":2}".to_owned()]);
+        assert_eq!(c.take_handed_over().unwrap(), vec!["{\"n\":3}".to_owned()]);
+        assert!(c.take_handed_over().unwrap().is_empty());
+        // b's lease lapses too: nothing of its is left to adopt.
+        std::thread::sleep(Duration::from_millis(3300));
+        assert!(c.adopt_lapsed().unwrap().is_empty());
+        assert!(matches!(
+            b.hand_over("q", "c"),
+            Err(JobStoreError::NotOwner(_))
+        ));
+        assert!(matches!(
+            c.hand_over("q", "c"),
+            Err(JobStoreError::Engine(_))
+        ));
     }
 
     #[test]

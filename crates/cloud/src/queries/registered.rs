@@ -138,6 +138,10 @@ pub struct RegisteredRecord {
     /// before callers were stored).
     #[serde(default)]
     pub caller: Option<StoredCaller>,
+    /// Its cancellation was asked for (`DELETE`, on any node): the node running an
+    /// occurrence stops it (even one of a schedule already `completed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 impl RegisteredRecord {
@@ -250,6 +254,7 @@ pub async fn create_registered_query(
         metrics: Metrics::default(),
         last_result: None,
         caller: Some(StoredCaller::of(&key, ip.0)),
+        cancel_requested: false,
     };
     drop(key);
     let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
@@ -361,6 +366,7 @@ pub async fn cancel_registered_query(
         record.status = "cancelled".to_owned();
         record.completed_at = Some(now().as_millis());
     }
+    record.cancel_requested = true;
     let text = serde_json::to_string(&record).map_err(|e| internal(&e))?;
     let (rid, site_s, integrator) = (
         record.id.clone(),
@@ -372,6 +378,8 @@ pub async fn cancel_registered_query(
     })
     .await
     .map_err(|e| internal(&e))?;
+    // Here at once; on a cluster, the node running an occurrence stops it within a
+    // lease round, when it reads the status stored above.
     app.jobs.cancel_occurrences(&record.id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -294,6 +294,44 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     fn adopt_lapsed(&self) -> Result<Vec<String>, JobStoreError> {
         Ok(Vec::new())
     }
+
+    /// Hands a queued query this node owns over to node `to` (the node holding its
+    /// Link), in one compare-and-set on the owner; `to` runs it once it takes it
+    /// ([`JobStore::take_handed_over`]). Only for a query never dispatched.
+    ///
+    /// # Errors
+    /// [`JobStoreError::NotOwner`] when this node no longer owns it (another node
+    /// adopted it: this node must stop running it), or the store's failure. A store
+    /// that only one process uses hands nothing over ([`JobStoreError::NotOwner`]).
+    fn hand_over(&self, id: &str, to: &str) -> Result<(), JobStoreError> {
+        let _ = to;
+        Err(JobStoreError::NotOwner(id.to_owned()))
+    }
+
+    /// Takes the queries other nodes handed over to this one since the last call
+    /// (each one once) and returns their records, to run.
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the write fails.
+    fn take_handed_over(&self) -> Result<Vec<String>, JobStoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The records of the registered queries among `ids` (those that exist), in
+    /// one read: a cluster node checks whether the occurrences it runs were
+    /// cancelled through another node.
+    ///
+    /// # Errors
+    /// [`JobStoreError`] when the read fails.
+    fn registered_records(&self, ids: &[String]) -> Result<Vec<String>, JobStoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((record, _)) = self.registered(id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// The SQLite engine of [`JobStore`].
