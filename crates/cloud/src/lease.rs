@@ -138,17 +138,18 @@ impl Drop for Held {
     }
 }
 
-/// Runs `session` until it ends or, when `held` is given, until the lease lapses.
-pub async fn while_held<F>(held: Option<&Held>, session: F) -> Result<(), String>
-where
-    F: Future<Output = Result<(), String>>,
-{
+/// Why a session ends when its node's lease of the Link lapses.
+pub const LAPSED: &str = "this node's lease of the link lapsed (its store is unreachable, or another node holds the link)";
+
+/// Completes when `held`'s lease lapsed; never without a lease (a node outside a
+/// cluster). A session polls it beside its own work, in its own loop: a wrapper
+/// future taking the session's future by value would hold that future twice (an
+/// `async fn`'s argument and the value it awaits are separate slots), which cost
+/// every idle Link about 2 KB.
+pub async fn lapsed(held: Option<&Held>) {
     match held {
-        None => session.await,
-        Some(held) => tokio::select! {
-            result = session => result,
-            () = held.lapsed() => Err("this node's lease of the link lapsed (its store is unreachable, or another node holds the link)".to_owned()),
-        },
+        Some(held) => held.lapsed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -166,6 +166,11 @@ async fn send(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
         .map_err(|e| format!("send: {e}"))
 }
 
+/// [`send`], owning `msg` (boxed by its caller, so that the message lives in the box).
+async fn send_owned(socket: &mut WebSocket, msg: CloudToLink) -> Result<(), String> {
+    send(socket, &msg).await
+}
+
 /// The most jobs written to a Link before one flush.
 const MAX_JOBS_PER_WRITE: usize = 32;
 
@@ -294,38 +299,70 @@ fn admit<'h>(
 }
 
 async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> Result<(), String> {
-    let hello = match read_hello(&mut socket).await {
+    // Boxed, and so freed once the Link is attached: the hello, the registration and
+    // their writes are not part of the future that every idle session keeps.
+    let (link, kicks, mut session) = Box::pin(handshake(&app, &mut socket, &token_hash)).await?;
+    // On a cluster node: the Link's lease, held while the session lasts.
+    let lease = app.forwarding.as_ref().map(|f| f.leases.attached(link));
+    let result = serve(
+        &app,
+        link,
+        &token_hash,
+        &mut socket,
+        &mut session,
+        &kicks,
+        lease.as_ref(),
+    )
+    .await;
+    drop(lease);
+    tracing::info!(%link, in_flight = session.in_flight(), "link detached");
+    drop(session);
+    result
+}
+
+/// A Link's hello, up to its `helloAck`: the Link's credential admits it, its
+/// databases are registered, and its session is attached. Refused (the Link is told
+/// why, and the reason returned) otherwise.
+async fn handshake<'a>(
+    app: &'a AppState,
+    socket: &mut WebSocket,
+    token_hash: &KeyHash,
+) -> Result<(LinkGuid, KickListener<'a>, LinkSession), String> {
+    let hello = match read_hello(socket).await {
         Ok(h) => h,
-        Err(reason) => return Err(refuse(&mut socket, reason).await),
+        Err(reason) => return Err(refuse(socket, reason).await),
     };
     let link = hello.link_guid;
     // Listen for revocations before the credential is checked, so none is missed.
     let kicks = app.kicks.listen(link);
-    let (admitted, rejected, first_use) = match admit(&app, &token_hash, &hello) {
+    let (admitted, rejected, first_use) = match admit(app, token_hash, &hello) {
         Ok(a) => a,
-        Err(reason) => return Err(refuse(&mut socket, reason).await),
+        Err(reason) => return Err(refuse(socket, reason).await),
     };
     if first_use {
-        let event = CredentialEvent::Bound { token_hash, link };
+        let event = CredentialEvent::Bound {
+            token_hash: *token_hash,
+            link,
+        };
         let bound = app.state.apply_credential(event, now()).await;
         if let Err(e) = bound {
             // Another connection bound it first.
-            return Err(refuse(&mut socket, e.to_string()).await);
+            return Err(refuse(socket, e.to_string()).await);
         }
     }
-    let rejected = match register(&app, &hello, &admitted, rejected).await {
+    let rejected = match register(app, &hello, &admitted, rejected).await {
         Ok(r) => r,
-        Err(reason) => return Err(refuse(&mut socket, reason).await),
+        Err(reason) => return Err(refuse(socket, reason).await),
     };
     // Belt and braces: a revocation applied while registering is also waiting in
     // `kicks`, but this refuses before the session is attached at all.
-    if let Err(e) = app.state.check_credential(&token_hash) {
-        return Err(refuse(&mut socket, e.to_string()).await);
+    if let Err(e) = app.state.check_credential(token_hash) {
+        return Err(refuse(socket, e.to_string()).await);
     }
-    let mut session = app.state.router().attach_link(link);
+    let session = app.state.router().attach_link(link);
     app.state.heartbeat(link, now());
     send(
-        &mut socket,
+        socket,
         &CloudToLink::HelloAck {
             rejected,
             heartbeat_interval_ms: Some(
@@ -338,17 +375,7 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     )
     .await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
-    // On a cluster node: the Link's lease, held while the session lasts.
-    let lease = app.forwarding.as_ref().map(|f| f.leases.attached(link));
-    let result = crate::lease::while_held(
-        lease.as_ref(),
-        serve(&app, link, &token_hash, &mut socket, &mut session, &kicks),
-    )
-    .await;
-    drop(lease);
-    tracing::info!(%link, in_flight = session.in_flight(), "link detached");
-    drop(session);
-    result
+    Ok((link, kicks, session))
 }
 
 async fn serve(
@@ -358,6 +385,7 @@ async fn serve(
     socket: &mut WebSocket,
     session: &mut LinkSession,
     kicks: &KickListener<'_>,
+    lease: Option<&crate::lease::Held>,
 ) -> Result<(), String> {
     // Acknowledgements and cancels of paged results (the async path), made on the
     // first paged job: an idle session holds no channel (its first block of slots is
@@ -369,13 +397,18 @@ async fn serve(
     // not register and unregister a waiter.
     let kicked = kicks.notify.notified();
     tokio::pin!(kicked);
+    let lapsed = crate::lease::lapsed(lease);
+    tokio::pin!(lapsed);
     loop {
         tokio::select! {
-            Some(msg) = next_control(&mut controls) => send(socket, &msg).await?,
+            () = &mut lapsed => return Err(crate::lease::LAPSED.to_owned()),
+            // Boxed with its message (see `write_jobs`).
+            Some(msg) = next_control(&mut controls) => Box::pin(send_owned(socket, msg)).await?,
             () = &mut kicked => {
                 kicked.set(kicks.notify.notified());
                 if let Err(e) = app.state.check_credential(token_hash) {
-                    let reason = refuse(socket, e.to_string()).await;
+                    // Boxed, as a session's last words (see `write_jobs`).
+                    let reason = Box::pin(refuse(socket, e.to_string())).await;
                     return Err(reason);
                 }
             }
@@ -383,43 +416,9 @@ async fn serve(
                 let Some(job) = job else {
                     return Err("session replaced by a newer connection of the same link".to_owned());
                 };
-                // Jobs queued meanwhile leave in the same write (one flush).
-                let mut next = Some(job);
-                let mut fed = 0;
-                while let Some(job) = next.take() {
-                    let query_id = job.query_id;
-                    let paging = job.paging;
-                    match to_protocol(job, now()) {
-                        Ok(job) => {
-                            match paging {
-                                None => feed(socket, &CloudToLink::QueryJob(job)).await?,
-                                Some(paging) => {
-                                    let control = controls
-                                        .get_or_insert_with(tokio::sync::mpsc::unbounded_channel)
-                                        .0
-                                        .clone();
-                                    app.jobs.hub.bind(query_id.get(), control, paging.window);
-                                    let job = halo_protocol::StreamJob {
-                                        job,
-                                        page_bytes: paging.page_bytes,
-                                        window: paging.window,
-                                    };
-                                    feed(socket, &CloudToLink::StreamJob(job)).await?;
-                                }
-                            }
-                            fed += 1;
-                        }
-                        // Never dropped silently: the integrator is told.
-                        Err(reason) => {
-                            session.complete(query_id, Err(QueryFailure::Refused(reason)));
-                        }
-                    }
-                    if fed < MAX_JOBS_PER_WRITE {
-                        // A detached session answers `None` at the next `next_job`.
-                        next = session.try_next_job().ok().flatten();
-                    }
-                }
-                socket.flush().await.map_err(|e| format!("send: {e}"))?;
+                // Boxed: a job's locals (the job, its protocol form, the write) would
+                // otherwise be part of every session's future, idle or not.
+                Box::pin(write_jobs(app, socket, session, &mut controls, job)).await?;
             }
             frame = socket.next() => {
                 let text = match frame {
@@ -463,6 +462,55 @@ async fn serve(
             }
         }
     }
+}
+
+/// Writes `job` and the jobs queued behind it (up to [`MAX_JOBS_PER_WRITE`]) to the
+/// Link, then flushes once.
+async fn write_jobs(
+    app: &AppState,
+    socket: &mut WebSocket,
+    session: &mut LinkSession,
+    controls: &mut Option<Controls>,
+    job: Job,
+) -> Result<(), String> {
+    // Jobs queued meanwhile leave in the same write (one flush).
+    let mut next = Some(job);
+    let mut fed = 0;
+    while let Some(job) = next.take() {
+        let query_id = job.query_id;
+        let paging = job.paging;
+        match to_protocol(job, now()) {
+            Ok(job) => {
+                match paging {
+                    None => feed(socket, &CloudToLink::QueryJob(job)).await?,
+                    Some(paging) => {
+                        let control = controls
+                            .get_or_insert_with(tokio::sync::mpsc::unbounded_channel)
+                            .0
+                            .clone();
+                        app.jobs.hub.bind(query_id.get(), control, paging.window);
+                        let job = halo_protocol::StreamJob {
+                            job,
+                            page_bytes: paging.page_bytes,
+                            window: paging.window,
+                        };
+                        feed(socket, &CloudToLink::StreamJob(job)).await?;
+                    }
+                }
+                fed += 1;
+            }
+            // Never dropped silently: the integrator is told.
+            Err(reason) => {
+                session.complete(query_id, Err(QueryFailure::Refused(reason)));
+            }
+        }
+        if fed < MAX_JOBS_PER_WRITE {
+            // A detached session answers `None` at the next `next_job`.
+            next = session.try_next_job().ok().flatten();
+        }
+    }
+    socket.flush().await.map_err(|e| format!("send: {e}"))?;
+    Ok(())
 }
 
 /// A session's control channel: its sender (cloned into the hub per paged job) and

@@ -26,8 +26,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const ADMIN: &str = "idle-link-memory-admin-token";
-/// What one idle Link may cost, both ends together.
-const IDLE_LINK_BYTES: usize = 32 * 1024;
+/// What one idle Link may cost, both ends together (this debug build counts about
+/// 19.9 KB). Tight on purpose: a session's future is allocated whole for every Link,
+/// so a few hundred bytes more in it show here. A wrapper that took the session's
+/// future by value (held twice) and the hello's locals kept beside the serving loop
+/// made 23.3 KB, which this bound fails.
+const IDLE_LINK_BYTES: usize = 21 * 1024;
 const LINKS: usize = 20;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -126,6 +130,7 @@ async fn an_idle_link_session_holds_no_traffic_buffers() {
     let held =
         stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
     let per_link = held.max(0) as usize / LINKS;
+    eprintln!("idle_link_memory: {per_link} bytes per idle Link ({LINKS} Links)");
     assert!(
         per_link <= IDLE_LINK_BYTES,
         "an idle Link holds {per_link} bytes (at most {IDLE_LINK_BYTES}): {stats:?}"
