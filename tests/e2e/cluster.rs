@@ -140,7 +140,11 @@ pub(crate) async fn until_ok(
             return unavailable;
         }
         assert_eq!(status, 503, "{} {site}: {body}", client.base);
-        assert!(retry, "a 503 without Retry-After: {body}");
+        assert!(
+            retry,
+            "{} {site}: a 503 without Retry-After: {body}",
+            client.base
+        );
         unavailable += 1;
         assert!(
             Instant::now() < deadline,
@@ -148,6 +152,37 @@ pub(crate) async fn until_ok(
             client.base
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pairs the integrator with practice `crn` through `client` (the node its Link
+/// registered with, which applied the registration before acknowledging the Link).
+pub(crate) async fn pair_on(client: &Client, key: &str, crn: &str) {
+    let path =
+        format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w");
+    let (status, body) = client.call(Method::POST, key, &path, None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Waits (10 s at most) until every node in `clients` answers the status of every
+/// site in `sites` for `key`: they have followed the pairings.
+pub(crate) async fn wait_followed(clients: &[&Client], key: &str, sites: &[HaloGuid]) {
+    for client in clients {
+        for site in sites {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let path = format!("/integrator/sites/{site}");
+                if let Ok((200, _)) = client.call(Method::GET, key, &path, None).await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not follow {site}",
+                    client.base
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
@@ -218,37 +253,13 @@ impl Cluster {
             let (site, link) = start_link(dir.path(), environment, crn, token, &order).await;
             // Paired on the node the Link registered with (it applied the
             // registration before acknowledging the Link).
-            let (status, body) = first
-                .call(
-                    Method::POST,
-                    &key,
-                    &format!("/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"),
-                    None,
-                )
-                .await
-                .unwrap();
-            assert_eq!(status, 200, "{body}");
+            pair_on(first, &key, crn).await;
             sites.push(site);
             links.push(link);
         }
         // Every node has followed the pairings before the caller starts.
-        for node in &nodes {
-            for site in &sites {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let path = format!("/integrator/sites/{site}");
-                    if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{} did not follow {site}",
-                        node.client.base
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let clients: Vec<&Client> = nodes.iter().map(|n| &n.client).collect();
+        wait_followed(&clients, &key, &sites).await;
         Cluster {
             links,
             nodes,

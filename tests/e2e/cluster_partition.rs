@@ -46,7 +46,7 @@ use halo_test_support::postgres_server::PgServer;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::cluster::{SECRET, immediate, until_ok};
+use crate::cluster::{SECRET, immediate, pair_on, until_ok, wait_followed};
 use crate::cluster_links::check_authority;
 use crate::fixture::{INTEGRATOR, practice};
 use crate::processes::{Client, CloudProcess};
@@ -308,7 +308,6 @@ fn client(host: Ipv4Addr) -> Client {
 struct Node {
     process: CloudProcess,
     client: Client,
-    name: String,
 }
 
 struct Cluster {
@@ -351,7 +350,6 @@ fn start_node(net: &Net, i: usize, dir: &std::path::Path, store: &str) -> Node {
     Node {
         process,
         client: client(front),
-        name,
     }
 }
 
@@ -431,34 +429,15 @@ async fn cluster() -> Option<Cluster> {
         let token = nodes[i].client.credential(crn).await;
         let order: Vec<String> = urls.iter().cycle().skip(i).take(NODES).cloned().collect();
         let (site, link) = start_link(dir.path(), crn, token, &order).await;
-        let path = format!(
-            "/integrator/pair-site?practiceManagementSiteId={crn}&practiceManagementName=D4w"
-        );
-        let (status, body) = nodes[i]
-            .client
-            .call(Method::POST, &key, &path, None)
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{body}");
+        pair_on(&nodes[i].client, &key, crn).await;
         sites.push(site);
         links.push(link);
     }
     // Every practice through every node (forwarded where its Link is elsewhere).
+    let clients: Vec<&Client> = nodes.iter().map(|n| &n.client).collect();
+    wait_followed(&clients, &key, &sites).await;
     for node in &nodes {
         for site in &sites {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let path = format!("/integrator/sites/{site}");
-                if let Ok((200, _)) = node.client.call(Method::GET, &key, &path, None).await {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} did not follow {site}",
-                    node.name
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
             until_ok(&node.client, &key, *site, Duration::from_secs(10)).await;
         }
     }

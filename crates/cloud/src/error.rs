@@ -204,6 +204,9 @@ impl From<Deny> for ApiError {
     }
 }
 
+/// The `Retry-After` of a 503 for a site whose Link is away or busy.
+const SITE_AWAY_RETRY_AFTER_MS: u64 = 1_000;
+
 impl From<RouteError> for ApiError {
     /// A routing error: a denial as above; anything else with its own words. (A
     /// query the database failed is answered by the handler as the failed query
@@ -211,6 +214,12 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         let status = status::route(&e);
         let outcome = RouteOutcome::of(&e);
+        // The site's Link is away (reconnecting, or moving to another node of a
+        // cluster) or its queue is full: worth retrying shortly.
+        let retry = matches!(
+            e,
+            RouteError::Unreachable | RouteError::Busy | RouteError::Failed(QueryFailure::Busy)
+        );
         let error = match e {
             RouteError::Denied(deny) => Self::from(&deny),
             RouteError::Failed(QueryFailure::Database { .. }) => {
@@ -223,7 +232,12 @@ impl From<RouteError> for ApiError {
             ),
             other => Self::new(status, other.to_string()),
         };
-        error.with_outcome(outcome)
+        let error = error.with_outcome(outcome);
+        if retry {
+            error.with_retry_after_ms(SITE_AWAY_RETRY_AFTER_MS)
+        } else {
+            error
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 //! | `RouteError::Denied(d)` | `d`'s code, above |
 //! | `RouteError::NotAuthoritative` | 403 |
 //! | `RouteError::InvalidRequest` | 400 |
-//! | `RouteError::NotActive`, `Busy`, `Unreachable` | 503 (busy is the *site's* capacity; 429 stays the caller's own rate limit) |
+//! | `RouteError::NotActive`, `Busy`, `Unreachable` | 503 (busy is the *site's* capacity; 429 stays the caller's own rate limit); `Busy` and `Unreachable` with `Retry-After: 1` |
 //! | `RouteError::Timeout` | 504 |
 //! | `RouteError::TooLarge` | 413 |
 //! | `RouteError::Cancelled` | 499 (the client closed the request; never sent) |
