@@ -306,11 +306,7 @@ pub async fn route_or_forward(
     };
     let accepts_async = request.uri().path().ends_with("/queries/async");
     match forwarding.leases.placement(link) {
-        Placement::Local => next.run(request).await,
-        // No node holds the Link now: an async query is accepted here and waits for
-        // it (its runner retries until its queue time runs out); an immediate one is
-        // answered 503 with Retry-After below.
-        Placement::Nowhere if accepts_async => next.run(request).await,
+        placement if runs_here(&placement, accepts_async) => next.run(request).await,
         placement => {
             // Deny by default: an unauthenticated request never leaves this node
             // and learns nothing of where the Link is.
@@ -348,8 +344,7 @@ pub async fn route_or_forward(
             // where the Link is now (once).
             forwarding.leases.refresh().await;
             match forwarding.leases.placement(link) {
-                Placement::Local => next.run(Request::from_parts(parts, Body::from(body))).await,
-                Placement::Nowhere if accepts_async => {
+                placement if runs_here(&placement, accepts_async) => {
                     next.run(Request::from_parts(parts, Body::from(body))).await
                 }
                 Placement::Remote {
@@ -363,6 +358,18 @@ pub async fn route_or_forward(
                 _ => no_lease(),
             }
         }
+    }
+}
+
+/// Whether a request for a Link placed so is handled by this node: when it holds
+/// the Link; and an async query's acceptance when no node does (it is accepted
+/// here and waits for its Link until its queue time runs out; an immediate query
+/// is answered 503 with Retry-After instead).
+fn runs_here(placement: &Placement, accepts_async: bool) -> bool {
+    match placement {
+        Placement::Local => true,
+        Placement::Nowhere => accepts_async,
+        Placement::Remote { .. } => false,
     }
 }
 

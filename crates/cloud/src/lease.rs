@@ -255,6 +255,15 @@ impl LinkLeases {
     }
 }
 
+/// When a round asked for by [`LinkLeases::refresh`] is due: `now` (at once), or
+/// [`REFRESH_GAP`] after the last round; `None` when nobody asked.
+fn refresh_due<T>(waiting: &[T], last_round: Option<Instant>, now: Instant) -> Option<Instant> {
+    if waiting.is_empty() {
+        return None;
+    }
+    Some(last_round.map_or(now, |at| at + REFRESH_GAP))
+}
+
 struct Worker {
     db: halo_store::PgLeases,
     node_id: String,
@@ -272,13 +281,8 @@ impl Worker {
         let mut releases: Vec<LinkGuid> = Vec::new();
         let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
-            // A refresh is due at once, or REFRESH_GAP after the last round.
-            let refresh_at = match (waiting.is_empty(), last_round) {
-                (true, _) => None,
-                (false, None) => Some(Instant::now()),
-                (false, Some(at)) => Some(at + REFRESH_GAP),
-            };
-            let due = refresh_at.map_or(next_round, |at| at.min(next_round));
+            let due = refresh_due(&waiting, last_round, Instant::now())
+                .map_or(next_round, |at| at.min(next_round));
             let wait = due.saturating_duration_since(Instant::now());
             match ops.recv_timeout(wait) {
                 Ok(op) => {
@@ -325,8 +329,7 @@ impl Worker {
                 }
             }
             let now = Instant::now();
-            let refresh =
-                !waiting.is_empty() && last_round.is_none_or(|at| now >= at + REFRESH_GAP);
+            let refresh = refresh_due(&waiting, last_round, now).is_some_and(|at| now >= at);
             if refresh || now >= next_round {
                 last_round = Some(now);
                 self.round();
