@@ -17,6 +17,10 @@
 //! reader seeing it (readers look every 64 decisions, which is included). The
 //! `lookup_*` fields repeat the comparison for the table alone (resolve plus the
 //! status/authority check, no policy), which the full decision's policy cost hides.
+//! The second line also has two floors, frozen like the ceiling: `floor_leftright`
+//! and `floor_papaya` read the ceiling's map inside left-right's and papaya's reader
+//! protocol, so `*_vs_floor` says how far a table is from what its protocol alone
+//! allows, and `floor_*_vs_ceiling` what the protocol costs.
 //! Tables are measured in interleaved one-second rounds (`--secs` in total per table),
 //! in an order rotated every round, so background load drifts over all of them alike. Add `--no-writer` to run
 //! every table without the writer, `--candidates` to also print a second line
@@ -105,22 +109,25 @@ fn main() {
     }
     let tables = Table::all(&fx);
     let extra = Table::candidates(&fx);
+    let floors = Table::floors(&fx);
     // Interleave the tables in short rounds so that background load on the machine
     // drifts over all of them alike; sum operations and time over the rounds.
     let rounds = (args.secs / ROUND_SECS).ceil().max(1.0) as usize;
     let slice = args.secs / rounds as f64;
-    let mut full = [0.0f64; 7];
-    let mut lookup = [0.0f64; 7];
-    let mut full_cpu = [0.0f64; 7];
-    let mut lookup_cpu = [0.0f64; 7];
+    let mut full = [0.0f64; 9];
+    let mut lookup = [0.0f64; 9];
+    let mut full_cpu = [0.0f64; 9];
+    let mut lookup_cpu = [0.0f64; 9];
     let mut visibility = Vec::new();
     let load_before = load_average();
     // Slots: router, rwlock, dashmap, ceiling, router again without the writer (for
-    // `writer_cost`), then the candidates left-right and papaya.
+    // `writer_cost`), the candidates left-right and papaya, then the floors (the
+    // ceiling's map under left-right's and papaya's reader protocols).
     let slots: Vec<&Table<'_>> = tables
         .iter()
         .chain(std::iter::once(&tables[0]))
         .chain(extra.iter())
+        .chain(floors.iter())
         .collect();
     for round in 0..rounds {
         // Rotate the order each round so no table always follows the same one.
@@ -195,6 +202,8 @@ fn main() {
         "router_no_writer",
         "leftright",
         "papaya",
+        "floor_leftright",
+        "floor_papaya",
     ];
     let mut line = format!(
         "{{\"per_cpu_second\":true,\"sites\":{},\"threads\":{},\"writer\":{}",
@@ -206,12 +215,26 @@ fn main() {
     for (i, name) in names.iter().enumerate() {
         line.push_str(&format!(",\"lookup_{name}\":{:.0}", lookup_cpu[i]));
     }
-    for (i, name) in [(0usize, "router"), (5, "leftright"), (6, "papaya")] {
+    for (i, name) in [
+        (0usize, "router"),
+        (5, "leftright"),
+        (6, "papaya"),
+        (7, "floor_leftright"),
+        (8, "floor_papaya"),
+    ] {
         line.push_str(&format!(
             ",\"lookup_{name}_vs_ceiling\":{:.3},\"lookup_{name}_vs_dashmap\":{:.3},\"{name}_vs_dashmap\":{:.3}",
             lookup_cpu[i] / lookup_cpu[3],
             lookup_cpu[i] / lookup_cpu[2],
             full_cpu[i] / full_cpu[2],
+        ));
+    }
+    // How close each table gets to the floor of its own reader protocol.
+    for (i, floor, name) in [(0usize, 7usize, "router"), (6, 8, "papaya")] {
+        line.push_str(&format!(
+            ",\"lookup_{name}_vs_floor\":{:.3},\"{name}_vs_floor\":{:.3}",
+            lookup_cpu[i] / lookup_cpu[floor],
+            full_cpu[i] / full_cpu[floor],
         ));
     }
     line.push('}');

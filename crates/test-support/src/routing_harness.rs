@@ -191,6 +191,68 @@ pub enum Table<'a> {
     LeftRight(Box<LeftRightMap>),
     /// Candidate: `papaya::HashMap`.
     Papaya(papaya::HashMap<HaloGuid, Route, RandomState>),
+    /// A floor: the ceiling's frozen map read under a concurrent table's reader
+    /// protocol, so the protocol's own cost shows (no table can beat it).
+    Floor(Box<Floor>),
+}
+
+/// How a [`Floor`] reader announces itself before reading.
+#[allow(missing_debug_implementations)]
+pub enum Protocol {
+    /// `left-right`'s read: bump a per-thread epoch (`fetch_add`), a `SeqCst` fence,
+    /// load the shared copy pointer; bump the epoch again after the read.
+    LeftRight {
+        /// The shared pointer readers load (its value is unused).
+        inner: AtomicU64,
+        /// Each reader thread's epoch counter.
+        epochs: Box<thread_local::ThreadLocal<AtomicU64>>,
+    },
+    /// papaya's read: a `seize` guard (with its `membarrier`-based light barrier).
+    Seize(papaya::HashMap<HaloGuid, Route, RandomState>),
+}
+
+/// A frozen `HashMap` (as the ceiling) read under a [`Protocol`]: the cost of the
+/// protocol alone, measured against the ceiling in the same run.
+pub struct Floor {
+    map: FastMap,
+    protocol: Protocol,
+}
+
+impl std::fmt::Debug for Floor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Floor").finish_non_exhaustive()
+    }
+}
+
+impl Floor {
+    /// The ceiling's map over `records`, read under `protocol`.
+    pub fn new(records: &[(HaloGuid, Route)], protocol: Protocol) -> Self {
+        let mut map = HashMap::with_capacity_and_hasher(records.len(), RandomState::default());
+        map.extend(records.iter().cloned());
+        Self { map, protocol }
+    }
+
+    /// Calls `f` with the record of `halo`, inside the protocol's read section.
+    #[inline]
+    pub fn with<R>(&self, halo: &HaloGuid, f: impl FnOnce(Option<&Route>) -> R) -> R {
+        match &self.protocol {
+            Protocol::LeftRight { inner, epochs } => {
+                let epoch = epochs.get_or(|| AtomicU64::new(0));
+                epoch.fetch_add(1, Ordering::AcqRel);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                black_box(inner.load(Ordering::Acquire));
+                let r = f(self.map.get(halo));
+                epoch.fetch_add(1, Ordering::AcqRel);
+                r
+            }
+            Protocol::Seize(empty) => {
+                let guard = empty.guard();
+                let r = f(self.map.get(halo));
+                drop(guard);
+                r
+            }
+        }
+    }
 }
 
 /// A change for [`LeftRightMap`]: applied to one copy, then replayed on the other.
@@ -301,6 +363,21 @@ impl<'a> Table<'a> {
         ]
     }
 
+    /// The floors: the ceiling's map under left-right's and under papaya's reader
+    /// protocol.
+    pub fn floors(fx: &'a Fixture) -> [Table<'a>; 2] {
+        let records = fx.records();
+        let left_right = Protocol::LeftRight {
+            inner: AtomicU64::new(1),
+            epochs: Box::default(),
+        };
+        let seize = Protocol::Seize(papaya::HashMap::with_hasher(RandomState::default()));
+        [
+            Table::Floor(Box::new(Floor::new(records, left_right))),
+            Table::Floor(Box::new(Floor::new(records, seize))),
+        ]
+    }
+
     /// The name in the report.
     pub fn name(&self) -> &'static str {
         match self {
@@ -310,12 +387,16 @@ impl<'a> Table<'a> {
             Table::Ceiling(_) => "ceiling",
             Table::LeftRight(_) => "leftright",
             Table::Papaya(_) => "papaya",
+            Table::Floor(f) => match f.protocol {
+                Protocol::LeftRight { .. } => "floor_leftright",
+                Protocol::Seize(_) => "floor_papaya",
+            },
         }
     }
 
-    /// Whether a writer may run against it (the ceiling is frozen).
+    /// Whether a writer may run against it (the ceiling and the floors are frozen).
     pub fn writable(&self) -> bool {
-        !matches!(self, Table::Ceiling(_))
+        !matches!(self, Table::Ceiling(_) | Table::Floor(_))
     }
 
     /// The route decision for `request`: `true` when allowed.
@@ -337,6 +418,9 @@ impl<'a> Table<'a> {
                 let guard = m.guard();
                 check_route(policy, m.get(&request.halo_guid, &guard), request).is_ok()
             }
+            Table::Floor(m) => m
+                .with(&request.halo_guid, |r| check_route(policy, r, request))
+                .is_ok(),
         }
     }
 
@@ -357,6 +441,7 @@ impl<'a> Table<'a> {
                 let guard = m.guard();
                 ok(m.get(&halo, &guard))
             }
+            Table::Floor(m) => m.with(&halo, ok),
         }
     }
 
@@ -373,6 +458,7 @@ impl<'a> Table<'a> {
                 let guard = m.guard();
                 get(m.get(&halo, &guard))
             }
+            Table::Floor(m) => m.with(&halo, get),
         }
     }
 
@@ -391,7 +477,7 @@ impl<'a> Table<'a> {
                 let halo = site.halo_guid;
                 m.insert(halo, base.with_site(site));
             }
-            Table::Ceiling(_) => {}
+            Table::Ceiling(_) | Table::Floor(_) => {}
             Table::LeftRight(m) => {
                 let halo = site.halo_guid;
                 m.upsert(halo, base.with_site(site));
