@@ -563,6 +563,15 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
     let link_exec = mean_us(n, || {
         std::hint::black_box(execute(&db, &job).unwrap());
     });
+    // A distinct text each time: what the Link pays when a statement is not in its
+    // cache (compiled under the authorizer, schema names checked).
+    let mut i = 0u64;
+    let mut fresh = job.clone();
+    let link_exec_uncached = mean_us(2_000, || {
+        i += 1;
+        fresh.command = format!("{SQL} AND {i} = {i}");
+        std::hint::black_box(execute(&db, &fresh).unwrap());
+    });
     let out = execute(&db, &job).unwrap();
     let result_codec = mean_us(n, || {
         let msg = halo_protocol::LinkToCloud::QueryResult(halo_protocol::QueryResult::from_json(
@@ -583,6 +592,7 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         "extract_components_first_calls": round2(extract_first),
         "job_encode_decode": round2(job_codec),
         "link_execute": round2(link_exec),
+        "link_execute_uncached": round2(link_exec_uncached),
         "result_encode_decode": round2(result_codec),
     })
 }
