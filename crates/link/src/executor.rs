@@ -15,7 +15,17 @@
 //!    [`ALLOWED_FUNCTIONS`] only, and writes to allowlisted tables only for
 //!    `nonQuery` with `allowWrite`; everything else (other tables, `sqlite_schema`,
 //!    `ATTACH`, `PRAGMA`, DDL, transactions, every other function:
-//!    `randomblob`, `zeroblob`, `load_extension`, ...) is denied (`denied`);
+//!    `randomblob`, `zeroblob`, `load_extension`, ...) is denied (`denied`).
+//!    The authorizer is installed once per connection and enforces a gate the
+//!    executor sets around each job's statement (closed between jobs); the
+//!    connection keeps up to 32 compiled statements (`STATEMENT_CACHE`), all
+//!    compiled under one allowlist: a job with another allowlist empties the
+//!    cache first, so a statement is reused only under the exact allowlist (and
+//!    writes flag) it was authorised for. The schema names the authorizer needs
+//!    are re-read before any compile in a job (a fresh prepare, or SQLite
+//!    re-preparing a cached statement after a schema change: that compile is
+//!    refused, the names are read, and it is tried once more); a schema change
+//!    also empties the cache;
 //! 6. installs a progress handler that interrupts the statement at the deadline
 //!    (`timeout`) or on cancel (`cancelled`);
 //! 7. streams rows into compact JSON and stops at [`MAX_RESULT_BYTES`]
