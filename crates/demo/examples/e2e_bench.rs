@@ -14,6 +14,14 @@
 //! each step of the path costs on its own, so that the remainder is the transport
 //! (HTTP, WebSocket, the hops between tasks, threads and processes).
 //!
+//! And the transport floor, measured in the same run (`floor_us`): the one-connection
+//! p50 of `/healthz` (an HTTP round trip through the Cloud's serve loop and wrk) plus
+//! the p50 of a WebSocket round trip between this process and a child process (this
+//! binary again, `--ws-echo URL`: a tokio-tungstenite client that sends each frame
+//! back, as the Link does with its answer), with frames the size of a job and of
+//! its answer. The query's p50 minus the direct SQLite p50 minus that floor is the
+//! work of the path itself (`p50_overhead_over_floor_us`).
+//!
 //! ```sh
 //! apt-get install wrk   # once
 //! cargo build --release -p halo-link --bin halo-link
@@ -76,6 +84,10 @@ fn args() -> Args {
             "--rounds" => out.rounds = value.parse().unwrap(),
             "--link" => out.link = value.into(),
             "--perf" => out.perf = Some(value.into()),
+            "--ws-echo" => {
+                ws_echo(&value);
+                std::process::exit(0);
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -189,6 +201,71 @@ fn mean_us(n: usize, mut f: impl FnMut()) -> f64 {
         f();
     }
     t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// The child side of the WebSocket floor: connects to `url` and sends every text
+/// frame back, until the socket closes.
+fn ws_echo(url: &str) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let url = url.to_owned();
+    // Its own thread: `args` runs inside the bench's runtime.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                // As the Link connects: Nagle off.
+                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+                    .await
+                    .unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        // An answer of its own, about the size of this bench's result frame.
+                        let answer =
+                            format!("{{\"echo\":{},\"data\":\"{}\"}}", t.len(), "A".repeat(160));
+                        if ws.send(answer.into()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+    })
+    .join()
+    .unwrap();
+}
+
+/// The p50, in µs, of `n` WebSocket round trips between this process (the server,
+/// on this runtime, as the Cloud is) and a child process that answers each frame.
+/// `frame` is sent each time (a job's size).
+async fn ws_round_trip_p50(frame: &str, n: usize) -> f64 {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let child = LinkProcess(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--ws-echo", &url])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tcp, _) = listener.accept().await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        ws.send(frame.to_owned().into()).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        std::hint::black_box(answer);
+        if i >= n / 10 {
+            // the first tenth warms up
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let _ = ws.close(None).await;
+    drop(child);
+    median(lat)
 }
 
 struct LinkProcess(Child);
@@ -351,8 +428,30 @@ async fn main() {
     })
     .await
     .unwrap();
-    let load_after = loadavg();
     let (rounds_out, h1, q1) = runs;
+    // The WebSocket floor, with a frame the size of the job this bench sends.
+    let job_frame = halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(
+        halo_protocol::QueryJob {
+            query_id: 1,
+            halo_guid,
+            epoch: halo_ids::Epoch::new(1),
+            timeout_ms: 30_000,
+            queue_timeout_ms: None,
+            catalogue: None,
+            mode: halo_ids::ExecutionMode::Reader,
+            command: SQL.to_owned(),
+            procedure: None,
+            parameters: Vec::new(),
+            allowlist: halo_protocol::Allowlist {
+                tables: TABLES.iter().map(|t| (*t).to_owned()).collect(),
+                procedures: Vec::new(),
+                allow_write: false,
+            },
+        },
+    ))
+    .unwrap();
+    let ws_p50 = ws_round_trip_p50(&job_frame, 20_000).await;
+    let load_after = loadavg();
 
     // In-process costs of the stages, for the breakdown.
     let direct = direct_p50(&db_path, 20_000);
@@ -382,6 +481,12 @@ async fn main() {
                 "query_rps": q1.rps.round(),
                 "sqlite_direct_p50_us": (direct * 10.0).round() / 10.0,
                 "p50_overhead_us": ((q1.p50_us - direct) * 10.0).round() / 10.0,
+            },
+            "floor_us": {
+                "healthz_p50": h1.p50_us,
+                "ws_round_trip_p50": (ws_p50 * 10.0).round() / 10.0,
+                "total": ((h1.p50_us + ws_p50) * 10.0).round() / 10.0,
+                "p50_overhead_over_floor_us": ((q1.p50_us - direct - h1.p50_us - ws_p50) * 10.0).round() / 10.0,
             },
             "stages_us": stages,
         })
@@ -458,6 +563,15 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
     let link_exec = mean_us(n, || {
         std::hint::black_box(execute(&db, &job).unwrap());
     });
+    // A distinct text each time: what the Link pays when a statement is not in its
+    // cache (compiled under the authorizer, schema names checked).
+    let mut i = 0u64;
+    let mut fresh = job.clone();
+    let link_exec_uncached = mean_us(2_000, || {
+        i += 1;
+        fresh.command = format!("{SQL} AND {i} = {i}");
+        std::hint::black_box(execute(&db, &fresh).unwrap());
+    });
     let out = execute(&db, &job).unwrap();
     let result_codec = mean_us(n, || {
         let msg = halo_protocol::LinkToCloud::QueryResult(halo_protocol::QueryResult::from_json(
@@ -478,6 +592,7 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         "extract_components_first_calls": round2(extract_first),
         "job_encode_decode": round2(job_codec),
         "link_execute": round2(link_exec),
+        "link_execute_uncached": round2(link_exec_uncached),
         "result_encode_decode": round2(result_codec),
     })
 }

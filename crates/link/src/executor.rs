@@ -15,7 +15,17 @@
 //!    [`ALLOWED_FUNCTIONS`] only, and writes to allowlisted tables only for
 //!    `nonQuery` with `allowWrite`; everything else (other tables, `sqlite_schema`,
 //!    `ATTACH`, `PRAGMA`, DDL, transactions, every other function:
-//!    `randomblob`, `zeroblob`, `load_extension`, ...) is denied (`denied`);
+//!    `randomblob`, `zeroblob`, `load_extension`, ...) is denied (`denied`).
+//!    The authorizer is installed once per connection and enforces a gate the
+//!    executor sets around each job's statement (closed between jobs); the
+//!    connection keeps up to 32 compiled statements (`STATEMENT_CACHE`), all
+//!    compiled under one allowlist: a job with another allowlist empties the
+//!    cache first, so a statement is reused only under the exact allowlist (and
+//!    writes flag) it was authorised for. The schema names the authorizer needs
+//!    are re-read before any compile in a job (a fresh prepare, or SQLite
+//!    re-preparing a cached statement after a schema change: that compile is
+//!    refused, the names are read, and it is tried once more); a schema change
+//!    also empties the cache;
 //! 6. installs a progress handler that interrupts the statement at the deadline
 //!    (`timeout`) or on cancel (`cancelled`);
 //! 7. streams rows into compact JSON and stops at [`MAX_RESULT_BYTES`]
@@ -143,12 +153,21 @@ pub struct Database {
 /// Idle read-only connections kept per database.
 const POOL_MAX: usize = 4;
 
-/// A connection with the schema names it last read.
+/// A connection with the schema names it last read, its authorizer's [`Gate`] and
+/// the allowlist its cached statements were compiled under.
 #[derive(Debug)]
 struct PooledConn {
     conn: Connection,
     schema_version: i64,
     schema: Arc<HashSet<String>>,
+    /// What the authorizer (installed once, when the connection is opened) enforces.
+    gate: Arc<Mutex<Gate>>,
+    /// Whether job statements go through the connection's statement cache (pooled
+    /// read-only connections; a read-write one serves one job and is closed).
+    caches: bool,
+    /// The allowlist every statement in the connection's cache was compiled under
+    /// (`None`: the cache is empty).
+    cached_for: Option<Allowed>,
 }
 
 impl PooledConn {
@@ -162,27 +181,154 @@ impl PooledConn {
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| QueryError::new(QueryErrorKind::Internal, format!("cannot open: {e}")))?;
         apply_limits(&conn, limits)?;
+        // Installed once and never removed: installing an authorizer expires every
+        // prepared statement, which would empty the statement cache at each job.
+        // While no job runs, the gate is closed and nothing compiles.
+        let gate = Arc::new(Mutex::new(Gate::default()));
+        {
+            let gate = Arc::clone(&gate);
+            conn.authorizer(Some(move |ctx: AuthContext<'_>| match gate.lock() {
+                Ok(mut gate) => gate.authorize(&ctx),
+                Err(_) => Authorization::Deny,
+            }));
+        }
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             conn,
             schema_version: -1,
             schema: Arc::new(HashSet::new()),
+            gate,
+            caches: !writes,
+            cached_for: None,
         })
     }
 
-    /// Re-reads the table and view names if the schema changed. Runs with no
-    /// authorizer installed.
-    fn refresh_schema(&mut self) -> Result<(), QueryError> {
-        let internal =
-            |e: rusqlite::Error| QueryError::new(QueryErrorKind::Internal, e.to_string());
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))
-            .map_err(internal)?;
-        if version != self.schema_version {
-            self.schema = Arc::new(schema_names(&self.conn)?);
-            self.schema_version = version;
+    /// Sets the gate to `mode`, clearing any denial left from before.
+    fn set_gate(&self, mode: GateMode) {
+        if let Ok(mut gate) = self.gate.lock() {
+            *gate = Gate {
+                mode,
+                denial: None,
+                needs_schema: false,
+            };
         }
+    }
+
+    /// Re-reads the table and view names if the schema changed, under the gate's
+    /// [`GateMode::Internal`] (which lets through exactly these two reads); empties
+    /// the statement cache when it did change. Leaves the gate closed.
+    fn refresh_schema(&mut self) -> Result<(), QueryError> {
+        self.set_gate(GateMode::Internal);
+        let read = (|| {
+            let version: i64 = self
+                .conn
+                .query_row("PRAGMA schema_version", [], |r| r.get(0))
+                .map_err(|e| QueryError::new(QueryErrorKind::Internal, e.to_string()))?;
+            if version != self.schema_version {
+                self.conn.flush_prepared_statement_cache();
+                self.cached_for = None;
+                self.schema = Arc::new(schema_names(&self.conn)?);
+                self.schema_version = version;
+            }
+            Ok(())
+        })();
+        self.set_gate(GateMode::Closed);
+        read
+    }
+
+    /// Opens the gate for one job's statement under `allowed`. The schema names
+    /// are attached only if `schema_read` (they were read during this job);
+    /// otherwise the first authorizer call of a compile asks for them
+    /// ([`Gate::needs_schema`]) and is refused. Empties the statement cache if its
+    /// statements were compiled under another allowlist.
+    fn open_gate(&mut self, allowed: &Allowed, schema_read: bool) {
+        if self.cached_for.as_ref() != Some(allowed) {
+            self.conn.flush_prepared_statement_cache();
+            self.cached_for = Some(allowed.clone());
+        }
+        self.set_gate(GateMode::Job {
+            allowed: allowed.clone(),
+            schema: schema_read.then(|| Arc::clone(&self.schema)),
+        });
+    }
+}
+
+/// Statements kept compiled per pooled connection.
+const STATEMENT_CACHE: usize = 32;
+
+/// What a connection's authorizer lets compile right now.
+#[derive(Debug, Default)]
+struct Gate {
+    mode: GateMode,
+    /// The first reason a job's statement was denied.
+    denial: Option<String>,
+    /// Set when a job's statement began to compile (a fresh prepare, or SQLite
+    /// re-preparing a cached statement after a schema change) before this job had
+    /// read the schema names: that compile was refused; the executor reads them
+    /// and tries once more.
+    needs_schema: bool,
+}
+
+/// See [`Gate`].
+#[derive(Debug, Default)]
+enum GateMode {
+    /// Nothing compiles (no job is running).
+    #[default]
+    Closed,
+    /// The executor's own reads of the schema version and the schema names.
+    Internal,
+    /// One job's statement.
+    Job {
+        allowed: Allowed,
+        /// The schema names read during this job; `None` until then.
+        schema: Option<Arc<HashSet<String>>>,
+    },
+}
+
+impl Gate {
+    fn authorize(&mut self, ctx: &AuthContext<'_>) -> Authorization {
+        let verdict = match &self.mode {
+            GateMode::Closed => Err("no job is running on this connection".to_owned()),
+            GateMode::Internal => internal_check(ctx),
+            GateMode::Job {
+                allowed,
+                schema: Some(schema),
+            } => allowed.check(schema, ctx),
+            GateMode::Job { schema: None, .. } => {
+                self.needs_schema = true;
+                return Authorization::Deny;
+            }
+        };
+        match verdict {
+            Ok(()) => Authorization::Allow,
+            Err(reason) => {
+                self.denial.get_or_insert(reason);
+                Authorization::Deny
+            }
+        }
+    }
+}
+
+/// What [`GateMode::Internal`] allows: `PRAGMA schema_version` (read, not set) and
+/// `SELECT lower(name) FROM sqlite_schema ...`.
+fn internal_check(ctx: &AuthContext<'_>) -> Result<(), String> {
+    let ok = match ctx.action {
+        AuthAction::Select => true,
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: None,
+        } => pragma_name.eq_ignore_ascii_case("schema_version"),
+        AuthAction::Read { table_name, .. } => {
+            table_name.eq_ignore_ascii_case("sqlite_master")
+                || table_name.eq_ignore_ascii_case("sqlite_schema")
+        }
+        AuthAction::Function { function_name } => function_name.eq_ignore_ascii_case("lower"),
+        _ => false,
+    };
+    if ok {
         Ok(())
+    } else {
+        Err("not one of the link's own schema reads".to_owned())
     }
 }
 
@@ -229,6 +375,12 @@ impl Lease<'_> {
             .as_ref()
             .expect("the connection is taken only in drop")
     }
+
+    fn conn_mut(&mut self) -> &mut PooledConn {
+        self.conn
+            .as_mut()
+            .expect("the connection is taken only in drop")
+    }
 }
 
 impl Drop for Lease<'_> {
@@ -239,9 +391,7 @@ impl Drop for Lease<'_> {
         if self.discard.get() {
             return;
         }
-        pooled
-            .conn
-            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        pooled.set_gate(GateMode::Closed);
         pooled.conn.progress_handler(0, None::<fn() -> bool>);
         if pooled.conn.is_autocommit() {
             if let Ok(mut idle) = pool.lock() {
@@ -254,8 +404,9 @@ impl Drop for Lease<'_> {
 }
 
 impl Database {
-    /// A connection for one job: a fresh read-write one for writes, otherwise a
-    /// pooled read-only one (opened if none is idle).
+    /// A connection for one job: a fresh read-write one for writes (its schema
+    /// names read), otherwise a pooled read-only one (opened if none is idle; its
+    /// schema names are read when a statement first compiles).
     fn lease(&self, writes: bool) -> Result<Lease<'_>, QueryError> {
         let (mut pooled, pool) = if writes {
             (PooledConn::open(&self.path, true, self.limits)?, None)
@@ -267,7 +418,9 @@ impl Database {
             };
             (pooled, Some(&self.pool))
         };
-        pooled.refresh_schema()?;
+        if !pooled.caches {
+            pooled.refresh_schema()?;
+        }
         Ok(Lease {
             conn: Some(pooled),
             pool,
@@ -555,54 +708,110 @@ fn execute_inner(
 
     let started = Instant::now();
     let writes = job.mode == ExecutionMode::NonQuery && job.allowlist.allow_write;
-    let lease = db.lease(writes)?;
-    let conn = &lease.conn().conn;
+    let allowed = Allowed::new(tables, writes);
+    let mut lease = db.lease(writes)?;
     let remaining = control.deadline.saturating_duration_since(Instant::now());
-    conn.busy_timeout(remaining.min(Duration::from_secs(5)))
+    lease
+        .conn()
+        .conn
+        .busy_timeout(remaining.min(Duration::from_secs(5)))
         .map_err(|e| QueryError::new(QueryErrorKind::Internal, e.to_string()))?;
-
-    let denial: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let allowed = Allowed {
-        schema: Arc::clone(&lease.conn().schema),
-        tables: tables.iter().map(|t| t.to_ascii_lowercase()).collect(),
-        writes,
-    };
-    {
-        let denial = Arc::clone(&denial);
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            match allowed.check(&ctx) {
-                Ok(()) => Authorization::Allow,
-                Err(reason) => {
-                    if let Ok(mut slot) = denial.lock() {
-                        slot.get_or_insert(reason);
-                    }
-                    Authorization::Deny
-                }
-            }
-        }));
-    }
     {
         let control = control.clone();
-        conn.progress_handler(PROGRESS_OPS, Some(move || control.stop_reason().is_some()));
+        lease
+            .conn()
+            .conn
+            .progress_handler(PROGRESS_OPS, Some(move || control.stop_reason().is_some()));
     }
+    // The schema names are read (one more read transaction) only when a statement
+    // compiles: a cached statement whose schema is unchanged needs none.
+    let mut schema_read = !lease.conn().caches;
+    let mut pager = pager;
+    loop {
+        lease.conn_mut().open_gate(&allowed, schema_read);
+        let result = run_statement(
+            &lease,
+            sql,
+            job,
+            control,
+            db.limits,
+            pager.as_mut().map(|(bytes, sink)| {
+                let sink: &mut dyn FnMut(Vec<u8>, u64) -> Result<(), QueryError> = &mut **sink;
+                (*bytes, sink)
+            }),
+        );
+        let needs_schema = lease
+            .conn()
+            .gate
+            .lock()
+            .map(|mut g| std::mem::take(&mut g.needs_schema))
+            .unwrap_or(false);
+        if result.is_err() && needs_schema && !schema_read {
+            // Nothing ran: the compile was refused before the statement's first
+            // step (SQLite re-prepares a stale statement before it reads a row).
+            lease.conn_mut().refresh_schema()?;
+            schema_read = true;
+            continue;
+        }
+        return result.map(|(rows, json)| JobOutput {
+            rows,
+            json,
+            duration: started.elapsed(),
+        });
+    }
+}
 
-    let limits = db.limits;
+/// Whether SQLite's tokenizer and Rust's `str::trim` agree on where `sql` starts
+/// and ends. The statement cache looks statements up by trimmed text (with Rust's
+/// notion of whitespace, wider than SQLite's): a text they disagree on is
+/// compiled as it is, uncached, so what runs is always the text that was sent.
+fn trims_alike(sql: &str) -> bool {
+    const SQLITE_SPACE: &[char] = &[' ', '\t', '\n', '\x0c', '\r'];
+    sql.trim().len() == sql.trim_matches(SQLITE_SPACE).len()
+}
+
+/// Compiles (or takes from the connection's cache) and runs one job's statement
+/// under the gate [`PooledConn::open_gate`] set. Returns the rows and their JSON
+/// (empty when `pager` took the pages).
+fn run_statement(
+    lease: &Lease<'_>,
+    sql: &str,
+    job: &QueryJob,
+    control: &JobControl,
+    limits: SqlLimits,
+    pager: Option<(usize, PageSink<'_>)>,
+) -> Result<(u64, Vec<u8>), QueryError> {
+    let pooled = lease.conn();
+    let conn = &pooled.conn;
     let classify = |e: rusqlite::Error| {
-        let error = classify(e, &denial, control, limits);
+        let error = classify(e, &pooled.gate, control, limits);
         if error.code == Some(i64::from(rusqlite::ffi::SQLITE_NOMEM)) {
             lease.discard.set(true);
         }
         error
     };
-    let mut stmt = conn.prepare(sql).map_err(classify)?;
-    // SQLite compiles blank text and bare comments to no statement at all.
-    if stmt.expanded_sql().is_none() {
+    // A cached statement was compiled under this very allowlist (the cache is
+    // emptied whenever the allowlist or the schema changes, see `open_gate` and
+    // `refresh_schema`), and SQLite re-prepares it, under the gate now open, if
+    // the schema changed since.
+    let mut cached;
+    let mut fresh;
+    let stmt: &mut rusqlite::Statement<'_> = if pooled.caches && trims_alike(sql) {
+        cached = conn.prepare_cached(sql).map_err(classify)?;
+        &mut cached
+    } else {
+        fresh = conn.prepare(sql).map_err(classify)?;
+        &mut fresh
+    };
+    // SQLite compiles blank text and bare comments to no statement at all (a
+    // statement with result columns is one).
+    if stmt.column_count() == 0 && stmt.expanded_sql().is_none() {
         return Err(QueryError::new(
             QueryErrorKind::BadRequest,
             "the command holds no statement",
         ));
     }
-    bind(&mut stmt, &job.parameters)?;
+    bind(stmt, &job.parameters)?;
 
     if let Some((page_bytes, sink)) = pager {
         let rows = match job.mode {
@@ -619,19 +828,13 @@ fn execute_inner(
                 changed
             }
             ExecutionMode::Reader => {
-                write_pages(&mut stmt, usize::MAX, control, &classify, page_bytes, sink)?
+                write_pages(stmt, usize::MAX, control, &classify, page_bytes, sink)?
             }
-            ExecutionMode::Scalar => {
-                write_pages(&mut stmt, 1, control, &classify, page_bytes, sink)?
-            }
+            ExecutionMode::Scalar => write_pages(stmt, 1, control, &classify, page_bytes, sink)?,
         };
-        return Ok(JobOutput {
-            rows,
-            json: Vec::new(),
-            duration: started.elapsed(),
-        });
+        return Ok((rows, Vec::new()));
     }
-    let (rows, json) = match job.mode {
+    match job.mode {
         ExecutionMode::NonQuery => {
             let mut rows = stmt.raw_query();
             while rows.next().map_err(classify)?.is_some() {
@@ -640,34 +843,44 @@ fn execute_inner(
                 }
             }
             drop(rows);
-            (conn.changes(), b"[]".to_vec())
+            Ok((conn.changes(), b"[]".to_vec()))
         }
-        ExecutionMode::Reader => write_rows(&mut stmt, usize::MAX, control, &classify)?,
-        ExecutionMode::Scalar => write_scalar(&mut stmt, &classify)?,
-    };
-    Ok(JobOutput {
-        rows,
-        json,
-        duration: started.elapsed(),
-    })
+        ExecutionMode::Reader => write_rows(stmt, usize::MAX, control, &classify),
+        ExecutionMode::Scalar => write_scalar(stmt, &classify),
+    }
 }
 
-/// The normalised allowlist the authorizer enforces.
+/// The normalised allowlist the authorizer enforces: what, with the schema names,
+/// a compile's every decision depends on, so also what a cached statement is
+/// keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Allowed {
-    /// Lower-case names of the real tables and views (read before the authorizer
-    /// is installed), to tell them from CTE and subquery names.
-    schema: Arc<HashSet<String>>,
-    tables: HashSet<String>,
+    /// Lower-case table and view names, sorted, without repeats.
+    tables: Arc<[String]>,
     writes: bool,
 }
 
 impl Allowed {
-    fn table(&self, name: &str) -> bool {
-        self.tables.contains(&name.to_ascii_lowercase())
+    fn new(tables: &[String], writes: bool) -> Self {
+        let mut tables: Vec<String> = tables.iter().map(|t| t.to_ascii_lowercase()).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        Self {
+            tables: tables.into(),
+            writes,
+        }
     }
 
-    /// `Err(reason)` denies the action.
-    fn check(&self, ctx: &AuthContext<'_>) -> Result<(), String> {
+    fn table(&self, name: &str) -> bool {
+        self.tables
+            .binary_search_by(|t| t.bytes().cmp(name.bytes().map(|b| b.to_ascii_lowercase())))
+            .is_ok()
+    }
+
+    /// `Err(reason)` denies the action. `schema`: lower-case names of the real
+    /// tables and views (read before the statement compiled), to tell them from
+    /// CTE and subquery names.
+    fn check(&self, schema: &HashSet<String>, ctx: &AuthContext<'_>) -> Result<(), String> {
         match ctx.action {
             AuthAction::Select | AuthAction::Recursive => Ok(()),
             AuthAction::Read {
@@ -678,8 +891,8 @@ impl Allowed {
                 // An empty column name means a FROM item none of whose columns is
                 // read (`count(*)`): for a CTE or subquery name that reveals nothing
                 // the other callbacks did not authorise.
-                let derived = column_name.is_empty()
-                    && !self.schema.contains(&table_name.to_ascii_lowercase());
+                let derived =
+                    column_name.is_empty() && !schema.contains(&table_name.to_ascii_lowercase());
                 if self.table(table_name) || through_view || derived {
                     Ok(())
                 } else {
@@ -756,11 +969,11 @@ fn schema_names(conn: &Connection) -> Result<HashSet<String>, QueryError> {
 
 fn classify(
     e: rusqlite::Error,
-    denial: &Arc<Mutex<Option<String>>>,
+    gate: &Mutex<Gate>,
     control: &JobControl,
     limits: SqlLimits,
 ) -> QueryError {
-    if let Some(reason) = denial.lock().ok().and_then(|mut d| d.take()) {
+    if let Some(reason) = gate.lock().ok().and_then(|mut g| g.denial.take()) {
         return QueryError::new(QueryErrorKind::Denied, reason);
     }
     if let rusqlite::Error::MultipleStatement = e {

@@ -133,10 +133,16 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             let config = LinkConfig::load(&path)?;
             let link = Agent::prepare(config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
-            runtime.block_on(link.run(async {
+            // The agent runs as a task on the runtime's workers, not on this thread:
+            // the worker that sees a frame arrive then runs the session loop itself,
+            // with no wake-up of another thread in between.
+            let agent = runtime.spawn(link.run(async {
                 let signal = halo_logging::stop_signal().await;
                 tracing::info!(signal, "shutting down");
-            }))?;
+            }));
+            runtime
+                .block_on(agent)
+                .context("the agent stopped abnormally")??;
             Ok(std::process::ExitCode::SUCCESS)
         }
         (None, None) => anyhow::bail!("give --config PATH, or a subcommand (see --help)"),

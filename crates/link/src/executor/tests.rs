@@ -1089,3 +1089,108 @@ fn procedures_run_by_name_under_their_own_tables() {
         QueryErrorKind::Denied
     );
 }
+
+// The statement cache and the connection's gate.
+
+#[test]
+fn a_statement_cached_under_one_allowlist_is_refused_under_a_narrower_one() {
+    let f = fixture();
+    let sql = "SELECT count(body) AS n FROM notes";
+    // Compiled, and cached, under the wider allowlist (repeated: a cache hit).
+    for _ in 0..2 {
+        let out = execute(&f.db, &reader(sql, &["notes", "patients"])).unwrap();
+        assert_eq!(rows(&out), json!([{"n": 2}]));
+    }
+    // The same text, on the same pooled connection, under narrower ones.
+    for narrower in [&["patients"][..], &[][..], &["NOTES_X"][..]] {
+        let err = execute(&f.db, &reader(sql, narrower)).unwrap_err();
+        assert_eq!(err.kind, QueryErrorKind::Denied, "{narrower:?}: {err:?}");
+        assert!(err.message.contains("notes"), "{err:?}");
+    }
+    // The same set spelt differently is the same allowlist.
+    let out = execute(&f.db, &reader(sql, &["Patients", "NOTES", "notes"])).unwrap();
+    assert_eq!(rows(&out), json!([{"n": 2}]));
+    // Paged results take the same path.
+    let mut pages = Vec::new();
+    let err = execute_paged(
+        &f.db,
+        &reader(sql, &["patients"]),
+        &JobControl::new(Instant::now() + Duration::from_secs(10)),
+        1024,
+        &mut |page: Vec<u8>, _: u64| {
+            pages.push(page);
+            Ok(())
+        },
+    )
+    .unwrap_err();
+    assert_eq!((err.kind, pages.len()), (QueryErrorKind::Denied, 0));
+}
+
+#[test]
+fn a_cached_statement_keeps_no_parameter_of_the_job_before() {
+    let f = fixture();
+    let sql = "SELECT body FROM notes WHERE id = ?1";
+    let mut j = reader(sql, &["notes"]);
+    j.parameters = vec![json!(1)];
+    assert_eq!(rows(&execute(&f.db, &j).unwrap()), json!([{"body": "one"}]));
+    // Unbound, the parameter is NULL: no row, not the last job's row.
+    let out = execute(&f.db, &reader(sql, &["notes"])).unwrap();
+    assert_eq!((out.rows, rows(&out)), (0, json!([])));
+}
+
+#[test]
+fn a_cached_statement_is_compiled_again_after_a_schema_change() {
+    let f = fixture();
+    let sql = "SELECT * FROM notes ORDER BY id LIMIT 1";
+    let out = execute(&f.db, &reader(sql, &["notes"])).unwrap();
+    assert_eq!(rows(&out), json!([{"id": 1, "body": "one"}]));
+    let conn = Connection::open(f.db.path()).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE notes ADD COLUMN extra TEXT DEFAULT 'x';
+         CREATE TABLE later (v TEXT); INSERT INTO later VALUES ('hidden');",
+    )
+    .unwrap();
+    let out = execute(&f.db, &reader(sql, &["notes"])).unwrap();
+    assert_eq!(rows(&out), json!([{"id": 1, "body": "one", "extra": "x"}]));
+    // The names read again: `later` is a real table now, not a derived one.
+    assert_eq!(
+        kind(execute(
+            &f.db,
+            &reader("SELECT count(*) FROM later", &["notes"])
+        )),
+        QueryErrorKind::Denied
+    );
+}
+
+#[test]
+fn the_links_own_schema_reads_are_not_open_to_jobs() {
+    let f = fixture();
+    // Warm the pool: the connection has read its schema names.
+    execute(&f.db, &reader("SELECT count(body) FROM notes", &["notes"])).unwrap();
+    for sql in [
+        "PRAGMA schema_version",
+        "PRAGMA schema_version = 99",
+        "SELECT lower(name) FROM sqlite_schema WHERE type IN ('table', 'view')",
+        "SELECT name FROM sqlite_master",
+    ] {
+        for _ in 0..2 {
+            let err = execute(&f.db, &reader(sql, &["notes"])).unwrap_err();
+            assert_eq!(err.kind, QueryErrorKind::Denied, "{sql}: {err:?}");
+        }
+    }
+}
+
+#[test]
+fn text_is_run_as_sent_even_where_trimming_would_change_it() {
+    let f = fixture();
+    // To SQLite a no-break space is part of a name; Rust's `trim` drops it.
+    for _ in 0..2 {
+        let out = execute(&f.db, &reader("SELECT 1 AS x\u{a0}", &[])).unwrap();
+        assert_eq!(rows(&out), json!([{"x\u{a0}": 1}]));
+        let out = execute(&f.db, &reader("SELECT 1 AS x", &[])).unwrap();
+        assert_eq!(rows(&out), json!([{"x": 1}]));
+    }
+    assert!(trims_alike(" \t\r\n\x0cSELECT 1 \n"));
+    assert!(!trims_alike("SELECT 1\x0b"));
+    assert!(!trims_alike("\u{2028}SELECT 1"));
+}
