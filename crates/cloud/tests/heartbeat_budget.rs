@@ -210,3 +210,45 @@ async fn availability_follows_the_interval_each_link_was_asked_for() {
     assert_eq!(availability(20), Availability::Offline);
     cloud.stop().await;
 }
+
+/// The kernel timer of the Cloud's end of a loopback connection, from
+/// `/proc/net/tcp`: `local` is the Cloud's port, `remote` the peer's.
+fn timer_of(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (l, r, timer) = (fields.get(1)?, fields.get(2)?, fields.get(5)?);
+        (port(l)? == local && port(r)? == remote)
+            .then(|| u8::from_str_radix(timer.split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+#[tokio::test]
+async fn the_clouds_end_of_a_link_connection_keeps_alive() {
+    if !std::path::Path::new("/proc/net/tcp").exists() {
+        return; // not Linux: the option is still set, there is no table to read
+    }
+    let cloud = cloud(AvailabilityConfig::default(), Duration::from_secs(5), 1_500).await;
+    let (ws, _) = attach(cloud.addr, 0).await;
+    let peer = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("plain ws"),
+    };
+    // Timer 2 is the keepalive timer, armed on an idle connection only when
+    // SO_KEEPALIVE is on (0: no timer).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match timer_of(cloud.addr.port(), peer) {
+            Some(2) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no keepalive timer on the cloud's socket: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(ws);
+    cloud.stop().await;
+}
