@@ -752,7 +752,8 @@ async fn swarm(cli: Cli) {
     let beats0 = swarm.beats.load(Ordering::Relaxed);
     let t10 = Instant::now();
     let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
-    let beats_per_s_10 = (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t10.elapsed().as_secs_f64();
+    let beats_per_s_10 =
+        (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t10.elapsed().as_secs_f64();
     let rss_10 = cloud.rss();
 
     // The rest of the Links.
@@ -785,7 +786,8 @@ async fn swarm(cli: Cli) {
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let beats0 = swarm.beats.load(Ordering::Relaxed);
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
-    let beats_per_s_n = (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t0.elapsed().as_secs_f64();
+    let beats_per_s_n =
+        (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t0.elapsed().as_secs_f64();
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();

@@ -479,21 +479,19 @@ fn gather(app: &AppState, q: &str) -> View {
         let link_total = registry.links().count();
         let mut links: Vec<LinkRow> = registry
             .links()
-            .map(|l| {
-                LinkRow {
-                    link: l.link_guid().to_string(),
-                    environment: l.environment(),
-                    version: l.version().to_owned(),
-                    status: match l.status() {
-                        halo_tenancy::LinkStatus::Active => "active",
-                        halo_tenancy::LinkStatus::Uninstalled => "uninstalled",
-                    },
-                    availability: state
-                        .link_availability(l.link_guid(), l.last_heard(), now)
-                        .as_str(),
-                    sites: l.sites().len(),
-                    credentials: bound.remove(&l.link_guid()).unwrap_or_default(),
-                }
+            .map(|l| LinkRow {
+                link: l.link_guid().to_string(),
+                environment: l.environment(),
+                version: l.version().to_owned(),
+                status: match l.status() {
+                    halo_tenancy::LinkStatus::Active => "active",
+                    halo_tenancy::LinkStatus::Uninstalled => "uninstalled",
+                },
+                availability: state
+                    .link_availability(l.link_guid(), l.last_heard(), now)
+                    .as_str(),
+                sites: l.sites().len(),
+                credentials: bound.remove(&l.link_guid()).unwrap_or_default(),
             })
             .collect();
         links.sort_by(|a, b| a.link.cmp(&b.link));

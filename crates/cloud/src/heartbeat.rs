@@ -41,17 +41,23 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(65);
 /// Time between keepalive probes.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Unanswered probes before the kernel drops the connection.
+/// Unanswered probes before the kernel drops the connection, when no
+/// [`USER_TIMEOUT`] is set (with one, as here, Linux drops the connection at the
+/// first probe still unanswered [`USER_TIMEOUT`] after the last segment heard).
 pub const KEEPALIVE_RETRIES: u32 = 3;
 
 /// How long data sent (a job, a probe) may stay unacknowledged before the kernel
 /// drops the connection (`TCP_USER_TIMEOUT`).
 pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The most time from a silent peer's last segment to the end of its connection:
-/// [`KEEPALIVE_IDLE`], then probes for [`USER_TIMEOUT`].
+/// The most time from a silent peer's last segment to the end of its connection
+/// while the Cloud sends it nothing: the first probe after [`KEEPALIVE_IDLE`], and
+/// the connection dropped at the next, [`KEEPALIVE_INTERVAL`] later (by then
+/// [`USER_TIMEOUT`] has passed with a probe unanswered). With data outstanding (a
+/// job sent to a vanished Link), [`USER_TIMEOUT`] after the first unacknowledged
+/// send.
 pub const SILENT_PEER_DETECTED_WITHIN: Duration =
-    Duration::from_secs(KEEPALIVE_IDLE.as_secs() + USER_TIMEOUT.as_secs());
+    Duration::from_secs(KEEPALIVE_IDLE.as_secs() + KEEPALIVE_INTERVAL.as_secs());
 
 /// The node's heartbeat budget: the interval it asks of a Link, from how many Links
 /// are attached.
@@ -103,9 +109,7 @@ pub fn thresholds(cfg: &AvailabilityConfig, heartbeat: Option<Duration>) -> Avai
     let Some(every) = heartbeat else {
         return *cfg;
     };
-    let offline = cfg
-        .offline_after()
-        .max(every.saturating_mul(MISSED_BEATS));
+    let offline = cfg.offline_after().max(every.saturating_mul(MISSED_BEATS));
     let unreachable = cfg.unreachable_after().max(offline);
     AvailabilityConfig::new(offline, unreachable).unwrap_or(*cfg)
 }
@@ -195,7 +199,10 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
         assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
-        // Probes start only after a silence longer than any interval the budget asks.
+        // Probes start only after a silence longer than any interval the budget asks,
+        // and a vanished Link's connection ends before the default offline threshold.
         assert!(KEEPALIVE_IDLE > MAX_LINK_HEARTBEAT);
+        assert!(USER_TIMEOUT <= KEEPALIVE_IDLE);
+        assert!(SILENT_PEER_DETECTED_WITHIN <= AvailabilityConfig::DEFAULT.offline_after());
     }
 }

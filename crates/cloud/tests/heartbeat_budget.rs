@@ -61,8 +61,10 @@ async fn attach(addr: SocketAddr, i: usize) -> (Ws, Duration) {
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}/admin/link-credentials"))
         .bearer_auth(ADMIN)
-        .json(&json!({"label": format!("beat {i}"), "environment": "stage",
-                      "practices": [format!("D4w:BEAT{i}")]}))
+        .json(
+            &json!({"label": format!("beat {i}"), "environment": "stage",
+                      "practices": [format!("D4w:BEAT{i}")]}),
+        )
         .send()
         .await
         .unwrap();
