@@ -13,7 +13,9 @@
 //! are the Cloud's alone. This process simulates the Links: each has its own
 //! credential (issued through the admin API) and one database, connects over real
 //! TCP and WebSocket, sends a real hello, heartbeats at the interval its `helloAck`
-//! asks for (`--heartbeat-secs`, 5 s by default; each Link at its own phase),
+//! asks for (`--heartbeat-secs`, 5 s by default, longer where the Cloud's
+//! `--heartbeat-budget` needs it, and again when a later `helloAck` asks; each Link
+//! at its own phase),
 //! answers query jobs with a one-row result, and reconnects after an exponential
 //! backoff with jitter, as `halo-link` does.
 //!
@@ -64,6 +66,8 @@ const INTEGRATOR: &str = "swarm-integrator";
 const QUERIED: usize = 10;
 /// Links per loopback source address (of about 28 000 ephemeral ports each).
 const LINKS_PER_SOURCE: usize = 20_000;
+/// Heartbeat intervals counted, in whole seconds (the last slot: this or more).
+const INTERVAL_SLOTS: usize = 121;
 const SQL: &str = "SELECT first_name FROM patients WHERE patient_id = 7";
 
 #[derive(Debug, Parser)]
@@ -94,6 +98,11 @@ struct Cli {
     /// the simulated Links follow their `helloAck`, as `halo-link` does.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
+    /// The Cloud's heartbeat budget, beats per second over all Links
+    /// (`--heartbeat-budget`); Links asked for a longer interval mid-session (a
+    /// second `helloAck`) follow it, as `halo-link` does.
+    #[arg(long, default_value_t = halo_cloud::HttpLimits::DEFAULT_HEARTBEAT_BUDGET)]
+    heartbeat_budget: u32,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -112,6 +121,8 @@ enum CloudCommand {
         max_link_sessions: usize,
         #[arg(long)]
         heartbeat_secs: u64,
+        #[arg(long)]
+        heartbeat_budget: u32,
     },
 }
 
@@ -123,7 +134,14 @@ fn main() {
             data_dir,
             max_link_sessions,
             heartbeat_secs,
-        }) => serve_cloud(listen, data_dir, max_link_sessions, heartbeat_secs),
+            heartbeat_budget,
+        }) => serve_cloud(
+            listen,
+            data_dir,
+            max_link_sessions,
+            heartbeat_secs,
+            heartbeat_budget,
+        ),
         None => {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(swarm(cli));
@@ -140,6 +158,7 @@ fn serve_cloud(
     data_dir: PathBuf,
     max_link_sessions: usize,
     heartbeat_secs: u64,
+    heartbeat_budget: u32,
 ) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,halo_cloud::writer=debug"));
@@ -162,6 +181,7 @@ fn serve_cloud(
             http: halo_cloud::HttpLimits {
                 max_link_sessions,
                 link_heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
+                heartbeat_budget,
                 ..halo_cloud::HttpLimits::default()
             },
         })
@@ -187,13 +207,14 @@ impl CloudProcess {
         listen: SocketAddr,
         data_dir: &std::path::Path,
         max_link_sessions: usize,
-        heartbeat_secs: u64,
+        (heartbeat_secs, heartbeat_budget): (u64, u32),
     ) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["cloud", "--listen", &listen.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(["--max-link-sessions", &max_link_sessions.to_string()])
             .args(["--heartbeat-secs", &heartbeat_secs.to_string()])
+            .args(["--heartbeat-budget", &heartbeat_budget.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -324,6 +345,12 @@ struct Swarm {
     reattached: AtomicUsize,
     /// Connection attempts that failed (refused, reset, closed before the ack).
     failed_attempts: AtomicU64,
+    /// Heartbeats sent, over all Links.
+    beats: AtomicU64,
+    /// Links asked for another interval mid-session (a second `helloAck`).
+    reasked: AtomicU64,
+    /// Links beating at each interval (index: seconds, the last one "or more").
+    intervals: Vec<AtomicUsize>,
     ws_config: WebSocketConfig,
 }
 
@@ -419,9 +446,11 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     if swarm.link_generation[i].swap(generation, Ordering::AcqRel) != generation {
         swarm.reattached.fetch_add(1, Ordering::AcqRel);
     }
-    let every = Duration::from_millis(every_ms.unwrap_or(10_000).max(1_000));
+    let mut every = Duration::from_millis(every_ms.unwrap_or(10_000).max(1_000));
     let phase = Duration::from_millis(rand::random_range(0..every.as_millis() as u64));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+    let slot = |every: Duration| (every.as_secs() as usize).min(INTERVAL_SLOTS - 1);
+    swarm.intervals[slot(every)].fetch_add(1, Ordering::Relaxed);
     let beat = halo_protocol::encode(&LinkToCloud::Heartbeat(Heartbeat {
         at: Timestamp::from_millis(0),
         databases: vec![halo_guid(i)],
@@ -433,11 +462,20 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
                 if ws.send(Message::text(beat.clone())).await.is_err() {
                     break;
                 }
+                swarm.beats.fetch_add(1, Ordering::Relaxed);
             }
             frame = ws.next() => {
                 let Some(Ok(frame)) = frame else { break };
                 let Message::Text(text) = frame else { continue };
-                if let Ok(CloudToLink::QueryJob(job)) = halo_protocol::decode::<CloudToLink>(&text) {
+                let decoded = halo_protocol::decode::<CloudToLink>(&text);
+                if let Ok(CloudToLink::HelloAck { heartbeat_interval_ms: Some(ms), .. }) = decoded {
+                    // Asked for another interval: the next beat one interval from now.
+                    swarm.intervals[slot(every)].fetch_sub(1, Ordering::Relaxed);
+                    every = Duration::from_millis(ms.max(1_000));
+                    swarm.intervals[slot(every)].fetch_add(1, Ordering::Relaxed);
+                    swarm.reasked.fetch_add(1, Ordering::Relaxed);
+                    heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                } else if let Ok(CloudToLink::QueryJob(job)) = decoded {
                     let rows = br#"[{"first_name":"Noah"}]"#;
                     let answer = LinkToCloud::QueryResult(QueryResult::from_json(job.query_id, 1, rows, 0));
                     if ws.send(Message::text(halo_protocol::encode(&answer).unwrap())).await.is_err() {
@@ -447,6 +485,7 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
             }
         }
     }
+    swarm.intervals[slot(every)].fetch_sub(1, Ordering::Relaxed);
     swarm.attached.fetch_sub(1, Ordering::AcqRel);
     true
 }
@@ -602,7 +641,7 @@ async fn swarm(cli: Cli) {
         "127.0.0.1:0".parse().unwrap(),
         data.path(),
         links + 1_000,
-        heartbeat.as_secs(),
+        (heartbeat.as_secs(), cli.heartbeat_budget),
     );
     let rss_empty = cloud.rss();
     let http = Arc::new(Http {
@@ -677,6 +716,9 @@ async fn swarm(cli: Cli) {
         link_generation: (0..links).map(|_| AtomicU32::new(0)).collect(),
         reattached: AtomicUsize::new(0),
         failed_attempts: AtomicU64::new(0),
+        beats: AtomicU64::new(0),
+        reasked: AtomicU64::new(0),
+        intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
         ws_config: WebSocketConfig::default().read_buffer_size(4096),
     });
     let mut tokens = tokens.into_iter();
@@ -707,7 +749,11 @@ async fn swarm(cli: Cli) {
     measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
     let (p50_10, p99_10, errors_10) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let beats0 = swarm.beats.load(Ordering::Relaxed);
+    let t10 = Instant::now();
     let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
+    let beats_per_s_10 =
+        (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t10.elapsed().as_secs_f64();
     let rss_10 = cloud.rss();
 
     // The rest of the Links.
@@ -726,10 +772,22 @@ async fn swarm(cli: Cli) {
     let _ = t;
     let attach_commits = cloud.commits.load(Ordering::Relaxed) - commits0;
     let attach_records = cloud.records.load(Ordering::Relaxed) - records0;
-    // Let every Link heartbeat at least once, then measure idle.
+    // Let every Link heartbeat at least once (and be asked again, at its first
+    // beat, if the budget needs a longer interval than it was asked at attach), then
+    // measure idle.
     tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
+    let longest = Duration::from_secs(
+        (0..INTERVAL_SLOTS)
+            .rev()
+            .find(|&s| swarm.intervals[s].load(Ordering::Relaxed) > 0)
+            .unwrap_or(0) as u64,
+    );
+    tokio::time::sleep(longest.saturating_sub(heartbeat)).await;
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
+    let beats0 = swarm.beats.load(Ordering::Relaxed);
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
+    let beats_per_s_n =
+        (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t0.elapsed().as_secs_f64();
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
@@ -739,7 +797,14 @@ async fn swarm(cli: Cli) {
         (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
     let n = links as f64;
-    let beats_per_s = (links - QUERIED) as f64 / heartbeat.as_secs_f64();
+    // Measured: with the budget, the Links' intervals are the Cloud's to choose.
+    let beats_per_s = beats_per_s_n - beats_per_s_10;
+    let intervals: serde_json::Map<String, Value> = (0..INTERVAL_SLOTS)
+        .filter_map(|s| {
+            let n = swarm.intervals[s].load(Ordering::Relaxed);
+            (n > 0).then(|| (format!("{s}s"), json!(n)))
+        })
+        .collect();
     let mut out = json!({
         "bench": "link_swarm",
         "links": links,
@@ -759,7 +824,11 @@ async fn swarm(cli: Cli) {
         "idle_cpu_share_of_one_core": {"links_10": cpu_10, "links_n": cpu_n},
         "swarm_cpu_share_of_one_core": {"idle_links_n": swarm_cpu_n, "queries_links_n": swarm_cpu_queries},
         "heartbeat_secs": heartbeat.as_secs(),
-        "heartbeats_per_s": beats_per_s.round(),
+        "heartbeat_budget": cli.heartbeat_budget,
+        "heartbeats_per_s": beats_per_s_n.round(),
+        "links_by_heartbeat_interval": intervals,
+        "asked_again_mid_session": swarm.reasked.load(Ordering::Relaxed),
+        "heartbeat_cpu_share_of_one_core": (cpu_n - cpu_10).max(0.0),
         "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,
         "query_ms": {"links_10": {"p50": p50_10, "p99": p99_10, "errors": errors_10},
                      "links_n": {"p50": p50_n, "p99": p99_n, "errors": errors_n}},
@@ -776,7 +845,7 @@ async fn swarm(cli: Cli) {
             &http,
             &key,
             data.path(),
-            (links, heartbeat.as_secs()),
+            (links, heartbeat.as_secs(), cli.heartbeat_budget),
             timeout,
         )
         .await;
@@ -795,7 +864,7 @@ async fn restart_storm(
     http: &Arc<Http>,
     key: &str,
     data_dir: &std::path::Path,
-    (links, heartbeat_secs): (usize, u64),
+    (links, heartbeat_secs, heartbeat_budget): (usize, u64, u32),
     timeout: Duration,
 ) -> Value {
     let addr = cloud.addr;
@@ -805,7 +874,12 @@ async fn restart_storm(
     swarm.generation.store(2, Ordering::Release);
     let killed = Instant::now();
     cloud.kill();
-    let cloud = CloudProcess::start(addr, data_dir, links + 1_000, heartbeat_secs);
+    let cloud = CloudProcess::start(
+        addr,
+        data_dir,
+        links + 1_000,
+        (heartbeat_secs, heartbeat_budget),
+    );
     let listening = killed.elapsed();
     let (commits0, records0) = (
         cloud.commits.load(Ordering::Relaxed),

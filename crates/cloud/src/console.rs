@@ -479,28 +479,19 @@ fn gather(app: &AppState, q: &str) -> View {
         let link_total = registry.links().count();
         let mut links: Vec<LinkRow> = registry
             .links()
-            .map(|l| {
-                let heard = state
-                    .router()
-                    .last_heard(l.link_guid())
-                    .map_or(l.last_heard(), |h| h.max(l.last_heard()));
-                LinkRow {
-                    link: l.link_guid().to_string(),
-                    environment: l.environment(),
-                    version: l.version().to_owned(),
-                    status: match l.status() {
-                        halo_tenancy::LinkStatus::Active => "active",
-                        halo_tenancy::LinkStatus::Uninstalled => "uninstalled",
-                    },
-                    availability: halo_tenancy::Availability::derive(
-                        heard,
-                        now,
-                        state.availability(),
-                    )
+            .map(|l| LinkRow {
+                link: l.link_guid().to_string(),
+                environment: l.environment(),
+                version: l.version().to_owned(),
+                status: match l.status() {
+                    halo_tenancy::LinkStatus::Active => "active",
+                    halo_tenancy::LinkStatus::Uninstalled => "uninstalled",
+                },
+                availability: state
+                    .link_availability(l.link_guid(), l.last_heard(), now)
                     .as_str(),
-                    sites: l.sites().len(),
-                    credentials: bound.remove(&l.link_guid()).unwrap_or_default(),
-                }
+                sites: l.sites().len(),
+                credentials: bound.remove(&l.link_guid()).unwrap_or_default(),
             })
             .collect();
         links.sort_by(|a, b| a.link.cmp(&b.link));

@@ -20,6 +20,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod forward;
+pub mod heartbeat;
 pub mod integrator;
 pub mod lease;
 pub mod link_ws;

@@ -45,14 +45,18 @@ const SESSION_CAP_RETRY_AFTER_MS: u64 = 5_000;
 /// The cap on concurrent Link sessions ([`crate::HttpLimits::max_link_sessions`]):
 /// a place is taken before the WebSocket upgrade and held until the session ends.
 #[derive(Debug)]
-pub struct SessionCap(Arc<Semaphore>);
+pub struct SessionCap(Arc<Semaphore>, usize);
 
 impl SessionCap {
     /// Room for `max` sessions at once (at least one).
     pub fn new(max: usize) -> Self {
-        Self(Arc::new(Semaphore::new(
-            max.clamp(1, Semaphore::MAX_PERMITS),
-        )))
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self(Arc::new(Semaphore::new(max)), max)
+    }
+
+    /// Places taken now: sessions open or opening (one atomic load).
+    pub fn taken(&self) -> usize {
+        self.1.saturating_sub(self.0.available_permits())
     }
 
     /// A place for one more session, or `None` at the cap.
@@ -361,21 +365,29 @@ async fn handshake<'a>(
     }
     let session = app.state.router().attach_link(link);
     app.state.heartbeat(link, now());
-    send(
-        socket,
-        &CloudToLink::HelloAck {
-            rejected,
-            heartbeat_interval_ms: Some(
-                app.link_heartbeat
-                    .as_millis()
-                    .try_into()
-                    .unwrap_or(u64::MAX),
-            ),
-        },
-    )
-    .await?;
+    // The interval the node's heartbeat budget allows with this many Links; stored
+    // before the ack leaves, so availability allows for it from the start.
+    let every = app.heartbeats.interval(app.link_sessions.taken());
+    session.set_heartbeat_interval(every);
+    send(socket, &hello_ack(rejected, every)).await?;
     tracing::info!(%link, databases = admitted.len(), "link attached");
     Ok((link, kicks, session))
+}
+
+/// The `helloAck` that asks a Link to beat every `every`; sent again mid-session
+/// (with nothing rejected) to ask for another interval.
+fn hello_ack(rejected: Vec<DatabaseRejection>, every: Duration) -> CloudToLink {
+    CloudToLink::HelloAck {
+        rejected,
+        heartbeat_interval_ms: Some(every.as_millis().try_into().unwrap_or(u64::MAX)),
+    }
+}
+
+/// The interval to ask of an attached Link again, if the node's heartbeat budget
+/// now needs another one than `asked` ([`crate::heartbeat::HeartbeatPlan::should_reask`]).
+fn reask(app: &AppState, asked: Duration) -> Option<Duration> {
+    let target = app.heartbeats.interval(app.link_sessions.taken());
+    crate::heartbeat::HeartbeatPlan::should_reask(asked, target).then_some(target)
 }
 
 async fn serve(
@@ -399,6 +411,8 @@ async fn serve(
     tokio::pin!(kicked);
     let lapsed = crate::lease::lapsed(lease);
     tokio::pin!(lapsed);
+    // The interval this Link was last asked for (in its `helloAck`).
+    let mut asked = session.heartbeat_interval().unwrap_or(app.link_heartbeat);
     loop {
         tokio::select! {
             () = &mut lapsed => return Err(crate::lease::LAPSED.to_owned()),
@@ -455,6 +469,13 @@ async fn serve(
                         // the session's own entry (no table lookup per beat).
                         session.heard(now());
                         clock.record(beat.at);
+                        // Links attached or left since: ask for another interval if
+                        // the node's budget needs one (rarely: two loads otherwise).
+                        if let Some(every) = reask(app, asked) {
+                            session.set_heartbeat_interval(every);
+                            asked = every;
+                            Box::pin(send_owned(socket, hello_ack(Vec::new(), every))).await?;
+                        }
                     }
                     Ok(LinkToCloud::Hello(_)) => return Err("a second hello on one connection".to_owned()),
                     Err(e) => return Err(format!("bad frame from link: {e}")),

@@ -93,6 +93,12 @@ enum Command {
         /// CPU (keep it well below the 90 s offline threshold).
         #[arg(long, default_value = "5s", value_parser = parse_heartbeat)]
         link_heartbeat: Duration,
+        /// The node's heartbeat budget, beats per second over all its Links: with
+        /// more Links than --link-heartbeat allows for, each is asked for a longer
+        /// interval (at most 60 s), and offline thresholds follow each Link's own.
+        #[arg(long, default_value_t = HttpLimits::DEFAULT_HEARTBEAT_BUDGET,
+            value_parser = clap::value_parser!(u32).range(1..))]
+        heartbeat_budget: u32,
         /// Time a connection has to send a complete request head (also the idle
         /// keep-alive timeout), e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -159,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             max_link_sessions,
             link_heartbeat,
+            heartbeat_budget,
             header_read_timeout,
             body_read_timeout,
             write_timeout,
@@ -227,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         write_timeout,
                         max_link_sessions,
                         link_heartbeat,
+                        heartbeat_budget,
                     },
                 },
                 jobs,
@@ -324,6 +332,7 @@ mod tests {
             body_read_timeout,
             write_timeout,
             link_heartbeat,
+            heartbeat_budget,
             ..
         } = cli.command;
         let parsed = HttpLimits {
@@ -333,6 +342,7 @@ mod tests {
             write_timeout,
             max_link_sessions,
             link_heartbeat,
+            heartbeat_budget,
         };
         assert_eq!(parsed, HttpLimits::default());
     }
@@ -350,6 +360,25 @@ mod tests {
             ]);
             assert_eq!(parsed.is_ok(), ok, "--link-heartbeat {value}");
         }
+    }
+
+    #[test]
+    fn a_heartbeat_budget_of_zero_is_refused() {
+        let parse = |value: &str| {
+            Cli::try_parse_from([
+                "halo-cloud",
+                "serve",
+                "--admin-token",
+                "0123456789abcdef",
+                "--heartbeat-budget",
+                value,
+            ])
+        };
+        assert!(parse("0").is_err());
+        let Command::Serve {
+            heartbeat_budget, ..
+        } = parse("200").expect("parses").command;
+        assert_eq!(heartbeat_budget, 200);
     }
 
     #[test]

@@ -186,6 +186,11 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // A peer that vanishes (a Link's power cut) is dropped by the kernel, whatever
+        // the heartbeat interval it was asked for (see `crate::heartbeat`).
+        if let Err(e) = crate::heartbeat::keep_alive(&stream) {
+            tracing::debug!(%remote, error = %e, "cannot set TCP keepalive");
+        }
         let Some(slot) = slots.admit() else {
             tracing::debug!(%remote, "connection cap reached, every connection busy: closed");
             drop(stream);

@@ -1215,15 +1215,33 @@ impl CloudState {
 
     /// Whether `site` can be reached at `now`: from the later of its last durable
     /// registration and, while it is live, its Link's last heartbeat (the router's
-    /// atomic, which heartbeats update without the writer).
+    /// atomic, which heartbeats update without the writer), with thresholds that
+    /// allow for the interval the Link's attached session was asked for.
     pub fn availability_of(&self, site: &Site, now: Timestamp) -> Availability {
-        let mut heard = site.last_heard();
-        if site.status().is_live() {
-            if let Some(link) = self.router.last_heard(site.link_guid()) {
-                heard = heard.max(link);
-            }
+        let heard = site.last_heard();
+        if !site.status().is_live() {
+            return Availability::derive(heard, now, &self.availability);
         }
-        Availability::derive(heard, now, &self.availability)
+        self.link_availability(site.link_guid(), heard, now)
+    }
+
+    /// Whether `link` can be reached at `now`, given `heard`, when the registry last
+    /// heard from it: from the later of that and its last heartbeat, offline after
+    /// the configured threshold or, while a session is attached, after
+    /// [`crate::heartbeat::MISSED_BEATS`] of the intervals it was asked for, if
+    /// longer ([`crate::heartbeat::thresholds`]).
+    pub fn link_availability(
+        &self,
+        link: LinkGuid,
+        heard: Timestamp,
+        now: Timestamp,
+    ) -> Availability {
+        let (heard, every) = match self.router.liveness(link) {
+            Some(live) => (heard.max(live.last_heard), live.heartbeat),
+            None => (heard, None),
+        };
+        let cfg = crate::heartbeat::thresholds(&self.availability, every);
+        Availability::derive(heard, now, &cfg)
     }
 
     fn send(&self, command: Command) {

@@ -347,7 +347,7 @@ impl Agent {
             () = shutdown.as_mut() => return SessionEnd::Shutdown,
             opened = self.open() => opened,
         };
-        let (ws, heartbeat_every) = match opened {
+        let (ws, mut heartbeat_every) = match opened {
             Ok(opened) => opened,
             Err(e) => return lost(false, e),
         };
@@ -365,7 +365,7 @@ impl Agent {
         let mut credits: HashMap<u64, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let mut running = Running::default();
         let mut waiting = FairQueue::new(self.config.max_queued_per_database);
-        let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
+        let mut silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
         let mut last_heard = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -385,10 +385,6 @@ impl Agent {
                             silence_limit.as_secs()
                         )));
                     }
-                    // The cloud's WebSocket answers with a pong, proving it is alive.
-                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
-                        break lost(true, LinkError::Connection(e.to_string()));
-                    }
                     let beat = LinkToCloud::Heartbeat(Heartbeat {
                         at: now(),
                         databases: self.databases.iter().map(|d| d.halo_guid()).collect(),
@@ -397,7 +393,15 @@ impl Agent {
                         Ok(f) => f,
                         Err(e) => break lost(true, e.into()),
                     };
-                    if let Err(e) = sink.send(Message::text(frame)).await {
+                    // The cloud's WebSocket answers the ping with a pong, proving it
+                    // is alive. Ping and beat leave in one write: one segment, one
+                    // wake-up of the Link's session on the Cloud.
+                    let sent = async {
+                        sink.feed(Message::Ping(Default::default())).await?;
+                        sink.feed(Message::text(frame)).await?;
+                        sink.flush().await
+                    };
+                    if let Err(e) = sent.await {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
                     self.persist_epochs();
@@ -488,6 +492,19 @@ impl Agent {
                                 }
                             }
                         }
+                        Ok(Some(CloudToLink::HelloAck { heartbeat_interval_ms: Some(ms), .. })) => {
+                            // The Cloud asks for another interval (its node's heartbeat
+                            // budget grew or shrank): the next beat comes one new
+                            // interval from now.
+                            let every = asked_interval(Some(ms), heartbeat_every);
+                            if every != heartbeat_every {
+                                info!(every_ms = every.as_millis(), "the cloud asks for another heartbeat interval");
+                                heartbeat_every = every;
+                                silence_limit = (every * 3).max(self.config.silence_limit);
+                                heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            }
+                        }
                         Ok(Some(other)) => {
                             warn!(message = kind(&other), "unexpected message from the cloud; ignored");
                         }
@@ -552,9 +569,7 @@ impl Agent {
                 for r in &rejected {
                     error!(halo_guid = %r.halo_guid, reason = %r.reason, "cloud did not register database");
                 }
-                let every = heartbeat_interval_ms.map_or(self.config.heartbeat_interval, |ms| {
-                    Duration::from_millis(ms.max(100))
-                });
+                let every = asked_interval(heartbeat_interval_ms, self.config.heartbeat_interval);
                 Ok((ws, every))
             }
             CloudToLink::Refused { reason } => {
@@ -900,6 +915,12 @@ where
 
 /// The next frame: `Some` for a protocol message, `None` for a ping or pong.
 /// Cancel-safe (one `next()` per call).
+/// The heartbeat interval a `helloAck` asks for (at least 100 ms), or `otherwise`
+/// when it asks for none.
+fn asked_interval(heartbeat_interval_ms: Option<u64>, otherwise: Duration) -> Duration {
+    heartbeat_interval_ms.map_or(otherwise, |ms| Duration::from_millis(ms.max(100)))
+}
+
 async fn next_frame<S>(stream: &mut S) -> Result<Option<CloudToLink>, LinkError>
 where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,

@@ -475,6 +475,53 @@ async fn pongs_keep_an_idle_session_open_and_silence_ends_it() {
     handle.shutdown().await.unwrap();
 }
 
+/// Heartbeats the Link sends from now until `window` has passed.
+async fn beats_within(s: &mut Session, window: Duration) -> usize {
+    let until = tokio::time::Instant::now() + window;
+    let mut beats = 0;
+    while let Ok(frame) = tokio::time::timeout_at(until, s.ws.next()).await {
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                if let LinkToCloud::Heartbeat(_) = decode(t.as_str()).unwrap() {
+                    beats += 1;
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => panic!("the link went away"),
+        }
+    }
+    beats
+}
+
+#[tokio::test]
+async fn a_second_hello_ack_sets_a_new_heartbeat_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let (handle, mut s) = start(&mut cloud, dir.path(), vec![a]).await;
+    // The first ack asked for 200 ms.
+    assert!(beats_within(&mut s, Duration::from_millis(1_000)).await >= 3);
+
+    // Asked for 5 s (a Cloud whose heartbeat budget needs it): the next beat is 5 s
+    // away (one already on its way may still arrive), and the session stays up.
+    s.send(&CloudToLink::HelloAck {
+        rejected: vec![],
+        heartbeat_interval_ms: Some(5_000),
+    })
+    .await;
+    assert!(beats_within(&mut s, Duration::from_millis(2_000)).await <= 1);
+
+    // Asked for 200 ms again: beats come often again.
+    s.send(&CloudToLink::HelloAck {
+        rejected: vec![],
+        heartbeat_interval_ms: Some(200),
+    })
+    .await;
+    assert!(beats_within(&mut s, Duration::from_millis(6_000)).await >= 3);
+    assert_eq!(handle.status().borrow().sessions, 1, "the session was kept");
+    handle.shutdown().await.unwrap();
+}
+
 // ---- fair scheduling (issue 10, "noisy neighbour") ------------------------------
 //
 // A blocker is a query that runs until it is cancelled (or its 60 s deadline), so

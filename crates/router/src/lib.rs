@@ -110,7 +110,7 @@ mod sync;
 pub use dispatch::{Dispatch, QueryId};
 pub use error::{RouteError, RouteErrorClass};
 pub use job::{Command, Job, Paging};
-pub use link::{Delivery, LinkSession, NextJob};
+pub use link::{Delivery, LinkSession, Liveness, NextJob};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};

@@ -9,6 +9,7 @@
 //! | `SessionCore::in_flight` | reserved slots: queued + executing | `route` (+1), the slot winner (-1) | +1 SeqCst (the busy set's protocol, `busy.rs`), -1 AcqRel | no |
 //! | `SessionCore::listed` | the router's busy set holds the session | `route` (false -> true), the sweeper | SeqCst (`busy.rs`) | no |
 //! | `SessionCore::queued` | jobs in the channel, live or dead | `enqueue` (+1, -1 when refused), the receiver (-1) | AcqRel | no |
+//! | `SessionCore::heartbeat_ms` | the heartbeat interval the session's Link was asked for (0: none yet) | the session task (`LinkSession::set_heartbeat_interval`) | Relaxed (a lone value, guards nothing) | no |
 //! | `SessionCore::closed` | the session was detached or replaced | detach only | SeqCst, paired with a SeqCst fence on the route side | yes (false -> true) |
 //! | `Waiter::state` | idle / receiver parked / notified | receiver (idle, parked), producers (notified) | AcqRel read-modify-writes only | no |
 //!
@@ -23,6 +24,7 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use foldhash::fast::RandomState;
@@ -35,7 +37,9 @@ use crate::job::Job;
 use crate::outcome::{QueryFailure, QueryOutput};
 use std::sync::Arc;
 
-use crate::sync::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Mutex, Ordering, fence, lock};
+use crate::sync::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering, fence, lock,
+};
 
 /// What the router knows about one Link: its liveness and its session, if attached.
 /// Shared (`Arc`) by every route record of the Link's sites, so a heartbeat is one
@@ -89,10 +93,33 @@ impl LinkEntry {
         Timestamp::from_millis(self.last_heard.load(Ordering::Relaxed))
     }
 
+    /// The Link's last-heard time and, while a session is attached, the heartbeat
+    /// interval that session was asked for.
+    pub(crate) fn liveness(&self) -> Liveness {
+        let session = self.session.load();
+        Liveness {
+            last_heard: self.last_heard(),
+            heartbeat: session
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .and_then(|s| s.heartbeat_interval()),
+        }
+    }
+
     /// The attached session, if any (lock-free).
     pub(crate) fn session(&self) -> Option<Arc<SessionCore>> {
         self.session.load_full()
     }
+}
+
+/// What the router knows of a Link's liveness ([`crate::Router::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// When the Link was last heard from.
+    pub last_heard: Timestamp,
+    /// The heartbeat interval the Link's attached session was asked for; `None` while
+    /// no session is attached, or before it was asked.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Parks the single job receiver and wakes it when a job (or a close) arrives.
@@ -176,6 +203,9 @@ pub(crate) struct SessionCore {
     in_flight: AtomicUsize,
     /// Set once when the session is detached or replaced; see the module docs.
     closed: AtomicBool,
+    /// Milliseconds of the heartbeat interval the Link was asked for (0: not yet);
+    /// Relaxed, a lone value.
+    heartbeat_ms: AtomicU32,
     /// Every in-flight query of this session, by id; a slot leaves when it ends.
     /// Created on the session's first query: an empty `papaya::HashMap` already
     /// holds about 18 KB, more than the rest of an idle session.
@@ -231,6 +261,7 @@ impl SessionCore {
             capacity,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            heartbeat_ms: AtomicU32::new(0),
             slots: OnceLock::new(),
             queued: AtomicUsize::new(0),
             tx,
@@ -244,6 +275,14 @@ impl SessionCore {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// The heartbeat interval the session's Link was asked for, if it was.
+    pub(crate) fn heartbeat_interval(&self) -> Option<Duration> {
+        match self.heartbeat_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
+        }
     }
 
     /// Ends `slot` with `outcome` if nothing ended it first; the winner releases the
@@ -434,6 +473,19 @@ impl LinkSession {
     /// its entry (a heartbeat touches one atomic, not the table).
     pub fn heard(&self, at: Timestamp) {
         self.entry.heard(at);
+    }
+
+    /// Records the heartbeat interval this session's Link was asked for; while the
+    /// session is attached, [`crate::Router::liveness`] reports it (availability
+    /// allows for it). Whole milliseconds, at least 1 ms, at most `u32::MAX` ms.
+    pub fn set_heartbeat_interval(&self, every: Duration) {
+        let ms = u32::try_from(every.as_millis()).unwrap_or(u32::MAX).max(1);
+        self.core.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The heartbeat interval last recorded with [`Self::set_heartbeat_interval`].
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        self.core.heartbeat_interval()
     }
 
     /// Queries queued or running on this session now.

@@ -56,7 +56,7 @@ use crate::busy::Busy;
 use crate::dispatch::{Dispatch, QueryId};
 use crate::error::RouteError;
 use crate::job::{Command, Job, Paging};
-use crate::link::{LinkEntry, LinkSession, SessionCore};
+use crate::link::{LinkEntry, LinkSession, Liveness, SessionCore};
 use crate::route::{Route, SiteRoute};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
@@ -637,6 +637,12 @@ impl Router {
     /// When a Link was last heard from, if the router knows it.
     pub fn last_heard(&self, link: LinkGuid) -> Option<Timestamp> {
         self.links.pin().get(&link).map(|e| e.last_heard())
+    }
+
+    /// When a Link was last heard from and, while it is attached, the heartbeat
+    /// interval its session was asked for; `None` if the router does not know it.
+    pub fn liveness(&self, link: LinkGuid) -> Option<Liveness> {
+        self.links.pin().get(&link).map(|e| e.liveness())
     }
 
     // ---- sessions --------------------------------------------------------------

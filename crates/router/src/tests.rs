@@ -444,6 +444,35 @@ fn a_sessions_heartbeat_reaches_the_links_published_records() {
 }
 
 #[test]
+fn liveness_carries_the_interval_asked_only_while_a_session_is_attached() {
+    let (router, _registry) = setup(RouterConfig::standard());
+    let every = Duration::from_secs(30);
+    let session = router.attach_link(link(1));
+    // Attached, not yet asked: no interval.
+    assert_eq!(router.liveness(link(1)).unwrap().heartbeat, None);
+    session.set_heartbeat_interval(every);
+    let later = T0.saturating_add(Duration::from_secs(5));
+    session.heard(later);
+    let live = router.liveness(link(1)).unwrap();
+    assert_eq!((live.last_heard, live.heartbeat), (later, Some(every)));
+    assert_eq!(session.heartbeat_interval(), Some(every));
+    // A newer session of the Link starts unasked; the old one's interval is gone.
+    let newer = router.attach_link(link(1));
+    assert_eq!(router.liveness(link(1)).unwrap().heartbeat, None);
+    newer.set_heartbeat_interval(Duration::from_secs(10));
+    drop(session);
+    assert_eq!(
+        router.liveness(link(1)).unwrap().heartbeat,
+        Some(Duration::from_secs(10))
+    );
+    // Detached: the last-heard time stays, the interval goes.
+    drop(newer);
+    let live = router.liveness(link(1)).unwrap();
+    assert_eq!((live.last_heard, live.heartbeat), (later, None));
+    assert_eq!(router.liveness(link(9)), None);
+}
+
+#[test]
 fn publish_demotes_the_previous_holder_first_and_drops_stale_epochs() {
     let (router, registry) = setup(RouterConfig::standard());
     let current = SiteRoute::from_site(registry.site(halo(1)).unwrap());
