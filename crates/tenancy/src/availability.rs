@@ -39,7 +39,7 @@ impl Availability {
     }
 }
 
-/// Thresholds for [`Availability`]. Links send a heartbeat every 30 s.
+/// Thresholds for [`Availability`] (the Cloud widens them per Link to its heartbeat interval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AvailabilityConfig {
     offline_after: Duration,
