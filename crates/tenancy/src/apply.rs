@@ -10,7 +10,8 @@ use smallvec::SmallVec;
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Group, GroupEntry, Map, Promotion};
+use crate::registry::{BranchClaim, Group, GroupEntry, GroupTable, Map, Promotion};
+use crate::site::{BranchList, SiteFlags};
 use crate::{
     Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
     TenancyError, TextField, TextRule,
@@ -114,26 +115,29 @@ fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Si
     if s.link != link {
         return Err(TenancyError::SiteOwnedByOtherLink(site));
     }
-    if !s.status.is_live() {
+    if !s.status().is_live() {
         return Err(TenancyError::SiteRetired {
             halo_guid: site,
-            status: s.status,
+            status: s.status(),
         });
     }
     Ok(s)
 }
 
 /// Branch CRNs sorted, without duplicates and without the parent itself.
-fn normalise_branches(parent: Crn, branches: &[Crn]) -> Box<[Crn]> {
-    let mut out: Vec<Crn> = branches.iter().copied().filter(|b| *b != parent).collect();
+fn normalise_branches(parent: Crn, branches: &[Crn]) -> BranchList {
+    if branches.is_empty() {
+        return BranchList::default();
+    }
+    let mut out: SmallVec<[Crn; 2]> = branches.iter().copied().filter(|b| *b != parent).collect();
     out.sort_unstable();
     out.dedup();
-    out.into_boxed_slice()
+    BranchList::from(out.as_slice())
 }
 
 /// The validated details of a database (texts borrowed from the event).
 struct Details<'a> {
-    branch_crns: Box<[Crn]>,
+    branch_crns: BranchList,
     practice_name: CompactString,
     pms_version: &'a str,
     catalogues: &'a [Catalogue],
@@ -199,7 +203,7 @@ fn check_crns(
             .members()
             .iter()
             .filter(|m| Some(m.halo_guid) != exclude)
-            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(|s| s.is_demo));
+            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(Site::is_demo));
         if clash {
             return Err(TenancyError::FakeCrnCollision(crn));
         }
@@ -221,7 +225,7 @@ fn check_crns(
             }
         }
         if let Some(claim) = reg.branches.get(&branch_key) {
-            if claim.parent != crn {
+            if reg.branch_parent(claim) != Some(crn) {
                 return Err(TenancyError::BranchClaimedByOtherParent(*branch));
             }
         }
@@ -287,14 +291,15 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
         let epoch = group.state.epoch();
         for member in group.state.members() {
             if let Some(site) = sites.get_mut(&member.halo_guid) {
-                site.authoritative = holder == Some(member.halo_guid);
+                site.flags
+                    .set_authoritative(holder == Some(member.halo_guid));
                 site.epoch = epoch;
             }
         }
         for gone in leaving {
             if let Some(site) = sites.get_mut(gone) {
                 if site.group_key() == key {
-                    site.authoritative = false;
+                    site.flags.set_authoritative(false);
                     site.epoch = epoch;
                 }
             }
@@ -312,28 +317,43 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
     }
 }
 
-/// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
+/// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN). `parent`
+/// is the position of the site's group in the group table.
 pub(crate) fn claim_crns(
     branches: &mut Map<GroupKey, BranchClaim>,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
+    parent: u32,
 ) {
-    if site.is_demo {
+    let (environment, pms_type) = (site.environment(), site.pms_type());
+    if site.is_demo() {
         demo_real
-            .entry(key(site.environment, site.pms_type, site.parent_crn))
+            .entry(key(environment, pms_type, site.parent_crn))
             .or_default()
             .insert(site.halo_guid);
         return;
     }
-    for branch in site.branch_crns.iter() {
+    for branch in site.branch_crns() {
         branches
-            .entry(key(site.environment, site.pms_type, *branch))
-            .or_insert(BranchClaim {
-                parent: site.parent_crn,
-                claims: 0,
-            })
+            .entry(key(environment, pms_type, *branch))
+            .or_insert(BranchClaim { parent, claims: 0 })
             .claims += 1;
     }
+}
+
+/// The position of the site's group, creating it (empty) if it is new: a live site
+/// is a member of its group, so it exists, or is about to be made by the same event.
+fn group_position(groups: &mut GroupTable, site: &Site) -> u32 {
+    if site.is_demo() || site.branch_crns.len() == 0 {
+        // No branch claim to name its parent.
+        return u32::MAX;
+    }
+    let key = site.group_key();
+    let at = groups.position_or_insert_with(key, || GroupEntry {
+        key,
+        group: Group::default(),
+    });
+    u32::try_from(at).unwrap_or(u32::MAX)
 }
 
 /// Removes the claims [`claim_crns`] added.
@@ -342,8 +362,8 @@ fn release_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.is_demo {
-        let k = key(site.environment, site.pms_type, site.parent_crn);
+    if site.is_demo() {
+        let k = key(site.environment(), site.pms_type(), site.parent_crn);
         if let Some(copies) = demo_real.get_mut(&k) {
             copies.remove(&site.halo_guid);
             if copies.is_empty() {
@@ -352,8 +372,8 @@ fn release_crns(
         }
         return;
     }
-    for branch in site.branch_crns.iter() {
-        let k = key(site.environment, site.pms_type, *branch);
+    for branch in site.branch_crns() {
+        let k = key(site.environment(), site.pms_type(), *branch);
         if let Some(claim) = branches.get_mut(&k) {
             claim.claims = claim.claims.saturating_sub(1);
             if claim.claims == 0 {
@@ -365,7 +385,8 @@ fn release_crns(
 
 /// Inserts a new site with its CRN claims.
 fn insert_site(reg: &mut Registry, site: Site) {
-    claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
+    let parent = group_position(&mut reg.groups, &site);
+    claim_crns(&mut reg.branches, &mut reg.demo_real, &site, parent);
     reg.sites.insert(site);
 }
 
@@ -373,6 +394,7 @@ fn insert_site(reg: &mut Registry, site: Site) {
 fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut Site)) {
     let Registry {
         sites,
+        groups,
         branches,
         demo_real,
         ..
@@ -380,12 +402,13 @@ fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut
     let Some(site) = sites.get_mut(&halo_guid) else {
         return;
     };
-    if site.status.is_live() {
+    if site.status().is_live() {
         release_crns(branches, demo_real, site);
     }
     change(site);
-    if site.status.is_live() {
-        claim_crns(branches, demo_real, site);
+    if site.status().is_live() {
+        let parent = group_position(groups, site);
+        claim_crns(branches, demo_real, site, parent);
     }
 }
 
@@ -408,7 +431,7 @@ pub(crate) fn changes_nothing(reg: &Registry, event: &Event) -> bool {
         } => reg.links.get(link).is_some_and(|l| {
             l.status == LinkStatus::Active
                 && l.environment == *environment
-                && *l.version == **version
+                && **l.version == **version
         }),
         Event::SiteAttached {
             link,
@@ -434,9 +457,9 @@ fn site_unchanged(
     let Ok(details) = check_details(identity) else {
         return false;
     };
-    let same = site.pms_type == identity.pms_type
+    let same = site.pms_type() == identity.pms_type
         && site.parent_crn == identity.parent_crn
-        && site.is_demo == identity.is_demo
+        && site.is_demo() == identity.is_demo
         && site.branch_crns == details.branch_crns
         && site.practice_name == details.practice_name
         && site.pms_version() == details.pms_version
@@ -454,7 +477,7 @@ fn site_unchanged(
         identity.pms_type,
         routing_crn,
         identity.is_demo,
-        &details.branch_crns,
+        details.branch_crns.as_slice(),
         Some(halo_guid),
     )
     .is_ok()
@@ -475,25 +498,20 @@ fn link_registered(
         let serves = existing
             .sites
             .iter()
-            .any(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()));
+            .any(|s| reg.sites.get(s).is_some_and(|s| s.status().is_live()));
         if existing.environment != environment && serves {
             return Err(TenancyError::EnvironmentChanged(link));
         }
     }
-    let shared = reg.interned.text(version);
-    if !reg.links.contains(&link) {
-        reg.links.insert(Link {
-            guid: link,
-            environment,
-            status: LinkStatus::Active,
-            last_heard: now,
-            version: std::sync::Arc::clone(&shared),
-            sites: SmallVec::new(),
-        });
-    }
-    let Some(entry) = reg.links.get_mut(&link) else {
-        return Err(TenancyError::UnknownLink(link));
-    };
+    let shared = reg.interned.link_version(version);
+    let entry = reg.links.get_or_insert_with(link, || Link {
+        guid: link,
+        environment,
+        status: LinkStatus::Active,
+        last_heard: now,
+        version: Arc::clone(&shared),
+        sites: SmallVec::new(),
+    });
     entry.environment = environment;
     entry.status = LinkStatus::Active;
     entry.version = shared;
@@ -524,15 +542,15 @@ fn database_attached(
         if existing.link != link {
             return Err(TenancyError::SiteOwnedByOtherLink(halo_guid));
         }
-        if !existing.status.is_live() {
+        if !existing.status().is_live() {
             return Err(TenancyError::SiteRetired {
                 halo_guid,
-                status: existing.status,
+                status: existing.status(),
             });
         }
-        if existing.pms_type != identity.pms_type
+        if existing.pms_type() != identity.pms_type
             || existing.parent_crn != identity.parent_crn
-            || existing.is_demo != identity.is_demo
+            || existing.is_demo() != identity.is_demo
         {
             return Err(TenancyError::IdentityChanged(halo_guid));
         }
@@ -542,7 +560,7 @@ fn database_attached(
             identity.pms_type,
             routing_crn,
             identity.is_demo,
-            &details.branch_crns,
+            details.branch_crns.as_slice(),
             Some(halo_guid),
         )?;
         let profile = reg
@@ -564,7 +582,7 @@ fn database_attached(
         identity.pms_type,
         routing_crn,
         identity.is_demo,
-        &details.branch_crns,
+        details.branch_crns.as_slice(),
         None,
     )?;
     let group_key = key(environment, identity.pms_type, routing_crn);
@@ -582,12 +600,14 @@ fn database_attached(
     let site = Site {
         halo_guid,
         link,
-        environment,
-        pms_type: identity.pms_type,
         parent_crn: identity.parent_crn,
-        is_demo: identity.is_demo,
-        status: SiteStatus::Initialising,
-        authoritative: false,
+        flags: SiteFlags::new(
+            environment,
+            identity.pms_type,
+            identity.is_demo,
+            SiteStatus::Initialising,
+            false,
+        ),
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
         created: now,
@@ -615,15 +635,15 @@ fn database_ready(
 ) -> Result<Vec<Change>, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo_guid)?;
-    if site.status != SiteStatus::Initialising {
+    if site.status() != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
             halo_guid,
-            from: site.status,
+            from: site.status(),
             to: SiteStatus::Active,
         });
     }
     if let Some(site) = reg.sites.get_mut(&halo_guid) {
-        site.status = SiteStatus::Active;
+        site.flags.set_status(SiteStatus::Active);
         site.last_heard = site.last_heard.max(now);
     }
     hear_link(reg, link, now);
@@ -639,7 +659,9 @@ fn database_removed(
     let site = live_owned_site(reg, link, halo_guid)?;
     let mut plan = Plan::default();
     plan.elect(reg, site.group_key(), &AuthorityEvent::Left { halo_guid })?;
-    with_claims(reg, halo_guid, |site| site.status = SiteStatus::Removed);
+    with_claims(reg, halo_guid, |site| {
+        site.flags.set_status(SiteStatus::Removed)
+    });
     let mut changes = vec![Change::SiteRetired(halo_guid)];
     commit_plan(reg, plan, &[halo_guid], &mut changes);
     Ok(changes)
@@ -651,7 +673,7 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
         .sites
         .iter()
         .copied()
-        .filter(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()))
+        .filter(|s| reg.sites.get(s).is_some_and(|s| s.status().is_live()))
         .collect();
     let mut plan = Plan::default();
     for halo_guid in &leaving {
@@ -668,7 +690,7 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
     let mut changes = Vec::with_capacity(leaving.len() + 1);
     for halo_guid in &leaving {
         with_claims(reg, *halo_guid, |site| {
-            site.status = SiteStatus::Uninstalled
+            site.flags.set_status(SiteStatus::Uninstalled)
         });
         changes.push(Change::SiteRetired(*halo_guid));
     }
@@ -695,10 +717,10 @@ fn reinstalled(
     if prev.link != link {
         return Err(TenancyError::SiteOwnedByOtherLink(previous));
     }
-    if prev.status == SiteStatus::Removed {
+    if prev.status() == SiteStatus::Removed {
         return Err(TenancyError::SiteRetired {
             halo_guid: previous,
-            status: prev.status,
+            status: prev.status(),
         });
     }
     if reg.successors.contains_key(&previous) {
@@ -711,11 +733,11 @@ fn reinstalled(
             TenancyError::DuplicateSite(halo_guid)
         });
     }
-    if prev.environment != environment {
+    if prev.environment() != environment {
         return Err(TenancyError::EnvironmentChanged(link));
     }
-    let was_live = prev.status.is_live();
-    let routing_crn = if prev.is_demo {
+    let was_live = prev.status().is_live();
+    let routing_crn = if prev.is_demo() {
         halo_guid.fake_crn()
     } else {
         prev.parent_crn
@@ -723,15 +745,15 @@ fn reinstalled(
     check_crns(
         reg,
         environment,
-        prev.pms_type,
+        prev.pms_type(),
         routing_crn,
-        prev.is_demo,
-        &prev.branch_crns,
+        prev.is_demo(),
+        prev.branch_crns(),
         Some(previous),
     )?;
-    let new_key = key(environment, prev.pms_type, routing_crn);
+    let new_key = key(environment, prev.pms_type(), routing_crn);
     let mut plan = Plan::default();
-    if prev.is_demo {
+    if prev.is_demo() {
         // A demo copy's fake CRN comes from its Halo GUID, so the reinstall lands in
         // a new group of its own.
         if was_live {
@@ -768,12 +790,14 @@ fn reinstalled(
     let site = Site {
         halo_guid,
         link,
-        environment,
-        pms_type: prev.pms_type,
         parent_crn: prev.parent_crn,
-        is_demo: prev.is_demo,
-        status: SiteStatus::Initialising,
-        authoritative: false,
+        flags: SiteFlags::new(
+            environment,
+            prev.pms_type(),
+            prev.is_demo(),
+            SiteStatus::Initialising,
+            false,
+        ),
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
         created: now,
@@ -783,7 +807,9 @@ fn reinstalled(
     };
     let mut changes = Vec::new();
     if was_live {
-        with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
+        with_claims(reg, previous, |s| {
+            s.flags.set_status(SiteStatus::Uninstalled)
+        });
         changes.push(Change::SiteRetired(previous));
     }
     insert_site(reg, site);
@@ -808,7 +834,7 @@ fn heartbeat(
         l.last_heard = l.last_heard.max(now);
         for halo_guid in &l.sites {
             if let Some(site) = sites.get_mut(halo_guid) {
-                if site.status.is_live() {
+                if site.status().is_live() {
                     site.last_heard = site.last_heard.max(now);
                 }
             }
@@ -828,11 +854,11 @@ fn branch_crns_changed(
     let branches = normalise_branches(site.parent_crn, branch_crns);
     check_crns(
         reg,
-        site.environment,
-        site.pms_type,
+        site.environment(),
+        site.pms_type(),
         site.crn(),
-        site.is_demo,
-        &branches,
+        site.is_demo(),
+        branches.as_slice(),
         Some(halo_guid),
     )?;
     with_claims(reg, halo_guid, |site| site.branch_crns = branches);
@@ -850,10 +876,10 @@ fn promoted(
         .sites
         .get(&halo_guid)
         .ok_or(TenancyError::UnknownSite(halo_guid))?;
-    if !site.status.is_live() {
+    if !site.status().is_live() {
         return Err(TenancyError::SiteRetired {
             halo_guid,
-            status: site.status,
+            status: site.status(),
         });
     }
     check_text(TextField::Actor, actor, MAX_ACTOR, true)?;

@@ -27,6 +27,12 @@ pub(crate) struct Interner {
     /// (PMS version, catalogue list) pairs as sites hold them: one pointer per site
     /// instead of two. A cache over `texts` and `catalogues`, so not part of equality.
     pub(crate) profiles: HashSet<Arc<Profile>, foldhash::fast::RandomState>,
+    /// Link versions as Links hold them (one thin pointer each). A cache over
+    /// `texts`, so not part of equality.
+    pub(crate) link_versions: HashMap<Arc<str>, Arc<Arc<str>>, foldhash::fast::RandomState>,
+    /// The profile interned last: sites attached one after another mostly share it,
+    /// so it is compared before anything is hashed. Not part of equality.
+    pub(crate) last_profile: Option<Arc<Profile>>,
 }
 
 impl PartialEq for Interner {
@@ -56,8 +62,30 @@ impl Interner {
         shared
     }
 
+    /// A Link version, interned in `texts`, as one thin pointer.
+    pub(crate) fn link_version(&mut self, version: &str) -> Arc<Arc<str>> {
+        if let Some(shared) = self.link_versions.get(version) {
+            return Arc::clone(shared);
+        }
+        let text = self.text(version);
+        let shared = Arc::new(Arc::clone(&text));
+        self.link_versions.insert(text, Arc::clone(&shared));
+        shared
+    }
+
     /// The shared profile of a PMS version and a catalogue list (both interned).
     pub(crate) fn profile(&mut self, pms_version: &str, catalogues: &[Catalogue]) -> Arc<Profile> {
+        if let Some(last) = &self.last_profile {
+            if *last.pms_version == *pms_version && *last.catalogues == *catalogues {
+                return Arc::clone(last);
+            }
+        }
+        let shared = self.profile_slow(pms_version, catalogues);
+        self.last_profile = Some(Arc::clone(&shared));
+        shared
+    }
+
+    fn profile_slow(&mut self, pms_version: &str, catalogues: &[Catalogue]) -> Arc<Profile> {
         let wanted = Profile {
             pms_version: self.text(pms_version),
             catalogues: self.catalogues(catalogues),
@@ -143,7 +171,8 @@ impl<T: Keyed + PartialEq> PartialEq for Dense<T> {
 impl<T: Keyed + Eq> Eq for Dense<T> {}
 
 impl<T: Keyed> Dense<T> {
-    fn position(&self, key: &T::Key) -> Option<usize> {
+    /// The position of the value with `key` (positions never change).
+    pub(crate) fn position(&self, key: &T::Key) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         let list = &self.list;
         self.index
@@ -159,10 +188,6 @@ impl<T: Keyed> Dense<T> {
 
     pub(crate) fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
         self.position(key).and_then(|i| self.list.get_mut(i))
-    }
-
-    pub(crate) fn contains(&self, key: &T::Key) -> bool {
-        self.position(key).is_some()
     }
 
     /// Adds a new value; the caller has checked that its key is new.
@@ -204,6 +229,21 @@ impl<T: Keyed> Dense<T> {
             }
         };
         &mut self.list[i]
+    }
+
+    /// The position of the value with `key`, inserting `make()` first if there is none.
+    pub(crate) fn position_or_insert_with(
+        &mut self,
+        key: T::Key,
+        make: impl FnOnce() -> T,
+    ) -> usize {
+        match self.position(&key) {
+            Some(i) => i,
+            None => {
+                self.insert(make());
+                self.list.len() - 1
+            }
+        }
     }
 
     pub(crate) fn reserve(&mut self, additional: usize) {
@@ -308,9 +348,13 @@ impl Group {
 }
 
 /// Which parent a branch CRN belongs to, and how many live sites claim it.
+///
+/// The parent is the position of its group in the group table (groups are never
+/// deleted, so positions stay valid; the branch has the same environment and PMS
+/// type): 4 bytes rather than a 21-byte CRN, 32 bytes an entry with its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BranchClaim {
-    pub(crate) parent: Crn,
+    pub(crate) parent: u32,
     pub(crate) claims: u32,
 }
 
@@ -342,7 +386,7 @@ pub enum CrnLookup {
 ///
 /// Changed only by [`Registry::apply`]. Replaying the same events with the same
 /// times from [`Registry::default`] gives an equal registry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub(crate) links: LinkTable,
     /// Sites in attach order; never removed (retired sites stay readable).
@@ -357,6 +401,29 @@ pub struct Registry {
     /// Shared versions and catalogue lists.
     pub(crate) interned: Interner,
 }
+
+/// Equal when they hold the same state. Branch claims name their parent by its
+/// group's position, which depends on the order groups were made (a restored
+/// registry makes them in key order): they are compared by the parent they name.
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.links == other.links
+            && self.sites == other.sites
+            && self.groups == other.groups
+            && self.demo_real == other.demo_real
+            && self.successors == other.successors
+            && self.interned == other.interned
+            && self.branches.len() == other.branches.len()
+            && self.branches.iter().all(|(key, claim)| {
+                other.branches.get(key).is_some_and(|theirs| {
+                    claim.claims == theirs.claims
+                        && self.branch_parent(claim) == other.branch_parent(theirs)
+                })
+            })
+    }
+}
+
+impl Eq for Registry {}
 
 impl Registry {
     /// An empty registry.
@@ -520,7 +587,8 @@ impl Registry {
             CrnLookup::Branch => self
                 .branches
                 .get(&key)
-                .is_some_and(|claim| entitled(PmsId::new(pms_type, claim.parent))),
+                .and_then(|claim| self.branch_parent(claim))
+                .is_some_and(|parent| entitled(PmsId::new(pms_type, parent))),
             CrnLookup::DemoRealCrn => {
                 entitled(PmsId::new(pms_type, crn))
                     || self.demo_real.get(&key).is_some_and(|copies| {
@@ -543,6 +611,14 @@ impl Registry {
         self.sites
             .get(&halo_guid)
             .map(|s| Availability::derive(s.last_heard, now, cfg))
+    }
+
+    /// The parent CRN a branch claim names.
+    pub(crate) fn branch_parent(&self, claim: &BranchClaim) -> Option<Crn> {
+        self.groups
+            .as_slice()
+            .get(claim.parent as usize)
+            .map(|e| e.key.pms_id.site_id())
     }
 
     /// The Halo GUID that replaced `previous` on reinstall, if any.

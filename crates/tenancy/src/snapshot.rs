@@ -25,7 +25,7 @@ use compact_str::CompactString;
 use smallvec::SmallVec;
 
 use crate::registry::{Group, GroupEntry, Promotion};
-use crate::site::Profile;
+use crate::site::{BranchList, Profile, SiteFlags};
 use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
 
 mod binary;
@@ -239,16 +239,16 @@ impl Registry {
             .map(|s| SiteRecord {
                 halo_guid: s.halo_guid,
                 link: s.link,
-                env: s.environment,
-                pms: s.pms_type,
+                env: s.environment(),
+                pms: s.pms_type(),
                 parent_crn: s.parent_crn,
-                is_demo: s.is_demo,
-                status: s.status,
-                auth: s.authoritative,
+                is_demo: s.is_demo(),
+                status: s.status(),
+                auth: s.is_authoritative(),
                 epoch: s.epoch,
                 heard: s.last_heard,
                 created: s.created_at(),
-                branch_crns: s.branch_crns.clone(),
+                branch_crns: s.branch_crns().into(),
                 name: s.practice_name.clone(),
                 ver: lookup(
                     &text_index,
@@ -385,12 +385,13 @@ impl Registry {
                     std::cmp::Ordering::Greater => break,
                 }
             }
+            let version = text(l.ver)?;
             let link = Link {
                 guid: l.guid,
                 environment: l.env,
                 status: l.status,
                 last_heard: l.heard,
-                version: text(l.ver)?,
+                version: reg.interned.link_version(&version),
                 sites: serves,
             };
             if !reg.links.insert_new(link) {
@@ -430,23 +431,18 @@ impl Registry {
             let site = Site {
                 halo_guid: s.halo_guid,
                 link: s.link,
-                environment: s.env,
-                pms_type: s.pms,
                 parent_crn: s.parent_crn,
-                is_demo: s.is_demo,
-                status: s.status,
-                authoritative: s.auth,
+                flags: SiteFlags::new(s.env, s.pms, s.is_demo, s.status, s.auth),
                 epoch: s.epoch,
                 last_heard: s.heard,
                 created: s.created.unwrap_or(Timestamp::UNIX_EPOCH),
-                branch_crns: s.branch_crns,
+                branch_crns: BranchList::from(&*s.branch_crns),
                 practice_name: s.name,
                 profile,
             };
-            if site.status.is_live() {
+            if site.status().is_live() {
                 live.push((group_sort_key(&site.group_key()), i));
-                crate::apply::claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
-            } else if site.authoritative {
+            } else if site.is_authoritative() {
                 return Err(invalid("a retired site is authoritative"));
             }
             if !reg.sites.insert_new(site) {
@@ -502,7 +498,7 @@ impl Registry {
                 if site.epoch != epoch {
                     return Err(invalid("a live site is not at its group's epoch"));
                 }
-                if site.authoritative {
+                if site.is_authoritative() {
                     if holder.is_some() {
                         return Err(invalid("two authoritative sites in one group"));
                     }
@@ -537,6 +533,7 @@ impl Registry {
                     epoch: p.epoch,
                 })
             });
+            let position = u32::try_from(reg.groups.len()).unwrap_or(u32::MAX);
             if !reg.groups.insert_new(GroupEntry {
                 key,
                 group: Group {
@@ -545,6 +542,12 @@ impl Registry {
                 },
             }) {
                 return Err(invalid("a group appears twice"));
+            }
+            // The live members' CRN claims, now that their group has a position.
+            for &(_, i) in run {
+                if let Some(site) = placed.get(i as usize) {
+                    crate::apply::claim_crns(&mut reg.branches, &mut reg.demo_real, site, position);
+                }
             }
         }
         drop(live);

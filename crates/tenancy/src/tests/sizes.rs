@@ -1,0 +1,86 @@
+//! The compact representations: room per site, and that packing loses nothing.
+
+use std::mem::size_of;
+
+use halo_ids::{Crn, Environment, PmsType};
+use proptest::prelude::*;
+
+use crate::SiteStatus;
+use crate::site::{BranchList, SiteFlags};
+
+/// A million sites, Links and groups: a field added carelessly grows the registry
+/// by megabytes. These bounds are the layouts' sizes today.
+#[test]
+fn hot_structures_keep_their_size() {
+    assert!(
+        size_of::<crate::Site>() <= 120,
+        "Site is {} bytes",
+        size_of::<crate::Site>()
+    );
+    assert!(
+        size_of::<crate::Link>() <= 64,
+        "Link is {} bytes",
+        size_of::<crate::Link>()
+    );
+    assert!(size_of::<BranchList>() <= 8);
+    let claim = size_of::<(crate::GroupKey, crate::registry::BranchClaim)>();
+    assert!(claim <= 32, "a branch claim is {claim} bytes");
+}
+
+/// Every combination of the packed fields reads back as written, and changing the
+/// status or the authority flag changes nothing else.
+#[test]
+fn site_flags_round_trip_every_combination() {
+    let statuses = [
+        SiteStatus::Initialising,
+        SiteStatus::Active,
+        SiteStatus::Removed,
+        SiteStatus::Uninstalled,
+    ];
+    for environment in [Environment::Stage, Environment::Production] {
+        for pms in PmsType::ALL {
+            for demo in [false, true] {
+                for status in statuses {
+                    for auth in [false, true] {
+                        let mut f = SiteFlags::new(environment, pms, demo, status, auth);
+                        assert_eq!(f.environment(), environment);
+                        assert_eq!(f.pms_type(), pms);
+                        assert_eq!(f.is_demo(), demo);
+                        assert_eq!(f.status(), status);
+                        assert_eq!(f.authoritative(), auth);
+                        for next in statuses {
+                            f.set_status(next);
+                            f.set_authoritative(!auth);
+                            assert_eq!(f.status(), next);
+                            assert_eq!(f.authoritative(), !auth);
+                            assert_eq!(f.environment(), environment);
+                            assert_eq!(f.pms_type(), pms);
+                            assert_eq!(f.is_demo(), demo);
+                            f.set_authoritative(auth);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn arb_crns() -> impl Strategy<Value = Vec<Crn>> {
+    prop::collection::vec("[A-Z0-9]{1,20}", 0..6)
+        .prop_map(|v| v.iter().map(|s| s.parse().unwrap()).collect())
+}
+
+proptest! {
+    /// A branch list gives back the slice it was made from, however made, and two
+    /// lists are equal exactly when their slices are (an empty one holds no block).
+    #[test]
+    fn branch_list_is_its_slice(a in arb_crns(), b in arb_crns()) {
+        let la = BranchList::from(a.as_slice());
+        let lb = BranchList::from(b.clone());
+        prop_assert_eq!(la.as_slice(), a.as_slice());
+        prop_assert_eq!(lb.as_slice(), b.as_slice());
+        prop_assert_eq!(la.len(), a.len());
+        prop_assert_eq!(la == lb, a == b);
+        prop_assert_eq!(BranchList::from(Vec::new()), BranchList::default());
+    }
+}
