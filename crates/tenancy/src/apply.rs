@@ -28,11 +28,15 @@ const MAX_ACTOR: usize = 200;
 /// Longest promotion reason, in characters.
 const MAX_REASON: usize = 1000;
 
+/// The changes of one event: most events have one or two, kept inline so that
+/// applying an event allocates nothing for them.
+pub(crate) type Changes = SmallVec<[Change; 2]>;
+
 pub(crate) fn apply(
     reg: &mut Registry,
     event: &Event,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     match event {
         Event::LinkRegistered {
             link,
@@ -96,14 +100,21 @@ fn check_text(
 }
 
 fn live_link(reg: &Registry, link: LinkGuid) -> Result<&Link, TenancyError> {
-    let l = reg
+    live_link_at(reg, link).map(|(_, l)| l)
+}
+
+/// A live Link and its position in the Link table (so that the handler changes it
+/// without looking it up again).
+fn live_link_at(reg: &Registry, link: LinkGuid) -> Result<(usize, &Link), TenancyError> {
+    let at = reg
         .links
-        .get(&link)
+        .position(&link)
         .ok_or(TenancyError::UnknownLink(link))?;
+    let l = reg.links.at(at).ok_or(TenancyError::UnknownLink(link))?;
     if l.status != LinkStatus::Active {
         return Err(TenancyError::LinkUninstalled(link));
     }
-    Ok(l)
+    Ok((at, l))
 }
 
 /// A live site owned by `link`.
@@ -266,7 +277,7 @@ impl Plan {
 // ---------------------------------------------------------------------------------
 // Commit helpers (infallible).
 
-fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
+fn push_site_change(changes: &mut Changes, site: HaloGuid) {
     if !changes.contains(&Change::SiteUpserted(site))
         && !changes.contains(&Change::SiteRetired(site))
     {
@@ -276,7 +287,7 @@ fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
 
 /// Installs the planned group states and mirrors holder and epoch onto the sites.
 /// `leaving` are sites that left a group in this event.
-fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Vec<Change>) {
+fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Changes) {
     let Registry { groups, sites, .. } = reg;
     for (key, state) in plan.groups {
         let group = &mut groups
@@ -492,7 +503,7 @@ fn link_registered(
     environment: Environment,
     version: &str,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     check_text(TextField::LinkVersion, version, MAX_VERSION, true)?;
     if let Some(existing) = reg.links.get(&link) {
         let serves = existing
@@ -516,7 +527,7 @@ fn link_registered(
     entry.status = LinkStatus::Active;
     entry.version = shared;
     entry.last_heard = entry.last_heard.max(now);
-    Ok(vec![Change::LinkUpserted(link)])
+    Ok(smallvec::smallvec![Change::LinkUpserted(link)])
 }
 
 fn database_attached(
@@ -525,8 +536,9 @@ fn database_attached(
     halo_guid: HaloGuid,
     identity: &SiteIdentity,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    let environment = live_link(reg, link)?.environment;
+) -> Result<Changes, TenancyError> {
+    let (link_at, live) = live_link_at(reg, link)?;
+    let environment = live.environment;
     if identity.is_demo && environment == Environment::Production {
         return Err(TenancyError::DemoInProduction);
     }
@@ -573,7 +585,7 @@ fn database_attached(
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
-        return Ok(vec![Change::SiteUpserted(halo_guid)]);
+        return Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)]);
     }
 
     check_crns(
@@ -618,11 +630,11 @@ fn database_attached(
             .profile(details.pms_version, details.catalogues),
     };
     insert_site(reg, site);
-    if let Some(l) = reg.links.get_mut(&link) {
+    if let Some(l) = reg.links.at_mut(link_at) {
         l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    let mut changes = vec![Change::SiteUpserted(halo_guid)];
+    let mut changes: Changes = smallvec::smallvec![Change::SiteUpserted(halo_guid)];
     commit_plan(reg, plan, &[], &mut changes);
     Ok(changes)
 }
@@ -632,8 +644,12 @@ fn database_ready(
     link: LinkGuid,
     halo_guid: HaloGuid,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    live_link(reg, link)?;
+) -> Result<Changes, TenancyError> {
+    let (link_at, _) = live_link_at(reg, link)?;
+    let site_at = reg
+        .sites
+        .position(&halo_guid)
+        .ok_or(TenancyError::UnknownSite(halo_guid))?;
     let site = live_owned_site(reg, link, halo_guid)?;
     if site.status() != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
@@ -642,19 +658,21 @@ fn database_ready(
             to: SiteStatus::Active,
         });
     }
-    if let Some(site) = reg.sites.get_mut(&halo_guid) {
+    if let Some(site) = reg.sites.at_mut(site_at) {
         site.flags.set_status(SiteStatus::Active);
         site.last_heard = site.last_heard.max(now);
     }
-    hear_link(reg, link, now);
-    Ok(vec![Change::SiteUpserted(halo_guid)])
+    if let Some(l) = reg.links.at_mut(link_at) {
+        l.last_heard = l.last_heard.max(now);
+    }
+    Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)])
 }
 
 fn database_removed(
     reg: &mut Registry,
     link: LinkGuid,
     halo_guid: HaloGuid,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo_guid)?;
     let mut plan = Plan::default();
@@ -662,12 +680,12 @@ fn database_removed(
     with_claims(reg, halo_guid, |site| {
         site.flags.set_status(SiteStatus::Removed)
     });
-    let mut changes = vec![Change::SiteRetired(halo_guid)];
+    let mut changes: Changes = smallvec::smallvec![Change::SiteRetired(halo_guid)];
     commit_plan(reg, plan, &[halo_guid], &mut changes);
     Ok(changes)
 }
 
-fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, TenancyError> {
+fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Changes, TenancyError> {
     let l = live_link(reg, link)?;
     let leaving: Vec<HaloGuid> = l
         .sites
@@ -687,7 +705,7 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
             )?;
         }
     }
-    let mut changes = Vec::with_capacity(leaving.len() + 1);
+    let mut changes = Changes::with_capacity(leaving.len() + 1);
     for halo_guid in &leaving {
         with_claims(reg, *halo_guid, |site| {
             site.flags.set_status(SiteStatus::Uninstalled)
@@ -708,7 +726,7 @@ fn reinstalled(
     previous: HaloGuid,
     halo_guid: HaloGuid,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     let environment = live_link(reg, link)?.environment;
     let prev = reg
         .sites
@@ -805,7 +823,7 @@ fn reinstalled(
         practice_name: prev.practice_name.clone(),
         profile: Arc::clone(&prev.profile),
     };
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     if was_live {
         with_claims(reg, previous, |s| {
             s.flags.set_status(SiteStatus::Uninstalled)
@@ -823,14 +841,10 @@ fn reinstalled(
     Ok(changes)
 }
 
-fn heartbeat(
-    reg: &mut Registry,
-    link: LinkGuid,
-    now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    live_link(reg, link)?;
+fn heartbeat(reg: &mut Registry, link: LinkGuid, now: Timestamp) -> Result<Changes, TenancyError> {
+    let (link_at, _) = live_link_at(reg, link)?;
     let Registry { links, sites, .. } = reg;
-    if let Some(l) = links.get_mut(&link) {
+    if let Some(l) = links.at_mut(link_at) {
         l.last_heard = l.last_heard.max(now);
         for halo_guid in &l.sites {
             if let Some(site) = sites.get_mut(halo_guid) {
@@ -840,7 +854,7 @@ fn heartbeat(
             }
         }
     }
-    Ok(vec![Change::LinkHeard { link, at: now }])
+    Ok(smallvec::smallvec![Change::LinkHeard { link, at: now }])
 }
 
 fn branch_crns_changed(
@@ -848,7 +862,7 @@ fn branch_crns_changed(
     link: LinkGuid,
     halo_guid: HaloGuid,
     branch_crns: &[Crn],
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo_guid)?;
     let branches = normalise_branches(site.parent_crn, branch_crns);
@@ -862,7 +876,7 @@ fn branch_crns_changed(
         Some(halo_guid),
     )?;
     with_claims(reg, halo_guid, |site| site.branch_crns = branches);
-    Ok(vec![Change::SiteUpserted(halo_guid)])
+    Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)])
 }
 
 fn promoted(
@@ -871,7 +885,7 @@ fn promoted(
     actor: &str,
     reason: &str,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     let site = reg
         .sites
         .get(&halo_guid)
@@ -900,7 +914,7 @@ fn promoted(
         .first()
         .map(|(_, g)| g.epoch())
         .unwrap_or_default();
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     commit_plan(reg, plan, &[], &mut changes);
     if let Some(group) = reg.groups.get_mut(&group_key).map(|e| &mut e.group) {
         group.last_promotion = Some(Box::new(Promotion {

@@ -186,6 +186,17 @@ impl<T: Keyed> Dense<T> {
         self.position(key).and_then(|i| self.list.get(i))
     }
 
+    /// The value at a position [`Dense::position`] gave.
+    pub(crate) fn at(&self, position: usize) -> Option<&T> {
+        self.list.get(position)
+    }
+
+    /// The value at a position [`Dense::position`] gave, mutably; its key must not
+    /// change.
+    pub(crate) fn at_mut(&mut self, position: usize) -> Option<&mut T> {
+        self.list.get_mut(position)
+    }
+
     pub(crate) fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
         self.position(key).and_then(|i| self.list.get_mut(i))
     }
@@ -436,7 +447,31 @@ impl Registry {
     /// # Errors
     /// [`TenancyError`] when the event breaks a rule; the registry is then unchanged.
     pub fn apply(&mut self, event: &Event, now: Timestamp) -> Result<Vec<Change>, TenancyError> {
-        crate::apply::apply(self, event, now)
+        crate::apply::apply(self, event, now).map(smallvec::SmallVec::into_vec)
+    }
+
+    /// [`Registry::apply`], appending the changes to `changes` instead of returning
+    /// a new vector: a writer or a replay that reuses one buffer allocates nothing
+    /// per event for them. A refused event appends nothing.
+    ///
+    /// # Errors
+    /// [`TenancyError`] when the event breaks a rule; the registry is then unchanged.
+    pub fn apply_into(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), TenancyError> {
+        changes.extend(crate::apply::apply(self, event, now)?);
+        Ok(())
+    }
+
+    /// Makes room for `sites` more sites and `links` more Links, so that a build of
+    /// known size (a replay, a bulk import) does not grow and rehash its tables on
+    /// the way. Groups grow as needed (most sites make one; backups share theirs).
+    pub fn reserve(&mut self, sites: usize, links: usize) {
+        self.sites.reserve(sites);
+        self.links.reserve(links);
     }
 
     /// Whether applying `event` now would be accepted and change nothing but when
@@ -457,12 +492,23 @@ impl Registry {
     pub fn replay<'a>(
         entries: impl IntoIterator<Item = &'a LogEntry>,
     ) -> Result<Self, TenancyError> {
+        let entries: Vec<&LogEntry> = entries.into_iter().collect();
         let mut registry = Self::new();
+        // Sized once: an upper bound of the sites and Links the log can make.
+        let (mut sites, mut links) = (0, 0);
+        for entry in &entries {
+            match entry.event {
+                Event::SiteAttached { .. } | Event::Reinstalled { .. } => sites += 1,
+                Event::LinkRegistered { .. } => links += 1,
+                _ => {}
+            }
+        }
+        registry.reserve(sites, links);
         for (index, entry) in entries.into_iter().enumerate() {
             let result = if entry.version == 0 || entry.version > crate::EVENT_VERSION {
                 Err(TenancyError::UnsupportedVersion(entry.version))
             } else {
-                registry.apply(&entry.event, entry.at).map(drop)
+                crate::apply::apply(&mut registry, &entry.event, entry.at).map(drop)
             };
             result.map_err(|source| TenancyError::Replay {
                 index,

@@ -84,3 +84,87 @@ proptest! {
         prop_assert_eq!(BranchList::from(Vec::new()), BranchList::default());
     }
 }
+
+mod apply_into {
+    use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+
+    use crate::{Change, Event, Registry, SiteIdentity};
+
+    fn attach(link: LinkGuid, n: u128) -> Event {
+        Event::SiteAttached {
+            link,
+            halo_guid: HaloGuid::from_u128(100 + n).unwrap(),
+            identity: SiteIdentity {
+                pms_type: PmsType::D4w,
+                parent_crn: format!("P{n}").parse().unwrap(),
+                branch_crns: vec![format!("B{n}").parse().unwrap()],
+                practice_name: format!("Practice {n}"),
+                pms_version: "9.6".into(),
+                catalogues: vec![],
+                is_demo: false,
+            },
+        }
+    }
+
+    /// `apply_into` appends what `apply` returns, after what the buffer held, and a
+    /// refused event appends nothing and changes nothing.
+    #[test]
+    fn apply_into_appends_what_apply_returns() {
+        let link = LinkGuid::from_u128(1).unwrap();
+        let now = Timestamp::from_millis(5);
+        let events = vec![
+            Event::LinkRegistered {
+                link,
+                environment: Environment::Stage,
+                version: "1.0".into(),
+            },
+            attach(link, 1),
+            attach(link, 2),
+            Event::Heartbeat { link },
+            Event::SiteRemoved {
+                link,
+                halo_guid: HaloGuid::from_u128(101).unwrap(),
+            },
+        ];
+        let (mut a, mut b) = (Registry::new(), Registry::new());
+        let mut buffer = vec![Change::LinkUpserted(link)];
+        let mut expected = buffer.clone();
+        for e in &events {
+            expected.extend(a.apply(e, now).unwrap());
+            b.apply_into(e, now, &mut buffer).unwrap();
+            assert_eq!(buffer, expected);
+            assert_eq!(a, b);
+        }
+        let before = b.clone();
+        let refused = attach(LinkGuid::from_u128(9).unwrap(), 3);
+        assert!(b.apply_into(&refused, now, &mut buffer).is_err());
+        assert_eq!(buffer, expected);
+        assert_eq!(b, before);
+    }
+
+    /// A registry that made room first ends equal to one that did not.
+    #[test]
+    fn reserving_changes_nothing_but_room() {
+        let link = LinkGuid::from_u128(1).unwrap();
+        let now = Timestamp::from_millis(5);
+        let mut a = Registry::new();
+        let mut b = Registry::new();
+        b.reserve(1000, 10);
+        for r in [&mut a, &mut b] {
+            r.apply(
+                &Event::LinkRegistered {
+                    link,
+                    environment: Environment::Stage,
+                    version: "1.0".into(),
+                },
+                now,
+            )
+            .unwrap();
+            for n in 0..50 {
+                r.apply(&attach(link, n), now).unwrap();
+            }
+        }
+        assert_eq!(a, b);
+        assert_eq!(b.site_count(), 50);
+    }
+}
