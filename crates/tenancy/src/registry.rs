@@ -230,6 +230,51 @@ impl<T: Keyed> Dense<T> {
         }
     }
 
+    /// A table of `values` in this order, or `None` if two share a key. Built for
+    /// a bulk load (a snapshot): the index is filled in the order of the slots the
+    /// keys hash to, so that its memory is written front to back rather than at a
+    /// million random places.
+    pub(crate) fn from_distinct(values: Vec<T>) -> Option<Self> {
+        let mut table = Self::default();
+        let n = values.len();
+        u32::try_from(n).ok()?;
+        table.list = values;
+        let Self {
+            list,
+            index,
+            hasher,
+        } = &mut table;
+        index.reserve(n, |&i| {
+            list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key()))
+        });
+        // hashbrown starts probing at the hash's low bits, masked to the slot count
+        // (a power of two: its capacity is 7/8 of it).
+        let slots = (index.capacity() * 8 / 7 + 1).next_power_of_two() as u64;
+        let mut order: Vec<(u64, u64, u32)> = list
+            .iter()
+            .zip(0u32..)
+            .map(|(v, i)| {
+                let hash = hasher.hash_one(v.key());
+                (hash & (slots - 1), hash, i)
+            })
+            .collect();
+        order.sort_unstable_by_key(|e| e.0);
+        for (_, hash, i) in order {
+            let key = list.get(i as usize)?.key();
+            match index.entry(
+                hash,
+                |&j| list.get(j as usize).is_some_and(|v| v.key() == key),
+                |&j| list.get(j as usize).map_or(0, |v| hasher.hash_one(v.key())),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => return None,
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+        Some(table)
+    }
+
     /// The value with `key`, inserting `make()` first if there is none.
     pub(crate) fn get_or_insert_with(&mut self, key: T::Key, make: impl FnOnce() -> T) -> &mut T {
         let i = match self.position(&key) {

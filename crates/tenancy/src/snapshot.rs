@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
-use crate::registry::{Group, GroupEntry, Promotion};
+use crate::registry::{Dense, Group, GroupEntry, Promotion};
 use crate::site::{BranchList, Profile, SiteFlags};
 use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
 
@@ -371,7 +371,7 @@ impl Registry {
 
         // Sites in attach order; each live one is noted under its group's key.
         let mut live: Vec<(GroupSortKey, u32)> = Vec::with_capacity(sites.len());
-        reg.sites.reserve(sites.len());
+        let mut placed: Vec<Site> = Vec::with_capacity(sites.len());
         // Consecutive sites mostly share one (version, catalogues) pair.
         let mut last_profile: Option<((u32, u32), Arc<Profile>)> = None;
         for (s, i) in sites.into_iter().zip(0..site_count) {
@@ -420,10 +420,9 @@ impl Registry {
             } else if site.is_authoritative() {
                 return Err(invalid("a retired site is authoritative"));
             }
-            if !reg.sites.insert_new(site) {
-                return Err(invalid("a site appears twice"));
-            }
+            placed.push(site);
         }
+        reg.sites = Dense::from_distinct(placed).ok_or_else(|| invalid("a site appears twice"))?;
 
         // Links, by GUID (as the writer sorts them), each with the sites it serves in
         // attach order: the sites' (Link, position) pairs sorted as integers.
@@ -441,7 +440,7 @@ impl Registry {
             .collect();
         served.sort_unstable();
         let mut next = served.iter().peekable();
-        reg.links.reserve(links.len());
+        let mut made: Vec<Link> = Vec::with_capacity(links.len());
         for l in links {
             let mut serves = SmallVec::new();
             let wanted = guid_key(l.guid.as_bytes());
@@ -469,10 +468,9 @@ impl Registry {
                 version: reg.interned.link_version(&version),
                 sites: serves,
             };
-            if !reg.links.insert_new(link) {
-                return Err(invalid("a link appears twice"));
-            }
+            made.push(link);
         }
+        reg.links = Dense::from_distinct(made).ok_or_else(|| invalid("a link appears twice"))?;
         if next.next().is_some() {
             return Err(invalid("a site names an unknown link"));
         }
@@ -493,7 +491,7 @@ impl Registry {
         // Exactly as many groups as distinct keys (an index sized for every live
         // site would be twice as large at a million sites).
         let live_groups = live.chunk_by(|a, b| a.0 == b.0).count();
-        reg.groups.reserve(written.len() + live_groups);
+        let mut made: Vec<GroupEntry> = Vec::with_capacity(written.len() + live_groups);
         let placed = reg.sites.as_slice();
         let mut written = written.into_iter().peekable();
         let mut at = 0;
@@ -564,16 +562,14 @@ impl Registry {
                     epoch: p.epoch,
                 })
             });
-            let position = u32::try_from(reg.groups.len()).unwrap_or(u32::MAX);
-            if !reg.groups.insert_new(GroupEntry {
+            let position = u32::try_from(made.len()).unwrap_or(u32::MAX);
+            made.push(GroupEntry {
                 key,
                 group: Group {
                     state,
                     last_promotion,
                 },
-            }) {
-                return Err(invalid("a group appears twice"));
-            }
+            });
             // The live members' CRN claims, now that their group has a position.
             for &(_, i) in run {
                 if let Some(site) = placed.get(i as usize) {
@@ -581,6 +577,7 @@ impl Registry {
                 }
             }
         }
+        reg.groups = Dense::from_distinct(made).ok_or_else(|| invalid("a group appears twice"))?;
         drop(live);
 
         reg.successors.reserve(successors.len());

@@ -168,3 +168,53 @@ mod apply_into {
         assert_eq!(b.site_count(), 50);
     }
 }
+
+mod bulk_load {
+    use proptest::prelude::*;
+
+    use crate::registry::{Dense, Keyed};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Item {
+        key: u64,
+        value: u32,
+    }
+
+    impl Keyed for Item {
+        type Key = u64;
+        const ORDERED: bool = true;
+        fn key(&self) -> u64 {
+            self.key
+        }
+    }
+
+    proptest! {
+        /// A table loaded in bulk is the table inserted one by one: the same values
+        /// in the same order, each found at its position; keys that repeat refuse it.
+        #[test]
+        fn bulk_load_equals_one_by_one(keys in prop::collection::vec(0u64..5_000, 0..3_000)) {
+            let items: Vec<Item> = keys
+                .iter()
+                .zip(0u32..)
+                .map(|(&key, value)| Item { key, value })
+                .collect();
+            let mut one_by_one = Dense::default();
+            let mut distinct = true;
+            for item in &items {
+                distinct &= one_by_one.insert_new(item.clone());
+            }
+            match Dense::from_distinct(items.clone()) {
+                None => prop_assert!(!distinct, "distinct keys refused"),
+                Some(bulk) => {
+                    prop_assert!(distinct, "a repeated key accepted");
+                    prop_assert!(bulk == one_by_one);
+                    for (i, item) in items.iter().enumerate() {
+                        prop_assert_eq!(bulk.position(&item.key), Some(i));
+                        prop_assert_eq!(bulk.get(&item.key), Some(item));
+                    }
+                    prop_assert_eq!(bulk.position(&5_001), None);
+                }
+            }
+        }
+    }
+}
