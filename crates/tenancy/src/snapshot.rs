@@ -367,7 +367,8 @@ impl Registry {
 
         // A million random hash look-ups (each site's Link, each live site's group)
         // cost more than everything else here: cache misses. So both are found by
-        // sorting and merging instead, and each table is filled in one pass.
+        // sorting and merging instead, and each table is filled in one pass, its
+        // hash index written in slot order (`Dense::from_distinct`).
 
         // Sites in attach order; each live one is noted under its group's key.
         let mut live: Vec<(GroupSortKey, u32)> = Vec::with_capacity(sites.len());
