@@ -208,6 +208,9 @@ impl<T: Keyed> Dense<T> {
 
     /// Adds a value unless its key is already present; says whether it did.
     pub(crate) fn insert_new(&mut self, value: T) -> bool {
+        if self.index.len() >= self.index.capacity() {
+            self.grow();
+        }
         let Self {
             list,
             index,
@@ -228,6 +231,23 @@ impl<T: Keyed> Dense<T> {
                 true
             }
         }
+    }
+
+    /// Gives the index room for one more, as hashbrown would (the next power of two
+    /// of slots), but rebuilt from the list in order: the keys are read front to
+    /// back, where hashbrown's own rehash reads each one at its random position.
+    fn grow(&mut self) {
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let rehash = |&j: &u32| list.get(j as usize).map_or(0, |v| hasher.hash_one(v.key()));
+        let mut grown = hashbrown::HashTable::with_capacity(index.capacity() + 1);
+        for (v, i) in list.iter().zip(0u32..) {
+            grown.insert_unique(hasher.hash_one(v.key()), i, rehash);
+        }
+        *index = grown;
     }
 
     /// A table of `values` in this order, or `None` if two share a key. Built for
