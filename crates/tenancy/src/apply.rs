@@ -10,7 +10,8 @@ use smallvec::SmallVec;
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Group, GroupEntry, Map, Promotion};
+use crate::registry::{BranchClaim, Group, GroupEntry, GroupTable, Map, Promotion};
+use crate::site::{BranchList, SiteFlags};
 use crate::{
     Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
     TenancyError, TextField, TextRule,
@@ -27,11 +28,15 @@ const MAX_ACTOR: usize = 200;
 /// Longest promotion reason, in characters.
 const MAX_REASON: usize = 1000;
 
+/// The changes of one event: most events have one or two, kept inline so that
+/// applying an event allocates nothing for them.
+pub(crate) type Changes = SmallVec<[Change; 2]>;
+
 pub(crate) fn apply(
     reg: &mut Registry,
     event: &Event,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     match event {
         Event::LinkRegistered {
             link,
@@ -95,14 +100,21 @@ fn check_text(
 }
 
 fn live_link(reg: &Registry, link: LinkGuid) -> Result<&Link, TenancyError> {
-    let l = reg
+    live_link_at(reg, link).map(|(_, l)| l)
+}
+
+/// A live Link and its position in the Link table (so that the handler changes it
+/// without looking it up again).
+fn live_link_at(reg: &Registry, link: LinkGuid) -> Result<(usize, &Link), TenancyError> {
+    let at = reg
         .links
-        .get(&link)
+        .position(&link)
         .ok_or(TenancyError::UnknownLink(link))?;
+    let l = reg.links.at(at).ok_or(TenancyError::UnknownLink(link))?;
     if l.status != LinkStatus::Active {
         return Err(TenancyError::LinkUninstalled(link));
     }
-    Ok(l)
+    Ok((at, l))
 }
 
 /// A live site owned by `link`.
@@ -114,26 +126,29 @@ fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Si
     if s.link != link {
         return Err(TenancyError::SiteOwnedByOtherLink(site));
     }
-    if !s.status.is_live() {
+    if !s.status().is_live() {
         return Err(TenancyError::SiteRetired {
             halo_guid: site,
-            status: s.status,
+            status: s.status(),
         });
     }
     Ok(s)
 }
 
 /// Branch CRNs sorted, without duplicates and without the parent itself.
-fn normalise_branches(parent: Crn, branches: &[Crn]) -> Box<[Crn]> {
-    let mut out: Vec<Crn> = branches.iter().copied().filter(|b| *b != parent).collect();
+fn normalise_branches(parent: Crn, branches: &[Crn]) -> BranchList {
+    if branches.is_empty() {
+        return BranchList::default();
+    }
+    let mut out: SmallVec<[Crn; 2]> = branches.iter().copied().filter(|b| *b != parent).collect();
     out.sort_unstable();
     out.dedup();
-    out.into_boxed_slice()
+    BranchList::from(out.as_slice())
 }
 
 /// The validated details of a database (texts borrowed from the event).
 struct Details<'a> {
-    branch_crns: Box<[Crn]>,
+    branch_crns: BranchList,
     practice_name: CompactString,
     pms_version: &'a str,
     catalogues: &'a [Catalogue],
@@ -199,7 +214,7 @@ fn check_crns(
             .members()
             .iter()
             .filter(|m| Some(m.halo_guid) != exclude)
-            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(|s| s.is_demo));
+            .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(Site::is_demo));
         if clash {
             return Err(TenancyError::FakeCrnCollision(crn));
         }
@@ -221,7 +236,7 @@ fn check_crns(
             }
         }
         if let Some(claim) = reg.branches.get(&branch_key) {
-            if claim.parent != crn {
+            if reg.branch_parent(claim) != Some(crn) {
                 return Err(TenancyError::BranchClaimedByOtherParent(*branch));
             }
         }
@@ -262,7 +277,7 @@ impl Plan {
 // ---------------------------------------------------------------------------------
 // Commit helpers (infallible).
 
-fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
+fn push_site_change(changes: &mut Changes, site: HaloGuid) {
     if !changes.contains(&Change::SiteUpserted(site))
         && !changes.contains(&Change::SiteRetired(site))
     {
@@ -272,7 +287,7 @@ fn push_site_change(changes: &mut Vec<Change>, site: HaloGuid) {
 
 /// Installs the planned group states and mirrors holder and epoch onto the sites.
 /// `leaving` are sites that left a group in this event.
-fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Vec<Change>) {
+fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Changes) {
     let Registry { groups, sites, .. } = reg;
     for (key, state) in plan.groups {
         let group = &mut groups
@@ -287,14 +302,15 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
         let epoch = group.state.epoch();
         for member in group.state.members() {
             if let Some(site) = sites.get_mut(&member.halo_guid) {
-                site.authoritative = holder == Some(member.halo_guid);
+                site.flags
+                    .set_authoritative(holder == Some(member.halo_guid));
                 site.epoch = epoch;
             }
         }
         for gone in leaving {
             if let Some(site) = sites.get_mut(gone) {
                 if site.group_key() == key {
-                    site.authoritative = false;
+                    site.flags.set_authoritative(false);
                     site.epoch = epoch;
                 }
             }
@@ -312,28 +328,43 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
     }
 }
 
-/// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN).
+/// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN). `parent`
+/// is the position of the site's group in the group table.
 pub(crate) fn claim_crns(
     branches: &mut Map<GroupKey, BranchClaim>,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
+    parent: u32,
 ) {
-    if site.is_demo {
+    let (environment, pms_type) = (site.environment(), site.pms_type());
+    if site.is_demo() {
         demo_real
-            .entry(key(site.environment, site.pms_type, site.parent_crn))
+            .entry(key(environment, pms_type, site.parent_crn))
             .or_default()
             .insert(site.halo_guid);
         return;
     }
-    for branch in site.branch_crns.iter() {
+    for branch in site.branch_crns() {
         branches
-            .entry(key(site.environment, site.pms_type, *branch))
-            .or_insert(BranchClaim {
-                parent: site.parent_crn,
-                claims: 0,
-            })
+            .entry(key(environment, pms_type, *branch))
+            .or_insert(BranchClaim { parent, claims: 0 })
             .claims += 1;
     }
+}
+
+/// The position of the site's group, creating it (empty) if it is new: a live site
+/// is a member of its group, so it exists, or is about to be made by the same event.
+fn group_position(groups: &mut GroupTable, site: &Site) -> u32 {
+    if site.is_demo() || site.branch_crns.len() == 0 {
+        // No branch claim to name its parent.
+        return u32::MAX;
+    }
+    let key = site.group_key();
+    let at = groups.position_or_insert_with(key, || GroupEntry {
+        key,
+        group: Group::default(),
+    });
+    u32::try_from(at).unwrap_or(u32::MAX)
 }
 
 /// Removes the claims [`claim_crns`] added.
@@ -342,8 +373,8 @@ fn release_crns(
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
-    if site.is_demo {
-        let k = key(site.environment, site.pms_type, site.parent_crn);
+    if site.is_demo() {
+        let k = key(site.environment(), site.pms_type(), site.parent_crn);
         if let Some(copies) = demo_real.get_mut(&k) {
             copies.remove(&site.halo_guid);
             if copies.is_empty() {
@@ -352,8 +383,8 @@ fn release_crns(
         }
         return;
     }
-    for branch in site.branch_crns.iter() {
-        let k = key(site.environment, site.pms_type, *branch);
+    for branch in site.branch_crns() {
+        let k = key(site.environment(), site.pms_type(), *branch);
         if let Some(claim) = branches.get_mut(&k) {
             claim.claims = claim.claims.saturating_sub(1);
             if claim.claims == 0 {
@@ -365,7 +396,8 @@ fn release_crns(
 
 /// Inserts a new site with its CRN claims.
 fn insert_site(reg: &mut Registry, site: Site) {
-    claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
+    let parent = group_position(&mut reg.groups, &site);
+    claim_crns(&mut reg.branches, &mut reg.demo_real, &site, parent);
     reg.sites.insert(site);
 }
 
@@ -373,6 +405,7 @@ fn insert_site(reg: &mut Registry, site: Site) {
 fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut Site)) {
     let Registry {
         sites,
+        groups,
         branches,
         demo_real,
         ..
@@ -380,12 +413,13 @@ fn with_claims(reg: &mut Registry, halo_guid: HaloGuid, change: impl FnOnce(&mut
     let Some(site) = sites.get_mut(&halo_guid) else {
         return;
     };
-    if site.status.is_live() {
+    if site.status().is_live() {
         release_crns(branches, demo_real, site);
     }
     change(site);
-    if site.status.is_live() {
-        claim_crns(branches, demo_real, site);
+    if site.status().is_live() {
+        let parent = group_position(groups, site);
+        claim_crns(branches, demo_real, site, parent);
     }
 }
 
@@ -408,7 +442,7 @@ pub(crate) fn changes_nothing(reg: &Registry, event: &Event) -> bool {
         } => reg.links.get(link).is_some_and(|l| {
             l.status == LinkStatus::Active
                 && l.environment == *environment
-                && *l.version == **version
+                && **l.version == **version
         }),
         Event::SiteAttached {
             link,
@@ -434,9 +468,9 @@ fn site_unchanged(
     let Ok(details) = check_details(identity) else {
         return false;
     };
-    let same = site.pms_type == identity.pms_type
+    let same = site.pms_type() == identity.pms_type
         && site.parent_crn == identity.parent_crn
-        && site.is_demo == identity.is_demo
+        && site.is_demo() == identity.is_demo
         && site.branch_crns == details.branch_crns
         && site.practice_name == details.practice_name
         && site.pms_version() == details.pms_version
@@ -454,7 +488,7 @@ fn site_unchanged(
         identity.pms_type,
         routing_crn,
         identity.is_demo,
-        &details.branch_crns,
+        details.branch_crns.as_slice(),
         Some(halo_guid),
     )
     .is_ok()
@@ -469,36 +503,31 @@ fn link_registered(
     environment: Environment,
     version: &str,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     check_text(TextField::LinkVersion, version, MAX_VERSION, true)?;
     if let Some(existing) = reg.links.get(&link) {
         let serves = existing
             .sites
             .iter()
-            .any(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()));
+            .any(|s| reg.sites.get(s).is_some_and(|s| s.status().is_live()));
         if existing.environment != environment && serves {
             return Err(TenancyError::EnvironmentChanged(link));
         }
     }
-    let shared = reg.interned.text(version);
-    if !reg.links.contains(&link) {
-        reg.links.insert(Link {
-            guid: link,
-            environment,
-            status: LinkStatus::Active,
-            last_heard: now,
-            version: std::sync::Arc::clone(&shared),
-            sites: SmallVec::new(),
-        });
-    }
-    let Some(entry) = reg.links.get_mut(&link) else {
-        return Err(TenancyError::UnknownLink(link));
-    };
+    let shared = reg.interned.link_version(version);
+    let entry = reg.links.get_or_insert_with(link, || Link {
+        guid: link,
+        environment,
+        status: LinkStatus::Active,
+        last_heard: now,
+        version: Arc::clone(&shared),
+        sites: SmallVec::new(),
+    });
     entry.environment = environment;
     entry.status = LinkStatus::Active;
     entry.version = shared;
     entry.last_heard = entry.last_heard.max(now);
-    Ok(vec![Change::LinkUpserted(link)])
+    Ok(smallvec::smallvec![Change::LinkUpserted(link)])
 }
 
 fn database_attached(
@@ -507,8 +536,9 @@ fn database_attached(
     halo_guid: HaloGuid,
     identity: &SiteIdentity,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    let environment = live_link(reg, link)?.environment;
+) -> Result<Changes, TenancyError> {
+    let (link_at, live) = live_link_at(reg, link)?;
+    let environment = live.environment;
     if identity.is_demo && environment == Environment::Production {
         return Err(TenancyError::DemoInProduction);
     }
@@ -524,15 +554,15 @@ fn database_attached(
         if existing.link != link {
             return Err(TenancyError::SiteOwnedByOtherLink(halo_guid));
         }
-        if !existing.status.is_live() {
+        if !existing.status().is_live() {
             return Err(TenancyError::SiteRetired {
                 halo_guid,
-                status: existing.status,
+                status: existing.status(),
             });
         }
-        if existing.pms_type != identity.pms_type
+        if existing.pms_type() != identity.pms_type
             || existing.parent_crn != identity.parent_crn
-            || existing.is_demo != identity.is_demo
+            || existing.is_demo() != identity.is_demo
         {
             return Err(TenancyError::IdentityChanged(halo_guid));
         }
@@ -542,7 +572,7 @@ fn database_attached(
             identity.pms_type,
             routing_crn,
             identity.is_demo,
-            &details.branch_crns,
+            details.branch_crns.as_slice(),
             Some(halo_guid),
         )?;
         let profile = reg
@@ -555,7 +585,7 @@ fn database_attached(
             site.last_heard = site.last_heard.max(now);
         });
         hear_link(reg, link, now);
-        return Ok(vec![Change::SiteUpserted(halo_guid)]);
+        return Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)]);
     }
 
     check_crns(
@@ -564,7 +594,7 @@ fn database_attached(
         identity.pms_type,
         routing_crn,
         identity.is_demo,
-        &details.branch_crns,
+        details.branch_crns.as_slice(),
         None,
     )?;
     let group_key = key(environment, identity.pms_type, routing_crn);
@@ -582,12 +612,14 @@ fn database_attached(
     let site = Site {
         halo_guid,
         link,
-        environment,
-        pms_type: identity.pms_type,
         parent_crn: identity.parent_crn,
-        is_demo: identity.is_demo,
-        status: SiteStatus::Initialising,
-        authoritative: false,
+        flags: SiteFlags::new(
+            environment,
+            identity.pms_type,
+            identity.is_demo,
+            SiteStatus::Initialising,
+            false,
+        ),
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
         created: now,
@@ -598,11 +630,11 @@ fn database_attached(
             .profile(details.pms_version, details.catalogues),
     };
     insert_site(reg, site);
-    if let Some(l) = reg.links.get_mut(&link) {
+    if let Some(l) = reg.links.at_mut(link_at) {
         l.sites.push(halo_guid);
         l.last_heard = l.last_heard.max(now);
     }
-    let mut changes = vec![Change::SiteUpserted(halo_guid)];
+    let mut changes: Changes = smallvec::smallvec![Change::SiteUpserted(halo_guid)];
     commit_plan(reg, plan, &[], &mut changes);
     Ok(changes)
 }
@@ -612,46 +644,54 @@ fn database_ready(
     link: LinkGuid,
     halo_guid: HaloGuid,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    live_link(reg, link)?;
+) -> Result<Changes, TenancyError> {
+    let (link_at, _) = live_link_at(reg, link)?;
+    let site_at = reg
+        .sites
+        .position(&halo_guid)
+        .ok_or(TenancyError::UnknownSite(halo_guid))?;
     let site = live_owned_site(reg, link, halo_guid)?;
-    if site.status != SiteStatus::Initialising {
+    if site.status() != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
             halo_guid,
-            from: site.status,
+            from: site.status(),
             to: SiteStatus::Active,
         });
     }
-    if let Some(site) = reg.sites.get_mut(&halo_guid) {
-        site.status = SiteStatus::Active;
+    if let Some(site) = reg.sites.at_mut(site_at) {
+        site.flags.set_status(SiteStatus::Active);
         site.last_heard = site.last_heard.max(now);
     }
-    hear_link(reg, link, now);
-    Ok(vec![Change::SiteUpserted(halo_guid)])
+    if let Some(l) = reg.links.at_mut(link_at) {
+        l.last_heard = l.last_heard.max(now);
+    }
+    Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)])
 }
 
 fn database_removed(
     reg: &mut Registry,
     link: LinkGuid,
     halo_guid: HaloGuid,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo_guid)?;
     let mut plan = Plan::default();
     plan.elect(reg, site.group_key(), &AuthorityEvent::Left { halo_guid })?;
-    with_claims(reg, halo_guid, |site| site.status = SiteStatus::Removed);
-    let mut changes = vec![Change::SiteRetired(halo_guid)];
+    with_claims(reg, halo_guid, |site| {
+        site.flags.set_status(SiteStatus::Removed)
+    });
+    let mut changes: Changes = smallvec::smallvec![Change::SiteRetired(halo_guid)];
     commit_plan(reg, plan, &[halo_guid], &mut changes);
     Ok(changes)
 }
 
-fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, TenancyError> {
+fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Changes, TenancyError> {
     let l = live_link(reg, link)?;
     let leaving: Vec<HaloGuid> = l
         .sites
         .iter()
         .copied()
-        .filter(|s| reg.sites.get(s).is_some_and(|s| s.status.is_live()))
+        .filter(|s| reg.sites.get(s).is_some_and(|s| s.status().is_live()))
         .collect();
     let mut plan = Plan::default();
     for halo_guid in &leaving {
@@ -665,10 +705,10 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Vec<Change>, T
             )?;
         }
     }
-    let mut changes = Vec::with_capacity(leaving.len() + 1);
+    let mut changes = Changes::with_capacity(leaving.len() + 1);
     for halo_guid in &leaving {
         with_claims(reg, *halo_guid, |site| {
-            site.status = SiteStatus::Uninstalled
+            site.flags.set_status(SiteStatus::Uninstalled)
         });
         changes.push(Change::SiteRetired(*halo_guid));
     }
@@ -686,7 +726,7 @@ fn reinstalled(
     previous: HaloGuid,
     halo_guid: HaloGuid,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     let environment = live_link(reg, link)?.environment;
     let prev = reg
         .sites
@@ -695,10 +735,10 @@ fn reinstalled(
     if prev.link != link {
         return Err(TenancyError::SiteOwnedByOtherLink(previous));
     }
-    if prev.status == SiteStatus::Removed {
+    if prev.status() == SiteStatus::Removed {
         return Err(TenancyError::SiteRetired {
             halo_guid: previous,
-            status: prev.status,
+            status: prev.status(),
         });
     }
     if reg.successors.contains_key(&previous) {
@@ -711,11 +751,11 @@ fn reinstalled(
             TenancyError::DuplicateSite(halo_guid)
         });
     }
-    if prev.environment != environment {
+    if prev.environment() != environment {
         return Err(TenancyError::EnvironmentChanged(link));
     }
-    let was_live = prev.status.is_live();
-    let routing_crn = if prev.is_demo {
+    let was_live = prev.status().is_live();
+    let routing_crn = if prev.is_demo() {
         halo_guid.fake_crn()
     } else {
         prev.parent_crn
@@ -723,15 +763,15 @@ fn reinstalled(
     check_crns(
         reg,
         environment,
-        prev.pms_type,
+        prev.pms_type(),
         routing_crn,
-        prev.is_demo,
-        &prev.branch_crns,
+        prev.is_demo(),
+        prev.branch_crns(),
         Some(previous),
     )?;
-    let new_key = key(environment, prev.pms_type, routing_crn);
+    let new_key = key(environment, prev.pms_type(), routing_crn);
     let mut plan = Plan::default();
-    if prev.is_demo {
+    if prev.is_demo() {
         // A demo copy's fake CRN comes from its Halo GUID, so the reinstall lands in
         // a new group of its own.
         if was_live {
@@ -768,12 +808,14 @@ fn reinstalled(
     let site = Site {
         halo_guid,
         link,
-        environment,
-        pms_type: prev.pms_type,
         parent_crn: prev.parent_crn,
-        is_demo: prev.is_demo,
-        status: SiteStatus::Initialising,
-        authoritative: false,
+        flags: SiteFlags::new(
+            environment,
+            prev.pms_type(),
+            prev.is_demo(),
+            SiteStatus::Initialising,
+            false,
+        ),
         epoch: halo_authority::Epoch::ZERO,
         last_heard: now,
         created: now,
@@ -781,9 +823,11 @@ fn reinstalled(
         practice_name: prev.practice_name.clone(),
         profile: Arc::clone(&prev.profile),
     };
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     if was_live {
-        with_claims(reg, previous, |s| s.status = SiteStatus::Uninstalled);
+        with_claims(reg, previous, |s| {
+            s.flags.set_status(SiteStatus::Uninstalled)
+        });
         changes.push(Change::SiteRetired(previous));
     }
     insert_site(reg, site);
@@ -797,24 +841,20 @@ fn reinstalled(
     Ok(changes)
 }
 
-fn heartbeat(
-    reg: &mut Registry,
-    link: LinkGuid,
-    now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
-    live_link(reg, link)?;
+fn heartbeat(reg: &mut Registry, link: LinkGuid, now: Timestamp) -> Result<Changes, TenancyError> {
+    let (link_at, _) = live_link_at(reg, link)?;
     let Registry { links, sites, .. } = reg;
-    if let Some(l) = links.get_mut(&link) {
+    if let Some(l) = links.at_mut(link_at) {
         l.last_heard = l.last_heard.max(now);
         for halo_guid in &l.sites {
             if let Some(site) = sites.get_mut(halo_guid) {
-                if site.status.is_live() {
+                if site.status().is_live() {
                     site.last_heard = site.last_heard.max(now);
                 }
             }
         }
     }
-    Ok(vec![Change::LinkHeard { link, at: now }])
+    Ok(smallvec::smallvec![Change::LinkHeard { link, at: now }])
 }
 
 fn branch_crns_changed(
@@ -822,21 +862,21 @@ fn branch_crns_changed(
     link: LinkGuid,
     halo_guid: HaloGuid,
     branch_crns: &[Crn],
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     live_link(reg, link)?;
     let site = live_owned_site(reg, link, halo_guid)?;
     let branches = normalise_branches(site.parent_crn, branch_crns);
     check_crns(
         reg,
-        site.environment,
-        site.pms_type,
+        site.environment(),
+        site.pms_type(),
         site.crn(),
-        site.is_demo,
-        &branches,
+        site.is_demo(),
+        branches.as_slice(),
         Some(halo_guid),
     )?;
     with_claims(reg, halo_guid, |site| site.branch_crns = branches);
-    Ok(vec![Change::SiteUpserted(halo_guid)])
+    Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)])
 }
 
 fn promoted(
@@ -845,15 +885,15 @@ fn promoted(
     actor: &str,
     reason: &str,
     now: Timestamp,
-) -> Result<Vec<Change>, TenancyError> {
+) -> Result<Changes, TenancyError> {
     let site = reg
         .sites
         .get(&halo_guid)
         .ok_or(TenancyError::UnknownSite(halo_guid))?;
-    if !site.status.is_live() {
+    if !site.status().is_live() {
         return Err(TenancyError::SiteRetired {
             halo_guid,
-            status: site.status,
+            status: site.status(),
         });
     }
     check_text(TextField::Actor, actor, MAX_ACTOR, true)?;
@@ -874,7 +914,7 @@ fn promoted(
         .first()
         .map(|(_, g)| g.epoch())
         .unwrap_or_default();
-    let mut changes = Vec::new();
+    let mut changes = Changes::new();
     commit_plan(reg, plan, &[], &mut changes);
     if let Some(group) = reg.groups.get_mut(&group_key).map(|e| &mut e.group) {
         group.last_promotion = Some(Box::new(Promotion {

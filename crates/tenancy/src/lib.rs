@@ -14,6 +14,8 @@
 //! only through [`Registry::apply`], which takes an [`Event`] and the time `now`
 //! (this crate never reads a clock) and returns the [`Change`]s a reader must
 //! refresh. A refused event returns a [`TenancyError`] and changes nothing.
+//! ([`Registry::apply_into`] appends them to a caller's buffer instead, so that a
+//! writer or a replay allocates nothing per event for them.)
 //! Replaying the same events with the same times from an empty registry gives an
 //! equal registry ([`Registry::replay`]); the events, wrapped in [`LogEntry`], are
 //! the durable log format and are versioned. [`Registry::to_snapshot`] and

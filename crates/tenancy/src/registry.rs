@@ -27,6 +27,12 @@ pub(crate) struct Interner {
     /// (PMS version, catalogue list) pairs as sites hold them: one pointer per site
     /// instead of two. A cache over `texts` and `catalogues`, so not part of equality.
     pub(crate) profiles: HashSet<Arc<Profile>, foldhash::fast::RandomState>,
+    /// Link versions as Links hold them (one thin pointer each). A cache over
+    /// `texts`, so not part of equality.
+    pub(crate) link_versions: HashMap<Arc<str>, Arc<Arc<str>>, foldhash::fast::RandomState>,
+    /// The profile interned last: sites attached one after another mostly share it,
+    /// so it is compared before anything is hashed. Not part of equality.
+    pub(crate) last_profile: Option<Arc<Profile>>,
 }
 
 impl PartialEq for Interner {
@@ -56,8 +62,30 @@ impl Interner {
         shared
     }
 
+    /// A Link version, interned in `texts`, as one thin pointer.
+    pub(crate) fn link_version(&mut self, version: &str) -> Arc<Arc<str>> {
+        if let Some(shared) = self.link_versions.get(version) {
+            return Arc::clone(shared);
+        }
+        let text = self.text(version);
+        let shared = Arc::new(Arc::clone(&text));
+        self.link_versions.insert(text, Arc::clone(&shared));
+        shared
+    }
+
     /// The shared profile of a PMS version and a catalogue list (both interned).
     pub(crate) fn profile(&mut self, pms_version: &str, catalogues: &[Catalogue]) -> Arc<Profile> {
+        if let Some(last) = &self.last_profile {
+            if *last.pms_version == *pms_version && *last.catalogues == *catalogues {
+                return Arc::clone(last);
+            }
+        }
+        let shared = self.profile_slow(pms_version, catalogues);
+        self.last_profile = Some(Arc::clone(&shared));
+        shared
+    }
+
+    fn profile_slow(&mut self, pms_version: &str, catalogues: &[Catalogue]) -> Arc<Profile> {
         let wanted = Profile {
             pms_version: self.text(pms_version),
             catalogues: self.catalogues(catalogues),
@@ -143,7 +171,8 @@ impl<T: Keyed + PartialEq> PartialEq for Dense<T> {
 impl<T: Keyed + Eq> Eq for Dense<T> {}
 
 impl<T: Keyed> Dense<T> {
-    fn position(&self, key: &T::Key) -> Option<usize> {
+    /// The position of the value with `key` (positions never change).
+    pub(crate) fn position(&self, key: &T::Key) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         let list = &self.list;
         self.index
@@ -157,12 +186,19 @@ impl<T: Keyed> Dense<T> {
         self.position(key).and_then(|i| self.list.get(i))
     }
 
-    pub(crate) fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
-        self.position(key).and_then(|i| self.list.get_mut(i))
+    /// The value at a position [`Dense::position`] gave.
+    pub(crate) fn at(&self, position: usize) -> Option<&T> {
+        self.list.get(position)
     }
 
-    pub(crate) fn contains(&self, key: &T::Key) -> bool {
-        self.position(key).is_some()
+    /// The value at a position [`Dense::position`] gave, mutably; its key must not
+    /// change.
+    pub(crate) fn at_mut(&mut self, position: usize) -> Option<&mut T> {
+        self.list.get_mut(position)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
+        self.position(key).and_then(|i| self.list.get_mut(i))
     }
 
     /// Adds a new value; the caller has checked that its key is new.
@@ -172,6 +208,9 @@ impl<T: Keyed> Dense<T> {
 
     /// Adds a value unless its key is already present; says whether it did.
     pub(crate) fn insert_new(&mut self, value: T) -> bool {
+        if self.index.len() >= self.index.capacity() {
+            self.grow();
+        }
         let Self {
             list,
             index,
@@ -194,6 +233,68 @@ impl<T: Keyed> Dense<T> {
         }
     }
 
+    /// Gives the index room for one more, as hashbrown would (the next power of two
+    /// of slots), but rebuilt from the list in order: the keys are read front to
+    /// back, where hashbrown's own rehash reads each one at its random position.
+    fn grow(&mut self) {
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let rehash = |&j: &u32| list.get(j as usize).map_or(0, |v| hasher.hash_one(v.key()));
+        let mut grown = hashbrown::HashTable::with_capacity(index.capacity() + 1);
+        for (v, i) in list.iter().zip(0u32..) {
+            grown.insert_unique(hasher.hash_one(v.key()), i, rehash);
+        }
+        *index = grown;
+    }
+
+    /// A table of `values` in this order, or `None` if two share a key. Built for
+    /// a bulk load (a snapshot): the index is filled in the order of the slots the
+    /// keys hash to, so that its memory is written front to back rather than at a
+    /// million random places.
+    pub(crate) fn from_distinct(values: Vec<T>) -> Option<Self> {
+        let mut table = Self::default();
+        let n = values.len();
+        u32::try_from(n).ok()?;
+        table.list = values;
+        let Self {
+            list,
+            index,
+            hasher,
+        } = &mut table;
+        index.reserve(n, |&i| {
+            list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key()))
+        });
+        // hashbrown starts probing at the hash's low bits, masked to the slot count
+        // (a power of two: its capacity is 7/8 of it).
+        let slots = (index.capacity() * 8 / 7 + 1).next_power_of_two() as u64;
+        let mut order: Vec<(u64, u64, u32)> = list
+            .iter()
+            .zip(0u32..)
+            .map(|(v, i)| {
+                let hash = hasher.hash_one(v.key());
+                (hash & (slots - 1), hash, i)
+            })
+            .collect();
+        order.sort_unstable_by_key(|e| e.0);
+        for (_, hash, i) in order {
+            let key = list.get(i as usize)?.key();
+            match index.entry(
+                hash,
+                |&j| list.get(j as usize).is_some_and(|v| v.key() == key),
+                |&j| list.get(j as usize).map_or(0, |v| hasher.hash_one(v.key())),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => return None,
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+        Some(table)
+    }
+
     /// The value with `key`, inserting `make()` first if there is none.
     pub(crate) fn get_or_insert_with(&mut self, key: T::Key, make: impl FnOnce() -> T) -> &mut T {
         let i = match self.position(&key) {
@@ -204,6 +305,21 @@ impl<T: Keyed> Dense<T> {
             }
         };
         &mut self.list[i]
+    }
+
+    /// The position of the value with `key`, inserting `make()` first if there is none.
+    pub(crate) fn position_or_insert_with(
+        &mut self,
+        key: T::Key,
+        make: impl FnOnce() -> T,
+    ) -> usize {
+        match self.position(&key) {
+            Some(i) => i,
+            None => {
+                self.insert(make());
+                self.list.len() - 1
+            }
+        }
     }
 
     pub(crate) fn reserve(&mut self, additional: usize) {
@@ -308,9 +424,13 @@ impl Group {
 }
 
 /// Which parent a branch CRN belongs to, and how many live sites claim it.
+///
+/// The parent is the position of its group in the group table (groups are never
+/// deleted, so positions stay valid; the branch has the same environment and PMS
+/// type): 4 bytes rather than a 21-byte CRN, 32 bytes an entry with its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BranchClaim {
-    pub(crate) parent: Crn,
+    pub(crate) parent: u32,
     pub(crate) claims: u32,
 }
 
@@ -342,7 +462,7 @@ pub enum CrnLookup {
 ///
 /// Changed only by [`Registry::apply`]. Replaying the same events with the same
 /// times from [`Registry::default`] gives an equal registry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub(crate) links: LinkTable,
     /// Sites in attach order; never removed (retired sites stay readable).
@@ -358,6 +478,29 @@ pub struct Registry {
     pub(crate) interned: Interner,
 }
 
+/// Equal when they hold the same state. Branch claims name their parent by its
+/// group's position, which depends on the order groups were made (a restored
+/// registry makes them in key order): they are compared by the parent they name.
+impl PartialEq for Registry {
+    fn eq(&self, other: &Self) -> bool {
+        self.links == other.links
+            && self.sites == other.sites
+            && self.groups == other.groups
+            && self.demo_real == other.demo_real
+            && self.successors == other.successors
+            && self.interned == other.interned
+            && self.branches.len() == other.branches.len()
+            && self.branches.iter().all(|(key, claim)| {
+                other.branches.get(key).is_some_and(|theirs| {
+                    claim.claims == theirs.claims
+                        && self.branch_parent(claim) == other.branch_parent(theirs)
+                })
+            })
+    }
+}
+
+impl Eq for Registry {}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -369,7 +512,31 @@ impl Registry {
     /// # Errors
     /// [`TenancyError`] when the event breaks a rule; the registry is then unchanged.
     pub fn apply(&mut self, event: &Event, now: Timestamp) -> Result<Vec<Change>, TenancyError> {
-        crate::apply::apply(self, event, now)
+        crate::apply::apply(self, event, now).map(smallvec::SmallVec::into_vec)
+    }
+
+    /// [`Registry::apply`], appending the changes to `changes` instead of returning
+    /// a new vector: a writer or a replay that reuses one buffer allocates nothing
+    /// per event for them. A refused event appends nothing.
+    ///
+    /// # Errors
+    /// [`TenancyError`] when the event breaks a rule; the registry is then unchanged.
+    pub fn apply_into(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), TenancyError> {
+        changes.extend(crate::apply::apply(self, event, now)?);
+        Ok(())
+    }
+
+    /// Makes room for `sites` more sites and `links` more Links, so that a build of
+    /// known size (a replay, a bulk import) does not grow and rehash its tables on
+    /// the way. Groups grow as needed (most sites make one; backups share theirs).
+    pub fn reserve(&mut self, sites: usize, links: usize) {
+        self.sites.reserve(sites);
+        self.links.reserve(links);
     }
 
     /// Whether applying `event` now would be accepted and change nothing but when
@@ -390,12 +557,23 @@ impl Registry {
     pub fn replay<'a>(
         entries: impl IntoIterator<Item = &'a LogEntry>,
     ) -> Result<Self, TenancyError> {
+        let entries: Vec<&LogEntry> = entries.into_iter().collect();
         let mut registry = Self::new();
+        // Sized once: an upper bound of the sites and Links the log can make.
+        let (mut sites, mut links) = (0, 0);
+        for entry in &entries {
+            match entry.event {
+                Event::SiteAttached { .. } | Event::Reinstalled { .. } => sites += 1,
+                Event::LinkRegistered { .. } => links += 1,
+                _ => {}
+            }
+        }
+        registry.reserve(sites, links);
         for (index, entry) in entries.into_iter().enumerate() {
             let result = if entry.version == 0 || entry.version > crate::EVENT_VERSION {
                 Err(TenancyError::UnsupportedVersion(entry.version))
             } else {
-                registry.apply(&entry.event, entry.at).map(drop)
+                crate::apply::apply(&mut registry, &entry.event, entry.at).map(drop)
             };
             result.map_err(|source| TenancyError::Replay {
                 index,
@@ -520,7 +698,8 @@ impl Registry {
             CrnLookup::Branch => self
                 .branches
                 .get(&key)
-                .is_some_and(|claim| entitled(PmsId::new(pms_type, claim.parent))),
+                .and_then(|claim| self.branch_parent(claim))
+                .is_some_and(|parent| entitled(PmsId::new(pms_type, parent))),
             CrnLookup::DemoRealCrn => {
                 entitled(PmsId::new(pms_type, crn))
                     || self.demo_real.get(&key).is_some_and(|copies| {
@@ -543,6 +722,14 @@ impl Registry {
         self.sites
             .get(&halo_guid)
             .map(|s| Availability::derive(s.last_heard, now, cfg))
+    }
+
+    /// The parent CRN a branch claim names.
+    pub(crate) fn branch_parent(&self, claim: &BranchClaim) -> Option<Crn> {
+        self.groups
+            .as_slice()
+            .get(claim.parent as usize)
+            .map(|e| e.key.pms_id.site_id())
     }
 
     /// The Halo GUID that replaced `previous` on reinstall, if any.

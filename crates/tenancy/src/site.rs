@@ -48,27 +48,174 @@ impl fmt::Display for SiteStatus {
 }
 
 /// One PMS database as seen by one Link install.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Laid out for a million of them (120 bytes): the environment, PMS type, demo flag,
+/// status and authority flag share one byte ([`SiteFlags`]), and the branch CRNs,
+/// which most sites lack, are one pointer ([`BranchList`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Site {
     pub(crate) halo_guid: HaloGuid,
     pub(crate) link: LinkGuid,
-    pub(crate) environment: Environment,
-    pub(crate) pms_type: PmsType,
     pub(crate) parent_crn: Crn,
-    pub(crate) is_demo: bool,
-    pub(crate) status: SiteStatus,
-    pub(crate) authoritative: bool,
+    pub(crate) flags: SiteFlags,
     pub(crate) epoch: Epoch,
     pub(crate) last_heard: Timestamp,
     /// When the site was first registered (the `now` of its attach or reinstall);
     /// [`Timestamp::UNIX_EPOCH`] when unknown (restored from a snapshot written
     /// before the field existed).
     pub(crate) created: Timestamp,
-    pub(crate) branch_crns: Box<[Crn]>,
+    pub(crate) branch_crns: BranchList,
     /// Inline up to 24 bytes (most practice names), so no heap block per site.
     pub(crate) practice_name: CompactString,
     /// PMS version and catalogues, shared by every site with the same pair.
     pub(crate) profile: Arc<Profile>,
+}
+
+impl fmt::Debug for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Site")
+            .field("halo_guid", &self.halo_guid)
+            .field("link", &self.link)
+            .field("environment", &self.environment())
+            .field("pms_type", &self.pms_type())
+            .field("parent_crn", &self.parent_crn)
+            .field("is_demo", &self.is_demo())
+            .field("status", &self.status())
+            .field("authoritative", &self.is_authoritative())
+            .field("epoch", &self.epoch)
+            .field("last_heard", &self.last_heard)
+            .field("created", &self.created)
+            .field("branch_crns", &self.branch_crns())
+            .field("practice_name", &self.practice_name)
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+/// A site's environment, PMS type, demo flag, status and authority flag in one
+/// byte: bit 0 the environment (1 Production), bits 1-2 the PMS type, bit 3 demo,
+/// bits 4-5 the status, bit 6 authoritative. Built only by [`SiteFlags::new`] and
+/// the setters, so every field decodes to the value it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SiteFlags(u8);
+
+const PRODUCTION: u8 = 1;
+const PMS_SHIFT: u8 = 1;
+const DEMO: u8 = 1 << 3;
+const STATUS_SHIFT: u8 = 4;
+const STATUS_MASK: u8 = 0b11 << STATUS_SHIFT;
+const AUTHORITATIVE: u8 = 1 << 6;
+
+impl SiteFlags {
+    pub(crate) fn new(
+        environment: Environment,
+        pms_type: PmsType,
+        is_demo: bool,
+        status: SiteStatus,
+        authoritative: bool,
+    ) -> Self {
+        let env = match environment {
+            Environment::Stage => 0,
+            Environment::Production => PRODUCTION,
+        };
+        let pms: u8 = match pms_type {
+            PmsType::D4w => 0,
+            PmsType::BestPractice => 1,
+            PmsType::Zedmed => 2,
+        };
+        let mut flags = Self(env | (pms << PMS_SHIFT) | if is_demo { DEMO } else { 0 });
+        flags.set_status(status);
+        flags.set_authoritative(authoritative);
+        flags
+    }
+
+    pub(crate) fn environment(self) -> Environment {
+        if self.0 & PRODUCTION != 0 {
+            Environment::Production
+        } else {
+            Environment::Stage
+        }
+    }
+
+    pub(crate) fn pms_type(self) -> PmsType {
+        match (self.0 >> PMS_SHIFT) & 0b11 {
+            0 => PmsType::D4w,
+            1 => PmsType::BestPractice,
+            // `new` writes 0, 1 or 2 only.
+            _ => PmsType::Zedmed,
+        }
+    }
+
+    pub(crate) fn is_demo(self) -> bool {
+        self.0 & DEMO != 0
+    }
+
+    pub(crate) fn status(self) -> SiteStatus {
+        match (self.0 & STATUS_MASK) >> STATUS_SHIFT {
+            0 => SiteStatus::Initialising,
+            1 => SiteStatus::Active,
+            2 => SiteStatus::Removed,
+            _ => SiteStatus::Uninstalled,
+        }
+    }
+
+    pub(crate) fn set_status(&mut self, status: SiteStatus) {
+        let code: u8 = match status {
+            SiteStatus::Initialising => 0,
+            SiteStatus::Active => 1,
+            SiteStatus::Removed => 2,
+            SiteStatus::Uninstalled => 3,
+        };
+        self.0 = (self.0 & !STATUS_MASK) | (code << STATUS_SHIFT);
+    }
+
+    pub(crate) fn authoritative(self) -> bool {
+        self.0 & AUTHORITATIVE != 0
+    }
+
+    pub(crate) fn set_authoritative(&mut self, authoritative: bool) {
+        if authoritative {
+            self.0 |= AUTHORITATIVE;
+        } else {
+            self.0 &= !AUTHORITATIVE;
+        }
+    }
+}
+
+/// A site's branch CRNs (sorted, distinct) as one pointer: none for most sites, and
+/// up to two inline in the one heap block of those that have some. Never holds an
+/// empty block, so equal lists compare equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BranchList(Option<Box<SmallVec<[Crn; 2]>>>);
+
+impl BranchList {
+    pub(crate) fn as_slice(&self) -> &[Crn] {
+        self.0.as_deref().map_or(&[], |list| list.as_slice())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
+impl From<&[Crn]> for BranchList {
+    fn from(crns: &[Crn]) -> Self {
+        if crns.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(SmallVec::from_slice(crns))))
+        }
+    }
+}
+
+impl From<Vec<Crn>> for BranchList {
+    fn from(crns: Vec<Crn>) -> Self {
+        if crns.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(SmallVec::from_vec(crns))))
+        }
+    }
 }
 
 /// A site's PMS version and catalogue list, interned as one pair: most sites share
@@ -92,17 +239,17 @@ impl Site {
 
     /// The environment of its Link.
     pub fn environment(&self) -> Environment {
-        self.environment
+        self.flags.environment()
     }
 
     /// The PMS type.
     pub fn pms_type(&self) -> PmsType {
-        self.pms_type
+        self.flags.pms_type()
     }
 
     /// The routing CRN: the parent CRN, or for a demo copy its fake CRN.
     pub fn crn(&self) -> Crn {
-        if self.is_demo {
+        if self.flags.is_demo() {
             self.halo_guid.fake_crn()
         } else {
             self.parent_crn
@@ -117,17 +264,17 @@ impl Site {
 
     /// The PMS ID used for routing: PMS type and [`Site::crn`].
     pub fn pms_id(&self) -> PmsId {
-        PmsId::new(self.pms_type, self.crn())
+        PmsId::new(self.pms_type(), self.crn())
     }
 
     /// The key of its authority group.
     pub fn group_key(&self) -> GroupKey {
-        GroupKey::new(self.environment, self.pms_id())
+        GroupKey::new(self.environment(), self.pms_id())
     }
 
     /// Branch (local) CRNs, sorted, without duplicates. They never route.
     pub fn branch_crns(&self) -> &[Crn] {
-        &self.branch_crns
+        self.branch_crns.as_slice()
     }
 
     /// The practice name (the secondary identifier).
@@ -152,17 +299,17 @@ impl Site {
 
     /// Whether it is a demo or de-identified copy.
     pub fn is_demo(&self) -> bool {
-        self.is_demo
+        self.flags.is_demo()
     }
 
     /// Its lifecycle status.
     pub fn status(&self) -> SiteStatus {
-        self.status
+        self.flags.status()
     }
 
     /// Whether it holds authority in its group (never true unless live).
     pub fn is_authoritative(&self) -> bool {
-        self.authoritative
+        self.flags.authoritative()
     }
 
     /// Its group's epoch, as of the last change that touched it.
@@ -184,7 +331,7 @@ impl Site {
 
     /// Whether queries may be routed to it: active and authoritative.
     pub fn is_routable(&self) -> bool {
-        self.status == SiteStatus::Active && self.authoritative
+        self.status() == SiteStatus::Active && self.is_authoritative()
     }
 }
 
@@ -205,7 +352,8 @@ pub struct Link {
     pub(crate) environment: Environment,
     pub(crate) status: LinkStatus,
     pub(crate) last_heard: Timestamp,
-    pub(crate) version: Arc<str>,
+    /// Interned, behind one thin pointer (64 bytes a Link rather than 72).
+    pub(crate) version: Arc<Arc<str>>,
     /// Most Links serve one database: held inline.
     pub(crate) sites: SmallVec<[HaloGuid; 1]>,
 }

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
-use crate::registry::{Group, GroupEntry, Promotion};
-use crate::site::Profile;
+use crate::registry::{Dense, Group, GroupEntry, Promotion};
+use crate::site::{BranchList, Profile, SiteFlags};
 use crate::{Catalogue, Link, LinkStatus, Registry, Site, SiteStatus, TenancyError};
 
 mod binary;
@@ -184,21 +184,35 @@ where
     u32::try_from(base + extra.len() - 1).unwrap_or(u32::MAX)
 }
 
-/// A group key as bytes whose order is a total order on keys (environment, PMS type,
-/// CRN zero-padded: CRNs hold no zero byte), cheap to sort and compare.
-type GroupSortKey = [u8; 2 + Crn::MAX_LEN];
+/// A group key as two integers whose order is a total order on keys: the bytes
+/// (environment, PMS type, CRN zero-padded: CRNs hold no zero byte) read big-endian,
+/// so that sorting compares integers rather than byte strings.
+type GroupSortKey = (u128, u64);
 
 fn group_sort_key(key: &GroupKey) -> GroupSortKey {
-    let mut out = [0u8; 2 + Crn::MAX_LEN];
+    let mut out = [0u8; 24];
     out[0] = binary::env_code(key.environment);
     out[1] = binary::pms_code(key.pms_id.pms_type());
-    for (dst, src) in out[2..]
+    for (dst, src) in out[2..2 + Crn::MAX_LEN]
         .iter_mut()
         .zip(key.pms_id.site_id().as_str().bytes())
     {
         *dst = src;
     }
-    out
+    let (high, low) = out.split_at(16);
+    let mut high_bytes = [0u8; 16];
+    high_bytes.copy_from_slice(high);
+    let mut low_bytes = [0u8; 8];
+    low_bytes.copy_from_slice(low);
+    (
+        u128::from_be_bytes(high_bytes),
+        u64::from_be_bytes(low_bytes),
+    )
+}
+
+/// A GUID as an integer with the same order as its bytes.
+fn guid_key(bytes: &[u8; 16]) -> u128 {
+    u128::from_be_bytes(*bytes)
 }
 
 fn invalid(what: &'static str) -> TenancyError {
@@ -239,16 +253,16 @@ impl Registry {
             .map(|s| SiteRecord {
                 halo_guid: s.halo_guid,
                 link: s.link,
-                env: s.environment,
-                pms: s.pms_type,
+                env: s.environment(),
+                pms: s.pms_type(),
                 parent_crn: s.parent_crn,
-                is_demo: s.is_demo,
-                status: s.status,
-                auth: s.authoritative,
+                is_demo: s.is_demo(),
+                status: s.status(),
+                auth: s.is_authoritative(),
                 epoch: s.epoch,
                 heard: s.last_heard,
                 created: s.created_at(),
-                branch_crns: s.branch_crns.clone(),
+                branch_crns: s.branch_crns().into(),
                 name: s.practice_name.clone(),
                 ver: lookup(
                     &text_index,
@@ -344,7 +358,7 @@ impl Registry {
             texts
                 .get(i as usize)
                 .cloned()
-                .ok_or(invalid("a version index is out of range"))
+                .ok_or_else(|| invalid("a version index is out of range"))
         };
         // Sites share a few (version, catalogues) pairs: one profile each.
         let mut profiles: HashMap<(u32, u32), Arc<Profile>, foldhash::fast::RandomState> =
@@ -353,106 +367,115 @@ impl Registry {
 
         // A million random hash look-ups (each site's Link, each live site's group)
         // cost more than everything else here: cache misses. So both are found by
-        // sorting and merging instead, and each table is filled in one pass.
-
-        // Links, by GUID (as the writer sorts them), each with the sites it serves in
-        // attach order.
-        if !links.is_sorted_by_key(|l| l.guid) {
-            links.sort_unstable_by_key(|l| l.guid);
-        }
-        if links.windows(2).any(|w| w[0].guid == w[1].guid) {
-            return Err(invalid("a link appears twice"));
-        }
-        let mut served: Vec<(LinkGuid, u32, HaloGuid)> = sites
-            .iter()
-            .zip(0..site_count)
-            .map(|(s, i)| (s.link, i, s.halo_guid))
-            .collect();
-        served.sort_unstable_by_key(|a| (a.0, a.1));
-        let mut next = served.iter().peekable();
-        reg.links.reserve(links.len());
-        for l in links {
-            let mut serves = SmallVec::new();
-            while let Some(&&(guid, _, halo_guid)) = next.peek() {
-                match guid.cmp(&l.guid) {
-                    std::cmp::Ordering::Less => {
-                        return Err(invalid("a site names an unknown link"));
-                    }
-                    std::cmp::Ordering::Equal => {
-                        serves.push(halo_guid);
-                        next.next();
-                    }
-                    std::cmp::Ordering::Greater => break,
-                }
-            }
-            let link = Link {
-                guid: l.guid,
-                environment: l.env,
-                status: l.status,
-                last_heard: l.heard,
-                version: text(l.ver)?,
-                sites: serves,
-            };
-            if !reg.links.insert_new(link) {
-                return Err(invalid("a link appears twice"));
-            }
-        }
-        if next.next().is_some() {
-            return Err(invalid("a site names an unknown link"));
-        }
-        drop(served);
+        // sorting and merging instead, and each table is filled in one pass, its
+        // hash index written in slot order (`Dense::from_distinct`).
 
         // Sites in attach order; each live one is noted under its group's key.
         let mut live: Vec<(GroupSortKey, u32)> = Vec::with_capacity(sites.len());
-        reg.sites.reserve(sites.len());
+        let mut placed: Vec<Site> = Vec::with_capacity(sites.len());
+        // Consecutive sites mostly share one (version, catalogues) pair.
+        let mut last_profile: Option<((u32, u32), Arc<Profile>)> = None;
         for (s, i) in sites.into_iter().zip(0..site_count) {
-            let profile = match profiles.get(&(s.ver, s.cats)) {
-                Some(p) => Arc::clone(p),
-                None => {
-                    let p = Arc::new(Profile {
-                        pms_version: text(s.ver)?,
-                        catalogues: catalogues
-                            .get(s.cats as usize)
-                            .cloned()
-                            .ok_or(invalid("a catalogue index is out of range"))?,
-                    });
-                    let p = match reg.interned.profiles.get(&p) {
-                        Some(shared) => Arc::clone(shared),
+            let profile = match &last_profile {
+                Some((pair, p)) if *pair == (s.ver, s.cats) => Arc::clone(p),
+                _ => {
+                    let p = match profiles.get(&(s.ver, s.cats)) {
+                        Some(p) => Arc::clone(p),
                         None => {
-                            reg.interned.profiles.insert(Arc::clone(&p));
+                            let p = Arc::new(Profile {
+                                pms_version: text(s.ver)?,
+                                catalogues: catalogues
+                                    .get(s.cats as usize)
+                                    .cloned()
+                                    .ok_or_else(|| invalid("a catalogue index is out of range"))?,
+                            });
+                            let p = match reg.interned.profiles.get(&p) {
+                                Some(shared) => Arc::clone(shared),
+                                None => {
+                                    reg.interned.profiles.insert(Arc::clone(&p));
+                                    p
+                                }
+                            };
+                            profiles.insert((s.ver, s.cats), Arc::clone(&p));
                             p
                         }
                     };
-                    profiles.insert((s.ver, s.cats), Arc::clone(&p));
+                    last_profile = Some(((s.ver, s.cats), Arc::clone(&p)));
                     p
                 }
             };
             let site = Site {
                 halo_guid: s.halo_guid,
                 link: s.link,
-                environment: s.env,
-                pms_type: s.pms,
                 parent_crn: s.parent_crn,
-                is_demo: s.is_demo,
-                status: s.status,
-                authoritative: s.auth,
+                flags: SiteFlags::new(s.env, s.pms, s.is_demo, s.status, s.auth),
                 epoch: s.epoch,
                 last_heard: s.heard,
                 created: s.created.unwrap_or(Timestamp::UNIX_EPOCH),
-                branch_crns: s.branch_crns,
+                branch_crns: BranchList::from(&*s.branch_crns),
                 practice_name: s.name,
                 profile,
             };
-            if site.status.is_live() {
+            if site.status().is_live() {
                 live.push((group_sort_key(&site.group_key()), i));
-                crate::apply::claim_crns(&mut reg.branches, &mut reg.demo_real, &site);
-            } else if site.authoritative {
+            } else if site.is_authoritative() {
                 return Err(invalid("a retired site is authoritative"));
             }
-            if !reg.sites.insert_new(site) {
-                return Err(invalid("a site appears twice"));
-            }
+            placed.push(site);
         }
+        reg.sites = Dense::from_distinct(placed).ok_or_else(|| invalid("a site appears twice"))?;
+
+        // Links, by GUID (as the writer sorts them), each with the sites it serves in
+        // attach order: the sites' (Link, position) pairs sorted as integers.
+        if !links.is_sorted_by_key(|l| l.guid) {
+            links.sort_unstable_by_key(|l| l.guid);
+        }
+        if links.windows(2).any(|w| w[0].guid == w[1].guid) {
+            return Err(invalid("a link appears twice"));
+        }
+        let placed = reg.sites.as_slice();
+        let mut served: Vec<(u128, u32)> = placed
+            .iter()
+            .zip(0..site_count)
+            .map(|(s, i)| (guid_key(s.link.as_bytes()), i))
+            .collect();
+        served.sort_unstable();
+        let mut next = served.iter().peekable();
+        let mut made: Vec<Link> = Vec::with_capacity(links.len());
+        for l in links {
+            let mut serves = SmallVec::new();
+            let wanted = guid_key(l.guid.as_bytes());
+            while let Some(&&(guid, i)) = next.peek() {
+                match guid.cmp(&wanted) {
+                    std::cmp::Ordering::Less => {
+                        return Err(invalid("a site names an unknown link"));
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let site = placed
+                            .get(i as usize)
+                            .ok_or_else(|| invalid("a site index is out of range"))?;
+                        serves.push(site.halo_guid);
+                        next.next();
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            let version = text(l.ver)?;
+            let link = Link {
+                guid: l.guid,
+                environment: l.env,
+                status: l.status,
+                last_heard: l.heard,
+                version: reg.interned.link_version(&version),
+                sites: serves,
+            };
+            made.push(link);
+        }
+        reg.links = Dense::from_distinct(made).ok_or_else(|| invalid("a link appears twice"))?;
+        if next.next().is_some() {
+            return Err(invalid("a site names an unknown link"));
+        }
+        drop(served);
 
         // Groups: the written ones (empty, vacated or promoted) merged with the live
         // sites' keys, both sorted; a group with live members and nothing else to say
@@ -466,7 +489,10 @@ impl Registry {
             return Err(invalid("a group appears twice"));
         }
         live.sort_unstable();
-        reg.groups.reserve(written.len() + live.len());
+        // Exactly as many groups as distinct keys (an index sized for every live
+        // site would be twice as large at a million sites).
+        let live_groups = live.chunk_by(|a, b| a.0 == b.0).count();
+        let mut made: Vec<GroupEntry> = Vec::with_capacity(written.len() + live_groups);
         let placed = reg.sites.as_slice();
         let mut written = written.into_iter().peekable();
         let mut at = 0;
@@ -498,11 +524,11 @@ impl Registry {
             for &(_, i) in run {
                 let site = placed
                     .get(i as usize)
-                    .ok_or(invalid("a site index is out of range"))?;
+                    .ok_or_else(|| invalid("a site index is out of range"))?;
                 if site.epoch != epoch {
                     return Err(invalid("a live site is not at its group's epoch"));
                 }
-                if site.authoritative {
+                if site.is_authoritative() {
                     if holder.is_some() {
                         return Err(invalid("two authoritative sites in one group"));
                     }
@@ -537,16 +563,22 @@ impl Registry {
                     epoch: p.epoch,
                 })
             });
-            if !reg.groups.insert_new(GroupEntry {
+            let position = u32::try_from(made.len()).unwrap_or(u32::MAX);
+            made.push(GroupEntry {
                 key,
                 group: Group {
                     state,
                     last_promotion,
                 },
-            }) {
-                return Err(invalid("a group appears twice"));
+            });
+            // The live members' CRN claims, now that their group has a position.
+            for &(_, i) in run {
+                if let Some(site) = placed.get(i as usize) {
+                    crate::apply::claim_crns(&mut reg.branches, &mut reg.demo_real, site, position);
+                }
             }
         }
+        reg.groups = Dense::from_distinct(made).ok_or_else(|| invalid("a group appears twice"))?;
         drop(live);
 
         reg.successors.reserve(successors.len());

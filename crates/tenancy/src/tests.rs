@@ -4,5 +4,6 @@ mod event_decode;
 mod fixture;
 mod props;
 mod scenarios;
+mod sizes;
 mod snapshot;
 mod snapshot_binary;

@@ -113,7 +113,7 @@ impl<'a> Reader<'a> {
         let (&b, tail) = self
             .rest
             .split_first()
-            .ok_or(bad("the binary snapshot is truncated"))?;
+            .ok_or_else(|| bad("the binary snapshot is truncated"))?;
         self.rest = tail;
         Ok(b)
     }
@@ -387,7 +387,7 @@ impl RegistrySnapshot {
     pub fn from_bytes(bytes: &[u8]) -> Result<RegistrySnapshot, TenancyError> {
         let rest = bytes
             .strip_prefix(MAGIC.as_slice())
-            .ok_or(bad("not a binary snapshot"))?;
+            .ok_or_else(|| bad("not a binary snapshot"))?;
         let mut r = Reader { rest };
         let format = r.u8()?;
         if format != BINARY_FORMAT && format != BINARY_FORMAT_V1 {
@@ -436,7 +436,7 @@ impl RegistrySnapshot {
                     usize::try_from(i - 1)
                         .ok()
                         .and_then(|i| links.get(i))
-                        .ok_or(bad("a site's Link index is out of range"))?
+                        .ok_or_else(|| bad("a site's Link index is out of range"))?
                         .guid
                 }
             };

@@ -1,0 +1,220 @@
+//! The compact representations: room per site, and that packing loses nothing.
+
+use std::mem::size_of;
+
+use halo_ids::{Crn, Environment, PmsType};
+use proptest::prelude::*;
+
+use crate::SiteStatus;
+use crate::site::{BranchList, SiteFlags};
+
+/// A million sites, Links and groups: a field added carelessly grows the registry
+/// by megabytes. These bounds are the layouts' sizes today.
+#[test]
+fn hot_structures_keep_their_size() {
+    assert!(
+        size_of::<crate::Site>() <= 120,
+        "Site is {} bytes",
+        size_of::<crate::Site>()
+    );
+    assert!(
+        size_of::<crate::Link>() <= 64,
+        "Link is {} bytes",
+        size_of::<crate::Link>()
+    );
+    assert!(size_of::<BranchList>() <= 8);
+    let claim = size_of::<(crate::GroupKey, crate::registry::BranchClaim)>();
+    assert!(claim <= 32, "a branch claim is {claim} bytes");
+}
+
+/// Every combination of the packed fields reads back as written, and changing the
+/// status or the authority flag changes nothing else.
+#[test]
+fn site_flags_round_trip_every_combination() {
+    let statuses = [
+        SiteStatus::Initialising,
+        SiteStatus::Active,
+        SiteStatus::Removed,
+        SiteStatus::Uninstalled,
+    ];
+    for environment in [Environment::Stage, Environment::Production] {
+        for pms in PmsType::ALL {
+            for demo in [false, true] {
+                for status in statuses {
+                    for auth in [false, true] {
+                        let mut f = SiteFlags::new(environment, pms, demo, status, auth);
+                        assert_eq!(f.environment(), environment);
+                        assert_eq!(f.pms_type(), pms);
+                        assert_eq!(f.is_demo(), demo);
+                        assert_eq!(f.status(), status);
+                        assert_eq!(f.authoritative(), auth);
+                        for next in statuses {
+                            f.set_status(next);
+                            f.set_authoritative(!auth);
+                            assert_eq!(f.status(), next);
+                            assert_eq!(f.authoritative(), !auth);
+                            assert_eq!(f.environment(), environment);
+                            assert_eq!(f.pms_type(), pms);
+                            assert_eq!(f.is_demo(), demo);
+                            f.set_authoritative(auth);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn arb_crns() -> impl Strategy<Value = Vec<Crn>> {
+    prop::collection::vec("[A-Z0-9]{1,20}", 0..6)
+        .prop_map(|v| v.iter().map(|s| s.parse().unwrap()).collect())
+}
+
+proptest! {
+    /// A branch list gives back the slice it was made from, however made, and two
+    /// lists are equal exactly when their slices are (an empty one holds no block).
+    #[test]
+    fn branch_list_is_its_slice(a in arb_crns(), b in arb_crns()) {
+        let la = BranchList::from(a.as_slice());
+        let lb = BranchList::from(b.clone());
+        prop_assert_eq!(la.as_slice(), a.as_slice());
+        prop_assert_eq!(lb.as_slice(), b.as_slice());
+        prop_assert_eq!(la.len(), a.len());
+        prop_assert_eq!(la == lb, a == b);
+        prop_assert_eq!(BranchList::from(Vec::new()), BranchList::default());
+    }
+}
+
+mod apply_into {
+    use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+
+    use crate::{Change, Event, Registry, SiteIdentity};
+
+    fn attach(link: LinkGuid, n: u128) -> Event {
+        Event::SiteAttached {
+            link,
+            halo_guid: HaloGuid::from_u128(100 + n).unwrap(),
+            identity: SiteIdentity {
+                pms_type: PmsType::D4w,
+                parent_crn: format!("P{n}").parse().unwrap(),
+                branch_crns: vec![format!("B{n}").parse().unwrap()],
+                practice_name: format!("Practice {n}"),
+                pms_version: "9.6".into(),
+                catalogues: vec![],
+                is_demo: false,
+            },
+        }
+    }
+
+    /// `apply_into` appends what `apply` returns, after what the buffer held, and a
+    /// refused event appends nothing and changes nothing.
+    #[test]
+    fn apply_into_appends_what_apply_returns() {
+        let link = LinkGuid::from_u128(1).unwrap();
+        let now = Timestamp::from_millis(5);
+        let events = vec![
+            Event::LinkRegistered {
+                link,
+                environment: Environment::Stage,
+                version: "1.0".into(),
+            },
+            attach(link, 1),
+            attach(link, 2),
+            Event::Heartbeat { link },
+            Event::SiteRemoved {
+                link,
+                halo_guid: HaloGuid::from_u128(101).unwrap(),
+            },
+        ];
+        let (mut a, mut b) = (Registry::new(), Registry::new());
+        let mut buffer = vec![Change::LinkUpserted(link)];
+        let mut expected = buffer.clone();
+        for e in &events {
+            expected.extend(a.apply(e, now).unwrap());
+            b.apply_into(e, now, &mut buffer).unwrap();
+            assert_eq!(buffer, expected);
+            assert_eq!(a, b);
+        }
+        let before = b.clone();
+        let refused = attach(LinkGuid::from_u128(9).unwrap(), 3);
+        assert!(b.apply_into(&refused, now, &mut buffer).is_err());
+        assert_eq!(buffer, expected);
+        assert_eq!(b, before);
+    }
+
+    /// A registry that made room first ends equal to one that did not.
+    #[test]
+    fn reserving_changes_nothing_but_room() {
+        let link = LinkGuid::from_u128(1).unwrap();
+        let now = Timestamp::from_millis(5);
+        let mut a = Registry::new();
+        let mut b = Registry::new();
+        b.reserve(1000, 10);
+        for r in [&mut a, &mut b] {
+            r.apply(
+                &Event::LinkRegistered {
+                    link,
+                    environment: Environment::Stage,
+                    version: "1.0".into(),
+                },
+                now,
+            )
+            .unwrap();
+            for n in 0..50 {
+                r.apply(&attach(link, n), now).unwrap();
+            }
+        }
+        assert_eq!(a, b);
+        assert_eq!(b.site_count(), 50);
+    }
+}
+
+mod bulk_load {
+    use proptest::prelude::*;
+
+    use crate::registry::{Dense, Keyed};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Item {
+        key: u64,
+        value: u32,
+    }
+
+    impl Keyed for Item {
+        type Key = u64;
+        const ORDERED: bool = true;
+        fn key(&self) -> u64 {
+            self.key
+        }
+    }
+
+    proptest! {
+        /// A table loaded in bulk is the table inserted one by one: the same values
+        /// in the same order, each found at its position; keys that repeat refuse it.
+        #[test]
+        fn bulk_load_equals_one_by_one(keys in prop::collection::vec(0u64..5_000, 0..3_000)) {
+            let items: Vec<Item> = keys
+                .iter()
+                .zip(0u32..)
+                .map(|(&key, value)| Item { key, value })
+                .collect();
+            let mut one_by_one = Dense::default();
+            let mut distinct = true;
+            for item in &items {
+                distinct &= one_by_one.insert_new(item.clone());
+            }
+            match Dense::from_distinct(items.clone()) {
+                None => prop_assert!(!distinct, "distinct keys refused"),
+                Some(bulk) => {
+                    prop_assert!(distinct, "a repeated key accepted");
+                    prop_assert!(bulk == one_by_one);
+                    for (i, item) in items.iter().enumerate() {
+                        prop_assert_eq!(bulk.position(&item.key), Some(i));
+                        prop_assert_eq!(bulk.get(&item.key), Some(item));
+                    }
+                    prop_assert_eq!(bulk.position(&5_001), None);
+                }
+            }
+        }
+    }
+}
