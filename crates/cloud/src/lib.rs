@@ -26,6 +26,7 @@ pub mod lease;
 pub mod link_ws;
 pub mod metrics;
 pub mod openapi;
+mod packed;
 pub mod queries;
 pub mod record;
 mod record_de;

@@ -11,7 +11,8 @@
 //!   `snapshot_v2.json` the same with version-2 grants; `snapshot_v3.json` the same
 //!   with the registry in its compact binary form (base64); `snapshot_v4.json` the
 //!   same with the audit trail (`audit`: how far it read the log, and its entries
-//!   in their binary form, base64).
+//!   in their binary form, base64); `snapshot_v5.json` the same with both binary
+//!   parts LZ4-compressed (`lz4:` and base64).
 //!
 //! The tests decode both, check that this build still writes them byte for byte (as
 //! JSON values), and recover a real `CloudState` from a store holding them: once by
@@ -41,6 +42,7 @@ const SNAPSHOT: &str = include_str!("fixtures/snapshot_v1.json");
 const SNAPSHOT_V2: &str = include_str!("fixtures/snapshot_v2.json");
 const SNAPSHOT_V3: &str = include_str!("fixtures/snapshot_v3.json");
 const SNAPSHOT_V4: &str = include_str!("fixtures/snapshot_v4.json");
+const SNAPSHOT_V5: &str = include_str!("fixtures/snapshot_v5.json");
 
 const KEY: &str = "formats-production-key";
 
@@ -355,7 +357,7 @@ fn write_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), &records, None);
     let json = serde_json::to_string_pretty(&snapshot_of(&open_state(dir.path()))).unwrap();
-    std::fs::write(fixture_path("snapshot_v4.json"), json + "\n").unwrap();
+    std::fs::write(fixture_path("snapshot_v5.json"), json + "\n").unwrap();
 }
 
 fn frozen_records() -> Vec<Record> {
@@ -504,12 +506,12 @@ fn replayed_audit() -> Vec<halo_cloud::audit::Stored> {
 }
 
 #[test]
-fn frozen_v4_snapshot_loads_into_the_expected_cloud_state_and_is_still_written_so() {
+fn frozen_v4_snapshot_loads_into_the_expected_cloud_state() {
     if bless() {
         return;
     }
     let snapshot: Snapshot = serde_json::from_str(SNAPSHOT_V4).unwrap();
-    assert_eq!(snapshot.version, SNAPSHOT_VERSION);
+    assert_eq!(snapshot.version, 4);
     let frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V4).unwrap();
     assert!(frozen["registry"].is_string(), "the binary form, as base64");
     assert!(
@@ -545,15 +547,65 @@ fn frozen_v4_snapshot_loads_into_the_expected_cloud_state_and_is_still_written_s
     );
     let state = recover_from_snapshot(SNAPSHOT_V4);
     assert_eq!(audit_of(&state), expected);
+}
+
+#[test]
+fn frozen_v5_snapshot_loads_into_the_expected_cloud_state_and_is_still_written_so() {
+    if bless() {
+        return;
+    }
+    let snapshot: Snapshot = serde_json::from_str(SNAPSHOT_V5).unwrap();
+    assert_eq!(snapshot.version, SNAPSHOT_VERSION);
+    let frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V5).unwrap();
+    for part in [&frozen["registry"], &frozen["audit"]["entries"]] {
+        assert!(
+            part.as_str().unwrap().starts_with("lz4:"),
+            "the binary form, compressed"
+        );
+    }
+    let v4: Snapshot = serde_json::from_str(SNAPSHOT_V4).unwrap();
+    assert_eq!(snapshot.registry, v4.registry, "the same registry as v4");
+    let part = snapshot
+        .audit
+        .as_ref()
+        .expect("format 5 holds the audit trail");
+    let v4_part = v4.audit.as_ref().unwrap();
+    assert_eq!(
+        (part.through(), part.covers_next()),
+        (v4_part.through(), v4_part.covers_next())
+    );
+    let expected = replayed_audit();
+    assert_eq!(
+        part.decode().unwrap().iter().cloned().collect::<Vec<_>>(),
+        expected,
+        "the same audit trail as v4"
+    );
+    let state = recover_from_snapshot(SNAPSHOT_V5);
+    assert_eq!(audit_of(&state), expected);
     // The writer still writes this version exactly (a change needs a new version),
-    // but for the registry's byte layout, which may differ as in v3 (see there) and
-    // decodes to the same registry.
+    // but for the bytes of the two binary parts: the registry's layout may differ as
+    // in v3 (see there), and another release of the compressor may pick other
+    // matches; both decode to the same values.
     let mut written = serde_json::to_value(snapshot_of(&state)).unwrap();
     let rewritten: Snapshot = serde_json::from_value(written.clone()).unwrap();
     assert_eq!(rewritten.registry, snapshot.registry);
+    assert_eq!(
+        rewritten
+            .audit
+            .as_ref()
+            .unwrap()
+            .decode()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>(),
+        expected
+    );
     let mut frozen = frozen;
-    written["registry"].take();
-    frozen["registry"].take();
+    for json in [&mut written, &mut frozen] {
+        json["registry"].take();
+        json["audit"]["entries"].take();
+    }
     assert_eq!(written, frozen);
 }
 
@@ -589,6 +641,15 @@ fn a_damaged_binary_registry_is_refused_not_loaded() {
     let bytes = engine.decode(&text).unwrap();
     frozen["registry"] = engine.encode(&bytes[..bytes.len() - 1]).into();
     assert!(serde_json::from_value::<Snapshot>(frozen).is_err());
+    // Format 5: compressed bytes cut short never load (the store's checksum is what
+    // catches a changed byte).
+    let mut frozen: serde_json::Value = serde_json::from_str(SNAPSHOT_V5).unwrap();
+    let text = frozen["registry"].as_str().unwrap().to_owned();
+    let compressed = engine.decode(text.strip_prefix("lz4:").unwrap()).unwrap();
+    for cut in [1, compressed.len() / 2, compressed.len() - 1] {
+        frozen["registry"] = format!("lz4:{}", engine.encode(&compressed[..cut])).into();
+        assert!(serde_json::from_value::<Snapshot>(frozen.clone()).is_err());
+    }
 }
 
 #[test]

@@ -120,6 +120,8 @@ pub use router::{
 
 #[cfg(all(test, not(loom)))]
 mod fixture;
+#[cfg(all(test, not(loom)))]
+mod load_props;
 #[cfg(all(test, loom))]
 mod loom_busy;
 #[cfg(all(test, loom))]

@@ -240,13 +240,31 @@ struct WriterState {
     authority: Authority,
 }
 
-/// What the writer remembers of each group, to keep the table's invariants.
+/// What the writer remembers of each group, to keep the table's invariants: one
+/// entry per group ever published (one hash insert per group on a bulk load).
 #[derive(Default)]
 struct Authority {
-    /// The authoritative site of each group, as published in the table.
-    holders: StdHashMap<GroupKey, HaloGuid, RandomState>,
-    /// The newest epoch published for each group.
-    epochs: StdHashMap<GroupKey, Epoch, RandomState>,
+    groups: StdHashMap<GroupKey, GroupSlot, RandomState>,
+}
+
+/// The writer's record of one group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupSlot {
+    /// The authoritative site, as published in the table.
+    pub(crate) holder: Option<HaloGuid>,
+    /// The newest epoch published (zero for a group never published with one).
+    pub(crate) newest: Epoch,
+}
+
+impl Authority {
+    /// Forgets `halo_guid` as the holder of `group`, if it is.
+    fn release(&mut self, group: &GroupKey, halo_guid: HaloGuid) {
+        if let Some(slot) = self.groups.get_mut(group) {
+            if slot.holder == Some(halo_guid) {
+                slot.holder = None;
+            }
+        }
+    }
 }
 
 /// Where [`publish_into`] reads and writes records: the live table, each change
@@ -325,34 +343,35 @@ fn publish_into(
     entry: impl FnOnce(LinkGuid) -> Arc<LinkEntry>,
 ) -> Published {
     let group = site.group();
+    let halo_guid = site.halo_guid;
     // A group never seen has epoch zero, which no record is older than: the slot is
     // only ever added for a record that is published.
-    let newest_slot = authority.epochs.entry(group).or_insert(Epoch::ZERO);
-    let newest = *newest_slot;
+    let slot = authority.groups.entry(group).or_default();
     // Only an authoritative record can do harm when stale; a demotion always applies.
-    if site.authoritative && site.epoch < newest {
+    if site.authoritative && site.epoch < slot.newest {
         return Published::Stale;
     }
-    *newest_slot = newest.max(site.epoch);
+    slot.newest = slot.newest.max(site.epoch);
+    let previous = slot.holder;
+    if site.authoritative {
+        slot.holder = Some(halo_guid);
+    } else if previous == Some(halo_guid) {
+        slot.holder = None;
+    }
     // The site may have moved group (its PMS ID changed): drop its old holdership.
-    if let Some(old_group) = records.group_of(&site.halo_guid) {
-        if old_group != group && authority.holders.get(&old_group) == Some(&site.halo_guid) {
-            authority.holders.remove(&old_group);
+    if let Some(old_group) = records.group_of(&halo_guid) {
+        if old_group != group {
+            authority.release(&old_group, halo_guid);
         }
     }
     if site.authoritative {
-        if let Some(previous) = authority.holders.insert(group, site.halo_guid) {
-            if previous != site.halo_guid {
-                if let Some(demoted) = records.demoted(&previous) {
-                    records.upsert(previous, demoted);
-                }
+        if let Some(previous) = previous.filter(|p| *p != halo_guid) {
+            if let Some(demoted) = records.demoted(&previous) {
+                records.upsert(previous, demoted);
             }
         }
-    } else if authority.holders.get(&group) == Some(&site.halo_guid) {
-        authority.holders.remove(&group);
     }
     let entry = entry(site.link);
-    let halo_guid = site.halo_guid;
     records.upsert(halo_guid, Route::new(site, entry));
     Published::Applied
 }
@@ -361,10 +380,110 @@ fn publish_into(
 fn unpublish_from(authority: &mut Authority, records: &mut impl Records, halo_guid: HaloGuid) {
     if let Some(group) = records.group_of(&halo_guid) {
         records.remove(halo_guid);
-        if authority.holders.get(&group) == Some(&halo_guid) {
-            authority.holders.remove(&group);
-        }
+        authority.release(&group, halo_guid);
     }
+}
+
+/// A copy being built from empty by [`Router::load_sites`], each site of the
+/// registry visited once: no site has a record before its own visit, so the look-up
+/// of its previous record (a miss in a table of a million) is skipped. Records of
+/// other sites (a holder to demote) are looked up as usual.
+struct Fresh<'a>(&'a mut RouteMap);
+
+impl Records for Fresh<'_> {
+    fn group_of(&self, _: &HaloGuid) -> Option<GroupKey> {
+        None
+    }
+
+    fn demoted(&self, halo_guid: &HaloGuid) -> Option<Route> {
+        self.0.demoted(halo_guid)
+    }
+
+    fn upsert(&mut self, halo_guid: HaloGuid, route: Route) {
+        self.0.insert(halo_guid, route);
+    }
+
+    fn remove(&mut self, halo_guid: HaloGuid) {
+        StdHashMap::remove(self.0, &halo_guid);
+    }
+}
+
+/// Replaces the whole table with `staged` in one swap.
+fn publish_replacement(table: &mut left_right::WriteHandle<RouteMap, RouteOp>, staged: RouteMap) {
+    table.append(RouteOp::Replace(Box::new(staged)));
+    table.publish();
+    // Once more, so that the other copy is brought up to date now rather than on
+    // the first change after start.
+    table.publish();
+}
+
+/// The writer's bookkeeping of groups, as [`Router::load_sites`] leaves it.
+pub(crate) type Groups = StdHashMap<GroupKey, GroupSlot, RandomState>;
+
+/// A load into an empty table whose registry keeps the invariants (at most one
+/// authoritative live site per group, holding the newest epoch among its group's live
+/// sites): publishing each site in turn would then apply every one of them as it is
+/// (nothing stale, no holder to demote), and leave each group with its holder and
+/// newest epoch. So the records go straight into `staged` while another thread
+/// computes the groups, checking the invariants as it goes. `None` (and `staged`
+/// partly filled) if they do not hold: the caller publishes site by site instead.
+fn load_fresh(
+    registry: &Registry,
+    staged: &mut RouteMap,
+    entry_of: &mut impl FnMut(LinkGuid) -> Arc<LinkEntry>,
+) -> Option<Groups> {
+    let fill = |staged: &mut RouteMap, entry_of: &mut dyn FnMut(LinkGuid) -> Arc<LinkEntry>| {
+        for site in registry.sites().filter(|s| s.status().is_live()) {
+            let route = SiteRoute::from_site(site);
+            let entry = entry_of(route.link);
+            staged.insert(route.halo_guid, Route::new(route, entry));
+        }
+    };
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("halo-router-load".into())
+            .spawn_scoped(scope, || registry_groups(registry))
+        {
+            Ok(groups) => {
+                fill(staged, entry_of);
+                groups.join().ok().flatten()
+            }
+            // No thread to be had: the same work, one after the other.
+            Err(_) => registry_groups(registry).inspect(|_| fill(staged, entry_of)),
+        }
+    })
+}
+
+/// The groups of a registry's live sites (group, site, authoritative, epoch) with
+/// their holders and newest epochs, or `None` if a group has two authoritative live
+/// sites or a holder older than another of its live sites (see [`load_fresh`]).
+pub(crate) fn fresh_groups(
+    live: impl Iterator<Item = (GroupKey, HaloGuid, bool, Epoch)>,
+    capacity: usize,
+) -> Option<Groups> {
+    let mut groups = Groups::with_capacity_and_hasher(capacity, RandomState::default());
+    for (group, halo_guid, authoritative, epoch) in live {
+        let slot: &mut GroupSlot = groups.entry(group).or_default();
+        if authoritative {
+            if slot.holder.is_some() || epoch < slot.newest {
+                return None;
+            }
+            slot.holder = Some(halo_guid);
+        } else if slot.holder.is_some() && epoch > slot.newest {
+            return None;
+        }
+        slot.newest = slot.newest.max(epoch);
+    }
+    Some(groups)
+}
+
+/// [`fresh_groups`] of `registry`'s live sites.
+fn registry_groups(registry: &Registry) -> Option<Groups> {
+    let live = registry.sites().filter(|s| s.status().is_live()).map(|s| {
+        let group = GroupKey::new(s.environment(), s.pms_id());
+        (group, s.halo_guid(), s.is_authoritative(), s.epoch())
+    });
+    fresh_groups(live, registry.groups().size_hint().0)
 }
 
 /// One Link's load, as [`Router::link_loads`] reads it.
@@ -718,37 +837,69 @@ impl Router {
     /// once, beside the table, under the same invariants (module docs), and replace
     /// the table in one swap. Readers see the table before or after, never between.
     pub fn load_sites(&self, registry: &Registry) {
-        {
-            let mut writer = lock(&self.writer);
-            let writer = &mut *writer;
-            let mut staged: RouteMap = writer
-                .table
-                .enter()
-                .map(|map| (*map).clone())
-                .unwrap_or_default();
-            staged.reserve(registry.site_count().saturating_sub(staged.len()));
-            let groups = registry.groups().size_hint().0;
-            writer.authority.holders.reserve(groups);
-            writer.authority.epochs.reserve(groups);
-            let links = self.links.pin();
-            for site in registry.sites() {
-                if site.status().is_live() {
-                    let route = SiteRoute::from_site(site);
-                    let _ = publish_into(&mut writer.authority, &mut staged, route, |link| {
-                        Arc::clone(
-                            links.get_or_insert_with(link, || Arc::new(LinkEntry::new(link))),
-                        )
-                    });
-                } else {
-                    unpublish_from(&mut writer.authority, &mut staged, site.halo_guid());
+        let mut writer = lock(&self.writer);
+        let writer = &mut *writer;
+        let mut staged: RouteMap = writer
+            .table
+            .enter()
+            .map(|map| (*map).clone())
+            .unwrap_or_default();
+        // Built from empty (a start): each site is visited once, so none has a record
+        // before its own (see `Fresh`), and a site that is not live has none to remove.
+        let fresh = staged.is_empty();
+        staged.reserve(registry.site_count().saturating_sub(staged.len()));
+        let groups = registry.groups().size_hint().0;
+        writer
+            .authority
+            .groups
+            .reserve(groups.saturating_sub(writer.authority.groups.len()));
+        let links = self.links.pin();
+        // A few Links serve many sites each: their entries are found once, not once a
+        // site, and consecutive sites of one Link (the usual attach order) reuse the
+        // last one found.
+        let mut entries: StdHashMap<LinkGuid, Arc<LinkEntry>, RandomState> =
+            StdHashMap::with_hasher(RandomState::default());
+        let mut last: Option<(LinkGuid, Arc<LinkEntry>)> = None;
+        let mut entry_of = |link: LinkGuid| -> Arc<LinkEntry> {
+            if let Some((guid, entry)) = &last {
+                if *guid == link {
+                    return Arc::clone(entry);
                 }
             }
-            writer.table.append(RouteOp::Replace(Box::new(staged)));
-            writer.table.publish();
-            // Once more, so that the other copy is brought up to date now rather
-            // than on the first change after start.
-            writer.table.publish();
+            let entry = Arc::clone(entries.entry(link).or_insert_with(|| {
+                Arc::clone(links.get_or_insert_with(link, || Arc::new(LinkEntry::new(link))))
+            }));
+            last = Some((link, Arc::clone(&entry)));
+            entry
+        };
+        if fresh && writer.authority.groups.is_empty() {
+            if let Some(groups) = load_fresh(registry, &mut staged, &mut entry_of) {
+                writer.authority.groups = groups;
+                publish_replacement(&mut writer.table, staged);
+                return;
+            }
+            // The registry breaks an invariant the shortcut relies on: publish each
+            // site in turn instead, which keeps the table's invariants whatever comes.
+            staged.clear();
         }
+        for site in registry.sites() {
+            if site.status().is_live() {
+                let route = SiteRoute::from_site(site);
+                let _ = if fresh {
+                    publish_into(
+                        &mut writer.authority,
+                        &mut Fresh(&mut staged),
+                        route,
+                        &mut entry_of,
+                    )
+                } else {
+                    publish_into(&mut writer.authority, &mut staged, route, &mut entry_of)
+                };
+            } else if !fresh {
+                unpublish_from(&mut writer.authority, &mut staged, site.halo_guid());
+            }
+        }
+        publish_replacement(&mut writer.table, staged);
     }
 
     fn refresh(&self, registry: &Registry, halo_guid: HaloGuid) {
