@@ -501,13 +501,17 @@ impl Writer {
                         continue;
                     }
                     let promotion = audit::for_promotion(&event);
-                    match self.registry.apply(&event, now) {
-                        Ok(changes) => {
-                            let authority = audit::for_authority(&event, &changes, &self.registry);
+                    let first_change = batch.changes.len();
+                    match self.registry.apply_into(&event, now, &mut batch.changes) {
+                        Ok(()) => {
+                            let authority = audit::for_authority(
+                                &event,
+                                &batch.changes[first_change..],
+                                &self.registry,
+                            );
                             if let Some(entry) = promotion {
                                 batch.records.push(audit_record(now, true, entry));
                             }
-                            batch.changes.extend(changes);
                             batch
                                 .records
                                 .push(Record::Tenancy(LogEntry::new(now, event)));
@@ -855,16 +859,18 @@ impl Writer {
         let mut batch = Batch::default();
         for record in &records {
             match record {
-                Record::Tenancy(entry) => match self.registry.apply(&entry.event, entry.at) {
-                    Ok(changes) => {
-                        batch.changes.extend(changes);
-                        batch.tenancy = true;
+                Record::Tenancy(entry) => {
+                    match self
+                        .registry
+                        .apply_into(&entry.event, entry.at, &mut batch.changes)
+                    {
+                        Ok(()) => batch.tenancy = true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a followed tenancy event does not apply; stopping");
+                            std::process::abort();
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "a followed tenancy event does not apply; stopping");
-                        std::process::abort();
-                    }
-                },
+                }
                 Record::Policy { event, .. } => {
                     if let Err(e) = self.grants.apply(event) {
                         tracing::error!(error = %e, "a followed policy event does not apply; stopping");
@@ -1132,8 +1138,11 @@ impl CloudState {
                 from_snapshot = writer.registry.site_count() > 0,
                 "recovering: replaying the log after the snapshot"
             );
+            // One buffer for every event's changes (replay needs none of them).
+            let mut changes = Vec::new();
             for (index, record) in recovered.tail.iter().enumerate() {
-                replay(&mut writer, record)
+                changes.clear();
+                replay(&mut writer, record, &mut changes)
                     .map_err(|message| StateError::Replay { index, message })?;
                 if (index + 1) % RECOVERY_PROGRESS_EVERY == 0 {
                     tracing::info!(done = index + 1, total, "recovering: replaying");
@@ -1698,12 +1707,11 @@ fn open_store(
     Ok((store, recovered))
 }
 
-fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
+fn replay(w: &mut Writer, record: &Record, changes: &mut Vec<Change>) -> Result<(), String> {
     match record {
         Record::Tenancy(entry) => w
             .registry
-            .apply(&entry.event, entry.at)
-            .map(drop)
+            .apply_into(&entry.event, entry.at, changes)
             .map_err(|e| e.to_string()),
         Record::Policy { event, .. } => w.grants.apply(event).map_err(|e| e.to_string()),
         Record::Credential { event, .. } => {
