@@ -5,8 +5,9 @@
 //! - `direct_prepared`: baseline. One open connection, cached statement, rows to
 //!   JSON: what a query costs with no Link checks at all.
 //! - `direct_open`: a fresh read-only connection per query, no checks.
-//! - `execute`: [`halo_link::execute`]: fresh read-only connection, schema names,
-//!   authorizer, progress handler, epoch fence, rows to JSON.
+//! - `execute`: [`halo_link::execute`]: pooled read-only connection, its statement
+//!   cache behind the authorizer gate, schema check, progress handler, epoch fence,
+//!   rows to JSON.
 //!
 //! Results are in the crate's report (ratios against `direct_prepared`).
 
