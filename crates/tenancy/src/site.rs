@@ -50,8 +50,8 @@ impl fmt::Display for SiteStatus {
 /// One PMS database as seen by one Link install.
 ///
 /// Laid out for a million of them (120 bytes): the environment, PMS type, demo flag,
-/// status and authority flag share one byte ([`SiteFlags`]), and the branch CRNs,
-/// which most sites lack, are one pointer ([`BranchList`]).
+/// status and authority flag share one byte (`SiteFlags`), and the branch CRNs,
+/// which most sites lack, are one pointer (`BranchList`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Site {
     pub(crate) halo_guid: HaloGuid,
