@@ -11,6 +11,8 @@
 //! over and run beside it, once each.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,17 +25,13 @@ use halo_cloud::lease::Placement;
 use halo_cloud::{CloudConfig, ClusterConfig, HttpLimits, KEY_HEADER, RunningCloud, app};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent};
-use halo_protocol::{
-    CatalogueInfo, CloudToLink, DatabaseInfo, Hello, LinkToCloud, QueryResult, ResultEnd,
-    ResultPage,
-};
+use halo_protocol::{CloudToLink, LinkToCloud, QueryResult, ResultEnd, ResultPage};
 use halo_router::RouterConfig;
 use halo_tenancy::{AvailabilityConfig, Catalogue, Event, SiteIdentity};
 use halo_test_support::postgres_server::PgServer;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tower::ServiceExt as _;
 
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
@@ -364,40 +362,17 @@ async fn link_token(node: &RunningCloud) -> String {
 /// [`HANGS`], never answered; counts the jobs by command text (and the cancels, as
 /// `cancel`) and sends a heartbeat every second.
 async fn attach_link(node: &RunningCloud, token: &str, jobs: Jobs) -> tokio::task::JoinHandle<()> {
-    let mut ws_request = format!("ws://{}/link/ws", node.addr)
-        .into_client_request()
-        .unwrap();
-    ws_request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let ws_request = support::link_ws_request(node.addr, token);
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_request).await.unwrap();
     let site = HaloGuid::from_u128(7000).unwrap();
-    let hello = LinkToCloud::Hello(Hello {
-        link_guid: LinkGuid::from_u128(7).unwrap(),
-        environment: Environment::Stage,
-        link_version: "1".into(),
-        protocol_version: halo_protocol::PROTOCOL_VERSION,
-        databases: vec![DatabaseInfo {
-            halo_guid: site,
-            pms_type: PmsType::D4w,
-            parent_crn: "CRN0".parse().unwrap(),
-            branch_crns: Vec::new(),
-            practice_name: "Practice".into(),
-            pms_version: "15".into(),
-            catalogues: vec![CatalogueInfo {
-                name: "d4w".into(),
-                is_default: true,
-            }],
-            is_demo: false,
-        }],
-    });
-    ws.send(Message::text(halo_protocol::encode(&hello).unwrap()))
-        .await
-        .unwrap();
-    let Some(Ok(Message::Text(ack))) = ws.next().await else {
-        panic!("no answer to the hello");
-    };
-    match halo_protocol::decode::<CloudToLink>(&ack).unwrap() {
+    let hello = support::one_database_hello(
+        LinkGuid::from_u128(7).unwrap(),
+        site,
+        "CRN0",
+        "Practice",
+        true,
+    );
+    match support::say_hello(&mut ws, &hello).await {
         CloudToLink::HelloAck { rejected, .. } => assert!(rejected.is_empty(), "{rejected:?}"),
         other => panic!("unexpected {other:?}"),
     }

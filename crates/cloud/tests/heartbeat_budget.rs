@@ -4,18 +4,18 @@
 //! Link was asked for while its session lasts. Real TCP and WebSocket on loopback.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use halo_cloud::{CloudConfig, HttpLimits, app};
-use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
-use halo_protocol::{CloudToLink, DatabaseInfo, Heartbeat, Hello, LinkToCloud};
+use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+use halo_protocol::{CloudToLink, Heartbeat, LinkToCloud};
 use halo_router::RouterConfig;
 use halo_tenancy::{Availability, AvailabilityConfig};
-use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const ADMIN: &str = "heartbeat-budget-admin-token";
 const WAIT: Duration = Duration::from_secs(10);
@@ -58,45 +58,12 @@ async fn cloud(
 /// Connects Link `i` with a credential of its own and says hello; the session and
 /// the interval its `helloAck` asks for.
 async fn attach(addr: SocketAddr, i: usize) -> (Ws, Duration) {
-    let resp = reqwest::Client::new()
-        .post(format!("http://{addr}/admin/link-credentials"))
-        .bearer_auth(ADMIN)
-        .json(
-            &json!({"label": format!("beat {i}"), "environment": "stage",
-                      "practices": [format!("D4w:BEAT{i}")]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let token = body["key"].as_str().unwrap();
-    let mut request = format!("ws://{addr}/link/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let crn = format!("BEAT{i}");
+    let token = support::link_credential(addr, ADMIN, &format!("beat {i}"), &crn).await;
+    let request = support::link_ws_request(addr, &token);
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let hello = LinkToCloud::Hello(Hello {
-        link_guid: link(i),
-        environment: Environment::Stage,
-        link_version: "1".into(),
-        protocol_version: halo_protocol::PROTOCOL_VERSION,
-        databases: vec![DatabaseInfo {
-            halo_guid: site(i),
-            pms_type: PmsType::D4w,
-            parent_crn: format!("BEAT{i}").parse().unwrap(),
-            branch_crns: vec![],
-            practice_name: format!("Beat {i}"),
-            pms_version: "1".into(),
-            catalogues: vec![],
-            is_demo: false,
-        }],
-    });
-    ws.send(Message::text(halo_protocol::encode(&hello).unwrap()))
-        .await
-        .unwrap();
+    let hello = support::one_database_hello(link(i), site(i), &crn, &format!("Beat {i}"), false);
+    support::send(&mut ws, &hello).await;
     let every = asked(&mut ws).await;
     (ws, every)
 }

@@ -7,19 +7,16 @@
 //! clients use a 1 KiB read buffer, so the count is dominated by the Cloud).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod support;
+
 use std::alloc::System;
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use halo_cloud::{CloudConfig, HttpLimits, app};
-use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType};
-use halo_protocol::{CatalogueInfo, CloudToLink, DatabaseInfo, Hello, LinkToCloud};
+use halo_ids::{HaloGuid, LinkGuid};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
-use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[global_allocator]
@@ -36,63 +33,25 @@ const LINKS: usize = 20;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn credential(http: &reqwest::Client, addr: std::net::SocketAddr, i: usize) -> String {
-    let resp = http
-        .post(format!("http://{addr}/admin/link-credentials"))
-        .bearer_auth(ADMIN)
-        .json(
-            &json!({"label": format!("idle {i}"), "environment": "stage",
-                      "practices": [format!("D4w:IDLE{i}")]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["key"].as_str().unwrap().to_owned()
+async fn credential(addr: std::net::SocketAddr, i: usize) -> String {
+    support::link_credential(addr, ADMIN, &format!("idle {i}"), &format!("IDLE{i}")).await
 }
 
 async fn attach(addr: std::net::SocketAddr, i: usize, token: &str) -> Ws {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/link/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = support::link_ws_request(addr, token);
     let config = WebSocketConfig::default().read_buffer_size(1024);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .unwrap();
-    let hello = LinkToCloud::Hello(Hello {
-        link_guid: LinkGuid::from_u128(1000 + i as u128).unwrap(),
-        environment: Environment::Stage,
-        link_version: "1".into(),
-        protocol_version: halo_protocol::PROTOCOL_VERSION,
-        databases: vec![DatabaseInfo {
-            halo_guid: HaloGuid::from_u128(2000 + i as u128).unwrap(),
-            pms_type: PmsType::D4w,
-            parent_crn: format!("IDLE{i}").parse().unwrap(),
-            branch_crns: vec![],
-            practice_name: format!("Idle {i}"),
-            pms_version: "1".into(),
-            catalogues: vec![CatalogueInfo {
-                name: "d4w".into(),
-                is_default: true,
-            }],
-            is_demo: false,
-        }],
-    });
-    ws.send(Message::text(halo_protocol::encode(&hello).unwrap()))
-        .await
-        .unwrap();
-    let Some(Ok(Message::Text(ack))) = ws.next().await else {
-        panic!("no answer to the hello");
-    };
-    assert!(matches!(
-        halo_protocol::decode::<CloudToLink>(&ack).unwrap(),
-        CloudToLink::HelloAck { .. }
-    ));
+    let hello = support::one_database_hello(
+        LinkGuid::from_u128(1000 + i as u128).unwrap(),
+        HaloGuid::from_u128(2000 + i as u128).unwrap(),
+        &format!("IDLE{i}"),
+        &format!("Idle {i}"),
+        true,
+    );
+    support::say_hello(&mut ws, &hello).await;
     ws
 }
 
@@ -111,10 +70,9 @@ async fn an_idle_link_session_holds_no_traffic_buffers() {
     })
     .await
     .unwrap();
-    let http = reqwest::Client::new();
     let mut tokens = Vec::new();
     for i in 0..=LINKS {
-        tokens.push(credential(&http, cloud.addr, i).await);
+        tokens.push(credential(cloud.addr, i).await);
     }
     // The first Link warms up what every session shares (tables, the writer).
     let first = attach(cloud.addr, 0, &tokens[0]).await;

@@ -3,18 +3,16 @@
 //! place. Real TCP and WebSocket on loopback.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use halo_cloud::{CloudConfig, HttpLimits, app};
-use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType};
-use halo_protocol::{CloudToLink, DatabaseInfo, Hello, LinkToCloud};
+use halo_ids::{HaloGuid, LinkGuid};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
-use serde_json::json;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 const ADMIN: &str = "link-session-cap-admin-token";
 
@@ -22,58 +20,24 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn credential(addr: SocketAddr, i: usize) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("http://{addr}/admin/link-credentials"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"label": format!("cap {i}"), "environment": "stage",
-                      "practices": [format!("D4w:CAP{i}")]}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    let body: serde_json::Value = resp.json().await.unwrap();
-    body["key"].as_str().unwrap().to_owned()
+    support::link_credential(addr, ADMIN, &format!("cap {i}"), &format!("CAP{i}")).await
 }
 
 async fn connect(addr: SocketAddr, token: &str) -> Result<Ws, WsError> {
-    let mut request = format!("ws://{addr}/link/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(request)
+    tokio_tungstenite::connect_async(support::link_ws_request(addr, token))
         .await
         .map(|(ws, _)| ws)
 }
 
 async fn hello(ws: &mut Ws, i: usize) {
-    let hello = LinkToCloud::Hello(Hello {
-        link_guid: LinkGuid::from_u128(100 + i as u128).unwrap(),
-        environment: Environment::Stage,
-        link_version: "1".into(),
-        protocol_version: halo_protocol::PROTOCOL_VERSION,
-        databases: vec![DatabaseInfo {
-            halo_guid: HaloGuid::from_u128(200 + i as u128).unwrap(),
-            pms_type: PmsType::D4w,
-            parent_crn: format!("CAP{i}").parse().unwrap(),
-            branch_crns: vec![],
-            practice_name: format!("Cap {i}"),
-            pms_version: "1".into(),
-            catalogues: vec![],
-            is_demo: false,
-        }],
-    });
-    ws.send(Message::text(halo_protocol::encode(&hello).unwrap()))
-        .await
-        .unwrap();
-    let Some(Ok(Message::Text(ack))) = ws.next().await else {
-        panic!("no answer to the hello");
-    };
-    assert!(matches!(
-        halo_protocol::decode::<CloudToLink>(&ack).unwrap(),
-        CloudToLink::HelloAck { .. }
-    ));
+    let hello = support::one_database_hello(
+        LinkGuid::from_u128(100 + i as u128).unwrap(),
+        HaloGuid::from_u128(200 + i as u128).unwrap(),
+        &format!("CAP{i}"),
+        &format!("Cap {i}"),
+        false,
+    );
+    support::say_hello(ws, &hello).await;
 }
 
 #[tokio::test]
