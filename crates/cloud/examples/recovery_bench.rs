@@ -172,14 +172,30 @@ fn main() {
     let mut keep = None;
     let mut recover_only = false;
     let mut refresh = false;
+    let usage = |problem: &str| -> ! {
+        eprintln!(
+            "recovery_bench: {problem}\nusage: recovery_bench [SITES] [--keep DIR [--recover-only | --refresh]]"
+        );
+        std::process::exit(2);
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--keep" => keep = Some(std::path::PathBuf::from(args.next().unwrap())),
+            "--keep" => match args.next() {
+                Some(dir) => keep = Some(std::path::PathBuf::from(dir)),
+                None => usage("--keep needs a directory"),
+            },
             "--recover-only" => recover_only = true,
             "--refresh" => refresh = true,
-            n => sites = n.parse().unwrap(),
+            "-h" | "--help" => usage("times recovery of a large Cloud state"),
+            n => match n.parse() {
+                Ok(n) if n > 0 => sites = n,
+                _ => usage(&format!("{n:?} is neither an option nor a site count")),
+            },
         }
+    }
+    if (recover_only || refresh) && keep.is_none() {
+        usage("--recover-only and --refresh need --keep DIR, filled by a run before");
     }
     if refresh {
         let kept = keep.expect("--refresh needs --keep DIR, filled by a run before");
