@@ -61,6 +61,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_QUEUE_BUDGET: Duration = Duration::from_secs(24 * 3600);
 /// How long a TCP + WebSocket connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long data sent to the Cloud may stay unacknowledged before the kernel ends the
+/// connection (`TCP_USER_TIMEOUT`): a node that vanished without a reset is noticed
+/// this long after the next heartbeat, however long the interval the Cloud asked for.
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
 
 /// A database the Link did not serve, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -554,6 +558,9 @@ impl Agent {
             Ok(Err(e)) => return Err(LinkError::Connection(e.to_string())),
             Err(_) => return Err(LinkError::Connection("connect timed out".into())),
         };
+        if let Err(e) = bound_unacknowledged(&ws) {
+            warn!(error = %e, "could not bound unacknowledged data on the cloud connection");
+        }
         let hello = encode(&LinkToCloud::Hello(self.hello()))?;
         ws.send(Message::text(hello))
             .await
@@ -889,6 +896,43 @@ where
 
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sets [`UNACKNOWLEDGED_LIMIT`] on the connection's socket.
+fn bound_unacknowledged(ws: &WsStream) -> std::io::Result<()> {
+    match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => {
+            socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_cloud_connection_bounds_unacknowledged_data() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(tcp).await.unwrap()
+        });
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/link/ws"))
+            .await
+            .unwrap();
+        let _server_side = server.await.unwrap();
+        bound_unacknowledged(&ws).unwrap();
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            panic!("a ws:// connection is plain TCP");
+        };
+        let limit = socket2::SockRef::from(tcp).tcp_user_timeout().unwrap();
+        assert_eq!(limit, Some(UNACKNOWLEDGED_LIMIT));
+    }
+}
 
 /// Why a session ended.
 enum SessionEnd {
