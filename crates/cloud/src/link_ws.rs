@@ -411,8 +411,6 @@ async fn serve(
     tokio::pin!(kicked);
     let lapsed = crate::lease::lapsed(lease);
     tokio::pin!(lapsed);
-    // The interval this Link was last asked for (in its `helloAck`).
-    let mut asked = session.heartbeat_interval().unwrap_or(app.link_heartbeat);
     loop {
         tokio::select! {
             () = &mut lapsed => return Err(crate::lease::LAPSED.to_owned()),
@@ -471,9 +469,9 @@ async fn serve(
                         clock.record(beat.at);
                         // Links attached or left since: ask for another interval if
                         // the node's budget needs one (rarely: two loads otherwise).
+                        let asked = session.heartbeat_interval().unwrap_or(app.link_heartbeat);
                         if let Some(every) = reask(app, asked) {
                             session.set_heartbeat_interval(every);
-                            asked = every;
                             Box::pin(send_owned(socket, hello_ack(Vec::new(), every))).await?;
                         }
                     }

@@ -170,6 +170,15 @@ async fn seed(node: &RunningCloud) -> HaloGuid {
     site
 }
 
+/// A client of the test's PostgreSQL server, to read what the nodes wrote.
+async fn sql(server: &PgServer) -> tokio_postgres::Client {
+    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db
+}
+
 async fn call(
     node: &RunningCloud,
     method: &str,
@@ -283,10 +292,7 @@ async fn a_registered_query_fires_once_per_occurrence_with_two_schedulers() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = sql(&server).await;
     // Occurrences at +0, +1, +2 and +3 s (the next, +4 s, is past the duration).
     eventually("the schedule is over", async || {
         let row = db
@@ -459,10 +465,7 @@ async fn owner(db: &tokio_postgres::Client, id: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_owned_away_from_their_link_are_handed_over_and_run_there_once() {
     let server = PgServer::start();
-    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = sql(&server).await;
     let a = start_on(&server, "a", Some(free_addr())).await;
     let site = seed(&a).await;
     let queries = format!("/integrator/sites/{site}/queries");
@@ -579,10 +582,7 @@ async fn move_link(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forward_that_finds_its_lease_stale_reads_the_leases_again_at_once() {
     let server = PgServer::start();
-    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = sql(&server).await;
     // Leases of a minute: a node that read one goes on believing it for that long.
     let long = |cluster: &mut ClusterConfig| cluster.lease_ttl = Duration::from_secs(60);
     let b = start_tuned(&server, "b", Some(free_addr()), long).await;
@@ -659,10 +659,7 @@ async fn a_forward_that_finds_its_lease_stale_reads_the_leases_again_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_registered_query_cancelled_on_one_node_stops_its_occurrence_on_another() {
     let server = PgServer::start();
-    let (db, connection) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = sql(&server).await;
     let a = start_on(&server, "a", Some(free_addr())).await;
     let b = start_on(&server, "b", Some(free_addr())).await;
     let site = seed(&a).await;

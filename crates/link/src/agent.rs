@@ -369,11 +369,9 @@ impl Agent {
         let mut credits: HashMap<u64, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let mut running = Running::default();
         let mut waiting = FairQueue::new(self.config.max_queued_per_database);
-        let mut silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
         let mut last_heard = tokio::time::Instant::now();
-        let mut heartbeat = tokio::time::interval(heartbeat_every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await; // the first tick is immediate; the hello just went out
+        // The first beat one interval from now: the hello just went out.
+        let mut heartbeat = beat_timer(heartbeat_every);
 
         let end = loop {
             let next_expiry = waiting.next_expiry();
@@ -383,6 +381,7 @@ impl Agent {
                     break SessionEnd::Shutdown;
                 }
                 _ = heartbeat.tick() => {
+                    let silence_limit = (heartbeat_every * 3).max(self.config.silence_limit);
                     if last_heard.elapsed() > silence_limit {
                         break lost(true, LinkError::Connection(format!(
                             "nothing heard from the cloud for {} s",
@@ -504,9 +503,7 @@ impl Agent {
                             if every != heartbeat_every {
                                 info!(every_ms = every.as_millis(), "the cloud asks for another heartbeat interval");
                                 heartbeat_every = every;
-                                silence_limit = (every * 3).max(self.config.silence_limit);
-                                heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                                heartbeat = beat_timer(every);
                             }
                         }
                         Ok(Some(other)) => {
@@ -959,6 +956,14 @@ where
 
 /// The next frame: `Some` for a protocol message, `None` for a ping or pong.
 /// Cancel-safe (one `next()` per call).
+/// A heartbeat timer whose first tick comes `every` from now; a late tick delays the
+/// ones after it rather than bunching them.
+fn beat_timer(every: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
 /// The heartbeat interval a `helloAck` asks for (at least 100 ms), or `otherwise`
 /// when it asks for none.
 fn asked_interval(heartbeat_interval_ms: Option<u64>, otherwise: Duration) -> Duration {
