@@ -27,7 +27,9 @@
 //! kill the Cloud (SIGKILL), start it again on the same data and port, and measure
 //! how long until every Link is attached again, the events written (a hello
 //! repeated unchanged writes none), and queries to the practices already back,
-//! sent throughout.
+//! sent throughout. Last, every Link but the 10 queried ones detaches and query
+//! latency is measured at 10 Links once more: the N-Link figures are given as ratios
+//! to the mean of the two 10-Link runs (A/B/A), since this machine drifts.
 //!
 //! Limits: the Cloud and this process each need one file descriptor per Link; this
 //! program raises `RLIMIT_NOFILE` (soft and hard, which needs root or
@@ -81,8 +83,9 @@ struct Cli {
     /// Also kill the Cloud, start it again, and measure the re-attach storm.
     #[arg(long)]
     restart: bool,
-    /// Immediate queries per latency measurement.
-    #[arg(long, default_value_t = 2_000)]
+    /// Immediate queries per latency measurement (three: at 10 Links, at N, at 10
+    /// again).
+    #[arg(long, default_value_t = 5_000)]
     queries: usize,
     /// Queries in flight at once.
     #[arg(long, default_value_t = 4)]
@@ -352,6 +355,9 @@ struct Swarm {
     /// Links beating at each interval (index: seconds, the last one "or more").
     intervals: Vec<AtomicUsize>,
     ws_config: WebSocketConfig,
+    /// Set once to detach every Link but the queried ones, for good (the second
+    /// measurement at 10 Links).
+    shed: tokio::sync::watch::Sender<bool>,
 }
 
 /// `initial * 2^attempt`, capped at `max`, then a uniform jitter in `[d/2, d]`:
@@ -391,6 +397,9 @@ async fn run_link(swarm: Arc<Swarm>, i: usize, token: String) {
     let mut attempt = 0u32;
     loop {
         let established = session(&swarm, i, &token, &hello, source).await;
+        if i >= QUERIED && *swarm.shed.borrow() {
+            return;
+        }
         if established {
             attempt = 0;
         } else {
@@ -441,6 +450,9 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     let Ok(Some((mut ws, every_ms))) = connected else {
         return false;
     };
+    let mut shed = swarm.shed.subscribe();
+    let sheds = i >= QUERIED;
+    let shed_already = sheds && *shed.borrow_and_update();
     swarm.attached.fetch_add(1, Ordering::AcqRel);
     let generation = swarm.generation.load(Ordering::Acquire);
     if swarm.link_generation[i].swap(generation, Ordering::AcqRel) != generation {
@@ -456,8 +468,12 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
         databases: vec![halo_guid(i)],
     }))
     .unwrap();
-    loop {
+    while !shed_already {
         tokio::select! {
+            _ = shed.changed(), if sheds => {
+                let _ = ws.close(None).await;
+                break;
+            }
             _ = heartbeat.tick() => {
                 if ws.send(Message::text(beat.clone())).await.is_err() {
                     break;
@@ -720,6 +736,7 @@ async fn swarm(cli: Cli) {
         reasked: AtomicU64::new(0),
         intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
         ws_config: WebSocketConfig::default().read_buffer_size(4096),
+        shed: tokio::sync::watch::Sender::new(false),
     });
     let mut tokens = tokens.into_iter();
     let timeout = Duration::from_secs(cli.attach_timeout_secs);
@@ -832,14 +849,12 @@ async fn swarm(cli: Cli) {
         "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,
         "query_ms": {"links_10": {"p50": p50_10, "p99": p99_10, "errors": errors_10},
                      "links_n": {"p50": p50_n, "p99": p99_n, "errors": errors_n}},
-        "p99_ratio_n_over_10": p99_n / p99_10,
-        "p50_ratio_n_over_10": p50_n / p50_10,
         "quiet_secs": cli.quiet_secs,
         "load_avg_1m": load_average(),
     });
 
-    if cli.restart {
-        let restart = restart_storm(
+    let cloud = if cli.restart {
+        let (restart, cloud) = restart_storm(
             cloud,
             &swarm,
             &http,
@@ -850,9 +865,28 @@ async fn swarm(cli: Cli) {
         )
         .await;
         out["restart"] = restart;
+        cloud
     } else {
-        cloud.kill();
-    }
+        cloud
+    };
+
+    // At 10 Links again (A/B/A: the machine drifts): every other Link detaches for
+    // good, then the same queries. The ratios are to the mean of both 10-Link runs.
+    swarm.shed.send_replace(true);
+    wait_until("the extra links to detach", timeout, || {
+        swarm.attached.load(Ordering::Acquire) == QUERIED
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    let (p50_after, p99_after, errors_after) =
+        measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    cloud.kill();
+    out["query_ms"]["links_10_after"] =
+        json!({"p50": p50_after, "p99": p99_after, "errors": errors_after});
+    out["p99_ratio_n_over_10"] = json!(p99_n / ((p99_10 + p99_after) / 2.0));
+    out["p50_ratio_n_over_10"] = json!(p50_n / ((p50_10 + p50_after) / 2.0));
+    out["p99_ratio_n_over_10_before_after"] = json!([p99_n / p99_10, p99_n / p99_after]);
     println!("{out}");
 }
 
@@ -866,7 +900,7 @@ async fn restart_storm(
     data_dir: &std::path::Path,
     (links, heartbeat_secs, heartbeat_budget): (usize, u64, u32),
     timeout: Duration,
-) -> Value {
+) -> (Value, CloudProcess) {
     let addr = cloud.addr;
     let warnings_before = cloud.warnings.load(Ordering::Relaxed);
     let _ = warnings_before;
@@ -926,8 +960,7 @@ async fn restart_storm(
     let commits = cloud.commits.load(Ordering::Relaxed) - commits0;
     let records = cloud.records.load(Ordering::Relaxed) - records0;
     let rss = cloud.rss();
-    cloud.kill();
-    json!({
+    let out = json!({
         "recovery_secs": listening.as_secs_f64(),
         "all_reattached_secs_after_kill": reattached_secs,
         "reattach_per_s": (links as f64 / back.as_secs_f64()).round(),
@@ -938,7 +971,8 @@ async fn restart_storm(
         "query_ms": {"p50": p50, "p99": p99},
         "rss_mb_after": rss >> 20,
         "failed_attempts_total": swarm.failed_attempts.load(Ordering::Relaxed),
-    })
+    });
+    (out, cloud)
 }
 
 fn load_average() -> Option<f64> {
