@@ -106,6 +106,11 @@ struct Cli {
     /// second `helloAck`) follow it, as `halo-link` does.
     #[arg(long, default_value_t = halo_cloud::HttpLimits::DEFAULT_HEARTBEAT_BUDGET)]
     heartbeat_budget: u32,
+    /// Worker threads of a runtime of their own for the Links that are not queried
+    /// (stand-ins for other machines), so that their heartbeats do not queue
+    /// ahead of the measured queries' client and Links; 0: one runtime for all.
+    #[arg(long, default_value_t = 1)]
+    idle_links_threads: usize,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -778,9 +783,20 @@ async fn swarm(cli: Cli) {
         cloud.commits.load(Ordering::Relaxed),
         cloud.records.load(Ordering::Relaxed),
     );
+    let idle_links = (cli.idle_links_threads > 0).then(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.idle_links_threads)
+            .thread_name("idle-links")
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    let spawner = idle_links
+        .as_ref()
+        .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
     let t = Instant::now();
     for (i, token) in (QUERIED..links).zip(tokens) {
-        tokio::spawn(run_link(Arc::clone(&swarm), i, token));
+        spawner.spawn(run_link(Arc::clone(&swarm), i, token));
     }
     let attach = wait_until("every link", timeout, || {
         swarm.attached.load(Ordering::Acquire) == links
@@ -887,7 +903,11 @@ async fn swarm(cli: Cli) {
     out["p99_ratio_n_over_10"] = json!(p99_n / ((p99_10 + p99_after) / 2.0));
     out["p50_ratio_n_over_10"] = json!(p50_n / ((p50_10 + p50_after) / 2.0));
     out["p99_ratio_n_over_10_before_after"] = json!([p99_n / p99_10, p99_n / p99_after]);
+    out["idle_links_threads"] = json!(cli.idle_links_threads);
     println!("{out}");
+    if let Some(rt) = idle_links {
+        rt.shutdown_background();
+    }
 }
 
 /// Kills the Cloud, starts it again on the same data and port, and measures the
