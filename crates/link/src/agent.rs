@@ -64,10 +64,10 @@ use fair::{FairQueue, Refusal};
 /// The longest a job may run on the session loop before it is stopped and run
 /// again on a worker ([`crate::execute_within`]): the loop answers nothing else
 /// meanwhile (cancels, heartbeats, other jobs).
-pub const INLINE_BUDGET: Duration = Duration::from_micros(500);
+const INLINE_BUDGET: Duration = Duration::from_micros(500);
 /// The most time one turn of the session loop spends on jobs run inline; the jobs
 /// started after it is spent go to workers.
-pub const INLINE_BUDGET_PER_TURN: Duration = Duration::from_millis(2);
+const INLINE_BUDGET_PER_TURN: Duration = Duration::from_millis(2);
 /// A job is tried inline only with at least this much of the turn's budget left.
 const INLINE_MIN: Duration = Duration::from_micros(100);
 
@@ -445,7 +445,7 @@ impl Agent {
                     }
                 }
                 () = self.workers.freed.notified() => {
-                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
                     if let Err(e) = send_all(&mut sink, refusals).await {
                         break lost(true, e);
                     }
@@ -453,7 +453,7 @@ impl Agent {
                 () = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)),
                     if next_expiry.is_some() =>
                 {
-                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
                     if let Err(e) = send_all(&mut sink, refusals).await {
                         break lost(true, e);
                     }
@@ -470,7 +470,7 @@ impl Agent {
                             if let Some(refusal) = self.queue_job(job, None, &mut waiting, &running, now) {
                                 frames.push(refusal);
                             }
-                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
                             }
@@ -486,7 +486,7 @@ impl Agent {
                             } else {
                                 credits.insert(query_id, credit);
                             }
-                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
                             }
@@ -672,7 +672,8 @@ impl Agent {
         &self,
         waiting: &mut FairQueue<Queued>,
         running: &mut Running,
-        done: &mpsc::Sender<(u64, String, bool)>,
+        (done, answers): (&mpsc::Sender<Answer>, &mut mpsc::Receiver<Answer>),
+        credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
         now: Instant,
     ) -> Vec<String> {
         let refusals = waiting
@@ -695,6 +696,9 @@ impl Agent {
         while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
             let worker = self.workers.take(db);
             if queued.paging.is_none() && inline_left >= INLINE_MIN {
+                // The answers workers handed over before this worker was freed leave
+                // first: on one worker, answers leave in the order the jobs started.
+                take_answers(answers, running, credits, &mut frames);
                 let started = std::time::Instant::now();
                 let answer = run_inline(&queued, INLINE_BUDGET.min(inline_left), &self.metrics);
                 inline_left = inline_left.saturating_sub(started.elapsed());
@@ -713,6 +717,26 @@ impl Agent {
             }
         }
         frames
+    }
+}
+
+/// A worker's answer: (query id, frame, whether it is the job's last frame).
+type Answer = (u64, String, bool);
+
+/// Moves every answer the workers have handed over into `frames`, in order,
+/// forgetting the jobs whose last frame it is.
+fn take_answers(
+    answers: &mut mpsc::Receiver<Answer>,
+    running: &mut Running,
+    credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
+    frames: &mut Vec<String>,
+) {
+    while let Ok((query_id, frame, last)) = answers.try_recv() {
+        if last {
+            running.remove(&query_id);
+            credits.remove(&query_id);
+        }
+        frames.push(frame);
     }
 }
 
