@@ -308,8 +308,7 @@ async fn floor_server(frame: &str) -> (std::net::SocketAddr, LinkProcess) {
     tcp.set_nodelay(true).unwrap();
     let (sink, mut stream) = tokio_tungstenite::accept_async(tcp).await.unwrap().split();
     let sink = Arc::new(tokio::sync::Mutex::new(sink));
-    let pending: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<String>>>> =
-        Arc::default();
+    let pending: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<String>>>> = Arc::default();
     let answers = Arc::clone(&pending);
     tokio::spawn(async move {
         while let Some(Ok(Message::Text(t))) = stream.next().await {
