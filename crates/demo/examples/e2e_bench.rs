@@ -5,6 +5,12 @@
 //! - throughput: the Cloud's own `GET /healthz`, with the same client (wrk), the
 //!   same threads and connections, alternated with the query runs (`rounds` times
 //!   each; the ratio reported is the median of the per-round ratios);
+//! - throughput floor (`floor_over_healthz`): the same client, with the query's
+//!   request, against a bare axum endpoint on this runtime that does one WebSocket
+//!   round trip per request to a separate echo process (frames the size of a job
+//!   and of its answer) and answers: the prescribed transport with nothing of ours
+//!   in it, wrk'd in the same rounds. Our ratio can reach at most about this one;
+//!   `query_over_floor` is our throughput over the floor's;
 //! - latency: one connection, one request at a time; the p50 overhead is the
 //!   query's p50 minus the p50 of running the same statement directly on SQLite
 //!   (an open read-only connection, a cached prepared statement, the rows turned
@@ -221,9 +227,14 @@ fn ws_echo(url: &str) {
                     .unwrap();
                 while let Some(Ok(msg)) = ws.next().await {
                     if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-                        // An answer of its own, about the size of this bench's result frame.
-                        let answer =
-                            format!("{{\"echo\":{},\"data\":\"{}\"}}", t.len(), "A".repeat(160));
+                        // An answer of its own, about the size of this bench's result
+                        // frame, led by the frame's id (its text up to the first space).
+                        let id = t.as_str().split(' ').next().unwrap_or_default();
+                        let answer = format!(
+                            "{id} {{\"echo\":{},\"data\":\"{}\"}}",
+                            t.len(),
+                            "A".repeat(160)
+                        );
                         if ws.send(answer.into()).await.is_err() {
                             break;
                         }
@@ -266,6 +277,75 @@ async fn ws_round_trip_p50(frame: &str, n: usize) -> f64 {
     let _ = ws.close(None).await;
     drop(child);
     median(lat)
+}
+
+/// The throughput floor's server: an axum endpoint on this runtime (axum, hyper and
+/// tokio, as the Cloud) whose every request does one WebSocket round trip, with
+/// `frame` (a job's size), to a separate process (this binary again, `--ws-echo`)
+/// and answers with that process's frame (a result's size). The request task
+/// writes its frame itself, under a lock on the socket's write half, and one reader
+/// task hands each answer to its request by id: about the least a request that
+/// waits on another process over a WebSocket costs on this stack, with nothing of
+/// ours in it (no policy, routing, job queue, Link or SQLite). `POST /floor`.
+async fn floor_server(frame: &str) -> (std::net::SocketAddr, LinkProcess) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::oneshot;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let child = LinkProcess(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--ws-echo", &url])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tcp, _) = listener.accept().await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (sink, mut stream) = tokio_tungstenite::accept_async(tcp).await.unwrap().split();
+    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+    let pending: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<String>>>> = Arc::default();
+    let answers = Arc::clone(&pending);
+    tokio::spawn(async move {
+        while let Some(Ok(Message::Text(t))) = stream.next().await {
+            let (id, answer) = t.as_str().split_once(' ').unwrap();
+            if let Some(tx) = answers.lock().remove(&id.parse::<u64>().unwrap()) {
+                let _ = tx.send(answer.to_owned());
+            }
+        }
+    });
+    let next = Arc::new(AtomicU64::new(1));
+    let frame: Arc<str> = frame.into();
+    let app = axum::Router::new().route(
+        "/floor",
+        axum::routing::post(move |_body: axum::body::Bytes| {
+            let (sink, pending, next, frame) = (
+                Arc::clone(&sink),
+                Arc::clone(&pending),
+                Arc::clone(&next),
+                Arc::clone(&frame),
+            );
+            async move {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = oneshot::channel();
+                pending.lock().insert(id, tx);
+                sink.lock()
+                    .await
+                    .send(Message::text(format!("{id} {frame}")))
+                    .await
+                    .unwrap();
+                rx.await.unwrap()
+            }
+        }),
+    );
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(http, app).await.unwrap() });
+    (addr, child)
 }
 
 struct LinkProcess(Child);
@@ -402,34 +482,7 @@ async fn main() {
         .write_all(lua(Some((&key, &body))).as_bytes())
         .unwrap();
     let health_url = format!("{base}/healthz");
-    let load_before = loadavg();
-
-    // wrk runs as a child process: keep the tokio workers free for the Cloud.
-    let (health_lua2, query_lua2, health_url2, query_url2) = (
-        health_lua.clone(),
-        query_lua.clone(),
-        health_url.clone(),
-        query_url.clone(),
-    );
-    let (t, c, secs, rounds) = (args.threads, args.connections, args.secs, args.rounds);
-    let runs = tokio::task::spawn_blocking(move || {
-        // Warm up both paths.
-        wrk(&health_lua2, &health_url2, t, c, 1);
-        wrk(&query_lua2, &query_url2, t, c, 1);
-        let mut rounds_out = Vec::new();
-        for _ in 0..rounds {
-            let h = wrk(&health_lua2, &health_url2, t, c, secs);
-            let q = wrk(&query_lua2, &query_url2, t, c, secs);
-            rounds_out.push((h, q));
-        }
-        let h1 = wrk(&health_lua2, &health_url2, 1, 1, secs);
-        let q1 = wrk(&query_lua2, &query_url2, 1, 1, secs);
-        (rounds_out, h1, q1)
-    })
-    .await
-    .unwrap();
-    let (rounds_out, h1, q1) = runs;
-    // The WebSocket floor, with a frame the size of the job this bench sends.
+    // A frame the size of the job this bench sends, for both WebSocket floors.
     let job_frame = halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(
         halo_protocol::QueryJob {
             query_id: 1,
@@ -450,6 +503,42 @@ async fn main() {
         },
     ))
     .unwrap();
+    let (floor_addr, floor_child) = floor_server(&job_frame).await;
+    let floor_url = format!("http://{floor_addr}/floor");
+    let load_before = loadavg();
+
+    // wrk runs as a child process: keep the tokio workers free for the Cloud.
+    let (health_lua2, query_lua2, health_url2, query_url2) = (
+        health_lua.clone(),
+        query_lua.clone(),
+        health_url.clone(),
+        query_url.clone(),
+    );
+    let (t, c, secs, rounds) = (args.threads, args.connections, args.secs, args.rounds);
+    let runs = tokio::task::spawn_blocking(move || {
+        // Warm up the three paths.
+        wrk(&health_lua2, &health_url2, t, c, 1);
+        wrk(&query_lua2, &query_url2, t, c, 1);
+        wrk(&query_lua2, &floor_url, t, c, 1);
+        let mut rounds_out = Vec::new();
+        let mut floors = Vec::new();
+        for _ in 0..rounds {
+            let h = wrk(&health_lua2, &health_url2, t, c, secs);
+            let q = wrk(&query_lua2, &query_url2, t, c, secs);
+            // The floor gets the query's request (same script, same client).
+            let f = wrk(&query_lua2, &floor_url, t, c, secs);
+            rounds_out.push((h, q));
+            floors.push(f.rps / h.rps);
+        }
+        let h1 = wrk(&health_lua2, &health_url2, 1, 1, secs);
+        let q1 = wrk(&query_lua2, &query_url2, 1, 1, secs);
+        (rounds_out, floors, h1, q1)
+    })
+    .await
+    .unwrap();
+    let (rounds_out, floor_ratios, h1, q1) = runs;
+    drop(floor_child);
+    // The WebSocket floor of one round trip at a time.
     let ws_p50 = ws_round_trip_p50(&job_frame, 20_000).await;
     let load_after = loadavg();
 
@@ -473,6 +562,11 @@ async fn main() {
             "query_rps": query_rps.round(),
             "query_over_healthz": (ratio * 1000.0).round() / 1000.0,
             "round_ratios": rounds_out.iter().map(|(h, q)| ((q.rps / h.rps) * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            // The throughput floor: a bare axum endpoint doing one WebSocket round
+            // trip to a separate echo process per request, same client, same rounds.
+            "floor_over_healthz": (median(floor_ratios.clone()) * 1000.0).round() / 1000.0,
+            "floor_round_ratios": floor_ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            "query_over_floor": ((ratio / median(floor_ratios.clone())) * 1000.0).round() / 1000.0,
             "query_p99_us_loaded": median(rounds_out.iter().map(|(_, q)| q.p99_us).collect()),
             "one_connection": {
                 "healthz_p50_us": h1.p50_us,

@@ -6,8 +6,14 @@
 //! `Authorization: Bearer <token>`), hello, heartbeats, jobs; on any failure it
 //! reconnects after an exponential backoff with jitter, until shutdown.
 //!
-//! Jobs run on tokio's blocking pool through [`crate::execute_with`], on at most
-//! [`LinkConfig::max_concurrent_jobs`] workers. Jobs beyond that wait in a bounded
+//! Jobs run on at most [`LinkConfig::max_concurrent_jobs`] workers. A job that
+//! changes nothing and is not paged is first tried on the session loop itself,
+//! through [`crate::execute_within`] with a budget of [`INLINE_BUDGET`] (and at most
+//! [`INLINE_BUDGET_PER_TURN`] of such tries per turn of the loop): a short query is
+//! answered without a hand-off to a blocking thread and back. One the budget stops
+//! is run again from the start on tokio's blocking pool through
+//! [`crate::execute_with`], as every other job is; every check is the executor's,
+//! either way. Jobs beyond that wait in a bounded
 //! FIFO queue per database ([`LinkConfig::max_queued_per_database`]; a job beyond it
 //! is answered `busy` at once), and free workers serve the databases with jobs
 //! waiting round-robin, each database running at most
@@ -45,7 +51,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, error, info, warn};
 
-use crate::executor::{Database, JobControl, execute_with};
+use crate::executor::{Database, JobControl, execute_with, execute_within};
 use crate::metrics::LinkMetrics;
 use crate::state::LinkState;
 use crate::{LinkConfig, LinkError};
@@ -54,6 +60,16 @@ mod fair;
 mod paged;
 
 use fair::{FairQueue, Refusal};
+
+/// The longest a job may run on the session loop before it is stopped and run
+/// again on a worker ([`crate::execute_within`]): the loop answers nothing else
+/// meanwhile (cancels, heartbeats, other jobs).
+const INLINE_BUDGET: Duration = Duration::from_micros(500);
+/// The most time one turn of the session loop spends on jobs run inline; the jobs
+/// started after it is spent go to workers.
+const INLINE_BUDGET_PER_TURN: Duration = Duration::from_millis(2);
+/// A job is tried inline only with at least this much of the turn's budget left.
+const INLINE_MIN: Duration = Duration::from_micros(100);
 
 /// How long the Cloud has to answer a hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -429,7 +445,7 @@ impl Agent {
                     }
                 }
                 () = self.workers.freed.notified() => {
-                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
                     if let Err(e) = send_all(&mut sink, refusals).await {
                         break lost(true, e);
                     }
@@ -437,7 +453,7 @@ impl Agent {
                 () = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)),
                     if next_expiry.is_some() =>
                 {
-                    let refusals = self.dispatch(&mut waiting, &mut running, &done_tx, Instant::now());
+                    let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
                     if let Err(e) = send_all(&mut sink, refusals).await {
                         break lost(true, e);
                     }
@@ -454,7 +470,7 @@ impl Agent {
                             if let Some(refusal) = self.queue_job(job, None, &mut waiting, &running, now) {
                                 frames.push(refusal);
                             }
-                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
                             }
@@ -470,7 +486,7 @@ impl Agent {
                             } else {
                                 credits.insert(query_id, credit);
                             }
-                            frames.extend(self.dispatch(&mut waiting, &mut running, &done_tx, now));
+                            frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
                             if let Err(e) = send_all(&mut sink, frames).await {
                                 break lost(true, e);
                             }
@@ -649,12 +665,15 @@ impl Agent {
 
     /// Answers the waiting jobs whose queue budget ran out before `now` (`busy`;
     /// they never run), then starts waiting jobs, round-robin across databases, on
-    /// the free workers. Returns the encoded refusals to send.
+    /// the free workers: a job that changes nothing is tried on this loop first
+    /// (see the module docs), and its answer returned with the refusals. Returns
+    /// the encoded frames to send.
     fn dispatch(
         &self,
         waiting: &mut FairQueue<Queued>,
         running: &mut Running,
-        done: &mpsc::Sender<(u64, String, bool)>,
+        (done, answers): (&mpsc::Sender<Answer>, &mut mpsc::Receiver<Answer>),
+        credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
         now: Instant,
     ) -> Vec<String> {
         let refusals = waiting
@@ -672,8 +691,24 @@ impl Agent {
                 )
             })
             .collect();
+        let mut frames: Vec<String> = refusals;
+        let mut inline_left = INLINE_BUDGET_PER_TURN;
         while let Some((db, query_id, queued)) = waiting.pop(|db| self.workers.may_run(db)) {
             let worker = self.workers.take(db);
+            if queued.paging.is_none() && inline_left >= INLINE_MIN {
+                // The answers workers handed over before this worker was freed leave
+                // first: on one worker, answers leave in the order the jobs started.
+                take_answers(answers, running, credits, &mut frames);
+                let started = std::time::Instant::now();
+                let answer = run_inline(&queued, INLINE_BUDGET.min(inline_left), &self.metrics);
+                inline_left = inline_left.saturating_sub(started.elapsed());
+                if let Some(frame) = answer {
+                    // This loop goes on dispatching: no wake-up needed.
+                    worker.release_here();
+                    frames.push(frame);
+                    continue;
+                }
+            }
             running.insert(query_id, queued.control.clone());
             if queued.paging.is_some() {
                 paged::launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
@@ -681,7 +716,27 @@ impl Agent {
                 launch(queued, worker, done.clone(), Arc::clone(&self.metrics));
             }
         }
-        refusals
+        frames
+    }
+}
+
+/// A worker's answer: (query id, frame, whether it is the job's last frame).
+type Answer = (u64, String, bool);
+
+/// Moves every answer the workers have handed over into `frames`, in order,
+/// forgetting the jobs whose last frame it is.
+fn take_answers(
+    answers: &mut mpsc::Receiver<Answer>,
+    running: &mut Running,
+    credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
+    frames: &mut Vec<String>,
+) {
+    while let Ok((query_id, frame, last)) = answers.try_recv() {
+        if last {
+            running.remove(&query_id);
+            credits.remove(&query_id);
+        }
+        frames.push(frame);
     }
 }
 
@@ -703,6 +758,74 @@ struct Queued {
     paging: Option<paged::Paging>,
 }
 
+/// The span every line about a job is logged in: its query id, its site's Halo GUID
+/// and the CRN it routes by (the fake CRN for a demo or de-identified copy).
+fn job_span(query_id: u64, db: &Database) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        query_id,
+        halo_guid = %db.halo_guid(),
+        crn = %routing_crn(db),
+    )
+}
+
+/// The frame that answers `query_id` with `result`, counted in the metrics
+/// (`elapsed`: how long it ran).
+fn answer_frame(
+    query_id: u64,
+    result: Result<crate::JobOutput, QueryError>,
+    elapsed: Duration,
+    metrics: &LinkMetrics,
+) -> String {
+    metrics.job(
+        match &result {
+            Ok(_) => "ok",
+            Err(e) => error_kind_name(e.kind),
+        },
+        elapsed,
+    );
+    match result {
+        Ok(out) => {
+            let msg = LinkToCloud::QueryResult(QueryResult::from_json(
+                query_id,
+                out.rows,
+                &out.json,
+                out.duration.as_millis() as u64,
+            ));
+            encode(&msg).unwrap_or_else(|e| {
+                failed_frame(
+                    query_id,
+                    QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
+                )
+            })
+        }
+        Err(e) => {
+            debug!(query_id, kind = ?e.kind, "job failed");
+            failed_frame(query_id, e)
+        }
+    }
+}
+
+/// Tries `queued` on this thread within `budget` ([`crate::execute_within`]): its
+/// answer frame, or `None` when it must run on a worker (the budget ran out, the
+/// database was busy, or it is a job that writes).
+fn run_inline(queued: &Queued, budget: Duration, metrics: &LinkMetrics) -> Option<String> {
+    let query_id = queued.job.query_id;
+    let _entered = job_span(query_id, &queued.db).entered();
+    let started = std::time::Instant::now();
+    let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute_within(&queued.db, &queued.job, &queued.control, budget)
+    }));
+    match tried {
+        Ok(None) => None,
+        Ok(Some(result)) => Some(answer_frame(query_id, result, started.elapsed(), metrics)),
+        Err(_) => Some(failed_frame(
+            query_id,
+            QueryError::new(QueryErrorKind::Internal, "job panicked"),
+        )),
+    }
+}
+
 /// Runs a job on the blocking pool and hands its answer to `done`; its worker is
 /// freed once the answer is handed over (or the session is gone), so on one
 /// worker answers leave in the order the jobs started.
@@ -716,14 +839,7 @@ fn launch(
         db, job, control, ..
     } = queued;
     let query_id = job.query_id;
-    // Every line about the job names its site: the Halo GUID and the CRN it routes
-    // by (the fake CRN for a demo or de-identified copy).
-    let span = tracing::info_span!(
-        "job",
-        query_id,
-        halo_guid = %db.halo_guid(),
-        crn = %routing_crn(&db),
-    );
+    let span = job_span(query_id, &db);
     // The blocking thread hands the answer over itself: no task in between to wake
     // (one thread hop less each way).
     tokio::task::spawn_blocking(move || {
@@ -731,33 +847,7 @@ fn launch(
         let run = || {
             let started = std::time::Instant::now();
             let result = execute_with(&db, &job, &control);
-            metrics.job(
-                match &result {
-                    Ok(_) => "ok",
-                    Err(e) => error_kind_name(e.kind),
-                },
-                started.elapsed(),
-            );
-            match result {
-                Ok(out) => {
-                    let msg = LinkToCloud::QueryResult(QueryResult::from_json(
-                        query_id,
-                        out.rows,
-                        &out.json,
-                        out.duration.as_millis() as u64,
-                    ));
-                    encode(&msg).unwrap_or_else(|e| {
-                        failed_frame(
-                            query_id,
-                            QueryError::new(QueryErrorKind::TooLarge, e.to_string()),
-                        )
-                    })
-                }
-                Err(e) => {
-                    debug!(query_id, kind = ?e.kind, "job failed");
-                    failed_frame(query_id, e)
-                }
-            }
+            answer_frame(query_id, result, started.elapsed(), &metrics)
         };
         let frame =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
@@ -844,6 +934,7 @@ impl Workers {
         Worker {
             workers: Arc::clone(self),
             db,
+            wake: true,
         }
     }
 }
@@ -852,6 +943,16 @@ impl Workers {
 struct Worker {
     workers: Arc<Workers>,
     db: HaloGuid,
+    /// Whether freeing it wakes the session loop (not when the loop frees it).
+    wake: bool,
+}
+
+impl Worker {
+    /// Frees the worker from the session loop itself, which goes on dispatching:
+    /// no wake-up of the loop.
+    fn release_here(mut self) {
+        self.wake = false;
+    }
 }
 
 impl Drop for Worker {
@@ -860,7 +961,9 @@ impl Drop for Worker {
             n.fetch_sub(1, Ordering::AcqRel);
         }
         self.workers.busy.fetch_sub(1, Ordering::AcqRel);
-        self.workers.freed.notify_one();
+        if self.wake {
+            self.workers.freed.notify_one();
+        }
     }
 }
 

@@ -619,6 +619,55 @@ pub fn execute_with(
     execute_inner(db, job, control, None)
 }
 
+/// Runs a job that changes nothing (a `reader` or `scalar` job) on the calling
+/// thread, under `control` and a time `budget` as well: the answer of
+/// [`execute_with`] if the job ends within the budget, or `None` if the budget ran
+/// out first, SQLite found the database busy (a worker waits for it, up to the
+/// job's deadline) or the try failed inside (a worker tries again). `None` means nothing was answered and
+/// nothing was changed: the job is to run again, from the start, under `control`
+/// alone (on a worker). A `nonQuery` job is never tried here (`None` at once): a
+/// write stopped part-way must not run twice. Every check of [`execute_with`]
+/// applies unchanged; only the deadline is the earlier of the two.
+///
+/// The Link's session loop runs short jobs this way, sparing them the hand-off to a
+/// blocking thread and back.
+pub fn execute_within(
+    db: &Database,
+    job: &QueryJob,
+    control: &JobControl,
+    budget: Duration,
+) -> Option<Result<JobOutput, QueryError>> {
+    if job.mode == ExecutionMode::NonQuery {
+        return None;
+    }
+    let now = Instant::now();
+    let tight = JobControl {
+        deadline: now
+            .checked_add(budget)
+            .map_or(control.deadline, |b| b.min(control.deadline)),
+        cancelled: Arc::clone(&control.cancelled),
+    };
+    match execute_inner(db, job, &tight, None) {
+        // Stopped by the budget, not by the job's own deadline.
+        Err(e) if e.kind == QueryErrorKind::Timeout && Instant::now() < control.deadline => None,
+        // Busy or locked: on a worker it would be waited for, up to the deadline.
+        // An internal failure (a connection that cannot be opened, a schema read
+        // that found the database locked) is left to the worker's try as well.
+        Err(e) if is_busy(&e) || e.kind == QueryErrorKind::Internal => None,
+        answered => Some(answered),
+    }
+}
+
+/// Whether `e` is SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED` (any extended code).
+fn is_busy(e: &QueryError) -> bool {
+    e.kind == QueryErrorKind::Database
+        && e.code.is_some_and(|c| {
+            let primary = c & 0xff;
+            primary == i64::from(rusqlite::ffi::SQLITE_BUSY)
+                || primary == i64::from(rusqlite::ffi::SQLITE_LOCKED)
+        })
+}
+
 /// Where the pages of a paged result go: each page's JSON array of rows and its row
 /// count, in order. An error stops the job (for example: the Cloud went away).
 pub type PageSink<'a> = &'a mut dyn FnMut(Vec<u8>, u64) -> Result<(), QueryError>;

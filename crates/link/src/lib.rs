@@ -49,7 +49,7 @@ pub use config::LinkConfig;
 pub use error::LinkError;
 pub use executor::{
     ALLOWED_FUNCTIONS, Database, JobControl, JobOutput, PageSink, SqlLimits, execute,
-    execute_paged, execute_with,
+    execute_paged, execute_with, execute_within,
 };
 pub use identity::DatabaseIdentity;
 pub use procedure::{Procedure, ProcedureConfig, Procedures};

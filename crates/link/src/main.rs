@@ -132,10 +132,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         (None, Some(path)) => {
             let config = LinkConfig::load(&path)?;
             let link = Agent::prepare(config)?;
-            let runtime = tokio::runtime::Runtime::new().context("cannot start tokio")?;
-            // The agent runs as a task on the runtime's workers, not on this thread:
-            // the worker that sees a frame arrive then runs the session loop itself,
-            // with no wake-up of another thread in between.
+            // One thread drives the socket and the session loop (short reads run on
+            // that loop): no wake-up of another worker per frame. Longer jobs run on
+            // the runtime's blocking pool.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start tokio")?;
             let agent = runtime.spawn(link.run(async {
                 let signal = halo_logging::stop_signal().await;
                 tracing::info!(signal, "shutting down");

@@ -785,3 +785,34 @@ async fn a_session_end_cancels_running_jobs_and_drops_waiting_ones() {
     handle.shutdown().await.unwrap();
     assert_eq!(marker_rows(&beta_db), 1, "the dropped job never ran");
 }
+
+/// A read that runs past the inline budget (`INLINE_BUDGET`) is stopped on the
+/// session loop and run again, from the start, on a worker: its answer is the
+/// whole result, and the loop answers a short job meanwhile.
+#[tokio::test]
+async fn a_read_over_the_inline_budget_runs_on_a_worker_and_answers_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let (handle, mut s, [alpha, beta], _) = two_tenants(&mut cloud, dir.path(), 2, |_| {}).await;
+    s.send(&with_job(marker_job(1, alpha), |j| {
+        j.command = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                     WHERE x < 2000000) SELECT count(*) AS n FROM c"
+            .into();
+        j.timeout_ms = 60_000;
+    }))
+    .await;
+    s.send(&marker_job(2, beta)).await;
+    assert_eq!(
+        marker_of(&answer_soon(&mut s).await),
+        (2, "beta".to_owned()),
+        "the short job waited behind the long one"
+    );
+    match answer_soon(&mut s).await {
+        LinkToCloud::QueryResult(r) => {
+            assert_eq!(r.query_id, 1);
+            assert_eq!(r.json().unwrap(), br#"[{"n":2000000}]"#);
+        }
+        other => panic!("expected the long read's result, got {other:?}"),
+    }
+    handle.shutdown().await.unwrap();
+}

@@ -1194,3 +1194,127 @@ fn text_is_run_as_sent_even_where_trimming_would_change_it() {
     assert!(!trims_alike("SELECT 1\x0b"));
     assert!(!trims_alike("\u{2028}SELECT 1"));
 }
+
+/// A job tried inline ([`execute_within`]) answers when it ends within its budget,
+/// and answers nothing when the budget stops it first (it is run again on a worker).
+#[test]
+fn a_job_inline_answers_within_its_budget_and_nothing_beyond_it() {
+    let f = fixture();
+    let quick = reader("SELECT count(*) AS n FROM notes", &["notes"]);
+    let out = execute_within(
+        &f.db,
+        &quick,
+        &JobControl::for_job(&quick),
+        Duration::from_secs(5),
+    )
+    .expect("a quick job ends within 5 s")
+    .unwrap();
+    assert_eq!(rows(&out), json!([{"n": 2}]));
+
+    let slow = reader(ENDLESS, &[]);
+    let started = Instant::now();
+    let tried = execute_within(
+        &f.db,
+        &slow,
+        &JobControl::for_job(&slow),
+        Duration::from_millis(20),
+    );
+    assert!(
+        tried.is_none(),
+        "stopped by the budget, not answered: {tried:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection it ran on is back in the pool, usable.
+    assert_eq!(rows(&execute(&f.db, &quick).unwrap()), json!([{"n": 2}]));
+}
+
+/// The job's own deadline and cancel still end a job tried inline, with the answer
+/// they would give on a worker.
+#[test]
+fn a_job_inline_still_ends_at_its_own_deadline_and_on_cancel() {
+    let f = fixture();
+    let slow = reader(ENDLESS, &[]);
+    let control = JobControl::new(Instant::now() + Duration::from_millis(30));
+    let tried = execute_within(&f.db, &slow, &control, Duration::from_secs(10));
+    assert_eq!(
+        tried.map(kind),
+        Some(QueryErrorKind::Timeout),
+        "the job's deadline came first: that is its answer"
+    );
+    let control = JobControl::for_job(&slow);
+    control.cancel();
+    let tried = execute_within(&f.db, &slow, &control, Duration::from_secs(10));
+    assert_eq!(tried.map(kind), Some(QueryErrorKind::Cancelled));
+}
+
+/// A job that writes is never tried inline: stopped part-way it would run twice.
+#[test]
+fn a_write_is_never_tried_inline() {
+    let f = fixture();
+    let mut write = job(ExecutionMode::NonQuery, "DELETE FROM notes", &["notes"]);
+    write.allowlist.allow_write = true;
+    let tried = execute_within(
+        &f.db,
+        &write,
+        &JobControl::for_job(&write),
+        Duration::from_secs(5),
+    );
+    assert!(tried.is_none(), "{tried:?}");
+    let out = execute(
+        &f.db,
+        &reader("SELECT count(*) AS n FROM notes", &["notes"]),
+    )
+    .unwrap();
+    assert_eq!(rows(&out), json!([{"n": 2}]), "the write did not run");
+}
+
+/// A database another connection holds locked answers nothing inline (the job
+/// waits for it on a worker, up to its deadline, as before) instead of failing,
+/// on a connection with the statement cached and on a fresh one alike.
+#[test]
+fn a_locked_database_is_not_an_answer_inline() {
+    let f = fixture();
+    let writer = Connection::open(f.db.path()).unwrap();
+    writer
+        .execute_batch("PRAGMA journal_mode = DELETE")
+        .unwrap();
+    let quick = reader("SELECT count(*) AS n FROM notes", &["notes"]);
+    execute(&f.db, &quick).unwrap();
+    let fresh = Database::open(f.db.path(), HaloGuid::from_u128(7).unwrap(), Epoch::ZERO).unwrap();
+    writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for db in [&f.db, &fresh] {
+        let tried = execute_within(
+            db,
+            &quick,
+            &JobControl::for_job(&quick),
+            Duration::from_millis(50),
+        );
+        assert!(tried.is_none(), "{tried:?}");
+    }
+    writer.execute_batch("COMMIT").unwrap();
+    for db in [&f.db, &fresh] {
+        assert_eq!(rows(&execute(db, &quick).unwrap()), json!([{"n": 2}]));
+    }
+}
+
+/// A try that fails inside (here: the database file cannot be opened) answers
+/// nothing inline: the worker's try gives the answer.
+#[test]
+fn an_internal_failure_inline_is_left_to_the_worker() {
+    let f = fixture();
+    let path = f.db.path().to_path_buf();
+    std::fs::rename(&path, path.with_extension("moved")).unwrap();
+    let quick = reader("SELECT count(*) AS n FROM notes", &["notes"]);
+    let tried = execute_within(
+        &f.db,
+        &quick,
+        &JobControl::for_job(&quick),
+        Duration::from_secs(5),
+    );
+    assert!(tried.is_none(), "{tried:?}");
+    assert_eq!(kind(execute(&f.db, &quick)), QueryErrorKind::Internal);
+}
