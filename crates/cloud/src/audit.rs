@@ -695,11 +695,11 @@ impl AuditTrail {
             }
             // Heartbeats and site registrations are most of a log and never audited:
             // skip them without decoding.
-            if bytes.starts_with(br#"{"kind":"tenancy""#) && !contains(bytes, b"\"Promoted\"") {
+            if Record::is_unaudited_tenancy(bytes) {
                 covered = false;
                 return Ok(());
             }
-            let Ok(record) = serde_json::from_slice::<Record>(bytes) else {
+            let Ok(record) = Record::from_log_bytes(bytes) else {
                 // Recovery already judged the log; an undecodable record is its
                 // business, not the index's.
                 covered = false;
@@ -739,10 +739,6 @@ impl AuditTrail {
         })?;
         Ok(trail)
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ use crate::audit::{self, AuditEntry, AuditTrail, Note};
 use crate::audit_form::AuditSnapshot;
 use crate::cluster::{ClusterConfig, ClusterHealth};
 use crate::metrics::StateMetrics;
-use crate::record::{CredentialEvent, RECORD_VERSION, Record};
+use crate::record::{CredentialEvent, RECORD_VERSION, Record, RecordCodec};
 use halo_credentials::{CredentialError, Credentials};
 
 /// The snapshot format version this build writes (it reads 1 to this one). Version
@@ -105,7 +105,7 @@ pub struct Snapshot {
     pub audit: Option<AuditSnapshot>,
 }
 
-type CloudStore = Store<Record, Snapshot, AnyLog>;
+type CloudStore = Store<Record, Snapshot, AnyLog, RecordCodec>;
 
 /// Settings of the Cloud's state.
 #[derive(Debug, Clone)]
@@ -842,7 +842,7 @@ impl Writer {
         let read = store
             .log()
             .read_from(Seq::new(self.log_end), &mut |_, bytes| {
-                let record = serde_json::from_slice::<Record>(bytes)
+                let record = Record::from_log_bytes(bytes)
                     .map_err(|e| halo_store::Rejected(e.to_string()))?;
                 records.push(record);
                 Ok(())
@@ -1800,6 +1800,43 @@ mod tests {
         events
     }
 
+    /// This build writes tenancy records in the binary form and the others as JSON,
+    /// and recovers from what it wrote.
+    #[test]
+    fn tenancy_records_are_written_in_binary_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let state = open(dir.path(), 0).unwrap();
+            assert!(
+                state
+                    .apply_tenancy(site_events(3), NOW)
+                    .wait()
+                    .iter()
+                    .all(Result::is_ok)
+            );
+            state.apply_policy(grant(0), NOW).wait().unwrap();
+        }
+        let log = SqliteLog::open(dir.path()).unwrap();
+        let mut firsts = Vec::new();
+        log.read_from(Seq::ZERO, &mut |_, bytes| {
+            firsts.push(bytes[0]);
+            Ok(())
+        })
+        .unwrap();
+        drop(log);
+        let binary = firsts
+            .iter()
+            .filter(|b| **b == crate::record::BINARY_RECORD)
+            .count();
+        assert_eq!(binary, 7, "every tenancy record binary: {firsts:?}");
+        assert!(firsts.contains(&b'{'), "policy and audit records stay JSON");
+        let state = open(dir.path(), 0).unwrap();
+        let report = state.recovery().unwrap();
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(report.events_replayed, firsts.len() as u64);
+        assert_eq!(state.registry().site_count(), 3);
+    }
+
     fn grant(i: usize) -> PolicyEvent {
         PolicyEvent::PracticeEnabled {
             integrator: "acme".parse::<IntegratorId>().unwrap(),
@@ -1861,8 +1898,11 @@ mod tests {
                 keep_snapshots: 2,
             };
             let log = SqliteLog::open(dir.path()).unwrap();
-            let (_, recovered) =
-                Store::<Record, Snapshot, AnyLog>::with_log(AnyLog::Sqlite(log), config).unwrap();
+            let (_, recovered) = Store::<Record, Snapshot, AnyLog, RecordCodec>::with_log(
+                AnyLog::Sqlite(log),
+                config,
+            )
+            .unwrap();
             let upto = recovered.report.snapshot_seq.expect("a snapshot").get();
             let part = recovered
                 .snapshot
