@@ -134,8 +134,11 @@ pub struct Store<E, S, L = SqliteLog, C = Json> {
     config: StoreConfig,
     since_snapshot: u64,
     unresolved: Option<Corruption>,
-    _types: PhantomData<fn() -> (E, S, C)>,
+    _types: PhantomData<Types<E, S, C>>,
 }
+
+/// What a [`Store`] holds only as types: its events, its state and its codec.
+type Types<E, S, C> = fn() -> (E, S, C);
 
 impl<E, S, L: fmt::Debug, C> fmt::Debug for Store<E, S, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
