@@ -122,3 +122,46 @@ impl EventCodec<Record> for RecordCodec {
         Record::from_log_bytes(record).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use halo_ids::{HaloGuid, LinkGuid, Timestamp};
+    use halo_tenancy::{Event, LogEntry};
+
+    use crate::record::Record;
+
+    fn tenancy(event: Event) -> Record {
+        Record::Tenancy(LogEntry::new(Timestamp::from_millis(1), event))
+    }
+
+    /// The audit index's skip: every tenancy record but a promotion, in either form;
+    /// never a record of another kind.
+    #[test]
+    fn only_unaudited_tenancy_records_are_skipped_in_either_form() {
+        let heartbeat = tenancy(Event::Heartbeat {
+            link: LinkGuid::from_u128(1).unwrap(),
+        });
+        let promoted = tenancy(Event::Promoted {
+            halo_guid: HaloGuid::from_u128(2).unwrap(),
+            actor: "a".into(),
+            reason: "r".into(),
+        });
+        let policy = Record::Policy {
+            version: 1,
+            at: Timestamp::from_millis(1),
+            event: halo_policy::PolicyEvent::PracticeEnabled {
+                integrator: "acme".parse().unwrap(),
+                pms_id: "D4w:AB1".parse().unwrap(),
+            },
+        };
+        for (record, skipped) in [(&heartbeat, true), (&promoted, false), (&policy, false)] {
+            let json = serde_json::to_vec(record).unwrap();
+            let binary = record.to_log_bytes().unwrap();
+            assert_eq!(Record::is_unaudited_tenancy(&json), skipped, "{record:?}");
+            assert_eq!(Record::is_unaudited_tenancy(&binary), skipped, "{record:?}");
+            assert_eq!(&Record::from_log_bytes(&json).unwrap(), record);
+            assert_eq!(&Record::from_log_bytes(&binary).unwrap(), record);
+        }
+        assert!(!Record::is_unaudited_tenancy(&[]));
+    }
+}
