@@ -369,6 +369,18 @@ impl LogEntry {
         }
     }
 
+    /// How many sites and Links the binary entry `bytes` can add to a registry at
+    /// most, read from its first byte alone: a replay sums them over the log to size
+    /// the registry once ([`Registry::reserve`](crate::Registry::reserve)) without
+    /// decoding anything. Unknown or empty bytes add nothing.
+    pub fn binary_growth(bytes: &[u8]) -> (usize, usize) {
+        match bytes.first() {
+            Some(&(SITE_ATTACHED | REINSTALLED)) => (1, 0),
+            Some(&LINK_REGISTERED) => (0, 1),
+            _ => (0, 0),
+        }
+    }
+
     /// This entry's compact binary form ([`LogEntry::write_binary`]) on its own.
     pub fn to_binary(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);

@@ -270,6 +270,16 @@ proptest! {
     }
 
     #[test]
+    fn binary_growth_counts_what_replay_sizes_for(entry in arb_entry()) {
+        let expected = match entry.event {
+            Event::SiteAttached { .. } | Event::Reinstalled { .. } => (1, 0),
+            Event::LinkRegistered { .. } => (0, 1),
+            _ => (0, 0),
+        };
+        prop_assert_eq!(LogEntry::binary_growth(&entry.to_binary()), expected);
+    }
+
+    #[test]
     fn every_strict_prefix_is_an_error(entry in arb_entry()) {
         let bytes = entry.to_binary();
         for end in 0..bytes.len() {
