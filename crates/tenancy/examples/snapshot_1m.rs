@@ -67,20 +67,23 @@
 //! since 2026-12-02, behind its 2-byte record header): the same entries are encoded,
 //! decoded alone, and replayed including decoding, once on one thread and once
 //! pipelined (a decoding thread hands batches of 4 096 entries through a bounded
-//! channel to an applying thread; wall clock). Both replays size the registry from
-//! the records' first bytes (`LogEntry::binary_growth`) and must equal the original.
-//! 2026-12-02, load 2.5–2.9 (second run at load 5.5–6, CPU figures only):
+//! channel to an applying thread, which hands them back to be freed; wall clock).
+//! Both replays size the registry from the records' first bytes
+//! (`LogEntry::binary_growth`) and must equal the original. 2026-12-02, six runs at
+//! load 2.5–6 (ratios to the JSON figures of the same run):
 //!
 //! | measurement | result | vs JSON in the same run |
 //! | --- | --- | --- |
 //! | binary log | 180 MiB, 49.7 bytes/event | 0.25x the JSON lines' 717 MiB |
-//! | decode alone | 1.08 s, 0.69 s CPU (3.5M, 5.5M events/s) | JSON 2.49 s, 2.37 s (1.5M, 1.6M/s) |
-//! | replay incl. decoding, one thread | 2.77 s, 3.02 s CPU (1.37M, 1.26M events/CPU-s) | 0.57x, 0.63x the JSON replay's CPU |
-//! | pipelined, wall | 3.00 s = 1.26M events/s (apply thread 2.37 s CPU, decode thread 0.34 s) | |
+//! | decode alone | 0.64–1.08 s CPU, 3.5–6.0M events/s | JSON 2.3–3.1 s CPU, 1.2–1.7M/s |
+//! | replay incl. decoding, one thread | 2.34–3.02 s CPU, 1.26–1.63M events/CPU-s | 0.45–0.63x the JSON replay's CPU |
+//! | pipelined, wall | best 2.85 s = 1.33M events/s (load 4.1), 3.00 s at load 2.9 | |
 //!
-//! The pipeline is bound by apply (the decoding thread is busy about a seventh of
-//! the time), so on two free cores its wall clock is the apply thread's CPU:
-//! 2.1–2.4 s here, 1.6–1.8M events/s. The 2M/s target now hangs on apply alone.
+//! The pipeline is bound by the applying thread (2.0–2.4 s of CPU; the decoding
+//! thread 0.3–0.5 s), so on two free cores its wall clock is about the apply
+//! thread's CPU, 1.6–1.9M events/s here. Handing applied batches back to the
+//! decoding thread to free took the applying thread from 1.0–1.26x to 0.79–0.87x
+//! of applying the decoded entries alone. The 2M/s target now hangs on apply.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -418,17 +421,31 @@ fn binary_replay(
     let started = Instant::now();
     let (reg, decode_thread_cpu, apply_thread_cpu) = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(4);
+        // Applied batches come back to the decoding thread, which has time to spare:
+        // it frees their entries (their texts) and refills their vectors.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<LogEntry>>();
         let decoder = s.spawn(move || {
             let cpu = machine::thread_cpu_ns();
-            let mut batch = Vec::with_capacity(BATCH);
+            let fresh = || match back_rx.try_recv() {
+                Ok(mut done) => {
+                    done.clear();
+                    done
+                }
+                Err(_) => Vec::with_capacity(BATCH),
+            };
+            let mut batch = fresh();
             for record in records() {
                 batch.push(decode_one(record));
                 if batch.len() == BATCH {
-                    tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                        .unwrap();
+                    tx.send(std::mem::replace(&mut batch, fresh())).unwrap();
                 }
             }
             tx.send(batch).unwrap();
+            drop(tx);
+            // The last batches, as the applying thread finishes them.
+            for done in back_rx {
+                drop(done);
+            }
             machine::cpu_secs_since(cpu)
         });
         let cpu = machine::thread_cpu_ns();
@@ -440,7 +457,10 @@ fn binary_replay(
                 reg.apply_into(&entry.event, entry.at, &mut changes)
                     .unwrap();
             }
+            // Fails only if the decoding thread has gone, which it does last.
+            let _ = back_tx.send(batch);
         }
+        drop(back_tx);
         let apply_cpu = machine::cpu_secs_since(cpu);
         (reg, decoder.join().unwrap(), apply_cpu)
     });
