@@ -705,39 +705,45 @@ impl AuditTrail {
                 covered = false;
                 return Ok(());
             };
-            let id = seq.get();
-            let derived = match &record {
-                Record::Audit {
-                    at,
-                    covers_next,
-                    entry,
-                    ..
-                } => {
-                    trail.push(Stored {
-                        id,
-                        at: *at,
-                        entry: entry.clone(),
-                    });
-                    covered = *covers_next;
-                    return Ok(());
-                }
-                Record::Policy { at, event, .. } => {
-                    (*at, Some(for_policy(event, &Note::default())))
-                }
-                Record::Credential { at, event, .. } => {
-                    (*at, Some(for_credential(event, &Note::default())))
-                }
-                Record::Tenancy(entry) => (entry.at, for_promotion(&entry.event)),
-            };
-            if let (at, Some(entry)) = derived {
-                if !covered {
-                    trail.push(Stored { id, at, entry });
-                }
-            }
-            covered = false;
+            trail.index(seq, &record, &mut covered);
             Ok(())
         })?;
         Ok(trail)
+    }
+
+    /// Adds what record `seq` contributes to the trail, as [`AuditTrail::rebuild`]
+    /// reads it: an audit record as it is, an event no audit record covers as the
+    /// entry derived from it. `covered` says whether the record before covers this
+    /// one, and is set for the next.
+    pub(crate) fn index(&mut self, seq: halo_store::Seq, record: &Record, covered: &mut bool) {
+        let id = seq.get();
+        let derived = match record {
+            Record::Audit {
+                at,
+                covers_next,
+                entry,
+                ..
+            } => {
+                self.push(Stored {
+                    id,
+                    at: *at,
+                    entry: entry.clone(),
+                });
+                *covered = *covers_next;
+                return;
+            }
+            Record::Policy { at, event, .. } => (*at, Some(for_policy(event, &Note::default()))),
+            Record::Credential { at, event, .. } => {
+                (*at, Some(for_credential(event, &Note::default())))
+            }
+            Record::Tenancy(entry) => (entry.at, for_promotion(&entry.event)),
+        };
+        if let (at, Some(entry)) = derived {
+            if !*covered {
+                self.push(Stored { id, at, entry });
+            }
+        }
+        *covered = false;
     }
 }
 
