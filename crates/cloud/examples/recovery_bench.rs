@@ -156,15 +156,17 @@ fn write_log(dir: &std::path::Path, events: &[Event], now: Timestamp) -> f64 {
     write_s
 }
 
-/// Recovers from the log alone, then writes a snapshot; returns both times.
-fn replay_and_snapshot(dir: &std::path::Path, sites: usize) -> (f64, f64) {
-    let (state, replay_s) = open(dir, 0);
+/// Recovers from the log alone, then writes a snapshot; returns both times, and the
+/// phases of the recovery.
+fn replay_and_snapshot(dir: &std::path::Path, sites: usize) -> (f64, f64, RecoveryTimings) {
+    let (state, timings) = open_timed(dir, 0);
+    let replay_s = timings.total.as_secs_f64();
     assert_eq!(state.registry().site_count(), sites);
     let started = Instant::now();
     state.snapshot_now().wait().unwrap();
     let snapshot_s = started.elapsed().as_secs_f64();
     drop(state);
-    (replay_s, snapshot_s)
+    (replay_s, snapshot_s, timings)
 }
 
 fn main() {
@@ -232,7 +234,7 @@ fn main() {
     drop(baseline);
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut write_s, mut replay_s) = (None, None);
+    let (mut write_s, mut replay_s, mut replay_phases) = (None, None, None);
     let snapshot_s;
     let mut log_bytes = None;
     let mut snapshot_bytes = None;
@@ -240,8 +242,8 @@ fn main() {
         None => {
             write_s = Some(write_log(dir.path(), &events, now));
             log_bytes = Some(dir_size(dir.path()));
-            let (r, s) = replay_and_snapshot(dir.path(), sites);
-            (replay_s, snapshot_s) = (Some(r), Some(s));
+            let (r, s, p) = replay_and_snapshot(dir.path(), sites);
+            (replay_s, snapshot_s, replay_phases) = (Some(r), Some(s), Some(phases(&p)));
             snapshot_bytes = Some(dir_size(dir.path()) - log_bytes.unwrap_or(0));
             let (state, recovered) = open_timed(dir.path(), 0);
             assert_eq!(state.registry().site_count(), sites);
@@ -252,8 +254,8 @@ fn main() {
             if !done.exists() {
                 std::fs::create_dir_all(kept).unwrap();
                 write_s = Some(write_log(kept, &events, now));
-                let (r, _) = replay_and_snapshot(kept, sites);
-                replay_s = Some(r);
+                let (r, _, p) = replay_and_snapshot(kept, sites);
+                (replay_s, replay_phases) = (Some(r), Some(phases(&p)));
                 std::fs::write(&done, b"").unwrap();
             }
             copy_dir(kept, dir.path());
@@ -276,6 +278,7 @@ fn main() {
             "baseline_apply_s": baseline_s,
             "durable_write_s": write_s,
             "recover_from_log_s": replay_s,
+            "recover_from_log_phases_s": replay_phases,
             "write_snapshot_s": snapshot_s,
             "recover_from_snapshot_s": snapshot_recovery_s,
             "recover_from_snapshot_phases_s": phases(&snapshot_recovery),

@@ -695,54 +695,56 @@ impl AuditTrail {
             }
             // Heartbeats and site registrations are most of a log and never audited:
             // skip them without decoding.
-            if bytes.starts_with(br#"{"kind":"tenancy""#) && !contains(bytes, b"\"Promoted\"") {
+            if Record::is_unaudited_tenancy(bytes) {
                 covered = false;
                 return Ok(());
             }
-            let Ok(record) = serde_json::from_slice::<Record>(bytes) else {
+            let Ok(record) = Record::from_log_bytes(bytes) else {
                 // Recovery already judged the log; an undecodable record is its
                 // business, not the index's.
                 covered = false;
                 return Ok(());
             };
-            let id = seq.get();
-            let derived = match &record {
-                Record::Audit {
-                    at,
-                    covers_next,
-                    entry,
-                    ..
-                } => {
-                    trail.push(Stored {
-                        id,
-                        at: *at,
-                        entry: entry.clone(),
-                    });
-                    covered = *covers_next;
-                    return Ok(());
-                }
-                Record::Policy { at, event, .. } => {
-                    (*at, Some(for_policy(event, &Note::default())))
-                }
-                Record::Credential { at, event, .. } => {
-                    (*at, Some(for_credential(event, &Note::default())))
-                }
-                Record::Tenancy(entry) => (entry.at, for_promotion(&entry.event)),
-            };
-            if let (at, Some(entry)) = derived {
-                if !covered {
-                    trail.push(Stored { id, at, entry });
-                }
-            }
-            covered = false;
+            trail.index(seq, &record, &mut covered);
             Ok(())
         })?;
         Ok(trail)
     }
-}
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    /// Adds what record `seq` contributes to the trail, as [`AuditTrail::rebuild`]
+    /// reads it: an audit record as it is, an event no audit record covers as the
+    /// entry derived from it. `covered` says whether the record before covers this
+    /// one, and is set for the next.
+    pub(crate) fn index(&mut self, seq: halo_store::Seq, record: &Record, covered: &mut bool) {
+        let id = seq.get();
+        let derived = match record {
+            Record::Audit {
+                at,
+                covers_next,
+                entry,
+                ..
+            } => {
+                self.push(Stored {
+                    id,
+                    at: *at,
+                    entry: entry.clone(),
+                });
+                *covered = *covers_next;
+                return;
+            }
+            Record::Policy { at, event, .. } => (*at, Some(for_policy(event, &Note::default()))),
+            Record::Credential { at, event, .. } => {
+                (*at, Some(for_credential(event, &Note::default())))
+            }
+            Record::Tenancy(entry) => (entry.at, for_promotion(&entry.event)),
+        };
+        if let (at, Some(entry)) = derived {
+            if !*covered {
+                self.push(Stored { id, at, entry });
+            }
+        }
+        *covered = false;
+    }
 }
 
 #[cfg(test)]
@@ -835,8 +837,15 @@ mod tests {
 
     /// A log from before the trail gets entries derived from its events; an event
     /// an audit record covers gets none of its own, so nothing is doubled.
+    /// Records as old builds wrote them (JSON), and as this build does (tenancy
+    /// records binary): the index reads both alike.
     #[test]
     fn rebuild_derives_entries_for_old_logs_and_never_doubles() {
+        rebuild_derives_entries(|r| serde_json::to_vec(r).unwrap());
+        rebuild_derives_entries(|r| r.to_log_bytes().unwrap());
+    }
+
+    fn rebuild_derives_entries(encode: impl Fn(&Record) -> Vec<u8>) {
         use halo_store::EventLog as _;
         let dir = tempfile::tempdir().unwrap();
         let mut log = halo_store::SqliteLog::open(dir.path()).unwrap();
@@ -886,10 +895,7 @@ mod tests {
                 },
             )),
         ];
-        let bytes: Vec<Vec<u8>> = records
-            .iter()
-            .map(|r| serde_json::to_vec(r).unwrap())
-            .collect();
+        let bytes: Vec<Vec<u8>> = records.iter().map(encode).collect();
         let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         log.append(&slices).unwrap();
         let trail = AuditTrail::rebuild(&log).unwrap();

@@ -29,6 +29,7 @@ pub mod openapi;
 mod packed;
 pub mod queries;
 pub mod record;
+mod record_bin;
 mod record_de;
 mod registry_form;
 mod serve;

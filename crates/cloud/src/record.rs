@@ -1,5 +1,10 @@
 //! What the Cloud writes to its durable log: every tenancy, policy and credential
 //! event, with the time it was applied, and the audit trail's entries. This is a stored format (versioned).
+//!
+//! A record is stored as JSON or, for tenancy records since the binary form, as
+//! compact binary (`record_bin.rs`): read log bytes with [`Record::from_log_bytes`],
+//! which takes both, and write them with [`Record::write_log_bytes`] (or let
+//! [`RecordCodec`] do both for the store).
 
 use halo_ids::Timestamp;
 use halo_policy::PolicyEvent;
@@ -51,4 +56,5 @@ pub enum Record {
     },
 }
 
+pub use crate::record_bin::{BINARY_RECORD, RecordCodec, RecordDecodeError};
 pub use halo_credentials::CredentialEvent;

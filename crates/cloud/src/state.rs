@@ -73,7 +73,7 @@ use crate::audit::{self, AuditEntry, AuditTrail, Note};
 use crate::audit_form::AuditSnapshot;
 use crate::cluster::{ClusterConfig, ClusterHealth};
 use crate::metrics::StateMetrics;
-use crate::record::{CredentialEvent, RECORD_VERSION, Record};
+use crate::record::{CredentialEvent, RECORD_VERSION, Record, RecordCodec};
 use halo_credentials::{CredentialError, Credentials};
 
 /// The snapshot format version this build writes (it reads 1 to this one). Version
@@ -105,7 +105,7 @@ pub struct Snapshot {
     pub audit: Option<AuditSnapshot>,
 }
 
-type CloudStore = Store<Record, Snapshot, AnyLog>;
+type CloudStore = Store<Record, Snapshot, AnyLog, RecordCodec>;
 
 /// Settings of the Cloud's state.
 #[derive(Debug, Clone)]
@@ -842,7 +842,7 @@ impl Writer {
         let read = store
             .log()
             .read_from(Seq::new(self.log_end), &mut |_, bytes| {
-                let record = serde_json::from_slice::<Record>(bytes)
+                let record = Record::from_log_bytes(bytes)
                     .map_err(|e| halo_store::Rejected(e.to_string()))?;
                 records.push(record);
                 Ok(())
@@ -1114,8 +1114,25 @@ impl CloudState {
             });
             restored?;
             timings.restore = restoring.elapsed();
+            // Without a snapshot, a complete recovery holds every record of the log
+            // (record n at index n - 1), decoded: the audit trail is indexed from
+            // them rather than from a second read of the log.
+            let whole_log = recovered.report.snapshot_seq.is_none()
+                && recovered.report.is_complete()
+                && recovered.report.last_seq == store.last_seq()
+                && recovered.tail.len() as u64 == store.last_seq().get();
             let rebuilt = match (rebuilt, decoded) {
                 (Some(trail), _) => trail,
+                (None, Some(Ok((None, took)))) if whole_log => {
+                    let started = std::time::Instant::now();
+                    let mut trail = AuditTrail::default();
+                    let mut covered = false;
+                    for (index, record) in recovered.tail.iter().enumerate() {
+                        trail.index(Seq::new(index as u64 + 1), record, &mut covered);
+                    }
+                    timings.audit = took + started.elapsed();
+                    trail
+                }
                 (None, Some(Ok((decoded, took)))) => {
                     let started = std::time::Instant::now();
                     let trail = finish_audit(store.log(), decoded, store.last_seq())?;
@@ -1800,6 +1817,88 @@ mod tests {
         events
     }
 
+    /// A restart from the log alone indexes the audit trail from the records
+    /// recovery read: the same trail as before the restart and as a rebuild from a
+    /// second read of the log, every entry once (noted changes are covered by their
+    /// audit record, an un-noted promotion is derived from its event).
+    #[test]
+    fn restart_from_the_log_alone_keeps_the_audit_trail_whole_without_doubles() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), 0).unwrap();
+        for r in state.apply_tenancy(site_events(4), NOW).wait() {
+            r.unwrap();
+        }
+        let note = Note {
+            actor: Some("alice".into()),
+            reason: Some("contract".into()),
+        };
+        state
+            .apply_policy_noted(grant(0), NOW, note)
+            .wait()
+            .unwrap();
+        state.apply_policy(grant(1), NOW).wait().unwrap();
+        state
+            .apply_one(
+                Event::Promoted {
+                    halo_guid: HaloGuid::from_u128(101).unwrap(),
+                    actor: "support".into(),
+                    reason: "move".into(),
+                },
+                NOW,
+            )
+            .wait()
+            .unwrap();
+        let live: Vec<_> = state.audit().iter().cloned().collect();
+        assert!(live.len() >= 3, "{live:?}");
+        drop(state);
+        let rebuilt: Vec<_> = {
+            let log = SqliteLog::open(dir.path()).unwrap();
+            AuditTrail::rebuild(&log).unwrap().iter().cloned().collect()
+        };
+        assert_eq!(rebuilt, live);
+        let state = open(dir.path(), 0).unwrap();
+        assert!(state.recovery().unwrap().snapshot_seq.is_none());
+        let recovered: Vec<_> = state.audit().iter().cloned().collect();
+        assert_eq!(recovered, live);
+    }
+
+    /// This build writes tenancy records in the binary form and the others as JSON,
+    /// and recovers from what it wrote.
+    #[test]
+    fn tenancy_records_are_written_in_binary_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let state = open(dir.path(), 0).unwrap();
+            assert!(
+                state
+                    .apply_tenancy(site_events(3), NOW)
+                    .wait()
+                    .iter()
+                    .all(Result::is_ok)
+            );
+            state.apply_policy(grant(0), NOW).wait().unwrap();
+        }
+        let log = SqliteLog::open(dir.path()).unwrap();
+        let mut firsts = Vec::new();
+        log.read_from(Seq::ZERO, &mut |_, bytes| {
+            firsts.push(bytes[0]);
+            Ok(())
+        })
+        .unwrap();
+        drop(log);
+        let binary = firsts
+            .iter()
+            .filter(|b| **b == crate::record::BINARY_RECORD)
+            .count();
+        assert_eq!(binary, 7, "every tenancy record binary: {firsts:?}");
+        assert!(firsts.contains(&b'{'), "policy and audit records stay JSON");
+        let state = open(dir.path(), 0).unwrap();
+        let report = state.recovery().unwrap();
+        assert!(report.is_complete(), "{report}");
+        assert_eq!(report.events_replayed, firsts.len() as u64);
+        assert_eq!(state.registry().site_count(), 3);
+    }
+
     fn grant(i: usize) -> PolicyEvent {
         PolicyEvent::PracticeEnabled {
             integrator: "acme".parse::<IntegratorId>().unwrap(),
@@ -1861,8 +1960,11 @@ mod tests {
                 keep_snapshots: 2,
             };
             let log = SqliteLog::open(dir.path()).unwrap();
-            let (_, recovered) =
-                Store::<Record, Snapshot, AnyLog>::with_log(AnyLog::Sqlite(log), config).unwrap();
+            let (_, recovered) = Store::<Record, Snapshot, AnyLog, RecordCodec>::with_log(
+                AnyLog::Sqlite(log),
+                config,
+            )
+            .unwrap();
             let upto = recovered.report.snapshot_seq.expect("a snapshot").get();
             let part = recovered
                 .snapshot

@@ -129,7 +129,7 @@ fn read_log(url: String) -> Vec<(Seq, Record)> {
     let mut records = Vec::new();
     let report = log
         .read_from(Seq::ZERO, &mut |seq, bytes| {
-            records.push((seq, serde_json::from_slice::<Record>(bytes).unwrap()));
+            records.push((seq, Record::from_log_bytes(bytes).unwrap()));
             Ok(())
         })
         .unwrap();

@@ -7,6 +7,9 @@
 //!   least one of each kind and every credential event variant (issued with and
 //!   without a scope, bound, scope extended, revoked with and without an actor,
 //!   rotated);
+//! - `fixtures/records_v1.bin`: the same records as this build writes them (tenancy
+//!   records in the compact binary form, the others JSON), each as a 4-byte
+//!   little-endian length and the record's bytes; a log may hold both forms;
 //! - `fixtures/snapshot_v1.json`: the snapshot of the state those records build;
 //!   `snapshot_v2.json` the same with version-2 grants; `snapshot_v3.json` the same
 //!   with the registry in its compact binary form (base64); `snapshot_v4.json` the
@@ -27,17 +30,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use halo_cloud::record::RECORD_VERSION;
+use halo_cloud::record::{BINARY_RECORD, RECORD_VERSION, RecordCodec};
 use halo_cloud::state::SNAPSHOT_VERSION;
 use halo_cloud::{CloudState, CredentialEvent, Record, Snapshot, StateConfig};
 use halo_credentials::{CredentialError, Scope, ScopeKind};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{IntegratorId, KeyHash, PolicyEvent, authorise_practice};
 use halo_router::{Router, RouterConfig};
-use halo_store::{Store, StoreConfig};
+use halo_store::{EventLog, Json, SqliteLog, Store, StoreConfig};
 use halo_tenancy::{AvailabilityConfig, Catalogue, Event, LogEntry, SiteIdentity, SiteStatus};
 
 const RECORDS: &str = include_str!("fixtures/records_v1.jsonl");
+const RECORDS_BIN: &[u8] = include_bytes!("fixtures/records_v1.bin");
 const SNAPSHOT: &str = include_str!("fixtures/snapshot_v1.json");
 const SNAPSHOT_V2: &str = include_str!("fixtures/snapshot_v2.json");
 const SNAPSHOT_V3: &str = include_str!("fixtures/snapshot_v3.json");
@@ -250,13 +254,24 @@ fn bless() -> bool {
     std::env::var_os("HALO_BLESS_FIXTURES").is_some()
 }
 
-/// A store in `dir` holding `records`, and a snapshot of their state when given.
+/// A store in `dir` holding `records` as JSON (as every older build wrote them), and
+/// a snapshot of their state when given.
 fn write_store(dir: &Path, records: &[Record], snapshot: Option<&Snapshot>) {
+    write_store_with::<Json>(dir, records, snapshot);
+}
+
+/// As [`write_store`], with the records written by `C`.
+fn write_store_with<C: halo_store::EventCodec<Record>>(
+    dir: &Path,
+    records: &[Record],
+    snapshot: Option<&Snapshot>,
+) {
     let config = StoreConfig {
         snapshot_every: 0,
         keep_snapshots: 2,
     };
-    let (mut store, recovered) = Store::<Record, Snapshot>::open(dir, config).unwrap();
+    let (mut store, recovered) =
+        Store::<Record, Snapshot, SqliteLog, C>::open(dir, config).unwrap();
     assert!(recovered.tail.is_empty(), "a fresh directory");
     let last = store.append_batch(records).unwrap();
     if let Some(snapshot) = snapshot {
@@ -354,6 +369,13 @@ fn write_fixtures() {
         lines.push('\n');
     }
     std::fs::write(fixture_path("records_v1.jsonl"), lines).unwrap();
+    let mut bin = Vec::new();
+    for r in &records {
+        let bytes = r.to_log_bytes().unwrap();
+        bin.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
+        bin.extend_from_slice(&bytes);
+    }
+    std::fs::write(fixture_path("records_v1.bin"), bin).unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), &records, None);
     let json = serde_json::to_string_pretty(&snapshot_of(&open_state(dir.path()))).unwrap();
@@ -423,6 +445,88 @@ fn frozen_v1_records_replay_into_the_expected_cloud_state() {
     let state = open_state(dir.path());
     let report = state.recovery().unwrap();
     assert_eq!(report.snapshot_seq, None);
+    assert_eq!(report.events_replayed, records().len() as u64);
+    check_expected_state(&state);
+}
+
+/// The records of `records_v1.bin`, each as its stored bytes.
+fn frozen_binary_records() -> Vec<&'static [u8]> {
+    let mut rest = RECORDS_BIN;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let (record, tail) = tail.split_at(len);
+        out.push(record);
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn frozen_binary_records_decode_to_the_scenario_and_are_still_written_so() {
+    if bless() {
+        return;
+    }
+    let expected = records();
+    let stored = frozen_binary_records();
+    assert_eq!(stored.len(), expected.len());
+    for (bytes, record) in stored.iter().zip(&expected) {
+        assert_eq!(&Record::from_log_bytes(bytes).unwrap(), record);
+        assert_eq!(&record.to_log_bytes().unwrap(), bytes, "{record:?}");
+        // Tenancy records are binary; the others stay JSON.
+        let binary = bytes[0] == BINARY_RECORD;
+        assert_eq!(binary, matches!(record, Record::Tenancy(_)), "{record:?}");
+        assert!(binary || bytes[0] == b'{');
+    }
+    assert!(stored.iter().any(|b| b[0] == BINARY_RECORD));
+    // The JSON lines still read through the same entry point.
+    for (line, record) in RECORDS.lines().zip(&expected) {
+        assert_eq!(&Record::from_log_bytes(line.as_bytes()).unwrap(), record);
+    }
+    // Damage is an error, never a panic: every prefix of every binary record.
+    for bytes in stored.iter().filter(|b| b[0] == BINARY_RECORD) {
+        for end in 0..bytes.len() {
+            assert!(Record::from_log_bytes(&bytes[..end]).is_err());
+        }
+    }
+    assert!(Record::from_log_bytes(&[BINARY_RECORD, 7, 0]).is_err());
+}
+
+#[test]
+fn a_log_of_json_then_binary_records_replays_into_the_expected_cloud_state() {
+    if bless() {
+        return;
+    }
+    // The first record as an older build wrote it, the rest as this build does (the
+    // scenario's tenancy records come first; the rest are JSON in both forms).
+    let json: Vec<&[u8]> = RECORDS.lines().map(str::as_bytes).collect();
+    let bin = frozen_binary_records();
+    let mixed: Vec<&[u8]> = json[..1].iter().chain(&bin[1..]).copied().collect();
+    assert_eq!(mixed[0][0], b'{');
+    assert_eq!((mixed[1][0], mixed[2][0]), (BINARY_RECORD, BINARY_RECORD));
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = SqliteLog::open(dir.path()).unwrap();
+        log.append(&mixed).unwrap();
+    }
+    let state = open_state(dir.path());
+    let report = state.recovery().unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.events_replayed, records().len() as u64);
+    check_expected_state(&state);
+}
+
+#[test]
+fn a_log_this_build_writes_replays_into_the_expected_cloud_state() {
+    if bless() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_store_with::<RecordCodec>(dir.path(), &records(), None);
+    let state = open_state(dir.path());
+    let report = state.recovery().unwrap();
+    assert!(report.is_complete(), "{report}");
     assert_eq!(report.events_replayed, records().len() as u64);
     check_expected_state(&state);
 }

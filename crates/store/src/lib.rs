@@ -11,7 +11,8 @@
 //! - `PgLog` (feature `postgres`) implements it on a PostgreSQL database shared
 //!   by the nodes of a Cloud cluster, with optimistic appends
 //!   ([`EventLog::append_at`]) and `NOTIFY` on every append.
-//! - [`Store`] is the typed helper: JSON events and state, recovery as
+//! - [`Store`] is the typed helper: events through an [`EventCodec`] (JSON by
+//!   default; the records stay opaque bytes to the store) and JSON state, recovery as
 //!   "newest good snapshot + tail", a snapshot policy the caller drives, and a
 //!   refusal to write past unresolved corruption.
 //! - [`salvage`](salvage()) (`halo-store salvage`) is the way out when SQLite reports
@@ -79,5 +80,5 @@ pub use salvage::{
 };
 pub use seq::Seq;
 pub use sqlite::{Durability, FORMAT_VERSION, SnapshotWriter, SqliteLog};
-pub use store::{Recovered, RecoveryReport, StateWriter, Store, StoreConfig};
+pub use store::{EventCodec, Json, Recovered, RecoveryReport, StateWriter, Store, StoreConfig};
 pub use verify::{VerifyReport, verify};

@@ -1,4 +1,5 @@
-//! The typed helper: events and state as serde values (JSON) over any [`EventLog`].
+//! The typed helper: events (through an [`EventCodec`], JSON by default) and state
+//! (JSON) over any [`EventLog`].
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -9,6 +10,40 @@ use serde::de::DeserializeOwned;
 
 use crate::log::{EventLog, Rejected, SnapshotRead};
 use crate::{AnyLog, Corruption, Seq, SkippedSnapshot, SnapshotSink, SqliteLog, StoreError};
+
+/// How a [`Store`] turns its events into log records and back. The store never
+/// looks inside a record: a codec may write any bytes, and may read more than one
+/// form (an older build's JSON and a newer compact form, say), as long as what it
+/// wrote it reads back equal.
+pub trait EventCodec<E> {
+    /// Appends the record for `event` to `out` (empty when called).
+    ///
+    /// # Errors
+    /// Why the event cannot be written; [`Store`] returns it as
+    /// [`StoreError::Encode`].
+    fn encode(event: &E, out: &mut Vec<u8>) -> Result<(), String>;
+
+    /// Reads an event from one whole record.
+    ///
+    /// # Errors
+    /// Why the record is not an event; recovery stops there
+    /// ([`RecoveryReport::stopped_at`]).
+    fn decode(record: &[u8]) -> Result<E, String>;
+}
+
+/// The default [`EventCodec`]: each event is one JSON document (serde).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Json;
+
+impl<E: Serialize + DeserializeOwned> EventCodec<E> for Json {
+    fn encode(event: &E, out: &mut Vec<u8>) -> Result<(), String> {
+        serde_json::to_writer(out, event).map_err(|e| e.to_string())
+    }
+
+    fn decode(record: &[u8]) -> Result<E, String> {
+        serde_json::from_slice(record).map_err(|e| e.to_string())
+    }
+}
 
 /// When the caller should take snapshots and how many to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,20 +123,24 @@ impl fmt::Display for RecoveryReport {
     }
 }
 
-/// A durable event log of `E` with snapshots of `S`, both stored as JSON.
+/// A durable event log of `E` with snapshots of `S`: events written and read by
+/// the codec `C` ([`Json`] unless said otherwise), snapshots as JSON.
 ///
 /// Opening recovers (there is no way to write before having read), and a store
 /// whose recovery stopped at corruption refuses to write until the caller resolves
 /// it with [`Store::quarantine_unreplayed`].
-pub struct Store<E, S, L = SqliteLog> {
+pub struct Store<E, S, L = SqliteLog, C = Json> {
     log: L,
     config: StoreConfig,
     since_snapshot: u64,
     unresolved: Option<Corruption>,
-    _types: PhantomData<fn() -> (E, S)>,
+    _types: PhantomData<Types<E, S, C>>,
 }
 
-impl<E, S, L: fmt::Debug> fmt::Debug for Store<E, S, L> {
+/// What a [`Store`] holds only as types: its events, its state and its codec.
+type Types<E, S, C> = fn() -> (E, S, C);
+
+impl<E, S, L: fmt::Debug, C> fmt::Debug for Store<E, S, L, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
             .field("log", &self.log)
@@ -112,9 +151,9 @@ impl<E, S, L: fmt::Debug> fmt::Debug for Store<E, S, L> {
     }
 }
 
-impl<E, S> Store<E, S, SqliteLog>
+impl<E, S, C> Store<E, S, SqliteLog, C>
 where
-    E: Serialize + DeserializeOwned,
+    C: EventCodec<E>,
     S: Serialize + DeserializeOwned,
 {
     /// Opens (creating if needed) the SQLite store in `dir`, fully durable, and
@@ -144,9 +183,9 @@ where
     }
 }
 
-impl<E, S> Store<E, S, AnyLog>
+impl<E, S, C> Store<E, S, AnyLog, C>
 where
-    E: Serialize + DeserializeOwned,
+    C: EventCodec<E>,
     S: Serialize + DeserializeOwned,
 {
     /// As [`Store::snapshot_writer`] on SQLite, for whichever engine is inside.
@@ -194,6 +233,20 @@ impl<S: Serialize> StateWriter<S> {
     }
 }
 
+fn encode_events<E, C: EventCodec<E>>(events: &[E]) -> Result<Vec<Vec<u8>>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            let mut out = Vec::new();
+            C::encode(e, &mut out).map_err(|reason| StoreError::Encode {
+                what: "event",
+                reason,
+            })?;
+            Ok(out)
+        })
+        .collect()
+}
+
 fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(state).map_err(|err| StoreError::Encode {
         what: "snapshot",
@@ -201,9 +254,9 @@ fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-impl<E, S, L> Store<E, S, L>
+impl<E, S, L, C> Store<E, S, L, C>
 where
-    E: Serialize + DeserializeOwned,
+    C: EventCodec<E>,
     S: Serialize + DeserializeOwned,
     L: EventLog,
 {
@@ -259,8 +312,7 @@ where
         let read = self
             .log
             .read_from(snapshot_seq.unwrap_or(Seq::ZERO), &mut |_, bytes| {
-                let event =
-                    serde_json::from_slice::<E>(bytes).map_err(|e| Rejected(e.to_string()))?;
+                let event = C::decode(bytes).map_err(Rejected)?;
                 tail.push(event);
                 Ok(())
             })?;
@@ -294,15 +346,7 @@ where
     /// As [`Store::append`].
     pub fn append_batch(&mut self, events: &[E]) -> Result<Seq, StoreError> {
         self.check_resolved()?;
-        let encoded = events
-            .iter()
-            .map(|e| {
-                serde_json::to_vec(e).map_err(|err| StoreError::Encode {
-                    what: "event",
-                    reason: err.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let encoded = encode_events::<E, C>(events)?;
         let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let seq = self.log.append(&slices)?;
         self.since_snapshot += events.len() as u64;
@@ -318,15 +362,7 @@ where
     /// was written); as [`Store::append`].
     pub fn append_batch_at(&mut self, expected: Seq, events: &[E]) -> Result<Seq, StoreError> {
         self.check_resolved()?;
-        let encoded = events
-            .iter()
-            .map(|e| {
-                serde_json::to_vec(e).map_err(|err| StoreError::Encode {
-                    what: "event",
-                    reason: err.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let encoded = encode_events::<E, C>(events)?;
         let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let seq = self.log.append_at(expected, &slices)?;
         self.since_snapshot += events.len() as u64;

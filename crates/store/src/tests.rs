@@ -852,3 +852,76 @@ mod page_damage {
         assert!(records_of(out.path()) == expected, "{report}");
     }
 }
+
+/// A codec that is not JSON: one byte, the event's number, after a marker byte;
+/// it also reads the default JSON form, as a codec that adds a form must.
+struct Byte;
+
+impl EventCodec<Ev> for Byte {
+    fn encode(event: &Ev, out: &mut Vec<u8>) -> Result<(), String> {
+        let n = u8::try_from(event.n).map_err(|_| format!("{} does not fit a byte", event.n))?;
+        out.extend_from_slice(&[0xB7, n]);
+        Ok(())
+    }
+
+    fn decode(record: &[u8]) -> Result<Ev, String> {
+        match record {
+            [0xB7, n] => Ok(Ev { n: u32::from(*n) }),
+            [0xB7, ..] => Err("not one byte after the marker".into()),
+            json => <Json as EventCodec<Ev>>::decode(json),
+        }
+    }
+}
+
+#[test]
+fn a_store_writes_and_reads_its_events_through_its_codec() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // An older build's JSON records first.
+        let (mut store, _) = open(dir.path());
+        store.append_batch(&evs(0..2)).unwrap();
+    }
+    let open_byte = |dir: &Path| {
+        let log = SqliteLog::open_with(dir, Durability::Unsynced).unwrap();
+        Store::<Ev, State, SqliteLog, Byte>::with_log(log, CONFIG).unwrap()
+    };
+    {
+        let (mut store, recovered) = open_byte(dir.path());
+        assert_eq!(full(&recovered), vec![0, 1]);
+        store.append_batch(&evs(2..4)).unwrap();
+        // The codec's refusal is an encoding error and writes nothing.
+        let err = store.append(&Ev { n: 300 }).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Encode { what: "event", .. }),
+            "{err}"
+        );
+        let mut stored = Vec::new();
+        store
+            .log()
+            .read_from(Seq::ZERO, &mut |_, bytes| {
+                stored.push(bytes.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            stored,
+            vec![
+                br#"{"n":0}"#.to_vec(),
+                br#"{"n":1}"#.to_vec(),
+                vec![0xB7, 2],
+                vec![0xB7, 3]
+            ]
+        );
+    }
+    let (_, recovered) = open_byte(dir.path());
+    assert_eq!(full(&recovered), vec![0, 1, 2, 3]);
+    assert!(recovered.report.is_complete());
+    // The default codec (JSON) stops at the first record it cannot read.
+    let (_, recovered) = open(dir.path());
+    assert_eq!(full(&recovered), vec![0, 1]);
+    let stopped = recovered
+        .report
+        .stopped_at
+        .expect("stopped at the codec's record");
+    assert_eq!(stopped.last_good, Seq::new(2));
+}

@@ -62,6 +62,28 @@
 //! `GroupKey` + `Group` 103 B, three indexes) take 291 bytes a site before any
 //! branch CRN. Replay of JSON lines at 2M events/s is out of reach: decoding the
 //! JSON alone runs at about 1M events/s.
+//!
+//! The binary log (`LogEntry::write_binary`, as the Cloud writes tenancy records
+//! since 2026-12-02, behind its 2-byte record header): the same entries are encoded,
+//! decoded alone, and replayed including decoding, once on one thread and once
+//! pipelined (a decoding thread hands batches of 4 096 entries through a bounded
+//! channel to an applying thread, which hands them back to be freed; wall clock).
+//! Both replays size the registry from the records' first bytes
+//! (`LogEntry::binary_growth`) and must equal the original. 2026-12-02, six runs at
+//! load 2.5–6 (ratios to the JSON figures of the same run):
+//!
+//! | measurement | result | vs JSON in the same run |
+//! | --- | --- | --- |
+//! | binary log | 180 MiB, 49.7 bytes/event | 0.25x the JSON lines' 717 MiB |
+//! | decode alone | 0.64–1.08 s CPU, 3.5–6.0M events/s | JSON 2.3–3.1 s CPU, 1.2–1.7M/s |
+//! | replay incl. decoding, one thread | 2.34–3.02 s CPU, 1.26–1.63M events/CPU-s | 0.45–0.63x the JSON replay's CPU |
+//! | pipelined, wall | best 2.85 s = 1.33M events/s (load 4.1), 3.00 s at load 2.9 | |
+//!
+//! The pipeline is bound by the applying thread (2.0–2.4 s of CPU; the decoding
+//! thread 0.3–0.5 s), so on two free cores its wall clock is about the apply
+//! thread's CPU, 1.6–1.9M events/s here. Handing applied batches back to the
+//! decoding thread to free took the applying thread from 1.0–1.26x to 0.79–0.87x
+//! of applying the decoded entries alone. The 2M/s target now hangs on apply.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -182,6 +204,9 @@ fn main() {
         apply.cpu,
     );
 
+    let bin = binary_replay(&entries, &reg, log_bytes, decode.cpu + apply.cpu);
+    println!("{}", bin.json_line(events, load_before));
+
     drop(entries);
     let (snapshot, to_snapshot) = timed(|| reg.to_snapshot());
     let (json, encode) = timed(|| serde_json::to_vec(&snapshot).unwrap());
@@ -285,6 +310,195 @@ fn main() {
         std::mem::size_of::<halo_tenancy::Link>(),
         std::mem::size_of::<halo_tenancy::Group>(),
     );
+}
+
+/// The replay figures of the binary log ([`binary_replay`]).
+struct BinaryReplay {
+    bytes: u64,
+    encode: Took,
+    decode: Took,
+    one_thread: Took,
+    pipelined_wall: f64,
+    decode_thread_cpu: f64,
+    apply_thread_cpu: f64,
+    json_replay_cpu: f64,
+}
+
+impl BinaryReplay {
+    fn json_line(&self, events: u64, load_before: f64) -> String {
+        let e = events as f64;
+        format!(
+            "{{\"bench\":\"snapshot_1m_binary_log\",\"sites\":{SITES},\"events\":{events},\"load1_before\":{load_before:.2},\"load1_after\":{:.2},\"bin_log_bytes_per_event\":{:.1},\"bin_encode_cpu_s\":{:.3},\"bin_decode_cpu_s\":{:.3},\"bin_decode_events_per_cpu_s\":{:.0},\"bin_replay_one_thread_s\":{:.3},\"bin_replay_one_thread_cpu_s\":{:.3},\"bin_replay_events_per_cpu_s\":{:.0},\"bin_replay_pipelined_s\":{:.3},\"bin_replay_pipelined_events_per_s\":{:.0},\"bin_pipeline_decode_cpu_s\":{:.3},\"bin_pipeline_apply_cpu_s\":{:.3},\"bin_replay_vs_json_replay_cpu\":{:.3},\"target_replay_events_per_s\":2000000}}",
+            machine::load1(),
+            self.bytes as f64 / e,
+            self.encode.cpu,
+            self.decode.cpu,
+            e / self.decode.cpu,
+            self.one_thread.wall,
+            self.one_thread.cpu,
+            e / self.one_thread.cpu,
+            self.pipelined_wall,
+            e / self.pipelined_wall,
+            self.decode_thread_cpu,
+            self.apply_thread_cpu,
+            self.one_thread.cpu / self.json_replay_cpu,
+        )
+    }
+}
+
+/// Each record of the binary log as the Cloud stores it: a 2-byte record header
+/// (halo-cloud's `record_bin.rs`) and the entry's binary form.
+const RECORD_HEADER: [u8; 2] = [0x01, 0x00];
+
+/// How many entries the decoding thread hands the applying one at a time.
+const BATCH: usize = 4096;
+
+/// The same log in the compact binary form the Cloud writes tenancy records in:
+/// its size, encoding, decoding alone, and replay including decoding, once on one
+/// thread (decode and apply each record in turn) and once pipelined (one thread
+/// decodes batches of entries, another applies them, through a bounded channel),
+/// timed by the wall clock. Both replays must give `expected`.
+fn binary_replay(
+    entries: &[LogEntry],
+    expected: &Registry,
+    json_log_bytes: u64,
+    json_replay_cpu: f64,
+) -> BinaryReplay {
+    // One buffer and the end of each record in it, as the store hands records out.
+    let ((buf, ends), encode) = timed(|| {
+        let mut buf = Vec::with_capacity(entries.len() * 64);
+        let mut ends = Vec::with_capacity(entries.len());
+        for entry in entries {
+            buf.extend_from_slice(&RECORD_HEADER);
+            entry.write_binary(&mut buf);
+            ends.push(buf.len());
+        }
+        (buf, ends)
+    });
+    let records = || {
+        ends.iter().scan(0usize, |start, &end| {
+            let record = &buf[*start..end];
+            *start = end;
+            Some(record)
+        })
+    };
+    let decode_one = |record: &[u8]| {
+        let body = record.strip_prefix(RECORD_HEADER.as_slice()).unwrap();
+        LogEntry::from_binary(body).unwrap()
+    };
+    let (decoded, decode) = timed(|| records().map(decode_one).collect::<Vec<_>>());
+    assert!(
+        decoded == entries,
+        "the binary log decodes to other entries"
+    );
+    drop(decoded);
+    // A binary record names its event in its first body byte, so the replay sizes
+    // the registry from the log without decoding it (as `Registry::replay` does from
+    // decoded entries), then applies each entry with one reused change buffer.
+    let sized = || {
+        let (mut sites, mut links) = (0, 0);
+        for record in records() {
+            let (s, l) = LogEntry::binary_growth(&record[RECORD_HEADER.len()..]);
+            (sites, links) = (sites + s, links + l);
+        }
+        let mut reg = Registry::new();
+        reg.reserve(sites, links);
+        reg
+    };
+    let (reg, one_thread) = timed(|| {
+        let mut reg = sized();
+        let mut changes = Vec::new();
+        for record in records() {
+            let entry = decode_one(record);
+            changes.clear();
+            reg.apply_into(&entry.event, entry.at, &mut changes)
+                .unwrap();
+        }
+        reg
+    });
+    assert!(&reg == expected, "the binary replay differs");
+    drop(reg);
+    let started = Instant::now();
+    let (reg, decode_thread_cpu, apply_thread_cpu) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LogEntry>>(4);
+        // Applied batches come back to the decoding thread, which has time to spare:
+        // it frees their entries (their texts) and refills their vectors.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<LogEntry>>();
+        let decoder = s.spawn(move || {
+            let cpu = machine::thread_cpu_ns();
+            let fresh = || match back_rx.try_recv() {
+                Ok(mut done) => {
+                    done.clear();
+                    done
+                }
+                Err(_) => Vec::with_capacity(BATCH),
+            };
+            let mut batch = fresh();
+            for record in records() {
+                batch.push(decode_one(record));
+                if batch.len() == BATCH {
+                    tx.send(std::mem::replace(&mut batch, fresh())).unwrap();
+                }
+            }
+            tx.send(batch).unwrap();
+            drop(tx);
+            // The last batches, as the applying thread finishes them.
+            for done in back_rx {
+                drop(done);
+            }
+            machine::cpu_secs_since(cpu)
+        });
+        let cpu = machine::thread_cpu_ns();
+        let mut reg = sized();
+        let mut changes = Vec::new();
+        for batch in rx {
+            for entry in &batch {
+                changes.clear();
+                reg.apply_into(&entry.event, entry.at, &mut changes)
+                    .unwrap();
+            }
+            // Fails only if the decoding thread has gone, which it does last.
+            let _ = back_tx.send(batch);
+        }
+        drop(back_tx);
+        let apply_cpu = machine::cpu_secs_since(cpu);
+        (reg, decoder.join().unwrap(), apply_cpu)
+    });
+    let pipelined_wall = started.elapsed().as_secs_f64();
+    assert!(&reg == expected, "the pipelined binary replay differs");
+    drop(reg);
+    let events = entries.len() as f64;
+    println!(
+        "binary log: {:.0} MiB ({:.1} bytes/event, {:.2}x the JSON lines); encode {:.2}s CPU; \
+         decode {:.2}s CPU ({:.0} events/s); replay incl. decoding on one thread {:.2}s \
+         ({:.2}s CPU, {:.0} events/CPU-s, {:.2}x the JSON replay's CPU); pipelined (decode \
+         thread + apply thread, batches of {BATCH}) {:.2}s wall = {:.0} events/s \
+         (decode thread {:.2}s CPU, apply thread {:.2}s CPU)",
+        buf.len() as f64 / 1048576.0,
+        buf.len() as f64 / events,
+        buf.len() as f64 / json_log_bytes as f64,
+        encode.cpu,
+        decode.cpu,
+        events / decode.cpu,
+        one_thread.wall,
+        one_thread.cpu,
+        events / one_thread.cpu,
+        one_thread.cpu / json_replay_cpu,
+        pipelined_wall,
+        events / pipelined_wall,
+        decode_thread_cpu,
+        apply_thread_cpu,
+    );
+    BinaryReplay {
+        bytes: buf.len() as u64,
+        encode,
+        decode,
+        one_thread,
+        pipelined_wall,
+        decode_thread_cpu,
+        apply_thread_cpu,
+        json_replay_cpu,
+    }
 }
 
 /// Bytes per site that the registry's public API fixes: [`Registry::site`],

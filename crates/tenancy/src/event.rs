@@ -2,7 +2,8 @@
 //!
 //! The event log is a compatibility promise: a [`LogEntry`] written by an older build
 //! must still load. Fields added later get `#[serde(default)]`; the frozen fixture
-//! `tests/fixtures/events_v1.jsonl` is loaded by a test. Rust names follow the
+//! `tests/fixtures/events_v1.jsonl` is loaded by a test. The compact binary form
+//! (`event_bin.rs`) is frozen the same way (`tests/fixtures/events_v1.bin`). Rust names follow the
 //! glossary in `ARCHITECTURE.md`; where one was renamed, `#[serde(rename)]` keeps the
 //! version-one name in the log (`DatabaseAttached`, `site`, `crn`, `demo`, ...).
 

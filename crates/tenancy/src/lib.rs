@@ -18,7 +18,8 @@
 //! writer or a replay allocates nothing per event for them.)
 //! Replaying the same events with the same times from an empty registry gives an
 //! equal registry ([`Registry::replay`]); the events, wrapped in [`LogEntry`], are
-//! the durable log format and are versioned. [`Registry::to_snapshot`] and
+//! the durable log format and are versioned, as JSON or in a compact binary form
+//! ([`LogEntry::write_binary`], [`LogEntry::from_binary`]). [`Registry::to_snapshot`] and
 //! [`Registry::from_snapshot`] save and restore the whole state (a versioned
 //! [`RegistrySnapshot`]) so that recovery need not replay the whole log.
 //!
@@ -103,6 +104,7 @@ mod availability;
 mod change;
 mod error;
 mod event;
+mod event_bin;
 mod event_de;
 mod history;
 mod registration;
@@ -114,6 +116,7 @@ pub use availability::{Availability, AvailabilityConfig};
 pub use change::Change;
 pub use error::{TenancyError, TenancyErrorClass, TextField, TextRule};
 pub use event::{Catalogue, EVENT_VERSION, Event, LogEntry, SiteIdentity};
+pub use event_bin::BinaryEventError;
 pub use history::{AuthorityHistory, HistoryViolation};
 pub use registration::{Registration, RegistrationRefused, SiteRegistration};
 pub use registry::{CrnLookup, Group, Promotion, Registry};
