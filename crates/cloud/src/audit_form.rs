@@ -11,7 +11,12 @@
 //!
 //! The entries travel as a compact binary form, LZ4-compressed and base64-encoded
 //! since snapshot format 5 (plain base64 before; both load, see `packed.rs`).
-//! A million entries decode in well under a second, where JSON would take seconds:
+//! A million entries decode in well under a second, where JSON would take seconds.
+//! A part read from a snapshot keeps that text as it is until [`AuditSnapshot::decode`],
+//! so that recovery decompresses it on the thread that decodes it, beside the
+//! registry's restore, not on the one that reads the snapshot (and text that does not
+//! unpack is an audit trail that cannot be used, rebuilt from the log, rather than a
+//! snapshot that cannot be read):
 //!
 //! ```text
 //! "HAT" 1                      magic and layout version
@@ -51,7 +56,15 @@ pub struct AuditSnapshot {
     covers_next: bool,
     /// The entries, in the binary form above.
     #[serde(with = "base64_bytes")]
-    entries: Vec<u8>,
+    entries: Entries,
+}
+
+/// A part's entries: their binary form (a part made by this process) or the text a
+/// snapshot held, unpacked when decoded.
+#[derive(Clone)]
+enum Entries {
+    Binary(Vec<u8>),
+    Packed(String),
 }
 
 impl fmt::Debug for AuditSnapshot {
@@ -59,7 +72,13 @@ impl fmt::Debug for AuditSnapshot {
         f.debug_struct("AuditSnapshot")
             .field("through", &self.through)
             .field("covers_next", &self.covers_next)
-            .field("bytes", &self.entries.len())
+            .field(
+                "bytes",
+                &match &self.entries {
+                    Entries::Binary(bytes) => bytes.len(),
+                    Entries::Packed(text) => text.len(),
+                },
+            )
             .finish()
     }
 }
@@ -84,7 +103,7 @@ impl AuditSnapshot {
         Self {
             through,
             covers_next,
-            entries: out,
+            entries: Entries::Binary(out),
         }
     }
 
@@ -101,9 +120,19 @@ impl AuditSnapshot {
     /// The trail it holds.
     ///
     /// # Errors
-    /// [`AuditFormError`] for bytes that are not this form (damaged or truncated).
+    /// [`AuditFormError`] for text that does not unpack, or bytes that are not this
+    /// form (damaged or truncated).
     pub fn decode(&self) -> Result<AuditTrail, AuditFormError> {
-        let mut r = Reader(&self.entries);
+        let unpacked;
+        let bytes = match &self.entries {
+            Entries::Binary(bytes) => bytes,
+            Entries::Packed(text) => {
+                unpacked = crate::packed::unpack(text)
+                    .map_err(|_| AuditFormError("the entries' text does not unpack"))?;
+                &unpacked
+            }
+        };
+        let mut r = Reader(bytes);
         if r.take(4)? != MAGIC {
             return Err(AuditFormError("unknown layout"));
         }
@@ -324,16 +353,19 @@ fn decode_entry(r: &mut Reader<'_>, previous: u64) -> Result<Stored, AuditFormEr
 }
 
 mod base64_bytes {
-    use super::{Deserialize, Deserializer, Serializer};
+    use super::{Deserialize, Deserializer, Entries, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::packed::pack(bytes))
+    pub(super) fn serialize<S: Serializer>(entries: &Entries, s: S) -> Result<S::Ok, S::Error> {
+        match entries {
+            Entries::Binary(bytes) => s.serialize_str(&crate::packed::pack(bytes)),
+            // The text read, written back as it was (either format loads).
+            Entries::Packed(text) => s.serialize_str(text),
+        }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        crate::packed::unpack(&text)
-            .map_err(|e| serde::de::Error::custom(format_args!("audit entries: {e}")))
+    /// The text as it is: unpacked by `decode`, on the thread that decodes it.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
+        String::deserialize(d).map(Entries::Packed)
     }
 }
 
@@ -404,23 +436,49 @@ mod tests {
         );
     }
 
+    fn bytes(snap: &mut AuditSnapshot) -> &mut Vec<u8> {
+        match &mut snap.entries {
+            Entries::Binary(bytes) => bytes,
+            Entries::Packed(_) => panic!("made by encode: binary"),
+        }
+    }
+
     #[test]
     fn damaged_bytes_are_refused_never_misread() {
-        let snap = AuditSnapshot::encode(&trail([full_entry(1), full_entry(2)]), 2, false);
-        for cut in 0..snap.entries.len() {
+        let mut snap = AuditSnapshot::encode(&trail([full_entry(1), full_entry(2)]), 2, false);
+        for cut in 0..bytes(&mut snap).len() {
             let mut damaged = snap.clone();
-            damaged.entries.truncate(cut);
+            bytes(&mut damaged).truncate(cut);
             assert!(damaged.decode().is_err(), "truncated at {cut}");
         }
         let mut extra = snap.clone();
-        extra.entries.push(0);
+        bytes(&mut extra).push(0);
         assert!(extra.decode().is_err());
         let mut past = snap.clone();
         past.through = 1;
         assert!(past.decode().is_err(), "an entry past `through`");
         let mut kind = snap;
         // The first entry's kind byte: magic 4, count 1, id 1, at 6 (varint of ~1.8e12).
-        kind.entries[4 + 1 + 1 + 6] = 200;
+        bytes(&mut kind)[4 + 1 + 1 + 6] = 200;
         assert!(kind.decode().is_err());
+    }
+
+    /// A part read from JSON keeps its text until decoded: text that does not unpack
+    /// reads (the snapshot's other parts still load) and then fails to decode, and a
+    /// part written back writes the same text.
+    #[test]
+    fn text_is_unpacked_when_decoded_and_written_back_as_read() {
+        let snap = AuditSnapshot::encode(&trail([full_entry(1), full_entry(2)]), 2, false);
+        let json = serde_json::to_value(&snap).unwrap();
+        let back: AuditSnapshot = serde_json::from_value(json.clone()).unwrap();
+        assert!(matches!(back.entries, Entries::Packed(_)));
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.decode().unwrap().len(), 2);
+        for text in ["lz4:not base64!", "lz4:AAAA", "not base64!"] {
+            let mut damaged = json.clone();
+            damaged["entries"] = text.into();
+            let read: AuditSnapshot = serde_json::from_value(damaged).unwrap();
+            assert!(read.decode().is_err(), "{text}");
+        }
     }
 }

@@ -99,6 +99,7 @@
 mod busy;
 mod dispatch;
 mod error;
+mod groups;
 mod job;
 mod link;
 mod outcome;

@@ -11,7 +11,8 @@ use halo_tenancy::{Catalogue, Event, Registry, SiteIdentity};
 use proptest::prelude::*;
 
 use crate::fixture::{crn, halo, link, pms_id};
-use crate::router::{GroupSlot, fresh_groups};
+use crate::groups::GroupSlot;
+use crate::router::fresh_groups;
 use crate::{Published, Router, RouterConfig, SiteRoute};
 use halo_authority::{Epoch, GroupKey};
 

@@ -55,6 +55,7 @@ use halo_tenancy::{Change, Registry, SiteStatus};
 use crate::busy::Busy;
 use crate::dispatch::{Dispatch, QueryId};
 use crate::error::RouteError;
+use crate::groups::Groups;
 use crate::job::{Command, Job, Paging};
 use crate::link::{LinkEntry, LinkSession, Liveness, SessionCore};
 use crate::route::{Route, SiteRoute};
@@ -241,19 +242,10 @@ struct WriterState {
 }
 
 /// What the writer remembers of each group, to keep the table's invariants: one
-/// entry per group ever published (one hash insert per group on a bulk load).
+/// entry per group ever published (see `groups.rs`).
 #[derive(Default)]
 struct Authority {
-    groups: StdHashMap<GroupKey, GroupSlot, RandomState>,
-}
-
-/// The writer's record of one group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct GroupSlot {
-    /// The authoritative site, as published in the table.
-    pub(crate) holder: Option<HaloGuid>,
-    /// The newest epoch published (zero for a group never published with one).
-    pub(crate) newest: Epoch,
+    groups: Groups,
 }
 
 impl Authority {
@@ -346,7 +338,7 @@ fn publish_into(
     let halo_guid = site.halo_guid;
     // A group never seen has epoch zero, which no record is older than: the slot is
     // only ever added for a record that is published.
-    let slot = authority.groups.entry(group).or_default();
+    let slot = authority.groups.entry_or_default(group);
     // Only an authoritative record can do harm when stale; a demotion always applies.
     if site.authoritative && site.epoch < slot.newest {
         return Published::Stale;
@@ -417,9 +409,6 @@ fn publish_replacement(table: &mut left_right::WriteHandle<RouteMap, RouteOp>, s
     table.publish();
 }
 
-/// The writer's bookkeeping of groups, as [`Router::load_sites`] leaves it.
-pub(crate) type Groups = StdHashMap<GroupKey, GroupSlot, RandomState>;
-
 /// A load into an empty table whose registry keeps the invariants (at most one
 /// authoritative live site per group, holding the newest epoch among its group's live
 /// sites): publishing each site in turn would then apply every one of them as it is
@@ -461,9 +450,9 @@ pub(crate) fn fresh_groups(
     live: impl Iterator<Item = (GroupKey, HaloGuid, bool, Epoch)>,
     capacity: usize,
 ) -> Option<Groups> {
-    let mut groups = Groups::with_capacity_and_hasher(capacity, RandomState::default());
+    let mut groups = Groups::with_capacity(capacity);
     for (group, halo_guid, authoritative, epoch) in live {
-        let slot: &mut GroupSlot = groups.entry(group).or_default();
+        let slot = groups.entry_or_default(group);
         if authoritative {
             if slot.holder.is_some() || epoch < slot.newest {
                 return None;
@@ -848,11 +837,18 @@ impl Router {
         // before its own (see `Fresh`), and a site that is not live has none to remove.
         let fresh = staged.is_empty();
         staged.reserve(registry.site_count().saturating_sub(staged.len()));
-        let groups = registry.groups().size_hint().0;
-        writer
-            .authority
-            .groups
-            .reserve(groups.saturating_sub(writer.authority.groups.len()));
+        // From empty with no bookkeeping (a start), the shortcut below makes the
+        // groups' table itself, sized.
+        let shortcut = fresh && writer.authority.groups.is_empty();
+        let reserve_groups = |authority: &mut Authority| {
+            let groups = registry.groups().size_hint().0;
+            authority
+                .groups
+                .reserve(groups.saturating_sub(authority.groups.len()));
+        };
+        if !shortcut {
+            reserve_groups(&mut writer.authority);
+        }
         let links = self.links.pin();
         // A few Links serve many sites each: their entries are found once, not once a
         // site, and consecutive sites of one Link (the usual attach order) reuse the
@@ -872,7 +868,7 @@ impl Router {
             last = Some((link, Arc::clone(&entry)));
             entry
         };
-        if fresh && writer.authority.groups.is_empty() {
+        if shortcut {
             if let Some(groups) = load_fresh(registry, &mut staged, &mut entry_of) {
                 writer.authority.groups = groups;
                 publish_replacement(&mut writer.table, staged);
@@ -881,6 +877,7 @@ impl Router {
             // The registry breaks an invariant the shortcut relies on: publish each
             // site in turn instead, which keeps the table's invariants whatever comes.
             staged.clear();
+            reserve_groups(&mut writer.authority);
         }
         for site in registry.sites() {
             if site.status().is_live() {

@@ -916,14 +916,17 @@ fn promoted(
         .unwrap_or_default();
     let mut changes = Changes::new();
     commit_plan(reg, plan, &[], &mut changes);
-    if let Some(group) = reg.groups.get_mut(&group_key).map(|e| &mut e.group) {
-        group.last_promotion = Some(Box::new(Promotion {
-            halo_guid,
-            actor: actor.into(),
-            reason: reason.into(),
-            at: now,
-            epoch,
-        }));
+    if reg.groups.get(&group_key).is_some() {
+        reg.promotions.insert(
+            group_key,
+            Promotion {
+                halo_guid,
+                actor: actor.into(),
+                reason: reason.into(),
+                at: now,
+                epoch,
+            },
+        );
     }
     Ok(changes)
 }

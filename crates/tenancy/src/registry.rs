@@ -394,11 +394,12 @@ pub struct Promotion {
     pub epoch: Epoch,
 }
 
-/// An authority group as the registry keeps it.
+/// An authority group as the registry keeps it. Its last promotion, which few groups
+/// have, is kept beside the group table ([`Registry::last_promotion`]), so that a
+/// million groups do not each carry room for one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Group {
     pub(crate) state: GroupState,
-    pub(crate) last_promotion: Option<Box<Promotion>>,
 }
 
 impl Group {
@@ -415,11 +416,6 @@ impl Group {
     /// The group's epoch.
     pub fn epoch(&self) -> Epoch {
         self.state.epoch()
-    }
-
-    /// The latest promotion in this group, if any.
-    pub fn last_promotion(&self) -> Option<&Promotion> {
-        self.last_promotion.as_deref()
     }
 }
 
@@ -474,6 +470,8 @@ pub struct Registry {
     pub(crate) demo_real: Map<GroupKey, BTreeSet<HaloGuid>>,
     /// Previous install → its reinstall.
     pub(crate) successors: Map<HaloGuid, HaloGuid>,
+    /// The latest promotion of each group that had one (groups are never deleted).
+    pub(crate) promotions: Map<GroupKey, Promotion>,
     /// Shared versions and catalogue lists.
     pub(crate) interned: Interner,
 }
@@ -488,6 +486,7 @@ impl PartialEq for Registry {
             && self.groups == other.groups
             && self.demo_real == other.demo_real
             && self.successors == other.successors
+            && self.promotions == other.promotions
             && self.interned == other.interned
             && self.branches.len() == other.branches.len()
             && self.branches.iter().all(|(key, claim)| {
@@ -730,6 +729,11 @@ impl Registry {
             .as_slice()
             .get(claim.parent as usize)
             .map(|e| e.key.pms_id.site_id())
+    }
+
+    /// The latest promotion in the group with this key, if it had one.
+    pub fn last_promotion(&self, key: &GroupKey) -> Option<&Promotion> {
+        self.promotions.get(key)
     }
 
     /// The Halo GUID that replaced `previous` on reinstall, if any.

@@ -281,17 +281,19 @@ impl Registry {
 
         let mut groups: Vec<GroupRecord> = self
             .groups()
-            .filter(|(_, g)| {
+            .filter(|(key, g)| {
                 // A group with live members and nothing else to say is rebuilt from
                 // its members (they carry its epoch).
-                g.state.is_empty() || g.state.vacated_by().is_some() || g.last_promotion.is_some()
+                g.state.is_empty()
+                    || g.state.vacated_by().is_some()
+                    || self.promotions.contains_key(key)
             })
             .map(|(key, g)| GroupRecord {
                 env: key.environment,
                 pms_id: key.pms_id,
                 epoch: g.state.epoch(),
                 vacated_by: g.state.vacated_by().copied(),
-                promotion: g.last_promotion.as_deref().map(|p| PromotionRecord {
+                promotion: self.promotions.get(key).map(|p| PromotionRecord {
                     halo_guid: p.halo_guid,
                     actor: p.actor.clone(),
                     reason: p.reason.clone(),
@@ -554,22 +556,22 @@ impl Registry {
             };
             let state = GroupState::from_parts(holder, epoch, vacated_by, members)
                 .map_err(TenancyError::Authority)?;
-            let last_promotion = promotion.map(|p| {
-                Box::new(Promotion {
-                    halo_guid: p.halo_guid,
-                    actor: p.actor,
-                    reason: p.reason,
-                    at: p.at,
-                    epoch: p.epoch,
-                })
-            });
+            if let Some(p) = promotion {
+                reg.promotions.insert(
+                    key,
+                    Promotion {
+                        halo_guid: p.halo_guid,
+                        actor: p.actor,
+                        reason: p.reason,
+                        at: p.at,
+                        epoch: p.epoch,
+                    },
+                );
+            }
             let position = u32::try_from(made.len()).unwrap_or(u32::MAX);
             made.push(GroupEntry {
                 key,
-                group: Group {
-                    state,
-                    last_promotion,
-                },
+                group: Group { state },
             });
             // The live members' CRN claims, now that their group has a position.
             for &(_, i) in run {

@@ -194,7 +194,7 @@ fn server_migration_with_promotion() {
     assert!(!fx.authoritative(10));
     assert!(fx.authoritative(20));
     assert_eq!(fx.reg.site(h(20)).unwrap().epoch(), Epoch::new(2));
-    let promotion = fx.reg.group(&group).unwrap().last_promotion().unwrap();
+    let promotion = fx.reg.last_promotion(&group).unwrap();
     assert_eq!(promotion.halo_guid, h(20));
     assert_eq!(promotion.actor.as_ref(), "support:alice");
     assert_eq!(promotion.epoch, Epoch::new(2));

@@ -139,7 +139,7 @@ fn frozen_v1_fixture_still_loads_and_equals_the_replayed_scenario() {
     let group = loaded.group(&ab1).unwrap();
     assert_eq!(group.holder(), None);
     assert_eq!(group.state().vacated_by().map(|m| m.halo_guid), Some(h(2)));
-    assert_eq!(group.last_promotion().map(|p| p.halo_guid), Some(h(2)));
+    assert_eq!(loaded.last_promotion(&ab1).map(|p| p.halo_guid), Some(h(2)));
     assert_eq!(
         loaded.lookup_crn(Environment::Production, PmsType::D4w, crn("BR2")),
         CrnLookup::Branch
