@@ -457,7 +457,11 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     };
     let mut shed = swarm.shed.subscribe();
     let sheds = i >= QUERIED;
-    let shed_already = sheds && *shed.borrow_and_update();
+    if sheds && *shed.borrow_and_update() {
+        // Shed while connecting: leave at once.
+        let _ = ws.close(None).await;
+        return true;
+    }
     swarm.attached.fetch_add(1, Ordering::AcqRel);
     let generation = swarm.generation.load(Ordering::Acquire);
     if swarm.link_generation[i].swap(generation, Ordering::AcqRel) != generation {
@@ -473,7 +477,7 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
         databases: vec![halo_guid(i)],
     }))
     .unwrap();
-    while !shed_already {
+    loop {
         tokio::select! {
             _ = shed.changed(), if sheds => {
                 let _ = ws.close(None).await;
