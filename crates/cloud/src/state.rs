@@ -1155,11 +1155,8 @@ impl CloudState {
                 from_snapshot = writer.registry.site_count() > 0,
                 "recovering: replaying the log after the snapshot"
             );
-            // One buffer for every event's changes (replay needs none of them).
-            let mut changes = Vec::new();
             for (index, record) in recovered.tail.iter().enumerate() {
-                changes.clear();
-                replay(&mut writer, record, &mut changes)
+                replay(&mut writer, record)
                     .map_err(|message| StateError::Replay { index, message })?;
                 if (index + 1) % RECOVERY_PROGRESS_EVERY == 0 {
                     tracing::info!(done = index + 1, total, "recovering: replaying");
@@ -1724,12 +1721,11 @@ fn open_store(
     Ok((store, recovered))
 }
 
-fn replay(w: &mut Writer, record: &Record, changes: &mut Vec<Change>) -> Result<(), String> {
+/// Applies one recovered record (the result is published whole afterwards, so no
+/// changes are kept; a tenancy entry of an unknown format version stops recovery).
+fn replay(w: &mut Writer, record: &Record) -> Result<(), String> {
     match record {
-        Record::Tenancy(entry) => w
-            .registry
-            .apply_into(&entry.event, entry.at, changes)
-            .map_err(|e| e.to_string()),
+        Record::Tenancy(entry) => w.registry.replay_entry(entry).map_err(|e| e.to_string()),
         Record::Policy { event, .. } => w.grants.apply(event).map_err(|e| e.to_string()),
         Record::Credential { event, .. } => {
             // Logs written before the one-to-one rule may hold a binding that the

@@ -531,6 +531,40 @@ fn a_log_this_build_writes_replays_into_the_expected_cloud_state() {
     check_expected_state(&state);
 }
 
+/// A tenancy record of a format version this build does not know stops recovery
+/// (in either record form) instead of being applied as if it were understood.
+#[test]
+fn a_tenancy_record_of_an_unknown_version_stops_recovery() {
+    let mut log = records();
+    let Record::Tenancy(entry) = &mut log[0] else {
+        panic!("the scenario starts with a tenancy record");
+    };
+    let unknown = halo_tenancy::EVENT_VERSION + 1;
+    entry.version = unknown;
+    for binary in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        if binary {
+            write_store_with::<RecordCodec>(dir.path(), &log, None);
+        } else {
+            write_store(dir.path(), &log, None);
+        }
+        let config = StateConfig {
+            data_dir: Some(dir.path().to_path_buf()),
+            snapshot_every: 0,
+            availability: AvailabilityConfig::default(),
+            accept_damaged_log: false,
+        };
+        let opened = CloudState::open(&config, Arc::new(Router::new(RouterConfig::standard())));
+        let Err(error) = opened else {
+            panic!("recovered past a record of version {unknown} (binary: {binary})");
+        };
+        assert!(
+            error.to_string().contains("version"),
+            "binary: {binary}: {error}"
+        );
+    }
+}
+
 /// Recovers a Cloud from `frozen` as its only snapshot and checks the state.
 fn recover_from_snapshot(frozen: &str) -> CloudState {
     let snapshot: Snapshot = serde_json::from_str(frozen).unwrap();

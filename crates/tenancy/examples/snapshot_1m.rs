@@ -407,12 +407,8 @@ fn binary_replay(
     };
     let (reg, one_thread) = timed(|| {
         let mut reg = sized();
-        let mut changes = Vec::new();
         for record in records() {
-            let entry = decode_one(record);
-            changes.clear();
-            reg.apply_into(&entry.event, entry.at, &mut changes)
-                .unwrap();
+            reg.replay_entry(&decode_one(record)).unwrap();
         }
         reg
     });
@@ -450,12 +446,9 @@ fn binary_replay(
         });
         let cpu = machine::thread_cpu_ns();
         let mut reg = sized();
-        let mut changes = Vec::new();
         for batch in rx {
             for entry in &batch {
-                changes.clear();
-                reg.apply_into(&entry.event, entry.at, &mut changes)
-                    .unwrap();
+                reg.replay_entry(entry).unwrap();
             }
             // Fails only if the decoding thread has gone, which it does last.
             let _ = back_tx.send(batch);

@@ -569,17 +569,28 @@ impl Registry {
         }
         registry.reserve(sites, links);
         for (index, entry) in entries.into_iter().enumerate() {
-            let result = if entry.version == 0 || entry.version > crate::EVENT_VERSION {
-                Err(TenancyError::UnsupportedVersion(entry.version))
-            } else {
-                crate::apply::apply(&mut registry, &entry.event, entry.at).map(drop)
-            };
-            result.map_err(|source| TenancyError::Replay {
-                index,
-                source: Box::new(source),
-            })?;
+            registry
+                .replay_entry(entry)
+                .map_err(|source| TenancyError::Replay {
+                    index,
+                    source: Box::new(source),
+                })?;
         }
         Ok(registry)
+    }
+
+    /// Applies one entry of a log being replayed: refuses a format version this
+    /// build does not know, as [`Registry::replay`] does, and keeps none of the
+    /// changes (a replay's result is published whole, not change by change).
+    ///
+    /// # Errors
+    /// [`TenancyError::UnsupportedVersion`], or the event's own refusal; the
+    /// registry is then unchanged.
+    pub fn replay_entry(&mut self, entry: &LogEntry) -> Result<(), TenancyError> {
+        if entry.version == 0 || entry.version > crate::EVENT_VERSION {
+            return Err(TenancyError::UnsupportedVersion(entry.version));
+        }
+        crate::apply::apply(self, &entry.event, entry.at).map(drop)
     }
 
     /// The site with this Halo GUID (in any status).
