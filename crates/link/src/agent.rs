@@ -380,7 +380,7 @@ impl Agent {
         self.metrics.set_connected(true);
 
         // (query id, frame, whether it is the job's last frame).
-        let (done_tx, mut done_rx) = mpsc::channel::<(u64, String, bool)>(64);
+        let (done_tx, mut done_rx) = mpsc::channel::<Answer>(64);
         // Credits of the paged jobs (pages the Cloud lets this Link send).
         let mut credits: HashMap<u64, Arc<tokio::sync::Semaphore>> = HashMap::new();
         let mut running = Running::default();
@@ -425,20 +425,12 @@ impl Agent {
                     }
                     self.persist_epochs();
                 }
-                Some((query_id, frame, last)) = done_rx.recv() => {
+                Some(answer) = done_rx.recv() => {
                     // Answers that finished meanwhile leave in the same write.
-                    let mut answers = vec![frame];
-                    if last {
-                        running.remove(&query_id);
-                        credits.remove(&query_id);
-                    }
+                    let mut answers = vec![settle(answer, &mut running, &mut credits)];
                     while answers.len() < MAX_FRAMES_PER_WRITE {
-                        let Ok((query_id, frame, last)) = done_rx.try_recv() else { break };
-                        if last {
-                            running.remove(&query_id);
-                            credits.remove(&query_id);
-                        }
-                        answers.push(frame);
+                        let Ok(answer) = done_rx.try_recv() else { break };
+                        answers.push(settle(answer, &mut running, &mut credits));
                     }
                     if let Err(e) = send_all(&mut sink, answers).await {
                         break lost(true, e);
@@ -731,13 +723,23 @@ fn take_answers(
     credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
     frames: &mut Vec<String>,
 ) {
-    while let Ok((query_id, frame, last)) = answers.try_recv() {
-        if last {
-            running.remove(&query_id);
-            credits.remove(&query_id);
-        }
-        frames.push(frame);
+    while let Ok(answer) = answers.try_recv() {
+        frames.push(settle(answer, running, credits));
     }
+}
+
+/// A worker's answer as a frame to send, forgetting its job when it is the job's
+/// last frame.
+fn settle(
+    (query_id, frame, last): Answer,
+    running: &mut Running,
+    credits: &mut HashMap<u64, Arc<tokio::sync::Semaphore>>,
+) -> String {
+    if last {
+        running.remove(&query_id);
+        credits.remove(&query_id);
+    }
+    frame
 }
 
 /// Aborts a background task when dropped.
