@@ -338,7 +338,7 @@ fn publish_into(
     let halo_guid = site.halo_guid;
     // A group never seen has epoch zero, which no record is older than: the slot is
     // only ever added for a record that is published.
-    let slot = authority.groups.entry_or_default(group);
+    let slot = authority.groups.entry(group).or_default();
     // Only an authoritative record can do harm when stale; a demotion always applies.
     if site.authoritative && site.epoch < slot.newest {
         return Published::Stale;
@@ -450,9 +450,9 @@ pub(crate) fn fresh_groups(
     live: impl Iterator<Item = (GroupKey, HaloGuid, bool, Epoch)>,
     capacity: usize,
 ) -> Option<Groups> {
-    let mut groups = Groups::with_capacity(capacity);
+    let mut groups = crate::groups::with_capacity(capacity);
     for (group, halo_guid, authoritative, epoch) in live {
-        let slot = groups.entry_or_default(group);
+        let slot = groups.entry(group).or_default();
         if authoritative {
             if slot.holder.is_some() || epoch < slot.newest {
                 return None;
