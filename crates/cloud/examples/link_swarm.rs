@@ -37,7 +37,8 @@
 //! in `capped_by`. Loopback gives about 28 000 ephemeral ports per source address,
 //! so Links spread over source addresses 127.0.0.2, 127.0.0.3, ...
 //!
-//! Prints one JSON line.
+//! Prints one JSON line. With `LINK_SWARM_PERF_DIR` set, each query measurement is
+//! also recorded with `perf record -g` (the Cloud and this process) into that folder.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
 
 use std::io::{BufRead as _, BufReader};
@@ -62,6 +63,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+/// The allocator `halo-cloud` and `halo-link` run with, so that both halves of this
+/// program allocate as the real ones do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ADMIN_TOKEN: &str = "link-swarm-admin-token-0123456789";
 const INTEGRATOR: &str = "swarm-integrator";
 /// The practices queried: the first this many Links.
@@ -85,7 +91,7 @@ struct Cli {
     restart: bool,
     /// Immediate queries per latency measurement (three: at 10 Links, at N, at 10
     /// again).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 20_000)]
     queries: usize,
     /// Queries in flight at once.
     #[arg(long, default_value_t = 4)]
@@ -607,6 +613,44 @@ fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
+/// `perf record -g` of the Cloud and this process over one measured phase, into
+/// `$LINK_SWARM_PERF_DIR/PHASE.data`, when that variable is set (a profiling aid:
+/// compare where the time goes at 10 Links and at N).
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(phase: &str, cloud: u32) -> Self {
+        let Some(dir) = std::env::var_os("LINK_SWARM_PERF_DIR") else {
+            return Self(None);
+        };
+        let out = PathBuf::from(dir).join(format!("{phase}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-g", "-q", "-o"])
+            .arg(out)
+            .args(["-p", &format!("{cloud},{}", std::process::id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        std::thread::sleep(Duration::from_millis(300)); // let it attach
+        Self(child)
+    }
+
+    fn stop(self) {
+        if let Some(mut child) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU time spent per query, in microseconds.
+fn per_query_us(cpu: Duration, queries: usize) -> f64 {
+    (cpu.as_secs_f64() * 1e6 / queries.max(1) as f64).round()
+}
+
 /// The Cloud's CPU over `secs` of wall time, as a share of one core.
 async fn cpu_share(cloud: &CloudProcess, secs: u64) -> f64 {
     let (cpu0, t0) = (cloud.cpu(), Instant::now());
@@ -773,8 +817,12 @@ async fn swarm(cli: Cli) {
         assert!(resp.status().is_success(), "pair: {}", resp.status());
     }
     measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    let cloud_cpu0 = cloud.cpu();
+    let perf = Profile::start("links_10", cloud.pid());
     let (p50_10, p99_10, errors_10) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    perf.stop();
+    let cloud_us_per_query_10 = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let beats0 = swarm.beats.load(Ordering::Relaxed);
     let t10 = Instant::now();
     let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
@@ -828,8 +876,13 @@ async fn swarm(cli: Cli) {
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
+    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up, as at 10
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
+    let cloud_cpu0 = cloud.cpu();
+    let perf = Profile::start("links_n", cloud.pid());
     let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    perf.stop();
+    let cloud_us_per_query_n = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let swarm_cpu_queries =
         (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
@@ -899,9 +952,17 @@ async fn swarm(cli: Cli) {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    let cloud_cpu0 = cloud.cpu();
+    let perf = Profile::start("links_10_after", cloud.pid());
     let (p50_after, p99_after, errors_after) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    perf.stop();
+    let cloud_us_per_query_after = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     cloud.kill();
+    // The Cloud's CPU per query while the queries ran (heartbeats included: at N
+    // they are about 2 % of a core).
+    out["cloud_cpu_us_per_query"] = json!({"links_10": cloud_us_per_query_10,
+        "links_n": cloud_us_per_query_n, "links_10_after": cloud_us_per_query_after});
     out["query_ms"]["links_10_after"] =
         json!({"p50": p50_after, "p99": p99_after, "errors": errors_after});
     out["p99_ratio_n_over_10"] = json!(p99_n / ((p99_10 + p99_after) / 2.0));

@@ -11,6 +11,12 @@ use halo_cloud::{CloudConfig, HttpLimits};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
+/// mimalloc rather than glibc's malloc: with thousands of Link sessions' buffers
+/// freed and reused, glibc's allocator walked ever longer free lists on the query
+/// path (`link_swarm`, PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Halo Connect Cloud.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 
+/// mimalloc, the allocator `halo-cloud` and `halo-link` run with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Halo Connect demo: a Cloud on its embedded defaults, an in-process Stage Link
 /// serving demo practice databases, and a demo integrator.
 #[derive(Debug, Parser)]

@@ -10,6 +10,11 @@ use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Agent, LinkConfig};
 use halo_logging::LogFormat;
 
+/// mimalloc rather than glibc's malloc, as `halo-cloud`: every job allocates and
+/// frees its frames, rows and buffers, which mimalloc serves from per-thread pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Halo Link agent.
 #[derive(Debug, Parser)]
 #[command(version, about)]
