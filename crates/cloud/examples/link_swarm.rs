@@ -963,6 +963,9 @@ async fn swarm(cli: Cli) {
     // they are about 2 % of a core).
     out["cloud_cpu_us_per_query"] = json!({"links_10": cloud_us_per_query_10,
         "links_n": cloud_us_per_query_n, "links_10_after": cloud_us_per_query_after});
+    // Less sensitive to a busy machine than the latency ratios.
+    out["cloud_cpu_per_query_ratio_n_over_10"] =
+        json!(cloud_us_per_query_n / ((cloud_us_per_query_10 + cloud_us_per_query_after) / 2.0));
     out["query_ms"]["links_10_after"] =
         json!({"p50": p50_after, "p99": p99_after, "errors": errors_after});
     out["p99_ratio_n_over_10"] = json!(p99_n / ((p99_10 + p99_after) / 2.0));
