@@ -329,6 +329,35 @@ struct Batch {
 /// Makes a change's command again, answering the same caller.
 type Retry = Box<dyn FnMut() -> Command + Send>;
 
+impl Writer {
+    /// An empty writer: no store, nothing recovered, nothing published yet.
+    fn new(snapshot_every: u64, router: &Arc<Router>, hook: Option<AppendHook>) -> Self {
+        Self {
+            registry: Registry::new(),
+            grants: Grants::default(),
+            credentials: Credentials::default(),
+            store: None,
+            snapshot_every,
+            since_snapshot: 0,
+            background: None,
+            snapshotting: Arc::new(AtomicBool::new(false)),
+            router: Arc::clone(router),
+            // Filled in once recovered (`CloudState::open`).
+            published: Arc::new(Published {
+                registry: RwLock::new(Registry::new()),
+                credentials: ArcSwap::from_pointee(Credentials::default()),
+                audit: RwLock::new(AuditTrail::default()),
+                kicks: Arc::default(),
+            }),
+            log_end: 0,
+            audit_covers_next: false,
+            hook,
+            metrics: Arc::new(StateMetrics::default()),
+            cluster: None,
+        }
+    }
+}
+
 /// A responder that several attempts share; the first answer wins, and only an
 /// attempt that became durable answers.
 fn shared<T: Send + 'static>(reply: Responder<T>) -> impl Fn() -> Responder<T> + Send {
@@ -858,33 +887,9 @@ impl Writer {
         }
         let mut batch = Batch::default();
         for record in &records {
-            match record {
-                Record::Tenancy(entry) => {
-                    match self
-                        .registry
-                        .apply_into(&entry.event, entry.at, &mut batch.changes)
-                    {
-                        Ok(()) => batch.tenancy = true,
-                        Err(e) => {
-                            tracing::error!(error = %e, "a followed tenancy event does not apply; stopping");
-                            std::process::abort();
-                        }
-                    }
-                }
-                Record::Policy { event, .. } => {
-                    if let Err(e) = self.grants.apply(event) {
-                        tracing::error!(error = %e, "a followed policy event does not apply; stopping");
-                        std::process::abort();
-                    }
-                    batch.policy = true;
-                }
-                Record::Credential { event, .. } => {
-                    if let Err(e) = self.credentials.apply(event) {
-                        tracing::warn!(error = %e, "followed credential event refused; skipped");
-                    }
-                    batch.credentials = true;
-                }
-                Record::Audit { .. } => {}
+            if let Err(e) = self.follow(record, &mut batch) {
+                tracing::error!(error = %e, "a followed record does not apply; stopping");
+                std::process::abort();
             }
         }
         if let Some(cluster) = &self.cluster {
@@ -893,6 +898,37 @@ impl Writer {
         batch.records = records;
         let base = self.log_end;
         self.publish(batch, base);
+        Ok(())
+    }
+
+    /// Applies one record another node appended to the private state, noting in
+    /// `batch` what it changed. An error means this node must stop following: its
+    /// state would fork from the log's (a tenancy record of a format version this
+    /// build does not know, or a tenancy or policy event that does not apply). A
+    /// refused credential event is skipped, as the node that wrote it did.
+    fn follow(&mut self, record: &Record, batch: &mut Batch) -> Result<(), String> {
+        match record {
+            Record::Tenancy(entry) => {
+                entry.check_version().map_err(|e| e.to_string())?;
+                self.registry
+                    .apply_into(&entry.event, entry.at, &mut batch.changes)
+                    .map_err(|e| format!("tenancy: {e}"))?;
+                batch.tenancy = true;
+            }
+            Record::Policy { event, .. } => {
+                self.grants
+                    .apply(event)
+                    .map_err(|e| format!("policy: {e}"))?;
+                batch.policy = true;
+            }
+            Record::Credential { event, .. } => {
+                if let Err(e) = self.credentials.apply(event) {
+                    tracing::warn!(error = %e, "followed credential event refused; skipped");
+                }
+                batch.credentials = true;
+            }
+            Record::Audit { .. } => {}
+        }
         Ok(())
     }
 
@@ -1049,29 +1085,7 @@ impl CloudState {
         router: Arc<Router>,
         hook: Option<AppendHook>,
     ) -> Result<Self, StateError> {
-        let mut writer = Writer {
-            registry: Registry::new(),
-            grants: Grants::default(),
-            credentials: Credentials::default(),
-            store: None,
-            snapshot_every: config.snapshot_every,
-            since_snapshot: 0,
-            background: None,
-            snapshotting: Arc::new(AtomicBool::new(false)),
-            router: Arc::clone(&router),
-            // Filled in below, once recovered.
-            published: Arc::new(Published {
-                registry: RwLock::new(Registry::new()),
-                credentials: ArcSwap::from_pointee(Credentials::default()),
-                audit: RwLock::new(AuditTrail::default()),
-                kicks: Arc::default(),
-            }),
-            log_end: 0,
-            audit_covers_next: false,
-            hook,
-            metrics: Arc::new(StateMetrics::default()),
-            cluster: None,
-        };
+        let mut writer = Writer::new(config.snapshot_every, &router, hook);
         let mut recovery = None;
         let mut trail = AuditTrail::default();
         let mut timings = RecoveryTimings::default();
@@ -1893,6 +1907,38 @@ mod tests {
         assert!(report.is_complete(), "{report}");
         assert_eq!(report.events_replayed, firsts.len() as u64);
         assert_eq!(state.registry().site_count(), 3);
+    }
+
+    /// Following another node's records: a tenancy record of a format version this
+    /// build does not know stops the follower (applied as if understood, the
+    /// node's state could fork from the log's) and changes nothing; the same event
+    /// in the current version applies.
+    #[test]
+    fn following_refuses_a_tenancy_record_of_an_unknown_version() {
+        let router = Arc::new(Router::new(RouterConfig::standard()));
+        let mut writer = Writer::new(0, &router, None);
+        let events = site_events(2);
+        let mut batch = Batch::default();
+        writer
+            .follow(
+                &Record::Tenancy(LogEntry::new(NOW, events[0].clone())),
+                &mut batch,
+            )
+            .unwrap();
+        assert!(batch.tenancy);
+        let before = writer.registry.clone();
+        let mut entry = LogEntry::new(NOW, events[1].clone());
+        entry.version = halo_tenancy::EVENT_VERSION + 1;
+        let mut batch = Batch::default();
+        let refused = writer
+            .follow(&Record::Tenancy(entry.clone()), &mut batch)
+            .unwrap_err();
+        assert!(refused.contains("version"), "{refused}");
+        assert_eq!(writer.registry, before);
+        assert!(batch.changes.is_empty() && !batch.tenancy);
+        entry.version = halo_tenancy::EVENT_VERSION;
+        writer.follow(&Record::Tenancy(entry), &mut batch).unwrap();
+        assert_ne!(writer.registry, before);
     }
 
     fn grant(i: usize) -> PolicyEvent {

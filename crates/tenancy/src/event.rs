@@ -10,6 +10,8 @@
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use crate::TenancyError;
+
 /// The event format version this build writes.
 pub const EVENT_VERSION: u32 = 1;
 
@@ -30,6 +32,19 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// Whether this build understands the entry's format version (1 to
+    /// [`EVENT_VERSION`]); an entry of another version must not be applied as if
+    /// it were understood.
+    ///
+    /// # Errors
+    /// [`TenancyError::UnsupportedVersion`].
+    pub fn check_version(&self) -> Result<(), TenancyError> {
+        if self.version == 0 || self.version > EVENT_VERSION {
+            return Err(TenancyError::UnsupportedVersion(self.version));
+        }
+        Ok(())
+    }
+
     /// An entry in the current format.
     pub fn new(at: Timestamp, event: Event) -> Self {
         Self {

@@ -587,9 +587,7 @@ impl Registry {
     /// [`TenancyError::UnsupportedVersion`], or the event's own refusal; the
     /// registry is then unchanged.
     pub fn replay_entry(&mut self, entry: &LogEntry) -> Result<(), TenancyError> {
-        if entry.version == 0 || entry.version > crate::EVENT_VERSION {
-            return Err(TenancyError::UnsupportedVersion(entry.version));
-        }
+        entry.check_version()?;
         crate::apply::apply(self, &entry.event, entry.at).map(drop)
     }
 
