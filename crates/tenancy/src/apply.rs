@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Group, GroupEntry, GroupTable, Map, Promotion};
+use crate::registry::{BranchTable, Group, GroupEntry, GroupTable, Map, Promotion};
 use crate::site::{BranchList, SiteFlags};
 use crate::{
     Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
@@ -212,7 +212,6 @@ fn check_crns(
         let clash = group
             .state
             .members()
-            .iter()
             .filter(|m| Some(m.halo_guid) != exclude)
             .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(Site::is_demo));
         if clash {
@@ -229,7 +228,6 @@ fn check_crns(
             if group
                 .state
                 .members()
-                .iter()
                 .any(|m| Some(m.halo_guid) != exclude)
             {
                 return Err(TenancyError::BranchIsParent(*branch));
@@ -331,7 +329,7 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
 /// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN). `parent`
 /// is the position of the site's group in the group table.
 pub(crate) fn claim_crns(
-    branches: &mut Map<GroupKey, BranchClaim>,
+    branches: &mut BranchTable,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
     parent: u32,
@@ -345,10 +343,7 @@ pub(crate) fn claim_crns(
         return;
     }
     for branch in site.branch_crns() {
-        branches
-            .entry(key(environment, pms_type, *branch))
-            .or_insert(BranchClaim { parent, claims: 0 })
-            .claims += 1;
+        branches.claim(key(environment, pms_type, *branch), parent);
     }
 }
 
@@ -369,7 +364,7 @@ fn group_position(groups: &mut GroupTable, site: &Site) -> u32 {
 
 /// Removes the claims [`claim_crns`] added.
 fn release_crns(
-    branches: &mut Map<GroupKey, BranchClaim>,
+    branches: &mut BranchTable,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
@@ -384,13 +379,7 @@ fn release_crns(
         return;
     }
     for branch in site.branch_crns() {
-        let k = key(site.environment(), site.pms_type(), *branch);
-        if let Some(claim) = branches.get_mut(&k) {
-            claim.claims = claim.claims.saturating_sub(1);
-            if claim.claims == 0 {
-                branches.remove(&k);
-            }
-        }
+        branches.release(&key(site.environment(), site.pms_type(), *branch));
     }
 }
 

@@ -218,3 +218,60 @@ mod bulk_load {
         }
     }
 }
+
+mod branch_table {
+    use std::collections::HashMap;
+
+    use halo_authority::GroupKey;
+    use halo_ids::{Environment, PmsId, PmsType};
+    use proptest::prelude::*;
+
+    use crate::registry::BranchTable;
+
+    fn key(n: u8) -> GroupKey {
+        GroupKey::new(
+            Environment::Stage,
+            PmsId::new(PmsType::D4w, format!("B{n}").parse().unwrap()),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Claims and releases in any order leave the table a map of counts would:
+        /// each key found with its first parent and its count, removed at zero,
+        /// wherever removals moved the other entries.
+        #[test]
+        fn branch_table_follows_a_map_of_counts(
+            ops in prop::collection::vec((any::<bool>(), 0u8..40, 0u32..5), 0..400),
+        ) {
+            let mut table = BranchTable::default();
+            let mut model: HashMap<GroupKey, (u32, u32)> = HashMap::new();
+            for (claim, n, parent) in ops {
+                let k = key(n);
+                if claim {
+                    table.claim(k, parent);
+                    model.entry(k).or_insert((parent, 0)).1 += 1;
+                } else {
+                    table.release(&k);
+                    if let Some(entry) = model.get_mut(&k) {
+                        entry.1 -= 1;
+                        if entry.1 == 0 {
+                            model.remove(&k);
+                        }
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+                for m in 0..40 {
+                    let k = key(m);
+                    let got = table.get(&k).map(|c| (c.parent, c.claims));
+                    prop_assert_eq!(got, model.get(&k).copied());
+                    prop_assert_eq!(table.contains_key(&k), model.contains_key(&k));
+                }
+                let listed: HashMap<GroupKey, (u32, u32)> =
+                    table.iter().map(|(k, c)| (*k, (c.parent, c.claims))).collect();
+                prop_assert_eq!(&listed, &model);
+            }
+        }
+    }
+}
