@@ -447,9 +447,7 @@ fn binary_replay(
         let cpu = machine::thread_cpu_ns();
         let mut reg = sized();
         for batch in rx {
-            for entry in &batch {
-                reg.replay_entry(entry).unwrap();
-            }
+            reg.replay_entries(&batch).unwrap();
             // Fails only if the decoding thread has gone, which it does last.
             let _ = back_tx.send(batch);
         }

@@ -295,29 +295,33 @@ impl<T: Keyed> Dense<T> {
         Some(table)
     }
 
-    /// The value with `key`, inserting `make()` first if there is none.
-    pub(crate) fn get_or_insert_with(&mut self, key: T::Key, make: impl FnOnce() -> T) -> &mut T {
-        let i = match self.position(&key) {
-            Some(i) => i,
-            None => {
-                self.insert(make());
-                self.list.len() - 1
-            }
-        };
-        &mut self.list[i]
-    }
-
-    /// The position of the value with `key`, inserting `make()` first if there is none.
+    /// The position of the value with `key`, inserting `make()` first if there is
+    /// none: one walk of the index either way. `make()` must return a value with
+    /// this key.
     pub(crate) fn position_or_insert_with(
         &mut self,
         key: T::Key,
         make: impl FnOnce() -> T,
     ) -> usize {
-        match self.position(&key) {
-            Some(i) => i,
-            None => {
-                self.insert(make());
-                self.list.len() - 1
+        if self.index.len() >= self.index.capacity() {
+            self.grow();
+        }
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let position = u32::try_from(list.len()).expect("fewer than 2^32 entries");
+        match index.entry(
+            hasher.hash_one(key),
+            |&i| list.get(i as usize).is_some_and(|v| v.key() == key),
+            |&i| list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key())),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(slot) => *slot.get() as usize,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(position);
+                list.push(make());
+                position as usize
             }
         }
     }
@@ -672,15 +676,45 @@ impl Registry {
             }
         }
         registry.reserve(sites, links);
-        for (index, entry) in entries.into_iter().enumerate() {
-            registry
-                .replay_entry(entry)
+        registry.replay_run(&entries, |e| e)?;
+        Ok(registry)
+    }
+
+    /// Applies a run of log entries in order, each as [`Registry::replay_entry`]
+    /// does, stopping at the first that fails: the same registry as applying them
+    /// one by one, sooner, because the look-ups of the entries a little ahead are
+    /// started while the current one is applied.
+    ///
+    /// # Errors
+    /// [`TenancyError::Replay`] naming the failed entry's index in `entries`; the
+    /// entries before it are applied, it and those after are not.
+    pub fn replay_entries(&mut self, entries: &[LogEntry]) -> Result<(), TenancyError> {
+        self.replay_run(entries, |e| e)
+    }
+
+    fn replay_run<E>(
+        &mut self,
+        entries: &[E],
+        entry: impl Fn(&E) -> &LogEntry,
+    ) -> Result<(), TenancyError> {
+        /// How many entries ahead the look-ups are started.
+        const AHEAD: usize = 4;
+        let mut read = 0usize;
+        for e in entries.iter().take(AHEAD) {
+            read ^= crate::apply::read_ahead(self, &entry(e).event);
+        }
+        for (index, e) in entries.iter().enumerate() {
+            if let Some(ahead) = entries.get(index + AHEAD) {
+                read ^= crate::apply::read_ahead(self, &entry(ahead).event);
+            }
+            self.replay_entry(entry(e))
                 .map_err(|source| TenancyError::Replay {
                     index,
                     source: Box::new(source),
                 })?;
         }
-        Ok(registry)
+        std::hint::black_box(read);
+        Ok(())
     }
 
     /// Applies one entry of a log being replayed: refuses a format version this

@@ -275,3 +275,122 @@ mod branch_table {
         }
     }
 }
+
+mod hints_and_runs {
+    use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+
+    use crate::{Event, LogEntry, Registry, SiteIdentity, TenancyError};
+
+    fn link(n: u128) -> LinkGuid {
+        LinkGuid::from_u128(n).unwrap()
+    }
+
+    fn site(n: u128) -> HaloGuid {
+        HaloGuid::from_u128(100 + n).unwrap()
+    }
+
+    fn identity(n: u128) -> SiteIdentity {
+        SiteIdentity {
+            pms_type: PmsType::D4w,
+            parent_crn: format!("P{n}").parse().unwrap(),
+            branch_crns: vec![],
+            practice_name: format!("Practice {n}"),
+            pms_version: "9.6".into(),
+            catalogues: vec![],
+            is_demo: false,
+        }
+    }
+
+    /// Two Links of one database each, and a third serving two.
+    fn log() -> Vec<LogEntry> {
+        let mut events = Vec::new();
+        for l in 1..=3 {
+            events.push(Event::LinkRegistered {
+                link: link(l),
+                environment: Environment::Stage,
+                version: "1.0".into(),
+            });
+        }
+        for (l, s) in [(1, 1), (2, 2), (3, 3), (3, 4)] {
+            events.push(Event::SiteAttached {
+                link: link(l),
+                halo_guid: site(s),
+                identity: identity(s),
+            });
+        }
+        events
+            .into_iter()
+            .zip(1u64..)
+            .map(|(e, t)| LogEntry::new(Timestamp::from_millis(t), e))
+            .collect()
+    }
+
+    /// A Link's remembered position of its first site is only a hint: pointed at
+    /// another site's position, a "ready" and a heartbeat still change that Link's
+    /// own site, exactly as with the right hint.
+    #[test]
+    fn a_wrong_site_position_hint_is_not_followed() {
+        let right = Registry::replay(&log()).unwrap();
+        let mut wrong = right.clone();
+        for l in wrong.links.values_mut() {
+            l.first_site_at = 0;
+        }
+        let mut none = right.clone();
+        for l in none.links.values_mut() {
+            l.first_site_at = crate::site::NO_POSITION;
+        }
+        let later = [
+            Event::SiteReady {
+                link: link(2),
+                halo_guid: site(2),
+            },
+            Event::Heartbeat { link: link(2) },
+            Event::Heartbeat { link: link(3) },
+            Event::SiteReady {
+                link: link(1),
+                halo_guid: site(2),
+            },
+        ];
+        let mut right = right;
+        for (event, t) in later.iter().zip(100u64..) {
+            let now = Timestamp::from_millis(t);
+            let expected = right.apply(event, now);
+            assert_eq!(wrong.apply(event, now), expected, "{event:?}");
+            assert_eq!(none.apply(event, now), expected, "{event:?}");
+            assert_eq!(wrong, right);
+            assert_eq!(none, right);
+        }
+        let s2 = right.site(site(2)).unwrap();
+        assert_eq!(s2.last_heard(), Timestamp::from_millis(101));
+        assert_eq!(right.site(site(1)).unwrap().last_heard(), Timestamp::from_millis(4));
+    }
+
+    /// `replay_entries` is applying the entries one by one: the same registry, and
+    /// at a refused entry it stops there, naming its index, with those before it
+    /// applied.
+    #[test]
+    fn replaying_a_run_is_applying_one_by_one() {
+        let mut entries = log();
+        let whole = Registry::replay(&entries).unwrap();
+        let mut run = Registry::new();
+        run.replay_entries(&entries).unwrap();
+        assert_eq!(run, whole);
+
+        let refused = LogEntry::new(
+            Timestamp::from_millis(50),
+            Event::Heartbeat { link: link(9) },
+        );
+        entries.insert(5, refused);
+        let mut run = Registry::new();
+        let err = run.replay_entries(&entries).unwrap_err();
+        assert!(
+            matches!(err, TenancyError::Replay { index: 5, .. }),
+            "{err:?}"
+        );
+        let mut prefix = Registry::new();
+        for e in &entries[..5] {
+            prefix.replay_entry(e).unwrap();
+        }
+        assert_eq!(run, prefix);
+    }
+}
