@@ -422,7 +422,10 @@ mod layout_tests {
     fn agrees(g: &GroupState, plain: &Plain) -> Result<(), TestCaseError> {
         prop_assert_eq!(g.epoch(), plain.epoch);
         prop_assert_eq!(g.holder(), plain.holder);
-        prop_assert_eq!(g.members().copied().collect::<Vec<_>>(), plain.members.clone());
+        prop_assert_eq!(
+            g.members().copied().collect::<Vec<_>>(),
+            plain.members.clone()
+        );
         prop_assert_eq!(g.member_count(), plain.members.len());
         prop_assert_eq!(g.is_empty(), plain.members.is_empty());
         prop_assert_eq!(g.vacated_by().copied(), plain.vacated_by);
@@ -491,7 +494,7 @@ mod layout_tests {
                         prop_assert_eq!(&g, &before);
                     }
                     Ok(outcome) => {
-                        prop_assert_eq!(Ok(outcome.clone()), expected);
+                        prop_assert_eq!(Ok(outcome), expected);
                         plain.apply(event, &outcome);
                     }
                 }
@@ -549,14 +552,8 @@ mod layout_tests {
         assert_ne!(joined, parts(Some(1), 2, None, &[1, 2, 3]));
         assert_ne!(joined, parts(Some(1), 1, None, &[1, 3, 2]));
         assert_ne!(joined, parts(Some(1), 1, None, &[1, 2]));
-        assert_ne!(
-            parts(None, 1, Some(4), &[1]),
-            parts(None, 1, Some(5), &[1])
-        );
+        assert_ne!(parts(None, 1, Some(4), &[1]), parts(None, 1, Some(5), &[1]));
         assert_ne!(parts(None, 1, Some(4), &[1]), parts(None, 1, None, &[1]));
-        assert_ne!(
-            parts(None, 1 << 32, None, &[]),
-            parts(None, 0, None, &[])
-        );
+        assert_ne!(parts(None, 1 << 32, None, &[]), parts(None, 0, None, &[]));
     }
 }

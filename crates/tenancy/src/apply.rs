@@ -262,11 +262,7 @@ fn check_crns(
     for branch in branches {
         let branch_key = key(environment, pms_type, *branch);
         if let Some(group) = reg.groups.get(&branch_key).map(|e| &e.group) {
-            if group
-                .state
-                .members()
-                .any(|m| Some(m.halo_guid) != exclude)
-            {
+            if group.state.members().any(|m| Some(m.halo_guid) != exclude) {
                 return Err(TenancyError::BranchIsParent(*branch));
             }
         }

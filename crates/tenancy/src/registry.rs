@@ -463,7 +463,9 @@ impl BranchTable {
 
     /// The claim on this branch key.
     pub(crate) fn get(&self, key: &GroupKey) -> Option<&BranchClaim> {
-        self.position(key).and_then(|i| self.list.get(i)).map(|e| &e.1)
+        self.position(key)
+            .and_then(|i| self.list.get(i))
+            .map(|e| &e.1)
     }
 
     /// Whether some live site claims this branch key.

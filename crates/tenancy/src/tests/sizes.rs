@@ -362,7 +362,10 @@ mod hints_and_runs {
         }
         let s2 = right.site(site(2)).unwrap();
         assert_eq!(s2.last_heard(), Timestamp::from_millis(101));
-        assert_eq!(right.site(site(1)).unwrap().last_heard(), Timestamp::from_millis(4));
+        assert_eq!(
+            right.site(site(1)).unwrap().last_heard(),
+            Timestamp::from_millis(4)
+        );
     }
 
     /// `replay_entries` is applying the entries one by one: the same registry, and
