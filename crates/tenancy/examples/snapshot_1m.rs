@@ -447,7 +447,9 @@ fn binary_replay(
         let cpu = machine::thread_cpu_ns();
         let mut reg = sized();
         for batch in rx {
-            reg.replay_entries(&batch).unwrap();
+            for entry in &batch {
+                reg.replay_entry(entry).unwrap();
+            }
             // Fails only if the decoding thread has gone, which it does last.
             let _ = back_tx.send(batch);
         }

@@ -552,54 +552,6 @@ fn site_unchanged(
     .is_ok()
 }
 
-/// Reads, without changing anything, the table entries `event` will look up when it
-/// is applied: its Link, its site, and for a new database its group and branch
-/// claim. A replay calls this a few entries ahead of the one it applies, so that
-/// the memory those look-ups miss is fetched while earlier entries are applied
-/// (their look-ups are independent) rather than one miss after another. Returns a
-/// value made of what it read, for the caller to keep from being optimised away.
-pub(crate) fn read_ahead(reg: &Registry, event: &Event) -> usize {
-    let link_of = |link: &LinkGuid| reg.links.position(link).and_then(|i| reg.links.at(i));
-    let site_heard = |l: &Link, halo_guid: &HaloGuid| {
-        let hint = if l.sites.first() == Some(halo_guid) {
-            l.first_site_at
-        } else {
-            NO_POSITION
-        };
-        site_at(&reg.sites, halo_guid, hint)
-            .and_then(|i| reg.sites.at(i))
-            .map_or(0, |s| s.last_heard.as_millis() as usize)
-    };
-    match event {
-        Event::LinkRegistered { link, .. } => reg.links.position(link).unwrap_or(0),
-        Event::SiteAttached {
-            link,
-            halo_guid,
-            identity,
-        } => {
-            let Some(l) = link_of(link) else {
-                return 0;
-            };
-            let crn = if identity.is_demo {
-                halo_guid.fake_crn()
-            } else {
-                identity.parent_crn
-            };
-            let group = key(l.environment, identity.pms_type, crn);
-            reg.sites.position(halo_guid).unwrap_or(0)
-                ^ reg.groups.position(&group).unwrap_or(0)
-                ^ usize::from(reg.branches.contains_key(&group))
-        }
-        Event::SiteReady { link, halo_guid } => {
-            link_of(link).map_or(0, |l| site_heard(l, halo_guid))
-        }
-        Event::Heartbeat { link } => link_of(link).map_or(0, |l| {
-            l.sites.iter().fold(0, |acc, s| acc ^ site_heard(l, s))
-        }),
-        _ => 0,
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // Handlers.
 

@@ -678,45 +678,15 @@ impl Registry {
             }
         }
         registry.reserve(sites, links);
-        registry.replay_run(&entries, |e| e)?;
-        Ok(registry)
-    }
-
-    /// Applies a run of log entries in order, each as [`Registry::replay_entry`]
-    /// does, stopping at the first that fails: the same registry as applying them
-    /// one by one, sooner, because the look-ups of the entries a little ahead are
-    /// started while the current one is applied.
-    ///
-    /// # Errors
-    /// [`TenancyError::Replay`] naming the failed entry's index in `entries`; the
-    /// entries before it are applied, it and those after are not.
-    pub fn replay_entries(&mut self, entries: &[LogEntry]) -> Result<(), TenancyError> {
-        self.replay_run(entries, |e| e)
-    }
-
-    fn replay_run<E>(
-        &mut self,
-        entries: &[E],
-        entry: impl Fn(&E) -> &LogEntry,
-    ) -> Result<(), TenancyError> {
-        /// How many entries ahead the look-ups are started.
-        const AHEAD: usize = 4;
-        let mut read = 0usize;
-        for e in entries.iter().take(AHEAD) {
-            read ^= crate::apply::read_ahead(self, &entry(e).event);
-        }
-        for (index, e) in entries.iter().enumerate() {
-            if let Some(ahead) = entries.get(index + AHEAD) {
-                read ^= crate::apply::read_ahead(self, &entry(ahead).event);
-            }
-            self.replay_entry(entry(e))
+        for (index, entry) in entries.into_iter().enumerate() {
+            registry
+                .replay_entry(entry)
                 .map_err(|source| TenancyError::Replay {
                     index,
                     source: Box::new(source),
                 })?;
         }
-        std::hint::black_box(read);
-        Ok(())
+        Ok(registry)
     }
 
     /// Applies one entry of a log being replayed: refuses a format version this

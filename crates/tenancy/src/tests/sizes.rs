@@ -279,10 +279,10 @@ mod branch_table {
     }
 }
 
-mod hints_and_runs {
+mod position_hint {
     use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
 
-    use crate::{Event, LogEntry, Registry, SiteIdentity, TenancyError};
+    use crate::{Event, LogEntry, Registry, SiteIdentity};
 
     fn link(n: u128) -> LinkGuid {
         LinkGuid::from_u128(n).unwrap()
@@ -369,34 +369,5 @@ mod hints_and_runs {
             right.site(site(1)).unwrap().last_heard(),
             Timestamp::from_millis(4)
         );
-    }
-
-    /// `replay_entries` is applying the entries one by one: the same registry, and
-    /// at a refused entry it stops there, naming its index, with those before it
-    /// applied.
-    #[test]
-    fn replaying_a_run_is_applying_one_by_one() {
-        let mut entries = log();
-        let whole = Registry::replay(&entries).unwrap();
-        let mut run = Registry::new();
-        run.replay_entries(&entries).unwrap();
-        assert_eq!(run, whole);
-
-        let refused = LogEntry::new(
-            Timestamp::from_millis(50),
-            Event::Heartbeat { link: link(9) },
-        );
-        entries.insert(5, refused);
-        let mut run = Registry::new();
-        let err = run.replay_entries(&entries).unwrap_err();
-        assert!(
-            matches!(err, TenancyError::Replay { index: 5, .. }),
-            "{err:?}"
-        );
-        let mut prefix = Registry::new();
-        for e in &entries[..5] {
-            prefix.replay_entry(e).unwrap();
-        }
-        assert_eq!(run, prefix);
     }
 }
