@@ -164,7 +164,6 @@ fn join(
     }
     let other_eligible = group
         .members()
-        .iter()
         .any(|m| m.eligible && Some(m.halo_guid) != leaving);
     if eligible && !other_eligible {
         Some(site)

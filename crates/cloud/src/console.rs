@@ -410,7 +410,7 @@ fn select<'r>(
         .take(MAX_SCANNED)
         .filter(|(key, group)| {
             key.pms_id.to_string().to_ascii_lowercase().contains(needle)
-                || group.state().members().iter().any(|m| {
+                || group.state().members().any(|m| {
                     registry
                         .site(m.halo_guid)
                         .is_some_and(|s| s.practice_name().to_ascii_lowercase().contains(needle))
@@ -433,7 +433,6 @@ fn gather(app: &AppState, q: &str) -> View {
             let sites: Vec<&halo_tenancy::Site> = group
                 .state()
                 .members()
-                .iter()
                 .filter_map(|m| registry.site(m.halo_guid))
                 .collect();
             let holder = group.holder();

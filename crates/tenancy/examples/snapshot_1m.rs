@@ -84,6 +84,12 @@
 //! thread's CPU, 1.6–1.9M events/s here. Handing applied batches back to the
 //! decoding thread to free took the applying thread from 1.0–1.26x to 0.79–0.87x
 //! of applying the decoded entries alone. The 2M/s target now hangs on apply.
+//!
+//! 2026-12-02, evening (PERFORMANCE.md has the detail): `Group` 64 → 48 bytes, dense
+//! branch claims and fewer look-ups per event. Alternated with e0ccb93 at load
+//! 2.7–3.2, medians of 4: 298 vs 316 bytes a site resident (by-reference floor 262 vs
+//! 277); pipelined binary replay 1.91M vs 1.52M events/s, applying thread 1.60 vs
+//! 1.92 s of CPU.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 

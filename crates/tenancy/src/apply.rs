@@ -10,8 +10,8 @@ use smallvec::SmallVec;
 use halo_authority::{AuthorityEvent, GroupKey, GroupState};
 use halo_ids::{Crn, Environment, HaloGuid, LinkGuid, PmsId, PmsType, Timestamp};
 
-use crate::registry::{BranchClaim, Group, GroupEntry, GroupTable, Map, Promotion};
-use crate::site::{BranchList, SiteFlags};
+use crate::registry::{BranchTable, Group, GroupEntry, GroupTable, Map, Promotion, SiteTable};
+use crate::site::{BranchList, NO_POSITION, SiteFlags};
 use crate::{
     Catalogue, Change, Event, Link, LinkStatus, Registry, Site, SiteIdentity, SiteStatus,
     TenancyError, TextField, TextRule,
@@ -119,10 +119,45 @@ fn live_link_at(reg: &Registry, link: LinkGuid) -> Result<(usize, &Link), Tenanc
 
 /// A live site owned by `link`.
 fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Site, TenancyError> {
-    let s = reg
-        .sites
-        .get(&site)
-        .ok_or(TenancyError::UnknownSite(site))?;
+    live_owned_site_at(reg, link, site).map(|(_, s)| s)
+}
+
+/// A live site owned by `link`, and its position in the site table.
+fn live_owned_site_at(
+    reg: &Registry,
+    link: LinkGuid,
+    site: HaloGuid,
+) -> Result<(usize, &Site), TenancyError> {
+    live_owned_site_hinted(reg, link, site, NO_POSITION)
+}
+
+/// The position of the site with this Halo GUID: `hint` if the site is there,
+/// otherwise looked up.
+fn site_at(sites: &SiteTable, halo_guid: &HaloGuid, hint: u32) -> Option<usize> {
+    let hinted = hint as usize;
+    if hint != NO_POSITION && sites.at(hinted).is_some_and(|s| s.halo_guid == *halo_guid) {
+        return Some(hinted);
+    }
+    sites.position(halo_guid)
+}
+
+/// Records that Link `l` serves the site at `at` of the site table.
+fn serve(l: &mut Link, halo_guid: HaloGuid, at: usize) {
+    if l.sites.is_empty() {
+        l.first_site_at = u32::try_from(at).unwrap_or(NO_POSITION);
+    }
+    l.sites.push(halo_guid);
+}
+
+/// [`live_owned_site_at`], trying `hint` as the site's position first.
+fn live_owned_site_hinted(
+    reg: &Registry,
+    link: LinkGuid,
+    site: HaloGuid,
+    hint: u32,
+) -> Result<(usize, &Site), TenancyError> {
+    let at = site_at(&reg.sites, &site, hint).ok_or(TenancyError::UnknownSite(site))?;
+    let s = reg.sites.at(at).ok_or(TenancyError::UnknownSite(site))?;
     if s.link != link {
         return Err(TenancyError::SiteOwnedByOtherLink(site));
     }
@@ -132,7 +167,7 @@ fn live_owned_site(reg: &Registry, link: LinkGuid, site: HaloGuid) -> Result<&Si
             status: s.status(),
         });
     }
-    Ok(s)
+    Ok((at, s))
 }
 
 /// Branch CRNs sorted, without duplicates and without the parent itself.
@@ -194,7 +229,8 @@ fn key(environment: Environment, pms_type: PmsType, crn: Crn) -> GroupKey {
 }
 
 /// The CRN rules for a site with routing CRN `crn` and these branch CRNs, ignoring
-/// the site `exclude` (the site itself, or the install it replaces).
+/// the site `exclude` (the site itself, or the install it replaces). Gives the
+/// position of the group of `crn` if there is one (for [`Plan::elect_at`]).
 fn check_crns(
     reg: &Registry,
     environment: Environment,
@@ -203,16 +239,16 @@ fn check_crns(
     demo: bool,
     branches: &[Crn],
     exclude: Option<HaloGuid>,
-) -> Result<(), TenancyError> {
+) -> Result<Option<usize>, TenancyError> {
     let parent_key = key(environment, pms_type, crn);
     if reg.branches.contains_key(&parent_key) {
         return Err(TenancyError::CrnIsBranch(crn));
     }
-    if let Some(group) = reg.groups.get(&parent_key).map(|e| &e.group) {
+    let parent_at = reg.groups.position(&parent_key);
+    if let Some(group) = parent_at.and_then(|i| reg.groups.at(i)).map(|e| &e.group) {
         let clash = group
             .state
             .members()
-            .iter()
             .filter(|m| Some(m.halo_guid) != exclude)
             .any(|m| demo || reg.sites.get(&m.halo_guid).is_some_and(Site::is_demo));
         if clash {
@@ -221,17 +257,12 @@ fn check_crns(
     }
     if demo {
         // A demo copy's branch CRNs are copies too: kept, never indexed.
-        return Ok(());
+        return Ok(parent_at);
     }
     for branch in branches {
         let branch_key = key(environment, pms_type, *branch);
         if let Some(group) = reg.groups.get(&branch_key).map(|e| &e.group) {
-            if group
-                .state
-                .members()
-                .iter()
-                .any(|m| Some(m.halo_guid) != exclude)
-            {
+            if group.state.members().any(|m| Some(m.halo_guid) != exclude) {
                 return Err(TenancyError::BranchIsParent(*branch));
             }
         }
@@ -241,13 +272,15 @@ fn check_crns(
             }
         }
     }
-    Ok(())
+    Ok(parent_at)
 }
 
-/// Authority changes worked out on copies of the groups they touch.
+/// Authority changes worked out on copies of the groups they touch, each with its
+/// position in the group table if it exists (groups are never deleted, so the
+/// position still holds when the plan is committed).
 #[derive(Default)]
 struct Plan {
-    groups: SmallVec<[(GroupKey, GroupState); 1]>,
+    groups: SmallVec<[(GroupKey, GroupState, Option<usize>); 1]>,
 }
 
 impl Plan {
@@ -257,15 +290,31 @@ impl Plan {
         key: GroupKey,
         event: &AuthorityEvent,
     ) -> Result<(), TenancyError> {
-        let index = match self.groups.iter().position(|(k, _)| *k == key) {
+        let at = if self.groups.iter().any(|(k, _, _)| *k == key) {
+            None
+        } else {
+            reg.groups.position(&key)
+        };
+        self.elect_at(reg, key, at, event)
+    }
+
+    /// [`Plan::elect`] for a group whose position was just looked up: `at` is
+    /// [`Dense::position`](crate::registry::Dense::position) of `key`.
+    fn elect_at(
+        &mut self,
+        reg: &Registry,
+        key: GroupKey,
+        at: Option<usize>,
+        event: &AuthorityEvent,
+    ) -> Result<(), TenancyError> {
+        let index = match self.groups.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
-                let state = reg
-                    .groups
-                    .get(&key)
+                let state = at
+                    .and_then(|i| reg.groups.at(i))
                     .map(|e| e.group.state.clone())
                     .unwrap_or_default();
-                self.groups.push((key, state));
+                self.groups.push((key, state, at));
                 self.groups.len() - 1
             }
         };
@@ -286,22 +335,38 @@ fn push_site_change(changes: &mut Changes, site: HaloGuid) {
 }
 
 /// Installs the planned group states and mirrors holder and epoch onto the sites.
-/// `leaving` are sites that left a group in this event.
-fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &mut Changes) {
+/// `leaving` are sites that left a group in this event; `fresh` is a site this event
+/// inserted and its position in the site table, if any (found without a look-up).
+fn commit_plan(
+    reg: &mut Registry,
+    plan: Plan,
+    leaving: &[HaloGuid],
+    fresh: Option<(HaloGuid, usize)>,
+    changes: &mut Changes,
+) {
     let Registry { groups, sites, .. } = reg;
-    for (key, state) in plan.groups {
-        let group = &mut groups
-            .get_or_insert_with(key, || GroupEntry {
+    for (key, state, at) in plan.groups {
+        let at = match at.filter(|&i| groups.at(i).is_some_and(|e| e.key == key)) {
+            Some(i) => i,
+            None => groups.position_or_insert_with(key, || GroupEntry {
                 key,
                 group: Group::default(),
-            })
-            .group;
+            }),
+        };
+        let Some(entry) = groups.at_mut(at) else {
+            continue;
+        };
+        let group = &mut entry.group;
         let changed = group.state.epoch() != state.epoch();
         group.state = state;
         let holder = group.state.holder();
         let epoch = group.state.epoch();
         for member in group.state.members() {
-            if let Some(site) = sites.get_mut(&member.halo_guid) {
+            let site = match fresh {
+                Some((new, i)) if new == member.halo_guid => sites.at_mut(i),
+                _ => sites.get_mut(&member.halo_guid),
+            };
+            if let Some(site) = site {
                 site.flags
                     .set_authoritative(holder == Some(member.halo_guid));
                 site.epoch = epoch;
@@ -331,7 +396,7 @@ fn commit_plan(reg: &mut Registry, plan: Plan, leaving: &[HaloGuid], changes: &m
 /// Adds the site's CRN claims (branch CRNs, or a demo copy's real CRN). `parent`
 /// is the position of the site's group in the group table.
 pub(crate) fn claim_crns(
-    branches: &mut Map<GroupKey, BranchClaim>,
+    branches: &mut BranchTable,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
     parent: u32,
@@ -345,10 +410,7 @@ pub(crate) fn claim_crns(
         return;
     }
     for branch in site.branch_crns() {
-        branches
-            .entry(key(environment, pms_type, *branch))
-            .or_insert(BranchClaim { parent, claims: 0 })
-            .claims += 1;
+        branches.claim(key(environment, pms_type, *branch), parent);
     }
 }
 
@@ -369,7 +431,7 @@ fn group_position(groups: &mut GroupTable, site: &Site) -> u32 {
 
 /// Removes the claims [`claim_crns`] added.
 fn release_crns(
-    branches: &mut Map<GroupKey, BranchClaim>,
+    branches: &mut BranchTable,
     demo_real: &mut Map<GroupKey, BTreeSet<HaloGuid>>,
     site: &Site,
 ) {
@@ -384,21 +446,17 @@ fn release_crns(
         return;
     }
     for branch in site.branch_crns() {
-        let k = key(site.environment(), site.pms_type(), *branch);
-        if let Some(claim) = branches.get_mut(&k) {
-            claim.claims = claim.claims.saturating_sub(1);
-            if claim.claims == 0 {
-                branches.remove(&k);
-            }
-        }
+        branches.release(&key(site.environment(), site.pms_type(), *branch));
     }
 }
 
-/// Inserts a new site with its CRN claims.
-fn insert_site(reg: &mut Registry, site: Site) {
+/// Inserts a new site with its CRN claims; gives its position in the site table.
+fn insert_site(reg: &mut Registry, site: Site) -> usize {
     let parent = group_position(&mut reg.groups, &site);
     claim_crns(&mut reg.branches, &mut reg.demo_real, &site, parent);
+    let at = reg.sites.len();
     reg.sites.insert(site);
+    at
 }
 
 /// Takes a site out of its CRN indexes, changes it, and puts it back.
@@ -515,18 +573,23 @@ fn link_registered(
         }
     }
     let shared = reg.interned.link_version(version);
-    let entry = reg.links.get_or_insert_with(link, || Link {
-        guid: link,
-        environment,
-        status: LinkStatus::Active,
-        last_heard: now,
-        version: Arc::clone(&shared),
-        sites: SmallVec::new(),
-    });
-    entry.environment = environment;
-    entry.status = LinkStatus::Active;
-    entry.version = shared;
-    entry.last_heard = entry.last_heard.max(now);
+    match reg.links.get_mut(&link) {
+        Some(entry) => {
+            entry.environment = environment;
+            entry.status = LinkStatus::Active;
+            entry.version = shared;
+            entry.last_heard = entry.last_heard.max(now);
+        }
+        None => reg.links.insert(Link {
+            guid: link,
+            environment,
+            status: LinkStatus::Active,
+            last_heard: now,
+            version: shared,
+            sites: SmallVec::new(),
+            first_site_at: NO_POSITION,
+        }),
+    }
     Ok(smallvec::smallvec![Change::LinkUpserted(link)])
 }
 
@@ -588,7 +651,8 @@ fn database_attached(
         return Ok(smallvec::smallvec![Change::SiteUpserted(halo_guid)]);
     }
 
-    check_crns(
+    // The group of the routing CRN, looked up once by the checks.
+    let group_at = check_crns(
         reg,
         environment,
         identity.pms_type,
@@ -599,9 +663,10 @@ fn database_attached(
     )?;
     let group_key = key(environment, identity.pms_type, routing_crn);
     let mut plan = Plan::default();
-    plan.elect(
+    plan.elect_at(
         reg,
         group_key,
+        group_at,
         &AuthorityEvent::Joined {
             halo_guid,
             eligible: true,
@@ -629,13 +694,13 @@ fn database_attached(
             .interned
             .profile(details.pms_version, details.catalogues),
     };
-    insert_site(reg, site);
+    let site_at = insert_site(reg, site);
     if let Some(l) = reg.links.at_mut(link_at) {
-        l.sites.push(halo_guid);
+        serve(l, halo_guid, site_at);
         l.last_heard = l.last_heard.max(now);
     }
     let mut changes: Changes = smallvec::smallvec![Change::SiteUpserted(halo_guid)];
-    commit_plan(reg, plan, &[], &mut changes);
+    commit_plan(reg, plan, &[], Some((halo_guid, site_at)), &mut changes);
     Ok(changes)
 }
 
@@ -645,12 +710,13 @@ fn database_ready(
     halo_guid: HaloGuid,
     now: Timestamp,
 ) -> Result<Changes, TenancyError> {
-    let (link_at, _) = live_link_at(reg, link)?;
-    let site_at = reg
-        .sites
-        .position(&halo_guid)
-        .ok_or(TenancyError::UnknownSite(halo_guid))?;
-    let site = live_owned_site(reg, link, halo_guid)?;
+    let (link_at, l) = live_link_at(reg, link)?;
+    let hint = if l.sites.first() == Some(&halo_guid) {
+        l.first_site_at
+    } else {
+        NO_POSITION
+    };
+    let (site_at, site) = live_owned_site_hinted(reg, link, halo_guid, hint)?;
     if site.status() != SiteStatus::Initialising {
         return Err(TenancyError::InvalidTransition {
             halo_guid,
@@ -681,7 +747,7 @@ fn database_removed(
         site.flags.set_status(SiteStatus::Removed)
     });
     let mut changes: Changes = smallvec::smallvec![Change::SiteRetired(halo_guid)];
-    commit_plan(reg, plan, &[halo_guid], &mut changes);
+    commit_plan(reg, plan, &[halo_guid], None, &mut changes);
     Ok(changes)
 }
 
@@ -716,7 +782,7 @@ fn link_uninstalled(reg: &mut Registry, link: LinkGuid) -> Result<Changes, Tenan
         l.status = LinkStatus::Uninstalled;
     }
     changes.push(Change::LinkUninstalled(link));
-    commit_plan(reg, plan, &leaving, &mut changes);
+    commit_plan(reg, plan, &leaving, None, &mut changes);
     Ok(changes)
 }
 
@@ -830,14 +896,20 @@ fn reinstalled(
         });
         changes.push(Change::SiteRetired(previous));
     }
-    insert_site(reg, site);
+    let site_at = insert_site(reg, site);
     reg.successors.insert(previous, halo_guid);
     if let Some(l) = reg.links.get_mut(&link) {
-        l.sites.push(halo_guid);
+        serve(l, halo_guid, site_at);
         l.last_heard = l.last_heard.max(now);
     }
     changes.push(Change::SiteUpserted(halo_guid));
-    commit_plan(reg, plan, &[previous], &mut changes);
+    commit_plan(
+        reg,
+        plan,
+        &[previous],
+        Some((halo_guid, site_at)),
+        &mut changes,
+    );
     Ok(changes)
 }
 
@@ -846,8 +918,9 @@ fn heartbeat(reg: &mut Registry, link: LinkGuid, now: Timestamp) -> Result<Chang
     let Registry { links, sites, .. } = reg;
     if let Some(l) = links.at_mut(link_at) {
         l.last_heard = l.last_heard.max(now);
-        for halo_guid in &l.sites {
-            if let Some(site) = sites.get_mut(halo_guid) {
+        for (n, halo_guid) in l.sites.iter().enumerate() {
+            let hint = if n == 0 { l.first_site_at } else { NO_POSITION };
+            if let Some(site) = site_at(sites, halo_guid, hint).and_then(|i| sites.at_mut(i)) {
                 if site.status().is_live() {
                     site.last_heard = site.last_heard.max(now);
                 }
@@ -912,10 +985,10 @@ fn promoted(
     let epoch = plan
         .groups
         .first()
-        .map(|(_, g)| g.epoch())
+        .map(|(_, g, _)| g.epoch())
         .unwrap_or_default();
     let mut changes = Changes::new();
-    commit_plan(reg, plan, &[], &mut changes);
+    commit_plan(reg, plan, &[], None, &mut changes);
     if reg.groups.get(&group_key).is_some() {
         reg.promotions.insert(
             group_key,

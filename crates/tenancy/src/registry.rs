@@ -295,29 +295,33 @@ impl<T: Keyed> Dense<T> {
         Some(table)
     }
 
-    /// The value with `key`, inserting `make()` first if there is none.
-    pub(crate) fn get_or_insert_with(&mut self, key: T::Key, make: impl FnOnce() -> T) -> &mut T {
-        let i = match self.position(&key) {
-            Some(i) => i,
-            None => {
-                self.insert(make());
-                self.list.len() - 1
-            }
-        };
-        &mut self.list[i]
-    }
-
-    /// The position of the value with `key`, inserting `make()` first if there is none.
+    /// The position of the value with `key`, inserting `make()` first if there is
+    /// none: one walk of the index either way. `make()` must return a value with
+    /// this key.
     pub(crate) fn position_or_insert_with(
         &mut self,
         key: T::Key,
         make: impl FnOnce() -> T,
     ) -> usize {
-        match self.position(&key) {
-            Some(i) => i,
-            None => {
-                self.insert(make());
-                self.list.len() - 1
+        if self.index.len() >= self.index.capacity() {
+            self.grow();
+        }
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let position = u32::try_from(list.len()).expect("fewer than 2^32 entries");
+        match index.entry(
+            hasher.hash_one(key),
+            |&i| list.get(i as usize).is_some_and(|v| v.key() == key),
+            |&i| list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key())),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(slot) => *slot.get() as usize,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(position);
+                list.push(make());
+                position as usize
             }
         }
     }
@@ -430,6 +434,112 @@ pub(crate) struct BranchClaim {
     pub(crate) claims: u32,
 }
 
+/// Branch claims stored densely (32 bytes each, in claim order but for removals)
+/// behind an index of positions, 4 bytes a slot: a hash map of whole entries would
+/// leave its empty buckets' 32 bytes each unused. A removed claim's place is taken
+/// by the last one, so positions are not stable and nothing outside keeps them.
+#[derive(Clone, Default)]
+pub(crate) struct BranchTable {
+    list: Vec<(GroupKey, BranchClaim)>,
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl fmt::Debug for BranchTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl BranchTable {
+    fn position(&self, key: &GroupKey) -> Option<usize> {
+        let list = &self.list;
+        self.index
+            .find(self.hasher.hash_one(key), |&i| {
+                list.get(i as usize).is_some_and(|e| e.0 == *key)
+            })
+            .map(|&i| i as usize)
+    }
+
+    /// The claim on this branch key.
+    pub(crate) fn get(&self, key: &GroupKey) -> Option<&BranchClaim> {
+        self.position(key)
+            .and_then(|i| self.list.get(i))
+            .map(|e| &e.1)
+    }
+
+    /// Whether some live site claims this branch key.
+    pub(crate) fn contains_key(&self, key: &GroupKey) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Counts one more claim on `key`, made for the parent at `parent` if new.
+    pub(crate) fn claim(&mut self, key: GroupKey, parent: u32) {
+        if let Some(i) = self.position(&key) {
+            if let Some(entry) = self.list.get_mut(i) {
+                entry.1.claims += 1;
+            }
+            return;
+        }
+        let Ok(position) = u32::try_from(self.list.len()) else {
+            // Fewer than 2^32 branch CRNs: one per live site's branch at most.
+            return;
+        };
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        index.insert_unique(hasher.hash_one(key), position, |&i| {
+            list.get(i as usize).map_or(0, |e| hasher.hash_one(e.0))
+        });
+        list.push((key, BranchClaim { parent, claims: 1 }));
+    }
+
+    /// Counts one claim on `key` fewer, removing the entry at zero.
+    pub(crate) fn release(&mut self, key: &GroupKey) {
+        let Some(at) = self.position(key) else {
+            return;
+        };
+        let Some(entry) = self.list.get_mut(at) else {
+            return;
+        };
+        entry.1.claims = entry.1.claims.saturating_sub(1);
+        if entry.1.claims > 0 {
+            return;
+        }
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        if let Ok(slot) = index.find_entry(hasher.hash_one(key), |&i| i as usize == at) {
+            slot.remove();
+        }
+        let last = list.len() - 1;
+        if at != last {
+            // The last entry moves into the gap: its slot is pointed there.
+            if let Some(moved) = list.get(last).map(|e| e.0) {
+                if let Some(slot) = index.find_mut(hasher.hash_one(moved), |&i| i as usize == last)
+                {
+                    *slot = at as u32;
+                }
+            }
+        }
+        list.swap_remove(at);
+    }
+
+    /// How many branch keys are claimed.
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Every claim, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&GroupKey, &BranchClaim)> {
+        self.list.iter().map(|(k, c)| (k, c))
+    }
+}
+
 /// The outcome of looking up a CRN (the "Get Halo GUID" question).
 ///
 /// Precedence, so that a copy never shadows a practice: a CRN that is some live
@@ -465,7 +575,7 @@ pub struct Registry {
     pub(crate) sites: SiteTable,
     pub(crate) groups: GroupTable,
     /// Branch CRNs of live non-demo sites, keyed by (environment, PMS type, branch CRN).
-    pub(crate) branches: Map<GroupKey, BranchClaim>,
+    pub(crate) branches: BranchTable,
     /// Live demo sites by their real CRN, keyed like groups (never empty sets).
     pub(crate) demo_real: Map<GroupKey, BTreeSet<HaloGuid>>,
     /// Previous install → its reinstall.

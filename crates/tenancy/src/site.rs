@@ -346,7 +346,7 @@ pub enum LinkStatus {
 }
 
 /// One Link installation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Link {
     pub(crate) guid: LinkGuid,
     pub(crate) environment: Environment,
@@ -356,7 +356,29 @@ pub struct Link {
     pub(crate) version: Arc<Arc<str>>,
     /// Most Links serve one database: held inline.
     pub(crate) sites: SmallVec<[HaloGuid; 1]>,
+    /// Where the first of `sites` is in the registry's site table, or
+    /// [`NO_POSITION`] if not known: a heartbeat or a "ready" of a one-database Link
+    /// finds its site without a look-up. A hint, checked against the site's Halo
+    /// GUID before use, so not part of equality. Fits in `Link`'s padding.
+    pub(crate) first_site_at: u32,
 }
+
+/// [`Link::first_site_at`] when the position is not known.
+pub(crate) const NO_POSITION: u32 = u32::MAX;
+
+/// Equal when the Links' state is: the position hint is left out.
+impl PartialEq for Link {
+    fn eq(&self, other: &Self) -> bool {
+        self.guid == other.guid
+            && self.environment == other.environment
+            && self.status == other.status
+            && self.last_heard == other.last_heard
+            && self.version == other.version
+            && self.sites == other.sites
+    }
+}
+
+impl Eq for Link {}
 
 impl Link {
     /// The Link GUID.

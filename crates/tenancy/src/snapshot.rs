@@ -446,6 +446,7 @@ impl Registry {
         let mut made: Vec<Link> = Vec::with_capacity(links.len());
         for l in links {
             let mut serves = SmallVec::new();
+            let mut first_site_at = crate::site::NO_POSITION;
             let wanted = guid_key(l.guid.as_bytes());
             while let Some(&&(guid, i)) = next.peek() {
                 match guid.cmp(&wanted) {
@@ -456,6 +457,9 @@ impl Registry {
                         let site = placed
                             .get(i as usize)
                             .ok_or_else(|| invalid("a site index is out of range"))?;
+                        if serves.is_empty() {
+                            first_site_at = i;
+                        }
                         serves.push(site.halo_guid);
                         next.next();
                     }
@@ -470,6 +474,7 @@ impl Registry {
                 last_heard: l.heard,
                 version: reg.interned.link_version(&version),
                 sites: serves,
+                first_site_at,
             };
             made.push(link);
         }

@@ -25,6 +25,9 @@ fn hot_structures_keep_their_size() {
     assert!(size_of::<BranchList>() <= 8);
     let claim = size_of::<(crate::GroupKey, crate::registry::BranchClaim)>();
     assert!(claim <= 32, "a branch claim is {claim} bytes");
+    // 900 000 groups in the 1M-site mix: 72 bytes each with the key (was 88).
+    let group = size_of::<crate::registry::GroupEntry>();
+    assert!(group <= 72, "a group with its key is {group} bytes");
 }
 
 /// Every combination of the packed fields reads back as written, and changing the
@@ -216,5 +219,155 @@ mod bulk_load {
                 }
             }
         }
+    }
+}
+
+mod branch_table {
+    use std::collections::HashMap;
+
+    use halo_authority::GroupKey;
+    use halo_ids::{Environment, PmsId, PmsType};
+    use proptest::prelude::*;
+
+    use crate::registry::BranchTable;
+
+    fn key(n: u8) -> GroupKey {
+        GroupKey::new(
+            Environment::Stage,
+            PmsId::new(PmsType::D4w, format!("B{n}").parse().unwrap()),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Claims and releases in any order leave the table a map of counts would:
+        /// each key found with its first parent and its count, removed at zero,
+        /// wherever removals moved the other entries.
+        #[test]
+        fn branch_table_follows_a_map_of_counts(
+            ops in prop::collection::vec((any::<bool>(), 0u8..40, 0u32..5), 0..400),
+        ) {
+            let mut table = BranchTable::default();
+            let mut model: HashMap<GroupKey, (u32, u32)> = HashMap::new();
+            for (claim, n, parent) in ops {
+                let k = key(n);
+                if claim {
+                    table.claim(k, parent);
+                    model.entry(k).or_insert((parent, 0)).1 += 1;
+                } else {
+                    table.release(&k);
+                    if let Some(entry) = model.get_mut(&k) {
+                        entry.1 -= 1;
+                        if entry.1 == 0 {
+                            model.remove(&k);
+                        }
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+                for m in 0..40 {
+                    let k = key(m);
+                    let got = table.get(&k).map(|c| (c.parent, c.claims));
+                    prop_assert_eq!(got, model.get(&k).copied());
+                    prop_assert_eq!(table.contains_key(&k), model.contains_key(&k));
+                }
+                let listed: HashMap<GroupKey, (u32, u32)> =
+                    table.iter().map(|(k, c)| (*k, (c.parent, c.claims))).collect();
+                prop_assert_eq!(&listed, &model);
+            }
+        }
+    }
+}
+
+mod position_hint {
+    use halo_ids::{Environment, HaloGuid, LinkGuid, PmsType, Timestamp};
+
+    use crate::{Event, LogEntry, Registry, SiteIdentity};
+
+    fn link(n: u128) -> LinkGuid {
+        LinkGuid::from_u128(n).unwrap()
+    }
+
+    fn site(n: u128) -> HaloGuid {
+        HaloGuid::from_u128(100 + n).unwrap()
+    }
+
+    fn identity(n: u128) -> SiteIdentity {
+        SiteIdentity {
+            pms_type: PmsType::D4w,
+            parent_crn: format!("P{n}").parse().unwrap(),
+            branch_crns: vec![],
+            practice_name: format!("Practice {n}"),
+            pms_version: "9.6".into(),
+            catalogues: vec![],
+            is_demo: false,
+        }
+    }
+
+    /// Two Links of one database each, and a third serving two.
+    fn log() -> Vec<LogEntry> {
+        let mut events = Vec::new();
+        for l in 1..=3 {
+            events.push(Event::LinkRegistered {
+                link: link(l),
+                environment: Environment::Stage,
+                version: "1.0".into(),
+            });
+        }
+        for (l, s) in [(1, 1), (2, 2), (3, 3), (3, 4)] {
+            events.push(Event::SiteAttached {
+                link: link(l),
+                halo_guid: site(s),
+                identity: identity(s),
+            });
+        }
+        events
+            .into_iter()
+            .zip(1u64..)
+            .map(|(e, t)| LogEntry::new(Timestamp::from_millis(t), e))
+            .collect()
+    }
+
+    /// A Link's remembered position of its first site is only a hint: pointed at
+    /// another site's position, a "ready" and a heartbeat still change that Link's
+    /// own site, exactly as with the right hint.
+    #[test]
+    fn a_wrong_site_position_hint_is_not_followed() {
+        let right = Registry::replay(&log()).unwrap();
+        let mut wrong = right.clone();
+        for l in wrong.links.values_mut() {
+            l.first_site_at = 0;
+        }
+        let mut none = right.clone();
+        for l in none.links.values_mut() {
+            l.first_site_at = crate::site::NO_POSITION;
+        }
+        let later = [
+            Event::SiteReady {
+                link: link(2),
+                halo_guid: site(2),
+            },
+            Event::Heartbeat { link: link(2) },
+            Event::Heartbeat { link: link(3) },
+            Event::SiteReady {
+                link: link(1),
+                halo_guid: site(2),
+            },
+        ];
+        let mut right = right;
+        for (event, t) in later.iter().zip(100u64..) {
+            let now = Timestamp::from_millis(t);
+            let expected = right.apply(event, now);
+            assert_eq!(wrong.apply(event, now), expected, "{event:?}");
+            assert_eq!(none.apply(event, now), expected, "{event:?}");
+            assert_eq!(wrong, right);
+            assert_eq!(none, right);
+        }
+        let s2 = right.site(site(2)).unwrap();
+        assert_eq!(s2.last_heard(), Timestamp::from_millis(101));
+        assert_eq!(
+            right.site(site(1)).unwrap().last_heard(),
+            Timestamp::from_millis(4)
+        );
     }
 }
