@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use halo_ids::Crn;
 use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Agent, LinkConfig};
+
+/// mimalloc: glibc's malloc and free were about a tenth of the Link's samples on
+/// the query path (PERFORMANCE.md, "Whole path").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use halo_logging::LogFormat;
 
 /// The Halo Link agent.
