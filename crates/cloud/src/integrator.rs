@@ -513,9 +513,19 @@ pub async fn immediate_query(
             procedure,
         },
     };
-    let mut dispatch = router.route(request)?;
+    // The job comes back to be written from this task to the connection of the
+    // session routing chose (no hand-off to the session's task), unless that
+    // session takes its jobs from its queue.
+    let (mut dispatch, handoff) = router.route_direct(request)?;
     let wait = dispatch.deadline().saturating_since(now());
-    let outcome = match tokio::time::timeout(wait, &mut dispatch).await {
+    let sent_and_answered = async {
+        if let Some(handoff) = handoff {
+            // On failure the dispatch is dropped below: its place is released.
+            crate::link_ws::write_handoff(handoff).await?;
+        }
+        (&mut dispatch).await
+    };
+    let outcome = match tokio::time::timeout(wait, sent_and_answered).await {
         Ok(outcome) => outcome,
         Err(_) => dispatch.expire(),
     };

@@ -5,21 +5,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{Sink, SinkExt as _, StreamExt as _};
 use halo_ids::{LinkGuid, PmsId, Timestamp};
 use halo_policy::{ExecutionMode, KeyHash};
 use halo_protocol::{
     Allowlist, CloudToLink, DatabaseInfo, DatabaseRejection, Hello, LinkToCloud, MAX_FRAME_BYTES,
     QueryErrorKind, QueryFailed, QueryJob, QueryResult,
 };
-use halo_router::{Job, LinkSession, QueryFailure, QueryId, QueryOutput};
+use halo_router::{Handoff, Job, LinkSession, QueryFailure, QueryId, QueryOutput, RouteError};
 use halo_tenancy::{Catalogue, Registration, SiteIdentity, SiteRegistration};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -170,21 +171,44 @@ async fn send(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
         .map_err(|e| format!("send: {e}"))
 }
 
-/// [`send`], owning `msg` (boxed by its caller, so that the message lives in the box).
-async fn send_owned(socket: &mut WebSocket, msg: CloudToLink) -> Result<(), String> {
-    send(socket, &msg).await
+/// Writes `msg` to an attached session's outbox, owning it (boxed by its caller, so
+/// that the message lives in the box).
+async fn send_owned(outbox: &Outbox, msg: CloudToLink) -> Result<(), String> {
+    let text = halo_protocol::encode(&msg).map_err(|e| e.to_string())?;
+    outbox.send(Message::Text(text.into())).await
 }
 
 /// The most jobs written to a Link before one flush.
 const MAX_JOBS_PER_WRITE: usize = 32;
 
-/// Writes `msg` without flushing (see [`send`]).
-async fn feed(socket: &mut WebSocket, msg: &CloudToLink) -> Result<(), String> {
+/// Writes `msg` without flushing, on a turn at the outbox.
+async fn feed(socket: &mut Writing<'_, WsSink>, msg: &CloudToLink) -> Result<(), String> {
     let text = halo_protocol::encode(msg).map_err(|e| e.to_string())?;
-    socket
-        .feed(Message::Text(text.into()))
-        .await
-        .map_err(|e| format!("send: {e}"))
+    socket.feed(Message::Text(text.into())).await
+}
+
+/// Flushes what a writer dropped mid-write left in the outbox.
+async fn flush_outbox<S>(outbox: &Outbox<S>) -> Result<(), String>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut socket = outbox.writing().await;
+    let flushed = socket.flush().await;
+    socket.finish(flushed)
+}
+
+/// [`refuse`], for an attached session: its last words, then the close.
+async fn refuse_outbox(outbox: &Outbox, reason: String) -> String {
+    let refused = CloudToLink::Refused {
+        reason: reason.clone(),
+    };
+    if let Ok(text) = halo_protocol::encode(&refused) {
+        let mut socket = outbox.writing().await;
+        let _ = socket.send(Message::Text(text.into())).await;
+        let closed = socket.close().await;
+        let _ = socket.finish(closed);
+    }
+    reason
 }
 
 async fn refuse(socket: &mut WebSocket, reason: String) -> String {
@@ -306,13 +330,18 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     // Boxed, and so freed once the Link is attached: the hello, the registration and
     // their writes are not part of the future that every idle session keeps.
     let (link, kicks, mut session) = Box::pin(handshake(&app, &mut socket, &token_hash)).await?;
+    // The write half is shared: request tasks write their own jobs to it
+    // (`Router::route_direct`), this task everything else; this task alone reads.
+    let (sink, mut stream) = socket.split();
+    let outbox = Arc::new(Outbox::new(sink));
+    session.set_outbox(Arc::clone(&outbox) as halo_router::Outbox);
     // On a cluster node: the Link's lease, held while the session lasts.
     let lease = app.forwarding.as_ref().map(|f| f.leases.attached(link));
     let result = serve(
         &app,
         link,
         &token_hash,
-        &mut socket,
+        (&mut stream, &outbox),
         &mut session,
         &kicks,
         lease.as_ref(),
@@ -321,7 +350,148 @@ async fn session(app: AppState, mut socket: WebSocket, token_hash: KeyHash) -> R
     drop(lease);
     tracing::info!(%link, in_flight = session.in_flight(), "link detached");
     drop(session);
+    // Detached first (every query in flight fails at once), then the connection is
+    // closed: the write half leaves the outbox, which the router may still hold.
+    outbox.shut().await;
     result
+}
+
+/// The write half of a Link's WebSocket.
+type WsSink = SplitSink<WebSocket, Message>;
+
+/// The writer of one Link session's connection, shared by the session's task and by
+/// the request tasks that write their own jobs ([`write_handoff`]): one write at a
+/// time (an async lock), each message whole (a writer dropped mid-write leaves the
+/// rest buffered in the sink, and the session task flushes it).
+pub(crate) struct Outbox<S = WsSink> {
+    /// `None` once the session ended.
+    sink: tokio::sync::Mutex<Option<S>>,
+    /// Woken when a write was left unfinished (its task dropped mid-write) or failed:
+    /// the session task flushes what was left, or ends the session.
+    stalled: Notify,
+    /// A write failed: the connection is unusable, the session ends.
+    failed: AtomicBool,
+}
+
+impl<S> Outbox<S>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    fn new(sink: S) -> Self {
+        Self {
+            sink: tokio::sync::Mutex::new(Some(sink)),
+            stalled: Notify::new(),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The sink, for writes that may take turns ([`Writing`]).
+    async fn writing(&self) -> Writing<'_, S> {
+        Writing {
+            sink: self.sink.lock().await,
+            outbox: self,
+            done: false,
+        }
+    }
+
+    /// Writes `msg` and flushes.
+    async fn send(&self, msg: Message) -> Result<(), String> {
+        let mut w = self.writing().await;
+        let sent = w.send(msg).await;
+        w.finish(sent)
+    }
+
+    /// Closes the connection's write half for good; later writes fail.
+    async fn shut(&self) {
+        let sink = self.sink.lock().await.take();
+        drop(sink);
+    }
+}
+
+/// One turn at an [`Outbox`]'s sink. Dropped before [`Writing::finish`] (its task
+/// cancelled mid-write), it wakes the session task to flush what it left.
+struct Writing<'a, S> {
+    sink: tokio::sync::MutexGuard<'a, Option<S>>,
+    outbox: &'a Outbox<S>,
+    done: bool,
+}
+
+impl<S> Writing<'_, S>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    fn sink(&mut self) -> Result<&mut S, String> {
+        self.sink
+            .as_mut()
+            .ok_or_else(|| "send: the link session ended".to_owned())
+    }
+
+    async fn feed(&mut self, msg: Message) -> Result<(), String> {
+        self.sink()?
+            .feed(msg)
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        self.sink()?.flush().await.map_err(|e| format!("send: {e}"))
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), String> {
+        self.sink()?
+            .send(msg)
+            .await
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    async fn close(&mut self) -> Result<(), String> {
+        self.sink()?.close().await.map_err(|e| format!("send: {e}"))
+    }
+
+    /// Ends the turn with the outcome of its writes: a failure marks the outbox
+    /// failed and wakes the session task, which ends the session.
+    fn finish(mut self, outcome: Result<(), String>) -> Result<(), String> {
+        self.done = true;
+        if outcome.is_err() && self.sink.is_some() {
+            self.outbox.failed.store(true, Ordering::Release);
+            self.outbox.stalled.notify_one();
+        }
+        outcome
+    }
+}
+
+impl<S> Drop for Writing<'_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.outbox.stalled.notify_one();
+        }
+    }
+}
+
+/// Writes a job that routing handed back ([`halo_router::Router::route_direct`]) to
+/// the outbox it came with: the connection of the session routing chose, and no
+/// other. A job that cannot be put in the protocol's form is refused (never dropped
+/// silently); one that cannot be written is unreachable (and the session ends).
+///
+/// # Errors
+/// [`RouteError::Failed`] ([`QueryFailure::Refused`]) or [`RouteError::Unreachable`];
+/// the caller then drops its `Dispatch`, which releases the query's place.
+pub(crate) async fn write_handoff(handoff: Handoff) -> Result<(), RouteError> {
+    let Handoff { job, outbox } = handoff;
+    // Only this module attaches outboxes to sessions: any other is a bug, and the job
+    // is not sent anywhere.
+    let Some(outbox) = outbox.downcast_ref::<Outbox>() else {
+        tracing::error!("a link session's outbox is not the cloud's");
+        return Err(RouteError::Unreachable);
+    };
+    let refused = |reason: String| RouteError::Failed(QueryFailure::Refused(reason));
+    let job = to_protocol(job, now()).map_err(refused)?;
+    let text =
+        halo_protocol::encode(&CloudToLink::QueryJob(job)).map_err(|e| refused(e.to_string()))?;
+    outbox
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|_| RouteError::Unreachable)
 }
 
 /// A Link's hello, up to its `helloAck`: the Link's credential admits it, its
@@ -394,7 +564,7 @@ async fn serve(
     app: &AppState,
     link: LinkGuid,
     token_hash: &KeyHash,
-    socket: &mut WebSocket,
+    (stream, outbox): (&mut SplitStream<WebSocket>, &Outbox),
     session: &mut LinkSession,
     kicks: &KickListener<'_>,
     lease: Option<&crate::lease::Held>,
@@ -411,18 +581,28 @@ async fn serve(
     tokio::pin!(kicked);
     let lapsed = crate::lease::lapsed(lease);
     tokio::pin!(lapsed);
+    let stalled = outbox.stalled.notified();
+    tokio::pin!(stalled);
     loop {
         tokio::select! {
             () = &mut lapsed => return Err(crate::lease::LAPSED.to_owned()),
             // Boxed with its message (see `write_jobs`).
-            Some(msg) = next_control(&mut controls) => Box::pin(send_owned(socket, msg)).await?,
+            Some(msg) = next_control(&mut controls) => Box::pin(send_owned(outbox, msg)).await?,
             () = &mut kicked => {
                 kicked.set(kicks.notify.notified());
                 if let Err(e) = app.state.check_credential(token_hash) {
                     // Boxed, as a session's last words (see `write_jobs`).
-                    let reason = Box::pin(refuse(socket, e.to_string())).await;
+                    let reason = Box::pin(refuse_outbox(outbox, e.to_string())).await;
                     return Err(reason);
                 }
+            }
+            // A request task's write failed, or was dropped unfinished.
+            () = &mut stalled => {
+                stalled.set(outbox.stalled.notified());
+                if outbox.failed.load(Ordering::Acquire) {
+                    return Err("send: a job's write failed".to_owned());
+                }
+                Box::pin(flush_outbox(outbox)).await?;
             }
             job = session.next_job() => {
                 let Some(job) = job else {
@@ -430,9 +610,9 @@ async fn serve(
                 };
                 // Boxed: a job's locals (the job, its protocol form, the write) would
                 // otherwise be part of every session's future, idle or not.
-                Box::pin(write_jobs(app, socket, session, &mut controls, job)).await?;
+                Box::pin(write_jobs(app, outbox, session, &mut controls, job)).await?;
             }
-            frame = socket.next() => {
+            frame = stream.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -472,7 +652,7 @@ async fn serve(
                         let asked = session.heartbeat_interval().unwrap_or(app.link_heartbeat);
                         if let Some(every) = reask(app, asked) {
                             session.set_heartbeat_interval(every);
-                            Box::pin(send_owned(socket, hello_ack(Vec::new(), every))).await?;
+                            Box::pin(send_owned(outbox, hello_ack(Vec::new(), every))).await?;
                         }
                     }
                     Ok(LinkToCloud::Hello(_)) => return Err("a second hello on one connection".to_owned()),
@@ -487,7 +667,20 @@ async fn serve(
 /// Link, then flushes once.
 async fn write_jobs(
     app: &AppState,
-    socket: &mut WebSocket,
+    outbox: &Outbox,
+    session: &mut LinkSession,
+    controls: &mut Option<Controls>,
+    job: Job,
+) -> Result<(), String> {
+    let mut socket = outbox.writing().await;
+    let written = write_queued(app, &mut socket, session, controls, job).await;
+    socket.finish(written)
+}
+
+/// [`write_jobs`]' writes, on its turn at the outbox.
+async fn write_queued(
+    app: &AppState,
+    socket: &mut Writing<'_, WsSink>,
     session: &mut LinkSession,
     controls: &mut Option<Controls>,
     job: Job,
@@ -528,8 +721,7 @@ async fn write_jobs(
             next = session.try_next_job().ok().flatten();
         }
     }
-    socket.flush().await.map_err(|e| format!("send: {e}"))?;
-    Ok(())
+    socket.flush().await
 }
 
 /// A session's control channel: its sender (cloned into the hub per paged job) and
@@ -662,6 +854,106 @@ mod tests {
         // A kick for a link with no session is a no-op.
         kicks.kick(link(3));
         assert!(!kicked(&b));
+    }
+
+    /// A sink that buffers what it is sent and flushes it only once `open` (or fails
+    /// every flush with `broken`).
+    #[derive(Default)]
+    struct Gate {
+        buffered: Vec<Message>,
+        sent: Vec<Message>,
+        open: bool,
+        broken: bool,
+    }
+
+    impl Sink<Message> for Gate {
+        type Error = axum::Error;
+
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: std::pin::Pin<&mut Self>, msg: Message) -> Result<(), axum::Error> {
+            self.buffered.push(msg);
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            if self.broken {
+                return std::task::Poll::Ready(Err(axum::Error::new("broken pipe")));
+            }
+            if !self.open {
+                return std::task::Poll::Pending;
+            }
+            let buffered = std::mem::take(&mut self.buffered);
+            self.sent.extend(buffered);
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    fn stalled(outbox: &Outbox<Gate>) -> bool {
+        use futures_util::FutureExt as _;
+        outbox.stalled.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_writer_dropped_mid_write_leaves_its_message_for_the_session_task() {
+        use futures_util::FutureExt as _;
+        let outbox = Outbox::new(Gate::default());
+        // A request task's write, cancelled while its flush waits on the socket.
+        let mut write = Box::pin(outbox.send(Message::Text("job 1".into())));
+        assert!(write.as_mut().now_or_never().is_none());
+        drop(write);
+        assert!(stalled(&outbox), "the session task was not told to flush");
+        assert!(!outbox.failed.load(Ordering::Acquire));
+        // The turn is over (the next writer is not blocked) and the message is whole,
+        // buffered; the session task's flush sends it.
+        outbox.sink.try_lock().unwrap().as_mut().unwrap().open = true;
+        assert_eq!(flush_outbox(&outbox).now_or_never(), Some(Ok(())));
+        let sink = outbox.sink.try_lock().unwrap();
+        assert_eq!(sink.as_ref().unwrap().sent, [Message::Text("job 1".into())]);
+        drop(sink);
+        // A write that finishes leaves nothing for the session task.
+        assert_eq!(
+            outbox.send(Message::Text("job 2".into())).now_or_never(),
+            Some(Ok(()))
+        );
+        assert!(!stalled(&outbox));
+    }
+
+    #[test]
+    fn a_failed_write_ends_the_session_and_writes_after_the_end_fail() {
+        use futures_util::FutureExt as _;
+        let outbox = Outbox::new(Gate {
+            broken: true,
+            ..Gate::default()
+        });
+        let sent = outbox.send(Message::Text("job".into())).now_or_never();
+        assert!(matches!(sent, Some(Err(_))));
+        assert!(outbox.failed.load(Ordering::Acquire), "the session goes on");
+        assert!(stalled(&outbox));
+        // Once the session ended, writes fail at once and touch nothing.
+        let outbox = Outbox::new(Gate {
+            open: true,
+            ..Gate::default()
+        });
+        outbox.shut().now_or_never().unwrap();
+        let sent = outbox.send(Message::Text("late job".into())).now_or_never();
+        assert!(matches!(sent, Some(Err(_))));
+        assert!(!outbox.failed.load(Ordering::Acquire));
     }
 
     #[test]

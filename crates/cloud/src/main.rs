@@ -11,9 +11,10 @@ use halo_cloud::{CloudConfig, HttpLimits};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
-/// mimalloc rather than glibc's malloc: with thousands of Link sessions' buffers
-/// freed and reused, glibc's allocator walked ever longer free lists on the query
-/// path (`link_swarm`, PERFORMANCE.md).
+/// mimalloc rather than glibc's malloc: glibc's malloc and free were about a tenth
+/// of the Cloud's samples on the query path, and with thousands of Link sessions'
+/// buffers freed and reused it walked ever longer free lists there (PERFORMANCE.md,
+/// "Whole path" and "Many Links on one node").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

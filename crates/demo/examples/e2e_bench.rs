@@ -53,6 +53,11 @@ use halo_policy::{IntegratorId, KeyHash, ReadAccess};
 use halo_router::RouterConfig;
 use halo_tenancy::AvailabilityConfig;
 
+/// mimalloc: glibc's malloc and free were about a tenth of the in-process Cloud's samples on
+/// the query path (PERFORMANCE.md, "Whole path").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SQL: &str = "SELECT patient_id, first_name, last_name FROM patients WHERE patient_id = 7";
 const TABLES: [&str; 4] = ["patients", "providers", "appointments", "treatments"];
 

@@ -10,8 +10,8 @@ use halo_link::demo::{DemoPractice, generate};
 use halo_link::{Agent, LinkConfig};
 use halo_logging::LogFormat;
 
-/// mimalloc rather than glibc's malloc, as `halo-cloud`: every job allocates and
-/// frees its frames, rows and buffers, which mimalloc serves from per-thread pages.
+/// mimalloc: glibc's malloc and free were about a tenth of the Link's samples on
+/// the query path (PERFORMANCE.md, "Whole path").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -111,7 +111,7 @@ mod sync;
 pub use dispatch::{Dispatch, QueryId};
 pub use error::{RouteError, RouteErrorClass};
 pub use job::{Command, Job, Paging};
-pub use link::{Delivery, LinkSession, Liveness, NextJob};
+pub use link::{Delivery, Handoff, LinkSession, Liveness, NextJob, Outbox};
 pub use outcome::{QueryFailure, QueryOutput};
 pub use practice::{CrnRefusal, resolve_crn};
 pub use route::{Route, SiteRoute};

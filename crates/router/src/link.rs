@@ -18,6 +18,7 @@
 //! route sees `closed` and fails its own slot, or detach sees the slot and fails it;
 //! the slot's CAS makes sure only one of them releases it. No query hangs.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -225,6 +226,33 @@ pub(crate) struct SessionCore {
     listed: AtomicBool,
     /// The router's busy set, which the timeout sweep visits.
     busy: Arc<Busy<SessionCore>>,
+    /// The adapter's writer of this session's connection, once attached
+    /// ([`LinkSession::set_outbox`]): jobs routed with [`crate::Router::route_direct`]
+    /// are handed back with it instead of queued on `tx`.
+    outbox: OnceLock<Outbox>,
+}
+
+/// An adapter's writer of one Link session's connection, opaque to the router (which
+/// does no IO): [`LinkSession::set_outbox`] attaches it to the session, and
+/// [`crate::Router::route_direct`] hands it back with each job routed to that session,
+/// so that the caller writes the job to the very connection routing chose.
+pub type Outbox = Arc<dyn Any + Send + Sync>;
+
+/// A job handed to its caller to write ([`crate::Router::route_direct`]): the job, and
+/// the outbox of the session it was routed to (the only one it may be written to).
+pub struct Handoff {
+    /// The job to send.
+    pub job: Job,
+    /// The routed session's outbox ([`LinkSession::set_outbox`]).
+    pub outbox: Outbox,
+}
+
+impl fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handoff")
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Member for SessionCore {
@@ -269,6 +297,7 @@ impl SessionCore {
             busy_refusals,
             listed: AtomicBool::new(false),
             busy,
+            outbox: OnceLock::new(),
         });
         (core, rx)
     }
@@ -342,16 +371,52 @@ impl SessionCore {
         Ok(Dispatch::new(slot, Arc::clone(self), halo_guid))
     }
 
-    /// Reserves a place, builds the job and enqueues it.
+    /// Registers `job`'s slot and hands the job back to be written to `outbox` by the
+    /// caller, instead of queueing it. The place must have been reserved; it is
+    /// released on the error path. The same handshake with `close` as `enqueue`:
+    /// the slot is in the map before the fence, `closed` is read after it.
+    fn hand_off(
+        self: &Arc<Self>,
+        job: Job,
+        outbox: &Outbox,
+    ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
+        let slot = Arc::new(Slot::new(job.query_id, job.deadline));
+        let halo_guid = job.halo_guid;
+        self.slots
+            .get_or_init(|| SlotMap::with_hasher(RandomState::default()))
+            .pin()
+            .insert(job.query_id, Arc::clone(&slot));
+        // Pairs with the fence in `close`: see the module docs.
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
+            return Err(RouteError::Unreachable);
+        }
+        let handoff = Handoff {
+            job,
+            outbox: Arc::clone(outbox),
+        };
+        Ok((
+            Dispatch::new(slot, Arc::clone(self), halo_guid),
+            Some(handoff),
+        ))
+    }
+
+    /// Reserves a place, builds the job and enqueues it; or, with `direct` and an
+    /// outbox attached, hands it back to be written by the caller ([`Handoff`]).
     pub(crate) fn submit(
         self: &Arc<Self>,
         make_job: impl FnOnce() -> Result<Job, RouteError>,
-    ) -> Result<Dispatch, RouteError> {
+        direct: bool,
+    ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
         if self.is_closed() {
             return Err(RouteError::Unreachable);
         }
         let submitted = self.try_reserve().and_then(|()| match make_job() {
-            Ok(job) => self.enqueue(job),
+            Ok(job) => match self.outbox.get().filter(|_| direct) {
+                Some(outbox) => self.hand_off(job, outbox),
+                None => self.enqueue(job).map(|d| (d, None)),
+            },
             Err(e) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Err(e)
@@ -481,6 +546,15 @@ impl LinkSession {
     pub fn set_heartbeat_interval(&self, every: Duration) {
         let ms = u32::try_from(every.as_millis()).unwrap_or(u32::MAX).max(1);
         self.core.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Attaches the adapter's writer of this session's connection: from then on,
+    /// [`crate::Router::route_direct`] hands each job routed to this session back to
+    /// its caller with `outbox`, to be written there, instead of queueing it for
+    /// [`LinkSession::next_job`] (every other route still queues). Set once: returns
+    /// `false`, keeping the first, if one was attached already.
+    pub fn set_outbox(&self, outbox: Outbox) -> bool {
+        self.core.outbox.set(outbox).is_ok()
     }
 
     /// The heartbeat interval last recorded with [`Self::set_heartbeat_interval`].

@@ -57,7 +57,7 @@ use crate::dispatch::{Dispatch, QueryId};
 use crate::error::RouteError;
 use crate::groups::Groups;
 use crate::job::{Command, Job, Paging};
-use crate::link::{LinkEntry, LinkSession, Liveness, SessionCore};
+use crate::link::{Handoff, LinkEntry, LinkSession, Liveness, SessionCore};
 use crate::route::{Route, SiteRoute};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
@@ -634,7 +634,31 @@ impl Router {
         request: RouteRequest<'_>,
         limits: RouteLimits,
     ) -> Result<Dispatch, RouteError> {
-        self.route_as(request, limits, None)
+        self.route_as(request, limits, None, false).map(|(d, _)| d)
+    }
+
+    /// [`Router::route`], except that when the chosen session has an outbox
+    /// ([`LinkSession::set_outbox`]) the job is not queued for the session's task but
+    /// handed back ([`Handoff`]) with that session's outbox, for the caller to write
+    /// there itself (one hand-off between tasks less). Every check, the in-flight
+    /// reservation, the slot, the deadline and the detach handshake are exactly
+    /// [`Router::route`]'s; without an outbox the job is queued as there (`None`).
+    ///
+    /// The caller must write the job to the handed-back outbox only, and fail or
+    /// drop the [`Dispatch`] if it cannot.
+    ///
+    /// # Errors
+    /// As [`Router::route`].
+    pub fn route_direct(
+        &self,
+        request: RouteRequest<'_>,
+    ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
+        let limits = RouteLimits {
+            max_time_in_queue: self.config.max_time_in_queue,
+            execution_limit: self.config.execution_limit,
+            paging: None,
+        };
+        self.route_as(request, limits, None, true)
     }
 
     /// [`Router::route_with`] for work accepted earlier whose key is no longer held
@@ -650,7 +674,8 @@ impl Router {
         key_hash: &KeyHash,
         limits: RouteLimits,
     ) -> Result<Dispatch, RouteError> {
-        self.route_as(request, limits, Some(key_hash))
+        self.route_as(request, limits, Some(key_hash), false)
+            .map(|(d, _)| d)
     }
 
     fn route_as(
@@ -658,7 +683,8 @@ impl Router {
         request: RouteRequest<'_>,
         limits: RouteLimits,
         stored: Option<&KeyHash>,
-    ) -> Result<Dispatch, RouteError> {
+        direct: bool,
+    ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
         let in_queue = request
             .max_time_in_queue
             .unwrap_or(self.config.default_time_in_queue);
@@ -698,28 +724,31 @@ impl Router {
                     site.epoch,
                 ))
             })?;
-        session.submit(|| {
-            policy
-                .take(&allowed, request.now)
-                .map_err(RouteError::Denied)?;
-            let raw = self.next_query.fetch_add(1, Ordering::Relaxed);
-            let query_id =
-                QueryId::new(raw).expect("the query counter starts at 1 and never wraps");
-            let queue_deadline = request.now.saturating_add(in_queue);
-            Ok(Job {
-                query_id,
-                halo_guid,
-                link,
-                epoch,
-                queue_deadline,
-                deadline: queue_deadline.saturating_add(limits.execution_limit),
-                catalogue,
-                command: request.command,
-                allowed,
-                allowlist: request.components,
-                paging: limits.paging,
-            })
-        })
+        session.submit(
+            || {
+                policy
+                    .take(&allowed, request.now)
+                    .map_err(RouteError::Denied)?;
+                let raw = self.next_query.fetch_add(1, Ordering::Relaxed);
+                let query_id =
+                    QueryId::new(raw).expect("the query counter starts at 1 and never wraps");
+                let queue_deadline = request.now.saturating_add(in_queue);
+                Ok(Job {
+                    query_id,
+                    halo_guid,
+                    link,
+                    epoch,
+                    queue_deadline,
+                    deadline: queue_deadline.saturating_add(limits.execution_limit),
+                    catalogue,
+                    command: request.command,
+                    allowed,
+                    allowlist: request.components,
+                    paging: limits.paging,
+                })
+            },
+            direct,
+        )
     }
 
     /// The load of every Link the router knows, for metrics: whether a session is

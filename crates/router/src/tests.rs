@@ -647,3 +647,119 @@ fn bulk_load_publishes_what_one_change_at_a_time_would_in_one_swap() {
     assert!(!bulk.resolve(halo(2)).unwrap().is_authoritative());
     assert!(bulk.resolve(halo(1)).unwrap().is_authoritative());
 }
+
+/// An outbox the tests can tell apart (`Router::route_direct`).
+fn outbox(name: &'static str) -> crate::Outbox {
+    std::sync::Arc::new(name)
+}
+
+fn outbox_name(outbox: &crate::Outbox) -> &'static str {
+    outbox
+        .downcast_ref::<&'static str>()
+        .copied()
+        .expect("a test outbox")
+}
+
+#[test]
+fn a_direct_route_hands_the_job_back_with_the_routed_sessions_outbox() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    assert!(session.set_outbox(outbox("first")));
+    assert!(!session.set_outbox(outbox("second")), "set once");
+    let (dispatch, handoff) = router.route_direct(request(halo(1))).unwrap();
+    let handoff = handoff.expect("handed back, not queued");
+    assert_eq!(outbox_name(&handoff.outbox), "first");
+    let job = handoff.job;
+    assert_eq!(job.query_id, dispatch.query_id());
+    assert_eq!(job.halo_guid, halo(1));
+    assert_eq!(job.link, link(1));
+    assert_eq!(job.epoch, router.resolve(halo(1)).unwrap().epoch());
+    assert_eq!(job.deadline, dispatch.deadline());
+    // Nothing queued for the session's task; the place is taken all the same.
+    assert!(session.try_next_job().unwrap().is_none());
+    assert_eq!(session.in_flight(), 1);
+    assert_eq!(
+        session.complete(job.query_id, Ok(output(4))),
+        Delivery::Delivered
+    );
+    assert_eq!(block_on(dispatch).unwrap(), output(4));
+    assert_eq!(session.in_flight(), 0);
+    // `route` still queues, outbox or not.
+    let queued = router.route(request(halo(1))).unwrap();
+    assert_eq!(
+        session.try_next_job().unwrap().unwrap().query_id,
+        queued.query_id()
+    );
+}
+
+#[test]
+fn a_direct_route_to_a_session_without_an_outbox_queues() {
+    let (router, _) = setup(RouterConfig::standard());
+    let mut session = router.attach_link(link(1));
+    let (dispatch, handoff) = router.route_direct(request(halo(1))).unwrap();
+    assert!(handoff.is_none());
+    let job = session.try_next_job().unwrap().expect("queued");
+    assert_eq!(job.query_id, dispatch.query_id());
+}
+
+#[test]
+fn direct_routes_keep_the_links_cap_deadlines_cancellation_and_detach() {
+    let config = RouterConfig {
+        link_capacity: 2,
+        ..RouterConfig::standard()
+    };
+    let (router, _) = setup(config);
+    let session = router.attach_link(link(1));
+    session.set_outbox(outbox("only"));
+    let (a, _) = router.route_direct(request(halo(1))).unwrap();
+    let (mut b, _) = router.route_direct(request(halo(1))).unwrap();
+    assert_eq!(
+        router.route_direct(request(halo(1))).unwrap_err(),
+        RouteError::Busy
+    );
+    // Cancelling frees its place; a late answer to it is dropped.
+    let cancelled = a.query_id();
+    drop(a);
+    assert_eq!(session.in_flight(), 1);
+    assert_eq!(session.complete(cancelled, Ok(output(1))), Delivery::Late);
+    // The sweeper times out a handed-off query at its deadline, once.
+    let (c, _) = router.route_direct(request(halo(1))).unwrap();
+    assert_eq!(router.expire_overdue(c.deadline()), 2);
+    assert_eq!(block_on(c).unwrap_err(), RouteError::Timeout);
+    assert_eq!(block_on(&mut b).unwrap_err(), RouteError::Timeout);
+    assert_eq!(session.in_flight(), 0);
+    // Detach fails what is in flight at once.
+    let (mut d, _) = router.route_direct(request(halo(1))).unwrap();
+    assert!(poll_once(&mut d).is_pending());
+    session.detach();
+    assert_eq!(block_on(d).unwrap_err(), RouteError::Unreachable);
+    assert_eq!(
+        router.route_direct(request(halo(1))).unwrap_err(),
+        RouteError::Unreachable
+    );
+}
+
+#[test]
+fn a_direct_route_after_a_reattach_carries_the_new_sessions_outbox() {
+    let (router, _) = setup(RouterConfig::standard());
+    let old = router.attach_link(link(1));
+    old.set_outbox(outbox("old"));
+    let (before, handoff) = router.route_direct(request(halo(1))).unwrap();
+    assert_eq!(outbox_name(&handoff.unwrap().outbox), "old");
+    let new = router.attach_link(link(1));
+    new.set_outbox(outbox("new"));
+    assert_eq!(block_on(before).unwrap_err(), RouteError::Unreachable);
+    let (after, handoff) = router.route_direct(request(halo(1))).unwrap();
+    let job = handoff.unwrap();
+    assert_eq!(outbox_name(&job.outbox), "new");
+    // The old session cannot answer the new session's query.
+    assert_eq!(
+        old.complete(job.job.query_id, Ok(output(1))),
+        Delivery::Late
+    );
+    assert_eq!(
+        new.complete(job.job.query_id, Ok(output(2))),
+        Delivery::Delivered
+    );
+    assert_eq!(block_on(after).unwrap(), output(2));
+}
