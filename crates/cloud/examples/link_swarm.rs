@@ -29,7 +29,9 @@
 //! repeated unchanged writes none), and queries to the practices already back,
 //! sent throughout. Last, every Link but the 10 queried ones detaches and query
 //! latency is measured at 10 Links once more: the N-Link figures are given as ratios
-//! to the mean of the two 10-Link runs (A/B/A), since this machine drifts.
+//! to the mean of the two 10-Link runs (A/B/A), since this machine drifts. Before each
+//! measurement the Cloud is let settle (under 5 % of a core) and `--warmup` queries are
+//! sent; the measured queries have a client and pooled connections of their own.
 //!
 //! Limits: the Cloud and this process each need one file descriptor per Link; this
 //! program raises `RLIMIT_NOFILE` (soft and hard, which needs root or
@@ -93,6 +95,9 @@ struct Cli {
     /// again).
     #[arg(long, default_value_t = 20_000)]
     queries: usize,
+    /// Queries sent before each measurement, not counted.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: usize,
     /// Queries in flight at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -524,7 +529,12 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
 // ---- the integrator -----------------------------------------------------------------
 
 struct Http {
+    /// Admin calls (credentials are issued 64 at a time).
     client: reqwest::Client,
+    /// The measured queries, on a pool of their own the size of `--concurrency`, so
+    /// that every measurement runs over the same few warm connections (the admin
+    /// pool's 64, spread over by the first measurement only, made it the costliest).
+    queries: reqwest::Client,
     addr: parking_lot::RwLock<SocketAddr>,
 }
 
@@ -550,7 +560,7 @@ impl Http {
         let addr = *self.addr.read();
         let start = Instant::now();
         let resp = self
-            .client
+            .queries
             .post(format!(
                 "http://{addr}/integrator/sites/{site}/queries/immediate"
             ))
@@ -646,6 +656,18 @@ impl Profile {
     }
 }
 
+/// Waits (at most 30 s) until the Cloud uses under 5 % of a core over a second, so
+/// that no measurement shares the machine with work left from the step before it
+/// (a background snapshot after the credentials or the attaches, a writer
+/// catching up); idle heartbeats at 15 000 Links cost about 2 %.
+async fn settle(cloud: &CloudProcess) {
+    for _ in 0..30 {
+        if cpu_share(cloud, 1).await < 0.05 {
+            return;
+        }
+    }
+}
+
 /// CPU time spent per query, in microseconds.
 fn per_query_us(cpu: Duration, queries: usize) -> f64 {
     (cpu.as_secs_f64() * 1e6 / queries.max(1) as f64).round()
@@ -716,6 +738,10 @@ async fn swarm(cli: Cli) {
     let http = Arc::new(Http {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .build()
+            .unwrap(),
+        queries: reqwest::Client::builder()
+            .pool_max_idle_per_host(cli.concurrency.max(1))
             .build()
             .unwrap(),
         addr: parking_lot::RwLock::new(cloud.addr),
@@ -816,7 +842,8 @@ async fn swarm(cli: Cli) {
             .unwrap();
         assert!(resp.status().is_success(), "pair: {}", resp.status());
     }
-    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    settle(&cloud).await;
+    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10", cloud.pid());
     let (p50_10, p99_10, errors_10) =
@@ -876,7 +903,8 @@ async fn swarm(cli: Cli) {
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
-    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up, as at 10
+    settle(&cloud).await;
+    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up, as at 10
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_n", cloud.pid());
@@ -951,7 +979,8 @@ async fn swarm(cli: Cli) {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    measure_queries(&http, &key, 200, cli.concurrency).await; // warm up
+    settle(&cloud).await;
+    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10_after", cloud.pid());
     let (p50_after, p99_after, errors_after) =
