@@ -668,6 +668,17 @@ async fn settle(cloud: &CloudProcess) {
     }
 }
 
+/// The machine's `steal` clock ticks so far (all CPUs; 0 where not reported).
+fn steal_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let cpu = stat.lines().next()?.to_owned();
+            cpu.split_whitespace().nth(8)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// CPU time spent per query, in microseconds.
 fn per_query_us(cpu: Duration, queries: usize) -> f64 {
     (cpu.as_secs_f64() * 1e6 / queries.max(1) as f64).round()
@@ -846,8 +857,10 @@ async fn swarm(cli: Cli) {
     measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10", cloud.pid());
+    let steal0 = steal_ticks();
     let (p50_10, p99_10, errors_10) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let steal_10 = steal_ticks() - steal0;
     perf.stop();
     let cloud_us_per_query_10 = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let beats0 = swarm.beats.load(Ordering::Relaxed);
@@ -908,7 +921,9 @@ async fn swarm(cli: Cli) {
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_n", cloud.pid());
+    let steal0 = steal_ticks();
     let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let steal_n = steal_ticks() - steal0;
     perf.stop();
     let cloud_us_per_query_n = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let swarm_cpu_queries =
@@ -983,8 +998,10 @@ async fn swarm(cli: Cli) {
     measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10_after", cloud.pid());
+    let steal0 = steal_ticks();
     let (p50_after, p99_after, errors_after) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
+    let steal_after = steal_ticks() - steal0;
     perf.stop();
     let cloud_us_per_query_after = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     cloud.kill();
@@ -992,6 +1009,11 @@ async fn swarm(cli: Cli) {
     // they are about 2 % of a core).
     out["cloud_cpu_us_per_query"] = json!({"links_10": cloud_us_per_query_10,
         "links_n": cloud_us_per_query_n, "links_10_after": cloud_us_per_query_after});
+    // Time the hypervisor ran something else on this VM's CPUs during each
+    // measurement (`steal` of /proc/stat, clock ticks over all CPUs): an outlier
+    // with steal is the machine's, not the Cloud's.
+    out["steal_ticks"] = json!({"links_10": steal_10, "links_n": steal_n,
+        "links_10_after": steal_after});
     // Less sensitive to a busy machine than the latency ratios.
     out["cloud_cpu_per_query_ratio_n_over_10"] =
         json!(cloud_us_per_query_n / ((cloud_us_per_query_10 + cloud_us_per_query_after) / 2.0));
