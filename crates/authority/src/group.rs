@@ -55,7 +55,7 @@ pub struct Member {
 /// Laid out for a million groups (48 bytes, so that a group with its key takes 72):
 /// the first member inline, the low half of the epoch inline, and everything most
 /// groups lack (further members, the holder among them, who vacated the group, an
-/// epoch past `u32::MAX`) in one boxed [`Rare`] that exists only while some of it
+/// epoch past `u32::MAX`) in one boxed `Rare` that exists only while some of it
 /// does. Compared by content (`PartialEq` below), not by layout.
 #[derive(Clone, Default)]
 pub struct GroupState {

@@ -338,15 +338,33 @@ impl SessionCore {
         Ok(())
     }
 
-    /// Puts `job` on the queue and returns the caller's `Dispatch`. The place must
-    /// have been reserved with `reserve`; it is released on every error path.
-    pub(crate) fn enqueue(self: &Arc<Self>, job: Job) -> Result<Dispatch, RouteError> {
+    /// Puts a new slot for `job` in the session's map, where `close` finds it.
+    fn register(&self, job: &Job) -> Arc<Slot> {
         let slot = Arc::new(Slot::new(job.query_id, job.deadline));
-        let halo_guid = job.halo_guid;
         self.slots
             .get_or_init(|| SlotMap::with_hasher(RandomState::default()))
             .pin()
             .insert(job.query_id, Arc::clone(&slot));
+        slot
+    }
+
+    /// After `slot` is registered: fails it, and says so, if the session closed
+    /// meanwhile. Pairs with the fence in `close` (see the module docs): the slot is
+    /// in the map before this fence, `closed` is read after it.
+    fn unless_closed(&self, slot: &Arc<Slot>) -> Result<(), RouteError> {
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            let _ = self.finish(slot, Ending::Unreachable, Err(RouteError::Unreachable));
+            return Err(RouteError::Unreachable);
+        }
+        Ok(())
+    }
+
+    /// Puts `job` on the queue and returns the caller's `Dispatch`. The place must
+    /// have been reserved with `reserve`; it is released on every error path.
+    pub(crate) fn enqueue(self: &Arc<Self>, job: Job) -> Result<Dispatch, RouteError> {
+        let slot = self.register(&job);
+        let halo_guid = job.halo_guid;
         // Room for `capacity` live jobs plus as many dead ones (cancelled or timed out
         // while queued, not yet skipped by the receiver). The reservation bounds live
         // jobs; the queue is full only when the Link has stopped draining dead ones
@@ -361,12 +379,7 @@ impl SessionCore {
             let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
             return Err(RouteError::Unreachable);
         }
-        // Pairs with the fence in `close`: see the module docs.
-        fence(Ordering::SeqCst);
-        if self.closed.load(Ordering::SeqCst) {
-            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
-            return Err(RouteError::Unreachable);
-        }
+        self.unless_closed(&slot)?;
         self.waiter.notify();
         Ok(Dispatch::new(slot, Arc::clone(self), halo_guid))
     }
@@ -380,18 +393,9 @@ impl SessionCore {
         job: Job,
         outbox: &Outbox,
     ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
-        let slot = Arc::new(Slot::new(job.query_id, job.deadline));
+        let slot = self.register(&job);
         let halo_guid = job.halo_guid;
-        self.slots
-            .get_or_init(|| SlotMap::with_hasher(RandomState::default()))
-            .pin()
-            .insert(job.query_id, Arc::clone(&slot));
-        // Pairs with the fence in `close`: see the module docs.
-        fence(Ordering::SeqCst);
-        if self.closed.load(Ordering::SeqCst) {
-            let _ = self.finish(&slot, Ending::Unreachable, Err(RouteError::Unreachable));
-            return Err(RouteError::Unreachable);
-        }
+        self.unless_closed(&slot)?;
         let handoff = Handoff {
             job,
             outbox: Arc::clone(outbox),

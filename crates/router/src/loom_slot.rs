@@ -140,9 +140,9 @@ fn loom_job_receiver_never_misses_a_wake_up() {
     });
 }
 
-/// The detach/route handshake of `SessionCore` (`enqueue` and `close`): the route
-/// inserts its slot, fences and reads `closed`; detach sets `closed`, fences and scans
-/// the slots. Whatever the interleaving, the slot ends (nothing hangs) exactly once.
+/// The detach/route handshake of `SessionCore` (`register` then `unless_closed`, which
+/// both `enqueue` and `hand_off` go through, against `close`): the route inserts its
+/// slot, fences and reads `closed`; detach sets `closed`, fences and scans the slots. Whatever the interleaving, the slot ends (nothing hangs) exactly once.
 #[test]
 fn loom_detach_never_strands_a_routed_query() {
     loom::model(|| {

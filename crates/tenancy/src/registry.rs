@@ -208,29 +208,9 @@ impl<T: Keyed> Dense<T> {
 
     /// Adds a value unless its key is already present; says whether it did.
     pub(crate) fn insert_new(&mut self, value: T) -> bool {
-        if self.index.len() >= self.index.capacity() {
-            self.grow();
-        }
-        let Self {
-            list,
-            index,
-            hasher,
-        } = self;
-        let key = value.key();
-        let position = u32::try_from(list.len()).expect("fewer than 2^32 entries");
-        let hash = hasher.hash_one(key);
-        match index.entry(
-            hash,
-            |&i| list.get(i as usize).is_some_and(|v| v.key() == key),
-            |&i| list.get(i as usize).map_or(0, |v| hasher.hash_one(v.key())),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(position);
-                list.push(value);
-                true
-            }
-        }
+        let len = self.list.len();
+        // An existing value's position is below `len`; a new one goes at `len`.
+        self.position_or_insert_with(value.key(), || value) == len
     }
 
     /// Gives the index room for one more, as hashbrown would (the next power of two
