@@ -326,6 +326,13 @@ fn process_cpu(pid: &str) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz)
 }
 
+/// Minor page faults of process `pid` so far (field 10 of `/proc/PID/stat`).
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(7).unwrap().parse().unwrap()
+}
+
 /// `CLK_TCK`, from `getconf` (100 on Linux unless configured otherwise).
 fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
@@ -858,9 +865,11 @@ async fn swarm(cli: Cli) {
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10", cloud.pid());
     let steal0 = steal_ticks();
+    let faults0 = minor_faults(cloud.pid());
     let (p50_10, p99_10, errors_10) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
     let steal_10 = steal_ticks() - steal0;
+    let faults_10 = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
     perf.stop();
     let cloud_us_per_query_10 = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let beats0 = swarm.beats.load(Ordering::Relaxed);
@@ -922,8 +931,10 @@ async fn swarm(cli: Cli) {
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_n", cloud.pid());
     let steal0 = steal_ticks();
+    let faults0 = minor_faults(cloud.pid());
     let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
     let steal_n = steal_ticks() - steal0;
+    let faults_n = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
     perf.stop();
     let cloud_us_per_query_n = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     let swarm_cpu_queries =
@@ -999,9 +1010,11 @@ async fn swarm(cli: Cli) {
     let cloud_cpu0 = cloud.cpu();
     let perf = Profile::start("links_10_after", cloud.pid());
     let steal0 = steal_ticks();
+    let faults0 = minor_faults(cloud.pid());
     let (p50_after, p99_after, errors_after) =
         measure_queries(&http, &key, cli.queries, cli.concurrency).await;
     let steal_after = steal_ticks() - steal0;
+    let faults_after = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
     perf.stop();
     let cloud_us_per_query_after = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
     cloud.kill();
@@ -1014,6 +1027,10 @@ async fn swarm(cli: Cli) {
     // with steal is the machine's, not the Cloud's.
     out["steal_ticks"] = json!({"links_10": steal_10, "links_n": steal_n,
         "links_10_after": steal_after});
+    // The Cloud's minor page faults per query in each measurement (an allocator
+    // returning and taking back memory shows here).
+    out["cloud_minor_faults_per_query"] = json!({"links_10": faults_10, "links_n": faults_n,
+        "links_10_after": faults_after});
     // Less sensitive to a busy machine than the latency ratios.
     out["cloud_cpu_per_query_ratio_n_over_10"] =
         json!(cloud_us_per_query_n / ((cloud_us_per_query_10 + cloud_us_per_query_after) / 2.0));
