@@ -126,8 +126,9 @@ impl Keyed for Link {
 }
 
 /// Values stored densely in insertion order, with an index of positions (4 bytes a
-/// slot) hashed by each value's own key. Values are never deleted, so positions stay
-/// valid. Against a hash map of whole values this saves the empty buckets' room
+/// slot) hashed by each value's own key. Sites, Links and groups are never deleted,
+/// so their positions stay valid (the branch table alone removes, with
+/// [`Dense::swap_remove`]). Against a hash map of whole values this saves the empty buckets' room
 /// (about 150 bytes per site at 1M sites) and the key stored twice.
 #[derive(Clone)]
 pub(crate) struct Dense<T> {
@@ -171,7 +172,8 @@ impl<T: Keyed + PartialEq> PartialEq for Dense<T> {
 impl<T: Keyed + Eq> Eq for Dense<T> {}
 
 impl<T: Keyed> Dense<T> {
-    /// The position of the value with `key` (positions never change).
+    /// The position of the value with `key` (stable unless [`Dense::swap_remove`]
+    /// moves it).
     pub(crate) fn position(&self, key: &T::Key) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         let list = &self.list;
@@ -211,6 +213,34 @@ impl<T: Keyed> Dense<T> {
         let len = self.list.len();
         // An existing value's position is below `len`; a new one goes at `len`.
         self.position_or_insert_with(value.key(), || value) == len
+    }
+
+    /// Removes the value at `at` (a position [`Dense::position`] gave); the last
+    /// value moves into its place. Only for a table whose positions nobody keeps
+    /// (branch claims): sites, Links and groups are never removed.
+    pub(crate) fn swap_remove(&mut self, at: usize) {
+        let Self {
+            list,
+            index,
+            hasher,
+        } = self;
+        let Some(key) = list.get(at).map(Keyed::key) else {
+            return;
+        };
+        if let Ok(slot) = index.find_entry(hasher.hash_one(key), |&i| i as usize == at) {
+            slot.remove();
+        }
+        let last = list.len() - 1;
+        if at != last {
+            // The last value moves into the gap: its slot is pointed there.
+            if let Some(moved) = list.get(last).map(Keyed::key) {
+                if let Some(slot) = index.find_mut(hasher.hash_one(moved), |&i| i as usize == last)
+                {
+                    *slot = at as u32;
+                }
+            }
+        }
+        list.swap_remove(at);
     }
 
     /// Gives the index room for one more, as hashbrown would (the next power of two
@@ -414,16 +444,22 @@ pub(crate) struct BranchClaim {
     pub(crate) claims: u32,
 }
 
-/// Branch claims stored densely (32 bytes each, in claim order but for removals)
-/// behind an index of positions, 4 bytes a slot: a hash map of whole entries would
-/// leave its empty buckets' 32 bytes each unused. A removed claim's place is taken
-/// by the last one, so positions are not stable and nothing outside keeps them.
-#[derive(Clone, Default)]
-pub(crate) struct BranchTable {
-    list: Vec<(GroupKey, BranchClaim)>,
-    index: hashbrown::HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
+/// A branch key with its claim, as the branch table holds it.
+impl Keyed for (GroupKey, BranchClaim) {
+    type Key = GroupKey;
+    const ORDERED: bool = false;
+    fn key(&self) -> GroupKey {
+        self.0
+    }
 }
+
+/// Branch claims stored densely (32 bytes each, in claim order but for removals)
+/// in a [`Dense`] table: a hash map of whole entries would leave its empty buckets'
+/// 32 bytes each unused. A removed claim's place is taken by the last one
+/// ([`Dense::swap_remove`]), so positions are not stable and nothing outside keeps
+/// them.
+#[derive(Clone, Default)]
+pub(crate) struct BranchTable(Dense<(GroupKey, BranchClaim)>);
 
 impl fmt::Debug for BranchTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -432,91 +468,48 @@ impl fmt::Debug for BranchTable {
 }
 
 impl BranchTable {
-    fn position(&self, key: &GroupKey) -> Option<usize> {
-        let list = &self.list;
-        self.index
-            .find(self.hasher.hash_one(key), |&i| {
-                list.get(i as usize).is_some_and(|e| e.0 == *key)
-            })
-            .map(|&i| i as usize)
-    }
-
     /// The claim on this branch key.
     pub(crate) fn get(&self, key: &GroupKey) -> Option<&BranchClaim> {
-        self.position(key)
-            .and_then(|i| self.list.get(i))
-            .map(|e| &e.1)
+        self.0.get(key).map(|e| &e.1)
     }
 
     /// Whether some live site claims this branch key.
     pub(crate) fn contains_key(&self, key: &GroupKey) -> bool {
-        self.position(key).is_some()
+        self.0.position(key).is_some()
     }
 
     /// Counts one more claim on `key`, made for the parent at `parent` if new.
     pub(crate) fn claim(&mut self, key: GroupKey, parent: u32) {
-        if let Some(i) = self.position(&key) {
-            if let Some(entry) = self.list.get_mut(i) {
-                entry.1.claims += 1;
-            }
-            return;
+        let at = self
+            .0
+            .position_or_insert_with(key, || (key, BranchClaim { parent, claims: 0 }));
+        if let Some(entry) = self.0.at_mut(at) {
+            entry.1.claims += 1;
         }
-        let Ok(position) = u32::try_from(self.list.len()) else {
-            // Fewer than 2^32 branch CRNs: one per live site's branch at most.
-            return;
-        };
-        let Self {
-            list,
-            index,
-            hasher,
-        } = self;
-        index.insert_unique(hasher.hash_one(key), position, |&i| {
-            list.get(i as usize).map_or(0, |e| hasher.hash_one(e.0))
-        });
-        list.push((key, BranchClaim { parent, claims: 1 }));
     }
 
     /// Counts one claim on `key` fewer, removing the entry at zero.
     pub(crate) fn release(&mut self, key: &GroupKey) {
-        let Some(at) = self.position(key) else {
+        let Some(at) = self.0.position(key) else {
             return;
         };
-        let Some(entry) = self.list.get_mut(at) else {
+        let Some(entry) = self.0.at_mut(at) else {
             return;
         };
         entry.1.claims = entry.1.claims.saturating_sub(1);
-        if entry.1.claims > 0 {
-            return;
+        if entry.1.claims == 0 {
+            self.0.swap_remove(at);
         }
-        let Self {
-            list,
-            index,
-            hasher,
-        } = self;
-        if let Ok(slot) = index.find_entry(hasher.hash_one(key), |&i| i as usize == at) {
-            slot.remove();
-        }
-        let last = list.len() - 1;
-        if at != last {
-            // The last entry moves into the gap: its slot is pointed there.
-            if let Some(moved) = list.get(last).map(|e| e.0) {
-                if let Some(slot) = index.find_mut(hasher.hash_one(moved), |&i| i as usize == last)
-                {
-                    *slot = at as u32;
-                }
-            }
-        }
-        list.swap_remove(at);
     }
 
     /// How many branch keys are claimed.
     pub(crate) fn len(&self) -> usize {
-        self.list.len()
+        self.0.len()
     }
 
     /// Every claim, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&GroupKey, &BranchClaim)> {
-        self.list.iter().map(|(k, c)| (k, c))
+        self.0.values().map(|(k, c)| (k, c))
     }
 }
 
