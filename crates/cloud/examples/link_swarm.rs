@@ -630,6 +630,47 @@ fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
+/// One query measurement and what the Cloud did during it.
+struct Phase {
+    p50: f64,
+    p99: f64,
+    errors: usize,
+    /// The Cloud's CPU per query, µs.
+    cpu_us: f64,
+    /// The machine's steal ticks over the measurement.
+    steal: u64,
+    /// The Cloud's minor page faults per query.
+    faults: f64,
+}
+
+/// Lets the Cloud settle, warms up, then measures `--queries` queries (recorded
+/// with `perf` as `phase` when asked: see [`Profile`]).
+async fn measure_phase(
+    phase: &str,
+    cloud: &CloudProcess,
+    http: &Arc<Http>,
+    key: &str,
+    cli: &Cli,
+) -> Phase {
+    settle(cloud).await;
+    measure_queries(http, key, cli.warmup, cli.concurrency).await;
+    let cpu0 = cloud.cpu();
+    let perf = Profile::start(phase, cloud.pid());
+    let (steal0, faults0) = (steal_ticks(), minor_faults(cloud.pid()));
+    let (p50, p99, errors) = measure_queries(http, key, cli.queries, cli.concurrency).await;
+    let steal = steal_ticks() - steal0;
+    let faults = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
+    perf.stop();
+    Phase {
+        p50,
+        p99,
+        errors,
+        cpu_us: per_query_us(cloud.cpu() - cpu0, cli.queries),
+        steal,
+        faults,
+    }
+}
+
 /// `perf record -g` of the Cloud and this process over one measured phase, into
 /// `$LINK_SWARM_PERF_DIR/PHASE.data`, when that variable is set (a profiling aid:
 /// compare where the time goes at 10 Links and at N).
@@ -860,18 +901,7 @@ async fn swarm(cli: Cli) {
             .unwrap();
         assert!(resp.status().is_success(), "pair: {}", resp.status());
     }
-    settle(&cloud).await;
-    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
-    let cloud_cpu0 = cloud.cpu();
-    let perf = Profile::start("links_10", cloud.pid());
-    let steal0 = steal_ticks();
-    let faults0 = minor_faults(cloud.pid());
-    let (p50_10, p99_10, errors_10) =
-        measure_queries(&http, &key, cli.queries, cli.concurrency).await;
-    let steal_10 = steal_ticks() - steal0;
-    let faults_10 = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
-    perf.stop();
-    let cloud_us_per_query_10 = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
+    let at_10 = measure_phase("links_10", &cloud, &http, &key, &cli).await;
     let beats0 = swarm.beats.load(Ordering::Relaxed);
     let t10 = Instant::now();
     let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
@@ -925,18 +955,8 @@ async fn swarm(cli: Cli) {
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
-    settle(&cloud).await;
-    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up, as at 10
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
-    let cloud_cpu0 = cloud.cpu();
-    let perf = Profile::start("links_n", cloud.pid());
-    let steal0 = steal_ticks();
-    let faults0 = minor_faults(cloud.pid());
-    let (p50_n, p99_n, errors_n) = measure_queries(&http, &key, cli.queries, cli.concurrency).await;
-    let steal_n = steal_ticks() - steal0;
-    let faults_n = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
-    perf.stop();
-    let cloud_us_per_query_n = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
+    let at_n = measure_phase("links_n", &cloud, &http, &key, &cli).await;
     let swarm_cpu_queries =
         (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
@@ -974,8 +994,8 @@ async fn swarm(cli: Cli) {
         "asked_again_mid_session": swarm.reasked.load(Ordering::Relaxed),
         "heartbeat_cpu_share_of_one_core": (cpu_n - cpu_10).max(0.0),
         "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,
-        "query_ms": {"links_10": {"p50": p50_10, "p99": p99_10, "errors": errors_10},
-                     "links_n": {"p50": p50_n, "p99": p99_n, "errors": errors_n}},
+        "query_ms": {"links_10": {"p50": at_10.p50, "p99": at_10.p99, "errors": at_10.errors},
+                     "links_n": {"p50": at_n.p50, "p99": at_n.p99, "errors": at_n.errors}},
         "quiet_secs": cli.quiet_secs,
         "load_avg_1m": load_average(),
     });
@@ -1005,40 +1025,29 @@ async fn swarm(cli: Cli) {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    settle(&cloud).await;
-    measure_queries(&http, &key, cli.warmup, cli.concurrency).await; // warm up
-    let cloud_cpu0 = cloud.cpu();
-    let perf = Profile::start("links_10_after", cloud.pid());
-    let steal0 = steal_ticks();
-    let faults0 = minor_faults(cloud.pid());
-    let (p50_after, p99_after, errors_after) =
-        measure_queries(&http, &key, cli.queries, cli.concurrency).await;
-    let steal_after = steal_ticks() - steal0;
-    let faults_after = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
-    perf.stop();
-    let cloud_us_per_query_after = per_query_us(cloud.cpu() - cloud_cpu0, cli.queries);
+    let after = measure_phase("links_10_after", &cloud, &http, &key, &cli).await;
     cloud.kill();
     // The Cloud's CPU per query while the queries ran (heartbeats included: at N
     // they are about 2 % of a core).
-    out["cloud_cpu_us_per_query"] = json!({"links_10": cloud_us_per_query_10,
-        "links_n": cloud_us_per_query_n, "links_10_after": cloud_us_per_query_after});
+    out["cloud_cpu_us_per_query"] = json!({"links_10": at_10.cpu_us,
+        "links_n": at_n.cpu_us, "links_10_after": after.cpu_us});
     // Time the hypervisor ran something else on this VM's CPUs during each
     // measurement (`steal` of /proc/stat, clock ticks over all CPUs): an outlier
     // with steal is the machine's, not the Cloud's.
-    out["steal_ticks"] = json!({"links_10": steal_10, "links_n": steal_n,
-        "links_10_after": steal_after});
+    out["steal_ticks"] = json!({"links_10": at_10.steal, "links_n": at_n.steal,
+        "links_10_after": after.steal});
     // The Cloud's minor page faults per query in each measurement (an allocator
     // returning and taking back memory shows here).
-    out["cloud_minor_faults_per_query"] = json!({"links_10": faults_10, "links_n": faults_n,
-        "links_10_after": faults_after});
+    out["cloud_minor_faults_per_query"] = json!({"links_10": at_10.faults, "links_n": at_n.faults,
+        "links_10_after": after.faults});
     // Less sensitive to a busy machine than the latency ratios.
     out["cloud_cpu_per_query_ratio_n_over_10"] =
-        json!(cloud_us_per_query_n / ((cloud_us_per_query_10 + cloud_us_per_query_after) / 2.0));
+        json!(at_n.cpu_us / ((at_10.cpu_us + after.cpu_us) / 2.0));
     out["query_ms"]["links_10_after"] =
-        json!({"p50": p50_after, "p99": p99_after, "errors": errors_after});
-    out["p99_ratio_n_over_10"] = json!(p99_n / ((p99_10 + p99_after) / 2.0));
-    out["p50_ratio_n_over_10"] = json!(p50_n / ((p50_10 + p50_after) / 2.0));
-    out["p99_ratio_n_over_10_before_after"] = json!([p99_n / p99_10, p99_n / p99_after]);
+        json!({"p50": after.p50, "p99": after.p99, "errors": after.errors});
+    out["p99_ratio_n_over_10"] = json!(at_n.p99 / ((at_10.p99 + after.p99) / 2.0));
+    out["p50_ratio_n_over_10"] = json!(at_n.p50 / ((at_10.p50 + after.p50) / 2.0));
+    out["p99_ratio_n_over_10_before_after"] = json!([at_n.p99 / at_10.p99, at_n.p99 / after.p99]);
     out["idle_links_threads"] = json!(cli.idle_links_threads);
     println!("{out}");
     if let Some(rt) = idle_links {
