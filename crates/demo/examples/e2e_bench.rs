@@ -251,11 +251,12 @@ fn ws_echo(url: &str) {
     .unwrap();
 }
 
-/// The p50, in µs, of `n` WebSocket round trips between this process (the server,
-/// on this runtime, as the Cloud is) and a child process that answers each frame.
-/// `frame` is sent each time (a job's size).
-async fn ws_round_trip_p50(frame: &str, n: usize) -> f64 {
-    use futures_util::{SinkExt as _, StreamExt as _};
+/// A WebSocket accepted on this runtime from a child process (this binary again,
+/// `--ws-echo`) that answers each frame, and that process.
+async fn echo_peer() -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    LinkProcess,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let child = LinkProcess(
@@ -267,7 +268,15 @@ async fn ws_round_trip_p50(frame: &str, n: usize) -> f64 {
     );
     let (tcp, _) = listener.accept().await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    (tokio_tungstenite::accept_async(tcp).await.unwrap(), child)
+}
+
+/// The p50, in µs, of `n` WebSocket round trips between this process (the server,
+/// on this runtime, as the Cloud is) and a child process that answers each frame.
+/// `frame` is sent each time (a job's size).
+async fn ws_round_trip_p50(frame: &str, n: usize) -> f64 {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let (mut ws, child) = echo_peer().await;
     let mut lat = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let t = Instant::now();
@@ -300,18 +309,8 @@ async fn floor_server(frame: &str) -> (std::net::SocketAddr, LinkProcess) {
     use tokio::sync::oneshot;
     use tokio_tungstenite::tungstenite::Message;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
-    let child = LinkProcess(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--ws-echo", &url])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let (tcp, _) = listener.accept().await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (sink, mut stream) = tokio_tungstenite::accept_async(tcp).await.unwrap().split();
+    let (ws, child) = echo_peer().await;
+    let (sink, mut stream) = ws.split();
     let sink = Arc::new(tokio::sync::Mutex::new(sink));
     let pending: Arc<parking_lot::Mutex<HashMap<u64, oneshot::Sender<String>>>> = Arc::default();
     let answers = Arc::clone(&pending);
