@@ -616,12 +616,16 @@ impl Router {
     /// [`RouteError::Unreachable`] (no session attached) and [`RouteError::Busy`]
     /// (the Link's queue is full).
     pub fn route(&self, request: RouteRequest<'_>) -> Result<Dispatch, RouteError> {
-        let limits = RouteLimits {
+        self.route_with(request, self.immediate_limits())
+    }
+
+    /// The limits of the immediate path ([`Router::route`], [`Router::route_direct`]).
+    fn immediate_limits(&self) -> RouteLimits {
+        RouteLimits {
             max_time_in_queue: self.config.max_time_in_queue,
             execution_limit: self.config.execution_limit,
             paging: None,
-        };
-        self.route_with(request, limits)
+        }
     }
 
     /// [`Router::route`] under other limits than the immediate path's: the async
@@ -653,12 +657,7 @@ impl Router {
         &self,
         request: RouteRequest<'_>,
     ) -> Result<(Dispatch, Option<Handoff>), RouteError> {
-        let limits = RouteLimits {
-            max_time_in_queue: self.config.max_time_in_queue,
-            execution_limit: self.config.execution_limit,
-            paging: None,
-        };
-        self.route_as(request, limits, None, true)
+        self.route_as(request, self.immediate_limits(), None, true)
     }
 
     /// [`Router::route_with`] for work accepted earlier whose key is no longer held
