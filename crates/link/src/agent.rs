@@ -389,9 +389,14 @@ impl Agent {
         // The first beat one interval from now: the hello just went out.
         let mut heartbeat = beat_timer(heartbeat_every);
 
+        // Frames written since the last flush: they leave in one write once nothing
+        // else is ready (the `select!` is biased, with the flush last), so the answers
+        // to the jobs that arrived in one segment leave in one segment too.
+        let mut unflushed = 0_usize;
         let end = loop {
             let next_expiry = waiting.next_expiry();
             tokio::select! {
+                biased;
                 () = shutdown.as_mut() => {
                     let _ = sink.send(Message::Close(None)).await;
                     break SessionEnd::Shutdown;
@@ -423,6 +428,7 @@ impl Agent {
                     if let Err(e) = sent.await {
                         break lost(true, LinkError::Connection(e.to_string()));
                     }
+                    unflushed = 0;
                     self.persist_epochs();
                 }
                 Some(answer) = done_rx.recv() => {
@@ -432,13 +438,13 @@ impl Agent {
                         let Ok(answer) = done_rx.try_recv() else { break };
                         answers.push(settle(answer, &mut running, &mut credits));
                     }
-                    if let Err(e) = send_all(&mut sink, answers).await {
+                    if let Err(e) = feed_all(&mut sink, answers, &mut unflushed).await {
                         break lost(true, e);
                     }
                 }
                 () = self.workers.freed.notified() => {
                     let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
-                    if let Err(e) = send_all(&mut sink, refusals).await {
+                    if let Err(e) = feed_all(&mut sink, refusals, &mut unflushed).await {
                         break lost(true, e);
                     }
                 }
@@ -446,7 +452,7 @@ impl Agent {
                     if next_expiry.is_some() =>
                 {
                     let refusals = self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, Instant::now());
-                    if let Err(e) = send_all(&mut sink, refusals).await {
+                    if let Err(e) = feed_all(&mut sink, refusals, &mut unflushed).await {
                         break lost(true, e);
                     }
                 }
@@ -463,7 +469,7 @@ impl Agent {
                                 frames.push(refusal);
                             }
                             frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
-                            if let Err(e) = send_all(&mut sink, frames).await {
+                            if let Err(e) = feed_all(&mut sink, frames, &mut unflushed).await {
                                 break lost(true, e);
                             }
                         }
@@ -479,7 +485,7 @@ impl Agent {
                                 credits.insert(query_id, credit);
                             }
                             frames.extend(self.dispatch(&mut waiting, &mut running, (&done_tx, &mut done_rx), &mut credits, now));
-                            if let Err(e) = send_all(&mut sink, frames).await {
+                            if let Err(e) = feed_all(&mut sink, frames, &mut unflushed).await {
                                 break lost(true, e);
                             }
                         }
@@ -518,6 +524,12 @@ impl Agent {
                             warn!(message = kind(&other), "unexpected message from the cloud; ignored");
                         }
                         Err(e) => break lost(true, e),
+                    }
+                }
+                flushed = sink.flush(), if unflushed > 0 => {
+                    unflushed = 0;
+                    if let Err(e) = flushed {
+                        break lost(true, LinkError::Connection(e.to_string()));
                     }
                 }
             }
@@ -975,25 +987,30 @@ impl Drop for Worker {
 /// whole: the buffer grows to the frame's length once its header is read.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
-/// The most frames written (and flushed) together.
+/// The most frames written before a flush.
 const MAX_FRAMES_PER_WRITE: usize = 32;
 
-/// Sends frames in order, with one flush for all of them.
-async fn send_all<S>(sink: &mut S, frames: Vec<String>) -> Result<(), LinkError>
+/// Writes frames in order into the sink's buffer, counting them in `unflushed`;
+/// flushes once [`MAX_FRAMES_PER_WRITE`] are waiting (otherwise the session loop
+/// flushes when nothing else is ready).
+async fn feed_all<S>(
+    sink: &mut S,
+    frames: Vec<String>,
+    unflushed: &mut usize,
+) -> Result<(), LinkError>
 where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    if frames.is_empty() {
-        return Ok(());
-    }
+    let io = |e: tungstenite::Error| LinkError::Connection(e.to_string());
     for frame in frames {
-        sink.feed(Message::text(frame))
-            .await
-            .map_err(|e| LinkError::Connection(e.to_string()))?;
+        sink.feed(Message::text(frame)).await.map_err(io)?;
+        *unflushed += 1;
+        if *unflushed >= MAX_FRAMES_PER_WRITE {
+            sink.flush().await.map_err(io)?;
+            *unflushed = 0;
+        }
     }
-    sink.flush()
-        .await
-        .map_err(|e| LinkError::Connection(e.to_string()))
+    Ok(())
 }
 
 type WsStream =

@@ -1301,6 +1301,33 @@ fn a_locked_database_is_not_an_answer_inline() {
     }
 }
 
+/// A demo database is in WAL mode: the practice's writer holding its exclusive
+/// lock (mid-transaction, a row written and not committed) stops no Link read,
+/// inline or not, and the reads see only what was committed.
+#[test]
+fn a_writer_mid_transaction_does_not_stop_reads_of_a_demo_database() {
+    let f = fixture();
+    let writer = Connection::open(f.db.path()).unwrap();
+    let mode: String = writer
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let quick = reader("SELECT count(*) AS n FROM notes", &["notes"]);
+    writer
+        .execute_batch("BEGIN EXCLUSIVE; INSERT INTO notes (body) VALUES ('three');")
+        .unwrap();
+    let tried = execute_within(
+        &f.db,
+        &quick,
+        &JobControl::for_job(&quick),
+        Duration::from_millis(50),
+    );
+    let out = tried.expect("answered inline").unwrap();
+    assert_eq!(rows(&out), json!([{"n": 2}]));
+    writer.execute_batch("COMMIT").unwrap();
+    assert_eq!(rows(&execute(&f.db, &quick).unwrap()), json!([{"n": 3}]));
+}
+
 /// A try that fails inside (here: the database file cannot be opened) answers
 /// nothing inline: the worker's try gives the answer.
 #[test]
