@@ -363,11 +363,19 @@ type WsSink = SplitSink<WebSocket, Message>;
 /// the request tasks that write their own jobs ([`write_handoff`]): one write at a
 /// time (an async lock), each message whole (a writer dropped mid-write leaves the
 /// rest buffered in the sink, and the session task flushes it).
+///
+/// Request tasks combine their writes: a job whose task finds the sink taken waits
+/// in `waiting`, and the writer holding the sink writes it before its flush, so
+/// jobs routed at once leave in one write. Whoever lets go of the sink looks at
+/// `waiting` again, so no job is left behind (see [`Outbox::send_combined`]).
 pub(crate) struct Outbox<S = WsSink> {
     /// `None` once the session ended.
     sink: tokio::sync::Mutex<Option<S>>,
-    /// Woken when a write was left unfinished (its task dropped mid-write) or failed:
-    /// the session task flushes what was left, or ends the session.
+    /// Jobs left by request tasks that found the sink taken, in arrival order.
+    waiting: parking_lot::Mutex<Vec<Message>>,
+    /// Woken when a write was left unfinished (its task dropped mid-write) or failed,
+    /// or when a turn at the sink that the session task held ended with jobs
+    /// waiting: the session task flushes what was left, or ends the session.
     stalled: Notify,
     /// A write failed: the connection is unusable, the session ends.
     failed: AtomicBool,
@@ -380,6 +388,7 @@ where
     fn new(sink: S) -> Self {
         Self {
             sink: tokio::sync::Mutex::new(Some(sink)),
+            waiting: parking_lot::Mutex::new(Vec::new()),
             stalled: Notify::new(),
             failed: AtomicBool::new(false),
         }
@@ -388,7 +397,7 @@ where
     /// The sink, for writes that may take turns ([`Writing`]).
     async fn writing(&self) -> Writing<'_, S> {
         Writing {
-            sink: self.sink.lock().await,
+            sink: Some(self.sink.lock().await),
             outbox: self,
             done: false,
         }
@@ -401,17 +410,53 @@ where
         w.finish(sent)
     }
 
+    /// Writes `msg` with the jobs other request tasks left waiting, or leaves it
+    /// waiting for the writer that holds the sink now (which writes it before its
+    /// flush): `Ok` then means only that a writer will write it. A write that fails
+    /// ends the session, and with it every query in flight on it.
+    ///
+    /// No job is stranded: `msg` waits before the sink is tried, and every turn at
+    /// the sink looks at `waiting` again once it let go (the `waiting` lock orders
+    /// the two looks), taking another turn (a request task) or waking the session
+    /// task (a turn of its own).
+    async fn send_combined(&self, msg: Message) -> Result<(), String> {
+        self.waiting.lock().push(msg);
+        loop {
+            let Ok(sink) = self.sink.try_lock() else {
+                return Ok(());
+            };
+            let mut w = Writing {
+                sink: Some(sink),
+                outbox: self,
+                done: false,
+            };
+            let flushed = w.flush().await;
+            if flushed.is_err() {
+                return w.finish(flushed);
+            }
+            w.done = true;
+            drop(w.sink.take());
+            if self.waiting.lock().is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Closes the connection's write half for good; later writes fail.
     async fn shut(&self) {
         let sink = self.sink.lock().await.take();
         drop(sink);
+        self.waiting.lock().clear();
     }
 }
 
 /// One turn at an [`Outbox`]'s sink. Dropped before [`Writing::finish`] (its task
-/// cancelled mid-write), it wakes the session task to flush what it left.
+/// cancelled mid-write), it wakes the session task to flush what it left. A turn of
+/// the session task's that ends with jobs waiting wakes it too (see
+/// [`Outbox::send_combined`]).
 struct Writing<'a, S> {
-    sink: tokio::sync::MutexGuard<'a, Option<S>>,
+    /// `Some` until the turn ends.
+    sink: Option<tokio::sync::MutexGuard<'a, Option<S>>>,
     outbox: &'a Outbox<S>,
     done: bool,
 }
@@ -423,6 +468,7 @@ where
     fn sink(&mut self) -> Result<&mut S, String> {
         self.sink
             .as_mut()
+            .and_then(|guard| guard.as_mut())
             .ok_or_else(|| "send: the link session ended".to_owned())
     }
 
@@ -433,15 +479,19 @@ where
             .map_err(|e| format!("send: {e}"))
     }
 
+    /// Writes the jobs waiting in the outbox, then flushes everything written.
     async fn flush(&mut self) -> Result<(), String> {
+        // One look: jobs that wait after it are the next turn's.
+        let waiting = std::mem::take(&mut *self.outbox.waiting.lock());
+        for msg in waiting {
+            self.feed(msg).await?;
+        }
         self.sink()?.flush().await.map_err(|e| format!("send: {e}"))
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), String> {
-        self.sink()?
-            .send(msg)
-            .await
-            .map_err(|e| format!("send: {e}"))
+        self.feed(msg).await?;
+        self.flush().await
     }
 
     async fn close(&mut self) -> Result<(), String> {
@@ -452,7 +502,8 @@ where
     /// failed and wakes the session task, which ends the session.
     fn finish(mut self, outcome: Result<(), String>) -> Result<(), String> {
         self.done = true;
-        if outcome.is_err() && self.sink.is_some() {
+        let open = self.sink.as_ref().is_some_and(|guard| guard.is_some());
+        if outcome.is_err() && open {
             self.outbox.failed.store(true, Ordering::Release);
             self.outbox.stalled.notify_one();
         }
@@ -462,7 +513,8 @@ where
 
 impl<S> Drop for Writing<'_, S> {
     fn drop(&mut self) {
-        if !self.done {
+        let held = self.sink.take().is_some();
+        if !self.done || (held && !self.outbox.waiting.lock().is_empty()) {
             self.outbox.stalled.notify_one();
         }
     }
@@ -489,7 +541,7 @@ pub(crate) async fn write_handoff(handoff: Handoff) -> Result<(), RouteError> {
     let text =
         halo_protocol::encode(&CloudToLink::QueryJob(job)).map_err(|e| refused(e.to_string()))?;
     outbox
-        .send(Message::Text(text.into()))
+        .send_combined(Message::Text(text.into()))
         .await
         .map_err(|_| RouteError::Unreachable)
 }
@@ -864,6 +916,14 @@ mod tests {
         sent: Vec<Message>,
         open: bool,
         broken: bool,
+        /// Opens the gate from outside while a writer holds the sink.
+        opened: Arc<AtomicBool>,
+        /// Flushes that sent something: the writes a real socket would make.
+        writes: usize,
+        /// Every how many flushes one waits a turn first (woken at once): a socket
+        /// that is sometimes not ready. 0: never.
+        pending_every: usize,
+        polls: usize,
     }
 
     impl Sink<Message> for Gate {
@@ -883,15 +943,21 @@ mod tests {
 
         fn poll_flush(
             mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Result<(), axum::Error>> {
             if self.broken {
                 return std::task::Poll::Ready(Err(axum::Error::new("broken pipe")));
             }
-            if !self.open {
+            if !self.open && !self.opened.load(Ordering::Acquire) {
+                return std::task::Poll::Pending;
+            }
+            self.polls += 1;
+            if self.pending_every > 0 && self.polls % self.pending_every == 0 {
+                cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
             let buffered = std::mem::take(&mut self.buffered);
+            self.writes += usize::from(!buffered.is_empty());
             self.sent.extend(buffered);
             std::task::Poll::Ready(Ok(()))
         }
@@ -932,6 +998,200 @@ mod tests {
             Some(Ok(()))
         );
         assert!(!stalled(&outbox));
+    }
+
+    fn texts(outbox: &Outbox<Gate>) -> Vec<String> {
+        let sink = outbox.sink.try_lock().unwrap();
+        let sent = &sink.as_ref().unwrap().sent;
+        sent.iter()
+            .map(|m| match m {
+                Message::Text(t) => t.as_str().to_owned(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn writes(outbox: &Outbox<Gate>) -> usize {
+        outbox.sink.try_lock().unwrap().as_ref().unwrap().writes
+    }
+
+    #[test]
+    fn jobs_routed_while_the_sink_is_taken_leave_together_in_its_holders_next_write() {
+        use futures_util::FutureExt as _;
+        let gate = Gate::default();
+        let opened = Arc::clone(&gate.opened);
+        let outbox = Outbox::new(gate);
+        // A request task takes the sink; its flush waits on the socket.
+        let mut first = Box::pin(outbox.send_combined(Message::Text("job 1".into())));
+        assert!(first.as_mut().now_or_never().is_none());
+        // Two more find it taken: they leave their jobs and are done at once.
+        for text in ["job 2", "job 3"] {
+            let sent = outbox
+                .send_combined(Message::Text(text.into()))
+                .now_or_never();
+            assert_eq!(sent, Some(Ok(())), "a request task waited for the sink");
+        }
+        opened.store(true, Ordering::Release);
+        assert_eq!(first.as_mut().now_or_never(), Some(Ok(())));
+        drop(first);
+        assert_eq!(texts(&outbox), ["job 1", "job 2", "job 3"]);
+        assert_eq!(
+            writes(&outbox),
+            2,
+            "jobs 2 and 3 did not leave in one write"
+        );
+        assert!(!stalled(&outbox), "nothing was left for the session task");
+    }
+
+    #[test]
+    fn a_job_left_waiting_on_the_session_tasks_turn_is_written_by_it() {
+        use futures_util::FutureExt as _;
+        let outbox = Outbox::new(Gate {
+            open: true,
+            ..Gate::default()
+        });
+        // Left while the session task's turn is on, before its flush: that flush
+        // takes it along.
+        let mut turn = outbox.writing().now_or_never().unwrap();
+        assert_eq!(
+            outbox
+                .send_combined(Message::Text("job 1".into()))
+                .now_or_never(),
+            Some(Ok(()))
+        );
+        let flushed = turn.flush().now_or_never().unwrap();
+        assert_eq!(turn.finish(flushed), Ok(()));
+        assert_eq!(texts(&outbox), ["job 1"]);
+        assert!(!stalled(&outbox));
+        // Left after that flush: the turn's end wakes the session task, whose flush
+        // writes it.
+        let mut turn = outbox.writing().now_or_never().unwrap();
+        let flushed = turn.flush().now_or_never().unwrap();
+        assert_eq!(
+            outbox
+                .send_combined(Message::Text("job 2".into()))
+                .now_or_never(),
+            Some(Ok(()))
+        );
+        assert_eq!(turn.finish(flushed), Ok(()));
+        assert!(stalled(&outbox), "the job was left behind");
+        assert_eq!(flush_outbox(&outbox).now_or_never(), Some(Ok(())));
+        assert_eq!(texts(&outbox), ["job 1", "job 2"]);
+    }
+
+    #[test]
+    fn a_combining_writer_dropped_mid_write_leaves_its_jobs_and_the_waiting_ones_to_the_session_task()
+     {
+        use futures_util::FutureExt as _;
+        let outbox = Outbox::new(Gate::default());
+        let mut first = Box::pin(outbox.send_combined(Message::Text("job 1".into())));
+        assert!(first.as_mut().now_or_never().is_none());
+        assert_eq!(
+            outbox
+                .send_combined(Message::Text("job 2".into()))
+                .now_or_never(),
+            Some(Ok(()))
+        );
+        drop(first);
+        assert!(stalled(&outbox), "the session task was not told to flush");
+        outbox.sink.try_lock().unwrap().as_mut().unwrap().open = true;
+        assert_eq!(flush_outbox(&outbox).now_or_never(), Some(Ok(())));
+        assert_eq!(texts(&outbox), ["job 1", "job 2"]);
+    }
+
+    /// Many request tasks on a multi-threaded runtime write jobs while the session
+    /// task writes its own and flushes when woken, on a socket that is sometimes not
+    /// ready: every job leaves exactly once (a job stranded in `waiting` would never
+    /// arrive).
+    #[test]
+    fn combined_writes_lose_no_job_under_contention() {
+        const TASKS: usize = 8;
+        const JOBS: usize = 400;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        for round in 0..20 {
+            let outbox = Arc::new(Outbox::new(Gate {
+                open: true,
+                pending_every: 3 + round % 4,
+                ..Gate::default()
+            }));
+            let done = Arc::new(AtomicBool::new(false));
+            let sent = runtime.block_on(async {
+                let session = {
+                    let outbox = Arc::clone(&outbox);
+                    let done = Arc::clone(&done);
+                    tokio::spawn(async move {
+                        let mut n = 0_usize;
+                        while !done.load(Ordering::Acquire) {
+                            n += 1;
+                            if n % 50 == 0 {
+                                let text = format!("control {n}");
+                                outbox.send(Message::Text(text.into())).await.unwrap();
+                            }
+                            let woken = tokio::time::timeout(
+                                Duration::from_micros(200),
+                                outbox.stalled.notified(),
+                            )
+                            .await;
+                            if woken.is_ok() {
+                                flush_outbox(&outbox).await.unwrap();
+                            }
+                        }
+                    })
+                };
+                let writers: Vec<_> = (0..TASKS)
+                    .map(|t| {
+                        let outbox = Arc::clone(&outbox);
+                        tokio::spawn(async move {
+                            for n in 0..JOBS {
+                                let text = format!("job {t}.{n}");
+                                outbox
+                                    .send_combined(Message::Text(text.into()))
+                                    .await
+                                    .unwrap();
+                                if n % 7 == 0 {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for w in writers {
+                    w.await.unwrap();
+                }
+                done.store(true, Ordering::Release);
+                session.await.unwrap();
+                // The session task's last look, as its loop would make when woken.
+                if stalled(&outbox) {
+                    flush_outbox(&outbox).await.unwrap();
+                }
+                texts(&outbox)
+            });
+            let jobs: Vec<&String> = sent.iter().filter(|t| t.starts_with("job")).collect();
+            let unique: std::collections::HashSet<&&String> = jobs.iter().collect();
+            assert_eq!(unique.len(), jobs.len(), "a job was written twice");
+            assert_eq!(
+                jobs.len(),
+                TASKS * JOBS,
+                "round {round}: jobs were left behind"
+            );
+            // Each task's jobs leave in the order it wrote them.
+            for t in 0..TASKS {
+                let prefix = format!("job {t}.");
+                let order: Vec<usize> = jobs
+                    .iter()
+                    .filter_map(|j| j.strip_prefix(&prefix))
+                    .map(|n| n.parse().unwrap())
+                    .collect();
+                assert!(
+                    order.windows(2).all(|w| w[0] < w[1]),
+                    "task {t} out of order"
+                );
+            }
+        }
     }
 
     #[test]
