@@ -29,7 +29,12 @@
 //! repeated unchanged writes none), and queries to the practices already back,
 //! sent throughout. Last, every Link but the 10 queried ones detaches and query
 //! latency is measured at 10 Links once more: the N-Link figures are given as ratios
-//! to the mean of the two 10-Link runs (A/B/A), since this machine drifts. Before each
+//! to the mean of the two 10-Link runs (A/B/A), since this machine drifts. With
+//! `--cycles K` (3 by default) the others attach again and N and 10 are measured
+//! K - 1 more times (A/B/A/B/A...): the top-level latency and CPU ratios are the
+//! medians of the K cycles' ratios (one measurement's p99 swings by tens of percent
+//! on a shared machine; `cycles` lists each, with the ratio of each 10-Link p99 to
+//! the one before it as the yardstick of that noise). Before each
 //! measurement the Cloud is let settle (under 5 % of a core) and `--warmup` queries are
 //! sent; the measured queries have a client and pooled connections of their own.
 //!
@@ -122,6 +127,12 @@ struct Cli {
     /// ahead of the measured queries' client and Links; 0: one runtime for all.
     #[arg(long, default_value_t = 1)]
     idle_links_threads: usize,
+    /// Alternations of N Links and 10 (the first: N, then 10 again after the others
+    /// detach; each further one: the others attach again, N, 10). Each gives the
+    /// ratios of its N-Link measurement to the mean of the 10-Link ones on either
+    /// side; the medians over the cycles are the ones reported at the top level.
+    #[arg(long, default_value_t = 3)]
+    cycles: usize,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -631,6 +642,7 @@ fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
 }
 
 /// One query measurement and what the Cloud did during it.
+#[derive(Clone)]
 struct Phase {
     p50: f64,
     p99: f64,
@@ -641,6 +653,22 @@ struct Phase {
     steal: u64,
     /// The Cloud's minor page faults per query.
     faults: f64,
+}
+
+/// One A/B/A cycle's figures: the N-Link measurement over the mean of the 10-Link
+/// ones on either side, and the second 10-Link p99 over the first (what the machine
+/// alone makes of two measurements of the same thing).
+fn cycle(ten_before: &Phase, n: &Phase, ten_after: &Phase) -> Value {
+    let mean = |f: fn(&Phase) -> f64| (f(ten_before) + f(ten_after)) / 2.0;
+    json!({
+        "p99_ratio": n.p99 / mean(|p| p.p99),
+        "p50_ratio": n.p50 / mean(|p| p.p50),
+        // Less sensitive to a busy machine than the latency ratios.
+        "cloud_cpu_ratio": n.cpu_us / mean(|p| p.cpu_us),
+        "p99_10_after_over_before": ten_after.p99 / ten_before.p99,
+        "p99_ms": [ten_before.p99, n.p99, ten_after.p99],
+        "steal_ticks": [ten_before.steal, n.steal, ten_after.steal],
+    })
 }
 
 /// Lets the Cloud settle, warms up, then measures `--queries` queries (recorded
@@ -877,6 +905,7 @@ async fn swarm(cli: Cli) {
         shed: tokio::sync::watch::Sender::new(false),
     });
     let mut tokens = tokens.into_iter();
+    let cycles = cli.cycles.max(1);
     let timeout = Duration::from_secs(cli.attach_timeout_secs);
 
     // 10 Links: the queried practices, paired.
@@ -926,7 +955,9 @@ async fn swarm(cli: Cli) {
         .as_ref()
         .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
     let t = Instant::now();
-    for (i, token) in (QUERIED..links).zip(tokens) {
+    // Kept for the later cycles' attaches (the same Links, the same credentials).
+    let idle_tokens: Vec<String> = tokens.collect();
+    for (i, token) in (QUERIED..links).zip(idle_tokens.iter().cloned()) {
         spawner.spawn(run_link(Arc::clone(&swarm), i, token));
     }
     let attach = wait_until("every link", timeout, || {
@@ -1026,6 +1057,32 @@ async fn swarm(cli: Cli) {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = measure_phase("links_10_after", &cloud, &http, &key, &cli).await;
+    let mut cycle_list = vec![cycle(&at_10, &at_n, &after)];
+    let mut before = after.clone();
+    for c in 1..cycles {
+        // The others attach again (unchanged hellos: no events), are asked their
+        // interval and idle as in the first cycle, then N and 10 are measured again.
+        swarm.shed.send_replace(false);
+        for (i, token) in (QUERIED..links).zip(idle_tokens.iter().cloned()) {
+            spawner.spawn(run_link(Arc::clone(&swarm), i, token));
+        }
+        wait_until("every link again", timeout, || {
+            swarm.attached.load(Ordering::Acquire) == links
+        })
+        .await;
+        tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
+        tokio::time::sleep(longest.saturating_sub(heartbeat)).await;
+        let n_phase = measure_phase(&format!("links_n_{c}"), &cloud, &http, &key, &cli).await;
+        swarm.shed.send_replace(true);
+        wait_until("the extra links to detach", timeout, || {
+            swarm.attached.load(Ordering::Acquire) == QUERIED
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ten = measure_phase(&format!("links_10_after_{c}"), &cloud, &http, &key, &cli).await;
+        cycle_list.push(cycle(&before, &n_phase, &ten));
+        before = ten;
+    }
     cloud.kill();
     // The Cloud's CPU per query while the queries ran (heartbeats included: at N
     // they are about 2 % of a core).
@@ -1040,14 +1097,22 @@ async fn swarm(cli: Cli) {
     // returning and taking back memory shows here).
     out["cloud_minor_faults_per_query"] = json!({"links_10": at_10.faults, "links_n": at_n.faults,
         "links_10_after": after.faults});
-    // Less sensitive to a busy machine than the latency ratios.
-    out["cloud_cpu_per_query_ratio_n_over_10"] =
-        json!(at_n.cpu_us / ((at_10.cpu_us + after.cpu_us) / 2.0));
     out["query_ms"]["links_10_after"] =
         json!({"p50": after.p50, "p99": after.p99, "errors": after.errors});
-    out["p99_ratio_n_over_10"] = json!(at_n.p99 / ((at_10.p99 + after.p99) / 2.0));
-    out["p50_ratio_n_over_10"] = json!(at_n.p50 / ((at_10.p50 + after.p50) / 2.0));
+    let median_of = |field: &str| {
+        let mut v: Vec<f64> = cycle_list
+            .iter()
+            .filter_map(|c| c[field].as_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    // Medians over the cycles (with one cycle: that cycle's).
+    out["p99_ratio_n_over_10"] = json!(median_of("p99_ratio"));
+    out["p50_ratio_n_over_10"] = json!(median_of("p50_ratio"));
+    out["cloud_cpu_per_query_ratio_n_over_10"] = json!(median_of("cloud_cpu_ratio"));
     out["p99_ratio_n_over_10_before_after"] = json!([at_n.p99 / at_10.p99, at_n.p99 / after.p99]);
+    out["cycles"] = json!(cycle_list);
     out["idle_links_threads"] = json!(cli.idle_links_threads);
     println!("{out}");
     if let Some(rt) = idle_links {
