@@ -399,6 +399,7 @@ where
         Writing {
             sink: Some(self.sink.lock().await),
             outbox: self,
+            carried: std::collections::VecDeque::new(),
             done: false,
         }
     }
@@ -428,6 +429,7 @@ where
             let mut w = Writing {
                 sink: Some(sink),
                 outbox: self,
+                carried: std::collections::VecDeque::new(),
                 done: false,
             };
             let flushed = w.flush().await;
@@ -451,13 +453,16 @@ where
 }
 
 /// One turn at an [`Outbox`]'s sink. Dropped before [`Writing::finish`] (its task
-/// cancelled mid-write), it wakes the session task to flush what it left. A turn of
-/// the session task's that ends with jobs waiting wakes it too (see
-/// [`Outbox::send_combined`]).
+/// cancelled mid-write), it puts the jobs it took from `waiting` and had not yet
+/// written back in front of `waiting`, and wakes the session task to write them and
+/// flush what it left. A turn of the session task's that ends with jobs waiting
+/// wakes it too (see [`Outbox::send_combined`]).
 struct Writing<'a, S> {
     /// `Some` until the turn ends.
     sink: Option<tokio::sync::MutexGuard<'a, Option<S>>>,
     outbox: &'a Outbox<S>,
+    /// Jobs taken from `waiting` by [`Writing::flush`], not yet in the sink.
+    carried: std::collections::VecDeque<Message>,
     done: bool,
 }
 
@@ -482,9 +487,17 @@ where
     /// Writes the jobs waiting in the outbox, then flushes everything written.
     async fn flush(&mut self) -> Result<(), String> {
         // One look: jobs that wait after it are the next turn's.
-        let waiting = std::mem::take(&mut *self.outbox.waiting.lock());
-        for msg in waiting {
-            self.feed(msg).await?;
+        let taken = std::mem::take(&mut *self.outbox.waiting.lock());
+        if self.carried.is_empty() {
+            self.carried = taken.into(); // the Vec's buffer, not a copy
+        } else {
+            self.carried.extend(taken);
+        }
+        // A job leaves `carried` only once the sink took it: `feed` can wait (for
+        // room) only before it hands the message over.
+        while let Some(msg) = self.carried.front() {
+            self.feed(msg.clone()).await?;
+            self.carried.pop_front();
         }
         self.sink()?.flush().await.map_err(|e| format!("send: {e}"))
     }
@@ -513,6 +526,13 @@ where
 
 impl<S> Drop for Writing<'_, S> {
     fn drop(&mut self) {
+        if !self.carried.is_empty() {
+            // Other tasks' jobs, not written: back in front, in their order.
+            let mut waiting = self.outbox.waiting.lock();
+            let later = std::mem::take(&mut *waiting);
+            waiting.extend(self.carried.drain(..));
+            waiting.extend(later);
+        }
         let held = self.sink.take().is_some();
         if !self.done || (held && !self.outbox.waiting.lock().is_empty()) {
             self.outbox.stalled.notify_one();
@@ -918,6 +938,8 @@ mod tests {
         broken: bool,
         /// Opens the gate from outside while a writer holds the sink.
         opened: Arc<AtomicBool>,
+        /// While set, the sink takes no message (`poll_ready` waits).
+        full: Arc<AtomicBool>,
         /// Flushes that sent something: the writes a real socket would make.
         writes: usize,
         /// Every how many flushes one waits a turn first (woken at once): a socket
@@ -933,6 +955,9 @@ mod tests {
             self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Result<(), axum::Error>> {
+            if self.full.load(Ordering::Acquire) {
+                return std::task::Poll::Pending;
+            }
             std::task::Poll::Ready(Ok(()))
         }
 
@@ -1097,6 +1122,41 @@ mod tests {
         outbox.sink.try_lock().unwrap().as_mut().unwrap().open = true;
         assert_eq!(flush_outbox(&outbox).now_or_never(), Some(Ok(())));
         assert_eq!(texts(&outbox), ["job 1", "job 2"]);
+    }
+
+    #[test]
+    fn a_combining_writer_dropped_before_writing_the_jobs_it_took_puts_them_back() {
+        use futures_util::FutureExt as _;
+        let gate = Gate {
+            open: true,
+            ..Gate::default()
+        };
+        let full = Arc::clone(&gate.full);
+        let outbox = Outbox::new(gate);
+        // Two jobs left while the session task's turn is on.
+        let turn = outbox.writing().now_or_never().unwrap();
+        for text in ["job 1", "job 2"] {
+            let sent = outbox
+                .send_combined(Message::Text(text.into()))
+                .now_or_never();
+            assert_eq!(sent, Some(Ok(())));
+        }
+        drop(turn);
+        assert!(stalled(&outbox));
+        // A request task takes the sink and all three jobs, and waits for room in
+        // the sink before the first; then it is dropped.
+        full.store(true, Ordering::Release);
+        let mut third = Box::pin(outbox.send_combined(Message::Text("job 3".into())));
+        assert!(third.as_mut().now_or_never().is_none());
+        assert!(
+            outbox.waiting.lock().is_empty(),
+            "the writer did not take the jobs"
+        );
+        drop(third);
+        assert!(stalled(&outbox), "the session task was not told");
+        full.store(false, Ordering::Release);
+        assert_eq!(flush_outbox(&outbox).now_or_never(), Some(Ok(())));
+        assert_eq!(texts(&outbox), ["job 1", "job 2", "job 3"]);
     }
 
     /// Many request tasks on a multi-threaded runtime write jobs while the session
