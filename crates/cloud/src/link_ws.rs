@@ -952,10 +952,15 @@ mod tests {
         type Error = axum::Error;
 
         fn poll_ready(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
         ) -> std::task::Poll<Result<(), axum::Error>> {
             if self.full.load(Ordering::Acquire) {
+                return std::task::Poll::Pending;
+            }
+            self.polls += 1;
+            if self.pending_every > 0 && self.polls % (self.pending_every + 2) == 0 {
+                cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
             std::task::Poll::Ready(Ok(()))
@@ -1161,8 +1166,9 @@ mod tests {
 
     /// Many request tasks on a multi-threaded runtime write jobs while the session
     /// task writes its own and flushes when woken, on a socket that is sometimes not
-    /// ready: every job leaves exactly once (a job stranded in `waiting` would never
-    /// arrive).
+    /// ready, and every fifth write is cancelled after its first poll: every job
+    /// leaves exactly once (a job stranded in `waiting`, or dropped with a cancelled
+    /// writer's turn, would never arrive).
     #[test]
     fn combined_writes_lose_no_job_under_contention() {
         const TASKS: usize = 8;
@@ -1207,11 +1213,16 @@ mod tests {
                         let outbox = Arc::clone(&outbox);
                         tokio::spawn(async move {
                             for n in 0..JOBS {
-                                let text = format!("job {t}.{n}");
-                                outbox
-                                    .send_combined(Message::Text(text.into()))
-                                    .await
-                                    .unwrap();
+                                let msg = Message::Text(format!("job {t}.{n}").into());
+                                if n % 5 == 0 {
+                                    // A request task cancelled after its first poll:
+                                    // its job is left, or taken, and still written.
+                                    use futures_util::FutureExt as _;
+                                    let polled = outbox.send_combined(msg).now_or_never();
+                                    assert!(!matches!(polled, Some(Err(_))));
+                                } else {
+                                    outbox.send_combined(msg).await.unwrap();
+                                }
                                 if n % 7 == 0 {
                                     tokio::task::yield_now().await;
                                 }
