@@ -671,6 +671,23 @@ fn cycle(ten_before: &Phase, n: &Phase, ten_after: &Phase) -> Value {
     })
 }
 
+/// Every Link but the queried ones detaches for good; then, at 10 Links, the same
+/// measurement as [`measure_phase`].
+async fn shed_and_measure(
+    phase: &str,
+    swarm: &Swarm,
+    timeout: Duration,
+    (cloud, http, key, cli): (&CloudProcess, &Arc<Http>, &str, &Cli),
+) -> Phase {
+    swarm.shed.send_replace(true);
+    wait_until("the extra links to detach", timeout, || {
+        swarm.attached.load(Ordering::Acquire) == QUERIED
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measure_phase(phase, cloud, http, key, cli).await
+}
+
 /// Lets the Cloud settle, warms up, then measures `--queries` queries (recorded
 /// with `perf` as `phase` when asked: see [`Profile`]).
 async fn measure_phase(
@@ -1050,13 +1067,13 @@ async fn swarm(cli: Cli) {
 
     // At 10 Links again (A/B/A: the machine drifts): every other Link detaches for
     // good, then the same queries. The ratios are to the mean of both 10-Link runs.
-    swarm.shed.send_replace(true);
-    wait_until("the extra links to detach", timeout, || {
-        swarm.attached.load(Ordering::Acquire) == QUERIED
-    })
+    let after = shed_and_measure(
+        "links_10_after",
+        &swarm,
+        timeout,
+        (&cloud, &http, &key, &cli),
+    )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = measure_phase("links_10_after", &cloud, &http, &key, &cli).await;
     let mut cycle_list = vec![cycle(&at_10, &at_n, &after)];
     let mut before = after.clone();
     for c in 1..cycles {
@@ -1070,16 +1087,10 @@ async fn swarm(cli: Cli) {
             swarm.attached.load(Ordering::Acquire) == links
         })
         .await;
-        tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
-        tokio::time::sleep(longest.saturating_sub(heartbeat)).await;
+        tokio::time::sleep(heartbeat.max(longest) + Duration::from_secs(1)).await;
         let n_phase = measure_phase(&format!("links_n_{c}"), &cloud, &http, &key, &cli).await;
-        swarm.shed.send_replace(true);
-        wait_until("the extra links to detach", timeout, || {
-            swarm.attached.load(Ordering::Acquire) == QUERIED
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let ten = measure_phase(&format!("links_10_after_{c}"), &cloud, &http, &key, &cli).await;
+        let phase = format!("links_10_after_{c}");
+        let ten = shed_and_measure(&phase, &swarm, timeout, (&cloud, &http, &key, &cli)).await;
         cycle_list.push(cycle(&before, &n_phase, &ten));
         before = ten;
     }
