@@ -396,12 +396,7 @@ where
 
     /// The sink, for writes that may take turns ([`Writing`]).
     async fn writing(&self) -> Writing<'_, S> {
-        Writing {
-            sink: Some(self.sink.lock().await),
-            outbox: self,
-            carried: std::collections::VecDeque::new(),
-            done: false,
-        }
+        Writing::new(self, self.sink.lock().await)
     }
 
     /// Writes `msg` and flushes.
@@ -426,12 +421,7 @@ where
             let Ok(sink) = self.sink.try_lock() else {
                 return Ok(());
             };
-            let mut w = Writing {
-                sink: Some(sink),
-                outbox: self,
-                carried: std::collections::VecDeque::new(),
-                done: false,
-            };
+            let mut w = Writing::new(self, sink);
             let flushed = w.flush().await;
             if flushed.is_err() {
                 return w.finish(flushed);
@@ -466,10 +456,20 @@ struct Writing<'a, S> {
     done: bool,
 }
 
-impl<S> Writing<'_, S>
+impl<'a, S> Writing<'a, S>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
+    /// A turn at `outbox`'s sink, whose lock `sink` holds.
+    fn new(outbox: &'a Outbox<S>, sink: tokio::sync::MutexGuard<'a, Option<S>>) -> Self {
+        Self {
+            sink: Some(sink),
+            outbox,
+            carried: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
     fn sink(&mut self) -> Result<&mut S, String> {
         self.sink
             .as_mut()
