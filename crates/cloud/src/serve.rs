@@ -186,10 +186,8 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // A peer that vanishes (a Link's power cut) is dropped by the kernel, whatever
-        // the heartbeat interval it was asked for (see `crate::heartbeat`).
-        if let Err(e) = crate::heartbeat::keep_alive(&stream) {
-            tracing::debug!(%remote, error = %e, "cannot set TCP keepalive");
+        if let Err(e) = socket_options(&stream) {
+            tracing::debug!(%remote, error = %e, "cannot set the socket's options");
         }
         let Some(slot) = slots.admit() else {
             tracing::debug!(%remote, "connection cap reached, every connection busy: closed");
@@ -427,9 +425,38 @@ impl<T> fmt::Debug for WriteTimeoutIo<T> {
     }
 }
 
+/// An accepted connection's socket options.
+///
+/// - TCP keepalive and a user timeout ([`crate::heartbeat::keep_alive`]): a peer that
+///   vanishes (a Link's power cut) is dropped by the kernel, whatever the heartbeat
+///   interval it was asked for.
+/// - `TCP_NODELAY`: the Cloud already writes what belongs together at once (a
+///   response in one write, a Link's jobs combined by its outbox), so Nagle's
+///   algorithm could only hold a write back while an earlier one is unacknowledged,
+///   until the peer's delayed ACK (40 ms on Linux).
+fn socket_options(stream: &tokio::net::TcpStream) -> io::Result<()> {
+    crate::heartbeat::keep_alive(stream)?;
+    stream.set_nodelay(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_send_at_once_and_are_kept_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            !accepted.nodelay().unwrap(),
+            "the default, which this changes"
+        );
+        socket_options(&accepted).unwrap();
+        assert!(accepted.nodelay().unwrap());
+        assert!(socket2::SockRef::from(&accepted).keepalive().unwrap());
+    }
 
     #[test]
     fn at_the_cap_the_oldest_waiting_connection_is_evicted() {
