@@ -38,6 +38,15 @@
 //! measurement the Cloud is let settle (under 5 % of a core) and `--warmup` queries are
 //! sent; the measured queries have a client and pooled connections of their own.
 //!
+//! Each measurement is also taken paired (unless `--no-twin`): a second Cloud
+//! process, the twin, holds only its own 10 Links for the whole run, and each
+//! measuring task sends one query to the main Cloud and one to the twin in turn.
+//! Whatever the machine does meanwhile falls on both alike, so the main Cloud's p99
+//! over the twin's at N Links, against the same ratio at 10 (`paired` in each cycle),
+//! is what holding N Links costs the Cloud's own queries, apart from the machine's
+//! drift and from the load the N Links put on the machine as a whole (this process
+//! beating for them included).
+//!
 //! Limits: the Cloud and this process each need one file descriptor per Link; this
 //! program raises `RLIMIT_NOFILE` (soft and hard, which needs root or
 //! `CAP_SYS_RESOURCE` above the hard limit) and caps N when it cannot, saying so
@@ -98,10 +107,10 @@ struct Cli {
     restart: bool,
     /// Immediate queries per latency measurement (three: at 10 Links, at N, at 10
     /// again).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     queries: usize,
     /// Queries sent before each measurement, not counted.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     warmup: usize,
     /// Queries in flight at once.
     #[arg(long, default_value_t = 4)]
@@ -133,6 +142,10 @@ struct Cli {
     /// side; the medians over the cycles are the ones reported at the top level.
     #[arg(long, default_value_t = 3)]
     cycles: usize,
+    /// Leave out the twin: a second Cloud with only the 10 queried Links, queried in
+    /// turn with this one during each measurement (see [`measure_paired`]).
+    #[arg(long)]
+    no_twin: bool,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -454,6 +467,8 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
             .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
             .ok()?;
         let stream = socket.connect(addr).await.ok()?;
+        // As `halo-link` does (`disable_nagle`): an answer waits for no ACK.
+        stream.set_nodelay(true).ok()?;
         let mut request = format!("ws://{addr}/link/ws").into_client_request().ok()?;
         request
             .headers_mut()
@@ -632,6 +647,59 @@ async fn measure_queries(http: &Arc<Http>, key: &str, n: usize, c: usize) -> (f6
     (p50, p99, errors)
 }
 
+/// `n` pairs of immediate queries, `c` pairs at a time: each pair one to the main
+/// Cloud and one to the twin, one after the other, the first of them alternating
+/// between tasks. Whatever the machine does meanwhile (another VM, a busy core, the
+/// clock's speed) falls on both alike, so their ratio tells the N Links' cost apart
+/// from the machine's drift better than measurements taken one after the other.
+async fn measure_paired(main: (&Arc<Http>, &str), twin: &Twin, n: usize, c: usize) -> Paired {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..c {
+        let (main_http, main_key) = (Arc::clone(main.0), main.1.to_owned());
+        let (twin_http, twin_key) = (Arc::clone(&twin.http), twin.key.clone());
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = ([Vec::new(), Vec::new()], 0);
+            let mut k = t;
+            while done.fetch_add(1, Ordering::Relaxed) < n {
+                let site = halo_guid(k % QUERIED);
+                for side in [k % 2, 1 - k % 2] {
+                    let (http, key) = if side == 0 {
+                        (&main_http, &main_key)
+                    } else {
+                        (&twin_http, &twin_key)
+                    };
+                    let (status, took) = http.query(key, site).await;
+                    if status == 200 {
+                        lat[side].push(took);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                k += c;
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut main_lat, mut twin_lat, mut errors) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        let ([m, w], e) = t.await.unwrap();
+        main_lat.extend(m);
+        twin_lat.extend(w);
+        errors += e;
+    }
+    let (main_p50, main_p99) = percentiles(&mut main_lat);
+    let (twin_p50, twin_p99) = percentiles(&mut twin_lat);
+    Paired {
+        main_p50,
+        main_p99,
+        twin_p50,
+        twin_p99,
+        errors,
+    }
+}
+
 fn percentiles(lat: &mut [Duration]) -> (f64, f64) {
     if lat.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -653,6 +721,28 @@ struct Phase {
     steal: u64,
     /// The Cloud's minor page faults per query.
     faults: f64,
+    /// The paired measurement with the twin, when there is one.
+    paired: Option<Paired>,
+}
+
+/// Latencies (ms) of [`measure_paired`]: the main Cloud's and the twin's.
+#[derive(Clone, Copy)]
+struct Paired {
+    main_p50: f64,
+    main_p99: f64,
+    twin_p50: f64,
+    twin_p99: f64,
+    errors: usize,
+}
+
+impl Paired {
+    fn p99_ratio(&self) -> f64 {
+        self.main_p99 / self.twin_p99
+    }
+
+    fn p50_ratio(&self) -> f64 {
+        self.main_p50 / self.twin_p50
+    }
 }
 
 /// One A/B/A cycle's figures: the N-Link measurement over the mean of the 10-Link
@@ -660,7 +750,22 @@ struct Phase {
 /// alone makes of two measurements of the same thing).
 fn cycle(ten_before: &Phase, n: &Phase, ten_after: &Phase) -> Value {
     let mean = |f: fn(&Phase) -> f64| (f(ten_before) + f(ten_after)) / 2.0;
+    let paired = match (ten_before.paired, n.paired, ten_after.paired) {
+        (Some(b), Some(n), Some(a)) => json!({
+            // The main Cloud at N over the twin at 10, queried in turn.
+            "p99_ratio_n": n.p99_ratio(),
+            "p50_ratio_n": n.p50_ratio(),
+            // The same with the main Cloud at 10 too (A/A: what the pairing itself
+            // and the two Clouds' differences other than N make of it).
+            "p99_ratio_10": (b.p99_ratio() + a.p99_ratio()) / 2.0,
+            "p50_ratio_10": (b.p50_ratio() + a.p50_ratio()) / 2.0,
+            "p99_ms_main_twin": [[b.main_p99, b.twin_p99], [n.main_p99, n.twin_p99], [a.main_p99, a.twin_p99]],
+            "errors": b.errors + n.errors + a.errors,
+        }),
+        _ => Value::Null,
+    };
     json!({
+        "paired": paired,
         "p99_ratio": n.p99 / mean(|p| p.p99),
         "p50_ratio": n.p50 / mean(|p| p.p50),
         // Less sensitive to a busy machine than the latency ratios.
@@ -677,7 +782,7 @@ async fn shed_and_measure(
     phase: &str,
     swarm: &Swarm,
     timeout: Duration,
-    (cloud, http, key, cli): (&CloudProcess, &Arc<Http>, &str, &Cli),
+    (cloud, http, key, cli, twin): (&CloudProcess, &Arc<Http>, &str, &Cli, Option<&Twin>),
 ) -> Phase {
     swarm.shed.send_replace(true);
     wait_until("the extra links to detach", timeout, || {
@@ -685,17 +790,18 @@ async fn shed_and_measure(
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    measure_phase(phase, cloud, http, key, cli).await
+    measure_phase(phase, cloud, (http, key), cli, twin).await
 }
 
 /// Lets the Cloud settle, warms up, then measures `--queries` queries (recorded
-/// with `perf` as `phase` when asked: see [`Profile`]).
+/// with `perf` as `phase` when asked: see [`Profile`]); then, with a twin,
+/// `--queries` pairs (see [`measure_paired`]).
 async fn measure_phase(
     phase: &str,
     cloud: &CloudProcess,
-    http: &Arc<Http>,
-    key: &str,
+    (http, key): (&Arc<Http>, &str),
     cli: &Cli,
+    twin: Option<&Twin>,
 ) -> Phase {
     settle(cloud).await;
     measure_queries(http, key, cli.warmup, cli.concurrency).await;
@@ -706,13 +812,22 @@ async fn measure_phase(
     let steal = steal_ticks() - steal0;
     let faults = (minor_faults(cloud.pid()) - faults0) as f64 / cli.queries.max(1) as f64;
     perf.stop();
+    let cpu_us = per_query_us(cloud.cpu() - cpu0, cli.queries);
+    let paired = match twin {
+        Some(twin) => {
+            measure_paired((http, key), twin, cli.warmup, cli.concurrency).await;
+            Some(measure_paired((http, key), twin, cli.queries, cli.concurrency).await)
+        }
+        None => None,
+    };
     Phase {
         p50,
         p99,
         errors,
-        cpu_us: per_query_us(cloud.cpu() - cpu0, cli.queries),
+        cpu_us,
         steal,
         faults,
+        paired,
     }
 }
 
@@ -828,34 +943,46 @@ fn descriptors(links: usize) -> (usize, u64, Option<String>) {
     (allowed.max(QUERIED), soft, Some(why))
 }
 
-async fn swarm(cli: Cli) {
-    let (links, fd_limit, capped_by) = descriptors(cli.links.max(QUERIED));
-    let data = tempfile::tempdir().unwrap();
-    let heartbeat = Duration::from_secs(cli.heartbeat_secs.max(1));
-    let cloud = CloudProcess::start(
-        "127.0.0.1:0".parse().unwrap(),
-        data.path(),
-        links + 1_000,
-        (heartbeat.as_secs(), cli.heartbeat_budget),
-    );
-    let rss_empty = cloud.rss();
-    let http = Arc::new(Http {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap(),
-        queries: reqwest::Client::builder()
-            .pool_max_idle_per_host(cli.concurrency.max(1))
-            .build()
-            .unwrap(),
-        addr: parking_lot::RwLock::new(cloud.addr),
-    });
+impl Swarm {
+    fn new(cloud: SocketAddr, links: usize, handshakes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cloud_addr: parking_lot::RwLock::new(cloud),
+            handshakes: Semaphore::new(handshakes.max(1)),
+            attached: AtomicUsize::new(0),
+            generation: AtomicU32::new(1),
+            link_generation: (0..links).map(|_| AtomicU32::new(0)).collect(),
+            reattached: AtomicUsize::new(0),
+            failed_attempts: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+            reasked: AtomicU64::new(0),
+            intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
+            ws_config: WebSocketConfig::default().read_buffer_size(4096),
+            shed: tokio::sync::watch::Sender::new(false),
+        })
+    }
+}
 
-    // Credentials, one per Link, issued over the admin API.
-    let t = Instant::now();
-    let tokens: Vec<String> = futures_util::stream::iter(0..links)
+impl Http {
+    fn new(cloud: SocketAddr, concurrency: usize) -> Arc<Self> {
+        Arc::new(Self {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+            queries: reqwest::Client::builder()
+                .pool_max_idle_per_host(concurrency.max(1))
+                .build()
+                .unwrap(),
+            addr: parking_lot::RwLock::new(cloud),
+        })
+    }
+}
+
+/// One credential per Link `0..links`, issued over the admin API 64 at a time.
+async fn issue_credentials(http: &Arc<Http>, links: usize) -> Vec<String> {
+    futures_util::stream::iter(0..links)
         .map(|i| {
-            let http = Arc::clone(&http);
+            let http = Arc::clone(http);
             async move {
                 http.admin(
                     reqwest::Method::POST,
@@ -871,8 +998,11 @@ async fn swarm(cli: Cli) {
         })
         .buffered(64)
         .collect()
-        .await;
-    let credentials_secs = t.elapsed().as_secs_f64();
+        .await
+}
+
+/// Enables the integrator for the queried practices' tables; its key.
+async fn integrator(http: &Http) -> String {
     let base = format!("/admin/integrators/{INTEGRATOR}");
     http.admin(
         reqwest::Method::POST,
@@ -894,33 +1024,96 @@ async fn swarm(cli: Cli) {
         )
         .await;
     }
-    let key = http
-        .admin(
-            reqwest::Method::POST,
-            &format!("{base}/keys"),
-            json!({"environment": "stage"}),
-        )
-        .await["key"]
+    http.admin(
+        reqwest::Method::POST,
+        &format!("{base}/keys"),
+        json!({"environment": "stage"}),
+    )
+    .await["key"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// The integrator pairs the queried practices (their Links attached).
+async fn pair(http: &Http, key: &str) {
+    for i in 0..QUERIED {
+        let addr = *http.addr.read();
+        let resp = http
+            .client
+            .post(format!(
+                "http://{addr}/integrator/pair-site?practiceManagementSiteId={}&practiceManagementName=D4w",
+                crn(i)
+            ))
+            .header(halo_cloud::KEY_HEADER, key)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "pair: {}", resp.status());
+    }
+}
+
+/// A second Cloud, set up as the main one but with only the [`QUERIED`] Links for
+/// the whole run: the other half of [`measure_paired`].
+struct Twin {
+    cloud: CloudProcess,
+    http: Arc<Http>,
+    key: String,
+    _data: tempfile::TempDir,
+}
+
+impl Twin {
+    async fn start(cli: &Cli, heartbeat: Duration, timeout: Duration) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let cloud = CloudProcess::start(
+            "127.0.0.1:0".parse().unwrap(),
+            data.path(),
+            QUERIED + 1_000,
+            (heartbeat.as_secs(), cli.heartbeat_budget),
+        );
+        let http = Http::new(cloud.addr, cli.concurrency);
+        let tokens = issue_credentials(&http, QUERIED).await;
+        let key = integrator(&http).await;
+        let swarm = Swarm::new(cloud.addr, QUERIED, cli.handshakes);
+        for (i, token) in tokens.into_iter().enumerate() {
+            tokio::spawn(run_link(Arc::clone(&swarm), i, token));
+        }
+        wait_until("the twin's links", timeout, || {
+            swarm.attached.load(Ordering::Acquire) == QUERIED
+        })
+        .await;
+        pair(&http, &key).await;
+        Self {
+            cloud,
+            http,
+            key,
+            _data: data,
+        }
+    }
+}
+
+async fn swarm(cli: Cli) {
+    let (links, fd_limit, capped_by) = descriptors(cli.links.max(QUERIED));
+    let data = tempfile::tempdir().unwrap();
+    let heartbeat = Duration::from_secs(cli.heartbeat_secs.max(1));
+    let cloud = CloudProcess::start(
+        "127.0.0.1:0".parse().unwrap(),
+        data.path(),
+        links + 1_000,
+        (heartbeat.as_secs(), cli.heartbeat_budget),
+    );
+    let rss_empty = cloud.rss();
+    let http = Http::new(cloud.addr, cli.concurrency);
+
+    // Credentials, one per Link, issued over the admin API.
+    let t = Instant::now();
+    let tokens = issue_credentials(&http, links).await;
+    let credentials_secs = t.elapsed().as_secs_f64();
+    let key = integrator(&http).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_credentials = cloud.rss();
 
-    let swarm = Arc::new(Swarm {
-        cloud_addr: parking_lot::RwLock::new(cloud.addr),
-        handshakes: Semaphore::new(cli.handshakes.max(1)),
-        attached: AtomicUsize::new(0),
-        generation: AtomicU32::new(1),
-        link_generation: (0..links).map(|_| AtomicU32::new(0)).collect(),
-        reattached: AtomicUsize::new(0),
-        failed_attempts: AtomicU64::new(0),
-        beats: AtomicU64::new(0),
-        reasked: AtomicU64::new(0),
-        intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
-        ws_config: WebSocketConfig::default().read_buffer_size(4096),
-        shed: tokio::sync::watch::Sender::new(false),
-    });
+    let swarm = Swarm::new(cloud.addr, links, cli.handshakes);
     let mut tokens = tokens.into_iter();
     let cycles = cli.cycles.max(1);
     let timeout = Duration::from_secs(cli.attach_timeout_secs);
@@ -933,21 +1126,13 @@ async fn swarm(cli: Cli) {
         swarm.attached.load(Ordering::Acquire) == QUERIED
     })
     .await;
-    for i in 0..QUERIED {
-        let addr = *http.addr.read();
-        let resp = http
-            .client
-            .post(format!(
-                "http://{addr}/integrator/pair-site?practiceManagementSiteId={}&practiceManagementName=D4w",
-                crn(i)
-            ))
-            .header(halo_cloud::KEY_HEADER, &key)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "pair: {}", resp.status());
-    }
-    let at_10 = measure_phase("links_10", &cloud, &http, &key, &cli).await;
+    pair(&http, &key).await;
+    let twin = if cli.no_twin {
+        None
+    } else {
+        Some(Twin::start(&cli, heartbeat, timeout).await)
+    };
+    let at_10 = measure_phase("links_10", &cloud, (&http, &key), &cli, twin.as_ref()).await;
     let beats0 = swarm.beats.load(Ordering::Relaxed);
     let t10 = Instant::now();
     let cpu_10 = cpu_share(&cloud, cli.quiet_secs).await;
@@ -1004,7 +1189,7 @@ async fn swarm(cli: Cli) {
     let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
-    let at_n = measure_phase("links_n", &cloud, &http, &key, &cli).await;
+    let at_n = measure_phase("links_n", &cloud, (&http, &key), &cli, twin.as_ref()).await;
     let swarm_cpu_queries =
         (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
@@ -1071,7 +1256,7 @@ async fn swarm(cli: Cli) {
         "links_10_after",
         &swarm,
         timeout,
-        (&cloud, &http, &key, &cli),
+        (&cloud, &http, &key, &cli, twin.as_ref()),
     )
     .await;
     let mut cycle_list = vec![cycle(&at_10, &at_n, &after)];
@@ -1088,13 +1273,24 @@ async fn swarm(cli: Cli) {
         })
         .await;
         tokio::time::sleep(heartbeat.max(longest) + Duration::from_secs(1)).await;
-        let n_phase = measure_phase(&format!("links_n_{c}"), &cloud, &http, &key, &cli).await;
+        let n_phase = measure_phase(
+            &format!("links_n_{c}"),
+            &cloud,
+            (&http, &key),
+            &cli,
+            twin.as_ref(),
+        )
+        .await;
         let phase = format!("links_10_after_{c}");
-        let ten = shed_and_measure(&phase, &swarm, timeout, (&cloud, &http, &key, &cli)).await;
+        let measuring = (&cloud, &http, key.as_str(), &cli, twin.as_ref());
+        let ten = shed_and_measure(&phase, &swarm, timeout, measuring).await;
         cycle_list.push(cycle(&before, &n_phase, &ten));
         before = ten;
     }
     cloud.kill();
+    if let Some(twin) = twin {
+        twin.cloud.kill();
+    }
     // The Cloud's CPU per query while the queries ran (heartbeats included: at N
     // they are about 2 % of a core).
     out["cloud_cpu_us_per_query"] = json!({"links_10": at_10.cpu_us,
@@ -1110,18 +1306,27 @@ async fn swarm(cli: Cli) {
         "links_10_after": after.faults});
     out["query_ms"]["links_10_after"] =
         json!({"p50": after.p50, "p99": after.p99, "errors": after.errors});
-    let median_of = |field: &str| {
+    // The median over the cycles of the figure at `pointer` in each.
+    let median_of = |pointer: &str| {
         let mut v: Vec<f64> = cycle_list
             .iter()
-            .filter_map(|c| c[field].as_f64())
+            .filter_map(|c| c.pointer(pointer)?.as_f64())
             .collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     // Medians over the cycles (with one cycle: that cycle's).
-    out["p99_ratio_n_over_10"] = json!(median_of("p99_ratio"));
-    out["p50_ratio_n_over_10"] = json!(median_of("p50_ratio"));
-    out["cloud_cpu_per_query_ratio_n_over_10"] = json!(median_of("cloud_cpu_ratio"));
+    out["p99_ratio_n_over_10"] = json!(median_of("/p99_ratio"));
+    out["p50_ratio_n_over_10"] = json!(median_of("/p50_ratio"));
+    out["cloud_cpu_per_query_ratio_n_over_10"] = json!(median_of("/cloud_cpu_ratio"));
+    if !cli.no_twin {
+        // The paired ratios: main at N over the twin, and main at 10 over the twin
+        // (the yardstick: what it is when the two Clouds have the same Links).
+        out["paired_p99_ratio_n_over_twin"] = json!(median_of("/paired/p99_ratio_n"));
+        out["paired_p99_ratio_10_over_twin"] = json!(median_of("/paired/p99_ratio_10"));
+        out["paired_p50_ratio_n_over_twin"] = json!(median_of("/paired/p50_ratio_n"));
+        out["paired_p50_ratio_10_over_twin"] = json!(median_of("/paired/p50_ratio_10"));
+    }
     out["p99_ratio_n_over_10_before_after"] = json!([at_n.p99 / at_10.p99, at_n.p99 / after.p99]);
     out["cycles"] = json!(cycle_list);
     out["idle_links_threads"] = json!(cli.idle_links_threads);
