@@ -806,6 +806,16 @@ impl Writer {
                     self.set_available(false);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                    // An append whose answer was lost (a timeout) may have committed:
+                    // then the batch is published as it was decided, not decided
+                    // again (its events would now be refused, or repeated).
+                    if self.committed_after_all(&batch.records, base, &mut backoff) {
+                        tracing::info!(target: "halo_cloud::writer", at = base, "the append committed after all");
+                        self.set_available(true);
+                        self.appended(batch.records.len());
+                        self.publish(batch, base);
+                        return;
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot append to the shared log; stopping");
@@ -832,6 +842,42 @@ impl Writer {
         }
     }
 
+    /// Whether the shared log holds exactly `records` right after `base`: an append
+    /// whose outcome was unknown committed after all. Reads until the log answers.
+    fn committed_after_all(
+        &self,
+        records: &[Record],
+        base: u64,
+        backoff: &mut std::time::Duration,
+    ) -> bool {
+        let Some(store) = self.store.as_ref() else {
+            return false;
+        };
+        loop {
+            let mut found = Vec::with_capacity(records.len());
+            let read = store.log().read_from(Seq::new(base), &mut |_, bytes| {
+                if found.len() < records.len() {
+                    found.push(Record::from_log_bytes(bytes).ok());
+                }
+                Ok(())
+            });
+            match read {
+                Ok(_) => {
+                    return found.len() == records.len()
+                        && found
+                            .iter()
+                            .zip(records)
+                            .all(|(found, ours)| found.as_ref() == Some(ours));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the shared log; retrying");
+                    std::thread::sleep(*backoff);
+                    *backoff = (*backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     /// Appends `records` at `base` on the shared log.
     fn append_shared(&mut self, records: &[Record], base: u64) -> Result<(), StoreError> {
         if records.is_empty() {
@@ -845,6 +891,15 @@ impl Writer {
         }
         let appending = std::time::Instant::now();
         store.append_batch_at(Seq::new(base), records)?;
+        #[cfg(test)]
+        if tests::LOSE_ACKS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Unavailable(
+                "test: the answer to a committed append was lost".to_owned(),
+            ));
+        }
         self.metrics
             .appended(records.len(), appending.elapsed(), store.last_commit_time());
         self.appended(records.len());
@@ -1776,6 +1831,50 @@ mod tests {
     use std::time::Duration;
 
     const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+    /// Successful shared-log appends still to answer as lost (a timeout after the
+    /// commit); only [`a_shared_append_whose_answer_was_lost_is_published_once`]
+    /// sets it (no other test here writes to a shared log).
+    pub(super) static LOSE_ACKS: AtomicUsize = AtomicUsize::new(0);
+
+    /// An append that committed but whose answer was lost is published as decided:
+    /// every event accepted, each in the log once. Deciding the batch again after
+    /// catching up (the earlier behaviour) refused every `SiteReady` as a repeat.
+    #[test]
+    fn a_shared_append_whose_answer_was_lost_is_published_once() {
+        use halo_store::EventLog as _;
+        let server = halo_test_support::postgres_server::PgServer::start();
+        let mut cluster = ClusterConfig::new(server.url(), "a");
+        cluster.timeout = Duration::from_secs(5);
+        let node = CloudState::open_cluster(
+            &StateConfig {
+                data_dir: None,
+                snapshot_every: 0,
+                availability: AvailabilityConfig::default(),
+                accept_damaged_log: false,
+            },
+            &cluster,
+            Arc::new(Router::new(RouterConfig::standard())),
+        )
+        .unwrap();
+        let events = site_events(3);
+        LOSE_ACKS.store(1, Ordering::Release);
+        for r in node.apply_tenancy(events.clone(), NOW).wait() {
+            r.unwrap();
+        }
+        assert_eq!(LOSE_ACKS.load(Ordering::Acquire), 0, "an answer was lost");
+        assert_eq!(node.registry().site_count(), 3);
+        let log = halo_store::PgLog::open(halo_store::PgOptions::new(server.url())).unwrap();
+        let mut logged = Vec::new();
+        log.read_from(Seq::ZERO, &mut |_, bytes| {
+            if let Ok(Record::Tenancy(entry)) = Record::from_log_bytes(bytes) {
+                logged.push(entry.event);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(logged, events);
+    }
 
     fn config(dir: &Path, snapshot_every: u64, accept_damaged_log: bool) -> StateConfig {
         StateConfig {
