@@ -142,6 +142,12 @@ struct Cli {
     /// side; the medians over the cycles are the ones reported at the top level.
     #[arg(long, default_value_t = 3)]
     cycles: usize,
+    /// Run the Links that are not queried in a child process of their own (this
+    /// program again, as `link_swarm idle-links ...`), so that none of their work
+    /// shares a process with the measuring client and the queried Links; not with
+    /// `--restart`.
+    #[arg(long)]
+    idle_links_process: bool,
     /// Leave out the twin: a second Cloud with only the 10 queried Links, queried in
     /// turn with this one during each measurement (see [`measure_paired`]).
     #[arg(long)]
@@ -151,9 +157,21 @@ struct Cli {
     attach_timeout_secs: u64,
 }
 
-/// The Cloud, when this program is started as its child.
+/// What this program serves when started as a child of itself.
 #[derive(Debug, Subcommand)]
 enum CloudCommand {
+    /// The Links `10..links` (`--idle-links-process`), one credential per line of
+    /// `tokens`; prints what they do ([`IdleCounts`]) ten times a second.
+    IdleLinks {
+        #[arg(long)]
+        cloud: SocketAddr,
+        #[arg(long)]
+        links: usize,
+        #[arg(long)]
+        tokens: PathBuf,
+        #[arg(long)]
+        handshakes: usize,
+    },
     /// Serve as `halo-cloud serve` does (started by the swarm itself).
     Cloud {
         #[arg(long)]
@@ -185,6 +203,12 @@ fn main() {
             heartbeat_secs,
             heartbeat_budget,
         ),
+        Some(CloudCommand::IdleLinks {
+            cloud,
+            links,
+            tokens,
+            handshakes,
+        }) => serve_idle_links(cloud, links, &tokens, handshakes),
         None => {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(swarm(cli));
@@ -405,6 +429,158 @@ struct Swarm {
     /// Set once to detach every Link but the queried ones, for good (the second
     /// measurement at 10 Links).
     shed: tokio::sync::watch::Sender<bool>,
+    /// What the Links in the child process (`--idle-links-process`) last reported.
+    elsewhere: IdleCounts,
+}
+
+/// The counts the `idle-links` child prints: attached, beats sent, failed attempts,
+/// re-asks, the longest interval asked (s).
+#[derive(Default)]
+struct IdleCounts {
+    attached: AtomicUsize,
+    beats: AtomicU64,
+    failed: AtomicU64,
+    reasked: AtomicU64,
+    longest: AtomicU64,
+}
+
+impl IdleCounts {
+    fn line(swarm: &Swarm) -> String {
+        let longest = swarm.longest_interval().as_secs();
+        format!(
+            "{} {} {} {} {longest}",
+            swarm.attached.load(Ordering::Acquire),
+            swarm.beats.load(Ordering::Relaxed),
+            swarm.failed_attempts.load(Ordering::Relaxed),
+            swarm.reasked.load(Ordering::Relaxed),
+        )
+    }
+
+    fn read(&self, line: &str) {
+        let v: Vec<u64> = line.split(' ').filter_map(|n| n.parse().ok()).collect();
+        if let [attached, beats, failed, reasked, longest] = v[..] {
+            self.beats.store(beats, Ordering::Relaxed);
+            self.failed.store(failed, Ordering::Relaxed);
+            self.reasked.store(reasked, Ordering::Relaxed);
+            self.longest.store(longest, Ordering::Relaxed);
+            self.attached.store(attached as usize, Ordering::Release);
+        }
+    }
+}
+
+impl Swarm {
+    /// Links attached, in this process and in the child.
+    fn attached_now(&self) -> usize {
+        self.attached.load(Ordering::Acquire) + self.elsewhere.attached.load(Ordering::Acquire)
+    }
+
+    /// Heartbeats sent so far, in this process and by the child's current Links.
+    fn beats_now(&self) -> u64 {
+        self.beats.load(Ordering::Relaxed) + self.elsewhere.beats.load(Ordering::Relaxed)
+    }
+
+    /// The longest interval any Link was asked for.
+    fn longest_interval(&self) -> Duration {
+        let here = (0..INTERVAL_SLOTS)
+            .rev()
+            .find(|&s| self.intervals[s].load(Ordering::Relaxed) > 0)
+            .unwrap_or(0) as u64;
+        Duration::from_secs(here.max(self.elsewhere.longest.load(Ordering::Relaxed)))
+    }
+}
+
+/// Where the Links that are not queried run.
+enum IdleHost {
+    /// Tasks on a runtime of this process (its own, with `--idle-links-threads`).
+    Here(tokio::runtime::Handle),
+    /// A child process (`--idle-links-process`), while they are attached.
+    Child {
+        child: Option<Child>,
+        tokens: PathBuf,
+        handshakes: usize,
+    },
+}
+
+impl IdleHost {
+    /// Starts the Links `QUERIED..QUERIED + tokens.len()`.
+    fn attach(&mut self, swarm: &Arc<Swarm>, tokens: &[String]) {
+        match self {
+            Self::Here(spawner) => {
+                for (i, token) in (QUERIED..).zip(tokens.iter().cloned()) {
+                    spawner.spawn(run_link(Arc::clone(swarm), i, token));
+                }
+            }
+            Self::Child {
+                child,
+                tokens: file,
+                handshakes,
+            } => {
+                std::fs::write(&*file, tokens.join("\n")).unwrap();
+                let mut started = Command::new(std::env::current_exe().unwrap())
+                    .arg("idle-links")
+                    .args(["--cloud", &swarm.cloud_addr.read().to_string()])
+                    .args(["--links", &(QUERIED + tokens.len()).to_string()])
+                    .arg("--tokens")
+                    .arg(&*file)
+                    .args(["--handshakes", &handshakes.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let stdout = started.stdout.take().unwrap();
+                let swarm = Arc::clone(swarm);
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        swarm.elsewhere.read(&line);
+                    }
+                    swarm.elsewhere.attached.store(0, Ordering::Release);
+                });
+                *child = Some(started);
+            }
+        }
+    }
+
+    /// The child's CPU time so far (zero when they run here: counted with this
+    /// process).
+    fn cpu(&self) -> Duration {
+        match self {
+            Self::Child {
+                child: Some(child), ..
+            } => process_cpu(&child.id().to_string()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Detaches them for good (see [`Swarm::shed`]).
+    fn shed(&mut self, swarm: &Swarm) {
+        swarm.shed.send_replace(true);
+        if let Self::Child { child, .. } = self {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The `idle-links` child: the Links `QUERIED..links`, until killed.
+fn serve_idle_links(cloud: SocketAddr, links: usize, tokens: &std::path::Path, handshakes: usize) {
+    let tokens = std::fs::read_to_string(tokens).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let swarm = Swarm::new(cloud, links, handshakes);
+        for (i, token) in (QUERIED..links).zip(tokens.lines()) {
+            tokio::spawn(run_link(Arc::clone(&swarm), i, token.to_owned()));
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            println!("{}", IdleCounts::line(&swarm));
+        }
+    });
 }
 
 /// `initial * 2^attempt`, capped at `max`, then a uniform jitter in `[d/2, d]`:
@@ -780,13 +956,13 @@ fn cycle(ten_before: &Phase, n: &Phase, ten_after: &Phase) -> Value {
 /// measurement as [`measure_phase`].
 async fn shed_and_measure(
     phase: &str,
-    swarm: &Swarm,
+    (swarm, host): (&Swarm, &mut IdleHost),
     timeout: Duration,
     (cloud, http, key, cli, twin): (&CloudProcess, &Arc<Http>, &str, &Cli, Option<&Twin>),
 ) -> Phase {
-    swarm.shed.send_replace(true);
+    host.shed(swarm);
     wait_until("the extra links to detach", timeout, || {
-        swarm.attached.load(Ordering::Acquire) == QUERIED
+        swarm.attached_now() == QUERIED
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -958,6 +1134,7 @@ impl Swarm {
             intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
             ws_config: WebSocketConfig::default().read_buffer_size(4096),
             shed: tokio::sync::watch::Sender::new(false),
+            elsewhere: IdleCounts::default(),
         })
     }
 }
@@ -1145,7 +1322,11 @@ async fn swarm(cli: Cli) {
         cloud.commits.load(Ordering::Relaxed),
         cloud.records.load(Ordering::Relaxed),
     );
-    let idle_links = (cli.idle_links_threads > 0).then(|| {
+    assert!(
+        !(cli.idle_links_process && cli.restart),
+        "--idle-links-process does not go with --restart"
+    );
+    let idle_links = (cli.idle_links_threads > 0 && !cli.idle_links_process).then(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cli.idle_links_threads)
             .thread_name("idle-links")
@@ -1153,40 +1334,38 @@ async fn swarm(cli: Cli) {
             .build()
             .unwrap()
     });
-    let spawner = idle_links
-        .as_ref()
-        .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
-    let t = Instant::now();
+    let mut host = if cli.idle_links_process {
+        IdleHost::Child {
+            child: None,
+            tokens: data.path().join("idle-link-tokens"),
+            handshakes: cli.handshakes,
+        }
+    } else {
+        IdleHost::Here(
+            idle_links
+                .as_ref()
+                .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone()),
+        )
+    };
     // Kept for the later cycles' attaches (the same Links, the same credentials).
     let idle_tokens: Vec<String> = tokens.collect();
-    for (i, token) in (QUERIED..links).zip(idle_tokens.iter().cloned()) {
-        spawner.spawn(run_link(Arc::clone(&swarm), i, token));
-    }
-    let attach = wait_until("every link", timeout, || {
-        swarm.attached.load(Ordering::Acquire) == links
-    })
-    .await;
-    let _ = t;
+    host.attach(&swarm, &idle_tokens);
+    let attach = wait_until("every link", timeout, || swarm.attached_now() == links).await;
     let attach_commits = cloud.commits.load(Ordering::Relaxed) - commits0;
     let attach_records = cloud.records.load(Ordering::Relaxed) - records0;
     // Let every Link heartbeat at least once (and be asked again, at its first
     // beat, if the budget needs a longer interval than it was asked at attach), then
     // measure idle.
     tokio::time::sleep(heartbeat + Duration::from_secs(1)).await;
-    let longest = Duration::from_secs(
-        (0..INTERVAL_SLOTS)
-            .rev()
-            .find(|&s| swarm.intervals[s].load(Ordering::Relaxed) > 0)
-            .unwrap_or(0) as u64,
-    );
+    let longest = swarm.longest_interval();
     tokio::time::sleep(longest.saturating_sub(heartbeat)).await;
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
-    let beats0 = swarm.beats.load(Ordering::Relaxed);
+    let (beats0, child_cpu0) = (swarm.beats_now(), host.cpu());
     let cpu_n = cpu_share(&cloud, cli.quiet_secs).await;
-    let beats_per_s_n =
-        (swarm.beats.load(Ordering::Relaxed) - beats0) as f64 / t0.elapsed().as_secs_f64();
+    let beats_per_s_n = (swarm.beats_now() - beats0) as f64 / t0.elapsed().as_secs_f64();
     // This process (the N Links' heartbeats) shares the machine with the Cloud.
-    let swarm_cpu_n = (process_cpu("self") - swarm_cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let swarm_cpu_n = (process_cpu("self") - swarm_cpu0 + (host.cpu() - child_cpu0)).as_secs_f64()
+        / t0.elapsed().as_secs_f64();
     let rss_n = cloud.rss();
     let (swarm_cpu0, t0) = (process_cpu("self"), Instant::now());
     let at_n = measure_phase("links_n", &cloud, (&http, &key), &cli, twin.as_ref()).await;
@@ -1217,14 +1396,16 @@ async fn swarm(cli: Cli) {
         "attach_events_per_fsync": attach_records as f64 / attach_commits.max(1) as f64,
         "attach_fsyncs": attach_commits,
         "attach_events": attach_records,
-        "failed_attempts": swarm.failed_attempts.load(Ordering::Relaxed),
+        "failed_attempts": swarm.failed_attempts.load(Ordering::Relaxed)
+            + swarm.elsewhere.failed.load(Ordering::Relaxed),
         "idle_cpu_share_of_one_core": {"links_10": cpu_10, "links_n": cpu_n},
         "swarm_cpu_share_of_one_core": {"idle_links_n": swarm_cpu_n, "queries_links_n": swarm_cpu_queries},
         "heartbeat_secs": heartbeat.as_secs(),
         "heartbeat_budget": cli.heartbeat_budget,
         "heartbeats_per_s": beats_per_s_n.round(),
         "links_by_heartbeat_interval": intervals,
-        "asked_again_mid_session": swarm.reasked.load(Ordering::Relaxed),
+        "asked_again_mid_session": swarm.reasked.load(Ordering::Relaxed)
+            + swarm.elsewhere.reasked.load(Ordering::Relaxed),
         "heartbeat_cpu_share_of_one_core": (cpu_n - cpu_10).max(0.0),
         "cpu_us_per_heartbeat": ((cpu_n - cpu_10).max(0.0) * 1e6 / beats_per_s * 100.0).round() / 100.0,
         "query_ms": {"links_10": {"p50": at_10.p50, "p99": at_10.p99, "errors": at_10.errors},
@@ -1254,7 +1435,7 @@ async fn swarm(cli: Cli) {
     // good, then the same queries. The ratios are to the mean of both 10-Link runs.
     let after = shed_and_measure(
         "links_10_after",
-        &swarm,
+        (&swarm, &mut host),
         timeout,
         (&cloud, &http, &key, &cli, twin.as_ref()),
     )
@@ -1265,11 +1446,9 @@ async fn swarm(cli: Cli) {
         // The others attach again (unchanged hellos: no events), are asked their
         // interval and idle as in the first cycle, then N and 10 are measured again.
         swarm.shed.send_replace(false);
-        for (i, token) in (QUERIED..links).zip(idle_tokens.iter().cloned()) {
-            spawner.spawn(run_link(Arc::clone(&swarm), i, token));
-        }
+        host.attach(&swarm, &idle_tokens);
         wait_until("every link again", timeout, || {
-            swarm.attached.load(Ordering::Acquire) == links
+            swarm.attached_now() == links
         })
         .await;
         tokio::time::sleep(heartbeat.max(longest) + Duration::from_secs(1)).await;
@@ -1283,7 +1462,7 @@ async fn swarm(cli: Cli) {
         .await;
         let phase = format!("links_10_after_{c}");
         let measuring = (&cloud, &http, key.as_str(), &cli, twin.as_ref());
-        let ten = shed_and_measure(&phase, &swarm, timeout, measuring).await;
+        let ten = shed_and_measure(&phase, (&swarm, &mut host), timeout, measuring).await;
         cycle_list.push(cycle(&before, &n_phase, &ten));
         before = ten;
     }
@@ -1330,6 +1509,7 @@ async fn swarm(cli: Cli) {
     out["p99_ratio_n_over_10_before_after"] = json!([at_n.p99 / at_10.p99, at_n.p99 / after.p99]);
     out["cycles"] = json!(cycle_list);
     out["idle_links_threads"] = json!(cli.idle_links_threads);
+    out["idle_links_process"] = json!(cli.idle_links_process);
     println!("{out}");
     if let Some(rt) = idle_links {
         rt.shutdown_background();
