@@ -438,6 +438,13 @@ struct SharedLog {
     catch_up_queued: Arc<AtomicBool>,
 }
 
+/// Sleeps `backoff`, then doubles it (at most 2 s): the writer's pause between
+/// tries at the shared log.
+fn pause(backoff: &mut std::time::Duration) {
+    std::thread::sleep(*backoff);
+    *backoff = (*backoff * 2).min(std::time::Duration::from_secs(2));
+}
+
 /// The private write side, owned by the writer thread.
 struct Writer {
     registry: Registry,
@@ -804,8 +811,7 @@ impl Writer {
                 Err(StoreError::Unavailable(reason) | StoreError::Postgres(reason)) => {
                     tracing::warn!(%reason, "cannot append to the shared log; retrying");
                     self.set_available(false);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                    pause(&mut backoff);
                     // An append whose answer was lost (a timeout) may have committed:
                     // then the batch is published as it was decided, not decided
                     // again (its events would now be refused, or repeated).
@@ -829,8 +835,7 @@ impl Writer {
             while let Err(e) = self.catch_up() {
                 tracing::warn!(error = %e, "cannot read the shared log; retrying");
                 self.set_available(false);
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                pause(&mut backoff);
             }
             let mut retries = std::mem::take(&mut batch.retries);
             let mut again = Batch::default();
@@ -871,8 +876,7 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the shared log; retrying");
-                    std::thread::sleep(*backoff);
-                    *backoff = (*backoff * 2).min(std::time::Duration::from_secs(2));
+                    pause(backoff);
                 }
             }
         }
