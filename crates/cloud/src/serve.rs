@@ -455,7 +455,14 @@ mod tests {
         );
         socket_options(&accepted).unwrap();
         assert!(accepted.nodelay().unwrap());
-        assert!(socket2::SockRef::from(&accepted).keepalive().unwrap());
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        use crate::heartbeat::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+        let timeout = socket.tcp_user_timeout().unwrap();
+        assert_eq!(timeout, Some(crate::heartbeat::USER_TIMEOUT));
     }
 
     #[test]
