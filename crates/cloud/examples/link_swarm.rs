@@ -493,9 +493,10 @@ impl Swarm {
 enum IdleHost {
     /// Tasks on a runtime of this process (its own, with `--idle-links-threads`).
     Here(tokio::runtime::Handle),
-    /// A child process (`--idle-links-process`), while they are attached.
+    /// A child process (`--idle-links-process`) and the thread reading its counts,
+    /// while they are attached.
     Child {
-        child: Option<Child>,
+        child: Option<(Child, std::thread::JoinHandle<()>)>,
         tokens: PathBuf,
         handshakes: usize,
     },
@@ -529,14 +530,14 @@ impl IdleHost {
                     .unwrap();
                 let stdout = started.stdout.take().unwrap();
                 let swarm = Arc::clone(swarm);
-                std::thread::spawn(move || {
+                let reader = std::thread::spawn(move || {
                     for line in BufReader::new(stdout).lines() {
                         let Ok(line) = line else { break };
                         swarm.elsewhere.read(&line);
                     }
                     swarm.elsewhere.attached.store(0, Ordering::Release);
                 });
-                *child = Some(started);
+                *child = Some((started, reader));
             }
         }
     }
@@ -546,7 +547,8 @@ impl IdleHost {
     fn cpu(&self) -> Duration {
         match self {
             Self::Child {
-                child: Some(child), ..
+                child: Some((child, _)),
+                ..
             } => process_cpu(&child.id().to_string()),
             _ => Duration::ZERO,
         }
@@ -556,9 +558,11 @@ impl IdleHost {
     fn shed(&mut self, swarm: &Swarm) {
         swarm.shed.send_replace(true);
         if let Self::Child { child, .. } = self {
-            if let Some(mut child) = child.take() {
+            if let Some((mut child, reader)) = child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+                // Its last count (none attached) is in before a next child's first.
+                let _ = reader.join();
             }
         }
     }
@@ -792,35 +796,8 @@ impl Http {
 /// Latencies of `n` immediate queries over the first [`QUERIED`] practices, `c` at
 /// a time: (p50 ms, p99 ms, errors).
 async fn measure_queries(http: &Arc<Http>, key: &str, n: usize, c: usize) -> (f64, f64, usize) {
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..c {
-        let (http, key, done) = (Arc::clone(http), key.to_owned(), Arc::clone(&done));
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            let mut k = t;
-            while done.fetch_add(1, Ordering::Relaxed) < n {
-                let (status, took) = http.query(&key, halo_guid(k % QUERIED)).await;
-                if status == 200 {
-                    lat.push(took);
-                } else {
-                    errors += 1;
-                }
-                k += c;
-            }
-            (lat, errors)
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        lat.extend(l);
-        errors += e;
-    }
-    let (p50, p99) = percentiles(&mut lat);
-    (p50, p99, errors)
+    let (lat, errors) = measure_rounds(&[(http, key)], n, c).await;
+    (lat[0].0, lat[0].1, errors)
 }
 
 /// `n` pairs of immediate queries, `c` pairs at a time: each pair one to the main
@@ -829,23 +806,41 @@ async fn measure_queries(http: &Arc<Http>, key: &str, n: usize, c: usize) -> (f6
 /// clock's speed) falls on both alike, so their ratio tells the N Links' cost apart
 /// from the machine's drift better than measurements taken one after the other.
 async fn measure_paired(main: (&Arc<Http>, &str), twin: &Twin, n: usize, c: usize) -> Paired {
+    let targets = [main, (&twin.http, twin.key.as_str())];
+    let (lat, errors) = measure_rounds(&targets, n, c).await;
+    Paired {
+        main_p50: lat[0].0,
+        main_p99: lat[0].1,
+        twin_p50: lat[1].0,
+        twin_p99: lat[1].1,
+        errors,
+    }
+}
+
+/// `n` rounds, `c` at a time, each one immediate query to every target in turn
+/// (starting at a different one from round to round), over the first [`QUERIED`]
+/// practices: (p50 ms, p99 ms) per target, and the errors over all.
+async fn measure_rounds(
+    targets: &[(&Arc<Http>, &str)],
+    n: usize,
+    c: usize,
+) -> (Vec<(f64, f64)>, usize) {
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..c {
-        let (main_http, main_key) = (Arc::clone(main.0), main.1.to_owned());
-        let (twin_http, twin_key) = (Arc::clone(&twin.http), twin.key.clone());
+        let targets: Vec<(Arc<Http>, String)> = targets
+            .iter()
+            .map(|(http, key)| (Arc::clone(http), (*key).to_owned()))
+            .collect();
         let done = Arc::clone(&done);
         tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = ([Vec::new(), Vec::new()], 0);
+            let (mut lat, mut errors) = (vec![Vec::new(); targets.len()], 0);
             let mut k = t;
             while done.fetch_add(1, Ordering::Relaxed) < n {
                 let site = halo_guid(k % QUERIED);
-                for side in [k % 2, 1 - k % 2] {
-                    let (http, key) = if side == 0 {
-                        (&main_http, &main_key)
-                    } else {
-                        (&twin_http, &twin_key)
-                    };
+                for j in 0..targets.len() {
+                    let side = (k + j) % targets.len();
+                    let (http, key) = &targets[side];
                     let (status, took) = http.query(key, site).await;
                     if status == 200 {
                         lat[side].push(took);
@@ -858,22 +853,15 @@ async fn measure_paired(main: (&Arc<Http>, &str), twin: &Twin, n: usize, c: usiz
             (lat, errors)
         }));
     }
-    let (mut main_lat, mut twin_lat, mut errors) = (Vec::new(), Vec::new(), 0);
+    let (mut lat, mut errors) = (vec![Vec::new(); targets.len()], 0);
     for t in tasks {
-        let ([m, w], e) = t.await.unwrap();
-        main_lat.extend(m);
-        twin_lat.extend(w);
+        let (l, e) = t.await.unwrap();
+        for (all, some) in lat.iter_mut().zip(l) {
+            all.extend(some);
+        }
         errors += e;
     }
-    let (main_p50, main_p99) = percentiles(&mut main_lat);
-    let (twin_p50, twin_p99) = percentiles(&mut twin_lat);
-    Paired {
-        main_p50,
-        main_p99,
-        twin_p50,
-        twin_p99,
-        errors,
-    }
+    (lat.iter_mut().map(|l| percentiles(l)).collect(), errors)
 }
 
 fn percentiles(lat: &mut [Duration]) -> (f64, f64) {

@@ -445,6 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_sockets_send_at_once_and_are_kept_alive() {
+        use crate::heartbeat::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -457,7 +458,6 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
         let socket = socket2::SockRef::from(&accepted);
         assert!(socket.keepalive().unwrap());
-        use crate::heartbeat::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES};
         assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
