@@ -25,10 +25,10 @@
 //! stops a running one. When a session ends (or the Link task is aborted), waiting
 //! jobs are dropped and every job still running is cancelled; their answers are
 //! dropped, but a stopping job keeps its worker until it has stopped, across
-//! sessions. With each heartbeat the Link also sends a WebSocket ping; a
-//! Cloud silent for [`LinkConfig::silence_limit`] (at least three heartbeat
-//! periods) is taken as gone, so a
-//! half-open TCP connection does not leave the Link deaf.
+//! sessions. A heartbeat also carries a WebSocket ping when the Cloud has been
+//! quiet for a third of [`LinkConfig::silence_limit`] (at least three heartbeat
+//! periods); a Cloud silent for the whole limit is taken as gone, so a half-open TCP
+//! connection does not leave the Link deaf.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -417,11 +417,15 @@ impl Agent {
                         Ok(f) => f,
                         Err(e) => break lost(true, e.into()),
                     };
-                    // The cloud's WebSocket answers the ping with a pong, proving it
-                    // is alive. Ping and beat leave in one write: one segment, one
-                    // wake-up of the Link's session on the Cloud.
+                    // The cloud's WebSocket answers a ping with a pong, proving it
+                    // is alive; it is only asked when it has been quiet for a third
+                    // of the limit (see [`wants_ping`]). Ping and beat leave in one
+                    // write: one segment, one wake-up of the session on the Cloud.
+                    let ping = wants_ping(last_heard.elapsed(), silence_limit);
                     let sent = async {
-                        sink.feed(Message::Ping(Default::default())).await?;
+                        if ping {
+                            sink.feed(Message::Ping(Default::default())).await?;
+                        }
                         sink.feed(Message::text(frame)).await?;
                         sink.flush().await
                     };
@@ -1080,6 +1084,15 @@ where
 /// Cancel-safe (one `next()` per call).
 /// A heartbeat timer whose first tick comes `every` from now; a late tick delays the
 /// ones after it rather than bunching them.
+/// Whether a heartbeat also carries a ping: when nothing has been heard from the
+/// Cloud for a third of `silence_limit` (at least one heartbeat period). A Cloud
+/// that answers is then heard at least twice per limit; a pong to every beat would
+/// cost each Cloud node a write and a wake-up of the Link per beat, across all its
+/// Links.
+fn wants_ping(silent_for: Duration, silence_limit: Duration) -> bool {
+    silent_for >= silence_limit / 3
+}
+
 fn beat_timer(every: Duration) -> tokio::time::Interval {
     let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

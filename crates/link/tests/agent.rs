@@ -453,13 +453,15 @@ async fn pongs_keep_an_idle_session_open_and_silence_ends_it() {
     let mut cloud = FakeCloud::start().await;
     let a = tenant_db(dir.path(), "AB1", "alpha");
     let mut config = link_config(&cloud.url, dir.path(), vec![a]);
-    config.silence_limit = Duration::from_millis(700);
+    // Heartbeats come every 200 ms (the ack); a ping goes with a beat once the
+    // Cloud has been quiet for 400 ms, so about every other beat.
+    config.silence_limit = Duration::from_millis(1_200);
     let handle = Agent::prepare(config).unwrap().spawn();
 
     // A cloud that keeps reading answers the Link's pings: the session stays up
-    // well past the silence limit (heartbeats come every 200 ms from the ack).
+    // well past the silence limit.
     let mut s = cloud.session().await;
-    let until = tokio::time::Instant::now() + Duration::from_millis(2_000);
+    let until = tokio::time::Instant::now() + Duration::from_millis(3_000);
     while tokio::time::Instant::now() < until {
         assert!(
             s.next_any().await.is_some(),
@@ -472,6 +474,43 @@ async fn pongs_keep_an_idle_session_open_and_silence_ends_it() {
     let _silent = s;
     let _s2 = cloud.session().await;
     handle.wait_connected(2, WAIT).await.unwrap();
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_link_pings_only_a_cloud_quiet_for_a_third_of_the_silence_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = FakeCloud::start().await;
+    let a = tenant_db(dir.path(), "AB1", "alpha");
+    let mut config = link_config(&cloud.url, dir.path(), vec![a]);
+    // Beats every 200 ms (the ack); a ping once 500 ms have passed unheard.
+    config.silence_limit = Duration::from_millis(1_500);
+    let handle = Agent::prepare(config).unwrap().spawn();
+    let mut s = cloud.session().await;
+
+    // Reading on answers each ping with a pong (tungstenite queues and sends it).
+    let (mut beats, mut pings) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_millis(3_000);
+    while let Ok(frame) = tokio::time::timeout_at(until, s.ws.next()).await {
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                if let LinkToCloud::Heartbeat(_) = decode(t.as_str()).unwrap() {
+                    beats += 1;
+                }
+            }
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(_)) => {}
+            _ => panic!("the link went away"),
+        }
+    }
+    // About one beat in three carries a ping (each one did before): each Cloud
+    // node answers its Links' pings, so they cost it a write per ping.
+    assert!(beats >= 8, "{beats} beats in 3 s");
+    assert!(
+        pings >= 2 && pings * 2 <= beats,
+        "{pings} pings with {beats} beats"
+    );
+    assert_eq!(handle.status().borrow().sessions, 1);
     handle.shutdown().await.unwrap();
 }
 
