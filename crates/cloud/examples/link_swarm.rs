@@ -12,10 +12,11 @@
 //! resident memory (`VmRSS` of `/proc/PID/status`) and CPU time (`/proc/PID/stat`)
 //! are the Cloud's alone. This process simulates the Links: each has its own
 //! credential (issued through the admin API) and one database, connects over real
-//! TCP and WebSocket, sends a real hello, heartbeats at the interval its `helloAck`
-//! asks for (`--heartbeat-secs`, 5 s by default, longer where the Cloud's
-//! `--heartbeat-budget` needs it, and again when a later `helloAck` asks; each Link
-//! at its own phase),
+//! TCP and WebSocket, sends a real hello, heartbeats (with a WebSocket ping in the same
+//! write when the Cloud has been quiet for a third of `halo-link`'s silence limit, as
+//! `halo-link` sends them) at the interval its `helloAck` asks for
+//! (`--heartbeat-secs`, 5 s by default, longer where the Cloud's `--heartbeat-budget`
+//! needs it, and again when a later `helloAck` asks; each Link at its own phase),
 //! answers query jobs with a one-row result, and reconnects after an exponential
 //! backoff with jitter, as `halo-link` does.
 //!
@@ -46,6 +47,11 @@
 //! is what holding N Links costs the Cloud's own queries, apart from the machine's
 //! drift and from the load the N Links put on the machine as a whole (this process
 //! beating for them included).
+//!
+//! A control run (`--control-sockets`) keeps the Cloud at its 10 Links and opens
+//! the N - 10 others as plain TCP connections between this process and a child,
+//! idle or echoing `--control-beats-per-s` small messages: its ratios are what N
+//! open loopback connections cost the machine with no Cloud and no WebSocket in it.
 //!
 //! Limits: the Cloud and this process each need one file descriptor per Link; this
 //! program raises `RLIMIT_NOFILE` (soft and hard, which needs root or
@@ -90,6 +96,8 @@ const INTEGRATOR: &str = "swarm-integrator";
 const QUERIED: usize = 10;
 /// Links per loopback source address (of about 28 000 ephemeral ports each).
 const LINKS_PER_SOURCE: usize = 20_000;
+/// `halo-link`'s default silence limit (`LinkConfig::silence_limit`).
+const LINK_SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// Heartbeat intervals counted, in whole seconds (the last slot: this or more).
 const INTERVAL_SLOTS: usize = 121;
 const SQL: &str = "SELECT first_name FROM patients WHERE patient_id = 7";
@@ -152,6 +160,21 @@ struct Cli {
     /// turn with this one during each measurement (see [`measure_paired`]).
     #[arg(long)]
     no_twin: bool,
+    /// A control run: the N - 10 others are not Links but plain TCP connections
+    /// between this process (which echoes what it reads) and a child of its own
+    /// (`link_swarm idle-sockets ...`), so the Cloud holds its 10 Links throughout
+    /// and only the machine carries the N connections; the ratios then say what
+    /// that alone costs. Not with `--restart`.
+    #[arg(long)]
+    control_sockets: bool,
+    /// With `--control-sockets`: 32-byte messages per second over all the
+    /// connections (each at its own phase), echoed back; 0: idle connections.
+    #[arg(long, default_value_t = 0.0)]
+    control_beats_per_s: f64,
+    /// Send a WebSocket ping with every heartbeat (so the Cloud answers every beat
+    /// with a pong), as `halo-link` did before it pinged only a quiet Cloud.
+    #[arg(long)]
+    ping_every_beat: bool,
     /// Give up when the Links are not all attached after this many seconds.
     #[arg(long, default_value_t = 600)]
     attach_timeout_secs: u64,
@@ -169,6 +192,21 @@ enum CloudCommand {
         links: usize,
         #[arg(long)]
         tokens: PathBuf,
+        #[arg(long)]
+        handshakes: usize,
+        #[arg(long)]
+        ping_every_beat: bool,
+    },
+    /// `links` plain TCP connections to `to` (`--control-sockets`), each sending 32
+    /// bytes at its own phase so that all together send `beats_per_s`; prints
+    /// counts as `idle-links` does.
+    IdleSockets {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        links: usize,
+        #[arg(long)]
+        beats_per_s: f64,
         #[arg(long)]
         handshakes: usize,
     },
@@ -208,7 +246,14 @@ fn main() {
             links,
             tokens,
             handshakes,
-        }) => serve_idle_links(cloud, links, &tokens, handshakes),
+            ping_every_beat,
+        }) => serve_idle_links(cloud, links, &tokens, (handshakes, ping_every_beat)),
+        Some(CloudCommand::IdleSockets {
+            to,
+            links,
+            beats_per_s,
+            handshakes,
+        }) => serve_idle_sockets(to, links, beats_per_s, handshakes),
         None => {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(swarm(cli));
@@ -426,6 +471,8 @@ struct Swarm {
     /// Links beating at each interval (index: seconds, the last one "or more").
     intervals: Vec<AtomicUsize>,
     ws_config: WebSocketConfig,
+    /// `--ping-every-beat`.
+    ping_every_beat: bool,
     /// Set once to detach every Link but the queried ones, for good (the second
     /// measurement at 10 Links).
     shed: tokio::sync::watch::Sender<bool>,
@@ -499,6 +546,9 @@ enum IdleHost {
         child: Option<(Child, std::thread::JoinHandle<()>)>,
         tokens: PathBuf,
         handshakes: usize,
+        /// `--control-sockets`: the echoing end here and the beat rate; the child
+        /// opens plain connections to it instead of attaching Links.
+        control: Option<(SocketAddr, f64)>,
     },
 }
 
@@ -515,14 +565,28 @@ impl IdleHost {
                 child,
                 tokens: file,
                 handshakes,
+                control,
             } => {
-                std::fs::write(&*file, tokens.join("\n")).unwrap();
-                let mut started = Command::new(std::env::current_exe().unwrap())
-                    .arg("idle-links")
-                    .args(["--cloud", &swarm.cloud_addr.read().to_string()])
-                    .args(["--links", &(QUERIED + tokens.len()).to_string()])
-                    .arg("--tokens")
-                    .arg(&*file)
+                let mut command = Command::new(std::env::current_exe().unwrap());
+                if let Some((sink, beats_per_s)) = control {
+                    command
+                        .arg("idle-sockets")
+                        .args(["--to", &sink.to_string()])
+                        .args(["--links", &tokens.len().to_string()])
+                        .args(["--beats-per-s", &beats_per_s.to_string()]);
+                } else {
+                    std::fs::write(&*file, tokens.join("\n")).unwrap();
+                    command
+                        .arg("idle-links")
+                        .args(["--cloud", &swarm.cloud_addr.read().to_string()])
+                        .args(["--links", &(QUERIED + tokens.len()).to_string()])
+                        .arg("--tokens")
+                        .arg(&*file);
+                    if swarm.ping_every_beat {
+                        command.arg("--ping-every-beat");
+                    }
+                }
+                let mut started = command
                     .args(["--handshakes", &handshakes.to_string()])
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
@@ -569,22 +633,114 @@ impl IdleHost {
 }
 
 /// The `idle-links` child: the Links `QUERIED..links`, until killed.
-fn serve_idle_links(cloud: SocketAddr, links: usize, tokens: &std::path::Path, handshakes: usize) {
+fn serve_idle_links(
+    cloud: SocketAddr,
+    links: usize,
+    tokens: &std::path::Path,
+    (handshakes, ping_every_beat): (usize, bool),
+) {
     let tokens = std::fs::read_to_string(tokens).unwrap();
+    let swarm = Swarm::new(cloud, links, handshakes, ping_every_beat);
+    serve_child(&swarm, |swarm| {
+        for (i, token) in (QUERIED..links).zip(tokens.lines()) {
+            tokio::spawn(run_link(Arc::clone(swarm), i, token.to_owned()));
+        }
+    });
+}
+
+/// The `idle-sockets` child (`--control-sockets`): `links` plain TCP connections
+/// to `to`, until killed.
+fn serve_idle_sockets(to: SocketAddr, links: usize, beats_per_s: f64, handshakes: usize) {
+    let swarm = Swarm::new(to, links, handshakes, false);
+    let every = (beats_per_s > 0.0).then(|| Duration::from_secs_f64(links as f64 / beats_per_s));
+    serve_child(&swarm, |swarm| {
+        for i in 0..links {
+            tokio::spawn(idle_socket(Arc::clone(swarm), i, every));
+        }
+    });
+}
+
+/// A child's life on a one-thread runtime: `start` spawns its tasks, then it prints
+/// its counts ([`IdleCounts`]) ten times a second until killed.
+fn serve_child(swarm: &Arc<Swarm>, start: impl FnOnce(&Arc<Swarm>)) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let swarm = Swarm::new(cloud, links, handshakes);
-        for (i, token) in (QUERIED..links).zip(tokens.lines()) {
-            tokio::spawn(run_link(Arc::clone(&swarm), i, token.to_owned()));
-        }
+        start(swarm);
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            println!("{}", IdleCounts::line(&swarm));
+            println!("{}", IdleCounts::line(swarm));
         }
     });
+}
+
+/// One control connection: connects (again after a backoff when lost), then sends
+/// 32 bytes every `every` at a random phase, and reads whatever comes back.
+async fn idle_socket(swarm: Arc<Swarm>, i: usize, every: Option<Duration>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let source = Ipv4Addr::new(127, 0, 0, 2 + (i / LINKS_PER_SOURCE) as u8);
+    let mut attempt = 0u32;
+    loop {
+        let permit = swarm.handshakes.acquire().await.unwrap();
+        let to = *swarm.cloud_addr.read();
+        let connected = connect_from(source, to).await;
+        drop(permit);
+        let Some(mut stream) = connected else {
+            swarm.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+            continue;
+        };
+        attempt = 0;
+        swarm.attached.fetch_add(1, Ordering::AcqRel);
+        let mut buf = [0u8; 64];
+        let period = every.unwrap_or(Duration::from_secs(86_400));
+        let phase = Duration::from_millis(rand::random_range(0..period.as_millis().max(1) as u64));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if every.is_some() => {
+                    if stream.write_all(&[b'b'; 32]).await.is_err() {
+                        break;
+                    }
+                    swarm.beats.fetch_add(1, Ordering::Relaxed);
+                }
+                read = stream.read(&mut buf) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
+        }
+        swarm.attached.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The echoing end of the `--control-sockets` connections, on `runtime`: each
+/// connection's bytes go back as they come, until it closes.
+async fn control_sink(runtime: &tokio::runtime::Handle) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// `initial * 2^attempt`, capped at `max`, then a uniform jitter in `[d/2, d]`:
@@ -637,18 +793,24 @@ async fn run_link(swarm: Arc<Swarm>, i: usize, token: String) {
     }
 }
 
+/// A TCP connection to `to` from the loopback address `source`, with Nagle's
+/// algorithm off as `halo-link` has it (`disable_nagle`): an answer waits for no ACK.
+async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket
+        .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
+        .ok()?;
+    let stream = socket.connect(to).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    Some(stream)
+}
+
 /// One connection, until it is lost; whether the hello was acknowledged.
 async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4Addr) -> bool {
     let permit = swarm.handshakes.acquire().await.unwrap();
     let addr = *swarm.cloud_addr.read();
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
-        let socket = TcpSocket::new_v4().ok()?;
-        socket
-            .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
-            .ok()?;
-        let stream = socket.connect(addr).await.ok()?;
-        // As `halo-link` does (`disable_nagle`): an answer waits for no ACK.
-        stream.set_nodelay(true).ok()?;
+        let stream = connect_from(source, addr).await?;
         let mut request = format!("ws://{addr}/link/ws").into_client_request().ok()?;
         request
             .headers_mut()
@@ -694,6 +856,7 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
     let mut every = Duration::from_millis(every_ms.unwrap_or(10_000).max(1_000));
     let phase = Duration::from_millis(rand::random_range(0..every.as_millis() as u64));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+    let mut last_heard = Instant::now();
     let slot = |every: Duration| (every.as_secs() as usize).min(INTERVAL_SLOTS - 1);
     swarm.intervals[slot(every)].fetch_add(1, Ordering::Relaxed);
     let beat = halo_protocol::encode(&LinkToCloud::Heartbeat(Heartbeat {
@@ -708,13 +871,27 @@ async fn session(swarm: &Swarm, i: usize, token: &str, hello: &str, source: Ipv4
                 break;
             }
             _ = heartbeat.tick() => {
-                if ws.send(Message::text(beat.clone())).await.is_err() {
+                // As `halo-link` does: a ping (the Cloud answers it with a pong) when
+                // the Cloud has been quiet for a third of the silence limit, and the
+                // beat, in one write.
+                let limit = (every * 3).max(LINK_SILENCE_LIMIT);
+                let ping = swarm.ping_every_beat
+                    || last_heard.elapsed() >= limit / 3;
+                let sent = async {
+                    if ping {
+                        ws.feed(Message::Ping(Default::default())).await?;
+                    }
+                    ws.feed(Message::text(beat.clone())).await?;
+                    ws.flush().await
+                };
+                if sent.await.is_err() {
                     break;
                 }
                 swarm.beats.fetch_add(1, Ordering::Relaxed);
             }
             frame = ws.next() => {
                 let Some(Ok(frame)) = frame else { break };
+                last_heard = Instant::now();
                 let Message::Text(text) = frame else { continue };
                 let decoded = halo_protocol::decode::<CloudToLink>(&text);
                 if let Ok(CloudToLink::HelloAck { heartbeat_interval_ms: Some(ms), .. }) = decoded {
@@ -1108,7 +1285,7 @@ fn descriptors(links: usize) -> (usize, u64, Option<String>) {
 }
 
 impl Swarm {
-    fn new(cloud: SocketAddr, links: usize, handshakes: usize) -> Arc<Self> {
+    fn new(cloud: SocketAddr, links: usize, handshakes: usize, ping_every_beat: bool) -> Arc<Self> {
         Arc::new(Self {
             cloud_addr: parking_lot::RwLock::new(cloud),
             handshakes: Semaphore::new(handshakes.max(1)),
@@ -1121,6 +1298,7 @@ impl Swarm {
             reasked: AtomicU64::new(0),
             intervals: (0..INTERVAL_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
             ws_config: WebSocketConfig::default().read_buffer_size(4096),
+            ping_every_beat,
             shed: tokio::sync::watch::Sender::new(false),
             elsewhere: IdleCounts::default(),
         })
@@ -1239,7 +1417,7 @@ impl Twin {
         let http = Http::new(cloud.addr, cli.concurrency);
         let tokens = issue_credentials(&http, QUERIED).await;
         let key = integrator(&http).await;
-        let swarm = Swarm::new(cloud.addr, QUERIED, cli.handshakes);
+        let swarm = Swarm::new(cloud.addr, QUERIED, cli.handshakes, cli.ping_every_beat);
         for (i, token) in tokens.into_iter().enumerate() {
             tokio::spawn(run_link(Arc::clone(&swarm), i, token));
         }
@@ -1278,7 +1456,7 @@ async fn swarm(cli: Cli) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_credentials = cloud.rss();
 
-    let swarm = Swarm::new(cloud.addr, links, cli.handshakes);
+    let swarm = Swarm::new(cloud.addr, links, cli.handshakes, cli.ping_every_beat);
     let mut tokens = tokens.into_iter();
     let cycles = cli.cycles.max(1);
     let timeout = Duration::from_secs(cli.attach_timeout_secs);
@@ -1322,18 +1500,27 @@ async fn swarm(cli: Cli) {
             .build()
             .unwrap()
     });
-    let mut host = if cli.idle_links_process {
+    assert!(
+        !(cli.control_sockets && cli.restart),
+        "--control-sockets does not go with --restart"
+    );
+    let spawner = idle_links
+        .as_ref()
+        .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
+    let mut host = if cli.idle_links_process || cli.control_sockets {
+        let control = if cli.control_sockets {
+            Some((control_sink(&spawner).await, cli.control_beats_per_s))
+        } else {
+            None
+        };
         IdleHost::Child {
             child: None,
             tokens: data.path().join("idle-link-tokens"),
             handshakes: cli.handshakes,
+            control,
         }
     } else {
-        IdleHost::Here(
-            idle_links
-                .as_ref()
-                .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone()),
-        )
+        IdleHost::Here(spawner)
     };
     // Kept for the later cycles' attaches (the same Links, the same credentials).
     let idle_tokens: Vec<String> = tokens.collect();
@@ -1498,6 +1685,10 @@ async fn swarm(cli: Cli) {
     out["cycles"] = json!(cycle_list);
     out["idle_links_threads"] = json!(cli.idle_links_threads);
     out["idle_links_process"] = json!(cli.idle_links_process);
+    out["ping_every_beat"] = json!(cli.ping_every_beat);
+    if cli.control_sockets {
+        out["control_sockets"] = json!({"beats_per_s": cli.control_beats_per_s});
+    }
     println!("{out}");
     if let Some(rt) = idle_links {
         rt.shutdown_background();
