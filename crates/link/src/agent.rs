@@ -1080,10 +1080,6 @@ where
     }
 }
 
-/// The next frame: `Some` for a protocol message, `None` for a ping or pong.
-/// Cancel-safe (one `next()` per call).
-/// A heartbeat timer whose first tick comes `every` from now; a late tick delays the
-/// ones after it rather than bunching them.
 /// Whether a heartbeat also carries a ping: when nothing has been heard from the
 /// Cloud for a third of `silence_limit` (at least one heartbeat period). A Cloud
 /// that answers is then heard at least twice per limit; a pong to every beat would
@@ -1093,6 +1089,8 @@ fn wants_ping(silent_for: Duration, silence_limit: Duration) -> bool {
     silent_for >= silence_limit / 3
 }
 
+/// A heartbeat timer whose first tick comes `every` from now; a late tick delays the
+/// ones after it rather than bunching them.
 fn beat_timer(every: Duration) -> tokio::time::Interval {
     let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1105,6 +1103,8 @@ fn asked_interval(heartbeat_interval_ms: Option<u64>, otherwise: Duration) -> Du
     heartbeat_interval_ms.map_or(otherwise, |ms| Duration::from_millis(ms.max(100)))
 }
 
+/// The next frame: `Some` for a protocol message, `None` for a ping or pong.
+/// Cancel-safe (one `next()` per call).
 async fn next_frame<S>(stream: &mut S) -> Result<Option<CloudToLink>, LinkError>
 where
     S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
