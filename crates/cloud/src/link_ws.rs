@@ -366,7 +366,8 @@ type WsSink = SplitSink<WebSocket, Message>;
 ///
 /// Request tasks combine their writes: a job whose task finds the sink taken waits
 /// in `waiting`, and the writer holding the sink writes it before its flush, so
-/// jobs routed at once leave in one write. Whoever lets go of the sink looks at
+/// jobs routed at once leave in one write (the holder yields once before writing,
+/// so that they can). Whoever lets go of the sink looks at
 /// `waiting` again, so no job is left behind (see [`Outbox::send_combined`]).
 pub(crate) struct Outbox<S = WsSink> {
     /// `None` once the session ended.
@@ -411,17 +412,26 @@ where
     /// flush): `Ok` then means only that a writer will write it. A write that fails
     /// ends the session, and with it every query in flight on it.
     ///
+    /// A task that takes the sink yields once before it writes: tokio resumes a
+    /// yielded task after the rest of its worker's run queue and a poll for I/O, so
+    /// the request tasks that were ready meanwhile leave their jobs for this write.
+    ///
     /// No job is stranded: `msg` waits before the sink is tried, and every turn at
     /// the sink looks at `waiting` again once it let go (the `waiting` lock orders
     /// the two looks), taking another turn (a request task) or waking the session
     /// task (a turn of its own).
     async fn send_combined(&self, msg: Message) -> Result<(), String> {
         self.waiting.lock().push(msg);
+        let mut first = true;
         loop {
             let Ok(sink) = self.sink.try_lock() else {
                 return Ok(());
             };
             let mut w = Writing::new(self, sink);
+            if first {
+                first = false;
+                tokio::task::yield_now().await;
+            }
             let flushed = w.flush().await;
             if flushed.is_err() {
                 return w.finish(flushed);
@@ -1051,9 +1061,12 @@ mod tests {
         let gate = Gate::default();
         let opened = Arc::clone(&gate.opened);
         let outbox = Outbox::new(gate);
-        // A request task takes the sink; its flush waits on the socket.
+        // A request task takes the sink and lets the ready tasks run (its first poll
+        // ends at the yield); then its flush waits on the socket.
         let mut first = Box::pin(outbox.send_combined(Message::Text("job 1".into())));
         assert!(first.as_mut().now_or_never().is_none());
+        assert!(first.as_mut().now_or_never().is_none());
+        assert!(outbox.waiting.lock().is_empty(), "job 1 was not written");
         // Two more find it taken: they leave their jobs and are done at once.
         for text in ["job 2", "job 3"] {
             let sent = outbox
@@ -1070,6 +1083,29 @@ mod tests {
             2,
             "jobs 2 and 3 did not leave in one write"
         );
+        assert!(!stalled(&outbox), "nothing was left for the session task");
+    }
+
+    #[test]
+    fn jobs_routed_while_the_holder_yields_leave_in_its_first_write() {
+        use futures_util::FutureExt as _;
+        let outbox = Outbox::new(Gate {
+            open: true,
+            ..Gate::default()
+        });
+        // The holder yields before its flush: the tasks that run meanwhile leave
+        // their jobs, and one write carries all of them.
+        let mut first = Box::pin(outbox.send_combined(Message::Text("job 1".into())));
+        assert!(first.as_mut().now_or_never().is_none());
+        for text in ["job 2", "job 3"] {
+            let sent = outbox
+                .send_combined(Message::Text(text.into()))
+                .now_or_never();
+            assert_eq!(sent, Some(Ok(())), "a request task waited for the sink");
+        }
+        assert_eq!(first.as_mut().now_or_never(), Some(Ok(())));
+        assert_eq!(texts(&outbox), ["job 1", "job 2", "job 3"]);
+        assert_eq!(writes(&outbox), 1, "the jobs did not leave in one write");
         assert!(!stalled(&outbox), "nothing was left for the session task");
     }
 
@@ -1152,6 +1188,7 @@ mod tests {
         // the sink before the first; then it is dropped.
         full.store(true, Ordering::Release);
         let mut third = Box::pin(outbox.send_combined(Message::Text("job 3".into())));
+        assert!(third.as_mut().now_or_never().is_none()); // the yield
         assert!(third.as_mut().now_or_never().is_none());
         assert!(
             outbox.waiting.lock().is_empty(),
