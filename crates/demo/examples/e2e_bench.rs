@@ -655,9 +655,17 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(job.clone())).unwrap();
     let job_codec = mean_us(n, || {
         let f = halo_protocol::encode(&halo_protocol::CloudToLink::QueryJob(job.clone())).unwrap();
-        std::hint::black_box(halo_protocol::decode::<halo_protocol::CloudToLink>(&f).unwrap());
+        std::hint::black_box(halo_protocol::decode_cloud_frame(&f).unwrap());
     });
-    std::hint::black_box(job_frame);
+    // Decoding alone: the fast path the Link uses, and the general decoder's tagged enum.
+    let job_decode = mean_us(n, || {
+        std::hint::black_box(halo_protocol::decode_cloud_frame(&job_frame).unwrap());
+    });
+    let job_decode_tagged = mean_us(n, || {
+        std::hint::black_box(
+            halo_protocol::decode::<halo_protocol::CloudToLink>(&job_frame).unwrap(),
+        );
+    });
     let link_exec = mean_us(n, || {
         std::hint::black_box(execute(&db, &job).unwrap());
     });
@@ -676,7 +684,7 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
             1, out.rows, &out.json, 0,
         ));
         let f = halo_protocol::encode(&msg).unwrap();
-        match halo_protocol::decode::<halo_protocol::LinkToCloud>(&f).unwrap() {
+        match halo_protocol::decode_link_frame(&f).unwrap() {
             halo_protocol::LinkToCloud::QueryResult(r) => {
                 std::hint::black_box(r.json().unwrap());
             }
@@ -689,6 +697,8 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         "extract_components": round2(extract),
         "extract_components_first_calls": round2(extract_first),
         "job_encode_decode": round2(job_codec),
+        "job_decode": round2(job_decode),
+        "job_decode_tagged_enum": round2(job_decode_tagged),
         "link_execute": round2(link_exec),
         "link_execute_uncached": round2(link_exec_uncached),
         "result_encode_decode": round2(result_codec),

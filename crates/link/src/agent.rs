@@ -42,7 +42,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use halo_ids::{Environment, Epoch, HaloGuid, LinkGuid, Timestamp};
 use halo_protocol::{
     CloudToLink, Heartbeat, Hello, LinkToCloud, MAX_FRAME_BYTES, PROTOCOL_VERSION, QueryError,
-    QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode, encode,
+    QueryErrorKind, QueryFailed, QueryJob, QueryResult, decode_cloud_frame, encode,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -1113,7 +1113,7 @@ where
         match stream.next().await {
             None => Err(LinkError::Connection("connection closed".into())),
             Some(Err(e)) => Err(LinkError::Connection(e.to_string())),
-            Some(Ok(Message::Text(text))) => Ok(Some(decode::<CloudToLink>(text.as_str())?)),
+            Some(Ok(Message::Text(text))) => Ok(Some(decode_cloud_frame(text.as_str())?)),
             Some(Ok(Message::Close(frame))) => Err(LinkError::Connection(format!(
                 "closed by the cloud{}",
                 frame.map(|f| format!(": {}", f.reason)).unwrap_or_default()

@@ -1,72 +1,137 @@
-//! A fast path for the most frequent frame: a Link's heartbeat.
+//! A fast path for the frequent frames: heartbeats, jobs and their answers.
 //!
-//! [`decode`](crate::decode) of a [`LinkToCloud`] goes through serde's internally
-//! tagged enum, which first buffers the whole object into an intermediate tree and
-//! only then builds the variant. A Cloud receives one heartbeat per Link every few
-//! seconds, so [`decode_link_frame`] recognises the heartbeat by its tag (the way
-//! [`encode`](crate::encode) writes it: the tag first) and reads it straight into a
-//! plain struct. Anything else, and anything the plain struct refuses, goes through
-//! `decode` itself: the fast path accepts only frames that `decode` accepts as the
-//! same heartbeat, so the wire protocol is unchanged.
+//! [`decode`](crate::decode) of a [`LinkToCloud`] or a [`CloudToLink`] goes through
+//! serde's internally tagged enum, which first buffers the whole object into an
+//! intermediate tree and only then builds the variant. [`encode`](crate::encode)
+//! writes the tag first, so [`decode_link_frame`] and [`decode_cloud_frame`] read the
+//! tag of such a frame, then the rest of the object straight into the variant's
+//! struct. Anything else, and anything the struct refuses, goes through `decode`
+//! itself: the fast path accepts only frames that `decode` accepts as the same
+//! message, so the wire protocol is unchanged.
 
-use halo_ids::{HaloGuid, Timestamp};
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
 
-use crate::{Heartbeat, LinkToCloud, MAX_FRAME_BYTES, ProtocolError, decode};
+use crate::{
+    CloudToLink, Heartbeat, LinkToCloud, MAX_FRAME_BYTES, ProtocolError, QueryFailed, QueryJob,
+    QueryResult, ResultEnd, ResultPage, decode,
+};
 
-/// How [`encode`](crate::encode) starts a heartbeat frame.
-const HEARTBEAT_PREFIX: &str = r#"{"type":"heartbeat","#;
-
-/// The tag's only accepted value here.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-enum HeartbeatTag {
-    Heartbeat,
-}
-
-/// A heartbeat frame read as a plain struct: the tag is a field. A repeated field
-/// (a second `type`, say) is an error, and then `decode` decides.
-#[derive(Deserialize)]
-struct HeartbeatFrame {
-    #[serde(rename = "type")]
-    _tag: HeartbeatTag,
-    at: Timestamp,
-    sites: Vec<HaloGuid>,
-}
+/// How [`encode`](crate::encode) starts every frame: the tag's key.
+const TAG_FIRST: &str = r#"{"type":"#;
 
 /// Parses one text frame from a Link, as [`decode::<LinkToCloud>`](decode) does,
-/// with a heartbeat read without the tagged enum's intermediate buffering.
+/// with heartbeats, results and failures read without the tagged enum's buffering.
 ///
 /// # Errors
 ///
 /// Those of [`decode`].
 pub fn decode_link_frame(frame: &str) -> Result<LinkToCloud, ProtocolError> {
-    match fast_heartbeat(frame) {
-        Some(beat) => Ok(LinkToCloud::Heartbeat(beat)),
+    match tag_first(frame, LinkFrame) {
+        Some(msg) => Ok(msg),
         None => decode(frame),
     }
 }
 
-/// The heartbeat, when `frame` is one written the way `encode` writes it.
-fn fast_heartbeat(frame: &str) -> Option<Heartbeat> {
-    if frame.len() > MAX_FRAME_BYTES || !frame.starts_with(HEARTBEAT_PREFIX) {
+/// Parses one text frame from the Cloud, as [`decode::<CloudToLink>`](decode) does,
+/// with a job read without the tagged enum's buffering.
+///
+/// # Errors
+///
+/// Those of [`decode`].
+pub fn decode_cloud_frame(frame: &str) -> Result<CloudToLink, ProtocolError> {
+    match tag_first(frame, CloudFrame) {
+        Some(msg) => Ok(msg),
+        None => decode(frame),
+    }
+}
+
+/// The message, when `frame` is written tag first and `visitor` reads its variant.
+///
+/// `decode` refuses an object with a second `type` key; the variant's struct would
+/// ignore it as an unknown field. So a frame whose rest holds the text `"type"`, or a
+/// `\u` escape (which could spell it), is left to `decode`.
+fn tag_first<'a, V: Visitor<'a>>(frame: &'a str, visitor: V) -> Option<V::Value> {
+    let rest = frame.strip_prefix(TAG_FIRST)?;
+    if frame.len() > MAX_FRAME_BYTES || rest.contains(r#""type""#) || rest.contains(r"\u") {
         return None;
     }
-    let beat: HeartbeatFrame = serde_json::from_str(frame).ok()?;
-    Some(Heartbeat {
-        at: beat.at,
-        databases: beat.sites,
-    })
+    let mut de = serde_json::Deserializer::from_str(frame);
+    let msg = de.deserialize_map(visitor).ok()?;
+    de.end().ok()?;
+    Some(msg)
+}
+
+/// The tag, which must be the first key; borrowed, so an escaped one is refused.
+fn tag<'de, A: MapAccess<'de>>(map: &mut A) -> Result<&'de str, A::Error> {
+    match map.next_key::<&'de str>()? {
+        Some("type") => map.next_value(),
+        _ => Err(A::Error::custom("the tag is not first")),
+    }
+}
+
+/// A variant this path does not read: `decode` does.
+fn not_here<E: serde::de::Error>() -> E {
+    E::custom("not on the fast path")
+}
+
+/// Reads the frequent [`LinkToCloud`] variants (not the hello, whose version
+/// `decode` checks).
+struct LinkFrame;
+
+impl<'de> Visitor<'de> for LinkFrame {
+    type Value = LinkToCloud;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a frame from a Link")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LinkToCloud, A::Error> {
+        let tag = tag(&mut map)?;
+        let rest = MapAccessDeserializer::new(map);
+        Ok(match tag {
+            "heartbeat" => LinkToCloud::Heartbeat(Heartbeat::deserialize(rest)?),
+            "queryResult" => LinkToCloud::QueryResult(QueryResult::deserialize(rest)?),
+            "queryFailed" => LinkToCloud::QueryFailed(QueryFailed::deserialize(rest)?),
+            "resultPage" => LinkToCloud::ResultPage(ResultPage::deserialize(rest)?),
+            "resultEnd" => LinkToCloud::ResultEnd(ResultEnd::deserialize(rest)?),
+            _ => return Err(not_here()),
+        })
+    }
+}
+
+/// Reads a [`CloudToLink::QueryJob`].
+struct CloudFrame;
+
+impl<'de> Visitor<'de> for CloudFrame {
+    type Value = CloudToLink;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a frame from the Cloud")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CloudToLink, A::Error> {
+        let tag = tag(&mut map)?;
+        let rest = MapAccessDeserializer::new(map);
+        match tag {
+            "queryJob" => Ok(CloudToLink::QueryJob(QueryJob::deserialize(rest)?)),
+            _ => Err(not_here()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use halo_ids::{Epoch, ExecutionMode, HaloGuid, Timestamp};
     use proptest::prelude::*;
 
     use super::*;
-    use crate::encode;
+    use crate::{Allowlist, QueryError, QueryErrorKind, encode};
 
     fn beat(at: u64, sites: &[u128]) -> LinkToCloud {
         LinkToCloud::Heartbeat(Heartbeat {
@@ -78,14 +143,53 @@ mod tests {
         })
     }
 
+    fn job(query_id: u64, command: &str, parameters: Vec<serde_json::Value>) -> CloudToLink {
+        CloudToLink::QueryJob(QueryJob {
+            query_id,
+            halo_guid: HaloGuid::from_u128(7).unwrap(),
+            epoch: Epoch::new(3),
+            timeout_ms: 30_000,
+            queue_timeout_ms: Some(100),
+            catalogue: None,
+            mode: ExecutionMode::Reader,
+            command: command.to_owned(),
+            procedure: None,
+            parameters,
+            allowlist: Allowlist {
+                tables: vec!["patients".into()],
+                procedures: vec![],
+                allow_write: false,
+            },
+        })
+    }
+
+    fn fast_link(frame: &str) -> Option<LinkToCloud> {
+        tag_first(frame, LinkFrame)
+    }
+
+    fn fast_cloud(frame: &str) -> Option<CloudToLink> {
+        tag_first(frame, CloudFrame)
+    }
+
     #[test]
-    fn an_encoded_heartbeat_takes_the_fast_path() {
-        let frame = encode(&beat(1_700_000_000_000, &[2, 3])).unwrap();
-        assert!(fast_heartbeat(&frame).is_some(), "{frame}");
-        assert_eq!(
-            decode_link_frame(&frame).unwrap(),
-            beat(1_700_000_000_000, &[2, 3])
-        );
+    fn encoded_frequent_frames_take_the_fast_path() {
+        let answers = [
+            beat(1_700_000_000_000, &[2, 3]),
+            LinkToCloud::QueryResult(QueryResult::from_json(9, 1, br#"[{"a":1}]"#, 2)),
+            LinkToCloud::QueryFailed(QueryFailed {
+                query_id: 9,
+                error: QueryError::new(QueryErrorKind::Timeout, "too slow"),
+            }),
+        ];
+        for msg in answers {
+            let frame = encode(&msg).unwrap();
+            assert_eq!(fast_link(&frame), Some(msg.clone()), "{frame}");
+            assert_eq!(decode_link_frame(&frame).unwrap(), msg);
+        }
+        let msg = job(5, "SELECT 1", vec![serde_json::json!(1)]);
+        let frame = encode(&msg).unwrap();
+        assert_eq!(fast_cloud(&frame), Some(msg.clone()), "{frame}");
+        assert_eq!(decode_cloud_frame(&frame).unwrap(), msg);
     }
 
     #[test]
@@ -95,6 +199,9 @@ mod tests {
         for frame in [
             // A second tag.
             format!(r#"{{"type":"heartbeat","type":"hello","at":5,"sites":{site}"#),
+            format!(r#"{{"type":"heartbeat","at":5,"type":"heartbeat","sites":{site}"#),
+            // A second tag, escaped.
+            format!(r#"{{"type":"heartbeat","at":5,"\u0074ype":"heartbeat","sites":{site}"#),
             // Trailing bytes.
             format!("{ok}x"),
             // A site that is no GUID.
@@ -103,9 +210,22 @@ mod tests {
             r#"{"type":"heartbeat","at":5}"#.to_owned(),
             // A negative clock.
             r#"{"type":"heartbeat","at":-5,"sites":[]}"#.to_owned(),
+            // No such message.
+            r#"{"type":"queryJob","at":5}"#.to_owned(),
         ] {
             assert!(decode::<LinkToCloud>(&frame).is_err(), "{frame}");
             assert!(decode_link_frame(&frame).is_err(), "{frame}");
+        }
+        let ok = encode(&job(5, "SELECT 1", vec![])).unwrap();
+        let rest = ok.strip_prefix(r#"{"type":"queryJob","#).unwrap();
+        for frame in [
+            format!(r#"{{"type":"queryJob","type":"cancel",{rest}"#),
+            format!(r#"{{"type":"queryJob","\u0074ype":"cancel",{rest}"#),
+            format!(r#"{{"type":"queryJob",{rest} "#).replace("SELECT", "\u{0}"),
+            r#"{"type":"queryJob","queryId":1}"#.to_owned(),
+        ] {
+            assert!(decode::<CloudToLink>(&frame).is_err(), "{frame}");
+            assert!(decode_cloud_frame(&frame).is_err(), "{frame}");
         }
     }
 
@@ -113,39 +233,86 @@ mod tests {
     fn other_messages_and_other_layouts_still_decode() {
         // Fields in another order, with spaces: not the fast path, still a heartbeat.
         let frame = r#"{ "sites": [], "at": 9, "type": "heartbeat" }"#;
-        assert!(fast_heartbeat(frame).is_none());
+        assert!(fast_link(frame).is_none());
         assert_eq!(decode_link_frame(frame).unwrap(), beat(9, &[]));
-        let cancel =
-            r#"{"type":"queryFailed","queryId":1,"error":{"kind":"timeout","message":"m"}}"#;
+        // A job whose parameters hold a `type` key: the general decoder reads it.
+        let msg = job(6, "SELECT 1", vec![serde_json::json!({"type": 1})]);
+        let frame = encode(&msg).unwrap();
+        assert!(fast_cloud(&frame).is_none());
+        assert_eq!(decode_cloud_frame(&frame).unwrap(), msg);
+        // Messages the fast path does not read.
+        let cancel = encode(&CloudToLink::Cancel { query_id: 4 }).unwrap();
+        assert!(fast_cloud(&cancel).is_none());
         assert_eq!(
-            decode_link_frame(cancel).ok(),
-            decode::<LinkToCloud>(cancel).ok()
+            decode_cloud_frame(&cancel).unwrap(),
+            CloudToLink::Cancel { query_id: 4 }
         );
+        let hello = r#"{"type":"hello","protocolVersion":2}"#;
+        assert!(fast_link(hello).is_none());
+        assert_eq!(
+            decode_link_frame(hello).err(),
+            decode::<LinkToCloud>(hello).err()
+        );
+    }
+
+    /// The frame with `junk` inserted at `cut` (or unchanged, off a char boundary).
+    fn mutate(frame: &str, cut: usize, junk: &str) -> String {
+        let cut = cut.min(frame.len());
+        if frame.is_char_boundary(cut) {
+            format!("{}{junk}{}", &frame[..cut], &frame[cut..])
+        } else {
+            frame.to_owned()
+        }
     }
 
     proptest! {
         /// Whatever the frame, the fast path agrees with the general decoder: the
         /// same message, or both refuse it.
         #[test]
-        fn agrees_with_decode(
+        fn agrees_with_decode_on_link_frames(
             at in any::<u64>(),
             sites in proptest::collection::vec(1u128..u128::MAX, 0..4),
+            rows in any::<u64>(),
+            data in proptest::collection::vec(any::<u8>(), 0..40),
             cut in 0usize..200,
-            junk in "[ -~]{0,12}",
+            junk in r#"[ -~]{0,12}|"type":1,|"\\u0074ype":1,"#,
             extra in proptest::option::of("[a-z]{1,6}"),
         ) {
-            let mut frame = encode(&beat(at, &sites)).unwrap();
-            if let Some(field) = extra {
-                frame.insert_str(HEARTBEAT_PREFIX.len(), &format!(r#""{field}":1,"#));
+            for msg in [
+                beat(at, &sites),
+                LinkToCloud::QueryResult(QueryResult::from_json(at, rows, &data, 1)),
+            ] {
+                let mut frame = encode(&msg).unwrap();
+                if let Some(field) = &extra {
+                    let after_tag = frame.find(',').unwrap() + 1;
+                    frame.insert_str(after_tag, &format!(r#""{field}":1,"#));
+                }
+                let mutated = mutate(&frame, cut, &junk);
+                for f in [&frame, &mutated] {
+                    prop_assert_eq!(decode_link_frame(f).ok(), decode::<LinkToCloud>(f).ok());
+                }
             }
-            let cut = cut.min(frame.len());
-            let mutated = if frame.is_char_boundary(cut) {
-                format!("{}{junk}{}", &frame[..cut], &frame[cut..])
-            } else {
-                frame.clone()
-            };
+        }
+
+        /// The same for jobs, with any command text and parameters.
+        #[test]
+        fn agrees_with_decode_on_jobs(
+            query_id in any::<u64>(),
+            command in ".{0,40}",
+            numbers in proptest::collection::vec(any::<i64>(), 0..3),
+            texts in proptest::collection::vec(".{0,10}", 0..3),
+            cut in 0usize..300,
+            junk in r#"[ -~]{0,12}|"type":1,|"\\u0074ype":1,|"queryId":1,"#,
+        ) {
+            let parameters = numbers
+                .into_iter()
+                .map(serde_json::Value::from)
+                .chain(texts.into_iter().map(serde_json::Value::from))
+                .collect();
+            let frame = encode(&job(query_id, &command, parameters)).unwrap();
+            let mutated = mutate(&frame, cut, &junk);
             for f in [&frame, &mutated] {
-                prop_assert_eq!(decode_link_frame(f).ok(), decode::<LinkToCloud>(f).ok());
+                prop_assert_eq!(decode_cloud_frame(f).ok(), decode::<CloudToLink>(f).ok());
             }
         }
     }

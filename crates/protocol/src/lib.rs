@@ -52,7 +52,7 @@ mod message;
 mod stream;
 
 pub use error::ProtocolError;
-pub use fast::decode_link_frame;
+pub use fast::{decode_cloud_frame, decode_link_frame};
 pub use message::{
     Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
     Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
