@@ -246,11 +246,22 @@ fn wire<M: Message + PartialEq + Debug>(frame: &str) {
 }
 
 /// The Cloud <-> Link wire format: any text frame, decoded as either direction,
-/// never panics, errors stay short, and what decodes round-trips through `encode`.
+/// never panics, errors stay short, what decodes round-trips through `encode`, and
+/// the fast paths decode exactly what the general decoder does.
 pub fn protocol(data: &[u8]) {
     let Some(frame) = text(data) else { return };
     wire::<LinkToCloud>(frame);
     wire::<CloudToLink>(frame);
+    assert_eq!(
+        halo_protocol::decode_link_frame(frame).ok(),
+        decode::<LinkToCloud>(frame).ok(),
+        "the Cloud's fast path disagrees on {frame:?}"
+    );
+    assert_eq!(
+        halo_protocol::decode_cloud_frame(frame).ok(),
+        decode::<CloudToLink>(frame).ok(),
+        "the Link's fast path disagrees on {frame:?}"
+    );
 }
 
 /// A property check over one input.
