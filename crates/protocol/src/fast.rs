@@ -10,6 +10,7 @@
 //! message, so the wire protocol is unchanged.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
@@ -30,7 +31,7 @@ const TAG_FIRST: &str = r#"{"type":"#;
 ///
 /// Those of [`decode`].
 pub fn decode_link_frame(frame: &str) -> Result<LinkToCloud, ProtocolError> {
-    match tag_first(frame, LinkFrame) {
+    match tag_first(frame) {
         Some(msg) => Ok(msg),
         None => decode(frame),
     }
@@ -43,82 +44,79 @@ pub fn decode_link_frame(frame: &str) -> Result<LinkToCloud, ProtocolError> {
 ///
 /// Those of [`decode`].
 pub fn decode_cloud_frame(frame: &str) -> Result<CloudToLink, ProtocolError> {
-    match tag_first(frame, CloudFrame) {
+    match tag_first(frame) {
         Some(msg) => Ok(msg),
         None => decode(frame),
     }
 }
 
-/// The message, when `frame` is written tag first and `visitor` reads its variant.
+/// A message with variants this path reads.
+trait Frequent: Sized {
+    /// The variant of `tag`, read from the rest of the object; an error for a variant
+    /// left to `decode` (the hello, whose version `decode` checks, among them).
+    fn variant<'de, A: MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error>;
+}
+
+impl Frequent for LinkToCloud {
+    fn variant<'de, A: MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
+        let rest = MapAccessDeserializer::new(rest);
+        Ok(match tag {
+            "heartbeat" => Self::Heartbeat(Heartbeat::deserialize(rest)?),
+            "queryResult" => Self::QueryResult(QueryResult::deserialize(rest)?),
+            "queryFailed" => Self::QueryFailed(QueryFailed::deserialize(rest)?),
+            "resultPage" => Self::ResultPage(ResultPage::deserialize(rest)?),
+            "resultEnd" => Self::ResultEnd(ResultEnd::deserialize(rest)?),
+            _ => return Err(A::Error::custom("not on the fast path")),
+        })
+    }
+}
+
+impl Frequent for CloudToLink {
+    fn variant<'de, A: MapAccess<'de>>(tag: &str, rest: A) -> Result<Self, A::Error> {
+        match tag {
+            "queryJob" => Ok(Self::QueryJob(QueryJob::deserialize(
+                MapAccessDeserializer::new(rest),
+            )?)),
+            _ => Err(A::Error::custom("not on the fast path")),
+        }
+    }
+}
+
+/// The message, when `frame` is written tag first and its variant is one of `M`'s
+/// frequent ones.
 ///
 /// `decode` refuses an object with a second `type` key; the variant's struct would
 /// ignore it as an unknown field. So a frame whose rest holds the text `"type"`, or a
 /// `\u` escape (which could spell it), is left to `decode`.
-fn tag_first<'a, V: Visitor<'a>>(frame: &'a str, visitor: V) -> Option<V::Value> {
+fn tag_first<M: Frequent>(frame: &str) -> Option<M> {
     let rest = frame.strip_prefix(TAG_FIRST)?;
     if frame.len() > MAX_FRAME_BYTES || rest.contains(r#""type""#) || rest.contains(r"\u") {
         return None;
     }
     let mut de = serde_json::Deserializer::from_str(frame);
-    let msg = de.deserialize_map(visitor).ok()?;
+    let msg = de.deserialize_map(TagFirst(PhantomData)).ok()?;
     de.end().ok()?;
     Some(msg)
 }
 
-/// The tag, which must be the first key; borrowed, so an escaped one is refused.
-fn tag<'de, A: MapAccess<'de>>(map: &mut A) -> Result<&'de str, A::Error> {
-    match map.next_key::<&'de str>()? {
-        Some("type") => map.next_value(),
-        _ => Err(A::Error::custom("the tag is not first")),
-    }
-}
+/// Reads the tag, which must be the first key (borrowed, so an escaped one is
+/// refused), then the variant.
+struct TagFirst<M>(PhantomData<M>);
 
-/// A variant this path does not read: `decode` does.
-fn not_here<E: serde::de::Error>() -> E {
-    E::custom("not on the fast path")
-}
-
-/// Reads the frequent [`LinkToCloud`] variants (not the hello, whose version
-/// `decode` checks).
-struct LinkFrame;
-
-impl<'de> Visitor<'de> for LinkFrame {
-    type Value = LinkToCloud;
+impl<'de, M: Frequent> Visitor<'de> for TagFirst<M> {
+    type Value = M;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a frame from a Link")
+        f.write_str("a message written tag first")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LinkToCloud, A::Error> {
-        let tag = tag(&mut map)?;
-        let rest = MapAccessDeserializer::new(map);
-        Ok(match tag {
-            "heartbeat" => LinkToCloud::Heartbeat(Heartbeat::deserialize(rest)?),
-            "queryResult" => LinkToCloud::QueryResult(QueryResult::deserialize(rest)?),
-            "queryFailed" => LinkToCloud::QueryFailed(QueryFailed::deserialize(rest)?),
-            "resultPage" => LinkToCloud::ResultPage(ResultPage::deserialize(rest)?),
-            "resultEnd" => LinkToCloud::ResultEnd(ResultEnd::deserialize(rest)?),
-            _ => return Err(not_here()),
-        })
-    }
-}
-
-/// Reads a [`CloudToLink::QueryJob`].
-struct CloudFrame;
-
-impl<'de> Visitor<'de> for CloudFrame {
-    type Value = CloudToLink;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a frame from the Cloud")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CloudToLink, A::Error> {
-        let tag = tag(&mut map)?;
-        let rest = MapAccessDeserializer::new(map);
-        match tag {
-            "queryJob" => Ok(CloudToLink::QueryJob(QueryJob::deserialize(rest)?)),
-            _ => Err(not_here()),
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<M, A::Error> {
+        match map.next_key::<&'de str>()? {
+            Some("type") => {
+                let tag: &'de str = map.next_value()?;
+                M::variant(tag, map)
+            }
+            _ => Err(A::Error::custom("the tag is not first")),
         }
     }
 }
@@ -164,11 +162,11 @@ mod tests {
     }
 
     fn fast_link(frame: &str) -> Option<LinkToCloud> {
-        tag_first(frame, LinkFrame)
+        tag_first(frame)
     }
 
     fn fast_cloud(frame: &str) -> Option<CloudToLink> {
-        tag_first(frame, CloudFrame)
+        tag_first(frame)
     }
 
     #[test]
