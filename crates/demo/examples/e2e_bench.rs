@@ -16,6 +16,11 @@
 //!   (an open read-only connection, a cached prepared statement, the rows turned
 //!   into the same JSON).
 //!
+//! `cpu_us_per_request` gives the CPU each process spent per request over the rounds
+//! (this process, which serves the Cloud and the floor's endpoint; the Link or the
+//! floor's echo process; wrk), read from `/proc`: a query at twice `/healthz`'s total
+//! is what 0.5 × `/healthz` throughput would need on these cores.
+//!
 //! It also prints a per-stage breakdown measured in process (`stages_us`): what
 //! each step of the path costs on its own, so that the remainder is the transport
 //! (HTTP, WebSocket, the hops between tasks, threads and processes).
@@ -108,9 +113,88 @@ fn args() -> Args {
 /// One wrk run's summary, as the Lua `done` callback prints it.
 #[derive(Debug, Clone, Copy)]
 struct Wrk {
+    requests: f64,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// CPU seconds from `/proc/PID/stat`: the process's own, and that of its children
+/// it has waited for (wrk, once a run ended).
+fn cpu_secs(pid: u32, tick: f64) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    // Fields after the command name (which may hold spaces): state is field 3;
+    // utime, stime, cutime, cstime are fields 14 to 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    if f.len() < 4 {
+        return (0.0, 0.0);
+    }
+    ((f[0] + f[1]) / tick, (f[2] + f[3]) / tick)
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn clock_tick() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU spent by each process over wrk runs of one kind, summed over the rounds.
+#[derive(Default)]
+struct Spent {
+    requests: f64,
+    /// This process: the Cloud (and the floor's endpoint).
+    cloud: f64,
+    /// The Link, or the floor's echo process.
+    peer: f64,
+    wrk: f64,
+}
+
+impl Spent {
+    /// Runs `run` (one wrk run) and adds what each process spent during it; `peer`
+    /// is the process on the other side of the WebSocket, if any.
+    fn measure(&mut self, peer: Option<u32>, tick: f64, run: impl FnOnce() -> Wrk) -> Wrk {
+        let me = std::process::id();
+        let (own0, kids0) = cpu_secs(me, tick);
+        let peer0 = peer.map_or(0.0, |p| cpu_secs(p, tick).0);
+        let out = run();
+        let (own1, kids1) = cpu_secs(me, tick);
+        let peer1 = peer.map_or(0.0, |p| cpu_secs(p, tick).0);
+        self.requests += out.requests;
+        self.cloud += own1 - own0;
+        self.wrk += kids1 - kids0;
+        self.peer += peer1 - peer0;
+        out
+    }
+
+    /// µs of CPU per request of each process, and their total.
+    fn per_request(&self, peer: &str) -> serde_json::Value {
+        let us = |s: f64| (s * 1e6 / self.requests.max(1.0) * 10.0).round() / 10.0;
+        let mut out = serde_json::json!({
+            "cloud": us(self.cloud),
+            "wrk": us(self.wrk),
+            "total": us(self.cloud + self.peer + self.wrk),
+        });
+        if !peer.is_empty() {
+            out[peer] = us(self.peer).into();
+        }
+        out
+    }
+
+    fn total_us(&self) -> f64 {
+        (self.cloud + self.peer + self.wrk) * 1e6 / self.requests.max(1.0)
+    }
 }
 
 /// The Lua script: the request (for the query, a POST) and a `done` callback that
@@ -165,6 +249,7 @@ fn wrk(script: &Path, url: &str, threads: u32, connections: u32, secs: u64) -> W
     assert_eq!(f[2], 0.0, "socket errors in the run: {text}");
     assert_eq!(f[5], 0.0, "non-2xx answers in the run: {text}");
     Wrk {
+        requests: f[0],
         rps: f[0] / (f[1] / 1e6),
         p50_us: f[3],
         p99_us: f[4],
@@ -519,6 +604,7 @@ async fn main() {
         query_url.clone(),
     );
     let (t, c, secs, rounds) = (args.threads, args.connections, args.secs, args.rounds);
+    let (link_pid, echo_pid, tick) = (link.0.id(), floor_child.0.id(), clock_tick());
     let runs = tokio::task::spawn_blocking(move || {
         // Warm up the three paths.
         wrk(&health_lua2, &health_url2, t, c, 1);
@@ -526,21 +612,26 @@ async fn main() {
         wrk(&query_lua2, &floor_url, t, c, 1);
         let mut rounds_out = Vec::new();
         let mut floors = Vec::new();
+        let mut spent: [Spent; 3] = Default::default();
         for _ in 0..rounds {
-            let h = wrk(&health_lua2, &health_url2, t, c, secs);
-            let q = wrk(&query_lua2, &query_url2, t, c, secs);
+            let h = spent[0].measure(None, tick, || wrk(&health_lua2, &health_url2, t, c, secs));
+            let q = spent[1].measure(Some(link_pid), tick, || {
+                wrk(&query_lua2, &query_url2, t, c, secs)
+            });
             // The floor gets the query's request (same script, same client).
-            let f = wrk(&query_lua2, &floor_url, t, c, secs);
+            let f = spent[2].measure(Some(echo_pid), tick, || {
+                wrk(&query_lua2, &floor_url, t, c, secs)
+            });
             rounds_out.push((h, q));
             floors.push(f.rps / h.rps);
         }
         let h1 = wrk(&health_lua2, &health_url2, 1, 1, secs);
         let q1 = wrk(&query_lua2, &query_url2, 1, 1, secs);
-        (rounds_out, floors, h1, q1)
+        (rounds_out, floors, h1, q1, spent)
     })
     .await
     .unwrap();
-    let (rounds_out, floor_ratios, h1, q1) = runs;
+    let (rounds_out, floor_ratios, h1, q1, spent) = runs;
     drop(floor_child);
     // The WebSocket floor of one round trip at a time.
     let ws_p50 = ws_round_trip_p50(&job_frame, 20_000).await;
@@ -587,6 +678,14 @@ async fn main() {
                 "p50_overhead_over_floor_us": ((q1.p50_us - direct - h1.p50_us - ws_p50) * 10.0).round() / 10.0,
             },
             "stages_us": stages,
+            // CPU per request over the rounds, from /proc: what 0.5 × /healthz
+            // throughput needs on these cores is a query at twice /healthz's total.
+            "cpu_us_per_request": {
+                "healthz": spent[0].per_request(""),
+                "query": spent[1].per_request("link"),
+                "floor": spent[2].per_request("echo"),
+                "query_total_for_half_healthz": (spent[0].total_us() * 20.0).round() / 10.0,
+            },
         })
     );
     if let Some(path) = &args.perf {
