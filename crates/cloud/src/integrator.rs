@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use halo_ids::{Crn, HaloGuid, PmsId, PmsType, Timestamp};
 use halo_policy::{Authenticated, ComponentCache, Deny, Policy};
-use halo_router::{Command, QueryFailure, RouteError, RouteRequest};
+use halo_router::{Command, QueryFailure, QueryOutput, RouteError, RouteRequest};
 use serde_json::Value;
 
 use crate::app::AppState;
@@ -314,15 +314,17 @@ fn output_column(name: &str) -> &str {
 fn output_parameters(
     parameters: &[ParameterDto],
     mode: ExecutionModeDto,
-    data: &[u8],
-    rows: u64,
+    output: &QueryOutput,
 ) -> Vec<ParameterDto> {
     if !parameters.iter().any(is_output) {
         return Vec::new();
     }
+    let rows = output.rows;
+    // The rows are decoded only here, for a command that asks for output parameters.
     let first_row: Option<serde_json::Map<String, Value>> = match mode {
-        ExecutionModeDto::Reader => serde_json::from_slice::<Vec<Value>>(data)
-            .ok()
+        ExecutionModeDto::Reader => output
+            .json()
+            .and_then(|json| serde_json::from_slice::<Vec<Value>>(&json).ok())
             .and_then(|rows| rows.into_iter().next())
             .and_then(|row| match row {
                 Value::Object(map) => Some(map),
@@ -539,8 +541,8 @@ pub async fn immediate_query(
         Err(e) => return Err(e.into()),
     };
     let completed = now();
-    let size = output.data.len() as u64;
-    let parameters = output_parameters(&body.command.parameters, mode, &output.data, output.rows);
+    let size = output.size as u64;
+    let parameters = output_parameters(&body.command.parameters, mode, &output);
     let result = match mode {
         ExecutionModeDto::NonQuery => ResultDto::NonQuery(NonQueryResultDto {
             rows_affected: output.rows,
@@ -550,7 +552,7 @@ pub async fn immediate_query(
         ExecutionModeDto::Reader | ExecutionModeDto::Scalar => ResultDto::Rows(RowsResultDto {
             rows: output.rows,
             size,
-            data: base64::engine::general_purpose::STANDARD.encode(&output.data),
+            data: output.data,
             parameters,
         }),
     };

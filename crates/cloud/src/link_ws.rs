@@ -716,7 +716,8 @@ async fn serve(
                     Ok(LinkToCloud::ResultEnd(end)) => {
                         let Some(id) = QueryId::new(end.query_id) else { continue };
                         let output = QueryOutput {
-                            data: Vec::new(),
+                            data: String::new(),
+                            size: 0,
                             rows: end.rows,
                             sql_execution: Duration::from_millis(end.duration_ms),
                         };
@@ -821,19 +822,37 @@ async fn next_control(controls: &mut Option<Controls>) -> Option<CloudToLink> {
     }
 }
 
+/// Completes a query with the Link's result. Its `data` is checked (base64 of as many
+/// bytes as `size` says) and then forwarded as it came: the integrator API answers
+/// the same base64, so it is never decoded into a copy nor encoded again.
 fn complete_ok(session: &LinkSession, r: QueryResult) {
     let Some(id) = QueryId::new(r.query_id) else {
         return;
     };
-    let outcome = match r.json() {
-        Ok(data) => Ok(QueryOutput {
-            data,
+    let outcome = match readable(&r) {
+        Ok(size) => Ok(QueryOutput {
+            data: r.data,
+            size,
             rows: r.rows,
             sql_execution: Duration::from_millis(r.duration_ms),
         }),
         Err(e) => Err(QueryFailure::Refused(format!("unreadable result: {e}"))),
     };
     session.complete(id, outcome);
+}
+
+/// The byte length of the JSON behind a result's `data`, if `data` is base64 of
+/// exactly `size` bytes.
+fn readable(r: &QueryResult) -> Result<usize, String> {
+    let json = r.json().map_err(|e| e.to_string())?;
+    if json.len() as u64 != r.size {
+        return Err(format!(
+            "{} bytes of rows where the link declared {}",
+            json.len(),
+            r.size
+        ));
+    }
+    Ok(json.len())
 }
 
 fn complete_err(session: &LinkSession, f: QueryFailed) {
@@ -1084,6 +1103,22 @@ mod tests {
             "jobs 2 and 3 did not leave in one write"
         );
         assert!(!stalled(&outbox), "nothing was left for the session task");
+    }
+
+    #[test]
+    fn a_result_is_forwarded_only_as_base64_of_its_declared_size() {
+        let ok = QueryResult::from_json(1, 1, br#"[{"a":1}]"#, 0);
+        assert_eq!(readable(&ok), Ok(9));
+        let not_base64 = QueryResult {
+            data: "not base64!".into(),
+            ..ok.clone()
+        };
+        assert!(readable(&not_base64).is_err());
+        let wrong_size = QueryResult {
+            size: 8,
+            ..ok.clone()
+        };
+        assert!(readable(&wrong_size).unwrap_err().contains("declared 8"));
     }
 
     #[test]

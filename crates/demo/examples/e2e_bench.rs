@@ -778,6 +778,18 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         std::hint::black_box(execute(&db, &fresh).unwrap());
     });
     let out = execute(&db, &job).unwrap();
+    // A 1 MiB result as it reaches the Cloud: the check it now makes (one base64
+    // decode), against what it did before forwarding the Link's base64 as it came
+    // (the decode, then a fresh encode for the answer).
+    let big = halo_protocol::QueryResult::from_json(1, 1, &vec![b'7'; 1 << 20], 0);
+    let big_check = mean_us(200, || {
+        std::hint::black_box(big.json().unwrap());
+    });
+    let big_reencode = mean_us(200, || {
+        use base64::Engine as _;
+        let json = big.json().unwrap();
+        std::hint::black_box(base64::engine::general_purpose::STANDARD.encode(&json));
+    });
     let result_codec = mean_us(n, || {
         let msg = halo_protocol::LinkToCloud::QueryResult(halo_protocol::QueryResult::from_json(
             1, out.rows, &out.json, 0,
@@ -801,6 +813,8 @@ fn stages(key: &str, db_path: &Path, halo_guid: halo_ids::HaloGuid) -> serde_jso
         "link_execute": round2(link_exec),
         "link_execute_uncached": round2(link_exec_uncached),
         "result_encode_decode": round2(result_codec),
+        "result_1mib_check": round2(big_check),
+        "result_1mib_decode_and_encode_again": round2(big_reencode),
     })
 }
 

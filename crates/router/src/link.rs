@@ -640,8 +640,8 @@ impl LinkSession {
             return Delivery::Late;
         };
         let outcome = match result {
-            Ok(out) if out.data.len() > self.max_result_bytes => Err(RouteError::TooLarge {
-                size: out.data.len(),
+            Ok(out) if out.size > self.max_result_bytes => Err(RouteError::TooLarge {
+                size: out.size,
                 limit: self.max_result_bytes,
             }),
             Ok(out) => Ok(out),

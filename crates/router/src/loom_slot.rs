@@ -19,11 +19,7 @@ use crate::link::Waiter;
 use crate::outcome::QueryOutput;
 
 fn output() -> QueryOutput {
-    QueryOutput {
-        data: vec![1],
-        rows: 1,
-        sql_execution: Duration::ZERO,
-    }
+    QueryOutput::from_json(b"[1]", 1, Duration::ZERO)
 }
 
 fn slot() -> Arc<Slot> {

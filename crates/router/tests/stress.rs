@@ -220,11 +220,7 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                                 .insert(job.query_id, (job.halo_guid, job.epoch.get()));
                             let _ = session.complete(
                                 job.query_id,
-                                Ok(QueryOutput {
-                                    data: Vec::new(),
-                                    rows: 0,
-                                    sql_execution: Duration::ZERO,
-                                }),
+                                Ok(QueryOutput::from_json(b"[]", 0, Duration::ZERO)),
                             );
                         }
                         Ok(None) => thread::yield_now(),
