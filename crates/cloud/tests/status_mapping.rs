@@ -395,7 +395,12 @@ async fn rate_limit_is_429_with_retry_after_and_quota_is_403() {
             async move { send(&app, query(b, Some(key), select())).await }
         });
         let job = session.next_job().await.unwrap();
-        let output = QueryOutput::from_json(b"[]", 0, Duration::ZERO);
+        let output = QueryOutput {
+            data: "W10=".into(),
+            size: 2,
+            rows: 0,
+            sql_execution: Duration::ZERO,
+        };
         session.complete(job.query_id, Ok(output));
         let answer = request.await.unwrap();
         assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);
@@ -502,7 +507,12 @@ async fn routing_errors_and_link_failures_have_their_statuses() {
         async move { send(&app, query(a, Some(ACME_STAGE), select())).await }
     });
     let job = session.next_job().await.unwrap();
-    let output = QueryOutput::from_json(&[b'x'; MAX_RESULT + 1], 1, Duration::ZERO);
+    let output = QueryOutput {
+        data: "x".repeat(MAX_RESULT + 1),
+        size: MAX_RESULT + 1,
+        rows: 1,
+        sql_execution: Duration::ZERO,
+    };
     session.complete(job.query_id, Ok(output));
     let answer = request.await.unwrap();
     expect(

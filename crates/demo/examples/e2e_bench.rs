@@ -184,7 +184,7 @@ impl Spent {
         let mut out = serde_json::json!({
             "cloud": us(self.cloud),
             "wrk": us(self.wrk),
-            "total": us(self.cloud + self.peer + self.wrk),
+            "total": (self.total_us() * 10.0).round() / 10.0,
         });
         if !peer.is_empty() {
             out[peer] = us(self.peer).into();
@@ -192,6 +192,7 @@ impl Spent {
         out
     }
 
+    /// µs of CPU per request of all three processes together.
     fn total_us(&self) -> f64 {
         (self.cloud + self.peer + self.wrk) * 1e6 / self.requests.max(1.0)
     }

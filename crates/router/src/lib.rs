@@ -89,7 +89,8 @@
 //! }).expect("routed");
 //! let job = session.try_next_job().expect("attached").expect("queued");
 //! assert_eq!(job.halo_guid, halo_guid);
-//! let output = QueryOutput::from_json(b"[]", 0, Default::default());
+//! // `data` is the base64 of the JSON rows ("[]"); `size` counts the JSON's bytes.
+//! let output = QueryOutput { data: "W10=".into(), size: 2, rows: 0, sql_execution: Default::default() };
 //! assert_eq!(session.complete(job.query_id, Ok(output)), Delivery::Delivered);
 //! // `dispatch.await` now yields the output (on any executor).
 //! # drop(dispatch);

@@ -19,7 +19,12 @@ use crate::link::Waiter;
 use crate::outcome::QueryOutput;
 
 fn output() -> QueryOutput {
-    QueryOutput::from_json(b"[1]", 1, Duration::ZERO)
+    QueryOutput {
+        data: "WzFd".into(),
+        size: 3,
+        rows: 1,
+        sql_execution: Duration::ZERO,
+    }
 }
 
 fn slot() -> Arc<Slot> {

@@ -2,16 +2,13 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-
 /// The result of a query the Link ran: the immediate result, already encoded by the
 /// Link (the router neither parses nor copies it), plus the metrics the API reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryOutput {
     /// The rows: the base64 of their JSON text, as the Link sent it and as the
     /// integrator API answers it (`result.data`), so it is forwarded without being
-    /// decoded and encoded again.
+    /// decoded and encoded again (the router never looks inside it).
     pub data: String,
     /// Bytes of the JSON text behind `data`: what the result limit counts.
     pub size: usize,
@@ -19,24 +16,6 @@ pub struct QueryOutput {
     pub rows: u64,
     /// How long the database spent executing the command.
     pub sql_execution: Duration,
-}
-
-impl QueryOutput {
-    /// An output of the rows whose JSON text is `json`.
-    pub fn from_json(json: &[u8], rows: u64, sql_execution: Duration) -> Self {
-        Self {
-            data: BASE64.encode(json),
-            size: json.len(),
-            rows,
-            sql_execution,
-        }
-    }
-
-    /// The JSON text of the rows; `None` if `data` is not base64 (the Cloud checks
-    /// a Link's answer on arrival, so only a hand-made output can be).
-    pub fn json(&self) -> Option<Vec<u8>> {
-        BASE64.decode(self.data.as_bytes()).ok()
-    }
 }
 
 /// Why a Link could not produce a result for a query it received.

@@ -13,7 +13,12 @@ use crate::{
 };
 
 fn output(bytes: usize) -> QueryOutput {
-    QueryOutput::from_json(&vec![b'x'; bytes], 1, Duration::from_millis(3))
+    QueryOutput {
+        data: "x".repeat(bytes),
+        size: bytes,
+        rows: 1,
+        sql_execution: Duration::from_millis(3),
+    }
 }
 
 /// One Link, one active authoritative site (practice 1), policy allowing it.

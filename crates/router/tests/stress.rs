@@ -220,7 +220,12 @@ fn routes_only_to_current_authoritative_sites_while_promoting_and_removing() {
                                 .insert(job.query_id, (job.halo_guid, job.epoch.get()));
                             let _ = session.complete(
                                 job.query_id,
-                                Ok(QueryOutput::from_json(b"[]", 0, Duration::ZERO)),
+                                Ok(QueryOutput {
+                                    data: String::new(),
+                                    size: 0,
+                                    rows: 0,
+                                    sql_execution: Duration::ZERO,
+                                }),
                             );
                         }
                         Ok(None) => thread::yield_now(),
