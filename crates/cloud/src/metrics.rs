@@ -19,6 +19,7 @@
 //! | `halo_log_batch_records` | histogram | | records per group commit |
 //! | `halo_log_events_since_snapshot` | gauge | | events logged since the last snapshot |
 //! | `halo_snapshot_age_seconds` | gauge | | since the last snapshot this process wrote (absent until one is) |
+//! | `halo_runtime_workers` | gauge | | worker threads of the async runtime serving this Cloud (`--workers`) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -258,6 +259,14 @@ impl Collector for Live {
             "Events logged since the last snapshot",
             i64::try_from(self.state.since_snapshot.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
         )?;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            gauge(
+                &mut encoder,
+                "halo_runtime_workers",
+                "Worker threads of the async runtime serving this Cloud",
+                i64::try_from(runtime.metrics().num_workers()).unwrap_or(i64::MAX),
+            )?;
+        }
         let last = self.state.last_snapshot_ms.load(Ordering::Relaxed);
         if last > 0 {
             let now = crate::clock::now().as_millis();

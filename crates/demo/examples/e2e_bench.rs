@@ -36,7 +36,7 @@
 //! ```sh
 //! apt-get install wrk   # once
 //! cargo build --release -p halo-link --bin halo-link
-//! cargo run --release -p halo-demo --example e2e_bench -- [--secs 3] [--connections 8] [--threads 2] [--rounds 3]
+//! cargo run --release -p halo-demo --example e2e_bench -- [--secs 3] [--connections 8] [--threads 2] [--rounds 3] [--workers N]
 //! ```
 //! Prints one JSON line.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: any failure aborts the run
@@ -74,6 +74,9 @@ struct Args {
     link: PathBuf,
     /// Where to write a `perf record` of the Cloud and the Link under query load.
     perf: Option<PathBuf>,
+    /// The Cloud's runtime: worker threads (`0`: tokio's default, one per core), as
+    /// `halo-cloud serve --workers`.
+    workers: usize,
 }
 
 fn args() -> Args {
@@ -89,6 +92,7 @@ fn args() -> Args {
             .unwrap()
             .join("halo-link"),
         perf: None,
+        workers: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,6 +104,7 @@ fn args() -> Args {
             "--rounds" => out.rounds = value.parse().unwrap(),
             "--link" => out.link = value.into(),
             "--perf" => out.perf = Some(value.into()),
+            "--workers" => out.workers = value.parse().unwrap(),
             "--ws-echo" => {
                 ws_echo(&value);
                 std::process::exit(0);
@@ -305,9 +310,9 @@ fn mean_us(n: usize, mut f: impl FnMut()) -> f64 {
 fn ws_echo(url: &str) {
     use futures_util::{SinkExt as _, StreamExt as _};
     let url = url.to_owned();
-    // Its own thread: `args` runs inside the bench's runtime.
+    // One thread, as `halo-link` runs.
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_multi_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
@@ -447,9 +452,16 @@ impl Drop for LinkProcess {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = args();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if args.workers > 0 {
+        runtime.worker_threads(args.workers);
+    }
+    runtime.enable_all().build().unwrap().block_on(run(args));
+}
+
+async fn run(args: Args) {
     assert!(
         args.link.exists(),
         "{} not found: cargo build --release -p halo-link --bin halo-link",
@@ -652,6 +664,8 @@ async fn main() {
             "link": "separate process",
             "client": format!("wrk -t{t} -c{c} -d{secs}s, {rounds} alternating rounds"),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            // The Cloud's runtime worker threads (0: one per core).
+            "workers": args.workers,
             "loadavg_before": load_before,
             "loadavg_after": load_after,
             "healthz_rps": health_rps.round(),
