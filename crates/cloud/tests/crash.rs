@@ -4,8 +4,7 @@
 //! was acknowledged to a client survived and that the authority invariants hold.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,9 @@ use halo_protocol::{
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+mod support;
+use support::{CloudProcess, start_cloud};
 
 const ADMIN: &str = "crash-test-admin-token-0123";
 const KILLS: usize = 24;
@@ -52,24 +54,9 @@ impl Rng {
     }
 }
 
-/// The Cloud process; killed when dropped, so a failing assertion never leaves it behind.
-struct Cloud(Child);
-
-impl Cloud {
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-fn spawn_cloud(dir: &std::path::Path) -> (Cloud, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_halo-cloud"))
+fn spawn_cloud(dir: &std::path::Path) -> (CloudProcess, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_halo-cloud"));
+    command
         .args([
             "serve",
             "--listen",
@@ -82,21 +69,8 @@ fn spawn_cloud(dir: &std::path::Path) -> (Cloud, String) {
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start halo-cloud");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("readiness line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (Cloud(child), addr)
+        .stderr(Stdio::inherit());
+    start_cloud(command)
 }
 
 /// An admin call: `None` if the Cloud went away, the status and body otherwise.

@@ -1,45 +1,25 @@
 //! `halo-cloud serve --workers N`: the runtime serves on exactly N worker threads
 //! (as `/metrics` reports them), and a count of 0 is refused before anything starts.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+mod support;
+use support::{CloudProcess, start_cloud};
 
 const ADMIN: &str = "workers-test-admin-token-0123";
 
-/// The Cloud process; killed when dropped.
-struct Cloud(Child);
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path, workers: &str) -> (Cloud, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_halo-cloud"))
+fn serve(dir: &std::path::Path, workers: &str) -> (CloudProcess, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_halo-cloud"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN])
         .args(["--workers", workers])
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start halo-cloud");
-    let stdout = child.stdout.take().expect("stdout");
-    let cloud = Cloud(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("readiness line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (cloud, addr)
+        .stderr(Stdio::inherit());
+    start_cloud(command)
 }
 
 /// A GET of `path` with the admin token, on a connection of its own: the whole answer.

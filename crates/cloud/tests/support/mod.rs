@@ -105,3 +105,43 @@ pub(crate) async fn say_hello<S: AsyncRead + AsyncWrite + Unpin>(
     assert!(matches!(ack, CloudToLink::HelloAck { .. }), "{ack:?}");
     ack
 }
+
+/// A `halo-cloud` process; killed when dropped, so a failing assertion never leaves
+/// it behind.
+pub(crate) struct CloudProcess(pub(crate) std::process::Child);
+
+impl CloudProcess {
+    /// Kills the process (SIGKILL) and reaps it.
+    pub(crate) fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Starts `command` (a `halo-cloud serve` command line; its stdout is piped here) and
+/// waits for its readiness line: the process and the address it listens on.
+pub(crate) fn start_cloud(mut command: std::process::Command) -> (CloudProcess, String) {
+    use std::io::BufRead as _;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start halo-cloud");
+    let stdout = child.stdout.take().expect("stdout");
+    let cloud = CloudProcess(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("readiness line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (cloud, addr)
+}
