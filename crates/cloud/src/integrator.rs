@@ -322,8 +322,7 @@ fn output_parameters(
     let rows = output.rows;
     // The rows are decoded only here, for a command that asks for output parameters.
     let first_row: Option<serde_json::Map<String, Value>> = match mode {
-        ExecutionModeDto::Reader => base64::engine::general_purpose::STANDARD
-            .decode(&output.data)
+        ExecutionModeDto::Reader => halo_protocol::rows_json(&output.data)
             .ok()
             .and_then(|json| serde_json::from_slice::<Vec<Value>>(&json).ok())
             .and_then(|rows| rows.into_iter().next())

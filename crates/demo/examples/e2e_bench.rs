@@ -183,15 +183,16 @@ impl Spent {
         out
     }
 
-    /// µs of CPU per request of each process, and their total.
-    fn per_request(&self, peer: &str) -> serde_json::Value {
+    /// µs of CPU per request of each process (the peer under `peer`'s name, if
+    /// any), and their total.
+    fn per_request(&self, peer: Option<&str>) -> serde_json::Value {
         let us = |s: f64| (s * 1e6 / self.requests.max(1.0) * 10.0).round() / 10.0;
         let mut out = serde_json::json!({
             "cloud": us(self.cloud),
             "wrk": us(self.wrk),
             "total": (self.total_us() * 10.0).round() / 10.0,
         });
-        if !peer.is_empty() {
+        if let Some(peer) = peer {
             out[peer] = us(self.peer).into();
         }
         out
@@ -696,9 +697,9 @@ async fn run(args: Args) {
             // CPU per request over the rounds, from /proc: what 0.5 × /healthz
             // throughput needs on these cores is a query at twice /healthz's total.
             "cpu_us_per_request": {
-                "healthz": spent[0].per_request(""),
-                "query": spent[1].per_request("link"),
-                "floor": spent[2].per_request("echo"),
+                "healthz": spent[0].per_request(None),
+                "query": spent[1].per_request(Some("link")),
+                "floor": spent[2].per_request(Some("echo")),
                 "query_total_for_half_healthz": (spent[0].total_us() * 20.0).round() / 10.0,
             },
         })

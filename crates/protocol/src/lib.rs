@@ -55,7 +55,7 @@ pub use error::ProtocolError;
 pub use fast::{decode_cloud_frame, decode_link_frame};
 pub use message::{
     Allowlist, BranchCrn, CatalogueInfo, CloudToLink, DatabaseInfo, DatabaseRejection, Heartbeat,
-    Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult,
+    Hello, LinkToCloud, QueryError, QueryErrorKind, QueryFailed, QueryJob, QueryResult, rows_json,
 };
 pub use stream::{ResultEnd, ResultPage, StreamJob};
 

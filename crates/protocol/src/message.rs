@@ -250,10 +250,20 @@ impl QueryResult {
     ///
     /// [`ProtocolError::BadData`] if `data` is not valid base64.
     pub fn json(&self) -> Result<Vec<u8>, ProtocolError> {
-        BASE64
-            .decode(self.data.as_bytes())
-            .map_err(|_| ProtocolError::BadData)
+        rows_json(&self.data)
     }
+}
+
+/// The JSON text of rows from a result's or a page's `data` (base64, as the Link
+/// sends it and the integrator API answers it).
+///
+/// # Errors
+///
+/// [`ProtocolError::BadData`] if `data` is not valid base64.
+pub fn rows_json(data: &str) -> Result<Vec<u8>, ProtocolError> {
+    BASE64
+        .decode(data.as_bytes())
+        .map_err(|_| ProtocolError::BadData)
 }
 
 /// A refused or failed job.

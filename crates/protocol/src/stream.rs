@@ -66,9 +66,7 @@ impl ResultPage {
     /// # Errors
     /// [`ProtocolError::BadData`] if `data` is not valid base64.
     pub fn json(&self) -> Result<Vec<u8>, ProtocolError> {
-        BASE64
-            .decode(self.data.as_bytes())
-            .map_err(|_| ProtocolError::BadData)
+        crate::message::rows_json(&self.data)
     }
 }
 
